@@ -1,0 +1,1 @@
+//! ntm-dc: the NTMobile Direction Coordinator.

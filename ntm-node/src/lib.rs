@@ -1,0 +1,1 @@
+//! ntm-node: a software NTMobile node for Linux (TUN + UDP).

@@ -1,0 +1,1 @@
+//! ntm-rs: the NTMobile Relay Server.

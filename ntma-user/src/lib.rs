@@ -1,0 +1,1 @@
+//! ntma: the NTMobile adapter daemon (AF_XDP fast path, DHCP/ARP/DNS slow path, DC signaling).

@@ -1,0 +1,1 @@
+//! ntma benchmarks: datapaths side by side on the testbed.

@@ -1,0 +1,3 @@
+//! cargo xtask: setup, build, test, testbed, run, demo and bench for ntma.
+
+fn main() {}
