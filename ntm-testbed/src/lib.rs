@@ -47,7 +47,8 @@ pub use nix::sys::signal::Signal;
 pub use status::{Interface, NamespaceStatus, Status};
 pub use sys::{in_netns, require_root, BPFFS, STATE_ROOT};
 pub use testbed::{
-    check_prefix, down, nat_table_name, state_dir, status, unique_prefix, Options, Testbed,
+    check_prefix, down, down_stale, list, nat_table_name, state_dir, status, unique_prefix,
+    Options, Testbed,
 };
 pub use topology::*;
 

@@ -21,6 +21,9 @@ use crate::{wait_until, Error, Result};
 
 /// File name of the recorded build options inside the state directory.
 pub(crate) const OPTIONS_FILE: &str = "testbed.toml";
+/// File naming the process whose guard will tear the testbed down; absent
+/// once [`Testbed::keep`] has disarmed it.
+const OWNER_FILE: &str = "owner";
 
 /// The longest prefix body (before the final `-`).
 const MAX_PREFIX_BODY: usize = 16;
@@ -167,13 +170,15 @@ impl Testbed {
         let found = status::gather(&prefix)?;
         if found.is_complete() && found.options.as_ref() == Some(&options) {
             tracing::info!(%prefix, "testbed is up already");
-            return Ok(Testbed {
+            let tb = Testbed {
                 keys: Keys::load(&dir)?,
                 prefix,
                 options,
                 state_dir: dir,
                 armed: true,
-            });
+            };
+            tb.write_owner()?;
+            return Ok(tb);
         }
         if !found.is_absent() {
             tracing::info!(
@@ -338,9 +343,18 @@ impl Testbed {
         set("net/ipv4/ip_forward", forward)
     }
 
+    fn write_owner(&self) -> Result<()> {
+        let path = self.state_dir.join(OWNER_FILE);
+        std::fs::write(&path, format!("{}\n", std::process::id())).map_err(|source| Error::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
+    }
+
     fn write_state(&self) -> Result<()> {
         create_dir(&self.state_dir, 0o700)?;
         create_dir(&self.state_dir.join("logs"), 0o700)?;
+        self.write_owner()?;
         self.keys.store(&self.state_dir)?;
         let path = self.state_dir.join(OPTIONS_FILE);
         let text = toml::to_string(&self.options).expect("plain options serialize");
@@ -426,13 +440,33 @@ impl Testbed {
         self.output(role, args).map(drop)
     }
 
-    /// Starts `cmd` inside `role`'s namespace (through `ip netns exec`, in
-    /// its own process group, its environment and working directory kept),
-    /// with stdout and stderr going to a log file in the state directory.
-    /// The returned guard stops it when dropped.
+    /// Starts `cmd` inside `role`'s namespace through `ip netns exec`, so
+    /// with the namespace's own /etc/resolv.conf and a /sys that shows the
+    /// namespace's interfaces (but no bpffs: a program that pins must mount
+    /// it itself, or be started with [`Testbed::spawn_keep_mounts`]). It
+    /// runs in its own process group, with `cmd`'s arguments, environment
+    /// and working directory, stdout and stderr going to a log file in the
+    /// state directory. The returned guard stops it when dropped.
     pub fn spawn(&self, role: Role, cmd: &Command) -> Result<Child> {
+        let mut c = self.command(role, cmd.get_program());
+        c.args(cmd.get_args());
+        self.start(role, cmd, c, false)
+    }
+
+    /// Like [`Testbed::spawn`], but entering only the network namespace:
+    /// the program shares the host's mounts, so /sys/fs/bpf pins are the
+    /// host's and /etc/resolv.conf is the host's too. For daemons that pin
+    /// BPF objects or need to be inspected from outside; never for DHCP
+    /// clients or anything else that writes resolver configuration.
+    pub fn spawn_keep_mounts(&self, role: Role, cmd: &Command) -> Result<Child> {
+        let mut c = Command::new(cmd.get_program());
+        c.args(cmd.get_args());
+        self.start(role, cmd, c, true)
+    }
+
+    fn start(&self, role: Role, orig: &Command, mut c: Command, setns: bool) -> Result<Child> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let program = Path::new(cmd.get_program())
+        let program = Path::new(orig.get_program())
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| "program".into());
@@ -448,16 +482,13 @@ impl Testbed {
         let err = out
             .try_clone()
             .map_err(io(format!("duplicating {}", log.display())))?;
-
-        let mut c = self.command(role, cmd.get_program());
-        c.args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
+        for (k, v) in orig.get_envs() {
             match v {
                 Some(v) => c.env(k, v),
                 None => c.env_remove(k),
             };
         }
-        if let Some(d) = cmd.get_current_dir() {
+        if let Some(d) = orig.get_current_dir() {
             c.current_dir(d);
         }
         c.stdin(Stdio::null())
@@ -465,10 +496,14 @@ impl Testbed {
             .stderr(err)
             .process_group(0);
         let what = sys::describe(&c);
-        tracing::debug!(cmd = %what, log = %log.display(), "spawn");
-        let child = c
-            .spawn()
-            .map_err(|source| Error::Spawn { cmd: what, source })?;
+        tracing::debug!(cmd = %what, ns = %self.ns(role), log = %log.display(), "spawn");
+        let spawned = if setns {
+            // A process forked by a thread inside the namespace starts there.
+            self.in_netns(role, || c.spawn())?
+        } else {
+            c.spawn()
+        };
+        let child = spawned.map_err(|source| Error::Spawn { cmd: what, source })?;
         Ok(Child::new(child, name, log))
     }
 
@@ -487,6 +522,8 @@ impl Testbed {
     /// [`down`].
     pub fn keep(mut self) -> String {
         self.armed = false;
+        // Kept testbeds are no longer anyone's to clean up: see down_stale.
+        let _ = std::fs::remove_file(self.state_dir.join(OWNER_FILE));
         std::mem::take(&mut self.prefix)
     }
 
@@ -636,6 +673,55 @@ pub fn down(prefix: &str) -> Result<()> {
             leftovers: left.join(", "),
         })
     }
+}
+
+/// Removes the testbeds whose owner died without tearing them down (a test
+/// killed by a signal, say) and returns their prefixes. Testbeds disarmed
+/// with [`Testbed::keep`] have no owner and stay.
+pub fn down_stale() -> Result<Vec<String>> {
+    require_root()?;
+    let mut removed = Vec::new();
+    for dir in sys::entries_with_prefix(sys::STATE_ROOT, "") {
+        let Some(prefix) = dir.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Ok(prefix) = check_prefix(prefix) else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some(pid) = owner {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::info!(%prefix, pid, "owner is gone, removing its testbed");
+                down(&prefix)?;
+                removed.push(prefix);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The prefixes of the testbeds on this machine, found by their state
+/// directories and by namespaces named `<prefix><role>`.
+pub fn list() -> Result<Vec<String>> {
+    let mut found: Vec<String> = sys::entries_with_prefix(sys::STATE_ROOT, "")
+        .iter()
+        .filter_map(|d| d.file_name()?.to_str().map(str::to_owned))
+        .filter(|n| check_prefix(n).is_ok_and(|c| c == *n))
+        .collect();
+    for ns in sys::list_netns()? {
+        for role in Role::ALL {
+            if let Some(p) = ns.strip_suffix(role.suffix()) {
+                if check_prefix(p).is_ok_and(|c| c == p) {
+                    found.push(p.to_owned());
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
 }
 
 /// Pids of the processes in these namespaces, this one excepted.
