@@ -1,1 +1,293 @@
 //! Types shared by the ntma XDP programs and userspace: map layouts, counters, constants (no_std).
+//!
+//! Everything here is plain data with a fixed `#[repr(C)]` layout, so that the eBPF
+//! object (built for `bpfel-unknown-none`) and the daemon agree on the bytes of every
+//! map value. With the `user` feature the types implement `aya::Pod`.
+#![no_std]
+
+/// Map names, as the eBPF object declares them and userspace looks them up.
+pub mod maps {
+    /// `Array<XdpConfig>` with one entry (index 0), written by userspace before attach.
+    pub const CONFIG: &str = "NTMA_CONFIG";
+    /// `PerCpuArray<u64>` of [`crate::Verdict::COUNT`] entries, indexed by [`crate::Verdict`].
+    pub const COUNTERS: &str = "NTMA_COUNTERS";
+    /// `XskMap` of the GN-facing NIC, indexed by RX queue.
+    pub const LAN_XSKS: &str = "NTMA_LAN_XSKS";
+    /// `XskMap` of the WAN NIC, indexed by RX queue.
+    pub const WAN_XSKS: &str = "NTMA_WAN_XSKS";
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// XDP program for the GN-facing NIC.
+    pub const LAN: &str = "ntma_lan";
+    /// XDP program for the WAN NIC.
+    pub const WAN: &str = "ntma_wan";
+}
+
+/// Capacity of each `XskMap`: the most RX queues one NIC can use.
+pub const MAX_QUEUES: u32 = 64;
+
+/// Default UDP port of a node / NTMA (PROTOCOL.md §1).
+pub const NTM_PORT: u16 = 7700;
+
+/// NTM header and message constants the XDP program classifies on (PROTOCOL.md §2, §4).
+pub mod ntm {
+    use core::ops::Range;
+
+    /// Offsets into the common header, smoltcp style.
+    pub mod field {
+        use core::ops::Range;
+        pub const VERSION: usize = 0;
+        pub const TYPE: usize = 1;
+        pub const FLAGS: usize = 2;
+        pub const SUITE: usize = 3;
+        pub const ID: Range<usize> = 4..8;
+        pub const SEQ: Range<usize> = 8..16;
+    }
+    /// Length of the common header.
+    pub const HEADER_LEN: usize = field::SEQ.end;
+    /// Length of the authentication tag that ends every datagram.
+    pub const TAG_LEN: usize = 16;
+    /// The bytes of the header the XDP program must see to classify (version and type).
+    pub const CLASSIFY: Range<usize> = 0..field::TYPE + 1;
+    /// Protocol version 1.
+    pub const VERSION: u8 = 1;
+    /// Message type DATA.
+    pub const TYPE_DATA: u8 = 0x01;
+    /// Message type TUN_KEEPALIVE.
+    pub const TYPE_TUN_KEEPALIVE: u8 = 0x02;
+}
+
+/// Ethernet / IPv4 / UDP constants the XDP programs need.
+pub mod net {
+    /// Length of an untagged Ethernet header.
+    pub const ETH_HLEN: usize = 14;
+    /// Offset of the EtherType in the Ethernet header.
+    pub const ETH_TYPE_OFFSET: usize = 12;
+    /// EtherType of IPv4.
+    pub const ETHERTYPE_IPV4: u16 = 0x0800;
+    /// Minimum IPv4 header length.
+    pub const IPV4_MIN_HLEN: usize = 20;
+    /// Offset of flags + fragment offset in the IPv4 header.
+    pub const IPV4_FRAG_OFFSET: usize = 6;
+    /// "More fragments" bit and fragment-offset mask of that field.
+    pub const IPV4_MF: u16 = 0x2000;
+    pub const IPV4_OFFSET_MASK: u16 = 0x1fff;
+    /// Offset of the protocol byte in the IPv4 header.
+    pub const IPV4_PROTO_OFFSET: usize = 9;
+    /// Offset of the destination address in the IPv4 header.
+    pub const IPV4_DST_OFFSET: usize = 16;
+    /// IP protocol number of UDP.
+    pub const IPPROTO_UDP: u8 = 17;
+    /// UDP header length.
+    pub const UDP_HLEN: usize = 8;
+    /// Offset of the destination port in the UDP header.
+    pub const UDP_DST_OFFSET: usize = 2;
+}
+
+/// Configuration of the XDP programs (the single entry of [`maps::CONFIG`]).
+///
+/// Addresses and masks are host-order `u32` (`u32::from(Ipv4Addr)`); the programs
+/// convert the packet's big-endian fields before comparing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Network of the VIP prefix (e.g. 100.64.0.0).
+    pub vip_net: u32,
+    /// Mask of the VIP prefix (e.g. 0xffc0_0000 for /10).
+    pub vip_mask: u32,
+    /// The NTMA's own router address on the GN side (e.g. 100.64.0.1): never redirected.
+    pub router_addr: u32,
+    /// UDP port of the NTM tunnel on the WAN side (default [`NTM_PORT`]).
+    pub ntm_port: u16,
+    /// [`XdpConfig::ENABLED`] once userspace has written a valid configuration; until
+    /// then both programs pass everything.
+    pub flags: u16,
+}
+
+impl XdpConfig {
+    /// Flag bit: the configuration is valid.
+    pub const ENABLED: u16 = 1;
+
+    /// A configuration for the VIP prefix `vip_net/prefix_len`, router address and NTM port.
+    /// `prefix_len` above 32 is clamped to 32.
+    pub const fn new(vip_net: u32, prefix_len: u8, router_addr: u32, ntm_port: u16) -> Self {
+        let vip_mask = prefix_mask(prefix_len);
+        Self {
+            vip_net: vip_net & vip_mask,
+            vip_mask,
+            router_addr,
+            ntm_port,
+            flags: Self::ENABLED,
+        }
+    }
+
+    /// Whether `addr` (host order) is inside the VIP prefix.
+    #[inline(always)]
+    pub const fn is_vip(&self, addr: u32) -> bool {
+        addr & self.vip_mask == self.vip_net
+    }
+
+    /// Whether the programs should act at all.
+    #[inline(always)]
+    pub const fn enabled(&self) -> bool {
+        self.flags & Self::ENABLED != 0
+    }
+}
+
+/// Netmask of a prefix length, host order; lengths above 32 give /32.
+pub const fn prefix_mask(prefix_len: u8) -> u32 {
+    if prefix_len == 0 {
+        0
+    } else if prefix_len >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - prefix_len as u32)
+    }
+}
+
+/// Every verdict the XDP programs reach, each counted per CPU in [`maps::COUNTERS`].
+///
+/// The discriminant is the counter index. Add new verdicts before `_Count` only.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Programs loaded but not configured yet: everything passes.
+    Unconfigured = 0,
+    /// LAN: IPv4 to a VIP (not the router) redirected to the queue's AF_XDP socket.
+    LanRedirect,
+    /// LAN: IPv4 to a VIP but no AF_XDP socket on this queue: passed.
+    LanNoSocket,
+    /// LAN: not IPv4 (ARP and anything else): passed.
+    LanNotIpv4,
+    /// LAN: IPv4 to the router address (DHCP unicast, DNS, ping to the router): passed.
+    LanToRouter,
+    /// LAN: IPv4 to a non-VIP destination (DHCP broadcast, Internet): passed.
+    LanNotVip,
+    /// LAN: frame too short for the headers it claims: passed to the kernel, which drops it.
+    LanMalformed,
+    /// WAN: NTM DATA / TUN_KEEPALIVE redirected to the queue's AF_XDP socket.
+    WanRedirect,
+    /// WAN: NTM DATA / TUN_KEEPALIVE but no AF_XDP socket on this queue: passed.
+    WanNoSocket,
+    /// WAN: not IPv4: passed.
+    WanNotIpv4,
+    /// WAN: IPv4 but not UDP: passed.
+    WanNotUdp,
+    /// WAN: IPv4 fragment: passed, the kernel reassembles it.
+    WanFragment,
+    /// WAN: UDP to another port: passed.
+    WanOtherPort,
+    /// WAN: UDP to the NTM port with another message type (signaling): passed.
+    WanSignaling,
+    /// WAN: frame too short for the headers it claims: passed.
+    WanMalformed,
+}
+
+impl Verdict {
+    /// Number of verdicts, i.e. entries of the counter map.
+    pub const COUNT: u32 = Verdict::WanMalformed as u32 + 1;
+
+    /// All verdicts, in index order.
+    pub const ALL: [Verdict; Verdict::COUNT as usize] = [
+        Verdict::Unconfigured,
+        Verdict::LanRedirect,
+        Verdict::LanNoSocket,
+        Verdict::LanNotIpv4,
+        Verdict::LanToRouter,
+        Verdict::LanNotVip,
+        Verdict::LanMalformed,
+        Verdict::WanRedirect,
+        Verdict::WanNoSocket,
+        Verdict::WanNotIpv4,
+        Verdict::WanNotUdp,
+        Verdict::WanFragment,
+        Verdict::WanOtherPort,
+        Verdict::WanSignaling,
+        Verdict::WanMalformed,
+    ];
+
+    /// The counter index.
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// A stable snake-case name, for status output and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Unconfigured => "unconfigured",
+            Verdict::LanRedirect => "lan_redirect",
+            Verdict::LanNoSocket => "lan_no_socket",
+            Verdict::LanNotIpv4 => "lan_not_ipv4",
+            Verdict::LanToRouter => "lan_to_router",
+            Verdict::LanNotVip => "lan_not_vip",
+            Verdict::LanMalformed => "lan_malformed",
+            Verdict::WanRedirect => "wan_redirect",
+            Verdict::WanNoSocket => "wan_no_socket",
+            Verdict::WanNotIpv4 => "wan_not_ipv4",
+            Verdict::WanNotUdp => "wan_not_udp",
+            Verdict::WanFragment => "wan_fragment",
+            Verdict::WanOtherPort => "wan_other_port",
+            Verdict::WanSignaling => "wan_signaling",
+            Verdict::WanMalformed => "wan_malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `XdpConfig` is `#[repr(C)]`, `Copy`, made only of integers (u32, u32, u32,
+    // u16, u16 = 16 bytes, no padding), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::XdpConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_layout_has_no_padding() {
+        assert_eq!(core::mem::size_of::<XdpConfig>(), 16);
+        assert_eq!(core::mem::align_of::<XdpConfig>(), 4);
+    }
+
+    #[test]
+    fn prefix_masks() {
+        assert_eq!(prefix_mask(0), 0);
+        assert_eq!(prefix_mask(10), 0xffc0_0000);
+        assert_eq!(prefix_mask(32), u32::MAX);
+        assert_eq!(prefix_mask(40), u32::MAX);
+    }
+
+    #[test]
+    fn vip_membership() {
+        // 100.64.0.0/10, router 100.64.0.1
+        let c = XdpConfig::new(0x6440_0000, 10, 0x6440_0001, NTM_PORT);
+        assert!(c.enabled());
+        assert!(c.is_vip(0x6440_0002));
+        assert!(c.is_vip(0x647f_ffff));
+        assert!(!c.is_vip(0x6480_0000));
+        assert!(!c.is_vip(0xc612_0014));
+        // A host address given as the network is masked down.
+        assert_eq!(XdpConfig::new(0x6440_0005, 10, 0, 1).vip_net, 0x6440_0000);
+        assert!(!XdpConfig::default().enabled());
+    }
+
+    #[test]
+    fn verdicts_are_dense_and_named_uniquely() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(v.index() as usize, i);
+            for w in &Verdict::ALL[..i] {
+                assert_ne!(v.name(), w.name());
+            }
+        }
+    }
+
+    #[test]
+    fn ntm_header_fields() {
+        assert_eq!(ntm::HEADER_LEN, 16);
+        assert_eq!(ntm::CLASSIFY.end, 2);
+    }
+}

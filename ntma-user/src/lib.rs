@@ -1,1 +1,4 @@
 //! ntma: the NTMobile adapter daemon (AF_XDP fast path, DHCP/ARP/DNS slow path, DC signaling).
+
+pub mod ebpf;
+pub mod xsk;

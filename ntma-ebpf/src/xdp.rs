@@ -1,0 +1,161 @@
+//! The two XDP programs and their maps.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+use ntma_common::{
+    net::{
+        ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_UDP, IPV4_DST_OFFSET, IPV4_FRAG_OFFSET,
+        IPV4_MF, IPV4_MIN_HLEN, IPV4_OFFSET_MASK, IPV4_PROTO_OFFSET, UDP_DST_OFFSET, UDP_HLEN,
+    },
+    ntm, Verdict, XdpConfig, MAX_QUEUES,
+};
+
+#[map(name = "NTMA_CONFIG")]
+static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "NTMA_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+#[map(name = "NTMA_LAN_XSKS")]
+static LAN_XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+#[map(name = "NTMA_WAN_XSKS")]
+static WAN_XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+/// The frame is shorter than the header we need to read.
+struct Short;
+
+/// A pointer to a `T` at `offset` from the start of the frame, if the whole `T` lies
+/// inside the frame. Every packet access goes through here, so this one check is what
+/// the verifier sees for each read.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Short> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(Short);
+    }
+    Ok((start + offset) as *const T)
+}
+
+/// Reads `N` bytes at `offset`.
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Short> {
+    let p = ptr_at::<[u8; N]>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the N bytes lie between data and data_end, which the
+    // kernel keeps valid for the program's whole run; a byte array has alignment 1.
+    Ok(unsafe { p.read() })
+}
+
+#[inline(always)]
+fn count(verdict: Verdict) {
+    if let Some(c) = COUNTERS.get_ptr_mut(verdict.index()) {
+        // SAFETY: the pointer is this CPU's slot of a per-CPU array value: valid, aligned
+        // for u64, and nothing else writes it while this program runs on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<XdpConfig> {
+    CONFIG.get(0).copied().filter(XdpConfig::enabled)
+}
+
+/// Offset of the L4 header of an IPv4 frame, or the verdict for frames that are not IPv4.
+#[inline(always)]
+fn ipv4_l4_offset(ctx: &XdpContext) -> Result<Option<usize>, Short> {
+    let ethertype = u16::from_be_bytes(bytes_at::<2>(ctx, ETH_TYPE_OFFSET)?);
+    if ethertype != ETHERTYPE_IPV4 {
+        return Ok(None);
+    }
+    let [vihl] = bytes_at::<1>(ctx, ETH_HLEN)?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Err(Short);
+    }
+    // The whole IPv4 header (with options) must be in the frame.
+    let l4 = ETH_HLEN + ihl;
+    ptr_at::<u8>(ctx, l4 - 1)?;
+    Ok(Some(l4))
+}
+
+#[xdp]
+pub fn ntma_lan(ctx: XdpContext) -> u32 {
+    let (verdict, action) = match try_ntma_lan(&ctx) {
+        Ok(v) => v,
+        Err(Short) => (Verdict::LanMalformed, XDP_PASS),
+    };
+    count(verdict);
+    action
+}
+
+fn try_ntma_lan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
+    let Some(cfg) = config() else {
+        return Ok((Verdict::Unconfigured, XDP_PASS));
+    };
+    if ipv4_l4_offset(ctx)?.is_none() {
+        return Ok((Verdict::LanNotIpv4, XDP_PASS));
+    }
+    let dst = u32::from_be_bytes(bytes_at::<4>(ctx, ETH_HLEN + IPV4_DST_OFFSET)?);
+    if dst == cfg.router_addr {
+        return Ok((Verdict::LanToRouter, XDP_PASS));
+    }
+    if !cfg.is_vip(dst) {
+        return Ok((Verdict::LanNotVip, XDP_PASS));
+    }
+    Ok(redirect(&LAN_XSKS, ctx, Verdict::LanRedirect, Verdict::LanNoSocket))
+}
+
+#[xdp]
+pub fn ntma_wan(ctx: XdpContext) -> u32 {
+    let (verdict, action) = match try_ntma_wan(&ctx) {
+        Ok(v) => v,
+        Err(Short) => (Verdict::WanMalformed, XDP_PASS),
+    };
+    count(verdict);
+    action
+}
+
+fn try_ntma_wan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
+    let Some(cfg) = config() else {
+        return Ok((Verdict::Unconfigured, XDP_PASS));
+    };
+    let Some(l4) = ipv4_l4_offset(ctx)? else {
+        return Ok((Verdict::WanNotIpv4, XDP_PASS));
+    };
+    let [proto] = bytes_at::<1>(ctx, ETH_HLEN + IPV4_PROTO_OFFSET)?;
+    if proto != IPPROTO_UDP {
+        return Ok((Verdict::WanNotUdp, XDP_PASS));
+    }
+    let frag = u16::from_be_bytes(bytes_at::<2>(ctx, ETH_HLEN + IPV4_FRAG_OFFSET)?);
+    if frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
+        return Ok((Verdict::WanFragment, XDP_PASS));
+    }
+    let dport = u16::from_be_bytes(bytes_at::<2>(ctx, l4 + UDP_DST_OFFSET)?);
+    if dport != cfg.ntm_port {
+        return Ok((Verdict::WanOtherPort, XDP_PASS));
+    }
+    // Only the message type decides; length, version, tunnel and tag are checked in
+    // userspace, which counts each failure by its reason.
+    let msg_type = bytes_at::<1>(ctx, l4 + UDP_HLEN + ntm::field::TYPE)?[0];
+    if msg_type != ntm::TYPE_DATA && msg_type != ntm::TYPE_TUN_KEEPALIVE {
+        return Ok((Verdict::WanSignaling, XDP_PASS));
+    }
+    Ok(redirect(&WAN_XSKS, ctx, Verdict::WanRedirect, Verdict::WanNoSocket))
+}
+
+/// Redirects to the AF_XDP socket of the frame's RX queue; passes the frame to the kernel
+/// when no socket is registered for that queue.
+#[inline(always)]
+fn redirect(xsks: &XskMap, ctx: &XdpContext, ok: Verdict, none: Verdict) -> (Verdict, u32) {
+    match xsks.redirect(ctx.rx_queue_index(), u64::from(XDP_PASS)) {
+        Ok(action) => (ok, action),
+        Err(action) if action == XDP_PASS => (none, XDP_PASS),
+        // Unreachable with the XDP_PASS fallback above; abort so it shows in tracepoints.
+        Err(_) => (none, XDP_ABORTED),
+    }
+}

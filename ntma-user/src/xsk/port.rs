@@ -1,0 +1,412 @@
+//! One AF_XDP socket bound to one (interface, queue), with its four rings, sharing the
+//! UMEM of every other port.
+
+use std::{
+    ffi::CString,
+    num::NonZeroU32,
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use xdpilone::{xdp::XdpDesc, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig};
+
+use super::{Frame, FramePool, Umem, XskError};
+
+/// Which bind mode to ask for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy where the driver supports it, copy mode otherwise (veth).
+    #[default]
+    Auto,
+    /// Copy mode, always.
+    Copy,
+    /// Zero-copy or fail.
+    ZeroCopy,
+}
+
+/// The mode a socket obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XskMode {
+    /// The kernel copies frames between driver buffers and the UMEM.
+    Copy,
+    /// The driver DMAs straight into the UMEM.
+    ZeroCopy,
+}
+
+impl std::fmt::Display for XskMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XskMode::Copy => "copy",
+            XskMode::ZeroCopy => "zero-copy",
+        })
+    }
+}
+
+/// Where and how to bind a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Interface name, in the calling thread's network namespace.
+    pub ifname: String,
+    /// RX queue index (also the XskMap index the XDP program redirects to).
+    pub queue: u32,
+    /// RX ring entries (power of two).
+    pub rx_size: u32,
+    /// TX ring entries (power of two).
+    pub tx_size: u32,
+    /// Bind mode of the first port of a UMEM; later ports inherit the mode it got.
+    pub bind: BindMode,
+}
+
+impl PortConfig {
+    /// Queue `queue` of `ifname` with 2048-entry rings and automatic mode.
+    pub fn new(ifname: &str, queue: u32) -> Self {
+        Self {
+            ifname: ifname.to_owned(),
+            queue,
+            rx_size: 2048,
+            tx_size: 2048,
+            bind: BindMode::Auto,
+        }
+    }
+}
+
+/// Userspace counters of one port (plain integers: one thread owns the port).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames taken from the RX ring.
+    pub rx: u64,
+    /// Frames put on the TX ring.
+    pub tx: u64,
+    /// Frames put on the fill ring.
+    pub filled: u64,
+    /// Frames taken back from the completion ring.
+    pub completed: u64,
+    /// RX descriptors outside the UMEM (never seen with a sane kernel): skipped.
+    pub rx_invalid: u64,
+    /// Completion addresses outside the UMEM: skipped.
+    pub completion_invalid: u64,
+    /// TX wake-up syscalls (the kernel asked for them).
+    pub tx_wakeups: u64,
+    /// Fill-ring wake-up syscalls.
+    pub fill_wakeups: u64,
+}
+
+/// The kernel's counters of one socket (`XDP_STATISTICS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Frames dropped for lack of a fill-ring frame or RX-ring slot.
+    pub rx_dropped: u64,
+    /// Invalid descriptors on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Invalid descriptors on the TX ring.
+    pub tx_invalid_descs: u64,
+    /// Times the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the TX ring was empty on a wake-up.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// An AF_XDP socket on one (interface, queue): fill, completion, RX and TX rings.
+/// Owned by one worker thread; every ring operation is batched.
+pub struct Port {
+    umem: Arc<Umem>,
+    cfg: PortConfig,
+    device: DeviceQueue,
+    rx: RingRx,
+    tx: RingTx,
+    mode: XskMode,
+    stats: PortStats,
+}
+
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+const SOL_XDP: libc::c_int = 283;
+
+impl Port {
+    /// Creates a socket for `cfg.ifname` queue `cfg.queue` on `umem` and binds it. The
+    /// first port of a UMEM uses the UMEM's own socket and the requested mode; later
+    /// ports (on the other NIC, or other queues) share the UMEM and inherit its mode.
+    /// Call it in the network namespace of the interface.
+    pub fn bind(umem: &Arc<Umem>, cfg: PortConfig) -> Result<Port, XskError> {
+        let name = CString::new(cfg.ifname.as_str())
+            .map_err(|_| XskError::Config("interface name contains NUL"))?;
+        let mut info = IfInfo::invalid();
+        info.from_name(&name)
+            .map_err(|e| XskError::socket("interface lookup", &cfg, &e))?;
+        info.set_queue(cfg.queue);
+        let rx_size = NonZeroU32::new(cfg.rx_size).filter(|n| n.is_power_of_two());
+        let tx_size = NonZeroU32::new(cfg.tx_size).filter(|n| n.is_power_of_two());
+        let (Some(rx_size), Some(tx_size)) = (rx_size, tx_size) else {
+            return Err(XskError::Config("rx_size and tx_size must be non-zero powers of two"));
+        };
+
+        // Set-up only: serialises binds of the same UMEM, never taken per packet.
+        let mut setup = umem.setup.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = !setup.owner_bound;
+        let xsk = &setup.xsk.0;
+        let socket = if owner {
+            Socket::with_shared(&info, xsk)
+        } else {
+            Socket::new(&info)
+        }
+        .map_err(|e| XskError::socket("socket", &cfg, &e))?;
+        let device = xsk
+            .fq_cq(&socket)
+            .map_err(|e| XskError::socket("fill/completion ring set-up", &cfg, &e))?;
+        // The kernel refuses mode flags on XDP_SHARED_UMEM binds: they inherit the owner's.
+        let bind_flags = if owner {
+            SocketConfig::XDP_BIND_NEED_WAKEUP
+                | match cfg.bind {
+                    BindMode::Auto => 0,
+                    BindMode::Copy => SocketConfig::XDP_BIND_COPY,
+                    BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+                }
+        } else {
+            0
+        };
+        let user = xsk
+            .rx_tx(
+                &socket,
+                &SocketConfig {
+                    rx_size: Some(rx_size),
+                    tx_size: Some(tx_size),
+                    bind_flags,
+                },
+            )
+            .map_err(|e| XskError::socket("RX/TX ring set-up", &cfg, &e))?;
+        let rx = user
+            .map_rx()
+            .map_err(|e| XskError::socket("RX ring mmap", &cfg, &e))?;
+        let tx = user
+            .map_tx()
+            .map_err(|e| XskError::socket("TX ring mmap", &cfg, &e))?;
+        xsk.bind(&user)
+            .map_err(|e| XskError::socket("bind", &cfg, &e))?;
+        let mode = query_mode(rx.as_raw_fd()).map_err(|source| XskError::Os {
+            op: "getsockopt(XDP_OPTIONS)",
+            source,
+        })?;
+        if owner {
+            setup.owner_bound = true;
+            setup.mode = Some(mode);
+        }
+        drop(setup);
+        Ok(Port {
+            umem: Arc::clone(umem),
+            cfg,
+            device,
+            rx,
+            tx,
+            mode,
+            stats: PortStats::default(),
+        })
+    }
+
+    /// The mode the socket obtained (shown in `ntma status`).
+    pub fn mode(&self) -> XskMode {
+        self.mode
+    }
+
+    /// Where it is bound.
+    pub fn config(&self) -> &PortConfig {
+        &self.cfg
+    }
+
+    /// The UMEM it shares.
+    pub fn umem(&self) -> &Arc<Umem> {
+        &self.umem
+    }
+
+    /// Userspace counters.
+    pub fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    /// The kernel's counters for this socket.
+    pub fn kernel_stats(&self) -> Result<KernelStats, XskError> {
+        let s = self
+            .device
+            .statistics_v2()
+            .map_err(|e| XskError::socket("XDP_STATISTICS", &self.cfg, &e))?;
+        Ok(KernelStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        })
+    }
+
+    /// Moves up to `max` frames from `pool` to the fill ring, so the kernel can receive
+    /// into them. Returns how many.
+    pub fn fill(&mut self, pool: &mut FramePool, max: u32) -> u32 {
+        assert_eq!(pool.umem_id(), self.umem.area().id(), "pool of another UMEM");
+        let want = max.min(u32::try_from(pool.len()).unwrap_or(u32::MAX));
+        if want == 0 {
+            return 0;
+        }
+        let mut w = self.device.fill(want);
+        let cap = w.capacity();
+        // `take(cap)`: `insert` zips the source with the free slots and would drop an
+        // item taken from the pool when it runs out of slots.
+        let n = w.insert(std::iter::from_fn(|| pool.pop_base()).take(cap as usize));
+        w.commit();
+        drop(w);
+        self.stats.filled += u64::from(n);
+        if n > 0 && self.device.needs_wakeup() {
+            self.device.wake();
+            self.stats.fill_wakeups += 1;
+        }
+        n
+    }
+
+    /// Takes received frames into `out`, at most its spare capacity (so `out` never
+    /// reallocates) and at most as many as `pool` can replace on the fill ring, then
+    /// refills the fill ring with that many. Returns how many were received.
+    pub fn rx_burst(&mut self, pool: &mut FramePool, out: &mut Vec<Frame>) -> u32 {
+        let room = out.capacity() - out.len();
+        let max = room.min(pool.len()).min(u32::MAX as usize) as u32;
+        if max == 0 {
+            return 0;
+        }
+        let area = self.umem.area();
+        let mut taken = 0;
+        let mut r = self.rx.receive(max);
+        while let Some(desc) = r.read() {
+            taken += 1;
+            match area.frame_from_desc(desc.addr, desc.len) {
+                Some(frame) => out.push(frame),
+                None => self.stats.rx_invalid += 1,
+            }
+        }
+        r.release();
+        drop(r);
+        self.stats.rx += u64::from(taken);
+        if taken > 0 {
+            self.fill(pool, taken);
+        }
+        taken
+    }
+
+    /// Puts frames from the front of `frames` on the TX ring, as many as fit, removing
+    /// them from `frames`; wakes the kernel if it asks. Returns how many were queued.
+    pub fn tx_burst(&mut self, frames: &mut Vec<Frame>) -> u32 {
+        if frames.is_empty() {
+            return 0;
+        }
+        let id = self.umem.area().id();
+        let want = frames.len().min(u32::MAX as usize) as u32;
+        let mut w = self.tx.transmit(want);
+        let cap = w.capacity() as usize;
+        let n = w.insert(frames[..cap].iter().map(|f| {
+            // A foreign frame would make the kernel read and later return one of ours.
+            assert_eq!(f.umem_id(), id, "frame of another UMEM on the TX ring");
+            XdpDesc {
+                addr: f.addr(),
+                len: f.desc_len(),
+                options: 0,
+            }
+        }));
+        w.commit();
+        drop(w);
+        // The kernel owns these frames until they come back on the completion ring.
+        frames.drain(..n as usize);
+        self.stats.tx += u64::from(n);
+        self.kick_tx();
+        n
+    }
+
+    /// Wakes the kernel's TX processing if it asked for it (copy mode always does).
+    pub fn kick_tx(&mut self) {
+        if self.tx.needs_wakeup() {
+            self.tx.wake();
+            self.stats.tx_wakeups += 1;
+        }
+    }
+
+    /// Moves up to `max` transmitted frames from the completion ring back to `pool`.
+    pub fn complete(&mut self, pool: &mut FramePool, max: u32) -> u32 {
+        assert_eq!(pool.umem_id(), self.umem.area().id(), "pool of another UMEM");
+        let area = self.umem.area();
+        let mut n = 0;
+        let mut r = self.device.complete(max);
+        while let Some(addr) = r.read() {
+            if area.frame_from_desc(addr, 0).is_some() {
+                pool.push_addr(addr);
+                n += 1;
+            } else {
+                self.stats.completion_invalid += 1;
+            }
+        }
+        r.release();
+        drop(r);
+        self.stats.completed += u64::from(n);
+        n
+    }
+
+    /// Frames waiting on the RX ring (advisory).
+    pub fn rx_available(&self) -> u32 {
+        self.rx.available()
+    }
+
+    /// Frames submitted to TX and not yet completed... as seen by the TX ring.
+    pub fn tx_pending(&self) -> u32 {
+        self.tx.pending()
+    }
+
+    /// Blocks until the RX ring has frames or `timeout` passes (poll(2)); for workers
+    /// that sleep when idle instead of busy-polling. Returns whether frames are ready.
+    pub fn wait_rx(&self, timeout: Duration) -> Result<bool, XskError> {
+        let mut pfd = libc::pollfd {
+            fd: self.rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, count 1; the fd is owned by `self.rx` and open.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(XskError::Os { op: "poll", source: e });
+        }
+        Ok(pfd.revents & libc::POLLIN != 0)
+    }
+}
+
+impl AsRawFd for Port {
+    /// The socket's fd, to register in an XskMap.
+    fn as_raw_fd(&self) -> RawFd {
+        self.rx.as_raw_fd()
+    }
+}
+
+fn query_mode(fd: RawFd) -> std::io::Result<XskMode> {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `struct xdp_options` is one u32; we pass a valid u32 and its size, and
+    // the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(if flags & XDP_OPTIONS_ZEROCOPY != 0 {
+        XskMode::ZeroCopy
+    } else {
+        XskMode::Copy
+    })
+}
