@@ -1,0 +1,821 @@
+//! DHCP server for the one GN behind the adapter (RFC 2131/2132).
+//!
+//! Only the VIP the DC assigned is ever offered, with a subnet mask of the
+//! whole VIP prefix (every VIP on-link), router and DNS server = the router
+//! address, and the tunnel-sized interface MTU. Replies leave from the router
+//! address and the NTMA's MAC, to the L2/L3 destination RFC 2131 §4.1 asks
+//! for (broadcast flag, ciaddr, NAK always broadcast).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::{
+    DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, CLIENT_PORT, MAGIC,
+    MIN_PACKET_SIZE,
+};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+use super::wire::{build_udp_frame, EthView, MacAddr, UdpEnds, UdpView};
+use super::{Gn, GnAction, GnDrop, GnStat, Lease};
+
+/// DHCP server port.
+pub(super) const SERVER_PORT: u16 = 67;
+
+/// Offset of the magic cookie in a BOOTP message.
+const MAGIC_OFFSET: usize = 236;
+
+/// Why a NAK goes out.
+#[derive(Debug, Clone, Copy)]
+enum NakWhy {
+    WrongAddress,
+    WrongServer,
+    NoVip,
+}
+
+/// Where a reply goes (RFC 2131 §4.1, giaddr = 0).
+struct Dest {
+    mac: MacAddr,
+    ip: Ipv4Addr,
+}
+
+impl Gn {
+    pub(super) fn handle_dhcp(
+        &mut self,
+        now: Instant,
+        eth: &EthView<'_>,
+        udp: &UdpView<'_>,
+    ) -> Result<(), GnDrop> {
+        let p = udp.payload;
+        if p.len() < MAGIC_OFFSET + 4 || p[MAGIC_OFFSET..MAGIC_OFFSET + 4] != MAGIC {
+            return Err(GnDrop::DhcpMalformed);
+        }
+        let msg = Message::decode(&mut Decoder::new(p)).map_err(|_| GnDrop::DhcpMalformed)?;
+        if msg.opcode() != Opcode::BootRequest {
+            return Err(GnDrop::DhcpNotRequest);
+        }
+        // hlen is checked before chaddr(), which slices by it.
+        if msg.htype() != HType::Eth || msg.hlen() != 6 {
+            return Err(GnDrop::DhcpBadHwAddr);
+        }
+        if !msg.giaddr().is_unspecified() {
+            return Err(GnDrop::DhcpRelayed);
+        }
+        let mut chaddr = [0u8; 6];
+        chaddr.copy_from_slice(msg.chaddr());
+        let chaddr = MacAddr(chaddr);
+        if !chaddr.is_unicast() {
+            return Err(GnDrop::DhcpBadHwAddr);
+        }
+        let client_id = match msg.opts().get(OptionCode::ClientIdentifier) {
+            Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => id.clone(),
+            _ => chaddr.0.to_vec(),
+        };
+        let client = Client {
+            msg: &msg,
+            chaddr,
+            client_id,
+            eth_src: eth.src,
+        };
+        match msg.opts().msg_type() {
+            Some(MessageType::Discover) => self.dhcp_discover(now, &client),
+            Some(MessageType::Request) => self.dhcp_request(now, &client),
+            Some(MessageType::Release) => self.dhcp_release(&client, false),
+            Some(MessageType::Decline) => self.dhcp_release(&client, true),
+            Some(MessageType::Inform) => self.dhcp_inform(&client),
+            Some(_) => Err(GnDrop::DhcpNotRequest),
+            None => Err(GnDrop::DhcpNoMessageType),
+        }
+    }
+
+    /// The VIP is leased or offered to someone other than `client`.
+    fn vip_taken_by_other(&self, now: Instant, client: &Client<'_>) -> bool {
+        self.state
+            .active_lease(now)
+            .is_some_and(|l| l.client_id != client.client_id)
+    }
+
+    fn dhcp_discover(&mut self, now: Instant, c: &Client<'_>) -> Result<(), GnDrop> {
+        let vip = self.state.vip.ok_or(GnDrop::DhcpNoVip)?;
+        if self.vip_taken_by_other(now, c) {
+            return Err(GnDrop::DhcpVipInUse);
+        }
+        let keep_bound = self
+            .state
+            .active_lease(now)
+            .is_some_and(|l| l.bound && l.client_id == c.client_id);
+        if !keep_bound {
+            self.state.lease = Some(Lease {
+                client_id: c.client_id.clone(),
+                mac: c.chaddr,
+                expires: now + self.cfg.offer_hold,
+                bound: false,
+            });
+        }
+        let dest = self.reply_dest(c, vip);
+        self.send_dhcp(c, MessageType::Offer, vip, &dest)?;
+        self.counters.stat(GnStat::DhcpOffer);
+        Ok(())
+    }
+
+    fn dhcp_request(&mut self, now: Instant, c: &Client<'_>) -> Result<(), GnDrop> {
+        let opts = c.msg.opts();
+        let server_id = match opts.get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        };
+        let requested = match opts.get(OptionCode::RequestedIpAddress) {
+            Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+            _ => None,
+        };
+        let ciaddr = c.msg.ciaddr();
+        let vip = self.state.vip;
+        // The address the client wants, by RFC 2131 §4.3.2 state.
+        let wanted = if let Some(sid) = server_id {
+            // SELECTING: answering our OFFER.
+            if sid != self.cfg.router {
+                return self.dhcp_nak(c, NakWhy::WrongServer);
+            }
+            if vip.is_none() {
+                return self.dhcp_nak(c, NakWhy::NoVip);
+            }
+            requested
+        } else if let Some(req) = requested {
+            // INIT-REBOOT: with no VIP we have no record and stay silent.
+            vip.ok_or(GnDrop::DhcpNoVip)?;
+            Some(req)
+        } else if !ciaddr.is_unspecified() {
+            // RENEWING/REBINDING: silent without a VIP, so a GN keeps its
+            // address across an adapter restart until registration is back.
+            vip.ok_or(GnDrop::DhcpNoVip)?;
+            Some(ciaddr)
+        } else {
+            return Err(GnDrop::DhcpMalformed);
+        };
+        let Some(vip) = vip else {
+            return Err(GnDrop::DhcpNoVip);
+        };
+        if wanted != Some(vip) || self.vip_taken_by_other(now, c) {
+            return self.dhcp_nak(c, NakWhy::WrongAddress);
+        }
+        let was_bound = self
+            .state
+            .active_lease(now)
+            .is_some_and(|l| l.bound && l.client_id == c.client_id);
+        let dest = self.reply_dest(c, vip);
+        self.send_dhcp(c, MessageType::Ack, vip, &dest)?;
+        self.state.lease = Some(Lease {
+            client_id: c.client_id.clone(),
+            mac: c.chaddr,
+            expires: now + Duration::from_secs(u64::from(self.cfg.lease_secs)),
+            bound: true,
+        });
+        self.set_gn_mac(c.chaddr);
+        if !was_bound {
+            self.push_action(GnAction::LeaseBound { vip, mac: c.chaddr });
+        }
+        self.counters.stat(GnStat::DhcpAck);
+        Ok(())
+    }
+
+    fn dhcp_nak(&mut self, c: &Client<'_>, why: NakWhy) -> Result<(), GnDrop> {
+        let dest = Dest {
+            mac: MacAddr::BROADCAST,
+            ip: Ipv4Addr::BROADCAST,
+        };
+        self.send_dhcp(c, MessageType::Nak, Ipv4Addr::UNSPECIFIED, &dest)?;
+        self.counters.stat(match why {
+            NakWhy::WrongAddress => GnStat::DhcpNakWrongAddress,
+            NakWhy::WrongServer => GnStat::DhcpNakWrongServer,
+            NakWhy::NoVip => GnStat::DhcpNakNoVip,
+        });
+        Ok(())
+    }
+
+    fn dhcp_release(&mut self, c: &Client<'_>, decline: bool) -> Result<(), GnDrop> {
+        let (Some(vip), Some(lease)) = (self.state.vip, self.state.lease.as_ref()) else {
+            return Err(GnDrop::DhcpReleaseUnknown);
+        };
+        let addr = if decline {
+            match c.msg.opts().get(OptionCode::RequestedIpAddress) {
+                Some(DhcpOption::RequestedIpAddress(ip)) => *ip,
+                _ => Ipv4Addr::UNSPECIFIED,
+            }
+        } else {
+            c.msg.ciaddr()
+        };
+        if lease.client_id != c.client_id || addr != vip {
+            return Err(GnDrop::DhcpReleaseUnknown);
+        }
+        let was_bound = lease.bound;
+        self.state.lease = None;
+        if was_bound {
+            self.push_action(GnAction::LeaseEnded { vip });
+        }
+        self.counters.stat(if decline {
+            GnStat::DhcpDecline
+        } else {
+            GnStat::DhcpRelease
+        });
+        Ok(())
+    }
+
+    fn dhcp_inform(&mut self, c: &Client<'_>) -> Result<(), GnDrop> {
+        let ciaddr = c.msg.ciaddr();
+        // RFC 2131 §4.3.5: the ACK goes unicast to ciaddr.
+        let dest = if ciaddr.is_unspecified() {
+            Dest {
+                mac: MacAddr::BROADCAST,
+                ip: Ipv4Addr::BROADCAST,
+            }
+        } else {
+            Dest {
+                mac: c.eth_src,
+                ip: ciaddr,
+            }
+        };
+        self.send_dhcp(c, MessageType::Ack, Ipv4Addr::UNSPECIFIED, &dest)?;
+        self.counters.stat(GnStat::DhcpInformAck);
+        Ok(())
+    }
+
+    /// RFC 2131 §4.1 with giaddr = 0: to ciaddr if set, else broadcast if the
+    /// client asked for it, else unicast to the new address and chaddr.
+    fn reply_dest(&self, c: &Client<'_>, yiaddr: Ipv4Addr) -> Dest {
+        let ciaddr = c.msg.ciaddr();
+        if !ciaddr.is_unspecified() {
+            Dest {
+                mac: c.eth_src,
+                ip: ciaddr,
+            }
+        } else if c.msg.flags().broadcast() {
+            Dest {
+                mac: MacAddr::BROADCAST,
+                ip: Ipv4Addr::BROADCAST,
+            }
+        } else {
+            Dest {
+                mac: c.chaddr,
+                ip: yiaddr,
+            }
+        }
+    }
+
+    /// Builds the reply of type `kind` to `c` and queues it. `yiaddr` is the
+    /// leased address (OFFER/ACK) or 0 (NAK, ACK of INFORM).
+    fn send_dhcp(
+        &mut self,
+        c: &Client<'_>,
+        kind: MessageType,
+        yiaddr: Ipv4Addr,
+        dest: &Dest,
+    ) -> Result<(), GnDrop> {
+        let req = c.msg;
+        let router = self.cfg.router;
+        let inform = kind == MessageType::Ack && yiaddr.is_unspecified();
+        let ciaddr = if inform || kind == MessageType::Ack {
+            req.ciaddr()
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        };
+        let mut m = Message::new_with_id(
+            req.xid(),
+            ciaddr,
+            yiaddr,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &c.chaddr.0,
+        );
+        m.set_opcode(Opcode::BootReply)
+            .set_htype(HType::Eth)
+            .set_flags(if req.flags().broadcast() {
+                Flags::default().set_broadcast()
+            } else {
+                Flags::default()
+            });
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(kind));
+        o.insert(DhcpOption::ServerIdentifier(router));
+        if let Some(DhcpOption::ClientIdentifier(id)) = req.opts().get(OptionCode::ClientIdentifier)
+        {
+            // RFC 6842: echo the client identifier.
+            o.insert(DhcpOption::ClientIdentifier(id.clone()));
+        }
+        if kind == MessageType::Nak {
+            o.insert(DhcpOption::Message(
+                "address not available: only the VIP assigned by the DC".to_owned(),
+            ));
+        } else {
+            if !inform {
+                let lease = self.cfg.lease_secs;
+                o.insert(DhcpOption::AddressLeaseTime(lease));
+                o.insert(DhcpOption::Renewal(lease / 2));
+                o.insert(DhcpOption::Rebinding(lease / 8 * 7));
+            }
+            o.insert(DhcpOption::SubnetMask(self.cfg.netmask()));
+            o.insert(DhcpOption::Router(vec![router]));
+            o.insert(DhcpOption::DomainNameServer(vec![router]));
+            o.insert(DhcpOption::InterfaceMtu(self.cfg.mtu));
+        }
+        let mut payload = Vec::with_capacity(MIN_PACKET_SIZE);
+        m.encode(&mut Encoder::new(&mut payload))
+            .map_err(|_| GnDrop::DhcpMalformed)?;
+        // Some clients ignore BOOTP messages shorter than 300 bytes.
+        if payload.len() < MIN_PACKET_SIZE {
+            payload.resize(MIN_PACKET_SIZE, 0);
+        }
+        let ends = UdpEnds {
+            dst_mac: dest.mac,
+            src_mac: self.cfg.ntma_mac,
+            src_ip: router,
+            dst_ip: dest.ip,
+            src_port: SERVER_PORT,
+            dst_port: CLIENT_PORT,
+        };
+        self.emit(|out| build_udp_frame(out, &ends, &payload))
+    }
+}
+
+/// A parsed client message and who sent it.
+struct Client<'a> {
+    msg: &'a Message,
+    chaddr: MacAddr,
+    client_id: Vec<u8>,
+    eth_src: MacAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+    use super::super::test_util::*;
+    use super::super::wire::{build_udp_frame, EthView, Ipv4View, MacAddr, UdpEnds, UdpView};
+    use super::super::{GnAction, GnDrop, GnStat, Verdict};
+
+    const DISCOVER: &[u8] = include_bytes!("testdata/dhclient_discover.bin");
+    const REBOOT: &[u8] = include_bytes!("testdata/dhclient_request_initreboot.bin");
+
+    struct Reply {
+        eth_dst: MacAddr,
+        ip_src: Ipv4Addr,
+        ip_dst: Ipv4Addr,
+        msg: Message,
+    }
+
+    fn parse_reply(frame: &[u8]) -> Reply {
+        let eth = EthView::parse(frame).unwrap();
+        assert_eq!(eth.src, NTMA_MAC);
+        let ip = Ipv4View::parse(eth.payload, true).unwrap();
+        let udp = UdpView::parse(&ip, true).unwrap();
+        assert_eq!((udp.src_port, udp.dst_port), (67, 68));
+        assert!(udp.payload.len() >= 300);
+        Reply {
+            eth_dst: eth.dst,
+            ip_src: ip.src,
+            ip_dst: ip.dst,
+            msg: Message::decode(&mut Decoder::new(udp.payload)).unwrap(),
+        }
+    }
+
+    fn only_reply(g: &mut super::super::Gn) -> Reply {
+        let out = frames(g);
+        assert_eq!(out.len(), 1, "expected exactly one reply");
+        parse_reply(&out[0])
+    }
+
+    /// A client message as a frame from the GN (src 0.0.0.0 unless `ciaddr`).
+    fn client_frame(build: impl FnOnce(&mut Message)) -> Vec<u8> {
+        let mut m = Message::new_with_id(
+            0x1234_5678,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &GN_MAC.0,
+        );
+        build(&mut m);
+        let src_ip = m.ciaddr();
+        let dst_ip = if src_ip.is_unspecified() {
+            Ipv4Addr::BROADCAST
+        } else {
+            ROUTER
+        };
+        let mut payload = Vec::new();
+        m.encode(&mut Encoder::new(&mut payload)).unwrap();
+        let mut f = Vec::new();
+        build_udp_frame(
+            &mut f,
+            &UdpEnds {
+                dst_mac: if dst_ip == ROUTER {
+                    NTMA_MAC
+                } else {
+                    MacAddr::BROADCAST
+                },
+                src_mac: GN_MAC,
+                src_ip,
+                dst_ip,
+                src_port: 68,
+                dst_port: 67,
+            },
+            &payload,
+        )
+        .unwrap();
+        f
+    }
+
+    fn msg_type(t: MessageType) -> DhcpOption {
+        DhcpOption::MessageType(t)
+    }
+
+    fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
+        m.opts().get(code)
+    }
+
+    fn assert_lease_options(m: &Message, with_lease: bool) {
+        assert_eq!(
+            opt(m, OptionCode::SubnetMask),
+            Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 192, 0, 0)))
+        );
+        assert_eq!(
+            opt(m, OptionCode::Router),
+            Some(&DhcpOption::Router(vec![ROUTER]))
+        );
+        assert_eq!(
+            opt(m, OptionCode::DomainNameServer),
+            Some(&DhcpOption::DomainNameServer(vec![ROUTER]))
+        );
+        assert_eq!(
+            opt(m, OptionCode::InterfaceMtu),
+            Some(&DhcpOption::InterfaceMtu(1440))
+        );
+        assert_eq!(
+            opt(m, OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(ROUTER))
+        );
+        assert_eq!(
+            opt(m, OptionCode::AddressLeaseTime).is_some(),
+            with_lease,
+            "lease time present iff a lease"
+        );
+    }
+
+    #[test]
+    fn captured_discover_gets_offer_of_the_vip() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        assert_eq!(g.handle_frame(now, DISCOVER), Verdict::Consumed);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(r.msg.opcode(), Opcode::BootReply);
+        assert_eq!(r.msg.yiaddr(), VIP);
+        assert_eq!(r.msg.chaddr(), &GN_MAC.0);
+        // dhclient leaves the broadcast flag clear: unicast to yiaddr/chaddr.
+        assert!(!r.msg.flags().broadcast());
+        assert_eq!(r.eth_dst, GN_MAC);
+        assert_eq!(r.ip_dst, VIP);
+        assert_eq!(r.ip_src, ROUTER);
+        assert_lease_options(&r.msg, true);
+        assert_eq!(
+            opt(&r.msg, OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(600))
+        );
+        // The xid of the captured DISCOVER is echoed.
+        let disc = Message::decode(&mut Decoder::new(&DISCOVER[42..])).unwrap();
+        assert_eq!(r.msg.xid(), disc.xid());
+        let lease = g.state().lease().unwrap();
+        assert!(!lease.bound);
+    }
+
+    #[test]
+    fn no_offer_before_the_dc_assigned_a_vip() {
+        let mut g = gn();
+        let now = Instant::now();
+        assert_eq!(
+            g.handle_frame(now, DISCOVER),
+            Verdict::Dropped(GnDrop::DhcpNoVip)
+        );
+        // INIT-REBOOT without a VIP: no record, silence.
+        assert_eq!(
+            g.handle_frame(now, REBOOT),
+            Verdict::Dropped(GnDrop::DhcpNoVip)
+        );
+        assert!(frames(&mut g).is_empty());
+        assert_eq!(g.counters()[GnDrop::DhcpNoVip], 2);
+    }
+
+    #[test]
+    fn selecting_request_gets_ack_and_binds() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        g.handle_frame(now, DISCOVER);
+        frames(&mut g);
+        let req = client_frame(|m| {
+            m.opts_mut().insert(msg_type(MessageType::Request));
+            m.opts_mut().insert(DhcpOption::ServerIdentifier(ROUTER));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(VIP));
+        });
+        assert_eq!(g.handle_frame(now, &req), Verdict::Consumed);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(r.msg.yiaddr(), VIP);
+        assert_eq!((r.eth_dst, r.ip_dst), (GN_MAC, VIP));
+        assert_lease_options(&r.msg, true);
+        let lease = g.state().lease().unwrap();
+        assert!(lease.bound);
+        assert_eq!(lease.mac, GN_MAC);
+        assert_eq!(lease.expires, now + Duration::from_secs(600));
+        assert_eq!(g.state().mac(), Some(GN_MAC));
+        assert_eq!(
+            actions(&mut g),
+            vec![
+                GnAction::GnMac { mac: GN_MAC },
+                GnAction::LeaseBound {
+                    vip: VIP,
+                    mac: GN_MAC
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn captured_init_reboot_request_for_the_vip_gets_ack() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        assert_eq!(g.handle_frame(now, REBOOT), Verdict::Consumed);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(r.msg.yiaddr(), VIP);
+        assert_eq!(g.counters()[GnStat::DhcpAck], 1);
+    }
+
+    #[test]
+    fn request_for_an_address_not_given_gets_broadcast_nak() {
+        let mut g = gn();
+        g.set_vip(Some(Ipv4Addr::new(100, 64, 0, 9))).unwrap();
+        let now = Instant::now();
+        // The captured INIT-REBOOT asks for 100.64.0.2.
+        assert_eq!(g.handle_frame(now, REBOOT), Verdict::Consumed);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Nak));
+        assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(r.eth_dst, MacAddr::BROADCAST);
+        assert_eq!(r.ip_dst, Ipv4Addr::BROADCAST);
+        assert!(opt(&r.msg, OptionCode::AddressLeaseTime).is_none());
+        assert!(opt(&r.msg, OptionCode::Router).is_none());
+        assert_eq!(g.counters()[GnStat::DhcpNakWrongAddress], 1);
+        assert!(g.state().lease().is_none());
+    }
+
+    #[test]
+    fn request_naming_another_server_gets_nak() {
+        let mut g = gn_with_vip();
+        let req = client_frame(|m| {
+            m.opts_mut().insert(msg_type(MessageType::Request));
+            m.opts_mut()
+                .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(100, 64, 0, 99)));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(VIP));
+        });
+        g.handle_frame(Instant::now(), &req);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Nak));
+        assert_eq!(g.counters()[GnStat::DhcpNakWrongServer], 1);
+    }
+
+    #[test]
+    fn renewal_is_unicast_to_ciaddr_and_wrong_ciaddr_is_naked() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        let renew = |ciaddr| {
+            client_frame(move |m| {
+                m.set_ciaddr(ciaddr);
+                m.opts_mut().insert(msg_type(MessageType::Request));
+            })
+        };
+        assert_eq!(g.handle_frame(now, &renew(VIP)), Verdict::Consumed);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(r.msg.ciaddr(), VIP);
+        assert_eq!((r.eth_dst, r.ip_dst), (GN_MAC, VIP));
+        actions(&mut g);
+        // A renewal later does not announce a new lease.
+        let later = now + Duration::from_secs(300);
+        g.handle_frame(later, &renew(VIP));
+        only_reply(&mut g);
+        assert!(actions(&mut g).is_empty());
+        assert_eq!(
+            g.state().lease().unwrap().expires,
+            later + Duration::from_secs(600)
+        );
+
+        g.handle_frame(now, &renew(Ipv4Addr::new(100, 64, 0, 3)));
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Nak));
+    }
+
+    #[test]
+    fn broadcast_flag_is_honoured() {
+        let mut g = gn_with_vip();
+        let f = client_frame(|m| {
+            m.set_flags(Flags::default().set_broadcast());
+            m.opts_mut().insert(msg_type(MessageType::Discover));
+        });
+        g.handle_frame(Instant::now(), &f);
+        let r = only_reply(&mut g);
+        assert_eq!(r.eth_dst, MacAddr::BROADCAST);
+        assert_eq!(r.ip_dst, Ipv4Addr::BROADCAST);
+        assert!(r.msg.flags().broadcast());
+    }
+
+    #[test]
+    fn second_client_cannot_take_the_vip() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        g.handle_frame(now, REBOOT);
+        frames(&mut g);
+        let other = |t: MessageType| {
+            client_frame(move |m| {
+                m.set_chaddr(&[2, 0, 0, 0, 0, 0x77]);
+                m.opts_mut().insert(msg_type(t));
+                m.opts_mut().insert(DhcpOption::RequestedIpAddress(VIP));
+            })
+        };
+        assert_eq!(
+            g.handle_frame(now, &other(MessageType::Discover)),
+            Verdict::Dropped(GnDrop::DhcpVipInUse)
+        );
+        g.handle_frame(now, &other(MessageType::Request));
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Nak));
+        // After the lease expired the other client may have it.
+        let later = now + Duration::from_secs(601);
+        assert_eq!(
+            g.handle_frame(later, &other(MessageType::Discover)),
+            Verdict::Consumed
+        );
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Offer));
+    }
+
+    #[test]
+    fn release_and_decline_end_the_lease_only_for_the_owner() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        g.handle_frame(now, REBOOT);
+        frames(&mut g);
+        actions(&mut g);
+        let foreign = client_frame(|m| {
+            m.set_chaddr(&[2, 0, 0, 0, 0, 0x77]);
+            m.set_ciaddr(VIP);
+            m.opts_mut().insert(msg_type(MessageType::Release));
+        });
+        assert_eq!(
+            g.handle_frame(now, &foreign),
+            Verdict::Dropped(GnDrop::DhcpReleaseUnknown)
+        );
+        let release = client_frame(|m| {
+            m.set_ciaddr(VIP);
+            m.opts_mut().insert(msg_type(MessageType::Release));
+        });
+        assert_eq!(g.handle_frame(now, &release), Verdict::Consumed);
+        assert!(frames(&mut g).is_empty(), "RELEASE has no reply");
+        assert!(g.state().lease().is_none());
+        assert_eq!(actions(&mut g), vec![GnAction::LeaseEnded { vip: VIP }]);
+        assert_eq!(
+            g.handle_frame(now, &release),
+            Verdict::Dropped(GnDrop::DhcpReleaseUnknown)
+        );
+
+        g.handle_frame(now, REBOOT);
+        frames(&mut g);
+        let decline = client_frame(|m| {
+            m.opts_mut().insert(msg_type(MessageType::Decline));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(VIP));
+        });
+        assert_eq!(g.handle_frame(now, &decline), Verdict::Consumed);
+        assert!(g.state().lease().is_none());
+        assert_eq!(g.counters()[GnStat::DhcpDecline], 1);
+    }
+
+    #[test]
+    fn inform_gets_ack_without_lease_to_ciaddr() {
+        let mut g = gn();
+        let ip = Ipv4Addr::new(100, 64, 0, 40);
+        let f = client_frame(|m| {
+            m.set_ciaddr(ip);
+            m.opts_mut().insert(msg_type(MessageType::Inform));
+        });
+        assert_eq!(g.handle_frame(Instant::now(), &f), Verdict::Consumed);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!((r.eth_dst, r.ip_dst), (GN_MAC, ip));
+        assert_lease_options(&r.msg, false);
+        assert!(g.state().lease().is_none());
+    }
+
+    #[test]
+    fn client_identifier_is_the_lease_key_and_is_echoed() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        let f = client_frame(|m| {
+            m.opts_mut().insert(msg_type(MessageType::Discover));
+            m.opts_mut()
+                .insert(DhcpOption::ClientIdentifier(b"\x01gn-box".to_vec()));
+        });
+        g.handle_frame(now, &f);
+        let r = only_reply(&mut g);
+        assert_eq!(
+            opt(&r.msg, OptionCode::ClientIdentifier),
+            Some(&DhcpOption::ClientIdentifier(b"\x01gn-box".to_vec()))
+        );
+        assert_eq!(g.state().lease().unwrap().client_id, b"\x01gn-box");
+    }
+
+    #[test]
+    fn bad_messages_are_dropped_by_reason() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        let cases: Vec<(Vec<u8>, GnDrop)> = vec![
+            (
+                client_frame(|m| {
+                    m.set_opcode(Opcode::BootReply);
+                    m.opts_mut().insert(msg_type(MessageType::Discover));
+                }),
+                GnDrop::DhcpNotRequest,
+            ),
+            (
+                client_frame(|m| {
+                    m.opts_mut().insert(msg_type(MessageType::Offer));
+                }),
+                GnDrop::DhcpNotRequest,
+            ),
+            (
+                client_frame(|m| {
+                    m.set_chaddr(&[1, 2, 3, 4, 5, 6, 7, 8]);
+                    m.opts_mut().insert(msg_type(MessageType::Discover));
+                }),
+                GnDrop::DhcpBadHwAddr,
+            ),
+            (
+                client_frame(|m| {
+                    m.set_giaddr(Ipv4Addr::new(10, 0, 0, 1));
+                    m.opts_mut().insert(msg_type(MessageType::Discover));
+                }),
+                GnDrop::DhcpRelayed,
+            ),
+            (client_frame(|_| {}), GnDrop::DhcpNoMessageType),
+            (
+                client_frame(|m| {
+                    m.opts_mut().insert(msg_type(MessageType::Request));
+                }),
+                GnDrop::DhcpMalformed,
+            ),
+        ];
+        for (f, why) in cases {
+            assert_eq!(g.handle_frame(now, &f), Verdict::Dropped(why), "{why}");
+        }
+        // Truncated before the magic cookie, and a wrong cookie.
+        let mut short = DISCOVER.to_vec();
+        short.truncate(14 + 20 + 8 + 200);
+        fix_lengths(&mut short);
+        assert_eq!(
+            g.handle_frame(now, &short),
+            Verdict::Dropped(GnDrop::DhcpMalformed)
+        );
+        let mut cookie = DISCOVER.to_vec();
+        cookie[42 + 236] = 0;
+        fix_lengths(&mut cookie);
+        assert_eq!(
+            g.handle_frame(now, &cookie),
+            Verdict::Dropped(GnDrop::DhcpMalformed)
+        );
+        // hlen = 200 would make a careless chaddr() slice panic.
+        let mut hlen = DISCOVER.to_vec();
+        hlen[42 + 2] = 200;
+        fix_lengths(&mut hlen);
+        assert_eq!(
+            g.handle_frame(now, &hlen),
+            Verdict::Dropped(GnDrop::DhcpBadHwAddr)
+        );
+        assert!(frames(&mut g).is_empty());
+    }
+
+    /// Rebuilds the IPv4/UDP headers (lengths, checksums) of a captured
+    /// DHCP frame after a test edited or truncated its payload.
+    fn fix_lengths(f: &mut Vec<u8>) {
+        let payload = f[42..].to_vec();
+        let ends = UdpEnds {
+            dst_mac: MacAddr::BROADCAST,
+            src_mac: GN_MAC,
+            src_ip: Ipv4Addr::UNSPECIFIED,
+            dst_ip: Ipv4Addr::BROADCAST,
+            src_port: 68,
+            dst_port: 67,
+        };
+        f.clear();
+        build_udp_frame(f, &ends, &payload).unwrap();
+    }
+}

@@ -1,0 +1,819 @@
+//! The adapter's GN-facing services, sans-IO: proxy ARP, DHCP server, DNS
+//! interception and forwarding, ICMP destination unreachable.
+//!
+//! [`Gn`] does no I/O and reads no clock (quinn-proto style). The slow-path
+//! thread of the daemon pumps it:
+//!
+//! * every frame from the GN-facing NIC that the XDP program passed up
+//!   (ARP, DHCP, DNS to the router address) goes into
+//!   [`Gn::handle_frame`]; frames for the data path come back as
+//!   [`Verdict::NotSlowPath`];
+//! * every datagram from the upstream resolver goes into
+//!   [`Gn::handle_upstream`];
+//! * the control side answers each [`GnAction::Resolve`] with
+//!   [`Gn::answer`], and tells the VIP the DC assigned with [`Gn::set_vip`];
+//! * the data path asks for ICMP errors with [`Gn::unreachable`];
+//! * after each call, drain [`Gn::poll_transmit`] (frames to the GN) and
+//!   [`Gn::poll_action`] (work for the control side); call
+//!   [`Gn::handle_timeout`] when [`Gn::poll_timeout`] is reached.
+//!
+//! Every drop is counted by its reason in [`Gn::counters`].
+
+mod arp;
+mod counters;
+mod dhcp;
+mod dns;
+mod icmp;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::Name;
+
+pub use counters::{GnCounters, GnDrop, GnStat};
+pub use dns::{PendingId, ResolveOutcome};
+pub use wire::{MacAddr, Unreachable};
+
+use dns::DnsState;
+use icmp::TokenBucket;
+use wire::{EthView, Ipv4View, UdpView, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_UDP};
+
+/// Largest frame the slow path ever emits (Ethernet header + 1500-byte IPv4
+/// packet): a buffer of this size always fits [`Gn::poll_transmit`].
+pub const MAX_FRAME_LEN: usize = wire::ETH_HEADER_LEN + 1500;
+
+/// Settings of the GN-facing services. Build with [`GnConfig::new`] and
+/// adjust fields; [`Gn::new`] validates them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GnConfig {
+    /// MAC of the NTMA's GN-facing NIC: source of every frame to the GN and
+    /// the answer of every proxy ARP reply.
+    pub ntma_mac: MacAddr,
+    /// The VIP pool's first address: router, DNS server and DHCP server
+    /// identifier given to the GN (100.64.0.1 in the testbed).
+    pub router: Ipv4Addr,
+    /// Prefix length of the VIP pool (10 for 100.64.0.0/10): the subnet mask
+    /// the GN gets, so every VIP is on-link.
+    pub vip_prefix_len: u8,
+    /// Interface MTU option for the GN (1440 leaves room for the tunnel).
+    pub mtu: u16,
+    /// DHCP lease time in seconds.
+    pub lease_secs: u32,
+    /// How long an OFFER reserves the VIP for the client it went to.
+    pub offer_hold: Duration,
+    /// NTM domain suffix (names under it are resolved through the DC).
+    pub ntm_suffix: String,
+    /// TTL of A records for NTM names (at most 60 s).
+    pub dns_ttl: u32,
+    /// Bound of each DNS pending table (queries waiting for the DC, queries
+    /// waiting for the upstream resolver).
+    pub dns_max_pending: usize,
+    /// Queries waiting for the DC get SERVFAIL after this long.
+    pub dns_resolve_timeout: Duration,
+    /// Queries forwarded upstream are forgotten after this long.
+    pub dns_forward_timeout: Duration,
+    /// ICMP code for packets to destinations that are not VIPs.
+    pub non_vip_unreachable: Unreachable,
+    /// ICMP errors per second (token bucket refill rate).
+    pub icmp_rate_per_sec: u32,
+    /// ICMP token bucket depth.
+    pub icmp_burst: u32,
+    /// Verify non-zero UDP checksums of frames from the GN. Turn off only
+    /// where TX checksum offload on the GN's side leaves partial checksums.
+    pub verify_udp_checksum: bool,
+    /// Bound of the queue of frames to the GN.
+    pub tx_queue_max: usize,
+    /// Bound of the queue of actions for the control side.
+    pub action_queue_max: usize,
+    /// Seed for the forwarded-query DNS ids; the daemon passes OS randomness.
+    pub seed: u64,
+}
+
+impl GnConfig {
+    /// The testbed's defaults (router 100.64.0.1/10, suffix `ntm.test`) for
+    /// the NIC with MAC `ntma_mac`.
+    pub fn new(ntma_mac: MacAddr) -> Self {
+        Self {
+            ntma_mac,
+            router: Ipv4Addr::new(100, 64, 0, 1),
+            vip_prefix_len: 10,
+            mtu: 1440,
+            lease_secs: 600,
+            offer_hold: Duration::from_secs(30),
+            ntm_suffix: "ntm.test".to_owned(),
+            dns_ttl: 30,
+            dns_max_pending: 256,
+            dns_resolve_timeout: Duration::from_secs(5),
+            dns_forward_timeout: Duration::from_secs(5),
+            non_vip_unreachable: Unreachable::Net,
+            icmp_rate_per_sec: 10,
+            icmp_burst: 20,
+            verify_udp_checksum: true,
+            tx_queue_max: 256,
+            action_queue_max: 256,
+            seed: 0x6e74_6d61_2d67_6e00,
+        }
+    }
+
+    /// Subnet mask of the VIP prefix.
+    pub fn netmask(&self) -> Ipv4Addr {
+        prefix_mask(self.vip_prefix_len)
+    }
+
+    /// True when `ip` is inside the VIP prefix.
+    pub fn in_vip_prefix(&self, ip: Ipv4Addr) -> bool {
+        let m = u32::from(self.netmask());
+        u32::from(ip) & m == u32::from(self.router) & m
+    }
+
+    fn validate(&self) -> Result<Name, GnConfigError> {
+        if !self.ntma_mac.is_unicast() {
+            return Err(GnConfigError::NtmaMac(self.ntma_mac));
+        }
+        if !(8..=30).contains(&self.vip_prefix_len) {
+            return Err(GnConfigError::PrefixLen(self.vip_prefix_len));
+        }
+        let m = u32::from(self.netmask());
+        let r = u32::from(self.router);
+        if r & !m == 0 || r & !m == !m || self.router.is_multicast() || self.router.is_loopback() {
+            return Err(GnConfigError::Router(self.router, self.vip_prefix_len));
+        }
+        if !(576..=1500).contains(&self.mtu) {
+            return Err(GnConfigError::Mtu(self.mtu));
+        }
+        if self.lease_secs < 60 {
+            return Err(GnConfigError::LeaseSecs(self.lease_secs));
+        }
+        if self.dns_ttl > 60 {
+            return Err(GnConfigError::DnsTtl(self.dns_ttl));
+        }
+        for (name, v) in [
+            ("dns_max_pending", self.dns_max_pending),
+            ("tx_queue_max", self.tx_queue_max),
+            ("action_queue_max", self.action_queue_max),
+            ("icmp_burst", self.icmp_burst as usize),
+        ] {
+            if v == 0 {
+                return Err(GnConfigError::ZeroLimit(name));
+            }
+        }
+        if self.dns_max_pending > dns::MAX_PENDING_LIMIT {
+            return Err(GnConfigError::TooLarge(
+                "dns_max_pending",
+                dns::MAX_PENDING_LIMIT,
+            ));
+        }
+        for (name, v) in [
+            ("offer_hold", self.offer_hold),
+            ("dns_resolve_timeout", self.dns_resolve_timeout),
+            ("dns_forward_timeout", self.dns_forward_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(GnConfigError::ZeroLimit(name));
+            }
+        }
+        dns::parse_suffix(&self.ntm_suffix)
+            .ok_or_else(|| GnConfigError::Suffix(self.ntm_suffix.clone()))
+    }
+}
+
+fn prefix_mask(len: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0))
+}
+
+/// A setting that [`Gn::new`] or [`Gn::set_vip`] refuses; the message says
+/// what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GnConfigError {
+    /// MAC not usable as a frame source.
+    #[error("GN-facing MAC {0} is not a unicast address: set it to the MAC of the GN-facing NIC")]
+    NtmaMac(MacAddr),
+    /// VIP prefix length out of range.
+    #[error("VIP prefix length /{0} is out of range: use 8..=30 (the testbed uses /10)")]
+    PrefixLen(u8),
+    /// Router address not a host of the VIP prefix.
+    #[error("router address {0} is not a host address of its /{1} VIP prefix: use the pool's first address (e.g. 100.64.0.1)")]
+    Router(Ipv4Addr, u8),
+    /// MTU out of range.
+    #[error(
+        "GN interface MTU {0} is out of range: use 576..=1500 (1440 leaves room for the tunnel)"
+    )]
+    Mtu(u16),
+    /// Lease too short.
+    #[error("DHCP lease time {0} s is too short: use at least 60 s")]
+    LeaseSecs(u32),
+    /// TTL above the protocol's limit.
+    #[error("DNS TTL {0} s for NTM names is above the 60 s limit: lower it")]
+    DnsTtl(u32),
+    /// A bound or timeout of zero.
+    #[error("{0} must be greater than zero")]
+    ZeroLimit(&'static str),
+    /// A bound above what the implementation supports.
+    #[error("{0} is too large: use at most {1}")]
+    TooLarge(&'static str, usize),
+    /// Suffix not a valid DNS name.
+    #[error(
+        "NTM suffix {0:?} is not a DNS name of letters, digits, '-' and '.': use e.g. \"ntm.test\""
+    )]
+    Suffix(String),
+    /// VIP from the DC not usable with this prefix.
+    #[error("VIP {0} assigned by the DC is not a host of the router's VIP prefix: make the DC's pool and the adapter's router/prefix agree")]
+    VipOutsidePrefix(Ipv4Addr),
+}
+
+/// What the NTMA knows about its GN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GnState {
+    mac: Option<MacAddr>,
+    vip: Option<Ipv4Addr>,
+    lease: Option<Lease>,
+}
+
+/// The one DHCP lease (or offer) of the VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Client identifier (option 61) or, without one, the hardware address.
+    pub client_id: Vec<u8>,
+    /// Client hardware address.
+    pub mac: MacAddr,
+    /// End of the lease (or of the offer's reservation).
+    pub expires: Instant,
+    /// ACKed (true) or only offered (false).
+    pub bound: bool,
+}
+
+impl GnState {
+    /// The GN's MAC, learned from DHCP and from frames sourced from its VIP.
+    pub fn mac(&self) -> Option<MacAddr> {
+        self.mac
+    }
+
+    /// The VIP the DC assigned to the GN.
+    pub fn vip(&self) -> Option<Ipv4Addr> {
+        self.vip
+    }
+
+    /// The current lease or offer, expired or not.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// The lease or offer still running at `now`.
+    pub fn active_lease(&self, now: Instant) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.expires > now)
+    }
+}
+
+/// What [`Gn::handle_frame`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A slow-path service took it; replies and actions may be queued.
+    Consumed,
+    /// Dropped (counted), possibly after queueing an error reply.
+    Dropped(GnDrop),
+    /// Not for the slow-path services: an IPv4 packet for the data path
+    /// (tunnel, hold queue, ICMP unreachable, NAT) or the kernel.
+    NotSlowPath,
+}
+
+/// Work for the control side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GnAction {
+    /// Resolve the NTM name `fqdn` (lower-case, no trailing dot) through the
+    /// DC (DIR_REQ); report the result with [`Gn::answer`]`(pending_id, ..)`.
+    Resolve {
+        /// The peer's FQDN.
+        fqdn: String,
+        /// Key for [`Gn::answer`].
+        pending_id: PendingId,
+    },
+    /// Send `payload` as one UDP datagram to the configured upstream
+    /// resolver, from the daemon's upstream socket, and feed what comes back
+    /// to [`Gn::handle_upstream`]. `upstream_id` is the DNS id the query
+    /// carries (rewritten, so it is unique among pending forwards).
+    Upstream {
+        /// DNS id of the forwarded query.
+        upstream_id: u16,
+        /// The query, ready to send.
+        payload: Vec<u8>,
+    },
+    /// The GN's MAC was learned or changed: the fast path addresses frames to
+    /// the GN with it.
+    GnMac {
+        /// New MAC.
+        mac: MacAddr,
+    },
+    /// The GN took the VIP (first DHCPACK of a lease).
+    LeaseBound {
+        /// The VIP.
+        vip: Ipv4Addr,
+        /// The client's MAC.
+        mac: MacAddr,
+    },
+    /// The GN's lease ended (RELEASE, DECLINE, or the VIP changed).
+    LeaseEnded {
+        /// The VIP it held.
+        vip: Ipv4Addr,
+    },
+}
+
+/// The GN-facing services of one adapter.
+#[derive(Debug)]
+pub struct Gn {
+    cfg: GnConfig,
+    state: GnState,
+    dns: DnsState,
+    icmp: TokenBucket,
+    counters: GnCounters,
+    tx: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    actions: VecDeque<GnAction>,
+}
+
+impl Gn {
+    /// Validates `cfg` and starts with no VIP (no DHCP offers until
+    /// [`Gn::set_vip`]).
+    pub fn new(cfg: GnConfig) -> Result<Self, GnConfigError> {
+        let suffix = cfg.validate()?;
+        Ok(Self {
+            dns: DnsState::new(suffix, cfg.seed),
+            icmp: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
+            state: GnState::default(),
+            counters: GnCounters::default(),
+            tx: VecDeque::with_capacity(cfg.tx_queue_max.min(1024)),
+            spare: Vec::new(),
+            actions: VecDeque::new(),
+            cfg,
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &GnConfig {
+        &self.cfg
+    }
+
+    /// What is known about the GN.
+    pub fn state(&self) -> &GnState {
+        &self.state
+    }
+
+    /// Drop and event counters.
+    pub fn counters(&self) -> &GnCounters {
+        &self.counters
+    }
+
+    /// Sets (or withdraws, with `None`) the VIP the DC assigned to the GN. A
+    /// lease of another VIP ends, so the GN's next renewal gets a NAK and it
+    /// starts over with the new VIP.
+    pub fn set_vip(&mut self, vip: Option<Ipv4Addr>) -> Result<(), GnConfigError> {
+        if let Some(v) = vip {
+            let host = u32::from(v) & !u32::from(self.cfg.netmask());
+            if !self.cfg.in_vip_prefix(v)
+                || v == self.cfg.router
+                || host == 0
+                || host == !u32::from(self.cfg.netmask())
+            {
+                return Err(GnConfigError::VipOutsidePrefix(v));
+            }
+        }
+        if self.state.vip != vip {
+            if let (Some(old), Some(lease)) = (self.state.vip, self.state.lease.take()) {
+                if lease.bound {
+                    self.push_action(GnAction::LeaseEnded { vip: old });
+                }
+            }
+            self.state.vip = vip;
+        }
+        Ok(())
+    }
+
+    /// Handles one frame from the GN-facing NIC.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Verdict {
+        let r = self.dispatch(now, frame);
+        self.settle(r)
+    }
+
+    fn settle(&mut self, r: Result<Verdict, GnDrop>) -> Verdict {
+        match r {
+            Ok(v) => v,
+            Err(why) => {
+                self.counters.drop(why);
+                Verdict::Dropped(why)
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, frame: &[u8]) -> Result<Verdict, GnDrop> {
+        let eth = EthView::parse(frame)?;
+        if !eth.src.is_unicast() {
+            return Err(GnDrop::SrcMacInvalid);
+        }
+        match eth.ether_type {
+            ETHERTYPE_ARP => self.handle_arp(&eth).map(|()| Verdict::Consumed),
+            ETHERTYPE_IPV4 => {
+                let ip = Ipv4View::parse(eth.payload, true)?;
+                self.learn(eth.src, ip.src);
+                let to_router = ip.dst == self.cfg.router;
+                if !(to_router || ip.dst == Ipv4Addr::BROADCAST) || ip.protocol != IPPROTO_UDP {
+                    return Ok(Verdict::NotSlowPath);
+                }
+                if ip.is_fragment() {
+                    return Err(GnDrop::Ipv4Fragment);
+                }
+                let udp = UdpView::parse(&ip, self.cfg.verify_udp_checksum)?;
+                match udp.dst_port {
+                    dhcp::SERVER_PORT => self
+                        .handle_dhcp(now, &eth, &udp)
+                        .map(|()| Verdict::Consumed),
+                    dns::PORT if to_router => self
+                        .handle_dns_query(now, &eth, &ip, &udp)
+                        .map(|()| Verdict::Consumed),
+                    _ => Ok(Verdict::NotSlowPath),
+                }
+            }
+            _ => Err(GnDrop::EtherTypeUnsupported),
+        }
+    }
+
+    /// Learns the GN's MAC from a frame whose source IPv4 address is its VIP.
+    fn learn(&mut self, mac: MacAddr, src: Ipv4Addr) {
+        if Some(src) == self.state.vip {
+            self.set_gn_mac(mac);
+        }
+    }
+
+    fn set_gn_mac(&mut self, mac: MacAddr) {
+        if self.state.mac != Some(mac) {
+            self.state.mac = Some(mac);
+            self.counters.stat(GnStat::GnMacLearned);
+            self.push_action(GnAction::GnMac { mac });
+        }
+    }
+
+    /// Handles one datagram from the upstream resolver (the payload of the
+    /// UDP datagram the daemon's upstream socket received).
+    pub fn handle_upstream(&mut self, now: Instant, payload: &[u8]) -> Verdict {
+        let r = self
+            .relay_upstream(now, payload)
+            .map(|()| Verdict::Consumed);
+        self.settle(r)
+    }
+
+    /// The control side's answer to [`GnAction::Resolve`].
+    pub fn answer(&mut self, now: Instant, pending_id: PendingId, outcome: ResolveOutcome) {
+        if let Err(why) = self.answer_resolve(now, pending_id, outcome) {
+            self.counters.drop(why);
+        }
+    }
+
+    /// Queues an ICMP destination unreachable (`code`) to the sender of
+    /// `frame`, an IPv4 frame from the GN that cannot be delivered: `Host`
+    /// for a VIP whose tunnel failed. Rate-limited; RFC 1812's exceptions
+    /// (errors about ICMP errors, later fragments, non-unicast ends) apply.
+    pub fn unreachable(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        code: Unreachable,
+    ) -> Result<(), GnDrop> {
+        let r = self.icmp_unreachable(now, frame, code);
+        if let Err(why) = r {
+            self.counters.drop(why);
+        }
+        r
+    }
+
+    /// [`Gn::unreachable`] with the operator's code for non-VIP destinations.
+    pub fn unreachable_non_vip(&mut self, now: Instant, frame: &[u8]) -> Result<(), GnDrop> {
+        self.unreachable(now, frame, self.cfg.non_vip_unreachable)
+    }
+
+    /// Runs what is due at `now`: SERVFAIL for queries the DC did not answer
+    /// in time, forgetting forwarded queries upstream never answered.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_dns(now);
+    }
+
+    /// When [`Gn::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.dns.next_deadline()
+    }
+
+    /// Copies the next frame for the GN into `buf` and returns its length.
+    /// A `buf` of [`MAX_FRAME_LEN`] always fits; a frame that does not fit is
+    /// dropped (counted) and the next one tried.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        while let Some(frame) = self.tx.pop_front() {
+            let len = frame.len();
+            let fits = len <= buf.len();
+            if fits {
+                buf[..len].copy_from_slice(&frame);
+            } else {
+                self.counters.drop(GnDrop::TxBufferTooSmall);
+            }
+            if self.spare.len() < 32 {
+                self.spare.push(frame);
+            }
+            if fits {
+                return Some(len);
+            }
+        }
+        None
+    }
+
+    /// Next piece of work for the control side.
+    pub fn poll_action(&mut self) -> Option<GnAction> {
+        self.actions.pop_front()
+    }
+
+    /// Builds a frame with `build` into a recycled buffer and queues it.
+    fn emit(
+        &mut self,
+        build: impl FnOnce(&mut Vec<u8>) -> Result<(), GnDrop>,
+    ) -> Result<(), GnDrop> {
+        if self.tx.len() >= self.cfg.tx_queue_max {
+            return Err(GnDrop::TxQueueFull);
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        match build(&mut buf) {
+            Ok(()) => {
+                self.tx.push_back(buf);
+                Ok(())
+            }
+            Err(why) => {
+                self.spare.push(buf);
+                Err(why)
+            }
+        }
+    }
+
+    fn push_action(&mut self, action: GnAction) {
+        if self.actions.len() >= self.cfg.action_queue_max {
+            self.counters.drop(GnDrop::ActionQueueFull);
+        } else {
+            self.actions.push_back(action);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    pub const NTMA_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0b]);
+    pub const GN_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0a]);
+    pub const ROUTER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+    pub const VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+
+    pub fn gn() -> Gn {
+        Gn::new(GnConfig::new(NTMA_MAC)).unwrap()
+    }
+
+    pub fn gn_with_vip() -> Gn {
+        let mut g = gn();
+        g.set_vip(Some(VIP)).unwrap();
+        g
+    }
+
+    pub fn frames(g: &mut Gn) -> Vec<Vec<u8>> {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let mut out = Vec::new();
+        while let Some(n) = g.poll_transmit(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    /// With a VIP and the GN's MAC already known (no GnMac action pending).
+    pub fn gn_ready() -> Gn {
+        let mut g = gn_with_vip();
+        g.set_gn_mac(GN_MAC);
+        actions(&mut g);
+        g
+    }
+
+    pub fn actions(g: &mut Gn) -> Vec<GnAction> {
+        std::iter::from_fn(|| g.poll_action()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn config_validation_messages() {
+        let ok = GnConfig::new(NTMA_MAC);
+        assert!(Gn::new(ok.clone()).is_ok());
+        assert_eq!(ok.netmask(), Ipv4Addr::new(255, 192, 0, 0));
+
+        let mut c = ok.clone();
+        c.ntma_mac = MacAddr::BROADCAST;
+        assert_eq!(
+            Gn::new(c).unwrap_err(),
+            GnConfigError::NtmaMac(MacAddr::BROADCAST)
+        );
+        let mut c = ok.clone();
+        c.vip_prefix_len = 31;
+        assert_eq!(Gn::new(c).unwrap_err(), GnConfigError::PrefixLen(31));
+        let mut c = ok.clone();
+        c.router = Ipv4Addr::new(100, 64, 0, 0);
+        assert!(matches!(Gn::new(c).unwrap_err(), GnConfigError::Router(..)));
+        let mut c = ok.clone();
+        c.dns_ttl = 61;
+        assert_eq!(Gn::new(c).unwrap_err(), GnConfigError::DnsTtl(61));
+        let mut c = ok.clone();
+        c.ntm_suffix = "ntm..test".into();
+        let e = Gn::new(c).unwrap_err();
+        assert!(e.to_string().contains("ntm..test"), "{e}");
+        let mut c = ok.clone();
+        c.dns_max_pending = 0;
+        assert_eq!(
+            Gn::new(c).unwrap_err(),
+            GnConfigError::ZeroLimit("dns_max_pending")
+        );
+        let mut c = ok;
+        c.mtu = 9000;
+        assert_eq!(Gn::new(c).unwrap_err(), GnConfigError::Mtu(9000));
+    }
+
+    #[test]
+    fn set_vip_checks_prefix_and_ends_old_lease() {
+        let mut g = gn();
+        assert!(g.set_vip(Some(Ipv4Addr::new(10, 0, 0, 2))).is_err());
+        assert!(g.set_vip(Some(ROUTER)).is_err());
+        assert!(g.set_vip(Some(Ipv4Addr::new(100, 127, 255, 255))).is_err());
+        g.set_vip(Some(VIP)).unwrap();
+        assert_eq!(g.state().vip(), Some(VIP));
+        let now = Instant::now();
+        g.state.lease = Some(Lease {
+            client_id: vec![1],
+            mac: GN_MAC,
+            expires: now + Duration::from_secs(60),
+            bound: true,
+        });
+        g.set_vip(Some(Ipv4Addr::new(100, 64, 0, 3))).unwrap();
+        assert!(g.state().lease().is_none());
+        assert_eq!(actions(&mut g), vec![GnAction::LeaseEnded { vip: VIP }]);
+    }
+
+    #[test]
+    fn non_ip_and_bad_source_frames_are_counted() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        let mut f = include_bytes!("testdata/dig_noedns_a.bin").to_vec();
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(
+            g.handle_frame(now, &f),
+            Verdict::Dropped(GnDrop::EtherTypeUnsupported)
+        );
+        let mut f = include_bytes!("testdata/dig_noedns_a.bin").to_vec();
+        f[6] = 0x01;
+        assert_eq!(
+            g.handle_frame(now, &f),
+            Verdict::Dropped(GnDrop::SrcMacInvalid)
+        );
+        assert_eq!(
+            g.handle_frame(now, &[]),
+            Verdict::Dropped(GnDrop::FrameShort)
+        );
+        assert_eq!(g.counters()[GnDrop::FrameShort], 1);
+        assert_eq!(g.counters().total_drops(), 3);
+    }
+
+    #[test]
+    fn data_frames_are_not_slow_path_and_teach_the_gn_mac() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        // ICMP echo from the VIP to another VIP.
+        let mut f = Vec::new();
+        wire::build_udp_frame(
+            &mut f,
+            &wire::UdpEnds {
+                dst_mac: NTMA_MAC,
+                src_mac: GN_MAC,
+                src_ip: VIP,
+                dst_ip: Ipv4Addr::new(100, 64, 0, 9),
+                src_port: 5000,
+                dst_port: 53,
+            },
+            b"x",
+        )
+        .unwrap();
+        assert_eq!(g.handle_frame(now, &f), Verdict::NotSlowPath);
+        assert_eq!(g.state().mac(), Some(GN_MAC));
+        assert_eq!(actions(&mut g), vec![GnAction::GnMac { mac: GN_MAC }]);
+        // Same MAC again: no new action.
+        assert_eq!(g.handle_frame(now, &f), Verdict::NotSlowPath);
+        assert!(actions(&mut g).is_empty());
+        assert!(frames(&mut g).is_empty());
+    }
+
+    #[test]
+    fn tx_queue_is_bounded_and_small_buffers_are_counted() {
+        let mut c = GnConfig::new(NTMA_MAC);
+        c.tx_queue_max = 2;
+        let mut g = Gn::new(c).unwrap();
+        let now = Instant::now();
+        let req = include_bytes!("testdata/arp_request_router.bin");
+        for _ in 0..3 {
+            g.handle_frame(now, req);
+        }
+        assert_eq!(g.counters()[GnDrop::TxQueueFull], 1);
+        let mut small = [0u8; 10];
+        assert_eq!(g.poll_transmit(&mut small), None);
+        assert_eq!(g.counters()[GnDrop::TxBufferTooSmall], 2);
+    }
+
+    fn arb_gn() -> Gn {
+        let mut g = gn_with_vip();
+        g.set_gn_mac(GN_MAC);
+        g
+    }
+
+    /// Captured frames with a few bytes overwritten: reaches deeper than
+    /// random bytes, since the outer headers often stay valid.
+    fn mutated_fixture() -> impl Strategy<Value = Vec<u8>> {
+        let fixtures: Vec<&'static [u8]> = vec![
+            include_bytes!("testdata/arp_request_router.bin"),
+            include_bytes!("testdata/dhclient_discover.bin"),
+            include_bytes!("testdata/dhclient_request_initreboot.bin"),
+            include_bytes!("testdata/dig_noedns_a.bin"),
+            include_bytes!("testdata/dig_edns_a.bin"),
+            include_bytes!("testdata/dig_noedns_mx_example.bin"),
+        ];
+        (
+            proptest::sample::select(fixtures),
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(f, edits, cut)| {
+                let mut v = f.to_vec();
+                for (i, b) in edits {
+                    let i = i.index(v.len());
+                    v[i] = b;
+                }
+                v.truncate(cut.index(v.len() + 1));
+                v
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let mut g = arb_gn();
+            let now = Instant::now();
+            g.handle_frame(now, &bytes);
+            g.handle_upstream(now, &bytes);
+            let _ = g.unreachable(now, &bytes, Unreachable::Host);
+            g.handle_timeout(now + Duration::from_secs(10));
+            frames(&mut g);
+            actions(&mut g);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(frame in mutated_fixture(), reply in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut g = arb_gn();
+            let now = Instant::now();
+            g.handle_frame(now, &frame);
+            let _ = g.unreachable(now, &frame, Unreachable::Net);
+            for a in actions(&mut g) {
+                match a {
+                    GnAction::Resolve { pending_id, .. } => {
+                        g.answer(now, pending_id, ResolveOutcome::Vip(Ipv4Addr::new(100, 64, 0, 9)));
+                    }
+                    GnAction::Upstream { payload, .. } => {
+                        // The real reply shape with garbage after the header.
+                        let mut r = payload.clone();
+                        r[2] |= 0x80;
+                        r.extend_from_slice(&reply);
+                        g.handle_upstream(now, &r);
+                        g.handle_upstream(now, &reply);
+                    }
+                    _ => {}
+                }
+            }
+            g.handle_timeout(now + Duration::from_secs(10));
+            let sent = frames(&mut g);
+            for f in sent {
+                // Everything we emit parses back with valid checksums.
+                let eth = EthView::parse(&f).unwrap();
+                if eth.ether_type == ETHERTYPE_IPV4 {
+                    let ip = Ipv4View::parse(eth.payload, true).unwrap();
+                    if ip.protocol == IPPROTO_UDP {
+                        UdpView::parse(&ip, true).unwrap();
+                    } else {
+                        prop_assert!(wire::checksum_ok(ip.payload));
+                    }
+                }
+            }
+        }
+    }
+}
