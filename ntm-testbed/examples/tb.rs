@@ -17,16 +17,18 @@ fn main() -> Result<(), ntm_testbed::Error> {
                 queues,
                 ..Default::default()
             };
-            let tb = ntm_testbed::Testbed::up_with(prefix, opts)?;
-            println!("up in {:?}", t.elapsed());
-            print!("{}", tb.status()?);
-            tb.keep();
+            let prefix = ntm_testbed::Testbed::up_with(prefix, opts)?.keep();
+            eprintln!("up in {:?}", t.elapsed());
+            print!("{}", ntm_testbed::status(&prefix)?);
         }
         "down" => {
             ntm_testbed::down(prefix)?;
-            println!("down in {:?}", t.elapsed());
+            eprintln!("down in {:?}", t.elapsed());
         }
-        _ => print!("{}", ntm_testbed::status(prefix)?),
+        _ => {
+            print!("{}", ntm_testbed::status(prefix)?);
+            eprintln!("status in {:?}", t.elapsed());
+        }
     }
     Ok(())
 }

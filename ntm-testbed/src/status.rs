@@ -129,6 +129,9 @@ impl fmt::Display for Status {
             self.prefix,
             self.namespaces.len()
         )?;
+        if self.is_absent() {
+            return Ok(());
+        }
         for ns in &self.namespaces {
             if !ns.present {
                 writeln!(f, "  {:<12} absent", ns.name)?;
@@ -152,7 +155,8 @@ impl fmt::Display for Status {
             if !ns.resolv_conf {
                 notes.push("no resolv.conf".into());
             }
-            writeln!(f, "  {:<12} {}", ns.name, notes.join(", "))?;
+            let line = format!("  {:<12} {}", ns.name, notes.join(", "));
+            writeln!(f, "{}", line.trim_end())?;
             for i in &ns.interfaces {
                 let addrs: Vec<String> = i.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
                 let addrs = if addrs.is_empty() {
@@ -180,14 +184,14 @@ impl fmt::Display for Status {
                 } else {
                     "ADMIN-DOWN".into()
                 };
-                writeln!(
-                    f,
+                let line = format!(
                     "      {:<6} {:<8} {:<18} {}",
                     i.name,
                     state,
                     addrs,
                     extra.join(", ")
-                )?;
+                );
+                writeln!(f, "{}", line.trim_end())?;
             }
         }
         for ns in &self.extra_namespaces {
@@ -390,7 +394,22 @@ pub(crate) fn gather(prefix: &str) -> Result<Status> {
             });
             continue;
         }
-        let inside = look_inside(&name, role, &nat_table)?;
+        let inside = match look_inside(&name, role, &nat_table) {
+            Ok(inside) => inside,
+            // A namespace file without a namespace behind it (an `ip netns
+            // add` that died half-way) is something to repair, not a reason
+            // to give up.
+            Err(e @ Error::Netns { .. }) => {
+                problems.push(format!("{name}: {e}"));
+                Inside {
+                    interfaces: Vec::new(),
+                    default_route: None,
+                    nat_table: None,
+                    ip_forward: false,
+                }
+            }
+            Err(e) => return Err(e),
+        };
         check_namespace(&name, role, &inside, options.as_ref(), &mut problems);
         namespaces.push(NamespaceStatus {
             role,
@@ -471,7 +490,10 @@ fn check_namespace(
             problems.push(format!("{name}: interface {want} missing"));
             continue;
         };
-        if !i.up || i.operstate != "UP" {
+        // The kernel's link watcher updates a new bridge's operstate up to
+        // a second late (UNKNOWN until then); it forwards all the same.
+        let running = i.operstate == "UP" || (want == ifname::BRIDGE && i.operstate == "UNKNOWN");
+        if !i.up || !running {
             problems.push(format!(
                 "{name}: {want} is {} (admin {})",
                 i.operstate,

@@ -262,6 +262,10 @@ fn up_repairs_a_half_built_testbed() {
     })
     .unwrap();
 
+    // A namespace file with no namespace behind it, as a killed `ip netns add` leaves.
+    ip(&["netns", "del", &ns(Role::Rs)]);
+    std::fs::write(Path::new("/run/netns").join(ns(Role::Rs)), "").unwrap();
+
     let st = status(&prefix).unwrap();
     assert!(!st.is_complete());
     let problems = st.problems.join("\n");
@@ -271,6 +275,7 @@ fn up_repairs_a_half_built_testbed() {
         format!("{}: NAT table not loaded", ns(Role::Nat1)),
         // Deleting one end of a veth deletes its peer.
         format!("{}: interface eth0 missing", ns(Role::Cn2)),
+        format!("{}: cannot enter network namespace", ns(Role::Rs)),
     ] {
         assert!(
             problems.contains(&expected),
@@ -283,6 +288,7 @@ fn up_repairs_a_half_built_testbed() {
     assert!(tb.status().unwrap().is_complete());
     assert_ne!(tb.keys(), &old_keys, "a rebuilt testbed gets new keys");
     ping(&tb, Role::Cn2, CN_ADDR);
+    ping(&tb, Role::Cn2, RS_ADDR);
     assert_eq!(udp_echo_via_cn(&tb, Role::Ntma, 4100).ip(), NAT1_WAN_ADDR);
     tb.down().unwrap();
     assert_gone(&prefix);
