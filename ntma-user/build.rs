@@ -14,10 +14,15 @@ const FIX: &str = "run `cargo xtask setup` to install them";
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("ntma-user lives in the workspace root");
+    let root = manifest_dir
+        .parent()
+        .expect("ntma-user lives in the workspace root");
     let ebpf_dir = root.join("ntma-ebpf");
     // aya-build watches the eBPF crate's directory; the shared types live beside it.
-    println!("cargo:rerun-if-changed={}", root.join("ntma-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("ntma-common").display()
+    );
     println!("cargo:rerun-if-env-changed=PATH");
 
     match preflight() {

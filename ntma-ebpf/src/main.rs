@@ -24,6 +24,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("ntma-xdp is an eBPF object: it is built for bpfel-unknown-none by ntma-user's build.rs");
+    eprintln!(
+        "ntma-xdp is an eBPF object: it is built for bpfel-unknown-none by ntma-user's build.rs"
+    );
     std::process::exit(2);
 }

@@ -65,22 +65,26 @@ fn config() -> Option<XdpConfig> {
     CONFIG.get(0).copied().filter(XdpConfig::enabled)
 }
 
-/// Offset of the L4 header of an IPv4 frame, or the verdict for frames that are not IPv4.
+/// The fixed 20-byte IPv4 header of an IPv4 frame, or `None` for other EtherTypes.
+/// One bounds check covers every fixed field the programs read.
 #[inline(always)]
-fn ipv4_l4_offset(ctx: &XdpContext) -> Result<Option<usize>, Short> {
+fn ipv4_header(ctx: &XdpContext) -> Result<Option<[u8; IPV4_MIN_HLEN]>, Short> {
     let ethertype = u16::from_be_bytes(bytes_at::<2>(ctx, ETH_TYPE_OFFSET)?);
     if ethertype != ETHERTYPE_IPV4 {
         return Ok(None);
     }
-    let [vihl] = bytes_at::<1>(ctx, ETH_HLEN)?;
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+    let ip = bytes_at::<IPV4_MIN_HLEN>(ctx, ETH_HLEN)?;
+    if ip[0] >> 4 != 4 || usize::from(ip[0] & 0x0f) * 4 < IPV4_MIN_HLEN {
         return Err(Short);
     }
-    // The whole IPv4 header (with options) must be in the frame.
-    let l4 = ETH_HLEN + ihl;
-    ptr_at::<u8>(ctx, l4 - 1)?;
-    Ok(Some(l4))
+    Ok(Some(ip))
+}
+
+/// Offset of the L4 header (after IPv4 options). Reads there are checked on their own:
+/// the verifier cannot carry a check at a variable offset over to constant ones.
+#[inline(always)]
+fn l4_offset(ip: &[u8; IPV4_MIN_HLEN]) -> usize {
+    ETH_HLEN + usize::from(ip[0] & 0x0f) * 4
 }
 
 #[xdp]
@@ -97,17 +101,27 @@ fn try_ntma_lan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
     let Some(cfg) = config() else {
         return Ok((Verdict::Unconfigured, XDP_PASS));
     };
-    if ipv4_l4_offset(ctx)?.is_none() {
+    let Some(ip) = ipv4_header(ctx)? else {
         return Ok((Verdict::LanNotIpv4, XDP_PASS));
-    }
-    let dst = u32::from_be_bytes(bytes_at::<4>(ctx, ETH_HLEN + IPV4_DST_OFFSET)?);
+    };
+    let dst = u32::from_be_bytes([
+        ip[IPV4_DST_OFFSET],
+        ip[IPV4_DST_OFFSET + 1],
+        ip[IPV4_DST_OFFSET + 2],
+        ip[IPV4_DST_OFFSET + 3],
+    ]);
     if dst == cfg.router_addr {
         return Ok((Verdict::LanToRouter, XDP_PASS));
     }
     if !cfg.is_vip(dst) {
         return Ok((Verdict::LanNotVip, XDP_PASS));
     }
-    Ok(redirect(&LAN_XSKS, ctx, Verdict::LanRedirect, Verdict::LanNoSocket))
+    Ok(redirect(
+        &LAN_XSKS,
+        ctx,
+        Verdict::LanRedirect,
+        Verdict::LanNoSocket,
+    ))
 }
 
 #[xdp]
@@ -124,17 +138,17 @@ fn try_ntma_wan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
     let Some(cfg) = config() else {
         return Ok((Verdict::Unconfigured, XDP_PASS));
     };
-    let Some(l4) = ipv4_l4_offset(ctx)? else {
+    let Some(ip) = ipv4_header(ctx)? else {
         return Ok((Verdict::WanNotIpv4, XDP_PASS));
     };
-    let [proto] = bytes_at::<1>(ctx, ETH_HLEN + IPV4_PROTO_OFFSET)?;
-    if proto != IPPROTO_UDP {
+    if ip[IPV4_PROTO_OFFSET] != IPPROTO_UDP {
         return Ok((Verdict::WanNotUdp, XDP_PASS));
     }
-    let frag = u16::from_be_bytes(bytes_at::<2>(ctx, ETH_HLEN + IPV4_FRAG_OFFSET)?);
+    let frag = u16::from_be_bytes([ip[IPV4_FRAG_OFFSET], ip[IPV4_FRAG_OFFSET + 1]]);
     if frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
         return Ok((Verdict::WanFragment, XDP_PASS));
     }
+    let l4 = l4_offset(&ip);
     let dport = u16::from_be_bytes(bytes_at::<2>(ctx, l4 + UDP_DST_OFFSET)?);
     if dport != cfg.ntm_port {
         return Ok((Verdict::WanOtherPort, XDP_PASS));
@@ -145,7 +159,12 @@ fn try_ntma_wan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
     if msg_type != ntm::TYPE_DATA && msg_type != ntm::TYPE_TUN_KEEPALIVE {
         return Ok((Verdict::WanSignaling, XDP_PASS));
     }
-    Ok(redirect(&WAN_XSKS, ctx, Verdict::WanRedirect, Verdict::WanNoSocket))
+    Ok(redirect(
+        &WAN_XSKS,
+        ctx,
+        Verdict::WanRedirect,
+        Verdict::WanNoSocket,
+    ))
 }
 
 /// Redirects to the AF_XDP socket of the frame's RX queue; passes the frame to the kernel

@@ -15,7 +15,8 @@ use aya::{
 use ntma_common::{maps, programs, Verdict, XdpConfig};
 
 /// The eBPF object built by `build.rs` (aya-build), 8-byte aligned as the ELF parser wants.
-pub static NTMA_XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ntma-xdp"));
+pub static NTMA_XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ntma-xdp"));
 
 /// Which NIC a program, XskMap or socket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,9 +128,14 @@ impl XdpPrograms {
                 .program_mut(name)
                 .ok_or(EbpfError::Missing(name))?
                 .try_into()
-                .map_err(|source| EbpfError::Program { program: name, source })?;
-            prog.load()
-                .map_err(|source| EbpfError::Program { program: name, source })?;
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    source,
+                })?;
+            prog.load().map_err(|source| EbpfError::Program {
+                program: name,
+                source,
+            })?;
         }
         Ok(Self { ebpf })
     }
@@ -140,10 +146,11 @@ impl XdpPrograms {
             .ebpf
             .map_mut(maps::CONFIG)
             .ok_or(EbpfError::Missing(maps::CONFIG))?;
-        let mut array: Array<_, XdpConfig> = Array::try_from(map).map_err(|source| EbpfError::Map {
-            map: maps::CONFIG,
-            source,
-        })?;
+        let mut array: Array<_, XdpConfig> =
+            Array::try_from(map).map_err(|source| EbpfError::Map {
+                map: maps::CONFIG,
+                source,
+            })?;
         array.set(0, *config, 0).map_err(|source| EbpfError::Map {
             map: maps::CONFIG,
             source,
@@ -177,7 +184,8 @@ impl XdpPrograms {
     ) -> Result<(), EbpfError> {
         let name = side.xsk_map();
         let map = self.ebpf.map_mut(name).ok_or(EbpfError::Missing(name))?;
-        let mut xsks = XskMap::try_from(map).map_err(|source| EbpfError::Map { map: name, source })?;
+        let mut xsks =
+            XskMap::try_from(map).map_err(|source| EbpfError::Map { map: name, source })?;
         xsks.set(queue, socket.as_raw_fd(), 0)
             .map_err(|source| EbpfError::Map { map: name, source })
     }
@@ -186,7 +194,8 @@ impl XdpPrograms {
     pub fn unregister_socket(&mut self, side: Side, queue: u32) -> Result<(), EbpfError> {
         let name = side.xsk_map();
         let map = self.ebpf.map_mut(name).ok_or(EbpfError::Missing(name))?;
-        let mut xsks = XskMap::try_from(map).map_err(|source| EbpfError::Map { map: name, source })?;
+        let mut xsks =
+            XskMap::try_from(map).map_err(|source| EbpfError::Map { map: name, source })?;
         xsks.unset(queue)
             .map_err(|source| EbpfError::Map { map: name, source })
     }
@@ -204,10 +213,12 @@ impl XdpPrograms {
             })?;
         let mut out = Counters::default();
         for v in Verdict::ALL {
-            let values = per_cpu.get(&v.index(), 0).map_err(|source| EbpfError::Map {
-                map: maps::COUNTERS,
-                source,
-            })?;
+            let values = per_cpu
+                .get(&v.index(), 0)
+                .map_err(|source| EbpfError::Map {
+                    map: maps::COUNTERS,
+                    source,
+                })?;
             out.0[v.index() as usize] = values.iter().sum();
         }
         Ok(out)
@@ -225,7 +236,10 @@ impl XdpPrograms {
         };
         prog.test_run(opts)
             .map(|r| r.return_value)
-            .map_err(|source| EbpfError::Program { program: name, source })
+            .map_err(|source| EbpfError::Program {
+                program: name,
+                source,
+            })
     }
 
     fn program_mut(&mut self, side: Side) -> Result<&mut Xdp, EbpfError> {
@@ -234,7 +248,10 @@ impl XdpPrograms {
             .program_mut(name)
             .ok_or(EbpfError::Missing(name))?
             .try_into()
-            .map_err(|source| EbpfError::Program { program: name, source })
+            .map_err(|source| EbpfError::Program {
+                program: name,
+                source,
+            })
     }
 }
 
@@ -248,9 +265,19 @@ mod tests {
         assert_eq!(&NTMA_XDP_OBJECT[..4], b"\x7fELF");
         assert_eq!(NTMA_XDP_OBJECT[4], 2);
         assert_eq!(NTMA_XDP_OBJECT[5], 1);
-        assert_eq!(u16::from_le_bytes([NTMA_XDP_OBJECT[18], NTMA_XDP_OBJECT[19]]), 247);
+        assert_eq!(
+            u16::from_le_bytes([NTMA_XDP_OBJECT[18], NTMA_XDP_OBJECT[19]]),
+            247
+        );
         let has = |needle: &[u8]| NTMA_XDP_OBJECT.windows(needle.len()).any(|w| w == needle);
-        for name in [programs::LAN, programs::WAN, maps::CONFIG, maps::COUNTERS, maps::LAN_XSKS, maps::WAN_XSKS] {
+        for name in [
+            programs::LAN,
+            programs::WAN,
+            maps::CONFIG,
+            maps::COUNTERS,
+            maps::LAN_XSKS,
+            maps::WAN_XSKS,
+        ] {
             assert!(has(name.as_bytes()), "{name} missing from the object");
         }
     }

@@ -140,7 +140,9 @@ impl Port {
         let rx_size = NonZeroU32::new(cfg.rx_size).filter(|n| n.is_power_of_two());
         let tx_size = NonZeroU32::new(cfg.tx_size).filter(|n| n.is_power_of_two());
         let (Some(rx_size), Some(tx_size)) = (rx_size, tx_size) else {
-            return Err(XskError::Config("rx_size and tx_size must be non-zero powers of two"));
+            return Err(XskError::Config(
+                "rx_size and tx_size must be non-zero powers of two",
+            ));
         };
 
         // Set-up only: serialises binds of the same UMEM, never taken per packet.
@@ -244,7 +246,11 @@ impl Port {
     /// Moves up to `max` frames from `pool` to the fill ring, so the kernel can receive
     /// into them. Returns how many.
     pub fn fill(&mut self, pool: &mut FramePool, max: u32) -> u32 {
-        assert_eq!(pool.umem_id(), self.umem.area().id(), "pool of another UMEM");
+        assert_eq!(
+            pool.umem_id(),
+            self.umem.area().id(),
+            "pool of another UMEM"
+        );
         let want = max.min(u32::try_from(pool.len()).unwrap_or(u32::MAX));
         if want == 0 {
             return 0;
@@ -330,7 +336,11 @@ impl Port {
 
     /// Moves up to `max` transmitted frames from the completion ring back to `pool`.
     pub fn complete(&mut self, pool: &mut FramePool, max: u32) -> u32 {
-        assert_eq!(pool.umem_id(), self.umem.area().id(), "pool of another UMEM");
+        assert_eq!(
+            pool.umem_id(),
+            self.umem.area().id(),
+            "pool of another UMEM"
+        );
         let area = self.umem.area();
         let mut n = 0;
         let mut r = self.device.complete(max);
@@ -374,7 +384,10 @@ impl Port {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 return Ok(false);
             }
-            return Err(XskError::Os { op: "poll", source: e });
+            return Err(XskError::Os {
+                op: "poll",
+                source: e,
+            });
         }
         Ok(pfd.revents & libc::POLLIN != 0)
     }

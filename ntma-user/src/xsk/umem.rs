@@ -48,23 +48,39 @@ impl UmemConfig {
     /// Checks the limits the kernel and the fast path need.
     pub fn validate(&self) -> Result<(), XskError> {
         let page = page_size();
-        if !self.frame_size.is_power_of_two() || self.frame_size < 2048 || self.frame_size as usize > page {
-            return Err(XskError::Config("frame_size must be a power of two from 2048 to the page size"));
+        if !self.frame_size.is_power_of_two()
+            || self.frame_size < 2048
+            || self.frame_size as usize > page
+        {
+            return Err(XskError::Config(
+                "frame_size must be a power of two from 2048 to the page size",
+            ));
         }
         if self.frame_count == 0 {
             return Err(XskError::Config("frame_count must be at least 1"));
         }
-        if (self.frame_size as usize).checked_mul(self.frame_count as usize).is_none_or(|len| len > isize::MAX as usize) {
-            return Err(XskError::Config("frame_size * frame_count does not fit in memory"));
+        if (self.frame_size as usize)
+            .checked_mul(self.frame_count as usize)
+            .is_none_or(|len| len > isize::MAX as usize)
+        {
+            return Err(XskError::Config(
+                "frame_size * frame_count does not fit in memory",
+            ));
         }
         if self.headroom < MIN_HEADROOM {
-            return Err(XskError::Config("headroom must be at least 64 bytes (room for encapsulation)"));
+            return Err(XskError::Config(
+                "headroom must be at least 64 bytes (room for encapsulation)",
+            ));
         }
         if self.headroom + XDP_PACKET_HEADROOM + MAX_ETH_FRAME > self.frame_size {
-            return Err(XskError::Config("headroom too large: a 1514-byte frame no longer fits after it"));
+            return Err(XskError::Config(
+                "headroom too large: a 1514-byte frame no longer fits after it",
+            ));
         }
         if !self.fill_size.is_power_of_two() || !self.completion_size.is_power_of_two() {
-            return Err(XskError::Config("fill_size and completion_size must be powers of two"));
+            return Err(XskError::Config(
+                "fill_size and completion_size must be powers of two",
+            ));
         }
         Ok(())
     }
@@ -98,7 +114,10 @@ impl Frame {
     }
 
     /// Packet length.
-    #[allow(clippy::len_without_is_empty, reason = "a frame is a buffer, not a collection")]
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a frame is a buffer, not a collection"
+    )]
     pub fn len(&self) -> usize {
         self.len as usize
     }
@@ -193,7 +212,10 @@ impl Area {
 
     fn check(&self, frame: &Frame) {
         // A token of another UMEM would alias a frame of this one: a programming error.
-        assert_eq!(frame.umem, self.id, "frame used with a UMEM it does not belong to");
+        assert_eq!(
+            frame.umem, self.id,
+            "frame used with a UMEM it does not belong to"
+        );
     }
 
     fn range(&self, frame: &Frame) -> (usize, usize) {
@@ -407,7 +429,10 @@ impl FramePool {
     fn new(area: &Area, cfg: &UmemConfig, first: u32, count: u32) -> Self {
         let size = u64::from(cfg.frame_size);
         // Highest frame on top: frames are then handed out in ascending order.
-        let free = (first..first + count).rev().map(|i| u64::from(i) * size).collect();
+        let free = (first..first + count)
+            .rev()
+            .map(|i| u64::from(i) * size)
+            .collect();
         Self {
             free,
             umem: area.id(),
@@ -439,7 +464,10 @@ impl FramePool {
 
     /// Returns a frame to the pool.
     pub fn free(&mut self, frame: Frame) {
-        assert_eq!(frame.umem, self.umem, "frame returned to another UMEM's pool");
+        assert_eq!(
+            frame.umem, self.umem,
+            "frame returned to another UMEM's pool"
+        );
         self.free.push(frame.addr & self.mask);
     }
 
