@@ -521,3 +521,58 @@ fn commands_and_processes_run_inside_the_namespaces() {
     let e = in_netns("ntm-no-such-namespace", || ()).unwrap_err();
     assert!(e.to_string().contains("ntm-no-such-namespace"), "{e}");
 }
+
+#[test]
+fn native_xdp_attaches_on_the_af_xdp_path_with_two_queues() {
+    root();
+    let opts = Options {
+        queues: 2,
+        ..Options::default()
+    };
+    let tb = Testbed::up_with(&unique_prefix("xdp"), opts).unwrap();
+    let prog = tb.state_dir().join("xdp_pass.o");
+    std::fs::write(&prog, include_bytes!("fixtures/xdp_pass.o")).unwrap();
+    let prog = prog.to_str().unwrap();
+    let path = [
+        (Role::Gn, "eth0"),
+        (Role::Ntma, "lan0"),
+        (Role::Ntma, "wan0"),
+        (Role::Nat1, "lan"),
+    ];
+    for (role, dev) in path {
+        // Fails with "XDP expects number of rx queues not less than peer tx
+        // queues" when the pair's queue counts differ.
+        tb.exec(
+            role,
+            [
+                "ip", "link", "set", "dev", dev, "xdpdrv", "obj", prog, "sec", "xdp",
+            ],
+        )
+        .unwrap();
+        let shown = tb.output(role, ["ip", "-d", "link", "show", dev]).unwrap();
+        assert!(shown.contains("prog/xdp"), "{shown}");
+    }
+    // XDP_PASS everywhere: traffic still flows.
+    ping(&tb, Role::Ntma, CN_ADDR);
+    assert_eq!(udp_echo_via_cn(&tb, Role::Ntma, 4400).ip(), NAT1_WAN_ADDR);
+    for (role, dev) in path {
+        tb.exec(role, ["ip", "link", "set", "dev", dev, "xdpdrv", "off"])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_panic_tears_the_testbed_down() {
+    root();
+    let prefix = unique_prefix("panic");
+    let result = std::panic::catch_unwind(|| {
+        let tb = Testbed::up(&prefix).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo daemon says hi; exec sleep 600"]);
+        let daemon = tb.spawn(Role::Dc, &cmd).unwrap();
+        assert!(wait_until(PATIENCE, || daemon.log().contains("hi")));
+        panic!("a test fails with its testbed up");
+    });
+    assert!(result.is_err());
+    assert_gone(&prefix);
+}
