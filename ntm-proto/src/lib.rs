@@ -37,7 +37,9 @@
 pub mod auth;
 pub mod data;
 mod error;
+pub mod node;
 pub mod replay;
+pub mod retransmit;
 pub mod wire;
 
 pub use auth::{Authenticator, Key, ParseKeyError, WrapLabel, KEY_LEN};

@@ -2,9 +2,11 @@
 //! wireguard-go's `replay/replay.go`: a ring of u64 bitmap words; moving the
 //! window forward clears whole words instead of shifting bits.
 //!
-//! Use [`ReplayWindow::check`] before the tag (cheap, no state change), then
-//! [`ReplayWindow::validate`] after the tag verified (marks the number; it
-//! re-checks, so a duplicate that raced past `check` is still caught).
+//! [`ReplayWindow::check`] answers without changing state (a cheap
+//! pre-filter for callers that prefer to skip the crypto for old numbers);
+//! [`ReplayWindow::validate`] checks and marks, and must run only after the
+//! tag verified. [`crate::data::decap`] validates after the tag, the order
+//! of §5, so that every drop is counted under its spec reason.
 
 const BLOCK_BITS_LOG: u32 = 6;
 const BLOCK_BITS: u64 = 1 << BLOCK_BITS_LOG;

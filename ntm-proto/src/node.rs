@@ -1,0 +1,1304 @@
+//! The node side of NTMobile as a sans-IO state machine: everything a node
+//! (a software node, or an adapter acting for its general node) does on its
+//! one UDP port.
+//!
+//! [`Endpoint`] registers with the DC and keeps the registration alive,
+//! resolves names through DIR_REQ, follows ROUTE_DIR in both roles, sets up
+//! tunnels (TUN_REQ/TUN_RESP, RELAY_BIND), keeps them alive, expires them and
+//! follows the peer when it roams. It never reads the clock and does no I/O;
+//! drive it like a quinn-proto connection:
+//!
+//! * push in: [`Endpoint::handle`] for every datagram received on the port,
+//!   [`Endpoint::handle_timeout`] when [`Endpoint::poll_timeout`]'s deadline
+//!   passes, and the calls that start things ([`Endpoint::connect`],
+//!   [`Endpoint::handle_local_addr_change`], [`Endpoint::close`]);
+//! * pull out, after each push: [`Endpoint::poll_transmit`] until `None`
+//!   (send each datagram from the same socket), [`Endpoint::poll_event`]
+//!   until `None`, then [`Endpoint::poll_timeout`] for the next wake-up.
+//!
+//! The data plane may stay outside: take the tunnel's key, id, endpoint and
+//! shared sequence counter from [`Event::TunnelUp`], run
+//! [`crate::data::decap`]/[`crate::data::encap_in_place`] on worker threads,
+//! and report receive activity with [`Endpoint::note_rx`] (expiry, roaming)
+//! and, optionally, send activity with [`Endpoint::note_tx`] (keep-alives are
+//! then sent only when the tunnel is idle). Single-threaded users can instead
+//! hand DATA and TUN_KEEPALIVE to [`Endpoint::handle`] and send with
+//! [`Endpoint::send_data`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::data::{self, Decapped, RxTunnel, SeqCounter, TxTunnel};
+use crate::retransmit::{Retransmit, RetransmitAction};
+use crate::wire::{
+    Caps, DirReq, Fqdn, Header, Message, MessageType, Packet, RegReq, RelayBind, Repr, RouteAck,
+    TunReq, TunResp, Vip, HEADER_LEN, OVERHEAD, VERSION,
+};
+use crate::{
+    Authenticator, DropCounters, Error, Key, Path, Result, Role, Status, Suite, WrapLabel,
+};
+
+/// Idle tunnels send TUN_KEEPALIVE this often (§5).
+pub const TUNNEL_KEEPALIVE: Duration = Duration::from_secs(20);
+/// A responder drops a tunnel whose TUN_REQ has not come this long after its ROUTE_DIR.
+/// Longer than the initiator's whole retransmission schedule (7.75 s).
+pub const RESPONDER_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed registration, try again this much later.
+pub const REGISTER_RETRY: Duration = Duration::from_secs(10);
+/// The DC drops a registration after 3 missed keep-alive intervals; the node
+/// re-registers when it heard nothing from the DC for this many intervals
+/// (a restarted DC does not know the node any more).
+const MISSED_INTERVALS: u32 = 3;
+/// Keep-alive interval used if the DC sends 0.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// How the endpoint is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The FQDN this endpoint registers (a valid FQDN, see [`Fqdn`]).
+    pub fqdn: String,
+    /// `K_node` of that FQDN.
+    pub key: Key,
+    /// The DC's address (port 7710 by default).
+    pub dc: SocketAddrV4,
+    /// Our own address:port as we see it (LOCAL_ADDR).
+    pub local_addr: SocketAddrV4,
+    /// What we are (CAPS).
+    pub caps: Caps,
+}
+
+/// Identifies one [`Endpoint::connect`] call in [`Event::DirectionResolved`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReqId(pub u32);
+
+/// Where to send a datagram that [`Endpoint::poll_transmit`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub dst: SocketAddrV4,
+    /// Bytes written at the front of the caller's buffer.
+    pub len: usize,
+}
+
+/// Why registration failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegistrationError {
+    /// No REG_RESP after 5 tries: check that the DC runs and is reachable.
+    #[error("the DC did not answer 5 registration requests")]
+    TimedOut,
+    /// The DC refused (DENIED: wrong key or unknown FQDN; EXHAUSTED: VIP pool full).
+    #[error("the DC refused the registration: {0:?}")]
+    Status(Status),
+}
+
+/// Why a direction request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirError {
+    /// The DC answered with this status (NOT_FOUND for an unknown name).
+    #[error("the DC answered {0:?}")]
+    Status(Status),
+    /// No ROUTE_DIR after 5 tries.
+    #[error("the DC did not answer 5 direction requests")]
+    TimedOut,
+    /// The DC chose a suite this implementation does not support.
+    #[error("the DC chose an unsupported suite")]
+    UnsupportedSuite,
+    /// The endpoint was closed.
+    #[error("the endpoint was closed")]
+    Closed,
+}
+
+/// Why a tunnel went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// Nothing received for the tunnel's lifetime.
+    Expired,
+    /// Set-up did not complete (no TUN_RESP after 5 tries, or no TUN_REQ in time).
+    SetupTimedOut,
+    /// The responder answered TUN_RESP with this status.
+    Refused(Status),
+    /// The peer sent ERROR with this status.
+    PeerError(Status),
+    /// A new ROUTE_DIR for the same peer replaced it.
+    Replaced,
+    /// Our VIP changed on re-registration.
+    VipChanged,
+    /// [`Endpoint::close`].
+    Closed,
+}
+
+/// What the endpoint tells its driver.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A REG_RESP granted (or renewed) the registration.
+    Registered {
+        /// Our VIP.
+        vip: Ipv4Addr,
+        /// Its prefix length.
+        prefix_len: u8,
+        /// Our node id.
+        node_id: u32,
+        /// The address:port the DC saw.
+        observed: SocketAddrV4,
+        /// Whether `observed` differs from our LOCAL_ADDR.
+        behind_nat: bool,
+    },
+    /// Registration failed; the endpoint tries again after [`REGISTER_RETRY`].
+    RegistrationFailed {
+        /// Why.
+        reason: RegistrationError,
+    },
+    /// The answer to [`Endpoint::connect`].
+    DirectionResolved {
+        /// The request.
+        req: ReqId,
+        /// The name asked for.
+        fqdn: String,
+        /// The peer's VIP, or why not.
+        result: core::result::Result<Ipv4Addr, DirError>,
+    },
+    /// A tunnel is up: DATA may flow.
+    TunnelUp {
+        /// Tunnel id (the header id of its datagrams).
+        tunnel_id: u32,
+        /// The peer's FQDN.
+        peer_fqdn: String,
+        /// The peer's VIP.
+        peer_vip: Ipv4Addr,
+        /// Where to send the tunnel's datagrams.
+        endpoint: SocketAddrV4,
+        /// How the tunnel runs.
+        path: Path,
+        /// Our role.
+        role: Role,
+        /// `K_tun`.
+        key: Key,
+        /// Our send counter, shared with the endpoint (keep-alives).
+        tx_seq: SeqCounter,
+        /// Our VIP (the only inner destination to accept).
+        local_vip: Ipv4Addr,
+    },
+    /// A tunnel is gone.
+    TunnelDown {
+        /// Tunnel id.
+        tunnel_id: u32,
+        /// Why.
+        reason: DownReason,
+    },
+    /// The peer of a DIRECT or REVERSE tunnel moved; send there from now on.
+    EndpointChanged {
+        /// Tunnel id.
+        tunnel_id: u32,
+        /// The new address.
+        endpoint: SocketAddrV4,
+    },
+}
+
+/// What [`Endpoint::handle`] did with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received<'a> {
+    /// Signaling, consumed.
+    Signaling,
+    /// An authenticated inner packet for our VIP: deliver it.
+    Data {
+        /// The tunnel it came through.
+        tunnel_id: u32,
+        /// The inner IPv4 packet.
+        inner: &'a [u8],
+    },
+    /// An authenticated tunnel keep-alive.
+    Keepalive {
+        /// The tunnel.
+        tunnel_id: u32,
+    },
+}
+
+/// The registration currently held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// Our node id.
+    pub node_id: u32,
+    /// Our VIP.
+    pub vip: Vip,
+    /// The address:port the DC saw.
+    pub observed: SocketAddrV4,
+    /// Whether we are behind NAT.
+    pub behind_nat: bool,
+    keepalive: Duration,
+    lifetime: Duration,
+    granted_at: Instant,
+    last_heard: Instant,
+    next_keepalive: Instant,
+}
+
+impl Registration {
+    fn renew_at(&self) -> Instant {
+        // Re-register when three quarters of the lifetime are gone.
+        self.granted_at + self.lifetime * 3 / 4
+    }
+
+    fn silent_deadline(&self) -> Instant {
+        self.last_heard + self.keepalive * MISSED_INTERVALS + self.keepalive / 2
+    }
+}
+
+/// A snapshot of one tunnel.
+#[derive(Debug, Clone)]
+pub struct TunnelInfo {
+    /// Tunnel id.
+    pub tunnel_id: u32,
+    /// The peer's FQDN.
+    pub peer_fqdn: String,
+    /// The peer's VIP.
+    pub peer_vip: Ipv4Addr,
+    /// Where the tunnel's datagrams go.
+    pub endpoint: SocketAddrV4,
+    /// How the tunnel runs.
+    pub path: Path,
+    /// Our role.
+    pub role: Role,
+    /// Whether set-up completed.
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TunState {
+    /// Initiator: TUN_REQ (after RELAY_BIND on RELAY) outstanding.
+    Initiating { retx: Retransmit },
+    /// Responder: waiting for TUN_REQ; on RELAY re-sending RELAY_BIND meanwhile.
+    AwaitingReq {
+        bind: Option<Retransmit>,
+        deadline: Instant,
+    },
+    /// Set up.
+    Up,
+}
+
+#[derive(Debug)]
+struct Tunnel {
+    id: u32,
+    peer_fqdn: String,
+    endpoint: SocketAddrV4,
+    path: Path,
+    role: Role,
+    key: Key,
+    rx: RxTunnel,
+    tx_seq: SeqCounter,
+    relay: Option<(Authenticator, u64)>,
+    lifetime: Duration,
+    last_rx: Instant,
+    last_tx: Instant,
+    state: TunState,
+}
+
+impl Tunnel {
+    fn info(&self) -> TunnelInfo {
+        TunnelInfo {
+            tunnel_id: self.id,
+            peer_fqdn: self.peer_fqdn.clone(),
+            peer_vip: self.rx.peer_vip,
+            endpoint: self.endpoint,
+            path: self.path,
+            role: self.role,
+            up: matches!(self.state, TunState::Up),
+        }
+    }
+
+    fn up_event(&self) -> Event {
+        Event::TunnelUp {
+            tunnel_id: self.id,
+            peer_fqdn: self.peer_fqdn.clone(),
+            peer_vip: self.rx.peer_vip,
+            endpoint: self.endpoint,
+            path: self.path,
+            role: self.role,
+            key: self.key.clone(),
+            tx_seq: self.tx_seq.clone(),
+            local_vip: self.rx.local_vip,
+        }
+    }
+
+    fn roams(&self) -> bool {
+        matches!(self.path, Path::Direct | Path::Reverse)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        match self.state {
+            TunState::Initiating { retx } => retx.deadline(),
+            TunState::AwaitingReq { bind, deadline } => {
+                bind.map_or(deadline, |b| b.deadline().min(deadline))
+            }
+            TunState::Up => (self.last_tx + TUNNEL_KEEPALIVE).min(self.last_rx + self.lifetime),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DirRequest {
+    req_id: u32,
+    fqdn: String,
+    retx: Retransmit,
+}
+
+/// Datagrams waiting for [`Endpoint::poll_transmit`]; built only then, from
+/// the current state, so that retransmissions carry fresh sequence numbers
+/// and nothing stale is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    RegReq,
+    Keepalive,
+    Dereg,
+    DirReq(u32),
+    RouteAck(u32),
+    TunReq(u32),
+    TunResp(u32),
+    TunKeepalive(u32),
+    RelayBind(u32),
+}
+
+/// A node's protocol state on its one UDP port. See the [module docs](self).
+#[derive(Debug)]
+pub struct Endpoint {
+    cfg: Config,
+    auth: Authenticator,
+    sig_seq: u64,
+    rng: StdRng,
+    reg: Option<Registration>,
+    registering: Option<Retransmit>,
+    retry_at: Option<Instant>,
+    dirs: Vec<DirRequest>,
+    tunnels: HashMap<u32, Tunnel>,
+    queue: VecDeque<Pending>,
+    events: VecDeque<Event>,
+    drops: DropCounters,
+    closed: bool,
+}
+
+impl Endpoint {
+    /// A new endpoint; it sends its first REG_REQ at the first
+    /// [`Endpoint::poll_transmit`]. `unix_nanos` is the current Unix time in
+    /// nanoseconds (signaling sequence numbers start there, §2);
+    /// `rng_seed` seeds request ids.
+    pub fn new(cfg: Config, now: Instant, unix_nanos: u64, rng_seed: [u8; 32]) -> Result<Endpoint> {
+        Fqdn::new(&cfg.fqdn)?;
+        let auth = Authenticator::new(&cfg.key);
+        let mut ep = Endpoint {
+            cfg,
+            auth,
+            sig_seq: unix_nanos,
+            rng: StdRng::from_seed(rng_seed),
+            reg: None,
+            registering: None,
+            retry_at: None,
+            dirs: Vec::new(),
+            tunnels: HashMap::new(),
+            queue: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::default(),
+            closed: false,
+        };
+        ep.start_registration(now);
+        Ok(ep)
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// Process one datagram received from `from` on the node's port.
+    /// Errors are drops (already counted in [`Endpoint::drops`]); the caller
+    /// may count them too.
+    pub fn handle<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &'a [u8],
+    ) -> Result<Received<'a>> {
+        let r = self.handle_inner(now, from, datagram);
+        if let Err(e) = r {
+            self.drops.count(e);
+        }
+        r
+    }
+
+    fn handle_inner<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &'a [u8],
+    ) -> Result<Received<'a>> {
+        if self.closed {
+            return Err(Error::Stale);
+        }
+        let packet = Packet::new_checked(datagram)?;
+        if packet.version() != VERSION {
+            return Err(Error::BadVersion);
+        }
+        match packet.msg_type() {
+            MessageType::Data | MessageType::TunKeepalive => self.handle_data(now, from, datagram),
+            MessageType::TunReq | MessageType::TunResp => {
+                self.handle_tunnel_signaling(now, from, datagram)
+            }
+            MessageType::RegResp | MessageType::KeepaliveAck | MessageType::RouteDir => {
+                self.handle_dc(now, from, datagram)
+            }
+            MessageType::Error if from == self.cfg.dc => self.handle_dc(now, from, datagram),
+            MessageType::Error => self.handle_tunnel_signaling(now, from, datagram),
+            MessageType::Unknown(_) => Err(Error::UnknownType),
+            _ => Err(Error::UnexpectedType),
+        }
+    }
+
+    fn handle_data<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &'a [u8],
+    ) -> Result<Received<'a>> {
+        let got = data::decap(datagram, |id| {
+            self.tunnels
+                .get_mut(&id)
+                .filter(|t| matches!(t.state, TunState::Up))
+                .map(|t| &mut t.rx)
+        })?;
+        self.note_rx(got.tunnel_id(), now, from);
+        Ok(match got {
+            Decapped::Data {
+                tunnel_id, inner, ..
+            } => Received::Data { tunnel_id, inner },
+            Decapped::Keepalive { tunnel_id, .. } => Received::Keepalive { tunnel_id },
+        })
+    }
+
+    fn handle_tunnel_signaling<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &'a [u8],
+    ) -> Result<Received<'a>> {
+        let packet = Packet::new_unchecked(datagram);
+        packet.check_header()?;
+        let id = packet.id();
+        let t = self.tunnels.get_mut(&id).ok_or(Error::UnknownTunnel)?;
+        t.rx.auth.verify(datagram)?;
+        let repr = Repr::parse(&packet)?;
+        // Replays of TUN_REQ still get the (idempotent) answer, but move nothing.
+        let fresh = t.rx.replay.validate(repr.header.seq);
+        match repr.message {
+            Message::TunReq(req) => {
+                if t.role != Role::Responder {
+                    return Err(Error::UnexpectedType);
+                }
+                if req.fqdn.as_str() != t.peer_fqdn || req.vip.addr != t.rx.peer_vip {
+                    return Err(Error::BadTlvValue);
+                }
+                if fresh {
+                    t.last_rx = now;
+                    if t.path != Path::Relay && from != t.endpoint {
+                        t.endpoint = from;
+                        if matches!(t.state, TunState::Up) {
+                            self.events.push_back(Event::EndpointChanged {
+                                tunnel_id: id,
+                                endpoint: from,
+                            });
+                        }
+                    }
+                }
+                if !matches!(t.state, TunState::Up) {
+                    t.state = TunState::Up;
+                    t.last_tx = now;
+                    self.events.push_back(t.up_event());
+                }
+                self.queue.push_back(Pending::TunResp(id));
+                Ok(Received::Signaling)
+            }
+            Message::TunResp(resp) => {
+                if t.role != Role::Initiator {
+                    return Err(Error::UnexpectedType);
+                }
+                if !fresh {
+                    return Err(Error::Replay);
+                }
+                if !matches!(t.state, TunState::Initiating { .. }) {
+                    // A second answer to a retransmitted TUN_REQ.
+                    t.last_rx = now;
+                    return Ok(Received::Signaling);
+                }
+                if resp.status != Status::Ok {
+                    self.remove_tunnel(id, DownReason::Refused(resp.status));
+                    return Ok(Received::Signaling);
+                }
+                if resp.fqdn.as_str() != t.peer_fqdn || resp.vip.addr != t.rx.peer_vip {
+                    return Err(Error::BadTlvValue);
+                }
+                t.state = TunState::Up;
+                t.last_rx = now;
+                t.last_tx = now;
+                self.events.push_back(t.up_event());
+                Ok(Received::Signaling)
+            }
+            Message::Error(e) => {
+                if !fresh {
+                    return Err(Error::Replay);
+                }
+                self.remove_tunnel(id, DownReason::PeerError(e.status));
+                Ok(Received::Signaling)
+            }
+            _ => Err(Error::UnexpectedType),
+        }
+    }
+
+    fn handle_dc<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &'a [u8],
+    ) -> Result<Received<'a>> {
+        let packet = Packet::new_unchecked(datagram);
+        packet.check_header()?;
+        if from != self.cfg.dc {
+            return Err(Error::UnexpectedSource);
+        }
+        self.auth.verify(datagram)?;
+        let repr = Repr::parse(&packet)?;
+        if let Message::RegResp(resp) = repr.message {
+            // The REG_RESP header carries the node id being granted.
+            if self.registering.is_none() {
+                return Err(Error::Stale);
+            }
+            self.registering = None;
+            match resp.result {
+                Ok(lease) => self.on_registered(now, lease),
+                Err(status) => {
+                    self.retry_at = Some(now + REGISTER_RETRY);
+                    self.events.push_back(Event::RegistrationFailed {
+                        reason: RegistrationError::Status(status),
+                    });
+                }
+            }
+            return Ok(Received::Signaling);
+        }
+        let reg = self.reg.as_mut().ok_or(Error::NotRegistered)?;
+        if repr.header.id != reg.node_id {
+            return Err(Error::WrongId);
+        }
+        reg.last_heard = now;
+        match repr.message {
+            Message::KeepaliveAck(ack) => {
+                if ack.observed != reg.observed {
+                    // Our NAT mapping changed: re-register (§5).
+                    self.start_registration(now);
+                }
+            }
+            Message::RouteDir(dir) => self.on_route_dir(now, repr.header.seq, dir)?,
+            Message::Error(_) => {
+                // The DC does not know us (restarted, or our registration expired).
+                self.start_registration(now);
+            }
+            _ => return Err(Error::UnexpectedType),
+        }
+        Ok(Received::Signaling)
+    }
+
+    fn on_registered(&mut self, now: Instant, lease: crate::wire::Lease) {
+        let keepalive = match lease.keepalive_secs {
+            0 => DEFAULT_KEEPALIVE,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        let lifetime = Duration::from_secs(u64::from(lease.lifetime_secs)).max(keepalive);
+        let old_vip = self.reg.map(|r| r.vip.addr);
+        let behind_nat = lease.observed != self.cfg.local_addr;
+        self.reg = Some(Registration {
+            node_id: lease.node_id,
+            vip: lease.vip,
+            observed: lease.observed,
+            behind_nat,
+            keepalive,
+            lifetime,
+            granted_at: now,
+            last_heard: now,
+            next_keepalive: now + keepalive,
+        });
+        self.retry_at = None;
+        if old_vip.is_some_and(|v| v != lease.vip.addr) {
+            let ids: Vec<u32> = self.tunnels.keys().copied().collect();
+            for id in ids {
+                self.remove_tunnel(id, DownReason::VipChanged);
+            }
+        }
+        self.events.push_back(Event::Registered {
+            vip: lease.vip.addr,
+            prefix_len: lease.vip.prefix_len,
+            node_id: lease.node_id,
+            observed: lease.observed,
+            behind_nat,
+        });
+    }
+
+    fn on_route_dir(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        dir: crate::wire::RouteDir<'_>,
+    ) -> Result<()> {
+        let pending = self
+            .dirs
+            .iter()
+            .position(|d| dir.req_id != 0 && d.req_id == dir.req_id);
+        let route = match dir.result {
+            Ok(route) => route,
+            Err(status) => {
+                let i = pending.ok_or(Error::Stale)?;
+                let d = self.dirs.remove(i);
+                self.resolve(d, Err(DirError::Status(status)));
+                return Ok(());
+            }
+        };
+        let id = route.tunnel_id;
+        let key = self
+            .auth
+            .unwrap_key(WrapLabel::TunnelKey, id, seq, &route.wrapped_key);
+        if let Some(t) = self.tunnels.get(&id) {
+            if t.key == key && t.peer_fqdn == route.peer_fqdn.as_str() {
+                // A retransmitted ROUTE_DIR: acknowledge again, change nothing.
+                if dir.req_id == 0 {
+                    self.queue.push_back(Pending::RouteAck(id));
+                }
+                if let Some(i) = pending {
+                    let d = self.dirs.remove(i);
+                    self.resolve(d, Ok(route.peer_vip.addr));
+                }
+                return Ok(());
+            }
+            // Same id, different tunnel: a restarted DC reused the id.
+            self.remove_tunnel(id, DownReason::Replaced);
+        }
+        if route.suite != Suite::HmacSha256_128 {
+            if let Some(i) = pending {
+                let d = self.dirs.remove(i);
+                self.resolve(d, Err(DirError::UnsupportedSuite));
+            }
+            return Err(Error::UnsupportedSuite);
+        }
+        let local_vip = self.reg.map(|r| r.vip.addr).ok_or(Error::NotRegistered)?;
+        let relay = route
+            .wrapped_relay_key
+            .filter(|_| route.path == Path::Relay)
+            .map(|w| {
+                (
+                    Authenticator::new(&self.auth.unwrap_key(WrapLabel::RelayKey, id, seq, &w)),
+                    1u64,
+                )
+            });
+        // One tunnel per peer: a new direction replaces the old tunnel.
+        let old: Vec<u32> = self
+            .tunnels
+            .values()
+            .filter(|t| t.peer_fqdn == route.peer_fqdn.as_str())
+            .map(|t| t.id)
+            .collect();
+        for old_id in old {
+            self.remove_tunnel(old_id, DownReason::Replaced);
+        }
+        let state = match route.role {
+            Role::Initiator => {
+                if relay.is_some() {
+                    self.queue.push_back(Pending::RelayBind(id));
+                }
+                self.queue.push_back(Pending::TunReq(id));
+                TunState::Initiating {
+                    retx: Retransmit::start(now),
+                }
+            }
+            _ => {
+                let bind = relay.as_ref().map(|_| {
+                    self.queue.push_back(Pending::RelayBind(id));
+                    Retransmit::start(now)
+                });
+                TunState::AwaitingReq {
+                    bind,
+                    deadline: now + RESPONDER_SETUP_TIMEOUT,
+                }
+            }
+        };
+        let tunnel = Tunnel {
+            id,
+            peer_fqdn: route.peer_fqdn.as_str().to_owned(),
+            endpoint: route.endpoint,
+            path: route.path,
+            role: route.role,
+            rx: RxTunnel::new(Authenticator::new(&key), route.peer_vip.addr, local_vip),
+            key,
+            tx_seq: SeqCounter::starting_at(1),
+            relay,
+            lifetime: Duration::from_secs(u64::from(route.lifetime_secs.max(1))),
+            last_rx: now,
+            last_tx: now,
+            state,
+        };
+        self.tunnels.insert(id, tunnel);
+        // Only the unsolicited copy (REQ_ID 0) is acknowledged (§5); ours
+        // answers our DIR_REQ, and a DC that keys acks by tunnel id alone
+        // must not take our ack for the peer's.
+        if dir.req_id == 0 {
+            self.queue.push_back(Pending::RouteAck(id));
+        }
+        if let Some(i) = pending {
+            let d = self.dirs.remove(i);
+            self.resolve(d, Ok(route.peer_vip.addr));
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, d: DirRequest, result: core::result::Result<Ipv4Addr, DirError>) {
+        self.events.push_back(Event::DirectionResolved {
+            req: ReqId(d.req_id),
+            fqdn: d.fqdn,
+            result,
+        });
+    }
+
+    fn remove_tunnel(&mut self, id: u32, reason: DownReason) {
+        if self.tunnels.remove(&id).is_some() {
+            self.events.push_back(Event::TunnelDown {
+                tunnel_id: id,
+                reason,
+            });
+        }
+    }
+
+    /// Ask the DC for `fqdn` (DIR_REQ). The answer comes as
+    /// [`Event::DirectionResolved`] with the returned id; the tunnel then
+    /// comes up by itself ([`Event::TunnelUp`]). A name that already has a
+    /// tunnel resolves at once; a name already being asked for shares the
+    /// pending request's id.
+    pub fn connect(&mut self, now: Instant, fqdn: &str) -> Result<ReqId> {
+        Fqdn::new(fqdn)?;
+        if self.closed || self.reg.is_none() {
+            return Err(Error::NotRegistered);
+        }
+        if let Some(d) = self.dirs.iter().find(|d| d.fqdn == fqdn) {
+            return Ok(ReqId(d.req_id));
+        }
+        let req_id = self.fresh_req_id();
+        let existing = self
+            .tunnels
+            .values()
+            .find(|t| t.peer_fqdn == fqdn)
+            .map(|t| t.rx.peer_vip);
+        let d = DirRequest {
+            req_id,
+            fqdn: fqdn.to_owned(),
+            retx: Retransmit::start(now),
+        };
+        if let Some(vip) = existing {
+            self.resolve(d, Ok(vip));
+        } else {
+            self.dirs.push(d);
+            self.queue.push_back(Pending::DirReq(req_id));
+        }
+        Ok(ReqId(req_id))
+    }
+
+    fn fresh_req_id(&mut self) -> u32 {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.dirs.iter().any(|d| d.req_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Our own address changed (new DHCP lease, interface moved): re-register
+    /// with the new LOCAL_ADDR and send a keep-alive on every roaming tunnel
+    /// so that peers learn the new source address at once.
+    pub fn handle_local_addr_change(&mut self, now: Instant, local_addr: SocketAddrV4) {
+        self.cfg.local_addr = local_addr;
+        if self.closed {
+            return;
+        }
+        self.start_registration(now);
+        let ids: Vec<u32> = self
+            .tunnels
+            .values()
+            .filter(|t| t.roams() && matches!(t.state, TunState::Up))
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            self.queue.push_back(Pending::TunKeepalive(id));
+        }
+    }
+
+    /// The data plane received an authenticated DATA or TUN_KEEPALIVE of
+    /// `tunnel_id` from `from`: refresh the tunnel's lifetime, and on DIRECT
+    /// and REVERSE paths follow the peer to a new source address (roaming).
+    pub fn note_rx(&mut self, tunnel_id: u32, now: Instant, from: SocketAddrV4) {
+        let Some(t) = self.tunnels.get_mut(&tunnel_id) else {
+            return;
+        };
+        t.last_rx = now;
+        if t.roams() && from != t.endpoint {
+            t.endpoint = from;
+            self.events.push_back(Event::EndpointChanged {
+                tunnel_id,
+                endpoint: from,
+            });
+        }
+    }
+
+    /// The data plane sent on `tunnel_id`: postpones that tunnel's keep-alive.
+    pub fn note_tx(&mut self, tunnel_id: u32, now: Instant) {
+        if let Some(t) = self.tunnels.get_mut(&tunnel_id) {
+            t.last_tx = t.last_tx.max(now);
+        }
+    }
+
+    /// Deregister (DEREG) and drop every tunnel. The endpoint ignores
+    /// everything afterwards; flush [`Endpoint::poll_transmit`] once more.
+    pub fn close(&mut self, _now: Instant) {
+        if self.closed {
+            return;
+        }
+        if self.reg.is_some() {
+            self.queue.retain(|p| *p == Pending::Dereg);
+            self.queue.push_back(Pending::Dereg);
+        } else {
+            self.queue.clear();
+        }
+        let ids: Vec<u32> = self.tunnels.keys().copied().collect();
+        for id in ids {
+            self.remove_tunnel(id, DownReason::Closed);
+        }
+        for d in std::mem::take(&mut self.dirs) {
+            self.resolve(d, Err(DirError::Closed));
+        }
+        self.registering = None;
+        self.retry_at = None;
+        self.closed = true;
+    }
+
+    fn start_registration(&mut self, now: Instant) {
+        self.retry_at = None;
+        if self.registering.is_none() {
+            self.registering = Some(Retransmit::start(now));
+            self.queue.push_back(Pending::RegReq);
+        }
+    }
+
+    // ----- timers -------------------------------------------------------
+
+    /// The next instant at which [`Endpoint::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(r) = &self.registering {
+            at(r.deadline());
+        }
+        if let Some(t) = self.retry_at {
+            at(t);
+        }
+        if let (Some(reg), None) = (&self.reg, &self.registering) {
+            at(reg.next_keepalive);
+            at(reg.silent_deadline());
+            at(reg.renew_at());
+        }
+        for d in &self.dirs {
+            at(d.retx.deadline());
+        }
+        for t in self.tunnels.values() {
+            at(t.next_deadline());
+        }
+        next
+    }
+
+    /// Run every timer that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.registration_timers(now);
+        self.direction_timers(now);
+        self.tunnel_timers(now);
+    }
+
+    fn registration_timers(&mut self, now: Instant) {
+        if let Some(retx) = &mut self.registering {
+            match retx.on_timeout(now) {
+                Some(RetransmitAction::Send) => self.queue.push_back(Pending::RegReq),
+                Some(RetransmitAction::Failed) => {
+                    self.registering = None;
+                    self.retry_at = Some(now + REGISTER_RETRY);
+                    tracing::warn!(dc = %self.cfg.dc, "registration failed: no REG_RESP after 5 tries");
+                    self.events.push_back(Event::RegistrationFailed {
+                        reason: RegistrationError::TimedOut,
+                    });
+                }
+                None => {}
+            }
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.start_registration(now);
+        }
+        if self.registering.is_some() {
+            return;
+        }
+        let Some(reg) = &mut self.reg else { return };
+        if now >= reg.silent_deadline() || now >= reg.renew_at() {
+            self.start_registration(now);
+            return;
+        }
+        if now >= reg.next_keepalive {
+            reg.next_keepalive = now + reg.keepalive;
+            self.queue.push_back(Pending::Keepalive);
+        }
+    }
+
+    fn direction_timers(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.dirs.len() {
+            match self.dirs[i].retx.on_timeout(now) {
+                Some(RetransmitAction::Send) => {
+                    self.queue.push_back(Pending::DirReq(self.dirs[i].req_id));
+                    i += 1;
+                }
+                Some(RetransmitAction::Failed) => {
+                    let d = self.dirs.remove(i);
+                    tracing::warn!(fqdn = %d.fqdn, "direction request failed: no ROUTE_DIR after 5 tries");
+                    self.resolve(d, Err(DirError::TimedOut));
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    fn tunnel_timers(&mut self, now: Instant) {
+        let mut down = Vec::new();
+        for t in self.tunnels.values_mut() {
+            match &mut t.state {
+                TunState::Initiating { retx } => match retx.on_timeout(now) {
+                    Some(RetransmitAction::Send) => {
+                        if t.relay.is_some() {
+                            self.queue.push_back(Pending::RelayBind(t.id));
+                        }
+                        self.queue.push_back(Pending::TunReq(t.id));
+                    }
+                    Some(RetransmitAction::Failed) => down.push((t.id, DownReason::SetupTimedOut)),
+                    None => {}
+                },
+                TunState::AwaitingReq { bind, deadline } => {
+                    if now >= *deadline {
+                        down.push((t.id, DownReason::SetupTimedOut));
+                        continue;
+                    }
+                    if let Some(b) = bind {
+                        match b.on_timeout(now) {
+                            Some(RetransmitAction::Send) => {
+                                self.queue.push_back(Pending::RelayBind(t.id))
+                            }
+                            // Stop binding; the deadline decides.
+                            Some(RetransmitAction::Failed) => *bind = None,
+                            None => {}
+                        }
+                    }
+                }
+                TunState::Up => {
+                    if now >= t.last_rx + t.lifetime {
+                        down.push((t.id, DownReason::Expired));
+                    } else if now >= t.last_tx + TUNNEL_KEEPALIVE {
+                        // Counted as sent now, so the timer does not fire again
+                        // before the keep-alive is polled out.
+                        t.last_tx = now;
+                        self.queue.push_back(Pending::TunKeepalive(t.id));
+                    }
+                }
+            }
+        }
+        for (id, reason) in down {
+            if reason == DownReason::SetupTimedOut {
+                tracing::warn!(tunnel_id = id, "tunnel set-up failed");
+            }
+            self.remove_tunnel(id, reason);
+        }
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// The next datagram to send, written to the front of `buf` (give it at
+    /// least [`crate::wire::MAX_SIGNALING_LEN`] bytes). Call until `None`
+    /// after every input.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(p) = self.queue.pop_front() {
+            match self.build(now, p, buf) {
+                Ok(Some(t)) => return Some(t),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping an outgoing datagram: give poll_transmit a larger buffer");
+                }
+            }
+        }
+        None
+    }
+
+    fn next_sig_seq(&mut self) -> u64 {
+        self.sig_seq += 1;
+        self.sig_seq
+    }
+
+    fn build(&mut self, now: Instant, p: Pending, buf: &mut [u8]) -> Result<Option<Transmit>> {
+        let node_id = self.reg.map_or(0, |r| r.node_id);
+        let dc = self.cfg.dc;
+        match p {
+            Pending::RegReq => {
+                if self.registering.is_none() {
+                    return Ok(None);
+                }
+                let seq = self.next_sig_seq();
+                let fqdn = Fqdn::new(&self.cfg.fqdn)?;
+                let msg = Message::RegReq(RegReq {
+                    fqdn,
+                    local_addr: self.cfg.local_addr,
+                    caps: self.cfg.caps,
+                });
+                let len = Repr::new(
+                    Header {
+                        id: node_id,
+                        seq,
+                        response_required: true,
+                    },
+                    msg,
+                )
+                .emit_sealed(buf, &self.auth)?;
+                Ok(Some(Transmit { dst: dc, len }))
+            }
+            Pending::Keepalive | Pending::Dereg => {
+                if self.reg.is_none() {
+                    return Ok(None);
+                }
+                let seq = self.next_sig_seq();
+                let (msg, rr) = if p == Pending::Keepalive {
+                    (Message::Keepalive, true)
+                } else {
+                    (Message::Dereg, false)
+                };
+                let len = Repr::new(
+                    Header {
+                        id: node_id,
+                        seq,
+                        response_required: rr,
+                    },
+                    msg,
+                )
+                .emit_sealed(buf, &self.auth)?;
+                Ok(Some(Transmit { dst: dc, len }))
+            }
+            Pending::DirReq(req_id) => {
+                let Some(d) = self.dirs.iter().find(|d| d.req_id == req_id) else {
+                    return Ok(None);
+                };
+                let fqdn = d.fqdn.clone();
+                let seq = self.next_sig_seq();
+                let msg = Message::DirReq(DirReq {
+                    req_id,
+                    fqdn: Fqdn::new(&fqdn)?,
+                });
+                let len = Repr::new(
+                    Header {
+                        id: node_id,
+                        seq,
+                        response_required: true,
+                    },
+                    msg,
+                )
+                .emit_sealed(buf, &self.auth)?;
+                Ok(Some(Transmit { dst: dc, len }))
+            }
+            Pending::RouteAck(tunnel_id) => {
+                let seq = self.next_sig_seq();
+                let msg = Message::RouteAck(RouteAck { tunnel_id });
+                let len = Repr::new(
+                    Header {
+                        id: node_id,
+                        seq,
+                        response_required: false,
+                    },
+                    msg,
+                )
+                .emit_sealed(buf, &self.auth)?;
+                Ok(Some(Transmit { dst: dc, len }))
+            }
+            Pending::TunReq(id) | Pending::TunResp(id) => {
+                let Some(vip) = self.reg.map(|r| r.vip) else {
+                    return Ok(None);
+                };
+                let Some(t) = self.tunnels.get_mut(&id) else {
+                    return Ok(None);
+                };
+                let fqdn = Fqdn::new(&self.cfg.fqdn)?;
+                let (msg, rr) = match p {
+                    Pending::TunReq(_) => {
+                        if !matches!(t.state, TunState::Initiating { .. }) {
+                            return Ok(None);
+                        }
+                        (Message::TunReq(TunReq { fqdn, vip }), true)
+                    }
+                    _ => (
+                        Message::TunResp(TunResp {
+                            status: Status::Ok,
+                            fqdn,
+                            vip,
+                        }),
+                        false,
+                    ),
+                };
+                let seq = t.tx_seq.next();
+                let len = Repr::new(
+                    Header {
+                        id,
+                        seq,
+                        response_required: rr,
+                    },
+                    msg,
+                )
+                .emit_sealed(buf, &t.rx.auth)?;
+                t.last_tx = now;
+                Ok(Some(Transmit {
+                    dst: t.endpoint,
+                    len,
+                }))
+            }
+            Pending::TunKeepalive(id) => {
+                let Some(t) = self.tunnels.get_mut(&id) else {
+                    return Ok(None);
+                };
+                if !matches!(t.state, TunState::Up) {
+                    return Ok(None);
+                }
+                let len = data::emit_tun_keepalive(buf, id, t.tx_seq.next(), &t.rx.auth)?;
+                t.last_tx = now;
+                Ok(Some(Transmit {
+                    dst: t.endpoint,
+                    len,
+                }))
+            }
+            Pending::RelayBind(id) => {
+                let Some(t) = self.tunnels.get_mut(&id) else {
+                    return Ok(None);
+                };
+                if matches!(t.state, TunState::Up) {
+                    return Ok(None);
+                }
+                let role = t.role;
+                let Some((auth, seq)) = &mut t.relay else {
+                    return Ok(None);
+                };
+                let s = *seq;
+                *seq += 1;
+                let msg = Message::RelayBind(RelayBind { role });
+                let len = Repr::new(
+                    Header {
+                        id,
+                        seq: s,
+                        response_required: false,
+                    },
+                    msg,
+                )
+                .emit_sealed(buf, auth)?;
+                Ok(Some(Transmit {
+                    dst: t.endpoint,
+                    len,
+                }))
+            }
+        }
+    }
+
+    /// The next event, if any. Call until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ----- single-threaded data plane -----------------------------------
+
+    /// Encapsulate an inner IPv4 packet for the tunnel to its destination VIP
+    /// and write the DATA datagram to the front of `buf` (which needs
+    /// `inner.len() + 32` bytes). [`Error::NoTunnel`] when no tunnel to that
+    /// VIP is up: ask [`Endpoint::connect`] first.
+    pub fn send_data(&mut self, now: Instant, inner: &[u8], buf: &mut [u8]) -> Result<Transmit> {
+        let dst = data::inner_destination(inner).ok_or(Error::BadInner)?;
+        let t = self
+            .tunnels
+            .values_mut()
+            .find(|t| t.rx.peer_vip == dst && matches!(t.state, TunState::Up))
+            .ok_or(Error::NoTunnel)?;
+        let room = buf
+            .get_mut(..inner.len() + OVERHEAD)
+            .ok_or(Error::BufferTooSmall)?;
+        room[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
+        let len = data::encap_in_place(room, 0, inner.len(), t.id, t.tx_seq.next(), &t.rx.auth)?;
+        t.last_tx = now;
+        Ok(Transmit {
+            dst: t.endpoint,
+            len,
+        })
+    }
+
+    /// Send state of an up tunnel, for a data plane that encapsulates itself.
+    pub fn tx_tunnel(&self, tunnel_id: u32) -> Option<(TxTunnel, SocketAddrV4)> {
+        let t = self
+            .tunnels
+            .get(&tunnel_id)
+            .filter(|t| matches!(t.state, TunState::Up))?;
+        Some((
+            TxTunnel {
+                tunnel_id,
+                auth: t.rx.auth.clone(),
+                seq: t.tx_seq.clone(),
+            },
+            t.endpoint,
+        ))
+    }
+
+    // ----- state --------------------------------------------------------
+
+    /// The registration held, if any.
+    pub fn registration(&self) -> Option<Registration> {
+        self.reg
+    }
+
+    /// Our VIP once registered.
+    pub fn vip(&self) -> Option<Vip> {
+        self.reg.map(|r| r.vip)
+    }
+
+    /// Our LOCAL_ADDR.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.cfg.local_addr
+    }
+
+    /// Snapshot of one tunnel.
+    pub fn tunnel(&self, tunnel_id: u32) -> Option<TunnelInfo> {
+        self.tunnels.get(&tunnel_id).map(Tunnel::info)
+    }
+
+    /// The tunnel to a peer VIP, if any.
+    pub fn tunnel_for_vip(&self, vip: Ipv4Addr) -> Option<TunnelInfo> {
+        self.tunnels
+            .values()
+            .find(|t| t.rx.peer_vip == vip)
+            .map(Tunnel::info)
+    }
+
+    /// Snapshots of all tunnels.
+    pub fn tunnels(&self) -> impl Iterator<Item = TunnelInfo> + '_ {
+        self.tunnels.values().map(Tunnel::info)
+    }
+
+    /// Drops counted by [`Endpoint::handle`], by reason.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+}
