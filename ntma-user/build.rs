@@ -29,8 +29,9 @@ fn main() {
         Ok(linker) => println!("cargo:rerun-if-changed={}", linker.display()),
         Err(missing) => {
             // One line, no backtrace: the operator only needs to know what to run.
+            // `cargo::error` with a zero exit: cargo shows just this line and fails.
             println!("cargo::error=the eBPF build needs {missing}: {FIX}");
-            std::process::exit(1);
+            return;
         }
     }
 
@@ -42,7 +43,6 @@ fn main() {
     };
     if let Err(e) = aya_build::build_ebpf([package], aya_build::Toolchain::Nightly) {
         println!("cargo::error=building the XDP programs (ntma-ebpf) failed: {e:#}");
-        std::process::exit(1);
     }
 }
 
