@@ -12,7 +12,11 @@ use ntm_proto::{Authenticator, Key};
 
 fuzz_target!(|data: &[u8]| {
     let auth = Authenticator::new(&Key::from_bytes([0x20; 32]));
-    let mut rx = RxTunnel::new(auth.clone(), Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3));
+    let mut rx = RxTunnel::new(
+        auth.clone(),
+        Ipv4Addr::new(100, 64, 0, 2),
+        Ipv4Addr::new(100, 64, 0, 3),
+    );
     let _ = decap(data, |id| (id == 257).then_some(&mut rx));
 
     // Seal the input as the inner packet of tunnel 257 with a seq from its first bytes.
@@ -25,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
         let first = decap(&buf[..n], |_| Some(&mut rx));
         if first.is_ok() {
             // Accepted once: the same datagram again is a replay.
-            assert_eq!(decap(&buf[..n], |_| Some(&mut rx)), Err(ntm_proto::Error::Replay));
+            assert_eq!(
+                decap(&buf[..n], |_| Some(&mut rx)),
+                Err(ntm_proto::Error::Replay)
+            );
         }
     }
 });

@@ -42,15 +42,25 @@ fuzz_target!(|data: &[u8]| {
     // Register, so that ROUTE_DIR and friends are reachable.
     let lease = Lease {
         node_id: 7,
-        vip: Vip { addr: Ipv4Addr::new(100, 64, 0, 2), prefix_len: 10 },
+        vip: Vip {
+            addr: Ipv4Addr::new(100, 64, 0, 2),
+            prefix_len: 10,
+        },
         observed: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 40001),
         keepalive_secs: 20,
         lifetime_secs: 600,
     };
     let mut buf = [0u8; 512];
-    let n = Repr::new(Header { id: 7, seq: 1, response_required: false }, Message::RegResp(RegResp { result: Ok(lease) }))
-        .emit_sealed(&mut buf, &auth)
-        .unwrap();
+    let n = Repr::new(
+        Header {
+            id: 7,
+            seq: 1,
+            response_required: false,
+        },
+        Message::RegResp(RegResp { result: Ok(lease) }),
+    )
+    .emit_sealed(&mut buf, &auth)
+    .unwrap();
     ep.handle(now, DC, &buf[..n]).unwrap();
     drain(&mut ep, now);
 
@@ -87,7 +97,8 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             _ => {
-                let step = Duration::from_millis(u64::from(chunk.first().copied().unwrap_or(0)) * 250);
+                let step =
+                    Duration::from_millis(u64::from(chunk.first().copied().unwrap_or(0)) * 250);
                 now += step;
                 ep.handle_timeout(now);
             }

@@ -8,7 +8,15 @@ use ntm_proto::{Authenticator, Key, Packet};
 fuzz_target!(|data: &[u8]| {
     let auth = Authenticator::new(&Key::from_bytes([0x20; 32]));
     if let Ok(p) = Packet::new_checked(data) {
-        let _ = (p.version(), p.msg_type(), p.flags(), p.response_required(), p.suite(), p.id(), p.seq());
+        let _ = (
+            p.version(),
+            p.msg_type(),
+            p.flags(),
+            p.response_required(),
+            p.suite(),
+            p.id(),
+            p.seq(),
+        );
         assert_eq!(p.body().len() + 32, data.len());
         assert_eq!(p.authenticated().len() + p.tag().len(), data.len());
         let _ = p.check_header();

@@ -7,12 +7,17 @@ use libfuzzer_sys::fuzz_target;
 use ntm_proto::wire::{Packet, Repr};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(packet) = Packet::new_checked(data) else { return };
-    let Ok(repr) = Repr::parse(&packet) else { return };
+    let Ok(packet) = Packet::new_checked(data) else {
+        return;
+    };
+    let Ok(repr) = Repr::parse(&packet) else {
+        return;
+    };
     let mut first = vec![0u8; repr.buffer_len()];
     repr.emit(&mut Packet::new_unchecked(&mut first[..]));
-    let again = Repr::parse(&Packet::new_checked(&first[..]).expect("emitted datagram has a header"))
-        .expect("emitted datagram parses");
+    let again =
+        Repr::parse(&Packet::new_checked(&first[..]).expect("emitted datagram has a header"))
+            .expect("emitted datagram parses");
     assert_eq!(again.header, repr.header);
     assert_eq!(again.message, repr.message);
     let mut second = vec![0u8; again.buffer_len()];

@@ -1302,3 +1302,32 @@ impl Endpoint {
         &self.drops
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn driver_can_move_it_to_a_thread() {
+        assert_send::<Endpoint>();
+        assert_send::<Event>();
+        assert_send_sync::<Authenticator>();
+        assert_send_sync::<Key>();
+        assert_send_sync::<SeqCounter>();
+    }
+
+    #[test]
+    fn rejects_an_invalid_own_fqdn() {
+        let cfg = Config {
+            fqdn: "Not Valid".into(),
+            key: Key::from_bytes([0; 32]),
+            dc: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7710),
+            local_addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7700),
+            caps: Caps::NODE,
+        };
+        assert_eq!(Endpoint::new(cfg, Instant::now(), 0, [0; 32]).unwrap_err(), Error::BadFqdn);
+    }
+}
