@@ -14,6 +14,7 @@
 //! | [`data`] | the DATA fast path: [`data::encap_in_place`], [`data::decap`] (spec order of checks), [`data::RxTunnel`], [`data::TxTunnel`], [`data::SeqCounter`] |
 //! | [`retransmit`] | [`retransmit::Retransmit`]: 250 ms doubling, 5 tries, then failure |
 //! | [`node`] | [`node::Endpoint`]: a node's registration, direction, tunnel set-up, keep-alive, expiry and roaming |
+//! | [`dns`] | [`dns::DnsStub`]: the DNS stub (NTM names through DIR_REQ, other names forwarded upstream), message level |
 //!
 //! Every drop has a reason: [`Error`] is a fieldless `Copy` enum with
 //! [`Error::index`]/[`Error::COUNT`] for counter arrays ([`DropCounters`]).
@@ -109,6 +110,7 @@
 
 pub mod auth;
 pub mod data;
+pub mod dns;
 mod error;
 pub mod node;
 pub mod replay;

@@ -1,217 +1,91 @@
-//! DNS interception on the router address (UDP 53).
+//! DNS interception on the router address (UDP 53): a thin frame wrapper
+//! around [`ntm_proto::dns::DnsStub`], which holds the message-level logic
+//! shared with the software node (suffix matching, pending resolutions with
+//! their waiters, forward id rewriting, answer building, bounds, expiry).
 //!
 //! Names under the NTM suffix are resolved by the control side through the
 //! DC ([`GnAction::Resolve`] → [`Gn::answer`]): an A record with the peer's
 //! VIP, an empty NOERROR for other types, NXDOMAIN for NOT_FOUND, SERVFAIL
 //! on time-out. Every other query is forwarded to the upstream resolver
 //! with a fresh DNS id and the reply relayed back unchanged except for the
-//! id. Both pending tables are bounded and expire by time.
+//! id. This wrapper parses and builds the frames, turns the stub's outputs
+//! into frames and actions, and counts every drop and reply by kind.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_proto::rr::Name;
+use ntm_proto::dns::{DnsDrop, DnsStub, Handled, Output, ReplyKind, StubConfig};
+
+pub(super) use ntm_proto::dns::{parse_suffix, MAX_PENDING_LIMIT, PORT};
+pub use ntm_proto::dns::{PendingId, ResolveOutcome};
 
 use super::wire::{build_udp_frame, EthView, Ipv4View, MacAddr, UdpEnds, UdpView};
-use super::{Gn, GnAction, GnDrop, GnStat};
-
-/// DNS port.
-pub(super) const PORT: u16 = 53;
-/// Largest query accepted (plain DNS over UDP, RFC 1035 §4.2.1).
-pub const MAX_QUERY_LEN: usize = 512;
-/// Queries for one name that may wait on one resolution.
-const MAX_WAITERS_PER_NAME: usize = 16;
-/// Largest pending table (keeps fresh-id search short).
-pub(super) const MAX_PENDING_LIMIT: usize = 4096;
-const HEADER_LEN: usize = 12;
-
-/// Key of one resolution the control side is working on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PendingId(u64);
-
-impl PendingId {
-    /// The raw number, for logs and maps on the control side.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for PendingId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dns#{}", self.0)
-    }
-}
-
-/// What the DC said about an NTM name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResolveOutcome {
-    /// ROUTE_DIR OK: the peer's VIP.
-    Vip(Ipv4Addr),
-    /// The DC answered NOT_FOUND.
-    NotFound,
-    /// The DC did not answer in time.
-    Timeout,
-}
+use super::{Gn, GnAction, GnConfig, GnDrop, GnStat};
 
 /// Who asked, for the answer's addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Peer {
+pub(super) struct Peer {
     mac: MacAddr,
     ip: Ipv4Addr,
     port: u16,
 }
 
-/// One query waiting for an answer of ours.
-#[derive(Debug, Clone)]
-struct Waiter {
-    peer: Peer,
-    id: u16,
-    query: Query,
-    rd: bool,
-    edns: bool,
-}
-
-#[derive(Debug)]
-struct PendingResolve {
-    id: PendingId,
-    fqdn: String,
-    deadline: Instant,
-    waiters: Vec<Waiter>,
-}
-
-#[derive(Debug)]
-struct PendingForward {
-    peer: Peer,
-    orig_id: u16,
-    question: Vec<u8>,
-    deadline: Instant,
-}
-
 #[derive(Debug)]
 pub(super) struct DnsState {
-    suffix: Name,
-    suffix_labels: usize,
-    resolves: Vec<PendingResolve>,
-    waiters: usize,
-    forwards: HashMap<u16, PendingForward>,
-    next_pending: u64,
-    rng: u64,
-}
-
-/// Parses the configured suffix: labels of letters, digits and '-'.
-pub(super) fn parse_suffix(s: &str) -> Option<Name> {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    if s.is_empty() || s.len() > 253 {
-        return None;
-    }
-    for label in s.split('.') {
-        if label.is_empty()
-            || label.len() > 63
-            || !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return None;
-        }
-    }
-    let mut n = Name::from_ascii(s).ok()?;
-    n.set_fqdn(true);
-    Some(n)
-}
-
-/// The PROTOCOL.md FQDN form of `name` (lower-case, no trailing dot, labels
-/// of `a-z 0-9 -`), or None if it has none.
-fn fqdn_of(name: &Name) -> Option<String> {
-    let mut s = String::new();
-    for label in name.iter() {
-        if label.is_empty() || label.len() > 63 {
-            return None;
-        }
-        if !s.is_empty() {
-            s.push('.');
-        }
-        for &b in label {
-            let b = b.to_ascii_lowercase();
-            if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-                return None;
-            }
-            s.push(char::from(b));
-        }
-    }
-    (!s.is_empty() && s.len() <= 253).then_some(s)
+    stub: DnsStub<Peer>,
 }
 
 impl DnsState {
-    pub(super) fn new(suffix: Name, seed: u64) -> Self {
+    /// `suffix` from [`parse_suffix`]; `cfg` already validated.
+    pub(super) fn new(suffix: Name, cfg: &GnConfig) -> Self {
+        let stub_cfg = StubConfig {
+            ttl: cfg.dns_ttl,
+            max_pending: cfg.dns_max_pending,
+            resolve_timeout: cfg.dns_resolve_timeout,
+            forward_timeout: cfg.dns_forward_timeout,
+            seed: cfg.seed,
+        };
         Self {
-            suffix_labels: suffix.iter().count(),
-            suffix,
-            resolves: Vec::new(),
-            waiters: 0,
-            forwards: HashMap::new(),
-            next_pending: 1,
-            rng: seed,
+            stub: DnsStub::new(suffix, stub_cfg),
         }
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let r = self.resolves.iter().map(|r| r.deadline);
-        let f = self.forwards.values().map(|f| f.deadline);
-        r.chain(f).min()
-    }
-
-    /// splitmix64: ids need to be hard to guess for an off-path spoofer
-    /// of upstream replies, not cryptographic.
-    fn random_u16(&mut self) -> u16 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) as u16
+        self.stub.poll_timeout()
     }
 }
 
-/// A header-only reply (FORMERR, NOTIMP) to the query whose header is `q`.
-fn header_reply(q: &[u8], rcode: ResponseCode) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..2].copy_from_slice(&q[..2]);
-    // QR, the query's opcode and RD; RA since we recurse via upstream.
-    h[2] = 0x80 | (q[2] & 0x79);
-    h[3] = 0x80 | (u16::from(rcode) as u8 & 0x0f);
-    h
+/// The adapter's counter for a stub drop.
+fn gn_drop(d: DnsDrop) -> GnDrop {
+    match d {
+        DnsDrop::Short => GnDrop::DnsShort,
+        DnsDrop::TooBig => GnDrop::DnsTooBig,
+        DnsDrop::NotQuery => GnDrop::DnsNotQuery,
+        DnsDrop::BadOpcode => GnDrop::DnsBadOpcode,
+        DnsDrop::QuestionCount => GnDrop::DnsQuestionCount,
+        DnsDrop::BadCounts => GnDrop::DnsBadCounts,
+        DnsDrop::Malformed => GnDrop::DnsMalformed,
+        DnsDrop::PendingFull => GnDrop::DnsPendingFull,
+        DnsDrop::Duplicate => GnDrop::DnsDuplicate,
+        DnsDrop::UpstreamTimeout => GnDrop::DnsUpstreamTimeout,
+        DnsDrop::UpstreamMalformed => GnDrop::DnsUpstreamMalformed,
+        DnsDrop::UpstreamUnknownId => GnDrop::DnsUpstreamUnknownId,
+        DnsDrop::UpstreamMismatch => GnDrop::DnsUpstreamMismatch,
+        DnsDrop::LateAnswer => GnDrop::DnsLateAnswer,
+    }
 }
 
-fn u16_at(p: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([p[at], p[at + 1]])
-}
-
-/// Builds our answer to `w` with `rcode` and at most one A record.
-fn build_answer(w: &Waiter, rcode: ResponseCode, a: Option<(Ipv4Addr, u32)>) -> Vec<u8> {
-    let mut m = Message::response(w.id, OpCode::Query);
-    m.metadata.authoritative = rcode != ResponseCode::ServFail;
-    m.metadata.recursion_desired = w.rd;
-    m.metadata.recursion_available = true;
-    m.metadata.response_code = rcode;
-    m.add_query(w.query.clone());
-    if let Some((vip, ttl)) = a {
-        m.add_answer(Record::from_rdata(
-            w.query.name().clone(),
-            ttl,
-            RData::A(A(vip)),
-        ));
+fn reply_stat(kind: ReplyKind) -> GnStat {
+    match kind {
+        ReplyKind::A => GnStat::DnsAnswerA,
+        ReplyKind::NoData => GnStat::DnsAnswerNoData,
+        ReplyKind::NxDomain => GnStat::DnsNxDomain,
+        ReplyKind::ServFail => GnStat::DnsServFail,
+        ReplyKind::FormErr => GnStat::DnsFormErr,
+        ReplyKind::NotImp => GnStat::DnsNotImp,
+        ReplyKind::Relay => GnStat::DnsRelay,
     }
-    if w.edns {
-        // RFC 6891 §6.1.1: answer an OPT with an OPT. We accept 512 bytes.
-        m.set_edns(Edns::new());
-    }
-    // One question and one A record always encode (and fit 512 bytes);
-    // an empty Vec would only make the client retry.
-    m.to_vec().unwrap_or_default()
 }
 
 impl Gn {
@@ -227,39 +101,58 @@ impl Gn {
         self.emit(|out| build_udp_frame(out, &ends, payload))
     }
 
-    /// Sends an error-only header and reports `why` as the drop reason.
-    fn dns_reject(
-        &mut self,
-        peer: &Peer,
-        q: &[u8],
-        rcode: ResponseCode,
-        why: GnDrop,
-    ) -> Result<(), GnDrop> {
-        self.dns_send(peer, &header_reply(q, rcode))?;
-        self.counters.stat(if rcode == ResponseCode::NotImp {
-            GnStat::DnsNotImp
-        } else {
-            GnStat::DnsFormErr
-        });
-        Err(why)
+    /// Turns the stub's outputs into frames to the GN and actions. Returns
+    /// the first failure and counts the others.
+    fn dns_flush(&mut self) -> Result<(), GnDrop> {
+        let mut first = Ok(());
+        while let Some(out) = self.dns.stub.poll_output() {
+            let r = match out {
+                Output::Reply { to, payload, kind } => self.dns_reply(&to, &payload, kind),
+                Output::Resolve { fqdn, pending_id } => {
+                    self.push_action(GnAction::Resolve { fqdn, pending_id });
+                    Ok(())
+                }
+                Output::Upstream {
+                    upstream_id,
+                    payload,
+                } => {
+                    self.push_action(GnAction::Upstream {
+                        upstream_id,
+                        payload,
+                    });
+                    Ok(())
+                }
+            };
+            if let Err(why) = r {
+                if first.is_ok() {
+                    first = Err(why);
+                } else {
+                    self.counters.drop(why);
+                }
+            }
+        }
+        first
     }
 
-    fn dns_reply(
-        &mut self,
-        w: &Waiter,
-        rcode: ResponseCode,
-        a: Option<Ipv4Addr>,
-    ) -> Result<(), GnDrop> {
-        let ttl = self.cfg.dns_ttl;
-        let bytes = build_answer(w, rcode, a.map(|v| (v, ttl)));
-        self.dns_send(&w.peer, &bytes)?;
-        self.counters.stat(match (rcode, a) {
-            (ResponseCode::NoError, Some(_)) => GnStat::DnsAnswerA,
-            (ResponseCode::NoError, None) => GnStat::DnsAnswerNoData,
-            (ResponseCode::NXDomain, _) => GnStat::DnsNxDomain,
-            _ => GnStat::DnsServFail,
-        });
+    fn dns_reply(&mut self, to: &Peer, payload: &[u8], kind: ReplyKind) -> Result<(), GnDrop> {
+        if kind == ReplyKind::Relay {
+            let max = usize::from(self.cfg.mtu)
+                - super::wire::IPV4_HEADER_LEN
+                - super::wire::UDP_HEADER_LEN;
+            if payload.len() > max {
+                return Err(GnDrop::DnsUpstreamTooBig);
+            }
+        }
+        self.dns_send(to, payload)?;
+        self.counters.stat(reply_stat(kind));
         Ok(())
+    }
+
+    /// Flushes, counting every failure.
+    fn dns_flush_counted(&mut self) {
+        if let Err(why) = self.dns_flush() {
+            self.counters.drop(why);
+        }
     }
 
     pub(super) fn handle_dns_query(
@@ -269,227 +162,43 @@ impl Gn {
         ip: &Ipv4View<'_>,
         udp: &UdpView<'_>,
     ) -> Result<(), GnDrop> {
-        let p = udp.payload;
-        if p.len() > MAX_QUERY_LEN {
-            return Err(GnDrop::DnsTooBig);
-        }
-        if p.len() < HEADER_LEN {
-            return Err(GnDrop::DnsShort);
-        }
         let peer = Peer {
             mac: eth.src,
             ip: ip.src,
             port: udp.src_port,
         };
-        if p[2] & 0x80 != 0 {
-            // Never answer a response: that is how reflection loops start.
-            return Err(GnDrop::DnsNotQuery);
+        let r = self.dns.stub.handle_query(now, peer, udp.payload);
+        self.dns_flush()?;
+        let handled = r.map_err(gn_drop)?;
+        match handled {
+            Handled::Answered => {}
+            Handled::Resolving => self.counters.stat(GnStat::DnsResolve),
+            Handled::Joined => self.counters.stat(GnStat::DnsResolveJoined),
+            Handled::Forwarded => self.counters.stat(GnStat::DnsForward),
         }
-        if (p[2] >> 3) & 0x0f != 0 {
-            return self.dns_reject(&peer, p, ResponseCode::NotImp, GnDrop::DnsBadOpcode);
-        }
-        // Counts first: hickory pre-allocates by them.
-        if u16_at(p, 4) != 1 {
-            return self.dns_reject(&peer, p, ResponseCode::FormErr, GnDrop::DnsQuestionCount);
-        }
-        if u16_at(p, 6) != 0 || u16_at(p, 8) != 0 || u16_at(p, 10) > 1 {
-            return self.dns_reject(&peer, p, ResponseCode::FormErr, GnDrop::DnsBadCounts);
-        }
-        let mut d = BinDecoder::new(p);
-        let question_end = d
-            .read_slice(HEADER_LEN)
-            .ok()
-            .and_then(|_| Query::read(&mut d).ok())
-            .map(|_| d.index());
-        let msg = Message::from_vec(p).ok();
-        let (Some(question_end), Some(msg)) = (question_end, msg) else {
-            return self.dns_reject(&peer, p, ResponseCode::FormErr, GnDrop::DnsMalformed);
-        };
-        let Some(query) = msg.queries.first() else {
-            return self.dns_reject(&peer, p, ResponseCode::FormErr, GnDrop::DnsMalformed);
-        };
-        if self.dns.suffix.zone_of(query.name()) {
-            let w = Waiter {
-                peer,
-                id: msg.metadata.id,
-                query: query.clone(),
-                rd: msg.metadata.recursion_desired,
-                edns: msg.edns.is_some(),
-            };
-            self.dns_intercept(now, w)
-        } else {
-            self.dns_forward(now, peer, p, question_end)
-        }
-    }
-
-    fn dns_intercept(&mut self, now: Instant, w: Waiter) -> Result<(), GnDrop> {
-        let name = w.query.name();
-        if name.iter().count() == self.dns.suffix_labels {
-            // The suffix itself names no node.
-            return self.dns_reply(&w, ResponseCode::NoError, None);
-        }
-        let Some(fqdn) = fqdn_of(name) else {
-            // No node can have this name (PROTOCOL.md FQDN syntax).
-            return self.dns_reply(&w, ResponseCode::NXDomain, None);
-        };
-        if w.query.query_class() != DNSClass::IN || w.query.query_type() != RecordType::A {
-            return self.dns_reply(&w, ResponseCode::NoError, None);
-        }
-        let duplicate = self.dns.resolves.iter().any(|r| {
-            r.waiters
-                .iter()
-                .any(|o| o.peer.ip == w.peer.ip && o.peer.port == w.peer.port && o.id == w.id)
-        });
-        if duplicate {
-            return Err(GnDrop::DnsDuplicate);
-        }
-        if self.dns.waiters >= self.cfg.dns_max_pending {
-            return Err(GnDrop::DnsPendingFull);
-        }
-        if let Some(r) = self.dns.resolves.iter_mut().find(|r| r.fqdn == fqdn) {
-            if r.waiters.len() >= MAX_WAITERS_PER_NAME {
-                return Err(GnDrop::DnsPendingFull);
-            }
-            r.waiters.push(w);
-            self.dns.waiters += 1;
-            self.counters.stat(GnStat::DnsResolveJoined);
-            return Ok(());
-        }
-        let id = PendingId(self.dns.next_pending);
-        self.dns.next_pending += 1;
-        self.dns.resolves.push(PendingResolve {
-            id,
-            fqdn: fqdn.clone(),
-            deadline: now + self.cfg.dns_resolve_timeout,
-            waiters: vec![w],
-        });
-        self.dns.waiters += 1;
-        self.counters.stat(GnStat::DnsResolve);
-        self.push_action(GnAction::Resolve {
-            fqdn,
-            pending_id: id,
-        });
         Ok(())
     }
 
-    fn dns_forward(
-        &mut self,
-        now: Instant,
-        peer: Peer,
-        p: &[u8],
-        question_end: usize,
-    ) -> Result<(), GnDrop> {
-        if self.dns.forwards.len() >= self.cfg.dns_max_pending {
-            return Err(GnDrop::DnsPendingFull);
-        }
-        // The table holds at most MAX_PENDING_LIMIT of 65536 ids, so a free
-        // one turns up within a few draws.
-        let upstream_id = loop {
-            let id = self.dns.random_u16();
-            if !self.dns.forwards.contains_key(&id) {
-                break id;
-            }
-        };
-        let mut payload = p.to_vec();
-        payload[..2].copy_from_slice(&upstream_id.to_be_bytes());
-        self.dns.forwards.insert(
-            upstream_id,
-            PendingForward {
-                peer,
-                orig_id: u16_at(p, 0),
-                question: p[HEADER_LEN..question_end].to_vec(),
-                deadline: now + self.cfg.dns_forward_timeout,
-            },
-        );
-        self.counters.stat(GnStat::DnsForward);
-        self.push_action(GnAction::Upstream {
-            upstream_id,
-            payload,
-        });
-        Ok(())
-    }
-
-    pub(super) fn relay_upstream(&mut self, _now: Instant, p: &[u8]) -> Result<(), GnDrop> {
-        if p.len() < HEADER_LEN || p[2] & 0x80 == 0 {
-            return Err(GnDrop::DnsUpstreamMalformed);
-        }
-        let id = u16_at(p, 0);
-        let f = self
-            .dns
-            .forwards
-            .get(&id)
-            .ok_or(GnDrop::DnsUpstreamUnknownId)?;
-        let rcode = p[3] & 0x0f;
-        let question_ok = match u16_at(p, 4) {
-            1 => p.get(HEADER_LEN..HEADER_LEN + f.question.len()) == Some(&f.question[..]),
-            // Some servers drop the question from error replies.
-            0 => rcode != 0,
-            _ => false,
-        };
-        if !question_ok {
-            // Keep waiting: the real reply may still come.
-            return Err(GnDrop::DnsUpstreamMismatch);
-        }
-        let Some(f) = self.dns.forwards.remove(&id) else {
-            return Err(GnDrop::DnsUpstreamUnknownId);
-        };
-        let max =
-            usize::from(self.cfg.mtu) - super::wire::IPV4_HEADER_LEN - super::wire::UDP_HEADER_LEN;
-        if p.len() > max {
-            return Err(GnDrop::DnsUpstreamTooBig);
-        }
-        let mut reply = p.to_vec();
-        reply[..2].copy_from_slice(&f.orig_id.to_be_bytes());
-        self.dns_send(&f.peer, &reply)?;
-        self.counters.stat(GnStat::DnsRelay);
-        Ok(())
+    pub(super) fn relay_upstream(&mut self, now: Instant, p: &[u8]) -> Result<(), GnDrop> {
+        self.dns.stub.handle_upstream(now, p).map_err(gn_drop)?;
+        self.dns_flush()
     }
 
     pub(super) fn answer_resolve(
         &mut self,
-        _now: Instant,
+        now: Instant,
         id: PendingId,
         outcome: ResolveOutcome,
     ) -> Result<(), GnDrop> {
-        let idx = self
-            .dns
-            .resolves
-            .iter()
-            .position(|r| r.id == id)
-            .ok_or(GnDrop::DnsLateAnswer)?;
-        let r = self.dns.resolves.swap_remove(idx);
-        self.dns.waiters -= r.waiters.len();
-        let (rcode, a) = match outcome {
-            ResolveOutcome::Vip(v) => (ResponseCode::NoError, Some(v)),
-            ResolveOutcome::NotFound => (ResponseCode::NXDomain, None),
-            ResolveOutcome::Timeout => (ResponseCode::ServFail, None),
-        };
-        for w in &r.waiters {
-            if let Err(why) = self.dns_reply(w, rcode, a) {
-                self.counters.drop(why);
-            }
-        }
+        self.dns.stub.answer(now, id, outcome).map_err(gn_drop)?;
+        self.dns_flush_counted();
         Ok(())
     }
 
     pub(super) fn expire_dns(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.dns.resolves.len() {
-            if self.dns.resolves[i].deadline <= now {
-                let r = self.dns.resolves.swap_remove(i);
-                self.dns.waiters -= r.waiters.len();
-                for w in &r.waiters {
-                    if let Err(why) = self.dns_reply(w, ResponseCode::ServFail, None) {
-                        self.counters.drop(why);
-                    }
-                }
-            } else {
-                i += 1;
-            }
-        }
-        let before = self.dns.forwards.len();
-        self.dns.forwards.retain(|_, f| f.deadline > now);
-        for _ in self.dns.forwards.len()..before {
+        let expired = self.dns.stub.handle_timeout(now);
+        self.dns_flush_counted();
+        for _ in 0..expired {
             self.counters.drop(GnDrop::DnsUpstreamTimeout);
         }
     }
@@ -509,6 +218,7 @@ mod tests {
     use super::super::wire::{build_udp_frame, EthView, Ipv4View, UdpEnds, UdpView};
     use super::super::{Gn, GnAction, GnConfig, GnDrop, GnStat, Verdict};
     use super::*;
+    use ntm_proto::dns::fqdn_of;
 
     const DIG_A: &[u8] = include_bytes!("testdata/dig_noedns_a.bin");
     const DIG_AAAA: &[u8] = include_bytes!("testdata/dig_noedns_aaaa_mixedcase.bin");

@@ -338,7 +338,7 @@ impl Gn {
     pub fn new(cfg: GnConfig) -> Result<Self, GnConfigError> {
         let suffix = cfg.validate()?;
         Ok(Self {
-            dns: DnsState::new(suffix, cfg.seed),
+            dns: DnsState::new(suffix, &cfg),
             icmp: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
             state: GnState::default(),
             counters: GnCounters::default(),
