@@ -357,6 +357,9 @@ mod tests {
 
     const DISCOVER: &[u8] = include_bytes!("testdata/dhclient_discover.bin");
     const REBOOT: &[u8] = include_bytes!("testdata/dhclient_request_initreboot.bin");
+    /// dhclient's REQUEST answering an OFFER of this server (captured in a
+    /// netns pair against this code driven from an AF_PACKET socket).
+    const SELECTING: &[u8] = include_bytes!("testdata/dhclient_request_selecting.bin");
 
     struct Reply {
         eth_dst: MacAddr,
@@ -538,6 +541,24 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn captured_selecting_request_gets_ack() {
+        let mut g = gn_with_vip();
+        let now = Instant::now();
+        let req = Message::decode(&mut Decoder::new(&SELECTING[42..])).unwrap();
+        assert_eq!(
+            opt(&req, OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(ROUTER))
+        );
+        assert_eq!(g.handle_frame(now, SELECTING), Verdict::Consumed);
+        let r = only_reply(&mut g);
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(r.msg.xid(), req.xid());
+        assert_eq!((r.eth_dst, r.ip_dst), (GN_MAC, VIP));
+        assert_lease_options(&r.msg, true);
+        assert!(g.state().lease().unwrap().bound);
     }
 
     #[test]

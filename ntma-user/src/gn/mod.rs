@@ -743,6 +743,7 @@ mod tests {
             include_bytes!("testdata/arp_request_router.bin"),
             include_bytes!("testdata/dhclient_discover.bin"),
             include_bytes!("testdata/dhclient_request_initreboot.bin"),
+            include_bytes!("testdata/dhclient_request_selecting.bin"),
             include_bytes!("testdata/dig_noedns_a.bin"),
             include_bytes!("testdata/dig_edns_a.bin"),
             include_bytes!("testdata/dig_noedns_mx_example.bin"),
