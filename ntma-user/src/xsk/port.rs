@@ -119,6 +119,8 @@ pub struct Port {
     tx: RingTx,
     mode: XskMode,
     stats: PortStats,
+    /// Frames taken off RX and not yet replaced on the fill ring.
+    fill_owed: u32,
 }
 
 const XDP_OPTIONS: libc::c_int = 8;
@@ -204,6 +206,7 @@ impl Port {
             tx,
             mode,
             stats: PortStats::default(),
+            fill_owed: 0,
         })
     }
 
@@ -271,31 +274,43 @@ impl Port {
     }
 
     /// Takes received frames into `out`, at most its spare capacity (so `out` never
-    /// reallocates) and at most as many as `pool` can replace on the fill ring, then
-    /// refills the fill ring with that many. Returns how many were received.
+    /// reallocates), then gives the fill ring as many frames from `pool` as it took, so
+    /// the kernel keeps the same number to receive into. What the pool cannot give now
+    /// is owed and given on later calls (see [`Port::refill`]). Returns how many frames
+    /// were received.
     pub fn rx_burst(&mut self, pool: &mut FramePool, out: &mut Vec<Frame>) -> u32 {
-        let room = out.capacity() - out.len();
-        let max = room.min(pool.len()).min(u32::MAX as usize) as u32;
-        if max == 0 {
-            return 0;
-        }
-        let area = self.umem.area();
+        let room = (out.capacity() - out.len()).min(u32::MAX as usize) as u32;
         let mut taken = 0;
-        let mut r = self.rx.receive(max);
-        while let Some(desc) = r.read() {
-            taken += 1;
-            match area.frame_from_desc(desc.addr, desc.len) {
-                Some(frame) => out.push(frame),
-                None => self.stats.rx_invalid += 1,
+        if room > 0 {
+            let area = self.umem.area();
+            let mut r = self.rx.receive(room);
+            while let Some(desc) = r.read() {
+                taken += 1;
+                match area.frame_from_desc(desc.addr, desc.len) {
+                    Some(frame) => out.push(frame),
+                    None => self.stats.rx_invalid += 1,
+                }
             }
+            r.release();
         }
-        r.release();
-        drop(r);
         self.stats.rx += u64::from(taken);
-        if taken > 0 {
-            self.fill(pool, taken);
-        }
+        self.fill_owed += taken;
+        self.refill(pool);
         taken
+    }
+
+    /// Gives the fill ring the frames owed to it since earlier bursts, as far as `pool`
+    /// has them. Workers call it after reaping completions.
+    pub fn refill(&mut self, pool: &mut FramePool) {
+        if self.fill_owed > 0 {
+            let n = self.fill(pool, self.fill_owed);
+            self.fill_owed -= n;
+        }
+    }
+
+    /// Frames the fill ring is owed (received, not yet replaced for want of free frames).
+    pub fn fill_owed(&self) -> u32 {
+        self.fill_owed
     }
 
     /// Puts frames from the front of `frames` on the TX ring, as many as fit, removing
@@ -363,7 +378,7 @@ impl Port {
         self.rx.available()
     }
 
-    /// Frames submitted to TX and not yet completed... as seen by the TX ring.
+    /// Frames on the TX ring that the kernel has not taken yet.
     pub fn tx_pending(&self) -> u32 {
         self.tx.pending()
     }
