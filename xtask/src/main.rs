@@ -76,10 +76,7 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             status(&mut c)
         }
-        Cmd::Test { args } => {
-            setup::run(false)?;
-            test(args)
-        }
+        Cmd::Test { args } => test(args),
         Cmd::Testbed { action } => {
             setup::run(false)?;
             testbed::run(action)
@@ -88,12 +85,14 @@ fn run(cmd: Cmd) -> Result<()> {
 }
 
 fn test(args: Vec<OsString>) -> Result<()> {
+    // Checked before setup: without root nothing below can pass, so say so at once.
     if ntm_testbed::require_root().is_err() {
         bail!(
             "the integration tests need root (network namespaces, XDP, AF_XDP): \
              run `sudo -E cargo xtask test`"
         );
     }
+    setup::run(false)?;
     // Testbeds left behind by a crashed run would only take up names and memory.
     match ntm_testbed::down_stale() {
         Ok(removed) if !removed.is_empty() => {
