@@ -1,1 +1,30 @@
 //! ntm-node: a software NTMobile node for Linux (TUN + UDP).
+//!
+//! A thin tokio driver ([`run`]) around the sans-IO
+//! [`ntm_proto::node::Endpoint`] and [`ntm_proto::dns::DnsStub`]:
+//!
+//! * one UDP socket (port 7700) for DC signaling and tunnels: registers,
+//!   keeps alive, re-registers when the local address changes (the route
+//!   to the DC is checked every second) and deregisters on SIGINT/SIGTERM;
+//! * a TUN device carrying the VIP with its prefix route and MTU 1440:
+//!   packets from it go out as DATA, DATA from tunnels goes into it after
+//!   the checks of PROTOCOL.md §5 (tag, replay window, inner source = peer
+//!   VIP, inner destination = own VIP); packets to a VIP whose tunnel is
+//!   being set up wait in a bounded [`hold::HoldQueue`];
+//! * a DNS stub answering names under the NTM suffix through DIR_REQ and
+//!   forwarding the rest to the upstream resolver;
+//! * counters of every packet and every drop by reason ([`stats`]), logged
+//!   periodically and on SIGUSR1, and written to a JSON status file
+//!   ([`Status`]) every second when `status_file` is set.
+//!
+//! Configuration: [`Config`] (TOML, see `ntm-node.example.toml`), checked
+//! by [`Config::validate`] into [`Settings`].
+
+pub mod config;
+pub mod hold;
+mod node;
+pub mod stats;
+
+pub use config::{Config, ConfigError, Settings};
+pub use node::{route_source, run, ADDR_POLL, STATUS_EVERY};
+pub use stats::{Status, TunnelStatus};

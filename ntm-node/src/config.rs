@@ -1,0 +1,505 @@
+//! The node's TOML configuration and its checks.
+//!
+//! ```toml
+//! fqdn = "cn.ntm.test"
+//! key = "<64 hex digits: K_node of this FQDN, as in the DC's [[node]] table>"
+//! dc = "198.18.0.2:7710"
+//! upstream = "198.18.0.2:53"
+//! # optional, with their defaults:
+//! listen_port = 7700
+//! tun_name = "ntm0"
+//! mtu = 1440
+//! dns_listen = "127.0.0.1:53"
+//! ntm_suffix = "ntm.test"
+//! dns_ttl = 30
+//! stats_interval_secs = 60
+//! status_file = "/run/ntm-node/cn.json"
+//! ```
+//!
+//! [`Config`] is the serde form (tests write one with [`Config::to_toml`]);
+//! [`Config::validate`] turns it into [`Settings`] or names the wrong line.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ntm_proto::dns::{StubConfig, MAX_TTL};
+use ntm_proto::wire::validate_fqdn;
+use ntm_proto::Key;
+use serde::{Deserialize, Serialize};
+
+/// The node's UDP port (§1).
+pub const DEFAULT_PORT: u16 = 7700;
+/// Inner MTU: 1500 minus the 60 bytes of tunnel overhead (§2).
+pub const DEFAULT_MTU: u16 = 1440;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The FQDN this node registers.
+    pub fqdn: String,
+    /// `K_node` of that FQDN: 64 hex digits.
+    pub key: String,
+    /// The DC's address and port.
+    pub dc: SocketAddrV4,
+    /// The resolver that names outside the NTM suffix are forwarded to.
+    pub upstream: SocketAddr,
+    /// The one UDP port for DC signaling and tunnels (bound on all addresses).
+    #[serde(default = "default_port")]
+    pub listen_port: u16,
+    /// Name of the TUN device that carries the VIP.
+    #[serde(default = "default_tun")]
+    pub tun_name: String,
+    /// MTU of the TUN device.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Where the DNS stub listens.
+    #[serde(default = "default_dns_listen")]
+    pub dns_listen: SocketAddr,
+    /// Names under this suffix are resolved through the DC.
+    #[serde(default = "default_suffix")]
+    pub ntm_suffix: String,
+    /// TTL of the A records the stub gives for NTM names (at most 60).
+    #[serde(default = "default_ttl")]
+    pub dns_ttl: u32,
+    /// Seconds a DNS query for an NTM name waits for the DC before SERVFAIL.
+    #[serde(default = "default_dns_timeout")]
+    pub dns_timeout_secs: u64,
+    /// Packets held per destination VIP while its tunnel is set up.
+    #[serde(default = "default_hold_per_peer")]
+    pub hold_per_peer: usize,
+    /// Packets held in all.
+    #[serde(default = "default_hold_total")]
+    pub hold_total: usize,
+    /// Held packets are dropped after this long.
+    #[serde(default = "default_hold_timeout")]
+    pub hold_timeout_ms: u64,
+    /// Seconds between two statistics log lines; 0 turns them off (SIGUSR1
+    /// still prints one).
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_secs: u64,
+    /// A JSON status file (registration, tunnels, counters), rewritten
+    /// every second and on SIGUSR1. None: no file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_file: Option<PathBuf>,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_tun() -> String {
+    "ntm0".into()
+}
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+fn default_dns_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 53))
+}
+fn default_suffix() -> String {
+    "ntm.test".into()
+}
+fn default_ttl() -> u32 {
+    30
+}
+fn default_dns_timeout() -> u64 {
+    // Longer than the 5-try DIR_REQ schedule (7.75 s), so the DC's own
+    // answer or the endpoint's time-out decides first.
+    9
+}
+fn default_hold_per_peer() -> usize {
+    32
+}
+fn default_hold_total() -> usize {
+    256
+}
+fn default_hold_timeout() -> u64 {
+    // Tunnel set-up gives up after 7.75 s of TUN_REQ retransmissions.
+    10_000
+}
+fn default_stats_interval() -> u64 {
+    60
+}
+
+impl Config {
+    /// A configuration with every optional field at its default.
+    pub fn new(fqdn: &str, key: &Key, dc: SocketAddrV4, upstream: SocketAddr) -> Config {
+        Config {
+            fqdn: fqdn.to_owned(),
+            key: key.to_hex(),
+            dc,
+            upstream,
+            listen_port: default_port(),
+            tun_name: default_tun(),
+            mtu: default_mtu(),
+            dns_listen: default_dns_listen(),
+            ntm_suffix: default_suffix(),
+            dns_ttl: default_ttl(),
+            dns_timeout_secs: default_dns_timeout(),
+            hold_per_peer: default_hold_per_peer(),
+            hold_total: default_hold_total(),
+            hold_timeout_ms: default_hold_timeout(),
+            stats_interval_secs: default_stats_interval(),
+            status_file: None,
+        }
+    }
+}
+
+/// What is wrong with a configuration; each message names the setting and
+/// says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message} (see ntm-node/ntm-node.example.toml for the format)")]
+    Parse {
+        /// The file (`<string>` when parsed from memory).
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// `fqdn` breaks the FQDN rules.
+    #[error("fqdn = {0:?} is not a valid FQDN: lower-case labels of 1-63 bytes of a-z, 0-9 and '-', at most 253 bytes, no trailing dot")]
+    BadFqdn(String),
+    /// `fqdn` is not under `ntm_suffix`.
+    #[error("fqdn = {fqdn:?} is not under ntm_suffix = {suffix:?}: name it <host>.{suffix} or change ntm_suffix")]
+    FqdnOutsideSuffix {
+        /// The FQDN.
+        fqdn: String,
+        /// The suffix.
+        suffix: String,
+    },
+    /// `key` is not 64 hex digits.
+    #[error("key must be exactly 64 hex digits (32 bytes), the same as in the DC's [[node]] entry for this fqdn")]
+    BadKey,
+    /// `ntm_suffix` is not a DNS name.
+    #[error("ntm_suffix = {0:?} is not a DNS name of letters, digits, '-' and '.': use e.g. \"ntm.test\"")]
+    BadSuffix(String),
+    /// An address that cannot be used.
+    #[error("{field} = {value}: {why}")]
+    BadAddr {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The rule.
+        why: &'static str,
+    },
+    /// `tun_name` is not a usable interface name.
+    #[error("tun_name = {0:?}: use 1-15 characters of letters, digits, '-', '_' and '.' (e.g. \"ntm0\")")]
+    BadTunName(String),
+    /// A number out of range.
+    #[error("{field} = {value}: {why}")]
+    BadValue {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The rule.
+        why: &'static str,
+    },
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Our FQDN.
+    pub fqdn: String,
+    /// `K_node`.
+    pub key: Key,
+    /// The DC.
+    pub dc: SocketAddrV4,
+    /// The upstream resolver.
+    pub upstream: SocketAddr,
+    /// Our UDP port.
+    pub listen_port: u16,
+    /// TUN device name.
+    pub tun_name: String,
+    /// TUN MTU.
+    pub mtu: u16,
+    /// DNS stub address.
+    pub dns_listen: SocketAddr,
+    /// NTM suffix, as configured.
+    pub ntm_suffix: String,
+    /// Settings of the DNS stub (its seed is filled in at start).
+    pub dns: StubConfig,
+    /// Hold queue bound per destination.
+    pub hold_per_peer: usize,
+    /// Hold queue bound in all.
+    pub hold_total: usize,
+    /// Hold time limit.
+    pub hold_timeout: Duration,
+    /// Statistics interval; None for none.
+    pub stats_interval: Option<Duration>,
+    /// Status file, if any.
+    pub status_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_at(text, Path::new("<string>"))
+    }
+
+    fn parse_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Read and parse a file (not yet validated: see [`Config::validate`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_at(&text, path)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        // Plain strings, numbers and addresses: serializing cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Check everything and produce the [`Settings`] the node runs on.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        if validate_fqdn(self.fqdn.as_bytes()).is_err() {
+            return Err(ConfigError::BadFqdn(self.fqdn.clone()));
+        }
+        let suffix = self
+            .ntm_suffix
+            .strip_suffix('.')
+            .unwrap_or(&self.ntm_suffix);
+        if ntm_proto::dns::parse_suffix(suffix).is_none() {
+            return Err(ConfigError::BadSuffix(self.ntm_suffix.clone()));
+        }
+        if !self
+            .fqdn
+            .strip_suffix(&suffix.to_ascii_lowercase())
+            .is_some_and(|host| host.ends_with('.'))
+        {
+            return Err(ConfigError::FqdnOutsideSuffix {
+                fqdn: self.fqdn.clone(),
+                suffix: suffix.to_owned(),
+            });
+        }
+        let key: Key = self.key.parse().map_err(|_| ConfigError::BadKey)?;
+        let dc_ip = *self.dc.ip();
+        if dc_ip.is_unspecified() || dc_ip.is_broadcast() || dc_ip.is_multicast() {
+            return Err(ConfigError::BadAddr {
+                field: "dc",
+                value: self.dc.to_string(),
+                why: "must be the DC's unicast address and port (e.g. \"198.18.0.2:7710\")",
+            });
+        }
+        if self.dc.port() == 0 {
+            return Err(ConfigError::BadAddr {
+                field: "dc",
+                value: self.dc.to_string(),
+                why: "needs the DC's port (7710 by default)",
+            });
+        }
+        if self.upstream.ip().is_unspecified() || self.upstream.port() == 0 {
+            return Err(ConfigError::BadAddr {
+                field: "upstream",
+                value: self.upstream.to_string(),
+                why: "must be a resolver's address and port (e.g. \"192.0.2.53:53\")",
+            });
+        }
+        if self.upstream == self.dns_listen {
+            return Err(ConfigError::BadAddr {
+                field: "upstream",
+                value: self.upstream.to_string(),
+                why: "is the stub's own dns_listen address: queries would loop; name the real resolver",
+            });
+        }
+        if self.dns_listen.port() == 0 {
+            return Err(ConfigError::BadAddr {
+                field: "dns_listen",
+                value: self.dns_listen.to_string(),
+                why: "needs a port (53 for stock resolvers)",
+            });
+        }
+        if self.listen_port == 0 {
+            return Err(ConfigError::BadValue {
+                field: "listen_port",
+                value: 0,
+                why: "must be a port number (7700 by default)",
+            });
+        }
+        let tun_ok = (1..=15).contains(&self.tun_name.len())
+            && self
+                .tun_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !tun_ok {
+            return Err(ConfigError::BadTunName(self.tun_name.clone()));
+        }
+        if !(576..=1500).contains(&self.mtu) {
+            return Err(ConfigError::BadValue {
+                field: "mtu",
+                value: self.mtu.into(),
+                why: "use 576..=1500 (1440 fits a 1500-byte path with the 60-byte tunnel overhead)",
+            });
+        }
+        if self.dns_ttl > MAX_TTL {
+            return Err(ConfigError::BadValue {
+                field: "dns_ttl",
+                value: self.dns_ttl.into(),
+                why: "at most 60 s (PROTOCOL.md §6)",
+            });
+        }
+        for (field, value) in [
+            ("dns_timeout_secs", self.dns_timeout_secs),
+            ("hold_per_peer", self.hold_per_peer as u64),
+            ("hold_total", self.hold_total as u64),
+            ("hold_timeout_ms", self.hold_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::BadValue {
+                    field,
+                    value,
+                    why: "must be at least 1",
+                });
+            }
+        }
+        for (field, value, max) in [
+            ("dns_timeout_secs", self.dns_timeout_secs, 60),
+            ("hold_per_peer", self.hold_per_peer as u64, 4096),
+            ("hold_total", self.hold_total as u64, 65_536),
+            ("hold_timeout_ms", self.hold_timeout_ms, 60_000),
+        ] {
+            if value > max {
+                return Err(ConfigError::BadValue {
+                    field,
+                    value,
+                    why: "too large: see the example configuration for sensible values",
+                });
+            }
+        }
+        let dns = StubConfig {
+            ttl: self.dns_ttl,
+            resolve_timeout: Duration::from_secs(self.dns_timeout_secs),
+            ..StubConfig::default()
+        };
+        Ok(Settings {
+            fqdn: self.fqdn.clone(),
+            key,
+            dc: self.dc,
+            upstream: self.upstream,
+            listen_port: self.listen_port,
+            tun_name: self.tun_name.clone(),
+            mtu: self.mtu,
+            dns_listen: self.dns_listen,
+            ntm_suffix: suffix.to_owned(),
+            dns,
+            hold_per_peer: self.hold_per_peer,
+            hold_total: self.hold_total,
+            hold_timeout: Duration::from_millis(self.hold_timeout_ms),
+            stats_interval: (self.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(self.stats_interval_secs)),
+            status_file: self.status_file.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn minimal() -> String {
+        format!(
+            "fqdn = \"cn.ntm.test\"\nkey = \"{KEY}\"\ndc = \"198.18.0.2:7710\"\nupstream = \"198.18.0.2:53\"\n"
+        )
+    }
+
+    fn err(extra: &str) -> String {
+        let text = format!("{}{extra}", minimal());
+        match Config::from_toml(&text).and_then(|c| c.validate()) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = Config::from_toml(&minimal()).unwrap().validate().unwrap();
+        assert_eq!(s.listen_port, 7700);
+        assert_eq!(s.mtu, 1440);
+        assert_eq!(s.tun_name, "ntm0");
+        assert_eq!(s.dns_listen, "127.0.0.1:53".parse().unwrap());
+        assert_eq!(s.ntm_suffix, "ntm.test");
+        assert_eq!(s.dns.ttl, 30);
+        assert_eq!(s.stats_interval, Some(Duration::from_secs(60)));
+        assert!(s.status_file.is_none());
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let key: Key = KEY.parse().unwrap();
+        let mut c = Config::new(
+            "cn2.ntm.test",
+            &key,
+            "198.18.0.2:7710".parse().unwrap(),
+            "198.18.0.2:5353".parse().unwrap(),
+        );
+        c.status_file = Some("/tmp/x.json".into());
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-node.example.toml");
+        let c = Config::load(&path).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(err("bogus = 1\n").contains("unknown field"));
+        let bad_fqdn = minimal().replace("cn.ntm.test", "Cn.ntm.test");
+        let e = Config::from_toml(&bad_fqdn)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("fqdn = \"Cn.ntm.test\""), "{e}");
+        let outside = minimal().replace("cn.ntm.test", "cn.example.org");
+        let e = Config::from_toml(&outside).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("not under ntm_suffix"), "{e}");
+        let short_key = minimal().replace(KEY, "abcd");
+        let e = Config::from_toml(&short_key)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
+        assert!(err("mtu = 9000\n").contains("mtu = 9000"));
+        assert!(err("dns_ttl = 300\n").contains("60"));
+        assert!(err("tun_name = \"a-very-long-interface-name\"\n").contains("tun_name"));
+        assert!(err("ntm_suffix = \"ntm_test\"\n").contains("ntm_suffix"));
+        assert!(err("hold_total = 0\n").contains("hold_total"));
+        assert!(err("listen_port = 0\n").contains("listen_port"));
+        assert!(err("dns_listen = \"198.18.0.2:53\"\n").contains("loop"));
+        let no_dc = minimal().replace("dc = \"198.18.0.2:7710\"\n", "");
+        assert!(Config::from_toml(&no_dc)
+            .unwrap_err()
+            .to_string()
+            .contains("missing field `dc`"));
+        let dc0 = minimal().replace("198.18.0.2:7710", "0.0.0.0:7710");
+        let e = Config::from_toml(&dc0).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("dc = 0.0.0.0:7710"), "{e}");
+    }
+}

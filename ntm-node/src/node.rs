@@ -1,0 +1,647 @@
+//! The tokio driver: one task pumps the sans-IO [`Endpoint`] and
+//! [`DnsStub`] between the UDP socket, the TUN device and the DNS sockets
+//! (like quinn's `ConnectionDriver` over quinn-proto).
+//!
+//! Every handler is synchronous and sends with `try_send*`: a full socket
+//! or device buffer drops the packet (counted), as a router would, and
+//! signaling loss is repaired by the protocol's retransmissions.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use ntm_proto::data::inner_destination;
+use ntm_proto::dns::{DnsStub, Output, PendingId, ResolveOutcome};
+use ntm_proto::node::{self, DirError, Endpoint, Event, Received, ReqId};
+use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
+use ntm_proto::{Error, Path, Role, Status as Code};
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
+use tun_rs::AsyncDevice;
+
+use crate::config::Settings;
+use crate::hold::HoldQueue;
+use crate::stats::{Counters, LocalDrop, Status, TunnelStatus};
+
+/// How often the route to the DC is checked for a new local address.
+pub const ADDR_POLL: Duration = Duration::from_secs(1);
+/// How often the status file is rewritten.
+pub const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Largest datagram or packet handled (UDP payload limit).
+const MAX_PACKET: usize = 65_535;
+/// Bound of the VIP → FQDN memory used to set expired tunnels up again.
+const MAX_NAMES: usize = 4096;
+
+/// The sockets and the device.
+struct Io {
+    udp: UdpSocket,
+    tun: AsyncDevice,
+    dns: UdpSocket,
+    upstream: UdpSocket,
+}
+
+/// The node's state, driven by [`run`].
+struct Node {
+    s: Settings,
+    ep: Endpoint,
+    stub: DnsStub<SocketAddr>,
+    hold: HoldQueue,
+    c: Counters,
+    /// Peer VIP → FQDN, learned from answers and tunnels, so that a packet
+    /// to an expired tunnel's peer sets it up again (§5 "Data").
+    names: HashMap<Ipv4Addr, String>,
+    /// DNS resolutions waiting on a direction request.
+    dns_by_req: HashMap<ReqId, Vec<PendingId>>,
+    /// Direction requests started by a packet to a known VIP.
+    pkt_by_req: HashMap<ReqId, Ipv4Addr>,
+    /// The address on the TUN device.
+    tun_addr: Option<(Ipv4Addr, u8)>,
+    local_ip: Ipv4Addr,
+    buf: Vec<u8>,
+}
+
+/// The source address the kernel picks towards `dst`: our LOCAL_ADDR.
+/// A connected UDP socket sends nothing; it only asks the routing table.
+pub fn route_source(dst: SocketAddrV4) -> Option<Ipv4Addr> {
+    let s = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    s.connect(dst).ok()?;
+    match s.local_addr().ok()? {
+        SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(*a.ip()),
+        _ => None,
+    }
+}
+
+fn path_name(p: Path) -> &'static str {
+    match p {
+        Path::Direct => "direct",
+        Path::Reverse => "reverse",
+        Path::Relay => "relay",
+        Path::Unknown(_) => "unknown",
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Initiator => "initiator",
+        Role::Responder => "responder",
+        Role::Unknown(_) => "unknown",
+    }
+}
+
+fn random_seed() -> Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    Ok(seed)
+}
+
+impl Node {
+    fn new(s: Settings, now: Instant, local_ip: Ipv4Addr) -> Result<Node> {
+        let seed = random_seed()?;
+        let unix_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .context("the system clock is before 1970: set the time")?;
+        let cfg = node::Config {
+            fqdn: s.fqdn.clone(),
+            key: s.key.clone(),
+            dc: s.dc,
+            local_addr: SocketAddrV4::new(local_ip, s.listen_port),
+            caps: Caps::NODE,
+        };
+        let ep = Endpoint::new(cfg, now, unix_nanos, seed)
+            .map_err(|e| anyhow::anyhow!("cannot start the protocol endpoint: {e}"))?;
+        let suffix =
+            ntm_proto::dns::parse_suffix(&s.ntm_suffix).context("ntm_suffix is not a DNS name")?;
+        let mut dns_cfg = s.dns.clone();
+        dns_cfg.seed = u64::from_le_bytes([
+            seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
+        ]) ^ unix_nanos;
+        Ok(Node {
+            hold: HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout),
+            stub: DnsStub::new(suffix, dns_cfg),
+            ep,
+            s,
+            c: Counters::default(),
+            names: HashMap::new(),
+            dns_by_req: HashMap::new(),
+            pkt_by_req: HashMap::new(),
+            tun_addr: None,
+            local_ip,
+            buf: vec![0u8; MAX_PACKET + OVERHEAD],
+        })
+    }
+
+    fn send_udp(&mut self, io: &Io, dst: SocketAddrV4, len: usize) -> bool {
+        match io.udp.try_send_to(&self.buf[..len], SocketAddr::V4(dst)) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(%dst, error = %e, "UDP send failed");
+                self.c.drop_local(LocalDrop::UdpSendFailed);
+                false
+            }
+        }
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// A datagram on the node's UDP port.
+    fn on_datagram(&mut self, io: &Io, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let SocketAddr::V4(from) = from else {
+            self.c.drop_local(LocalDrop::NotIpv4Source);
+            return;
+        };
+        // Drops are counted by reason inside the endpoint (Endpoint::drops).
+        match self.ep.handle(now, from, bytes) {
+            Ok(Received::Data { inner, .. }) => {
+                self.c.data_rx += 1;
+                match io.tun.try_send(inner) {
+                    Ok(_) => self.c.tun_tx += 1,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TUN write failed");
+                        self.c.drop_local(LocalDrop::TunWriteFailed);
+                    }
+                }
+            }
+            Ok(Received::Keepalive { .. }) => self.c.keepalive_rx += 1,
+            Ok(Received::Signaling) => {}
+            Err(e) => tracing::trace!(%from, reason = e.name(), "dropped a datagram"),
+        }
+    }
+
+    /// A packet from the TUN device (our stack, to some VIP).
+    fn on_tun_packet(&mut self, io: &Io, now: Instant, pkt: &[u8]) {
+        self.c.tun_rx += 1;
+        let Some(dst) = inner_destination(pkt) else {
+            self.c.drop_local(LocalDrop::NotIpv4);
+            return;
+        };
+        // Behind packets already waiting, to keep their order.
+        if self.hold.holds(dst) {
+            self.hold_packet(now, dst, pkt);
+            return;
+        }
+        match self.send_data(io, now, pkt) {
+            Ok(()) => {}
+            Err(Error::NoTunnel) => self.no_tunnel(now, dst, pkt),
+            Err(Error::NotRegistered) => self.c.drop_local(LocalDrop::NotRegistered),
+            Err(_) => self.c.drop_local(LocalDrop::NotIpv4),
+        }
+    }
+
+    fn send_data(&mut self, io: &Io, now: Instant, pkt: &[u8]) -> Result<(), Error> {
+        let t = self.ep.send_data(now, pkt, &mut self.buf)?;
+        if self.send_udp(io, t.dst, t.len) {
+            self.c.data_tx += 1;
+        }
+        Ok(())
+    }
+
+    /// No tunnel is up to `dst`: hold the packet if one is being set up,
+    /// or set one up to a peer we know by name.
+    fn no_tunnel(&mut self, now: Instant, dst: Ipv4Addr, pkt: &[u8]) {
+        let pending =
+            self.ep.tunnel_for_vip(dst).is_some() || self.pkt_by_req.values().any(|v| *v == dst);
+        if pending {
+            self.hold_packet(now, dst, pkt);
+            return;
+        }
+        let Some(fqdn) = self.names.get(&dst).cloned() else {
+            self.c.drop_local(LocalDrop::NoRoute);
+            return;
+        };
+        match self.ep.connect(now, &fqdn) {
+            Ok(req) => {
+                tracing::info!(peer = %fqdn, vip = %dst, "setting the tunnel up again for a packet");
+                self.pkt_by_req.insert(req, dst);
+                self.hold_packet(now, dst, pkt);
+            }
+            Err(Error::NotRegistered) => self.c.drop_local(LocalDrop::NotRegistered),
+            Err(_) => self.c.drop_local(LocalDrop::NoRoute),
+        }
+    }
+
+    fn hold_packet(&mut self, now: Instant, dst: Ipv4Addr, pkt: &[u8]) {
+        match self.hold.push(now, dst, pkt) {
+            Ok(()) => self.c.held += 1,
+            Err(_) => self.c.drop_local(LocalDrop::HoldFull),
+        }
+    }
+
+    /// A query to the DNS stub.
+    fn on_dns_query(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.c.dns_queries += 1;
+        if let Err(d) = self.stub.handle_query(now, from, bytes) {
+            tracing::debug!(%from, reason = d.name(), "DNS query dropped");
+            self.c.drop_dns(d);
+        }
+    }
+
+    /// A datagram from the upstream resolver.
+    fn on_upstream(&mut self, now: Instant, bytes: &[u8]) {
+        if let Err(d) = self.stub.handle_upstream(now, bytes) {
+            self.c.drop_dns(d);
+        }
+    }
+
+    /// Timers of the endpoint, the stub and the hold queue.
+    fn on_timeout(&mut self, now: Instant) {
+        self.ep.handle_timeout(now);
+        let n = self.stub.handle_timeout(now);
+        self.c
+            .drop_dns_n(ntm_proto::dns::DnsDrop::UpstreamTimeout, n);
+        let n = self.hold.expire(now);
+        self.c.drop_local_n(LocalDrop::HoldExpired, n);
+    }
+
+    /// Checks the route to the DC for a new local address (roaming).
+    fn check_local_addr(&mut self, now: Instant) {
+        let Some(ip) = route_source(self.s.dc) else {
+            return;
+        };
+        if ip != self.local_ip {
+            tracing::info!(old = %self.local_ip, new = %ip, "local address changed: re-registering and telling peers");
+            self.local_ip = ip;
+            self.ep
+                .handle_local_addr_change(now, SocketAddrV4::new(ip, self.s.listen_port));
+        }
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// Drains the endpoint's transmits and events and the stub's outputs
+    /// until nothing more comes out.
+    fn pump(&mut self, io: &Io, now: Instant) {
+        loop {
+            let mut busy = false;
+            while let Some(t) = self
+                .ep
+                .poll_transmit(now, &mut self.buf[..MAX_SIGNALING_LEN])
+            {
+                self.send_udp(io, t.dst, t.len);
+                busy = true;
+            }
+            while let Some(ev) = self.ep.poll_event() {
+                self.on_event(io, now, ev);
+                busy = true;
+            }
+            while let Some(out) = self.stub.poll_output() {
+                self.on_dns_output(io, now, out);
+                busy = true;
+            }
+            if !busy {
+                break;
+            }
+        }
+        // Packets for peers whose set-up failed or was never started.
+        for dst in self.hold.destinations() {
+            let pending = self.ep.tunnel_for_vip(dst).is_some()
+                || self.pkt_by_req.values().any(|v| *v == dst);
+            if !pending {
+                let n = self.hold.discard(dst);
+                self.c.drop_local_n(LocalDrop::SetupFailed, n);
+            }
+        }
+    }
+
+    fn on_event(&mut self, io: &Io, now: Instant, ev: Event) {
+        match ev {
+            Event::Registered {
+                vip,
+                prefix_len,
+                node_id,
+                observed,
+                behind_nat,
+            } => {
+                self.c.registrations += 1;
+                if self.tun_addr != Some((vip, prefix_len)) {
+                    tracing::info!(%vip, prefix_len, node_id, %observed, behind_nat, "registered");
+                    self.configure_tun(io, vip, prefix_len);
+                } else {
+                    tracing::debug!(%vip, node_id, %observed, "registration renewed");
+                }
+            }
+            Event::RegistrationFailed { reason } => {
+                tracing::warn!(dc = %self.s.dc, %reason, "registration failed; trying again in 10 s");
+            }
+            Event::DirectionResolved { req, fqdn, result } => {
+                match &result {
+                    Ok(vip) => {
+                        tracing::info!(peer = %fqdn, %vip, "resolved");
+                        self.remember(*vip, &fqdn);
+                    }
+                    Err(e) => tracing::info!(peer = %fqdn, error = %e, "direction request failed"),
+                }
+                if let Some(ids) = self.dns_by_req.remove(&req) {
+                    let outcome = match result {
+                        Ok(vip) => ResolveOutcome::Vip(vip),
+                        Err(DirError::Status(Code::NotFound)) => ResolveOutcome::NotFound,
+                        Err(DirError::TimedOut) => ResolveOutcome::Timeout,
+                        Err(_) => ResolveOutcome::Failed,
+                    };
+                    for id in ids {
+                        if let Err(d) = self.stub.answer(now, id, outcome) {
+                            self.c.drop_dns(d);
+                        }
+                    }
+                }
+                if let Some(vip) = self.pkt_by_req.remove(&req) {
+                    if result.is_err() {
+                        let n = self.hold.discard(vip);
+                        self.c.drop_local_n(LocalDrop::SetupFailed, n);
+                    }
+                }
+            }
+            Event::TunnelUp {
+                tunnel_id,
+                peer_fqdn,
+                peer_vip,
+                endpoint,
+                path,
+                role,
+                ..
+            } => {
+                self.c.tunnels_up += 1;
+                tracing::info!(
+                    tunnel_id,
+                    peer = %peer_fqdn,
+                    %peer_vip,
+                    %endpoint,
+                    path = path_name(path),
+                    role = role_name(role),
+                    "tunnel up"
+                );
+                self.remember(peer_vip, &peer_fqdn);
+                for pkt in self.hold.take(peer_vip) {
+                    match self.send_data(io, now, &pkt) {
+                        Ok(()) => self.c.released += 1,
+                        Err(_) => self.c.drop_local(LocalDrop::SetupFailed),
+                    }
+                }
+            }
+            Event::TunnelDown { tunnel_id, reason } => {
+                self.c.tunnels_down += 1;
+                tracing::info!(tunnel_id, ?reason, "tunnel down");
+            }
+            Event::EndpointChanged {
+                tunnel_id,
+                endpoint,
+            } => {
+                tracing::info!(tunnel_id, %endpoint, "peer moved (roaming)");
+            }
+        }
+    }
+
+    fn remember(&mut self, vip: Ipv4Addr, fqdn: &str) {
+        if self.names.len() < MAX_NAMES || self.names.contains_key(&vip) {
+            self.names.insert(vip, fqdn.to_owned());
+        }
+    }
+
+    fn configure_tun(&mut self, io: &Io, vip: Ipv4Addr, prefix_len: u8) {
+        let r = io
+            .tun
+            .set_network_address(vip, prefix_len, None)
+            .and_then(|()| io.tun.set_mtu(self.s.mtu))
+            .and_then(|()| io.tun.enabled(true));
+        match r {
+            Ok(()) => {
+                tracing::info!(tun = %self.s.tun_name, %vip, prefix_len, mtu = self.s.mtu, "VIP on the TUN device");
+                self.tun_addr = Some((vip, prefix_len));
+            }
+            Err(e) => tracing::error!(
+                tun = %self.s.tun_name,
+                %vip,
+                error = %e,
+                "cannot put the VIP on the TUN device; packets to peers will not flow"
+            ),
+        }
+    }
+
+    fn on_dns_output(&mut self, io: &Io, now: Instant, out: Output<SocketAddr>) {
+        match out {
+            Output::Reply { to, payload, kind } => match io.dns.try_send_to(&payload, to) {
+                Ok(_) => self.c.reply(kind),
+                Err(_) => self.c.drop_local(LocalDrop::DnsSendFailed),
+            },
+            Output::Resolve { fqdn, pending_id } => match self.ep.connect(now, &fqdn) {
+                Ok(req) => self.dns_by_req.entry(req).or_default().push(pending_id),
+                Err(e) => {
+                    tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC");
+                    let outcome = if e == Error::BadFqdn {
+                        // No node can have this name.
+                        ResolveOutcome::NotFound
+                    } else {
+                        ResolveOutcome::Failed
+                    };
+                    if let Err(d) = self.stub.answer(now, pending_id, outcome) {
+                        self.c.drop_dns(d);
+                    }
+                }
+            },
+            Output::Upstream { payload, .. } => {
+                if io.upstream.try_send(&payload).is_err() {
+                    self.c.drop_local(LocalDrop::UpstreamSendFailed);
+                }
+            }
+        }
+    }
+
+    // ----- status -------------------------------------------------------
+
+    fn status(&self) -> Status {
+        let reg = self.ep.registration();
+        let mut tunnels: Vec<TunnelStatus> = self
+            .ep
+            .tunnels()
+            .map(|t| TunnelStatus {
+                id: t.tunnel_id,
+                peer_fqdn: t.peer_fqdn,
+                peer_vip: t.peer_vip,
+                endpoint: t.endpoint,
+                path: path_name(t.path).to_owned(),
+                role: role_name(t.role).to_owned(),
+                up: t.up,
+            })
+            .collect();
+        tunnels.sort_by_key(|t| t.id);
+        Status {
+            fqdn: self.s.fqdn.clone(),
+            vip: reg.map(|r| r.vip.addr),
+            node_id: reg.map(|r| r.node_id),
+            local_addr: self.ep.local_addr(),
+            observed: reg.map(|r| r.observed),
+            behind_nat: reg.map(|r| r.behind_nat),
+            tunnels,
+            packets: self.c.packets(),
+            drops: self.c.drops(self.ep.drops()),
+        }
+    }
+
+    fn write_status(&self) {
+        if let Some(path) = &self.s.status_file {
+            if let Err(e) = self.status().store(path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot write the status file: check that its directory exists and is writable");
+            }
+        }
+    }
+
+    fn log_stats(&self) {
+        tracing::info!(target: "ntm_node::stats", "stats {}", self.status().log_line());
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.ep.poll_timeout(),
+            self.stub.poll_timeout(),
+            self.hold.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+async fn open_io(s: &Settings) -> Result<Io> {
+    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, s.listen_port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind UDP port {}: is another node running? (set listen_port)",
+                s.listen_port
+            )
+        })?;
+    let dns = UdpSocket::bind(s.dns_listen).await.with_context(|| {
+        format!(
+            "cannot bind the DNS stub on {}: is another resolver listening there? (set dns_listen)",
+            s.dns_listen
+        )
+    })?;
+    let any: SocketAddr = if s.upstream.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let upstream = UdpSocket::bind(any)
+        .await
+        .context("cannot open the upstream resolver socket")?;
+    // Connected: only the upstream resolver's replies come in.
+    upstream
+        .connect(s.upstream)
+        .await
+        .with_context(|| format!("cannot reach the upstream resolver {}", s.upstream))?;
+    let tun = tun_rs::DeviceBuilder::new()
+        .name(&s.tun_name)
+        .mtu(s.mtu)
+        .build_async()
+        .with_context(|| {
+            format!(
+                "cannot create TUN device {}: run as root (CAP_NET_ADMIN) with /dev/net/tun present, and pick a tun_name not in use",
+                s.tun_name
+            )
+        })?;
+    Ok(Io {
+        udp,
+        tun,
+        dns,
+        upstream,
+    })
+}
+
+/// Runs the node until SIGINT or SIGTERM, then deregisters (DEREG).
+/// Needs a current-thread or multi-thread tokio runtime with I/O and time.
+pub async fn run(s: Settings) -> Result<()> {
+    let io = open_io(&s).await?;
+    let local_ip = route_source(s.dc).unwrap_or_else(|| {
+        tracing::warn!(dc = %s.dc, "no route to the DC yet; registering once one appears");
+        Ipv4Addr::UNSPECIFIED
+    });
+    let stats_every = s.stats_interval;
+    let start = Instant::now();
+    let mut node = Node::new(s, start, local_ip)?;
+    tracing::info!(
+        fqdn = %node.s.fqdn,
+        dc = %node.s.dc,
+        local = %SocketAddrV4::new(local_ip, node.s.listen_port),
+        dns = %node.s.dns_listen,
+        tun = %node.s.tun_name,
+        "ntm-node started"
+    );
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
+
+    let mut net_buf = vec![0u8; MAX_PACKET];
+    let mut tun_buf = vec![0u8; MAX_PACKET];
+    let mut dns_buf = vec![0u8; MAX_PACKET];
+    let mut up_buf = vec![0u8; MAX_PACKET];
+    let mut next_addr = start + ADDR_POLL;
+    let mut next_status = start;
+    let mut next_stats = stats_every.map(|d| start + d);
+
+    node.pump(&io, start);
+    loop {
+        let now = Instant::now();
+        let wake = [
+            node.next_deadline(),
+            Some(next_addr),
+            Some(next_status),
+            next_stats,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + ADDR_POLL);
+        tokio::select! {
+            r = io.udp.recv_from(&mut net_buf) => match r {
+                Ok((n, from)) => node.on_datagram(&io, Instant::now(), from, &net_buf[..n]),
+                // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
+                Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+            },
+            r = io.tun.recv(&mut tun_buf) => match r {
+                Ok(n) => node.on_tun_packet(&io, Instant::now(), &tun_buf[..n]),
+                Err(e) => return Err(e).context("reading the TUN device failed"),
+            },
+            r = io.dns.recv_from(&mut dns_buf) => match r {
+                Ok((n, from)) => node.on_dns_query(Instant::now(), from, &dns_buf[..n]),
+                Err(e) => tracing::debug!(error = %e, "DNS receive error"),
+            },
+            r = io.upstream.recv(&mut up_buf) => match r {
+                Ok(n) => node.on_upstream(Instant::now(), &up_buf[..n]),
+                Err(e) => tracing::debug!(error = %e, "upstream receive error"),
+            },
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                let now = Instant::now();
+                node.on_timeout(now);
+                if now >= next_addr {
+                    node.check_local_addr(now);
+                    next_addr = now + ADDR_POLL;
+                }
+                if now >= next_status {
+                    node.write_status();
+                    next_status = now + STATUS_EVERY;
+                }
+                if let (Some(at), Some(every)) = (next_stats, stats_every) {
+                    if now >= at {
+                        node.log_stats();
+                        next_stats = Some(now + every);
+                    }
+                }
+            },
+            _ = sigusr1.recv() => {
+                node.log_stats();
+                node.write_status();
+            },
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        node.pump(&io, Instant::now());
+    }
+    let now = Instant::now();
+    tracing::info!("shutting down: deregistering");
+    node.ep.close(now);
+    node.pump(&io, now);
+    node.log_stats();
+    node.write_status();
+    Ok(())
+}
