@@ -1,1 +1,63 @@
-//! ntm-dc: the NTMobile Direction Coordinator.
+//! ntm-dc: the NTMobile Direction Coordinator (`shared/PROTOCOL.md` §5).
+//!
+//! The DC registers nodes and hands out VIPs from a pool, keeps the
+//! registrations alive, detects NAT, and answers direction requests with
+//! the path table of §5: it creates the tunnel id and keys, tells the relay
+//! server (RELAY_DIR) when the path needs one, and sends ROUTE_DIR to both
+//! ends.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | [`Config`] (serde, TOML), [`Config::validate`] → [`Settings`], [`ConfigError`] |
+//! | [`coordinator`] | [`Coordinator`]: the sans-IO state machine; [`plan_path`] (the path table) |
+//! | [`store`] | [`RegistrationStore`] and its in-memory [`MemoryStore`] |
+//! | [`pool`] | [`VipPool`]: CIDR pool, reserved addresses, stable preferred VIP per FQDN |
+//! | [`counters`] | [`DropReason`], [`Drops`], [`Stats`] |
+//!
+//! The binary `ntm-dc` is a thin tokio driver around [`Coordinator`].
+//!
+//! # Node ids and DC restarts
+//!
+//! A node's id is derived from its FQDN ([`config::node_id_for`]), not
+//! allocated, so a restarted DC still knows which `K_node` a node's
+//! KEEPALIVE or DIR_REQ uses: it verifies the message and answers an
+//! authenticated ERROR (STATUS NOT_FOUND), on which the node re-registers
+//! at once. VIPs are chosen from a hash of the FQDN (or fixed in the
+//! config), so the node gets the same VIP back and its tunnels, which never
+//! pass through the DC, stay up.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Instant;
+//! use ntm_dc::{Config, Coordinator, NodeEntry};
+//! use ntm_proto::Key;
+//!
+//! let config = Config {
+//!     nodes: vec![NodeEntry::new("cn.ntm.test", &Key::from_bytes([7; 32]))],
+//!     ..Config::default()
+//! };
+//! let now = Instant::now();
+//! let mut dc = Coordinator::new(&config, now, 1_700_000_000_000_000_000, [1; 32])?;
+//! // A real driver loops: recv_from → dc.handle(now, from, bytes);
+//! // deadline → dc.handle_timeout(now); then drain dc.poll_transmit.
+//! let mut buf = [0u8; ntm_proto::wire::MAX_SIGNALING_LEN];
+//! assert!(dc.poll_transmit(now, &mut buf).is_none());
+//! assert!(dc.poll_timeout().is_some());
+//! # Ok::<(), ntm_dc::ConfigError>(())
+//! ```
+
+pub mod config;
+pub mod coordinator;
+pub mod counters;
+pub mod pool;
+pub mod store;
+
+#[cfg(test)]
+mod world_tests;
+
+pub use config::{Config, ConfigError, NodeEntry, RelayEntry, Settings, DEFAULT_PORT};
+pub use coordinator::{plan_path, Coordinator, End, PathPlan, Transmit, TunnelInfo};
+pub use counters::{DropReason, Drops, Stats};
+pub use pool::VipPool;
+pub use store::{Expiry, MemoryStore, Registration, RegistrationStore};

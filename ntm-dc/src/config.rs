@@ -1,0 +1,671 @@
+//! The DC's TOML configuration: what an operator writes, and its checks.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7710"
+//! domain = "ntm.test"
+//! vip_pool = "100.64.0.0/10"
+//!
+//! [[node]]
+//! fqdn = "cn.ntm.test"
+//! key = "<64 hex digits>"
+//!
+//! [[relay]]
+//! id = 1
+//! addr = "198.18.0.3:7720"
+//! key = "<64 hex digits>"
+//! ```
+//!
+//! [`Config`] is the serde form (tests and the demo build one and write it
+//! with [`Config::to_toml`]); [`Config::validate`] turns it into
+//! [`Settings`], or says exactly which line is wrong.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ntm_proto::wire::validate_fqdn;
+use ntm_proto::Key;
+use serde::{Deserialize, Serialize};
+
+use crate::pool::VipPool;
+
+/// The DC's UDP port (§1).
+pub const DEFAULT_PORT: u16 = 7710;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddrV4,
+    /// The NTM domain: every node FQDN must lie under it.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// The VIP pool in CIDR form. Its network and broadcast addresses and its
+    /// first address (the adapters' router address) are never assigned.
+    #[serde(default = "default_pool")]
+    pub vip_pool: String,
+    /// KEEPALIVE interval told to nodes; a registration lapses after three
+    /// missed intervals.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u32,
+    /// Registration lifetime (LIFETIME_SECS of REG_RESP): nodes re-register
+    /// before it ends, and a node's VIP stays reserved for its FQDN until it
+    /// ends, even when the node went quiet.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u32,
+    /// Idle lifetime of a tunnel (LIFETIME_SECS of ROUTE_DIR and RELAY_DIR).
+    #[serde(default = "default_tunnel_lifetime")]
+    pub tunnel_lifetime_secs: u32,
+    /// Most leases held at once; REG_REQ beyond gets EXHAUSTED.
+    #[serde(default = "default_max_registrations")]
+    pub max_registrations: usize,
+    /// Most direction requests remembered at once (for idempotent answers
+    /// and ROUTE_DIR retransmission); DIR_REQ beyond gets EXHAUSTED.
+    #[serde(default = "default_max_directions")]
+    pub max_directions: usize,
+    /// Seconds between two statistics log lines; 0 turns them off (SIGUSR1
+    /// still prints one).
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_secs: u64,
+    /// Provisioned nodes: `[[node]]` tables.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeEntry>,
+    /// Relay servers: `[[relay]]` tables.
+    #[serde(default, rename = "relay")]
+    pub relays: Vec<RelayEntry>,
+}
+
+/// One `[[node]]` table: a node (or an adapter's GN) allowed to register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// Its FQDN, under `domain`.
+    pub fqdn: String,
+    /// `K_node`: 64 hex digits.
+    pub key: String,
+    /// A fixed VIP for this node (optional; otherwise one is chosen from the
+    /// pool, the same one for the same FQDN across DC restarts unless the
+    /// pool is crowded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Ipv4Addr>,
+}
+
+impl NodeEntry {
+    /// An entry with the key in hex and no fixed VIP.
+    pub fn new(fqdn: &str, key: &Key) -> NodeEntry {
+        NodeEntry {
+            fqdn: fqdn.to_owned(),
+            key: key.to_hex(),
+            vip: None,
+        }
+    }
+}
+
+/// One `[[relay]]` table: a relay server the DC may direct tunnels through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayEntry {
+    /// The RS id (the header id of DC-RS messages), as in the RS's own config.
+    pub id: u32,
+    /// Where nodes and the DC reach it (port 7720 by default).
+    pub addr: SocketAddrV4,
+    /// `K_rs`: 64 hex digits.
+    pub key: String,
+}
+
+impl RelayEntry {
+    /// An entry with the key in hex.
+    pub fn new(id: u32, addr: SocketAddrV4, key: &Key) -> RelayEntry {
+        RelayEntry {
+            id,
+            addr,
+            key: key.to_hex(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)
+}
+fn default_domain() -> String {
+    "ntm.test".into()
+}
+fn default_pool() -> String {
+    "100.64.0.0/10".into()
+}
+fn default_keepalive() -> u32 {
+    20
+}
+fn default_lease() -> u32 {
+    600
+}
+fn default_tunnel_lifetime() -> u32 {
+    180
+}
+fn default_max_registrations() -> usize {
+    65_536
+}
+fn default_max_directions() -> usize {
+    65_536
+}
+fn default_stats_interval() -> u64 {
+    60
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: default_listen(),
+            domain: default_domain(),
+            vip_pool: default_pool(),
+            keepalive_secs: default_keepalive(),
+            lease_secs: default_lease(),
+            tunnel_lifetime_secs: default_tunnel_lifetime(),
+            max_registrations: default_max_registrations(),
+            max_directions: default_max_directions(),
+            stats_interval_secs: default_stats_interval(),
+            nodes: Vec::new(),
+            relays: Vec::new(),
+        }
+    }
+}
+
+/// What is wrong with a configuration; each message names the entry and
+/// says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message} (see ntm-dc/ntm-dc.example.toml for the format)")]
+    Parse {
+        /// The file (`<string>` when parsed from memory).
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// `vip_pool` is not a usable CIDR block.
+    #[error("vip_pool = {pool:?}: {why} (example: \"100.64.0.0/10\")")]
+    BadPool {
+        /// The value.
+        pool: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `domain` is not a valid DNS name.
+    #[error("domain = {0:?} is not a valid name: lower-case labels of a-z, 0-9 and '-', separated by dots (example: \"ntm.test\")")]
+    BadDomain(String),
+    /// A node FQDN breaks the FQDN rules.
+    #[error("[[node]] fqdn = {0:?} is not a valid FQDN: lower-case labels of 1-63 bytes of a-z, 0-9 and '-', at most 253 bytes, no trailing dot")]
+    BadFqdn(String),
+    /// A node FQDN is not under the domain.
+    #[error("[[node]] fqdn = {fqdn:?} is not under domain {domain:?}: name it <host>.{domain} or change `domain`")]
+    FqdnOutsideDomain {
+        /// The FQDN.
+        fqdn: String,
+        /// The domain.
+        domain: String,
+    },
+    /// Two node entries with one FQDN.
+    #[error("[[node]] fqdn = {0:?} appears twice: keep one entry per node")]
+    DuplicateFqdn(String),
+    /// A key is not 64 hex digits.
+    #[error("the key of {who} must be exactly 64 hex digits (32 bytes); generate one with `openssl rand -hex 32`")]
+    BadKey {
+        /// Which entry.
+        who: String,
+    },
+    /// A fixed VIP that cannot be assigned.
+    #[error("[[node]] fqdn = {fqdn:?}: vip = {vip} {why}")]
+    BadVip {
+        /// The node.
+        fqdn: String,
+        /// The VIP.
+        vip: Ipv4Addr,
+        /// What is wrong.
+        why: String,
+    },
+    /// Two relay entries with one id.
+    #[error("[[relay]] id = {0} appears twice: every RS needs its own id")]
+    DuplicateRelayId(u32),
+    /// A relay entry that nobody could reach.
+    #[error("[[relay]] id = {id}: {why}")]
+    BadRelay {
+        /// The RS id.
+        id: u32,
+        /// What is wrong.
+        why: String,
+    },
+    /// A number out of range.
+    #[error("{field} = {value}: {why}")]
+    BadValue {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The rule.
+        why: &'static str,
+    },
+    /// No nodes at all.
+    #[error(
+        "no [[node]] entries: no node could register; add one [[node]] table (fqdn, key) per node"
+    )]
+    NoNodes,
+}
+
+/// A provisioned node, checked.
+#[derive(Debug, Clone)]
+pub struct NodeCred {
+    /// Its FQDN.
+    pub fqdn: String,
+    /// `K_node`.
+    pub key: Key,
+    /// Its fixed VIP, if configured.
+    pub vip: Option<Ipv4Addr>,
+    /// Its node id: stable for the FQDN (see [`crate::node_id_for`]), so
+    /// that a restarted DC still knows which key a node's messages use.
+    pub node_id: u32,
+}
+
+/// A relay server, checked.
+#[derive(Debug, Clone)]
+pub struct RelayCred {
+    /// The RS id.
+    pub id: u32,
+    /// Its address.
+    pub addr: SocketAddrV4,
+    /// `K_rs`.
+    pub key: Key,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddrV4,
+    /// The NTM domain.
+    pub domain: String,
+    /// The VIP pool.
+    pub pool: VipPool,
+    /// KEEPALIVE interval.
+    pub keepalive: Duration,
+    /// Registration lifetime.
+    pub lease: Duration,
+    /// Tunnel idle lifetime, in seconds.
+    pub tunnel_lifetime_secs: u32,
+    /// Lease bound.
+    pub max_registrations: usize,
+    /// Direction bound.
+    pub max_directions: usize,
+    /// Statistics interval; `None` for none.
+    pub stats_interval: Option<Duration>,
+    /// Nodes, sorted by FQDN.
+    pub nodes: Vec<NodeCred>,
+    /// Relays, in configuration order.
+    pub relays: Vec<RelayCred>,
+}
+
+impl Config {
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_at(text, Path::new("<string>"))
+    }
+
+    fn parse_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Read and parse a file (not yet validated: see [`Config::validate`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_at(&text, path)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("plain data always serializes")
+    }
+
+    /// Check everything and produce the [`Settings`] the coordinator runs on.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let pool = VipPool::parse(&self.vip_pool).map_err(|why| ConfigError::BadPool {
+            pool: self.vip_pool.clone(),
+            why,
+        })?;
+        if validate_fqdn(self.domain.as_bytes()).is_err() {
+            return Err(ConfigError::BadDomain(self.domain.clone()));
+        }
+        let positive = |field, value: u64| {
+            if value == 0 {
+                Err(ConfigError::BadValue {
+                    field,
+                    value,
+                    why: "must be at least 1",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("keepalive_secs", self.keepalive_secs.into())?;
+        positive("tunnel_lifetime_secs", self.tunnel_lifetime_secs.into())?;
+        positive("max_registrations", self.max_registrations as u64)?;
+        positive("max_directions", self.max_directions as u64)?;
+        if u64::from(self.lease_secs) < 3 * u64::from(self.keepalive_secs) {
+            return Err(ConfigError::BadValue {
+                field: "lease_secs",
+                value: self.lease_secs.into(),
+                why: "must be at least three keepalive_secs intervals",
+            });
+        }
+        if self.nodes.is_empty() {
+            return Err(ConfigError::NoNodes);
+        }
+
+        let suffix = format!(".{}", self.domain);
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        let mut seen = HashSet::new();
+        let mut fixed: HashMap<Ipv4Addr, &str> = HashMap::new();
+        for n in &self.nodes {
+            if validate_fqdn(n.fqdn.as_bytes()).is_err() {
+                return Err(ConfigError::BadFqdn(n.fqdn.clone()));
+            }
+            if !n.fqdn.ends_with(&suffix) {
+                return Err(ConfigError::FqdnOutsideDomain {
+                    fqdn: n.fqdn.clone(),
+                    domain: self.domain.clone(),
+                });
+            }
+            if !seen.insert(n.fqdn.as_str()) {
+                return Err(ConfigError::DuplicateFqdn(n.fqdn.clone()));
+            }
+            let key: Key = n.key.parse().map_err(|_| ConfigError::BadKey {
+                who: format!("[[node]] fqdn = {:?}", n.fqdn),
+            })?;
+            if let Some(vip) = n.vip {
+                let bad = |why: String| ConfigError::BadVip {
+                    fqdn: n.fqdn.clone(),
+                    vip,
+                    why,
+                };
+                if !pool.contains(vip) {
+                    return Err(bad(format!("is outside vip_pool {pool}")));
+                }
+                if !pool.is_assignable(vip) {
+                    return Err(bad(format!(
+                        "is reserved: the pool's network, broadcast and first ({}, the adapters' router) addresses are never assigned",
+                        pool.router()
+                    )));
+                }
+                if let Some(other) = fixed.insert(vip, &n.fqdn) {
+                    return Err(bad(format!("is also the fixed VIP of {other:?}")));
+                }
+            }
+            nodes.push(NodeCred {
+                fqdn: n.fqdn.clone(),
+                key,
+                vip: n.vip,
+                node_id: 0,
+            });
+        }
+        if self.max_registrations as u64 > pool.usable() {
+            tracing::debug!(
+                max_registrations = self.max_registrations,
+                usable = pool.usable(),
+                "max_registrations exceeds the pool; the pool is the limit"
+            );
+        }
+        nodes.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+        assign_node_ids(&mut nodes);
+
+        let mut relays = Vec::with_capacity(self.relays.len());
+        let mut ids = HashSet::new();
+        for r in &self.relays {
+            if !ids.insert(r.id) {
+                return Err(ConfigError::DuplicateRelayId(r.id));
+            }
+            if r.addr.ip().is_unspecified() || r.addr.port() == 0 {
+                return Err(ConfigError::BadRelay {
+                    id: r.id,
+                    why: format!(
+                        "addr = {} cannot be reached: give the address and port nodes send to (example: \"198.18.0.3:7720\")",
+                        r.addr
+                    ),
+                });
+            }
+            let key: Key = r.key.parse().map_err(|_| ConfigError::BadKey {
+                who: format!("[[relay]] id = {}", r.id),
+            })?;
+            relays.push(RelayCred {
+                id: r.id,
+                addr: r.addr,
+                key,
+            });
+        }
+
+        Ok(Settings {
+            listen: self.listen,
+            domain: self.domain.clone(),
+            pool,
+            keepalive: Duration::from_secs(self.keepalive_secs.into()),
+            lease: Duration::from_secs(self.lease_secs.into()),
+            tunnel_lifetime_secs: self.tunnel_lifetime_secs,
+            max_registrations: self.max_registrations,
+            max_directions: self.max_directions,
+            stats_interval: (self.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(self.stats_interval_secs)),
+            nodes,
+            relays,
+        })
+    }
+}
+
+/// A node id derived from the FQDN (FNV-1a over a label, the FQDN and an
+/// attempt counter), never 0.
+pub fn node_id_for(fqdn: &str, attempt: u8) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in b"ntm-dc node id\0"
+        .iter()
+        .chain(fqdn.as_bytes())
+        .chain(&[attempt])
+    {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+/// Give each node (sorted by FQDN) its id; a collision moves the later FQDN
+/// to its next attempt, so the result depends only on the set of FQDNs.
+fn assign_node_ids(nodes: &mut [NodeCred]) {
+    let mut used = HashSet::new();
+    for n in nodes.iter_mut() {
+        let mut attempt = 0u8;
+        loop {
+            let id = node_id_for(&n.fqdn, attempt);
+            if used.insert(id) {
+                n.node_id = id;
+                break;
+            }
+            // 256 collisions in a row cannot happen with fewer than 2^32 nodes
+            // in practice; wrapping keeps the loop total anyway.
+            attempt = attempt.wrapping_add(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const K2: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    fn base() -> Config {
+        Config {
+            nodes: vec![
+                NodeEntry {
+                    fqdn: "cn.ntm.test".into(),
+                    key: K1.into(),
+                    vip: None,
+                },
+                NodeEntry {
+                    fqdn: "cn2.ntm.test".into(),
+                    key: K2.into(),
+                    vip: Some(Ipv4Addr::new(100, 64, 0, 9)),
+                },
+            ],
+            relays: vec![RelayEntry {
+                id: 1,
+                addr: "198.18.0.3:7720".parse().unwrap(),
+                key: K2.into(),
+            }],
+            ..Config::default()
+        }
+    }
+
+    fn err(c: &Config) -> String {
+        c.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn valid_config_validates_and_round_trips_through_toml() {
+        let c = base();
+        let s = c.validate().unwrap();
+        assert_eq!(s.nodes.len(), 2);
+        assert_eq!(s.nodes[0].fqdn, "cn.ntm.test");
+        assert_ne!(s.nodes[0].node_id, s.nodes[1].node_id);
+        assert_eq!(s.relays[0].id, 1);
+        assert_eq!(s.keepalive, Duration::from_secs(20));
+        let text = c.to_toml();
+        assert!(
+            text.contains("[[node]]") && text.contains("[[relay]]"),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-dc.example.toml");
+        let c = Config::load(&path).unwrap();
+        let s = c.validate().unwrap();
+        assert!(!s.nodes.is_empty() && !s.relays.is_empty());
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let mut c = base();
+        c.vip_pool = "100.64.0.1/10".into();
+        assert!(err(&c).contains("host bits"), "{}", err(&c));
+        c.vip_pool = "100.64.0.0/31".into();
+        assert!(err(&c).contains("vip_pool"));
+        c.vip_pool = "100.64.0/10".into();
+        assert!(err(&c).contains("vip_pool"));
+
+        let mut c = base();
+        c.nodes[0].key = "abcd".into();
+        assert!(err(&c).contains("64 hex digits") && err(&c).contains("cn.ntm.test"));
+
+        let mut c = base();
+        c.relays[0].key = "zz".repeat(32);
+        assert!(err(&c).contains("[[relay]] id = 1"));
+
+        let mut c = base();
+        c.nodes[1].fqdn = "cn.ntm.test".into();
+        assert!(err(&c).contains("appears twice"));
+
+        let mut c = base();
+        c.nodes[0].fqdn = "cn.example.org".into();
+        assert!(err(&c).contains("not under domain"));
+
+        let mut c = base();
+        c.nodes[0].fqdn = "CN.ntm.test".into();
+        assert!(err(&c).contains("not a valid FQDN"));
+
+        let mut c = base();
+        c.domain = "ntm..test".into();
+        assert!(err(&c).contains("domain"));
+
+        let mut c = base();
+        c.nodes[1].vip = Some(Ipv4Addr::new(100, 64, 0, 1));
+        assert!(err(&c).contains("reserved"));
+        c.nodes[1].vip = Some(Ipv4Addr::new(10, 0, 0, 1));
+        assert!(err(&c).contains("outside"));
+        c.nodes[1].vip = Some(Ipv4Addr::new(100, 64, 0, 9));
+        c.nodes[0].vip = Some(Ipv4Addr::new(100, 64, 0, 9));
+        assert!(err(&c).contains("also the fixed VIP"));
+
+        let mut c = base();
+        c.relays.push(c.relays[0].clone());
+        assert!(err(&c).contains("appears twice"));
+
+        let mut c = base();
+        c.relays[0].addr = "0.0.0.0:7720".parse().unwrap();
+        assert!(err(&c).contains("cannot be reached"));
+
+        let mut c = base();
+        c.keepalive_secs = 0;
+        assert!(err(&c).contains("keepalive_secs"));
+        c.keepalive_secs = 20;
+        c.lease_secs = 30;
+        assert!(err(&c).contains("lease_secs"));
+
+        let mut c = base();
+        c.nodes.clear();
+        assert!(err(&c).contains("no [[node]]"));
+
+        let e = Config::from_toml("listen = 5\n").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::from_toml("colour = \"red\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn node_ids_are_stable_and_distinct() {
+        let a = base().validate().unwrap();
+        let mut reordered = base();
+        reordered.nodes.reverse();
+        let b = reordered.validate().unwrap();
+        for (x, y) in a.nodes.iter().zip(&b.nodes) {
+            assert_eq!((x.fqdn.as_str(), x.node_id), (y.fqdn.as_str(), y.node_id));
+        }
+        assert_eq!(a.nodes[0].node_id, node_id_for("cn.ntm.test", 0));
+
+        // A forced collision moves the later name to its next attempt.
+        let mut nodes = vec![
+            NodeCred {
+                fqdn: "a.ntm.test".into(),
+                key: Key::from_bytes([1; 32]),
+                vip: None,
+                node_id: 0,
+            },
+            NodeCred {
+                fqdn: "a.ntm.test".into(),
+                key: Key::from_bytes([2; 32]),
+                vip: None,
+                node_id: 0,
+            },
+        ];
+        assign_node_ids(&mut nodes);
+        assert_eq!(nodes[0].node_id, node_id_for("a.ntm.test", 0));
+        assert_eq!(nodes[1].node_id, node_id_for("a.ntm.test", 1));
+    }
+}

@@ -1,0 +1,1141 @@
+//! The Direction Coordinator as a sans-IO state machine.
+//!
+//! Drive it like a quinn-proto endpoint: [`Coordinator::handle`] every
+//! datagram received on the DC's port, [`Coordinator::handle_timeout`] when
+//! [`Coordinator::poll_timeout`]'s deadline passes, and after each of them
+//! [`Coordinator::poll_transmit`] until it returns `None`. It reads no clock
+//! and does no I/O; tunnel ids and keys come from a seeded RNG.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ntm_proto::retransmit::{Retransmit, RetransmitAction};
+use ntm_proto::wire::{
+    ErrorMsg, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegResp, RelayDir, Repr, Route,
+    RouteDir, Vip,
+};
+use ntm_proto::{
+    Authenticator, Error, Key, MessageType, Path, ReplayWindow, Role, Status, Suite, WrapLabel,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Config, ConfigError, Settings};
+use crate::counters::{DropReason, Drops, Stats};
+use crate::store::{Expiry, MemoryStore, Registration, RegistrationStore};
+
+/// How often registrations, leases and old directions are expired.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a direction is remembered, so that a retransmitted DIR_REQ gets
+/// the same answer. Longer than a node's whole DIR_REQ schedule (7.75 s).
+pub const DIRECTION_RETENTION: Duration = Duration::from_secs(30);
+/// A registration lapses after this many missed keep-alive intervals (§5).
+pub const MISSED_INTERVALS: u32 = 3;
+/// REASON of the ERROR sent to nodes the DC does not know.
+const NOT_REGISTERED_REASON: &str = "not registered: send REG_REQ";
+
+/// Where to send a datagram that [`Coordinator::poll_transmit`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub dst: SocketAddrV4,
+    /// Bytes written at the front of the caller's buffer.
+    pub len: usize,
+}
+
+/// The two ends of a direction request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum End {
+    /// The node that sent DIR_REQ.
+    Mn,
+    /// The node it asked for.
+    Cn,
+}
+
+/// The path table of §5 applied to two registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPlan {
+    /// The path.
+    pub path: Path,
+    /// Who sends TUN_REQ.
+    pub initiator: End,
+    /// The ENDPOINT told to MN and to CN; `None` on RELAY, where both get
+    /// the RS's address.
+    pub endpoints: Option<(SocketAddrV4, SocketAddrV4)>,
+}
+
+/// Decide how `mn` reaches `cn` (§5):
+///
+/// | MN | CN | path | TUN_REQ |
+/// |---|---|---|---|
+/// | any | not behind NAT | DIRECT | MN → CN's observed address |
+/// | not behind NAT | behind NAT | REVERSE | CN → MN's observed address |
+/// | behind NAT | same NAT (observed IP) | DIRECT | MN → CN's LOCAL_ADDR |
+/// | behind NAT | another NAT | RELAY | both → RS |
+pub fn plan_path(mn: &Registration, cn: &Registration) -> PathPlan {
+    if !cn.behind_nat() {
+        PathPlan {
+            path: Path::Direct,
+            initiator: End::Mn,
+            endpoints: Some((cn.observed, mn.observed)),
+        }
+    } else if !mn.behind_nat() {
+        PathPlan {
+            path: Path::Reverse,
+            initiator: End::Cn,
+            endpoints: Some((cn.observed, mn.observed)),
+        }
+    } else if mn.observed.ip() == cn.observed.ip() {
+        PathPlan {
+            path: Path::Direct,
+            initiator: End::Mn,
+            endpoints: Some((cn.local, mn.local)),
+        }
+    } else {
+        PathPlan {
+            path: Path::Relay,
+            initiator: End::Mn,
+            endpoints: None,
+        }
+    }
+}
+
+/// A snapshot of one directed tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelInfo {
+    /// Tunnel id.
+    pub tunnel_id: u32,
+    /// Its path.
+    pub path: Path,
+    /// The requester's FQDN.
+    pub mn_fqdn: String,
+    /// The target's FQDN.
+    pub cn_fqdn: String,
+    /// Who sends TUN_REQ.
+    pub initiator: End,
+    /// The RS id on RELAY paths.
+    pub relay_id: Option<u32>,
+    /// Whether the ROUTE_DIRs went out (after RELAY_ACK on RELAY).
+    pub directed: bool,
+    /// Whether CN acknowledged its ROUTE_DIR.
+    pub acked: bool,
+}
+
+#[derive(Debug)]
+struct NodeSlot {
+    fqdn: String,
+    node_id: u32,
+    vip: Option<Ipv4Addr>,
+    auth: Authenticator,
+    /// Signaling from the node, across registrations (§2: per sender and key).
+    window: ReplayWindow,
+}
+
+#[derive(Debug)]
+struct RelaySlot {
+    id: u32,
+    addr: SocketAddrV4,
+    auth: Authenticator,
+    window: ReplayWindow,
+}
+
+#[derive(Debug)]
+struct Party {
+    node_id: u32,
+    fqdn: String,
+    vip: Ipv4Addr,
+    role: Role,
+    endpoint: SocketAddrV4,
+}
+
+#[derive(Debug)]
+enum TunnelState {
+    /// RELAY_DIR outstanding.
+    AwaitingRelay { retx: Retransmit },
+    /// ROUTE_DIRs sent; CN's copy retransmitted until ROUTE_ACK (`None`
+    /// once acknowledged or given up).
+    Directing { cn_retx: Option<Retransmit> },
+    /// The RS never acknowledged; MN got UNREACHABLE.
+    Failed,
+}
+
+#[derive(Debug)]
+struct Tunnel {
+    id: u32,
+    path: Path,
+    mn: Party,
+    cn: Party,
+    /// Where MN's latest DIR_REQ for it came from.
+    mn_dst: SocketAddrV4,
+    req_id: u32,
+    k_tun: Key,
+    relay: Option<(usize, Key)>,
+    state: TunnelState,
+    expires: Instant,
+}
+
+impl Tunnel {
+    fn pending(&self) -> bool {
+        matches!(
+            self.state,
+            TunnelState::AwaitingRelay { .. } | TunnelState::Directing { cn_retx: Some(_) }
+        )
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            TunnelState::AwaitingRelay { retx } => Some(retx.deadline()),
+            TunnelState::Directing { cn_retx: Some(r) } => Some(r.deadline()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Direction {
+    outcome: Result<u32, Status>,
+    expires: Instant,
+}
+
+/// Datagrams to build at [`Coordinator::poll_transmit`]; built only then so
+/// that each carries a fresh sequence number (and a key wrapped for it).
+#[derive(Debug, Clone, Copy)]
+enum Out {
+    RegResp {
+        node_id: u32,
+        dst: SocketAddrV4,
+        result: Result<Lease, Status>,
+    },
+    KeepaliveAck {
+        node_id: u32,
+        dst: SocketAddrV4,
+    },
+    NotRegistered {
+        node_id: u32,
+        dst: SocketAddrV4,
+    },
+    RouteDir {
+        tunnel_id: u32,
+        end: End,
+    },
+    RouteDirStatus {
+        node_id: u32,
+        req_id: u32,
+        dst: SocketAddrV4,
+        status: Status,
+    },
+    RelayDir {
+        tunnel_id: u32,
+    },
+}
+
+/// The DC's protocol state. See the [module docs](self).
+#[derive(Debug)]
+pub struct Coordinator<S: RegistrationStore = MemoryStore> {
+    settings: Settings,
+    nodes: Vec<NodeSlot>,
+    by_fqdn: HashMap<String, usize>,
+    by_id: HashMap<u32, usize>,
+    fixed_vips: HashSet<Ipv4Addr>,
+    relays: Vec<RelaySlot>,
+    next_relay: usize,
+    store: S,
+    rng: StdRng,
+    seq: u64,
+    tunnels: HashMap<u32, Tunnel>,
+    directions: HashMap<(u32, u32), Direction>,
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    next_sweep: Instant,
+    queue: VecDeque<Out>,
+    drops: Drops,
+    stats: Stats,
+}
+
+impl Coordinator<MemoryStore> {
+    /// A coordinator with registrations in memory. `unix_nanos` is the
+    /// current Unix time in nanoseconds (the DC's sequence numbers start
+    /// there, §2); `rng_seed` seeds tunnel ids and keys.
+    pub fn new(
+        config: &Config,
+        now: Instant,
+        unix_nanos: u64,
+        rng_seed: [u8; 32],
+    ) -> Result<Self, ConfigError> {
+        Self::with_store(config, MemoryStore::new(), now, unix_nanos, rng_seed)
+    }
+}
+
+impl<S: RegistrationStore> Coordinator<S> {
+    /// A coordinator on another [`RegistrationStore`].
+    pub fn with_store(
+        config: &Config,
+        store: S,
+        now: Instant,
+        unix_nanos: u64,
+        rng_seed: [u8; 32],
+    ) -> Result<Self, ConfigError> {
+        let settings = config.validate()?;
+        let nodes: Vec<NodeSlot> = settings
+            .nodes
+            .iter()
+            .map(|n| NodeSlot {
+                fqdn: n.fqdn.clone(),
+                node_id: n.node_id,
+                vip: n.vip,
+                auth: Authenticator::new(&n.key),
+                window: ReplayWindow::new(),
+            })
+            .collect();
+        let relays = settings
+            .relays
+            .iter()
+            .map(|r| RelaySlot {
+                id: r.id,
+                addr: r.addr,
+                auth: Authenticator::new(&r.key),
+                window: ReplayWindow::new(),
+            })
+            .collect();
+        Ok(Coordinator {
+            by_fqdn: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.fqdn.clone(), i))
+                .collect(),
+            by_id: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.node_id, i))
+                .collect(),
+            fixed_vips: nodes.iter().filter_map(|n| n.vip).collect(),
+            nodes,
+            relays,
+            next_relay: 0,
+            settings,
+            store,
+            rng: StdRng::from_seed(rng_seed),
+            seq: unix_nanos,
+            tunnels: HashMap::new(),
+            directions: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_sweep: now + SWEEP_INTERVAL,
+            queue: VecDeque::new(),
+            drops: Drops::default(),
+            stats: Stats::default(),
+        })
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// Process one datagram received from `from`. An error is a drop,
+    /// already counted in [`Coordinator::drops`].
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &[u8],
+    ) -> Result<(), DropReason> {
+        self.stats.datagrams += 1;
+        let r = self.handle_inner(now, from, datagram);
+        if let Err(reason) = r {
+            self.drops.count(reason);
+            tracing::debug!(%from, reason = reason.name(), "dropped a datagram");
+        }
+        r
+    }
+
+    fn handle_inner(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &[u8],
+    ) -> Result<(), DropReason> {
+        let packet = Packet::new_checked(datagram)?;
+        match packet.check_header()? {
+            MessageType::RegReq => self.on_reg_req(now, from, &packet),
+            MessageType::Keepalive
+            | MessageType::Dereg
+            | MessageType::DirReq
+            | MessageType::RouteAck => self.on_node_message(now, from, &packet),
+            MessageType::RelayAck => self.on_relay_message(now, &packet),
+            MessageType::Error => {
+                let from_rs = self
+                    .relays
+                    .iter()
+                    .any(|r| r.id == packet.id() && r.addr == from);
+                if from_rs {
+                    self.on_relay_message(now, &packet)
+                } else {
+                    self.on_node_message(now, from, &packet)
+                }
+            }
+            _ => Err(Error::UnexpectedType.into()),
+        }
+    }
+
+    fn alive_until(&self, now: Instant) -> Instant {
+        now + self.settings.keepalive * MISSED_INTERVALS
+    }
+
+    fn on_reg_req(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        packet: &Packet<&[u8]>,
+    ) -> Result<(), DropReason> {
+        // The FQDN chooses the key, so this one message is parsed before its
+        // tag is checked (§2); nothing is acted on before.
+        let repr = Repr::parse(packet)?;
+        let Message::RegReq(req) = repr.message else {
+            return Err(Error::UnexpectedType.into());
+        };
+        let i = *self
+            .by_fqdn
+            .get(req.fqdn.as_str())
+            .ok_or(DropReason::UnknownFqdn)?;
+        let slot = &mut self.nodes[i];
+        slot.auth.verify(packet.as_ref())?;
+        if !slot.window.validate(repr.header.seq) {
+            return Err(Error::Replay.into());
+        }
+        let node_id = slot.node_id;
+        let existing = self.store.get(node_id);
+        let vip = match &existing {
+            Some(r) => Some(r.vip),
+            None if self.store.len() >= self.settings.max_registrations => None,
+            None => self.allocate(i),
+        };
+        let Some(vip) = vip else {
+            self.stats.refused += 1;
+            tracing::warn!(
+                fqdn = %req.fqdn,
+                pool = %self.settings.pool,
+                leases = self.store.len(),
+                "registration refused (EXHAUSTED): the VIP pool or max_registrations is full; enlarge vip_pool or max_registrations"
+            );
+            self.queue.push_back(Out::RegResp {
+                node_id,
+                dst: from,
+                result: Err(Status::Exhausted),
+            });
+            return Ok(());
+        };
+        let alive_until = self.alive_until(now);
+        let reg = Registration {
+            node_id,
+            fqdn: req.fqdn.as_str().to_owned(),
+            vip,
+            observed: from,
+            local: req.local_addr,
+            caps: req.caps,
+            alive_until: Some(alive_until),
+            lease_until: (now + self.settings.lease).max(alive_until),
+        };
+        let behind_nat = reg.behind_nat();
+        match &existing {
+            Some(old) if old.is_active() => {
+                self.stats.renewals += 1;
+                if old.observed != from || old.local != req.local_addr {
+                    tracing::info!(fqdn = %req.fqdn, %vip, observed = %from, local = %req.local_addr, behind_nat, "re-registered from a new address");
+                } else {
+                    tracing::debug!(fqdn = %req.fqdn, %vip, "registration renewed");
+                }
+            }
+            _ => {
+                self.stats.registrations += 1;
+                tracing::info!(fqdn = %req.fqdn, node_id, %vip, observed = %from, local = %req.local_addr, behind_nat, "registered");
+            }
+        }
+        self.store.put(reg);
+        self.queue.push_back(Out::RegResp {
+            node_id,
+            dst: from,
+            result: Ok(Lease {
+                node_id,
+                vip: Vip {
+                    addr: vip,
+                    prefix_len: self.settings.pool.prefix_len(),
+                },
+                observed: from,
+                keepalive_secs: self.settings.keepalive.as_secs() as u32,
+                lifetime_secs: self.settings.lease.as_secs() as u32,
+            }),
+        });
+        Ok(())
+    }
+
+    /// A VIP for node slot `i`: its fixed one, or the first free one from
+    /// its FQDN's preferred address (never another node's fixed VIP).
+    fn allocate(&self, i: usize) -> Option<Ipv4Addr> {
+        let slot = &self.nodes[i];
+        if let Some(vip) = slot.vip {
+            return match self.store.vip_owner(vip) {
+                Some(owner) if owner != slot.node_id => None,
+                _ => Some(vip),
+            };
+        }
+        let in_use = (self.store.len() + self.fixed_vips.len()) as u64;
+        self.settings.pool.allocate(&slot.fqdn, in_use, |ip| {
+            self.fixed_vips.contains(&ip) || self.store.vip_owner(ip).is_some()
+        })
+    }
+
+    fn on_node_message(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        packet: &Packet<&[u8]>,
+    ) -> Result<(), DropReason> {
+        let node_id = packet.id();
+        let i = *self.by_id.get(&node_id).ok_or(DropReason::UnknownNode)?;
+        let slot = &mut self.nodes[i];
+        slot.auth.verify(packet.as_ref())?;
+        let repr = Repr::parse(packet)?;
+        if !slot.window.validate(repr.header.seq) {
+            return Err(Error::Replay.into());
+        }
+        let Some(mut reg) = self.store.get(node_id).filter(Registration::is_active) else {
+            // A restarted DC, or a lapsed registration: tell the node, so it
+            // re-registers at once instead of after its own time-out.
+            if !matches!(repr.message, Message::Dereg | Message::Error(_)) {
+                self.stats.errors_sent += 1;
+                tracing::info!(fqdn = %self.nodes[i].fqdn, %from, "message from an unregistered node, answering ERROR so that it re-registers");
+                self.queue
+                    .push_back(Out::NotRegistered { node_id, dst: from });
+            }
+            return Err(DropReason::NotRegistered);
+        };
+        // Any authenticated message shows the node is alive.
+        let alive_until = self.alive_until(now);
+        reg.alive_until = Some(alive_until);
+        reg.lease_until = reg.lease_until.max(alive_until);
+        match repr.message {
+            Message::Keepalive => {
+                self.stats.keepalives += 1;
+                if reg.observed != from {
+                    tracing::info!(fqdn = %reg.fqdn, old = %reg.observed, new = %from, "keep-alive from a new address (NAT mapping changed)");
+                    reg.observed = from;
+                }
+                self.store.put(reg);
+                self.queue
+                    .push_back(Out::KeepaliveAck { node_id, dst: from });
+                Ok(())
+            }
+            Message::Dereg => {
+                self.stats.deregistrations += 1;
+                tracing::info!(fqdn = %reg.fqdn, vip = %reg.vip, "deregistered (VIP reserved until the lease ends)");
+                reg.alive_until = None;
+                self.store.put(reg);
+                Ok(())
+            }
+            Message::DirReq(q) => {
+                self.store.put(reg.clone());
+                self.on_dir_req(now, from, &reg, q.req_id, q.fqdn.as_str());
+                Ok(())
+            }
+            Message::RouteAck(a) => {
+                self.store.put(reg);
+                self.on_route_ack(node_id, a.tunnel_id)
+            }
+            Message::Error(e) => {
+                self.store.put(reg);
+                self.stats.errors_received += 1;
+                tracing::warn!(fqdn = %self.nodes[i].fqdn, status = ?e.status, reason = e.reason.unwrap_or(""), "ERROR from a node");
+                Ok(())
+            }
+            _ => Err(Error::UnexpectedType.into()),
+        }
+    }
+
+    fn on_dir_req(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        mn: &Registration,
+        req_id: u32,
+        target: &str,
+    ) {
+        let key = (mn.node_id, req_id);
+        if let Some(d) = self.directions.get(&key).copied() {
+            // A retransmitted DIR_REQ: the same answer, no second tunnel.
+            self.stats.dir_req_repeats += 1;
+            match d.outcome {
+                Ok(tunnel_id) => {
+                    if let Some(t) = self.tunnels.get_mut(&tunnel_id) {
+                        t.mn_dst = from;
+                        if matches!(t.state, TunnelState::Directing { .. }) {
+                            self.queue.push_back(Out::RouteDir {
+                                tunnel_id,
+                                end: End::Mn,
+                            });
+                        }
+                        // Awaiting the RS: the answer goes out on RELAY_ACK.
+                    }
+                }
+                Err(status) => self.queue.push_back(Out::RouteDirStatus {
+                    node_id: mn.node_id,
+                    req_id,
+                    dst: from,
+                    status,
+                }),
+            }
+            return;
+        }
+        self.stats.dir_reqs += 1;
+        if self.directions.len() >= self.settings.max_directions {
+            self.stats.dir_refused += 1;
+            tracing::warn!(
+                max_directions = self.settings.max_directions,
+                "direction refused (EXHAUSTED): too many recent directions; raise max_directions"
+            );
+            self.queue.push_back(Out::RouteDirStatus {
+                node_id: mn.node_id,
+                req_id,
+                dst: from,
+                status: Status::Exhausted,
+            });
+            return;
+        }
+        let outcome = self.direct(now, from, mn, req_id, target);
+        if let Err(status) = outcome {
+            if status == Status::NotFound {
+                self.stats.not_found += 1;
+            } else {
+                self.stats.dir_refused += 1;
+            }
+            self.queue.push_back(Out::RouteDirStatus {
+                node_id: mn.node_id,
+                req_id,
+                dst: from,
+                status,
+            });
+        }
+        self.directions.insert(
+            key,
+            Direction {
+                outcome,
+                expires: now + DIRECTION_RETENTION,
+            },
+        );
+    }
+
+    /// Create the tunnel for a new DIR_REQ and queue what it needs.
+    fn direct(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        mn: &Registration,
+        req_id: u32,
+        target: &str,
+    ) -> Result<u32, Status> {
+        let Some(cn) = self
+            .store
+            .get_by_fqdn(target)
+            .filter(Registration::is_active)
+        else {
+            tracing::info!(mn = %mn.fqdn, target, "direction request for an unknown or unregistered name: NOT_FOUND");
+            return Err(Status::NotFound);
+        };
+        if cn.node_id == mn.node_id {
+            tracing::info!(mn = %mn.fqdn, "direction request for the node itself: BAD_REQUEST");
+            return Err(Status::BadRequest);
+        }
+        let plan = plan_path(mn, &cn);
+        let relay = match plan.path {
+            Path::Relay if self.relays.is_empty() => {
+                tracing::warn!(mn = %mn.fqdn, cn = %cn.fqdn, "both nodes are behind different NATs and no [[relay]] is configured: UNREACHABLE");
+                return Err(Status::Unreachable);
+            }
+            Path::Relay => {
+                let r = self.next_relay % self.relays.len();
+                self.next_relay = self.next_relay.wrapping_add(1);
+                Some(r)
+            }
+            _ => None,
+        };
+        let tunnel_id = self.fresh_tunnel_id();
+        let k_tun = Key::random(&mut self.rng);
+        let relay = relay.map(|r| (r, Key::random(&mut self.rng)));
+        let (mn_endpoint, cn_endpoint) = match (&relay, plan.endpoints) {
+            (Some((r, _)), _) => (self.relays[*r].addr, self.relays[*r].addr),
+            (None, Some(e)) => e,
+            (None, None) => unreachable!("plan_path gives endpoints for every path but RELAY"),
+        };
+        let (mn_role, cn_role) = match plan.initiator {
+            End::Mn => (Role::Initiator, Role::Responder),
+            End::Cn => (Role::Responder, Role::Initiator),
+        };
+        let state = if relay.is_some() {
+            self.queue.push_back(Out::RelayDir { tunnel_id });
+            TunnelState::AwaitingRelay {
+                retx: Retransmit::start(now),
+            }
+        } else {
+            self.queue.push_back(Out::RouteDir {
+                tunnel_id,
+                end: End::Mn,
+            });
+            self.queue.push_back(Out::RouteDir {
+                tunnel_id,
+                end: End::Cn,
+            });
+            TunnelState::Directing {
+                cn_retx: Some(Retransmit::start(now)),
+            }
+        };
+        match plan.path {
+            Path::Direct => self.stats.direct += 1,
+            Path::Reverse => self.stats.reverse += 1,
+            _ => self.stats.relayed += 1,
+        }
+        tracing::info!(
+            tunnel_id,
+            mn = %mn.fqdn,
+            cn = %cn.fqdn,
+            path = ?plan.path,
+            mn_endpoint = %mn_endpoint,
+            cn_endpoint = %cn_endpoint,
+            relay = relay.as_ref().map(|(r, _)| self.relays[*r].id),
+            "directing a tunnel"
+        );
+        let tunnel = Tunnel {
+            id: tunnel_id,
+            path: plan.path,
+            mn: Party {
+                node_id: mn.node_id,
+                fqdn: mn.fqdn.clone(),
+                vip: mn.vip,
+                role: mn_role,
+                endpoint: mn_endpoint,
+            },
+            cn: Party {
+                node_id: cn.node_id,
+                fqdn: cn.fqdn.clone(),
+                vip: cn.vip,
+                role: cn_role,
+                endpoint: cn_endpoint,
+            },
+            mn_dst: from,
+            req_id,
+            k_tun,
+            relay,
+            state,
+            expires: now + DIRECTION_RETENTION,
+        };
+        if let Some(d) = tunnel.deadline() {
+            self.timers.push(Reverse((d, tunnel_id)));
+        }
+        self.tunnels.insert(tunnel_id, tunnel);
+        Ok(tunnel_id)
+    }
+
+    fn fresh_tunnel_id(&mut self) -> u32 {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.tunnels.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn on_route_ack(&mut self, node_id: u32, tunnel_id: u32) -> Result<(), DropReason> {
+        let t = self
+            .tunnels
+            .get_mut(&tunnel_id)
+            .filter(|t| t.cn.node_id == node_id)
+            .ok_or(DropReason::StaleAck)?;
+        match &mut t.state {
+            TunnelState::Directing { cn_retx } if cn_retx.is_some() => {
+                *cn_retx = None;
+                self.stats.route_acks += 1;
+                tracing::debug!(tunnel_id, cn = %t.cn.fqdn, "ROUTE_ACK");
+                Ok(())
+            }
+            _ => Err(DropReason::StaleAck),
+        }
+    }
+
+    fn on_relay_message(&mut self, now: Instant, packet: &Packet<&[u8]>) -> Result<(), DropReason> {
+        let r = self
+            .relays
+            .iter()
+            .position(|r| r.id == packet.id())
+            .ok_or(DropReason::UnknownRelay)?;
+        let slot = &mut self.relays[r];
+        slot.auth.verify(packet.as_ref())?;
+        let repr = Repr::parse(packet)?;
+        if !slot.window.validate(repr.header.seq) {
+            return Err(Error::Replay.into());
+        }
+        match repr.message {
+            Message::RelayAck(a) => {
+                let t = self
+                    .tunnels
+                    .get_mut(&a.tunnel_id)
+                    .filter(|t| t.relay.as_ref().is_some_and(|(i, _)| *i == r))
+                    .ok_or(DropReason::StaleAck)?;
+                if !matches!(t.state, TunnelState::AwaitingRelay { .. }) {
+                    return Err(DropReason::StaleAck);
+                }
+                self.stats.relay_acks += 1;
+                let retx = Retransmit::start(now);
+                self.timers.push(Reverse((retx.deadline(), t.id)));
+                t.state = TunnelState::Directing {
+                    cn_retx: Some(retx),
+                };
+                tracing::debug!(tunnel_id = t.id, rs = repr.header.id, "RELAY_ACK");
+                for end in [End::Mn, End::Cn] {
+                    self.queue.push_back(Out::RouteDir {
+                        tunnel_id: a.tunnel_id,
+                        end,
+                    });
+                }
+                Ok(())
+            }
+            Message::Error(e) => {
+                self.stats.errors_received += 1;
+                tracing::warn!(rs = repr.header.id, status = ?e.status, reason = e.reason.unwrap_or(""), "ERROR from a relay server");
+                Ok(())
+            }
+            _ => Err(Error::UnexpectedType.into()),
+        }
+    }
+
+    // ----- timers -------------------------------------------------------
+
+    /// When [`Coordinator::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let next = self.timers.peek().map(|Reverse((t, _))| *t);
+        Some(next.map_or(self.next_sweep, |t| t.min(self.next_sweep)))
+    }
+
+    /// Run what is due at `now`: retransmissions, expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, tunnel_id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.tunnel_timer(now, tunnel_id);
+        }
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + SWEEP_INTERVAL;
+        }
+    }
+
+    fn tunnel_timer(&mut self, now: Instant, tunnel_id: u32) {
+        let Some(t) = self.tunnels.get_mut(&tunnel_id) else {
+            return;
+        };
+        match &mut t.state {
+            TunnelState::AwaitingRelay { retx } => match retx.on_timeout(now) {
+                Some(RetransmitAction::Send) => {
+                    self.timers.push(Reverse((retx.deadline(), tunnel_id)));
+                    self.queue.push_back(Out::RelayDir { tunnel_id });
+                }
+                Some(RetransmitAction::Failed) => {
+                    t.state = TunnelState::Failed;
+                    self.stats.relay_failures += 1;
+                    let rs = t.relay.as_ref().map(|(r, _)| self.relays[*r].id);
+                    tracing::warn!(tunnel_id, ?rs, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the RS did not acknowledge RELAY_DIR after 5 tries; answering UNREACHABLE (is ntm-rs running, with this id and key?)");
+                    let (node_id, req_id, dst) = (t.mn.node_id, t.req_id, t.mn_dst);
+                    if let Some(d) = self.directions.get_mut(&(node_id, req_id)) {
+                        d.outcome = Err(Status::Unreachable);
+                    }
+                    self.queue.push_back(Out::RouteDirStatus {
+                        node_id,
+                        req_id,
+                        dst,
+                        status: Status::Unreachable,
+                    });
+                }
+                None => {}
+            },
+            TunnelState::Directing {
+                cn_retx: Some(retx),
+            } => match retx.on_timeout(now) {
+                Some(RetransmitAction::Send) => {
+                    self.timers.push(Reverse((retx.deadline(), tunnel_id)));
+                    self.queue.push_back(Out::RouteDir {
+                        tunnel_id,
+                        end: End::Cn,
+                    });
+                }
+                Some(RetransmitAction::Failed) => {
+                    t.state = TunnelState::Directing { cn_retx: None };
+                    self.stats.route_dir_failures += 1;
+                    tracing::warn!(tunnel_id, cn = %t.cn.fqdn, "the responder did not acknowledge ROUTE_DIR after 5 tries");
+                }
+                None => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        for e in self.store.expire(now) {
+            match e {
+                Expiry::Lapsed(r) => {
+                    self.stats.lapsed += 1;
+                    tracing::info!(fqdn = %r.fqdn, vip = %r.vip, "registration lapsed: no keep-alive for three intervals (VIP reserved until the lease ends)");
+                }
+                Expiry::Released(r) => {
+                    self.stats.released += 1;
+                    tracing::info!(fqdn = %r.fqdn, vip = %r.vip, "lease ended, VIP free");
+                }
+            }
+        }
+        self.directions.retain(|_, d| d.expires > now);
+        self.tunnels.retain(|_, t| t.expires > now || t.pending());
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// The next datagram to send, written to the front of `buf` (give it
+    /// [`ntm_proto::wire::MAX_SIGNALING_LEN`] bytes). Call until `None`
+    /// after every input.
+    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(out) = self.queue.pop_front() {
+            match self.build(out, buf) {
+                Ok(Some(t)) => return Some(t),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping an outgoing datagram: give poll_transmit a larger buffer");
+                }
+            }
+        }
+        None
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn node_auth(&self, node_id: u32) -> &Authenticator {
+        &self.nodes[self.by_id[&node_id]].auth
+    }
+
+    fn build(&mut self, out: Out, buf: &mut [u8]) -> Result<Option<Transmit>, Error> {
+        let seq = self.next_seq();
+        let header = |id, response_required| Header {
+            id,
+            seq,
+            response_required,
+        };
+        let (dst, len) = match out {
+            Out::RegResp {
+                node_id,
+                dst,
+                result,
+            } => {
+                let repr = Repr::new(header(node_id, false), Message::RegResp(RegResp { result }));
+                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
+            }
+            Out::KeepaliveAck { node_id, dst } => {
+                let repr = Repr::new(
+                    header(node_id, false),
+                    Message::KeepaliveAck(KeepaliveAck { observed: dst }),
+                );
+                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
+            }
+            Out::NotRegistered { node_id, dst } => {
+                let repr = Repr::new(
+                    header(node_id, false),
+                    Message::Error(ErrorMsg {
+                        status: Status::NotFound,
+                        reason: Some(NOT_REGISTERED_REASON),
+                    }),
+                );
+                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
+            }
+            Out::RouteDirStatus {
+                node_id,
+                req_id,
+                dst,
+                status,
+            } => {
+                let repr = Repr::new(
+                    header(node_id, false),
+                    Message::RouteDir(RouteDir {
+                        req_id,
+                        result: Err(status),
+                    }),
+                );
+                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
+            }
+            Out::RouteDir { tunnel_id, end } => {
+                let Some(t) = self.tunnels.get(&tunnel_id) else {
+                    return Ok(None);
+                };
+                if !matches!(t.state, TunnelState::Directing { .. }) {
+                    return Ok(None);
+                }
+                let (me, peer, dst, req_id) = match end {
+                    End::Mn => (&t.mn, &t.cn, t.mn_dst, t.req_id),
+                    End::Cn => {
+                        // Through CN's keep-alive mapping, as it is now.
+                        let Some(reg) = self.store.get(t.cn.node_id).filter(|r| r.is_active())
+                        else {
+                            return Ok(None);
+                        };
+                        (&t.cn, &t.mn, reg.observed, 0)
+                    }
+                };
+                let auth = &self.nodes[self.by_id[&me.node_id]].auth;
+                let route = Route {
+                    tunnel_id,
+                    peer_fqdn: Fqdn::new(&peer.fqdn)?,
+                    peer_vip: Vip {
+                        addr: peer.vip,
+                        prefix_len: self.settings.pool.prefix_len(),
+                    },
+                    endpoint: me.endpoint,
+                    path: t.path,
+                    role: me.role,
+                    suite: Suite::HmacSha256_128,
+                    wrapped_key: auth.wrap_key(WrapLabel::TunnelKey, tunnel_id, seq, &t.k_tun),
+                    wrapped_relay_key: t
+                        .relay
+                        .as_ref()
+                        .map(|(_, k)| auth.wrap_key(WrapLabel::RelayKey, tunnel_id, seq, k)),
+                    lifetime_secs: self.settings.tunnel_lifetime_secs,
+                };
+                let repr = Repr::new(
+                    header(me.node_id, end == End::Cn),
+                    Message::RouteDir(RouteDir {
+                        req_id,
+                        result: Ok(route),
+                    }),
+                );
+                let len = repr.emit_sealed(buf, auth)?;
+                self.stats.route_dirs += 1;
+                (dst, len)
+            }
+            Out::RelayDir { tunnel_id } => {
+                let Some(t) = self.tunnels.get(&tunnel_id) else {
+                    return Ok(None);
+                };
+                let (TunnelState::AwaitingRelay { .. }, Some((r, k_relay))) = (&t.state, &t.relay)
+                else {
+                    return Ok(None);
+                };
+                let rs = &self.relays[*r];
+                let repr = Repr::new(
+                    header(rs.id, true),
+                    Message::RelayDir(RelayDir {
+                        tunnel_id,
+                        wrapped_relay_key: rs.auth.wrap_key(
+                            WrapLabel::RelayKey,
+                            tunnel_id,
+                            seq,
+                            k_relay,
+                        ),
+                        lifetime_secs: self.settings.tunnel_lifetime_secs,
+                    }),
+                );
+                let len = repr.emit_sealed(buf, &rs.auth)?;
+                self.stats.relay_dirs += 1;
+                (rs.addr, len)
+            }
+        };
+        Ok(Some(Transmit { dst, len }))
+    }
+
+    // ----- state --------------------------------------------------------
+
+    /// The checked configuration.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The registration store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The registration of `fqdn`, active or lapsed.
+    pub fn registration(&self, fqdn: &str) -> Option<Registration> {
+        self.store.get_by_fqdn(fqdn)
+    }
+
+    /// The node id of a configured FQDN.
+    pub fn node_id(&self, fqdn: &str) -> Option<u32> {
+        self.by_fqdn.get(fqdn).map(|&i| self.nodes[i].node_id)
+    }
+
+    /// A directed tunnel still remembered.
+    pub fn tunnel(&self, tunnel_id: u32) -> Option<TunnelInfo> {
+        self.tunnels.get(&tunnel_id).map(|t| self.info(t))
+    }
+
+    /// Every directed tunnel still remembered.
+    pub fn tunnels(&self) -> impl Iterator<Item = TunnelInfo> + '_ {
+        self.tunnels.values().map(|t| self.info(t))
+    }
+
+    fn info(&self, t: &Tunnel) -> TunnelInfo {
+        TunnelInfo {
+            tunnel_id: t.id,
+            path: t.path,
+            mn_fqdn: t.mn.fqdn.clone(),
+            cn_fqdn: t.cn.fqdn.clone(),
+            initiator: if t.mn.role == Role::Initiator {
+                End::Mn
+            } else {
+                End::Cn
+            },
+            relay_id: t.relay.as_ref().map(|(r, _)| self.relays[*r].id),
+            directed: matches!(t.state, TunnelState::Directing { .. }),
+            acked: matches!(t.state, TunnelState::Directing { cn_retx: None }),
+        }
+    }
+
+    /// Activity counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Drops by reason.
+    pub fn drops(&self) -> &Drops {
+        &self.drops
+    }
+
+    /// One line for the statistics log.
+    pub fn stats_line(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "registered={} leases={} tunnels_pending={} | datagrams={} registrations={} renewals={} refused={} keepalives={} deregs={} lapsed={} released={} dir_reqs={} repeats={} not_found={} dir_refused={} direct={} reverse={} relayed={} route_dirs={} route_acks={} route_dir_failures={} relay_dirs={} relay_acks={} relay_failures={} errors_sent={} errors_received={} | drops: {}",
+            self.store.active(),
+            self.store.len(),
+            self.tunnels.values().filter(|t| t.pending()).count(),
+            s.datagrams,
+            s.registrations,
+            s.renewals,
+            s.refused,
+            s.keepalives,
+            s.deregistrations,
+            s.lapsed,
+            s.released,
+            s.dir_reqs,
+            s.dir_req_repeats,
+            s.not_found,
+            s.dir_refused,
+            s.direct,
+            s.reverse,
+            s.relayed,
+            s.route_dirs,
+            s.route_acks,
+            s.route_dir_failures,
+            s.relay_dirs,
+            s.relay_acks,
+            s.relay_failures,
+            s.errors_sent,
+            s.errors_received,
+            self.drops
+        )
+    }
+}

@@ -1,0 +1,202 @@
+//! The RS's TOML configuration.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7720"
+//! id = 1
+//! key = "<64 hex digits: K_rs, the same as in the DC's [[relay]] entry>"
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ntm_proto::Key;
+use serde::{Deserialize, Serialize};
+
+/// The RS's UDP port (§1).
+pub const DEFAULT_PORT: u16 = 7720;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on (nodes and the DC send here).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddrV4,
+    /// The RS id: the header id of DC-RS messages, as in the DC's `[[relay]]` entry.
+    pub id: u32,
+    /// `K_rs`, 64 hex digits, shared with the DC.
+    pub key: String,
+    /// Most tunnels relayed at once; RELAY_DIR beyond is not acknowledged.
+    #[serde(default = "default_max_bindings")]
+    pub max_bindings: usize,
+    /// Seconds between two statistics log lines; 0 turns them off (SIGUSR1
+    /// still prints one).
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_secs: u64,
+}
+
+fn default_listen() -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)
+}
+fn default_max_bindings() -> usize {
+    65_536
+}
+fn default_stats_interval() -> u64 {
+    60
+}
+
+impl Config {
+    /// A configuration with the defaults and this id and key.
+    pub fn new(id: u32, key: &Key) -> Config {
+        Config {
+            listen: default_listen(),
+            id,
+            key: key.to_hex(),
+            max_bindings: default_max_bindings(),
+            stats_interval_secs: default_stats_interval(),
+        }
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message} (see ntm-rs/ntm-rs.example.toml for the format)")]
+    Parse {
+        /// The file (`<string>` when parsed from memory).
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// `key` is not 64 hex digits.
+    #[error("key must be exactly 64 hex digits (32 bytes), the K_rs of the DC's [[relay]] entry with id = {0}; generate one with `openssl rand -hex 32`")]
+    BadKey(u32),
+    /// A number out of range.
+    #[error("{field} = {value}: {why}")]
+    BadValue {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The rule.
+        why: &'static str,
+    },
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddrV4,
+    /// The RS id.
+    pub id: u32,
+    /// `K_rs`.
+    pub key: Key,
+    /// Binding bound.
+    pub max_bindings: usize,
+    /// Statistics interval; `None` for none.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Config {
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_at(text, Path::new("<string>"))
+    }
+
+    fn parse_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Read and parse a file (not yet validated: see [`Config::validate`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_at(&text, path)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("plain data always serializes")
+    }
+
+    /// Check everything.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let key: Key = self.key.parse().map_err(|_| ConfigError::BadKey(self.id))?;
+        if self.max_bindings == 0 {
+            return Err(ConfigError::BadValue {
+                field: "max_bindings",
+                value: 0,
+                why: "must be at least 1",
+            });
+        }
+        Ok(Settings {
+            listen: self.listen,
+            id: self.id,
+            key,
+            max_bindings: self.max_bindings,
+            stats_interval: (self.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(self.stats_interval_secs)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_validates() {
+        let c = Config::new(3, &Key::from_bytes([9; 32]));
+        let s = c.validate().unwrap();
+        assert_eq!(s.id, 3);
+        assert_eq!(s.key, Key::from_bytes([9; 32]));
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-rs.example.toml");
+        Config::load(&path).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let mut c = Config::new(3, &Key::from_bytes([9; 32]));
+        c.key = "12".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex digits"));
+        c.key = Key::from_bytes([9; 32]).to_hex();
+        c.max_bindings = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_bindings"));
+        let e = Config::from_toml("id = 1\n").unwrap_err().to_string();
+        assert!(e.contains("key"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/rs.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/rs.toml"), "{e}");
+    }
+}
