@@ -23,7 +23,6 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("ntma-common").display()
     );
-    println!("cargo:rerun-if-env-changed=PATH");
 
     match preflight() {
         Ok(linker) => println!("cargo:rerun-if-changed={}", linker.display()),
