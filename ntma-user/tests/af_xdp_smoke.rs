@@ -10,6 +10,9 @@
 //! * `af_xdp_lan_rx_to_wan_tx_shares_one_umem`: frames received on `lan0` leave on
 //!   `wan0`'s TX ring as the same UMEM frames (no copy in userspace), and a socket in
 //!   nat1 receives every one.
+//! * `af_xdp_wan_takes_data_and_keepalive_and_passes_signaling`: `ntma_wan` on `wan0`
+//!   sends NTM DATA and TUN_KEEPALIVE from nat1 to the AF_XDP socket and signaling to
+//!   the kernel's UDP socket on the NTM port.
 //!
 //! They need root (CAP_BPF, CAP_NET_ADMIN, network namespaces) and fail without it.
 
@@ -784,4 +787,129 @@ fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
         accounted,
         "every frame came back through wan0's completion ring"
     );
+}
+
+// ---------------------------------------------------------------- WAN: DATA to AF_XDP, signaling to the kernel
+
+/// The NTM message type of a frame's UDP payload, if it is UDP to `port`.
+fn ntm_type(p: &[u8], port: u16) -> Option<u8> {
+    let ihl = usize::from(*p.get(14)? & 0x0f) * 4;
+    let l4 = 14 + ihl;
+    if p.get(12..14)? != [0x08, 0x00] || *p.get(23)? != 17 {
+        return None;
+    }
+    (u16::from_be_bytes([*p.get(l4 + 2)?, *p.get(l4 + 3)?]) == port).then_some(*p.get(l4 + 9)?)
+}
+
+#[test]
+fn af_xdp_wan_takes_data_and_keepalive_and_passes_signaling() {
+    require_root();
+    let tb = Testbed::up(&unique_prefix("xsk3")).expect("testbed up");
+    const EACH: usize = 32;
+    let wan_addr = SocketAddrV4::new(ntm_testbed::NTMA_WAN_ADDR, NTM_PORT);
+    let stop = AtomicBool::new(false);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+
+    type WanResult = (usize, usize, usize, Counters);
+    let (result, sent) = std::thread::scope(|s| {
+        let ntma = s.spawn(|| {
+            tb.in_netns(Role::Ntma, || -> Result<WanResult, String> {
+                let setup = || -> Result<_, String> {
+                    let mut progs = XdpPrograms::load().map_err(|e| e.to_string())?;
+                    progs.configure(&xdp_config()).map_err(|e| e.to_string())?;
+                    let umem = Arc::new(
+                        Umem::new(UmemConfig {
+                            frame_count: 512,
+                            ..UmemConfig::default()
+                        })
+                        .map_err(|e| e.to_string())?,
+                    );
+                    let worker = Worker::new(&umem, 512);
+                    // The kernel's socket on the NTM port: where signaling must land.
+                    let kernel = UdpSocket::bind(wan_addr).map_err(|e| e.to_string())?;
+                    kernel.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    let mut port = Port::bind(&umem, PortConfig::new(ifname::NTMA_WAN, 0))
+                        .map_err(|e| e.to_string())?;
+                    let mut worker = worker;
+                    port.fill(&mut worker.pool, 256);
+                    progs
+                        .register_socket(Side::Wan, 0, &port)
+                        .map_err(|e| e.to_string())?;
+                    progs
+                        .attach(Side::Wan, ifname::NTMA_WAN, AttachMode::Native)
+                        .map_err(|e| e.to_string())?;
+                    Ok((progs, worker, port, kernel))
+                };
+                let (progs, mut worker, mut port, kernel) = match setup() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let (mut xsk_tunnel, mut xsk_other, mut kernel_got) = (0, 0, 0);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut buf = [0u8; 2048];
+                while (xsk_tunnel < 2 * EACH || kernel_got < EACH)
+                    && !stop.load(Ordering::Relaxed)
+                    && Instant::now() < deadline
+                {
+                    while let Ok((n, _)) = kernel.recv_from(&mut buf) {
+                        if n >= 2 && buf[1] == 0x11 {
+                            kernel_got += 1;
+                        }
+                    }
+                    if port.rx_burst(&mut worker.pool, &mut worker.rx) == 0 {
+                        port.wait_rx(Duration::from_millis(10)).expect("poll");
+                        continue;
+                    }
+                    for frame in worker.rx.drain(..) {
+                        match ntm_type(worker.umem.packet(&frame), NTM_PORT) {
+                            Some(0x01 | 0x02) => xsk_tunnel += 1,
+                            _ => xsk_other += 1,
+                        }
+                        worker.pool.free(frame);
+                    }
+                }
+                let counters = progs.counters().map_err(|e| e.to_string())?;
+                Ok((xsk_tunnel, xsk_other, kernel_got, counters))
+            })
+            .expect("enter ntma")
+        });
+        let mut sent = 0;
+        if let Ok(Ok(())) = ready_rx.recv_timeout(Duration::from_secs(30)) {
+            sent = tb
+                .in_netns(Role::Nat1, || {
+                    let sock = UdpSocket::bind(SocketAddrV4::new(NAT1_LAN_ADDR, NTM_PORT))
+                        .expect("bind in nat1");
+                    let mut n = 0;
+                    for _ in 0..EACH {
+                        for t in [0x01, 0x02, 0x11] {
+                            sock.send_to(&ntm(t), wan_addr).expect("send from nat1");
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+                .expect("enter nat1");
+        }
+        // The worker stops on its own once it has everything; this ends a failed run.
+        let r = ntma.join().expect("ntma thread");
+        stop.store(true, Ordering::Relaxed);
+        (r, sent)
+    });
+
+    let (xsk_tunnel, xsk_other, kernel_got, counters) =
+        result.unwrap_or_else(|e| panic!("AF_XDP set-up in the ntma namespace failed: {e}"));
+    assert_eq!(sent, 3 * EACH);
+    assert_eq!(
+        xsk_tunnel,
+        2 * EACH,
+        "DATA and TUN_KEEPALIVE reach the AF_XDP socket"
+    );
+    assert_eq!(xsk_other, 0, "nothing else reaches the AF_XDP socket");
+    assert_eq!(kernel_got, EACH, "signaling reaches the kernel's socket");
+    assert_eq!(counters.get(Verdict::WanRedirect), 2 * EACH as u64);
+    assert_eq!(counters.get(Verdict::WanSignaling), EACH as u64);
 }
