@@ -33,6 +33,11 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub const DIRECTION_RETENTION: Duration = Duration::from_secs(30);
 /// A registration lapses after this many missed keep-alive intervals (§5).
 pub const MISSED_INTERVALS: u32 = 3;
+/// RELAY_DIR transmissions before the RS counts as unreachable. One fewer
+/// than the §5 maximum, so that the failure (at 3.75 s) comes while the
+/// requesting node still waits for its DIR_REQ (its schedule ends at
+/// 7.75 s) and it hears UNREACHABLE instead of timing out.
+pub const RELAY_DIR_TRIES: u32 = 4;
 /// REASON of the ERROR sent to nodes the DC does not know.
 const NOT_REGISTERED_REASON: &str = "not registered: send REG_REQ";
 
@@ -505,7 +510,7 @@ impl<S: RegistrationStore> Coordinator<S> {
                 self.queue
                     .push_back(Out::NotRegistered { node_id, dst: from });
             }
-            return Err(DropReason::NotRegistered);
+            return Err(DropReason::Unregistered);
         };
         // Any authenticated message shows the node is alive.
         let alive_until = self.alive_until(now);
@@ -832,15 +837,15 @@ impl<S: RegistrationStore> Coordinator<S> {
         };
         match &mut t.state {
             TunnelState::AwaitingRelay { retx } => match retx.on_timeout(now) {
-                Some(RetransmitAction::Send) => {
+                Some(RetransmitAction::Send) if retx.tries() <= RELAY_DIR_TRIES => {
                     self.timers.push(Reverse((retx.deadline(), tunnel_id)));
                     self.queue.push_back(Out::RelayDir { tunnel_id });
                 }
-                Some(RetransmitAction::Failed) => {
+                Some(_) => {
                     t.state = TunnelState::Failed;
                     self.stats.relay_failures += 1;
                     let rs = t.relay.as_ref().map(|(r, _)| self.relays[*r].id);
-                    tracing::warn!(tunnel_id, ?rs, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the RS did not acknowledge RELAY_DIR after 5 tries; answering UNREACHABLE (is ntm-rs running, with this id and key?)");
+                    tracing::warn!(tunnel_id, ?rs, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the RS did not acknowledge RELAY_DIR after 4 tries; answering UNREACHABLE (is ntm-rs running, with this id and key?)");
                     let (node_id, req_id, dst) = (t.mn.node_id, t.req_id, t.mn_dst);
                     if let Some(d) = self.directions.get_mut(&(node_id, req_id)) {
                         d.outcome = Err(Status::Unreachable);

@@ -23,7 +23,7 @@ pub enum DropReason {
     UnknownRelay,
     /// A valid message from a node that is not registered (answered with ERROR).
     #[error("message from a node that is not registered")]
-    NotRegistered,
+    Unregistered,
     /// ROUTE_ACK or RELAY_ACK for nothing outstanding (e.g. a second ack).
     #[error("acknowledgement for nothing outstanding")]
     StaleAck,
@@ -42,7 +42,7 @@ impl DropReason {
             DropReason::UnknownFqdn => Error::COUNT,
             DropReason::UnknownNode => Error::COUNT + 1,
             DropReason::UnknownRelay => Error::COUNT + 2,
-            DropReason::NotRegistered => Error::COUNT + 3,
+            DropReason::Unregistered => Error::COUNT + 3,
             DropReason::StaleAck => Error::COUNT + 4,
         }
     }
@@ -53,7 +53,7 @@ impl DropReason {
             DropReason::UnknownFqdn,
             DropReason::UnknownNode,
             DropReason::UnknownRelay,
-            DropReason::NotRegistered,
+            DropReason::Unregistered,
             DropReason::StaleAck,
         ])
     }
@@ -65,7 +65,7 @@ impl DropReason {
             DropReason::UnknownFqdn => "unknown_fqdn",
             DropReason::UnknownNode => "unknown_node",
             DropReason::UnknownRelay => "unknown_relay",
-            DropReason::NotRegistered => "unregistered",
+            DropReason::Unregistered => "unregistered",
             DropReason::StaleAck => "stale_ack",
         }
     }

@@ -1,1 +1,1215 @@
+//! The coordinator against real `ntm_proto::node::Endpoint`s and the
+//! `ntm_rs::Relay` core, in virtual time (quinn-proto's `Pair` idea): nodes,
+//! NATs with address-and-port-restricted filtering, latency, loss and
+//! duplication. No sockets, no clock. Also direct tests of the coordinator
+//! with hand-made datagrams, for exact drop reasons and expiry.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ntm_proto::node::{
+    Config as NodeConfig, DirError, DownReason, Endpoint, Event, Received, RegistrationError, ReqId,
+};
+use ntm_proto::wire::{
+    Caps, DirReq, ErrorMsg, Fqdn, Header, Message, Packet, RegReq, Repr, RouteAck,
+    MAX_SIGNALING_LEN,
+};
+use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, WrapLabel};
+
+use crate::coordinator::{End, DIRECTION_RETENTION};
+use crate::{Config, Coordinator, DropReason, NodeEntry, RegistrationStore, RelayEntry};
+
+const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
+const RS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), 7720);
+const RS_ID: u32 = 9;
+const K_RS: [u8; 32] = [0x5e; 32];
+const LATENCY: Duration = Duration::from_millis(10);
+const FQDNS: [&str; 7] = [
+    "mn.ntm.test",
+    "cn.ntm.test",
+    "a.ntm.test",
+    "b.ntm.test",
+    "c.ntm.test",
+    "d.ntm.test",
+    "e.ntm.test",
+];
+
+fn node_key(fqdn: &str) -> Key {
+    let mut k = [0u8; 32];
+    for (i, b) in fqdn.bytes().enumerate() {
+        k[i % 32] ^= b;
+    }
+    k[31] ^= 0x5a;
+    Key::from_bytes(k)
+}
+
+fn dc_config() -> Config {
+    Config {
+        listen: DC,
+        nodes: FQDNS
+            .iter()
+            .map(|f| NodeEntry::new(f, &node_key(f)))
+            .collect(),
+        relays: vec![RelayEntry::new(RS_ID, RS, &Key::from_bytes(K_RS))],
+        ..Config::default()
+    }
+}
+
+fn new_dc(cfg: &Config, now: Instant, seed: u8) -> Coordinator {
+    Coordinator::new(
+        cfg,
+        now,
+        1_700_000_000_000_000_000 + u64::from(seed) * 1_000_000_000,
+        [seed; 32],
+    )
+    .unwrap()
+}
+
+fn new_rs(now: Instant) -> ntm_rs::Relay {
+    let cfg = ntm_rs::Config::new(RS_ID, &Key::from_bytes(K_RS));
+    ntm_rs::Relay::new(&cfg, now, 1_700_000_000_000_000_000).unwrap()
+}
+
+fn addr(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
+}
+
+// ---------------------------------------------------------------- world
+
+struct Nat {
+    public_ip: Ipv4Addr,
+    ports: HashMap<SocketAddrV4, u16>,
+    next_port: u16,
+    allowed: HashSet<(SocketAddrV4, SocketAddrV4)>,
+}
+
+impl Nat {
+    fn outbound(&mut self, local: SocketAddrV4, dst: SocketAddrV4) -> SocketAddrV4 {
+        let next = &mut self.next_port;
+        let port = *self.ports.entry(local).or_insert_with(|| {
+            *next += 1;
+            *next
+        });
+        self.allowed.insert((local, dst));
+        SocketAddrV4::new(self.public_ip, port)
+    }
+
+    fn inbound(&self, public: SocketAddrV4, src: SocketAddrV4) -> Option<SocketAddrV4> {
+        let (&local, _) = self.ports.iter().find(|(_, &p)| p == public.port())?;
+        self.allowed.contains(&(local, src)).then_some(local)
+    }
+}
+
+struct Host {
+    ep: Endpoint,
+    local: SocketAddrV4,
+    nat: Option<usize>,
+    events: Vec<Event>,
+    inner_rx: Vec<Vec<u8>>,
+    /// Stopped hosts are not driven any more (a crashed or unplugged node).
+    running: bool,
+}
+
+#[derive(Clone)]
+struct Flight {
+    at: Instant,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    /// Sent inside this NAT's LAN, untranslated.
+    lan: Option<usize>,
+    data: Vec<u8>,
+}
+
+type Filter = Box<dyn FnMut(&Flight) -> bool>;
+
+struct World {
+    now: Instant,
+    cfg: Config,
+    hosts: Vec<Host>,
+    nats: Vec<Nat>,
+    dc: Coordinator,
+    rs: ntm_rs::Relay,
+    flights: VecDeque<Flight>,
+    /// Returns true to drop a datagram.
+    drop: Filter,
+    duplicate: bool,
+    /// (when, src, dst, type) of every datagram put on the wire.
+    sent: Vec<(Instant, SocketAddrV4, SocketAddrV4, MessageType)>,
+}
+
+impl World {
+    fn new() -> World {
+        World::with_config(dc_config())
+    }
+
+    fn with_config(cfg: Config) -> World {
+        let now = Instant::now();
+        World {
+            now,
+            dc: new_dc(&cfg, now, 1),
+            rs: new_rs(now),
+            cfg,
+            hosts: Vec::new(),
+            nats: Vec::new(),
+            flights: VecDeque::new(),
+            drop: Box::new(|_| false),
+            duplicate: false,
+            sent: Vec::new(),
+        }
+    }
+
+    fn add_nat(&mut self, public_ip: Ipv4Addr) -> usize {
+        self.nats.push(Nat {
+            public_ip,
+            ports: HashMap::new(),
+            next_port: 40000,
+            allowed: HashSet::new(),
+        });
+        self.nats.len() - 1
+    }
+
+    fn add_host(&mut self, fqdn: &str, local: SocketAddrV4, nat: Option<usize>) -> usize {
+        let cfg = NodeConfig {
+            fqdn: fqdn.into(),
+            key: node_key(fqdn),
+            dc: DC,
+            local_addr: local,
+            caps: Caps::NODE,
+        };
+        let n = self.hosts.len() as u64 + 1;
+        let ep = Endpoint::new(cfg, self.now, 1_000_000 * n, [n as u8; 32]).unwrap();
+        self.hosts.push(Host {
+            ep,
+            local,
+            nat,
+            events: Vec::new(),
+            inner_rx: Vec::new(),
+            running: true,
+        });
+        self.hosts.len() - 1
+    }
+
+    fn public(&self, i: usize) -> SocketAddrV4 {
+        let h = &self.hosts[i];
+        match h.nat {
+            None => h.local,
+            Some(n) => SocketAddrV4::new(self.nats[n].public_ip, self.nats[n].ports[&h.local]),
+        }
+    }
+
+    fn emit(
+        &mut self,
+        src_local: SocketAddrV4,
+        nat: Option<usize>,
+        dst: SocketAddrV4,
+        data: Vec<u8>,
+    ) {
+        let same_lan = nat.filter(|&n| {
+            self.hosts
+                .iter()
+                .any(|h| h.nat == Some(n) && h.local == dst)
+        });
+        let src = match (nat, same_lan) {
+            (Some(_), Some(_)) | (None, _) => src_local,
+            (Some(n), None) => self.nats[n].outbound(src_local, dst),
+        };
+        let kind = Packet::new_checked(&data[..])
+            .map(|p| p.msg_type())
+            .unwrap_or(MessageType::Unknown(0));
+        self.sent.push((self.now, src, dst, kind));
+        let f = Flight {
+            at: self.now + LATENCY,
+            src,
+            dst,
+            lan: same_lan,
+            data,
+        };
+        if (self.drop)(&f) {
+            return;
+        }
+        if self.duplicate {
+            self.flights.push_back(f.clone());
+        }
+        self.flights.push_back(f);
+    }
+
+    fn flush(&mut self) {
+        let mut buf = vec![0u8; 2048];
+        for i in 0..self.hosts.len() {
+            if !self.hosts[i].running {
+                continue;
+            }
+            while let Some(t) = self.hosts[i].ep.poll_transmit(self.now, &mut buf) {
+                let (local, nat) = (self.hosts[i].local, self.hosts[i].nat);
+                self.emit(local, nat, t.dst, buf[..t.len].to_vec());
+            }
+            while let Some(e) = self.hosts[i].ep.poll_event() {
+                self.hosts[i].events.push(e);
+            }
+        }
+        while let Some(t) = self.dc.poll_transmit(self.now, &mut buf) {
+            self.emit(DC, None, t.dst, buf[..t.len].to_vec());
+        }
+        while let Some(t) = self.rs.poll_transmit(self.now, &mut buf) {
+            self.emit(RS, None, t.dst, buf[..t.len].to_vec());
+        }
+    }
+
+    fn deliver(&mut self, f: Flight) {
+        let now = self.now;
+        if f.dst == DC {
+            let _ = self.dc.handle(now, f.src, &f.data);
+            return;
+        }
+        if f.dst == RS {
+            if let Ok(ntm_rs::Verdict::Forward(to)) = self.rs.handle(now, f.src, &f.data) {
+                self.emit(RS, None, to, f.data);
+            }
+            return;
+        }
+        let target = self.hosts.iter().position(|h| match (h.nat, f.lan) {
+            (Some(n), Some(lan)) => n == lan && h.local == f.dst,
+            (None, _) => h.local == f.dst,
+            (Some(n), None) => {
+                self.nats[n].public_ip == *f.dst.ip()
+                    && self.nats[n].inbound(f.dst, f.src) == Some(h.local)
+            }
+        });
+        let Some(i) = target else { return };
+        let h = &mut self.hosts[i];
+        if !h.running {
+            return;
+        }
+        if let Ok(Received::Data { inner, .. }) = h.ep.handle(now, f.src, &f.data) {
+            h.inner_rx.push(inner.to_vec());
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        self.hosts
+            .iter()
+            .filter(|h| h.running)
+            .filter_map(|h| h.ep.poll_timeout())
+            .chain(self.dc.poll_timeout())
+            .chain(self.rs.poll_timeout())
+            .chain(self.flights.iter().map(|f| f.at))
+            .min()
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.flush();
+            match self.next_wakeup() {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    let (due, later): (Vec<_>, Vec<_>) =
+                        self.flights.drain(..).partition(|f| f.at <= now);
+                    self.flights = later.into();
+                    for f in due {
+                        self.deliver(f);
+                    }
+                    for h in &mut self.hosts {
+                        if h.running && h.ep.poll_timeout().is_some_and(|t| t <= now) {
+                            h.ep.handle_timeout(now);
+                        }
+                    }
+                    if self.dc.poll_timeout().is_some_and(|t| t <= now) {
+                        self.dc.handle_timeout(now);
+                    }
+                    if self.rs.poll_timeout().is_some_and(|t| t <= now) {
+                        self.rs.handle_timeout(now);
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    self.flush();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn count_sent(&self, kind: MessageType) -> usize {
+        self.sent.iter().filter(|s| s.3 == kind).count()
+    }
+
+    fn count_sent_to(&self, dst: SocketAddrV4, kind: MessageType) -> usize {
+        self.sent
+            .iter()
+            .filter(|s| s.2 == dst && s.3 == kind)
+            .count()
+    }
+
+    fn vip(&self, i: usize) -> Ipv4Addr {
+        self.hosts[i].ep.vip().unwrap().addr
+    }
+
+    fn send_inner(&mut self, from: usize, to: usize, payload: &[u8]) -> Result<(), Error> {
+        let pkt = ipv4(self.vip(from), self.vip(to), payload);
+        let mut buf = vec![0u8; pkt.len() + 32];
+        let t = self.hosts[from].ep.send_data(self.now, &pkt, &mut buf)?;
+        let (local, nat) = (self.hosts[from].local, self.hosts[from].nat);
+        self.emit(local, nat, t.dst, buf[..t.len].to_vec());
+        Ok(())
+    }
+
+    fn events(&self, i: usize) -> &[Event] {
+        &self.hosts[i].events
+    }
+
+    fn registered(&self, i: usize) -> Vec<(Ipv4Addr, bool)> {
+        self.events(i)
+            .iter()
+            .filter_map(|e| match e {
+                Event::Registered {
+                    vip, behind_nat, ..
+                } => Some((*vip, *behind_nat)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn tunnel_ups(&self, i: usize) -> Vec<Up> {
+        self.events(i)
+            .iter()
+            .filter_map(|e| match e {
+                Event::TunnelUp {
+                    tunnel_id,
+                    path,
+                    role,
+                    key,
+                    endpoint,
+                    peer_vip,
+                    ..
+                } => Some(Up {
+                    id: *tunnel_id,
+                    path: *path,
+                    role: *role,
+                    key: key.clone(),
+                    endpoint: *endpoint,
+                    peer_vip: *peer_vip,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn downs(&self, i: usize) -> Vec<DownReason> {
+        self.events(i)
+            .iter()
+            .filter_map(|e| match e {
+                Event::TunnelDown { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn resolved(&self, i: usize, req: ReqId) -> Option<Result<Ipv4Addr, DirError>> {
+        self.events(i).iter().find_map(|e| match e {
+            Event::DirectionResolved { req: r, result, .. } if *r == req => Some(*result),
+            _ => None,
+        })
+    }
+
+    fn connect(&mut self, from: usize, fqdn: &str) -> ReqId {
+        let req = self.hosts[from].ep.connect(self.now, fqdn).unwrap();
+        self.run_for(Duration::from_secs(2));
+        req
+    }
+
+    fn assert_data_both_ways(&mut self, a: usize, b: usize) {
+        let (na, nb) = (self.hosts[a].inner_rx.len(), self.hosts[b].inner_rx.len());
+        self.send_inner(a, b, b"ping").unwrap();
+        self.send_inner(b, a, b"pong").unwrap();
+        self.run_for(Duration::from_millis(100));
+        assert_eq!(self.hosts[b].inner_rx.len(), nb + 1, "a -> b");
+        assert!(self.hosts[b].inner_rx.last().unwrap().ends_with(b"ping"));
+        assert_eq!(self.hosts[a].inner_rx.len(), na + 1, "b -> a");
+        assert!(self.hosts[a].inner_rx.last().unwrap().ends_with(b"pong"));
+    }
+
+    /// Both ends came up on one tunnel with one key; returns (MN's, CN's) view.
+    fn one_tunnel(&self, mn: usize, cn: usize) -> (Up, Up) {
+        let (a, b) = (self.tunnel_ups(mn), self.tunnel_ups(cn));
+        assert_eq!(a.len(), 1, "MN tunnels: {a:?}");
+        assert_eq!(b.len(), 1, "CN tunnels: {b:?}");
+        let (a, b) = (a[0].clone(), b[0].clone());
+        assert_eq!(a.id, b.id, "one tunnel id at both ends");
+        assert!(a.key == b.key, "one K_tun at both ends");
+        assert_eq!(a.path, b.path);
+        assert_ne!(a.role, b.role);
+        assert_eq!(a.peer_vip, self.vip(cn));
+        assert_eq!(b.peer_vip, self.vip(mn));
+        (a, b)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Up {
+    id: u32,
+    path: Path,
+    role: Role,
+    key: Key,
+    endpoint: SocketAddrV4,
+    peer_vip: Ipv4Addr,
+}
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+const MN_PUBLIC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 20), 7700);
+const CN_PUBLIC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 21), 7700);
+const NAT1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const NAT2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+const MN_PRIVATE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 10, 2), 7700);
+const CN_PRIVATE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 20, 2), 7700);
+const CN_SAME_LAN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 10, 3), 7700);
+
+/// mn (0) and cn (1), each public or behind its NAT, registered.
+fn pair(mn_nat: bool, cn_nat: bool) -> World {
+    let mut w = World::new();
+    let n1 = w.add_nat(NAT1);
+    let n2 = w.add_nat(NAT2);
+    if mn_nat {
+        w.add_host("mn.ntm.test", MN_PRIVATE, Some(n1));
+    } else {
+        w.add_host("mn.ntm.test", MN_PUBLIC, None);
+    }
+    if cn_nat {
+        w.add_host("cn.ntm.test", CN_PRIVATE, Some(n2));
+    } else {
+        w.add_host("cn.ntm.test", CN_PUBLIC, None);
+    }
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.registered(0).len(), 1);
+    assert_eq!(w.registered(1).len(), 1);
+    w
+}
+
+// ---------------------------------------------------------------- registration
+
+#[test]
+fn two_nodes_register_with_distinct_vips_from_the_pool() {
+    let w = pair(false, false);
+    let pool = w.dc.settings().pool;
+    let (va, vb) = (w.vip(0), w.vip(1));
+    assert_ne!(va, vb);
+    for v in [va, vb] {
+        assert!(pool.is_assignable(v), "{v}");
+        assert_ne!(v, pool.router());
+    }
+    assert_eq!(w.hosts[0].ep.vip().unwrap().prefix_len, 10);
+    let reg = w.dc.registration("mn.ntm.test").unwrap();
+    assert_eq!(reg.vip, va);
+    assert_eq!(reg.observed, MN_PUBLIC);
+    assert!(reg.is_active() && !reg.behind_nat());
+    assert_eq!(w.registered(0), vec![(va, false)]);
+    // Node ids are the DC's stable per-FQDN ids.
+    assert_eq!(
+        w.hosts[0].ep.registration().unwrap().node_id,
+        w.dc.node_id("mn.ntm.test").unwrap()
+    );
+    assert_eq!(w.dc.stats().registrations, 2);
+    assert_eq!(w.dc.drops().total(), 0);
+}
+
+#[test]
+fn behind_nat_is_detected_from_observed_versus_local_addr() {
+    let w = pair(true, false);
+    assert_eq!(w.registered(0), vec![(w.vip(0), true)]);
+    let reg = w.dc.registration("mn.ntm.test").unwrap();
+    assert!(reg.behind_nat());
+    assert_eq!(reg.local, MN_PRIVATE);
+    assert_eq!(reg.observed, w.public(0));
+    assert_eq!(*reg.observed.ip(), NAT1);
+}
+
+#[test]
+fn keepalives_are_acknowledged_and_keep_the_registration() {
+    let mut w = pair(true, false);
+    w.run_for(Duration::from_secs(200));
+    assert!(w.dc.stats().keepalives >= 9, "{}", w.dc.stats_line());
+    assert_eq!(
+        w.count_sent(MessageType::KeepaliveAck) as u64,
+        w.dc.stats().keepalives
+    );
+    assert!(w.dc.registration("mn.ntm.test").unwrap().is_active());
+    assert_eq!(w.dc.stats().lapsed, 0);
+    // No re-registration was needed: one Registered event each.
+    assert_eq!(w.registered(0).len(), 1);
+}
+
+// ---------------------------------------------------------------- the path table
+
+#[test]
+fn direct_when_cn_is_public() {
+    for mn_nat in [false, true] {
+        let mut w = pair(mn_nat, false);
+        let req = w.connect(0, "cn.ntm.test");
+        assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+        let (mn, cn) = w.one_tunnel(0, 1);
+        assert_eq!(
+            (mn.path, mn.role, cn.role),
+            (Path::Direct, Role::Initiator, Role::Responder)
+        );
+        assert_eq!(mn.endpoint, CN_PUBLIC, "MN sends to CN's observed address");
+        assert_eq!(cn.endpoint, w.public(0), "CN answers MN's address");
+        let t = w.dc.tunnel(mn.id).unwrap();
+        assert_eq!(
+            (t.path, t.initiator, t.acked),
+            (Path::Direct, End::Mn, true)
+        );
+        assert_eq!(w.dc.stats().direct, 1);
+        w.assert_data_both_ways(0, 1);
+    }
+}
+
+#[test]
+fn reverse_when_only_cn_is_behind_nat() {
+    let mut w = pair(false, true);
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    let (mn, cn) = w.one_tunnel(0, 1);
+    assert_eq!(
+        (mn.path, mn.role, cn.role),
+        (Path::Reverse, Role::Responder, Role::Initiator)
+    );
+    assert_eq!(
+        cn.endpoint, MN_PUBLIC,
+        "CN sends TUN_REQ to MN's observed address"
+    );
+    assert_eq!(mn.endpoint, w.public(1));
+    assert_eq!(w.dc.tunnel(mn.id).unwrap().initiator, End::Cn);
+    assert_eq!(w.dc.stats().reverse, 1);
+    w.assert_data_both_ways(0, 1);
+}
+
+#[test]
+fn direct_to_local_addr_behind_the_same_nat() {
+    let mut w = World::new();
+    let n = w.add_nat(NAT1);
+    w.add_host("mn.ntm.test", MN_PRIVATE, Some(n));
+    w.add_host("cn.ntm.test", CN_SAME_LAN, Some(n));
+    w.run_for(Duration::from_secs(1));
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    let (mn, cn) = w.one_tunnel(0, 1);
+    assert_eq!((mn.path, mn.role), (Path::Direct, Role::Initiator));
+    assert_eq!(mn.endpoint, CN_SAME_LAN, "MN sends to CN's LOCAL_ADDR");
+    assert_eq!(cn.endpoint, MN_PRIVATE);
+    w.assert_data_both_ways(0, 1);
+    assert_eq!(w.rs.stats().forwarded, 0);
+}
+
+#[test]
+fn relay_behind_different_nats_with_the_rs_core_in_the_loop() {
+    let mut w = pair(true, true);
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    let (mn, cn) = w.one_tunnel(0, 1);
+    assert_eq!(
+        (mn.path, mn.role, cn.role),
+        (Path::Relay, Role::Initiator, Role::Responder)
+    );
+    assert_eq!((mn.endpoint, cn.endpoint), (RS, RS));
+    // RELAY_DIR/RELAY_ACK before any ROUTE_DIR.
+    let first_ack = w
+        .sent
+        .iter()
+        .position(|s| s.3 == MessageType::RelayAck)
+        .unwrap();
+    let first_route = w
+        .sent
+        .iter()
+        .position(|s| s.3 == MessageType::RouteDir)
+        .unwrap();
+    assert!(first_ack < first_route);
+    let t = w.dc.tunnel(mn.id).unwrap();
+    assert_eq!((t.relay_id, t.acked), (Some(RS_ID), true));
+    let b = w.rs.binding(mn.id).unwrap();
+    assert_eq!(
+        (b.initiator, b.responder),
+        (Some(w.public(0)), Some(w.public(1)))
+    );
+    let before = w.rs.stats().forwarded;
+    w.assert_data_both_ways(0, 1);
+    assert_eq!(w.rs.stats().forwarded, before + 2);
+    assert_eq!(w.dc.stats().relayed, 1);
+    // The idle tunnel keeps itself and its binding alive with TUN_KEEPALIVEs.
+    w.run_for(Duration::from_secs(400));
+    assert!(w.rs.binding(mn.id).is_some());
+    assert!(w.downs(0).is_empty());
+    w.assert_data_both_ways(0, 1);
+}
+
+#[test]
+fn relay_without_any_rs_configured_is_unreachable() {
+    let mut cfg = dc_config();
+    cfg.relays.clear();
+    let mut w = World::with_config(cfg);
+    let n1 = w.add_nat(NAT1);
+    let n2 = w.add_nat(NAT2);
+    w.add_host("mn.ntm.test", MN_PRIVATE, Some(n1));
+    w.add_host("cn.ntm.test", CN_PRIVATE, Some(n2));
+    w.run_for(Duration::from_secs(1));
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(
+        w.resolved(0, req),
+        Some(Err(DirError::Status(Status::Unreachable)))
+    );
+    assert!(w.tunnel_ups(1).is_empty());
+    assert_eq!(w.dc.stats().dir_refused, 1);
+}
+
+// ---------------------------------------------------------------- retransmission and idempotency
+
+#[test]
+fn relay_dir_is_retransmitted_until_acked_before_route_dirs_go_out() {
+    let mut w = pair(true, true);
+    let mut lost = 0;
+    w.drop = Box::new(move |f| {
+        if f.dst == RS
+            && Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == MessageType::RelayDir)
+            && lost < 2
+        {
+            lost += 1;
+            return true;
+        }
+        false
+    });
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    assert_eq!(w.count_sent(MessageType::RelayDir), 3);
+    assert_eq!(w.dc.stats().relay_acks, 1);
+    let first_route = w
+        .sent
+        .iter()
+        .position(|s| s.3 == MessageType::RouteDir)
+        .unwrap();
+    let first_ack = w
+        .sent
+        .iter()
+        .position(|s| s.3 == MessageType::RelayAck)
+        .unwrap();
+    assert!(first_ack < first_route);
+    w.one_tunnel(0, 1);
+    w.assert_data_both_ways(0, 1);
+}
+
+#[test]
+fn an_rs_that_never_acks_makes_the_direction_unreachable() {
+    let mut w = pair(true, true);
+    w.drop = Box::new(|f| f.dst == RS);
+    let req = w.connect(0, "cn.ntm.test");
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(
+        w.resolved(0, req),
+        Some(Err(DirError::Status(Status::Unreachable)))
+    );
+    assert_eq!(
+        w.count_sent(MessageType::RelayDir),
+        crate::coordinator::RELAY_DIR_TRIES as usize
+    );
+    assert!(
+        w.count_sent_to(w.public(0), MessageType::RouteDir) >= 1,
+        "MN's UNREACHABLE"
+    );
+    assert_eq!(
+        w.count_sent_to(w.public(1), MessageType::RouteDir),
+        0,
+        "nothing to CN"
+    );
+    assert_eq!(w.dc.stats().relay_failures, 1);
+    assert!(w.tunnel_ups(1).is_empty());
+}
+
+#[test]
+fn cn_route_dir_is_retransmitted_until_route_ack() {
+    let mut w = pair(false, false);
+    let mut lost = 0;
+    w.drop = Box::new(move |f| {
+        if f.dst == CN_PUBLIC
+            && Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == MessageType::RouteDir)
+            && lost < 2
+        {
+            lost += 1;
+            return true;
+        }
+        false
+    });
+    let req = w.connect(0, "cn.ntm.test");
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    assert_eq!(w.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 3);
+    assert_eq!(w.count_sent(MessageType::RouteAck), 1);
+    let (mn, _) = w.one_tunnel(0, 1);
+    assert!(w.dc.tunnel(mn.id).unwrap().acked);
+    // Acknowledged: no further copies.
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 3);
+    w.assert_data_both_ways(0, 1);
+}
+
+#[test]
+fn cn_that_never_acks_gets_five_copies() {
+    let mut w = pair(false, false);
+    w.drop = Box::new(|f| f.src == CN_PUBLIC && f.dst == DC);
+    w.connect(0, "cn.ntm.test");
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 5);
+    assert_eq!(w.dc.stats().route_dir_failures, 1);
+}
+
+#[test]
+fn retransmitted_dir_req_gets_the_same_route_dir_and_no_second_tunnel() {
+    let mut w = pair(false, false);
+    let mut lost = 0;
+    w.drop = Box::new(move |f| {
+        if f.dst == MN_PUBLIC
+            && Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == MessageType::RouteDir)
+            && lost < 1
+        {
+            lost += 1;
+            return true;
+        }
+        false
+    });
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    assert_eq!(w.count_sent(MessageType::DirReq), 2);
+    assert_eq!(w.dc.stats().dir_reqs, 1);
+    assert_eq!(w.dc.stats().dir_req_repeats, 1);
+    assert_eq!(w.dc.tunnels().count(), 1);
+    w.one_tunnel(0, 1);
+    w.assert_data_both_ways(0, 1);
+}
+
+#[test]
+fn duplicated_datagrams_everywhere_are_idempotent() {
+    for (mn_nat, cn_nat) in [(false, false), (false, true), (true, true)] {
+        let mut w = pair(mn_nat, cn_nat);
+        w.duplicate = true;
+        let req = w.connect(0, "cn.ntm.test");
+        assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+        assert_eq!(w.dc.tunnels().count(), 1);
+        w.one_tunnel(0, 1);
+        assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
+        w.duplicate = false;
+        w.assert_data_both_ways(0, 1);
+        // Duplicates are replays at the DC: dropped and counted, never acted on twice.
+        assert!(w.dc.drops().get(Error::Replay.into()) > 0);
+    }
+}
+
+// ---------------------------------------------------------------- NOT_FOUND, leases, expiry
+
+#[test]
+fn unknown_and_unregistered_targets_are_not_found() {
+    let mut w = pair(false, false);
+    let r1 = w.connect(0, "nobody.ntm.test");
+    let r2 = w.connect(0, "a.ntm.test"); // configured, never registered
+    let r3 = w.connect(0, "mn.ntm.test"); // itself
+    assert_eq!(
+        w.resolved(0, r1),
+        Some(Err(DirError::Status(Status::NotFound)))
+    );
+    assert_eq!(
+        w.resolved(0, r2),
+        Some(Err(DirError::Status(Status::NotFound)))
+    );
+    assert_eq!(
+        w.resolved(0, r3),
+        Some(Err(DirError::Status(Status::BadRequest)))
+    );
+    assert_eq!(w.dc.stats().not_found, 2);
+    assert_eq!(w.dc.tunnels().count(), 0);
+    assert!(w.tunnel_ups(1).is_empty());
+}
+
+#[test]
+fn a_lapsed_node_keeps_its_vip_until_the_lease_ends() {
+    // A /29 pool has 5 VIPs, so another node would take a freed one.
+    let mut cfg = dc_config();
+    cfg.vip_pool = "100.64.0.0/29".into();
+    cfg.lease_secs = 120;
+    let mut w = World::with_config(cfg);
+    let hosts: Vec<usize> = (0..5)
+        .map(|i| w.add_host(FQDNS[i], addr(198, 18, 0, 30 + i as u8, 7700), None))
+        .collect();
+    w.run_for(Duration::from_secs(1));
+    let vips: HashSet<Ipv4Addr> = hosts.iter().map(|&i| w.vip(i)).collect();
+    assert_eq!(vips.len(), 5);
+    // The pool is full: a sixth node is refused.
+    let f = w.add_host(FQDNS[5], addr(198, 18, 0, 40, 7700), None);
+    w.run_for(Duration::from_secs(1));
+    assert!(w.events(f).iter().any(|e| matches!(
+        e,
+        Event::RegistrationFailed {
+            reason: RegistrationError::Status(Status::Exhausted)
+        }
+    )));
+    w.hosts[f].running = false;
+
+    // Node 0 goes quiet: lapsed after three missed intervals, VIP kept.
+    let v0 = w.vip(0);
+    w.hosts[0].running = false;
+    w.run_for(Duration::from_secs(80));
+    let reg = w.dc.registration(FQDNS[0]).unwrap();
+    assert!(!reg.is_active());
+    assert_eq!(w.dc.store().vip_owner(v0), Some(reg.node_id));
+    assert_eq!(w.dc.stats().lapsed, 1);
+    let req = w.connect(1, FQDNS[0]);
+    assert_eq!(
+        w.resolved(1, req),
+        Some(Err(DirError::Status(Status::NotFound)))
+    );
+
+    // It comes back within the lease: the same VIP.
+    w.hosts[0].running = true;
+    w.run_for(Duration::from_secs(20));
+    assert_eq!(w.registered(0).last().unwrap().0, v0);
+    assert!(w.dc.registration(FQDNS[0]).unwrap().is_active());
+
+    // Gone for good: after the lease the VIP is free and the sixth node gets it.
+    w.hosts[0].running = false;
+    w.run_for(Duration::from_secs(200));
+    assert_eq!(w.dc.registration(FQDNS[0]), None);
+    assert_eq!(w.dc.stats().released, 1);
+    w.hosts[f].running = true;
+    w.run_for(Duration::from_secs(15));
+    assert_eq!(w.registered(f).last().unwrap().0, v0);
+}
+
+#[test]
+fn deregistration_makes_a_node_unreachable() {
+    let mut w = pair(false, false);
+    let v1 = w.vip(1);
+    w.hosts[1].ep.close(w.now);
+    w.run_for(Duration::from_secs(1));
+    w.hosts[1].running = false;
+    assert_eq!(w.dc.stats().deregistrations, 1);
+    let reg = w.dc.registration("cn.ntm.test").unwrap();
+    assert!(!reg.is_active());
+    assert_eq!(reg.vip, v1, "the VIP stays reserved");
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(
+        w.resolved(0, req),
+        Some(Err(DirError::Status(Status::NotFound)))
+    );
+}
+
+#[test]
+fn dc_restart_keeps_tunnels_and_nodes_reregister_on_error() {
+    for (mn_nat, cn_nat) in [(false, false), (true, true)] {
+        let mut w = pair(mn_nat, cn_nat);
+        let (v0, v1) = (w.vip(0), w.vip(1));
+        w.connect(0, "cn.ntm.test");
+        w.one_tunnel(0, 1);
+        // A new DC process: no state, another seed, a later clock.
+        w.dc = new_dc(&w.cfg, w.now, 2);
+        // The next keep-alive (within one 20 s interval) gets ERROR, and the
+        // node re-registers at once instead of waiting out its 70 s time-out.
+        w.run_for(Duration::from_secs(25));
+        assert!(w.dc.stats().errors_sent >= 2, "{}", w.dc.stats_line());
+        assert_eq!(w.registered(0).len(), 2, "re-registered");
+        assert_eq!(w.registered(1).len(), 2);
+        assert_eq!((w.vip(0), w.vip(1)), (v0, v1), "same VIPs from a fresh DC");
+        assert!(
+            w.downs(0).is_empty() && w.downs(1).is_empty(),
+            "tunnels survived"
+        );
+        w.assert_data_both_ways(0, 1);
+        // And the new DC directs new tunnels.
+        let a = w.add_host("a.ntm.test", addr(198, 18, 0, 60, 7700), None);
+        w.run_for(Duration::from_secs(1));
+        let req = w.connect(0, "a.ntm.test");
+        assert_eq!(w.resolved(0, req), Some(Ok(w.vip(a))));
+        w.assert_data_both_ways(0, a);
+    }
+}
+
+// ---------------------------------------------------------------- hand-made datagrams
+
+const T0_NANOS: u64 = 1_800_000_000_000_000_000;
+
+fn seal(key: &Key, id: u32, seq: u64, message: Message<'_>) -> Vec<u8> {
+    let repr = Repr::new(
+        Header {
+            id,
+            seq,
+            response_required: true,
+        },
+        message,
+    );
+    let mut b = vec![0u8; repr.buffer_len()];
+    repr.emit_sealed(&mut b, &Authenticator::new(key)).unwrap();
+    b
+}
+
+fn reg_req(fqdn: &str, key: &Key, seq: u64, local: SocketAddrV4) -> Vec<u8> {
+    seal(
+        key,
+        0,
+        seq,
+        Message::RegReq(RegReq {
+            fqdn: Fqdn::new(fqdn).unwrap(),
+            local_addr: local,
+            caps: Caps::NODE,
+        }),
+    )
+}
+
+/// Everything the DC sends now, verified with `key` and parsed into (dst, type, status-ish).
+fn drain(dc: &mut Coordinator, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    let mut buf = [0u8; MAX_SIGNALING_LEN];
+    let mut out = Vec::new();
+    while let Some(t) = dc.poll_transmit(now, &mut buf) {
+        out.push((t.dst, buf[..t.len].to_vec()));
+    }
+    out
+}
+
+fn parse(d: &[u8]) -> Repr<'_> {
+    Repr::parse(&Packet::new_checked(d).unwrap()).unwrap()
+}
+
+#[test]
+fn registration_lapses_after_three_missed_keepalive_intervals() {
+    let t0 = Instant::now();
+    let mut dc = new_dc(&dc_config(), t0, 3);
+    let k = node_key("a.ntm.test");
+    let from = addr(198, 18, 0, 50, 7700);
+    dc.handle(t0, from, &reg_req("a.ntm.test", &k, T0_NANOS, from))
+        .unwrap();
+    let out = drain(&mut dc, t0);
+    assert_eq!(out.len(), 1);
+    let Message::RegResp(resp) = parse(&out[0].1).message else {
+        panic!("not a REG_RESP")
+    };
+    let lease = resp.result.unwrap();
+    assert_eq!(lease.keepalive_secs, 20);
+    let id = lease.node_id;
+
+    // Keep-alive at 15 s: alive until 15 + 60 s.
+    let t1 = t0 + Duration::from_secs(15);
+    dc.handle(t1, from, &seal(&k, id, T0_NANOS + 1, Message::Keepalive))
+        .unwrap();
+    let out = drain(&mut dc, t1);
+    assert!(matches!(parse(&out[0].1).message, Message::KeepaliveAck(a) if a.observed == from));
+    Authenticator::new(&k).verify(&out[0].1).unwrap();
+
+    let mut now = t1;
+    while now < t1 + Duration::from_secs(59) {
+        now = dc.poll_timeout().unwrap();
+        dc.handle_timeout(now);
+        if now < t1 + Duration::from_secs(60) {
+            assert!(
+                dc.registration("a.ntm.test").unwrap().is_active(),
+                "lapsed early at {:?}",
+                now - t1
+            );
+        }
+    }
+    while dc.registration("a.ntm.test").unwrap().is_active() {
+        now = dc.poll_timeout().unwrap();
+        dc.handle_timeout(now);
+        assert!(now <= t1 + Duration::from_secs(62), "never lapsed");
+    }
+    assert!(now >= t1 + Duration::from_secs(60));
+
+    // A keep-alive now gets an authenticated ERROR: re-register.
+    dc.handle(now, from, &seal(&k, id, T0_NANOS + 2, Message::Keepalive))
+        .unwrap_err();
+    let out = drain(&mut dc, now);
+    assert_eq!(out.len(), 1);
+    Authenticator::new(&k).verify(&out[0].1).unwrap();
+    let repr = parse(&out[0].1);
+    assert_eq!(repr.header.id, id);
+    assert!(matches!(
+        repr.message,
+        Message::Error(ErrorMsg {
+            status: Status::NotFound,
+            ..
+        })
+    ));
+    assert_eq!(dc.drops().get(DropReason::Unregistered), 1);
+}
+
+#[test]
+fn bad_datagrams_are_dropped_and_counted_by_reason() {
+    let t0 = Instant::now();
+    let mut dc = new_dc(&dc_config(), t0, 4);
+    let k = node_key("a.ntm.test");
+    let from = addr(198, 18, 0, 50, 7700);
+    let good = reg_req("a.ntm.test", &k, T0_NANOS, from);
+    dc.handle(t0, from, &good).unwrap();
+    let id = dc.node_id("a.ntm.test").unwrap();
+    drain(&mut dc, t0);
+
+    let cases: Vec<(Vec<u8>, DropReason)> = vec![
+        (good.clone(), Error::Replay.into()),
+        (good[..20].to_vec(), Error::Truncated.into()),
+        (
+            reg_req("z.ntm.test", &k, T0_NANOS + 5, from),
+            DropReason::UnknownFqdn,
+        ),
+        (
+            reg_req("a.ntm.test", &node_key("b.ntm.test"), T0_NANOS + 6, from),
+            Error::BadTag.into(),
+        ),
+        (
+            seal(&k, 12345, T0_NANOS + 7, Message::Keepalive),
+            DropReason::UnknownNode,
+        ),
+        (
+            seal(
+                &Key::from_bytes(K_RS),
+                RS_ID + 1,
+                T0_NANOS,
+                Message::RelayAck(ntm_proto::wire::RelayAck { tunnel_id: 1 }),
+            ),
+            DropReason::UnknownRelay,
+        ),
+        (
+            seal(
+                &k,
+                id,
+                T0_NANOS + 8,
+                Message::RouteAck(RouteAck { tunnel_id: 99 }),
+            ),
+            DropReason::StaleAck,
+        ),
+        (
+            seal(&k, id, T0_NANOS + 9, Message::TunKeepalive),
+            Error::UnexpectedType.into(),
+        ),
+        (
+            {
+                let mut v = seal(&k, id, T0_NANOS + 10, Message::Keepalive);
+                v[0] = 2;
+                v
+            },
+            Error::BadVersion.into(),
+        ),
+        (
+            {
+                let mut v = seal(&k, id, T0_NANOS + 11, Message::Keepalive);
+                v[3] = 2;
+                v
+            },
+            Error::UnsupportedSuite.into(),
+        ),
+        (
+            {
+                // A DIR_REQ whose FQDN TLV runs past the body: authentic but malformed.
+                let mut v = seal(
+                    &k,
+                    id,
+                    T0_NANOS + 12,
+                    Message::DirReq(DirReq {
+                        req_id: 1,
+                        fqdn: Fqdn::new("b.ntm.test").unwrap(),
+                    }),
+                );
+                v[16 + 7 + 2] = 0xff;
+                Authenticator::new(&k).seal(&mut v).unwrap();
+                v
+            },
+            Error::TlvOverrun.into(),
+        ),
+    ];
+    for (d, reason) in &cases {
+        assert_eq!(dc.handle(t0, from, d), Err(*reason), "{}", reason.name());
+    }
+    for (_, reason) in &cases {
+        assert_eq!(dc.drops().get(*reason), 1, "{}", reason.name());
+    }
+    assert_eq!(dc.drops().total(), cases.len() as u64);
+    assert!(drain(&mut dc, t0).is_empty(), "nothing answered");
+    // The registration is untouched.
+    assert_eq!(dc.registration("a.ntm.test").unwrap().observed, from);
+}
+
+#[test]
+fn route_dirs_carry_keys_wrapped_for_each_end() {
+    let t0 = Instant::now();
+    let mut dc = new_dc(&dc_config(), t0, 5);
+    let (ka, kb) = (node_key("a.ntm.test"), node_key("b.ntm.test"));
+    let (fa, fb) = (addr(198, 18, 0, 50, 7700), addr(198, 18, 0, 51, 7700));
+    dc.handle(t0, fa, &reg_req("a.ntm.test", &ka, T0_NANOS, fa))
+        .unwrap();
+    dc.handle(t0, fb, &reg_req("b.ntm.test", &kb, T0_NANOS, fb))
+        .unwrap();
+    drain(&mut dc, t0);
+    let (ia, ib) = (
+        dc.node_id("a.ntm.test").unwrap(),
+        dc.node_id("b.ntm.test").unwrap(),
+    );
+    let dir = seal(
+        &ka,
+        ia,
+        T0_NANOS + 1,
+        Message::DirReq(DirReq {
+            req_id: 42,
+            fqdn: Fqdn::new("b.ntm.test").unwrap(),
+        }),
+    );
+    dc.handle(t0, fa, &dir).unwrap();
+    let out = drain(&mut dc, t0);
+    assert_eq!(out.len(), 2);
+    let mut keys = Vec::new();
+    for (dst, d) in &out {
+        let (key, id, req, role) = if *dst == fa {
+            (&ka, ia, 42, Role::Initiator)
+        } else {
+            (&kb, ib, 0, Role::Responder)
+        };
+        let auth = Authenticator::new(key);
+        auth.verify(d).unwrap();
+        let repr = parse(d);
+        assert_eq!(repr.header.id, id);
+        assert_eq!(
+            repr.header.response_required,
+            req == 0,
+            "only CN's copy wants an ack"
+        );
+        let Message::RouteDir(rd) = repr.message else {
+            panic!("not a ROUTE_DIR")
+        };
+        assert_eq!(rd.req_id, req);
+        let route = rd.result.unwrap();
+        assert_eq!((route.path, route.role), (Path::Direct, role));
+        assert_eq!(route.wrapped_relay_key, None);
+        assert_eq!(route.lifetime_secs, 180);
+        keys.push(auth.unwrap_key(
+            WrapLabel::TunnelKey,
+            route.tunnel_id,
+            repr.header.seq,
+            &route.wrapped_key,
+        ));
+    }
+    assert!(keys[0] == keys[1], "both ends unwrap the same K_tun");
+    assert_eq!(dc.tunnels().count(), 1);
+    // The directions are forgotten after their retention.
+    let mut now = t0;
+    let mut guard = 0;
+    while dc.tunnels().count() > 0 {
+        now = dc.poll_timeout().unwrap();
+        dc.handle_timeout(now);
+        drain(&mut dc, now);
+        guard += 1;
+        assert!(guard < 1000);
+    }
+    assert!(now >= t0 + DIRECTION_RETENTION);
+}
