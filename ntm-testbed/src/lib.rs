@@ -145,6 +145,15 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// A workspace binary that a test wants to run has not been built.
+    #[error(
+        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does this)",
+        path.display()
+    )]
+    MissingBinary {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// A tool printed something this crate does not understand.
     #[error("cannot understand the output of `{cmd}`: {why}")]
     Parse {
@@ -165,6 +174,29 @@ impl std::fmt::Debug for Error {
 
 /// This crate's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The path of the workspace binary `name`, built beside the running test
+/// executable: `target/<profile>/<name>` for a test in
+/// `target/<profile>/deps/`. For binaries of other crates than the one
+/// under test (for its own, use `env!("CARGO_BIN_EXE_<name>")`).
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        what: "finding the running test executable".into(),
+        source,
+    })?;
+    let dir = exe.parent().unwrap_or(std::path::Path::new("."));
+    // target/<profile>/deps/<test> → target/<profile>
+    let dir = match dir.file_name() {
+        Some(d) if d == "deps" => dir.parent().unwrap_or(dir),
+        _ => dir,
+    };
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingBinary { path })
+    }
+}
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it
 /// held. Polling starts fast and backs off to 100 ms. For tests: assert on
@@ -204,6 +236,19 @@ mod tests {
         assert_eq!(n, 3);
         assert!(!wait_until(Duration::from_millis(20), || false));
         assert_eq!(wait_for(Duration::from_secs(1), || Some(7)), Some(7));
+    }
+
+    #[test]
+    fn bin_path_finds_binaries_beside_the_test_and_explains_missing_ones() {
+        let e = bin_path("no-such-binary-here").unwrap_err().to_string();
+        assert!(e.contains("cargo build --workspace --bins"), "{e}");
+        assert!(e.contains("no-such-binary-here"), "{e}");
+        // The test executable's own directory is target/<profile>/deps;
+        // bin_path looks one level up.
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_str().unwrap();
+        let e = bin_path(name).unwrap_err().to_string();
+        assert!(!e.contains("/deps/"), "{e}");
     }
 
     #[test]
