@@ -540,6 +540,12 @@ async fn open_io(s: &Settings) -> Result<Io> {
                 s.tun_name
             )
         })?;
+    // tokio's try_send* fail until the reactor has seen the sockets
+    // writable once; wait for that here, so the first REG_REQ goes out.
+    udp.writable().await.context("UDP socket")?;
+    dns.writable().await.context("DNS socket")?;
+    upstream.writable().await.context("upstream socket")?;
+    tun.writable().await.context("TUN device")?;
     Ok(Io {
         udp,
         tun,

@@ -1,0 +1,489 @@
+//! The NTMobile world on the testbed (issue 3, item 5): DC in dc, RS in rs,
+//! software nodes cn and cn2 (and node.ntm.test behind nat1 in the ntma
+//! namespace), all real binaries. Each test builds its own testbed; they
+//! need root and fail without it.
+//!
+//! Measurements (set-up time, RTTs) are printed with `MEASURED`, never
+//! asserted: `cargo test -p ntm-node --test world -- --nocapture`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ntm_testbed::{wait_until, Role, CN2_FQDN, CN_FQDN, DC_ADDR, NODE_FQDN};
+
+/// A deterministic pseudo-random payload (xorshift), so a transfer's
+/// integrity is checked byte for byte.
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A fake upstream resolver in the dc namespace: answers every A query
+/// with 192.0.2.7, so forwarding through the stub can be checked.
+struct FakeUpstream {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    fn start(w: &World) -> FakeUpstream {
+        use hickory_proto::op::{Message, MessageType};
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record};
+
+        let sock =
+            w.tb.in_netns(Role::Dc, || UdpSocket::bind(UPSTREAM))
+                .expect("enter dc")
+                .expect("bind the fake upstream");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(mut m) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = m.queries.first().cloned() else {
+                    continue;
+                };
+                m.metadata.message_type = MessageType::Response;
+                m.metadata.recursion_available = true;
+                m.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    300,
+                    RData::A(A(Ipv4Addr::new(192, 0, 2, 7))),
+                ));
+                if let Ok(bytes) = m.to_vec() {
+                    let _ = sock.send_to(&bytes, from);
+                }
+            }
+        });
+        FakeUpstream {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// nc transfer of `data` from `from` to `to_vip` (listening in `to`).
+fn nc_transfer(w: &World, to: Role, to_vip: Ipv4Addr, from: Role, data: &[u8], tag: &str) {
+    let dir = w.tb.state_dir();
+    let src = dir.join(format!("{tag}.in"));
+    let dst = dir.join(format!("{tag}.out"));
+    std::fs::write(&src, data).expect("write payload");
+    let mut listen = std::process::Command::new("sh");
+    listen
+        .arg("-c")
+        .arg(format!("exec nc -l {to_vip} 5001 > {}", dst.display()));
+    let mut listener = w.tb.spawn(to, &listen).expect("start nc -l");
+    // The listener is up when its socket is: retry the sender until then.
+    let sent = wait_until(PATIENCE, || {
+        w.tb.output(
+            from,
+            [
+                "sh",
+                "-c",
+                &format!("nc -N -w 10 {to_vip} 5001 < {}", src.display()),
+            ],
+        )
+        .is_ok()
+    });
+    assert!(sent, "nc from {from} to {to_vip}:5001 never connected");
+    let status = listener
+        .wait_timeout(PATIENCE)
+        .expect("wait for nc -l")
+        .expect("nc -l exits at EOF");
+    assert!(status.success(), "nc -l failed: {status}");
+    let got = std::fs::read(&dst).expect("read received file");
+    assert_eq!(got.len(), data.len(), "{tag}: bytes received");
+    assert!(got == data, "{tag}: payload differs");
+}
+
+/// cn and cn2 register; a stock DNS client in cn2 resolves cn.ntm.test to
+/// cn's VIP through cn2's stub; ping and nc run through the tunnel both
+/// ways; names outside the NTM suffix are forwarded upstream; unknown NTM
+/// names get NXDOMAIN.
+#[test]
+fn resolve_ping_and_tcp_both_ways() {
+    let w = World::up("nodedns");
+    let _upstream = FakeUpstream::start(&w);
+    let mut cn = w.node(Role::Cn, CN_FQDN);
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered();
+    let cn2_vip = cn2.registered();
+    assert_ne!(cn_vip, cn2_vip);
+    let st = cn2.wait("behind NAT", |s| s.behind_nat.is_some());
+    assert_eq!(st.behind_nat, Some(true), "cn2 sits behind nat2");
+    assert_eq!(cn.status().and_then(|s| s.behind_nat), Some(false));
+
+    // The VIP is on the TUN device with its prefix route and MTU 1440.
+    let addr = w.sh(
+        Role::Cn2,
+        "ip -o -4 addr show dev ntm0; ip -o link show dev ntm0",
+    );
+    assert!(addr.contains(&format!("{cn2_vip}/10")), "{addr}");
+    assert!(addr.contains("mtu 1440"), "{addr}");
+    let route = w.sh(Role::Cn2, "ip -4 route show 100.64.0.0/10");
+    assert!(route.contains("dev ntm0"), "{route}");
+
+    // Set-up: the DNS query triggers DIR_REQ; its answer is the peer's VIP.
+    let (vip, d) = connect(&w, &mut cn2, CN_FQDN);
+    assert_eq!(vip, cn_vip);
+    let first = ping(&w, Role::Cn2, cn_vip, 1);
+    let p = ping(&w, Role::Cn2, cn_vip, 10);
+    eprintln!(
+        "MEASURED tunnel set-up (cn2 -> cn, DNS query to answer, dig): {:?} ms; first ping right after (TUN_REQ/TUN_RESP done by then): {:?}",
+        d.query_ms, first.rtt
+    );
+    eprintln!(
+        "MEASURED ping RTT direct tunnel cn2 -> cn (min/avg/max ms): {:?}, {}/{} received",
+        p.rtt, p.received, p.sent
+    );
+    let path = cn2
+        .status()
+        .unwrap()
+        .tunnel_to(CN_FQDN)
+        .unwrap()
+        .path
+        .clone();
+    assert!(path == "direct" || path == "reverse", "{path}");
+
+    // The other way: cn resolves cn2 (the tunnel exists: answered at once).
+    let (vip, d2) = connect(&w, &mut cn, CN2_FQDN);
+    assert_eq!(vip, cn2_vip);
+    let p2 = ping(&w, Role::Cn, cn2_vip, 5);
+    eprintln!(
+        "MEASURED cn -> cn2 over the existing tunnel: dig {:?} ms, ping {:?}",
+        d2.query_ms, p2.rtt
+    );
+
+    // A third node behind nat1 (ntma namespace) to cn: a DIRECT path,
+    // set up from scratch and timed to the microsecond.
+    w.sh(Role::Ntma, "ip addr flush dev lan0"); // no adapter here: free the VIP prefix
+    let mut node = w.node(Role::Ntma, NODE_FQDN);
+    node.registered();
+    let (took, a) = timed_a_query(&w, Role::Ntma, CN_FQDN);
+    assert_eq!(a, vec![cn_vip]);
+    let first = ping(&w, Role::Ntma, cn_vip, 1);
+    eprintln!(
+        "MEASURED tunnel set-up (direct, node -> cn): DNS query to answer {:.3} ms; first ping RTT right after the answer {:?} ms",
+        took.as_secs_f64() * 1e3,
+        first.rtt.map(|r| r.0)
+    );
+    let st = node.wait("tunnel to cn", |s| s.tunnel_to(CN_FQDN).is_some());
+    assert_eq!(st.tunnel_to(CN_FQDN).unwrap().path, "direct");
+
+    // TCP both ways.
+    let data = payload(1 << 20, 7);
+    nc_transfer(&w, Role::Cn, cn_vip, Role::Cn2, &data, "cn2-to-cn");
+    let data = payload(1 << 20, 8);
+    nc_transfer(&w, Role::Cn2, cn2_vip, Role::Cn, &data, "cn-to-cn2");
+
+    // Other names go upstream and the answer comes back.
+    let fwd = dig(&w, Role::Cn2, "127.0.0.1", "www.example.org");
+    assert_eq!(fwd.status, "NOERROR", "{fwd:?}");
+    assert_eq!(fwd.a, vec![Ipv4Addr::new(192, 0, 2, 7)], "{fwd:?}");
+    // Unknown NTM names: the DC says NOT_FOUND.
+    let nx = dig(&w, Role::Cn2, "127.0.0.1", "nobody.ntm.test");
+    assert_eq!(nx.status, "NXDOMAIN", "{nx:?}");
+
+    let st = cn2.wait("counters", |s| {
+        s.packet_count("dns_relay") >= 1 && s.packet_count("dns_nxdomain") >= 1
+    });
+    assert!(st.packet_count("data_tx") > 0 && st.packet_count("data_rx") > 0);
+    assert_eq!(st.drop_count("inner_addr"), 0);
+}
+
+/// A node behind nat1 (in the ntma namespace) and cn2 behind nat2 talk
+/// through the RS.
+#[test]
+fn relay_between_two_nats() {
+    let w = World::up("noderelay");
+    // The adapter is not running here: its lan0 holds the VIP prefix
+    // (100.64.0.1/10), which would take the node's return traffic.
+    w.sh(Role::Ntma, "ip addr flush dev lan0");
+    let mut node = w.node(Role::Ntma, NODE_FQDN);
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
+    let node_vip = node.registered();
+    let cn2_vip = cn2.registered();
+    node.wait("behind NAT", |s| s.behind_nat == Some(true));
+    cn2.wait("behind NAT", |s| s.behind_nat == Some(true));
+
+    // Timed to the microsecond: DNS query to answer (DIR_REQ, RELAY_DIR,
+    // ROUTE_DIR), then the first ping, which waits in the hold queue for
+    // RELAY_BIND and TUN_REQ/TUN_RESP through the RS.
+    let (took, a) = timed_a_query(&w, Role::Cn2, NODE_FQDN);
+    assert_eq!(a, vec![node_vip]);
+    let first = ping(&w, Role::Cn2, node_vip, 1);
+    eprintln!(
+        "MEASURED tunnel set-up (relay, cn2 -> node): DNS query to answer {:.3} ms; first ping RTT right after the answer {:?} ms",
+        took.as_secs_f64() * 1e3,
+        first.rtt.map(|r| r.0)
+    );
+    let (vip, _) = connect(&w, &mut cn2, NODE_FQDN);
+    assert_eq!(vip, node_vip);
+    let t = cn2.status().unwrap();
+    let t = t.tunnel_to(NODE_FQDN).unwrap();
+    assert_eq!(t.path, "relay");
+    assert_eq!(t.endpoint.ip(), &ntm_testbed::RS_ADDR);
+    let p = ping(&w, Role::Cn2, node_vip, 10);
+    eprintln!(
+        "MEASURED ping RTT relayed tunnel cn2 -> node (min/avg/max ms): {:?}, {}/{} received",
+        p.rtt, p.received, p.sent
+    );
+    node.wait("relay tunnel up at the responder", |s| {
+        s.tunnel_to(CN2_FQDN).is_some_and(|t| t.path == "relay")
+    });
+    let p = ping(&w, Role::Ntma, cn2_vip, 5);
+    assert!(p.received > 0);
+    let data = payload(256 << 10, 9);
+    nc_transfer(&w, Role::Ntma, node_vip, Role::Cn2, &data, "relay-tcp");
+}
+
+/// Pulls the UDP payloads of a pcap file (Ethernet, IPv4).
+fn pcap_udp_payloads(file: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= file.len() {
+        let caplen = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += 16;
+        let Some(frame) = file.get(at..at + caplen) else {
+            break;
+        };
+        at += caplen;
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 17 || ip.len() < ihl + 8 {
+            continue;
+        }
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+        out.push(ip[ihl + 8..total].to_vec());
+    }
+    out
+}
+
+/// A forged, a replayed and a truncated DATA datagram are each dropped and
+/// counted by reason; the tunnel keeps working.
+#[test]
+fn forged_replayed_truncated_data_are_dropped_by_reason() {
+    let w = World::up("nodedrops");
+    let mut cn = w.node(Role::Cn, CN_FQDN);
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered();
+    cn2.registered();
+    connect(&w, &mut cn2, CN_FQDN);
+
+    // Capture genuine DATA from cn2 to cn on cn's side.
+    let pcap = w.tb.state_dir().join(format!("{}.pcap", unique("drops")));
+    let mut dump = std::process::Command::new("tcpdump");
+    dump.args([
+        "-i",
+        "eth0",
+        "--immediate-mode",
+        "-U",
+        "-n",
+        "-c",
+        "3",
+        "-w",
+    ])
+    .arg(&pcap)
+    .args([
+        "udp",
+        "dst",
+        "port",
+        "7700",
+        "and",
+        "src",
+        "host",
+        "198.18.0.11",
+    ]);
+    let mut dump = w.tb.spawn(Role::Cn, &dump).expect("start tcpdump");
+    assert!(
+        wait_until(PATIENCE, || dump.log().contains("listening on")),
+        "tcpdump did not start: {}",
+        dump.log()
+    );
+    ping(&w, Role::Cn2, cn_vip, 3);
+    // It exits by itself after three datagrams (-c 3).
+    let done = dump.wait_timeout(PATIENCE).expect("wait for tcpdump");
+    assert!(done.is_some(), "tcpdump saw no DATA: {}", dump.log());
+    let captured = pcap_udp_payloads(&std::fs::read(&pcap).expect("read pcap"));
+    let data = captured
+        .iter()
+        .find(|p| p.len() > 32 + 20 && p[0] == 1 && p[1] == 0x01)
+        .expect("a DATA datagram was captured")
+        .clone();
+
+    let before = cn.wait("status", |_| true);
+    let count = |s: &ntm_node::Status| {
+        (
+            s.drop_count("bad_tag"),
+            s.drop_count("replay"),
+            s.drop_count("truncated"),
+        )
+    };
+    let base = count(&before);
+
+    // Sent from the dc namespace (an off-path attacker's address).
+    let sock =
+        w.tb.in_netns(Role::Dc, || UdpSocket::bind((DC_ADDR, 0)))
+            .expect("enter dc")
+            .expect("bind");
+    let cn_port = SocketAddr::from((ntm_testbed::CN_ADDR, 7700));
+    let mut forged = data.clone();
+    forged[16 + 20] ^= 0x55; // inner payload changed, tag kept
+    sock.send_to(&forged, cn_port).unwrap();
+    sock.send_to(&data, cn_port).unwrap(); // replayed: cn took this seq already
+    sock.send_to(&data[..20], cn_port).unwrap(); // truncated
+    let after = cn.wait("drops counted", |s| {
+        let c = count(s);
+        c.0 > base.0 && c.1 > base.1 && c.2 > base.2
+    });
+    assert_eq!(count(&after), (base.0 + 1, base.1 + 1, base.2 + 1));
+    // The SIGUSR1 log line carries them too.
+    cn.poke();
+    assert!(wait_until(PATIENCE, || {
+        let log = cn.child.log();
+        log.contains("bad_tag=1") && log.contains("replay=1") && log.contains("truncated=1")
+    }));
+    // Nothing moved: the peer's endpoint is still nat2, the tunnel still works.
+    let t = after.tunnel_to(CN2_FQDN).unwrap();
+    assert_eq!(t.endpoint.ip(), &ntm_testbed::NAT2_WAN_ADDR);
+    ping(&w, Role::Cn2, cn_vip, 2);
+}
+
+/// Restarting the DC does not break established tunnels: ping keeps
+/// working while it is down, and the nodes register again.
+#[test]
+fn dc_restart_keeps_tunnels() {
+    let mut w = World::up("nodedcre");
+    let mut cn = w.node(Role::Cn, CN_FQDN);
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered();
+    let cn2_vip = cn2.registered();
+    connect(&w, &mut cn2, CN_FQDN);
+    ping(&w, Role::Cn2, cn_vip, 2);
+    let tunnel = cn2.status().unwrap().tunnel_to(CN_FQDN).unwrap().id;
+    let regs = |n: &Node| n.status().map_or(0, |s| s.packet_count("registrations"));
+    let (r1, r2) = (regs(&cn), regs(&cn2));
+
+    w.stop_dc();
+    let p = ping(&w, Role::Cn2, cn_vip, 5);
+    assert_eq!(p.received, p.sent, "the tunnel does not need the DC");
+    w.start_dc();
+    cn.wait("registered again", |s| {
+        s.packet_count("registrations") > r1 && s.vip == Some(cn_vip)
+    });
+    cn2.wait("registered again", |s| {
+        s.packet_count("registrations") > r2 && s.vip == Some(cn2_vip)
+    });
+    let p = ping(&w, Role::Cn2, cn_vip, 5);
+    assert!(p.received > 0);
+    let st = cn2.status().unwrap();
+    assert_eq!(
+        st.tunnel_to(CN_FQDN).map(|t| t.id),
+        Some(tunnel),
+        "same tunnel"
+    );
+    // And new directions work with the restarted DC.
+    let (vip, _) = connect(&w, &mut cn, CN2_FQDN);
+    assert_eq!(vip, cn2_vip);
+}
+
+/// Changing cn2's real address keeps an open TCP connection alive: cn2
+/// re-registers and tells cn its new address with an authenticated
+/// keep-alive, and cn follows it (roaming).
+#[test]
+fn roaming_keeps_tcp_open() {
+    let w = World::up("noderoam");
+    let mut cn = w.node(Role::Cn, CN_FQDN);
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered();
+    cn2.registered();
+    connect(&w, &mut cn2, CN_FQDN);
+
+    let listener =
+        w.tb.in_netns(Role::Cn, || TcpListener::bind((cn_vip, 5002)))
+            .expect("enter cn")
+            .expect("listen on cn's VIP");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got)
+    });
+    let mut client =
+        w.tb.in_netns(Role::Cn2, || {
+            TcpStream::connect_timeout(&SocketAddr::from((cn_vip, 5002)), PATIENCE)
+        })
+        .expect("enter cn2")
+        .expect("connect to cn's VIP");
+    client.set_write_timeout(Some(PATIENCE)).unwrap();
+    let data = payload(512 << 10, 11);
+    let (first, second) = data.split_at(data.len() / 2);
+    client.write_all(first).expect("first half");
+
+    let old = cn
+        .wait("tunnel", |s| s.tunnel_to(CN2_FQDN).is_some())
+        .tunnel_to(CN2_FQDN)
+        .unwrap()
+        .endpoint;
+    // cn2 moves to another address on its LAN; nat2 maps it anew.
+    w.sh(
+        Role::Cn2,
+        "ip addr del 192.168.20.2/24 dev eth0 && ip addr add 192.168.20.3/24 dev eth0 \
+         && ip route replace default via 192.168.20.1",
+    );
+    cn2.wait("new local address", |s| {
+        s.local_addr.ip() == &Ipv4Addr::new(192, 168, 20, 3)
+    });
+    let moved = cn.wait("peer followed", |s| {
+        s.tunnel_to(CN2_FQDN).is_some_and(|t| t.endpoint != old)
+    });
+    client
+        .write_all(second)
+        .expect("second half, after the move");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let got = server.join().expect("server thread").expect("read to EOF");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "payload differs");
+    eprintln!(
+        "roaming: cn saw cn2 move from {old} to {}",
+        moved.tunnel_to(CN2_FQDN).unwrap().endpoint
+    );
+    cn2.wait("registered from the new address", |s| {
+        s.packet_count("registrations") >= 2
+    });
+}
