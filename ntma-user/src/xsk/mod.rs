@@ -18,8 +18,8 @@
 mod port;
 mod umem;
 
-pub use port::{BindMode, Port, PortConfig, PortStats, XskMode};
-pub use umem::{Frame, FramePool, Umem, UmemConfig};
+pub use port::{BindMode, KernelStats, Port, PortConfig, PortStats, XskMode};
+pub use umem::{Frame, FramePool, Umem, UmemConfig, MIN_HEADROOM};
 
 /// Bytes the kernel reserves in front of every received packet (`XDP_PACKET_HEADROOM`),
 /// on top of the UMEM's own headroom.
