@@ -1,7 +1,9 @@
 //! `ntm-dc`: a thin tokio driver around [`ntm_dc::Coordinator`].
 
+use std::io::IsTerminal;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -35,15 +37,28 @@ struct Args {
     check: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Plain text in log files, so that they can be searched.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the whole chain on one line, no backtrace.
+            eprintln!("ntm-dc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> Result<()> {
     let mut config = Config::load(&args.config)?;
     if let Some(listen) = args.listen {
         config.listen = listen;

@@ -1,0 +1,99 @@
+//! The `ntm-dc` command line: `--help`, `--check`, and clear errors for bad
+//! configurations. No root needed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ntm-dc"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run ntm-dc")
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-dc.example.toml")
+}
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ntm-dc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn help_describes_the_program() {
+    let out = dc(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Direction Coordinator"), "{text}");
+    assert!(text.contains("--config"), "{text}");
+    assert!(text.contains("RUST_LOG"), "{text}");
+}
+
+#[test]
+fn check_accepts_the_example() {
+    let out = dc(&["--check", "--config", example().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("OK (3 nodes, 1 relays, VIP pool 100.64.0.0/10"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_configurations_fail_with_what_to_fix() {
+    let example = std::fs::read_to_string(example()).unwrap();
+    let cases = [
+        (
+            "pool.toml",
+            example.replace("100.64.0.0/10", "100.64.0.5/10"),
+            "did you mean \"100.64.0.0/10\"",
+        ),
+        (
+            "key.toml",
+            example.replace(
+                "0202020202020202020202020202020202020202020202020202020202020202",
+                "0202",
+            ),
+            "the key of [[node]] fqdn = \"cn2.ntm.test\" must be exactly 64 hex digits",
+        ),
+        (
+            "dup.toml",
+            example.replace("fqdn = \"cn2.ntm.test\"", "fqdn = \"cn.ntm.test\""),
+            "appears twice",
+        ),
+        (
+            "domain.toml",
+            example.replace("fqdn = \"gn.ntm.test\"", "fqdn = \"gn.example.org\""),
+            "is not under domain \"ntm.test\"",
+        ),
+        (
+            "syntax.toml",
+            example.replace("keepalive_secs = 20", "keepalive_secs = \"twenty\""),
+            "keepalive_secs",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let path = temp_config(name, &text);
+        let out = dc(&["--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(err.contains(want), "{name}: {err}");
+    }
+    let out = dc(&["--config", "/nonexistent/dc.toml"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read the configuration file /nonexistent/dc.toml"),
+        "{err}"
+    );
+}
