@@ -1213,3 +1213,63 @@ fn route_dirs_carry_keys_wrapped_for_each_end() {
     }
     assert!(now >= t0 + DIRECTION_RETENTION);
 }
+
+#[test]
+fn random_and_mutated_datagrams_never_panic_and_every_drop_is_counted() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let t0 = Instant::now();
+    let mut dc = new_dc(&dc_config(), t0, 6);
+    let k = node_key("a.ntm.test");
+    let from = addr(198, 18, 0, 50, 7700);
+    dc.handle(t0, from, &reg_req("a.ntm.test", &k, T0_NANOS, from))
+        .unwrap();
+    let id = dc.node_id("a.ntm.test").unwrap();
+    let valid = [
+        reg_req("a.ntm.test", &k, T0_NANOS + 1, from),
+        seal(&k, id, T0_NANOS + 2, Message::Keepalive),
+        seal(
+            &k,
+            id,
+            T0_NANOS + 3,
+            Message::DirReq(DirReq {
+                req_id: 5,
+                fqdn: Fqdn::new("b.ntm.test").unwrap(),
+            }),
+        ),
+    ];
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut errors = 0u64;
+    let mut buf = [0u8; MAX_SIGNALING_LEN];
+    for i in 0..20_000u32 {
+        let d: Vec<u8> = if i % 2 == 0 {
+            let len = (rng.next_u32() % 600) as usize;
+            let mut d = vec![0u8; len];
+            rng.fill_bytes(&mut d);
+            // Mostly well-formed headers, so that the deeper paths run too.
+            if len >= 4 && i % 4 == 0 {
+                d[0] = 1;
+                d[3] = 1;
+                d[1] = [0x10, 0x12, 0x14, 0x20, 0x22, 0x41, 0x7f][(rng.next_u32() % 7) as usize];
+            }
+            d
+        } else {
+            let mut d = valid[(i as usize / 2) % valid.len()].clone();
+            let n = 1 + rng.next_u32() % 3;
+            for _ in 0..n {
+                let at = (rng.next_u32() as usize) % d.len();
+                d[at] ^= 1 << (rng.next_u32() % 8);
+            }
+            d
+        };
+        if dc.handle(t0, from, &d).is_err() {
+            errors += 1;
+        }
+        while dc.poll_transmit(t0, &mut buf).is_some() {}
+    }
+    assert!(errors > 19_000, "{errors}");
+    assert_eq!(dc.drops().total(), errors);
+    // Still working.
+    dc.handle(t0, from, &seal(&k, id, T0_NANOS + 10, Message::Keepalive))
+        .unwrap();
+}

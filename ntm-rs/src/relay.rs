@@ -803,4 +803,53 @@ mod tests {
             Err(Error::UnknownTunnel.into())
         );
     }
+
+    #[test]
+    fn random_and_mutated_datagrams_never_panic_and_every_drop_is_counted() {
+        let now = Instant::now();
+        let mut r = relay(now);
+        r.handle(now, addr(DC), &relay_dir(77, 10, K_RELAY, 1))
+            .unwrap();
+        let valid = [
+            relay_dir(78, 11, K_RELAY, 1),
+            bind(77, 1, Role::Initiator, K_RELAY),
+            data(77),
+        ];
+        // xorshift: deterministic and dependency-free.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut errors = 0u64;
+        let mut buf = [0u8; MAX_SIGNALING_LEN];
+        for i in 0..20_000u64 {
+            let d: Vec<u8> = if i % 2 == 0 {
+                let len = (next() % 600) as usize;
+                let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if len >= 4 && i % 4 == 0 {
+                    d[0] = 1;
+                    d[3] = 1;
+                    d[1] = [0x01, 0x02, 0x30, 0x31, 0x40, 0x42, 0x7f][(next() % 7) as usize];
+                }
+                d
+            } else {
+                let mut d = valid[(i as usize / 2) % valid.len()].clone();
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() as usize) % d.len();
+                    d[at] ^= 1 << (next() % 8);
+                }
+                d
+            };
+            if r.handle(now, addr(A), &d).is_err() {
+                errors += 1;
+            }
+            while r.poll_transmit(now, &mut buf).is_some() {}
+        }
+        assert!(errors > 19_000, "{errors}");
+        assert_eq!(r.drops().total(), errors);
+        assert!(r.len() <= 2);
+    }
 }
