@@ -271,7 +271,7 @@ pub struct NodeCred {
     pub key: Key,
     /// Its fixed VIP, if configured.
     pub vip: Option<Ipv4Addr>,
-    /// Its node id: stable for the FQDN (see [`crate::node_id_for`]), so
+    /// Its node id: stable for the FQDN (see [`node_id_for`]), so
     /// that a restarted DC still knows which key a node's messages use.
     pub node_id: u32,
 }
