@@ -105,6 +105,9 @@ fn test(args: Vec<OsString>) -> Result<()> {
         Err(e) => eprintln!("test: could not look for stale testbeds: {e}"),
     }
     let started = Instant::now();
+    // Integration tests run the other crates' binaries (ntm-dc, ntm-rs, ntma…),
+    // which `cargo test` builds only for the crate under test.
+    status(cargo().args(["build", "--workspace", "--bins"]))?;
     let mut c = cargo();
     c.args(["test", "--workspace"]).args(args);
     let result = status(&mut c);
