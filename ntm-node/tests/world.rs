@@ -219,6 +219,50 @@ fn resolve_ping_and_tcp_both_ways() {
     });
     assert!(st.packet_count("data_tx") > 0 && st.packet_count("data_rx") > 0);
     assert_eq!(st.drop_count("inner_addr"), 0);
+
+    // SIGTERM: DEREG, a clean exit, and the DC forgets the registration.
+    let status = cn2.child.stop(PATIENCE).expect("stop cn2");
+    assert!(
+        status.success(),
+        "ntm-node exits cleanly on SIGTERM: {status}"
+    );
+    assert!(cn2.child.log().contains("deregistering"));
+    let dc = w.dc.as_ref().expect("DC runs");
+    assert!(
+        wait_until(PATIENCE, || dc.log().contains("deregistered")
+            && dc.log().contains(CN2_FQDN)),
+        "the DC saw no DEREG"
+    );
+}
+
+/// A tunnel that expired (nothing received for its lifetime, 3 s here)
+/// is set up again by the next packet to its peer, which waits in the hold
+/// queue meanwhile.
+#[test]
+fn expired_tunnel_comes_back_for_a_packet() {
+    let w = World::up_with("nodeexp", |dc| dc.tunnel_lifetime_secs = 3);
+    let mut cn = w.node(Role::Cn, CN_FQDN);
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered();
+    cn2.registered();
+    connect(&w, &mut cn2, CN_FQDN);
+    ping(&w, Role::Cn2, cn_vip, 1);
+    // Idle for longer than the lifetime (keep-alives come every 20 s).
+    cn2.wait("tunnel expired", |s| {
+        s.tunnels.is_empty() && s.packet_count("tunnels_down") >= 1
+    });
+    cn.wait("tunnel expired", |s| s.tunnels.is_empty());
+    let before = cn2.status().unwrap().packet_count("released");
+    let p = ping(&w, Role::Cn2, cn_vip, 3);
+    assert!(p.received > 0);
+    let st = cn2.wait("tunnel back", |s| s.tunnel_to(CN_FQDN).is_some());
+    assert!(
+        st.packet_count("released") > before,
+        "the first packet waited for the new tunnel: {:?}",
+        st.packets
+    );
+    assert!(st.packet_count("tunnels_up") >= 2);
+    assert_eq!(st.drop_count("no_route"), 0);
 }
 
 /// A node behind nat1 (in the ntma namespace) and cn2 behind nat2 talk
@@ -399,7 +443,18 @@ fn dc_restart_keeps_tunnels() {
 
     w.stop_dc();
     let p = ping(&w, Role::Cn2, cn_vip, 5);
-    assert_eq!(p.received, p.sent, "the tunnel does not need the DC");
+    assert_eq!(
+        p.received,
+        p.sent,
+        "the tunnel does not need the DC: {}\ncn2: {:?}\ncn: {:?}",
+        p.output,
+        cn2.status(),
+        cn.status()
+    );
+    // A new name cannot be resolved without the DC: SERVFAIL once the
+    // DIR_REQ retransmissions (7.75 s) are exhausted.
+    let sf = dig(&w, Role::Cn2, "127.0.0.1", NODE_FQDN);
+    assert_eq!(sf.status, "SERVFAIL", "{sf:?}");
     w.start_dc();
     cn.wait("registered again", |s| {
         s.packet_count("registrations") > r1 && s.vip == Some(cn_vip)

@@ -49,6 +49,11 @@ impl World {
     /// Builds a testbed named after `tag` and starts the DC (keep-alive
     /// every 2 s, so a restart is noticed quickly) and the RS.
     pub fn up(tag: &str) -> World {
+        World::up_with(tag, |_| {})
+    }
+
+    /// [`World::up`] with changes to the DC's configuration.
+    pub fn up_with(tag: &str, tweak: impl FnOnce(&mut ntm_dc::Config)) -> World {
         require_root().expect("these integration tests need root");
         let tb = Testbed::up(&unique_prefix(tag)).expect("testbed up");
         let mut dc = ntm_dc::Config {
@@ -61,6 +66,7 @@ impl World {
             let k = tb.keys().node(fqdn).expect("every node has a key");
             dc.nodes.push(ntm_dc::NodeEntry::new(fqdn, &proto_key(k)));
         }
+        tweak(&mut dc);
         let rs_key = proto_key(tb.keys().rs());
         dc.relays.push(ntm_dc::RelayEntry::new(
             RS_ID,
@@ -233,6 +239,8 @@ pub struct Ping {
     pub received: u32,
     /// min/avg/max RTT in ms.
     pub rtt: Option<(f64, f64, f64)>,
+    /// What ping printed.
+    pub output: String,
 }
 
 /// `ping -c count` from `role` to `dst`; panics when nothing came back.
@@ -257,6 +265,7 @@ pub fn ping(w: &World, role: Role, dst: Ipv4Addr, count: u32) -> Ping {
         sent: 0,
         received: 0,
         rtt: None,
+        output: String::new(),
     };
     for line in out.lines() {
         if line.contains("packets transmitted") {
@@ -283,6 +292,7 @@ pub fn ping(w: &World, role: Role, dst: Ipv4Addr, count: u32) -> Ping {
         }
     }
     assert!(p.received > 0, "no ping reply from {dst} in {role}: {out}");
+    p.output = out;
     p
 }
 

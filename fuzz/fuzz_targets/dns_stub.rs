@@ -1,0 +1,52 @@
+//! The DNS stub (`ntm_proto::dns::DnsStub`): arbitrary client queries and
+//! upstream replies never panic, the pending tables stay bounded, and every
+//! reply is addressed to a client that asked.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use ntm_proto::dns::{parse_suffix, DnsStub, Output, StubConfig};
+
+fuzz_target!(|data: &[u8]| {
+    let mut stub: DnsStub<u8> = DnsStub::new(
+        parse_suffix("ntm.test").expect("valid suffix"),
+        StubConfig {
+            max_pending: 4,
+            ..StubConfig::default()
+        },
+    );
+    let now = Instant::now();
+    // Each chunk: one selector byte, then a datagram up to the next 0xff 0xfe.
+    for (i, chunk) in data.split(|&b| b == 0xfe).enumerate() {
+        let Some((&sel, body)) = chunk.split_first() else {
+            continue;
+        };
+        let client = (i % 8) as u8;
+        match sel % 3 {
+            0 => {
+                let _ = stub.handle_query(now, client, body);
+            }
+            1 => {
+                let _ = stub.handle_upstream(now, body);
+            }
+            _ => {
+                stub.handle_timeout(now + Duration::from_secs(u64::from(sel)));
+            }
+        }
+        while let Some(out) = stub.poll_output() {
+            match out {
+                Output::Reply { to, payload, .. } => {
+                    assert!(to < 8);
+                    assert!(payload.len() >= 12);
+                }
+                Output::Resolve { pending_id, .. } => {
+                    let _ = stub.answer(now, pending_id, ntm_proto::dns::ResolveOutcome::NotFound);
+                }
+                Output::Upstream { payload, .. } => assert!(payload.len() <= 512),
+            }
+        }
+        let (w, f) = stub.pending();
+        assert!(w <= 4 && f <= 4);
+    }
+});
