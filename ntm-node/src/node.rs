@@ -314,11 +314,9 @@ impl Node {
                 behind_nat,
             } => {
                 self.c.registrations += 1;
+                tracing::info!(%vip, prefix_len, node_id, %observed, behind_nat, "registered");
                 if self.tun_addr != Some((vip, prefix_len)) {
-                    tracing::info!(%vip, prefix_len, node_id, %observed, behind_nat, "registered");
                     self.configure_tun(io, vip, prefix_len);
-                } else {
-                    tracing::debug!(%vip, node_id, %observed, "registration renewed");
                 }
             }
             Event::RegistrationFailed { reason } => {
