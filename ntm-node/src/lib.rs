@@ -21,7 +21,8 @@
 //! by [`Config::validate`] into [`Settings`].
 
 pub mod config;
-pub mod hold;
+/// The hold queue, shared with the adapter (moved to `ntm_proto::hold`).
+pub use ntm_proto::hold;
 mod node;
 pub mod stats;
 

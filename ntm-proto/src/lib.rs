@@ -15,6 +15,7 @@
 //! | [`retransmit`] | [`retransmit::Retransmit`]: 250 ms doubling, 5 tries, then failure |
 //! | [`node`] | [`node::Endpoint`]: a node's registration, direction, tunnel set-up, keep-alive, expiry and roaming |
 //! | [`dns`] | [`dns::DnsStub`]: the DNS stub (NTM names through DIR_REQ, other names forwarded upstream), message level |
+//! | [`hold`] | [`hold::HoldQueue`]: packets to a VIP whose tunnel is being set up, bounded per peer and in all (software node and adapter) |
 //!
 //! Every drop has a reason: [`Error`] is a fieldless `Copy` enum with
 //! [`Error::index`]/[`Error::COUNT`] for counter arrays ([`DropCounters`]).
@@ -112,6 +113,7 @@ pub mod auth;
 pub mod data;
 pub mod dns;
 mod error;
+pub mod hold;
 pub mod node;
 pub mod replay;
 pub mod retransmit;
