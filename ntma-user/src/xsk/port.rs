@@ -386,15 +386,28 @@ impl Port {
     /// Blocks until the RX ring has frames or `timeout` passes (poll(2)); for workers
     /// that sleep when idle instead of busy-polling. Returns whether frames are ready.
     pub fn wait_rx(&self, timeout: Duration) -> Result<bool, XskError> {
-        let mut pfd = libc::pollfd {
-            fd: self.rx.as_raw_fd(),
+        Port::wait_any_rx(&[self], timeout)
+    }
+
+    /// Blocks until the RX ring of any of `ports` has frames or `timeout` passes
+    /// (one poll(2) over all of them); for a worker that serves two NICs and sleeps when
+    /// both are idle. Returns whether frames are ready.
+    pub fn wait_any_rx(ports: &[&Port], timeout: Duration) -> Result<bool, XskError> {
+        const MAX: usize = 8;
+        let mut pfds = [libc::pollfd {
+            fd: -1,
             events: libc::POLLIN,
             revents: 0,
-        };
+        }; MAX];
+        let n = ports.len().min(MAX);
+        for (pfd, port) in pfds.iter_mut().zip(ports) {
+            pfd.fd = port.rx.as_raw_fd();
+        }
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd, count 1; the fd is owned by `self.rx` and open.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
+        // SAFETY: `n` initialised pollfds in a live array; their fds are owned by the
+        // borrowed ports and stay open for the call.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
+        if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
                 return Ok(false);
@@ -404,7 +417,7 @@ impl Port {
                 source: e,
             });
         }
-        Ok(pfd.revents & libc::POLLIN != 0)
+        Ok(pfds[..n].iter().any(|p| p.revents & libc::POLLIN != 0))
     }
 }
 

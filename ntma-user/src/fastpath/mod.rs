@@ -1,0 +1,340 @@
+//! The AF_XDP fast path: GN frames to tunnel DATA and back, in place, one pinned worker
+//! per NIC queue.
+//!
+//! [`Datapath::start`] loads and configures the XDP programs, maps one UMEM, starts one
+//! worker per queue (each binds an AF_XDP socket on the queue of both NICs, sharing the
+//! UMEM, zero-copy where the driver can and copy mode otherwise), registers the sockets
+//! in the XskMaps and attaches the programs to both NICs. [`Datapath::stop`] (or drop)
+//! detaches both programs and stops the workers.
+//!
+//! The control thread drives the workers through the shared [`Dataplane`]:
+//! [`Dataplane::set_link`] and [`Dataplane::upsert_tunnel`] /
+//! [`Dataplane::remove_tunnel`] / [`Dataplane::set_endpoint`] publish the table the
+//! workers read without locks; [`Dataplane::pop_slow`] with [`Dataplane::slow_waker`]
+//! takes the frames the fast path does not decide on (a VIP without a tunnel, link not
+//! ready, anything but DATA/TUN_KEEPALIVE); [`Dataplane::tunnel_stats`] and
+//! [`Dataplane::worker_stats`] give the counters for `ntma status`, expiry and roaming.
+//!
+//! Per packet there is no lock, allocation or system call: the table is an `arc_swap`
+//! snapshot loaded once per burst, per-tunnel state is atomics ([`replay`] explains
+//! the lock-free replay window), counters are plain integers published once per burst,
+//! and the only system calls are the ring wake-ups the kernel asks for.
+//!
+//! Inner packets from the GN longer than [`INNER_MTU`] (1440) are dropped and counted
+//! as [`FastDrop::LanTooBig`] (the GN got MTU 1440 from DHCP; no ICMP is sent).
+
+mod dataplane;
+pub mod packet;
+pub mod replay;
+mod table;
+mod worker;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+};
+
+pub use dataplane::{Dataplane, DataplaneConfig, SlowFrame, SlowWaker, WakerError, WorkerStats};
+// The raw-socket datapath (crate::rawpath) publishes its counters the same way.
+#[allow(unused_imports, reason = "for crate::rawpath, written alongside")]
+pub(crate) use dataplane::{LocalCounters, Stat};
+pub use packet::{FastDrop, INNER_MTU};
+pub use table::{LinkInfo, Mac, Snapshot, TunnelSpec, TunnelStats};
+
+pub use crate::ebpf::{AttachMode, Counters, Side};
+pub use crate::xsk::{BindMode, UmemConfig, XskMode};
+
+use crate::ebpf::{EbpfError, XdpPrograms};
+use crate::xsk::{PortConfig, Umem, XskError};
+use ntma_common::{XdpConfig, MAX_QUEUES};
+use packet::{ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
+
+// Every valid UMEM has room for the outer headers in front and, after the longest frame
+// the GN may send (Ethernet + 1440), for the tag behind: UmemConfig::validate keeps
+// headroom >= MIN_HEADROOM and room for a 1514-byte frame.
+const _: () = assert!(crate::xsk::MIN_HEADROOM as usize >= ENCAP_GROW);
+const _: () = assert!(ETH_LEN + INNER_MTU + ENCAP_TAIL <= 1514);
+
+/// Errors of [`Datapath::start`]; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum FastpathError {
+    /// The configuration is not usable.
+    #[error("invalid fast-path configuration: {0}")]
+    Config(String),
+    /// Loading, configuring or attaching the XDP programs failed.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// UMEM or AF_XDP socket set-up failed.
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    /// The slow-queue eventfd could not be made.
+    #[error(transparent)]
+    Waker(#[from] WakerError),
+    /// A worker could not be pinned.
+    #[error("pinning fast-path worker {queue} to core {core} failed (is the core online and in this process's cpuset?)")]
+    Pin { queue: usize, core: usize },
+    /// A worker thread could not be started.
+    #[error("starting fast-path worker {queue} failed: {source}")]
+    Spawn {
+        queue: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker thread died during set-up.
+    #[error("fast-path worker {queue} panicked during set-up (see the log)")]
+    WorkerPanicked { queue: usize },
+}
+
+/// Configuration of the fast path. [`DatapathConfig::new`] fills in the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// GN-facing NIC (in the calling thread's network namespace).
+    pub lan_if: String,
+    /// WAN NIC.
+    pub wan_if: String,
+    /// Queues used on each NIC, from 0: one worker each.
+    pub queues: u32,
+    /// Cores to pin workers to: worker `i` runs on `cores[i % cores.len()]`; empty =
+    /// not pinned.
+    pub cores: Vec<usize>,
+    /// The shared UMEM (its frames are split evenly between workers).
+    pub umem: UmemConfig,
+    /// RX ring entries per socket (power of two).
+    pub rx_ring: u32,
+    /// TX ring entries per socket (power of two).
+    pub tx_ring: u32,
+    /// Frames per RX burst.
+    pub batch: usize,
+    /// Workers spin instead of sleeping in poll(2) when idle (lower latency, one
+    /// busy core per worker).
+    pub busy_poll: bool,
+    /// What the XDP programs redirect (VIP prefix, router address, NTM port).
+    pub xdp: XdpConfig,
+    /// How the XDP programs attach.
+    pub attach: AttachMode,
+    /// AF_XDP bind mode (zero-copy where supported by default).
+    pub bind: BindMode,
+    /// Slots of each worker's slow queue.
+    pub slow_slots: usize,
+}
+
+impl DatapathConfig {
+    /// Defaults: one queue, no pinning, default UMEM, 2048-entry rings, bursts of 64,
+    /// sleeping when idle, native XDP, automatic bind mode, 256 slow slots per worker.
+    pub fn new(lan_if: &str, wan_if: &str, xdp: XdpConfig) -> Self {
+        Self {
+            lan_if: lan_if.to_owned(),
+            wan_if: wan_if.to_owned(),
+            queues: 1,
+            cores: Vec::new(),
+            umem: UmemConfig::default(),
+            rx_ring: 2048,
+            tx_ring: 2048,
+            batch: 64,
+            busy_poll: false,
+            xdp,
+            attach: AttachMode::Native,
+            bind: BindMode::Auto,
+            slow_slots: 256,
+        }
+    }
+
+    /// Frames each worker gets from the UMEM.
+    pub fn frames_per_worker(&self) -> u32 {
+        self.umem.frame_count / self.queues.max(1)
+    }
+
+    /// Checks everything that can be checked before touching the kernel.
+    pub fn validate(&self) -> Result<(), FastpathError> {
+        let bad = |m: String| Err(FastpathError::Config(m));
+        if self.lan_if.is_empty() || self.wan_if.is_empty() {
+            return bad("lan and wan interface names must be set".into());
+        }
+        if self.lan_if == self.wan_if {
+            return bad(format!(
+                "the GN-facing and WAN interfaces must differ (both are {})",
+                self.lan_if
+            ));
+        }
+        if self.queues == 0 || self.queues > MAX_QUEUES {
+            return bad(format!(
+                "queues = {} (must be 1 to {MAX_QUEUES})",
+                self.queues
+            ));
+        }
+        if !self.xdp.enabled() {
+            return bad(
+                "the XDP configuration is not enabled (build it with XdpConfig::new)".into(),
+            );
+        }
+        self.umem
+            .validate()
+            .map_err(|e| FastpathError::Config(e.to_string()))?;
+        for (name, n) in [("rx_ring", self.rx_ring), ("tx_ring", self.tx_ring)] {
+            if n == 0 || !n.is_power_of_two() {
+                return bad(format!("{name} = {n} (must be a power of two)"));
+            }
+        }
+        if self.batch == 0 || self.batch > self.rx_ring as usize || self.batch > 4096 {
+            return bad(format!(
+                "batch = {} (must be 1 to min(rx_ring, 4096))",
+                self.batch
+            ));
+        }
+        let per_worker = self.frames_per_worker();
+        if (per_worker as usize) < 8 * self.batch {
+            return bad(format!(
+                "{} UMEM frames give each of {} workers {per_worker}, fewer than 8 × batch ({}): raise umem.frame_count",
+                self.umem.frame_count,
+                self.queues,
+                8 * self.batch
+            ));
+        }
+        if self.slow_slots == 0 {
+            return bad("slow_slots must be at least 1".into());
+        }
+        if !self.cores.is_empty() {
+            let online: Vec<usize> = core_affinity::get_core_ids()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            if let Some(c) = self.cores.iter().find(|c| !online.contains(c)) {
+                return bad(format!(
+                    "core {c} is not available to this process (available: {online:?})"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running fast path. [`Datapath::stop`] or drop detaches XDP from both NICs and
+/// stops the workers.
+pub struct Datapath {
+    progs: Option<Mutex<XdpPrograms>>,
+    workers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    dataplane: Arc<Dataplane>,
+    mode: XskMode,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("workers", &self.workers.len())
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// Starts the fast path in the calling thread's network namespace (the workers
+    /// inherit it). Nothing is left attached or running when it fails.
+    pub fn start(cfg: DatapathConfig) -> Result<Datapath, FastpathError> {
+        cfg.validate()?;
+        let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
+            workers: cfg.queues as usize,
+            ntm_port: cfg.xdp.ntm_port,
+            slow_slots: cfg.slow_slots,
+            slow_slot_len: cfg.umem.frame_size as usize,
+        })?);
+        let mut progs = XdpPrograms::load()?;
+        progs.configure(&cfg.xdp)?;
+        let umem = Arc::new(Umem::new(cfg.umem.clone())?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dp = Datapath {
+            progs: None,
+            workers: Vec::with_capacity(cfg.queues as usize),
+            stop: Arc::clone(&stop),
+            dataplane: Arc::clone(&dataplane),
+            mode: XskMode::Copy,
+        };
+        // From here on, an early return drops `dp` (stops the workers started so far)
+        // and `progs` (detaches what was attached).
+        for q in 0..cfg.queues {
+            let port = |ifname: &str| PortConfig {
+                ifname: ifname.to_owned(),
+                queue: q,
+                rx_size: cfg.rx_ring,
+                tx_size: cfg.tx_ring,
+                bind: cfg.bind,
+            };
+            let core = (!cfg.cores.is_empty()).then(|| cfg.cores[q as usize % cfg.cores.len()]);
+            let (handle, bound) = worker::spawn(worker::WorkerSetup {
+                index: q as usize,
+                core,
+                lan: port(&cfg.lan_if),
+                wan: port(&cfg.wan_if),
+                umem: Arc::clone(&umem),
+                frames: cfg.frames_per_worker(),
+                batch: cfg.batch,
+                busy_poll: cfg.busy_poll,
+                dp: Arc::clone(&dataplane),
+                stop: Arc::clone(&stop),
+            })?;
+            dp.workers.push(handle);
+            if q == 0 {
+                dp.mode = bound.mode;
+            }
+            progs.register_socket(Side::Lan, q, &bound.lan_fd)?;
+            progs.register_socket(Side::Wan, q, &bound.wan_fd)?;
+        }
+        progs.attach(Side::Lan, &cfg.lan_if, cfg.attach)?;
+        progs.attach(Side::Wan, &cfg.wan_if, cfg.attach)?;
+        dp.progs = Some(Mutex::new(progs));
+        Ok(dp)
+    }
+
+    /// The shared state for the control thread.
+    pub fn dataplane(&self) -> Arc<Dataplane> {
+        Arc::clone(&self.dataplane)
+    }
+
+    /// The AF_XDP mode the sockets obtained (copy on veth, zero-copy on capable NICs).
+    pub fn mode(&self) -> XskMode {
+        self.mode
+    }
+
+    /// Number of workers (= queues per NIC).
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The XDP programs' verdict counters, summed over CPUs.
+    pub fn xdp_counters(&self) -> Result<Counters, EbpfError> {
+        match &self.progs {
+            Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).counters(),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    /// Detaches XDP from both NICs (their traffic goes to the kernel again), then stops
+    /// and joins the workers, which close their sockets.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        // Detach first: from then on nothing is redirected to sockets about to close.
+        // The programs are attached through bpf_link fds, so this works from any thread
+        // and network namespace.
+        drop(self.progs.take());
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests;

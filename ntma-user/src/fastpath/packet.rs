@@ -1,0 +1,377 @@
+//! The two per-packet functions of the fast path, on plain byte slices (so they are
+//! tested and benchmarked without AF_XDP): [`uplink`] encapsulates a GN frame in place,
+//! [`downlink`] verifies and strips a tunnel frame in place. Neither allocates, locks or
+//! makes a system call; both decide everything before writing, so a frame sent to the
+//! slow path leaves unchanged.
+//!
+//! Frame layouts (offsets in bytes):
+//!
+//! ```text
+//! uplink in:   [44 free][Ethernet 14][inner IPv4 ...][padding][16 free]
+//! uplink out:  [Ethernet 14][IPv4 20][UDP 8][NTM header 16][inner IPv4 ...][tag 16]
+//! downlink in: [Ethernet 14][IPv4 20+][UDP 8][NTM header 16][inner IPv4 ...][tag 16][padding]
+//! downlink out:                  [Ethernet 14][inner IPv4 ...]  (at `offset`)
+//! ```
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+
+use ntm_proto::{
+    data::{check_inner, encap_in_place},
+    wire::{HEADER_LEN, OVERHEAD, TAG_LEN, VERSION},
+    Error, MessageType, Packet, Suite,
+};
+
+use super::table::{pack_addr, Snapshot};
+
+/// Ethernet header length.
+pub const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const UDP_LEN: usize = 8;
+/// Outer headers in front of the inner packet: Ethernet, IPv4, UDP, NTM header (58).
+pub const OUTER_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN + HEADER_LEN;
+/// How far uplink grows a frame at the front (the GN frame's Ethernet header is reused).
+pub const ENCAP_GROW: usize = OUTER_LEN - ETH_LEN;
+/// How far uplink grows a frame at the back (the tag).
+pub const ENCAP_TAIL: usize = TAG_LEN;
+/// Largest inner packet the GN may send (§2: 1500 − 60).
+pub const INNER_MTU: usize = 1440;
+/// TTL of outer packets.
+const OUTER_TTL: u8 = 64;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const IPPROTO_UDP: u8 = 17;
+
+/// Why the fast path dropped a frame; counted per worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FastDrop {
+    /// From the GN: not a well-formed IPv4 packet (short, bad IHL, total length
+    /// outside the frame).
+    LanMalformed,
+    /// From the GN: inner source is not the GN's VIP (spoofing, or a stale address).
+    LanBadSource,
+    /// From the GN: inner packet longer than the inner MTU (1440): it would not fit
+    /// a 1500-byte outer packet. The GN was given MTU 1440 by DHCP.
+    LanTooBig,
+    /// The frame lacks headroom or tailroom for the outer headers (UMEM headroom too
+    /// small: a configuration error, refused at start).
+    NoRoom,
+    /// From the WAN: Ethernet/IPv4/UDP headers inconsistent (lengths, IHL) or IPv4
+    /// header checksum wrong.
+    WanMalformed,
+    /// NTM datagram shorter than header plus tag.
+    Truncated,
+    /// NTM version not 1.
+    BadVersion,
+    /// No tunnel with this id.
+    UnknownTunnel,
+    /// Suite other than HMAC-SHA256-128.
+    UnsupportedSuite,
+    /// Tag does not verify.
+    BadTag,
+    /// Sequence number seen before or older than the window.
+    Replay,
+    /// DATA body not an IPv4 packet.
+    BadInner,
+    /// Inner source not the peer's VIP, or inner destination not the GN's VIP.
+    InnerAddr,
+    /// Authentic DATA while the GN link is not set up (no VIP / MAC yet).
+    NotReady,
+    /// The slow queue was full: a frame for the control thread was dropped.
+    SlowQueueFull,
+}
+
+impl FastDrop {
+    /// Number of reasons (length of a counter array).
+    pub const COUNT: usize = 15;
+
+    /// Every reason, in index order.
+    pub const ALL: [FastDrop; FastDrop::COUNT] = [
+        FastDrop::LanMalformed,
+        FastDrop::LanBadSource,
+        FastDrop::LanTooBig,
+        FastDrop::NoRoom,
+        FastDrop::WanMalformed,
+        FastDrop::Truncated,
+        FastDrop::BadVersion,
+        FastDrop::UnknownTunnel,
+        FastDrop::UnsupportedSuite,
+        FastDrop::BadTag,
+        FastDrop::Replay,
+        FastDrop::BadInner,
+        FastDrop::InnerAddr,
+        FastDrop::NotReady,
+        FastDrop::SlowQueueFull,
+    ];
+
+    /// Dense index for counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable snake-case name for status output and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FastDrop::LanMalformed => "lan_malformed",
+            FastDrop::LanBadSource => "lan_bad_source",
+            FastDrop::LanTooBig => "lan_too_big",
+            FastDrop::NoRoom => "no_room",
+            FastDrop::WanMalformed => "wan_malformed",
+            FastDrop::Truncated => "truncated",
+            FastDrop::BadVersion => "bad_version",
+            FastDrop::UnknownTunnel => "unknown_tunnel",
+            FastDrop::UnsupportedSuite => "unsupported_suite",
+            FastDrop::BadTag => "bad_tag",
+            FastDrop::Replay => "replay",
+            FastDrop::BadInner => "bad_inner",
+            FastDrop::InnerAddr => "inner_addr",
+            FastDrop::NotReady => "not_ready",
+            FastDrop::SlowQueueFull => "slow_queue_full",
+        }
+    }
+}
+
+impl std::fmt::Display for FastDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn drop_of(e: Error) -> FastDrop {
+    match e {
+        Error::Truncated => FastDrop::Truncated,
+        Error::BadVersion => FastDrop::BadVersion,
+        Error::UnknownTunnel => FastDrop::UnknownTunnel,
+        Error::UnsupportedSuite => FastDrop::UnsupportedSuite,
+        Error::BadTag => FastDrop::BadTag,
+        Error::Replay => FastDrop::Replay,
+        Error::BadInner => FastDrop::BadInner,
+        Error::InnerAddr => FastDrop::InnerAddr,
+        // encap_in_place's only failure: the frame is too small for what we checked.
+        _ => FastDrop::NoRoom,
+    }
+}
+
+/// What [`uplink`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpVerdict {
+    /// Encapsulated: send the first `len` bytes of the buffer on the WAN.
+    Tx(usize),
+    /// Not for the fast path (no tunnel to that VIP, link not ready, not IPv4, to the
+    /// router): hand the unchanged frame to the control thread.
+    Slow,
+    /// Drop, counted by reason.
+    Drop(FastDrop),
+}
+
+/// What [`downlink`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownVerdict {
+    /// Verified and stripped: send `buf[offset..offset + len]` to the GN.
+    Tx { offset: usize, len: usize },
+    /// An authentic TUN_KEEPALIVE: recorded; recycle the frame.
+    Consumed,
+    /// Not tunnel traffic the fast path decides on (other port, fragment, signaling):
+    /// hand the unchanged frame to the control thread.
+    Slow,
+    /// Drop, counted by reason.
+    Drop(FastDrop),
+}
+
+/// RFC 1071 checksum of an IPv4 header.
+#[inline]
+pub fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Encapsulates the GN frame in `buf` in place.
+///
+/// `buf` is the frame's buffer grown by [`ENCAP_GROW`] bytes at the front and
+/// [`ENCAP_TAIL`] at the back: `buf[ENCAP_GROW..ENCAP_GROW + frame_len]` is the frame as
+/// received. On [`UpVerdict::Tx`] the outer Ethernet/IPv4/UDP/NTM headers are written in
+/// front of the inner packet and the tag after it; nothing is written otherwise.
+pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
+    if buf.len() < ENCAP_GROW + frame_len + ENCAP_TAIL {
+        return UpVerdict::Drop(FastDrop::NoRoom);
+    }
+    let frame = &buf[ENCAP_GROW..ENCAP_GROW + frame_len];
+    if frame_len < ETH_LEN + IPV4_LEN {
+        return if frame_len >= ETH_LEN && frame[12..14] != ETHERTYPE_IPV4 {
+            UpVerdict::Slow
+        } else {
+            UpVerdict::Drop(FastDrop::LanMalformed)
+        };
+    }
+    if frame[12..14] != ETHERTYPE_IPV4 {
+        return UpVerdict::Slow;
+    }
+    let ip = &frame[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(be16(ip, 2));
+    if ip[0] >> 4 != 4 || ihl < IPV4_LEN || total < ihl || total > ip.len() {
+        return UpVerdict::Drop(FastDrop::LanMalformed);
+    }
+    let Some(link) = snap.link.as_ref() else {
+        return UpVerdict::Slow;
+    };
+    let dst = be32(ip, 16);
+    let Some(t) = snap.by_vip.get(&dst) else {
+        return UpVerdict::Slow;
+    };
+    if be32(ip, 12) != u32::from(link.info.gn_vip) {
+        return UpVerdict::Drop(FastDrop::LanBadSource);
+    }
+    if total > INNER_MTU {
+        return UpVerdict::Drop(FastDrop::LanTooBig);
+    }
+
+    // Decided: write. The NTM header goes over the end of the GN's Ethernet header.
+    let inner_len = total;
+    let seq = t.tx_seq.next();
+    let hdr_at = ETH_LEN + IPV4_LEN + UDP_LEN;
+    let datagram_len = match encap_in_place(buf, hdr_at, inner_len, t.id, seq, &t.auth) {
+        Ok(n) => n,
+        Err(e) => return UpVerdict::Drop(drop_of(e)),
+    };
+    let endpoint = t.endpoint();
+    let udp_len = (UDP_LEN + datagram_len) as u16;
+    let ip_total = IPV4_LEN as u16 + udp_len;
+
+    buf[..ETH_LEN].copy_from_slice(&link.wan_eth);
+    let ip = &mut buf[ETH_LEN..ETH_LEN + IPV4_LEN];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
+    // Identification from the tunnel's seq: distinct across 65536 packets, no state.
+    // DF clear: a smaller path MTU fragments and the receiver's kernel reassembles.
+    ip[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&[0, 0]);
+    ip[8] = OUTER_TTL;
+    ip[9] = IPPROTO_UDP;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    ip[12..16].copy_from_slice(&link.info.wan_ip.octets());
+    ip[16..20].copy_from_slice(&endpoint.ip().octets());
+    let c = ipv4_checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let udp = &mut buf[ETH_LEN + IPV4_LEN..hdr_at];
+    udp[0..2].copy_from_slice(&link.info.wan_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&endpoint.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    // UDP checksum 0: allowed over IPv4; the tag protects the payload.
+    udp[6..8].copy_from_slice(&[0, 0]);
+
+    t.tx.0.packets.fetch_add(1, Ordering::Relaxed);
+    t.tx.0.bytes.fetch_add(inner_len as u64, Ordering::Relaxed);
+    UpVerdict::Tx(hdr_at + datagram_len)
+}
+
+/// Verifies and strips the tunnel frame `buf` in place, in the order of §5: length,
+/// version, (type: DATA or TUN_KEEPALIVE, else slow path), known tunnel id, suite, tag,
+/// replay window, inner source = peer VIP, inner destination = GN VIP. On
+/// [`DownVerdict::Tx`] the Ethernet header towards the GN has been written in front of
+/// the inner packet. `now_nanos` is the data plane's clock (see
+/// [`super::Dataplane::now_nanos`]), read once per burst.
+pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict {
+    let len = buf.len();
+    if len < ETH_LEN {
+        return DownVerdict::Drop(FastDrop::WanMalformed);
+    }
+    if buf[12..14] != ETHERTYPE_IPV4 {
+        return DownVerdict::Slow;
+    }
+    if len < ETH_LEN + IPV4_LEN {
+        return DownVerdict::Drop(FastDrop::WanMalformed);
+    }
+    let ip = &buf[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(be16(ip, 2));
+    if ip[0] >> 4 != 4 || ihl < IPV4_LEN || total > ip.len() || total < ihl {
+        return DownVerdict::Drop(FastDrop::WanMalformed);
+    }
+    // Nothing has checked the header before XDP; its source address becomes
+    // `last_rx_from`, which the control may roam to.
+    if ipv4_checksum(&ip[..ihl]) != 0 {
+        return DownVerdict::Drop(FastDrop::WanMalformed);
+    }
+    if ip[9] != IPPROTO_UDP || be16(ip, 6) & 0x3fff != 0 {
+        // Other protocols and fragments: the kernel's business (XDP passes them).
+        return DownVerdict::Slow;
+    }
+    if total < ihl + UDP_LEN {
+        return DownVerdict::Drop(FastDrop::WanMalformed);
+    }
+    let udp = &ip[ihl..total];
+    if be16(udp, 2) != snap.ntm_port {
+        return DownVerdict::Slow;
+    }
+    let udp_len = usize::from(be16(udp, 4));
+    if udp_len < UDP_LEN || udp_len > udp.len() {
+        return DownVerdict::Drop(FastDrop::WanMalformed);
+    }
+    let from = pack_addr(Ipv4Addr::from(be32(ip, 12)), be16(udp, 0));
+    let dg_at = ETH_LEN + ihl + UDP_LEN;
+    let datagram = &buf[dg_at..dg_at + udp_len - UDP_LEN];
+
+    if datagram.len() < OVERHEAD {
+        return DownVerdict::Drop(FastDrop::Truncated);
+    }
+    let packet = Packet::new_unchecked(datagram);
+    if packet.version() != VERSION {
+        return DownVerdict::Drop(FastDrop::BadVersion);
+    }
+    let msg_type = packet.msg_type();
+    if !matches!(msg_type, MessageType::Data | MessageType::TunKeepalive) {
+        return DownVerdict::Slow;
+    }
+    let Some(t) = snap.by_id.get(&packet.id()) else {
+        return DownVerdict::Drop(FastDrop::UnknownTunnel);
+    };
+    if packet.suite() != Suite::HmacSha256_128 {
+        return DownVerdict::Drop(FastDrop::UnsupportedSuite);
+    }
+    if let Err(e) = t.auth.verify(datagram) {
+        return DownVerdict::Drop(drop_of(e));
+    }
+    if !t.replay.validate(packet.seq()) {
+        return DownVerdict::Drop(FastDrop::Replay);
+    }
+    // Authentic and fresh: the peer is alive at `from` (roaming is the control's call).
+    t.note_rx(now_nanos, from);
+    if msg_type == MessageType::TunKeepalive {
+        t.rx.0.keepalives.fetch_add(1, Ordering::Relaxed);
+        return DownVerdict::Consumed;
+    }
+    let Some(link) = snap.link.as_ref() else {
+        return DownVerdict::Drop(FastDrop::NotReady);
+    };
+    let inner = &datagram[HEADER_LEN..datagram.len() - TAG_LEN];
+    if let Err(e) = check_inner(inner, t.peer_vip, link.info.gn_vip) {
+        return DownVerdict::Drop(drop_of(e));
+    }
+    let inner_len = inner.len();
+    t.rx.0.packets.fetch_add(1, Ordering::Relaxed);
+    t.rx.0.bytes.fetch_add(inner_len as u64, Ordering::Relaxed);
+    let offset = dg_at + HEADER_LEN - ETH_LEN;
+    buf[offset..offset + ETH_LEN].copy_from_slice(&link.lan_eth);
+    DownVerdict::Tx {
+        offset,
+        len: ETH_LEN + inner_len,
+    }
+}

@@ -1,0 +1,206 @@
+//! A replay window that several workers can check and mark at once, without a lock.
+//!
+//! Same contract as [`ntm_proto::ReplayWindow`] (2048 packets, RFC 6479 style ring of
+//! words, `u64::MAX` refused), but every word is an atomic that carries the number of
+//! the block of 32 sequence numbers it currently holds next to their 32 bits:
+//!
+//! ```text
+//!  word = block tag (high 32 bits: (seq >> 5) as u32) | seen bits (low 32 bits)
+//! ```
+//!
+//! A worker marks `seq` with one compare-and-swap on its word: if the word holds
+//! `seq`'s block it sets the bit (refusing if already set); if it holds an older block
+//! it recycles the word for `seq`'s block; if it holds a newer block, `seq` is too old.
+//! A word's tag never goes backwards, so once `seq` is marked, every later attempt
+//! either finds its bit or finds a newer tag: a sequence number is accepted at most
+//! once, whatever the interleaving of workers. `last` (the highest accepted number) is
+//! raised with `fetch_max` and only enforces the 2048-packet window; when a worker
+//! reads a `last` that another is just raising, a number slightly older than the
+//! window may still be accepted once, which is never a replay.
+//!
+//! Why not per-tunnel windows owned by one worker: RSS keeps one tunnel on one queue
+//! only while its 5-tuple stays the same, and veth picks the queue by the sending CPU,
+//! so after roaming (or on veth always) two workers may see the same tunnel.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Window size in packets, as [`ntm_proto::replay::WINDOW`].
+pub const WINDOW: u64 = ntm_proto::replay::WINDOW;
+
+const BLOCK_BITS_LOG: u32 = 5;
+const BLOCK_BITS: u64 = 1 << BLOCK_BITS_LOG;
+/// Ring words: a power of two covering twice the window, so that the word of a number
+/// inside the window is never recycled by a newer block while that number is inside.
+const RING_WORDS: usize = 128;
+const RING_MASK: u64 = RING_WORDS as u64 - 1;
+
+const _: () = assert!(RING_WORDS as u64 * BLOCK_BITS >= 2 * WINDOW);
+
+/// Lock-free anti-replay window of one tunnel's receive direction.
+pub struct AtomicReplayWindow {
+    last: AtomicU64,
+    ring: [AtomicU64; RING_WORDS],
+}
+
+impl Default for AtomicReplayWindow {
+    fn default() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            ring: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl std::fmt::Debug for AtomicReplayWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicReplayWindow")
+            .field("last", &self.last())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AtomicReplayWindow {
+    /// An empty window.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The highest sequence number accepted so far (0 before the first).
+    pub fn last(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
+    /// Accepts and records `seq`, or returns false if it is a duplicate or older than
+    /// the window. Call only after the datagram authenticated (§5 order).
+    pub fn validate(&self, seq: u64) -> bool {
+        if seq == u64::MAX {
+            // Reserved, as in the scalar window: the window can never reach the end.
+            return false;
+        }
+        let last = self.last.load(Ordering::Acquire);
+        if seq < last && last - seq >= WINDOW {
+            return false;
+        }
+        let block = seq >> BLOCK_BITS_LOG;
+        let tag = block as u32;
+        let bit = 1u64 << (seq & (BLOCK_BITS - 1));
+        let word = &self.ring[(block & RING_MASK) as usize];
+        let mut cur = word.load(Ordering::Acquire);
+        loop {
+            let cur_tag = (cur >> 32) as u32;
+            let new = if cur_tag == tag {
+                if cur & bit != 0 {
+                    return false;
+                }
+                cur | bit
+            } else if (cur_tag.wrapping_sub(tag) as i32) > 0 {
+                // The word already serves a newer block: seq left the ring long ago.
+                return false;
+            } else {
+                (u64::from(tag) << 32) | bit
+            };
+            match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        self.last.fetch_max(seq, Ordering::AcqRel);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ntm_proto::ReplayWindow;
+    use proptest::prelude::*;
+
+    #[test]
+    fn basics_and_edges() {
+        let w = AtomicReplayWindow::new();
+        assert!(w.validate(1));
+        assert!(!w.validate(1));
+        assert!(w.validate(5));
+        assert!(w.validate(3));
+        assert!(!w.validate(3));
+        let top = 10_000;
+        assert!(w.validate(top));
+        assert!(w.validate(top - (WINDOW - 1)));
+        assert!(!w.validate(top - WINDOW));
+        assert!(!w.validate(1));
+        assert!(!w.validate(u64::MAX));
+        assert_eq!(w.last(), top);
+        // A far jump forgets everything behind the window.
+        assert!(w.validate(1_000_000));
+        assert!(w.validate(1_000_000 - 1));
+        assert!(!w.validate(top));
+    }
+
+    #[test]
+    fn seq_zero_is_accepted_once_like_the_scalar_window() {
+        let w = AtomicReplayWindow::new();
+        let mut s = ReplayWindow::new();
+        assert_eq!(w.validate(0), s.validate(0));
+        assert_eq!(w.validate(0), s.validate(0));
+    }
+
+    proptest! {
+        /// Single-threaded, it decides exactly as ntm-proto's scalar window.
+        #[test]
+        fn same_decisions_as_the_scalar_window(
+            steps in proptest::collection::vec((0u8..4, 0u64..5000), 1..400)
+        ) {
+            let w = AtomicReplayWindow::new();
+            let mut s = ReplayWindow::new();
+            let mut base = 1u64;
+            for (kind, n) in steps {
+                let seq = match kind {
+                    0 => { base += n % 70; base }           // forward, small steps
+                    1 => base.saturating_sub(n % 2200),     // behind, around the edge
+                    2 => { base += n * 7; base }            // jumps past the ring
+                    _ => base,                              // duplicate of the top
+                };
+                prop_assert_eq!(w.validate(seq), s.validate(seq), "seq {}", seq);
+                prop_assert_eq!(w.last(), s.last());
+            }
+        }
+    }
+
+    /// Two threads race to mark the same numbers in different orders: each number is
+    /// accepted exactly once in total.
+    #[test]
+    fn concurrent_workers_accept_each_number_once() {
+        use std::sync::Arc;
+        const N: u64 = 200_000;
+        for round in 0..4u64 {
+            let w = Arc::new(AtomicReplayWindow::new());
+            let run = |stride: u64| {
+                let w = Arc::clone(&w);
+                std::thread::spawn(move || {
+                    let mut accepted = Vec::new();
+                    // Both walk forward (as packets arrive) but interleave in chunks of
+                    // different sizes, so each sees the other's numbers out of order.
+                    let mut s = 1;
+                    while s <= N {
+                        let end = (s + stride).min(N + 1);
+                        for seq in (s..end).rev() {
+                            if w.validate(seq) {
+                                accepted.push(seq);
+                            }
+                        }
+                        s = end;
+                    }
+                    accepted
+                })
+            };
+            let a = run(7 + round);
+            let b = run(13 + 2 * round);
+            let mut all = a.join().unwrap();
+            all.extend(b.join().unwrap());
+            let total = all.len();
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), total, "a number was accepted twice");
+        }
+    }
+}

@@ -1,0 +1,769 @@
+//! Uplink and downlink on synthetic frames: byte-exact against ntm-proto's encoder and
+//! decoder, every drop reason, frames left unchanged when not taken, random input.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use ntm_proto::{
+    data::{decap, emit_tun_keepalive, encap_in_place, Decapped, RxTunnel, SeqCounter},
+    wire::HEADER_LEN,
+    Authenticator, Key, Path,
+};
+use proptest::prelude::*;
+
+use super::packet::{
+    downlink, ipv4_checksum, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL, ETH_LEN,
+    OUTER_LEN,
+};
+use super::*;
+
+const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+const PEER_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 9);
+const OTHER_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 77);
+const WAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
+const GN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+const LAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+const WAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+const GW_MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
+const TUNNEL: u32 = 0x0102_0304;
+const KEY: [u8; 32] = [0x5a; 32];
+
+fn endpoint() -> SocketAddrV4 {
+    "198.18.0.20:7700".parse().unwrap()
+}
+
+fn link() -> LinkInfo {
+    LinkInfo {
+        gn_vip: GN_VIP,
+        gn_mac: GN_MAC,
+        lan_mac: LAN_MAC,
+        wan_mac: WAN_MAC,
+        wan_ip: WAN_IP,
+        wan_port: 7700,
+        gateway_mac: GW_MAC,
+    }
+}
+
+fn spec(seq: &SeqCounter) -> TunnelSpec {
+    TunnelSpec {
+        tunnel_id: TUNNEL,
+        peer_vip: PEER_VIP,
+        endpoint: endpoint(),
+        key: Key::from_bytes(KEY),
+        tx_seq: seq.clone(),
+        path: Path::Direct,
+    }
+}
+
+/// A data plane with the link and one tunnel; returns it with the tunnel's counter.
+fn plane() -> (Dataplane, SeqCounter) {
+    let dp = Dataplane::new(&DataplaneConfig::default()).unwrap();
+    let seq = SeqCounter::starting_at(1);
+    dp.set_link(Some(link()));
+    dp.upsert_tunnel(spec(&seq));
+    (dp, seq)
+}
+
+/// An inner IPv4/UDP packet of exactly `len` bytes (at least 28).
+fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
+    assert!(len >= 28);
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&[0x12, 0x34]);
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = ipv4_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&5000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&6000u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+fn eth(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A GN frame carrying `inner`.
+fn gn_frame(inner: &[u8]) -> Vec<u8> {
+    eth(LAN_MAC, GN_MAC, 0x0800, inner)
+}
+
+/// Runs uplink the way a worker does: the frame with ENCAP_GROW bytes in front and
+/// ENCAP_TAIL behind. Returns the verdict and the whole buffer.
+fn run_uplink(snap: &Snapshot, frame: &[u8]) -> (UpVerdict, Vec<u8>) {
+    let mut buf = vec![0xee; ENCAP_GROW + frame.len() + ENCAP_TAIL];
+    buf[ENCAP_GROW..ENCAP_GROW + frame.len()].copy_from_slice(frame);
+    let v = uplink(snap, &mut buf, frame.len());
+    (v, buf)
+}
+
+/// A WAN frame: IPv4/UDP from `from` to the NTMA's port 7700 carrying `datagram`.
+fn wan_frame(from: SocketAddrV4, datagram: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + datagram.len();
+    let mut ip = vec![0u8; 20 + udp_len];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip[8] = 63;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&from.ip().octets());
+    ip[16..20].copy_from_slice(&WAN_IP.octets());
+    let c = ipv4_checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip[20..22].copy_from_slice(&from.port().to_be_bytes());
+    ip[22..24].copy_from_slice(&7700u16.to_be_bytes());
+    ip[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    ip[28..].copy_from_slice(datagram);
+    eth(WAN_MAC, GW_MAC, 0x0800, &ip)
+}
+
+/// DATA from the peer to the GN, sealed by ntm-proto's own encoder.
+fn data_datagram(seq: u64, inner: &[u8]) -> Vec<u8> {
+    let auth = Authenticator::new(&Key::from_bytes(KEY));
+    let mut buf = vec![0u8; inner.len() + 32];
+    buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
+    let n = encap_in_place(&mut buf, 0, inner.len(), TUNNEL, seq, &auth).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn keepalive_datagram(seq: u64) -> Vec<u8> {
+    let auth = Authenticator::new(&Key::from_bytes(KEY));
+    let mut buf = [0u8; 32];
+    let n = emit_tun_keepalive(&mut buf, TUNNEL, seq, &auth).unwrap();
+    buf[..n].to_vec()
+}
+
+/// Seals a datagram again after a test changed its header.
+fn reseal(datagram: &mut [u8]) {
+    Authenticator::new(&Key::from_bytes(KEY))
+        .seal(datagram)
+        .unwrap();
+}
+
+fn peer() -> SocketAddrV4 {
+    "198.18.0.10:40000".parse().unwrap()
+}
+
+/// Recomputes the outer IPv4 header checksum of a frame after a test changed it.
+fn fix_ip(frame: &mut [u8]) {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    frame[24..26].fill(0);
+    let c = ipv4_checksum(&frame[14..14 + ihl]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+// ------------------------------------------------------------------ uplink
+
+#[test]
+fn uplink_writes_exact_outer_headers_and_the_proto_datagram() {
+    for len in [28, 64, 512, 1400, INNER_MTU] {
+        let (dp, seq) = plane();
+        let snap = dp.snapshot();
+        let inner = inner_packet(GN_VIP, PEER_VIP, len);
+        let (v, buf) = run_uplink(&snap, &gn_frame(&inner));
+        let UpVerdict::Tx(out_len) = v else {
+            panic!("{len}: {v:?}")
+        };
+        assert_eq!(out_len, OUTER_LEN + len + 16, "{len}");
+        let out = &buf[..out_len];
+        // Ethernet: gateway ← wan.
+        assert_eq!(out[0..6], GW_MAC);
+        assert_eq!(out[6..12], WAN_MAC);
+        assert_eq!(out[12..14], [0x08, 0x00]);
+        // IPv4: valid checksum, lengths, addresses.
+        let ip = &out[14..34];
+        assert_eq!(ip[0], 0x45);
+        assert_eq!(usize::from(be16(ip, 2)), out_len - 14);
+        assert_eq!(ipv4_checksum(ip), 0, "IPv4 header checksum");
+        assert_eq!(be16(ip, 4), 1, "identification from seq 1");
+        assert_eq!(be16(ip, 6), 0, "no fragment flags");
+        assert_eq!((ip[8], ip[9]), (64, 17));
+        assert_eq!(ip[12..16], WAN_IP.octets());
+        assert_eq!(ip[16..20], endpoint().ip().octets());
+        // UDP: wan_port → endpoint, checksum 0.
+        let udp = &out[34..42];
+        assert_eq!(be16(udp, 0), 7700);
+        assert_eq!(be16(udp, 2), endpoint().port());
+        assert_eq!(usize::from(be16(udp, 4)), out_len - 34);
+        assert_eq!(be16(udp, 6), 0);
+        // The datagram is byte for byte what ntm-proto's encoder makes.
+        assert_eq!(out[42..], data_datagram(1, &inner)[..], "{len}");
+        // And ntm-proto's decoder at the peer accepts it, inner unchanged.
+        let mut rx = RxTunnel::new(Authenticator::new(&Key::from_bytes(KEY)), GN_VIP, PEER_VIP);
+        match decap(&out[42..], |id| (id == TUNNEL).then_some(&mut rx)) {
+            Ok(Decapped::Data {
+                tunnel_id,
+                seq: 1,
+                inner: got,
+            }) => {
+                assert_eq!(tunnel_id, TUNNEL);
+                assert_eq!(got, &inner[..]);
+            }
+            other => panic!("{len}: {other:?}"),
+        }
+        assert_eq!(seq.peek(), 2, "the shared counter moved");
+        let st = &dp.tunnel_stats()[0];
+        assert_eq!((st.tx_packets, st.tx_bytes), (1, len as u64));
+    }
+}
+
+#[test]
+fn uplink_shares_the_send_counter_with_the_control() {
+    let (dp, seq) = plane();
+    let snap = dp.snapshot();
+    let frame = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 100));
+    assert!(matches!(run_uplink(&snap, &frame).0, UpVerdict::Tx(_)));
+    // The control sends a TUN_KEEPALIVE with the next number...
+    assert_eq!(seq.next(), 2);
+    // ...so the next DATA carries 3.
+    let (_, buf) = run_uplink(&snap, &frame);
+    let seq_at = 42 + 8;
+    assert_eq!(
+        u64::from_be_bytes(buf[seq_at..seq_at + 8].try_into().unwrap()),
+        3
+    );
+}
+
+#[test]
+fn uplink_trims_ethernet_padding_and_keeps_ip_options() {
+    let (dp, _) = plane();
+    let snap = dp.snapshot();
+    // 28-byte inner packet in a 60-byte minimum frame: 18 bytes of padding.
+    let inner = inner_packet(GN_VIP, PEER_VIP, 28);
+    let mut frame = gn_frame(&inner);
+    frame.resize(60, 0);
+    let (v, buf) = run_uplink(&snap, &frame);
+    assert_eq!(v, UpVerdict::Tx(OUTER_LEN + 28 + 16));
+    assert_eq!(buf[OUTER_LEN..OUTER_LEN + 28], inner[..]);
+
+    // IHL 6 (4 bytes of options): forwarded unchanged.
+    let mut opt = inner_packet(GN_VIP, PEER_VIP, 40);
+    opt[0] = 0x46;
+    let (v, buf) = run_uplink(&snap, &gn_frame(&opt));
+    assert_eq!(v, UpVerdict::Tx(OUTER_LEN + 40 + 16));
+    assert_eq!(buf[OUTER_LEN..OUTER_LEN + 40], opt[..]);
+}
+
+#[test]
+fn uplink_drops_and_slow_path_leave_the_frame_unchanged() {
+    let (dp, _) = plane();
+    let snap = dp.snapshot();
+    let good = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 100));
+    let mut cases: Vec<(&str, Vec<u8>, UpVerdict)> = Vec::new();
+    let d = UpVerdict::Drop;
+    cases.push(("short IPv4", good[..30].to_vec(), d(FastDrop::LanMalformed)));
+    cases.push(("13 bytes", good[..13].to_vec(), d(FastDrop::LanMalformed)));
+    let mut v6 = good.clone();
+    v6[14] = 0x65;
+    cases.push(("version 6 in IPv4", v6, d(FastDrop::LanMalformed)));
+    let mut ihl = good.clone();
+    ihl[14] = 0x44;
+    cases.push(("IHL 4", ihl, d(FastDrop::LanMalformed)));
+    let mut long = good.clone();
+    long[16..18].copy_from_slice(&101u16.to_be_bytes());
+    cases.push((
+        "total length past the frame",
+        long,
+        d(FastDrop::LanMalformed),
+    ));
+    let mut below_ihl = good.clone();
+    below_ihl[16..18].copy_from_slice(&19u16.to_be_bytes());
+    cases.push((
+        "total length below IHL",
+        below_ihl,
+        d(FastDrop::LanMalformed),
+    ));
+    cases.push((
+        "spoofed source",
+        gn_frame(&inner_packet(OTHER_VIP, PEER_VIP, 100)),
+        d(FastDrop::LanBadSource),
+    ));
+    cases.push((
+        "1441 bytes",
+        gn_frame(&inner_packet(GN_VIP, PEER_VIP, INNER_MTU + 1)),
+        d(FastDrop::LanTooBig),
+    ));
+    cases.push((
+        "VIP without a tunnel",
+        gn_frame(&inner_packet(GN_VIP, OTHER_VIP, 100)),
+        UpVerdict::Slow,
+    ));
+    cases.push((
+        "ARP",
+        eth([0xff; 6], GN_MAC, 0x0806, &[0u8; 28]),
+        UpVerdict::Slow,
+    ));
+    cases.push((
+        "short non-IPv4",
+        eth([0xff; 6], GN_MAC, 0x86dd, &[]),
+        UpVerdict::Slow,
+    ));
+    for (what, frame, want) in cases {
+        let (v, buf) = run_uplink(&snap, &frame);
+        assert_eq!(v, want, "{what}");
+        assert_eq!(
+            buf[ENCAP_GROW..ENCAP_GROW + frame.len()],
+            frame[..],
+            "{what}"
+        );
+        assert!(buf[..ENCAP_GROW].iter().all(|b| *b == 0xee), "{what}");
+    }
+    // No room for the tag.
+    let mut buf = vec![0u8; ENCAP_GROW + good.len()];
+    buf[ENCAP_GROW..].copy_from_slice(&good);
+    assert_eq!(
+        uplink(&snap, &mut buf, good.len()),
+        UpVerdict::Drop(FastDrop::NoRoom)
+    );
+    // Link not ready: everything from the GN goes to the control thread.
+    dp.set_link(None);
+    assert_eq!(run_uplink(&dp.snapshot(), &good).0, UpVerdict::Slow);
+    assert_eq!(dp.tunnel_stats()[0].tx_packets, 0);
+}
+
+// ------------------------------------------------------------------ downlink
+
+#[test]
+fn downlink_strips_to_the_exact_inner_packet_towards_the_gn() {
+    for len in [28, 64, 512, 1400, INNER_MTU] {
+        let (dp, _) = plane();
+        let snap = dp.snapshot();
+        let inner = inner_packet(PEER_VIP, GN_VIP, len);
+        let mut frame = wan_frame(peer(), &data_datagram(7, &inner));
+        let v = downlink(&snap, &mut frame, 1000);
+        let DownVerdict::Tx { offset, len: n } = v else {
+            panic!("{len}: {v:?}")
+        };
+        let out = &frame[offset..offset + n];
+        assert_eq!(out[0..6], GN_MAC);
+        assert_eq!(out[6..12], LAN_MAC);
+        assert_eq!(out[12..14], [0x08, 0x00]);
+        assert_eq!(out[14..], inner[..], "{len}");
+        let st = &dp.tunnel_stats()[0];
+        assert_eq!((st.rx_packets, st.rx_bytes), (1, len as u64));
+        assert_eq!(st.last_rx_from, Some(peer()));
+        assert!(st.last_rx.is_some());
+    }
+}
+
+#[test]
+fn downlink_ignores_ethernet_padding_and_outer_ip_options() {
+    let (dp, _) = plane();
+    let snap = dp.snapshot();
+    let inner = inner_packet(PEER_VIP, GN_VIP, 28);
+    let mut frame = wan_frame(peer(), &data_datagram(1, &inner));
+    frame.extend_from_slice(&[0xaa; 6]);
+    let DownVerdict::Tx { offset, len } = downlink(&snap, &mut frame, 0) else {
+        panic!()
+    };
+    assert_eq!(frame[offset + 14..offset + len], inner[..]);
+
+    // Outer IHL 6.
+    let plain = wan_frame(peer(), &data_datagram(2, &inner));
+    let mut opt = plain[..34].to_vec();
+    opt.extend_from_slice(&[1, 1, 1, 0]);
+    opt.extend_from_slice(&plain[34..]);
+    opt[14] = 0x46;
+    let total = be16(&opt, 16) + 4;
+    opt[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ip(&mut opt);
+    let DownVerdict::Tx { offset, len } = downlink(&snap, &mut opt, 0) else {
+        panic!()
+    };
+    assert_eq!(opt[offset + 14..offset + len], inner[..]);
+}
+
+#[test]
+fn downlink_keepalive_is_verified_recorded_and_consumed() {
+    let (dp, _) = plane();
+    let snap = dp.snapshot();
+    let mut frame = wan_frame(peer(), &keepalive_datagram(3));
+    assert_eq!(downlink(&snap, &mut frame, 5_000), DownVerdict::Consumed);
+    let mut again = wan_frame(peer(), &keepalive_datagram(3));
+    assert_eq!(
+        downlink(&snap, &mut again, 6_000),
+        DownVerdict::Drop(FastDrop::Replay)
+    );
+    let mut forged = wan_frame(peer(), &keepalive_datagram(4));
+    let l = forged.len();
+    forged[l - 1] ^= 0x80;
+    assert_eq!(
+        downlink(&snap, &mut forged, 6_000),
+        DownVerdict::Drop(FastDrop::BadTag)
+    );
+    let st = &dp.tunnel_stats()[0];
+    assert_eq!((st.rx_keepalives, st.rx_packets), (1, 0));
+    assert_eq!(st.last_rx_from, Some(peer()));
+}
+
+#[test]
+fn downlink_every_drop_reason_in_spec_order() {
+    let (dp, _) = plane();
+    let snap = dp.snapshot();
+    let good_inner = inner_packet(PEER_VIP, GN_VIP, 64);
+    let good = data_datagram(100, &good_inner);
+    let d = DownVerdict::Drop;
+    let mut cases: Vec<(&str, Vec<u8>, DownVerdict)> = Vec::new();
+
+    let frame = wan_frame(peer(), &good);
+    cases.push((
+        "13-byte frame",
+        frame[..13].to_vec(),
+        d(FastDrop::WanMalformed),
+    ));
+    cases.push((
+        "no IPv4 header",
+        frame[..30].to_vec(),
+        d(FastDrop::WanMalformed),
+    ));
+    let mut ihl = frame.clone();
+    ihl[14] = 0x43;
+    cases.push(("IHL 3", ihl, d(FastDrop::WanMalformed)));
+    let mut csum = frame.clone();
+    csum[24] ^= 1;
+    cases.push(("IPv4 checksum", csum, d(FastDrop::WanMalformed)));
+    let mut src = frame.clone();
+    src[26] ^= 1;
+    cases.push((
+        "source changed, checksum not",
+        src,
+        d(FastDrop::WanMalformed),
+    ));
+    let mut total = frame.clone();
+    let t = be16(&total, 16) + 1;
+    total[16..18].copy_from_slice(&t.to_be_bytes());
+    fix_ip(&mut total);
+    cases.push((
+        "IPv4 total past the frame",
+        total,
+        d(FastDrop::WanMalformed),
+    ));
+    let mut tiny = frame.clone();
+    tiny[16..18].copy_from_slice(&24u16.to_be_bytes());
+    fix_ip(&mut tiny);
+    cases.push(("IPv4 total below IP+UDP", tiny, d(FastDrop::WanMalformed)));
+    let mut udp_long = frame.clone();
+    let u = be16(&udp_long, 38) + 1;
+    udp_long[38..40].copy_from_slice(&u.to_be_bytes());
+    cases.push(("UDP length past IPv4", udp_long, d(FastDrop::WanMalformed)));
+    let mut udp_short = frame.clone();
+    udp_short[38..40].copy_from_slice(&7u16.to_be_bytes());
+    cases.push(("UDP length 7", udp_short, d(FastDrop::WanMalformed)));
+
+    cases.push((
+        "31-byte datagram",
+        wan_frame(peer(), &good[..31]),
+        d(FastDrop::Truncated),
+    ));
+    let mut version = good.clone();
+    version[0] = 2;
+    cases.push((
+        "version 2",
+        wan_frame(peer(), &version),
+        d(FastDrop::BadVersion),
+    ));
+    let mut unknown = good.clone();
+    unknown[4..8].copy_from_slice(&7u32.to_be_bytes());
+    reseal(&mut unknown);
+    cases.push((
+        "unknown tunnel",
+        wan_frame(peer(), &unknown),
+        d(FastDrop::UnknownTunnel),
+    ));
+    let mut suite = good.clone();
+    suite[3] = 2;
+    reseal(&mut suite);
+    cases.push((
+        "suite 2",
+        wan_frame(peer(), &suite),
+        d(FastDrop::UnsupportedSuite),
+    ));
+    let mut tag = good.clone();
+    let l = tag.len();
+    tag[l - 16] ^= 1;
+    cases.push(("bad tag", wan_frame(peer(), &tag), d(FastDrop::BadTag)));
+    let mut body = good.clone();
+    body[HEADER_LEN + 30] ^= 1;
+    cases.push((
+        "changed body",
+        wan_frame(peer(), &body),
+        d(FastDrop::BadTag),
+    ));
+    let other_key = {
+        let a = Authenticator::new(&Key::from_bytes([1; 32]));
+        let mut b = good.clone();
+        a.seal(&mut b).unwrap();
+        b
+    };
+    cases.push((
+        "other key",
+        wan_frame(peer(), &other_key),
+        d(FastDrop::BadTag),
+    ));
+    cases.push((
+        "not IPv4 inside",
+        wan_frame(peer(), &data_datagram(101, &[0x60; 40])),
+        d(FastDrop::BadInner),
+    ));
+    cases.push((
+        "19-byte inner",
+        wan_frame(peer(), &data_datagram(102, &[0x45; 19])),
+        d(FastDrop::BadInner),
+    ));
+    cases.push((
+        "inner source not the peer",
+        wan_frame(
+            peer(),
+            &data_datagram(103, &inner_packet(OTHER_VIP, GN_VIP, 64)),
+        ),
+        d(FastDrop::InnerAddr),
+    ));
+    cases.push((
+        "inner destination not the GN",
+        wan_frame(
+            peer(),
+            &data_datagram(104, &inner_packet(PEER_VIP, OTHER_VIP, 64)),
+        ),
+        d(FastDrop::InnerAddr),
+    ));
+    // Accepted once, then the same seq is a replay.
+    cases.push((
+        "valid",
+        frame.clone(),
+        DownVerdict::Tx {
+            offset: 44,
+            len: 78,
+        },
+    ));
+    cases.push(("replayed", frame.clone(), d(FastDrop::Replay)));
+    cases.push((
+        "far ahead",
+        wan_frame(peer(), &data_datagram(100 + 2048 + 10, &good_inner)),
+        DownVerdict::Tx {
+            offset: 44,
+            len: 78,
+        },
+    ));
+    cases.push((
+        "older than the window",
+        wan_frame(peer(), &data_datagram(110, &good_inner)),
+        d(FastDrop::Replay),
+    ));
+
+    // Not for the fast path: handed over unchanged.
+    let mut arp = frame.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    cases.push(("ARP", arp, DownVerdict::Slow));
+    let mut frag = frame.clone();
+    frag[20] = 0x20;
+    fix_ip(&mut frag);
+    cases.push(("fragment", frag, DownVerdict::Slow));
+    let mut tcp = frame.clone();
+    tcp[23] = 6;
+    fix_ip(&mut tcp);
+    cases.push(("TCP", tcp, DownVerdict::Slow));
+    let mut port = frame.clone();
+    port[36..38].copy_from_slice(&7710u16.to_be_bytes());
+    cases.push(("another port", port, DownVerdict::Slow));
+    let mut signaling = good.clone();
+    signaling[1] = 0x30;
+    cases.push(("TUN_REQ", wan_frame(peer(), &signaling), DownVerdict::Slow));
+
+    for (what, frame, want) in cases {
+        let mut buf = frame.clone();
+        let v = downlink(&snap, &mut buf, 0);
+        assert_eq!(v, want, "{what}");
+        if !matches!(v, DownVerdict::Tx { .. }) {
+            assert_eq!(buf, frame, "{what}: frame changed");
+        }
+    }
+    // The forged copies of seq 100 came first and did not mark it: "valid" went through.
+    assert_eq!(dp.tunnel_stats()[0].rx_packets, 2);
+
+    // Authentic DATA while the link is down: nowhere to deliver it.
+    dp.set_link(None);
+    let mut f = wan_frame(peer(), &data_datagram(5000, &good_inner));
+    assert_eq!(
+        downlink(&dp.snapshot(), &mut f, 0),
+        DownVerdict::Drop(FastDrop::NotReady)
+    );
+}
+
+#[test]
+fn removed_tunnel_is_unknown_and_its_vip_goes_slow() {
+    let (dp, _) = plane();
+    dp.remove_tunnel(TUNNEL);
+    let snap = dp.snapshot();
+    let inner = inner_packet(PEER_VIP, GN_VIP, 64);
+    let mut f = wan_frame(peer(), &data_datagram(1, &inner));
+    assert_eq!(
+        downlink(&snap, &mut f, 0),
+        DownVerdict::Drop(FastDrop::UnknownTunnel)
+    );
+    let up = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 64));
+    assert_eq!(run_uplink(&snap, &up).0, UpVerdict::Slow);
+}
+
+#[test]
+fn set_endpoint_takes_effect_without_a_new_snapshot() {
+    let (dp, _) = plane();
+    let snap = dp.snapshot();
+    let roamed: SocketAddrV4 = "198.18.0.11:41000".parse().unwrap();
+    assert!(dp.set_endpoint(TUNNEL, roamed));
+    assert!(!dp.set_endpoint(TUNNEL + 1, roamed));
+    let (_, buf) = run_uplink(&snap, &gn_frame(&inner_packet(GN_VIP, PEER_VIP, 64)));
+    assert_eq!(buf[30..34], roamed.ip().octets());
+    assert_eq!(be16(&buf, 36), roamed.port());
+    assert_eq!(dp.tunnel_stats()[0].endpoint, roamed);
+}
+
+/// Two adapters with mirrored tunnels: what one encapsulates, the other delivers.
+#[test]
+fn round_trip_between_two_adapters() {
+    let (a, _) = plane();
+    let b = Dataplane::new(&DataplaneConfig::default()).unwrap();
+    b.set_link(Some(LinkInfo {
+        gn_vip: PEER_VIP,
+        ..link()
+    }));
+    b.upsert_tunnel(TunnelSpec {
+        peer_vip: GN_VIP,
+        ..spec(&SeqCounter::starting_at(1))
+    });
+    for len in [28, 700, INNER_MTU] {
+        let inner = inner_packet(GN_VIP, PEER_VIP, len);
+        let (v, buf) = run_uplink(&a.snapshot(), &gn_frame(&inner));
+        let UpVerdict::Tx(n) = v else { panic!() };
+        let mut wire = buf[..n].to_vec();
+        let DownVerdict::Tx { offset, len: m } = downlink(&b.snapshot(), &mut wire, 0) else {
+            panic!("{len}")
+        };
+        assert_eq!(wire[offset + ETH_LEN..offset + m], inner[..]);
+    }
+}
+
+/// Workers race on one tunnel with the same datagrams: each is delivered exactly once.
+#[test]
+fn two_workers_deliver_each_datagram_once() {
+    let (dp, _) = plane();
+    let dp = Arc::new(dp);
+    let inner = inner_packet(PEER_VIP, GN_VIP, 64);
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (1..=3000u64)
+            .map(|s| wan_frame(peer(), &data_datagram(s, &inner)))
+            .collect(),
+    );
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let dp = Arc::clone(&dp);
+            let frames = Arc::clone(&frames);
+            std::thread::spawn(move || {
+                let snap = dp.snapshot();
+                let (mut delivered, mut replays) = (0u64, 0u64);
+                let order: Vec<usize> = if w == 0 {
+                    (0..frames.len()).collect()
+                } else {
+                    (0..frames.len()).rev().collect()
+                };
+                for i in order {
+                    let mut f = frames[i].clone();
+                    match downlink(&snap, &mut f, 0) {
+                        DownVerdict::Tx { .. } => delivered += 1,
+                        DownVerdict::Drop(FastDrop::Replay) => replays += 1,
+                        v => panic!("{v:?}"),
+                    }
+                }
+                (delivered, replays)
+            })
+        })
+        .collect();
+    let (mut delivered, mut replays) = (0, 0);
+    for w in workers {
+        let (d, r) = w.join().unwrap();
+        delivered += d;
+        replays += r;
+    }
+    assert!(delivered <= 3000);
+    assert_eq!(delivered + replays, 6000);
+    assert_eq!(dp.tunnel_stats()[0].rx_packets, delivered);
+}
+
+proptest! {
+    /// Random frames never panic, in either direction.
+    #[test]
+    fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        let (dp, _) = plane();
+        let snap = dp.snapshot();
+        let _ = run_uplink(&snap, &bytes);
+        let mut b = bytes.clone();
+        let _ = downlink(&snap, &mut b, 0);
+    }
+
+    /// Any change to the datagram of a valid DATA keeps it from the GN.
+    #[test]
+    fn changed_datagrams_never_reach_the_gn(at in 0usize..96, bit in 0u8..8) {
+        let (dp, _) = plane();
+        let snap = dp.snapshot();
+        let datagram = data_datagram(9, &inner_packet(PEER_VIP, GN_VIP, 64));
+        let mut changed = datagram.clone();
+        changed[at] ^= 1 << bit;
+        let mut f = wan_frame(peer(), &changed);
+        let v = downlink(&snap, &mut f, 0);
+        prop_assert!(!matches!(v, DownVerdict::Tx { .. }), "{:?}", v);
+        prop_assert_eq!(dp.tunnel_stats()[0].rx_packets, 0);
+    }
+
+    /// Valid GN frames of any length up to the MTU round-trip through ntm-proto decap.
+    #[test]
+    fn uplink_round_trips_any_length(len in 28usize..=INNER_MTU) {
+        let (dp, _) = plane();
+        let inner = inner_packet(GN_VIP, PEER_VIP, len);
+        let (v, buf) = run_uplink(&dp.snapshot(), &gn_frame(&inner));
+        let UpVerdict::Tx(n) = v else { panic!("{v:?}") };
+        let mut rx = RxTunnel::new(Authenticator::new(&Key::from_bytes(KEY)), GN_VIP, PEER_VIP);
+        let got = decap(&buf[42..n], |_| Some(&mut rx));
+        let same = matches!(got, Ok(Decapped::Data { inner: i, .. }) if i == &inner[..]);
+        prop_assert!(same, "{:?}", got);
+    }
+}
+
+#[test]
+fn config_validation() {
+    let xdp = ntma_common::XdpConfig::new(0x6440_0000, 10, 0x6440_0001, 7700);
+    let ok = DatapathConfig::new("lan0", "wan0", xdp);
+    ok.validate().unwrap();
+    let bad = |f: &dyn Fn(&mut DatapathConfig)| {
+        let mut c = ok.clone();
+        f(&mut c);
+        match c.validate() {
+            Err(FastpathError::Config(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(bad(&|c| c.wan_if = "lan0".into()).contains("differ"));
+    assert!(bad(&|c| c.queues = 0).contains("queues"));
+    assert!(bad(&|c| c.queues = 65).contains("queues"));
+    assert!(bad(&|c| c.xdp = ntma_common::XdpConfig::default()).contains("XDP"));
+    assert!(bad(&|c| c.rx_ring = 1000).contains("rx_ring"));
+    assert!(bad(&|c| c.batch = 0).contains("batch"));
+    assert!(bad(&|c| c.umem.frame_count = 64).contains("frame_count"));
+    assert!(bad(&|c| c.slow_slots = 0).contains("slow_slots"));
+    assert!(bad(&|c| c.cores = vec![100_000]).contains("core 100000"));
+    assert!(bad(&|c| c.umem.headroom = 32).contains("headroom"));
+}

@@ -1,0 +1,297 @@
+//! One worker per NIC queue: the xsk_fwd burst loop over the queue's two AF_XDP
+//! sockets (GN-facing and WAN), sharing one UMEM.
+//!
+//! Each iteration: load the table snapshot once; reap both completion rings into the
+//! worker's frame pool and give the fill rings what they are owed; take a burst from
+//! the GN side, encapsulate each frame in place and queue it on the WAN TX ring; take
+//! a burst from the WAN side, verify and strip each frame in place and queue it on the
+//! GN TX ring; flush; publish counters. A frame received on one socket leaves on the
+//! other as the same UMEM frame. Ring wake-ups are made only when the kernel asks
+//! (`need_wakeup`); when both sides are idle the worker sleeps in poll(2) on both RX
+//! rings (or spins with `busy_poll`).
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::ebpf::Side;
+use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
+
+use super::{
+    dataplane::{Dataplane, LocalCounters, Stat},
+    packet::{downlink, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
+    table::Snapshot,
+    FastpathError,
+};
+
+/// Longest sleep when idle: bounds how long [`super::Datapath::stop`] waits.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// Sleep while frames are still owed to the kernel (TX ring not drained, fill ring
+/// owed frames): short, so that they move on soon.
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+
+/// What a worker needs to start.
+pub(crate) struct WorkerSetup {
+    pub(crate) index: usize,
+    pub(crate) core: Option<usize>,
+    pub(crate) lan: PortConfig,
+    pub(crate) wan: PortConfig,
+    pub(crate) umem: Arc<Umem>,
+    pub(crate) frames: u32,
+    pub(crate) batch: usize,
+    pub(crate) busy_poll: bool,
+    pub(crate) dp: Arc<Dataplane>,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+/// The sockets a started worker bound, for the XskMaps.
+pub(crate) struct Bound {
+    pub(crate) lan_fd: RawFd,
+    pub(crate) wan_fd: RawFd,
+    pub(crate) mode: XskMode,
+}
+
+/// Starts a worker thread (in the calling thread's network namespace, which it
+/// inherits): it pins itself, binds its two sockets, fills their fill rings and
+/// reports back before it enters its loop. The sockets are made on the worker thread
+/// because xdpilone's rings are not `Send`.
+pub(crate) fn spawn(setup: WorkerSetup) -> Result<(JoinHandle<()>, Bound), FastpathError> {
+    let index = setup.index;
+    let (tx, rx) = mpsc::sync_channel::<Result<Bound, FastpathError>>(1);
+    let handle = std::thread::Builder::new()
+        .name(format!("ntma-fp{index}"))
+        .spawn(move || match Worker::new(setup) {
+            Ok((worker, bound)) => {
+                let _ = tx.send(Ok(bound));
+                drop(tx);
+                worker.run();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })
+        .map_err(|source| FastpathError::Spawn {
+            queue: index,
+            source,
+        })?;
+    match rx.recv() {
+        Ok(Ok(bound)) => Ok((handle, bound)),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            // The thread died before reporting: it panicked.
+            let _ = handle.join();
+            Err(FastpathError::WorkerPanicked { queue: index })
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    lan: Port,
+    wan: Port,
+    pool: FramePool,
+    umem: Arc<Umem>,
+    dp: Arc<Dataplane>,
+    stop: Arc<AtomicBool>,
+    batch: usize,
+    busy_poll: bool,
+    rx: Vec<Frame>,
+    lan_tx: Vec<Frame>,
+    wan_tx: Vec<Frame>,
+    local: LocalCounters,
+    /// A slow frame went into an empty queue during this burst: wake the control.
+    wake_slow: bool,
+}
+
+impl Worker {
+    fn new(s: WorkerSetup) -> Result<(Worker, Bound), FastpathError> {
+        if let Some(core) = s.core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                return Err(FastpathError::Pin {
+                    queue: s.index,
+                    core,
+                });
+            }
+        }
+        s.dp.set_core(s.index, s.core);
+        let mut pool = s.umem.pool(s.frames)?;
+        let mut lan = Port::bind(&s.umem, s.lan)?;
+        let mut wan = Port::bind(&s.umem, s.wan)?;
+        // A quarter of the frames waits in each fill ring; the other half covers
+        // frames in flight on the TX rings.
+        let fill = (s.frames / 4).min(s.umem.config().fill_size);
+        lan.fill(&mut pool, fill);
+        wan.fill(&mut pool, fill);
+        let bound = Bound {
+            lan_fd: lan.as_raw_fd(),
+            wan_fd: wan.as_raw_fd(),
+            mode: lan.mode(),
+        };
+        let batch = s.batch;
+        Ok((
+            Worker {
+                index: s.index,
+                lan,
+                wan,
+                pool,
+                umem: s.umem,
+                dp: s.dp,
+                stop: s.stop,
+                batch,
+                busy_poll: s.busy_poll,
+                rx: Vec::with_capacity(batch),
+                // Bursts are taken only while at most `batch` frames wait, so these
+                // never grow past their capacity.
+                lan_tx: Vec::with_capacity(2 * batch),
+                wan_tx: Vec::with_capacity(2 * batch),
+                local: LocalCounters::default(),
+                wake_slow: false,
+            },
+            bound,
+        ))
+    }
+
+    fn run(mut self) {
+        let mut cache = arc_swap::Cache::new(Arc::clone(self.dp.table()));
+        let complete_max = self.umem.config().completion_size;
+        while !self.stop.load(Ordering::Relaxed) {
+            // One snapshot per burst: tunnels published meanwhile apply to the next one.
+            let snap = Arc::clone(cache.load());
+            let now = self.dp.now_nanos(Instant::now());
+
+            self.wan.complete(&mut self.pool, complete_max);
+            self.lan.complete(&mut self.pool, complete_max);
+            self.lan.refill(&mut self.pool);
+            self.wan.refill(&mut self.pool);
+
+            let mut received = 0;
+            if self.wan_tx.len() <= self.batch {
+                let n = self.lan.rx_burst(&mut self.pool, &mut self.rx);
+                self.local.add(Stat::LanRx, u64::from(n));
+                received += n;
+                let mut rx = std::mem::take(&mut self.rx);
+                for frame in rx.drain(..) {
+                    self.uplink_one(&snap, frame);
+                }
+                self.rx = rx;
+            }
+            let n = self.wan.tx_burst(&mut self.wan_tx);
+            self.local.add(Stat::WanTx, u64::from(n));
+
+            if self.lan_tx.len() <= self.batch {
+                let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
+                self.local.add(Stat::WanRx, u64::from(n));
+                received += n;
+                let mut rx = std::mem::take(&mut self.rx);
+                for frame in rx.drain(..) {
+                    self.downlink_one(&snap, frame, now);
+                }
+                self.rx = rx;
+            }
+            let n = self.lan.tx_burst(&mut self.lan_tx);
+            self.local.add(Stat::LanTx, u64::from(n));
+
+            // Copy mode sends a limited number per wake-up: keep kicking while the
+            // kernel has not taken everything.
+            if self.wan.tx_pending() > 0 {
+                self.wan.kick_tx();
+            }
+            if self.lan.tx_pending() > 0 {
+                self.lan.kick_tx();
+            }
+            if std::mem::take(&mut self.wake_slow) {
+                self.dp.wake_control();
+            }
+
+            if received > 0 {
+                self.local.add(Stat::Batches, 1);
+                self.dp.publish_counters(self.index, &self.local);
+            } else if self.busy_poll {
+                std::hint::spin_loop();
+            } else {
+                let owed = !self.lan_tx.is_empty()
+                    || !self.wan_tx.is_empty()
+                    || self.lan.tx_pending() > 0
+                    || self.wan.tx_pending() > 0
+                    || self.lan.fill_owed() > 0
+                    || self.wan.fill_owed() > 0;
+                let wait = if owed { BUSY_WAIT } else { IDLE_WAIT };
+                // A failed poll (EBADF and the like cannot happen on our own fds) only
+                // costs a spin; the loop goes on.
+                let _ = Port::wait_any_rx(&[&self.lan, &self.wan], wait);
+            }
+        }
+        self.dp.publish_counters(self.index, &self.local);
+    }
+
+    fn uplink_one(&mut self, snap: &Snapshot, mut frame: Frame) {
+        let frame_len = frame.len();
+        if !self.umem.push_front(&mut frame, ENCAP_GROW)
+            || !self
+                .umem
+                .set_len(&mut frame, ENCAP_GROW + frame_len + ENCAP_TAIL)
+        {
+            self.local.drop(FastDrop::NoRoom);
+            self.pool.free(frame);
+            return;
+        }
+        match uplink(snap, self.umem.packet_mut(&mut frame), frame_len) {
+            UpVerdict::Tx(len) => {
+                // Shrinking: cannot fail.
+                self.umem.set_len(&mut frame, len);
+                self.wan_tx.push(frame);
+            }
+            UpVerdict::Slow => {
+                // uplink wrote nothing: undo the growth and hand the frame over as received.
+                self.umem.pull_front(&mut frame, ENCAP_GROW);
+                self.umem.set_len(&mut frame, frame_len);
+                self.hand_to_slow(Side::Lan, frame);
+            }
+            UpVerdict::Drop(why) => {
+                self.local.drop(why);
+                self.pool.free(frame);
+            }
+        }
+    }
+
+    fn downlink_one(&mut self, snap: &Snapshot, mut frame: Frame, now: u64) {
+        match downlink(snap, self.umem.packet_mut(&mut frame), now) {
+            DownVerdict::Tx { offset, len } => {
+                self.umem.pull_front(&mut frame, offset);
+                self.umem.set_len(&mut frame, len);
+                self.lan_tx.push(frame);
+            }
+            DownVerdict::Consumed => {
+                self.local.add(Stat::Keepalives, 1);
+                self.pool.free(frame);
+            }
+            DownVerdict::Slow => self.hand_to_slow(Side::Wan, frame),
+            DownVerdict::Drop(why) => {
+                self.local.drop(why);
+                self.pool.free(frame);
+            }
+        }
+    }
+
+    fn hand_to_slow(&mut self, side: Side, frame: Frame) {
+        let (queued, was_empty) = self
+            .dp
+            .push_slow(self.index, side, self.umem.packet(&frame));
+        if queued {
+            self.local.add(Stat::Slow, 1);
+            self.wake_slow |= was_empty;
+        } else {
+            self.local.drop(FastDrop::SlowQueueFull);
+        }
+        self.pool.free(frame);
+    }
+}

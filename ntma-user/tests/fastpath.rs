@@ -1,0 +1,530 @@
+//! The fast path on the testbed: `Datapath` on ntma's lan0/wan0, a tunnel published by
+//! hand, and a small NTM peer in cn written with ntm-proto.
+//!
+//! * gn → cn: gn sends UDP to the peer's VIP; the datagrams leave ntma as DATA through
+//!   nat1's masquerade; cn verifies every one with the tunnel key and checks the inner
+//!   packet.
+//! * cn → gn: cn answers to the address:port it observed (nat1's mapping, created by
+//!   ntma's outbound packets); gn receives the inner packets.
+//! * Forged, replayed, unknown-tunnel, wrong-inner-address and truncated DATA from cn
+//!   are dropped and counted by reason; none reaches gn; a TUN_KEEPALIVE is counted.
+//! * A packet to a VIP without a tunnel reaches the slow queue and wakes its eventfd.
+//! * After `stop`, no XDP program is left on either NIC.
+//!
+//! They need root (CAP_BPF, CAP_NET_ADMIN, network namespaces) and fail without it.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use ntm_proto::{
+    data::{decap, emit_tun_keepalive, encap_in_place, Decapped, RxTunnel, SeqCounter},
+    wire::HEADER_LEN,
+    Authenticator, Key, Path,
+};
+use ntm_testbed::{
+    ifname, unique_prefix, Options, Role, Testbed, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL,
+};
+use ntma_common::{Verdict, XdpConfig, NTM_PORT};
+use ntma_user::fastpath::{
+    Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo, Side, TunnelSpec, XskMode,
+};
+
+const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+const PEER_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 9);
+/// A VIP without a tunnel: its packets go to the slow queue.
+const LONELY_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 77);
+const TUNNEL: u32 = 0x00c0_ffee;
+const GN_PORT: u16 = 5000;
+const PEER_PORT: u16 = 6000;
+/// Datagrams each way.
+const N: usize = 64;
+/// Bad datagrams of each kind.
+const BAD: usize = 8;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn require_root() {
+    if let Err(e) = ntm_testbed::require_root() {
+        panic!("{e}");
+    }
+}
+
+fn mac_of(tb: &Testbed, role: Role, ifname: &str) -> [u8; 6] {
+    let out = tb
+        .output(role, ["cat", &format!("/sys/class/net/{ifname}/address")])
+        .expect("read the MAC address");
+    let bytes: Vec<u8> = out
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex MAC"))
+        .collect();
+    bytes.try_into().expect("6-byte MAC")
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// gn gets its VIP by hand (no DHCP server here) and static neighbour entries for the
+/// VIPs it sends to (no proxy ARP either).
+fn prepare_gn(tb: &Testbed, lan_mac: [u8; 6]) {
+    tb.exec(
+        Role::Gn,
+        [
+            "ip",
+            "addr",
+            "add",
+            &format!("{GN_VIP}/10"),
+            "dev",
+            ifname::ETH0,
+        ],
+    )
+    .unwrap();
+    for vip in [PEER_VIP, LONELY_VIP] {
+        tb.exec(
+            Role::Gn,
+            [
+                "ip",
+                "neigh",
+                "replace",
+                &vip.to_string(),
+                "lladdr",
+                &mac_text(lan_mac),
+                "dev",
+                ifname::ETH0,
+                "nud",
+                "permanent",
+            ],
+        )
+        .unwrap();
+    }
+}
+
+fn key() -> Key {
+    Key::from_bytes(*b"ntma fast path integration test!")
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4/UDP packet (UDP checksum 0: "none", valid over IPv4).
+fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let len = 28 + payload.len();
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.ip().octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&src.port().to_be_bytes());
+    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+/// The UDP payload of an IPv4/UDP packet.
+fn udp_payload(p: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, &[u8])> {
+    let ihl = usize::from(*p.first()? & 0x0f) * 4;
+    if p.len() < ihl + 8 || p[9] != 17 {
+        return None;
+    }
+    let ip = |at: usize| Ipv4Addr::new(p[at], p[at + 1], p[at + 2], p[at + 3]);
+    let port = |at: usize| u16::from_be_bytes([p[at], p[at + 1]]);
+    let udp_len = usize::from(port(ihl + 4));
+    let body = p.get(ihl + 8..ihl + udp_len)?;
+    Some((
+        SocketAddrV4::new(ip(12), port(ihl)),
+        SocketAddrV4::new(ip(16), port(ihl + 2)),
+        body,
+    ))
+}
+
+/// The NTM peer in cn: `K_tun`, its send counter and its receive state.
+struct Peer {
+    sock: UdpSocket,
+    auth: Authenticator,
+    seq: SeqCounter,
+    rx: RxTunnel,
+}
+
+impl Peer {
+    fn new(tb: &Testbed) -> Peer {
+        let sock = tb
+            .in_netns(Role::Cn, || {
+                UdpSocket::bind(SocketAddrV4::new(CN_ADDR, NTM_PORT))
+            })
+            .expect("enter cn")
+            .expect("bind the peer in cn");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let auth = Authenticator::new(&key());
+        Peer {
+            sock,
+            rx: RxTunnel::new(auth.clone(), GN_VIP, PEER_VIP),
+            auth,
+            seq: SeqCounter::starting_at(1),
+        }
+    }
+
+    /// DATA with `inner`, sealed with tunnel id `id` and the next seq.
+    fn data(&self, id: u32, inner: &[u8]) -> Vec<u8> {
+        self.data_with_seq(id, self.seq.next(), inner)
+    }
+
+    fn data_with_seq(&self, id: u32, seq: u64, inner: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; inner.len() + 32];
+        buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
+        let n = encap_in_place(&mut buf, 0, inner.len(), id, seq, &self.auth).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn to_gn(&self, payload: &[u8]) -> Vec<u8> {
+        udp_packet(
+            SocketAddrV4::new(PEER_VIP, PEER_PORT),
+            SocketAddrV4::new(GN_VIP, GN_PORT),
+            payload,
+        )
+    }
+}
+
+/// Receives on `sock` until `want` datagrams or `limit` passed.
+fn recv_n(sock: &UdpSocket, want: usize, limit: Duration) -> Vec<(Vec<u8>, SocketAddrV4)> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 2048];
+    while got.len() < want && Instant::now() < deadline {
+        if let Ok((n, SocketAddr::V4(from))) = sock.recv_from(&mut buf) {
+            got.push((buf[..n].to_vec(), from));
+        }
+    }
+    got
+}
+
+fn xdp_config() -> XdpConfig {
+    XdpConfig::new(
+        u32::from(VIP_POOL.0),
+        VIP_POOL.1,
+        u32::from(NTMA_LAN_ADDR),
+        NTM_PORT,
+    )
+}
+
+fn xdp_attached(tb: &Testbed, ifname: &str) -> bool {
+    let out = tb
+        .output(Role::Ntma, ["ip", "-d", "link", "show", "dev", ifname])
+        .expect("ip link show");
+    out.contains("xdp")
+}
+
+struct World {
+    tb: Testbed,
+    datapath: Option<Datapath>,
+    dp: std::sync::Arc<Dataplane>,
+    gn: UdpSocket,
+    peer: Peer,
+    nonce: u64,
+}
+
+/// Testbed with `queues` queues on the AF_XDP path, the fast path started on ntma with
+/// one worker per queue, the link and one tunnel to cn published.
+fn world(tag: &str, queues: u16, cores: Vec<usize>) -> World {
+    require_root();
+    let tb = Testbed::up_with(
+        &unique_prefix(tag),
+        Options {
+            queues,
+            ..Options::default()
+        },
+    )
+    .expect("testbed up");
+    let lan_mac = mac_of(&tb, Role::Ntma, ifname::NTMA_LAN);
+    let wan_mac = mac_of(&tb, Role::Ntma, ifname::NTMA_WAN);
+    let gateway_mac = mac_of(&tb, Role::Nat1, ifname::NAT_LAN);
+    let gn_mac = mac_of(&tb, Role::Gn, ifname::ETH0);
+    prepare_gn(&tb, lan_mac);
+
+    let mut cfg = DatapathConfig::new(ifname::NTMA_LAN, ifname::NTMA_WAN, xdp_config());
+    cfg.queues = u32::from(queues);
+    cfg.cores = cores;
+    cfg.umem.frame_count = 2048 * u32::from(queues);
+    // Worker threads are spawned from this thread inside ntma's namespace: they stay there.
+    let datapath = tb
+        .in_netns(Role::Ntma, || Datapath::start(cfg))
+        .expect("enter ntma")
+        .unwrap_or_else(|e| panic!("starting the fast path in ntma failed: {e}"));
+    let dp = datapath.dataplane();
+    dp.set_link(Some(LinkInfo {
+        gn_vip: GN_VIP,
+        gn_mac,
+        lan_mac,
+        wan_mac,
+        wan_ip: NTMA_WAN_ADDR,
+        wan_port: NTM_PORT,
+        gateway_mac,
+    }));
+    dp.upsert_tunnel(TunnelSpec {
+        tunnel_id: TUNNEL,
+        peer_vip: PEER_VIP,
+        endpoint: SocketAddrV4::new(CN_ADDR, NTM_PORT),
+        key: key(),
+        tx_seq: SeqCounter::starting_at(1),
+        path: Path::Direct,
+    });
+    let gn = tb
+        .in_netns(Role::Gn, || {
+            UdpSocket::bind(SocketAddrV4::new(GN_VIP, GN_PORT))
+        })
+        .expect("enter gn")
+        .expect("bind in gn");
+    gn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let peer = Peer::new(&tb);
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    World {
+        tb,
+        datapath: Some(datapath),
+        dp,
+        gn,
+        peer,
+        nonce,
+    }
+}
+
+impl World {
+    /// gn → cn: N datagrams; cn verifies each. Returns the address:port cn saw (nat1's
+    /// mapping of ntma's wan0:7700).
+    fn uplink_exchange(&mut self) -> SocketAddrV4 {
+        let to = SocketAddrV4::new(PEER_VIP, PEER_PORT);
+        for i in 0..N {
+            self.gn
+                .send_to(format!("up {i} {}", self.nonce).as_bytes(), to)
+                .expect("send from gn");
+        }
+        let got = recv_n(&self.peer.sock, N, WAIT);
+        assert_eq!(got.len(), N, "cn received {} of {N} DATA", got.len());
+        let mut seen = [false; N];
+        let mut mapped = None;
+        for (datagram, from) in &got {
+            assert_eq!(from.ip(), &ntm_testbed::NAT1_WAN_ADDR, "through nat1");
+            assert!(mapped.is_none_or(|m| m == *from), "one NAT mapping");
+            mapped = Some(*from);
+            let rx = &mut self.peer.rx;
+            let d = decap(datagram, |id| (id == TUNNEL).then_some(&mut *rx))
+                .unwrap_or_else(|e| panic!("cn rejects the adapter's DATA: {e}"));
+            let Decapped::Data { inner, seq, .. } = d else {
+                panic!("not DATA: {d:?}")
+            };
+            assert!((1..=N as u64).contains(&seq), "seq {seq}");
+            let (src, dst, body) = udp_payload(inner).expect("inner UDP");
+            assert_eq!(src, SocketAddrV4::new(GN_VIP, GN_PORT));
+            assert_eq!(dst, to);
+            let text = std::str::from_utf8(body).unwrap();
+            let mut w = text.split(' ');
+            assert_eq!(w.next(), Some("up"));
+            let i: usize = w.next().unwrap().parse().unwrap();
+            assert_eq!(w.next(), Some(self.nonce.to_string().as_str()));
+            assert!(!seen[i], "duplicate {i}");
+            seen[i] = true;
+        }
+        mapped.expect("at least one datagram")
+    }
+
+    /// cn → gn through the mapping: N datagrams, all arrive.
+    fn downlink_exchange(&self, mapped: SocketAddrV4) {
+        for i in 0..N {
+            let inner = self
+                .peer
+                .to_gn(format!("down {i} {}", self.nonce).as_bytes());
+            self.peer
+                .sock
+                .send_to(&self.peer.data(TUNNEL, &inner), mapped)
+                .expect("send from cn");
+        }
+        let got = recv_n(&self.gn, N, WAIT);
+        let mut seen = [false; N];
+        for (payload, from) in &got {
+            assert_eq!(*from, SocketAddrV4::new(PEER_VIP, PEER_PORT));
+            let text = std::str::from_utf8(payload).unwrap();
+            let mut w = text.split(' ');
+            assert_eq!(w.next(), Some("down"), "{text:?} reached gn");
+            let i: usize = w.next().unwrap().parse().unwrap();
+            assert_eq!(w.next(), Some(self.nonce.to_string().as_str()));
+            assert!(!seen[i]);
+            seen[i] = true;
+        }
+        assert_eq!(got.len(), N, "gn received {} of {N}", got.len());
+    }
+
+    fn stop(&mut self) {
+        if let Some(d) = self.datapath.take() {
+            d.stop();
+        }
+        for i in [ifname::NTMA_LAN, ifname::NTMA_WAN] {
+            assert!(!xdp_attached(&self.tb, i), "XDP still attached to {i}");
+        }
+    }
+}
+
+#[test]
+fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
+    let mut w = world("fp1", 1, Vec::new());
+    let datapath = w.datapath.as_ref().unwrap();
+    assert_eq!(
+        datapath.mode(),
+        XskMode::Copy,
+        "veth runs AF_XDP in copy mode"
+    );
+    for i in [ifname::NTMA_LAN, ifname::NTMA_WAN] {
+        assert!(xdp_attached(&w.tb, i), "XDP attached to {i}");
+    }
+
+    let mapped = w.uplink_exchange();
+    w.downlink_exchange(mapped);
+
+    // Bad DATA from cn, each kind BAD times. Every inner packet says "forged", so
+    // gn would notice any of them.
+    let forged_inner = w.peer.to_gn(b"forged");
+    let mut bad: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..BAD {
+        let mut tag = w.peer.data(TUNNEL, &forged_inner);
+        let l = tag.len();
+        tag[l - 3] ^= 0x10;
+        bad.push(tag);
+        let mut body = w.peer.data(TUNNEL, &forged_inner);
+        body[HEADER_LEN + 28] ^= 1;
+        bad.push(body);
+        bad.push(w.peer.data(TUNNEL + 1, &forged_inner));
+        let spoofed = udp_packet(
+            SocketAddrV4::new(LONELY_VIP, PEER_PORT),
+            SocketAddrV4::new(GN_VIP, GN_PORT),
+            b"forged",
+        );
+        bad.push(w.peer.data(TUNNEL, &spoofed));
+        bad.push(w.peer.data(TUNNEL, &forged_inner)[..31].to_vec());
+    }
+    for b in &bad {
+        w.peer.sock.send_to(b, mapped).unwrap();
+    }
+    // An authentic packet, then BAD replays of it, a TUN_KEEPALIVE, and a last good
+    // packet: once gn has that one, the worker has processed everything before it.
+    let barrier = |w: &World, seq: u64| {
+        let inner = w.peer.to_gn(format!("barrier {seq}").as_bytes());
+        w.peer.data_with_seq(TUNNEL, seq, &inner)
+    };
+    let seq = w.peer.seq.next();
+    let first = barrier(&w, seq);
+    for _ in 0..=BAD {
+        w.peer.sock.send_to(&first, mapped).unwrap();
+    }
+    let mut ka = [0u8; 32];
+    emit_tun_keepalive(&mut ka, TUNNEL, w.peer.seq.next(), &w.peer.auth).unwrap();
+    w.peer.sock.send_to(&ka, mapped).unwrap();
+    let last_seq = w.peer.seq.next();
+    w.peer.sock.send_to(&barrier(&w, last_seq), mapped).unwrap();
+    let got = recv_n(&w.gn, 2, WAIT);
+    let texts: Vec<String> = got
+        .iter()
+        .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![format!("barrier {seq}"), format!("barrier {last_seq}")],
+        "only the two authentic packets reach gn"
+    );
+    let more = recv_n(&w.gn, 1, Duration::from_millis(500));
+    assert!(more.is_empty(), "something more reached gn: {more:?}");
+
+    // A packet to a VIP without a tunnel goes to the control thread.
+    let waker = w.dp.slow_waker();
+    waker.clear();
+    w.gn.send_to(b"hello?", SocketAddrV4::new(LONELY_VIP, PEER_PORT))
+        .unwrap();
+    assert!(waker.wait(WAIT), "the slow queue's eventfd was signalled");
+    waker.clear();
+    let mut buf = [0u8; 2048];
+    let f = w.dp.pop_slow(&mut buf).expect("a slow frame");
+    assert_eq!(f.side, Side::Lan);
+    assert!(!f.truncated);
+    let (src, dst, body) = udp_payload(&buf[14..f.len]).expect("UDP");
+    assert_eq!(src.ip(), &GN_VIP);
+    assert_eq!(dst, SocketAddrV4::new(LONELY_VIP, PEER_PORT));
+    assert_eq!(body, b"hello?");
+    assert!(w.dp.pop_slow(&mut buf).is_none());
+
+    // Counters. Workers publish after each burst; the last burst is done (gn got the
+    // barrier), but give the publish a moment.
+    let stats = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            w.dp.worker_stats()
+        })
+        .find(|s| s[0].slow == 1)
+        .expect("worker published its counters");
+    let s = &stats[0];
+    eprintln!(
+        "worker 0: lan rx {} tx {}, wan rx {} tx {}, batches {}, keepalives {}, slow {}, drops {:?}",
+        s.lan_rx,
+        s.lan_tx,
+        s.wan_rx,
+        s.wan_tx,
+        s.batches,
+        s.keepalives,
+        s.slow,
+        s.drops().filter(|(_, n)| *n > 0).collect::<Vec<_>>()
+    );
+    assert_eq!(s.drop_count(FastDrop::BadTag), 2 * BAD as u64);
+    assert_eq!(s.drop_count(FastDrop::UnknownTunnel), BAD as u64);
+    assert_eq!(s.drop_count(FastDrop::InnerAddr), BAD as u64);
+    assert_eq!(s.drop_count(FastDrop::Truncated), BAD as u64);
+    assert_eq!(s.drop_count(FastDrop::Replay), BAD as u64);
+    assert_eq!(s.total_drops(), 6 * BAD as u64, "no other drops");
+    assert_eq!(s.keepalives, 1);
+    assert_eq!(s.wan_tx, N as u64);
+    assert_eq!(s.lan_tx, N as u64 + 2);
+    let t = &w.dp.tunnel_stats()[0];
+    assert_eq!(t.tx_packets, N as u64);
+    assert_eq!(t.rx_packets, N as u64 + 2);
+    assert_eq!(t.rx_keepalives, 1);
+    assert_eq!(t.next_tx_seq, N as u64 + 1);
+    assert_eq!(t.last_rx_from, Some(SocketAddrV4::new(CN_ADDR, NTM_PORT)));
+    assert!(t.last_rx.is_some());
+    let xdp = w.datapath.as_ref().unwrap().xdp_counters().unwrap();
+    assert!(xdp.get(Verdict::LanRedirect) > N as u64);
+    assert!(xdp.get(Verdict::WanRedirect) >= (N + 6 * BAD + 3) as u64);
+
+    w.stop();
+}
+
+/// Two queues, two workers pinned to cores 0 and 1: traffic flows both ways whichever
+/// queue carries it, and stop detaches everything.
+#[test]
+fn fastpath_with_two_pinned_workers() {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores: Vec<usize> = cores.iter().map(|c| c.id).take(2).collect();
+    let mut w = world("fp2", 2, cores.clone());
+    let mapped = w.uplink_exchange();
+    w.downlink_exchange(mapped);
+    let stats = w.dp.worker_stats();
+    assert_eq!(stats.len(), 2);
+    for (s, core) in stats.iter().zip(cores.iter().cycle()) {
+        assert_eq!(s.core, Some(*core), "worker {} pinned", s.queue);
+    }
+    w.stop();
+}
