@@ -8,7 +8,10 @@
 //!   ntma's outbound packets); gn receives the inner packets.
 //! * Forged, replayed, unknown-tunnel, wrong-inner-address and truncated DATA from cn
 //!   are dropped and counted by reason; none reaches gn; a TUN_KEEPALIVE is counted.
-//! * A packet to a VIP without a tunnel reaches the slow queue and wakes its eventfd.
+//! * A packet to a VIP without a tunnel reaches the slow queue and wakes its eventfd;
+//!   beyond the queue's size they are dropped and counted.
+//! * From gn, a packet over the inner MTU and packets from an address other than its
+//!   VIP are dropped and counted; none reaches cn.
 //! * After `stop`, no XDP program is left on either NIC.
 //!
 //! They need root (CAP_BPF, CAP_NET_ADMIN, network namespaces) and fail without it.
@@ -43,6 +46,10 @@ const N: usize = 64;
 /// Bad datagrams of each kind.
 const BAD: usize = 8;
 const WAIT: Duration = Duration::from_secs(10);
+/// Slots of the worker's slow queue in these tests.
+const SLOW_SLOTS: usize = 16;
+/// A second address on gn's NIC that is not its VIP.
+const SPOOFED: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 50);
 
 fn require_root() {
     if let Err(e) = ntm_testbed::require_root() {
@@ -261,6 +268,7 @@ fn world(tag: &str, queues: u16, cores: Vec<usize>) -> World {
     cfg.queues = u32::from(queues);
     cfg.cores = cores;
     cfg.umem.frame_count = 2048 * u32::from(queues);
+    cfg.slow_slots = SLOW_SLOTS;
     // Worker threads are spawned from this thread inside ntma's namespace: they stay there.
     let datapath = tb
         .in_netns(Role::Ntma, || Datapath::start(cfg))
@@ -468,15 +476,60 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
     assert_eq!(body, b"hello?");
     assert!(w.dp.pop_slow(&mut buf).is_none());
 
-    // Counters. Workers publish after each burst; the last burst is done (gn got the
-    // barrier), but give the publish a moment.
-    let stats = (0..50)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            w.dp.worker_stats()
+    // Bad input from the GN side: a packet bigger than the inner MTU (ping's 1500-byte
+    // packet, DF set), and datagrams from an address that is not the GN's VIP.
+    let _ = w.tb.output(
+        Role::Gn,
+        [
+            "ping",
+            "-c1",
+            "-W1",
+            "-s1472",
+            "-Mdo",
+            &PEER_VIP.to_string(),
+        ],
+    );
+    w.tb.exec(
+        Role::Gn,
+        [
+            "ip",
+            "addr",
+            "add",
+            &format!("{SPOOFED}/10"),
+            "dev",
+            ifname::ETH0,
+        ],
+    )
+    .unwrap();
+    let spoofer =
+        w.tb.in_netns(Role::Gn, || {
+            UdpSocket::bind(SocketAddrV4::new(SPOOFED, GN_PORT))
         })
-        .find(|s| s[0].slow == 1)
-        .expect("worker published its counters");
+        .expect("enter gn")
+        .expect("bind the second address in gn");
+    for _ in 0..BAD {
+        spoofer
+            .send_to(b"spoofed", SocketAddrV4::new(PEER_VIP, PEER_PORT))
+            .unwrap();
+    }
+    // The slow queue holds SLOW_SLOTS frames; the rest are dropped and counted.
+    for _ in 0..SLOW_SLOTS + BAD {
+        w.gn.send_to(b"anyone?", SocketAddrV4::new(LONELY_VIP, PEER_PORT))
+            .unwrap();
+    }
+
+    // Counters: workers publish after each burst; wait until these last frames are in.
+    let done = |s: &ntma_user::fastpath::WorkerStats| {
+        s.slow == 1 + SLOW_SLOTS as u64
+            && s.drop_count(FastDrop::SlowQueueFull) == BAD as u64
+            && s.drop_count(FastDrop::LanBadSource) == BAD as u64
+    };
+    let mut stats = w.dp.worker_stats();
+    let deadline = Instant::now() + WAIT;
+    while !done(&stats[0]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        stats = w.dp.worker_stats();
+    }
     let s = &stats[0];
     eprintln!(
         "worker 0: lan rx {} tx {}, wan rx {} tx {}, batches {}, keepalives {}, slow {}, drops {:?}",
@@ -494,10 +547,22 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
     assert_eq!(s.drop_count(FastDrop::InnerAddr), BAD as u64);
     assert_eq!(s.drop_count(FastDrop::Truncated), BAD as u64);
     assert_eq!(s.drop_count(FastDrop::Replay), BAD as u64);
-    assert_eq!(s.total_drops(), 6 * BAD as u64, "no other drops");
+    assert_eq!(s.drop_count(FastDrop::LanTooBig), 1);
+    assert_eq!(s.drop_count(FastDrop::LanBadSource), BAD as u64);
+    assert_eq!(s.drop_count(FastDrop::SlowQueueFull), BAD as u64);
+    assert_eq!(s.slow, 1 + SLOW_SLOTS as u64);
+    assert_eq!(s.total_drops(), (8 * BAD + 1) as u64, "no other drops");
     assert_eq!(s.keepalives, 1);
     assert_eq!(s.wan_tx, N as u64);
     assert_eq!(s.lan_tx, N as u64 + 2);
+    let mut queued = 0;
+    while w.dp.pop_slow(&mut buf).is_some() {
+        queued += 1;
+    }
+    assert_eq!(queued, SLOW_SLOTS);
+    // Nothing of the bad GN input left towards cn.
+    let leaked = recv_n(&w.peer.sock, 1, Duration::from_millis(500));
+    assert!(leaked.is_empty(), "bad GN input reached cn: {leaked:?}");
     let t = &w.dp.tunnel_stats()[0];
     assert_eq!(t.tx_packets, N as u64);
     assert_eq!(t.rx_packets, N as u64 + 2);
