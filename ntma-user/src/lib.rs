@@ -1,6 +1,10 @@
 //! ntma: the NTMobile adapter daemon (AF_XDP fast path, DHCP/ARP/DNS slow path, DC signaling).
 
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod ebpf;
 pub mod fastpath;
 pub mod gn;
+pub mod status;
 pub mod xsk;

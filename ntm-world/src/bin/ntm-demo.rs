@@ -1,0 +1,232 @@
+//! `ntm-demo`: the adapter's demo on the testbed (`cargo xtask demo` builds
+//! the workspace in release mode and runs this).
+//!
+//! Testbed up; DC, RS, cn, cn2 and ntma started; in the gn namespace the
+//! stock DHCP client obtains the VIP, a stock DNS tool resolves
+//! cn.ntm.test through the adapter, ping and iperf3 run through the tunnel
+//! both ways; then cn, restarted so that it knows no tunnel, opens a TCP
+//! connection to gn.ntm.test (the adapter is the target), and cn2 behind
+//! another NAT pings the GN through the relay; a summary; teardown.
+
+use std::net::SocketAddrV4;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{ensure, Context as _, Result};
+use ntm_world::{payload, require_root, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
+
+/// Seconds per iperf3 run.
+const IPERF_SECS: u32 = 5;
+
+fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nntm-demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mbps(bps: f64) -> String {
+    format!("{:.0} Mbit/s", bps / 1e6)
+}
+
+fn run() -> Result<()> {
+    require_root()?;
+    let t0 = Instant::now();
+    step("testbed up (namespaces gn, ntma, nat1, inet, dc, rs, cn, nat2, cn2; prefix demo-)");
+    let w = World::up_with("demo-", |_| {})?;
+    step("DC in dc, RS in rs, ntm-node cn.ntm.test in cn, cn2.ntm.test in cn2 (behind nat2)");
+    let mut cn = w.node(Role::Cn, CN_FQDN)?;
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN)?;
+    let cn_vip = cn.registered()?;
+    let cn2_vip = cn2.registered()?;
+    eprintln!("    cn.ntm.test  has VIP {cn_vip}\n    cn2.ntm.test has VIP {cn2_vip}");
+
+    step("ntma in the ntma namespace, serving gn.ntm.test on lan0, uplink wan0 behind nat1");
+    let mut ntma = w.ntma(|_| {})?;
+    let gn_vip = ntma.registered()?;
+    let st = ntma.wait("fast path up", |s| !s.datapath.mode.is_empty())?;
+    eprintln!(
+        "    registered gn.ntm.test: VIP {gn_vip}, observed {} (behind NAT: {}), AF_XDP {} mode",
+        st.registration
+            .observed
+            .map_or_else(|| "-".into(), |o| o.to_string()),
+        st.registration.behind_nat.unwrap_or(false),
+        st.datapath.mode
+    );
+
+    step("gn: dhclient eth0 (stock ISC DHCP client)");
+    let got = w.dhclient()?;
+    ensure!(got == gn_vip, "DHCP gave {got}, the DC gave {gn_vip}");
+    let link = w.sh(Role::Gn, "ip -4 -o addr show dev eth0; ip -o link show dev eth0 | grep -o 'mtu [0-9]*'; ip route show default")?;
+    eprint!("{}", indent(&link));
+
+    step("gn: dig @100.64.0.1 cn.ntm.test (the query sets up the tunnel)");
+    let dns = SocketAddrV4::new(NTMA_LAN_ADDR, 53);
+    let (setup, a, rcode) = w.timed_a_query(Role::Gn, dns, CN_FQDN)?;
+    ensure!(a == vec![cn_vip], "cn.ntm.test resolved to {a:?} ({rcode})");
+    let d = w.dig(Role::Gn, "100.64.0.1", CN_FQDN)?;
+    eprintln!(
+        "    {CN_FQDN} -> {:?} ({}); first query answered in {:.2} ms",
+        d.a,
+        d.status,
+        setup.as_secs_f64() * 1e3
+    );
+    let up = ntma.wait("tunnel to cn up", |s| {
+        s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
+    })?;
+    let t = up.tunnel_to(CN_FQDN).expect("checked");
+    eprintln!(
+        "    tunnel #{} {} path, ntma {} (DIR_REQ to tunnel up: {})",
+        t.id,
+        t.path,
+        t.role,
+        t.setup_ms
+            .map_or_else(|| "-".into(), |m| format!("{m:.2} ms"))
+    );
+    let other = w.dig(Role::Gn, "100.64.0.1", "example.org")?;
+    eprintln!(
+        "    example.org -> {:?} (forwarded to the upstream resolver)",
+        other.a
+    );
+
+    step("gn -> cn: ping -c 20");
+    let p = w.ping(Role::Gn, cn_vip, 20)?;
+    ensure!(p.received > 0, "no ping reply: {}", p.output);
+    let rtt = p.rtt.context("ping printed no RTT")?;
+    eprintln!(
+        "    {}/{} replies, rtt min/avg/max {:.3}/{:.3}/{:.3} ms",
+        p.received, p.sent, rtt.0, rtt.1, rtt.2
+    );
+    step("cn -> gn: ping -c 5");
+    let pb = w.ping(Role::Cn, gn_vip, 5)?;
+    ensure!(pb.received > 0, "no ping reply: {}", pb.output);
+    eprintln!("    {}/{} replies", pb.received, pb.sent);
+
+    step(&format!("iperf3 gn -> cn ({IPERF_SECS} s)"));
+    let up_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, false)?;
+    eprintln!("    {}", mbps(up_bw.received_bps));
+    step(&format!("iperf3 cn -> gn ({IPERF_SECS} s, -R)"));
+    let down_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, true)?;
+    eprintln!("    {}", mbps(down_bw.received_bps));
+
+    step("cn restarts (it forgets every tunnel), then opens a TCP connection to gn.ntm.test");
+    drop(cn);
+    let mut cn = w.node(Role::Cn, CN_FQDN)?;
+    cn.registered()?;
+    let d = w.dig(Role::Cn, "127.0.0.1", GN_FQDN)?;
+    ensure!(d.a == vec![gn_vip], "gn.ntm.test resolved to {d:?} in cn");
+    let data = payload(256 * 1024, 42);
+    let got = w.nc_transfer(Role::Gn, gn_vip, Role::Cn, 5001, &data, "demo-cn-gn")?;
+    ensure!(got == data, "the TCP transfer cn -> gn differs");
+    let st = ntma.wait("tunnel opened by cn", |s| {
+        s.tunnel_to(CN_FQDN)
+            .is_some_and(|t| t.up && t.opened_by == "peer")
+    })?;
+    let t = st.tunnel_to(CN_FQDN).expect("checked");
+    eprintln!(
+        "    cn resolved {GN_FQDN} -> {gn_vip}; 256 KiB over TCP arrived intact; tunnel #{} opened by cn, {} path",
+        t.id, t.path
+    );
+
+    step("cn2 (behind nat2) -> gn: ping -c 5 (both ends behind NAT: relayed by the RS)");
+    let d2 = w.dig(Role::Cn2, "127.0.0.1", GN_FQDN)?;
+    ensure!(
+        d2.a == vec![gn_vip],
+        "gn.ntm.test resolved to {d2:?} in cn2"
+    );
+    let p2 = w.ping(Role::Cn2, gn_vip, 5)?;
+    ensure!(
+        p2.received > 0,
+        "no ping reply through the relay: {}",
+        p2.output
+    );
+    let st = ntma.wait("tunnel to cn2", |s| s.tunnel_to(CN2_FQDN).is_some())?;
+    let relay_path = st
+        .tunnel_to(CN2_FQDN)
+        .map(|t| t.path.clone())
+        .unwrap_or_default();
+    eprintln!(
+        "    {}/{} replies over the {relay_path} path, rtt avg {:.3} ms",
+        p2.received,
+        p2.sent,
+        p2.rtt.map_or(0.0, |r| r.1)
+    );
+
+    step("ntma status");
+    let text = ntma.status_text()?;
+    eprint!("{}", indent(&text));
+    let st = ntma.status().context("ntma status")?;
+
+    step("stop ntma (SIGTERM): DEREG, XDP detached");
+    let exit = ntma.stop()?;
+    ensure!(exit.success(), "ntma exited with {exit}");
+    let attached = w.xdp_attached(Role::Ntma)?;
+    ensure!(attached.is_empty(), "XDP still attached to {attached:?}");
+    let dereg =
+        ntm_testbed::wait_until(ntm_world::PATIENCE, || w.dc_log().contains("deregistered"));
+    eprintln!(
+        "    exit {exit}; XDP attached to: none; DC saw the DEREG: {}",
+        if dereg { "yes" } else { "no" }
+    );
+
+    println!("\n================ ntma demo summary ================");
+    println!("GN VIP by DHCP         {gn_vip} (gn.ntm.test)");
+    println!(
+        "tunnel set-up          {:.2} ms from the GN's DNS query to its answer (cn.ntm.test)",
+        setup.as_secs_f64() * 1e3
+    );
+    println!(
+        "RTT gn -> cn           min/avg/max {:.3}/{:.3}/{:.3} ms ({}/{} replies)",
+        rtt.0, rtt.1, rtt.2, p.received, p.sent
+    );
+    println!(
+        "throughput gn -> cn    {} (iperf3 TCP, {IPERF_SECS} s)",
+        mbps(up_bw.received_bps)
+    );
+    println!(
+        "throughput cn -> gn    {} (iperf3 TCP -R, {IPERF_SECS} s)",
+        mbps(down_bw.received_bps)
+    );
+    println!(
+        "responder side         cn -> gn.ntm.test TCP 256 KiB intact; cn2 -> gn via {relay_path}"
+    );
+    println!("AF_XDP mode            {}", st.datapath.mode);
+    let drops = st.drops();
+    if drops.is_empty() {
+        println!("drops by reason        none");
+    } else {
+        println!("drops by reason        (slow path and fast path)");
+        for (k, v) in drops {
+            println!("    {k:<24} {v}");
+        }
+    }
+    let verdicts: Vec<String> = st
+        .datapath
+        .xdp
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    println!("XDP verdicts           {}", verdicts.join(" "));
+    println!("demo time              {:.1} s", t0.elapsed().as_secs_f64());
+    println!("====================================================");
+
+    step("teardown");
+    drop(cn);
+    drop(cn2);
+    let prefix = w.tb.prefix().to_owned();
+    w.down()?;
+    eprintln!("    testbed {prefix} removed");
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}

@@ -1,0 +1,776 @@
+//! A whole NTMobile world on the testbed, for the demo (`ntm-demo`) and the
+//! adapter's integration tests: the testbed of `shared/TESTBED.md` with the
+//! real `ntm-dc`, `ntm-rs`, `ntm-node` and `ntma` binaries, started from
+//! configurations written with the testbed's keys into its state directory,
+//! a fake upstream resolver, and helpers that run the stock tools of the
+//! GN (dhclient, dig, ping, iperf3, nc) inside the namespaces.
+//!
+//! Generalised from `ntm-node/tests/common/mod.rs`. Binaries are found
+//! beside the running executable (`target/<profile>/`): build them with
+//! `cargo build --workspace --bins` (`cargo xtask test` and `cargo xtask
+//! demo` do). Everything needs root.
+//!
+//! ```no_run
+//! use ntm_world::{World, CN_FQDN};
+//! use ntm_testbed::Role;
+//!
+//! let w = World::up("doc")?;
+//! let mut cn = w.node(Role::Cn, CN_FQDN)?;
+//! let mut ntma = w.ntma(|_| {})?;
+//! cn.registered()?;
+//! let gn_vip = ntma.registered()?;
+//! assert_eq!(w.dhclient()?, gn_vip);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod raw;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use ntm_testbed::{
+    ifname, unique_prefix, wait_for, wait_until, Child, Testbed, DC_ADDR, NODE_FQDNS, RS_ADDR,
+};
+
+pub use ntm_testbed::{Role, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
+
+/// How long anything may take to come about (generous: two cores, tests
+/// in parallel; nothing asserts a time).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+/// The fake upstream resolver (dc namespace).
+pub const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(DC_ADDR, 5353);
+/// What the fake upstream answers to every A query.
+pub const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+/// The RS id in the DC's and RS's configurations.
+const RS_ID: u32 = 1;
+
+/// Fails with the testbed's message unless running as root.
+pub fn require_root() -> Result<()> {
+    ntm_testbed::require_root().map_err(|e| anyhow!("{e}"))
+}
+
+/// A workspace binary built beside the running executable.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    ntm_testbed::bin_path(name).map_err(|e| anyhow!("{e}"))
+}
+
+fn proto_key(k: &ntm_testbed::Key) -> ntm_proto::Key {
+    k.to_hex().parse().expect("testbed keys are 64 hex digits")
+}
+
+/// The testbed with the DC, the RS and a fake upstream resolver running.
+pub struct World {
+    /// The fake upstream resolver.
+    pub upstream: Option<FakeUpstream>,
+    /// The DC (None while stopped).
+    pub dc: Option<Child>,
+    /// The RS.
+    pub rs: Child,
+    dc_config: PathBuf,
+    /// Last field: torn down after every process above.
+    pub tb: Testbed,
+}
+
+impl World {
+    /// A testbed named after `tag` (unique per process and call) with the
+    /// DC, RS and fake upstream running.
+    pub fn up(tag: &str) -> Result<World> {
+        World::up_with(&unique_prefix(tag), |_| {})
+    }
+
+    /// [`World::up`] with a given testbed prefix and changes to the DC's
+    /// configuration.
+    pub fn up_with(prefix: &str, tweak: impl FnOnce(&mut ntm_dc::Config)) -> Result<World> {
+        require_root()?;
+        let tb = Testbed::up(prefix).map_err(|e| anyhow!("testbed up: {e}"))?;
+        let mut dc = ntm_dc::Config {
+            keepalive_secs: 5,
+            lease_secs: 600,
+            stats_interval_secs: 0,
+            ..ntm_dc::Config::default()
+        };
+        for fqdn in NODE_FQDNS {
+            let k = tb.keys().node(fqdn).context("every node has a key")?;
+            dc.nodes.push(ntm_dc::NodeEntry::new(fqdn, &proto_key(k)));
+        }
+        tweak(&mut dc);
+        let rs_key = proto_key(tb.keys().rs());
+        dc.relays.push(ntm_dc::RelayEntry::new(
+            RS_ID,
+            SocketAddrV4::new(RS_ADDR, ntm_rs::DEFAULT_PORT),
+            &rs_key,
+        ));
+        let dc_config = tb.state_dir().join("dc.toml");
+        std::fs::write(&dc_config, dc.to_toml()).context("write dc.toml")?;
+        let mut rs = ntm_rs::Config::new(RS_ID, &rs_key);
+        rs.stats_interval_secs = 0;
+        let rs_config = tb.state_dir().join("rs.toml");
+        std::fs::write(&rs_config, rs.to_toml()).context("write rs.toml")?;
+        let mut cmd = Command::new(bin("ntm-rs")?);
+        cmd.arg("--config").arg(&rs_config).env("RUST_LOG", "info");
+        let rs = tb
+            .spawn(Role::Rs, &cmd)
+            .map_err(|e| anyhow!("start ntm-rs: {e}"))?;
+        let mut w = World {
+            upstream: None,
+            dc: None,
+            rs,
+            dc_config,
+            tb,
+        };
+        w.upstream = Some(FakeUpstream::start(&w)?);
+        w.start_dc()?;
+        Ok(w)
+    }
+
+    /// Starts the DC (again).
+    pub fn start_dc(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin("ntm-dc")?);
+        cmd.arg("--config")
+            .arg(&self.dc_config)
+            .env("RUST_LOG", "info");
+        self.dc = Some(
+            self.tb
+                .spawn(Role::Dc, &cmd)
+                .map_err(|e| anyhow!("start ntm-dc: {e}"))?,
+        );
+        Ok(())
+    }
+
+    /// Stops the DC (SIGTERM).
+    pub fn stop_dc(&mut self) -> Result<()> {
+        if let Some(mut dc) = self.dc.take() {
+            dc.stop(Duration::from_secs(3))
+                .map_err(|e| anyhow!("stop ntm-dc: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every process and removes the testbed, reporting what failed.
+    pub fn down(mut self) -> Result<()> {
+        self.upstream = None;
+        self.stop_dc()?;
+        let World { rs, tb, .. } = self;
+        drop(rs);
+        tb.down().map_err(|e| anyhow!("testbed down: {e}"))
+    }
+
+    /// The DC's log so far.
+    pub fn dc_log(&self) -> String {
+        self.dc.as_ref().map(Child::log).unwrap_or_default()
+    }
+
+    /// Starts an `ntm-node` in `role`'s namespace registering `fqdn`.
+    pub fn node(&self, role: Role, fqdn: &str) -> Result<Node> {
+        let key = proto_key(self.tb.keys().node(fqdn).context("node key")?);
+        let mut c = ntm_node::Config::new(
+            fqdn,
+            &key,
+            SocketAddrV4::new(DC_ADDR, ntm_dc::DEFAULT_PORT),
+            SocketAddr::V4(UPSTREAM),
+        );
+        let status = self.tb.state_dir().join(format!("{fqdn}.status.json"));
+        let _ = std::fs::remove_file(&status);
+        c.status_file = Some(status.clone());
+        c.stats_interval_secs = 0;
+        let config = self.tb.state_dir().join(format!("{fqdn}.toml"));
+        std::fs::write(&config, c.to_toml()).context("write node config")?;
+        let mut cmd = Command::new(bin("ntm-node")?);
+        cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
+        let child = self
+            .tb
+            .spawn(role, &cmd)
+            .map_err(|e| anyhow!("start ntm-node: {e}"))?;
+        Ok(Node {
+            child,
+            status,
+            role,
+            fqdn: fqdn.to_owned(),
+        })
+    }
+
+    /// The adapter's configuration for this testbed (GN `gn.ntm.test`,
+    /// lan0/wan0, the testbed's queue count, status socket in the state
+    /// directory), before `tweak`.
+    pub fn ntma_config(&self) -> Result<ntma_user::config::Config> {
+        let key = proto_key(self.tb.keys().node(GN_FQDN).context("GN key")?);
+        let mut c = ntma_user::config::Config::new(
+            GN_FQDN,
+            &key,
+            SocketAddrV4::new(DC_ADDR, ntm_dc::DEFAULT_PORT),
+            UPSTREAM,
+        );
+        c.status_socket = Some(self.tb.state_dir().join("ntma.sock"));
+        c.stats_interval_secs = 0;
+        c.lan.interface = ifname::NTMA_LAN.into();
+        c.wan.interface = ifname::NTMA_WAN.into();
+        c.datapath.queues = u32::from(self.tb.options().queues);
+        // The last core: the first one runs the rest of the world.
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        c.datapath.cores = vec![ncpu - 1];
+        Ok(c)
+    }
+
+    /// Starts `ntma run` in the ntma namespace with [`World::ntma_config`]
+    /// changed by `tweak`.
+    pub fn ntma(&self, tweak: impl FnOnce(&mut ntma_user::config::Config)) -> Result<Ntma> {
+        let mut c = self.ntma_config()?;
+        tweak(&mut c);
+        let config = self.tb.state_dir().join("ntma.toml");
+        std::fs::write(&config, c.to_toml()).context("write ntma.toml")?;
+        let mut cmd = Command::new(bin("ntma")?);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,ntma_user=debug");
+        let child = self
+            .tb
+            .spawn(Role::Ntma, &cmd)
+            .map_err(|e| anyhow!("start ntma: {e}"))?;
+        Ok(Ntma {
+            child,
+            socket: c.status_socket_path(),
+            config,
+        })
+    }
+
+    /// Runs a shell command in `role`'s namespace; its stdout, or an error
+    /// with its stderr.
+    pub fn sh(&self, role: Role, script: &str) -> Result<String> {
+        self.tb
+            .output(role, ["sh", "-c", script])
+            .map_err(|e| anyhow!("in {role}: `{script}`: {e}"))
+    }
+
+    /// Stock `dhclient` in gn, once, with its lease and pid files in the
+    /// testbed's state directory (never the host's); returns the address
+    /// it configured on eth0.
+    pub fn dhclient(&self) -> Result<Ipv4Addr> {
+        let dir = self.tb.state_dir();
+        let out = self.sh(
+            Role::Gn,
+            &format!(
+                "dhclient -4 -v -1 -lf {}/gn-dhclient.leases -pf {}/gn-dhclient.pid eth0 2>&1",
+                dir.display(),
+                dir.display()
+            ),
+        )?;
+        self.gn_addr()?
+            .ok_or_else(|| anyhow!("dhclient ran but eth0 has no address: {out}"))
+    }
+
+    /// Writes a lease file claiming `addr` for gn's eth0, so that the next
+    /// [`World::dhclient`] starts by asking for it (INIT-REBOOT).
+    pub fn fake_lease(&self, addr: Ipv4Addr) -> Result<()> {
+        let path = self.tb.state_dir().join("gn-dhclient.leases");
+        let text = format!(
+            "lease {{\n  interface \"eth0\";\n  fixed-address {addr};\n  option subnet-mask 255.192.0.0;\n  option routers 100.64.0.1;\n  option dhcp-server-identifier 100.64.0.1;\n  renew 4 2099/01/01 00:00:00;\n  rebind 4 2099/01/01 00:00:00;\n  expire 4 2099/01/01 00:00:00;\n}}\n"
+        );
+        std::fs::write(&path, text).context("write the fake lease")
+    }
+
+    /// gn's IPv4 address on eth0, if any.
+    pub fn gn_addr(&self) -> Result<Option<Ipv4Addr>> {
+        let out = self.sh(Role::Gn, "ip -4 -o addr show dev eth0")?;
+        Ok(out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok()))
+    }
+
+    /// `dig @server name A` in `role`'s namespace, one try.
+    pub fn dig(&self, role: Role, server: &str, name: &str) -> Result<Dig> {
+        let out = self.sh(
+            role,
+            &format!("dig @{server} +tries=1 +time=10 +noedns {name} A"),
+        )?;
+        Ok(Dig::parse(&out))
+    }
+
+    /// `ping -c count` from `role` to `dst` (200 ms apart).
+    pub fn ping(&self, role: Role, dst: Ipv4Addr, count: u32) -> Result<Ping> {
+        // ping exits non-zero when replies are missing: the caller decides.
+        let out = self.sh(
+            role,
+            &format!("ping -n -c {count} -i 0.2 -W 3 {dst} 2>&1; true"),
+        )?;
+        Ok(Ping::parse(&out))
+    }
+
+    /// One A query for `name` to `server` from a socket in `role`'s
+    /// namespace, timed to the microsecond (dig prints whole ms). Returns
+    /// (query to answer, the A records, the response code).
+    pub fn timed_a_query(
+        &self,
+        role: Role,
+        server: SocketAddrV4,
+        name: &str,
+    ) -> Result<(Duration, Vec<Ipv4Addr>, String)> {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{Name, RData, RecordType};
+
+        let sock = self
+            .tb
+            .in_netns(role, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+            .map_err(|e| anyhow!("{e}"))?
+            .context("bind a DNS client socket")?;
+        sock.set_read_timeout(Some(PATIENCE))?;
+        let mut q = Message::new(0x5a5a, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(
+            Name::from_str(&format!("{name}.")).context("name")?,
+            RecordType::A,
+        ));
+        let bytes = q.to_vec().context("query encodes")?;
+        let mut buf = [0u8; 1500];
+        let t0 = Instant::now();
+        sock.send_to(&bytes, server).context("send the query")?;
+        let n = sock.recv(&mut buf).context("DNS answer in time")?;
+        let took = t0.elapsed();
+        let m = Message::from_vec(&buf[..n]).context("the answer parses")?;
+        let a = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        Ok((took, a, format!("{:?}", m.metadata.response_code)))
+    }
+
+    /// iperf3 for `secs` seconds from `client` to a server on
+    /// `server_addr` in `server`'s namespace (`reverse`: the server sends).
+    pub fn iperf3(
+        &self,
+        server: Role,
+        server_addr: Ipv4Addr,
+        client: Role,
+        secs: u32,
+        reverse: bool,
+    ) -> Result<Iperf> {
+        let mut srv = Command::new("iperf3");
+        srv.args(["-s", "-1", "-B", &server_addr.to_string(), "-p", "5201"]);
+        let mut srv = self
+            .tb
+            .spawn(server, &srv)
+            .map_err(|e| anyhow!("start iperf3 -s: {e}"))?;
+        let cmd = format!(
+            "iperf3 -c {server_addr} -p 5201 -t {secs} -J{}",
+            if reverse { " -R" } else { "" }
+        );
+        // The server is ready when its socket is: retry the client until then.
+        let out = wait_for(PATIENCE, || self.sh(client, &cmd).ok())
+            .ok_or_else(|| anyhow!("`{cmd}` in {client} never connected: {}", srv.log()))?;
+        let _ = srv.wait_timeout(Duration::from_secs(5));
+        Iperf::parse(&out)
+    }
+
+    /// Sends `data` with nc from `from` to `to_addr:port`, listening in `to`;
+    /// returns what the listener received.
+    pub fn nc_transfer(
+        &self,
+        to: Role,
+        to_addr: Ipv4Addr,
+        from: Role,
+        port: u16,
+        data: &[u8],
+        tag: &str,
+    ) -> Result<Vec<u8>> {
+        let dir = self.tb.state_dir();
+        let src = dir.join(format!("{tag}.in"));
+        let dst = dir.join(format!("{tag}.out"));
+        std::fs::write(&src, data)?;
+        let mut listen = Command::new("sh");
+        listen
+            .arg("-c")
+            .arg(format!("exec nc -l {to_addr} {port} > {}", dst.display()));
+        let mut listener = self
+            .tb
+            .spawn(to, &listen)
+            .map_err(|e| anyhow!("start nc -l: {e}"))?;
+        let send = format!("nc -N -w 10 {to_addr} {port} < {}", src.display());
+        if !wait_until(PATIENCE, || self.sh(from, &send).is_ok()) {
+            bail!("nc from {from} to {to_addr}:{port} never connected");
+        }
+        let status = listener
+            .wait_timeout(PATIENCE)
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("nc -l did not finish"))?;
+        if !status.success() {
+            bail!("nc -l failed: {status}");
+        }
+        Ok(std::fs::read(&dst)?)
+    }
+
+    /// Interfaces of `role`'s namespace that have an XDP program attached,
+    /// as `ip link show` reports them.
+    pub fn xdp_attached(&self, role: Role) -> Result<Vec<String>> {
+        let out = self.sh(role, "ip -o link show")?;
+        Ok(out
+            .lines()
+            .filter(|l| l.contains(" xdp"))
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect())
+    }
+}
+
+/// A deterministic pseudo-random payload (xorshift), to check transfers
+/// byte for byte.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A running `ntm-node`.
+pub struct Node {
+    /// The process.
+    pub child: Child,
+    /// Its status file.
+    pub status: PathBuf,
+    /// Where it runs.
+    pub role: Role,
+    /// Its FQDN.
+    pub fqdn: String,
+}
+
+impl Node {
+    /// The latest status file, if written yet.
+    pub fn status(&self) -> Option<ntm_node::Status> {
+        ntm_node::Status::load(&self.status)
+    }
+
+    /// Waits until the status satisfies `pred`.
+    pub fn wait(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&ntm_node::Status) -> bool,
+    ) -> Result<ntm_node::Status> {
+        match wait_for(PATIENCE, || self.status().filter(|s| pred(s))) {
+            Some(s) => Ok(s),
+            None => bail!(
+                "{} ({}): {what}: not within {PATIENCE:?} (running: {}); last status: {:?}",
+                self.fqdn,
+                self.role,
+                self.child.is_running(),
+                self.status()
+            ),
+        }
+    }
+
+    /// Waits for the registration; returns the VIP.
+    pub fn registered(&mut self) -> Result<Ipv4Addr> {
+        Ok(self
+            .wait("registered", |s| s.vip.is_some())?
+            .vip
+            .expect("checked"))
+    }
+}
+
+/// A running `ntma`.
+pub struct Ntma {
+    /// The process.
+    pub child: Child,
+    /// Its status socket.
+    pub socket: PathBuf,
+    /// Its configuration file.
+    pub config: PathBuf,
+}
+
+impl Ntma {
+    /// Its status, if it answers.
+    pub fn status(&self) -> Option<ntma_user::status::Status> {
+        ntma_user::status::query(&self.socket).ok()
+    }
+
+    /// Waits until its status satisfies `pred`.
+    pub fn wait(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&ntma_user::status::Status) -> bool,
+    ) -> Result<ntma_user::status::Status> {
+        match wait_for(PATIENCE, || self.status().filter(|s| pred(s))) {
+            Some(s) => Ok(s),
+            None => {
+                let running = self.child.is_running();
+                bail!(
+                    "ntma: {what}: not within {PATIENCE:?} (running: {running}); last status: {:?}\nlog:\n{}",
+                    self.status(),
+                    tail(&self.child.log(), 40)
+                )
+            }
+        }
+    }
+
+    /// Waits for the registration; returns the GN's VIP.
+    pub fn registered(&mut self) -> Result<Ipv4Addr> {
+        Ok(self
+            .wait("registered", |s| s.registration.vip.is_some())?
+            .registration
+            .vip
+            .expect("checked"))
+    }
+
+    /// `ntma status` as text, from the real binary.
+    pub fn status_text(&self) -> Result<String> {
+        let out = Command::new(bin("ntma")?)
+            .arg("status")
+            .arg("--config")
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            bail!("ntma status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// SIGTERM, and its exit status.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.child
+            .stop(Duration::from_secs(10))
+            .map_err(|e| anyhow!("stop ntma: {e}"))
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What `dig` answered.
+#[derive(Debug, Clone)]
+pub struct Dig {
+    /// A records.
+    pub a: Vec<Ipv4Addr>,
+    /// NOERROR, NXDOMAIN, ...
+    pub status: String,
+    /// dig's query time, whole ms.
+    pub query_ms: Option<u64>,
+}
+
+impl Dig {
+    fn parse(out: &str) -> Dig {
+        let mut d = Dig {
+            a: Vec::new(),
+            status: String::new(),
+            query_ms: None,
+        };
+        let mut in_answer = false;
+        for line in out.lines() {
+            if let Some(rest) = line.split("status: ").nth(1) {
+                d.status = rest.split(',').next().unwrap_or("").to_owned();
+            }
+            if let Some(rest) = line.strip_prefix(";; Query time: ") {
+                d.query_ms = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+            }
+            if line.starts_with(";; ANSWER SECTION") {
+                in_answer = true;
+                continue;
+            }
+            if in_answer {
+                if line.trim().is_empty() {
+                    in_answer = false;
+                    continue;
+                }
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() == 5 && f[3] == "A" {
+                    if let Ok(a) = f[4].parse() {
+                        d.a.push(a);
+                    }
+                }
+            }
+        }
+        d
+    }
+}
+
+/// What `ping` printed.
+#[derive(Debug, Clone)]
+pub struct Ping {
+    /// Requests sent.
+    pub sent: u32,
+    /// Replies received.
+    pub received: u32,
+    /// min/avg/max RTT in ms.
+    pub rtt: Option<(f64, f64, f64)>,
+    /// The whole output.
+    pub output: String,
+}
+
+impl Ping {
+    fn parse(out: &str) -> Ping {
+        let mut p = Ping {
+            sent: 0,
+            received: 0,
+            rtt: None,
+            output: out.to_owned(),
+        };
+        for line in out.lines() {
+            if line.contains("packets transmitted") {
+                let n: Vec<u32> = line
+                    .split(',')
+                    .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+                    .collect();
+                if n.len() >= 2 {
+                    p.sent = n[0];
+                    p.received = n[1];
+                }
+            }
+            if let Some(rest) = line.split(" = ").nth(1).filter(|_| line.starts_with("rtt")) {
+                let v: Vec<f64> = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .split('/')
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                if v.len() >= 3 {
+                    p.rtt = Some((v[0], v[1], v[2]));
+                }
+            }
+        }
+        p
+    }
+}
+
+/// What iperf3 measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf {
+    /// Received at the far end, bits per second.
+    pub received_bps: f64,
+    /// Bytes received.
+    pub received_bytes: u64,
+    /// TCP retransmissions at the sender.
+    pub retransmits: Option<u64>,
+}
+
+impl Iperf {
+    fn parse(json: &str) -> Result<Iperf> {
+        let v: serde_json::Value = serde_json::from_str(json).context("iperf3 -J output")?;
+        if let Some(e) = v.get("error") {
+            bail!("iperf3: {e}");
+        }
+        let end = &v["end"];
+        let recv = &end["sum_received"];
+        Ok(Iperf {
+            received_bps: recv["bits_per_second"]
+                .as_f64()
+                .ok_or_else(|| anyhow!("iperf3 output without sum_received: {json}"))?,
+            received_bytes: recv["bytes"].as_u64().unwrap_or(0),
+            retransmits: end["sum_sent"]["retransmits"].as_u64(),
+        })
+    }
+}
+
+/// A fake upstream resolver in the dc namespace: answers every A query
+/// with [`UPSTREAM_ANSWER`].
+pub struct FakeUpstream {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    fn start(w: &World) -> Result<FakeUpstream> {
+        use hickory_proto::op::{Message, MessageType};
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record};
+
+        let sock =
+            w.tb.in_netns(Role::Dc, || UdpSocket::bind(UPSTREAM))
+                .map_err(|e| anyhow!("{e}"))?
+                .context("bind the fake upstream")?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(mut m) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = m.queries.first().cloned() else {
+                    continue;
+                };
+                m.metadata.message_type = MessageType::Response;
+                m.metadata.recursion_available = true;
+                m.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    300,
+                    RData::A(A(UPSTREAM_ANSWER)),
+                ));
+                if let Ok(bytes) = m.to_vec() {
+                    let _ = sock.send_to(&bytes, from);
+                }
+            }
+        });
+        Ok(FakeUpstream {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dig_output_parses() {
+        let out = ";; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 1\n;; ANSWER SECTION:\ncn.ntm.test.\t\t30\tIN\tA\t100.64.0.3\n\n;; Query time: 4 msec\n";
+        let d = Dig::parse(out);
+        assert_eq!(d.status, "NOERROR");
+        assert_eq!(d.a, vec![Ipv4Addr::new(100, 64, 0, 3)]);
+        assert_eq!(d.query_ms, Some(4));
+    }
+
+    #[test]
+    fn ping_output_parses() {
+        let out = "10 packets transmitted, 9 received, 10% packet loss, time 1805ms\nrtt min/avg/max/mdev = 0.051/0.080/0.120/0.020 ms\n";
+        let p = Ping::parse(out);
+        assert_eq!((p.sent, p.received), (10, 9));
+        assert_eq!(p.rtt, Some((0.051, 0.080, 0.120)));
+    }
+
+    #[test]
+    fn iperf_json_parses() {
+        let j = r#"{"end":{"sum_sent":{"retransmits":3},"sum_received":{"bits_per_second":1.5e9,"bytes":123}}}"#;
+        let i = Iperf::parse(j).unwrap();
+        assert_eq!(i.received_bps, 1.5e9);
+        assert_eq!(i.retransmits, Some(3));
+        assert!(Iperf::parse(r#"{"error":"unable to connect"}"#).is_err());
+    }
+
+    #[test]
+    fn payloads_are_deterministic() {
+        assert_eq!(payload(64, 7), payload(64, 7));
+        assert_ne!(payload(64, 7), payload(64, 8));
+    }
+}

@@ -1,0 +1,746 @@
+//! The daemon's configuration: a TOML file (see `ntma.example.toml`) read
+//! into [`Config`] with serde, then checked by [`Config::validate`] into
+//! [`Settings`], the typed values the daemon runs with. Every error names
+//! the setting and says what to put there instead.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ntm_proto::dns::StubConfig;
+use ntm_proto::wire::Fqdn;
+use ntm_proto::Key;
+use serde::{Deserialize, Serialize};
+
+use crate::gn::{GnConfig, MacAddr, Unreachable};
+
+/// Where status sockets live unless `status_socket` says otherwise.
+pub const STATUS_DIR: &str = "/run/ntma";
+/// Default UDP port of the adapter's tunnels and signaling (PROTOCOL.md §1).
+pub const DEFAULT_PORT: u16 = 7700;
+
+/// The configuration file as written. Build one for tests with
+/// [`Config::new`]; check it with [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this adapter: in logs and in the default status socket
+    /// `/run/ntma/<name>.sock`. Letters, digits, `-` and `_`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Status socket path (default `/run/ntma/<name>.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_socket: Option<PathBuf>,
+    /// What to do with GN packets to destinations outside the VIP prefix.
+    #[serde(default)]
+    pub non_vip: NonVip,
+    /// A statistics log line this often (0: never).
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_secs: u64,
+    /// The GN-facing NIC and what the GN is told by DHCP.
+    pub lan: Lan,
+    /// The uplink NIC.
+    pub wan: Wan,
+    /// The Direction Coordinator and this adapter's credentials.
+    pub dc: Dc,
+    /// DNS interception and forwarding.
+    pub dns: Dns,
+    /// The AF_XDP fast path.
+    #[serde(default)]
+    pub datapath: Datapath,
+    /// Packets waiting for a tunnel.
+    #[serde(default)]
+    pub hold: Hold,
+}
+
+/// `[lan]`: the NIC facing the GN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lan {
+    /// Interface name (`lan0` on the testbed).
+    pub interface: String,
+    /// The router, DNS server and DHCP server address given to the GN: the
+    /// VIP pool's first address (it must be on the interface too).
+    #[serde(default = "default_router")]
+    pub router: Ipv4Addr,
+    /// Prefix length of the VIP pool: the GN's subnet mask, so every VIP is on-link.
+    #[serde(default = "default_prefix_len")]
+    pub vip_prefix_len: u8,
+    /// Interface MTU handed to the GN (1440 leaves room for the 60 bytes of tunnel).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// DHCP lease time, seconds.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u32,
+}
+
+/// `[wan]`: the uplink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wan {
+    /// Interface name (`wan0` on the testbed).
+    pub interface: String,
+    /// UDP port for tunnels and DC signaling.
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+/// `[dc]`: who we register with, and as whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dc {
+    /// The DC's address:port (port 7710 by default on the DC).
+    pub address: SocketAddrV4,
+    /// The GN's FQDN, registered with the DC on the GN's behalf.
+    pub fqdn: String,
+    /// `K_node` of that FQDN: 64 hex digits, the same as in the DC's entry.
+    pub key: String,
+}
+
+/// `[dns]`: the resolver the GN talks to at the router address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Names under this suffix are resolved through the DC.
+    #[serde(default = "default_suffix")]
+    pub ntm_suffix: String,
+    /// Every other name is forwarded here.
+    pub upstream: SocketAddrV4,
+    /// TTL of the A records for NTM names (at most 60 s).
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// A query waiting for the DC gets SERVFAIL after this long. Longer
+    /// than the DIR_REQ retransmissions (7.75 s), so the DC's answer or
+    /// its silence decides.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// `[datapath]`: AF_XDP workers, UMEM and rings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Datapath {
+    /// NIC queues to serve (one worker each); both NICs need at least this many.
+    pub queues: u32,
+    /// CPU cores the workers are pinned to, in queue order (reused round-robin).
+    pub cores: Vec<usize>,
+    /// UMEM frame size: a power of two from 2048 to 4096.
+    pub frame_size: u32,
+    /// UMEM frames in all, shared by both NICs.
+    pub frame_count: u32,
+    /// Fill ring entries per queue (power of two).
+    pub fill_ring: u32,
+    /// Completion ring entries per queue (power of two).
+    pub completion_ring: u32,
+    /// RX ring entries per socket (power of two).
+    pub rx_ring: u32,
+    /// TX ring entries per socket (power of two).
+    pub tx_ring: u32,
+    /// Frames handled per ring operation.
+    pub batch: u32,
+    /// Busy-poll the rings instead of sleeping in poll(2) when idle.
+    pub busy_poll: bool,
+    /// XDP attach mode: "native" (in the driver) or "generic".
+    pub attach: Attach,
+    /// AF_XDP bind mode: "auto" (zero-copy where the driver can), "copy" or "zero-copy".
+    pub bind: Bind,
+}
+
+/// `[hold]`: packets to a VIP whose tunnel is being set up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// At most this many per destination.
+    pub per_peer: usize,
+    /// At most this many in all.
+    pub total: usize,
+    /// Each for at most this long.
+    pub timeout_ms: u64,
+}
+
+/// What happens to GN packets whose destination is not a VIP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonVip {
+    /// Dropped, answered with ICMP destination unreachable (network unreachable).
+    #[default]
+    IcmpUnreachable,
+    /// Forwarded by the kernel to the uplink, masqueraded with nftables.
+    Nat,
+}
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attach {
+    /// In the driver.
+    #[default]
+    Native,
+    /// Generic (skb) mode: works on every NIC, slower.
+    Generic,
+}
+
+/// AF_XDP bind mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bind {
+    /// Zero-copy where the driver supports it, copy otherwise.
+    #[default]
+    Auto,
+    /// Copy mode.
+    Copy,
+    /// Zero-copy or fail.
+    ZeroCopy,
+}
+
+fn default_name() -> String {
+    "ntma".into()
+}
+fn default_stats_interval() -> u64 {
+    60
+}
+fn default_router() -> Ipv4Addr {
+    Ipv4Addr::new(100, 64, 0, 1)
+}
+fn default_prefix_len() -> u8 {
+    10
+}
+fn default_mtu() -> u16 {
+    1440
+}
+fn default_lease_secs() -> u32 {
+    600
+}
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_suffix() -> String {
+    "ntm.test".into()
+}
+fn default_ttl() -> u32 {
+    30
+}
+fn default_dns_timeout() -> u64 {
+    9
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Datapath {
+            queues: 1,
+            cores: vec![0],
+            frame_size: 2048,
+            frame_count: 16384,
+            fill_ring: 2048,
+            completion_ring: 2048,
+            rx_ring: 2048,
+            tx_ring: 2048,
+            batch: 64,
+            busy_poll: false,
+            attach: Attach::Native,
+            bind: Bind::Auto,
+        }
+    }
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold {
+            per_peer: 32,
+            total: 256,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A setting that cannot work, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("{path}: {message} (see ntma.example.toml for every setting)")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A setting has a value that cannot work.
+    #[error("{setting} = {value}: {fix}")]
+    Invalid {
+        /// The setting, as written in the file (`dc.key`).
+        setting: &'static str,
+        /// Its value (secrets elided).
+        value: String,
+        /// What to put there instead.
+        fix: String,
+    },
+}
+
+fn invalid(setting: &'static str, value: impl ToString, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        value: value.to_string(),
+        fix: fix.into(),
+    }
+}
+
+/// The validated settings the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Adapter name.
+    pub name: String,
+    /// Status socket path.
+    pub status_socket: PathBuf,
+    /// Non-VIP policy.
+    pub non_vip: NonVip,
+    /// Statistics log interval (None: never).
+    pub stats_interval: Option<Duration>,
+    /// GN-facing interface.
+    pub lan_if: String,
+    /// Uplink interface.
+    pub wan_if: String,
+    /// Tunnel/signaling port.
+    pub port: u16,
+    /// The DC.
+    pub dc: SocketAddrV4,
+    /// The GN's FQDN.
+    pub fqdn: String,
+    /// Its `K_node`.
+    pub key: Key,
+    /// Upstream resolver.
+    pub upstream: SocketAddrV4,
+    /// GN-facing services (DHCP, ARP, DNS); `ntma_mac` is set from the NIC at start.
+    pub gn: GnConfig,
+    /// DNS stub settings (also inside `gn`), kept for status output.
+    pub dns: StubConfig,
+    /// Fast path settings.
+    pub datapath: Datapath,
+    /// Hold queue bounds.
+    pub hold_per_peer: usize,
+    /// Hold queue bound in all.
+    pub hold_total: usize,
+    /// Hold time limit.
+    pub hold_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with the defaults for the testbed's adapter: `lan0`
+    /// and `wan0`, router 100.64.0.1/10, suffix `ntm.test`.
+    pub fn new(fqdn: &str, key: &Key, dc: SocketAddrV4, upstream: SocketAddrV4) -> Config {
+        Config {
+            name: default_name(),
+            status_socket: None,
+            non_vip: NonVip::default(),
+            stats_interval_secs: default_stats_interval(),
+            lan: Lan {
+                interface: "lan0".into(),
+                router: default_router(),
+                vip_prefix_len: default_prefix_len(),
+                mtu: default_mtu(),
+                lease_secs: default_lease_secs(),
+            },
+            wan: Wan {
+                interface: "wan0".into(),
+                port: DEFAULT_PORT,
+            },
+            dc: Dc {
+                address: dc,
+                fqdn: fqdn.to_owned(),
+                key: key.to_hex(),
+            },
+            dns: Dns {
+                ntm_suffix: default_suffix(),
+                upstream,
+                ttl: default_ttl(),
+                timeout_secs: default_dns_timeout(),
+            },
+            datapath: Datapath::default(),
+            hold: Hold::default(),
+        }
+    }
+
+    /// Parses TOML text (`origin` names it in errors).
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("plain configuration serializes")
+    }
+
+    /// The status socket path this configuration gives.
+    pub fn status_socket_path(&self) -> PathBuf {
+        self.status_socket
+            .clone()
+            .unwrap_or_else(|| Path::new(STATUS_DIR).join(format!("{}.sock", self.name)))
+    }
+
+    /// Checks every setting and returns the typed [`Settings`].
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(invalid(
+                "name",
+                format!("{:?}", self.name),
+                "use 1 to 32 letters, digits, '-' or '_' (it names the status socket)",
+            ));
+        }
+        for (setting, ifname) in [
+            ("lan.interface", &self.lan.interface),
+            ("wan.interface", &self.wan.interface),
+        ] {
+            let ok =
+                !ifname.is_empty() && ifname.len() <= 15 && !ifname.contains(['/', ' ', '\0', ':']);
+            if !ok {
+                return Err(invalid(
+                    setting,
+                    format!("{ifname:?}"),
+                    "give the name of an existing network interface (at most 15 characters), as `ip link` shows it",
+                ));
+            }
+        }
+        if self.lan.interface == self.wan.interface {
+            return Err(invalid(
+                "wan.interface",
+                format!("{:?}", self.wan.interface),
+                "the uplink must be another NIC than lan.interface",
+            ));
+        }
+        if self.wan.port == 0 {
+            return Err(invalid("wan.port", 0, "use the NTM port, 7700"));
+        }
+        let key: Key = self.dc.key.parse().map_err(|_| {
+            invalid(
+                "dc.key",
+                "(hidden)",
+                "give K_node as 64 hex digits, the same as the DC's entry for dc.fqdn",
+            )
+        })?;
+        if Fqdn::new(&self.dc.fqdn).is_err() {
+            return Err(invalid(
+                "dc.fqdn",
+                format!("{:?}", self.dc.fqdn),
+                "give the GN's FQDN in lower case, e.g. \"gn.ntm.test\"",
+            ));
+        }
+        if self.dc.address.ip().is_unspecified() || self.dc.address.port() == 0 {
+            return Err(invalid(
+                "dc.address",
+                self.dc.address,
+                "give the DC's IPv4 address and port, e.g. \"198.18.0.2:7710\"",
+            ));
+        }
+        if self.dns.upstream.ip().is_unspecified() || self.dns.upstream.port() == 0 {
+            return Err(invalid(
+                "dns.upstream",
+                self.dns.upstream,
+                "give the upstream resolver's IPv4 address and port, e.g. \"198.18.0.2:53\"",
+            ));
+        }
+        if self.dns.timeout_secs == 0 || self.dns.timeout_secs > 60 {
+            return Err(invalid(
+                "dns.timeout_secs",
+                self.dns.timeout_secs,
+                "use 1 to 60 (9 outlasts the DC request's retransmissions)",
+            ));
+        }
+        let mut gn = GnConfig::new(MacAddr([0x02, 0, 0, 0, 0, 1]));
+        gn.router = self.lan.router;
+        gn.vip_prefix_len = self.lan.vip_prefix_len;
+        gn.mtu = self.lan.mtu;
+        gn.lease_secs = self.lan.lease_secs;
+        gn.ntm_suffix = self.dns.ntm_suffix.clone();
+        gn.dns_ttl = self.dns.ttl;
+        gn.dns_resolve_timeout = Duration::from_secs(self.dns.timeout_secs);
+        gn.non_vip_unreachable = Unreachable::Net;
+        // The GnConfig checks say what to fix; name the section they came from.
+        if let Err(e) = crate::gn::Gn::new(gn.clone()) {
+            return Err(invalid("lan/dns", "(see message)", e.to_string()));
+        }
+        let dns = StubConfig {
+            ttl: gn.dns_ttl,
+            max_pending: gn.dns_max_pending,
+            resolve_timeout: gn.dns_resolve_timeout,
+            forward_timeout: gn.dns_forward_timeout,
+            seed: gn.seed,
+        };
+        self.validate_datapath()?;
+        let h = &self.hold;
+        if h.per_peer == 0 || h.per_peer > 4096 {
+            return Err(invalid("hold.per_peer", h.per_peer, "use 1 to 4096"));
+        }
+        if h.total < h.per_peer || h.total > 65_536 {
+            return Err(invalid(
+                "hold.total",
+                h.total,
+                "use at least hold.per_peer and at most 65536",
+            ));
+        }
+        if h.timeout_ms == 0 || h.timeout_ms > 60_000 {
+            return Err(invalid(
+                "hold.timeout_ms",
+                h.timeout_ms,
+                "use 1 to 60000 (a tunnel set-up takes at most about 8 s)",
+            ));
+        }
+        Ok(Settings {
+            name: self.name.clone(),
+            status_socket: self.status_socket_path(),
+            non_vip: self.non_vip,
+            stats_interval: (self.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(self.stats_interval_secs)),
+            lan_if: self.lan.interface.clone(),
+            wan_if: self.wan.interface.clone(),
+            port: self.wan.port,
+            dc: self.dc.address,
+            fqdn: self.dc.fqdn.clone(),
+            key,
+            upstream: self.dns.upstream,
+            gn,
+            dns,
+            datapath: self.datapath.clone(),
+            hold_per_peer: h.per_peer,
+            hold_total: h.total,
+            hold_timeout: Duration::from_millis(h.timeout_ms),
+        })
+    }
+
+    fn validate_datapath(&self) -> Result<(), ConfigError> {
+        let d = &self.datapath;
+        if d.queues == 0 || d.queues > ntma_common::MAX_QUEUES {
+            return Err(invalid(
+                "datapath.queues",
+                d.queues,
+                format!(
+                    "use 1 to {} (at most the NICs' RX queue count, `ethtool -l`)",
+                    ntma_common::MAX_QUEUES
+                ),
+            ));
+        }
+        if d.cores.is_empty() {
+            return Err(invalid(
+                "datapath.cores",
+                "[]",
+                "list at least one CPU core for the workers, e.g. [1]",
+            ));
+        }
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(c) = d.cores.iter().find(|&&c| c >= ncpu) {
+            return Err(invalid(
+                "datapath.cores",
+                format!("{:?}", d.cores),
+                format!(
+                    "core {c} does not exist: this machine has cores 0 to {}",
+                    ncpu - 1
+                ),
+            ));
+        }
+        if !(d.frame_size == 2048 || d.frame_size == 4096) {
+            return Err(invalid(
+                "datapath.frame_size",
+                d.frame_size,
+                "use 2048 or 4096",
+            ));
+        }
+        for (setting, v) in [
+            ("datapath.fill_ring", d.fill_ring),
+            ("datapath.completion_ring", d.completion_ring),
+            ("datapath.rx_ring", d.rx_ring),
+            ("datapath.tx_ring", d.tx_ring),
+        ] {
+            if !v.is_power_of_two() || !(64..=16384).contains(&v) {
+                return Err(invalid(
+                    setting,
+                    v,
+                    "use a power of two from 64 to 16384, e.g. 2048",
+                ));
+            }
+        }
+        // Each queue keeps its fill ring full on both NICs; frames in flight
+        // on the RX and TX rings come from the same UMEM.
+        let needed = u64::from(d.queues) * 2 * u64::from(d.fill_ring + d.tx_ring);
+        if u64::from(d.frame_count) < needed || d.frame_count > 1 << 20 {
+            return Err(invalid(
+                "datapath.frame_count",
+                d.frame_count,
+                format!(
+                    "use at least queues x 2 x (fill_ring + tx_ring) = {needed} and at most 1048576"
+                ),
+            ));
+        }
+        if d.batch == 0 || d.batch > d.rx_ring.min(d.tx_ring) || d.batch > 1024 {
+            return Err(invalid(
+                "datapath.batch",
+                d.batch,
+                "use 1 to 1024, at most rx_ring and tx_ring (64 is a good start)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn base() -> Config {
+        Config::new(
+            "gn.ntm.test",
+            &KEY.parse().unwrap(),
+            "198.18.0.2:7710".parse().unwrap(),
+            "198.18.0.2:5353".parse().unwrap(),
+        )
+    }
+
+    fn err(c: &Config) -> String {
+        c.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntma.example.toml");
+        let c = Config::load(&path).unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.fqdn, "gn.ntm.test");
+        assert_eq!(s.lan_if, "lan0");
+        assert_eq!(s.status_socket, Path::new("/run/ntma/ntma.sock"));
+        assert_eq!(s.non_vip, NonVip::IcmpUnreachable);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let mut c = base();
+        c.non_vip = NonVip::Nat;
+        c.datapath.bind = Bind::ZeroCopy;
+        c.status_socket = Some("/tmp/x.sock".into());
+        let text = c.to_toml();
+        assert!(text.contains("non_vip = \"nat\""), "{text}");
+        assert!(text.contains("bind = \"zero-copy\""), "{text}");
+        assert_eq!(Config::from_toml(&text, Path::new("x")).unwrap(), c);
+        let s = c.validate().unwrap();
+        assert_eq!(s.status_socket, Path::new("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let text = format!(
+            "[lan]\ninterface = \"eth1\"\n[wan]\ninterface = \"eth0\"\n\
+             [dc]\naddress = \"10.0.0.1:7710\"\nfqdn = \"pc.ntm.test\"\nkey = \"{KEY}\"\n\
+             [dns]\nupstream = \"10.0.0.53:53\"\n"
+        );
+        let s = Config::from_toml(&text, Path::new("m.toml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.port, 7700);
+        assert_eq!(s.gn.router, Ipv4Addr::new(100, 64, 0, 1));
+        assert_eq!(s.gn.vip_prefix_len, 10);
+        assert_eq!(s.datapath.queues, 1);
+        assert_eq!(s.hold_per_peer, 32);
+        assert_eq!(s.stats_interval, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn parse_errors_name_the_file_and_the_field() {
+        let e = Config::from_toml("[lan]\ninterfce = \"x\"\n", Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.toml") && e.contains("interfce"), "{e}");
+        let e = Config::from_toml("non_vip = \"masquerade\"\n", Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("icmp-unreachable") && e.contains("nat"), "{e}");
+    }
+
+    #[test]
+    fn invalid_settings_say_what_to_fix() {
+        let mut c = base();
+        c.dc.key = "abc".into();
+        let e = err(&c);
+        assert!(
+            e.contains("dc.key") && e.contains("64 hex") && !e.contains("abc"),
+            "{e}"
+        );
+
+        let mut c = base();
+        c.dc.fqdn = "GN.ntm.test".into();
+        assert!(err(&c).contains("dc.fqdn"));
+
+        let mut c = base();
+        c.wan.interface = "lan0".into();
+        assert!(err(&c).contains("another NIC"));
+
+        let mut c = base();
+        c.lan.interface = "a-very-long-interface-name".into();
+        assert!(err(&c).contains("lan.interface"));
+
+        let mut c = base();
+        c.lan.router = Ipv4Addr::new(100, 64, 0, 0);
+        assert!(err(&c).contains("router address"), "{}", err(&c));
+
+        let mut c = base();
+        c.dns.ttl = 300;
+        assert!(err(&c).contains("60 s"));
+
+        let mut c = base();
+        c.dns.upstream = "0.0.0.0:53".parse().unwrap();
+        assert!(err(&c).contains("dns.upstream"));
+
+        let mut c = base();
+        c.datapath.cores = vec![10_000];
+        assert!(err(&c).contains("core 10000 does not exist"));
+
+        let mut c = base();
+        c.datapath.cores.clear();
+        assert!(err(&c).contains("datapath.cores"));
+
+        let mut c = base();
+        c.datapath.rx_ring = 1000;
+        assert!(err(&c).contains("datapath.rx_ring"));
+
+        let mut c = base();
+        c.datapath.frame_count = 100;
+        assert!(err(&c).contains("8192"), "{}", err(&c));
+
+        let mut c = base();
+        c.datapath.queues = 0;
+        assert!(err(&c).contains("datapath.queues"));
+
+        let mut c = base();
+        c.hold.total = 1;
+        assert!(err(&c).contains("hold.total"));
+
+        let mut c = base();
+        c.name = "../etc".into();
+        assert!(err(&c).contains("name"));
+    }
+}

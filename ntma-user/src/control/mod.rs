@@ -1,0 +1,947 @@
+//! The control side of the adapter: everything between the GN-facing
+//! services ([`Gn`]), the protocol endpoint ([`Endpoint`]) and the fast
+//! path, without I/O of its own.
+//!
+//! [`Control`] is pumped by the daemon's slow-path thread like a quinn
+//! connection by its driver: every input (a frame from the GN-facing raw
+//! socket, a frame from the fast path's slow queue, a datagram on the
+//! tunnel socket, a datagram from the upstream resolver, a timer) goes in
+//! through one `on_*` method, which then drains the endpoint's transmits
+//! and events and the GN services' frames and actions until nothing more
+//! comes out. Sending goes through the [`Io`] the caller passes; what the
+//! fast path must know is published through the [`Plane`] it owns.
+//!
+//! The wiring (PROTOCOL.md §6):
+//!
+//! * DNS queries for NTM names ([`GnAction::Resolve`]) become
+//!   [`Endpoint::connect`]; [`Event::DirectionResolved`] answers them.
+//! * [`Event::Registered`] gives the GN its VIP ([`Gn::set_vip`]);
+//!   [`Event::TunnelUp`]/[`Event::TunnelDown`]/[`Event::EndpointChanged`]
+//!   are published to the fast path, which reports receive and send
+//!   activity back ([`Control::poll_activity`] → [`Endpoint::note_rx`] /
+//!   [`Endpoint::note_tx`]: expiry, keep-alives, roaming).
+//! * Packets to a VIP without a tunnel (the fast path's slow queue, or the
+//!   raw socket when no AF_XDP socket took them) wait in a bounded
+//!   [`HoldQueue`] while the tunnel is set up — by name again if the VIP
+//!   belonged to an expired tunnel — and then go through the tunnel, or are
+//!   answered with ICMP host unreachable.
+//! * Packets to destinations outside the VIP prefix are answered with ICMP
+//!   network unreachable, or left to the kernel's NAT ([`NonVip`]).
+//! * DATA and TUN_KEEPALIVE belong to the fast path alone: on the kernel
+//!   socket they are dropped ([`CtlDrop::DataViaKernel`]), so that one
+//!   replay window sees every datagram of a tunnel.
+
+mod counters;
+pub mod nat;
+pub mod packet;
+mod plane;
+pub mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ntm_proto::data::SeqCounter;
+use ntm_proto::dns::{PendingId, ResolveOutcome};
+use ntm_proto::hold::HoldQueue;
+use ntm_proto::node::{self, DirError, DownReason, Endpoint, Event, ReqId};
+use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
+use ntm_proto::{Error, Key, Path, Role, Status as Code};
+
+pub use counters::{CtlCounters, CtlDrop, CtlStat};
+
+use crate::config::{NonVip, Settings};
+use crate::ebpf::Side;
+use crate::gn::wire::{EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, IPPROTO_UDP};
+use crate::gn::{Gn, GnAction, MacAddr, Unreachable, Verdict, MAX_FRAME_LEN};
+use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
+
+/// Bound of the VIP → FQDN memory used to set expired tunnels up again.
+const MAX_NAMES: usize = 4096;
+/// Bound of the set-up timers kept for status output.
+const MAX_TIMERS: usize = 1024;
+/// Largest inner packet (an IPv4 packet never exceeds this).
+const MAX_INNER: usize = 65_535;
+
+/// The addresses the fast path needs to build frames on both NICs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// The GN's VIP (the only inner destination of DATA accepted).
+    pub gn_vip: Ipv4Addr,
+    /// The GN's MAC (destination of frames to the GN).
+    pub gn_mac: MacAddr,
+    /// The GN-facing NIC's MAC (source of frames to the GN).
+    pub lan_mac: MacAddr,
+    /// The uplink NIC's MAC.
+    pub wan_mac: MacAddr,
+    /// The uplink's IPv4 address (outer source).
+    pub wan_ip: Ipv4Addr,
+    /// The tunnel port (outer source port).
+    pub wan_port: u16,
+    /// The next hop's MAC on the uplink (the default gateway).
+    pub gateway_mac: MacAddr,
+}
+
+/// A tunnel for the fast path to carry.
+#[derive(Debug, Clone)]
+pub struct TunnelParams {
+    /// Tunnel id.
+    pub tunnel_id: u32,
+    /// The peer's VIP.
+    pub peer_vip: Ipv4Addr,
+    /// Where its datagrams go.
+    pub endpoint: SocketAddrV4,
+    /// `K_tun`.
+    pub key: Key,
+    /// The send counter, shared with the endpoint (keep-alives, set-up).
+    pub tx_seq: SeqCounter,
+    /// How the tunnel runs.
+    pub path: Path,
+}
+
+/// What the fast path did on one tunnel (cumulative counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Tunnel id.
+    pub tunnel_id: u32,
+    /// DATA sent.
+    pub tx_packets: u64,
+    /// Bytes of those datagrams.
+    pub tx_bytes: u64,
+    /// DATA accepted.
+    pub rx_packets: u64,
+    /// Bytes of those datagrams.
+    pub rx_bytes: u64,
+    /// TUN_KEEPALIVE accepted.
+    pub rx_keepalives: u64,
+    /// When the last one was accepted.
+    pub last_rx: Option<Instant>,
+    /// Where it came from.
+    pub last_rx_from: Option<SocketAddrV4>,
+}
+
+/// The fast path as the control side sees it.
+pub trait Plane {
+    /// Addresses for building frames; `None` stops forwarding.
+    fn set_link(&self, link: Option<Link>);
+    /// Adds or replaces a tunnel.
+    fn upsert_tunnel(&self, tunnel: TunnelParams);
+    /// Removes a tunnel.
+    fn remove_tunnel(&self, tunnel_id: u32);
+    /// Moves a tunnel's peer (roaming).
+    fn set_endpoint(&self, tunnel_id: u32, endpoint: SocketAddrV4);
+    /// Per-tunnel counters.
+    fn activity(&self) -> Vec<Activity>;
+}
+
+/// The sockets, as the control side uses them. Each returns whether the
+/// kernel took the data; a refusal is counted, never retried (signaling
+/// loss is repaired by retransmissions, data loss by the GN's transport).
+pub trait Io {
+    /// A datagram from the tunnel port.
+    fn send_wan(&self, dst: SocketAddrV4, datagram: &[u8]) -> bool;
+    /// A frame to the GN.
+    fn send_lan(&self, frame: &[u8]) -> bool;
+    /// A query to the upstream resolver.
+    fn send_upstream(&self, query: &[u8]) -> bool;
+}
+
+/// Addresses learned at start and while running.
+#[derive(Debug, Clone, Copy)]
+struct LinkState {
+    lan_mac: MacAddr,
+    wan_mac: MacAddr,
+    wan_ip: Ipv4Addr,
+    gateway_mac: Option<MacAddr>,
+    gn_mac: Option<MacAddr>,
+    vip: Option<Ipv4Addr>,
+}
+
+/// What the control side knows about one tunnel.
+#[derive(Debug, Clone)]
+struct TunnelRec {
+    peer_fqdn: String,
+    endpoint: SocketAddrV4,
+    /// From our direction request to the tunnel being up; `None` when the
+    /// peer asked for the tunnel.
+    setup: Option<Duration>,
+    activity: Option<Activity>,
+}
+
+/// What the daemon tells [`Control::new`] about the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Boot {
+    /// The GN-facing NIC's MAC.
+    pub lan_mac: MacAddr,
+    /// The uplink NIC's MAC.
+    pub wan_mac: MacAddr,
+    /// The uplink's IPv4 address.
+    pub wan_ip: Ipv4Addr,
+    /// Current Unix time in nanoseconds (signaling sequence numbers start there).
+    pub unix_nanos: u64,
+    /// OS randomness.
+    pub seed: [u8; 32],
+}
+
+/// The control side. See the [module docs](self).
+pub struct Control<P: Plane> {
+    plane: P,
+    ep: Endpoint,
+    gn: Gn,
+    hold: HoldQueue,
+    non_vip: NonVip,
+    port: u16,
+    fqdn: String,
+    dc: SocketAddrV4,
+    link: LinkState,
+    published: Option<Link>,
+    names: HashMap<Ipv4Addr, String>,
+    dns_by_req: HashMap<ReqId, Vec<PendingId>>,
+    pkt_by_req: HashMap<ReqId, Ipv4Addr>,
+    connect_at: HashMap<String, Instant>,
+    tunnels: BTreeMap<u32, TunnelRec>,
+    c: CtlCounters,
+    buf: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+fn path_name(p: Path) -> &'static str {
+    match p {
+        Path::Direct => "direct",
+        Path::Reverse => "reverse",
+        Path::Relay => "relay",
+        Path::Unknown(_) => "unknown",
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Initiator => "initiator",
+        Role::Responder => "responder",
+        Role::Unknown(_) => "unknown",
+    }
+}
+
+/// The source and destination port and payload of an unfragmented UDP
+/// datagram in an Ethernet frame.
+fn udp_of(frame: &[u8]) -> Option<(SocketAddrV4, u16, &[u8])> {
+    let eth = EthView::parse(frame).ok()?;
+    if eth.ether_type != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = Ipv4View::parse(eth.payload, true).ok()?;
+    if ip.protocol != IPPROTO_UDP || ip.is_fragment() {
+        return None;
+    }
+    let udp = UdpView::parse(&ip, true).ok()?;
+    Some((
+        SocketAddrV4::new(ip.src, udp.src_port),
+        udp.dst_port,
+        udp.payload,
+    ))
+}
+
+/// The IPv4 packet of an Ethernet frame: (source, destination, the packet
+/// cut to its total length).
+fn ipv4_of(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, &[u8])> {
+    let eth = EthView::parse(frame).ok()?;
+    if eth.ether_type != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = Ipv4View::parse(eth.payload, false).ok()?;
+    let len = ip.header.len() + ip.payload.len();
+    Some((ip.src, ip.dst, &eth.payload[..len]))
+}
+
+fn is_unicast_host(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+}
+
+impl<P: Plane> Control<P> {
+    /// Starts the endpoint (its first REG_REQ goes out at the first pump)
+    /// and the GN services with the NIC's MAC.
+    pub fn new(s: &Settings, boot: Boot, plane: P, now: Instant) -> Result<Self, String> {
+        let cfg = node::Config {
+            fqdn: s.fqdn.clone(),
+            key: s.key.clone(),
+            dc: s.dc,
+            local_addr: SocketAddrV4::new(boot.wan_ip, s.port),
+            caps: Caps::ADAPTER,
+        };
+        let ep = Endpoint::new(cfg, now, boot.unix_nanos, boot.seed)
+            .map_err(|e| format!("cannot start the protocol endpoint: {e}"))?;
+        let mut gcfg = s.gn.clone();
+        gcfg.ntma_mac = boot.lan_mac;
+        gcfg.seed =
+            u64::from_le_bytes(boot.seed[8..16].try_into().expect("8 bytes")) ^ boot.unix_nanos;
+        let gn = Gn::new(gcfg).map_err(|e| e.to_string())?;
+        Ok(Control {
+            plane,
+            ep,
+            gn,
+            hold: HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout),
+            non_vip: s.non_vip,
+            port: s.port,
+            fqdn: s.fqdn.clone(),
+            dc: s.dc,
+            link: LinkState {
+                lan_mac: boot.lan_mac,
+                wan_mac: boot.wan_mac,
+                wan_ip: boot.wan_ip,
+                gateway_mac: None,
+                gn_mac: None,
+                vip: None,
+            },
+            published: None,
+            names: HashMap::new(),
+            dns_by_req: HashMap::new(),
+            pkt_by_req: HashMap::new(),
+            connect_at: HashMap::new(),
+            tunnels: BTreeMap::new(),
+            c: CtlCounters::default(),
+            buf: vec![0u8; MAX_INNER + OVERHEAD],
+            frame: vec![0u8; MAX_FRAME_LEN],
+        })
+    }
+
+    /// The fast path handle.
+    pub fn plane(&self) -> &P {
+        &self.plane
+    }
+
+    /// The control side's own counters.
+    pub fn counters(&self) -> &CtlCounters {
+        &self.c
+    }
+
+    /// The GN services.
+    pub fn gn(&self) -> &Gn {
+        &self.gn
+    }
+
+    /// The protocol endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.ep
+    }
+
+    /// The link published to the fast path, if complete.
+    pub fn link(&self) -> Option<Link> {
+        self.published
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// Sends the first REG_REQ; call once after [`Control::new`].
+    pub fn start(&mut self, now: Instant, io: &impl Io) {
+        self.pump(now, io);
+    }
+
+    /// A datagram on the tunnel port (signaling; DATA goes to the fast path).
+    pub fn on_wan_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], io: &impl Io) {
+        self.c.stat(CtlStat::WanDatagrams);
+        let SocketAddr::V4(from) = from else {
+            self.c.drop(CtlDrop::NotIpv4Source);
+            return;
+        };
+        let data_type =
+            |t: u8| t == ntma_common::ntm::TYPE_DATA || t == ntma_common::ntm::TYPE_TUN_KEEPALIVE;
+        if bytes.len() >= 2 && bytes[0] == ntma_common::ntm::VERSION && data_type(bytes[1]) {
+            self.c.drop(CtlDrop::DataViaKernel);
+            return;
+        }
+        if let Err(e) = self.ep.handle(now, from, bytes) {
+            // Counted by reason in the endpoint's drop counters.
+            tracing::trace!(%from, reason = e.name(), "dropped a datagram");
+        }
+        self.pump(now, io);
+    }
+
+    /// A frame from the GN-facing raw socket: what the XDP program passed
+    /// to the kernel (ARP, DHCP, DNS, and everything not for a tunnel).
+    pub fn on_lan_frame(&mut self, now: Instant, frame: &[u8], io: &impl Io) {
+        self.c.stat(CtlStat::LanFrames);
+        if self.gn.handle_frame(now, frame) == Verdict::NotSlowPath {
+            self.kernel_frame(now, frame, io);
+        }
+        self.pump(now, io);
+    }
+
+    /// A frame from the fast path's slow queue. From the GN ([`Side::Lan`]):
+    /// a packet to a VIP without a tunnel, or anything while the link is not
+    /// ready; it goes the way of a frame from the raw socket (the GN
+    /// services learn the GN's MAC from it). From the uplink
+    /// ([`Side::Wan`]): a frame the XDP program redirected but the fast path
+    /// does not carry; signaling to our port is handled, the rest dropped.
+    pub fn on_slow_frame(&mut self, now: Instant, side: Side, frame: &[u8], io: &impl Io) {
+        self.c.stat(CtlStat::SlowFrames);
+        match side {
+            Side::Lan => {
+                if self.gn.handle_frame(now, frame) == Verdict::NotSlowPath {
+                    self.kernel_frame(now, frame, io);
+                }
+            }
+            Side::Wan => match udp_of(frame) {
+                Some((from, port, payload)) if port == self.port => {
+                    self.on_wan_datagram(now, SocketAddr::V4(from), payload, io);
+                }
+                _ => self.c.drop(CtlDrop::SlowFrameOther),
+            },
+        }
+        self.pump(now, io);
+    }
+
+    /// A frame from the slow queue that did not fit the caller's buffer.
+    pub fn on_slow_truncated(&mut self) {
+        self.c.stat(CtlStat::SlowFrames);
+        self.c.drop(CtlDrop::SlowFrameMalformed);
+    }
+
+    /// A datagram from the upstream resolver.
+    pub fn on_upstream(&mut self, now: Instant, bytes: &[u8], io: &impl Io) {
+        self.gn.handle_upstream(now, bytes);
+        self.pump(now, io);
+    }
+
+    /// Runs the timers that are due.
+    pub fn on_timeout(&mut self, now: Instant, io: &impl Io) {
+        self.ep.handle_timeout(now);
+        self.gn.handle_timeout(now);
+        let n = self.hold.expire(now);
+        self.c.drop_n(CtlDrop::HoldExpired, n);
+        self.pump(now, io);
+    }
+
+    /// When [`Control::on_timeout`] must run next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.ep.poll_timeout(),
+            self.gn.poll_timeout(),
+            self.hold.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Reads the fast path's per-tunnel counters and tells the endpoint
+    /// about receive activity (lifetime, roaming) and send activity
+    /// (keep-alives only on idle tunnels). Call a few times a second.
+    pub fn poll_activity(&mut self, now: Instant, io: &impl Io) {
+        for a in self.plane.activity() {
+            let Some(rec) = self.tunnels.get_mut(&a.tunnel_id) else {
+                continue;
+            };
+            let before = rec.activity.unwrap_or(Activity {
+                tx_packets: 0,
+                rx_packets: 0,
+                rx_keepalives: 0,
+                ..a
+            });
+            if a.rx_packets + a.rx_keepalives > before.rx_packets + before.rx_keepalives {
+                let from = a.last_rx_from.unwrap_or(rec.endpoint);
+                self.ep.note_rx(a.tunnel_id, now, from);
+            }
+            if a.tx_packets > before.tx_packets {
+                self.ep.note_tx(a.tunnel_id, now);
+            }
+            rec.activity = Some(a);
+        }
+        self.pump(now, io);
+    }
+
+    /// The uplink's address, checked every second: a change re-registers
+    /// and tells peers (roaming).
+    pub fn set_wan_ip(&mut self, now: Instant, ip: Ipv4Addr, io: &impl Io) {
+        if ip != self.link.wan_ip {
+            tracing::info!(old = %self.link.wan_ip, new = %ip, "uplink address changed: re-registering and telling peers");
+            self.link.wan_ip = ip;
+            self.ep
+                .handle_local_addr_change(now, SocketAddrV4::new(ip, self.port));
+        }
+        self.pump(now, io);
+    }
+
+    /// The next hop's MAC on the uplink, from the kernel's neighbour table.
+    pub fn set_gateway_mac(&mut self, mac: Option<MacAddr>) {
+        if mac != self.link.gateway_mac {
+            match mac {
+                Some(m) => tracing::info!(gateway_mac = %m, "uplink next hop resolved"),
+                None => tracing::warn!("uplink next hop unknown: tunnel data waits"),
+            }
+            self.link.gateway_mac = mac;
+            self.publish_link();
+        }
+    }
+
+    /// Deregisters (DEREG) and removes every tunnel from the fast path.
+    pub fn close(&mut self, now: Instant, io: &impl Io) {
+        self.ep.close(now);
+        self.pump(now, io);
+        self.plane.set_link(None);
+        self.published = None;
+    }
+
+    // ----- packets ------------------------------------------------------
+
+    /// An IPv4 frame that the XDP program passed to the kernel and the GN
+    /// services did not take.
+    fn kernel_frame(&mut self, now: Instant, frame: &[u8], io: &impl Io) {
+        let Some((_, dst, _)) = ipv4_of(frame) else {
+            return;
+        };
+        let router = self.gn.config().router;
+        if dst == router || !is_unicast_host(dst) || Some(dst) == self.link.vip {
+            // The kernel's own business (ping to the router, broadcasts).
+            return;
+        }
+        if self.gn.config().in_vip_prefix(dst) {
+            // No AF_XDP socket took it (a queue without one): still ours.
+            self.vip_packet(now, dst, frame, io);
+            return;
+        }
+        if self.non_vip == NonVip::IcmpUnreachable {
+            self.c.drop(CtlDrop::NonVip);
+            let _ = self.gn.unreachable_non_vip(now, frame);
+        }
+        // NonVip::Nat: the kernel forwards and masquerades it.
+    }
+
+    /// A packet from the GN to the VIP `dst` that the fast path could not send.
+    fn vip_packet(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8], io: &impl Io) {
+        if self.hold.holds(dst) {
+            // Behind the packets already waiting, to keep their order.
+            self.hold_frame(now, dst, frame);
+            return;
+        }
+        match self.ep.tunnel_for_vip(dst) {
+            Some(t) if t.up => {
+                // Up, but the fast path had not been told yet.
+                self.send_through(now, frame, io);
+                return;
+            }
+            Some(_) => {
+                self.hold_frame(now, dst, frame);
+                return;
+            }
+            None => {}
+        }
+        if self.pkt_by_req.values().any(|v| *v == dst) {
+            self.hold_frame(now, dst, frame);
+            return;
+        }
+        if self.ep.registration().is_none() {
+            self.c.drop(CtlDrop::NotRegistered);
+            let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+            return;
+        }
+        let Some(fqdn) = self.names.get(&dst).cloned() else {
+            self.c.drop(CtlDrop::NoRoute);
+            let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+            return;
+        };
+        match self.connect(now, &fqdn) {
+            Ok(req) => {
+                tracing::info!(peer = %fqdn, vip = %dst, "setting the tunnel up again for a packet");
+                self.pkt_by_req.insert(req, dst);
+                self.hold_frame(now, dst, frame);
+            }
+            Err(_) => {
+                self.c.drop(CtlDrop::NoRoute);
+                let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+            }
+        }
+    }
+
+    fn hold_frame(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8]) {
+        match self.hold.push(now, dst, frame) {
+            Ok(()) => self.c.stat(CtlStat::Held),
+            Err(_) => self.c.drop(CtlDrop::HoldFull),
+        }
+    }
+
+    /// Sends the IPv4 packet of `frame` as DATA from the kernel socket.
+    fn send_through(&mut self, now: Instant, frame: &[u8], io: &impl Io) -> bool {
+        let Some((_, _, inner)) = ipv4_of(frame) else {
+            self.c.drop(CtlDrop::SlowFrameMalformed);
+            return false;
+        };
+        match self.ep.send_data(now, inner, &mut self.buf) {
+            Ok(t) => {
+                if io.send_wan(t.dst, &self.buf[..t.len]) {
+                    self.c.stat(CtlStat::DataTx);
+                    true
+                } else {
+                    self.c.drop(CtlDrop::WanSendFailed);
+                    false
+                }
+            }
+            Err(_) => {
+                self.c.drop(CtlDrop::SetupFailed);
+                let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+                false
+            }
+        }
+    }
+
+    /// Held packets for `dst` whose tunnel will not come: ICMP host unreachable.
+    fn fail_held(&mut self, now: Instant, dst: Ipv4Addr) {
+        let frames = self.hold.take(dst);
+        self.c.drop_n(CtlDrop::SetupFailed, frames.len());
+        for f in frames {
+            let _ = self.gn.unreachable(now, &f, Unreachable::Host);
+        }
+    }
+
+    fn setup_pending(&self, dst: Ipv4Addr) -> bool {
+        self.ep.tunnel_for_vip(dst).is_some() || self.pkt_by_req.values().any(|v| *v == dst)
+    }
+
+    fn connect(&mut self, now: Instant, fqdn: &str) -> Result<ReqId, Error> {
+        let req = self.ep.connect(now, fqdn)?;
+        self.c.stat(CtlStat::Connects);
+        if self.connect_at.len() < MAX_TIMERS {
+            self.connect_at.entry(fqdn.to_owned()).or_insert(now);
+        }
+        Ok(req)
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// Drains every output until nothing more comes.
+    fn pump(&mut self, now: Instant, io: &impl Io) {
+        loop {
+            let mut busy = false;
+            for dst in self.hold.destinations() {
+                if !self.setup_pending(dst) {
+                    self.fail_held(now, dst);
+                    busy = true;
+                }
+            }
+            while let Some(t) = self
+                .ep
+                .poll_transmit(now, &mut self.buf[..MAX_SIGNALING_LEN])
+            {
+                if !io.send_wan(t.dst, &self.buf[..t.len]) {
+                    self.c.drop(CtlDrop::WanSendFailed);
+                }
+                busy = true;
+            }
+            while let Some(ev) = self.ep.poll_event() {
+                self.on_event(now, ev, io);
+                busy = true;
+            }
+            while let Some(a) = self.gn.poll_action() {
+                self.on_action(now, a, io);
+                busy = true;
+            }
+            while let Some(n) = self.gn.poll_transmit(&mut self.frame) {
+                if !io.send_lan(&self.frame[..n]) {
+                    self.c.drop(CtlDrop::LanSendFailed);
+                }
+                busy = true;
+            }
+            if !busy {
+                break;
+            }
+        }
+        self.publish_link();
+    }
+
+    fn on_event(&mut self, now: Instant, ev: Event, io: &impl Io) {
+        match ev {
+            Event::Registered {
+                vip,
+                prefix_len,
+                node_id,
+                observed,
+                behind_nat,
+            } => {
+                self.c.stat(CtlStat::Registrations);
+                if self.link.vip != Some(vip) {
+                    tracing::info!(fqdn = %self.fqdn, %vip, prefix_len, node_id, %observed, behind_nat, "registered");
+                } else {
+                    tracing::debug!(%vip, node_id, %observed, "registration renewed");
+                }
+                match self.gn.set_vip(Some(vip)) {
+                    Ok(()) => self.link.vip = Some(vip),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot give the GN its VIP");
+                        self.link.vip = None;
+                    }
+                }
+            }
+            Event::RegistrationFailed { reason } => {
+                tracing::warn!(dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, dc.fqdn and dc.key against the DC's configuration)");
+            }
+            Event::DirectionResolved { req, fqdn, result } => {
+                self.on_resolved(now, req, &fqdn, result);
+            }
+            Event::TunnelUp {
+                tunnel_id,
+                peer_fqdn,
+                peer_vip,
+                endpoint,
+                path,
+                role,
+                key,
+                tx_seq,
+                ..
+            } => {
+                self.c.stat(CtlStat::TunnelsUp);
+                let setup = self.connect_at.remove(&peer_fqdn).map(|t| now - t);
+                tracing::info!(
+                    tunnel_id,
+                    peer = %peer_fqdn,
+                    %peer_vip,
+                    %endpoint,
+                    path = path_name(path),
+                    role = role_name(role),
+                    setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
+                    "tunnel up"
+                );
+                self.plane.upsert_tunnel(TunnelParams {
+                    tunnel_id,
+                    peer_vip,
+                    endpoint,
+                    key,
+                    tx_seq,
+                    path,
+                });
+                self.remember(peer_vip, &peer_fqdn);
+                self.tunnels.insert(
+                    tunnel_id,
+                    TunnelRec {
+                        peer_fqdn,
+                        endpoint,
+                        setup,
+                        activity: None,
+                    },
+                );
+                for f in self.hold.take(peer_vip) {
+                    if self.send_through(now, &f, io) {
+                        self.c.stat(CtlStat::Released);
+                    }
+                }
+            }
+            Event::TunnelDown { tunnel_id, reason } => {
+                self.c.stat(CtlStat::TunnelsDown);
+                self.plane.remove_tunnel(tunnel_id);
+                let rec = self.tunnels.remove(&tunnel_id);
+                let level_info = matches!(reason, DownReason::Expired | DownReason::Closed);
+                let peer = rec.as_ref().map(|r| r.peer_fqdn.as_str()).unwrap_or("?");
+                if level_info {
+                    tracing::info!(tunnel_id, peer, ?reason, "tunnel down");
+                } else {
+                    tracing::warn!(tunnel_id, peer, ?reason, "tunnel down");
+                }
+            }
+            Event::EndpointChanged {
+                tunnel_id,
+                endpoint,
+            } => {
+                self.c.stat(CtlStat::EndpointChanges);
+                tracing::info!(tunnel_id, %endpoint, "peer moved (roaming)");
+                self.plane.set_endpoint(tunnel_id, endpoint);
+                if let Some(r) = self.tunnels.get_mut(&tunnel_id) {
+                    r.endpoint = endpoint;
+                }
+            }
+        }
+    }
+
+    fn on_resolved(
+        &mut self,
+        now: Instant,
+        req: ReqId,
+        fqdn: &str,
+        result: Result<Ipv4Addr, DirError>,
+    ) {
+        match &result {
+            Ok(vip) => {
+                tracing::info!(peer = %fqdn, %vip, "resolved");
+                self.remember(*vip, fqdn);
+                if self.ep.tunnel_for_vip(*vip).is_some_and(|t| t.up) {
+                    // Answered from an existing tunnel: no set-up to time.
+                    self.connect_at.remove(fqdn);
+                }
+            }
+            Err(e) => {
+                tracing::info!(peer = %fqdn, error = %e, "direction request failed");
+                self.connect_at.remove(fqdn);
+            }
+        }
+        if let Some(ids) = self.dns_by_req.remove(&req) {
+            let outcome = match result {
+                Ok(vip) => ResolveOutcome::Vip(vip),
+                Err(DirError::Status(Code::NotFound)) => ResolveOutcome::NotFound,
+                Err(DirError::TimedOut) => ResolveOutcome::Timeout,
+                Err(_) => ResolveOutcome::Failed,
+            };
+            for id in ids {
+                self.gn.answer(now, id, outcome);
+            }
+        }
+        if let Some(vip) = self.pkt_by_req.remove(&req) {
+            if result.is_err() {
+                self.fail_held(now, vip);
+            }
+        }
+    }
+
+    fn on_action(&mut self, now: Instant, a: GnAction, io: &impl Io) {
+        match a {
+            GnAction::Resolve { fqdn, pending_id } => match self.connect(now, &fqdn) {
+                Ok(req) => self.dns_by_req.entry(req).or_default().push(pending_id),
+                Err(e) => {
+                    tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC");
+                    let outcome = if e == Error::BadFqdn {
+                        // No node can have this name.
+                        ResolveOutcome::NotFound
+                    } else {
+                        ResolveOutcome::Failed
+                    };
+                    self.gn.answer(now, pending_id, outcome);
+                }
+            },
+            GnAction::Upstream { payload, .. } => {
+                if !io.send_upstream(&payload) {
+                    self.c.drop(CtlDrop::UpstreamSendFailed);
+                }
+            }
+            GnAction::GnMac { mac } => {
+                tracing::info!(gn_mac = %mac, "GN MAC learned");
+                self.link.gn_mac = Some(mac);
+            }
+            GnAction::LeaseBound { vip, mac } => {
+                tracing::info!(%vip, %mac, "the GN took its VIP (DHCPACK)");
+                self.link.gn_mac = Some(mac);
+            }
+            GnAction::LeaseEnded { vip } => {
+                tracing::info!(%vip, "the GN's lease ended");
+            }
+        }
+    }
+
+    fn remember(&mut self, vip: Ipv4Addr, fqdn: &str) {
+        if self.names.len() < MAX_NAMES || self.names.contains_key(&vip) {
+            self.names.insert(vip, fqdn.to_owned());
+        }
+    }
+
+    fn publish_link(&mut self) {
+        let l = self.link;
+        let link = match (l.vip, l.gn_mac, l.gateway_mac) {
+            (Some(gn_vip), Some(gn_mac), Some(gateway_mac)) => Some(Link {
+                gn_vip,
+                gn_mac,
+                lan_mac: l.lan_mac,
+                wan_mac: l.wan_mac,
+                wan_ip: l.wan_ip,
+                wan_port: self.port,
+                gateway_mac,
+            }),
+            _ => None,
+        };
+        if link != self.published {
+            if let Some(k) = &link {
+                tracing::info!(gn_vip = %k.gn_vip, gn_mac = %k.gn_mac, wan = %SocketAddrV4::new(k.wan_ip, k.wan_port), gateway_mac = %k.gateway_mac, "fast path link ready");
+            }
+            self.plane.set_link(link);
+            self.published = link;
+        }
+    }
+
+    // ----- status -------------------------------------------------------
+
+    /// Registration part of the status.
+    pub fn registration_status(&self) -> RegistrationStatus {
+        let reg = self.ep.registration();
+        RegistrationStatus {
+            fqdn: self.fqdn.clone(),
+            dc: self.dc,
+            registered: reg.is_some(),
+            vip: reg.map(|r| r.vip.addr),
+            prefix_len: reg.map(|r| r.vip.prefix_len),
+            node_id: reg.map(|r| r.node_id),
+            local_addr: self.ep.local_addr(),
+            observed: reg.map(|r| r.observed),
+            behind_nat: reg.map(|r| r.behind_nat),
+        }
+    }
+
+    /// GN part of the status.
+    pub fn gn_status(&self, now: Instant) -> GnStatus {
+        let st = self.gn.state();
+        let lease = st.active_lease(now);
+        GnStatus {
+            vip: st.vip(),
+            mac: st.mac().map(|m| m.to_string()),
+            lease_bound: lease.is_some_and(|l| l.bound),
+            lease_remaining_secs: lease.map(|l| (l.expires - now).as_secs()),
+            router: self.gn.config().router,
+            prefix_len: self.gn.config().vip_prefix_len,
+        }
+    }
+
+    /// Tunnels, with the fast path's counters as last polled.
+    pub fn tunnel_status(&self, now: Instant) -> Vec<TunnelStatus> {
+        let mut v: Vec<TunnelStatus> = self
+            .ep
+            .tunnels()
+            .map(|t| {
+                let rec = self.tunnels.get(&t.tunnel_id);
+                let a = rec.and_then(|r| r.activity);
+                TunnelStatus {
+                    id: t.tunnel_id,
+                    peer_fqdn: t.peer_fqdn,
+                    peer_vip: t.peer_vip,
+                    path: path_name(t.path).to_owned(),
+                    role: role_name(t.role).to_owned(),
+                    endpoint: t.endpoint,
+                    up: t.up,
+                    tx_packets: a.map_or(0, |a| a.tx_packets),
+                    tx_bytes: a.map_or(0, |a| a.tx_bytes),
+                    rx_packets: a.map_or(0, |a| a.rx_packets),
+                    rx_bytes: a.map_or(0, |a| a.rx_bytes),
+                    last_rx_secs_ago: a
+                        .and_then(|a| a.last_rx)
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    setup_ms: rec.and_then(|r| r.setup).map(|d| d.as_secs_f64() * 1e3),
+                    opened_by: match rec {
+                        Some(r) if r.setup.is_some() => "gn",
+                        Some(_) => "peer",
+                        None => "-",
+                    }
+                    .to_owned(),
+                }
+            })
+            .collect();
+        v.sort_by_key(|t| t.id);
+        v
+    }
+
+    /// Slow-path counters: the GN services', the endpoint's and our own.
+    pub fn slow_path_status(&self) -> SlowPathStatus {
+        let mut drops = BTreeMap::new();
+        let mut stats = BTreeMap::new();
+        for (d, n) in self.gn.counters().drops() {
+            drops.insert(d.name().to_owned(), n);
+        }
+        for (s, n) in self.gn.counters().stats() {
+            stats.insert(s.name().to_owned(), n);
+        }
+        for e in Error::ALL {
+            drops.insert(format!("proto_{}", e.name()), self.ep.drops().get(e));
+        }
+        for (d, n) in self.c.drops() {
+            drops.insert(d.name().to_owned(), n);
+        }
+        for (s, n) in self.c.stats() {
+            stats.insert(s.name().to_owned(), n);
+        }
+        stats.insert("held_now".into(), self.hold.len() as u64);
+        SlowPathStatus { drops, stats }
+    }
+}

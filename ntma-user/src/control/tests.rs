@@ -1,0 +1,634 @@
+//! The control side against a real DC ([`ntm_dc::Coordinator`]) and a real
+//! peer ([`Endpoint`]) in virtual time: no sockets, no clock, a recording
+//! fast path and recording sockets.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path as FsPath;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use ntm_proto::node::{Config as NodeConfig, Endpoint, Received};
+use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN};
+use ntm_proto::Key;
+
+use super::*;
+use crate::config::Config;
+use crate::gn::wire::{build_udp_frame, UdpEnds, ETHERTYPE_IPV4};
+
+const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
+const NTMA: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 10, 2), 7700);
+const CN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 20), 7700);
+const CN_MOVED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 21), 7700);
+const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 5353);
+const LAN_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+const WAN_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x02]);
+const GW_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x03]);
+const GN_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0a]);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+const LIFETIME_SECS: u32 = 30;
+
+fn key(fqdn: &str) -> Key {
+    let mut k = [0x11u8; 32];
+    for (i, b) in fqdn.bytes().enumerate() {
+        k[i % 32] ^= b;
+    }
+    Key::from_bytes(k)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Call {
+    Link(Option<Link>),
+    Upsert(u32, Ipv4Addr, SocketAddrV4),
+    Remove(u32),
+    Endpoint(u32, SocketAddrV4),
+}
+
+#[derive(Default)]
+struct FakePlane {
+    calls: RefCell<Vec<Call>>,
+    activity: RefCell<Vec<Activity>>,
+}
+
+impl Plane for FakePlane {
+    fn set_link(&self, link: Option<Link>) {
+        self.calls.borrow_mut().push(Call::Link(link));
+    }
+    fn upsert_tunnel(&self, t: TunnelParams) {
+        self.calls
+            .borrow_mut()
+            .push(Call::Upsert(t.tunnel_id, t.peer_vip, t.endpoint));
+    }
+    fn remove_tunnel(&self, id: u32) {
+        self.calls.borrow_mut().push(Call::Remove(id));
+    }
+    fn set_endpoint(&self, id: u32, ep: SocketAddrV4) {
+        self.calls.borrow_mut().push(Call::Endpoint(id, ep));
+    }
+    fn activity(&self) -> Vec<Activity> {
+        self.activity.borrow().clone()
+    }
+}
+
+#[derive(Default)]
+struct RecIo {
+    wan: RefCell<Vec<(SocketAddrV4, Vec<u8>)>>,
+    lan: RefCell<Vec<Vec<u8>>>,
+    upstream: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Io for RecIo {
+    fn send_wan(&self, dst: SocketAddrV4, d: &[u8]) -> bool {
+        self.wan.borrow_mut().push((dst, d.to_vec()));
+        true
+    }
+    fn send_lan(&self, f: &[u8]) -> bool {
+        self.lan.borrow_mut().push(f.to_vec());
+        true
+    }
+    fn send_upstream(&self, q: &[u8]) -> bool {
+        self.upstream.borrow_mut().push(q.to_vec());
+        true
+    }
+}
+
+struct World {
+    now: Instant,
+    dc: ntm_dc::Coordinator,
+    dc_up: bool,
+    ctl: Control<FakePlane>,
+    io: RecIo,
+    cn: Endpoint,
+    cn_addr: SocketAddrV4,
+    /// Datagrams in flight: (from, to, bytes).
+    net: VecDeque<(SocketAddrV4, SocketAddrV4, Vec<u8>)>,
+    /// What cn's stack received through tunnels.
+    cn_got: Vec<Vec<u8>>,
+}
+
+fn settings(non_vip: NonVip) -> Settings {
+    let mut c = Config::new("gn.ntm.test", &key("gn.ntm.test"), DC, UPSTREAM);
+    c.non_vip = non_vip;
+    c.hold.timeout_ms = 20_000;
+    c.validate().unwrap()
+}
+
+impl World {
+    fn new(non_vip: NonVip) -> World {
+        let now = Instant::now();
+        let dc_cfg = ntm_dc::Config {
+            listen: DC,
+            tunnel_lifetime_secs: LIFETIME_SECS,
+            nodes: ["gn.ntm.test", "cn.ntm.test"]
+                .iter()
+                .map(|f| ntm_dc::NodeEntry::new(f, &key(f)))
+                .collect(),
+            ..ntm_dc::Config::default()
+        };
+        let dc =
+            ntm_dc::Coordinator::new(&dc_cfg, now, 1_700_000_000_000_000_000, [3; 32]).unwrap();
+        let boot = Boot {
+            lan_mac: LAN_MAC,
+            wan_mac: WAN_MAC,
+            wan_ip: *NTMA.ip(),
+            unix_nanos: 1_700_000_000_000_000_000,
+            seed: [5; 32],
+        };
+        let ctl = Control::new(&settings(non_vip), boot, FakePlane::default(), now).unwrap();
+        let cn = Endpoint::new(
+            NodeConfig {
+                fqdn: "cn.ntm.test".into(),
+                key: key("cn.ntm.test"),
+                dc: DC,
+                local_addr: CN,
+                caps: Caps::NODE,
+            },
+            now,
+            1_700_000_000_000_000_000,
+            [7; 32],
+        )
+        .unwrap();
+        let mut w = World {
+            now,
+            dc,
+            dc_up: true,
+            ctl,
+            io: RecIo::default(),
+            cn,
+            cn_addr: CN,
+            net: VecDeque::new(),
+            cn_got: Vec::new(),
+        };
+        w.ctl.start(now, &w.io);
+        w.collect();
+        w.settle();
+        w
+    }
+
+    /// Moves what everyone sent into the network.
+    fn collect(&mut self) {
+        for (dst, d) in self.io.wan.borrow_mut().drain(..) {
+            self.net.push_back((NTMA, dst, d));
+        }
+        let mut buf = vec![0u8; 65_535];
+        while let Some(t) = self.dc.poll_transmit(self.now, &mut buf) {
+            self.net.push_back((DC, t.dst, buf[..t.len].to_vec()));
+        }
+        while let Some(t) = self
+            .cn
+            .poll_transmit(self.now, &mut buf[..MAX_SIGNALING_LEN])
+        {
+            self.net
+                .push_back((self.cn_addr, t.dst, buf[..t.len].to_vec()));
+        }
+        while self.cn.poll_event().is_some() {}
+    }
+
+    /// Delivers one datagram; false when none is in flight.
+    fn step(&mut self) -> bool {
+        let Some((from, to, d)) = self.net.pop_front() else {
+            return false;
+        };
+        if to == DC {
+            if self.dc_up {
+                let _ = self.dc.handle(self.now, from, &d);
+            }
+        } else if to == NTMA {
+            self.ctl
+                .on_wan_datagram(self.now, SocketAddr::V4(from), &d, &self.io);
+        } else if to == self.cn_addr {
+            if let Ok(Received::Data { inner, .. }) = self.cn.handle(self.now, from, &d) {
+                self.cn_got.push(inner.to_vec());
+            }
+        }
+        self.collect();
+        true
+    }
+
+    fn settle(&mut self) {
+        let mut n = 0;
+        while self.step() {
+            n += 1;
+            assert!(n < 10_000, "the world does not settle");
+        }
+    }
+
+    /// Runs every timer up to `until`, delivering as it goes.
+    fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        loop {
+            let next = [
+                self.ctl.next_deadline(),
+                self.dc.poll_timeout(),
+                self.cn.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t <= until)
+            .min();
+            let Some(t) = next else { break };
+            self.now = self.now.max(t);
+            self.ctl.on_timeout(self.now, &self.io);
+            self.dc.handle_timeout(self.now);
+            self.cn.handle_timeout(self.now);
+            self.collect();
+            self.settle();
+        }
+        self.now = until;
+    }
+
+    fn gn_vip(&self) -> Ipv4Addr {
+        self.ctl.gn().state().vip().expect("registered")
+    }
+
+    fn cn_vip(&self) -> Ipv4Addr {
+        self.cn.vip().expect("cn registered").addr
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.ctl.plane().calls.borrow().clone()
+    }
+
+    fn lan_frames(&self) -> Vec<Vec<u8>> {
+        self.io.lan.borrow_mut().drain(..).collect()
+    }
+
+    /// The GN asks the router for `name` A; returns the answer frame's message.
+    fn gn_dns(&mut self, name: &str) -> Message {
+        let frame = dns_query_frame(self.gn_vip(), name);
+        self.ctl.on_lan_frame(self.now, &frame, &self.io);
+        self.collect();
+        self.settle();
+        let frames = self.lan_frames();
+        let f = frames
+            .iter()
+            .find(|f| udp_of(f).is_some_and(|(from, _, _)| from.port() == 53))
+            .expect("a DNS answer to the GN");
+        Message::from_vec(udp_of(f).unwrap().2).unwrap()
+    }
+}
+
+fn dns_query_frame(src: Ipv4Addr, name: &str) -> Vec<u8> {
+    let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(
+        Name::from_ascii(format!("{name}.")).unwrap(),
+        RecordType::A,
+    ));
+    let mut f = Vec::new();
+    build_udp_frame(
+        &mut f,
+        &UdpEnds {
+            dst_mac: LAN_MAC,
+            src_mac: GN_MAC,
+            src_ip: src,
+            dst_ip: ROUTER,
+            src_port: 40000,
+            dst_port: 53,
+        },
+        &q.to_vec().unwrap(),
+    )
+    .unwrap();
+    f
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request frame from the GN, `seq` in its payload.
+fn echo_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34];
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(b"ntma test payload");
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&LAN_MAC.0);
+    f.extend_from_slice(&GN_MAC.0);
+    f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// ICMP destination unreachable frames to the GN, as (code, quoted destination).
+fn unreachables(frames: &[Vec<u8>]) -> Vec<(u8, Ipv4Addr)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let (_, _, ip) = ipv4_of(f)?;
+            (ip[9] == 1 && ip[20] == 3).then(|| {
+                let quoted = &ip[28..];
+                (
+                    ip[21],
+                    Ipv4Addr::new(quoted[16], quoted[17], quoted[18], quoted[19]),
+                )
+            })
+        })
+        .collect()
+}
+
+fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn registers_and_publishes_the_link_when_complete() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let vip = w.gn_vip();
+    assert!(w.ctl.registration_status().registered);
+    assert_eq!(w.ctl.registration_status().behind_nat, Some(false));
+    // No GN MAC and no gateway yet: nothing published.
+    assert!(w.ctl.link().is_none());
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    assert!(w.ctl.link().is_none());
+    // A frame from the VIP teaches the GN's MAC.
+    w.gn_dns("cn.ntm.test");
+    let link = w.ctl.link().expect("link complete");
+    assert_eq!(link.gn_vip, vip);
+    assert_eq!(link.gn_mac, GN_MAC);
+    assert_eq!(link.gateway_mac, GW_MAC);
+    assert_eq!((link.wan_ip, link.wan_port), (*NTMA.ip(), 7700));
+    assert!(w.calls().contains(&Call::Link(Some(link))));
+}
+
+#[test]
+fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    let (gn, cn) = (w.gn_vip(), w.cn_vip());
+    // Hold back cn's side so the tunnel is still being set up after the answer.
+    let frame = dns_query_frame(gn, "cn.ntm.test");
+    w.ctl.on_lan_frame(w.now, &frame, &w.io);
+    w.collect();
+    let mut held_back = Vec::new();
+    while let Some((from, to, d)) = w.net.pop_front() {
+        if to == CN || from == CN {
+            held_back.push((from, to, d));
+        } else {
+            w.net.push_front((from, to, d));
+            w.step();
+        }
+    }
+    let answer = w.lan_frames();
+    let m = answer
+        .iter()
+        .find_map(|f| udp_of(f).and_then(|(_, _, p)| Message::from_vec(p).ok()))
+        .expect("DNS answer");
+    assert_eq!(a_records(&m), vec![cn]);
+    // A packet to cn now waits for the tunnel.
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 1), &w.io);
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 2), &w.io);
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::Held), 2);
+    assert!(w.cn_got.is_empty());
+    w.net.extend(held_back);
+    w.settle();
+    // Up: published to the fast path, and the held packets went through, in order.
+    let upserts: Vec<_> = w
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Upsert(_, v, ep) if *v == cn && *ep == CN))
+        .collect();
+    assert_eq!(upserts.len(), 1, "{:?}", w.calls());
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::Released), 2);
+    assert_eq!(w.cn_got.len(), 2);
+    assert_eq!(w.cn_got[0], ipv4_of(&echo_frame(gn, cn, 1)).unwrap().2);
+    assert_eq!(w.cn_got[1], ipv4_of(&echo_frame(gn, cn, 2)).unwrap().2);
+    let t = w.ctl.tunnel_status(w.now);
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        (t[0].role.as_str(), t[0].path.as_str()),
+        ("initiator", "direct")
+    );
+    assert!(t[0].setup_ms.is_some());
+}
+
+#[test]
+fn the_gn_is_reachable_as_a_responder() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let gn = w.gn_vip();
+    w.cn.connect(w.now, "gn.ntm.test").unwrap();
+    w.collect();
+    w.settle();
+    let t = w.ctl.tunnel_status(w.now);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].peer_fqdn, "cn.ntm.test");
+    assert_eq!(t[0].role, "responder");
+    assert_eq!(t[0].opened_by, "peer");
+    assert!(t[0].setup_ms.is_none());
+    assert!(t[0].up);
+    assert!(w
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Upsert(id, _, ep) if *id == t[0].id && *ep == CN)));
+    // cn can send to the GN's VIP now.
+    let mut buf = vec![0u8; 2048];
+    let inner = ipv4_of(&echo_frame(w.cn_vip(), gn, 1)).unwrap().2.to_vec();
+    assert!(w.cn.send_data(w.now, &inner, &mut buf).is_ok());
+}
+
+#[test]
+fn packets_to_unknown_vips_and_non_vips_are_answered_with_icmp() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let gn = w.gn_vip();
+    let stranger = Ipv4Addr::new(100, 64, 9, 9);
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, stranger, 1), &w.io);
+    assert_eq!(unreachables(&w.lan_frames()), vec![(1, stranger)]);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::NoRoute), 1);
+    let internet = Ipv4Addr::new(203, 0, 113, 5);
+    w.ctl
+        .on_lan_frame(w.now, &echo_frame(gn, internet, 1), &w.io);
+    assert_eq!(unreachables(&w.lan_frames()), vec![(0, internet)]);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::NonVip), 1);
+    // To the router: the kernel's business.
+    w.ctl.on_lan_frame(w.now, &echo_frame(gn, ROUTER, 1), &w.io);
+    assert!(w.lan_frames().is_empty());
+
+    let mut w = World::new(NonVip::Nat);
+    let gn = w.gn_vip();
+    w.ctl
+        .on_lan_frame(w.now, &echo_frame(gn, internet, 1), &w.io);
+    assert!(w.lan_frames().is_empty(), "NAT leaves it to the kernel");
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::NonVip), 0);
+}
+
+#[test]
+fn tunnel_data_on_the_kernel_socket_is_dropped() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let mut data = vec![0u8; 64];
+    data[0] = 1;
+    data[1] = ntma_common::ntm::TYPE_DATA;
+    w.ctl
+        .on_wan_datagram(w.now, SocketAddr::V4(CN), &data, &w.io);
+    data[1] = ntma_common::ntm::TYPE_TUN_KEEPALIVE;
+    w.ctl
+        .on_wan_datagram(w.now, SocketAddr::V4(CN), &data, &w.io);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::DataViaKernel), 2);
+    // Garbage reaches the endpoint and is counted there.
+    w.ctl
+        .on_wan_datagram(w.now, SocketAddr::V4(CN), &[9, 9, 9], &w.io);
+    assert_eq!(w.ctl.endpoint().drops().get(ntm_proto::Error::Truncated), 1);
+    let st = w.ctl.slow_path_status();
+    assert_eq!(st.drops["data_via_kernel"], 2);
+    assert_eq!(st.drops["proto_truncated"], 1);
+}
+
+#[test]
+fn activity_keeps_tunnels_and_follows_roaming_peers() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let m = w.gn_dns("cn.ntm.test");
+    assert_eq!(a_records(&m), vec![w.cn_vip()]);
+    let id = w.ctl.tunnel_status(w.now)[0].id;
+    // Traffic for longer than the lifetime: the fast path reports it, the tunnel stays.
+    for i in 1..=4u64 {
+        w.ctl.plane().activity.replace(vec![Activity {
+            tunnel_id: id,
+            tx_packets: i,
+            tx_bytes: 100 * i,
+            rx_packets: i,
+            rx_bytes: 100 * i,
+            rx_keepalives: 0,
+            last_rx: Some(w.now),
+            last_rx_from: Some(CN),
+        }]);
+        w.ctl.poll_activity(w.now, &w.io);
+        w.advance(Duration::from_secs(u64::from(LIFETIME_SECS) / 3));
+    }
+    assert_eq!(
+        w.ctl.tunnel_status(w.now).len(),
+        1,
+        "kept alive by activity"
+    );
+    assert_eq!(w.ctl.tunnel_status(w.now)[0].rx_packets, 4);
+    // The peer moves: an authenticated packet from a new address.
+    w.ctl.plane().activity.replace(vec![Activity {
+        tunnel_id: id,
+        tx_packets: 5,
+        tx_bytes: 500,
+        rx_packets: 5,
+        rx_bytes: 500,
+        rx_keepalives: 0,
+        last_rx: Some(w.now),
+        last_rx_from: Some(CN_MOVED),
+    }]);
+    w.ctl.poll_activity(w.now, &w.io);
+    assert!(w.calls().contains(&Call::Endpoint(id, CN_MOVED)));
+    assert_eq!(w.ctl.tunnel_status(w.now)[0].endpoint, CN_MOVED);
+}
+
+#[test]
+fn an_expired_tunnel_comes_back_for_a_packet_or_fails_with_icmp() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    let (gn, cn) = (w.gn_vip(), w.cn_vip());
+    w.gn_dns("cn.ntm.test");
+    let first = w.ctl.tunnel_status(w.now)[0].id;
+    // Nothing received for the lifetime: gone, and gone from the fast path.
+    w.advance(Duration::from_secs(u64::from(LIFETIME_SECS) + 5));
+    assert!(w.ctl.tunnel_status(w.now).is_empty());
+    assert!(w.calls().contains(&Call::Remove(first)));
+    // The next packet to cn sets it up again by name and waits for it.
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 7), &w.io);
+    w.collect();
+    w.settle();
+    let t = w.ctl.tunnel_status(w.now);
+    assert_eq!(t.len(), 1);
+    assert_ne!(t[0].id, first);
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::Released), 1);
+    assert_eq!(
+        w.cn_got.last().unwrap(),
+        ipv4_of(&echo_frame(gn, cn, 7)).unwrap().2
+    );
+
+    // Again, with the DC gone: the set-up fails and the packet is answered.
+    w.advance(Duration::from_secs(u64::from(LIFETIME_SECS) + 5));
+    assert!(w.ctl.tunnel_status(w.now).is_empty());
+    w.dc_up = false;
+    w.lan_frames();
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 8), &w.io);
+    w.collect();
+    w.advance(Duration::from_secs(10));
+    assert_eq!(unreachables(&w.lan_frames()), vec![(1, cn)]);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::SetupFailed), 1);
+}
+
+#[test]
+fn close_deregisters_and_clears_the_fast_path() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    w.gn_dns("cn.ntm.test");
+    let id = w.ctl.tunnel_status(w.now)[0].id;
+    w.ctl.close(w.now, &w.io);
+    let sent: Vec<_> = w.io.wan.borrow().clone();
+    assert!(sent.iter().any(|(dst, d)| *dst == DC
+        && ntm_proto::Packet::new_checked(&d[..]).unwrap().msg_type()
+            == ntm_proto::MessageType::Dereg));
+    let calls = w.calls();
+    assert!(calls.contains(&Call::Remove(id)));
+    assert_eq!(calls.last(), Some(&Call::Link(None)));
+    assert!(w.ctl.link().is_none());
+}
+
+#[test]
+fn upstream_queries_are_forwarded_and_answers_relayed() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let gn = w.gn_vip();
+    let frame = dns_query_frame(gn, "example.org");
+    w.ctl.on_lan_frame(w.now, &frame, &w.io);
+    let q = w.io.upstream.borrow_mut().pop().expect("forwarded");
+    let mut reply = Message::from_vec(&q).unwrap();
+    reply.metadata.message_type = MessageType::Response;
+    w.ctl.on_upstream(w.now, &reply.to_vec().unwrap(), &w.io);
+    let frames = w.lan_frames();
+    let m = frames
+        .iter()
+        .find_map(|f| udp_of(f).and_then(|(_, _, p)| Message::from_vec(p).ok()))
+        .expect("relayed");
+    assert_eq!(m.metadata.id, 0x4242);
+}
+
+#[test]
+fn settings_come_from_the_example() {
+    let path = FsPath::new(env!("CARGO_MANIFEST_DIR")).join("ntma.example.toml");
+    let s = Config::load(&path).unwrap().validate().unwrap();
+    assert!(Control::new(
+        &s,
+        Boot {
+            lan_mac: LAN_MAC,
+            wan_mac: WAN_MAC,
+            wan_ip: *NTMA.ip(),
+            unix_nanos: 1,
+            seed: [0; 32],
+        },
+        FakePlane::default(),
+        Instant::now()
+    )
+    .is_ok());
+}

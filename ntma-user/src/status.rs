@@ -1,0 +1,468 @@
+//! What `ntma status` shows: a running daemon's registration, GN, fast
+//! path, tunnels and counters, as JSON over a Unix socket.
+//!
+//! The daemon listens on its status socket (`/run/ntma/<name>.sock` by
+//! default); every connection gets one [`Status`] document as JSON and is
+//! closed. [`query`] is the client side, [`Status::render`] the text view.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Adapter name.
+    pub name: String,
+    /// Daemon process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// Registration with the DC.
+    pub registration: RegistrationStatus,
+    /// The GN.
+    pub gn: GnStatus,
+    /// The AF_XDP fast path.
+    pub datapath: DatapathStatus,
+    /// Tunnels.
+    pub tunnels: Vec<TunnelStatus>,
+    /// Slow path and control counters.
+    pub slow_path: SlowPathStatus,
+}
+
+/// Registration with the DC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegistrationStatus {
+    /// The GN's FQDN.
+    pub fqdn: String,
+    /// The DC.
+    pub dc: SocketAddrV4,
+    /// Whether a registration is held.
+    pub registered: bool,
+    /// The VIP.
+    pub vip: Option<Ipv4Addr>,
+    /// Its prefix length.
+    pub prefix_len: Option<u8>,
+    /// Node id.
+    pub node_id: Option<u32>,
+    /// LOCAL_ADDR.
+    pub local_addr: SocketAddrV4,
+    /// The address the DC observed.
+    pub observed: Option<SocketAddrV4>,
+    /// Whether it differs from LOCAL_ADDR.
+    pub behind_nat: Option<bool>,
+}
+
+/// The GN.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GnStatus {
+    /// The VIP offered by DHCP.
+    pub vip: Option<Ipv4Addr>,
+    /// The GN's MAC, once learned.
+    pub mac: Option<String>,
+    /// Whether the GN holds a DHCP lease.
+    pub lease_bound: bool,
+    /// Seconds left on the lease (or offer).
+    pub lease_remaining_secs: Option<u64>,
+    /// Router/DNS address given to the GN.
+    pub router: Ipv4Addr,
+    /// Prefix length given to the GN.
+    pub prefix_len: u8,
+}
+
+/// The fast path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DatapathStatus {
+    /// AF_XDP mode: "copy" or "zero-copy".
+    pub mode: String,
+    /// GN-facing NIC.
+    pub lan_if: String,
+    /// Uplink NIC.
+    pub wan_if: String,
+    /// Queues served.
+    pub queues: u32,
+    /// Whether the link (GN MAC, gateway MAC, VIP) is complete.
+    pub link_ready: bool,
+    /// The uplink's next hop.
+    pub gateway_mac: Option<String>,
+    /// Per worker: counters and drops by reason.
+    pub workers: Vec<WorkerStatus>,
+    /// XDP verdicts by name, summed over CPUs.
+    pub xdp: BTreeMap<String, u64>,
+}
+
+/// One fast-path worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct WorkerStatus {
+    /// Worker (queue) index.
+    pub queue: u32,
+    /// Core it is pinned to.
+    pub core: Option<usize>,
+    /// Packet counters by name.
+    pub counters: BTreeMap<String, u64>,
+    /// Drops by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One tunnel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TunnelStatus {
+    /// Tunnel id.
+    pub id: u32,
+    /// Peer FQDN.
+    pub peer_fqdn: String,
+    /// Peer VIP.
+    pub peer_vip: Ipv4Addr,
+    /// "direct", "reverse" or "relay".
+    pub path: String,
+    /// Our role: "initiator" or "responder".
+    pub role: String,
+    /// Where its datagrams go.
+    pub endpoint: SocketAddrV4,
+    /// Set-up complete.
+    pub up: bool,
+    /// DATA sent by the fast path.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// DATA and keep-alives accepted by the fast path.
+    pub rx_packets: u64,
+    /// Bytes accepted.
+    pub rx_bytes: u64,
+    /// Seconds since the last accepted datagram.
+    pub last_rx_secs_ago: Option<f64>,
+    /// From the direction request to the tunnel being up, when we asked.
+    pub setup_ms: Option<f64>,
+    /// Who asked the DC for the tunnel: "gn" (a DNS query or packet of the
+    /// GN) or "peer" (the GN is the target); "-" while it is set up.
+    pub opened_by: String,
+}
+
+/// Slow path and control counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SlowPathStatus {
+    /// Drops by reason (GN services, `proto_*` for the protocol endpoint,
+    /// and the control side's own).
+    pub drops: BTreeMap<String, u64>,
+    /// What it did.
+    pub stats: BTreeMap<String, u64>,
+}
+
+impl Status {
+    /// Drops counted under `reason` anywhere: the slow path plus every worker.
+    pub fn drop_count(&self, reason: &str) -> u64 {
+        self.slow_path.drops.get(reason).copied().unwrap_or(0)
+            + self
+                .datapath
+                .workers
+                .iter()
+                .map(|w| w.drops.get(reason).copied().unwrap_or(0))
+                .sum::<u64>()
+    }
+
+    /// A slow-path statistic.
+    pub fn stat(&self, name: &str) -> u64 {
+        self.slow_path.stats.get(name).copied().unwrap_or(0)
+    }
+
+    /// An XDP verdict count.
+    pub fn xdp(&self, verdict: &str) -> u64 {
+        self.datapath.xdp.get(verdict).copied().unwrap_or(0)
+    }
+
+    /// A fast-path counter summed over workers.
+    pub fn worker_counter(&self, name: &str) -> u64 {
+        self.datapath
+            .workers
+            .iter()
+            .map(|w| w.counters.get(name).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Every non-zero drop reason with its total (slow path and workers).
+    pub fn drops(&self) -> BTreeMap<String, u64> {
+        let mut all: BTreeMap<String, u64> = BTreeMap::new();
+        let sources = std::iter::once(&self.slow_path.drops)
+            .chain(self.datapath.workers.iter().map(|w| &w.drops));
+        for m in sources {
+            for (k, v) in m {
+                if *v > 0 {
+                    *all.entry(k.clone()).or_default() += v;
+                }
+            }
+        }
+        all
+    }
+
+    /// The tunnel to `fqdn`, if any.
+    pub fn tunnel_to(&self, fqdn: &str) -> Option<&TunnelStatus> {
+        self.tunnels.iter().find(|t| t.peer_fqdn == fqdn)
+    }
+
+    /// The human-readable view.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let r = &self.registration;
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "ntma {} (pid {}, up {:.0} s)",
+            self.name, self.pid, self.uptime_secs
+        );
+        let _ = writeln!(
+            s,
+            "registration: {} as {} with DC {}: vip {}/{} node id {} local {} observed {} behind NAT {}",
+            if r.registered { "registered" } else { "NOT registered" },
+            r.fqdn,
+            r.dc,
+            opt(r.vip.map(|v| v.to_string())),
+            opt(r.prefix_len.map(|v| v.to_string())),
+            opt(r.node_id.map(|v| v.to_string())),
+            r.local_addr,
+            opt(r.observed.map(|v| v.to_string())),
+            opt(r.behind_nat.map(|v| v.to_string())),
+        );
+        let g = &self.gn;
+        let _ = writeln!(
+            s,
+            "gn: vip {} mac {} lease {} (router {}/{})",
+            opt(g.vip.map(|v| v.to_string())),
+            opt(g.mac.clone()),
+            if g.lease_bound {
+                format!("bound, {} s left", g.lease_remaining_secs.unwrap_or(0))
+            } else {
+                "none".into()
+            },
+            g.router,
+            g.prefix_len
+        );
+        let d = &self.datapath;
+        let _ = writeln!(
+            s,
+            "datapath: AF_XDP {} mode, {} queue(s) on {} and {}, link {}, gateway {}",
+            d.mode,
+            d.queues,
+            d.lan_if,
+            d.wan_if,
+            if d.link_ready { "ready" } else { "not ready" },
+            opt(d.gateway_mac.clone())
+        );
+        let _ = writeln!(s, "tunnels: {}", self.tunnels.len());
+        for t in &self.tunnels {
+            let _ = writeln!(
+                s,
+                "  #{} {} {} {} {} (opened by {}) via {}{}: tx {} pkts {} B, rx {} pkts {} B, last rx {}{}",
+                t.id,
+                t.peer_fqdn,
+                t.peer_vip,
+                t.path,
+                t.role,
+                t.opened_by,
+                t.endpoint,
+                if t.up { "" } else { " (setting up)" },
+                t.tx_packets,
+                t.tx_bytes,
+                t.rx_packets,
+                t.rx_bytes,
+                t.last_rx_secs_ago
+                    .map_or_else(|| "never".into(), |a| format!("{a:.1} s ago")),
+                t.setup_ms
+                    .map_or_else(String::new, |m| format!(", set up in {m:.1} ms")),
+            );
+        }
+        let nonzero = |m: &BTreeMap<String, u64>| {
+            let v: Vec<String> = m
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(" ")
+            }
+        };
+        let _ = writeln!(s, "xdp verdicts: {}", nonzero(&d.xdp));
+        for w in &d.workers {
+            let _ = writeln!(
+                s,
+                "worker {} (core {}): {}",
+                w.queue,
+                opt(w.core.map(|c| c.to_string())),
+                nonzero(&w.counters)
+            );
+            let _ = writeln!(s, "  drops: {}", nonzero(&w.drops));
+        }
+        let _ = writeln!(s, "slow path: {}", nonzero(&self.slow_path.stats));
+        let _ = writeln!(s, "  drops: {}", nonzero(&self.slow_path.drops));
+        s
+    }
+}
+
+/// Why `ntma status` could not get a status.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Nothing listens there.
+    #[error("cannot connect to {path}: {source} (is `ntma run` running with this configuration? as root?)")]
+    Connect {
+        /// The socket.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon did not answer properly.
+    #[error("bad answer from {path}: {why}")]
+    Answer {
+        /// The socket.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// Largest status document accepted (a daemon with many tunnels).
+const MAX_STATUS: u64 = 16 << 20;
+
+/// Asks the daemon listening on `path` for its status.
+pub fn query(path: &Path) -> Result<Status, QueryError> {
+    let p = path.display().to_string();
+    let mut stream = UnixStream::connect(path).map_err(|source| QueryError::Connect {
+        path: p.clone(),
+        source,
+    })?;
+    let timeout = Some(Duration::from_secs(5));
+    let _ = stream.set_read_timeout(timeout);
+    let mut text = String::new();
+    (&mut stream)
+        .take(MAX_STATUS)
+        .read_to_string(&mut text)
+        .map_err(|e| QueryError::Answer {
+            path: p.clone(),
+            why: e.to_string(),
+        })?;
+    serde_json::from_str(&text).map_err(|e| QueryError::Answer {
+        path: p,
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Status {
+        let mut w = WorkerStatus {
+            queue: 0,
+            core: Some(1),
+            ..WorkerStatus::default()
+        };
+        w.drops.insert("bad_tag".into(), 2);
+        w.drops.insert("replay".into(), 0);
+        w.counters.insert("uplink_tx".into(), 10);
+        let mut slow = SlowPathStatus::default();
+        slow.drops.insert("bad_tag".into(), 1);
+        slow.drops.insert("dns_too_big".into(), 3);
+        slow.stats.insert("held".into(), 4);
+        Status {
+            name: "ntma".into(),
+            pid: 7,
+            uptime_secs: 3.5,
+            registration: RegistrationStatus {
+                fqdn: "gn.ntm.test".into(),
+                dc: "198.18.0.2:7710".parse().unwrap(),
+                registered: true,
+                vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
+                prefix_len: Some(10),
+                node_id: Some(9),
+                local_addr: "192.168.10.2:7700".parse().unwrap(),
+                observed: Some("198.18.0.10:7700".parse().unwrap()),
+                behind_nat: Some(true),
+            },
+            gn: GnStatus {
+                vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
+                mac: Some("02:00:00:00:00:0a".into()),
+                lease_bound: true,
+                lease_remaining_secs: Some(590),
+                router: Ipv4Addr::new(100, 64, 0, 1),
+                prefix_len: 10,
+            },
+            datapath: DatapathStatus {
+                mode: "copy".into(),
+                lan_if: "lan0".into(),
+                wan_if: "wan0".into(),
+                queues: 1,
+                link_ready: true,
+                gateway_mac: Some("0a:00:00:00:00:01".into()),
+                workers: vec![w],
+                xdp: [("lan_redirect".to_owned(), 5)].into_iter().collect(),
+            },
+            tunnels: vec![TunnelStatus {
+                id: 3,
+                peer_fqdn: "cn.ntm.test".into(),
+                peer_vip: Ipv4Addr::new(100, 64, 0, 3),
+                path: "direct".into(),
+                role: "initiator".into(),
+                endpoint: "198.18.0.20:7700".parse().unwrap(),
+                up: true,
+                tx_packets: 10,
+                tx_bytes: 1000,
+                rx_packets: 9,
+                rx_bytes: 900,
+                last_rx_secs_ago: Some(0.2),
+                setup_ms: Some(3.1),
+                opened_by: "gn".into(),
+            }],
+            slow_path: slow,
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_lookups() {
+        let s = sample();
+        let text = serde_json::to_string(&s).unwrap();
+        let back: Status = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(s.drop_count("bad_tag"), 3);
+        assert_eq!(s.drop_count("nothing"), 0);
+        assert_eq!(s.stat("held"), 4);
+        assert_eq!(s.xdp("lan_redirect"), 5);
+        assert_eq!(s.worker_counter("uplink_tx"), 10);
+        let d = s.drops();
+        assert_eq!(d.get("bad_tag"), Some(&3));
+        assert!(!d.contains_key("replay"));
+        assert!(s.tunnel_to("cn.ntm.test").is_some());
+    }
+
+    #[test]
+    fn render_shows_every_part() {
+        let r = sample().render();
+        for needle in [
+            "registered as gn.ntm.test",
+            "vip 100.64.0.2/10",
+            "behind NAT true",
+            "AF_XDP copy mode",
+            "#3 cn.ntm.test 100.64.0.3 direct initiator (opened by gn) via 198.18.0.20:7700",
+            "set up in 3.1 ms",
+            "bad_tag=2",
+            "dns_too_big=3",
+            "lan_redirect=5",
+        ] {
+            assert!(r.contains(needle), "{needle:?} missing from:\n{r}");
+        }
+    }
+
+    #[test]
+    fn query_explains_a_missing_daemon() {
+        let e = query(Path::new("/nonexistent/ntma.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ntma run"), "{e}");
+    }
+}
