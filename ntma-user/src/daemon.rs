@@ -410,7 +410,10 @@ async fn drive(
             _ = sinks.dhcp.recv_from(&mut dhcp_sink) => {},
             r = listener.accept() => match r {
                 Ok((mut stream, _)) => {
-                    let st = status(s, datapath, dataplane, ctl, started, Instant::now());
+                    // Fresh per-tunnel counters for the answer.
+                    let now = Instant::now();
+                    ctl.poll_activity(now, io);
+                    let st = status(s, datapath, dataplane, ctl, started, now);
                     let body = serde_json::to_vec(&st).unwrap_or_default();
                     tokio::spawn(async move {
                         let _ = stream.write_all(&body).await;

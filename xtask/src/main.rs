@@ -1,5 +1,9 @@
 //! cargo xtask: setup, build, test, testbed, run, demo and bench for ntma.
 //!
+//! `run` and `demo` build and start binaries of the workspace (`ntma`,
+//! `ntm-demo`) rather than linking them: xtask has to compile on a fresh
+//! machine before `setup` has installed what the adapter's eBPF build needs.
+//!
 //! Every command but `setup` runs `setup` first, so that a fresh clone needs nothing
 //! installed by hand. `setup` is idempotent and returns in about a second when
 //! everything is present.
@@ -45,6 +49,17 @@ enum Cmd {
         #[command(subcommand)]
         action: testbed::Action,
     },
+    /// Build the adapter (release) and run it on this machine's NICs, as root:
+    /// `cargo xtask run -- --config ntma.toml` runs `ntma run --config ntma.toml`;
+    /// other `ntma` commands go through as given (`cargo xtask run -- status`).
+    Run {
+        /// Arguments for `target/release/ntma`, after `--`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// The adapter's demo on the testbed (root): DHCP, DNS, ping and iperf3
+    /// through the tunnel both ways, the GN as a responder, then a summary.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -81,7 +96,53 @@ fn run(cmd: Cmd) -> Result<()> {
             setup::run(false)?;
             testbed::run(action)
         }
+        Cmd::Run { args } => run_ntma(args),
+        Cmd::Demo => demo(),
     }
+}
+
+/// `target/release/<name>`, honouring CARGO_TARGET_DIR.
+fn release_bin(name: &str) -> std::path::PathBuf {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .map(|t| if t.is_relative() { root.join(t) } else { t })
+        .unwrap_or_else(|| root.join("target"));
+    target.join("release").join(name)
+}
+
+fn run_ntma(mut args: Vec<OsString>) -> Result<()> {
+    setup::run(false)?;
+    status(cargo().args(["build", "--release", "-p", "ntma-user", "--bin", "ntma"]))?;
+    // Options alone mean `ntma run <options>`.
+    let options_only = args
+        .first()
+        .is_none_or(|a| a.to_string_lossy().starts_with('-'));
+    if options_only
+        && !args
+            .iter()
+            .any(|a| a == "--help" || a == "-h" || a == "--version")
+    {
+        args.insert(0, "run".into());
+    }
+    let mut c = Command::new(release_bin("ntma"));
+    c.args(&args);
+    eprintln!("run: {}", describe(&c));
+    // Replace this process: SIGINT/SIGTERM go straight to the daemon, which
+    // deregisters and detaches its XDP programs.
+    let e = std::os::unix::process::CommandExt::exec(&mut c);
+    Err(e).with_context(|| format!("could not start {}", describe(&c)))
+}
+
+fn demo() -> Result<()> {
+    if ntm_testbed::require_root().is_err() {
+        bail!(
+            "the demo needs root (network namespaces, XDP, AF_XDP): run `sudo -E cargo xtask demo`"
+        );
+    }
+    setup::run(false)?;
+    status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    status(&mut Command::new(release_bin("ntm-demo")))
 }
 
 fn test(args: Vec<OsString>) -> Result<()> {

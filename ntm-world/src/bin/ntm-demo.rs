@@ -15,6 +15,8 @@ use std::time::Instant;
 use anyhow::{ensure, Context as _, Result};
 use ntm_world::{payload, require_root, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
 
+/// The demo's testbed prefix.
+const PREFIX: &str = "demo-";
 /// Seconds per iperf3 run.
 const IPERF_SECS: u32 = 5;
 
@@ -40,7 +42,9 @@ fn run() -> Result<()> {
     require_root()?;
     let t0 = Instant::now();
     step("testbed up (namespaces gn, ntma, nat1, inet, dc, rs, cn, nat2, cn2; prefix demo-)");
-    let w = World::up_with("demo-", |_| {})?;
+    // A demo that crashed may have left its testbed and processes behind.
+    ntm_testbed::down(PREFIX).map_err(|e| anyhow::anyhow!("removing an old demo testbed: {e}"))?;
+    let w = World::up_with(PREFIX, |_| {})?;
     step("DC in dc, RS in rs, ntm-node cn.ntm.test in cn, cn2.ntm.test in cn2 (behind nat2)");
     let mut cn = w.node(Role::Cn, CN_FQDN)?;
     let mut cn2 = w.node(Role::Cn2, CN2_FQDN)?;

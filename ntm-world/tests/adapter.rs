@@ -1,0 +1,273 @@
+//! The adapter on the testbed (issue 4): the demo's steps as assertions,
+//! the GN as the target of a tunnel (direct and relayed), non-VIP traffic
+//! (ICMP unreachable, NAT), and a clean shutdown. Each test builds its own
+//! testbed with the real binaries (`cargo build --workspace --bins` first;
+//! `cargo xtask test` does it). They need root and fail without it.
+//!
+//! Measurements are printed with `MEASURED`, never asserted:
+//! `cargo test -p ntm-world --test adapter -- --nocapture`.
+
+use std::net::SocketAddrV4;
+
+use ntm_testbed::{wait_until, CN_ADDR, DC_ADDR, NAT1_WAN_ADDR};
+use ntm_world::{
+    payload, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR, PATIENCE, UPSTREAM_ANSWER,
+};
+
+fn up(tag: &str) -> World {
+    World::up(tag).expect("these integration tests need root and a working testbed")
+}
+
+/// What `ip -o link show` in `role` says `ifname`'s MAC is.
+fn mac_of(w: &World, role: Role, ifname: &str) -> String {
+    let out = w
+        .sh(role, &format!("ip -o link show dev {ifname}"))
+        .expect("ip link");
+    out.split_whitespace()
+        .skip_while(|x| *x != "link/ether")
+        .nth(1)
+        .expect("an Ethernet address")
+        .to_owned()
+}
+
+/// The demo's steps: the GN gets its VIP by DHCP, resolves an NTM name and
+/// a plain name through the adapter, pings and moves TCP both ways through
+/// an AF_XDP tunnel; everything shows in `ntma status`; SIGTERM
+/// deregisters and leaves no XDP program behind.
+#[test]
+fn gn_gets_its_vip_resolves_and_talks_both_ways() {
+    let w = up("adem");
+    let mut cn = w.node(Role::Cn, CN_FQDN).unwrap();
+    let mut ntma = w.ntma(|_| {}).unwrap();
+    let cn_vip = cn.registered().unwrap();
+    let gn_vip = ntma.registered().unwrap();
+    assert_ne!(cn_vip, gn_vip);
+
+    let st = ntma.status().unwrap();
+    assert_eq!(st.registration.fqdn, GN_FQDN);
+    assert_eq!(
+        st.registration.behind_nat,
+        Some(true),
+        "ntma sits behind nat1"
+    );
+    assert_eq!(
+        st.registration.observed.map(|o| *o.ip()),
+        Some(NAT1_WAN_ADDR)
+    );
+    assert_eq!(st.datapath.mode, "copy", "veth runs AF_XDP in copy mode");
+    assert_eq!(st.datapath.workers.len(), 1);
+
+    // DHCP: the VIP the DC assigned, the whole pool on-link, MTU 1440.
+    let addr = w.dhclient().unwrap();
+    assert_eq!(addr, gn_vip);
+    let link = w
+        .sh(
+            Role::Gn,
+            "ip -4 -o addr show dev eth0; ip -o link show dev eth0; ip route show default",
+        )
+        .unwrap();
+    assert!(link.contains(&format!("{gn_vip}/10")), "{link}");
+    assert!(link.contains("mtu 1440"), "{link}");
+    assert!(link.contains("default via 100.64.0.1"), "{link}");
+    let gn_mac = mac_of(&w, Role::Gn, "eth0");
+    let st = ntma.wait("lease bound", |s| s.gn.lease_bound).unwrap();
+    assert_eq!(st.gn.mac.as_deref(), Some(gn_mac.as_str()));
+    assert_eq!(st.gn.vip, Some(gn_vip));
+
+    // DNS at the router address.
+    let server = NTMA_LAN_ADDR.to_string();
+    let (took, a, rcode) = w
+        .timed_a_query(Role::Gn, SocketAddrV4::new(NTMA_LAN_ADDR, 53), CN_FQDN)
+        .unwrap();
+    assert_eq!(a, vec![cn_vip], "{rcode}");
+    eprintln!(
+        "MEASURED tunnel set-up gn -> cn: DNS query to answer {:.3} ms",
+        took.as_secs_f64() * 1e3
+    );
+    let d = w.dig(Role::Gn, &server, CN_FQDN).unwrap();
+    assert_eq!((d.status.as_str(), d.a.clone()), ("NOERROR", vec![cn_vip]));
+    let d = w.dig(Role::Gn, &server, "example.org").unwrap();
+    assert_eq!(d.a, vec![UPSTREAM_ANSWER], "forwarded upstream: {d:?}");
+    let d = w.dig(Role::Gn, &server, "nosuch.ntm.test").unwrap();
+    assert_eq!(d.status, "NXDOMAIN");
+
+    let st = ntma
+        .wait("tunnel to cn up", |s| {
+            s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
+        })
+        .unwrap();
+    let t = st.tunnel_to(CN_FQDN).unwrap();
+    assert_eq!(t.path, "direct", "cn is not behind NAT");
+    assert_eq!(t.opened_by, "gn");
+    assert_eq!(t.peer_vip, cn_vip);
+    assert_eq!(*t.endpoint.ip(), CN_ADDR);
+
+    // Ping and TCP through the tunnel, both ways.
+    let p = w.ping(Role::Gn, cn_vip, 10).unwrap();
+    assert_eq!(p.received, p.sent, "{}", p.output);
+    eprintln!("MEASURED ping gn -> cn (min/avg/max ms): {:?}", p.rtt);
+    let p = w.ping(Role::Cn, gn_vip, 5).unwrap();
+    assert_eq!(p.received, p.sent, "{}", p.output);
+    let data = payload(1 << 20, 1);
+    let got = w
+        .nc_transfer(Role::Cn, cn_vip, Role::Gn, 5001, &data, "up")
+        .unwrap();
+    assert!(
+        got == data,
+        "gn -> cn: {} of {} bytes, or different",
+        got.len(),
+        data.len()
+    );
+    let data = payload(1 << 20, 2);
+    let got = w
+        .nc_transfer(Role::Gn, gn_vip, Role::Cn, 5002, &data, "down")
+        .unwrap();
+    assert!(
+        got == data,
+        "cn -> gn: {} of {} bytes, or different",
+        got.len(),
+        data.len()
+    );
+    let i = w.iperf3(Role::Cn, cn_vip, Role::Gn, 2, false).unwrap();
+    assert!(i.received_bytes > 0);
+    eprintln!(
+        "MEASURED iperf3 gn -> cn (debug build?): {:.0} Mbit/s",
+        i.received_bps / 1e6
+    );
+
+    // All of it went over AF_XDP, and nothing was dropped on the way.
+    let st = ntma.status().unwrap();
+    let t = st.tunnel_to(CN_FQDN).unwrap();
+    assert!(t.tx_packets > 1000 && t.rx_packets > 1000, "{t:?}");
+    assert!(st.xdp("lan_redirect") > 1000 && st.xdp("wan_redirect") > 1000);
+    assert!(st.worker_counter("wan_tx") > 0 && st.worker_counter("lan_tx") > 0);
+    assert_eq!(st.stat("dhcp_ack"), 1);
+    assert!(st.drops().is_empty(), "drops: {:?}", st.drops());
+    let text = ntma.status_text().unwrap();
+    assert!(
+        text.contains("cn.ntm.test") && text.contains("AF_XDP copy mode"),
+        "{text}"
+    );
+
+    // SIGTERM: DEREG, exit 0, no XDP program left, no status socket.
+    assert_eq!(
+        w.xdp_attached(Role::Ntma).unwrap(),
+        vec!["lan0".to_owned(), "wan0".to_owned()]
+    );
+    let exit = ntma.stop().unwrap();
+    assert!(exit.success(), "ntma exit: {exit}\n{}", ntma.child.log());
+    assert!(ntma.child.log().contains("deregistering"));
+    assert!(
+        wait_until(PATIENCE, || w.dc_log().contains("deregistered")),
+        "the DC saw no DEREG:\n{}",
+        w.dc_log()
+    );
+    assert!(w.xdp_attached(Role::Ntma).unwrap().is_empty());
+    assert!(!ntma.socket.exists(), "the status socket is removed");
+}
+
+/// The GN as the target: cn resolves gn.ntm.test and opens a TCP connection
+/// to it (a REVERSE path: the adapter sends TUN_REQ through its NAT); cn2,
+/// behind another NAT, reaches it through the relay.
+#[test]
+fn the_gn_is_reachable_by_name_directly_and_through_the_relay() {
+    let w = up("aresp");
+    let mut cn = w.node(Role::Cn, CN_FQDN).unwrap();
+    let mut cn2 = w.node(Role::Cn2, CN2_FQDN).unwrap();
+    let mut ntma = w.ntma(|_| {}).unwrap();
+    cn.registered().unwrap();
+    cn2.registered().unwrap();
+    let gn_vip = ntma.registered().unwrap();
+    assert_eq!(w.dhclient().unwrap(), gn_vip);
+
+    let d = w.dig(Role::Cn, "127.0.0.1", GN_FQDN).unwrap();
+    assert_eq!(d.a, vec![gn_vip], "{d:?}");
+    let data = payload(300_000, 3);
+    let got = w
+        .nc_transfer(Role::Gn, gn_vip, Role::Cn, 5003, &data, "resp")
+        .unwrap();
+    assert!(
+        got == data,
+        "cn -> gn: {} of {} bytes",
+        got.len(),
+        data.len()
+    );
+    let st = ntma.status().unwrap();
+    let t = st.tunnel_to(CN_FQDN).expect("a tunnel to cn");
+    assert_eq!(t.opened_by, "peer");
+    assert_eq!(t.path, "reverse", "the GN is behind NAT, cn is not");
+    assert!(t.setup_ms.is_none());
+    assert!(t.rx_packets > 100, "{t:?}");
+
+    let d = w.dig(Role::Cn2, "127.0.0.1", GN_FQDN).unwrap();
+    assert_eq!(d.a, vec![gn_vip], "{d:?}");
+    let p = w.ping(Role::Cn2, gn_vip, 5).unwrap();
+    assert_eq!(p.received, p.sent, "{}", p.output);
+    let st = ntma
+        .wait("tunnel to cn2", |s| s.tunnel_to(CN2_FQDN).is_some())
+        .unwrap();
+    let t = st.tunnel_to(CN2_FQDN).unwrap();
+    assert_eq!((t.path.as_str(), t.opened_by.as_str()), ("relay", "peer"));
+    // The GN answers over the tunnel cn2 opened.
+    let cn2_vip = t.peer_vip;
+    let p = w.ping(Role::Gn, cn2_vip, 3).unwrap();
+    assert_eq!(p.received, p.sent, "{}", p.output);
+    eprintln!("MEASURED ping gn -> cn2 through the RS (ms): {:?}", p.rtt);
+    assert!(ntma.status().unwrap().drops().is_empty());
+}
+
+/// Packets to destinations outside the VIP prefix: ICMP network
+/// unreachable from the router address by default; with `non_vip = "nat"`
+/// forwarded and masqueraded, and the NAT set-up removed at exit.
+#[test]
+fn non_vip_traffic_gets_icmp_or_nat() {
+    let w = up("anat");
+    let mut ntma = w.ntma(|_| {}).unwrap();
+    let gn_vip = ntma.registered().unwrap();
+    assert_eq!(w.dhclient().unwrap(), gn_vip);
+    let p = w.ping(Role::Gn, DC_ADDR, 1).unwrap();
+    assert_eq!(p.received, 0);
+    assert!(
+        p.output.contains("Destination Net Unreachable") && p.output.contains("100.64.0.1"),
+        "{}",
+        p.output
+    );
+    let st = ntma.status().unwrap();
+    assert_eq!(st.drop_count("non_vip"), 1);
+    assert_eq!(st.stat("icmp_unreachable"), 1);
+    assert_eq!(
+        w.sh(Role::Ntma, "cat /proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    assert!(ntma.stop().unwrap().success());
+
+    let mut ntma = w
+        .ntma(|c| c.non_vip = ntma_user::config::NonVip::Nat)
+        .unwrap();
+    assert_eq!(ntma.registered().unwrap(), gn_vip, "the same VIP again");
+    assert_eq!(
+        w.sh(Role::Ntma, "cat /proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    let p = w.ping(Role::Gn, DC_ADDR, 3).unwrap();
+    assert_eq!(p.received, p.sent, "through two NATs: {}", p.output);
+    let tables = w.sh(Role::Ntma, "nft list tables").unwrap();
+    assert!(tables.contains("ntma_ntma"), "{tables}");
+    let st = ntma.status().unwrap();
+    assert_eq!(st.drop_count("non_vip"), 0);
+    assert!(ntma.stop().unwrap().success());
+    let tables = w.sh(Role::Ntma, "nft list tables").unwrap();
+    assert!(!tables.contains("ntma"), "{tables}");
+    assert_eq!(
+        w.sh(Role::Ntma, "cat /proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "0",
+        "forwarding restored"
+    );
+    assert!(w.xdp_attached(Role::Ntma).unwrap().is_empty());
+}
