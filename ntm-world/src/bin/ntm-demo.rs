@@ -34,8 +34,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn mbps(bps: f64) -> String {
-    format!("{:.0} Mbit/s", bps / 1e6)
+fn mbps(i: &ntm_world::Iperf) -> String {
+    format!(
+        "{:.0} Mbit/s ({} TCP retransmissions)",
+        i.received_bps / 1e6,
+        i.retransmits.map_or_else(|| "?".into(), |r| r.to_string())
+    )
 }
 
 fn run() -> Result<()> {
@@ -115,10 +119,10 @@ fn run() -> Result<()> {
 
     step(&format!("iperf3 gn -> cn ({IPERF_SECS} s)"));
     let up_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, false)?;
-    eprintln!("    {}", mbps(up_bw.received_bps));
+    eprintln!("    {}", mbps(&up_bw));
     step(&format!("iperf3 cn -> gn ({IPERF_SECS} s, -R)"));
     let down_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, true)?;
-    eprintln!("    {}", mbps(down_bw.received_bps));
+    eprintln!("    {}", mbps(&down_bw));
 
     step("cn restarts (it forgets every tunnel), then opens a TCP connection to gn.ntm.test");
     drop(cn);
@@ -192,11 +196,11 @@ fn run() -> Result<()> {
     );
     println!(
         "throughput gn -> cn    {} (iperf3 TCP, {IPERF_SECS} s)",
-        mbps(up_bw.received_bps)
+        mbps(&up_bw)
     );
     println!(
         "throughput cn -> gn    {} (iperf3 TCP -R, {IPERF_SECS} s)",
-        mbps(down_bw.received_bps)
+        mbps(&down_bw)
     );
     println!(
         "responder side         cn -> gn.ntm.test TCP 256 KiB intact; cn2 -> gn via {relay_path}"
