@@ -6,5 +6,6 @@ pub mod daemon;
 pub mod ebpf;
 pub mod fastpath;
 pub mod gn;
+pub mod rawpath;
 pub mod status;
 pub mod xsk;

@@ -1,0 +1,178 @@
+//! What happens to the frames a sink passes to the kernel: checked here, so that a
+//! datapath that delivers garbage at line rate does not score.
+//!
+//! * [`Checker::ntm_tags`]: a UDP socket on the NTM port verifies each sample's header
+//!   and tag with `K_tun` (ntm-proto), as the peer would.
+//! * [`Checker::delivered`]: where a real peer decapsulates or decrypts the samples (a
+//!   software node, a WireGuard peer), a UDP socket counts the inner packets it delivers.
+
+use std::net::{SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use ntm_proto::wire::{MessageType, Packet};
+use ntm_proto::Authenticator;
+
+/// What to do with samples.
+#[derive(Clone)]
+pub enum Check {
+    /// Nothing beyond counting at the sink.
+    None,
+    /// Verify NTM DATA tags with this key and tunnel id (a socket on `bind`).
+    NtmTags {
+        /// The socket address on the sink's host.
+        bind: SocketAddrV4,
+        /// `K_tun`.
+        auth: Authenticator,
+        /// The receiver's tunnel id the datagrams must carry.
+        tunnel_id: u32,
+    },
+    /// Count inner packets a peer delivers to `bind` after decapsulating the samples.
+    Delivered {
+        /// The inner destination, on the sink's host.
+        bind: SocketAddrV4,
+    },
+}
+
+/// Checked-sample counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checked {
+    /// Samples that verified (or were delivered).
+    pub ok: u64,
+    /// Samples that failed verification.
+    pub bad: u64,
+}
+
+/// A running checker.
+pub struct Checker {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    bad: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checker {
+    /// Starts checking per `check` inside namespace `ns`; `None` for [`Check::None`].
+    pub fn start(ns: &str, check: &Check) -> Result<Option<Checker>> {
+        let (bind, verify) = match check {
+            Check::None => return Ok(None),
+            Check::NtmTags {
+                bind,
+                auth,
+                tunnel_id,
+            } => (*bind, Some((auth.clone(), *tunnel_id))),
+            Check::Delivered { bind } => (*bind, None),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let bad = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (s, o, b, ns2) = (stop.clone(), ok.clone(), bad.clone(), ns.to_owned());
+        let thread = std::thread::Builder::new()
+            .name("bench-check".into())
+            .spawn(move || {
+                let r = ntm_testbed::in_netns(&ns2, move || {
+                    let sock = match UdpSocket::bind(bind).and_then(|s| {
+                        s.set_read_timeout(Some(Duration::from_millis(50)))
+                            .map(|()| s)
+                    }) {
+                        Ok(s) => {
+                            let _ = ready_tx.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow!("checker socket on {bind}: {e}")));
+                            return;
+                        }
+                    };
+                    let mut buf = vec![0u8; 65536];
+                    while !s.load(Ordering::Relaxed) {
+                        let Ok(n) = sock.recv(&mut buf) else { continue };
+                        let good = match &verify {
+                            None => true,
+                            Some((auth, id)) => tag_ok(&buf[..n], auth, *id),
+                        };
+                        if good { &o } else { &b }.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                if let Err(e) = r {
+                    tracing::warn!("checker: {e}");
+                }
+            })
+            .context("starting the checker thread")?;
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Some(Checker {
+                stop,
+                ok,
+                bad,
+                thread: Some(thread),
+            })),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(anyhow!("the checker did not start in {ns}")),
+        }
+    }
+
+    /// Counts so far.
+    pub fn checked(&self) -> Checked {
+        Checked {
+            ok: self.ok.load(Ordering::Relaxed),
+            bad: self.bad.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether `datagram` is NTM DATA of tunnel `tunnel_id` with a valid tag under `auth`.
+pub fn tag_ok(datagram: &[u8], auth: &Authenticator, tunnel_id: u32) -> bool {
+    let Ok(p) = Packet::new_checked(datagram) else {
+        return false;
+    };
+    p.check_header().is_ok()
+        && p.msg_type() == MessageType::Data
+        && p.id() == tunnel_id
+        && auth.verify(datagram).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{ipv4_udp, NtmDatagram};
+    use ntm_proto::Key;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn tags_verify_only_with_the_right_key_and_tunnel() {
+        let auth = Authenticator::new(&Key::from_bytes([3; 32]));
+        let other = Authenticator::new(&Key::from_bytes([4; 32]));
+        let inner = ipv4_udp(
+            Ipv4Addr::new(1, 2, 3, 4),
+            Ipv4Addr::new(5, 6, 7, 8),
+            1,
+            2,
+            64,
+        );
+        let mut d = NtmDatagram::new(12, &inner);
+        let good = d.seal(1, &auth).to_vec();
+        assert!(tag_ok(&good, &auth, 12));
+        assert!(!tag_ok(&good, &auth, 13));
+        assert!(!tag_ok(&good, &other, 12));
+        let mut flipped = good.clone();
+        flipped[40] ^= 1;
+        assert!(!tag_ok(&flipped, &auth, 12));
+        assert!(!tag_ok(&good[..20], &auth, 12));
+    }
+}

@@ -1,0 +1,70 @@
+//! The datapaths under test, each set up in the ntma namespace on the same path
+//! gn → ntma → nat1 → cn, and removed again when dropped.
+//!
+//! | name | what forwards in the ntma namespace |
+//! |---|---|
+//! | `kernel` | Linux IP forwarding, no encapsulation |
+//! | `xdp-fwd` | an XDP program redirecting NIC to NIC, no encapsulation |
+//! | `raw` | ntma's raw-socket datapath (the paper's method): AF_PACKET in, UDP out, NTM DATA |
+//! | `ntma` | ntma's AF_XDP datapath, NTM DATA |
+//! | `ntm-node` | the software node (TUN + UDP) as a masquerading gateway, NTM DATA |
+//! | `wireguard-go`, `boringtun` | userspace WireGuard gateways, peer in cn |
+
+use std::process::Command;
+
+use anyhow::Result;
+use ntm_testbed::Role;
+
+use crate::bench::{Bench, Direction, Flow};
+use crate::latency::Echo;
+
+pub mod plain;
+pub mod tunnel;
+
+/// A datapath set up on the bench.
+pub trait Gateway {
+    /// Its name in tables and plots.
+    fn name(&self) -> String;
+
+    /// The traffic of one direction through it; may send primers (to open NAT mappings,
+    /// tunnels or handshakes) before returning.
+    fn flow(&mut self, bench: &Bench, dir: Direction) -> Result<Flow>;
+
+    /// The ping-pong of the latency measurement: gn's target and how cn answers.
+    fn echo(&mut self, bench: &Bench) -> Result<Echo>;
+
+    /// Counters of its own worth showing (drops by reason, ...), one line.
+    fn notes(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Shell steps that undo a set-up, run (last first) when dropped.
+#[derive(Default)]
+pub struct Undo {
+    steps: Vec<(String, String)>,
+}
+
+impl Undo {
+    /// Remembers `script` to run in namespace `ns` on drop.
+    pub fn push(&mut self, bench: &Bench, role: Role, script: impl Into<String>) {
+        self.steps.push((bench.tb.ns(role), script.into()));
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        while let Some((ns, script)) = self.steps.pop() {
+            let r = Command::new("ip")
+                .args(["netns", "exec", &ns, "sh", "-c", &script])
+                .output();
+            match r {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => tracing::debug!(
+                    %ns, script, stderr = %String::from_utf8_lossy(&o.stderr), "undo step failed"
+                ),
+                Err(e) => tracing::debug!(%ns, script, error = %e, "undo step failed"),
+            }
+        }
+    }
+}

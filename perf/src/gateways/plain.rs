@@ -1,0 +1,115 @@
+//! The machine's limit: the same path forwarded with no encapsulation, by the kernel
+//! (`kernel`) or by an XDP program redirecting NIC to NIC (`xdp-fwd`).
+//!
+//! The adapter's namespace forwards (ip_forward = 1) and nat1 masquerades gn's traffic as
+//! it does the adapter's own. For the answers to find their way back, nat1 gets a route
+//! to the VIP prefix through the adapter for as long as the datapath is set up (a
+//! tunnel needs none: its outer address is the adapter's own).
+
+use std::net::SocketAddrV4;
+
+use anyhow::Result;
+use ntm_testbed::{Role, CN_ADDR, NTMA_WAN_ADDR};
+
+use super::{Gateway, Undo};
+use crate::bench::{Bench, Direction, Flow, Source, CN_PORT, ECHO_PORT, GN_ADDR, GN_PORT};
+use crate::check::Check;
+use crate::latency::{Echo, EchoServer};
+use crate::net;
+use crate::xdp::{Forwarder, FwdRoute};
+
+/// Kernel or XDP forwarding in the ntma namespace.
+pub struct Plain {
+    xdp: Option<Forwarder>,
+    _undo: Undo,
+}
+
+impl Plain {
+    /// Sets up forwarding; with `xdp`, the forwarder program on `lan0` and `wan0` too.
+    pub fn start(bench: &Bench, xdp: bool) -> Result<Plain> {
+        let mut undo = Undo::default();
+        let old = net::sysctl(&bench.tb, Role::Ntma, "net.ipv4.ip_forward", "1")?;
+        undo.push(
+            bench,
+            Role::Ntma,
+            format!("sysctl -q -w net.ipv4.ip_forward={old}"),
+        );
+        net::sh(
+            &bench.tb,
+            Role::Nat1,
+            &format!("ip route replace 100.64.0.0/10 via {NTMA_WAN_ADDR} dev lan"),
+        )?;
+        undo.push(bench, Role::Nat1, "ip route del 100.64.0.0/10");
+        let xdp = if xdp {
+            let l = &bench.links;
+            let routes = [
+                FwdRoute {
+                    from: l.lan0.clone(),
+                    to: l.wan0.clone(),
+                    next_hop: l.nat1_lan.mac,
+                },
+                FwdRoute {
+                    from: l.wan0.clone(),
+                    to: l.lan0.clone(),
+                    next_hop: l.gn.mac,
+                },
+            ];
+            // gn eth0 runs the sink already; nat1 lan needs a program to take redirects.
+            let peers = [(bench.tb.ns(Role::Nat1), "lan".to_owned())];
+            Some(Forwarder::attach(&bench.tb.ns(Role::Ntma), routes, &peers)?)
+        } else {
+            None
+        };
+        Ok(Plain { xdp, _undo: undo })
+    }
+}
+
+impl Gateway for Plain {
+    fn name(&self) -> String {
+        if self.xdp.is_some() {
+            "xdp-fwd"
+        } else {
+            "kernel"
+        }
+        .into()
+    }
+
+    fn flow(&mut self, bench: &Bench, dir: Direction) -> Result<Flow> {
+        let gn = SocketAddrV4::new(GN_ADDR, GN_PORT);
+        let cn = SocketAddrV4::new(CN_ADDR, CN_PORT);
+        Ok(match dir {
+            Direction::Up => Flow {
+                from: Role::Gn,
+                source: Source::Plain { bind: gn, dst: cn },
+                sink_port: CN_PORT,
+                check: Check::None,
+            },
+            Direction::Down => {
+                // gn's flow through nat1 opens the mapping cn answers to.
+                let mapped = bench.learn_mapping(Role::Gn, gn, cn, Role::Cn, cn)?;
+                Flow {
+                    from: Role::Cn,
+                    source: Source::Plain {
+                        bind: cn,
+                        dst: mapped,
+                    },
+                    sink_port: GN_PORT,
+                    check: Check::None,
+                }
+            }
+        })
+    }
+
+    fn echo(&mut self, _bench: &Bench) -> Result<Echo> {
+        let bind = SocketAddrV4::new(CN_ADDR, ECHO_PORT);
+        Ok(Echo {
+            target: bind,
+            server: EchoServer::Udp { bind },
+        })
+    }
+
+    fn notes(&self) -> Option<String> {
+        let (fwd, passed) = self.xdp.as_ref()?.counts().ok()?;
+        Some(format!("XDP redirected {fwd}, passed {passed}"))
+    }
+}

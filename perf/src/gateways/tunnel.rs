@@ -1,0 +1,309 @@
+//! ntma's two datapaths with a tunnel the bench publishes itself (no DC, no signaling:
+//! what the control thread would hand the data plane after TUN_RESP), the peer's end
+//! played by the bench in cn with ntm-proto:
+//!
+//! * `ntma` — the AF_XDP fast path ([`ntma_user::fastpath::Datapath`]);
+//! * `raw` — the raw-socket datapath, the paper's method ([`ntma_user::rawpath::RawPath`]).
+//!
+//! Both share [`Dataplane`] (tunnel table, counters, drop reasons), so one set-up drives
+//! either.
+
+use std::net::{SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use ntm_proto::data::{RxTunnel, SeqCounter, TxTunnel};
+use ntm_proto::{Authenticator, Key, Path};
+use ntm_testbed::{Role, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL};
+use ntma_common::XdpConfig;
+use ntma_user::fastpath::{Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo, TunnelSpec};
+use ntma_user::rawpath::{Classify, RawConfig, RawPath};
+use serde::{Deserialize, Serialize};
+
+use super::Gateway;
+use crate::bench::{
+    Bench, Direction, Flow, Source, CN_PORT, CN_VIP, ECHO_PORT, GN_ADDR, GN_PORT, NTM_PORT,
+};
+use crate::check::Check;
+use crate::latency::{Echo, EchoServer};
+
+/// Tuning of ntma's datapaths.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tuning {
+    /// Workers (AF_XDP: one per queue; the testbed must have at least as many queues).
+    pub workers: u32,
+    /// Cores, worker `i` on `cores[i % len]`.
+    pub cores: Vec<usize>,
+    /// Frames per burst.
+    pub batch: usize,
+    /// RX and TX ring entries per AF_XDP socket.
+    pub ring: u32,
+    /// Spin when idle instead of sleeping in poll(2).
+    pub busy_poll: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            workers: 1,
+            cores: vec![1],
+            batch: 64,
+            ring: 2048,
+            busy_poll: false,
+        }
+    }
+}
+
+impl Tuning {
+    /// A short label: `2w b64 r2048`.
+    pub fn label(&self) -> String {
+        format!(
+            "{}w b{} r{}{}",
+            self.workers,
+            self.batch,
+            self.ring,
+            if self.busy_poll { " busy" } else { "" }
+        )
+    }
+}
+
+enum Engine {
+    AfXdp(Datapath),
+    Raw(RawPath),
+}
+
+/// ntma (AF_XDP or raw) in the ntma namespace with one published tunnel to cn.
+pub struct Tunneled {
+    engine: Option<Engine>,
+    dp: Arc<Dataplane>,
+    tunnel_id: u32,
+    key: Key,
+    /// The peer's send counter (cn → gn): the downlink generators and the echo share it.
+    peer_seq: SeqCounter,
+    tuning: Tuning,
+}
+
+fn random_u32() -> Result<u32> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("no OS randomness: {e}"))?;
+    Ok(u32::from_be_bytes(b).max(1))
+}
+
+fn random_key() -> Result<Key> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("no OS randomness: {e}"))?;
+    Ok(Key::from_bytes(b))
+}
+
+impl Tunneled {
+    /// Starts ntma's AF_XDP datapath with `tuning`.
+    pub fn afxdp(bench: &Bench, tuning: Tuning) -> Result<Tunneled> {
+        let xdp = XdpConfig::new(
+            u32::from(VIP_POOL.0),
+            VIP_POOL.1,
+            u32::from(NTMA_LAN_ADDR),
+            NTM_PORT,
+        );
+        let mut cfg = DatapathConfig::new("lan0", "wan0", xdp);
+        cfg.queues = tuning.workers;
+        cfg.cores = tuning.cores.clone();
+        cfg.batch = tuning.batch;
+        cfg.rx_ring = tuning.ring;
+        cfg.tx_ring = tuning.ring;
+        cfg.busy_poll = tuning.busy_poll;
+        // Enough frames for every ring of every worker to be full at once.
+        cfg.umem.frame_count = (4 * tuning.ring).max(4096) * tuning.workers;
+        cfg.umem.fill_size = tuning.ring.max(2048);
+        cfg.umem.completion_size = tuning.ring.max(2048);
+        let datapath = bench
+            .tb
+            .in_netns(Role::Ntma, || Datapath::start(cfg))?
+            .context("starting ntma's AF_XDP datapath in the ntma namespace")?;
+        let dp = datapath.dataplane();
+        Tunneled::publish(bench, Engine::AfXdp(datapath), dp, tuning)
+    }
+
+    /// Starts ntma's raw-socket datapath with `tuning` (one worker; `batch` packets per
+    /// system call).
+    pub fn raw(bench: &Bench, tuning: Tuning) -> Result<Tunneled> {
+        let core = tuning.cores.first().copied();
+        let batch = tuning.batch;
+        let busy_poll = tuning.busy_poll;
+        let raw = bench.tb.in_netns(Role::Ntma, move || -> Result<RawPath> {
+            let wan = UdpSocket::bind(SocketAddrV4::new(NTMA_WAN_ADDR, NTM_PORT))
+                .context("binding the tunnel socket in ntma")?;
+            RawPath::start(RawConfig {
+                lan_if: "lan0".into(),
+                wan,
+                classify: Classify {
+                    vip_net: VIP_POOL.0,
+                    vip_prefix_len: VIP_POOL.1,
+                    router: NTMA_LAN_ADDR,
+                },
+                core,
+                batch,
+                busy_poll,
+                slow_slots: 256,
+            })
+            .context("starting ntma's raw datapath")
+        })??;
+        let dp = raw.dataplane();
+        Tunneled::publish(
+            bench,
+            Engine::Raw(raw),
+            dp,
+            Tuning {
+                workers: 1,
+                ..tuning
+            },
+        )
+    }
+
+    fn publish(
+        bench: &Bench,
+        engine: Engine,
+        dp: Arc<Dataplane>,
+        tuning: Tuning,
+    ) -> Result<Tunneled> {
+        let l = &bench.links;
+        dp.set_link(Some(LinkInfo {
+            gn_vip: GN_ADDR,
+            gn_mac: l.gn.mac,
+            lan_mac: l.lan0.mac,
+            wan_mac: l.wan0.mac,
+            wan_ip: NTMA_WAN_ADDR,
+            wan_port: NTM_PORT,
+            gateway_mac: l.nat1_lan.mac,
+        }));
+        let tunnel_id = random_u32()?;
+        let key = random_key()?;
+        dp.upsert_tunnel(TunnelSpec {
+            tunnel_id,
+            peer_vip: CN_VIP,
+            endpoint: bench.cn_ntm(),
+            key: key.clone(),
+            tx_seq: SeqCounter::starting_at(1),
+            path: Path::Direct,
+        });
+        Ok(Tunneled {
+            engine: Some(engine),
+            dp,
+            tunnel_id,
+            key,
+            peer_seq: SeqCounter::starting_at(1),
+            tuning,
+        })
+    }
+
+    fn auth(&self) -> Authenticator {
+        Authenticator::new(&self.key)
+    }
+
+    /// The tuning it runs with.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    /// Drops by reason summed over workers, non-zero ones only.
+    pub fn drops(&self) -> Vec<(FastDrop, u64)> {
+        let totals = self.dp.drop_totals();
+        FastDrop::ALL
+            .iter()
+            .map(|r| (*r, totals[r.index()]))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+impl Drop for Tunneled {
+    fn drop(&mut self) {
+        match self.engine.take() {
+            Some(Engine::AfXdp(d)) => d.stop(),
+            Some(Engine::Raw(r)) => r.stop(),
+            None => {}
+        }
+    }
+}
+
+impl Gateway for Tunneled {
+    fn name(&self) -> String {
+        match self.engine {
+            Some(Engine::AfXdp(_)) => "ntma",
+            _ => "raw",
+        }
+        .into()
+    }
+
+    fn flow(&mut self, bench: &Bench, dir: Direction) -> Result<Flow> {
+        let gn = SocketAddrV4::new(GN_ADDR, GN_PORT);
+        let peer = SocketAddrV4::new(CN_VIP, CN_PORT);
+        let cn_ntm = bench.cn_ntm();
+        Ok(match dir {
+            Direction::Up => Flow {
+                from: Role::Gn,
+                source: Source::Plain {
+                    bind: gn,
+                    dst: peer,
+                },
+                sink_port: NTM_PORT,
+                check: Check::NtmTags {
+                    bind: cn_ntm,
+                    auth: self.auth(),
+                    tunnel_id: self.tunnel_id,
+                },
+            },
+            Direction::Down => {
+                // gn's packets through the tunnel open nat1's mapping of ntma's port.
+                let mapped = bench.learn_mapping(Role::Gn, gn, peer, Role::Cn, cn_ntm)?;
+                Flow {
+                    from: Role::Cn,
+                    source: Source::Ntm {
+                        bind: cn_ntm,
+                        dst: mapped,
+                        tunnel_id: self.tunnel_id,
+                        auth: self.auth(),
+                        inner_src: peer,
+                        inner_dst: gn,
+                        seq: self.peer_seq.clone(),
+                    },
+                    sink_port: GN_PORT,
+                    check: Check::None,
+                }
+            }
+        })
+    }
+
+    fn echo(&mut self, _bench: &Bench) -> Result<Echo> {
+        let auth = self.auth();
+        Ok(Echo {
+            target: SocketAddrV4::new(CN_VIP, ECHO_PORT),
+            server: EchoServer::Ntm {
+                bind: SocketAddrV4::new(CN_ADDR, NTM_PORT),
+                rx: Box::new(RxTunnel::new(auth.clone(), GN_ADDR, CN_VIP)),
+                tx: TxTunnel {
+                    tunnel_id: self.tunnel_id,
+                    auth,
+                    seq: self.peer_seq.clone(),
+                },
+            },
+        })
+    }
+
+    fn notes(&self) -> Option<String> {
+        let drops = self.drops();
+        let mut s = self.tuning.label();
+        if let Some(Engine::AfXdp(d)) = &self.engine {
+            s.push_str(&format!(", AF_XDP {} mode", d.mode()));
+        }
+        if let Some(Engine::Raw(r)) = &self.engine {
+            if r.tx_errors() > 0 {
+                s.push_str(&format!(", {} sends refused", r.tx_errors()));
+            }
+        }
+        if !drops.is_empty() {
+            let d: Vec<String> = drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            s.push_str(&format!("; drops: {}", d.join(", ")));
+        }
+        Some(s)
+    }
+}

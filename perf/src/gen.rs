@@ -1,0 +1,243 @@
+//! The traffic source: a thread inside a namespace that sends UDP as fast as it can with
+//! `sendmmsg` on one or more connected sockets, plain or as NTM DATA sealed per packet
+//! (the peer's side of a tunnel), and counts what the kernel accepted.
+
+use std::io::IoSlice;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
+use ntm_proto::data::SeqCounter;
+use ntm_proto::Authenticator;
+
+use crate::packet::{udp_payload_len, NtmDatagram};
+
+/// What each datagram carries.
+#[derive(Clone)]
+pub enum Payload {
+    /// A plain UDP payload that makes IPv4 packets of `packet_len` bytes.
+    Plain {
+        /// IPv4 packet length (header included).
+        packet_len: usize,
+    },
+    /// NTM DATA of tunnel `tunnel_id` around `inner`, sealed with the next number of
+    /// `seq` per packet (shared with every other sender of this tunnel direction, so
+    /// that consecutive runs never look like replays).
+    Ntm {
+        /// The receiver's tunnel id.
+        tunnel_id: u32,
+        /// `K_tun`.
+        auth: Authenticator,
+        /// The inner IPv4 packet.
+        inner: Vec<u8>,
+        /// The tunnel direction's send counter.
+        seq: SeqCounter,
+    },
+}
+
+/// A traffic source.
+#[derive(Clone)]
+pub struct GenConfig {
+    /// Namespace to send from.
+    pub ns: String,
+    /// CPU to pin the sending thread to.
+    pub cpu: Option<usize>,
+    /// Local address of the first socket; flow `i` binds port `bind.port() + i`
+    /// (port 0: ephemeral ports).
+    pub bind: SocketAddrV4,
+    /// Number of sockets (UDP flows), sent to in turn.
+    pub flows: u16,
+    /// Where to send.
+    pub dst: SocketAddrV4,
+    /// What to send.
+    pub payload: Payload,
+    /// Datagrams per `sendmmsg`.
+    pub batch: usize,
+}
+
+/// A running source; [`Generator::stop`] ends it.
+pub struct Generator {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Generator {
+    /// Opens the sockets and starts sending; returns once the sockets are ready, or with
+    /// the error that kept them from opening.
+    pub fn start(cfg: GenConfig) -> Result<Generator> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (s, n, e) = (stop.clone(), sent.clone(), errors.clone());
+        let thread = std::thread::Builder::new()
+            .name("bench-gen".into())
+            .spawn(move || {
+                let ns = cfg.ns.clone();
+                ntm_testbed::in_netns(&ns, move || run(cfg, &s, &n, &e, ready_tx))?
+            })
+            .context("starting the generator thread")?;
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Generator {
+                stop,
+                sent,
+                errors,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                match thread.join() {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(anyhow!("the generator did not start within 10 s")),
+                }
+            }
+        }
+    }
+
+    /// Datagrams the kernel has accepted so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Sends that failed so far (e.g. ICMP errors reported on the connected socket).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Stops the source; returns what it sent in all.
+    pub fn stop(mut self) -> Result<u64> {
+        self.halt()?;
+        Ok(self.sent())
+    }
+
+    fn halt(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(anyhow!("the generator thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        if let Err(e) = self.halt() {
+            tracing::warn!("generator: {e:#}");
+        }
+    }
+}
+
+fn open(cfg: &GenConfig) -> Result<Vec<UdpSocket>> {
+    let mut socks = Vec::new();
+    for i in 0..cfg.flows.max(1) {
+        let port = match cfg.bind.port() {
+            0 => 0,
+            p => p
+                .checked_add(i)
+                .ok_or_else(|| anyhow!("flow ports past 65535"))?,
+        };
+        let local = SocketAddrV4::new(*cfg.bind.ip(), port);
+        let s = UdpSocket::bind(local)
+            .with_context(|| format!("binding the generator socket to {local} in {}", cfg.ns))?;
+        s.connect(cfg.dst)
+            .with_context(|| format!("connecting the generator socket to {}", cfg.dst))?;
+        socks.push(s);
+    }
+    Ok(socks)
+}
+
+fn run(
+    cfg: GenConfig,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+    errors: &AtomicU64,
+    ready: mpsc::Sender<Result<()>>,
+) -> Result<()> {
+    let socks = match cfg
+        .cpu
+        .map_or(Ok(()), crate::net::pin)
+        .and_then(|()| open(&cfg))
+    {
+        Ok(s) => {
+            let _ = ready.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let batch = cfg.batch.clamp(1, 1024);
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(batch, None);
+    let addrs: Vec<Option<SockaddrIn>> = vec![None; batch];
+    let count = |r: nix::Result<usize>| match r {
+        Ok(n) => {
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(_) => {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    match cfg.payload {
+        Payload::Plain { packet_len } => {
+            let buf = vec![0x5au8; udp_payload_len(packet_len)];
+            let iovs: Vec<[IoSlice<'_>; 1]> = (0..batch).map(|_| [IoSlice::new(&buf)]).collect();
+            while !stop.load(Ordering::Relaxed) {
+                for s in &socks {
+                    let r = sendmmsg(
+                        s.as_raw_fd(),
+                        &mut headers,
+                        &iovs,
+                        &addrs,
+                        [],
+                        MsgFlags::empty(),
+                    )
+                    .map(Iterator::count);
+                    count(r);
+                }
+            }
+        }
+        Payload::Ntm {
+            tunnel_id,
+            auth,
+            inner,
+            seq,
+        } => {
+            let mut dgs: Vec<NtmDatagram> = (0..batch)
+                .map(|_| NtmDatagram::new(tunnel_id, &inner))
+                .collect();
+            while !stop.load(Ordering::Relaxed) {
+                for s in &socks {
+                    for d in &mut dgs {
+                        d.seal(seq.next(), &auth);
+                    }
+                    let iovs: Vec<[IoSlice<'_>; 1]> =
+                        dgs.iter().map(|d| [IoSlice::new(d.bytes())]).collect();
+                    let r = sendmmsg(
+                        s.as_raw_fd(),
+                        &mut headers,
+                        &iovs,
+                        &addrs,
+                        [],
+                        MsgFlags::empty(),
+                    )
+                    .map(Iterator::count);
+                    count(r);
+                }
+            }
+        }
+    }
+    Ok(())
+}
