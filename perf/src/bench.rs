@@ -91,6 +91,11 @@ pub struct Flow {
     pub sink_port: u16,
     /// What happens to samples.
     pub check: Check,
+    /// Where offered load is counted when the source's own count would overstate it:
+    /// the TX packets of this interface (e.g. cn `eth0` when a peer daemon in cn
+    /// encapsulates what the source writes into its tunnel device). `None`: the source's
+    /// count of datagrams the kernel accepted.
+    pub offered_at: Option<(Role, &'static str)>,
 }
 
 impl Flow {
@@ -105,7 +110,7 @@ impl Flow {
 }
 
 /// One measured run of a point.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Packets per second the source put on the wire.
     pub offered_pps: f64,
@@ -117,6 +122,9 @@ pub struct Sample {
     pub checked: Checked,
     /// Sends that failed.
     pub send_errors: u64,
+    /// Busy share of each CPU during the window (0..1), whatever ran on it.
+    #[serde(default)]
+    pub cpu_busy: Vec<f64>,
 }
 
 /// Timing and sizes of a run.
@@ -285,9 +293,13 @@ impl Bench {
             gen.sent(),
             gen.errors(),
         );
+        let link0 = self.tx_packets(flow.offered_at)?;
         let t0 = Instant::now();
+        let cpu0 = crate::cpu::now();
         std::thread::sleep(self.timing.window);
+        let cpu1 = crate::cpu::now();
         let (s1, g1, e1) = (self.sink(to)?.counts()?, gen.sent(), gen.errors());
+        let link1 = self.tx_packets(flow.offered_at)?;
         let secs = t0.elapsed().as_secs_f64();
         gen.stop()?;
         // Let checks of the last samples finish before the checker goes.
@@ -296,7 +308,13 @@ impl Bench {
         drop(checker);
         self.sink(to)?.configure(0, 0)?;
         Ok(Sample {
-            offered_pps: crate::stats::rate(g1 - g0, secs),
+            offered_pps: crate::stats::rate(
+                match (link0, link1) {
+                    (Some(a), Some(b)) => b.saturating_sub(a),
+                    _ => g1 - g0,
+                },
+                secs,
+            ),
             delivered_pps: crate::stats::rate(s1.packets - s0.packets, secs),
             sampled: s1.sampled - s0.sampled,
             checked: Checked {
@@ -304,7 +322,22 @@ impl Bench {
                 bad: c_end.bad - c0.bad,
             },
             send_errors: e1 - e0,
+            cpu_busy: crate::cpu::busy(&cpu0, &cpu1),
         })
+    }
+
+    /// The TX packet counter of `at`'s interface, if a place is given.
+    fn tx_packets(&self, at: Option<(Role, &'static str)>) -> Result<Option<u64>> {
+        let Some((role, ifname)) = at else {
+            return Ok(None);
+        };
+        let path = format!("/sys/class/net/{ifname}/statistics/tx_packets");
+        let out = self.tb.output(role, ["cat", &path])?;
+        let n = out
+            .trim()
+            .parse()
+            .with_context(|| format!("reading {path} in {role}: {out:?}"))?;
+        Ok(Some(n))
     }
 
     /// Sends `n` datagrams from `from` (bound to `bind`) to `dst` and returns the source
@@ -381,6 +414,7 @@ mod tests {
             },
             sink_port: CN_PORT,
             check: Check::None,
+            offered_at: None,
         };
         assert_eq!(f.to(), Role::Cn);
         let g = Flow {

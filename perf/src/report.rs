@@ -10,6 +10,15 @@ use crate::bench::Direction;
 use crate::cost::PAPER_NS;
 use crate::run::{fmt_secs, Results};
 
+/// Busy percentages per CPU: `98/41%`.
+pub fn cpu_text(busy: &[f64]) -> String {
+    if busy.is_empty() {
+        return "-".into();
+    }
+    let v: Vec<String> = busy.iter().map(|b| format!("{:.0}", b * 100.0)).collect();
+    format!("{}%", v.join("/"))
+}
+
 /// All tables as Markdown (readable on a terminal too).
 pub fn tables(r: &Results) -> String {
     let mut s = String::new();
@@ -54,13 +63,13 @@ pub fn throughput_table(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Throughput (inner IPv4 packet sizes; Mpps median ± half the range of the runs; Mbit/s of inner packets)\n"
+        "Throughput (inner IPv4 packet sizes; Mpps median ± half the range of the runs; Mbit/s of inner packets; CPU busy per CPU during the window, source pinned to CPU 0)\n"
     );
     let _ = writeln!(
         s,
-        "| datapath | direction | size | offered Mpps | delivered Mpps | delivered Mbit/s | loss | samples checked |"
+        "| datapath | direction | size | offered Mpps | delivered Mpps | delivered Mbit/s | loss | CPU busy | samples checked |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|");
     for p in &r.throughput {
         let (ok, bad) = p.checked();
         let sampled: u64 = p.samples.iter().map(|x| x.sampled).sum();
@@ -73,7 +82,7 @@ pub fn throughput_table(r: &Results) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.3} ±{:.0}% | {:.0} | {:.1}% | {} |",
+            "| {} | {} | {} | {:.3} | {:.3} ±{:.0}% | {:.0} | {:.1}% | {} | {} |",
             p.datapath,
             p.direction.as_str(),
             p.size,
@@ -82,6 +91,7 @@ pub fn throughput_table(r: &Results) -> String {
             p.delivered_pps.spread_pct(),
             p.delivered_mbps(),
             p.loss() * 100.0,
+            cpu_text(&p.cpu_busy()),
             checked
         );
     }
@@ -165,14 +175,14 @@ pub fn scaling_table(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| datapath | workers | batch | ring | busy poll | offered Mpps | delivered Mpps | Mpps/core |"
+        "| datapath | workers | batch | ring | busy poll | offered Mpps | delivered Mpps | Mpps/core | CPU busy |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|---:|---:|");
     for p in &r.scaling {
         let t = &p.tuning;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.3} | {:.3} ±{:.0}% | {:.3} |",
+            "| {} | {} | {} | {} | {} | {:.3} | {:.3} ±{:.0}% | {:.3} | {} |",
             p.datapath,
             t.workers,
             t.batch,
@@ -185,7 +195,8 @@ pub fn scaling_table(r: &Results) -> String {
             p.point.offered_pps.median / 1e6,
             p.point.delivered_pps.median / 1e6,
             p.point.delivered_pps.spread_pct(),
-            p.mpps_per_core()
+            p.mpps_per_core(),
+            cpu_text(&p.point.cpu_busy())
         );
     }
     if let Some(proj) = projection(r) {
@@ -459,6 +470,7 @@ mod tests {
             samples: vec![Sample {
                 offered_pps: 2e5,
                 delivered_pps: del,
+                cpu_busy: vec![1.0, 0.5],
                 ..Sample::default()
             }],
             offered_pps: Summary::of(&[2e5]).unwrap(),
@@ -496,7 +508,7 @@ mod tests {
     fn tables_show_every_point_and_the_loss() {
         let t = tables(&results());
         assert!(
-            t.contains("| kernel | gn→cn | 64 | 0.200 | 0.150 ±10% | 77 | 25.0% | - |"),
+            t.contains("| kernel | gn→cn | 64 | 0.200 | 0.150 ±10% | 77 | 25.0% | 100/50% | - |"),
             "{t}"
         );
         assert!(t.contains("| raw | - | - | - | 0 |"), "{t}");

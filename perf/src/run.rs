@@ -10,8 +10,10 @@ use ntm_testbed::Role;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{Bench, Direction, Flow, Sample, Timing, GN_ADDR};
+use crate::gateways::node::NodeGateway;
 use crate::gateways::plain::Plain;
 use crate::gateways::tunnel::{Tuning, Tunneled};
+use crate::gateways::wg::{Impl, WireGuard};
 use crate::gateways::Gateway;
 use crate::latency::{ping_pong, Rtt};
 use crate::stats::{mbps, Summary};
@@ -29,11 +31,25 @@ pub enum Kind {
     Raw,
     /// ntma's AF_XDP datapath.
     Ntma,
+    /// The software node (TUN + UDP) as a gateway.
+    NtmNode,
+    /// wireguard-go as a gateway, peer in cn.
+    WireguardGo,
+    /// boringtun-cli as a gateway, peer in cn.
+    Boringtun,
 }
 
 impl Kind {
     /// Every datapath, in table order.
-    pub const ALL: [Kind; 4] = [Kind::Kernel, Kind::XdpFwd, Kind::Raw, Kind::Ntma];
+    pub const ALL: [Kind; 7] = [
+        Kind::Kernel,
+        Kind::XdpFwd,
+        Kind::Raw,
+        Kind::Ntma,
+        Kind::NtmNode,
+        Kind::WireguardGo,
+        Kind::Boringtun,
+    ];
 
     /// The name in tables.
     pub fn name(self) -> &'static str {
@@ -42,6 +58,9 @@ impl Kind {
             Kind::XdpFwd => "xdp-fwd",
             Kind::Raw => "raw",
             Kind::Ntma => "ntma",
+            Kind::NtmNode => "ntm-node",
+            Kind::WireguardGo => "wireguard-go",
+            Kind::Boringtun => "boringtun",
         }
     }
 
@@ -56,6 +75,9 @@ impl Kind {
             Kind::XdpFwd => Box::new(Plain::start(bench, true)?),
             Kind::Raw => Box::new(Tunneled::raw(bench, Tuning::default())?),
             Kind::Ntma => Box::new(Tunneled::afxdp(bench, Tuning::default())?),
+            Kind::NtmNode => Box::new(NodeGateway::start(bench)?),
+            Kind::WireguardGo => Box::new(WireGuard::start(bench, Impl::Go)?),
+            Kind::Boringtun => Box::new(WireGuard::start(bench, Impl::Boringtun)?),
         })
     }
 }
@@ -112,6 +134,26 @@ impl Point {
         } else {
             0.0
         }
+    }
+
+    /// Median busy share of each CPU over the runs (0..1).
+    pub fn cpu_busy(&self) -> Vec<f64> {
+        let n = self
+            .samples
+            .iter()
+            .map(|s| s.cpu_busy.len())
+            .max()
+            .unwrap_or(0);
+        (0..n)
+            .map(|i| {
+                let v: Vec<f64> = self
+                    .samples
+                    .iter()
+                    .filter_map(|s| s.cpu_busy.get(i).copied())
+                    .collect();
+                Summary::of(&v).map_or(0.0, |x| x.median)
+            })
+            .collect()
     }
 
     /// Samples checked good and bad over all runs.
@@ -356,10 +398,11 @@ fn point(bench: &mut Bench, c: &Case<'_>, progress: &mut Progress) -> Result<Poi
     for rep in 1..=reps {
         let s = bench.measure(flow, size, flows)?;
         progress.step(&format!(
-            "{label} {} {size} B run {rep}/{reps}: offered {:.3} Mpps, delivered {:.3} Mpps{}",
+            "{label} {} {size} B run {rep}/{reps}: offered {:.3} Mpps, delivered {:.3} Mpps, CPU {}{}",
             dir.as_str(),
             s.offered_pps / 1e6,
             s.delivered_pps / 1e6,
+            crate::report::cpu_text(&s.cpu_busy),
             if s.sampled > 0 || s.checked.ok + s.checked.bad > 0 {
                 format!(", checked {}/{} samples", s.checked.ok, s.sampled)
             } else {

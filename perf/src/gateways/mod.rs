@@ -18,8 +18,10 @@ use ntm_testbed::Role;
 use crate::bench::{Bench, Direction, Flow};
 use crate::latency::Echo;
 
+pub mod node;
 pub mod plain;
 pub mod tunnel;
+pub mod wg;
 
 /// A datapath set up on the bench.
 pub trait Gateway {

@@ -83,6 +83,7 @@ impl Gateway for Plain {
                 source: Source::Plain { bind: gn, dst: cn },
                 sink_port: CN_PORT,
                 check: Check::None,
+                offered_at: None,
             },
             Direction::Down => {
                 // gn's flow through nat1 opens the mapping cn answers to.
@@ -95,6 +96,7 @@ impl Gateway for Plain {
                     },
                     sink_port: GN_PORT,
                     check: Check::None,
+                    offered_at: None,
                 }
             }
         })

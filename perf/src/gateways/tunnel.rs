@@ -251,6 +251,7 @@ impl Gateway for Tunneled {
                     auth: self.auth(),
                     tunnel_id: self.tunnel_id,
                 },
+                offered_at: None,
             },
             Direction::Down => {
                 // gn's packets through the tunnel open nat1's mapping of ntma's port.
@@ -268,6 +269,7 @@ impl Gateway for Tunneled {
                     },
                     sink_port: GN_PORT,
                     check: Check::None,
+                    offered_at: None,
                 }
             }
         })
