@@ -35,6 +35,10 @@ reasons! {
         NoRoute => "no_route",
         /// A packet to a VIP while the adapter is not registered.
         NotRegistered => "not_registered_tx",
+        /// A packet to a VIP whose source is not the GN's VIP (spoofed, or a stale address).
+        BadSource => "slow_bad_source",
+        /// A packet to a VIP longer than the inner MTU (1440).
+        TooBig => "slow_too_big",
         /// A packet to a destination outside the VIP prefix (ICMP network unreachable).
         NonVip => "non_vip",
         /// DATA or TUN_KEEPALIVE on the kernel socket (a reassembled fragment, or a

@@ -54,6 +54,7 @@ pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
 use crate::config::{NonVip, Settings};
 use crate::ebpf::Side;
+use crate::fastpath::INNER_MTU;
 use crate::gn::wire::{EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, IPPROTO_UDP};
 use crate::gn::{Gn, GnAction, MacAddr, Unreachable, Verdict, MAX_FRAME_LEN};
 use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
@@ -510,6 +511,20 @@ impl<P: Plane> Control<P> {
 
     /// A packet from the GN to the VIP `dst` that the fast path could not send.
     fn vip_packet(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8], io: &impl Io) {
+        // The fast path's checks, for what it handed over: only the GN's own
+        // packets, and none a 1500-byte path cannot carry.
+        let Some((src, _, inner)) = ipv4_of(frame) else {
+            self.c.drop(CtlDrop::SlowFrameMalformed);
+            return;
+        };
+        if Some(src) != self.link.vip {
+            self.c.drop(CtlDrop::BadSource);
+            return;
+        }
+        if inner.len() > INNER_MTU {
+            self.c.drop(CtlDrop::TooBig);
+            return;
+        }
         if self.hold.holds(dst) {
             // Behind the packets already waiting, to keep their order.
             self.hold_frame(now, dst, frame);

@@ -465,6 +465,21 @@ fn packets_to_unknown_vips_and_non_vips_are_answered_with_icmp() {
         .on_lan_frame(w.now, &echo_frame(gn, internet, 1), &w.io);
     assert_eq!(unreachables(&w.lan_frames()), vec![(0, internet)]);
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::NonVip), 1);
+    // Not from the GN's VIP, or too big for the tunnel: dropped, counted.
+    let spoofed = echo_frame(Ipv4Addr::new(100, 64, 5, 5), stranger, 2);
+    w.ctl.on_slow_frame(w.now, Side::Lan, &spoofed, &w.io);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::BadSource), 1);
+    let mut big = echo_frame(gn, stranger, 3);
+    big.resize(14 + 1500, 0);
+    big[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    let c = {
+        big[24..26].copy_from_slice(&[0, 0]);
+        checksum(&big[14..34])
+    };
+    big[24..26].copy_from_slice(&c.to_be_bytes());
+    w.ctl.on_slow_frame(w.now, Side::Lan, &big, &w.io);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::TooBig), 1);
+    assert!(w.lan_frames().is_empty());
     // To the router: the kernel's business.
     w.ctl.on_lan_frame(w.now, &echo_frame(gn, ROUTER, 1), &w.io);
     assert!(w.lan_frames().is_empty());
