@@ -38,6 +38,13 @@ pub const MISSED_INTERVALS: u32 = 3;
 /// requesting node still waits for its DIR_REQ (its schedule ends at
 /// 7.75 s) and it hears UNREACHABLE instead of timing out.
 pub const RELAY_DIR_TRIES: u32 = 4;
+/// CN's ROUTE_DIR transmissions on RELAY paths, where MN's answer waits for
+/// CN's ROUTE_ACK. With the §5 maximum of 5 the failure would come 7.75 s
+/// after RELAY_ACK, never before MN's DIR_REQ gives up at 7.75 s. With 4 it
+/// comes 3.75 s after RELAY_ACK, which itself comes before 3.75 s
+/// ([`RELAY_DIR_TRIES`]): MN hears UNREACHABLE by 7.5 s in the worst case
+/// and by about 3.75 s when the RS answers at once.
+pub const RELAY_ROUTE_DIR_TRIES: u32 = 4;
 /// REASON of the ERROR sent to nodes the DC does not know.
 const NOT_REGISTERED_REASON: &str = "not registered: send REG_REQ";
 
@@ -122,7 +129,8 @@ pub struct TunnelInfo {
     pub initiator: End,
     /// The RS id on RELAY paths.
     pub relay_id: Option<u32>,
-    /// Whether the ROUTE_DIRs went out (after RELAY_ACK on RELAY).
+    /// Whether both ROUTE_DIRs went out: at once on DIRECT and REVERSE; on
+    /// RELAY CN's after RELAY_ACK and MN's after CN's ROUTE_ACK.
     pub directed: bool,
     /// Whether CN acknowledged its ROUTE_DIR.
     pub acked: bool,
@@ -159,10 +167,15 @@ struct Party {
 enum TunnelState {
     /// RELAY_DIR outstanding.
     AwaitingRelay { retx: Retransmit },
+    /// RELAY only: CN's ROUTE_DIR retransmitted until ROUTE_ACK, MN's held
+    /// back until then. CN sends RELAY_BIND before ROUTE_ACK, so its binding
+    /// reaches the RS before MN's TUN_REQ, which the RS would drop while the
+    /// tunnel is half bound (costing MN a 250 ms TUN_REQ retransmission).
+    AwaitingCnAck { retx: Retransmit },
     /// ROUTE_DIRs sent; CN's copy retransmitted until ROUTE_ACK (`None`
     /// once acknowledged or given up).
     Directing { cn_retx: Option<Retransmit> },
-    /// The RS never acknowledged; MN got UNREACHABLE.
+    /// The RS, or on RELAY the CN, never acknowledged; MN got UNREACHABLE.
     Failed,
 }
 
@@ -185,13 +198,17 @@ impl Tunnel {
     fn pending(&self) -> bool {
         matches!(
             self.state,
-            TunnelState::AwaitingRelay { .. } | TunnelState::Directing { cn_retx: Some(_) }
+            TunnelState::AwaitingRelay { .. }
+                | TunnelState::AwaitingCnAck { .. }
+                | TunnelState::Directing { cn_retx: Some(_) }
         )
     }
 
     fn deadline(&self) -> Option<Instant> {
         match &self.state {
-            TunnelState::AwaitingRelay { retx } => Some(retx.deadline()),
+            TunnelState::AwaitingRelay { retx } | TunnelState::AwaitingCnAck { retx } => {
+                Some(retx.deadline())
+            }
             TunnelState::Directing { cn_retx: Some(r) } => Some(r.deadline()),
             _ => None,
         }
@@ -576,7 +593,8 @@ impl<S: RegistrationStore> Coordinator<S> {
                                 end: End::Mn,
                             });
                         }
-                        // Awaiting the RS: the answer goes out on RELAY_ACK.
+                        // Awaiting the RS or CN's ROUTE_ACK: the answer
+                        // goes out then, to this latest address.
                     }
                 }
                 Err(status) => self.queue.push_back(Out::RouteDirStatus {
@@ -758,6 +776,17 @@ impl<S: RegistrationStore> Coordinator<S> {
                 tracing::debug!(tunnel_id, cn = %t.cn.fqdn, "ROUTE_ACK");
                 Ok(())
             }
+            TunnelState::AwaitingCnAck { .. } => {
+                // CN has sent its RELAY_BIND: now MN may send TUN_REQ.
+                t.state = TunnelState::Directing { cn_retx: None };
+                self.stats.route_acks += 1;
+                tracing::debug!(tunnel_id, cn = %t.cn.fqdn, "ROUTE_ACK, answering MN");
+                self.queue.push_back(Out::RouteDir {
+                    tunnel_id,
+                    end: End::Mn,
+                });
+                Ok(())
+            }
             _ => Err(DropReason::StaleAck),
         }
     }
@@ -787,16 +816,13 @@ impl<S: RegistrationStore> Coordinator<S> {
                 self.stats.relay_acks += 1;
                 let retx = Retransmit::start(now);
                 self.timers.push(Reverse((retx.deadline(), t.id)));
-                t.state = TunnelState::Directing {
-                    cn_retx: Some(retx),
-                };
+                // MN's copy waits for CN's ROUTE_ACK (see AwaitingCnAck).
+                t.state = TunnelState::AwaitingCnAck { retx };
                 tracing::debug!(tunnel_id = t.id, rs = repr.header.id, "RELAY_ACK");
-                for end in [End::Mn, End::Cn] {
-                    self.queue.push_back(Out::RouteDir {
-                        tunnel_id: a.tunnel_id,
-                        end,
-                    });
-                }
+                self.queue.push_back(Out::RouteDir {
+                    tunnel_id: a.tunnel_id,
+                    end: End::Cn,
+                });
                 Ok(())
             }
             Message::Error(e) => {
@@ -842,20 +868,25 @@ impl<S: RegistrationStore> Coordinator<S> {
                     self.queue.push_back(Out::RelayDir { tunnel_id });
                 }
                 Some(_) => {
-                    t.state = TunnelState::Failed;
                     self.stats.relay_failures += 1;
                     let rs = t.relay.as_ref().map(|(r, _)| self.relays[*r].id);
-                    tracing::warn!(tunnel_id, ?rs, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the RS did not acknowledge RELAY_DIR after 4 tries; answering UNREACHABLE (is ntm-rs running, with this id and key?)");
-                    let (node_id, req_id, dst) = (t.mn.node_id, t.req_id, t.mn_dst);
-                    if let Some(d) = self.directions.get_mut(&(node_id, req_id)) {
-                        d.outcome = Err(Status::Unreachable);
-                    }
-                    self.queue.push_back(Out::RouteDirStatus {
-                        node_id,
-                        req_id,
-                        dst,
-                        status: Status::Unreachable,
+                    tracing::warn!(tunnel_id, ?rs, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the RS did not acknowledge RELAY_DIR after {RELAY_DIR_TRIES} tries; answering UNREACHABLE (is ntm-rs running, with this id and key?)");
+                    self.fail_unreachable(tunnel_id);
+                }
+                None => {}
+            },
+            TunnelState::AwaitingCnAck { retx } => match retx.on_timeout(now) {
+                Some(RetransmitAction::Send) if retx.tries() <= RELAY_ROUTE_DIR_TRIES => {
+                    self.timers.push(Reverse((retx.deadline(), tunnel_id)));
+                    self.queue.push_back(Out::RouteDir {
+                        tunnel_id,
+                        end: End::Cn,
                     });
+                }
+                Some(_) => {
+                    self.stats.route_dir_failures += 1;
+                    tracing::warn!(tunnel_id, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the responder did not acknowledge ROUTE_DIR after {RELAY_ROUTE_DIR_TRIES} tries; answering UNREACHABLE");
+                    self.fail_unreachable(tunnel_id);
                 }
                 None => {}
             },
@@ -878,6 +909,25 @@ impl<S: RegistrationStore> Coordinator<S> {
             },
             _ => {}
         }
+    }
+
+    /// The tunnel failed before MN got its ROUTE_DIR: MN, and any
+    /// retransmission of its DIR_REQ, gets UNREACHABLE instead.
+    fn fail_unreachable(&mut self, tunnel_id: u32) {
+        let Some(t) = self.tunnels.get_mut(&tunnel_id) else {
+            return;
+        };
+        t.state = TunnelState::Failed;
+        let (node_id, req_id, dst) = (t.mn.node_id, t.req_id, t.mn_dst);
+        if let Some(d) = self.directions.get_mut(&(node_id, req_id)) {
+            d.outcome = Err(Status::Unreachable);
+        }
+        self.queue.push_back(Out::RouteDirStatus {
+            node_id,
+            req_id,
+            dst,
+            status: Status::Unreachable,
+        });
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -976,7 +1026,12 @@ impl<S: RegistrationStore> Coordinator<S> {
                 let Some(t) = self.tunnels.get(&tunnel_id) else {
                     return Ok(None);
                 };
-                if !matches!(t.state, TunnelState::Directing { .. }) {
+                let sendable = match t.state {
+                    TunnelState::Directing { .. } => true,
+                    TunnelState::AwaitingCnAck { .. } => end == End::Cn,
+                    _ => false,
+                };
+                if !sendable {
                     return Ok(None);
                 }
                 let (me, peer, dst, req_id) = match end {

@@ -17,7 +17,7 @@ use ntm_proto::wire::{
 };
 use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, WrapLabel};
 
-use crate::coordinator::{End, DIRECTION_RETENTION};
+use crate::coordinator::{End, DIRECTION_RETENTION, RELAY_ROUTE_DIR_TRIES};
 use crate::{Config, Coordinator, DropReason, NodeEntry, RegistrationStore, RelayEntry};
 
 const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
@@ -330,6 +330,19 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Index in `sent` of the first datagram of `kind` from `src` to `dst`
+    /// (`None` matches any address).
+    fn first_sent(
+        &self,
+        src: Option<SocketAddrV4>,
+        dst: Option<SocketAddrV4>,
+        kind: MessageType,
+    ) -> Option<usize> {
+        self.sent.iter().position(|s| {
+            s.3 == kind && src.is_none_or(|a| a == s.1) && dst.is_none_or(|a| a == s.2)
+        })
     }
 
     fn count_sent(&self, kind: MessageType) -> usize {
@@ -651,6 +664,155 @@ fn relay_behind_different_nats_with_the_rs_core_in_the_loop() {
     assert!(w.rs.binding(mn.id).is_some());
     assert!(w.downs(0).is_empty());
     w.assert_data_both_ways(0, 1);
+}
+
+fn is(f: &Flight, kind: MessageType) -> bool {
+    Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == kind)
+}
+
+#[test]
+fn on_relay_mn_gets_its_route_dir_only_after_cn_route_ack() {
+    let mut w = pair(true, true);
+    let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    let at = |kind, src, dst| w.first_sent(src, dst, kind).unwrap();
+    let relay_ack = at(MessageType::RelayAck, Some(RS), Some(DC));
+    let to_cn = at(MessageType::RouteDir, Some(DC), Some(cn_pub));
+    let cn_bind = at(MessageType::RelayBind, Some(cn_pub), Some(RS));
+    let cn_ack = at(MessageType::RouteAck, Some(cn_pub), Some(DC));
+    let to_mn = at(MessageType::RouteDir, Some(DC), Some(mn_pub));
+    let mn_tun_req = at(MessageType::TunReq, Some(mn_pub), Some(RS));
+    assert!(relay_ack < to_cn, "RELAY_ACK before CN's ROUTE_DIR");
+    assert!(cn_bind < cn_ack, "CN binds before it acknowledges");
+    assert!(cn_ack < to_mn, "no ROUTE_DIR to MN before CN's ROUTE_ACK");
+    assert!(to_mn < mn_tun_req);
+    // CN is bound when MN's first TUN_REQ reaches the RS: no retransmission.
+    assert_eq!(w.count_sent_to(RS, MessageType::TunReq), 1);
+    assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), 1);
+    let (mn, _) = w.one_tunnel(0, 1);
+    let t = w.dc.tunnel(mn.id).unwrap();
+    assert!(t.directed && t.acked);
+    w.assert_data_both_ways(0, 1);
+
+    // DIRECT and REVERSE are unchanged: both copies go out together.
+    for cn_nat in [false, true] {
+        let mut w = pair(false, cn_nat);
+        let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+        let req = w.connect(0, "cn.ntm.test");
+        assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+        let to_mn = w.first_sent(Some(DC), Some(mn_pub), MessageType::RouteDir);
+        let cn_ack = w.first_sent(Some(cn_pub), Some(DC), MessageType::RouteAck);
+        assert!(to_mn.unwrap() < cn_ack.unwrap(), "cn_nat={cn_nat}");
+        w.one_tunnel(0, 1);
+    }
+}
+
+#[test]
+fn on_relay_a_dir_req_retransmitted_while_cn_has_not_acked_gets_one_answer() {
+    let mut w = pair(true, true);
+    let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+    // CN's first two copies are lost: it acks the third (~0.8 s), after
+    // MN's DIR_REQ went out again at 0.25 and 0.75 s.
+    let mut lost = 0;
+    w.drop = Box::new(move |f| {
+        if f.dst == cn_pub && is(f, MessageType::RouteDir) && lost < 2 {
+            lost += 1;
+            return true;
+        }
+        false
+    });
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    assert_eq!(w.count_sent_to(DC, MessageType::DirReq), 3);
+    assert_eq!(w.dc.stats().dir_reqs, 1);
+    assert_eq!(w.dc.stats().dir_req_repeats, 2);
+    assert_eq!(w.dc.stats().relayed, 1);
+    assert_eq!(w.dc.tunnels().count(), 1);
+    assert_eq!(w.count_sent(MessageType::RelayDir), 1);
+    assert_eq!(w.count_sent_to(cn_pub, MessageType::RouteDir), 3);
+    assert_eq!(
+        w.count_sent_to(mn_pub, MessageType::RouteDir),
+        1,
+        "nothing to MN while waiting, then one ROUTE_DIR"
+    );
+    let cn_ack = w.first_sent(Some(cn_pub), Some(DC), MessageType::RouteAck);
+    let to_mn = w.first_sent(Some(DC), Some(mn_pub), MessageType::RouteDir);
+    assert!(cn_ack.unwrap() < to_mn.unwrap());
+    w.one_tunnel(0, 1);
+    w.assert_data_both_ways(0, 1);
+    // A late repeat of the DIR_REQ gets the same tunnel again.
+    let before = w.count_sent_to(mn_pub, MessageType::RouteDir);
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.dc.tunnels().count(), 1);
+    assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), before);
+}
+
+#[test]
+fn on_relay_a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
+    // RS losses delay RELAY_ACK to the last RELAY_DIR (1.75 s): MN must
+    // still hear UNREACHABLE before its own DIR_REQ gives up (7.75 s).
+    for rs_lost in [0, RELAY_ROUTE_DIR_TRIES - 1] {
+        let mut w = pair(true, true);
+        let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+        let mut lost = 0;
+        w.drop = Box::new(move |f| {
+            if f.dst == RS && is(f, MessageType::RelayDir) && lost < rs_lost {
+                lost += 1;
+                return true;
+            }
+            f.dst == DC && is(f, MessageType::RouteAck)
+        });
+        let req = w.connect(0, "cn.ntm.test");
+        w.run_for(Duration::from_secs(10));
+        assert_eq!(
+            w.resolved(0, req),
+            Some(Err(DirError::Status(Status::Unreachable))),
+            "rs_lost={rs_lost}: {}",
+            w.dc.stats_line()
+        );
+        assert_eq!(w.count_sent(MessageType::RelayDir), rs_lost as usize + 1);
+        assert_eq!(
+            w.count_sent_to(cn_pub, MessageType::RouteDir),
+            RELAY_ROUTE_DIR_TRIES as usize
+        );
+        assert_eq!(
+            w.count_sent_to(mn_pub, MessageType::RouteDir),
+            1,
+            "only the UNREACHABLE"
+        );
+        assert_eq!(w.dc.stats().route_dir_failures, 1);
+        assert_eq!(w.dc.stats().route_acks, 0);
+        assert_eq!(w.count_sent(MessageType::TunReq), 0);
+        assert!(w.tunnel_ups(0).is_empty());
+        let t = w.dc.tunnels().next().unwrap();
+        assert!(!t.directed && !t.acked);
+        // A DIR_REQ repeated after the failure hears the same, and makes
+        // no second tunnel.
+        let mn_id = w.dc.node_id("mn.ntm.test").unwrap();
+        let again = seal(
+            &node_key("mn.ntm.test"),
+            mn_id,
+            u64::MAX / 2,
+            Message::DirReq(DirReq {
+                req_id: req.0,
+                fqdn: Fqdn::new("cn.ntm.test").unwrap(),
+            }),
+        );
+        let now = w.now;
+        w.dc.handle(now, mn_pub, &again).unwrap();
+        let out = drain(&mut w.dc, now);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, mn_pub);
+        let Message::RouteDir(rd) = parse(&out[0].1).message else {
+            panic!("not a ROUTE_DIR")
+        };
+        assert_eq!(
+            (rd.req_id, rd.result.err()),
+            (req.0, Some(Status::Unreachable))
+        );
+        assert_eq!(w.dc.tunnels().count(), 1);
+    }
 }
 
 #[test]

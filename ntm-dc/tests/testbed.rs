@@ -189,15 +189,35 @@ impl Client {
 
     /// Waits for the unsolicited ROUTE_DIR (REQ_ID 0) and acknowledges it.
     fn accept_route(&mut self) -> RouteInfo {
+        let info = self.unsolicited_route();
+        self.ack_route(info.tunnel_id);
+        info
+    }
+
+    /// Waits for the unsolicited ROUTE_DIR (REQ_ID 0), without acking it.
+    fn unsolicited_route(&mut self) -> RouteInfo {
         let me = Client::unwrapper(self.auth.clone());
-        let info = self.exchange(
+        self.exchange(
             |_| {},
             |r| me(r).and_then(Result::ok).filter(|i| i.req_id == 0),
-        );
-        self.send(Message::RouteAck(RouteAck {
-            tunnel_id: info.tunnel_id,
-        }));
-        info
+        )
+    }
+
+    fn ack_route(&mut self, tunnel_id: u32) {
+        self.send(Message::RouteAck(RouteAck { tunnel_id }));
+    }
+
+    /// Whether a ROUTE_DIR from the DC arrives within `window`.
+    fn route_dir_within(&self, window: Duration) -> bool {
+        let until = Instant::now() + window;
+        while let Some((from, d)) = self.recv(until.saturating_duration_since(Instant::now())) {
+            let route_dir = Packet::new_checked(&d[..])
+                .is_ok_and(|p| p.msg_type() == ntm_proto::MessageType::RouteDir);
+            if from == DC && route_dir {
+                return true;
+            }
+        }
+        false
     }
 
     /// The next datagram within `timeout`.
@@ -215,7 +235,9 @@ impl Client {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => panic!("recv: {e}"),
             }
@@ -480,12 +502,24 @@ fn a_relayed_tunnel_through_ntm_rs() {
     let mut z = Client::new(&tb, Role::Cn2, CN2_FQDN, SocketAddrV4::new(CN2_ADDR, 7700));
     z.register();
 
+    // On RELAY the DC answers the initiator's DIR_REQ only after the
+    // responder's ROUTE_ACK, so that the responder is bound at the RS first.
+    a.send(Message::DirReq(DirReq {
+        req_id: 1,
+        fqdn: Fqdn::new(CN2_FQDN).unwrap(),
+    }));
+    let rz = z.unsolicited_route();
+    assert!(
+        !a.route_dir_within(Duration::from_millis(300)),
+        "a ROUTE_DIR reached the initiator before the responder's ROUTE_ACK\n{}",
+        dc.log()
+    );
+    z.ack_route(rz.tunnel_id);
     let ra = a.direction(1, CN2_FQDN).expect("ROUTE_DIR OK");
     assert_eq!(
         (ra.path, ra.role, ra.endpoint),
         (TunPath::Relay, TunRole::Initiator, RS)
     );
-    let rz = z.accept_route();
     assert_eq!(
         (rz.tunnel_id, rz.path, rz.role, rz.endpoint),
         (ra.tunnel_id, TunPath::Relay, TunRole::Responder, RS)
