@@ -172,9 +172,15 @@ fn malformed_frames_from_the_gn_are_counted_and_go_nowhere() {
     arp.extend_from_slice(&gn_mac);
     arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
     raw.send(&arp).unwrap();
+    // The shortest frame a kernel sends (it refuses less than an Ethernet
+    // header): an IPv4 EtherType and nothing after it.
+    let mut bare = ntma_mac.to_vec();
+    bare.extend_from_slice(&gn_mac);
+    bare.extend_from_slice(&[0x08, 0x00]);
+    raw.send(&bare).unwrap();
     for (reason, n) in [
         ("ethertype_unsupported", 1),
-        ("ipv4_malformed", 1),
+        ("ipv4_malformed", 2),
         ("ipv4_fragment", 1),
         ("arp_malformed", 1),
     ] {
