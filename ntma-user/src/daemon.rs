@@ -461,7 +461,8 @@ fn poll_link(
         }
     }
     let gw = sys::default_gateway(&s.wan_if);
-    if gw != *gateway {
+    let changed = gw != *gateway;
+    if changed {
         match gw {
             Some(g) => tracing::info!(gateway = %g, wan = %s.wan_if, "uplink default gateway"),
             None => {
@@ -470,7 +471,13 @@ fn poll_link(
         }
         *gateway = gw;
     }
-    ctl.set_gateway_mac(gw.and_then(|g| sys::neighbour(g, &s.wan_if)));
+    match gw.map(|g| sys::neighbour(g, &s.wan_if)) {
+        Some(Some(mac)) => ctl.set_gateway_mac(Some(mac)),
+        // The kernel's entry may lapse while only the fast path talks to the
+        // gateway: keep the MAC learned for the same gateway.
+        Some(None) if !changed => {}
+        _ => ctl.set_gateway_mac(None),
+    }
 }
 
 fn status(
