@@ -60,6 +60,15 @@ enum Cmd {
     /// The adapter's demo on the testbed (root): DHCP, DNS, ping and iperf3
     /// through the tunnel both ways, the GN as a responder, then a summary.
     Demo,
+    /// The benchmarks (root): per-packet cost (criterion), then every datapath on the
+    /// same testbed path (throughput, latency, scaling); a table on stdout, JSON and
+    /// SVG plots under perf/results/.
+    Bench {
+        /// Extra arguments for `ntm-bench`, after `--` (e.g. `-- --quick`,
+        /// `-- --datapaths ntma,raw`; `-- --help` lists them).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,7 +107,52 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Run { args } => run_ntma(args),
         Cmd::Demo => demo(),
+        Cmd::Bench { args } => bench(args),
     }
+}
+
+/// `cargo xtask bench`: setup, release build, the criterion benches of the per-packet
+/// cost (short measurement times; left out with `--quick`), then `ntm-bench`.
+fn bench(args: Vec<OsString>) -> Result<()> {
+    if ntm_testbed::require_root().is_err() {
+        bail!("the benchmarks need root (network namespaces, XDP, AF_XDP): run `sudo -E cargo xtask bench`");
+    }
+    setup::run(false)?;
+    let started = Instant::now();
+    status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    let quick = args.iter().any(|a| a == "--quick");
+    if !quick {
+        // Short criterion runs: enough for stable medians of a ~µs operation.
+        let timing = ["--warm-up-time", "0.5", "--measurement-time", "1.5"];
+        for (pkg, name) in [("perf", "datapath"), ("ntma-user", "fastpath")] {
+            let r = status(
+                cargo()
+                    .args(["bench", "-p", pkg, "--bench", name, "--"])
+                    .args(timing),
+            );
+            if let Err(e) = r {
+                eprintln!("bench: per-packet cost of {pkg}/{name} left out: {e:#}");
+            }
+        }
+    }
+    let target = release_bin("ntm-bench");
+    let criterion = target
+        .parent()
+        .and_then(|release| release.parent())
+        .map(|t| t.join("criterion"))
+        .unwrap_or_else(|| workspace_root().join("target/criterion"));
+    let mut c = Command::new(&target);
+    c.current_dir(workspace_root())
+        .arg("--criterion")
+        .arg(&criterion)
+        .args(["--out", "perf/results"])
+        .args(&args);
+    let r = status(&mut c);
+    eprintln!(
+        "bench: took {:.1} min (build included)",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    r
 }
 
 /// `target/release/<name>`, honouring CARGO_TARGET_DIR.

@@ -29,6 +29,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 /// The bpf-linker this project is built and tested with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// boringtun-cli, the benchmarks' second userspace WireGuard (`cargo install`, pinned).
+pub const BORINGTUN_VERSION: &str = "0.7.1";
+
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run(verbose: bool) -> Result<()> {
@@ -37,10 +40,11 @@ pub fn run(verbose: bool) -> Result<()> {
     debian_packages()?;
     nightly()?;
     bpf_linker()?;
+    boringtun()?;
     bpffs()?;
     eprintln!(
         "setup: prerequisites present: {} Debian packages, nightly + rust-src, \
-         bpf-linker {BPF_LINKER_VERSION}, bpffs ({:.1} s)",
+         bpf-linker {BPF_LINKER_VERSION}, boringtun-cli {BORINGTUN_VERSION}, bpffs ({:.1} s)",
         DEBIAN_PACKAGES.len(),
         started.elapsed().as_secs_f64()
     );
@@ -258,6 +262,34 @@ fn which(exe: &str) -> Option<PathBuf> {
         dirs.push(PathBuf::from(home).join("bin"));
     }
     dirs.into_iter().map(|d| d.join(exe)).find(|p| p.is_file())
+}
+
+/// boringtun-cli for the benchmarks, from crates.io at a pinned version (it reports
+/// itself as `boringtun <version>`).
+fn boringtun() -> Result<()> {
+    let found = which("boringtun-cli")
+        .and_then(|p| output(Command::new(p).arg("--version")))
+        .map(|v| v.trim().to_owned());
+    let want = format!("boringtun {BORINGTUN_VERSION}");
+    if found.as_deref() == Some(want.as_str()) {
+        present(&format!("boringtun-cli {BORINGTUN_VERSION}: present"));
+        return Ok(());
+    }
+    step(&format!(
+        "boringtun-cli {BORINGTUN_VERSION}: {}, building it (a few minutes)",
+        found.map_or("not found".to_owned(), |v| format!("found {v}"))
+    ));
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.args([
+        "install",
+        "boringtun-cli",
+        "--version",
+        BORINGTUN_VERSION,
+        "--locked",
+        "--force",
+    ])
+    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    run_shown(&mut c)
 }
 
 fn bpffs() -> Result<()> {
