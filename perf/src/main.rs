@@ -151,7 +151,7 @@ fn bench(a: RunArgs) -> Result<()> {
         ..Results::default()
     };
     if let Some(dir) = &a.criterion {
-        results.cost = perf::cost::read(dir, &["proto/", "fastpath/"]);
+        results.cost = perf::cost::read(dir, &["proto/", "fastpath/uplink", "fastpath/downlink"]);
         eprintln!(
             "per-packet cost: {} criterion results from {}",
             results.cost.len(),
