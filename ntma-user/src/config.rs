@@ -120,6 +120,11 @@ pub struct Dns {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Datapath {
+    /// Which datapath carries tunnel traffic: "af-xdp" (default) or "raw" (raw sockets,
+    /// the fallback for hosts without AF_XDP: one worker, `cores[0]`, `batch` and
+    /// `busy_poll` apply; the AF_XDP settings below do not).
+    #[serde(default)]
+    pub kind: DatapathKind,
     /// NIC queues to serve (one worker each); both NICs need at least this many.
     pub queues: u32,
     /// CPU cores the workers are pinned to, in queue order (reused round-robin).
@@ -144,6 +149,18 @@ pub struct Datapath {
     pub attach: Attach,
     /// AF_XDP bind mode: "auto" (zero-copy where the driver can), "copy" or "zero-copy".
     pub bind: Bind,
+}
+
+/// Which datapath carries tunnel traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatapathKind {
+    /// AF_XDP workers, one per queue (`crate::fastpath`).
+    #[default]
+    AfXdp,
+    /// AF_PACKET on the GN side, the UDP socket on the WAN side, one worker
+    /// (`crate::rawpath`): for hosts whose kernel or NIC has no AF_XDP.
+    Raw,
 }
 
 /// `[hold]`: packets to a VIP whose tunnel is being set up.
@@ -227,6 +244,7 @@ fn default_dns_timeout() -> u64 {
 impl Default for Datapath {
     fn default() -> Self {
         Datapath {
+            kind: DatapathKind::AfXdp,
             queues: 1,
             cores: vec![0],
             frame_size: 2048,
@@ -534,6 +552,13 @@ impl Config {
 
     fn validate_datapath(&self) -> Result<(), ConfigError> {
         let d = &self.datapath;
+        if d.kind == DatapathKind::Raw && d.queues != 1 {
+            return Err(invalid(
+                "datapath.queues",
+                d.queues,
+                "the raw datapath has one worker: use 1 (or kind = \"af-xdp\" for more)",
+            ));
+        }
         if d.queues == 0 || d.queues > ntma_common::MAX_QUEUES {
             return Err(invalid(
                 "datapath.queues",
@@ -667,6 +692,25 @@ mod tests {
         assert_eq!(s.datapath.queues, 1);
         assert_eq!(s.hold_per_peer, 32);
         assert_eq!(s.stats_interval, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn the_raw_datapath_is_chosen_by_kind_and_has_one_worker() {
+        let mut c = base();
+        assert_eq!(c.datapath.kind, DatapathKind::AfXdp);
+        c.datapath.kind = DatapathKind::Raw;
+        let text = c.to_toml();
+        assert!(text.contains("kind = \"raw\""), "{text}");
+        let back = Config::from_toml(&text, Path::new("r.toml")).unwrap();
+        assert_eq!(back.validate().unwrap().datapath.kind, DatapathKind::Raw);
+        c.datapath.queues = 2;
+        assert!(err(&c).contains("one worker"), "{}", err(&c));
+        // Files written before the setting existed keep the AF_XDP datapath.
+        let old = text.replace("kind = \"raw\"\n", "");
+        assert_eq!(
+            Config::from_toml(&old, Path::new("o.toml")).unwrap().datapath.kind,
+            DatapathKind::AfXdp
+        );
     }
 
     #[test]

@@ -35,13 +35,15 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Attach, Bind, NonVip, Settings};
+use crate::config::{Attach, Bind, DatapathKind, NonVip, Settings};
 use crate::control::nat::NatGuard;
 use crate::control::packet::{readiness, PacketSocket};
 use crate::control::{sys, Boot, Control, Io};
+use crate::ebpf::{Counters, EbpfError};
 use crate::fastpath::{
     AttachMode, BindMode, Datapath, DatapathConfig, Dataplane, SlowWaker, UmemConfig,
 };
+use crate::rawpath::{Classify, RawConfig, RawPath};
 use crate::gn::MAX_FRAME_LEN;
 use crate::status::{DatapathStatus, Status, WorkerStatus};
 use ntma_common::XdpConfig;
@@ -197,6 +199,88 @@ fn datapath_config(s: &Settings, net: Ipv4Addr) -> DatapathConfig {
     cfg
 }
 
+/// The datapath the daemon runs (`datapath.kind`): AF_XDP workers, or the raw-socket
+/// fallback. Both share the [`Dataplane`] type the control side drives.
+enum Engine {
+    AfXdp(Datapath),
+    Raw(RawPath),
+}
+
+impl Engine {
+    /// Starts the configured datapath. The raw one reads the tunnel socket `wan` itself
+    /// (signaling reaches the control through the slow queue).
+    fn start(s: &Settings, net: Ipv4Addr, wan: &StdUdpSocket) -> Result<Engine> {
+        Ok(match s.datapath.kind {
+            DatapathKind::AfXdp => Engine::AfXdp(
+                Datapath::start(datapath_config(s, net)).context("starting the fast path")?,
+            ),
+            DatapathKind::Raw => Engine::Raw(
+                RawPath::start(RawConfig {
+                    lan_if: s.lan_if.clone(),
+                    wan: wan.try_clone().context("duplicating the tunnel socket")?,
+                    classify: classify(s, net),
+                    core: s.datapath.cores.first().copied(),
+                    batch: s.datapath.batch as usize,
+                    busy_poll: s.datapath.busy_poll,
+                    slow_slots: 256,
+                })
+                .context("starting the raw datapath")?,
+            ),
+        })
+    }
+
+    fn dataplane(&self) -> Arc<Dataplane> {
+        match self {
+            Engine::AfXdp(d) => d.dataplane(),
+            Engine::Raw(r) => r.dataplane(),
+        }
+    }
+
+    /// `copy` / `zero-copy` (AF_XDP) or `raw`.
+    fn mode(&self) -> String {
+        match self {
+            Engine::AfXdp(d) => d.mode().to_string(),
+            Engine::Raw(_) => "raw".into(),
+        }
+    }
+
+    fn workers(&self) -> usize {
+        match self {
+            Engine::AfXdp(d) => d.workers(),
+            Engine::Raw(r) => r.workers(),
+        }
+    }
+
+    /// The XDP programs' verdicts (none without XDP).
+    fn xdp_counters(&self) -> Result<Counters, EbpfError> {
+        match self {
+            Engine::AfXdp(d) => d.xdp_counters(),
+            Engine::Raw(_) => Ok(Counters::default()),
+        }
+    }
+
+    /// Whether the control reads the tunnel socket (the raw worker does otherwise).
+    fn control_reads_wan(&self) -> bool {
+        matches!(self, Engine::AfXdp(_))
+    }
+
+    fn stop(self) {
+        match self {
+            Engine::AfXdp(d) => d.stop(),
+            Engine::Raw(r) => r.stop(),
+        }
+    }
+}
+
+/// What the raw datapath takes from the GN: the XDP program's classification.
+fn classify(s: &Settings, net: Ipv4Addr) -> Classify {
+    Classify {
+        vip_net: net,
+        vip_prefix_len: s.gn.vip_prefix_len,
+        router: s.gn.router,
+    }
+}
+
 /// Runs the adapter until SIGINT or SIGTERM.
 pub fn run(s: Settings) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -239,14 +323,15 @@ async fn run_async(s: Settings) -> Result<()> {
     };
 
     // Sockets first: a port in use fails before anything is attached.
-    let wan_sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, s.port))
-        .await
-        .with_context(|| {
+    let wan_std = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, s.port)).with_context(|| {
             format!(
                 "cannot bind UDP port {}: is another adapter or node running? (set wan.port)",
                 s.port
             )
         })?;
+    // The raw datapath reads the tunnel socket through a descriptor of its own.
+    let wan_for_raw = wan_std.try_clone().context("duplicating the tunnel socket")?;
+    let wan_sock = tokio_udp(wan_std).context("tunnel socket")?;
     let dns = UdpSocket::bind((s.gn.router, 53)).await.with_context(|| {
         format!(
             "cannot bind {}:53: is another DNS server running there?",
@@ -295,7 +380,14 @@ async fn run_async(s: Settings) -> Result<()> {
         NonVip::IcmpUnreachable => None,
     };
 
-    let datapath = Datapath::start(datapath_config(&s, net)).context("starting the fast path")?;
+    let datapath = Engine::start(&s, net, &wan_for_raw)?;
+    drop(wan_for_raw);
+    if !datapath.control_reads_wan() {
+        // The raw datapath's socket takes the fast-path frames: the control's raw
+        // socket gets the rest, as with XDP.
+        crate::rawpath::attach_slow_path_filter(&io.lan, &classify(&s, net))
+            .context("filtering the GN-side raw socket")?;
+    }
     tracing::info!(
         name = %s.name,
         fqdn = %s.fqdn,
@@ -334,7 +426,7 @@ async fn run_async(s: Settings) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     s: &Settings,
-    datapath: &Datapath,
+    datapath: &Engine,
     dataplane: &Arc<Dataplane>,
     ctl: &mut Control<Arc<Dataplane>>,
     io: &Sockets,
@@ -376,7 +468,7 @@ async fn drive(
         .min()
         .unwrap_or(now + ACTIVITY_EVERY);
         tokio::select! {
-            r = io.wan.recv_from(&mut wan_buf) => match r {
+            r = io.wan.recv_from(&mut wan_buf), if datapath.control_reads_wan() => match r {
                 Ok((n, from)) => ctl.on_wan_datagram(Instant::now(), from, &wan_buf[..n], io),
                 // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
                 Err(e) => tracing::debug!(error = %e, "tunnel socket receive error"),
@@ -482,7 +574,7 @@ fn poll_link(
 
 fn status(
     s: &Settings,
-    datapath: &Datapath,
+    datapath: &Engine,
     dataplane: &Dataplane,
     ctl: &Control<Arc<Dataplane>>,
     started: Instant,
@@ -527,7 +619,7 @@ fn status(
         registration: ctl.registration_status(),
         gn: ctl.gn_status(now),
         datapath: DatapathStatus {
-            mode: datapath.mode().to_string(),
+            mode: datapath.mode(),
             lan_if: s.lan_if.clone(),
             wan_if: s.wan_if.clone(),
             queues: s.datapath.queues,

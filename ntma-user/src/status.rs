@@ -245,8 +245,12 @@ impl Status {
         let d = &self.datapath;
         let _ = writeln!(
             s,
-            "datapath: AF_XDP {} mode, {} queue(s) on {} and {}, link {}, gateway {}",
-            d.mode,
+            "datapath: {}, {} queue(s) on {} and {}, link {}, gateway {}",
+            if d.mode == "raw" {
+                "raw sockets".to_owned()
+            } else {
+                format!("AF_XDP {} mode", d.mode)
+            },
             d.queues,
             d.lan_if,
             d.wan_if,

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::UdpSocket as StdUdpSocket;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{
     bind, recvfrom, send, socket, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockProtocol,
@@ -34,6 +34,13 @@ pub fn readiness(fd: OwnedFd) -> io::Result<UdpSocket> {
 pub struct PacketSocket {
     fd: UdpSocket,
     ifindex: usize,
+}
+
+// For socket options (the raw datapath's slow-path filter).
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl PacketSocket {
