@@ -708,7 +708,10 @@ mod tests {
         // Files written before the setting existed keep the AF_XDP datapath.
         let old = text.replace("kind = \"raw\"\n", "");
         assert_eq!(
-            Config::from_toml(&old, Path::new("o.toml")).unwrap().datapath.kind,
+            Config::from_toml(&old, Path::new("o.toml"))
+                .unwrap()
+                .datapath
+                .kind,
             DatapathKind::AfXdp
         );
     }
