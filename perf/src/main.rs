@@ -111,7 +111,20 @@ fn report_only(json: &PathBuf, out: Option<PathBuf>) -> Result<()> {
 
 fn host() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{} CPUs, Linux {}", perf::net::cpus(), kernel.trim())
+    format!(
+        "{} CPUs, Linux {}, load {}",
+        perf::net::cpus(),
+        kernel.trim(),
+        loadavg()
+    )
+}
+
+/// The 1-minute load average: other work on the machine skews every number.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn bench(a: RunArgs) -> Result<()> {
@@ -176,6 +189,7 @@ fn bench(a: RunArgs) -> Result<()> {
         run::scaling(&plan, &mut progress, &mut results)?;
     }
     results.seconds = started.elapsed().as_secs_f64();
+    results.host = format!("{} at the start, {} at the end", results.host, loadavg());
     print!("{}", report::tables(&results));
     for p in report::write_json(&results, &a.out)? {
         eprintln!("results: {}", p.display());

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::{Bench, Direction, Flow, Sample, Timing, GN_ADDR};
 use crate::gateways::node::NodeGateway;
-use crate::gateways::plain::Plain;
+use crate::gateways::plain::{Mode, Plain};
 use crate::gateways::tunnel::{Tuning, Tunneled};
 use crate::gateways::wg::{Impl, WireGuard};
 use crate::gateways::Gateway;
@@ -25,6 +25,8 @@ use crate::stats::{mbps, Summary};
 pub enum Kind {
     /// Linux IP forwarding, no encapsulation.
     Kernel,
+    /// Linux IP forwarding with RPS to CPU 1.
+    KernelRps,
     /// XDP redirect NIC to NIC, no encapsulation.
     XdpFwd,
     /// ntma's raw-socket datapath (the paper's method).
@@ -41,8 +43,9 @@ pub enum Kind {
 
 impl Kind {
     /// Every datapath, in table order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Kernel,
+        Kind::KernelRps,
         Kind::XdpFwd,
         Kind::Raw,
         Kind::Ntma,
@@ -55,6 +58,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Kernel => "kernel",
+            Kind::KernelRps => "kernel-rps",
             Kind::XdpFwd => "xdp-fwd",
             Kind::Raw => "raw",
             Kind::Ntma => "ntma",
@@ -66,13 +70,14 @@ impl Kind {
 
     /// Whether it encapsulates (and the sink verifies samples).
     pub fn tunnels(self) -> bool {
-        !matches!(self, Kind::Kernel | Kind::XdpFwd)
+        !matches!(self, Kind::Kernel | Kind::KernelRps | Kind::XdpFwd)
     }
 
     fn start(self, bench: &Bench) -> Result<Box<dyn Gateway>> {
         Ok(match self {
-            Kind::Kernel => Box::new(Plain::start(bench, false)?),
-            Kind::XdpFwd => Box::new(Plain::start(bench, true)?),
+            Kind::Kernel => Box::new(Plain::start(bench, Mode::Kernel)?),
+            Kind::KernelRps => Box::new(Plain::start(bench, Mode::KernelRps)?),
+            Kind::XdpFwd => Box::new(Plain::start(bench, Mode::Xdp)?),
             Kind::Raw => Box::new(Tunneled::raw(bench, Tuning::default())?),
             Kind::Ntma => Box::new(Tunneled::afxdp(bench, Tuning::default())?),
             Kind::NtmNode => Box::new(NodeGateway::start(bench)?),

@@ -125,10 +125,12 @@ fn bench(args: Vec<OsString>) -> Result<()> {
         // Short criterion runs: enough for stable medians of a ~µs operation.
         let timing = ["--warm-up-time", "0.5", "--measurement-time", "1.5"];
         for (pkg, name) in [("perf", "datapath"), ("ntma-user", "fastpath")] {
+            // criterion's report goes to stderr: stdout is ntm-bench's table.
             let r = status(
                 cargo()
                     .args(["bench", "-p", pkg, "--bench", name, "--"])
-                    .args(timing),
+                    .args(timing)
+                    .stdout(std::process::Stdio::from(std::io::stderr())),
             );
             if let Err(e) = r {
                 eprintln!("bench: per-packet cost of {pkg}/{name} left out: {e:#}");

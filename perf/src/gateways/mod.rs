@@ -4,6 +4,7 @@
 //! | name | what forwards in the ntma namespace |
 //! |---|---|
 //! | `kernel` | Linux IP forwarding, no encapsulation |
+//! | `kernel-rps` | the same, with receive packet steering to CPU 1 |
 //! | `xdp-fwd` | an XDP program redirecting NIC to NIC, no encapsulation |
 //! | `raw` | ntma's raw-socket datapath (the paper's method): AF_PACKET in, UDP out, NTM DATA |
 //! | `ntma` | ntma's AF_XDP datapath, NTM DATA |

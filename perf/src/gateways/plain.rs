@@ -1,6 +1,10 @@
 //! The machine's limit: the same path forwarded with no encapsulation, by the kernel
 //! (`kernel`) or by an XDP program redirecting NIC to NIC (`xdp-fwd`).
 //!
+//! `kernel-rps` is `kernel` with receive packet steering on `lan0` and `wan0` to CPU 1:
+//! on veth, forwarding otherwise runs in the softirq of the sending CPU (the source's),
+//! and the second CPU stays idle.
+//!
 //! The adapter's namespace forwards (ip_forward = 1) and nat1 masquerades gn's traffic as
 //! it does the adapter's own. For the answers to find their way back, nat1 gets a route
 //! to the VIP prefix through the adapter for as long as the datapath is set up (a
@@ -18,15 +22,28 @@ use crate::latency::{Echo, EchoServer};
 use crate::net;
 use crate::xdp::{Forwarder, FwdRoute};
 
+/// How the ntma namespace forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Linux IP forwarding.
+    Kernel,
+    /// Linux IP forwarding, RPS on lan0 and wan0 to CPU 1.
+    KernelRps,
+    /// The perf_fwd XDP program.
+    Xdp,
+}
+
 /// Kernel or XDP forwarding in the ntma namespace.
 pub struct Plain {
+    mode: Mode,
     xdp: Option<Forwarder>,
     _undo: Undo,
 }
 
 impl Plain {
-    /// Sets up forwarding; with `xdp`, the forwarder program on `lan0` and `wan0` too.
-    pub fn start(bench: &Bench, xdp: bool) -> Result<Plain> {
+    /// Sets up forwarding; for [`Mode::Xdp`] the forwarder program on `lan0` and `wan0`,
+    /// for [`Mode::KernelRps`] receive packet steering.
+    pub fn start(bench: &Bench, mode: Mode) -> Result<Plain> {
         let mut undo = Undo::default();
         let old = net::sysctl(&bench.tb, Role::Ntma, "net.ipv4.ip_forward", "1")?;
         undo.push(
@@ -40,7 +57,15 @@ impl Plain {
             &format!("ip route replace 100.64.0.0/10 via {NTMA_WAN_ADDR} dev lan"),
         )?;
         undo.push(bench, Role::Nat1, "ip route del 100.64.0.0/10");
-        let xdp = if xdp {
+        if mode == Mode::KernelRps {
+            for ifname in ["lan0", "wan0"] {
+                let path = format!("/sys/class/net/{ifname}/queues/rx-0/rps_cpus");
+                // CPU 1's bit: where ntma's workers run too.
+                net::sh(&bench.tb, Role::Ntma, &format!("echo 2 > {path}"))?;
+                undo.push(bench, Role::Ntma, format!("echo 0 > {path}"));
+            }
+        }
+        let xdp = if mode == Mode::Xdp {
             let l = &bench.links;
             let routes = [
                 FwdRoute {
@@ -60,16 +85,20 @@ impl Plain {
         } else {
             None
         };
-        Ok(Plain { xdp, _undo: undo })
+        Ok(Plain {
+            mode,
+            xdp,
+            _undo: undo,
+        })
     }
 }
 
 impl Gateway for Plain {
     fn name(&self) -> String {
-        if self.xdp.is_some() {
-            "xdp-fwd"
-        } else {
-            "kernel"
+        match self.mode {
+            Mode::Kernel => "kernel",
+            Mode::KernelRps => "kernel-rps",
+            Mode::Xdp => "xdp-fwd",
         }
         .into()
     }
