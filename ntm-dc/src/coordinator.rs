@@ -38,13 +38,16 @@ pub const MISSED_INTERVALS: u32 = 3;
 /// requesting node still waits for its DIR_REQ (its schedule ends at
 /// 7.75 s) and it hears UNREACHABLE instead of timing out.
 pub const RELAY_DIR_TRIES: u32 = 4;
-/// CN's ROUTE_DIR transmissions on RELAY paths, where MN's answer waits for
-/// CN's ROUTE_ACK. With the §5 maximum of 5 the failure would come 7.75 s
-/// after RELAY_ACK, never before MN's DIR_REQ gives up at 7.75 s. With 4 it
-/// comes 3.75 s after RELAY_ACK, which itself comes before 3.75 s
-/// ([`RELAY_DIR_TRIES`]): MN hears UNREACHABLE by 7.5 s in the worst case
-/// and by about 3.75 s when the RS answers at once.
-pub const RELAY_ROUTE_DIR_TRIES: u32 = 4;
+/// CN's ROUTE_DIR transmissions on DIRECT and RELAY paths, where MN is the
+/// initiator and its answer waits for CN's ROUTE_ACK (see
+/// `TunnelState::AwaitingCnAck`). With the §5 maximum of 5 the failure
+/// would come 7.75 s after CN's first copy, never before MN's DIR_REQ gives
+/// up at 7.75 s. With 4 it comes 3.75 s after CN's first copy: on DIRECT
+/// that copy goes out with the DIR_REQ, so MN hears UNREACHABLE by about
+/// 3.75 s; on RELAY it follows RELAY_ACK, which itself comes before 3.75 s
+/// ([`RELAY_DIR_TRIES`]), so by 7.5 s in the worst case and by about 3.75 s
+/// when the RS answers at once.
+pub const CN_FIRST_ROUTE_DIR_TRIES: u32 = 4;
 /// REASON of the ERROR sent to nodes the DC does not know.
 const NOT_REGISTERED_REASON: &str = "not registered: send REG_REQ";
 
@@ -129,8 +132,9 @@ pub struct TunnelInfo {
     pub initiator: End,
     /// The RS id on RELAY paths.
     pub relay_id: Option<u32>,
-    /// Whether both ROUTE_DIRs went out: at once on DIRECT and REVERSE; on
-    /// RELAY CN's after RELAY_ACK and MN's after CN's ROUTE_ACK.
+    /// Whether both ROUTE_DIRs went out: at once on REVERSE; on DIRECT
+    /// MN's after CN's ROUTE_ACK; on RELAY CN's after RELAY_ACK and MN's
+    /// after CN's ROUTE_ACK.
     pub directed: bool,
     /// Whether CN acknowledged its ROUTE_DIR.
     pub acked: bool,
@@ -167,15 +171,22 @@ struct Party {
 enum TunnelState {
     /// RELAY_DIR outstanding.
     AwaitingRelay { retx: Retransmit },
-    /// RELAY only: CN's ROUTE_DIR retransmitted until ROUTE_ACK, MN's held
-    /// back until then. CN sends RELAY_BIND before ROUTE_ACK, so its binding
-    /// reaches the RS before MN's TUN_REQ, which the RS would drop while the
-    /// tunnel is half bound (costing MN a 250 ms TUN_REQ retransmission).
+    /// DIRECT and RELAY (MN is the initiator, CN the responder): CN's
+    /// ROUTE_DIR retransmitted until ROUTE_ACK, MN's held back until then,
+    /// so that nothing drops MN's first TUN_REQ, each drop costing MN a
+    /// 250 ms TUN_REQ retransmission. On DIRECT CN drops a TUN_REQ for a
+    /// tunnel it has no ROUTE_DIR for (§5), and with both copies sent at
+    /// once MN's TUN_REQ can overtake CN's copy; CN acks only once it has
+    /// the tunnel. On RELAY CN sends RELAY_BIND before ROUTE_ACK, so its
+    /// binding reaches the RS before MN's TUN_REQ, which the RS would drop
+    /// while the tunnel is half bound.
     AwaitingCnAck { retx: Retransmit },
-    /// ROUTE_DIRs sent; CN's copy retransmitted until ROUTE_ACK (`None`
-    /// once acknowledged or given up).
+    /// Both ROUTE_DIRs sent. On REVERSE CN's copy is retransmitted until
+    /// ROUTE_ACK (`cn_retx`, `None` once acknowledged or given up); on
+    /// DIRECT and RELAY CN had acked before (always `None`).
     Directing { cn_retx: Option<Retransmit> },
-    /// The RS, or on RELAY the CN, never acknowledged; MN got UNREACHABLE.
+    /// The RS, or on DIRECT and RELAY the CN, never acknowledged; MN got
+    /// UNREACHABLE.
     Failed,
 }
 
@@ -695,7 +706,24 @@ impl<S: RegistrationStore> Coordinator<S> {
             TunnelState::AwaitingRelay {
                 retx: Retransmit::start(now),
             }
+        } else if plan.initiator == End::Mn {
+            // DIRECT: the responder (CN) first, MN on its ROUTE_ACK.
+            self.queue.push_back(Out::RouteDir {
+                tunnel_id,
+                end: End::Cn,
+            });
+            TunnelState::AwaitingCnAck {
+                retx: Retransmit::start(now),
+            }
         } else {
+            // REVERSE: the responder is MN, whose copy answers its DIR_REQ
+            // and is never acknowledged, so there is nothing to wait for;
+            // holding CN's copy for a guessed time would delay every
+            // set-up. Both go out at once, MN's first: CN's TUN_REQ then
+            // travels DC -> CN -> MN, a hop and CN's processing longer
+            // than MN's copy (DC -> MN), so it rarely arrives first, and
+            // if it does (or MN's copy is lost) MN drops it as §5 says and
+            // CN retransmits it, as it would for any loss.
             self.queue.push_back(Out::RouteDir {
                 tunnel_id,
                 end: End::Mn,
@@ -777,7 +805,8 @@ impl<S: RegistrationStore> Coordinator<S> {
                 Ok(())
             }
             TunnelState::AwaitingCnAck { .. } => {
-                // CN has sent its RELAY_BIND: now MN may send TUN_REQ.
+                // CN knows the tunnel (on RELAY it has sent its RELAY_BIND
+                // too): now MN may send TUN_REQ.
                 t.state = TunnelState::Directing { cn_retx: None };
                 self.stats.route_acks += 1;
                 tracing::debug!(tunnel_id, cn = %t.cn.fqdn, "ROUTE_ACK, answering MN");
@@ -876,7 +905,7 @@ impl<S: RegistrationStore> Coordinator<S> {
                 None => {}
             },
             TunnelState::AwaitingCnAck { retx } => match retx.on_timeout(now) {
-                Some(RetransmitAction::Send) if retx.tries() <= RELAY_ROUTE_DIR_TRIES => {
+                Some(RetransmitAction::Send) if retx.tries() <= CN_FIRST_ROUTE_DIR_TRIES => {
                     self.timers.push(Reverse((retx.deadline(), tunnel_id)));
                     self.queue.push_back(Out::RouteDir {
                         tunnel_id,
@@ -885,7 +914,7 @@ impl<S: RegistrationStore> Coordinator<S> {
                 }
                 Some(_) => {
                     self.stats.route_dir_failures += 1;
-                    tracing::warn!(tunnel_id, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the responder did not acknowledge ROUTE_DIR after {RELAY_ROUTE_DIR_TRIES} tries; answering UNREACHABLE");
+                    tracing::warn!(tunnel_id, path = ?t.path, mn = %t.mn.fqdn, cn = %t.cn.fqdn, "the responder did not acknowledge ROUTE_DIR after {CN_FIRST_ROUTE_DIR_TRIES} tries; answering UNREACHABLE (is it still running, and its keep-alive mapping open?)");
                     self.fail_unreachable(tunnel_id);
                 }
                 None => {}
@@ -903,7 +932,7 @@ impl<S: RegistrationStore> Coordinator<S> {
                 Some(RetransmitAction::Failed) => {
                     t.state = TunnelState::Directing { cn_retx: None };
                     self.stats.route_dir_failures += 1;
-                    tracing::warn!(tunnel_id, cn = %t.cn.fqdn, "the responder did not acknowledge ROUTE_DIR after 5 tries");
+                    tracing::warn!(tunnel_id, cn = %t.cn.fqdn, "the REVERSE initiator did not acknowledge ROUTE_DIR after 5 tries (MN already had its answer)");
                 }
                 None => {}
             },

@@ -16,6 +16,16 @@
 //!
 //! The binary `ntm-dc` is a thin tokio driver around [`Coordinator`].
 //!
+//! # The order of the ROUTE_DIRs
+//!
+//! The TUN_REQ receiver must have its ROUTE_DIR before the TUN_REQ comes,
+//! or it drops it and set-up waits 250 ms for the retransmission. When MN
+//! initiates (DIRECT and RELAY) the DC sends CN's ROUTE_DIR first (on RELAY
+//! after RELAY_ACK) and answers MN's DIR_REQ only on CN's ROUTE_ACK; if CN
+//! never acknowledges, MN hears UNREACHABLE before its DIR_REQ times out.
+//! On REVERSE, where CN initiates, MN's answer cannot be acknowledged, so
+//! both copies go out at once (MN's first).
+//!
 //! # Node ids and DC restarts
 //!
 //! A node's id is derived from its FQDN ([`config::node_id_for`]), not

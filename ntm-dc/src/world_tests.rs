@@ -17,7 +17,7 @@ use ntm_proto::wire::{
 };
 use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, WrapLabel};
 
-use crate::coordinator::{End, DIRECTION_RETENTION, RELAY_ROUTE_DIR_TRIES};
+use crate::coordinator::{End, CN_FIRST_ROUTE_DIR_TRIES, DIRECTION_RETENTION};
 use crate::{Config, Coordinator, DropReason, NodeEntry, RegistrationStore, RelayEntry};
 
 const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
@@ -122,6 +122,7 @@ struct Flight {
 }
 
 type Filter = Box<dyn FnMut(&Flight) -> bool>;
+type Delay = Box<dyn Fn(&Flight) -> Duration>;
 
 struct World {
     now: Instant,
@@ -133,6 +134,8 @@ struct World {
     flights: VecDeque<Flight>,
     /// Returns true to drop a datagram.
     drop: Filter,
+    /// Latency added to a datagram's [`LATENCY`] (a slower path).
+    delay: Delay,
     duplicate: bool,
     /// (when, src, dst, type) of every datagram put on the wire.
     sent: Vec<(Instant, SocketAddrV4, SocketAddrV4, MessageType)>,
@@ -154,6 +157,7 @@ impl World {
             nats: Vec::new(),
             flights: VecDeque::new(),
             drop: Box::new(|_| false),
+            delay: Box::new(|_| Duration::ZERO),
             duplicate: false,
             sent: Vec::new(),
         }
@@ -218,13 +222,14 @@ impl World {
             .map(|p| p.msg_type())
             .unwrap_or(MessageType::Unknown(0));
         self.sent.push((self.now, src, dst, kind));
-        let f = Flight {
+        let mut f = Flight {
             at: self.now + LATENCY,
             src,
             dst,
             lan: same_lan,
             data,
         };
+        f.at += (self.delay)(&f);
         if (self.drop)(&f) {
             return;
         }
@@ -347,6 +352,13 @@ impl World {
 
     fn count_sent(&self, kind: MessageType) -> usize {
         self.sent.iter().filter(|s| s.3 == kind).count()
+    }
+
+    fn count_sent_from(&self, src: SocketAddrV4, kind: MessageType) -> usize {
+        self.sent
+            .iter()
+            .filter(|s| s.1 == src && s.3 == kind)
+            .count()
     }
 
     fn count_sent_to(&self, dst: SocketAddrV4, kind: MessageType) -> usize {
@@ -610,11 +622,7 @@ fn reverse_when_only_cn_is_behind_nat() {
 
 #[test]
 fn direct_to_local_addr_behind_the_same_nat() {
-    let mut w = World::new();
-    let n = w.add_nat(NAT1);
-    w.add_host("mn.ntm.test", MN_PRIVATE, Some(n));
-    w.add_host("cn.ntm.test", CN_SAME_LAN, Some(n));
-    w.run_for(Duration::from_secs(1));
+    let mut w = same_lan_pair();
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
     let (mn, cn) = w.one_tunnel(0, 1);
@@ -694,66 +702,166 @@ fn on_relay_mn_gets_its_route_dir_only_after_cn_route_ack() {
     let t = w.dc.tunnel(mn.id).unwrap();
     assert!(t.directed && t.acked);
     w.assert_data_both_ways(0, 1);
+}
 
-    // DIRECT and REVERSE are unchanged: both copies go out together.
-    for cn_nat in [false, true] {
-        let mut w = pair(false, cn_nat);
+/// Datagrams from the DC to `dst` take 30 ms longer than the others.
+fn slow_from_dc(w: &mut World, dst: SocketAddrV4) {
+    w.delay = Box::new(move |f| {
+        if f.src == DC && f.dst == dst {
+            Duration::from_millis(30)
+        } else {
+            Duration::ZERO
+        }
+    });
+}
+
+/// mn (0) and cn (1) behind one NAT, registered.
+fn same_lan_pair() -> World {
+    let mut w = World::new();
+    let n = w.add_nat(NAT1);
+    w.add_host("mn.ntm.test", MN_PRIVATE, Some(n));
+    w.add_host("cn.ntm.test", CN_SAME_LAN, Some(n));
+    w.run_for(Duration::from_secs(1));
+    w
+}
+
+#[test]
+fn on_direct_mn_gets_its_route_dir_only_after_cn_route_ack() {
+    // With the DC -> CN path slower, MN's TUN_REQ (DC -> MN -> CN, 20 ms)
+    // would overtake CN's ROUTE_DIR (40 ms) if both went out at once, and
+    // CN would drop it: a 250 ms TUN_REQ retransmission.
+    for case in ["both public", "mn behind nat", "behind one nat"] {
+        let mut w = match case {
+            "both public" => pair(false, false),
+            "mn behind nat" => pair(true, false),
+            _ => same_lan_pair(),
+        };
         let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+        slow_from_dc(&mut w, cn_pub);
         let req = w.connect(0, "cn.ntm.test");
-        assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-        let to_mn = w.first_sent(Some(DC), Some(mn_pub), MessageType::RouteDir);
+        assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))), "{case}");
+        // CN knew the tunnel when MN's first TUN_REQ came.
+        assert_eq!(w.count_sent(MessageType::TunReq), 1, "{case}");
+        let at = |kind, src, dst| w.first_sent(src, dst, kind).unwrap();
+        let to_cn = at(MessageType::RouteDir, Some(DC), Some(cn_pub));
+        let cn_ack = at(MessageType::RouteAck, Some(cn_pub), Some(DC));
+        let to_mn = at(MessageType::RouteDir, Some(DC), Some(mn_pub));
+        let tun_req = at(MessageType::TunReq, None, None);
+        assert!(to_cn < cn_ack, "{case}");
+        assert!(
+            cn_ack < to_mn,
+            "{case}: no ROUTE_DIR to MN before CN's ROUTE_ACK"
+        );
+        assert!(to_mn < tun_req, "{case}");
+        assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), 1, "{case}");
+        let (mn, _) = w.one_tunnel(0, 1);
+        assert_eq!(mn.path, Path::Direct, "{case}");
+        let t = w.dc.tunnel(mn.id).unwrap();
+        assert!(t.directed && t.acked, "{case}");
+        w.assert_data_both_ways(0, 1);
+    }
+    // Even paths: one ROUTE_DIR each, nothing retransmitted.
+    let mut w = pair(false, false);
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    assert_eq!(w.count_sent(MessageType::RouteDir), 2);
+    assert_eq!(w.count_sent(MessageType::DirReq), 1);
+    assert_eq!(w.count_sent(MessageType::TunReq), 1);
+}
+
+#[test]
+fn on_reverse_both_route_dirs_go_out_at_once_mns_first() {
+    let mut w = pair(false, true);
+    let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    let at = |kind, src, dst| w.first_sent(src, dst, kind).unwrap();
+    let to_mn = at(MessageType::RouteDir, Some(DC), Some(mn_pub));
+    let to_cn = at(MessageType::RouteDir, Some(DC), Some(cn_pub));
+    let cn_ack = at(MessageType::RouteAck, Some(cn_pub), Some(DC));
+    let tun_req = at(MessageType::TunReq, Some(cn_pub), Some(mn_pub));
+    assert!(to_mn < to_cn, "MN's copy first");
+    assert!(
+        to_cn < cn_ack,
+        "MN's answer does not wait for CN's ROUTE_ACK"
+    );
+    assert!(to_mn < tun_req);
+    // CN's TUN_REQ, a hop behind MN's copy, finds MN ready.
+    assert_eq!(w.count_sent(MessageType::TunReq), 1);
+    let (mn, _) = w.one_tunnel(0, 1);
+    assert_eq!(mn.path, Path::Reverse);
+    w.assert_data_both_ways(0, 1);
+
+    // Only a DC -> MN path slower than DC -> CN -> MN lets CN's TUN_REQ
+    // come first: MN drops it and CN's retransmission sets the tunnel up
+    // (MN never acknowledges its copy, so the DC has nothing to wait for).
+    let mut w = pair(false, true);
+    let mn_pub = w.public(0);
+    slow_from_dc(&mut w, mn_pub);
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    assert_eq!(w.count_sent(MessageType::TunReq), 2);
+    w.one_tunnel(0, 1);
+    w.assert_data_both_ways(0, 1);
+}
+
+#[test]
+fn a_dir_req_retransmitted_while_cn_has_not_acked_gets_one_answer() {
+    for (nat, path) in [(true, Path::Relay), (false, Path::Direct)] {
+        let mut w = pair(nat, nat);
+        let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+        // CN's first two copies are lost: it acks the third (~0.8 s), after
+        // MN's DIR_REQ went out again at 0.25 and 0.75 s.
+        let mut lost = 0;
+        w.drop = Box::new(move |f| {
+            if f.dst == cn_pub && is(f, MessageType::RouteDir) && lost < 2 {
+                lost += 1;
+                return true;
+            }
+            false
+        });
+        let req = w.connect(0, "cn.ntm.test");
+        assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))), "{path:?}");
+        assert_eq!(w.count_sent_to(DC, MessageType::DirReq), 3, "{path:?}");
+        assert_eq!(w.dc.stats().dir_reqs, 1);
+        assert_eq!(w.dc.stats().dir_req_repeats, 2);
+        assert_eq!(w.dc.stats().relayed, u64::from(nat));
+        assert_eq!(w.dc.stats().direct, u64::from(!nat));
+        assert_eq!(w.dc.tunnels().count(), 1);
+        assert_eq!(w.count_sent(MessageType::RelayDir), usize::from(nat));
+        assert_eq!(w.count_sent_to(cn_pub, MessageType::RouteDir), 3);
+        assert_eq!(
+            w.count_sent_to(mn_pub, MessageType::RouteDir),
+            1,
+            "{path:?}: nothing to MN while waiting, then one ROUTE_DIR"
+        );
         let cn_ack = w.first_sent(Some(cn_pub), Some(DC), MessageType::RouteAck);
-        assert!(to_mn.unwrap() < cn_ack.unwrap(), "cn_nat={cn_nat}");
-        w.one_tunnel(0, 1);
+        let to_mn = w.first_sent(Some(DC), Some(mn_pub), MessageType::RouteDir);
+        assert!(cn_ack.unwrap() < to_mn.unwrap());
+        let (mn, _) = w.one_tunnel(0, 1);
+        assert_eq!(mn.path, path);
+        assert_eq!(
+            w.count_sent_from(mn_pub, MessageType::TunReq),
+            1,
+            "{path:?}"
+        );
+        w.assert_data_both_ways(0, 1);
+        // A late repeat of the DIR_REQ gets the same tunnel again.
+        let before = w.count_sent_to(mn_pub, MessageType::RouteDir);
+        w.run_for(Duration::from_secs(10));
+        assert_eq!(w.dc.tunnels().count(), 1);
+        assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), before);
     }
 }
 
 #[test]
-fn on_relay_a_dir_req_retransmitted_while_cn_has_not_acked_gets_one_answer() {
-    let mut w = pair(true, true);
-    let (mn_pub, cn_pub) = (w.public(0), w.public(1));
-    // CN's first two copies are lost: it acks the third (~0.8 s), after
-    // MN's DIR_REQ went out again at 0.25 and 0.75 s.
-    let mut lost = 0;
-    w.drop = Box::new(move |f| {
-        if f.dst == cn_pub && is(f, MessageType::RouteDir) && lost < 2 {
-            lost += 1;
-            return true;
-        }
-        false
-    });
-    let req = w.connect(0, "cn.ntm.test");
-    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent_to(DC, MessageType::DirReq), 3);
-    assert_eq!(w.dc.stats().dir_reqs, 1);
-    assert_eq!(w.dc.stats().dir_req_repeats, 2);
-    assert_eq!(w.dc.stats().relayed, 1);
-    assert_eq!(w.dc.tunnels().count(), 1);
-    assert_eq!(w.count_sent(MessageType::RelayDir), 1);
-    assert_eq!(w.count_sent_to(cn_pub, MessageType::RouteDir), 3);
-    assert_eq!(
-        w.count_sent_to(mn_pub, MessageType::RouteDir),
-        1,
-        "nothing to MN while waiting, then one ROUTE_DIR"
-    );
-    let cn_ack = w.first_sent(Some(cn_pub), Some(DC), MessageType::RouteAck);
-    let to_mn = w.first_sent(Some(DC), Some(mn_pub), MessageType::RouteDir);
-    assert!(cn_ack.unwrap() < to_mn.unwrap());
-    w.one_tunnel(0, 1);
-    w.assert_data_both_ways(0, 1);
-    // A late repeat of the DIR_REQ gets the same tunnel again.
-    let before = w.count_sent_to(mn_pub, MessageType::RouteDir);
-    w.run_for(Duration::from_secs(10));
-    assert_eq!(w.dc.tunnels().count(), 1);
-    assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), before);
-}
-
-#[test]
-fn on_relay_a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
-    // RS losses delay RELAY_ACK to the last RELAY_DIR (1.75 s): MN must
-    // still hear UNREACHABLE before its own DIR_REQ gives up (7.75 s).
-    for rs_lost in [0, RELAY_ROUTE_DIR_TRIES - 1] {
-        let mut w = pair(true, true);
+fn a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
+    // On RELAY, RS losses delay RELAY_ACK to the last RELAY_DIR (1.75 s):
+    // MN must still hear UNREACHABLE before its own DIR_REQ gives up
+    // (7.75 s). On DIRECT CN's copies start with the DIR_REQ.
+    let last_relay_dir = crate::coordinator::RELAY_DIR_TRIES - 1;
+    for (relay, rs_lost) in [(true, 0), (true, last_relay_dir), (false, 0)] {
+        let mut w = pair(relay, relay);
         let (mn_pub, cn_pub) = (w.public(0), w.public(1));
         let mut lost = 0;
         w.drop = Box::new(move |f| {
@@ -765,21 +873,24 @@ fn on_relay_a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
         });
         let req = w.connect(0, "cn.ntm.test");
         w.run_for(Duration::from_secs(10));
+        let case = format!("relay={relay} rs_lost={rs_lost}");
         assert_eq!(
             w.resolved(0, req),
             Some(Err(DirError::Status(Status::Unreachable))),
-            "rs_lost={rs_lost}: {}",
+            "{case}: {}",
             w.dc.stats_line()
         );
-        assert_eq!(w.count_sent(MessageType::RelayDir), rs_lost as usize + 1);
+        let relay_dirs = if relay { rs_lost as usize + 1 } else { 0 };
+        assert_eq!(w.count_sent(MessageType::RelayDir), relay_dirs, "{case}");
         assert_eq!(
             w.count_sent_to(cn_pub, MessageType::RouteDir),
-            RELAY_ROUTE_DIR_TRIES as usize
+            CN_FIRST_ROUTE_DIR_TRIES as usize,
+            "{case}"
         );
         assert_eq!(
             w.count_sent_to(mn_pub, MessageType::RouteDir),
             1,
-            "only the UNREACHABLE"
+            "{case}: only the UNREACHABLE"
         );
         assert_eq!(w.dc.stats().route_dir_failures, 1);
         assert_eq!(w.dc.stats().route_acks, 0);
@@ -924,13 +1035,19 @@ fn cn_route_dir_is_retransmitted_until_route_ack() {
 }
 
 #[test]
-fn cn_that_never_acks_gets_five_copies() {
-    let mut w = pair(false, false);
-    w.drop = Box::new(|f| f.src == CN_PUBLIC && f.dst == DC);
-    w.connect(0, "cn.ntm.test");
+fn on_reverse_a_cn_that_never_acks_gets_five_copies_and_the_tunnel_comes_up() {
+    // MN's answer never waited for the ack on REVERSE.
+    let mut w = pair(false, true);
+    let cn_pub = w.public(1);
+    w.drop = Box::new(|f| f.dst == DC && is(f, MessageType::RouteAck));
+    let req = w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(10));
-    assert_eq!(w.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 5);
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    assert_eq!(w.count_sent_to(cn_pub, MessageType::RouteDir), 5);
     assert_eq!(w.dc.stats().route_dir_failures, 1);
+    let (mn, _) = w.one_tunnel(0, 1);
+    assert_eq!(mn.path, Path::Reverse);
+    w.assert_data_both_ways(0, 1);
 }
 
 #[test]
@@ -1328,8 +1445,24 @@ fn route_dirs_carry_keys_wrapped_for_each_end() {
         }),
     );
     dc.handle(t0, fa, &dir).unwrap();
-    let out = drain(&mut dc, t0);
+    // DIRECT: CN's copy first, MN's on CN's ROUTE_ACK.
+    let mut out = drain(&mut dc, t0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, fb);
+    let Message::RouteDir(rd) = parse(&out[0].1).message else {
+        panic!("not a ROUTE_DIR")
+    };
+    let tunnel_id = rd.result.unwrap().tunnel_id;
+    let ack = seal(
+        &kb,
+        ib,
+        T0_NANOS + 1,
+        Message::RouteAck(RouteAck { tunnel_id }),
+    );
+    dc.handle(t0, fb, &ack).unwrap();
+    out.extend(drain(&mut dc, t0));
     assert_eq!(out.len(), 2);
+    assert_eq!(out[1].0, fa);
     let mut keys = Vec::new();
     for (dst, d) in &out {
         let (key, id, req, role) = if *dst == fa {

@@ -187,13 +187,6 @@ impl Client {
         )
     }
 
-    /// Waits for the unsolicited ROUTE_DIR (REQ_ID 0) and acknowledges it.
-    fn accept_route(&mut self) -> RouteInfo {
-        let info = self.unsolicited_route();
-        self.ack_route(info.tunnel_id);
-        info
-    }
-
     /// Waits for the unsolicited ROUTE_DIR (REQ_ID 0), without acking it.
     fn unsolicited_route(&mut self) -> RouteInfo {
         let me = Client::unwrapper(self.auth.clone());
@@ -297,12 +290,23 @@ impl Client {
         let auth = self.auth.clone();
         let me = Client::unwrapper(auth);
         self.exchange(
-            |c| {
-                c.send(Message::DirReq(DirReq {
-                    req_id,
-                    fqdn: Fqdn::new(target).unwrap(),
-                }))
-            },
+            |c| c.send_dir_req(req_id, target),
+            |r| me(r).filter(|x| x.as_ref().map_or(true, |i| i.req_id == req_id)),
+        )
+    }
+
+    fn send_dir_req(&mut self, req_id: u32, target: &'static str) {
+        self.send(Message::DirReq(DirReq {
+            req_id,
+            fqdn: Fqdn::new(target).unwrap(),
+        }));
+    }
+
+    /// Waits, sending nothing, for the ROUTE_DIR answering REQ_ID `req_id`.
+    fn answer(&mut self, req_id: u32) -> Result<RouteInfo, Status> {
+        let me = Client::unwrapper(self.auth.clone());
+        self.exchange(
+            |_| {},
             |r| me(r).filter(|x| x.as_ref().map_or(true, |i| i.req_id == req_id)),
         )
     }
@@ -393,8 +397,19 @@ fn directions_route_dirs_and_a_dc_restart() {
     let mut cn2 = Client::new(&tb, Role::Cn2, CN2_FQDN, SocketAddrV4::new(CN2_ADDR, 7700));
     let cn2_lease = cn2.register();
 
-    // cn2 (behind nat2) asks for cn (public): DIRECT, cn2 sends TUN_REQ to cn.
-    let mn = cn2.direction(7, CN_FQDN).expect("ROUTE_DIR OK");
+    // cn2 (behind nat2) asks for cn (public): DIRECT, cn2 sends TUN_REQ to
+    // cn. The DC answers cn2's DIR_REQ only on cn's ROUTE_ACK, so that cn
+    // knows the tunnel when cn2's TUN_REQ comes (the DC gives up, and
+    // answers UNREACHABLE, 3.75 s after the DIR_REQ without it).
+    cn2.send_dir_req(7, CN_FQDN);
+    let resp = cn.unsolicited_route();
+    assert!(
+        !cn2.route_dir_within(Duration::from_millis(300)),
+        "a ROUTE_DIR reached the initiator before the responder's ROUTE_ACK\n{}",
+        dc.log()
+    );
+    cn.ack_route(resp.tunnel_id);
+    let mn = cn2.answer(7).expect("ROUTE_DIR OK on cn's ROUTE_ACK");
     assert_eq!(
         (mn.path, mn.role, mn.endpoint, mn.peer_vip),
         (
@@ -406,7 +421,6 @@ fn directions_route_dirs_and_a_dc_restart() {
     );
     assert!(!mn.response_required, "MN's copy answers its DIR_REQ");
     assert_eq!(mn.k_relay, None);
-    let resp = cn.accept_route();
     assert_eq!(
         (resp.tunnel_id, resp.path, resp.role),
         (mn.tunnel_id, TunPath::Direct, TunRole::Responder)
@@ -504,10 +518,7 @@ fn a_relayed_tunnel_through_ntm_rs() {
 
     // On RELAY the DC answers the initiator's DIR_REQ only after the
     // responder's ROUTE_ACK, so that the responder is bound at the RS first.
-    a.send(Message::DirReq(DirReq {
-        req_id: 1,
-        fqdn: Fqdn::new(CN2_FQDN).unwrap(),
-    }));
+    a.send_dir_req(1, CN2_FQDN);
     let rz = z.unsolicited_route();
     assert!(
         !a.route_dir_within(Duration::from_millis(300)),
@@ -515,7 +526,9 @@ fn a_relayed_tunnel_through_ntm_rs() {
         dc.log()
     );
     z.ack_route(rz.tunnel_id);
-    let ra = a.direction(1, CN2_FQDN).expect("ROUTE_DIR OK");
+    let ra = a
+        .answer(1)
+        .expect("ROUTE_DIR OK on the responder's ROUTE_ACK");
     assert_eq!(
         (ra.path, ra.role, ra.endpoint),
         (TunPath::Relay, TunRole::Initiator, RS)
