@@ -7,6 +7,7 @@
 //! upstream = "198.18.0.2:53"
 //! # optional, with their defaults:
 //! listen_port = 7700
+//! socket_buffer = 4194304
 //! tun_name = "ntm0"
 //! mtu = 1440
 //! dns_listen = "127.0.0.1:53"
@@ -32,6 +33,15 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PORT: u16 = 7700;
 /// Inner MTU: 1500 minus the 60 bytes of tunnel overhead (§2).
 pub const DEFAULT_MTU: u16 = 1440;
+/// SO_RCVBUF/SO_SNDBUF asked for on the UDP socket: 4 MiB holds about
+/// 2,800 full-size datagrams, a few TCP windows of tunnel traffic arriving
+/// while the one driver task is busy, where the kernel's default (about
+/// 208 KiB) overflows under iperf3.
+pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
+/// Smallest `socket_buffer` accepted (64 KiB): less drops bursts.
+pub const MIN_SOCKET_BUFFER: usize = 64 << 10;
+/// Largest `socket_buffer` accepted (256 MiB), far below the kernel's int.
+pub const MAX_SOCKET_BUFFER: usize = 256 << 20;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +58,10 @@ pub struct Config {
     /// The one UDP port for DC signaling and tunnels (bound on all addresses).
     #[serde(default = "default_port")]
     pub listen_port: u16,
+    /// SO_RCVBUF and SO_SNDBUF of that socket, in bytes (the kernel caps
+    /// them at net.core.rmem_max and wmem_max).
+    #[serde(default = "default_socket_buffer")]
+    pub socket_buffer: usize,
     /// Name of the TUN device that carries the VIP.
     #[serde(default = "default_tun")]
     pub tun_name: String,
@@ -87,6 +101,9 @@ pub struct Config {
 
 fn default_port() -> u16 {
     DEFAULT_PORT
+}
+fn default_socket_buffer() -> usize {
+    DEFAULT_SOCKET_BUFFER
 }
 fn default_tun() -> String {
     "ntm0".into()
@@ -131,6 +148,7 @@ impl Config {
             dc,
             upstream,
             listen_port: default_port(),
+            socket_buffer: default_socket_buffer(),
             tun_name: default_tun(),
             mtu: default_mtu(),
             dns_listen: default_dns_listen(),
@@ -222,6 +240,8 @@ pub struct Settings {
     pub upstream: SocketAddr,
     /// Our UDP port.
     pub listen_port: u16,
+    /// SO_RCVBUF and SO_SNDBUF asked for on it.
+    pub socket_buffer: usize,
     /// TUN device name.
     pub tun_name: String,
     /// TUN MTU.
@@ -338,6 +358,13 @@ impl Config {
                 why: "must be a port number (7700 by default)",
             });
         }
+        if !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&self.socket_buffer) {
+            return Err(ConfigError::BadValue {
+                field: "socket_buffer",
+                value: self.socket_buffer as u64,
+                why: "use 65536..=268435456 bytes (4194304, 4 MiB, by default)",
+            });
+        }
         let tun_ok = (1..=15).contains(&self.tun_name.len())
             && self
                 .tun_name
@@ -399,6 +426,7 @@ impl Config {
             dc: self.dc,
             upstream: self.upstream,
             listen_port: self.listen_port,
+            socket_buffer: self.socket_buffer,
             tun_name: self.tun_name.clone(),
             mtu: self.mtu,
             dns_listen: self.dns_listen,
@@ -438,6 +466,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let s = Config::from_toml(&minimal()).unwrap().validate().unwrap();
         assert_eq!(s.listen_port, 7700);
+        assert_eq!(s.socket_buffer, 4 << 20);
         assert_eq!(s.mtu, 1440);
         assert_eq!(s.tun_name, "ntm0");
         assert_eq!(s.dns_listen, "127.0.0.1:53".parse().unwrap());
@@ -492,6 +521,9 @@ mod tests {
         assert!(err("ntm_suffix = \"ntm_test\"\n").contains("ntm_suffix"));
         assert!(err("hold_total = 0\n").contains("hold_total"));
         assert!(err("listen_port = 0\n").contains("listen_port"));
+        assert!(err("socket_buffer = 65535\n").contains("socket_buffer = 65535"));
+        assert!(err("socket_buffer = 268435457\n").contains("socket_buffer"));
+        assert!(err("socket_buffer = -1\n").contains("socket_buffer"));
         assert!(err("dns_listen = \"198.18.0.2:53\"\n").contains("loop"));
         let no_dc = minimal().replace("dc = \"198.18.0.2:7710\"\n", "");
         assert!(Config::from_toml(&no_dc)

@@ -500,15 +500,60 @@ impl Node {
     }
 }
 
+/// Socket buffer sizes as the kernel reports them after SO_RCVBUF and
+/// SO_SNDBUF (Linux doubles the value asked for, for its bookkeeping, and
+/// caps it at net.core.rmem_max/wmem_max first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SocketBuffers {
+    /// SO_RCVBUF.
+    recv: usize,
+    /// SO_SNDBUF.
+    send: usize,
+}
+
+/// The node's UDP socket on `port` (all addresses), with SO_RCVBUF and
+/// SO_SNDBUF of `buffer` bytes asked for before the bind, so that no
+/// datagram arrives to the default-sized queue. Non-blocking, for tokio.
+fn bind_udp(port: u16, buffer: usize) -> std::io::Result<(StdUdpSocket, SocketBuffers)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_recv_buffer_size(buffer)?;
+    sock.set_send_buffer_size(buffer)?;
+    sock.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    sock.set_nonblocking(true)?;
+    let granted = SocketBuffers {
+        recv: sock.recv_buffer_size()?,
+        send: sock.send_buffer_size()?,
+    };
+    Ok((sock.into(), granted))
+}
+
 async fn open_io(s: &Settings) -> Result<Io> {
-    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, s.listen_port))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind UDP port {}: is another node running? (set listen_port)",
-                s.listen_port
-            )
-        })?;
+    let (udp, granted) = bind_udp(s.listen_port, s.socket_buffer).with_context(|| {
+        format!(
+            "cannot bind UDP port {}: is another node running? (set listen_port)",
+            s.listen_port
+        )
+    })?;
+    let udp = UdpSocket::from_std(udp).context("cannot register the UDP socket with tokio")?;
+    // Less than twice the request: the kernel capped it at the sysctl.
+    let capped = granted.recv < 2 * s.socket_buffer || granted.send < 2 * s.socket_buffer;
+    if capped {
+        tracing::warn!(
+            requested = s.socket_buffer,
+            rcvbuf = granted.recv,
+            sndbuf = granted.send,
+            "the kernel granted smaller UDP socket buffers than socket_buffer asks for (tunnel traffic may overflow them): raise the caps with `sysctl -w net.core.rmem_max={0} net.core.wmem_max={0}`",
+            s.socket_buffer
+        );
+    } else {
+        tracing::info!(
+            requested = s.socket_buffer,
+            rcvbuf = granted.recv,
+            sndbuf = granted.send,
+            "UDP socket buffers (the kernel reports twice the size asked for)"
+        );
+    }
     let dns = UdpSocket::bind(s.dns_listen).await.with_context(|| {
         format!(
             "cannot bind the DNS stub on {}: is another resolver listening there? (set dns_listen)",
@@ -648,4 +693,33 @@ pub async fn run(s: Settings) -> Result<()> {
     node.log_stats();
     node.write_status();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core_sysctl(name: &str) -> usize {
+        let path = format!("/proc/sys/net/core/{name}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        text.trim().parse().unwrap()
+    }
+
+    #[test]
+    fn the_udp_socket_gets_its_buffers_up_to_the_kernel_caps() {
+        let ask = 1 << 20;
+        let (sock, got) = bind_udp(0, ask).unwrap();
+        // Linux caps the request at the sysctl, then doubles it.
+        assert_eq!(got.recv, 2 * ask.min(core_sysctl("rmem_max")));
+        assert_eq!(got.send, 2 * ask.min(core_sysctl("wmem_max")));
+        let port = sock.local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        // Non-blocking, for tokio.
+        let mut b = [0u8; 8];
+        let e = sock.recv_from(&mut b).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        // No SO_REUSEADDR/SO_REUSEPORT: a second node on the port fails.
+        let e = bind_udp(port, ask).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }

@@ -31,6 +31,25 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The `skmem` fields (rb, tb, d, ...) of the UDP socket on `port` in
+/// `role`'s namespace, as `ss -m` shows them.
+fn udp_skmem(w: &World, role: Role, port: u16) -> std::collections::HashMap<String, usize> {
+    let out = w.sh(role, &format!("ss -uamnH 'sport = :{port}'"));
+    let fields = out
+        .split_once("skmem:(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(f, _)| f)
+        .unwrap_or_else(|| panic!("no skmem for UDP port {port}: {out}"));
+    fields
+        .split(',')
+        .filter_map(|f| {
+            let digits = f.find(|c: char| c.is_ascii_digit())?;
+            let (name, value) = f.split_at(digits);
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A fake upstream resolver in the dc namespace: answers every A query
 /// with 192.0.2.7, so forwarding through the stub can be checked.
 struct FakeUpstream {
@@ -205,6 +224,23 @@ fn resolve_ping_and_tcp_both_ways() {
     nc_transfer(&w, Role::Cn, cn_vip, Role::Cn2, &data, "cn2-to-cn");
     let data = payload(1 << 20, 8);
     nc_transfer(&w, Role::Cn2, cn2_vip, Role::Cn, &data, "cn-to-cn2");
+
+    // The tunnel sockets got socket_buffer (Linux reports it doubled),
+    // unless the kernel's caps are lower. Their drops are only printed.
+    let want = ntm_node::config::DEFAULT_SOCKET_BUFFER;
+    for role in [Role::Cn, Role::Cn2] {
+        let m = udp_skmem(&w, role, ntm_node::config::DEFAULT_PORT);
+        let cap = |name: &str| -> usize {
+            let v = w.sh(role, &format!("cat /proc/sys/net/core/{name}"));
+            v.trim().parse().expect("a number")
+        };
+        assert_eq!(m.get("rb"), Some(&(2 * want.min(cap("rmem_max")))), "{m:?}");
+        assert_eq!(m.get("tb"), Some(&(2 * want.min(cap("wmem_max")))), "{m:?}");
+        eprintln!(
+            "MEASURED {role:?} UDP socket after 2 MiB of TCP both ways: {:?} datagrams dropped (skmem {m:?})",
+            m.get("d")
+        );
+    }
 
     // Other names go upstream and the answer comes back.
     let fwd = dig(&w, Role::Cn2, "127.0.0.1", "www.example.org");
