@@ -1,7 +1,6 @@
 //! Drop reasons and activity counters.
 
-use std::fmt;
-
+use ntm_proto::counters::{Counters, Reason};
 use ntm_proto::Error;
 
 /// Why the coordinator dropped a datagram. Protocol-level reasons
@@ -31,12 +30,10 @@ pub enum DropReason {
 
 const OWN: usize = 5;
 
-impl DropReason {
-    /// Number of distinct reasons.
-    pub const COUNT: usize = Error::COUNT + OWN;
+impl Reason for DropReason {
+    const COUNT: usize = Error::COUNT + OWN;
 
-    /// Dense index in `0..COUNT`.
-    pub fn index(self) -> usize {
+    fn index(self) -> usize {
         match self {
             DropReason::Proto(e) => e.index(),
             DropReason::UnknownFqdn => Error::COUNT,
@@ -47,8 +44,7 @@ impl DropReason {
         }
     }
 
-    /// Every reason, in index order.
-    pub fn all() -> impl Iterator<Item = DropReason> {
+    fn all() -> impl Iterator<Item = DropReason> {
         Error::ALL.into_iter().map(DropReason::Proto).chain([
             DropReason::UnknownFqdn,
             DropReason::UnknownNode,
@@ -58,8 +54,7 @@ impl DropReason {
         ])
     }
 
-    /// Short stable name, for logs and metrics.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             DropReason::Proto(e) => e.name(),
             DropReason::UnknownFqdn => "unknown_fqdn",
@@ -72,60 +67,7 @@ impl DropReason {
 }
 
 /// Drops per [`DropReason`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drops {
-    counts: [u64; DropReason::COUNT],
-}
-
-impl Default for Drops {
-    fn default() -> Drops {
-        Drops {
-            counts: [0; DropReason::COUNT],
-        }
-    }
-}
-
-impl Drops {
-    /// Count one drop.
-    pub fn count(&mut self, reason: DropReason) {
-        self.counts[reason.index()] += 1;
-    }
-
-    /// Drops for `reason`.
-    pub fn get(&self, reason: DropReason) -> u64 {
-        self.counts[reason.index()]
-    }
-
-    /// All drops.
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// `(reason, count)` for every non-zero count.
-    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::all()
-            .map(|r| (r, self.counts[r.index()]))
-            .filter(|(_, n)| *n > 0)
-    }
-}
-
-impl fmt::Display for Drops {
-    /// `name=count` pairs, or `none`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut any = false;
-        for (r, n) in self.iter() {
-            if any {
-                f.write_str(" ")?;
-            }
-            write!(f, "{}={n}", r.name())?;
-            any = true;
-        }
-        if !any {
-            f.write_str("none")?;
-        }
-        Ok(())
-    }
-}
+pub type Drops = Counters<DropReason, { <DropReason as Reason>::COUNT }>;
 
 /// What the coordinator did, for the statistics log line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

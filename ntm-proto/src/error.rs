@@ -152,36 +152,24 @@ impl Error {
 /// Result with the crate's [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
 
+impl crate::counters::Reason for Error {
+    const COUNT: usize = Error::COUNT;
+
+    fn index(self) -> usize {
+        Error::index(self)
+    }
+
+    fn name(self) -> &'static str {
+        Error::name(self)
+    }
+
+    fn all() -> impl Iterator<Item = Error> {
+        Error::ALL.into_iter()
+    }
+}
+
 /// Per-reason drop counters, indexed by [`Error::index`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DropCounters {
-    counts: [u64; Error::COUNT],
-}
-
-impl DropCounters {
-    /// Count one drop.
-    pub fn count(&mut self, reason: Error) {
-        self.counts[reason.index()] += 1;
-    }
-
-    /// Drops counted for `reason`.
-    pub fn get(&self, reason: Error) -> u64 {
-        self.counts[reason.index()]
-    }
-
-    /// All drops.
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// `(reason, count)` for every reason with a non-zero count.
-    pub fn iter(&self) -> impl Iterator<Item = (Error, u64)> + '_ {
-        Error::ALL
-            .iter()
-            .map(|&e| (e, self.counts[e.index()]))
-            .filter(|&(_, n)| n != 0)
-    }
-}
+pub type DropCounters = crate::counters::Counters<Error, { Error::COUNT }>;
 
 #[cfg(test)]
 mod tests {

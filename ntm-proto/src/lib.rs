@@ -15,6 +15,7 @@
 //! | [`retransmit`] | [`retransmit::Retransmit`]: 250 ms doubling, 5 tries, then failure |
 //! | [`node`] | [`node::Endpoint`]: a node's registration, direction, tunnel set-up, keep-alive, expiry and roaming |
 //! | [`dns`] | [`dns::DnsStub`]: the DNS stub (NTM names through DIR_REQ, other names forwarded upstream), message level |
+//! | [`counters`] | [`counters::Counters`]: drop counters by [`counters::Reason`] (`name=count` display), [`DropCounters`] for [`Error`] |
 //! | [`hold`] | [`hold::HoldQueue`]: packets to a VIP whose tunnel is being set up, bounded per peer and in all (software node and adapter) |
 //!
 //! Every drop has a reason: [`Error`] is a fieldless `Copy` enum with
@@ -110,6 +111,7 @@
 //! ```
 
 pub mod auth;
+pub mod counters;
 pub mod data;
 pub mod dns;
 mod error;

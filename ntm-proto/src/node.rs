@@ -1328,6 +1328,9 @@ mod tests {
             local_addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7700),
             caps: Caps::NODE,
         };
-        assert_eq!(Endpoint::new(cfg, Instant::now(), 0, [0; 32]).unwrap_err(), Error::BadFqdn);
+        assert_eq!(
+            Endpoint::new(cfg, Instant::now(), 0, [0; 32]).unwrap_err(),
+            Error::BadFqdn
+        );
     }
 }

@@ -18,10 +18,10 @@
 //! [`Relay::poll_transmit`] until `None` after each.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use ntm_proto::counters::{Counters, Reason};
 use ntm_proto::wire::{Header, Message, Packet, RelayAck, Repr};
 use ntm_proto::{Authenticator, Error, Key, MessageType, ReplayWindow, Role, WrapLabel};
 
@@ -68,12 +68,10 @@ pub enum DropReason {
 
 const OWN: usize = 3;
 
-impl DropReason {
-    /// Number of distinct reasons.
-    pub const COUNT: usize = Error::COUNT + OWN;
+impl Reason for DropReason {
+    const COUNT: usize = Error::COUNT + OWN;
 
-    /// Dense index in `0..COUNT`.
-    pub fn index(self) -> usize {
+    fn index(self) -> usize {
         match self {
             DropReason::Proto(e) => e.index(),
             DropReason::UnboundSource => Error::COUNT,
@@ -82,8 +80,7 @@ impl DropReason {
         }
     }
 
-    /// Every reason, in index order.
-    pub fn all() -> impl Iterator<Item = DropReason> {
+    fn all() -> impl Iterator<Item = DropReason> {
         Error::ALL.into_iter().map(DropReason::Proto).chain([
             DropReason::UnboundSource,
             DropReason::HalfBound,
@@ -91,8 +88,7 @@ impl DropReason {
         ])
     }
 
-    /// Short stable name, for logs and metrics.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             DropReason::Proto(e) => e.name(),
             DropReason::UnboundSource => "unbound_source",
@@ -103,59 +99,7 @@ impl DropReason {
 }
 
 /// Drops per [`DropReason`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drops {
-    counts: [u64; DropReason::COUNT],
-}
-
-impl Default for Drops {
-    fn default() -> Drops {
-        Drops {
-            counts: [0; DropReason::COUNT],
-        }
-    }
-}
-
-impl Drops {
-    /// Count one drop.
-    pub fn count(&mut self, reason: DropReason) {
-        self.counts[reason.index()] += 1;
-    }
-
-    /// Drops for `reason`.
-    pub fn get(&self, reason: DropReason) -> u64 {
-        self.counts[reason.index()]
-    }
-
-    /// All drops.
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// `(reason, count)` for every non-zero count.
-    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::all()
-            .map(|r| (r, self.counts[r.index()]))
-            .filter(|(_, n)| *n > 0)
-    }
-}
-
-impl fmt::Display for Drops {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut any = false;
-        for (r, n) in self.iter() {
-            if any {
-                f.write_str(" ")?;
-            }
-            write!(f, "{}={n}", r.name())?;
-            any = true;
-        }
-        if !any {
-            f.write_str("none")?;
-        }
-        Ok(())
-    }
-}
+pub type Drops = Counters<DropReason, { <DropReason as Reason>::COUNT }>;
 
 /// What the relay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
