@@ -5,7 +5,7 @@
 //! a fake upstream resolver, and helpers that run the stock tools of the
 //! GN (dhclient, dig, ping, iperf3, nc) inside the namespaces.
 //!
-//! Generalised from `ntm-node/tests/common/mod.rs`. Binaries are found
+//! Also the harness of the software nodes' tests (`tests/node_world.rs`). Binaries are found
 //! beside the running executable (`target/<profile>/`): build them with
 //! `cargo build --workspace --bins` (`cargo xtask test` and `cargo xtask
 //! demo` do). Everything needs root.

@@ -3,38 +3,92 @@
 //! namespace), all real binaries. Each test builds its own testbed; they
 //! need root and fail without it.
 //!
+//! Harness: [`ntm_world::World`] (real binaries: `cargo build --workspace
+//! --bins` first; `cargo xtask test` does it) with the DC's keep-alive every
+//! 2 s, so that a restarted DC is noticed quickly.
+//!
 //! Measurements (set-up time, RTTs) are printed with `MEASURED`, never
-//! asserted: `cargo test -p ntm-node --test world -- --nocapture`.
-
-mod common;
+//! asserted: `cargo test -p ntm-world --test node_world -- --nocapture`.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::*;
-use ntm_testbed::{wait_until, Role, CN2_FQDN, CN_FQDN, DC_ADDR, NODE_FQDN};
+use ntm_testbed::{unique_prefix, wait_until, Role, Signal, CN2_FQDN, CN_FQDN, DC_ADDR, NODE_FQDN};
+use ntm_world::{payload, Dig, Node, Ping, World, PATIENCE, UPSTREAM_ANSWER};
 
-/// A deterministic pseudo-random payload (xorshift), so a transfer's
-/// integrity is checked byte for byte.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// The world of these tests: the DC sends keep-alives every 2 s.
+fn up(tag: &str) -> World {
+    up_with(tag, |_| {})
+}
+
+/// [`up`] with changes to the DC's configuration.
+fn up_with(tag: &str, tweak: impl FnOnce(&mut ntm_dc::Config)) -> World {
+    World::up_with(&unique_prefix(tag), |dc| {
+        dc.keepalive_secs = 2;
+        tweak(dc);
+    })
+    .expect("these integration tests need root and a working testbed")
+}
+
+/// Starts an `ntm-node` in `role`'s namespace registering `fqdn`.
+fn start_node(w: &World, role: Role, fqdn: &str) -> Node {
+    w.node(role, fqdn).expect("start ntm-node")
+}
+
+/// Runs a command in `role`'s namespace and returns its stdout; panics
+/// with its stderr on failure.
+fn sh(w: &World, role: Role, script: &str) -> String {
+    w.sh(role, script).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `dig @<server> name A` in `role`'s namespace, one try.
+fn dig(w: &World, role: Role, server: &str, name: &str) -> Dig {
+    w.dig(role, server, name)
+        .unwrap_or_else(|e| panic!("dig {name} in {role}: {e:#}"))
+}
+
+/// `ping -c count` from `role` to `dst`; panics when nothing came back.
+fn ping(w: &World, role: Role, dst: Ipv4Addr, count: u32) -> Ping {
+    let p = w
+        .ping(role, dst, count)
+        .unwrap_or_else(|e| panic!("ping {dst} from {role}: {e:#}"));
+    assert!(
+        p.received > 0,
+        "no ping reply from {dst} in {role}: {}",
+        p.output
+    );
+    p
+}
+
+/// Resolves `peer_fqdn` from `node`'s namespace through its stub and waits
+/// until the tunnel is up at `node`; returns (peer VIP, dig answer).
+fn connect(w: &World, node: &mut Node, peer_fqdn: &str) -> (Ipv4Addr, Dig) {
+    let d = dig(w, node.role, "127.0.0.1", peer_fqdn);
+    assert_eq!(d.status, "NOERROR", "{peer_fqdn}: {d:?}");
+    assert_eq!(d.a.len(), 1, "{peer_fqdn}: {d:?}");
+    let vip = d.a[0];
+    node.wait(&format!("tunnel to {peer_fqdn} up"), |s| {
+        s.tunnel_to(peer_fqdn).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    (vip, d)
+}
+
+/// One A query for `name` to the stub at 127.0.0.1:53 in `role`'s
+/// namespace, timed to the microsecond (dig prints whole ms). Returns
+/// (time from query to answer, the A records).
+fn timed_a_query(w: &World, role: Role, name: &str) -> (Duration, Vec<Ipv4Addr>) {
+    let (took, a, _rcode) = w
+        .timed_a_query(role, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53), name)
+        .unwrap_or_else(|e| panic!("A query for {name} in {role}: {e:#}"));
+    (took, a)
 }
 
 /// The `skmem` fields (rb, tb, d, ...) of the UDP socket on `port` in
 /// `role`'s namespace, as `ss -m` shows them.
 fn udp_skmem(w: &World, role: Role, port: u16) -> std::collections::HashMap<String, usize> {
-    let out = w.sh(role, &format!("ss -uamnH 'sport = :{port}'"));
+    let out = sh(w, role, &format!("ss -uamnH 'sport = :{port}'"));
     let fields = out
         .split_once("skmem:(")
         .and_then(|(_, rest)| rest.split_once(')'))
@@ -50,97 +104,11 @@ fn udp_skmem(w: &World, role: Role, port: u16) -> std::collections::HashMap<Stri
         .collect()
 }
 
-/// A fake upstream resolver in the dc namespace: answers every A query
-/// with 192.0.2.7, so forwarding through the stub can be checked.
-struct FakeUpstream {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FakeUpstream {
-    fn start(w: &World) -> FakeUpstream {
-        use hickory_proto::op::{Message, MessageType};
-        use hickory_proto::rr::rdata::A;
-        use hickory_proto::rr::{RData, Record};
-
-        let sock =
-            w.tb.in_netns(Role::Dc, || UdpSocket::bind(UPSTREAM))
-                .expect("enter dc")
-                .expect("bind the fake upstream");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !flag.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                    continue;
-                };
-                let Ok(mut m) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let Some(q) = m.queries.first().cloned() else {
-                    continue;
-                };
-                m.metadata.message_type = MessageType::Response;
-                m.metadata.recursion_available = true;
-                m.add_answer(Record::from_rdata(
-                    q.name().clone(),
-                    300,
-                    RData::A(A(Ipv4Addr::new(192, 0, 2, 7))),
-                ));
-                if let Ok(bytes) = m.to_vec() {
-                    let _ = sock.send_to(&bytes, from);
-                }
-            }
-        });
-        FakeUpstream {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for FakeUpstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// nc transfer of `data` from `from` to `to_vip` (listening in `to`).
 fn nc_transfer(w: &World, to: Role, to_vip: Ipv4Addr, from: Role, data: &[u8], tag: &str) {
-    let dir = w.tb.state_dir();
-    let src = dir.join(format!("{tag}.in"));
-    let dst = dir.join(format!("{tag}.out"));
-    std::fs::write(&src, data).expect("write payload");
-    let mut listen = std::process::Command::new("sh");
-    listen
-        .arg("-c")
-        .arg(format!("exec nc -l {to_vip} 5001 > {}", dst.display()));
-    let mut listener = w.tb.spawn(to, &listen).expect("start nc -l");
-    // The listener is up when its socket is: retry the sender until then.
-    let sent = wait_until(PATIENCE, || {
-        w.tb.output(
-            from,
-            [
-                "sh",
-                "-c",
-                &format!("nc -N -w 10 {to_vip} 5001 < {}", src.display()),
-            ],
-        )
-        .is_ok()
-    });
-    assert!(sent, "nc from {from} to {to_vip}:5001 never connected");
-    let status = listener
-        .wait_timeout(PATIENCE)
-        .expect("wait for nc -l")
-        .expect("nc -l exits at EOF");
-    assert!(status.success(), "nc -l failed: {status}");
-    let got = std::fs::read(&dst).expect("read received file");
+    let got = w
+        .nc_transfer(to, to_vip, from, 5001, data, tag)
+        .unwrap_or_else(|e| panic!("{tag}: {e:#}"));
     assert_eq!(got.len(), data.len(), "{tag}: bytes received");
     assert!(got == data, "{tag}: payload differs");
 }
@@ -151,25 +119,25 @@ fn nc_transfer(w: &World, to: Role, to_vip: Ipv4Addr, from: Role, data: &[u8], t
 /// names get NXDOMAIN.
 #[test]
 fn resolve_ping_and_tcp_both_ways() {
-    let w = World::up("nodedns");
-    let _upstream = FakeUpstream::start(&w);
-    let mut cn = w.node(Role::Cn, CN_FQDN);
-    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered();
-    let cn2_vip = cn2.registered();
+    let w = up("nodedns");
+    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
+    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered().unwrap();
+    let cn2_vip = cn2.registered().unwrap();
     assert_ne!(cn_vip, cn2_vip);
-    let st = cn2.wait("behind NAT", |s| s.behind_nat.is_some());
+    let st = cn2.wait("behind NAT", |s| s.behind_nat.is_some()).unwrap();
     assert_eq!(st.behind_nat, Some(true), "cn2 sits behind nat2");
     assert_eq!(cn.status().and_then(|s| s.behind_nat), Some(false));
 
     // The VIP is on the TUN device with its prefix route and MTU 1440.
-    let addr = w.sh(
+    let addr = sh(
+        &w,
         Role::Cn2,
         "ip -o -4 addr show dev ntm0; ip -o link show dev ntm0",
     );
     assert!(addr.contains(&format!("{cn2_vip}/10")), "{addr}");
     assert!(addr.contains("mtu 1440"), "{addr}");
-    let route = w.sh(Role::Cn2, "ip -4 route show 100.64.0.0/10");
+    let route = sh(&w, Role::Cn2, "ip -4 route show 100.64.0.0/10");
     assert!(route.contains("dev ntm0"), "{route}");
 
     // Set-up: the DNS query triggers DIR_REQ; its answer is the peer's VIP.
@@ -205,9 +173,9 @@ fn resolve_ping_and_tcp_both_ways() {
 
     // A third node behind nat1 (ntma namespace) to cn: a DIRECT path,
     // set up from scratch and timed to the microsecond.
-    w.sh(Role::Ntma, "ip addr flush dev lan0"); // no adapter here: free the VIP prefix
-    let mut node = w.node(Role::Ntma, NODE_FQDN);
-    node.registered();
+    sh(&w, Role::Ntma, "ip addr flush dev lan0"); // no adapter here: free the VIP prefix
+    let mut node = start_node(&w, Role::Ntma, NODE_FQDN);
+    node.registered().unwrap();
     let (took, a) = timed_a_query(&w, Role::Ntma, CN_FQDN);
     assert_eq!(a, vec![cn_vip]);
     let first = ping(&w, Role::Ntma, cn_vip, 1);
@@ -216,7 +184,9 @@ fn resolve_ping_and_tcp_both_ways() {
         took.as_secs_f64() * 1e3,
         first.rtt.map(|r| r.0)
     );
-    let st = node.wait("tunnel to cn", |s| s.tunnel_to(CN_FQDN).is_some());
+    let st = node
+        .wait("tunnel to cn", |s| s.tunnel_to(CN_FQDN).is_some())
+        .unwrap();
     assert_eq!(st.tunnel_to(CN_FQDN).unwrap().path, "direct");
 
     // TCP both ways.
@@ -231,7 +201,7 @@ fn resolve_ping_and_tcp_both_ways() {
     for role in [Role::Cn, Role::Cn2] {
         let m = udp_skmem(&w, role, ntm_node::config::DEFAULT_PORT);
         let cap = |name: &str| -> usize {
-            let v = w.sh(role, &format!("cat /proc/sys/net/core/{name}"));
+            let v = sh(&w, role, &format!("cat /proc/sys/net/core/{name}"));
             v.trim().parse().expect("a number")
         };
         assert_eq!(m.get("rb"), Some(&(2 * want.min(cap("rmem_max")))), "{m:?}");
@@ -245,14 +215,16 @@ fn resolve_ping_and_tcp_both_ways() {
     // Other names go upstream and the answer comes back.
     let fwd = dig(&w, Role::Cn2, "127.0.0.1", "www.example.org");
     assert_eq!(fwd.status, "NOERROR", "{fwd:?}");
-    assert_eq!(fwd.a, vec![Ipv4Addr::new(192, 0, 2, 7)], "{fwd:?}");
+    assert_eq!(fwd.a, vec![UPSTREAM_ANSWER], "{fwd:?}");
     // Unknown NTM names: the DC says NOT_FOUND.
     let nx = dig(&w, Role::Cn2, "127.0.0.1", "nobody.ntm.test");
     assert_eq!(nx.status, "NXDOMAIN", "{nx:?}");
 
-    let st = cn2.wait("counters", |s| {
-        s.packet_count("dns_relay") >= 1 && s.packet_count("dns_nxdomain") >= 1
-    });
+    let st = cn2
+        .wait("counters", |s| {
+            s.packet_count("dns_relay") >= 1 && s.packet_count("dns_nxdomain") >= 1
+        })
+        .unwrap();
     assert!(st.packet_count("data_tx") > 0 && st.packet_count("data_rx") > 0);
     assert_eq!(st.drop_count("inner_addr"), 0);
 
@@ -276,22 +248,25 @@ fn resolve_ping_and_tcp_both_ways() {
 /// queue meanwhile.
 #[test]
 fn expired_tunnel_comes_back_for_a_packet() {
-    let w = World::up_with("nodeexp", |dc| dc.tunnel_lifetime_secs = 3);
-    let mut cn = w.node(Role::Cn, CN_FQDN);
-    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered();
-    cn2.registered();
+    let w = up_with("nodeexp", |dc| dc.tunnel_lifetime_secs = 3);
+    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
+    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered().unwrap();
+    cn2.registered().unwrap();
     connect(&w, &mut cn2, CN_FQDN);
     ping(&w, Role::Cn2, cn_vip, 1);
     // Idle for longer than the lifetime (keep-alives come every 20 s).
     cn2.wait("tunnel expired", |s| {
         s.tunnels.is_empty() && s.packet_count("tunnels_down") >= 1
-    });
-    cn.wait("tunnel expired", |s| s.tunnels.is_empty());
+    })
+    .unwrap();
+    cn.wait("tunnel expired", |s| s.tunnels.is_empty()).unwrap();
     let before = cn2.status().unwrap().packet_count("released");
     let p = ping(&w, Role::Cn2, cn_vip, 3);
     assert!(p.received > 0);
-    let st = cn2.wait("tunnel back", |s| s.tunnel_to(CN_FQDN).is_some());
+    let st = cn2
+        .wait("tunnel back", |s| s.tunnel_to(CN_FQDN).is_some())
+        .unwrap();
     assert!(
         st.packet_count("released") > before,
         "the first packet waited for the new tunnel: {:?}",
@@ -305,16 +280,18 @@ fn expired_tunnel_comes_back_for_a_packet() {
 /// through the RS.
 #[test]
 fn relay_between_two_nats() {
-    let w = World::up("noderelay");
+    let w = up("noderelay");
     // The adapter is not running here: its lan0 holds the VIP prefix
     // (100.64.0.1/10), which would take the node's return traffic.
-    w.sh(Role::Ntma, "ip addr flush dev lan0");
-    let mut node = w.node(Role::Ntma, NODE_FQDN);
-    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
-    let node_vip = node.registered();
-    let cn2_vip = cn2.registered();
-    node.wait("behind NAT", |s| s.behind_nat == Some(true));
-    cn2.wait("behind NAT", |s| s.behind_nat == Some(true));
+    sh(&w, Role::Ntma, "ip addr flush dev lan0");
+    let mut node = start_node(&w, Role::Ntma, NODE_FQDN);
+    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
+    let node_vip = node.registered().unwrap();
+    let cn2_vip = cn2.registered().unwrap();
+    node.wait("behind NAT", |s| s.behind_nat == Some(true))
+        .unwrap();
+    cn2.wait("behind NAT", |s| s.behind_nat == Some(true))
+        .unwrap();
 
     // Timed to the microsecond: DNS query to answer (DIR_REQ, RELAY_DIR,
     // ROUTE_DIR), then the first ping, which waits in the hold queue for
@@ -340,7 +317,8 @@ fn relay_between_two_nats() {
     );
     node.wait("relay tunnel up at the responder", |s| {
         s.tunnel_to(CN2_FQDN).is_some_and(|t| t.path == "relay")
-    });
+    })
+    .unwrap();
     let p = ping(&w, Role::Ntma, cn2_vip, 5);
     assert!(p.received > 0);
     let data = payload(256 << 10, 9);
@@ -376,15 +354,18 @@ fn pcap_udp_payloads(file: &[u8]) -> Vec<Vec<u8>> {
 /// counted by reason; the tunnel keeps working.
 #[test]
 fn forged_replayed_truncated_data_are_dropped_by_reason() {
-    let w = World::up("nodedrops");
-    let mut cn = w.node(Role::Cn, CN_FQDN);
-    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered();
-    cn2.registered();
+    let w = up("nodedrops");
+    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
+    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered().unwrap();
+    cn2.registered().unwrap();
     connect(&w, &mut cn2, CN_FQDN);
 
     // Capture genuine DATA from cn2 to cn on cn's side.
-    let pcap = w.tb.state_dir().join(format!("{}.pcap", unique("drops")));
+    let pcap = w.tb.state_dir().join(format!(
+        "{}.pcap",
+        unique_prefix("drops").trim_end_matches('-')
+    ));
     let mut dump = std::process::Command::new("tcpdump");
     dump.args([
         "-i",
@@ -424,7 +405,7 @@ fn forged_replayed_truncated_data_are_dropped_by_reason() {
         .expect("a DATA datagram was captured")
         .clone();
 
-    let before = cn.wait("status", |_| true);
+    let before = cn.wait("status", |_| true).unwrap();
     let count = |s: &ntm_node::Status| {
         (
             s.drop_count("bad_tag"),
@@ -445,13 +426,15 @@ fn forged_replayed_truncated_data_are_dropped_by_reason() {
     sock.send_to(&forged, cn_port).unwrap();
     sock.send_to(&data, cn_port).unwrap(); // replayed: cn took this seq already
     sock.send_to(&data[..20], cn_port).unwrap(); // truncated
-    let after = cn.wait("drops counted", |s| {
-        let c = count(s);
-        c.0 > base.0 && c.1 > base.1 && c.2 > base.2
-    });
+    let after = cn
+        .wait("drops counted", |s| {
+            let c = count(s);
+            c.0 > base.0 && c.1 > base.1 && c.2 > base.2
+        })
+        .unwrap();
     assert_eq!(count(&after), (base.0 + 1, base.1 + 1, base.2 + 1));
     // The SIGUSR1 log line carries them too.
-    cn.poke();
+    cn.child.signal(Signal::SIGUSR1).expect("SIGUSR1");
     assert!(wait_until(PATIENCE, || {
         let log = cn.child.log();
         log.contains("bad_tag=1") && log.contains("replay=1") && log.contains("truncated=1")
@@ -466,18 +449,18 @@ fn forged_replayed_truncated_data_are_dropped_by_reason() {
 /// working while it is down, and the nodes register again.
 #[test]
 fn dc_restart_keeps_tunnels() {
-    let mut w = World::up("nodedcre");
-    let mut cn = w.node(Role::Cn, CN_FQDN);
-    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered();
-    let cn2_vip = cn2.registered();
+    let mut w = up("nodedcre");
+    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
+    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered().unwrap();
+    let cn2_vip = cn2.registered().unwrap();
     connect(&w, &mut cn2, CN_FQDN);
     ping(&w, Role::Cn2, cn_vip, 2);
     let tunnel = cn2.status().unwrap().tunnel_to(CN_FQDN).unwrap().id;
     let regs = |n: &Node| n.status().map_or(0, |s| s.packet_count("registrations"));
     let (r1, r2) = (regs(&cn), regs(&cn2));
 
-    w.stop_dc();
+    w.stop_dc().expect("stop ntm-dc");
     let p = ping(&w, Role::Cn2, cn_vip, 5);
     assert_eq!(
         p.received,
@@ -491,13 +474,15 @@ fn dc_restart_keeps_tunnels() {
     // DIR_REQ retransmissions (7.75 s) are exhausted.
     let sf = dig(&w, Role::Cn2, "127.0.0.1", NODE_FQDN);
     assert_eq!(sf.status, "SERVFAIL", "{sf:?}");
-    w.start_dc();
+    w.start_dc().expect("start ntm-dc");
     cn.wait("registered again", |s| {
         s.packet_count("registrations") > r1 && s.vip == Some(cn_vip)
-    });
+    })
+    .unwrap();
     cn2.wait("registered again", |s| {
         s.packet_count("registrations") > r2 && s.vip == Some(cn2_vip)
-    });
+    })
+    .unwrap();
     let p = ping(&w, Role::Cn2, cn_vip, 5);
     assert!(p.received > 0);
     let st = cn2.status().unwrap();
@@ -516,11 +501,11 @@ fn dc_restart_keeps_tunnels() {
 /// keep-alive, and cn follows it (roaming).
 #[test]
 fn roaming_keeps_tcp_open() {
-    let w = World::up("noderoam");
-    let mut cn = w.node(Role::Cn, CN_FQDN);
-    let mut cn2 = w.node(Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered();
-    cn2.registered();
+    let w = up("noderoam");
+    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
+    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered().unwrap();
+    cn2.registered().unwrap();
     connect(&w, &mut cn2, CN_FQDN);
 
     let listener =
@@ -546,21 +531,26 @@ fn roaming_keeps_tcp_open() {
 
     let old = cn
         .wait("tunnel", |s| s.tunnel_to(CN2_FQDN).is_some())
+        .unwrap()
         .tunnel_to(CN2_FQDN)
         .unwrap()
         .endpoint;
     // cn2 moves to another address on its LAN; nat2 maps it anew.
-    w.sh(
+    sh(
+        &w,
         Role::Cn2,
         "ip addr del 192.168.20.2/24 dev eth0 && ip addr add 192.168.20.3/24 dev eth0 \
          && ip route replace default via 192.168.20.1",
     );
     cn2.wait("new local address", |s| {
         s.local_addr.ip() == &Ipv4Addr::new(192, 168, 20, 3)
-    });
-    let moved = cn.wait("peer followed", |s| {
-        s.tunnel_to(CN2_FQDN).is_some_and(|t| t.endpoint != old)
-    });
+    })
+    .unwrap();
+    let moved = cn
+        .wait("peer followed", |s| {
+            s.tunnel_to(CN2_FQDN).is_some_and(|t| t.endpoint != old)
+        })
+        .unwrap();
     client
         .write_all(second)
         .expect("second half, after the move");
@@ -576,5 +566,6 @@ fn roaming_keeps_tcp_open() {
     );
     cn2.wait("registered from the new address", |s| {
         s.packet_count("registrations") >= 2
-    });
+    })
+    .unwrap();
 }
