@@ -43,8 +43,8 @@ use crate::ebpf::{Counters, EbpfError};
 use crate::fastpath::{
     AttachMode, BindMode, Datapath, DatapathConfig, Dataplane, SlowWaker, UmemConfig,
 };
-use crate::rawpath::{Classify, RawConfig, RawPath};
 use crate::gn::MAX_FRAME_LEN;
+use crate::rawpath::{Classify, RawConfig, RawPath};
 use crate::status::{DatapathStatus, Status, WorkerStatus};
 use ntma_common::XdpConfig;
 
@@ -324,13 +324,15 @@ async fn run_async(s: Settings) -> Result<()> {
 
     // Sockets first: a port in use fails before anything is attached.
     let wan_std = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, s.port)).with_context(|| {
-            format!(
-                "cannot bind UDP port {}: is another adapter or node running? (set wan.port)",
-                s.port
-            )
-        })?;
+        format!(
+            "cannot bind UDP port {}: is another adapter or node running? (set wan.port)",
+            s.port
+        )
+    })?;
     // The raw datapath reads the tunnel socket through a descriptor of its own.
-    let wan_for_raw = wan_std.try_clone().context("duplicating the tunnel socket")?;
+    let wan_for_raw = wan_std
+        .try_clone()
+        .context("duplicating the tunnel socket")?;
     let wan_sock = tokio_udp(wan_std).context("tunnel socket")?;
     let dns = UdpSocket::bind((s.gn.router, 53)).await.with_context(|| {
         format!(
