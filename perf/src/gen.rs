@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders};
 use ntm_proto::data::SeqCounter;
 use ntm_proto::Authenticator;
 
@@ -180,8 +180,9 @@ fn run(
         }
     };
     let batch = cfg.batch.clamp(1, 1024);
-    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(batch, None);
-    let addrs: Vec<Option<SockaddrIn>> = vec![None; batch];
+    // Connected sockets: no addresses (`()`), nothing for nix to read back.
+    let mut headers = MultiHeaders::<()>::preallocate(batch, None);
+    let addrs: Vec<Option<()>> = vec![None; batch];
     let count = |r: nix::Result<usize>| match r {
         Ok(n) => {
             sent.fetch_add(n as u64, Ordering::Relaxed);

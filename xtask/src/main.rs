@@ -120,7 +120,10 @@ fn bench(args: Vec<OsString>) -> Result<()> {
     setup::run(false)?;
     let started = Instant::now();
     status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-    let quick = args.iter().any(|a| a == "--quick");
+    // A smoke run, the help or a report of old results need no fresh criterion runs.
+    let quick = args
+        .iter()
+        .any(|a| a == "--quick" || a == "--help" || a == "-h" || a == "report");
     if !quick {
         // Short criterion runs: enough for stable medians of a ~µs operation.
         let timing = ["--warm-up-time", "0.5", "--measurement-time", "1.5"];
