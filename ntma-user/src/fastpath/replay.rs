@@ -1,22 +1,35 @@
 //! A replay window that several workers can check and mark at once, without a lock.
 //!
 //! Same contract as [`ntm_proto::ReplayWindow`] (2048 packets, RFC 6479 style ring of
-//! words, `u64::MAX` refused), but every word is an atomic that carries the number of
-//! the block of 32 sequence numbers it currently holds next to their 32 bits:
+//! words, `u64::MAX` refused), but every word is an atomic that carries the tag of the
+//! block of 8 sequence numbers it currently holds next to their 8 "seen" bits:
 //!
 //! ```text
-//!  word = block tag (high 32 bits: (seq >> 5) as u32) | seen bits (low 32 bits)
+//!  word = tag (seq >> 12, bits 8..60) | seen bits (low 8 bits)
+//!  ring index = (seq >> 3) & 511
 //! ```
 //!
+//! The index supplies the block's low 9 bits, so the tag keeps all the others and two
+//! blocks meeting in one word compare exactly, for every `u64` sequence number. An
+//! earlier layout (32 seen bits, 32-bit truncated block number compared with serial
+//! arithmetic) broke once seq passed 2^37 or jumped by 2^36 or more: serial arithmetic
+//! is only exact for tags less than 2^31 apart, but a word left untouched across a
+//! jump (or still at its initial tag 0) can hold any older block, which then compared
+//! as newer (every later packet refused) or equal (stale bits taken for fresh ones).
+//! 52 tag bits + 12 ring-and-block bits = 64 is why a word holds 8 bits, not 32.
+//!
 //! A worker marks `seq` with one compare-and-swap on its word: if the word holds
-//! `seq`'s block it sets the bit (refusing if already set); if it holds an older block
-//! it recycles the word for `seq`'s block; if it holds a newer block, `seq` is too old.
+//! `seq`'s tag it sets the bit (refusing if already set); if it holds an older tag it
+//! recycles the word for `seq`'s block; if it holds a newer tag, `seq` is too old.
 //! A word's tag never goes backwards, so once `seq` is marked, every later attempt
 //! either finds its bit or finds a newer tag: a sequence number is accepted at most
 //! once, whatever the interleaving of workers. `last` (the highest accepted number) is
 //! raised with `fetch_max` and only enforces the 2048-packet window; when a worker
 //! reads a `last` that another is just raising, a number slightly older than the
-//! window may still be accepted once, which is never a replay.
+//! window may still be accepted once, which is never a replay. Single-threaded, a
+//! number inside the window never meets a newer tag (that would be a number at least
+//! 4089 above it, so `last` would put it outside), and recycling only forgets numbers
+//! at least 4089 below it, already outside: the decisions are the scalar window's.
 //!
 //! Why not per-tunnel windows owned by one worker: RSS keeps one tunnel on one queue
 //! only while its 5-tuple stays the same, and veth picks the queue by the sending CPU,
@@ -27,14 +40,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Window size in packets, as [`ntm_proto::replay::WINDOW`].
 pub const WINDOW: u64 = ntm_proto::replay::WINDOW;
 
-const BLOCK_BITS_LOG: u32 = 5;
+const BLOCK_BITS_LOG: u32 = 3;
 const BLOCK_BITS: u64 = 1 << BLOCK_BITS_LOG;
 /// Ring words: a power of two covering twice the window, so that the word of a number
 /// inside the window is never recycled by a newer block while that number is inside.
-const RING_WORDS: usize = 128;
+const RING_WORDS_LOG: u32 = 9;
+const RING_WORDS: usize = 1 << RING_WORDS_LOG;
 const RING_MASK: u64 = RING_WORDS as u64 - 1;
+/// The tag is the sequence number without the bit index and the ring index.
+const TAG_SHIFT: u32 = BLOCK_BITS_LOG + RING_WORDS_LOG;
+/// Where the tag starts in a word: right above the seen bits.
+const TAG_POS: u32 = BLOCK_BITS as u32;
 
 const _: () = assert!(RING_WORDS as u64 * BLOCK_BITS >= 2 * WINDOW);
+// The whole tag fits above the seen bits: no truncation, exact comparisons.
+const _: () = assert!((64 - TAG_SHIFT) + TAG_POS <= 64);
 
 /// Lock-free anti-replay window of one tunnel's receive direction.
 pub struct AtomicReplayWindow {
@@ -81,23 +101,22 @@ impl AtomicReplayWindow {
         if seq < last && last - seq >= WINDOW {
             return false;
         }
-        let block = seq >> BLOCK_BITS_LOG;
-        let tag = block as u32;
+        let tag = seq >> TAG_SHIFT;
         let bit = 1u64 << (seq & (BLOCK_BITS - 1));
-        let word = &self.ring[(block & RING_MASK) as usize];
+        let word = &self.ring[((seq >> BLOCK_BITS_LOG) & RING_MASK) as usize];
         let mut cur = word.load(Ordering::Acquire);
         loop {
-            let cur_tag = (cur >> 32) as u32;
+            let cur_tag = cur >> TAG_POS;
             let new = if cur_tag == tag {
                 if cur & bit != 0 {
                     return false;
                 }
                 cur | bit
-            } else if (cur_tag.wrapping_sub(tag) as i32) > 0 {
+            } else if cur_tag > tag {
                 // The word already serves a newer block: seq left the ring long ago.
                 return false;
             } else {
-                (u64::from(tag) << 32) | bit
+                (tag << TAG_POS) | bit
             };
             match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
@@ -144,15 +163,70 @@ mod tests {
         assert_eq!(w.validate(0), s.validate(0));
     }
 
+    /// In-order traffic from `from` on: each number accepted once, replays (the number
+    /// itself and, once this walk passed it, one a little behind) refused.
+    fn in_order_accepted_once(w: &AtomicReplayWindow, from: u64, count: u64) {
+        for seq in from..from + count {
+            assert!(w.validate(seq), "seq {seq:#x} refused");
+            assert!(!w.validate(seq), "seq {seq:#x} accepted twice");
+            let behind = seq - 100;
+            assert!(
+                behind < from || !w.validate(behind),
+                "seq {behind:#x} accepted twice"
+            );
+            assert_eq!(w.last(), seq);
+        }
+    }
+
+    #[test]
+    fn crossing_2_pow_37_and_2_pow_38_in_order() {
+        for boundary in [1u64 << 37, 1 << 38, 1 << 52, 1 << 63] {
+            let w = AtomicReplayWindow::new();
+            let start = boundary - 3 * WINDOW;
+            // Fill the window behind the start, then walk across the boundary.
+            for seq in start - 200..start {
+                assert!(w.validate(seq), "seq {seq:#x} refused");
+            }
+            in_order_accepted_once(&w, start, 6 * WINDOW);
+            assert!(
+                !w.validate(boundary - 1),
+                "{boundary:#x}: old number accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn forward_jump_of_2_pow_40_then_in_order_traffic() {
+        let w = AtomicReplayWindow::new();
+        in_order_accepted_once(&w, 200, 5000);
+        let jump = 5199 + (1u64 << 40);
+        assert!(w.validate(jump));
+        assert!(!w.validate(jump));
+        // Behind the jump but inside the window: accepted once; before the jump: refused.
+        assert!(w.validate(jump - 1));
+        assert!(!w.validate(jump - 1));
+        assert!(!w.validate(5199));
+        in_order_accepted_once(&w, jump + 1, 6 * WINDOW);
+        // And at the very top of the sequence space.
+        assert!(w.validate(u64::MAX - 1));
+        assert!(!w.validate(u64::MAX - 1));
+        assert!(w.validate(u64::MAX - 2));
+        assert!(!w.validate(u64::MAX));
+    }
+
     proptest! {
-        /// Single-threaded, it decides exactly as ntm-proto's scalar window.
+        /// Single-threaded, it decides exactly as ntm-proto's scalar window, also far
+        /// up the sequence space.
         #[test]
         fn same_decisions_as_the_scalar_window(
+            start in proptest::sample::select(vec![
+                1u64, (1 << 37) - 3000, (1 << 38) - 1000, 1 << 40, (1 << 52) - 10, 1 << 62,
+            ]),
             steps in proptest::collection::vec((0u8..4, 0u64..5000), 1..400)
         ) {
             let w = AtomicReplayWindow::new();
             let mut s = ReplayWindow::new();
-            let mut base = 1u64;
+            let mut base = start;
             for (kind, n) in steps {
                 let seq = match kind {
                     0 => { base += n % 70; base }           // forward, small steps
