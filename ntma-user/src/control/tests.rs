@@ -379,13 +379,15 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
     let mut w = World::new(NonVip::IcmpUnreachable);
     w.ctl.set_gateway_mac(Some(GW_MAC));
     let (gn, cn) = (w.gn_vip(), w.cn_vip());
-    // Hold back cn's side so the tunnel is still being set up after the answer.
+    // Hold back the tunnel set-up between the adapter and cn (not cn's
+    // signaling with the DC, whose ROUTE_ACK the DC waits for before it
+    // answers the DIR_REQ), so the tunnel is still being set up after the answer.
     let frame = dns_query_frame(gn, "cn.ntm.test");
     w.ctl.on_lan_frame(w.now, &frame, &w.io);
     w.collect();
     let mut held_back = Vec::new();
     while let Some((from, to, d)) = w.net.pop_front() {
-        if to == CN || from == CN {
+        if (to == CN && from == NTMA) || (from == CN && to == NTMA) {
             held_back.push((from, to, d));
         } else {
             w.net.push_front((from, to, d));
