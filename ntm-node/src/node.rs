@@ -15,7 +15,7 @@ use ntm_proto::data::inner_destination;
 use ntm_proto::dns::{DnsStub, Output, PendingId, ResolveOutcome};
 use ntm_proto::node::{self, DirError, Endpoint, Event, Received, ReqId};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
-use ntm_proto::{Error, Path, Role, Status as Code};
+use ntm_proto::{Error, Status as Code};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tun_rs::AsyncDevice;
@@ -69,23 +69,6 @@ pub fn route_source(dst: SocketAddrV4) -> Option<Ipv4Addr> {
     match s.local_addr().ok()? {
         SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(*a.ip()),
         _ => None,
-    }
-}
-
-fn path_name(p: Path) -> &'static str {
-    match p {
-        Path::Direct => "direct",
-        Path::Reverse => "reverse",
-        Path::Relay => "relay",
-        Path::Unknown(_) => "unknown",
-    }
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Initiator => "initiator",
-        Role::Responder => "responder",
-        Role::Unknown(_) => "unknown",
     }
 }
 
@@ -365,8 +348,8 @@ impl Node {
                     peer = %peer_fqdn,
                     %peer_vip,
                     %endpoint,
-                    path = path_name(path),
-                    role = role_name(role),
+                    path = path.name(),
+                    role = role.name(),
                     "tunnel up"
                 );
                 self.remember(peer_vip, &peer_fqdn);
@@ -457,8 +440,8 @@ impl Node {
                 peer_fqdn: t.peer_fqdn,
                 peer_vip: t.peer_vip,
                 endpoint: t.endpoint,
-                path: path_name(t.path).to_owned(),
-                role: role_name(t.role).to_owned(),
+                path: t.path.name().to_owned(),
+                role: t.role.name().to_owned(),
                 up: t.up,
             })
             .collect();

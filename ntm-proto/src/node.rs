@@ -1044,9 +1044,25 @@ impl Endpoint {
         None
     }
 
-    fn next_sig_seq(&mut self) -> u64 {
-        self.sig_seq += 1;
-        self.sig_seq
+    /// Seals `msg` for the DC with the next signaling seq. Takes the fields
+    /// it needs, not `self`, so that `msg` may borrow from the config.
+    fn to_dc(
+        auth: &Authenticator,
+        sig_seq: &mut u64,
+        dc: SocketAddrV4,
+        buf: &mut [u8],
+        header: (u32, bool),
+        msg: Message,
+    ) -> Result<Option<Transmit>> {
+        *sig_seq += 1;
+        let (id, response_required) = header;
+        let header = Header {
+            id,
+            seq: *sig_seq,
+            response_required,
+        };
+        let len = Repr::new(header, msg).emit_sealed(buf, auth)?;
+        Ok(Some(Transmit { dst: dc, len }))
     }
 
     fn build(&mut self, now: Instant, p: Pending, buf: &mut [u8]) -> Result<Option<Transmit>> {
@@ -1057,79 +1073,46 @@ impl Endpoint {
                 if self.registering.is_none() {
                     return Ok(None);
                 }
-                let seq = self.next_sig_seq();
                 let fqdn = Fqdn::new(&self.cfg.fqdn)?;
                 let msg = Message::RegReq(RegReq {
                     fqdn,
                     local_addr: self.cfg.local_addr,
                     caps: self.cfg.caps,
                 });
-                let len = Repr::new(
-                    Header {
-                        id: node_id,
-                        seq,
-                        response_required: true,
-                    },
-                    msg,
-                )
-                .emit_sealed(buf, &self.auth)?;
-                Ok(Some(Transmit { dst: dc, len }))
+                Self::to_dc(&self.auth, &mut self.sig_seq, dc, buf, (node_id, true), msg)
             }
             Pending::Keepalive | Pending::Dereg => {
                 if self.reg.is_none() {
                     return Ok(None);
                 }
-                let seq = self.next_sig_seq();
                 let (msg, rr) = if p == Pending::Keepalive {
                     (Message::Keepalive, true)
                 } else {
                     (Message::Dereg, false)
                 };
-                let len = Repr::new(
-                    Header {
-                        id: node_id,
-                        seq,
-                        response_required: rr,
-                    },
-                    msg,
-                )
-                .emit_sealed(buf, &self.auth)?;
-                Ok(Some(Transmit { dst: dc, len }))
+                Self::to_dc(&self.auth, &mut self.sig_seq, dc, buf, (node_id, rr), msg)
             }
             Pending::DirReq(req_id) => {
                 let Some(d) = self.dirs.iter().find(|d| d.req_id == req_id) else {
                     return Ok(None);
                 };
                 let fqdn = d.fqdn.clone();
-                let seq = self.next_sig_seq();
                 let msg = Message::DirReq(DirReq {
                     req_id,
                     fqdn: Fqdn::new(&fqdn)?,
                 });
-                let len = Repr::new(
-                    Header {
-                        id: node_id,
-                        seq,
-                        response_required: true,
-                    },
-                    msg,
-                )
-                .emit_sealed(buf, &self.auth)?;
-                Ok(Some(Transmit { dst: dc, len }))
+                Self::to_dc(&self.auth, &mut self.sig_seq, dc, buf, (node_id, true), msg)
             }
             Pending::RouteAck(tunnel_id) => {
-                let seq = self.next_sig_seq();
                 let msg = Message::RouteAck(RouteAck { tunnel_id });
-                let len = Repr::new(
-                    Header {
-                        id: node_id,
-                        seq,
-                        response_required: false,
-                    },
+                Self::to_dc(
+                    &self.auth,
+                    &mut self.sig_seq,
+                    dc,
+                    buf,
+                    (node_id, false),
                     msg,
                 )
-                .emit_sealed(buf, &self.auth)?;
-                Ok(Some(Transmit { dst: dc, len }))
             }
             Pending::TunReq(id) | Pending::TunResp(id) => {
                 let Some(vip) = self.reg.map(|r| r.vip) else {

@@ -177,6 +177,29 @@ enum_with_unknown! {
     }
 }
 
+impl Path {
+    /// Lower-case name for logs and status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Reverse => "reverse",
+            Path::Relay => "relay",
+            Path::Unknown(_) => "unknown",
+        }
+    }
+}
+
+impl Role {
+    /// Lower-case name for logs and status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Initiator => "initiator",
+            Role::Responder => "responder",
+            Role::Unknown(_) => "unknown",
+        }
+    }
+}
+
 enum_with_unknown! {
     /// TLV type codes, §4.
     pub enum TlvType {

@@ -48,7 +48,7 @@ use ntm_proto::dns::{PendingId, ResolveOutcome};
 use ntm_proto::hold::HoldQueue;
 use ntm_proto::node::{self, DirError, DownReason, Endpoint, Event, ReqId};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
-use ntm_proto::{Error, Key, Path, Role, Status as Code};
+use ntm_proto::{Error, Key, Path, Status as Code};
 
 pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
@@ -206,23 +206,6 @@ pub struct Control<P: Plane> {
     c: CtlCounters,
     buf: Vec<u8>,
     frame: Vec<u8>,
-}
-
-fn path_name(p: Path) -> &'static str {
-    match p {
-        Path::Direct => "direct",
-        Path::Reverse => "reverse",
-        Path::Relay => "relay",
-        Path::Unknown(_) => "unknown",
-    }
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Initiator => "initiator",
-        Role::Responder => "responder",
-        Role::Unknown(_) => "unknown",
-    }
 }
 
 /// The source and destination port and payload of an unfragmented UDP
@@ -711,8 +694,8 @@ impl<P: Plane> Control<P> {
                     peer = %peer_fqdn,
                     %peer_vip,
                     %endpoint,
-                    path = path_name(path),
-                    role = role_name(role),
+                    path = path.name(),
+                    role = role.name(),
                     setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
                     "tunnel up"
                 );
@@ -912,8 +895,8 @@ impl<P: Plane> Control<P> {
                     id: t.tunnel_id,
                     peer_fqdn: t.peer_fqdn,
                     peer_vip: t.peer_vip,
-                    path: path_name(t.path).to_owned(),
-                    role: role_name(t.role).to_owned(),
+                    path: t.path.name().to_owned(),
+                    role: t.role.name().to_owned(),
                     endpoint: t.endpoint,
                     up: t.up,
                     tx_packets: a.map_or(0, |a| a.tx_packets),
