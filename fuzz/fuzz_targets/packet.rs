@@ -1,12 +1,14 @@
 //! The header/packet view: every accessor after `new_checked`, the header
-//! checks and tag verification must never panic.
+//! checks, suite-1 tag verification and `Cipher::open` in both suites must
+//! never panic, and arbitrary bytes never verify or open.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ntm_proto::{Authenticator, Key, Packet};
+use ntm_proto::{Authenticator, Cipher, Key, Packet, Suite};
 
 fuzz_target!(|data: &[u8]| {
-    let auth = Authenticator::new(&Key::from_bytes([0x20; 32]));
+    let key = Key::from_bytes([0x20; 32]);
+    let auth = Authenticator::new(&key);
     if let Ok(p) = Packet::new_checked(data) {
         let _ = (
             p.version(),
@@ -23,5 +25,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = auth.verify(data);
     } else {
         assert!(auth.verify(data).is_err() || data.len() > 65_507);
+    }
+    for suite in [Suite::HmacSha256_128, Suite::Aes256Gcm] {
+        let c = Cipher::new(suite, &key).unwrap();
+        let mut d = data.to_vec();
+        assert!(c.open(&mut d).is_err(), "{suite:?} opened arbitrary bytes");
     }
 });

@@ -4,6 +4,7 @@
 //! listen = "0.0.0.0:7710"
 //! domain = "ntm.test"
 //! vip_pool = "100.64.0.0/10"
+//! tunnel_suite = 2   # 2: AES-256-GCM (default), 1: HMAC-SHA256-128
 //!
 //! [[node]]
 //! fqdn = "cn.ntm.test"
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ntm_proto::wire::validate_fqdn;
-use ntm_proto::Key;
+use ntm_proto::{Key, Suite};
 use serde::{Deserialize, Serialize};
 
 use crate::pool::VipPool;
@@ -59,11 +60,19 @@ pub struct Config {
     /// Idle lifetime of a tunnel (LIFETIME_SECS of ROUTE_DIR and RELAY_DIR).
     #[serde(default = "default_tunnel_lifetime")]
     pub tunnel_lifetime_secs: u32,
+    /// The suite of every tunnel this DC directs (the SUITE TLV of
+    /// ROUTE_DIR, §2.1): 2 = AES-256-GCM (encrypted and authenticated, the
+    /// default), 1 = HMAC-SHA256-128 (authenticated only, plaintext).
+    /// Signaling with the DC and the RS is always suite 1.
+    #[serde(default = "default_tunnel_suite")]
+    pub tunnel_suite: u8,
     /// Most leases held at once; REG_REQ beyond gets EXHAUSTED.
     #[serde(default = "default_max_registrations")]
     pub max_registrations: usize,
     /// Most direction requests remembered at once (for idempotent answers
-    /// and ROUTE_DIR retransmission); DIR_REQ beyond gets EXHAUSTED.
+    /// and ROUTE_DIR retransmission); DIR_REQ beyond gets EXHAUSTED. Each
+    /// requesting node is also held to
+    /// [`crate::coordinator::MAX_DIRECTIONS_PER_NODE`] (§5, not configurable).
     #[serde(default = "default_max_directions")]
     pub max_directions: usize,
     /// Seconds between two statistics log lines; 0 turns them off (SIGUSR1
@@ -145,6 +154,9 @@ fn default_lease() -> u32 {
 fn default_tunnel_lifetime() -> u32 {
     180
 }
+fn default_tunnel_suite() -> u8 {
+    Suite::Aes256Gcm.into()
+}
 fn default_max_registrations() -> usize {
     65_536
 }
@@ -164,6 +176,7 @@ impl Default for Config {
             keepalive_secs: default_keepalive(),
             lease_secs: default_lease(),
             tunnel_lifetime_secs: default_tunnel_lifetime(),
+            tunnel_suite: default_tunnel_suite(),
             max_registrations: default_max_registrations(),
             max_directions: default_max_directions(),
             stats_interval_secs: default_stats_interval(),
@@ -302,6 +315,8 @@ pub struct Settings {
     pub lease: Duration,
     /// Tunnel idle lifetime, in seconds.
     pub tunnel_lifetime_secs: u32,
+    /// The suite named in every ROUTE_DIR (1 or 2).
+    pub tunnel_suite: Suite,
     /// Lease bound.
     pub max_registrations: usize,
     /// Direction bound.
@@ -365,6 +380,14 @@ impl Config {
         positive("tunnel_lifetime_secs", self.tunnel_lifetime_secs.into())?;
         positive("max_registrations", self.max_registrations as u64)?;
         positive("max_directions", self.max_directions as u64)?;
+        let tunnel_suite = Suite::from(self.tunnel_suite);
+        if !matches!(tunnel_suite, Suite::HmacSha256_128 | Suite::Aes256Gcm) {
+            return Err(ConfigError::BadValue {
+                field: "tunnel_suite",
+                value: self.tunnel_suite.into(),
+                why: "must be 2 (aes-256-gcm, the default) or 1 (hmac-sha256-128, authentication only)",
+            });
+        }
         if u64::from(self.lease_secs) < 3 * u64::from(self.keepalive_secs) {
             return Err(ConfigError::BadValue {
                 field: "lease_secs",
@@ -464,6 +487,7 @@ impl Config {
             keepalive: Duration::from_secs(self.keepalive_secs.into()),
             lease: Duration::from_secs(self.lease_secs.into()),
             tunnel_lifetime_secs: self.tunnel_lifetime_secs,
+            tunnel_suite,
             max_registrations: self.max_registrations,
             max_directions: self.max_directions,
             stats_interval: (self.stats_interval_secs > 0)
@@ -551,7 +575,9 @@ mod tests {
         assert_ne!(s.nodes[0].node_id, s.nodes[1].node_id);
         assert_eq!(s.relays[0].id, 1);
         assert_eq!(s.keepalive, Duration::from_secs(20));
+        assert_eq!(s.tunnel_suite, Suite::Aes256Gcm, "AES-256-GCM by default");
         let text = c.to_toml();
+        assert!(text.contains("tunnel_suite = 2"), "{text}");
         assert!(
             text.contains("[[node]]") && text.contains("[[relay]]"),
             "{text}"
@@ -560,11 +586,34 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_suite_1_and_2_are_accepted_and_2_is_the_default() {
+        let c = Config::from_toml("[[node]]\nfqdn = \"cn.ntm.test\"\nkey = \"00\"\n");
+        assert_eq!(c.unwrap().tunnel_suite, 2);
+        for (n, suite) in [(1u8, Suite::HmacSha256_128), (2, Suite::Aes256Gcm)] {
+            let mut c = base();
+            c.tunnel_suite = n;
+            assert_eq!(c.validate().unwrap().tunnel_suite, suite);
+            let text = c.to_toml();
+            assert_eq!(Config::from_toml(&text).unwrap().tunnel_suite, n);
+        }
+    }
+
+    #[test]
     fn the_example_file_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-dc.example.toml");
         let c = Config::load(&path).unwrap();
         let s = c.validate().unwrap();
         assert!(!s.nodes.is_empty() && !s.relays.is_empty());
+        assert_eq!(c.tunnel_suite, 2, "the example documents the default");
+        assert_eq!(
+            c,
+            Config {
+                nodes: c.nodes.clone(),
+                relays: c.relays.clone(),
+                ..Config::default()
+            },
+            "every top-level field has its default"
+        );
     }
 
     #[test]
@@ -628,6 +677,16 @@ mod tests {
         let mut c = base();
         c.nodes.clear();
         assert!(err(&c).contains("no [[node]]"));
+
+        for bad in [0u8, 3, 255] {
+            let mut c = base();
+            c.tunnel_suite = bad;
+            let e = err(&c);
+            assert!(
+                e.contains(&format!("tunnel_suite = {bad}")) && e.contains("aes-256-gcm"),
+                "{e}"
+            );
+        }
 
         let e = Config::from_toml("listen = 5\n").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");

@@ -5,6 +5,19 @@
 //! [`Coordinator::poll_timeout`]'s deadline passes, and after each of them
 //! [`Coordinator::poll_transmit`] until it returns `None`. It reads no clock
 //! and does no I/O; tunnel ids and keys come from a seeded RNG.
+//!
+//! # Replay protection (§5 "Replay")
+//!
+//! Every DC-bound datagram is signaling and must be suite 1. The DC keeps one
+//! [`ReplayWindow`] per configured node (`K_node`, keyed by the FQDN's slot,
+//! so it covers REG_REQ as well as everything else and survives every
+//! re-registration of that FQDN for the life of the process) and one per RS
+//! (`K_rs`). A datagram is checked against its window after its tag verified
+//! and before anything in it is acted on; a replay is dropped and counted as
+//! `replay`. Everything the DC sends is built at [`Coordinator::poll_transmit`]
+//! with the next sequence number (they start at the Unix time in ns), so a
+//! retransmitted ROUTE_DIR or RELAY_DIR is sealed anew and passes the
+//! receiver's window.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -31,7 +44,25 @@ use crate::store::{Expiry, MemoryStore, Registration, RegistrationStore};
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a direction is remembered, so that a retransmitted DIR_REQ gets
 /// the same answer. Longer than a node's whole DIR_REQ schedule (7.75 s).
+/// A direction whose tunnel is still being set up (pending) is kept until it
+/// is not, whatever its age.
 pub const DIRECTION_RETENTION: Duration = Duration::from_secs(30);
+/// Most directions (pending or remembered) one requesting node may hold
+/// (§5): a DIR_REQ beyond gets ROUTE_DIR STATUS EXHAUSTED, for that node
+/// alone.
+///
+/// Remembered directions still age out after [`DIRECTION_RETENTION`], and
+/// pending ones stop being pending within seconds (every retransmission
+/// schedule is finite), so a node that hits the bound is refused for at
+/// most about that long after its burst, and a long-running node is never
+/// locked out: it may start 256 new directions per 30 s. We keep refusing (as §5 says) rather than replace
+/// the node's oldest remembered direction: replacing would make the bound
+/// no bound at all for a node whose directions complete quickly, and would
+/// make a retransmitted DIR_REQ of the evicted one create a second tunnel.
+/// Nor do we keep directions for the tunnel lifetime (180 s): the memory
+/// only serves retransmitted DIR_REQs, which stop after 7.75 s, and a
+/// longer memory would only make the bound bite six times harder.
+pub const MAX_DIRECTIONS_PER_NODE: usize = 256;
 /// A registration lapses after this many missed keep-alive intervals (§5).
 pub const MISSED_INTERVALS: u32 = 3;
 /// RELAY_DIR transmissions before the RS counts as unreachable. One fewer
@@ -147,8 +178,14 @@ struct NodeSlot {
     node_id: u32,
     vip: Option<Ipv4Addr>,
     auth: Authenticator,
-    /// Signaling from the node, across registrations (§2: per sender and key).
+    /// Signaling from the node (REG_REQ included), across registrations of
+    /// its FQDN for the life of the DC process (§2: per sender and key).
     window: ReplayWindow,
+    /// Directions it requested that are pending or remembered
+    /// ([`MAX_DIRECTIONS_PER_NODE`]).
+    directions: usize,
+    /// Whether its refusal at the bound was logged (once per episode).
+    limit_logged: bool,
 }
 
 #[derive(Debug)]
@@ -239,6 +276,7 @@ struct Direction {
 enum Out {
     RegResp {
         node_id: u32,
+        req_id: u32,
         dst: SocketAddrV4,
         result: Result<Lease, Status>,
     },
@@ -320,6 +358,8 @@ impl<S: RegistrationStore> Coordinator<S> {
                 vip: n.vip,
                 auth: Authenticator::new(&n.key),
                 window: ReplayWindow::new(),
+                directions: 0,
+                limit_logged: false,
             })
             .collect();
         let relays = settings
@@ -387,7 +427,12 @@ impl<S: RegistrationStore> Coordinator<S> {
         datagram: &[u8],
     ) -> Result<(), DropReason> {
         let packet = Packet::new_checked(datagram)?;
-        match packet.check_header()? {
+        let kind = packet.check_header()?;
+        if packet.suite() != Suite::HmacSha256_128 {
+            // Everything the DC receives is signaling: suite 1 (§2).
+            return Err(Error::UnsupportedSuite.into());
+        }
+        match kind {
             MessageType::RegReq => self.on_reg_req(now, from, &packet),
             MessageType::Keepalive
             | MessageType::Dereg
@@ -451,6 +496,7 @@ impl<S: RegistrationStore> Coordinator<S> {
             );
             self.queue.push_back(Out::RegResp {
                 node_id,
+                req_id: req.req_id,
                 dst: from,
                 result: Err(Status::Exhausted),
             });
@@ -485,6 +531,7 @@ impl<S: RegistrationStore> Coordinator<S> {
         self.store.put(reg);
         self.queue.push_back(Out::RegResp {
             node_id,
+            req_id: req.req_id,
             dst: from,
             result: Ok(Lease {
                 node_id,
@@ -619,6 +666,26 @@ impl<S: RegistrationStore> Coordinator<S> {
             return;
         }
         self.stats.dir_reqs += 1;
+        let slot = &mut self.nodes[self.by_id[&mn.node_id]];
+        if slot.directions >= MAX_DIRECTIONS_PER_NODE {
+            self.stats.dir_refused += 1;
+            self.stats.dir_node_limit += 1;
+            if !std::mem::replace(&mut slot.limit_logged, true) {
+                tracing::warn!(
+                    fqdn = %mn.fqdn,
+                    limit = MAX_DIRECTIONS_PER_NODE,
+                    retention_secs = DIRECTION_RETENTION.as_secs(),
+                    "direction refused (EXHAUSTED): this node already has {MAX_DIRECTIONS_PER_NODE} pending or recent directions; it is refused until some age out"
+                );
+            }
+            self.queue.push_back(Out::RouteDirStatus {
+                node_id: mn.node_id,
+                req_id,
+                dst: from,
+                status: Status::Exhausted,
+            });
+            return;
+        }
         if self.directions.len() >= self.settings.max_directions {
             self.stats.dir_refused += 1;
             tracing::warn!(
@@ -654,6 +721,7 @@ impl<S: RegistrationStore> Coordinator<S> {
                 expires: now + DIRECTION_RETENTION,
             },
         );
+        self.nodes[self.by_id[&mn.node_id]].directions += 1;
     }
 
     /// Create the tunnel for a new DIR_REQ and queue what it needs.
@@ -973,7 +1041,23 @@ impl<S: RegistrationStore> Coordinator<S> {
                 }
             }
         }
-        self.directions.retain(|_, d| d.expires > now);
+        let (tunnels, nodes, by_id) = (&self.tunnels, &mut self.nodes, &self.by_id);
+        self.directions.retain(|&(node_id, _), d| {
+            let pending = d
+                .outcome
+                .is_ok_and(|id| tunnels.get(&id).is_some_and(Tunnel::pending));
+            let keep = d.expires > now || pending;
+            if !keep {
+                if let Some(&i) = by_id.get(&node_id) {
+                    let slot = &mut nodes[i];
+                    slot.directions = slot.directions.saturating_sub(1);
+                    if slot.directions < MAX_DIRECTIONS_PER_NODE {
+                        slot.limit_logged = false;
+                    }
+                }
+            }
+            keep
+        });
         self.tunnels.retain(|_, t| t.expires > now || t.pending());
     }
 
@@ -1014,10 +1098,14 @@ impl<S: RegistrationStore> Coordinator<S> {
         let (dst, len) = match out {
             Out::RegResp {
                 node_id,
+                req_id,
                 dst,
                 result,
             } => {
-                let repr = Repr::new(header(node_id, false), Message::RegResp(RegResp { result }));
+                let repr = Repr::new(
+                    header(node_id, false),
+                    Message::RegResp(RegResp { req_id, result }),
+                );
                 (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
             }
             Out::KeepaliveAck { node_id, dst } => {
@@ -1086,7 +1174,7 @@ impl<S: RegistrationStore> Coordinator<S> {
                     endpoint: me.endpoint,
                     path: t.path,
                     role: me.role,
-                    suite: Suite::HmacSha256_128,
+                    suite: self.settings.tunnel_suite,
                     wrapped_key: auth.wrap_key(WrapLabel::TunnelKey, tunnel_id, seq, &t.k_tun),
                     wrapped_relay_key: t
                         .relay
@@ -1198,7 +1286,7 @@ impl<S: RegistrationStore> Coordinator<S> {
     pub fn stats_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "registered={} leases={} tunnels_pending={} | datagrams={} registrations={} renewals={} refused={} keepalives={} deregs={} lapsed={} released={} dir_reqs={} repeats={} not_found={} dir_refused={} direct={} reverse={} relayed={} route_dirs={} route_acks={} route_dir_failures={} relay_dirs={} relay_acks={} relay_failures={} errors_sent={} errors_received={} | drops: {}",
+            "registered={} leases={} tunnels_pending={} | datagrams={} registrations={} renewals={} refused={} keepalives={} deregs={} lapsed={} released={} dir_reqs={} repeats={} not_found={} dir_refused={} node_limit={} direct={} reverse={} relayed={} route_dirs={} route_acks={} route_dir_failures={} relay_dirs={} relay_acks={} relay_failures={} errors_sent={} errors_received={} | drops: {}",
             self.store.active(),
             self.store.len(),
             self.tunnels.values().filter(|t| t.pending()).count(),
@@ -1214,6 +1302,7 @@ impl<S: RegistrationStore> Coordinator<S> {
             s.dir_req_repeats,
             s.not_found,
             s.dir_refused,
+            s.dir_node_limit,
             s.direct,
             s.reverse,
             s.relayed,

@@ -96,6 +96,9 @@ pub struct Stats {
     pub not_found: u64,
     /// Directions answered with another non-OK status.
     pub dir_refused: u64,
+    /// Of those, DIR_REQs answered EXHAUSTED because the requesting node
+    /// already had [`crate::coordinator::MAX_DIRECTIONS_PER_NODE`] directions.
+    pub dir_node_limit: u64,
     /// Tunnels directed on a DIRECT path.
     pub direct: u64,
     /// Tunnels directed on a REVERSE path.

@@ -1,10 +1,26 @@
-//! ntm-dc: the NTMobile Direction Coordinator (`shared/PROTOCOL.md` §5).
+//! ntm-dc: the NTMobile Direction Coordinator (`shared/PROTOCOL.md`, wire
+//! protocol version 2, §5).
 //!
 //! The DC registers nodes and hands out VIPs from a pool, keeps the
 //! registrations alive, detects NAT, and answers direction requests with
 //! the path table of §5: it creates the tunnel id and keys, tells the relay
 //! server (RELAY_DIR) when the path needs one, and sends ROUTE_DIR to both
 //! ends.
+//!
+//! Version 2 in the DC:
+//! - REG_RESP echoes the REG_REQ's REQ_ID (on refusals too).
+//! - ROUTE_DIR names the tunnel's suite (SUITE TLV) from the configuration's
+//!   `tunnel_suite`: 2 = AES-256-GCM by default, 1 = HMAC-SHA256-128. It
+//!   still carries `K_tun` (WRAPPED_KEY); each end derives its two
+//!   direction keys from it (§3).
+//! - Everything the DC receives is signaling and must be suite 1; a replay
+//!   window per node (`K_node`, for the life of the process, across
+//!   re-registrations) and per RS (`K_rs`) drops replays after the tag and
+//!   before anything is acted on, counted as `replay`. Everything it sends,
+//!   retransmissions included, carries its next seq (from the Unix time in
+//!   ns). See [`coordinator`].
+//! - At most [`coordinator::MAX_DIRECTIONS_PER_NODE`] (256) directions per
+//!   requesting node; beyond, that node gets EXHAUSTED.
 //!
 //! | module | what |
 //! |---|---|

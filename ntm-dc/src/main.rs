@@ -18,7 +18,10 @@ use tokio::time::Interval;
 ///
 /// Registers nodes, hands out VIPs from a pool, keeps registrations alive,
 /// detects NAT and directs tunnels between nodes (directly, in reverse, or
-/// through a relay server), as shared/PROTOCOL.md §5 describes.
+/// through a relay server), as shared/PROTOCOL.md (wire version 2) §5
+/// describes. Every tunnel gets the configuration's `tunnel_suite`:
+/// 2 = AES-256-GCM (default), 1 = HMAC-SHA256-128 (authentication only).
+/// Replayed signaling is dropped and counted (`replay` in the drops).
 ///
 /// Logs go to stderr; choose what with RUST_LOG (default `info`, e.g.
 /// RUST_LOG=ntm_dc=debug shows every drop). SIGUSR1 logs a statistics line;
@@ -68,12 +71,14 @@ fn start(args: Args) -> Result<()> {
         .with_context(|| format!("invalid configuration {}", args.config.display()))?;
     if args.check {
         println!(
-            "{}: OK ({} nodes, {} relays, VIP pool {}, listen {})",
+            "{}: OK ({} nodes, {} relays, VIP pool {}, listen {}, tunnel suite {} {})",
             args.config.display(),
             settings.nodes.len(),
             settings.relays.len(),
             settings.pool,
-            settings.listen
+            settings.listen,
+            u8::from(settings.tunnel_suite),
+            settings.tunnel_suite.name()
         );
         return Ok(());
     }
@@ -122,6 +127,7 @@ async fn run(config: Config, settings: Settings) -> Result<()> {
         nodes = settings.nodes.len(),
         relays = settings.relays.len(),
         pool = %settings.pool,
+        tunnel_suite = %settings.tunnel_suite.name(),
         "ntm-dc listening"
     );
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;

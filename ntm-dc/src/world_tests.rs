@@ -16,7 +16,7 @@ use ntm_proto::wire::{
     Caps, DirReq, ErrorMsg, Fqdn, Header, Message, Packet, RegReq, Repr, RouteAck,
     MAX_SIGNALING_LEN,
 };
-use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, WrapLabel};
+use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, Suite, WrapLabel};
 
 use crate::coordinator::{End, CN_FIRST_ROUTE_DIR_TRIES, DIRECTION_RETENTION};
 use crate::{Config, Coordinator, DropReason, NodeEntry, RegistrationStore, RelayEntry};
@@ -140,6 +140,9 @@ struct World {
     duplicate: bool,
     /// (when, src, dst, type) of every datagram put on the wire.
     sent: Vec<(Instant, SocketAddrV4, SocketAddrV4, MessageType)>,
+    /// Every datagram put on the wire (before losses), bytes and all: what
+    /// an attacker on the path records.
+    wire: Vec<Flight>,
 }
 
 impl World {
@@ -161,6 +164,7 @@ impl World {
             delay: Box::new(|_| Duration::ZERO),
             duplicate: false,
             sent: Vec::new(),
+            wire: Vec::new(),
         }
     }
 
@@ -231,6 +235,7 @@ impl World {
             data,
         };
         f.at += (self.delay)(&f);
+        self.wire.push(f.clone());
         if (self.drop)(&f) {
             return;
         }
@@ -287,9 +292,31 @@ impl World {
         if !h.running {
             return;
         }
-        if let Ok(Received::Data { inner, .. }) = h.ep.handle(now, f.src, &f.data) {
+        let mut data = f.data;
+        if let Ok(Received::Data { inner, .. }) = h.ep.handle(now, f.src, &mut data) {
             h.inner_rx.push(inner.to_vec());
         }
+    }
+
+    /// An attacker on the internet sends `data` from `src` (any source it
+    /// likes: spoofed) to `dst`; it arrives after [`LATENCY`].
+    fn inject(&mut self, src: SocketAddrV4, dst: SocketAddrV4, data: Vec<u8>) {
+        self.flights.push_back(Flight {
+            at: self.now + LATENCY,
+            src,
+            dst,
+            lan: None,
+            data,
+        });
+    }
+
+    /// The datagrams of `kind` recorded on the wire from `src` to `dst`.
+    fn recorded(&self, src: SocketAddrV4, dst: SocketAddrV4, kind: MessageType) -> Vec<Flight> {
+        self.wire
+            .iter()
+            .filter(|f| f.src == src && f.dst == dst && is(f, kind))
+            .cloned()
+            .collect()
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -402,21 +429,15 @@ impl World {
         self.events(i)
             .iter()
             .filter_map(|e| match e {
-                Event::TunnelUp {
-                    tunnel_id,
-                    path,
-                    role,
-                    key,
-                    endpoint,
-                    peer_vip,
-                    ..
-                } => Some(Up {
-                    id: *tunnel_id,
-                    path: *path,
-                    role: *role,
-                    key: key.clone(),
-                    endpoint: *endpoint,
-                    peer_vip: *peer_vip,
+                Event::TunnelUp(p) => Some(Up {
+                    id: p.tunnel_id,
+                    path: p.path,
+                    role: p.role,
+                    suite: p.suite,
+                    tx_key: p.tx_key.clone(),
+                    rx_key: p.rx_key.clone(),
+                    endpoint: p.endpoint,
+                    peer_vip: p.peer_vip,
                 }),
                 _ => None,
             })
@@ -464,7 +485,13 @@ impl World {
         assert_eq!(b.len(), 1, "CN tunnels: {b:?}");
         let (a, b) = (a[0].clone(), b[0].clone());
         assert_eq!(a.id, b.id, "one tunnel id at both ends");
-        assert!(a.key == b.key, "one K_tun at both ends");
+        assert!(
+            a.tx_key == b.rx_key && a.rx_key == b.tx_key,
+            "one K_tun at both ends: each end's send key is the other's receive key"
+        );
+        assert!(a.tx_key != a.rx_key, "a key per direction");
+        assert_eq!(a.suite, b.suite);
+        assert_eq!(a.suite, self.dc.settings().tunnel_suite, "the DC's suite");
         assert_eq!(a.path, b.path);
         assert_ne!(a.role, b.role);
         assert_eq!(a.peer_vip, self.vip(cn));
@@ -478,7 +505,9 @@ struct Up {
     id: u32,
     path: Path,
     role: Role,
-    key: Key,
+    suite: Suite,
+    tx_key: Key,
+    rx_key: Key,
     endpoint: SocketAddrV4,
     peer_vip: Ipv4Addr,
 }
@@ -504,7 +533,12 @@ const CN_SAME_LAN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 10, 
 
 /// mn (0) and cn (1), each public or behind its NAT, registered.
 fn pair(mn_nat: bool, cn_nat: bool) -> World {
-    let mut w = World::new();
+    pair_with(dc_config(), mn_nat, cn_nat)
+}
+
+/// [`pair`] with this DC configuration.
+fn pair_with(cfg: Config, mn_nat: bool, cn_nat: bool) -> World {
+    let mut w = World::with_config(cfg);
     let n1 = w.add_nat(NAT1);
     let n2 = w.add_nat(NAT2);
     if mn_nat {
@@ -1237,12 +1271,18 @@ fn seal(key: &Key, id: u32, seq: u64, message: Message<'_>) -> Vec<u8> {
     b
 }
 
+/// A REG_REQ whose REQ_ID is the low half of its seq.
 fn reg_req(fqdn: &str, key: &Key, seq: u64, local: SocketAddrV4) -> Vec<u8> {
+    reg_req_with(fqdn, key, seq, local, seq as u32)
+}
+
+fn reg_req_with(fqdn: &str, key: &Key, seq: u64, local: SocketAddrV4, req_id: u32) -> Vec<u8> {
     seal(
         key,
         0,
         seq,
         Message::RegReq(RegReq {
+            req_id,
             fqdn: Fqdn::new(fqdn).unwrap(),
             local_addr: local,
             caps: Caps::NODE,
@@ -1376,16 +1416,20 @@ fn bad_datagrams_are_dropped_and_counted_by_reason() {
         ),
         (
             {
+                // Version 1 is gone.
                 let mut v = seal(&k, id, T0_NANOS + 10, Message::Keepalive);
-                v[0] = 2;
+                v[0] = 1;
+                Authenticator::new(&k).seal(&mut v).unwrap();
                 v
             },
             Error::BadVersion.into(),
         ),
         (
             {
+                // Signaling is suite 1 only, even when authentic (§2).
                 let mut v = seal(&k, id, T0_NANOS + 11, Message::Keepalive);
-                v[3] = 2;
+                v[3] = Suite::Aes256Gcm.into();
+                Authenticator::new(&k).seal(&mut v).unwrap();
                 v
             },
             Error::UnsupportedSuite.into(),
@@ -1544,7 +1588,7 @@ fn random_and_mutated_datagrams_never_panic_and_every_drop_is_counted() {
             rng.fill_bytes(&mut d);
             // Mostly well-formed headers, so that the deeper paths run too.
             if len >= 4 && i % 4 == 0 {
-                d[0] = 1;
+                d[0] = ntm_proto::wire::VERSION;
                 d[3] = 1;
                 d[1] = [0x10, 0x12, 0x14, 0x20, 0x22, 0x41, 0x7f][(rng.next_u32() % 7) as usize];
             }
@@ -1568,4 +1612,403 @@ fn random_and_mutated_datagrams_never_panic_and_every_drop_is_counted() {
     // Still working.
     dc.handle(t0, from, &seal(&k, id, T0_NANOS + 10, Message::Keepalive))
         .unwrap();
+}
+
+// ---------------------------------------------------------------- version 2: replay windows, REQ_IDs, suites, bounds
+
+/// (REQ_ID, TUNNEL_ID or STATUS, SUITE) of a ROUTE_DIR.
+fn route_dir(d: &[u8]) -> (u32, Result<(u32, Suite), Status>) {
+    let Message::RouteDir(rd) = parse(d).message else {
+        panic!("not a ROUTE_DIR")
+    };
+    (rd.req_id, rd.result.map(|r| (r.tunnel_id, r.suite)))
+}
+
+#[test]
+fn reg_resp_echoes_the_req_id_also_when_refused() {
+    let t0 = Instant::now();
+    let mut cfg = dc_config();
+    cfg.max_registrations = 1;
+    let mut dc = new_dc(&cfg, t0, 9);
+    let (ka, kb) = (node_key("a.ntm.test"), node_key("b.ntm.test"));
+    let (fa, fb) = (addr(198, 18, 0, 50, 7700), addr(198, 18, 0, 51, 7700));
+    dc.handle(
+        t0,
+        fa,
+        &reg_req_with("a.ntm.test", &ka, T0_NANOS, fa, 0xa11ce),
+    )
+    .unwrap();
+    let out = drain(&mut dc, t0);
+    let Message::RegResp(resp) = parse(&out[0].1).message else {
+        panic!("not a REG_RESP")
+    };
+    assert_eq!((resp.req_id, resp.result.is_ok()), (0xa11ce, true));
+    // The DC is full: EXHAUSTED, with b's REQ_ID, for its first try and for
+    // its retransmission (same REQ_ID, next seq), each sealed with a fresh seq.
+    let mut seqs = Vec::new();
+    for seq in [T0_NANOS, T0_NANOS + 1] {
+        dc.handle(t0, fb, &reg_req_with("b.ntm.test", &kb, seq, fb, 0xb0b))
+            .unwrap();
+        let out = drain(&mut dc, t0);
+        assert_eq!(out.len(), 1);
+        Authenticator::new(&kb).verify(&out[0].1).unwrap();
+        let repr = parse(&out[0].1);
+        let Message::RegResp(resp) = repr.message else {
+            panic!("not a REG_RESP")
+        };
+        assert_eq!((resp.req_id, resp.result), (0xb0b, Err(Status::Exhausted)));
+        seqs.push(repr.header.seq);
+    }
+    assert!(seqs[0] < seqs[1], "{seqs:?}");
+}
+
+/// Regression (issue 8, replay of node signaling): a REG_REQ recorded on the
+/// path and played back later, from anywhere, is dropped as a replay. The
+/// node's window belongs to its FQDN for the life of the DC process, so it
+/// outlives re-registration, DEREG and the end of the lease. Without it the
+/// recording would re-register the node at the address it came from (the
+/// attacker's, or one the node has left) and answer there.
+#[test]
+fn a_recorded_reg_req_played_back_is_refused_across_registrations() {
+    let t0 = Instant::now();
+    let mut dc = new_dc(&dc_config(), t0, 7);
+    let k = node_key("a.ntm.test");
+    let (home, away) = (addr(198, 18, 0, 50, 7700), addr(198, 18, 0, 51, 7700));
+    let attacker = addr(203, 0, 113, 9, 5555);
+    let recorded = reg_req_with("a.ntm.test", &k, T0_NANOS, home, 0xfeed);
+    dc.handle(t0, home, &recorded).unwrap();
+    let out = drain(&mut dc, t0);
+    let Message::RegResp(resp) = parse(&out[0].1).message else {
+        panic!("not a REG_RESP")
+    };
+    assert_eq!(resp.req_id, 0xfeed);
+    let id = resp.result.unwrap().node_id;
+    // The node moves and registers again from there.
+    dc.handle(
+        t0,
+        away,
+        &reg_req_with("a.ntm.test", &k, T0_NANOS + 1, away, 0xbeef),
+    )
+    .unwrap();
+    let out = drain(&mut dc, t0);
+    assert!(matches!(parse(&out[0].1).message, Message::RegResp(r) if r.req_id == 0xbeef));
+    let before = dc.stats().clone();
+
+    for from in [home, attacker] {
+        assert_eq!(dc.handle(t0, from, &recorded), Err(Error::Replay.into()));
+    }
+    assert!(drain(&mut dc, t0).is_empty(), "nothing answered");
+    assert_eq!(dc.registration("a.ntm.test").unwrap().observed, away);
+    assert_eq!(
+        (dc.stats().registrations, dc.stats().renewals),
+        (before.registrations, before.renewals)
+    );
+
+    // DEREG, then a new registration: the recording is still refused.
+    dc.handle(t0, away, &seal(&k, id, T0_NANOS + 2, Message::Dereg))
+        .unwrap();
+    dc.handle(t0, away, &reg_req("a.ntm.test", &k, T0_NANOS + 3, away))
+        .unwrap();
+    drain(&mut dc, t0);
+    assert_eq!(
+        dc.handle(t0, attacker, &recorded),
+        Err(Error::Replay.into())
+    );
+    // The node goes for good and its lease ends: still refused.
+    let mut now = t0;
+    while dc.registration("a.ntm.test").is_some() {
+        now = dc.poll_timeout().unwrap();
+        dc.handle_timeout(now);
+        assert!(now < t0 + Duration::from_secs(1000), "never released");
+    }
+    assert_eq!(
+        dc.handle(now, attacker, &recorded),
+        Err(Error::Replay.into())
+    );
+    assert!(dc.registration("a.ntm.test").is_none());
+    assert!(drain(&mut dc, now).is_empty());
+    assert_eq!(dc.drops().get(Error::Replay.into()), 4);
+    assert_eq!(dc.drops().total(), 4);
+}
+
+/// Regression (issue 8, replay of node signaling): the DIR_REQ, ROUTE_ACK
+/// and REG_REQ of a real node, recorded on the wire and played back, are
+/// dropped as replays: no ROUTE_DIR again, no second tunnel, no move. A
+/// DIR_REQ that the DC took as new once it forgot the direction would
+/// direct a second tunnel, whose ROUTE_DIR would replace CN's live one.
+#[test]
+fn recorded_dir_req_route_ack_and_reg_req_played_back_are_refused() {
+    let mut w = pair(false, false);
+    let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+    let attacker = addr(203, 0, 113, 9, 5555);
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    w.one_tunnel(0, 1);
+    let dir_req = w.recorded(mn_pub, DC, MessageType::DirReq);
+    let route_ack = w.recorded(cn_pub, DC, MessageType::RouteAck);
+    let reg_req = w.recorded(mn_pub, DC, MessageType::RegReq);
+    assert_eq!((dir_req.len(), route_ack.len(), reg_req.len()), (1, 1, 1));
+    let route_dirs = w.count_sent(MessageType::RouteDir);
+
+    // At once, while the DC remembers the direction (from MN's address, as
+    // a verbatim copy), and after it forgot it (from the attacker's).
+    for (wait, src) in [
+        (Duration::ZERO, mn_pub),
+        (DIRECTION_RETENTION + Duration::from_secs(5), attacker),
+    ] {
+        w.run_for(wait);
+        w.inject(src, DC, dir_req[0].data.clone());
+        w.inject(src, DC, route_ack[0].data.clone());
+        w.run_for(Duration::from_secs(2));
+    }
+    assert_eq!(w.dc.drops().get(Error::Replay.into()), 4);
+    assert_eq!(w.dc.drops().get(DropReason::StaleAck), 0);
+    assert_eq!(
+        (w.dc.stats().dir_reqs, w.dc.stats().dir_req_repeats),
+        (1, 0)
+    );
+    assert_eq!(w.count_sent(MessageType::RouteDir), route_dirs);
+    assert_eq!(w.dc.tunnels().count(), 0, "forgotten, not made again");
+    assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
+    assert_eq!(w.tunnel_ups(1).len(), 1);
+    w.assert_data_both_ways(0, 1);
+
+    // MN's REG_REQ from the attacker's address: MN stays registered where it is.
+    w.inject(attacker, DC, reg_req[0].data.clone());
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.dc.drops().get(Error::Replay.into()), 5);
+    assert_eq!(w.dc.registration("mn.ntm.test").unwrap().observed, mn_pub);
+    assert_eq!(w.dc.stats().renewals, 0);
+    assert!(
+        w.sent.iter().all(|s| s.2 != attacker),
+        "nothing to the attacker"
+    );
+}
+
+/// Regression (issue 8, replay of RS signaling): a recorded RELAY_ACK played
+/// back to the DC is a replay (not merely a stale ack); the DC's RELAY_DIRs
+/// and CN's ROUTE_DIRs, retransmitted, each carry the DC's next seq, so the
+/// receivers' windows let every retransmission through.
+#[test]
+fn every_retransmission_is_sealed_anew_with_the_next_seq() {
+    let mut w = pair(true, true);
+    let cn_pub = w.public(1);
+    let (mut lost_relay_dirs, mut lost_route_dirs) = (0, 0);
+    w.drop = Box::new(move |f| {
+        if f.dst == RS && is(f, MessageType::RelayDir) && lost_relay_dirs < 2 {
+            lost_relay_dirs += 1;
+            return true;
+        }
+        if f.dst == cn_pub && is(f, MessageType::RouteDir) && lost_route_dirs < 2 {
+            lost_route_dirs += 1;
+            return true;
+        }
+        false
+    });
+    let req = w.connect(0, "cn.ntm.test");
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    let relay_dirs = w.recorded(DC, RS, MessageType::RelayDir);
+    let to_cn = w.recorded(DC, cn_pub, MessageType::RouteDir);
+    assert_eq!((relay_dirs.len(), to_cn.len()), (3, 3));
+    let seq = |f: &Flight| parse(&f.data).header.seq;
+    for copies in [&relay_dirs, &to_cn] {
+        let seqs: Vec<u64> = copies.iter().map(seq).collect();
+        assert!(seqs.windows(2).all(|p| p[0] < p[1]), "{seqs:?}");
+    }
+    // CN's three copies: one tunnel, one K_tun, each wrapped for its own seq.
+    let auth = Authenticator::new(&node_key("cn.ntm.test"));
+    let keys: Vec<(u32, Key)> = to_cn
+        .iter()
+        .map(|f| {
+            let repr = parse(&f.data);
+            let Message::RouteDir(rd) = repr.message else {
+                panic!("not a ROUTE_DIR")
+            };
+            let r = rd.result.unwrap();
+            let k = auth.unwrap_key(
+                WrapLabel::TunnelKey,
+                r.tunnel_id,
+                repr.header.seq,
+                &r.wrapped_key,
+            );
+            (r.tunnel_id, k)
+        })
+        .collect();
+    assert!(keys.iter().all(|k| *k == keys[0]));
+    // Everything the DC sent: strictly increasing seqs from its start (Unix ns).
+    let dc_seqs: Vec<u64> = w.wire.iter().filter(|f| f.src == DC).map(seq).collect();
+    assert!(dc_seqs[0] > 1_700_000_000_000_000_000);
+    assert!(dc_seqs.windows(2).all(|p| p[0] < p[1]));
+    // Nobody saw a replay: each retransmission passed its receiver's window.
+    assert_eq!(w.rs.drops().get(Error::Replay.into()), 0);
+    assert_eq!(w.hosts[1].ep.drops().get(Error::Replay), 0);
+    assert_eq!(w.dc.stats().relay_acks, 1);
+    w.one_tunnel(0, 1);
+    w.assert_data_both_ways(0, 1);
+
+    // The RS's RELAY_ACK, played back to the DC: a replay, dropped.
+    let relay_ack = w.recorded(RS, DC, MessageType::RelayAck);
+    assert_eq!(relay_ack.len(), 1);
+    w.inject(RS, DC, relay_ack[0].data.clone());
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.dc.drops().get(Error::Replay.into()), 1);
+    assert_eq!(w.dc.drops().get(DropReason::StaleAck), 0);
+    assert_eq!(w.dc.stats().relay_acks, 1);
+}
+
+/// §5: at most 256 directions per requesting node. The 257th gets
+/// EXHAUSTED while another node still gets its direction, and the limited
+/// node gets directions again once its old ones aged out.
+#[test]
+fn the_257th_direction_from_one_node_is_exhausted_while_another_node_still_gets_ok() {
+    use crate::coordinator::{MAX_DIRECTIONS_PER_NODE, SWEEP_INTERVAL};
+    let t0 = Instant::now();
+    let mut dc = new_dc(&dc_config(), t0, 8);
+    let names = ["a.ntm.test", "b.ntm.test", "c.ntm.test"];
+    let from: Vec<SocketAddrV4> = (0..3).map(|i| addr(198, 18, 0, 50 + i, 7700)).collect();
+    let mut seq = T0_NANOS;
+    for (n, a) in names.iter().zip(&from) {
+        seq += 1;
+        dc.handle(t0, *a, &reg_req(n, &node_key(n), seq, *a))
+            .unwrap();
+    }
+    drain(&mut dc, t0);
+    let ids: Vec<u32> = names.iter().map(|n| dc.node_id(n).unwrap()).collect();
+    let dir_req = |seq: u64, i: usize, req_id: u32, target: &str| {
+        seal(
+            &node_key(names[i]),
+            ids[i],
+            seq,
+            Message::DirReq(DirReq {
+                req_id,
+                fqdn: Fqdn::new(target).unwrap(),
+            }),
+        )
+    };
+    let limit = MAX_DIRECTIONS_PER_NODE as u32;
+    assert_eq!(limit, 256);
+
+    // a asks for b 256 times: 256 tunnels, b's ROUTE_DIR OK for each.
+    for req_id in 1..=limit {
+        seq += 1;
+        dc.handle(t0, from[0], &dir_req(seq, 0, req_id, "b.ntm.test"))
+            .unwrap();
+    }
+    let out = drain(&mut dc, t0);
+    assert_eq!(out.len(), 256);
+    assert!(out
+        .iter()
+        .all(|(dst, d)| *dst == from[1] && route_dir(d).1.is_ok()));
+    assert_eq!(dc.tunnels().count(), 256);
+
+    // The 257th, for b or for anything else: EXHAUSTED to a, with its
+    // REQ_ID, and nothing directed.
+    for (req_id, target) in [(limit + 1, "b.ntm.test"), (limit + 2, "nobody.ntm.test")] {
+        seq += 1;
+        dc.handle(t0, from[0], &dir_req(seq, 0, req_id, target))
+            .unwrap();
+        let out = drain(&mut dc, t0);
+        assert_eq!(out.len(), 1, "{target}");
+        assert_eq!(out[0].0, from[0]);
+        assert_eq!(route_dir(&out[0].1), (req_id, Err(Status::Exhausted)));
+    }
+    assert_eq!(dc.tunnels().count(), 256);
+    assert_eq!(dc.stats().dir_node_limit, 2);
+    // A retransmission of a direction it holds is no new one: not refused.
+    seq += 1;
+    dc.handle(t0, from[0], &dir_req(seq, 0, 1, "b.ntm.test"))
+        .unwrap();
+    assert!(drain(&mut dc, t0)
+        .iter()
+        .all(|(_, d)| route_dir(d).1 != Err(Status::Exhausted)));
+    assert_eq!(dc.stats().dir_req_repeats, 1);
+
+    // c, another node, gets its direction: b's copy, then (on b's
+    // ROUTE_ACK) c's OK.
+    seq += 1;
+    dc.handle(t0, from[2], &dir_req(seq, 2, 7, "b.ntm.test"))
+        .unwrap();
+    let out = drain(&mut dc, t0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, from[1]);
+    let (_, Ok((tunnel_id, _))) = route_dir(&out[0].1) else {
+        panic!("b's ROUTE_DIR for c is not OK")
+    };
+    seq += 1;
+    dc.handle(
+        t0,
+        from[1],
+        &seal(
+            &node_key(names[1]),
+            ids[1],
+            seq,
+            Message::RouteAck(RouteAck { tunnel_id }),
+        ),
+    )
+    .unwrap();
+    let out = drain(&mut dc, t0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, from[2]);
+    assert_eq!(route_dir(&out[0].1).0, 7);
+    assert!(route_dir(&out[0].1).1.is_ok());
+
+    // Not locked out: b never acknowledged a's 256 (they failed as
+    // UNREACHABLE), and once they aged out a gets directions again.
+    let mut now = t0;
+    while now < t0 + DIRECTION_RETENTION + SWEEP_INTERVAL {
+        now = dc.poll_timeout().unwrap();
+        dc.handle_timeout(now);
+        drain(&mut dc, now);
+    }
+    assert_eq!(dc.tunnels().count(), 0);
+    seq += 1;
+    dc.handle(now, from[0], &dir_req(seq, 0, limit + 3, "c.ntm.test"))
+        .unwrap();
+    let out = drain(&mut dc, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, from[2], "c's copy: a's direction is under way");
+    assert!(route_dir(&out[0].1).1.is_ok());
+    assert_eq!(dc.stats().dir_node_limit, 2);
+}
+
+/// The DC's `tunnel_suite` is the SUITE of every ROUTE_DIR, and tunnels of
+/// either suite work on every path. With suite 2 no DATA carries its
+/// payload in clear; with suite 1 it does.
+#[test]
+fn tunnel_suite_1_and_2_configs_both_produce_working_route_dirs() {
+    for (n, suite) in [(1u8, Suite::HmacSha256_128), (2, Suite::Aes256Gcm)] {
+        for (mn_nat, cn_nat) in [(false, false), (false, true), (true, true)] {
+            let case = format!("suite {n}, mn_nat={mn_nat} cn_nat={cn_nat}");
+            let mut cfg = dc_config();
+            cfg.tunnel_suite = n;
+            let mut w = pair_with(cfg, mn_nat, cn_nat);
+            assert_eq!(w.dc.settings().tunnel_suite, suite);
+            let req = w.connect(0, "cn.ntm.test");
+            assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))), "{case}");
+            // Both ends run the DC's suite (one_tunnel checks it too).
+            let (mn, cn) = w.one_tunnel(0, 1);
+            assert_eq!((mn.suite, cn.suite), (suite, suite), "{case}");
+            // The SUITE TLV of every ROUTE_DIR as sent (verified with K_node).
+            let mut seen = 0;
+            for i in [0, 1] {
+                let auth = Authenticator::new(&node_key(FQDNS[i]));
+                for f in w.recorded(DC, w.public(i), MessageType::RouteDir) {
+                    auth.verify(&f.data).unwrap();
+                    assert_eq!(f.data[3], 1, "{case}: signaling stays suite 1");
+                    assert_eq!(route_dir(&f.data).1.map(|r| r.1), Ok(suite), "{case}");
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, 2, "{case}");
+            w.assert_data_both_ways(0, 1);
+            let data: Vec<&Flight> = w.wire.iter().filter(|f| is(f, MessageType::Data)).collect();
+            assert!(!data.is_empty(), "{case}");
+            for f in data {
+                assert_eq!(f.data[3], n, "{case}: DATA in the tunnel's suite");
+                let clear = f.data.windows(4).any(|x| x == b"ping" || x == b"pong");
+                assert_eq!(clear, suite == Suite::HmacSha256_128, "{case}");
+            }
+        }
+    }
 }

@@ -32,6 +32,8 @@ fn help_describes_the_program() {
     assert!(text.contains("Direction Coordinator"), "{text}");
     assert!(text.contains("--config"), "{text}");
     assert!(text.contains("RUST_LOG"), "{text}");
+    assert!(text.contains("tunnel_suite"), "{text}");
+    assert!(text.contains("AES-256-GCM (default)"), "{text}");
 }
 
 #[test]
@@ -47,6 +49,16 @@ fn check_accepts_the_example() {
         text.contains("OK (3 nodes, 1 relays, VIP pool 100.64.0.0/10"),
         "{text}"
     );
+    assert!(text.contains("tunnel suite 2 aes-256-gcm"), "{text}");
+    let path = temp_config(
+        "suite1.toml",
+        &std::fs::read_to_string(example())
+            .unwrap()
+            .replace("tunnel_suite = 2", "tunnel_suite = 1"),
+    );
+    let out = dc(&["--check", "--config", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tunnel suite 1 hmac-sha256-128"), "{text}");
 }
 
 #[test]
@@ -75,6 +87,11 @@ fn bad_configurations_fail_with_what_to_fix() {
             "domain.toml",
             example.replace("fqdn = \"gn.ntm.test\"", "fqdn = \"gn.example.org\""),
             "is not under domain \"ntm.test\"",
+        ),
+        (
+            "suite.toml",
+            example.replace("tunnel_suite = 2", "tunnel_suite = 3"),
+            "tunnel_suite = 3: must be 2 (aes-256-gcm, the default) or 1",
         ),
         (
             "syntax.toml",

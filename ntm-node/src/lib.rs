@@ -8,14 +8,18 @@
 //!   to the DC is checked every second) and deregisters on SIGINT/SIGTERM;
 //! * a TUN device carrying the VIP with its prefix route and MTU 1440:
 //!   packets from it go out as DATA, DATA from tunnels goes into it after
-//!   the checks of PROTOCOL.md §5 (tag, replay window, inner source = peer
-//!   VIP, inner destination = own VIP); packets to a VIP whose tunnel is
-//!   being set up wait in a bounded [`hold::HoldQueue`];
+//!   the checks of PROTOCOL.md §5 (tag with the receive direction key, and
+//!   for suite 2 AES-256-GCM decryption in place; replay window; one whole
+//!   IPv4 packet; inner source = peer VIP, inner destination = own VIP);
+//!   only a datagram that passed them all counts as activity or moves the
+//!   peer's endpoint (roaming); packets to a VIP whose tunnel is being set
+//!   up wait in a bounded [`hold::HoldQueue`];
 //! * a DNS stub answering names under the NTM suffix through DIR_REQ and
 //!   forwarding the rest to the upstream resolver;
 //! * counters of every packet and every drop by reason ([`stats`]), logged
 //!   periodically and on SIGUSR1, and written to a JSON status file
-//!   ([`Status`]) every second when `status_file` is set.
+//!   ([`Status`]) every second when `status_file` is set; each tunnel's
+//!   suite is in both.
 //!
 //! Configuration: [`Config`] (TOML, see `ntm-node.example.toml`), checked
 //! by [`Config::validate`] into [`Settings`].

@@ -10,7 +10,8 @@ use ntm_node::Config;
 
 /// A software NTMobile node: registers its FQDN with the DC, puts its VIP
 /// on a TUN device, answers NTM names through its DNS stub and carries
-/// packets to other nodes through authenticated UDP tunnels.
+/// packets to other nodes through authenticated (and, with suite 2,
+/// encrypted) UDP tunnels.
 ///
 /// Signals: SIGINT/SIGTERM deregister and stop; SIGUSR1 logs a statistics
 /// line and rewrites the status file. Logs go to stderr; RUST_LOG filters

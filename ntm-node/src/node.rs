@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result};
 use ntm_proto::data::inner_destination;
 use ntm_proto::dns::{DnsStub, Output, PendingId, ResolveOutcome};
-use ntm_proto::node::{self, DirError, Endpoint, Event, Received, ReqId};
+use ntm_proto::node::{self, DirError, Endpoint, Event, Received, ReqId, TunnelParams};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
 use ntm_proto::{Error, Status as Code};
 use tokio::net::UdpSocket;
@@ -128,13 +128,18 @@ impl Node {
 
     // ----- inputs -------------------------------------------------------
 
-    /// A datagram on the node's UDP port.
-    fn on_datagram(&mut self, io: &Io, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    /// A datagram on the node's UDP port, opened in place (suite 2
+    /// decrypts it where it lies).
+    fn on_datagram(&mut self, io: &Io, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
         let SocketAddr::V4(from) = from else {
             self.c.drop_local(LocalDrop::NotIpv4Source);
             return;
         };
         // Drops are counted by reason inside the endpoint (Endpoint::drops).
+        // The endpoint runs every check of §5 (tag or decryption with the
+        // receive direction key, replay window, inner shape and addresses)
+        // before it notes the datagram as activity or follows a new source
+        // (roaming): a dropped datagram moves nothing.
         match self.ep.handle(now, from, bytes) {
             Ok(Received::Data { inner, .. }) => {
                 self.c.data_rx += 1;
@@ -333,33 +338,22 @@ impl Node {
                     }
                 }
             }
-            Event::TunnelUp {
-                tunnel_id,
-                peer_fqdn,
-                peer_vip,
-                endpoint,
-                path,
-                role,
-                ..
-            } => {
-                self.c.tunnels_up += 1;
-                tracing::info!(
-                    tunnel_id,
-                    peer = %peer_fqdn,
-                    %peer_vip,
-                    %endpoint,
-                    path = path.name(),
-                    role = role.name(),
-                    "tunnel up"
+            Event::TunnelAdded(p) => {
+                // The endpoint accepts the peer's DATA from now on (the peer
+                // may send right after its TUN_RESP); we send from TunnelUp.
+                tracing::debug!(
+                    tunnel_id = p.tunnel_id,
+                    peer = %p.peer_fqdn,
+                    peer_vip = %p.peer_vip,
+                    endpoint = %p.endpoint,
+                    path = p.path.name(),
+                    role = p.role.name(),
+                    suite = p.suite.name(),
+                    "tunnel added"
                 );
-                self.remember(peer_vip, &peer_fqdn);
-                for pkt in self.hold.take(peer_vip) {
-                    match self.send_data(io, now, &pkt) {
-                        Ok(()) => self.c.released += 1,
-                        Err(_) => self.c.drop_local(LocalDrop::SetupFailed),
-                    }
-                }
+                self.remember(p.peer_vip, &p.peer_fqdn);
             }
+            Event::TunnelUp(p) => self.on_tunnel_up(io, now, &p),
             Event::TunnelDown { tunnel_id, reason } => {
                 self.c.tunnels_down += 1;
                 tracing::info!(tunnel_id, ?reason, "tunnel down");
@@ -369,6 +363,27 @@ impl Node {
                 endpoint,
             } => {
                 tracing::info!(tunnel_id, %endpoint, "peer moved (roaming)");
+            }
+        }
+    }
+
+    fn on_tunnel_up(&mut self, io: &Io, now: Instant, p: &TunnelParams) {
+        self.c.tunnels_up += 1;
+        tracing::info!(
+            tunnel_id = p.tunnel_id,
+            peer = %p.peer_fqdn,
+            peer_vip = %p.peer_vip,
+            endpoint = %p.endpoint,
+            path = p.path.name(),
+            role = p.role.name(),
+            suite = p.suite.name(),
+            "tunnel up"
+        );
+        self.remember(p.peer_vip, &p.peer_fqdn);
+        for pkt in self.hold.take(p.peer_vip) {
+            match self.send_data(io, now, &pkt) {
+                Ok(()) => self.c.released += 1,
+                Err(_) => self.c.drop_local(LocalDrop::SetupFailed),
             }
         }
     }
@@ -442,6 +457,7 @@ impl Node {
                 endpoint: t.endpoint,
                 path: t.path.name().to_owned(),
                 role: t.role.name().to_owned(),
+                suite: t.suite.name().to_owned(),
                 up: t.up,
             })
             .collect();
@@ -626,7 +642,7 @@ pub async fn run(s: Settings) -> Result<()> {
         .unwrap_or(now + ADDR_POLL);
         tokio::select! {
             r = io.udp.recv_from(&mut net_buf) => match r {
-                Ok((n, from)) => node.on_datagram(&io, Instant::now(), from, &net_buf[..n]),
+                Ok((n, from)) => node.on_datagram(&io, Instant::now(), from, &mut net_buf[..n]),
                 // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
                 Err(e) => tracing::debug!(error = %e, "UDP receive error"),
             },

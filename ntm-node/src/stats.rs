@@ -188,6 +188,9 @@ pub struct TunnelStatus {
     pub path: String,
     /// `initiator` or `responder`.
     pub role: String,
+    /// The tunnel's suite (§2.1), as the DC named it: `aes-256-gcm` or
+    /// `hmac-sha256-128`.
+    pub suite: String,
     /// Set-up completed.
     pub up: bool,
 }
@@ -248,7 +251,9 @@ impl Status {
             .find(|t| t.up && t.peer_fqdn == peer_fqdn)
     }
 
-    /// The one-line summary logged periodically and on SIGUSR1.
+    /// The one-line summary logged periodically and on SIGUSR1: tunnel
+    /// counts, each tunnel as `tunnel<id>=<peer>/<suite>/<up|setup>`, the
+    /// packet counters and the drops.
     pub fn log_line(&self) -> String {
         let up = self.tunnels.iter().filter(|t| t.up).count();
         let mut s = format!(
@@ -257,6 +262,10 @@ impl Status {
             up,
             self.vip.map_or("-".to_owned(), |v| v.to_string())
         );
+        for t in &self.tunnels {
+            let state = if t.up { "up" } else { "setup" };
+            let _ = write!(s, " tunnel{}={}/{}/{}", t.id, t.peer_fqdn, t.suite, state);
+        }
         for (k, v) in &self.packets {
             let _ = write!(s, " {k}={v}");
         }
@@ -324,6 +333,7 @@ mod tests {
                 endpoint: "198.18.0.11:7700".parse().unwrap(),
                 path: "direct".into(),
                 role: "responder".into(),
+                suite: "aes-256-gcm".into(),
                 up: true,
             }],
             packets: c.packets(),
@@ -342,6 +352,11 @@ mod tests {
         assert!(back.tunnel_to("cn2.ntm.test").is_some());
         let line = back.log_line();
         assert!(line.contains("tunnels=1 up=1 vip=100.64.0.7"), "{line}");
+        assert!(
+            line.contains(" tunnel9=cn2.ntm.test/aes-256-gcm/up "),
+            "{line}"
+        );
+        assert_eq!(back.tunnels[0].suite, "aes-256-gcm");
         assert!(line.contains("drops: none"), "{line}");
     }
 }

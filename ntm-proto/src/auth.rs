@@ -1,4 +1,4 @@
-//! HMAC-SHA256-128 tags (§2) and key wrap (§3).
+//! HMAC-SHA256-128 tags (§2), direction keys and key wrap (§3).
 //!
 //! An [`Authenticator`] keys HMAC-SHA256 once: it holds the state after the
 //! inner and outer key blocks, and each tag clones that state instead of
@@ -18,9 +18,10 @@ use crate::{Error, Result};
 /// Length of every key.
 pub const KEY_LEN: usize = 32;
 
-/// A 32-byte key: `K_node`, `K_rs`, `K_tun` or `K_relay`. `Debug` does not
-/// print it; equality is constant-time.
-#[derive(Clone)]
+/// A 32-byte key: `K_node`, `K_rs`, `K_tun`, a direction key or `K_relay`.
+/// `Debug` does not print it; equality is constant-time; it is zeroized when
+/// dropped.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct Key([u8; KEY_LEN]);
 
 impl Key {
@@ -80,6 +81,45 @@ impl FromStr for Key {
             *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| ParseKeyError)?;
         }
         Ok(Key(k))
+    }
+}
+
+/// HKDF-Expand labels of the two direction keys (§3).
+const LABEL_I2R: &[u8] = b"ntm2 initiator to responder";
+const LABEL_R2I: &[u8] = b"ntm2 responder to initiator";
+
+/// The two direction keys of a tunnel, derived from `K_tun` (§3): the
+/// INITIATOR sends with `i2r` and receives with `r2i`, the RESPONDER the other
+/// way round, so a datagram never verifies at the end that sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectionKeys {
+    /// `K_i2r`.
+    pub i2r: Key,
+    /// `K_r2i`.
+    pub r2i: Key,
+}
+
+impl DirectionKeys {
+    /// HKDF-Expand (RFC 5869, SHA-256) with `K_tun` as the PRK, one block per key.
+    pub fn derive(k_tun: &Key) -> DirectionKeys {
+        let hk = hkdf::Hkdf::<Sha256>::from_prk(k_tun.as_bytes())
+            .expect("a 32-byte PRK is long enough for SHA-256");
+        let mut i2r = Key([0; KEY_LEN]);
+        let mut r2i = Key([0; KEY_LEN]);
+        hk.expand(LABEL_I2R, &mut i2r.0)
+            .expect("one block is a valid HKDF output length");
+        hk.expand(LABEL_R2I, &mut r2i.0)
+            .expect("one block is a valid HKDF output length");
+        DirectionKeys { i2r, r2i }
+    }
+
+    /// `(send, receive)` keys of the end that plays `role`; `None` for an unknown role.
+    pub fn for_role(&self, role: crate::Role) -> Option<(&Key, &Key)> {
+        match role {
+            crate::Role::Initiator => Some((&self.i2r, &self.r2i)),
+            crate::Role::Responder => Some((&self.r2i, &self.i2r)),
+            crate::Role::Unknown(_) => None,
+        }
     }
 }
 
@@ -241,6 +281,17 @@ mod tests {
         assert_eq!(a.unwrap_key(WrapLabel::TunnelKey, 9, 77, &w1), k);
         assert_eq!(a.unwrap_key(WrapLabel::RelayKey, 9, 77, &w2), k);
         assert_ne!(a.unwrap_key(WrapLabel::TunnelKey, 9, 78, &w1), k);
+    }
+
+    #[test]
+    fn direction_keys_differ_and_swap_by_role() {
+        let d = DirectionKeys::derive(&Key::from_bytes([0x20; 32]));
+        assert_ne!(d.i2r, d.r2i);
+        let (tx_i, rx_i) = d.for_role(crate::Role::Initiator).unwrap();
+        let (tx_r, rx_r) = d.for_role(crate::Role::Responder).unwrap();
+        assert_eq!(tx_i, rx_r);
+        assert_eq!(rx_i, tx_r);
+        assert!(d.for_role(crate::Role::Unknown(9)).is_none());
     }
 
     #[test]

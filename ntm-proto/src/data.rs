@@ -11,23 +11,25 @@ use core::net::Ipv4Addr;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::wire::{MessageType, Packet, Suite, HEADER_LEN, OVERHEAD, TAG_LEN, VERSION};
-use crate::{Authenticator, Error, ReplayWindow, Result};
+use crate::wire::{MessageType, Packet, HEADER_LEN, OVERHEAD, TAG_LEN, VERSION};
+use crate::{Cipher, Error, ReplayWindow, Result};
 
 /// Shortest IPv4 header.
 const IPV4_MIN_HEADER: usize = 20;
 
 /// Write a DATA header at `buf[hdr_offset..hdr_offset + 16]` in front of the
-/// `inner_len`-byte packet at `buf[hdr_offset + 16..]`, and seal the tag
-/// after it. Returns the datagram length (`inner_len + 32`); the datagram is
+/// `inner_len`-byte packet at `buf[hdr_offset + 16..]`, and seal it with the
+/// tunnel's send direction key (suite 2 encrypts the inner packet in place).
+/// Returns the datagram length (`inner_len + 32`); the datagram is
 /// `buf[hdr_offset..hdr_offset + len]`.
+#[inline]
 pub fn encap_in_place(
     buf: &mut [u8],
     hdr_offset: usize,
     inner_len: usize,
     tunnel_id: u32,
     seq: u64,
-    auth: &Authenticator,
+    cipher: &Cipher,
 ) -> Result<usize> {
     write_tunnel_datagram(
         buf,
@@ -36,7 +38,7 @@ pub fn encap_in_place(
         MessageType::Data,
         tunnel_id,
         seq,
-        auth,
+        cipher,
     )
 }
 
@@ -45,9 +47,9 @@ pub fn emit_tun_keepalive(
     buf: &mut [u8],
     tunnel_id: u32,
     seq: u64,
-    auth: &Authenticator,
+    cipher: &Cipher,
 ) -> Result<usize> {
-    write_tunnel_datagram(buf, 0, 0, MessageType::TunKeepalive, tunnel_id, seq, auth)
+    write_tunnel_datagram(buf, 0, 0, MessageType::TunKeepalive, tunnel_id, seq, cipher)
 }
 
 fn write_tunnel_datagram(
@@ -57,7 +59,7 @@ fn write_tunnel_datagram(
     msg_type: MessageType,
     tunnel_id: u32,
     seq: u64,
-    auth: &Authenticator,
+    cipher: &Cipher,
 ) -> Result<usize> {
     let len = inner_len.checked_add(OVERHEAD).ok_or(Error::TooLong)?;
     let end = hdr_offset.checked_add(len).ok_or(Error::BufferTooSmall)?;
@@ -66,19 +68,20 @@ fn write_tunnel_datagram(
     p.set_version(VERSION);
     p.set_msg_type(msg_type);
     p.set_flags(0);
-    p.set_suite(Suite::HmacSha256_128);
+    p.set_suite(cipher.suite());
     p.set_id(tunnel_id);
     p.set_seq(seq);
-    auth.seal(out)?;
+    cipher.seal(out)?;
     Ok(len)
 }
 
 /// Receive state of one tunnel: what [`decap`] needs.
 #[derive(Debug, Clone)]
 pub struct RxTunnel {
-    /// `K_tun`, keyed.
-    pub auth: Authenticator,
-    /// Replay window of the peer's sequence numbers.
+    /// The receive direction key in the tunnel's suite (`K_r2i` at the
+    /// initiator, `K_i2r` at the responder).
+    pub cipher: Cipher,
+    /// Replay window of the peer's sequence numbers in this direction.
     pub replay: ReplayWindow,
     /// The peer's VIP: the only allowed inner source.
     pub peer_vip: Ipv4Addr,
@@ -88,9 +91,9 @@ pub struct RxTunnel {
 
 impl RxTunnel {
     /// Fresh receive state.
-    pub fn new(auth: Authenticator, peer_vip: Ipv4Addr, local_vip: Ipv4Addr) -> RxTunnel {
+    pub fn new(cipher: Cipher, peer_vip: Ipv4Addr, local_vip: Ipv4Addr) -> RxTunnel {
         RxTunnel {
-            auth,
+            cipher,
             replay: ReplayWindow::new(),
             peer_vip,
             local_vip,
@@ -101,7 +104,8 @@ impl RxTunnel {
 /// What [`decap`] accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decapped<'a> {
-    /// An authenticated DATA: the inner IPv4 packet (at offset 16 of the datagram).
+    /// An authenticated DATA: the inner IPv4 packet (at offset 16 of the
+    /// datagram, decrypted in place with suite 2).
     Data {
         /// The tunnel.
         tunnel_id: u32,
@@ -128,17 +132,19 @@ impl Decapped<'_> {
     }
 }
 
-/// Check and open a DATA or TUN_KEEPALIVE datagram, in the order of §5:
-/// length, version, (message type: anything else is [`Error::UnexpectedType`],
-/// for the caller's slow path), a known tunnel id through `lookup`, suite,
-/// tag, replay window, inner source = peer VIP and destination = local VIP.
-/// The replay window is checked and marked only after the tag verified, so
-/// each drop is counted under the reason §5's order gives it.
-pub fn decap<'a, 't, F>(datagram: &'a [u8], lookup: F) -> Result<Decapped<'a>>
+/// Check and open a DATA or TUN_KEEPALIVE datagram in place, in the order of
+/// §5: length, version, (message type: anything else is
+/// [`Error::UnexpectedType`], for the caller's slow path, and leaves the
+/// datagram unchanged), a known tunnel id through `lookup`, suite (the
+/// tunnel's), tag (suite 2: decryption), replay window, one whole inner IPv4
+/// packet, inner source = peer VIP and destination = local VIP. The replay
+/// window is checked and marked only after the tag verified, so each drop is
+/// counted under the reason §5's order gives it.
+pub fn decap<'a, 't, F>(datagram: &'a mut [u8], lookup: F) -> Result<Decapped<'a>>
 where
     F: FnOnce(u32) -> Option<&'t mut RxTunnel>,
 {
-    let packet = Packet::new_checked(datagram)?;
+    let packet = Packet::new_checked(&*datagram)?;
     if packet.version() != VERSION {
         return Err(Error::BadVersion);
     }
@@ -147,20 +153,19 @@ where
         return Err(Error::UnexpectedType);
     }
     let tunnel_id = packet.id();
-    let rx = lookup(tunnel_id).ok_or(Error::UnknownTunnel)?;
-    if packet.suite() != Suite::HmacSha256_128 {
-        return Err(Error::UnsupportedSuite);
-    }
     let seq = packet.seq();
-    // The tag before the window, as §5 orders it: a forged datagram counts as
-    // BadTag whatever its seq, and only authentic ones move the window.
-    rx.auth.verify(datagram)?;
+    let rx = lookup(tunnel_id).ok_or(Error::UnknownTunnel)?;
+    // Suite, then tag (and decryption) before the window, as §5 orders it: a
+    // forged datagram counts as BadTag whatever its seq, and only authentic
+    // ones move the window.
+    rx.cipher.open(datagram)?;
     if !rx.replay.validate(seq) {
         return Err(Error::Replay);
     }
     if msg_type == MessageType::TunKeepalive {
         return Ok(Decapped::Keepalive { tunnel_id, seq });
     }
+    let datagram: &'a [u8] = datagram;
     let inner = &datagram[HEADER_LEN..datagram.len() - TAG_LEN];
     check_inner(inner, rx.peer_vip, rx.local_vip)?;
     Ok(Decapped::Data {
@@ -170,11 +175,27 @@ where
     })
 }
 
-/// Check that `inner` is an IPv4 packet from `src` to `dst`.
-pub fn check_inner(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
-    if inner.len() < IPV4_MIN_HEADER || inner[0] >> 4 != 4 {
+/// Check that `inner` is one whole IPv4 packet (version 4, IHL at least 5,
+/// total length equal to `inner.len()`, §5 "Data"): [`Error::BadInner`]
+/// otherwise.
+#[inline]
+pub fn check_inner_shape(inner: &[u8]) -> Result<()> {
+    if inner.len() < IPV4_MIN_HEADER || inner[0] >> 4 != 4 || inner[0] & 0x0f < 5 {
         return Err(Error::BadInner);
     }
+    let ihl = usize::from(inner[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([inner[2], inner[3]]));
+    if total != inner.len() || ihl > total {
+        return Err(Error::BadInner);
+    }
+    Ok(())
+}
+
+/// Check that `inner` is one whole IPv4 packet ([`check_inner_shape`]) from
+/// `src` to `dst` ([`Error::InnerAddr`] otherwise).
+#[inline]
+pub fn check_inner(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
+    check_inner_shape(inner)?;
     let s = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
     let d = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
     if s != src || d != dst {
@@ -191,9 +212,11 @@ pub fn inner_destination(inner: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]))
 }
 
-/// A tunnel's send sequence counter, shared between the signaling endpoint
-/// (TUN_REQ, TUN_RESP, TUN_KEEPALIVE) and the data plane (DATA), because §2
-/// wants one strictly increasing sequence per (sender, key). Cloning shares it.
+/// A tunnel's send sequence counter for one direction key, shared between
+/// the signaling endpoint (TUN_REQ or TUN_RESP, TUN_KEEPALIVE) and the data
+/// plane (DATA), because §2 wants one strictly increasing sequence per
+/// (sender, key): with suite 2 a repeated seq would repeat a GCM nonce.
+/// Cloning shares it.
 #[derive(Debug, Clone)]
 pub struct SeqCounter(Arc<AtomicU64>);
 
@@ -204,9 +227,16 @@ impl SeqCounter {
     }
 
     /// Take the next number.
+    #[inline]
     pub fn next(&self) -> u64 {
         // Relaxed: only uniqueness and monotonicity per counter matter.
         self.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Take `n` consecutive numbers at once (a burst); returns the first.
+    #[inline]
+    pub fn reserve(&self, n: u64) -> u64 {
+        self.0.fetch_add(n, Ordering::Relaxed)
     }
 
     /// The number the next call to `next` returns.
@@ -220,8 +250,8 @@ impl SeqCounter {
 pub struct TxTunnel {
     /// The tunnel id.
     pub tunnel_id: u32,
-    /// `K_tun`, keyed.
-    pub auth: Authenticator,
+    /// The send direction key in the tunnel's suite.
+    pub cipher: Cipher,
     /// The shared send counter.
     pub seq: SeqCounter,
 }
@@ -240,7 +270,7 @@ impl TxTunnel {
             inner_len,
             self.tunnel_id,
             self.seq.next(),
-            &self.auth,
+            &self.cipher,
         )
     }
 }
@@ -248,10 +278,11 @@ impl TxTunnel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Key;
+    use crate::{DirectionKeys, Key, Role, Suite};
 
     const PEER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
     const ME: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 3);
+    const SUITES: [Suite; 2] = [Suite::HmacSha256_128, Suite::Aes256Gcm];
 
     fn inner(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
         let mut p = vec![0x45, 0, 0, 24, 0, 0, 0, 0, 64, 17, 0, 0];
@@ -261,104 +292,183 @@ mod tests {
         p
     }
 
-    fn setup() -> (Authenticator, RxTunnel) {
-        let auth = Authenticator::new(&Key::from_bytes([0x20; 32]));
-        (auth.clone(), RxTunnel::new(auth, PEER, ME))
+    /// The peer's send cipher and our receive state (the peer is the
+    /// initiator, we are the responder).
+    fn setup(suite: Suite) -> (Cipher, RxTunnel) {
+        let keys = DirectionKeys::derive(&Key::from_bytes([0x20; 32]));
+        let (peer_tx, _) = keys.for_role(Role::Initiator).unwrap();
+        let (_, our_rx) = keys.for_role(Role::Responder).unwrap();
+        (
+            Cipher::new(suite, peer_tx).unwrap(),
+            RxTunnel::new(Cipher::new(suite, our_rx).unwrap(), PEER, ME),
+        )
     }
 
-    fn encap(auth: &Authenticator, pkt: &[u8], seq: u64) -> Vec<u8> {
+    fn encap(c: &Cipher, pkt: &[u8], seq: u64) -> Vec<u8> {
         let mut buf = vec![0u8; 64 + pkt.len() + 32];
         buf[64 + HEADER_LEN..64 + HEADER_LEN + pkt.len()].copy_from_slice(pkt);
-        let n = encap_in_place(&mut buf, 64, pkt.len(), 257, seq, auth).unwrap();
+        let n = encap_in_place(&mut buf, 64, pkt.len(), 257, seq, c).unwrap();
         buf[64..64 + n].to_vec()
     }
 
     #[test]
     fn round_trip_in_place() {
-        let (auth, mut rx) = setup();
-        let pkt = inner(PEER, ME);
-        let d = encap(&auth, &pkt, 1);
-        assert_eq!(d.len(), pkt.len() + OVERHEAD);
-        let got = decap(&d, |id| (id == 257).then_some(&mut rx)).unwrap();
-        assert_eq!(
-            got,
-            Decapped::Data {
-                tunnel_id: 257,
-                seq: 1,
-                inner: &pkt
-            }
-        );
-        // The same datagram again is a replay.
-        assert_eq!(decap(&d, |_| Some(&mut rx)), Err(Error::Replay));
+        for suite in SUITES {
+            let (c, mut rx) = setup(suite);
+            let pkt = inner(PEER, ME);
+            let d = encap(&c, &pkt, 1);
+            assert_eq!(d.len(), pkt.len() + OVERHEAD);
+            assert_eq!(d[3], u8::from(suite));
+            // Suite 2 hides the inner packet; suite 1 carries it in clear.
+            assert_eq!(
+                d[HEADER_LEN..HEADER_LEN + pkt.len()] == pkt[..],
+                suite == Suite::HmacSha256_128
+            );
+            let mut buf = d.clone();
+            let got = decap(&mut buf, |id| (id == 257).then_some(&mut rx)).unwrap();
+            assert_eq!(
+                got,
+                Decapped::Data {
+                    tunnel_id: 257,
+                    seq: 1,
+                    inner: &pkt
+                }
+            );
+            // The same datagram again is a replay.
+            assert_eq!(decap(&mut d.clone(), |_| Some(&mut rx)), Err(Error::Replay));
+        }
+    }
+
+    #[test]
+    fn a_reflected_datagram_never_verifies() {
+        for suite in SUITES {
+            // We are the initiator: we send with K_i2r and receive with K_r2i.
+            let keys = DirectionKeys::derive(&Key::from_bytes([0x20; 32]));
+            let (tx, rx) = keys.for_role(Role::Initiator).unwrap();
+            let ours = Cipher::new(suite, tx).unwrap();
+            let mut rx = RxTunnel::new(Cipher::new(suite, rx).unwrap(), PEER, ME);
+            let mut d = encap(&ours, &inner(ME, PEER), 1_000_000);
+            assert_eq!(decap(&mut d, |_| Some(&mut rx)), Err(Error::BadTag));
+            assert_eq!(rx.replay.last(), 0, "a reflected datagram moved the window");
+        }
     }
 
     #[test]
     fn drops_in_spec_order() {
-        let (auth, mut rx) = setup();
-        let pkt = inner(PEER, ME);
-        let good = encap(&auth, &pkt, 5);
-        assert_eq!(decap(&good[..31], |_| Some(&mut rx)), Err(Error::Truncated));
-        let mut v = good.clone();
-        v[0] = 2;
-        assert_eq!(decap(&v, |_| None), Err(Error::BadVersion));
-        assert_eq!(decap(&good, |_| None), Err(Error::UnknownTunnel));
-        let mut s = good.clone();
-        s[3] = 2;
-        assert_eq!(decap(&s, |_| Some(&mut rx)), Err(Error::UnsupportedSuite));
-        let mut t = good.clone();
-        let l = t.len();
-        t[l - 1] ^= 1;
-        assert_eq!(decap(&t, |_| Some(&mut rx)), Err(Error::BadTag));
-        // A forged packet must not have moved the window.
-        assert_eq!(rx.replay.last(), 0);
-        let mut sig = good.clone();
-        sig[1] = 0x30;
-        assert_eq!(decap(&sig, |_| Some(&mut rx)), Err(Error::UnexpectedType));
-        let spoofed = encap(&auth, &inner(Ipv4Addr::new(100, 64, 0, 9), ME), 6);
-        assert_eq!(decap(&spoofed, |_| Some(&mut rx)), Err(Error::InnerAddr));
-        let short = encap(&auth, &[0x45, 0, 0], 7);
-        assert_eq!(decap(&short, |_| Some(&mut rx)), Err(Error::BadInner));
+        for suite in SUITES {
+            let (c, mut rx) = setup(suite);
+            let pkt = inner(PEER, ME);
+            let good = encap(&c, &pkt, 5);
+            assert_eq!(
+                decap(&mut good[..31].to_vec(), |_| Some(&mut rx)),
+                Err(Error::Truncated)
+            );
+            let mut v = good.clone();
+            v[0] = 1;
+            assert_eq!(decap(&mut v, |_| None), Err(Error::BadVersion));
+            assert_eq!(
+                decap(&mut good.clone(), |_| None),
+                Err(Error::UnknownTunnel)
+            );
+            let mut s = good.clone();
+            s[3] = if suite == Suite::Aes256Gcm { 1 } else { 2 };
+            assert_eq!(
+                decap(&mut s, |_| Some(&mut rx)),
+                Err(Error::UnsupportedSuite)
+            );
+            let mut t = good.clone();
+            let l = t.len();
+            t[l - 1] ^= 1;
+            assert_eq!(decap(&mut t, |_| Some(&mut rx)), Err(Error::BadTag));
+            // A forged packet must not have moved the window.
+            assert_eq!(rx.replay.last(), 0);
+            let mut sig = good.clone();
+            sig[1] = 0x30;
+            let before = sig.clone();
+            assert_eq!(
+                decap(&mut sig, |_| Some(&mut rx)),
+                Err(Error::UnexpectedType)
+            );
+            assert_eq!(sig, before, "a slow-path datagram must leave unchanged");
+            let mut spoofed = encap(&c, &inner(Ipv4Addr::new(100, 64, 0, 9), ME), 6);
+            assert_eq!(
+                decap(&mut spoofed, |_| Some(&mut rx)),
+                Err(Error::InnerAddr)
+            );
+            let mut short = encap(&c, &[0x45, 0, 0], 7);
+            assert_eq!(decap(&mut short, |_| Some(&mut rx)), Err(Error::BadInner));
+        }
+    }
+
+    #[test]
+    fn the_body_must_be_one_whole_ipv4_packet() {
+        for suite in SUITES {
+            let (c, mut rx) = setup(suite);
+            let mut seq = 10;
+            let mut bad = |pkt: Vec<u8>| {
+                seq += 1;
+                decap(&mut encap(&c, &pkt, seq), |_| Some(&mut rx)).map(|_| ())
+            };
+            // IHL 4: shorter than an IPv4 header can be.
+            let mut ihl4 = inner(PEER, ME);
+            ihl4[0] = 0x44;
+            assert_eq!(bad(ihl4), Err(Error::BadInner));
+            // Total length larger than the body.
+            let mut long = inner(PEER, ME);
+            long[3] = 200;
+            assert_eq!(bad(long), Err(Error::BadInner));
+            // Total length shorter than the body (trailing bytes).
+            let mut trailing = inner(PEER, ME);
+            trailing.extend_from_slice(&[0; 8]);
+            assert_eq!(bad(trailing), Err(Error::BadInner));
+            // IHL beyond the total length.
+            let mut ihl15 = inner(PEER, ME);
+            ihl15[0] = 0x4f;
+            assert_eq!(bad(ihl15), Err(Error::BadInner));
+            assert!(bad(inner(PEER, ME)).is_ok());
+        }
     }
 
     #[test]
     fn keepalive() {
-        let (auth, mut rx) = setup();
-        let mut buf = [0u8; 32];
-        let n = emit_tun_keepalive(&mut buf, 257, 9, &auth).unwrap();
-        assert_eq!(
-            decap(&buf[..n], |_| Some(&mut rx)),
-            Ok(Decapped::Keepalive {
-                tunnel_id: 257,
-                seq: 9
-            })
-        );
-        assert_eq!(
-            emit_tun_keepalive(&mut [0u8; 31], 1, 1, &auth),
-            Err(Error::BufferTooSmall)
-        );
+        for suite in SUITES {
+            let (c, mut rx) = setup(suite);
+            let mut buf = [0u8; 32];
+            let n = emit_tun_keepalive(&mut buf, 257, 9, &c).unwrap();
+            assert_eq!(
+                decap(&mut buf[..n], |_| Some(&mut rx)),
+                Ok(Decapped::Keepalive {
+                    tunnel_id: 257,
+                    seq: 9
+                })
+            );
+            assert_eq!(
+                emit_tun_keepalive(&mut [0u8; 31], 1, 1, &c),
+                Err(Error::BufferTooSmall)
+            );
+        }
     }
 
     #[test]
     fn encap_checks_room() {
-        let auth = Authenticator::new(&Key::from_bytes([1; 32]));
+        let c = Cipher::new(Suite::Aes256Gcm, &Key::from_bytes([1; 32])).unwrap();
         let mut buf = [0u8; 100];
         assert_eq!(
-            encap_in_place(&mut buf, 50, 20, 1, 1, &auth),
+            encap_in_place(&mut buf, 50, 20, 1, 1, &c),
             Err(Error::BufferTooSmall)
         );
-        assert_eq!(encap_in_place(&mut buf, 48, 20, 1, 1, &auth), Ok(52));
+        assert_eq!(encap_in_place(&mut buf, 48, 20, 1, 1, &c), Ok(52));
         assert_eq!(
-            encap_in_place(&mut buf, usize::MAX, 20, 1, 1, &auth),
+            encap_in_place(&mut buf, usize::MAX, 20, 1, 1, &c),
             Err(Error::BufferTooSmall)
         );
     }
 
     #[test]
     fn tx_tunnel_counts() {
-        let auth = Authenticator::new(&Key::from_bytes([1; 32]));
         let tx = TxTunnel {
             tunnel_id: 3,
-            auth,
+            cipher: Cipher::new(Suite::Aes256Gcm, &Key::from_bytes([1; 32])).unwrap(),
             seq: SeqCounter::starting_at(1),
         };
         let mut buf = [0u8; 64];
@@ -367,6 +477,8 @@ mod tests {
         tx.encap_in_place(&mut buf, 0, 4).unwrap();
         assert_eq!(Packet::new_checked(&buf[..36]).unwrap().seq(), 2);
         assert_eq!(tx.seq.peek(), 3);
+        assert_eq!(tx.seq.reserve(4), 3);
+        assert_eq!(tx.seq.peek(), 7);
         assert_eq!(inner_destination(&inner(PEER, ME)), Some(ME));
         assert_eq!(inner_destination(&[0x60; 40]), None);
     }

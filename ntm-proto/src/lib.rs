@@ -1,5 +1,6 @@
-//! NTMobile wire protocol v1, sans-IO: typed packet views, authentication,
-//! key wrap, replay window and signaling state machines.
+//! NTMobile wire protocol v2, sans-IO: typed packet views, the two suites
+//! (HMAC-SHA256-128 and AES-256-GCM), direction keys, key wrap, replay
+//! windows and signaling state machines.
 //!
 //! This crate does no I/O and reads no clock: callers hand it datagrams and
 //! `Instant`s and take datagrams and deadlines back, so the same code runs
@@ -9,8 +10,9 @@
 //! | module | what |
 //! |---|---|
 //! | [`wire`] | [`Packet`] (zero-copy header/body/tag view with `new_unchecked`/`check_len`/`new_checked`), [`wire::TlvIter`]/[`wire::Tlv`], and [`Repr`] with one struct per message type of §4 ([`Repr::parse`], [`Repr::emit`], [`Repr::emit_sealed`]) |
-//! | [`auth`] | [`Key`], [`Authenticator`] (HMAC-SHA256-128 keyed once, cloned per datagram; constant-time [`Authenticator::verify`]; [`Authenticator::seal`]), key wrap ([`Authenticator::wrap_key`]/[`Authenticator::unwrap_key`] with a [`WrapLabel`]) |
-//! | [`replay`] | the 2048-packet [`ReplayWindow`] (RFC 6479 ring of u64 words) |
+//! | [`auth`] | [`Key`] (zeroized on drop), [`Authenticator`] (HMAC-SHA256-128 keyed once, cloned per datagram; constant-time [`Authenticator::verify`]; [`Authenticator::seal`]: every signaling message), [`DirectionKeys`] (`K_i2r`/`K_r2i` from `K_tun` by HKDF), key wrap ([`Authenticator::wrap_key`]/[`Authenticator::unwrap_key`] with a [`WrapLabel`]) |
+//! | [`cipher`] | [`Cipher`]: a tunnel direction key prepared once for its suite (1 HMAC-SHA256-128, 2 AES-256-GCM on `ring`), sealing and opening whole datagrams in place |
+//! | [`replay`] | the 2048-packet [`ReplayWindow`] (RFC 6479 ring of u64 words), kept by every receiver per (sender, key) |
 //! | [`data`] | the DATA fast path: [`data::encap_in_place`], [`data::decap`] (spec order of checks), [`data::RxTunnel`], [`data::TxTunnel`], [`data::SeqCounter`] |
 //! | [`retransmit`] | [`retransmit::Retransmit`]: 250 ms doubling, 5 tries, then failure |
 //! | [`node`] | [`node::Endpoint`]: a node's registration, direction, tunnel set-up, keep-alive, expiry and roaming |
@@ -44,26 +46,32 @@
 //! # Ok::<(), ntm_proto::Error>(())
 //! ```
 //!
-//! # Example: the DATA fast path, in place
+//! # Example: the DATA fast path, in place, with suite 2
 //!
 //! ```
 //! use std::net::Ipv4Addr;
 //! use ntm_proto::data::{decap, encap_in_place, Decapped, RxTunnel};
 //! use ntm_proto::wire::HEADER_LEN;
-//! use ntm_proto::{Authenticator, Key};
+//! use ntm_proto::{Cipher, DirectionKeys, Key, Role, Suite};
 //!
-//! let k_tun = Authenticator::new(&Key::from_bytes([0x20; 32]));
+//! // Both ends derive the direction keys from the K_tun the DC sent them.
+//! let keys = DirectionKeys::derive(&Key::from_bytes([0x20; 32]));
+//! let (i_tx, _) = keys.for_role(Role::Initiator).unwrap();
+//! let (_, r_rx) = keys.for_role(Role::Responder).unwrap();
+//! let initiator_tx = Cipher::new(Suite::Aes256Gcm, i_tx)?;
 //! let (peer, me) = (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3));
 //! // An inner IPv4 packet already sits 16 bytes into the frame buffer.
 //! let mut frame = [0u8; 2048];
 //! let inner_len = 20;
 //! frame[HEADER_LEN] = 0x45;
+//! frame[HEADER_LEN + 3] = inner_len as u8;
 //! frame[HEADER_LEN + 12..HEADER_LEN + 16].copy_from_slice(&peer.octets());
 //! frame[HEADER_LEN + 16..HEADER_LEN + 20].copy_from_slice(&me.octets());
-//! let len = encap_in_place(&mut frame, 0, inner_len, 257, 1, &k_tun)?;
+//! let len = encap_in_place(&mut frame, 0, inner_len, 257, 1, &initiator_tx)?;
+//! assert_ne!(frame[HEADER_LEN], 0x45, "encrypted in place");
 //!
-//! let mut rx = RxTunnel::new(k_tun.clone(), peer, me);
-//! let got = decap(&frame[..len], |id| (id == 257).then_some(&mut rx))?;
+//! let mut rx = RxTunnel::new(Cipher::new(Suite::Aes256Gcm, r_rx)?, peer, me);
+//! let got = decap(&mut frame[..len], |id| (id == 257).then_some(&mut rx))?;
 //! assert!(matches!(got, Decapped::Data { tunnel_id: 257, seq: 1, .. }));
 //! # Ok::<(), ntm_proto::Error>(())
 //! ```
@@ -111,6 +119,7 @@
 //! ```
 
 pub mod auth;
+pub mod cipher;
 pub mod counters;
 pub mod data;
 pub mod dns;
@@ -121,7 +130,8 @@ pub mod replay;
 pub mod retransmit;
 pub mod wire;
 
-pub use auth::{Authenticator, Key, ParseKeyError, WrapLabel, KEY_LEN};
+pub use auth::{Authenticator, DirectionKeys, Key, ParseKeyError, WrapLabel, KEY_LEN};
+pub use cipher::Cipher;
 pub use error::{DropCounters, Error, Result};
 pub use replay::ReplayWindow;
 pub use wire::{MessageType, Packet, Path, Repr, Role, Status, Suite};

@@ -16,8 +16,11 @@
 //!   (send each datagram from the same socket), [`Endpoint::poll_event`]
 //!   until `None`, then [`Endpoint::poll_timeout`] for the next wake-up.
 //!
-//! The data plane may stay outside: take the tunnel's key, id, endpoint and
-//! shared sequence counter from [`Event::TunnelUp`], run
+//! The data plane may stay outside: take the tunnel's direction keys, suite,
+//! id, endpoint and shared sequence counter from [`Event::TunnelAdded`] (sent
+//! as soon as the DC's ROUTE_DIR is accepted, before any tunnel message goes
+//! out, so that a data plane knows the tunnel before the peer's first DATA
+//! can arrive) and start sending at [`Event::TunnelUp`]; run
 //! [`crate::data::decap`]/[`crate::data::encap_in_place`] on worker threads,
 //! and report receive activity with [`Endpoint::note_rx`] (expiry, roaming)
 //! and, optionally, send activity with [`Endpoint::note_tx`] (keep-alives are
@@ -33,13 +36,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::data::{self, Decapped, RxTunnel, SeqCounter, TxTunnel};
+use crate::replay::ReplayWindow;
 use crate::retransmit::{Retransmit, RetransmitAction};
 use crate::wire::{
     Caps, DirReq, Fqdn, Header, Message, MessageType, Packet, RegReq, RelayBind, Repr, RouteAck,
     TunReq, TunResp, Vip, HEADER_LEN, OVERHEAD, VERSION,
 };
 use crate::{
-    Authenticator, DropCounters, Error, Key, Path, Result, Role, Status, Suite, WrapLabel,
+    Authenticator, Cipher, DirectionKeys, DropCounters, Error, Key, Path, Result, Role, Status,
+    Suite, WrapLabel,
 };
 
 /// Idle tunnels send TUN_KEEPALIVE this often (§5).
@@ -104,7 +109,7 @@ pub enum DirError {
     /// No ROUTE_DIR after 5 tries.
     #[error("the DC did not answer 5 direction requests")]
     TimedOut,
-    /// The DC chose a suite this implementation does not support.
+    /// The DC chose a suite or role this implementation does not support.
     #[error("the DC chose an unsupported suite")]
     UnsupportedSuite,
     /// The endpoint was closed.
@@ -161,27 +166,13 @@ pub enum Event {
         /// The peer's VIP, or why not.
         result: core::result::Result<Ipv4Addr, DirError>,
     },
-    /// A tunnel is up: DATA may flow.
-    TunnelUp {
-        /// Tunnel id (the header id of its datagrams).
-        tunnel_id: u32,
-        /// The peer's FQDN.
-        peer_fqdn: String,
-        /// The peer's VIP.
-        peer_vip: Ipv4Addr,
-        /// Where to send the tunnel's datagrams.
-        endpoint: SocketAddrV4,
-        /// How the tunnel runs.
-        path: Path,
-        /// Our role.
-        role: Role,
-        /// `K_tun`.
-        key: Key,
-        /// Our send counter, shared with the endpoint (keep-alives).
-        tx_seq: SeqCounter,
-        /// Our VIP (the only inner destination to accept).
-        local_vip: Ipv4Addr,
-    },
+    /// The DC directed a tunnel and its keys are known: a data plane
+    /// installs it now, so that it accepts the peer's DATA (which may follow
+    /// the peer's TUN_RESP, or our own, closer than this endpoint's driver
+    /// can react), and sends on it from [`Event::TunnelUp`] on.
+    TunnelAdded(TunnelParams),
+    /// A tunnel is up (TUN_RESP sent or received): DATA may flow both ways.
+    TunnelUp(TunnelParams),
     /// A tunnel is gone.
     TunnelDown {
         /// Tunnel id.
@@ -196,6 +187,34 @@ pub enum Event {
         /// The new address.
         endpoint: SocketAddrV4,
     },
+}
+
+/// Everything a data plane needs to run one tunnel.
+#[derive(Debug, Clone)]
+pub struct TunnelParams {
+    /// Tunnel id (the header id of its datagrams).
+    pub tunnel_id: u32,
+    /// The peer's FQDN.
+    pub peer_fqdn: String,
+    /// The peer's VIP.
+    pub peer_vip: Ipv4Addr,
+    /// Where to send the tunnel's datagrams.
+    pub endpoint: SocketAddrV4,
+    /// How the tunnel runs.
+    pub path: Path,
+    /// Our role.
+    pub role: Role,
+    /// The tunnel's suite (from the DC's ROUTE_DIR).
+    pub suite: Suite,
+    /// Our send direction key (`K_i2r` as initiator, `K_r2i` as responder).
+    pub tx_key: Key,
+    /// Our receive direction key (the other one).
+    pub rx_key: Key,
+    /// Our send counter for `tx_key`, shared with the endpoint (TUN_REQ or
+    /// TUN_RESP, keep-alives): one sequence per key (§2).
+    pub tx_seq: SeqCounter,
+    /// Our VIP (the only inner destination to accept).
+    pub local_vip: Ipv4Addr,
 }
 
 /// What [`Endpoint::handle`] did with a datagram.
@@ -261,6 +280,8 @@ pub struct TunnelInfo {
     pub path: Path,
     /// Our role.
     pub role: Role,
+    /// The tunnel's suite.
+    pub suite: Suite,
     /// Whether set-up completed.
     pub up: bool,
 }
@@ -285,8 +306,11 @@ struct Tunnel {
     endpoint: SocketAddrV4,
     path: Path,
     role: Role,
-    key: Key,
+    /// `K_tun` as unwrapped, to recognise a retransmitted ROUTE_DIR.
+    k_tun: Key,
+    keys: DirectionKeys,
     rx: RxTunnel,
+    tx: Cipher,
     tx_seq: SeqCounter,
     relay: Option<(Authenticator, u64)>,
     lifetime: Duration,
@@ -304,22 +328,33 @@ impl Tunnel {
             endpoint: self.endpoint,
             path: self.path,
             role: self.role,
+            suite: self.tx.suite(),
             up: matches!(self.state, TunState::Up),
         }
     }
 
-    fn up_event(&self) -> Event {
-        Event::TunnelUp {
+    fn params(&self) -> TunnelParams {
+        let (tx_key, rx_key) = self
+            .keys
+            .for_role(self.role)
+            .expect("a tunnel is only created for a known role");
+        TunnelParams {
             tunnel_id: self.id,
             peer_fqdn: self.peer_fqdn.clone(),
             peer_vip: self.rx.peer_vip,
             endpoint: self.endpoint,
             path: self.path,
             role: self.role,
-            key: self.key.clone(),
+            suite: self.tx.suite(),
+            tx_key: tx_key.clone(),
+            rx_key: rx_key.clone(),
             tx_seq: self.tx_seq.clone(),
             local_vip: self.rx.local_vip,
         }
+    }
+
+    fn up_event(&self) -> Event {
+        Event::TunnelUp(self.params())
     }
 
     fn roams(&self) -> bool {
@@ -355,7 +390,9 @@ enum Pending {
     DirReq(u32),
     RouteAck(u32),
     TunReq(u32),
-    TunResp(u32),
+    /// The answer to a fresh TUN_REQ, to the address it came from (which
+    /// does not move the tunnel's endpoint, §5).
+    TunResp(u32, SocketAddrV4),
     TunKeepalive(u32),
     RelayBind(u32),
 }
@@ -369,6 +406,11 @@ pub struct Endpoint {
     rng: StdRng,
     reg: Option<Registration>,
     registering: Option<Retransmit>,
+    /// REQ_ID of the outstanding REG_REQ (kept by its retransmissions).
+    reg_req_id: u32,
+    /// Replay window for the DC's datagrams, reset above each accepted
+    /// REG_RESP (§5 "Replay").
+    dc_replay: ReplayWindow,
     retry_at: Option<Instant>,
     dirs: Vec<DirRequest>,
     tunnels: HashMap<u32, Tunnel>,
@@ -393,6 +435,8 @@ impl Endpoint {
             rng: StdRng::from_seed(rng_seed),
             reg: None,
             registering: None,
+            reg_req_id: 0,
+            dc_replay: ReplayWindow::new(),
             retry_at: None,
             dirs: Vec::new(),
             tunnels: HashMap::new(),
@@ -410,11 +454,13 @@ impl Endpoint {
     /// Process one datagram received from `from` on the node's port.
     /// Errors are drops (already counted in [`Endpoint::drops`]); the caller
     /// may count them too.
+    /// The datagram is opened in place (suite 2 decrypts tunnel messages),
+    /// hence `&mut`.
     pub fn handle<'a>(
         &mut self,
         now: Instant,
         from: SocketAddrV4,
-        datagram: &'a [u8],
+        datagram: &'a mut [u8],
     ) -> Result<Received<'a>> {
         let r = self.handle_inner(now, from, datagram);
         if let Err(e) = r {
@@ -427,12 +473,12 @@ impl Endpoint {
         &mut self,
         now: Instant,
         from: SocketAddrV4,
-        datagram: &'a [u8],
+        datagram: &'a mut [u8],
     ) -> Result<Received<'a>> {
         if self.closed {
             return Err(Error::Stale);
         }
-        let packet = Packet::new_checked(datagram)?;
+        let packet = Packet::new_checked(&*datagram)?;
         if packet.version() != VERSION {
             return Err(Error::BadVersion);
         }
@@ -455,14 +501,11 @@ impl Endpoint {
         &mut self,
         now: Instant,
         from: SocketAddrV4,
-        datagram: &'a [u8],
+        datagram: &'a mut [u8],
     ) -> Result<Received<'a>> {
-        let got = data::decap(datagram, |id| {
-            self.tunnels
-                .get_mut(&id)
-                .filter(|t| matches!(t.state, TunState::Up))
-                .map(|t| &mut t.rx)
-        })?;
+        // Any tunnel whose keys are known: the peer may send DATA right after
+        // its TUN_RESP, before that answer reaches us.
+        let got = data::decap(datagram, |id| self.tunnels.get_mut(&id).map(|t| &mut t.rx))?;
         self.note_rx(got.tunnel_id(), now, from);
         Ok(match got {
             Decapped::Data {
@@ -476,16 +519,20 @@ impl Endpoint {
         &mut self,
         now: Instant,
         from: SocketAddrV4,
-        datagram: &'a [u8],
+        datagram: &'a mut [u8],
     ) -> Result<Received<'a>> {
-        let packet = Packet::new_unchecked(datagram);
-        packet.check_header()?;
-        let id = packet.id();
+        Packet::new_unchecked(&*datagram).check_header()?;
+        let id = Packet::new_unchecked(&*datagram).id();
         let t = self.tunnels.get_mut(&id).ok_or(Error::UnknownTunnel)?;
-        t.rx.auth.verify(datagram)?;
+        // The receive direction key in the tunnel's suite: our own TUN_REQ
+        // or TUN_RESP sent back to us never opens (§3).
+        t.rx.cipher.open(datagram)?;
+        let packet = Packet::new_unchecked(&*datagram);
         let repr = Repr::parse(&packet)?;
-        // Replays of TUN_REQ still get the (idempotent) answer, but move nothing.
-        let fresh = t.rx.replay.validate(repr.header.seq);
+        // Every retransmission carries a fresh seq, so a seen one is a replay.
+        if !t.rx.replay.validate(repr.header.seq) {
+            return Err(Error::Replay);
+        }
         match repr.message {
             Message::TunReq(req) => {
                 if t.role != Role::Responder {
@@ -494,32 +541,20 @@ impl Endpoint {
                 if req.fqdn.as_str() != t.peer_fqdn || req.vip.addr != t.rx.peer_vip {
                     return Err(Error::BadTlvValue);
                 }
-                if fresh {
-                    t.last_rx = now;
-                    if t.path != Path::Relay && from != t.endpoint {
-                        t.endpoint = from;
-                        if matches!(t.state, TunState::Up) {
-                            self.events.push_back(Event::EndpointChanged {
-                                tunnel_id: id,
-                                endpoint: from,
-                            });
-                        }
-                    }
-                }
+                // A TUN_REQ never moves the endpoint (§5): only authentic
+                // DATA and TUN_KEEPALIVE do. The answer goes where it came from.
+                t.last_rx = now;
                 if !matches!(t.state, TunState::Up) {
                     t.state = TunState::Up;
                     t.last_tx = now;
                     self.events.push_back(t.up_event());
                 }
-                self.queue.push_back(Pending::TunResp(id));
+                self.queue.push_back(Pending::TunResp(id, from));
                 Ok(Received::Signaling)
             }
             Message::TunResp(resp) => {
                 if t.role != Role::Initiator {
                     return Err(Error::UnexpectedType);
-                }
-                if !fresh {
-                    return Err(Error::Replay);
                 }
                 if !matches!(t.state, TunState::Initiating { .. }) {
                     // A second answer to a retransmitted TUN_REQ.
@@ -540,9 +575,6 @@ impl Endpoint {
                 Ok(Received::Signaling)
             }
             Message::Error(e) => {
-                if !fresh {
-                    return Err(Error::Replay);
-                }
                 self.remove_tunnel(id, DownReason::PeerError(e.status));
                 Ok(Received::Signaling)
             }
@@ -561,14 +593,22 @@ impl Endpoint {
         if from != self.cfg.dc {
             return Err(Error::UnexpectedSource);
         }
+        if packet.suite() != Suite::HmacSha256_128 {
+            // Signaling is always suite 1 (§2).
+            return Err(Error::UnsupportedSuite);
+        }
         self.auth.verify(datagram)?;
         let repr = Repr::parse(&packet)?;
+        let seq = repr.header.seq;
         if let Message::RegResp(resp) = repr.message {
-            // The REG_RESP header carries the node id being granted.
-            if self.registering.is_none() {
+            // Only the answer to the outstanding REG_REQ (its REQ_ID): a
+            // recorded REG_RESP of an earlier registration never matches.
+            if self.registering.is_none() || resp.req_id != self.reg_req_id {
                 return Err(Error::Stale);
             }
             self.registering = None;
+            // From now on only DC datagrams newer than this one (§5 "Replay").
+            self.dc_replay = ReplayWindow::above(seq);
             match resp.result {
                 Ok(lease) => self.on_registered(now, lease),
                 Err(status) => {
@@ -583,6 +623,9 @@ impl Endpoint {
         let reg = self.reg.as_mut().ok_or(Error::NotRegistered)?;
         if repr.header.id != reg.node_id {
             return Err(Error::WrongId);
+        }
+        if !self.dc_replay.validate(seq) {
+            return Err(Error::Replay);
         }
         reg.last_heard = now;
         match repr.message {
@@ -661,7 +704,7 @@ impl Endpoint {
             .auth
             .unwrap_key(WrapLabel::TunnelKey, id, seq, &route.wrapped_key);
         if let Some(t) = self.tunnels.get(&id) {
-            if t.key == key && t.peer_fqdn == route.peer_fqdn.as_str() {
+            if t.k_tun == key && t.peer_fqdn == route.peer_fqdn.as_str() {
                 // A retransmitted ROUTE_DIR: acknowledge again, change nothing.
                 if dir.req_id == 0 {
                     self.queue.push_back(Pending::RouteAck(id));
@@ -675,13 +718,20 @@ impl Endpoint {
             // Same id, different tunnel: a restarted DC reused the id.
             self.remove_tunnel(id, DownReason::Replaced);
         }
-        if route.suite != Suite::HmacSha256_128 {
+        let keys = DirectionKeys::derive(&key);
+        let ciphers = keys.for_role(route.role).and_then(|(tx, rx)| {
+            Some((
+                Cipher::new(route.suite, tx).ok()?,
+                Cipher::new(route.suite, rx).ok()?,
+            ))
+        });
+        let Some((tx, rx_cipher)) = ciphers else {
             if let Some(i) = pending {
                 let d = self.dirs.remove(i);
                 self.resolve(d, Err(DirError::UnsupportedSuite));
             }
             return Err(Error::UnsupportedSuite);
-        }
+        };
         let local_vip = self.reg.map(|r| r.vip.addr).ok_or(Error::NotRegistered)?;
         let relay = route
             .wrapped_relay_key
@@ -729,8 +779,10 @@ impl Endpoint {
             endpoint: route.endpoint,
             path: route.path,
             role: route.role,
-            rx: RxTunnel::new(Authenticator::new(&key), route.peer_vip.addr, local_vip),
-            key,
+            rx: RxTunnel::new(rx_cipher, route.peer_vip.addr, local_vip),
+            tx,
+            k_tun: key,
+            keys,
             tx_seq: SeqCounter::starting_at(1),
             relay,
             lifetime: Duration::from_secs(u64::from(route.lifetime_secs.max(1))),
@@ -738,6 +790,9 @@ impl Endpoint {
             last_tx: now,
             state,
         };
+        // Before anything of the tunnel goes out (§5 "Tunnel" lets the peer
+        // send DATA as soon as it has sent TUN_RESP).
+        self.events.push_back(Event::TunnelAdded(tunnel.params()));
         self.tunnels.insert(id, tunnel);
         // Only the unsolicited copy (REQ_ID 0) is acknowledged (§5); ours
         // answers our DIR_REQ, and a DC that keys acks by tunnel id alone
@@ -831,15 +886,17 @@ impl Endpoint {
         }
     }
 
-    /// The data plane received an authenticated DATA or TUN_KEEPALIVE of
-    /// `tunnel_id` from `from`: refresh the tunnel's lifetime, and on DIRECT
-    /// and REVERSE paths follow the peer to a new source address (roaming).
+    /// The data plane received a DATA or TUN_KEEPALIVE of `tunnel_id` from
+    /// `from` that passed every check of §5 (call it for nothing else: a
+    /// dropped datagram is never activity): refresh the tunnel's lifetime,
+    /// and on DIRECT and REVERSE paths follow the peer to a new source
+    /// address (roaming).
     pub fn note_rx(&mut self, tunnel_id: u32, now: Instant, from: SocketAddrV4) {
         let Some(t) = self.tunnels.get_mut(&tunnel_id) else {
             return;
         };
         t.last_rx = now;
-        if t.roams() && from != t.endpoint {
+        if t.roams() && matches!(t.state, TunState::Up) && from != t.endpoint {
             t.endpoint = from;
             self.events.push_back(Event::EndpointChanged {
                 tunnel_id,
@@ -883,6 +940,12 @@ impl Endpoint {
         self.retry_at = None;
         if self.registering.is_none() {
             self.registering = Some(Retransmit::start(now));
+            self.reg_req_id = loop {
+                let id = self.rng.next_u32();
+                if id != 0 && id != self.reg_req_id {
+                    break id;
+                }
+            };
             self.queue.push_back(Pending::RegReq);
         }
     }
@@ -1075,6 +1138,7 @@ impl Endpoint {
                 }
                 let fqdn = Fqdn::new(&self.cfg.fqdn)?;
                 let msg = Message::RegReq(RegReq {
+                    req_id: self.reg_req_id,
                     fqdn,
                     local_addr: self.cfg.local_addr,
                     caps: self.cfg.caps,
@@ -1114,7 +1178,7 @@ impl Endpoint {
                     msg,
                 )
             }
-            Pending::TunReq(id) | Pending::TunResp(id) => {
+            Pending::TunReq(id) | Pending::TunResp(id, _) => {
                 let Some(vip) = self.reg.map(|r| r.vip) else {
                     return Ok(None);
                 };
@@ -1122,6 +1186,10 @@ impl Endpoint {
                     return Ok(None);
                 };
                 let fqdn = Fqdn::new(&self.cfg.fqdn)?;
+                let dst = match p {
+                    Pending::TunResp(_, to) => to,
+                    _ => t.endpoint,
+                };
                 let (msg, rr) = match p {
                     Pending::TunReq(_) => {
                         if !matches!(t.state, TunState::Initiating { .. }) {
@@ -1147,12 +1215,9 @@ impl Endpoint {
                     },
                     msg,
                 )
-                .emit_sealed(buf, &t.rx.auth)?;
+                .emit_sealed_with(buf, &t.tx)?;
                 t.last_tx = now;
-                Ok(Some(Transmit {
-                    dst: t.endpoint,
-                    len,
-                }))
+                Ok(Some(Transmit { dst, len }))
             }
             Pending::TunKeepalive(id) => {
                 let Some(t) = self.tunnels.get_mut(&id) else {
@@ -1161,7 +1226,7 @@ impl Endpoint {
                 if !matches!(t.state, TunState::Up) {
                     return Ok(None);
                 }
-                let len = data::emit_tun_keepalive(buf, id, t.tx_seq.next(), &t.rx.auth)?;
+                let len = data::emit_tun_keepalive(buf, id, t.tx_seq.next(), &t.tx)?;
                 t.last_tx = now;
                 Ok(Some(Transmit {
                     dst: t.endpoint,
@@ -1221,7 +1286,7 @@ impl Endpoint {
             .get_mut(..inner.len() + OVERHEAD)
             .ok_or(Error::BufferTooSmall)?;
         room[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
-        let len = data::encap_in_place(room, 0, inner.len(), t.id, t.tx_seq.next(), &t.rx.auth)?;
+        let len = data::encap_in_place(room, 0, inner.len(), t.id, t.tx_seq.next(), &t.tx)?;
         t.last_tx = now;
         Ok(Transmit {
             dst: t.endpoint,
@@ -1238,7 +1303,7 @@ impl Endpoint {
         Some((
             TxTunnel {
                 tunnel_id,
-                auth: t.rx.auth.clone(),
+                cipher: t.tx.clone(),
                 seq: t.tx_seq.clone(),
             },
             t.endpoint,

@@ -53,6 +53,18 @@ impl ReplayWindow {
         Self::default()
     }
 
+    /// A window that refuses every number up to and including `floor` and
+    /// accepts the ones above it: a node's DC window after it accepted a
+    /// REG_RESP with seq `floor` (§5 "Replay"), so that nothing recorded
+    /// during an earlier registration plays back.
+    pub fn above(floor: u64) -> Self {
+        let mut ring = [u64::MAX; RING_BLOCKS];
+        let (block, bit) = Self::slot(floor);
+        // In floor's own word, only floor and the numbers below it are seen.
+        ring[block] = bit | (bit - 1);
+        ReplayWindow { last: floor, ring }
+    }
+
     /// The highest sequence number accepted so far (0 before the first).
     pub fn last(&self) -> u64 {
         self.last
@@ -115,6 +127,29 @@ impl ReplayWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn above_refuses_the_floor_and_below() {
+        for floor in [0, 1, 63, 64, 100, 5000, 1 << 40, u64::MAX - 2] {
+            let mut w = ReplayWindow::above(floor);
+            for old in [
+                floor,
+                floor.saturating_sub(1),
+                floor.saturating_sub(64),
+                floor.saturating_sub(3000),
+                0,
+            ] {
+                assert!(!w.check(old), "floor {floor}: {old} accepted");
+            }
+            assert!(w.check(floor + 1), "floor {floor}");
+            assert!(w.validate(floor + 1));
+            assert!(!w.validate(floor + 1));
+            if floor < u64::MAX - 70 {
+                assert!(w.validate(floor + 70));
+                assert!(!w.check(floor));
+            }
+        }
+    }
 
     #[test]
     fn fresh_window_accepts_first() {

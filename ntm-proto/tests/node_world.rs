@@ -1,7 +1,8 @@
 //! `node::Endpoint` in a virtual-time world (quinn-proto's `Pair` idea):
 //! nodes, NATs with address-and-port-restricted filtering, a minimal DC and
-//! a minimal RS written here, latency, loss and duplication knobs. No
-//! sockets, no clock.
+//! a minimal RS written here, latency, loss and duplication knobs, and an
+//! attacker on the path who records datagrams and plays them back (the
+//! attacks that version 1 of the protocol fell to). No sockets, no clock.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -12,8 +13,10 @@ use ntm_proto::node::{
 };
 use ntm_proto::retransmit::{Retransmit, RetransmitAction};
 use ntm_proto::wire::{
-    Caps, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegResp, Repr, Route, RouteDir, Vip,
+    Caps, ErrorMsg, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegResp, Repr, Route,
+    RouteDir, Vip,
 };
+use ntm_proto::ReplayWindow;
 use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, Suite, WrapLabel};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -42,6 +45,27 @@ struct DcNode {
     local: SocketAddrV4,
 }
 
+/// One node's copy of a direction, kept to answer retransmissions: every
+/// copy is sealed anew with the DC's next seq (and the key wrapped for it).
+#[derive(Clone)]
+struct Directed {
+    to: u32,
+    req_id: u32,
+    dst: SocketAddrV4,
+    result: Result<DirectedRoute, Status>,
+}
+
+#[derive(Clone)]
+struct DirectedRoute {
+    tunnel_id: u32,
+    peer: u32,
+    role: Role,
+    endpoint: SocketAddrV4,
+    path: Path,
+    k_tun: Key,
+    k_relay: Option<Key>,
+}
+
 struct TestDc {
     nodes: HashMap<u32, DcNode>,
     leases: HashMap<String, (u32, Ipv4Addr)>,
@@ -49,8 +73,9 @@ struct TestDc {
     next_tunnel: u32,
     seq: u64,
     rng: StdRng,
-    answered: HashMap<(u32, u32), Vec<u8>>,
-    unacked: HashMap<(u32, u32), (SocketAddrV4, Vec<u8>, Retransmit)>,
+    suite: Suite,
+    answered: HashMap<(u32, u32), Directed>,
+    unacked: HashMap<(u32, u32), (Directed, Retransmit)>,
     relay_keys: Vec<(u32, Key)>,
     out: Vec<(SocketAddrV4, Vec<u8>)>,
     received: Vec<(MessageType, u32)>,
@@ -66,6 +91,7 @@ impl TestDc {
             next_tunnel: 0x100,
             seq: 1_700_000_000_000_000_000,
             rng: StdRng::seed_from_u64(7),
+            suite: Suite::Aes256Gcm,
             answered: HashMap::new(),
             unacked: HashMap::new(),
             relay_keys: Vec::new(),
@@ -149,7 +175,10 @@ impl TestDc {
                     seq,
                     response_required: false,
                 },
-                Message::RegResp(RegResp { result: Ok(lease) }),
+                Message::RegResp(RegResp {
+                    req_id: r.req_id,
+                    result: Ok(lease),
+                }),
             );
             self.send(from, resp, &auth);
             return;
@@ -176,8 +205,8 @@ impl TestDc {
                 self.send(from, ack, &auth);
             }
             Message::DirReq(q) => {
-                if let Some(bytes) = self.answered.get(&(id, q.req_id)) {
-                    self.out.push((from, bytes.clone()));
+                if let Some(d) = self.answered.get(&(id, q.req_id)).cloned() {
+                    self.route_dir(&d);
                     return;
                 }
                 self.direction(now, id, q.req_id, q.fqdn.as_str());
@@ -199,22 +228,16 @@ impl TestDc {
             .find(|(_, n)| n.fqdn == target)
             .map(|(id, _)| *id);
         let mn = &self.nodes[&mn_id];
-        let (mn_obs, mn_auth) = (mn.observed, mn.auth.clone());
+        let mn_obs = mn.observed;
         let Some(cn_id) = cn_id else {
-            let seq = self.next_seq();
-            let r = Repr::new(
-                Header {
-                    id: mn_id,
-                    seq,
-                    response_required: false,
-                },
-                Message::RouteDir(RouteDir {
-                    req_id,
-                    result: Err(Status::NotFound),
-                }),
-            );
-            let bytes = self.send(mn_obs, r, &mn_auth);
-            self.answered.insert((mn_id, req_id), bytes);
+            let d = Directed {
+                to: mn_id,
+                req_id,
+                dst: mn_obs,
+                result: Err(Status::NotFound),
+            };
+            self.route_dir(&d);
+            self.answered.insert((mn_id, req_id), d);
             return;
         };
         let (mn, cn) = (&self.nodes[&mn_id], &self.nodes[&cn_id]);
@@ -260,89 +283,117 @@ impl TestDc {
             (cn_id, 0, cn_role, cn_ep, mn_id, cn.observed),
         ];
         for (to, rid, role, endpoint, peer, dst) in parties {
-            let auth = self.nodes[&to].auth.clone();
-            let peer_fqdn = self.nodes[&peer].fqdn.clone();
-            let peer_vip = self.nodes[&peer].vip;
-            let seq = self.next_seq();
-            let route = Route {
-                tunnel_id: tid,
-                peer_fqdn: Fqdn::new(&peer_fqdn).unwrap(),
-                peer_vip: Vip {
-                    addr: peer_vip,
-                    prefix_len: 10,
-                },
-                endpoint,
-                path,
-                role,
-                suite: Suite::HmacSha256_128,
-                wrapped_key: auth.wrap_key(WrapLabel::TunnelKey, tid, seq, &k_tun),
-                wrapped_relay_key: k_relay
-                    .as_ref()
-                    .map(|k| auth.wrap_key(WrapLabel::RelayKey, tid, seq, k)),
-                lifetime_secs: TUNNEL_LIFETIME,
-            };
-            let r = Repr::new(
-                Header {
-                    id: to,
-                    seq,
-                    response_required: false,
-                },
-                Message::RouteDir(RouteDir {
-                    req_id: rid,
-                    result: Ok(route),
+            let d = Directed {
+                to,
+                req_id: rid,
+                dst,
+                result: Ok(DirectedRoute {
+                    tunnel_id: tid,
+                    peer,
+                    role,
+                    endpoint,
+                    path,
+                    k_tun: k_tun.clone(),
+                    k_relay: k_relay.clone(),
                 }),
-            );
-            let bytes = self.send(dst, r, &auth);
+            };
+            self.route_dir(&d);
             if rid == 0 {
-                self.unacked
-                    .insert((tid, to), (dst, bytes, Retransmit::start(now)));
+                self.unacked.insert((tid, to), (d, Retransmit::start(now)));
             } else {
-                self.answered.insert((to, rid), bytes);
+                self.answered.insert((to, rid), d);
             }
         }
+    }
+
+    /// Seal and send one copy of a ROUTE_DIR with the next seq.
+    fn route_dir(&mut self, d: &Directed) {
+        let auth = self.nodes[&d.to].auth.clone();
+        let seq = self.next_seq();
+        let result = match &d.result {
+            Err(status) => Err(*status),
+            Ok(r) => Ok(Route {
+                tunnel_id: r.tunnel_id,
+                peer_fqdn: Fqdn::new(&self.nodes[&r.peer].fqdn).unwrap(),
+                peer_vip: Vip {
+                    addr: self.nodes[&r.peer].vip,
+                    prefix_len: 10,
+                },
+                endpoint: r.endpoint,
+                path: r.path,
+                role: r.role,
+                suite: self.suite,
+                wrapped_key: auth.wrap_key(WrapLabel::TunnelKey, r.tunnel_id, seq, &r.k_tun),
+                wrapped_relay_key: r
+                    .k_relay
+                    .as_ref()
+                    .map(|k| auth.wrap_key(WrapLabel::RelayKey, r.tunnel_id, seq, k)),
+                lifetime_secs: TUNNEL_LIFETIME,
+            }),
+        };
+        let r = Repr::new(
+            Header {
+                id: d.to,
+                seq,
+                response_required: false,
+            },
+            Message::RouteDir(RouteDir {
+                req_id: d.req_id,
+                result,
+            }),
+        );
+        let mut buf = vec![0u8; r.buffer_len()];
+        r.emit_sealed(&mut buf, &auth).unwrap();
+        self.out.push((d.dst, buf));
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
         if self.silent {
             return None;
         }
-        self.unacked.values().map(|(_, _, r)| r.deadline()).min()
+        self.unacked.values().map(|(_, r)| r.deadline()).min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         let mut resend = Vec::new();
-        self.unacked
-            .retain(|_, (dst, bytes, r)| match r.on_timeout(now) {
-                Some(RetransmitAction::Send) => {
-                    resend.push((*dst, bytes.clone()));
-                    true
-                }
-                Some(RetransmitAction::Failed) => false,
-                None => true,
-            });
-        self.out.extend(resend);
+        self.unacked.retain(|_, (d, r)| match r.on_timeout(now) {
+            Some(RetransmitAction::Send) => {
+                resend.push(d.clone());
+                true
+            }
+            Some(RetransmitAction::Failed) => false,
+            None => true,
+        });
+        for d in resend {
+            self.route_dir(&d);
+        }
     }
 }
 
 // ---------------------------------------------------------------- test RS
 
+/// `K_relay`, the bound address of each end and each end's replay window.
+type Binding = (Authenticator, [Option<SocketAddrV4>; 2], [ReplayWindow; 2]);
+
 #[derive(Default)]
 struct TestRs {
-    binds: HashMap<u32, (Authenticator, [Option<SocketAddrV4>; 2])>,
+    binds: HashMap<u32, Binding>,
     forwarded: usize,
 }
 
 impl TestRs {
     fn handle(&mut self, from: SocketAddrV4, d: &[u8]) -> Option<(SocketAddrV4, Vec<u8>)> {
         let p = Packet::new_checked(d).ok()?;
-        let (auth, slots) = self.binds.get_mut(&p.id())?;
+        let (auth, slots, windows) = self.binds.get_mut(&p.id())?;
         if p.msg_type() == MessageType::RelayBind {
             auth.verify(d).ok()?;
             let repr = Repr::parse(&p).ok()?;
             let Message::RelayBind(b) = repr.message else {
                 return None;
             };
-            slots[usize::from(b.role == Role::Responder)] = Some(from);
+            let end = usize::from(b.role == Role::Responder);
+            windows[end].validate(repr.header.seq).then_some(())?;
+            slots[end] = Some(from);
             return None;
         }
         let to = if slots[0] == Some(from) {
@@ -412,6 +463,8 @@ struct World {
     drop: Filter,
     duplicate: bool,
     sent: Vec<(SocketAddrV4, SocketAddrV4, MessageType)>,
+    /// Every datagram put on the wire, as an attacker on the path records it.
+    recorded: Vec<Flight>,
 }
 
 impl World {
@@ -426,6 +479,7 @@ impl World {
             drop: Box::new(|_| false),
             duplicate: false,
             sent: Vec::new(),
+            recorded: Vec::new(),
         }
     }
 
@@ -494,6 +548,7 @@ impl World {
             dst,
             data,
         };
+        self.recorded.push(f.clone());
         if (self.drop)(&f) {
             return;
         }
@@ -518,13 +573,14 @@ impl World {
             self.emit(DC, None, dst, d);
         }
         for (tid, k) in self.dc.relay_keys.drain(..) {
-            self.rs
-                .binds
-                .insert(tid, (Authenticator::new(&k), [None, None]));
+            self.rs.binds.insert(
+                tid,
+                (Authenticator::new(&k), [None, None], Default::default()),
+            );
         }
     }
 
-    fn deliver(&mut self, f: Flight) {
+    fn deliver(&mut self, mut f: Flight) {
         if f.dst == DC {
             self.dc.handle(self.now, f.src, &f.data);
             return;
@@ -545,7 +601,7 @@ impl World {
         let Some(i) = target else { return };
         let now = self.now;
         let h = &mut self.hosts[i];
-        if let Ok(Received::Data { inner, .. }) = h.ep.handle(now, f.src, &f.data) {
+        if let Ok(Received::Data { inner, .. }) = h.ep.handle(now, f.src, &mut f.data) {
             h.inner_rx.push(inner.to_vec());
         }
     }
@@ -612,17 +668,18 @@ impl World {
         &self.hosts[i].events
     }
 
-    fn tunnel_ups(&self, i: usize) -> Vec<(u32, Path, Role, Key)> {
+    /// (tunnel id, path, role, send key, receive key) of each TunnelUp.
+    fn tunnel_ups(&self, i: usize) -> Vec<(u32, Path, Role, Key, Key)> {
         self.events(i)
             .iter()
             .filter_map(|e| match e {
-                Event::TunnelUp {
-                    tunnel_id,
-                    path,
-                    role,
-                    key,
-                    ..
-                } => Some((*tunnel_id, *path, *role, key.clone())),
+                Event::TunnelUp(p) => Some((
+                    p.tunnel_id,
+                    p.path,
+                    p.role,
+                    p.tx_key.clone(),
+                    p.rx_key.clone(),
+                )),
                 _ => None,
             })
             .collect()
@@ -829,7 +886,12 @@ fn direct_tunnel_both_roles() {
     assert_eq!(ua[0].0, ub[0].0, "same tunnel id");
     assert_eq!((ua[0].1, ua[0].2), (Path::Direct, Role::Initiator));
     assert_eq!((ub[0].1, ub[0].2), (Path::Direct, Role::Responder));
-    assert_eq!(ua[0].3, ub[0].3, "both ends unwrapped the same K_tun");
+    assert_eq!(
+        ua[0].3, ub[0].4,
+        "initiator sends with what the responder receives"
+    );
+    assert_eq!(ua[0].4, ub[0].3, "and receives what it sends");
+    assert_ne!(ua[0].3, ua[0].4, "a key per direction");
     // The TUN_REQ went from MN to CN's observed address.
     assert!(w
         .sent
@@ -1108,26 +1170,32 @@ fn forged_replayed_and_truncated_data_are_dropped_and_counted() {
     let good = buf[..t.len].to_vec();
     let from = w.public(0);
     let now = w.now;
+    let recorded_dc = w
+        .recorded
+        .iter()
+        .find(|f| f.src == DC && f.dst == w.public(1))
+        .unwrap()
+        .data
+        .clone();
     let cn = &mut w.hosts[1].ep;
     assert!(matches!(
-        cn.handle(now, from, &good),
+        cn.handle(now, from, &mut good.clone()),
         Ok(Received::Data { .. })
     ));
-    assert_eq!(cn.handle(now, from, &good), Err(Error::Replay));
+    assert_eq!(cn.handle(now, from, &mut good.clone()), Err(Error::Replay));
     let mut forged = good.clone();
     forged[20] ^= 1;
-    assert_eq!(cn.handle(now, from, &forged), Err(Error::BadTag));
-    assert_eq!(cn.handle(now, from, &good[..20]), Err(Error::Truncated));
+    assert_eq!(cn.handle(now, from, &mut forged), Err(Error::BadTag));
+    assert_eq!(
+        cn.handle(now, from, &mut good[..20].to_vec()),
+        Err(Error::Truncated)
+    );
     assert_eq!(cn.drops().get(Error::Replay), 1);
     assert_eq!(cn.drops().get(Error::BadTag), 1);
     assert_eq!(cn.drops().get(Error::Truncated), 1);
     // Signaling from somewhere other than the DC is refused.
     assert_eq!(
-        cn.handle(
-            now,
-            addr(198, 18, 0, 66, 7710),
-            &w.dc.answered.values().next().unwrap().clone()
-        ),
+        cn.handle(now, addr(198, 18, 0, 66, 7710), &mut recorded_dc.clone()),
         Err(Error::UnexpectedSource)
     );
 }
@@ -1143,4 +1211,283 @@ fn close_deregisters_and_drops_tunnels() {
     assert_eq!(w.downs(0), vec![DownReason::Closed]);
     assert!(!w.dc.nodes.contains_key(&1));
     assert_eq!(w.hosts[0].ep.poll_timeout(), None);
+}
+
+// ------------------------------------------------ attacks on version 1
+
+/// An attacker's address on the path.
+const MALLORY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 66), 7700);
+
+/// Hand `data` to host `i` as if it came from `from`; returns what the
+/// endpoint said.
+fn inject(w: &mut World, i: usize, from: SocketAddrV4, data: &[u8]) -> Result<(), Error> {
+    let now = w.now;
+    let h = &mut w.hosts[i];
+    let mut d = data.to_vec();
+    match h.ep.handle(now, from, &mut d) {
+        Ok(Received::Data { inner, .. }) => {
+            h.inner_rx.push(inner.to_vec());
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The datagrams of `kind` recorded on the wire from `src` to `dst`.
+fn recorded(w: &World, src: SocketAddrV4, dst: SocketAddrV4, kind: MessageType) -> Vec<Vec<u8>> {
+    w.recorded
+        .iter()
+        .filter(|f| f.src == src && f.dst == dst)
+        .filter(|f| Packet::new_checked(&f.data[..]).map(|p| p.msg_type()) == Ok(kind))
+        .map(|f| f.data.clone())
+        .collect()
+}
+
+#[test]
+fn a_suite_1_tunnel_still_works() {
+    let mut w = World::new();
+    w.dc.suite = Suite::HmacSha256_128;
+    w.add_host("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    w.add_host("cn.ntm.test", addr(198, 18, 0, 21, 7700), None);
+    w.run_for(Duration::from_secs(1));
+    connect(&mut w, 0, "cn.ntm.test");
+    let tid = w.tunnel_ups(0)[0].0;
+    assert_eq!(
+        w.hosts[0].ep.tunnel(tid).unwrap().suite,
+        Suite::HmacSha256_128
+    );
+    assert_data_both_ways(&mut w, 0, 1);
+    // Suite 1 carries the inner packet in clear; suite 2 (the other tests) does not.
+    let data = recorded(&w, w.public(0), w.public(1), MessageType::Data);
+    assert!(data[0][3] == 1 && data[0].windows(4).any(|x| x == b"ping"));
+}
+
+#[test]
+fn suite_2_hides_the_inner_packet() {
+    let mut w = two_public();
+    connect(&mut w, 0, "cn.ntm.test");
+    let tid = w.tunnel_ups(0)[0].0;
+    assert_eq!(w.hosts[0].ep.tunnel(tid).unwrap().suite, Suite::Aes256Gcm);
+    assert_data_both_ways(&mut w, 0, 1);
+    let mut tunnel = recorded(&w, w.public(0), w.public(1), MessageType::Data);
+    tunnel.extend(recorded(&w, w.public(1), w.public(0), MessageType::Data));
+    assert_eq!(tunnel.len(), 2);
+    for d in tunnel {
+        assert_eq!(d[3], 2, "suite 2 on the wire");
+        assert!(!d.windows(4).any(|x| x == b"ping" || x == b"pong"));
+        // Not even the inner addresses show.
+        let vip = w.vip(0).octets();
+        assert!(!d.windows(4).any(|x| x == vip));
+    }
+}
+
+/// Version 1: a node's own DATA, sent back to it, verified (one K_tun for
+/// both directions), and a high seq pushed the real peer's packets out of
+/// the window; its own TUN_KEEPALIVE moved the tunnel's endpoint to the
+/// attacker. Now each direction has its own key: neither verifies.
+#[test]
+fn reflected_data_and_keepalive_are_refused() {
+    for suite in [Suite::Aes256Gcm, Suite::HmacSha256_128] {
+        let mut w = World::new();
+        w.dc.suite = suite;
+        w.add_host("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+        w.add_host("cn.ntm.test", addr(198, 18, 0, 21, 7700), None);
+        w.run_for(Duration::from_secs(1));
+        connect(&mut w, 0, "cn.ntm.test");
+        let tid = w.tunnel_ups(0)[0].0;
+        let (mn, cn) = (w.public(0), w.public(1));
+        // MN sends 3000 packets, then one keep-alive goes out on each side.
+        for _ in 0..3000 {
+            w.send_inner(0, 1, b"bulk").unwrap();
+        }
+        w.run_for(Duration::from_secs(25));
+        let own_data = recorded(&w, mn, cn, MessageType::Data).pop().unwrap();
+        let own_keepalive = recorded(&w, mn, cn, MessageType::TunKeepalive)
+            .pop()
+            .expect("MN sent a TUN_KEEPALIVE");
+        assert!(Packet::new_checked(&own_data[..]).unwrap().seq() >= 3000);
+
+        // Reflected to MN from the attacker's address, and from CN's own.
+        for from in [MALLORY, cn] {
+            assert_eq!(
+                inject(&mut w, 0, from, &own_data),
+                Err(Error::BadTag),
+                "{suite:?}"
+            );
+            assert_eq!(
+                inject(&mut w, 0, from, &own_keepalive),
+                Err(Error::BadTag),
+                "{suite:?}"
+            );
+        }
+        assert_eq!(
+            w.hosts[0].ep.tunnel(tid).unwrap().endpoint,
+            cn,
+            "endpoint kept"
+        );
+        assert!(!w
+            .events(0)
+            .iter()
+            .any(|e| matches!(e, Event::EndpointChanged { .. })));
+        // CN's own low-seq packets still get through: the window did not move.
+        assert_data_both_ways(&mut w, 0, 1);
+        assert_eq!(w.hosts[0].ep.drops().get(Error::BadTag), 4, "{suite:?}");
+    }
+}
+
+/// Version 1: a node kept no replay window for the DC. A recorded ROUTE_DIR
+/// tore the live tunnel down and brought its old key back with an empty
+/// window; recorded KEEPALIVE_ACK, ERROR and REG_RESP of an earlier
+/// registration were acted on again. Now REG_RESP must echo the outstanding
+/// REQ_ID and the DC window starts above each accepted REG_RESP.
+#[test]
+fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
+    let mut w = two_public();
+    connect(&mut w, 0, "cn.ntm.test");
+    w.run_for(Duration::from_secs(25)); // a KEEPALIVE_ACK
+    let mn = w.public(0);
+    let route_dir = recorded(&w, DC, mn, MessageType::RouteDir);
+    let reg_resp = recorded(&w, DC, mn, MessageType::RegResp);
+    let keepalive_ack = recorded(&w, DC, mn, MessageType::KeepaliveAck);
+    assert!(!route_dir.is_empty() && !reg_resp.is_empty() && !keepalive_ack.is_empty());
+    // An ERROR the DC sealed during that registration (the test DC never
+    // sends one by itself): seq below the next REG_RESP's.
+    let node_id = w.hosts[0].ep.registration().unwrap().node_id;
+    let error = {
+        let seq = w.dc.next_seq();
+        let r = Repr::new(
+            Header {
+                id: node_id,
+                seq,
+                response_required: false,
+            },
+            Message::Error(ErrorMsg {
+                status: Status::NotFound,
+                reason: None,
+            }),
+        );
+        let mut b = vec![0u8; r.buffer_len()];
+        r.emit_sealed(&mut b, &Authenticator::new(&node_key("mn.ntm.test")))
+            .unwrap();
+        b
+    };
+
+    // A new registration (the address is the same; the node re-registers).
+    let now = w.now;
+    w.hosts[0].ep.handle_local_addr_change(now, mn);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(registered(&w, 0), 2);
+    let tid = w.tunnel_ups(0)[0].0;
+    let events_before = w.events(0).len();
+    let registering_before = w.count_sent(MessageType::RegReq);
+
+    for d in &route_dir {
+        assert_eq!(inject(&mut w, 0, DC, d), Err(Error::Replay), "ROUTE_DIR");
+    }
+    for d in &reg_resp {
+        assert_eq!(inject(&mut w, 0, DC, d), Err(Error::Stale), "REG_RESP");
+    }
+    for d in &keepalive_ack {
+        assert_eq!(
+            inject(&mut w, 0, DC, d),
+            Err(Error::Replay),
+            "KEEPALIVE_ACK"
+        );
+    }
+    assert_eq!(inject(&mut w, 0, DC, &error), Err(Error::Replay), "ERROR");
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.events(0).len(), events_before, "nothing acted on");
+    assert_eq!(
+        w.count_sent(MessageType::RegReq),
+        registering_before,
+        "no re-registration"
+    );
+    assert!(w.downs(0).is_empty(), "the live tunnel stays");
+    assert_eq!(w.hosts[0].ep.tunnel(tid).map(|t| t.up), Some(true));
+    assert_data_both_ways(&mut w, 0, 1);
+
+    // A REG_RESP recorded while a registration is outstanding carries the
+    // old REQ_ID: refused too.
+    let now = w.now;
+    w.dc.silent = true;
+    w.hosts[0].ep.handle_local_addr_change(now, mn);
+    w.run_for(Duration::from_millis(100));
+    for d in &reg_resp {
+        assert_eq!(
+            inject(&mut w, 0, DC, d),
+            Err(Error::Stale),
+            "REG_RESP, registering"
+        );
+    }
+    assert_eq!(registered(&w, 0), 2);
+}
+
+/// The peer may send DATA as soon as it has sent TUN_RESP (§5): when the
+/// TUN_RESP is late, that DATA is still delivered.
+#[test]
+fn data_before_the_tun_resp_is_delivered() {
+    let mut w = two_public();
+    let mn = w.public(0);
+    let mut held = 0;
+    w.drop = Box::new(move |f| {
+        let resp =
+            Packet::new_checked(&f.data[..]).map(|p| p.msg_type()) == Ok(MessageType::TunResp);
+        if resp && f.dst == mn && held < 1 {
+            held += 1;
+            return true;
+        }
+        false
+    });
+    w.hosts[0].ep.connect(w.now, "cn.ntm.test").unwrap();
+    w.run_for(Duration::from_millis(100));
+    // CN (responder) is up and sends; MN has not seen a TUN_RESP yet.
+    assert_eq!(w.tunnel_ups(1).len(), 1);
+    assert!(w.tunnel_ups(0).is_empty());
+    assert!(w
+        .events(0)
+        .iter()
+        .any(|e| matches!(e, Event::TunnelAdded(_))));
+    w.send_inner(1, 0, b"early").unwrap();
+    w.run_for(Duration::from_millis(50));
+    assert!(w.hosts[0].inner_rx.last().unwrap().ends_with(b"early"));
+    // The retransmitted TUN_REQ brings the answer, and the tunnel up.
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.tunnel_ups(0).len(), 1);
+    assert_data_both_ways(&mut w, 0, 1);
+}
+
+/// Only authentic DATA and TUN_KEEPALIVE move an endpoint; a TUN_REQ from a
+/// new address (a replay, or a retransmission through a rebinding NAT) is
+/// answered there but moves nothing.
+#[test]
+fn a_tun_req_never_moves_the_endpoint() {
+    let mut w = two_public();
+    w.drop = Box::new(|_| false);
+    connect(&mut w, 0, "cn.ntm.test");
+    let tid = w.tunnel_ups(1)[0].0;
+    let (mn, cn) = (w.public(0), w.public(1));
+    let tun_req = recorded(&w, mn, cn, MessageType::TunReq).pop().unwrap();
+    // A replay is a replay, wherever it comes from.
+    assert_eq!(inject(&mut w, 1, MALLORY, &tun_req), Err(Error::Replay));
+    // A fresh, authentic TUN_REQ from a new address (MN's next retransmission
+    // seen through a NAT that rebound): answered there, endpoint kept.
+    let mn_tx = w.tunnel_ups(0)[0].3.clone();
+    let mut fresh = tun_req.clone();
+    let cipher = ntm_proto::Cipher::new(Suite::Aes256Gcm, &mn_tx).unwrap();
+    let mut plain = fresh.clone();
+    // Open with the responder's receive key (= MN's send key), re-seal at seq 100.
+    cipher.open(&mut plain).unwrap();
+    plain[8..16].copy_from_slice(&100u64.to_be_bytes());
+    cipher.seal(&mut plain).unwrap();
+    fresh.copy_from_slice(&plain);
+    assert_eq!(inject(&mut w, 1, MALLORY, &fresh), Ok(()));
+    w.run_for(Duration::from_millis(1));
+    assert!(w.sent.contains(&(cn, MALLORY, MessageType::TunResp)));
+    assert_eq!(w.hosts[1].ep.tunnel(tid).unwrap().endpoint, mn);
+    assert!(!w
+        .events(1)
+        .iter()
+        .any(|e| matches!(e, Event::EndpointChanged { .. })));
+    assert_data_both_ways(&mut w, 0, 1);
 }

@@ -118,11 +118,13 @@ fn build(kind: u8, p: &Parts) -> Repr<'_> {
         },
         0x02 => Message::TunKeepalive,
         0x10 => Message::RegReq(RegReq {
+            req_id: p.u[1],
             fqdn,
             local_addr: p.addr,
             caps: Caps(p.u[0]),
         }),
         0x11 => Message::RegResp(RegResp {
+            req_id: p.u[3],
             result: if p.rr {
                 Ok(Lease {
                     node_id: p.u[0],

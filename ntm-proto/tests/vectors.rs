@@ -1,17 +1,17 @@
-//! Conformance vectors (§7): the project's copy of `shared/vectors/ntm1.json`
-//! in `tests/data/ntm1.json`.
+//! Conformance vectors (§7): the project's copy of `shared/vectors/ntm2.json`
+//! in `tests/data/ntm2.json`.
 
 use std::net::Ipv4Addr;
 
 use ntm_proto::data::{decap, Decapped, RxTunnel};
 use ntm_proto::wire::{Message, Packet, Repr};
-use ntm_proto::{Authenticator, Error, Key, WrapLabel};
+use ntm_proto::{Authenticator, Cipher, DirectionKeys, Error, Key, Role, Suite, WrapLabel};
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ntm1.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ntm2.json");
     let text = std::fs::read_to_string(path)
-        .expect("tests/data/ntm1.json is the project's copy of the vectors");
+        .expect("tests/data/ntm2.json is the project's copy of the vectors");
     serde_json::from_str(&text).expect("vectors file is JSON")
 }
 
@@ -26,12 +26,42 @@ fn key(v: &Value) -> Key {
     v["key_hex"].as_str().unwrap().parse().unwrap()
 }
 
-/// The receive pipeline for signaling: header, tag, then parse.
-fn receive<'a>(datagram: &'a [u8], auth: &Authenticator) -> Result<Repr<'a>, Error> {
-    let packet = Packet::new_checked(datagram)?;
-    packet.check_header()?;
-    auth.verify(datagram)?;
+/// Tunnel messages (DATA, TUN_KEEPALIVE, TUN_REQ, TUN_RESP) are protected
+/// with a direction key in the tunnel's suite; everything else is signaling,
+/// always suite 1.
+fn is_tunnel_type(t: u8) -> bool {
+    matches!(t, 0x01 | 0x02 | 0x30 | 0x31)
+}
+
+/// The receive pipeline: header, then the tag (suite 2: decryption in
+/// place) with the key the message type calls for, then parse.
+fn receive<'a>(datagram: &'a mut [u8], key: &Key) -> Result<Repr<'a>, Error> {
+    let packet = Packet::new_checked(&*datagram)?;
+    let msg_type = packet.check_header()?;
+    let suite = packet.suite();
+    if is_tunnel_type(u8::from(msg_type)) {
+        Cipher::new(suite, key)?.open(datagram)?;
+    } else {
+        if suite != Suite::HmacSha256_128 {
+            return Err(Error::UnsupportedSuite);
+        }
+        Authenticator::new(key).verify(datagram)?;
+    }
+    let datagram: &'a [u8] = datagram;
     Repr::parse(&Packet::new_unchecked(datagram))
+}
+
+/// Emit and seal `repr` the way a sender of that message type does.
+fn reencode(repr: &Repr<'_>, suite: Suite, key: &Key) -> Vec<u8> {
+    let mut out = vec![0u8; repr.buffer_len()];
+    let n = if is_tunnel_type(u8::from(repr.message.msg_type())) {
+        repr.emit_sealed_with(&mut out, &Cipher::new(suite, key).unwrap())
+    } else {
+        repr.emit_sealed(&mut out, &Authenticator::new(key))
+    }
+    .unwrap();
+    out.truncate(n);
+    out
 }
 
 /// "bytes 0x20..0x3f" in a note names the expected unwrapped key.
@@ -53,28 +83,54 @@ fn expected_key_from_note(note: &str) -> Option<Key> {
 }
 
 #[test]
+fn direction_keys_derive() {
+    let v = vectors();
+    let d = &v["derived"];
+    let k_tun: Key = d["k_tun_hex"].as_str().unwrap().parse().unwrap();
+    let keys = DirectionKeys::derive(&k_tun);
+    assert_eq!(keys.i2r, d["k_i2r_hex"].as_str().unwrap().parse().unwrap());
+    assert_eq!(keys.r2i, d["k_r2i_hex"].as_str().unwrap().parse().unwrap());
+    // The vectors that name a direction key use the derived one.
+    for case in v["valid"].as_array().unwrap() {
+        let want = match case["key"].as_str().unwrap() {
+            "K_i2r" => &keys.i2r,
+            "K_r2i" => &keys.r2i,
+            _ => continue,
+        };
+        assert_eq!(&key(case), want, "{}", case["name"]);
+    }
+}
+
+#[test]
 fn valid_vectors_parse_verify_and_reencode() {
     let v = vectors();
     let valid = v["valid"].as_array().unwrap();
-    assert_eq!(valid.len(), 11, "vector count changed: review this test");
+    assert_eq!(valid.len(), 13, "vector count changed: review this test");
     let mut unwrapped = 0;
+    let mut decrypted = 0;
     for case in valid {
         let name = case["name"].as_str().unwrap();
         let datagram = hex(case["datagram_hex"].as_str().unwrap());
-        let auth = Authenticator::new(&key(case));
-        let repr = receive(&datagram, &auth).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let k = key(case);
+        let suite = Suite::from(datagram[3]);
+        let mut buf = datagram.clone();
+        let repr = receive(&mut buf, &k).unwrap_or_else(|e| panic!("{name}: {e:?}"));
 
-        // Re-encode byte for byte, tag included.
-        let mut out = vec![0u8; repr.buffer_len()];
-        let n = repr.emit_sealed(&mut out, &auth).unwrap();
-        assert_eq!(out[..n], datagram[..], "{name}: re-encoding differs");
+        // Re-encode byte for byte, tag (and ciphertext) included.
+        assert_eq!(
+            reencode(&repr, suite, &k),
+            datagram,
+            "{name}: re-encoding differs"
+        );
 
         // Keys named in the note unwrap.
+        let auth = Authenticator::new(&k);
         let note = case["note"].as_str().unwrap_or("");
         if let Some(expected) = expected_key_from_note(note) {
             let got = match repr.message {
                 Message::RouteDir(d) => {
                     let r = d.result.expect("route_dir with a key is OK");
+                    assert_eq!(r.suite, Suite::Aes256Gcm, "{name}: suite 2 tunnel");
                     auth.unwrap_key(
                         WrapLabel::TunnelKey,
                         r.tunnel_id,
@@ -93,8 +149,13 @@ fn valid_vectors_parse_verify_and_reencode() {
             assert_eq!(got, expected, "{name}: unwrapped key");
             unwrapped += 1;
         }
+        if suite == Suite::Aes256Gcm && datagram.len() > 32 {
+            assert_ne!(buf, datagram, "{name}: suite 2 body decrypted in place");
+            decrypted += 1;
+        }
     }
     assert_eq!(unwrapped, 2, "route_dir and relay_dir keys");
+    assert_eq!(decrypted, 4, "the suite-2 vectors with a body");
 }
 
 #[test]
@@ -110,11 +171,20 @@ fn valid_vector_contents() {
             .clone();
         (hex(c["datagram_hex"].as_str().unwrap()), key(&c))
     };
+    let (d, _) = find("reg_req");
+    let repr = Repr::parse(&Packet::new_checked(&d[..]).unwrap()).unwrap();
+    let Message::RegReq(r) = repr.message else {
+        panic!()
+    };
+    assert_eq!(r.req_id, 0x0bad_cafe);
+    assert_eq!(r.fqdn.as_str(), "gn1.ntm.test");
+
     let (d, _) = find("reg_resp");
     let repr = Repr::parse(&Packet::new_checked(&d[..]).unwrap()).unwrap();
     let Message::RegResp(r) = repr.message else {
         panic!()
     };
+    assert_eq!(r.req_id, 0x0bad_cafe, "REG_RESP echoes the REQ_ID");
     let lease = r.result.unwrap();
     assert_eq!(lease.node_id, 7);
     assert_eq!(lease.vip.addr, Ipv4Addr::new(100, 64, 0, 2));
@@ -128,37 +198,87 @@ fn valid_vector_contents() {
     assert_eq!(repr.extra.len(), 1);
 }
 
+fn data_case(v: &Value, name: &str) -> (Vec<u8>, Key) {
+    let c = v["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    (hex(c["datagram_hex"].as_str().unwrap()), key(c))
+}
+
 #[test]
-fn data_vector_decaps() {
+fn data_vectors_decap_with_their_direction_key_only() {
     let v = vectors();
-    let case = &v["valid"][0];
-    assert_eq!(case["name"], "data");
-    let d = hex(case["datagram_hex"].as_str().unwrap());
-    let mut rx = RxTunnel::new(
-        Authenticator::new(&key(case)),
-        Ipv4Addr::new(100, 64, 0, 2),
-        Ipv4Addr::new(100, 64, 0, 3),
-    );
-    let got = decap(&d, |id| (id == 257).then_some(&mut rx)).unwrap();
-    let Decapped::Data {
-        tunnel_id,
-        seq,
-        inner,
-    } = got
-    else {
-        panic!("{got:?}")
-    };
-    assert_eq!((tunnel_id, seq), (257, 1));
-    assert!(inner.ends_with(b"hello ntmobile"));
-    assert_eq!(decap(&d, |_| Some(&mut rx)), Err(Error::Replay));
+    let initiator = Ipv4Addr::new(100, 64, 0, 2);
+    let responder = Ipv4Addr::new(100, 64, 0, 3);
+    for (name, suite, from_initiator) in [
+        ("data_gcm_i2r", Suite::Aes256Gcm, true),
+        ("data_gcm_r2i", Suite::Aes256Gcm, false),
+        ("data_hmac_i2r", Suite::HmacSha256_128, true),
+    ] {
+        let (d, k) = data_case(&v, name);
+        // The inner packet goes from the sender's VIP to the receiver's.
+        let (src, dst) = if from_initiator {
+            (initiator, responder)
+        } else {
+            (responder, initiator)
+        };
+        let mut rx = RxTunnel::new(Cipher::new(suite, &k).unwrap(), src, dst);
+        let mut buf = d.clone();
+        let got = decap(&mut buf, |id| (id == 257).then_some(&mut rx)).unwrap();
+        let Decapped::Data {
+            tunnel_id, inner, ..
+        } = got
+        else {
+            panic!("{name}: {got:?}")
+        };
+        assert_eq!(tunnel_id, 257, "{name}");
+        let payload: &[u8] = if from_initiator {
+            b"hello ntmobile"
+        } else {
+            b"hello back"
+        };
+        assert!(inner.ends_with(payload), "{name}");
+        assert_eq!(
+            decap(&mut d.clone(), |_| Some(&mut rx)),
+            Err(Error::Replay),
+            "{name}"
+        );
+
+        // The end that sent it receives with the other direction key: its
+        // own datagram, reflected, never verifies (§3).
+        let keys =
+            DirectionKeys::derive(&Key::from_bytes(core::array::from_fn(|i| 0x20 + i as u8)));
+        let sender = if from_initiator {
+            Role::Initiator
+        } else {
+            Role::Responder
+        };
+        let (tx, own_rx) = keys.for_role(sender).unwrap();
+        assert_eq!(tx, &k, "{name}: sent with the sender's direction key");
+        let mut own = RxTunnel::new(Cipher::new(suite, own_rx).unwrap(), dst, src);
+        assert_eq!(
+            decap(&mut d.clone(), |_| Some(&mut own)),
+            Err(Error::BadTag),
+            "{name} reflected"
+        );
+        assert_eq!(own.replay.last(), 0, "{name}: reflection moved the window");
+    }
 }
 
 #[test]
 fn invalid_vectors_rejected_for_stated_reason() {
     let expected = |name: &str| match name {
-        "tag_flipped" => Error::BadTag,
+        "gcm_tag_flipped"
+        | "gcm_ciphertext_flipped"
+        | "gcm_header_flipped"
+        | "reflected"
+        | "hmac_tag_flipped" => Error::BadTag,
         "truncated" => Error::Truncated,
-        "version_2" => Error::BadVersion,
+        "version_1" => Error::BadVersion,
+        "unknown_suite" => Error::UnsupportedSuite,
         "unknown_critical_tlv" => Error::UnknownCriticalTlv,
         "tlv_overrun" => Error::TlvOverrun,
         "duplicate_tlv" => Error::DuplicateTlv,
@@ -167,28 +287,33 @@ fn invalid_vectors_rejected_for_stated_reason() {
     };
     let v = vectors();
     let invalid = v["invalid"].as_array().unwrap();
-    assert_eq!(invalid.len(), 7, "vector count changed: review this test");
+    assert_eq!(invalid.len(), 12, "vector count changed: review this test");
     for case in invalid {
         let name = case["name"].as_str().unwrap();
         let d = hex(case["datagram_hex"].as_str().unwrap());
-        let auth = Authenticator::new(&key(case));
+        let k = key(case);
         let want = expected(name);
         assert_eq!(
-            receive(&d, &auth).map(|_| ()),
+            receive(&mut d.clone(), &k).map(|_| ()),
             Err(want),
             "{name} ({})",
             case["why"]
         );
 
-        // DATA-typed ones fail the fast path for the same reason.
-        if d.len() > 1 && d[1] == 0x01 {
+        // DATA-typed ones fail the fast path for the same reason, with the
+        // tunnel's suite named by the datagram (suite 2 where it names none).
+        if d.len() > 3 && d[1] == 0x01 {
+            let suite = match Suite::from(d[3]) {
+                Suite::Unknown(_) => Suite::Aes256Gcm,
+                s => s,
+            };
             let mut rx = RxTunnel::new(
-                auth.clone(),
+                Cipher::new(suite, &k).unwrap(),
                 Ipv4Addr::new(100, 64, 0, 2),
                 Ipv4Addr::new(100, 64, 0, 3),
             );
             assert_eq!(
-                decap(&d, |_| Some(&mut rx)).map(|_| ()),
+                decap(&mut d.clone(), |_| Some(&mut rx)).map(|_| ()),
                 Err(want),
                 "{name} via decap"
             );

@@ -1,10 +1,14 @@
-//! ntm-rs: the NTMobile Relay Server (`shared/PROTOCOL.md` §5, RELAY).
+//! ntm-rs: the NTMobile Relay Server (`shared/PROTOCOL.md`, wire protocol
+//! version 2, §5, RELAY).
 //!
 //! When both ends of a tunnel sit behind different NATs, the DC directs the
 //! tunnel through a relay server: it opens a binding with RELAY_DIR, each
 //! end binds its address with RELAY_BIND, and the RS then forwards every
 //! datagram of that tunnel id from one bound address to the other,
-//! unchanged, and drops everything else.
+//! unchanged (of either suite: the RS holds no tunnel key), and drops
+//! everything else. RELAY_DIR and RELAY_BIND are suite-1 signaling, each
+//! checked against a replay window (the DC's, and one per end of each
+//! binding) after its tag and before it is acted on: see [`relay`].
 //!
 //! | module | what |
 //! |---|---|

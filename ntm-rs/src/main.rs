@@ -19,7 +19,10 @@ use tokio::time::Interval;
 /// Carries tunnels between nodes behind different NATs: the DC opens a
 /// binding per tunnel (RELAY_DIR), both ends bind (RELAY_BIND), and the
 /// relay forwards the tunnel's datagrams between the two bound addresses,
-/// unchanged, dropping everything else (shared/PROTOCOL.md §5).
+/// unchanged, dropping everything else (shared/PROTOCOL.md, wire version 2,
+/// §5). It holds no tunnel key: encrypted (suite 2) and authenticated-only
+/// (suite 1) tunnels are relayed alike. Replayed RELAY_DIRs and RELAY_BINDs
+/// are dropped and counted (`replay` in the drops).
 ///
 /// Logs go to stderr; choose what with RUST_LOG (default `info`, e.g.
 /// RUST_LOG=ntm_rs=trace shows every drop). SIGUSR1 logs a statistics

@@ -8,14 +8,28 @@
 //!   address to its ROLE.
 //! * Every other datagram whose header id is a bound TUNNEL_ID, from one
 //!   bound address, goes to the other bound address unchanged
-//!   ([`Verdict::Forward`]); the RS does not hold `K_tun` and checks no tag.
-//!   Everything else is dropped and counted by [`DropReason`].
+//!   ([`Verdict::Forward`]); the RS holds neither `K_tun` nor the direction
+//!   keys, so it checks no tag and forwards suite-1 and suite-2 (encrypted)
+//!   tunnel traffic alike. Everything else is dropped and counted by
+//!   [`DropReason`].
 //! * Bindings with no traffic for their lifetime expire.
 //!
 //! Drive it like the DC's coordinator: [`Relay::handle`] per datagram
 //! (sending the same bytes on when it says [`Verdict::Forward`]),
 //! [`Relay::handle_timeout`] at [`Relay::poll_timeout`], and
 //! [`Relay::poll_transmit`] until `None` after each.
+//!
+//! # Replay protection (§5 "Replay")
+//!
+//! RELAY_DIR and RELAY_BIND are signaling: suite 1 only. The RS keeps a
+//! [`ReplayWindow`] (2048 wide) for the DC (`K_rs`, for the life of the
+//! process) and one per ROLE of each binding (`K_relay`: each end counts its
+//! own seq). A datagram is checked against its window after its tag
+//! verified and before it is acted on; a replay is dropped and counted as
+//! `replay`, so a recorded RELAY_DIR never re-opens or re-keys a binding and
+//! a recorded RELAY_BIND never moves one; nor does a late (older) bind that
+//! the window has not seen. RELAY_ACKs carry the RS's own seq, which starts
+//! at the Unix time in ns.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -23,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use ntm_proto::counters::{Counters, Reason};
 use ntm_proto::wire::{Header, Message, Packet, RelayAck, Repr};
-use ntm_proto::{Authenticator, Error, Key, MessageType, ReplayWindow, Role, WrapLabel};
+use ntm_proto::{Authenticator, Error, Key, MessageType, ReplayWindow, Role, Suite, WrapLabel};
 
 use crate::config::{Config, ConfigError, Settings};
 
@@ -120,22 +134,17 @@ pub struct Stats {
     pub expired: u64,
 }
 
-/// One end of a binding.
-#[derive(Debug, Clone, Copy)]
-struct BoundEnd {
-    addr: SocketAddrV4,
-    /// Highest RELAY_BIND seq of this role: each end counts its own from 1.
-    last_seq: u64,
-}
-
 #[derive(Debug)]
 struct Binding {
     key: Key,
     auth: Authenticator,
     lifetime: Duration,
     last_active: Instant,
-    /// Indexed by role: initiator, responder.
-    ends: [Option<BoundEnd>; 2],
+    /// Bound addresses, indexed by role: initiator, responder.
+    ends: [Option<SocketAddrV4>; 2],
+    /// RELAY_BIND replay windows, indexed by role: each end is its own
+    /// sender of `K_relay` with its own seq (§5 "Replay").
+    windows: [ReplayWindow; 2],
 }
 
 fn role_index(role: Role) -> Option<usize> {
@@ -228,6 +237,12 @@ impl Relay {
             | MessageType::TunReq
             | MessageType::TunResp
             | MessageType::Error => self.forward(now, from, packet.id()),
+            MessageType::RelayBind | MessageType::RelayDir
+                if packet.suite() != Suite::HmacSha256_128 =>
+            {
+                // Signaling with the RS is always suite 1 (§2).
+                Err(Error::UnsupportedSuite.into())
+            }
             MessageType::RelayBind => self.on_bind(now, from, &packet),
             MessageType::RelayDir => self.on_relay_dir(now, from, &packet),
             _ => Err(Error::UnexpectedType.into()),
@@ -246,13 +261,13 @@ impl Relay {
             .ok_or(Error::UnknownTunnel)?;
         let [a, z] = b.ends;
         let to = match (a, z) {
-            (Some(a), other) if a.addr == from => other,
-            (other, Some(z)) if z.addr == from => other,
+            (Some(a), other) if a == from => other,
+            (other, Some(z)) if z == from => other,
             _ => return Err(DropReason::UnboundSource),
         };
         let to = to.ok_or(DropReason::HalfBound)?;
         b.last_active = now;
-        Ok(Verdict::Forward(to.addr))
+        Ok(Verdict::Forward(to))
     }
 
     fn on_bind(
@@ -273,16 +288,23 @@ impl Relay {
         };
         let i = role_index(bind.role).ok_or(Error::BadTlvValue)?;
         let seq = repr.header.seq;
-        if b.ends[i].is_some_and(|e| seq <= e.last_seq) {
+        let window = &mut b.windows[i];
+        // Only a bind newer than every one accepted for this role may move
+        // the end: an older one that the window still lets through (it came
+        // late, out of order) refreshes the binding but never takes the end
+        // back to an address the node has left.
+        let newest = seq > window.last();
+        if !window.validate(seq) {
             return Err(Error::Replay.into());
         }
-        let moved = b.ends[i].is_some_and(|e| e.addr != from);
-        b.ends[i] = Some(BoundEnd {
-            addr: from,
-            last_seq: seq,
-        });
         b.last_active = now;
         self.stats.binds += 1;
+        let moved = b.ends[i].is_some_and(|a| a != from);
+        if moved && !newest {
+            tracing::debug!(tunnel_id, role = ?bind.role, addr = %from, "late RELAY_BIND from an older address: binding kept");
+            return Ok(Verdict::Consumed);
+        }
+        b.ends[i] = Some(from);
         if moved {
             tracing::info!(tunnel_id, role = ?bind.role, addr = %from, "relay end re-bound to a new address");
         } else if b.ends.iter().all(Option::is_some) {
@@ -305,6 +327,9 @@ impl Relay {
         let Message::RelayDir(dir) = repr.message else {
             return Err(Error::UnexpectedType.into());
         };
+        // After the tag (only the DC's own datagrams move its window) and
+        // before anything is acted on: a recorded RELAY_DIR never re-opens
+        // an expired binding or takes a re-keyed one back to its old key.
         if !self.dc_window.validate(repr.header.seq) {
             return Err(Error::Replay.into());
         }
@@ -340,6 +365,7 @@ impl Relay {
                         lifetime,
                         last_active: now,
                         ends: [None, None],
+                        windows: [ReplayWindow::new(), ReplayWindow::new()],
                     },
                 );
                 self.stats.relay_dirs += 1;
@@ -407,8 +433,8 @@ impl Relay {
     /// A binding.
     pub fn binding(&self, tunnel_id: u32) -> Option<BindingInfo> {
         self.bindings.get(&tunnel_id).map(|b| BindingInfo {
-            initiator: b.ends[0].map(|e| e.addr),
-            responder: b.ends[1].map(|e| e.addr),
+            initiator: b.ends[0],
+            responder: b.ends[1],
             lifetime: b.lifetime,
         })
     }
@@ -519,13 +545,14 @@ mod tests {
         b
     }
 
-    /// A tunnel datagram: header with the id, some body, a tag the RS never checks.
+    /// A tunnel datagram: header with the id, some (suite-2, encrypted)
+    /// body, a tag the RS never checks.
     fn data(tunnel_id: u32) -> Vec<u8> {
         let mut d = vec![0u8; 60];
         let mut p = Packet::new_unchecked(&mut d[..]);
-        p.set_version(1);
+        p.set_version(ntm_proto::wire::VERSION);
         p.set_msg_type(MessageType::Data);
-        p.set_suite(ntm_proto::Suite::HmacSha256_128);
+        p.set_suite(Suite::Aes256Gcm);
         p.set_id(tunnel_id);
         p.set_seq(1);
         d
@@ -659,9 +686,9 @@ mod tests {
             r.handle(now, addr(A), &[1, 1, 0]),
             Err(Error::Truncated.into())
         );
-        let mut v2 = data(77);
-        v2[0] = 2;
-        assert_eq!(r.handle(now, addr(A), &v2), Err(Error::BadVersion.into()));
+        let mut v1 = data(77);
+        v1[0] = 1;
+        assert_eq!(r.handle(now, addr(A), &v1), Err(Error::BadVersion.into()));
         // A node message type has no business here.
         let mut reg = data(77);
         reg[1] = 0x12;
@@ -691,6 +718,146 @@ mod tests {
             "{}",
             r.stats_line()
         );
+    }
+
+    /// Regression (issue 8, replay of DC-RS signaling): a RELAY_DIR recorded
+    /// on the DC-RS path and played back is dropped as a replay. Without the
+    /// DC window it would take a binding that a restarted DC re-keyed back to
+    /// the old `K_relay` (unbinding both ends), and re-open a binding that
+    /// had expired.
+    #[test]
+    fn a_recorded_relay_dir_played_back_is_refused() {
+        const K_NEW: [u8; 32] = [0x66; 32];
+        let t0 = Instant::now();
+        let mut r = relay(t0);
+        let recorded = relay_dir(77, 10, K_RELAY, 1);
+        r.handle(t0, addr(DC), &recorded).unwrap();
+        assert_eq!(acks(&mut r, t0), vec![(addr(DC), 77)]);
+        // The DC directs the id again with a new key; both ends bind with it.
+        r.handle(t0, addr(DC), &relay_dir(77, 11, K_NEW, 1))
+            .unwrap();
+        assert_eq!(acks(&mut r, t0), vec![(addr(DC), 77)]);
+        r.handle(t0, addr(A), &bind(77, 1, Role::Initiator, K_NEW))
+            .unwrap();
+        r.handle(t0, addr(Z), &bind(77, 1, Role::Responder, K_NEW))
+            .unwrap();
+
+        // Played back from the DC's address and from anywhere else.
+        for from in [addr(DC), addr("198.18.0.99:7710")] {
+            assert_eq!(r.handle(t0, from, &recorded), Err(Error::Replay.into()));
+        }
+        assert!(acks(&mut r, t0).is_empty(), "nothing acknowledged");
+        let b = r.binding(77).unwrap();
+        assert_eq!((b.initiator, b.responder), (Some(addr(A)), Some(addr(Z))));
+        assert_eq!(
+            r.handle(t0, addr(A), &data(77)),
+            Ok(Verdict::Forward(addr(Z)))
+        );
+        // Still the new key.
+        assert_eq!(
+            r.handle(t0, addr(A), &bind(77, 2, Role::Initiator, K_NEW)),
+            Ok(Verdict::Consumed)
+        );
+        assert_eq!((r.stats().relay_dirs, r.stats().relay_dir_repeats), (2, 0));
+
+        // Once the binding expired, the recording does not re-open it.
+        let mut now = t0;
+        while let Some(t) = r.poll_timeout() {
+            now = now.max(t);
+            r.handle_timeout(now);
+            assert!(now < t0 + Duration::from_secs(60), "never expired");
+        }
+        assert!(r.is_empty());
+        assert_eq!(
+            r.handle(now, addr(DC), &recorded),
+            Err(Error::Replay.into())
+        );
+        assert!(r.is_empty() && acks(&mut r, now).is_empty());
+        assert_eq!(r.drops().get(Error::Replay.into()), 3);
+        assert_eq!(r.drops().total(), 3);
+    }
+
+    /// Regression (issue 8, relay hijack): a RELAY_BIND recorded and played
+    /// back from another address never moves the bound end; nor does an
+    /// older bind that the window has not seen. Each role has its own window.
+    #[test]
+    fn a_recorded_relay_bind_played_back_from_another_address_does_not_move_the_binding() {
+        let now = Instant::now();
+        let mut r = relay(now);
+        r.handle(now, addr(DC), &relay_dir(77, 10, K_RELAY, 1))
+            .unwrap();
+        let recorded = bind(77, 5, Role::Initiator, K_RELAY);
+        r.handle(now, addr(A), &recorded).unwrap();
+        // The responder counts its own seq: the same number is no replay.
+        r.handle(now, addr(Z), &bind(77, 5, Role::Responder, K_RELAY))
+            .unwrap();
+        let x = addr("198.18.0.99:40000");
+        assert_eq!(r.handle(now, x, &recorded), Err(Error::Replay.into()));
+        // Also after newer binds of the real end.
+        r.handle(now, addr(A), &bind(77, 6, Role::Initiator, K_RELAY))
+            .unwrap();
+        assert_eq!(r.handle(now, x, &recorded), Err(Error::Replay.into()));
+        assert_eq!(r.binding(77).unwrap().initiator, Some(addr(A)));
+        assert_eq!(
+            r.handle(now, addr(A), &data(77)),
+            Ok(Verdict::Forward(addr(Z)))
+        );
+        assert_eq!(r.handle(now, x, &data(77)), Err(DropReason::UnboundSource));
+
+        // A late bind the RS never saw (older than the newest, inside the
+        // window) keeps the binding alive but does not move it.
+        assert_eq!(
+            r.handle(now, x, &bind(77, 3, Role::Initiator, K_RELAY)),
+            Ok(Verdict::Consumed)
+        );
+        assert_eq!(r.binding(77).unwrap().initiator, Some(addr(A)));
+        // A newer one from a new address (the node moved) does move it, and
+        // its recording played back from the old address does not move it back.
+        let moved = addr("198.18.0.12:40002");
+        let roam = bind(77, 7, Role::Initiator, K_RELAY);
+        r.handle(now, moved, &roam).unwrap();
+        assert_eq!(r.binding(77).unwrap().initiator, Some(moved));
+        assert_eq!(r.handle(now, addr(A), &roam), Err(Error::Replay.into()));
+        assert_eq!(r.binding(77).unwrap().initiator, Some(moved));
+        assert_eq!(
+            r.handle(now, addr(Z), &data(77)),
+            Ok(Verdict::Forward(moved))
+        );
+        assert_eq!(r.drops().get(Error::Replay.into()), 3);
+    }
+
+    #[test]
+    fn signaling_to_the_rs_must_be_suite_1() {
+        let now = Instant::now();
+        let mut r = relay(now);
+        let as_suite_2 = |mut d: Vec<u8>, key: [u8; 32]| {
+            d[3] = Suite::Aes256Gcm.into();
+            Authenticator::new(&Key::from_bytes(key))
+                .seal(&mut d)
+                .unwrap();
+            d
+        };
+        assert_eq!(
+            r.handle(
+                now,
+                addr(DC),
+                &as_suite_2(relay_dir(77, 10, K_RELAY, 1), K_RS)
+            ),
+            Err(Error::UnsupportedSuite.into())
+        );
+        assert!(r.is_empty() && acks(&mut r, now).is_empty());
+        r.handle(now, addr(DC), &relay_dir(77, 11, K_RELAY, 1))
+            .unwrap();
+        assert_eq!(
+            r.handle(
+                now,
+                addr(A),
+                &as_suite_2(bind(77, 1, Role::Initiator, K_RELAY), K_RELAY)
+            ),
+            Err(Error::UnsupportedSuite.into())
+        );
+        assert_eq!(r.binding(77).unwrap().initiator, None);
+        assert_eq!(r.drops().get(Error::UnsupportedSuite.into()), 2);
     }
 
     #[test]
@@ -774,7 +941,7 @@ mod tests {
                 let len = (next() % 600) as usize;
                 let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                 if len >= 4 && i % 4 == 0 {
-                    d[0] = 1;
+                    d[0] = ntm_proto::wire::VERSION;
                     d[3] = 1;
                     d[1] = [0x01, 0x02, 0x30, 0x31, 0x40, 0x42, 0x7f][(next() % 7) as usize];
                 }

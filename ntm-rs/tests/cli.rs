@@ -22,6 +22,7 @@ fn help_describes_the_program() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Relay Server"), "{text}");
     assert!(text.contains("--config"), "{text}");
+    assert!(text.contains("version 2"), "{text}");
 }
 
 #[test]

@@ -23,6 +23,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod capture;
 pub mod raw;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use ntm_testbed::{
     ifname, unique_prefix, wait_for, wait_until, Child, Testbed, DC_ADDR, NODE_FQDNS, RS_ADDR,
 };
@@ -363,8 +364,10 @@ impl World {
             .tb
             .spawn(server, &srv)
             .map_err(|e| anyhow!("start iperf3 -s: {e}"))?;
+        // A known payload (the digits, repeated) instead of random bytes, so
+        // that a capture can check that none of it crosses the internet in clear.
         let cmd = format!(
-            "iperf3 -c {server_addr} -p 5201 -t {secs} -J{}",
+            "iperf3 -c {server_addr} -p 5201 -t {secs} --repeating-payload -J{}",
             if reverse { " -R" } else { "" }
         );
         // The server is ready when its socket is: retry the client until then.
@@ -409,6 +412,38 @@ impl World {
             bail!("nc -l failed: {status}");
         }
         Ok(std::fs::read(&dst)?)
+    }
+
+    /// The Ethernet address of `ifname` in `role`'s namespace.
+    pub fn mac(&self, role: Role, ifname: &str) -> Result<[u8; 6]> {
+        let out = self.sh(role, &format!("ip -o link show dev {ifname}"))?;
+        let text = out
+            .split_whitespace()
+            .skip_while(|x| *x != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no Ethernet address in `{out}`"))?;
+        let mut m = [0u8; 6];
+        for (b, h) in m.iter_mut().zip(text.split(':')) {
+            *b = u8::from_str_radix(h, 16).with_context(|| format!("MAC {text}"))?;
+        }
+        Ok(m)
+    }
+
+    /// The GN leased (stock dhclient) and a tunnel gn -> cn up and pinged
+    /// (cn must be running): returns the GN's VIP and cn's.
+    pub fn leased_with_tunnel(&self, ntma: &mut Ntma) -> Result<(Ipv4Addr, Ipv4Addr)> {
+        let gn_vip = ntma.registered()?;
+        let leased = self.dhclient()?;
+        ensure!(leased == gn_vip, "DHCP gave {leased}, the DC gave {gn_vip}");
+        let d = self.dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN_FQDN)?;
+        ensure!(d.status == "NOERROR" && !d.a.is_empty(), "{d:?}");
+        let cn_vip = d.a[0];
+        ntma.wait("tunnel to cn up", |s| {
+            s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
+        })?;
+        let p = self.ping(Role::Gn, cn_vip, 2)?;
+        ensure!(p.received == p.sent, "{}", p.output);
+        Ok((gn_vip, cn_vip))
     }
 
     /// Interfaces of `role`'s namespace that have an XDP program attached,
@@ -516,6 +551,22 @@ impl Ntma {
                 )
             }
         }
+    }
+
+    /// Waits until the sum of the drop counts of `reasons` has grown by at
+    /// least `n` since `before` (a status taken earlier); returns the growth.
+    pub fn grows(
+        &mut self,
+        reasons: &[&str],
+        before: &ntma_user::status::Status,
+        n: u64,
+    ) -> Result<u64> {
+        let total = |s: &ntma_user::status::Status| -> u64 {
+            reasons.iter().map(|r| s.drop_count(r)).sum()
+        };
+        let base = total(before);
+        let st = self.wait(&format!("{reasons:?} +{n}"), |s| total(s) >= base + n)?;
+        Ok(total(&st) - base)
     }
 
     /// Waits for the registration; returns the GN's VIP.

@@ -15,6 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSo
 use std::time::Duration;
 
 use ntm_testbed::{unique_prefix, wait_until, Role, Signal, CN2_FQDN, CN_FQDN, DC_ADDR, NODE_FQDN};
+use ntm_world::capture::udp_payload_on_port;
 use ntm_world::{payload, Dig, Node, Ping, World, PATIENCE, UPSTREAM_ANSWER};
 
 /// The world of these tests: the DC sends keep-alives every 2 s.
@@ -325,31 +326,6 @@ fn relay_between_two_nats() {
     nc_transfer(&w, Role::Ntma, node_vip, Role::Cn2, &data, "relay-tcp");
 }
 
-/// Pulls the UDP payloads of a pcap file (Ethernet, IPv4).
-fn pcap_udp_payloads(file: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= file.len() {
-        let caplen = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
-        at += 16;
-        let Some(frame) = file.get(at..at + caplen) else {
-            break;
-        };
-        at += caplen;
-        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        if ip[9] != 17 || ip.len() < ihl + 8 {
-            continue;
-        }
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
-        out.push(ip[ihl + 8..total].to_vec());
-    }
-    out
-}
-
 /// A forged, a replayed and a truncated DATA datagram are each dropped and
 /// counted by reason; the tunnel keeps working.
 #[test]
@@ -362,48 +338,29 @@ fn forged_replayed_truncated_data_are_dropped_by_reason() {
     connect(&w, &mut cn2, CN_FQDN);
 
     // Capture genuine DATA from cn2 to cn on cn's side.
-    let pcap = w.tb.state_dir().join(format!(
-        "{}.pcap",
-        unique_prefix("drops").trim_end_matches('-')
-    ));
-    let mut dump = std::process::Command::new("tcpdump");
-    dump.args([
-        "-i",
-        "eth0",
-        "--immediate-mode",
-        "-U",
-        "-n",
-        "-c",
-        "3",
-        "-w",
-    ])
-    .arg(&pcap)
-    .args([
-        "udp",
-        "dst",
-        "port",
-        "7700",
-        "and",
-        "src",
-        "host",
-        "198.18.0.11",
-    ]);
-    let mut dump = w.tb.spawn(Role::Cn, &dump).expect("start tcpdump");
-    assert!(
-        wait_until(PATIENCE, || dump.log().contains("listening on")),
-        "tcpdump did not start: {}",
-        dump.log()
-    );
+    let dump = w
+        .capture(
+            Role::Cn,
+            "eth0",
+            "udp dst port 7700 and src host 198.18.0.11",
+            3,
+            "nodedrops",
+        )
+        .expect("start tcpdump");
     ping(&w, Role::Cn2, cn_vip, 3);
-    // It exits by itself after three datagrams (-c 3).
-    let done = dump.wait_timeout(PATIENCE).expect("wait for tcpdump");
-    assert!(done.is_some(), "tcpdump saw no DATA: {}", dump.log());
-    let captured = pcap_udp_payloads(&std::fs::read(&pcap).expect("read pcap"));
+    // It stops by itself after three datagrams.
+    let captured: Vec<Vec<u8>> = dump
+        .finish_when_full()
+        .expect("tcpdump saw the DATA")
+        .iter()
+        .filter_map(|f| udp_payload_on_port(f, 7700).map(<[u8]>::to_vec))
+        .collect();
     let data = captured
         .iter()
-        .find(|p| p.len() > 32 + 20 && p[0] == 1 && p[1] == 0x01)
+        .find(|p| p.len() > 32 + 20 && p[0] == 2 && p[1] == 0x01)
         .expect("a DATA datagram was captured")
         .clone();
+    assert_eq!(data[3], 2, "suite 2 by default");
 
     let before = cn.wait("status", |_| true).unwrap();
     let count = |s: &ntm_node::Status| {

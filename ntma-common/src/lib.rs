@@ -51,8 +51,9 @@ pub mod ntm {
     pub const TAG_LEN: usize = 16;
     /// The bytes of the header the XDP program must see to classify (version and type).
     pub const CLASSIFY: Range<usize> = 0..field::TYPE + 1;
-    /// Protocol version 1.
-    pub const VERSION: u8 = 1;
+    /// Protocol version 2 (PROTOCOL.md §2): DATA and TUN_KEEPALIVE of any other
+    /// version are not redirected.
+    pub const VERSION: u8 = 2;
     /// Message type DATA.
     pub const TYPE_DATA: u8 = 0x01;
     /// Message type TUN_KEEPALIVE.
@@ -183,11 +184,14 @@ pub enum Verdict {
     WanSignaling,
     /// WAN: frame too short for the headers it claims: passed.
     WanMalformed,
+    /// WAN: DATA / TUN_KEEPALIVE type with a protocol version other than
+    /// [`ntm::VERSION`]: passed, the daemon's endpoint counts it (bad_version).
+    WanOtherVersion,
 }
 
 impl Verdict {
     /// Number of verdicts, i.e. entries of the counter map.
-    pub const COUNT: u32 = Verdict::WanMalformed as u32 + 1;
+    pub const COUNT: u32 = Verdict::WanOtherVersion as u32 + 1;
 
     /// All verdicts, in index order.
     pub const ALL: [Verdict; Verdict::COUNT as usize] = [
@@ -206,6 +210,7 @@ impl Verdict {
         Verdict::WanOtherPort,
         Verdict::WanSignaling,
         Verdict::WanMalformed,
+        Verdict::WanOtherVersion,
     ];
 
     /// The counter index.
@@ -232,6 +237,7 @@ impl Verdict {
             Verdict::WanOtherPort => "wan_other_port",
             Verdict::WanSignaling => "wan_signaling",
             Verdict::WanMalformed => "wan_malformed",
+            Verdict::WanOtherVersion => "wan_other_version",
         }
     }
 }
@@ -289,5 +295,6 @@ mod tests {
     fn ntm_header_fields() {
         assert_eq!(ntm::HEADER_LEN, 16);
         assert_eq!(ntm::CLASSIFY.end, 2);
+        assert_eq!(ntm::VERSION, 2);
     }
 }

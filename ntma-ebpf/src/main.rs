@@ -3,8 +3,9 @@
 //! * `ntma_lan` (GN-facing NIC): IPv4 to an address inside the VIP prefix other than
 //!   the NTMA's router address goes to the AF_XDP socket of its RX queue; ARP, DHCP,
 //!   DNS to the router and everything else pass to the kernel.
-//! * `ntma_wan` (WAN NIC): UDP to the NTM port carrying DATA or TUN_KEEPALIVE goes to
-//!   AF_XDP; signaling and everything else pass.
+//! * `ntma_wan` (WAN NIC): UDP to the NTM port carrying DATA or TUN_KEEPALIVE of
+//!   protocol version 2 goes to AF_XDP; signaling, other versions and everything else
+//!   pass.
 //!
 //! Both count every verdict per CPU. They classify and redirect only: no packet is
 //! modified here. Built for `bpfel-unknown-none` by `ntma-user/build.rs`; on the host it

@@ -153,11 +153,16 @@ fn try_ntma_wan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
     if dport != cfg.ntm_port {
         return Ok((Verdict::WanOtherPort, XDP_PASS));
     }
-    // Only the message type decides; length, version, tunnel and tag are checked in
+    // Message type and version decide; length, tunnel, suite and tag are checked in
     // userspace, which counts each failure by its reason.
-    let msg_type = bytes_at::<1>(ctx, l4 + UDP_HLEN + ntm::field::TYPE)?[0];
+    let classify = bytes_at::<{ ntm::CLASSIFY.end }>(ctx, l4 + UDP_HLEN)?;
+    let msg_type = classify[ntm::field::TYPE];
     if msg_type != ntm::TYPE_DATA && msg_type != ntm::TYPE_TUN_KEEPALIVE {
         return Ok((Verdict::WanSignaling, XDP_PASS));
+    }
+    if classify[ntm::field::VERSION] != ntm::VERSION {
+        // Another protocol version: the kernel's socket, whose endpoint counts it.
+        return Ok((Verdict::WanOtherVersion, XDP_PASS));
     }
     Ok(redirect(
         &WAN_XSKS,

@@ -94,7 +94,14 @@ pub struct Dc {
     /// The GN's FQDN, registered with the DC on the GN's behalf.
     pub fqdn: String,
     /// `K_node` of that FQDN: 64 hex digits, the same as in the DC's entry.
+    /// Wiped from memory when dropped.
     pub key: String,
+}
+
+impl Drop for Dc {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 /// `[dns]`: the resolver the GN talks to at the router address.
@@ -396,11 +403,14 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let mut text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml(&text, path)
+        let config = Config::from_toml(&text, path);
+        // The file holds dc.key.
+        zeroize::Zeroize::zeroize(&mut text);
+        config
     }
 
     /// The configuration as TOML.

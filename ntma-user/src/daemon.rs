@@ -3,13 +3,18 @@
 //! The main thread is the slow-path/control thread: a tokio current-thread
 //! runtime pumping [`Control`] between
 //!
-//! * the tunnel socket (UDP on the uplink's NTM port): DC signaling and
-//!   TUN_REQ/TUN_RESP, which the XDP program passes to the kernel;
+//! * the tunnel socket (UDP on the uplink's NTM port, bound to the uplink's
+//!   address and device, so that nothing on the GN side reaches it through
+//!   the router address; bound anew when the uplink's address changes): DC
+//!   signaling and TUN_REQ/TUN_RESP, which the XDP program passes to the
+//!   kernel;
 //! * a raw AF_PACKET socket on the GN-facing NIC: ARP, DHCP, DNS and
 //!   everything else the XDP program passes, and the slow path's frames to
 //!   the GN;
 //! * the fast path's slow queue (its eventfd): packets to VIPs without a tunnel;
-//! * the upstream resolver socket;
+//! * one socket per query forwarded to the upstream resolver, each bound to
+//!   a random port and connected to the resolver, closed once the query is
+//!   answered or given up;
 //! * UDP sockets on the router address's port 53 and the NIC's port 67, only
 //!   so the kernel never answers the GN's DNS and DHCP with ICMP port
 //!   unreachable (the raw socket already has the frames);
@@ -21,17 +26,22 @@
 //! or SIGTERM deregisters (DEREG), removes every tunnel and detaches the XDP
 //! programs; the NAT table (`non_vip = "nat"`) and the status socket go too.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
 use nix::sys::socket::{
     bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
 };
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -57,14 +67,53 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// The sockets the control side sends on.
 struct Sockets {
-    wan: UdpSocket,
+    /// Replaced when the uplink's address changes ([`follow_wan_address`]).
+    wan: RefCell<Rc<UdpSocket>>,
     lan: PacketSocket,
-    upstream: UdpSocket,
+    /// The upstream resolver.
+    resolver: SocketAddrV4,
+    /// One socket per query in flight to the resolver, by local port.
+    upstream: RefCell<HashMap<u16, UdpSocket>>,
+}
+
+impl Sockets {
+    fn wan(&self) -> Rc<UdpSocket> {
+        Rc::clone(&self.wan.borrow())
+    }
+}
+
+/// A socket for one upstream query: bound to port 0 (the kernel draws a random
+/// ephemeral port), connected to the resolver (the kernel delivers nothing from
+/// anywhere else), the query sent.
+fn upstream_socket(resolver: SocketAddrV4, query: &[u8]) -> std::io::Result<(u16, UdpSocket)> {
+    let s = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.set_nonblocking(true)?;
+    s.connect(resolver)?;
+    s.send(query)?;
+    let port = s.local_addr()?.port();
+    Ok((port, UdpSocket::from_std(s)?))
+}
+
+/// The next datagram on any upstream query socket: (its local port, length).
+fn recv_upstream<'a>(
+    socks: &'a RefCell<HashMap<u16, UdpSocket>>,
+    buf: &'a mut [u8],
+) -> impl Future<Output = (u16, std::io::Result<usize>)> + 'a {
+    std::future::poll_fn(move |cx| {
+        for (port, sock) in socks.borrow().iter() {
+            let mut rb = ReadBuf::new(buf);
+            match sock.poll_recv(cx, &mut rb) {
+                Poll::Ready(r) => return Poll::Ready((*port, r.map(|()| rb.filled().len()))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
 }
 
 impl Io for Sockets {
     fn send_wan(&self, dst: SocketAddrV4, datagram: &[u8]) -> bool {
-        match self.wan.try_send_to(datagram, SocketAddr::V4(dst)) {
+        match self.wan().try_send_to(datagram, SocketAddr::V4(dst)) {
             Ok(_) => true,
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "tunnel socket send failed");
@@ -83,8 +132,26 @@ impl Io for Sockets {
         }
     }
 
-    fn send_upstream(&self, query: &[u8]) -> bool {
-        self.upstream.try_send(query).is_ok()
+    fn send_upstream(&self, query: &[u8]) -> Option<u16> {
+        let mut socks = self.upstream.borrow_mut();
+        if socks.len() >= ntm_proto::dns::MAX_PENDING_LIMIT {
+            tracing::debug!("too many upstream queries in flight");
+            return None;
+        }
+        match upstream_socket(self.resolver, query) {
+            Ok((port, sock)) => {
+                socks.insert(port, sock);
+                Some(port)
+            }
+            Err(e) => {
+                tracing::debug!(resolver = %self.resolver, error = %e, "upstream query not sent");
+                None
+            }
+        }
+    }
+
+    fn close_upstream(&self, port: u16) {
+        self.upstream.borrow_mut().remove(&port);
     }
 }
 
@@ -105,6 +172,26 @@ fn unix_nanos() -> Result<u64> {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .context("the system clock is before 1970: set the time")
+}
+
+/// The tunnel socket: UDP on the uplink's address and the NTM port, bound to the
+/// uplink device too, so that neither the router address nor the uplink's address
+/// reaches it from the GN side.
+fn tunnel_socket(wan_if: &str, ip: Ipv4Addr, port: u16) -> std::io::Result<StdUdpSocket> {
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(
+        &fd,
+        sockopt::BindToDevice,
+        &std::ffi::OsString::from(wan_if),
+    )?;
+    let addr = SockaddrIn::from(SocketAddrV4::new(ip, port));
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    Ok(StdUdpSocket::from(fd))
 }
 
 /// A UDP socket on `port` of every address, bound to `ifname` only.
@@ -323,10 +410,10 @@ async fn run_async(s: Settings) -> Result<()> {
     };
 
     // Sockets first: a port in use fails before anything is attached.
-    let wan_std = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, s.port)).with_context(|| {
+    let wan_std = tunnel_socket(&s.wan_if, wan_ip, s.port).with_context(|| {
         format!(
-            "cannot bind UDP port {}: is another adapter or node running? (set wan.port)",
-            s.port
+            "cannot bind UDP {wan_ip}:{} on {}: is another adapter or node running? (set wan.port)",
+            s.port, s.wan_if
         )
     })?;
     // The raw datapath reads the tunnel socket through a descriptor of its own.
@@ -348,12 +435,9 @@ async fn run_async(s: Settings) -> Result<()> {
                 s.lan_if
             )
         })?;
-    let upstream = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .await
-        .context("cannot open the upstream resolver socket")?;
-    upstream
-        .connect(s.upstream)
-        .await
+    // Each forwarded query gets a socket of its own; this one only checks the route.
+    StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|u| u.connect(s.upstream))
         .with_context(|| format!("cannot reach the upstream resolver {}", s.upstream))?;
     let raw = PacketSocket::open(&lan).with_context(|| {
         format!(
@@ -363,13 +447,13 @@ async fn run_async(s: Settings) -> Result<()> {
     })?;
     // tokio's try_send* fail until the reactor has seen a socket writable once.
     wan_sock.writable().await.context("tunnel socket")?;
-    upstream.writable().await.context("upstream socket")?;
     let listener = status_listener(&s.status_socket)?;
     let _socket_file = SocketFile(s.status_socket.clone());
     let io = Sockets {
-        wan: wan_sock,
+        wan: RefCell::new(Rc::new(wan_sock)),
         lan: raw,
-        upstream,
+        resolver: s.upstream,
+        upstream: RefCell::new(HashMap::new()),
     };
     let sinks = Sinks { dns, dhcp };
 
@@ -469,9 +553,10 @@ async fn drive(
         .flatten()
         .min()
         .unwrap_or(now + ACTIVITY_EVERY);
+        let wan = io.wan();
         tokio::select! {
-            r = io.wan.recv_from(&mut wan_buf), if datapath.control_reads_wan() => match r {
-                Ok((n, from)) => ctl.on_wan_datagram(Instant::now(), from, &wan_buf[..n], io),
+            r = wan.recv_from(&mut wan_buf), if datapath.control_reads_wan() => match r {
+                Ok((n, from)) => ctl.on_wan_datagram(Instant::now(), from, &mut wan_buf[..n], io),
                 // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
                 Err(e) => tracing::debug!(error = %e, "tunnel socket receive error"),
             },
@@ -491,13 +576,14 @@ async fn drive(
                     if f.truncated {
                         ctl.on_slow_truncated();
                     } else {
-                        ctl.on_slow_frame(now, f.side, &slow_buf[..f.len], io);
+                        ctl.on_slow_frame(now, f.side, &mut slow_buf[..f.len], io);
                     }
                 }
             },
-            r = io.upstream.recv(&mut up_buf) => match r {
-                Ok(n) => ctl.on_upstream(Instant::now(), &up_buf[..n], io),
-                Err(e) => tracing::debug!(error = %e, "upstream receive error"),
+            (port, r) = recv_upstream(&io.upstream, &mut up_buf) => match r {
+                Ok(n) => ctl.on_upstream(Instant::now(), port, &up_buf[..n], io),
+                // An ICMP error of the resolver (ECONNREFUSED): the query times out.
+                Err(e) => tracing::debug!(port, error = %e, "upstream receive error"),
             },
             // The raw socket has these frames already; reading only empties the buffers.
             _ = sinks.dns.recv_from(&mut dns_sink) => {},
@@ -524,6 +610,7 @@ async fn drive(
                     next_activity = now + ACTIVITY_EVERY;
                 }
                 if now >= next_link {
+                    follow_wan_address(s, datapath, io).await;
                     poll_link(s, ctl, &mut gateway, now, io);
                     next_link = now + LINK_EVERY;
                 }
@@ -536,6 +623,44 @@ async fn drive(
             },
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
+        }
+    }
+}
+
+/// Binds the tunnel socket to the uplink's new address when it changed (the old
+/// address is gone, and with it everything the old socket could send or receive),
+/// before the control re-registers from there.
+async fn follow_wan_address(s: &Settings, datapath: &Engine, io: &Sockets) {
+    let Ok(wan) = sys::interface(&s.wan_if) else {
+        return;
+    };
+    let Some(&(ip, _)) = wan.ipv4.first() else {
+        return;
+    };
+    let bound = match io.wan().local_addr() {
+        Ok(SocketAddr::V4(a)) => *a.ip(),
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    if bound == ip {
+        return;
+    }
+    let sock = tunnel_socket(&s.wan_if, ip, s.port).and_then(|std| {
+        if let Engine::Raw(raw) = datapath {
+            raw.replace_wan(std.try_clone()?)
+                .map_err(std::io::Error::other)?;
+        }
+        tokio_udp(std)
+    });
+    match sock {
+        Ok(sock) => {
+            if let Err(e) = sock.writable().await {
+                tracing::warn!(error = %e, "new tunnel socket not writable");
+            }
+            tracing::info!(old = %bound, new = %ip, port = s.port, "tunnel socket bound to the uplink's new address");
+            *io.wan.borrow_mut() = Rc::new(sock);
+        }
+        Err(e) => {
+            tracing::warn!(%ip, port = s.port, error = %e, "cannot bind the tunnel socket to the uplink's new address; trying again");
         }
     }
 }
@@ -650,4 +775,58 @@ fn log_stats(st: &Status) {
         drops = %if drops.is_empty() { "none".to_owned() } else { drops.join(" ") },
         "stats"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each upstream query gets a socket of its own on a kernel-drawn port,
+    /// connected to the resolver: its answer comes back with that port, and a
+    /// datagram from anywhere but the resolver never reaches it.
+    #[test]
+    fn upstream_queries_have_their_own_connected_sockets() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let resolver = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+            let SocketAddr::V4(resolver_addr) = resolver.local_addr().unwrap() else {
+                panic!()
+            };
+            let socks = RefCell::new(HashMap::new());
+            let mut ports = Vec::new();
+            for q in [b"query one", b"query two"] {
+                let (port, sock) = upstream_socket(resolver_addr, q).unwrap();
+                socks.borrow_mut().insert(port, sock);
+                ports.push(port);
+            }
+            assert_ne!(ports[0], ports[1]);
+            let mut buf = [0u8; 64];
+            let mut from_of = HashMap::new();
+            for _ in 0..2 {
+                let (n, from) = resolver.recv_from(&mut buf).unwrap();
+                from_of.insert(buf[..n].to_vec(), from);
+            }
+            // A spoof from elsewhere to the second query's port: refused by the kernel.
+            let spoofer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+            let second = from_of[&b"query two"[..]];
+            spoofer.send_to(b"spoofed", second).unwrap();
+            resolver.send_to(b"answer two", second).unwrap();
+            let mut rbuf = [0u8; 64];
+            let (port, n) =
+                tokio::time::timeout(Duration::from_secs(5), recv_upstream(&socks, &mut rbuf))
+                    .await
+                    .expect("an answer");
+            assert_eq!(port, second.port());
+            assert_eq!(port, ports[1]);
+            assert_eq!(&rbuf[..n.unwrap()], b"answer two");
+            // Nothing else is waiting (the spoof never arrived).
+            let more =
+                tokio::time::timeout(Duration::from_millis(100), recv_upstream(&socks, &mut rbuf))
+                    .await;
+            assert!(more.is_err(), "{more:?}");
+        });
+    }
 }

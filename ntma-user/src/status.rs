@@ -123,6 +123,9 @@ pub struct TunnelStatus {
     pub path: String,
     /// Our role: "initiator" or "responder".
     pub role: String,
+    /// How its datagrams are protected: "aes-256-gcm" (suite 2, encrypted) or
+    /// "hmac-sha256-128" (suite 1, authenticated only).
+    pub suite: String,
     /// Where its datagrams go.
     pub endpoint: SocketAddrV4,
     /// Set-up complete.
@@ -261,12 +264,13 @@ impl Status {
         for t in &self.tunnels {
             let _ = writeln!(
                 s,
-                "  #{} {} {} {} {} (opened by {}) via {}{}: tx {} pkts {} B, rx {} pkts {} B, last rx {}{}",
+                "  #{} {} {} {} {} {} (opened by {}) via {}{}: tx {} pkts {} B, rx {} pkts {} B, last rx {}{}",
                 t.id,
                 t.peer_fqdn,
                 t.peer_vip,
                 t.path,
                 t.role,
+                t.suite,
                 t.opened_by,
                 t.endpoint,
                 if t.up { "" } else { " (setting up)" },
@@ -413,6 +417,7 @@ mod tests {
                 peer_vip: Ipv4Addr::new(100, 64, 0, 3),
                 path: "direct".into(),
                 role: "initiator".into(),
+                suite: "aes-256-gcm".into(),
                 endpoint: "198.18.0.20:7700".parse().unwrap(),
                 up: true,
                 tx_packets: 10,
@@ -452,7 +457,7 @@ mod tests {
             "vip 100.64.0.2/10",
             "behind NAT true",
             "AF_XDP copy mode",
-            "#3 cn.ntm.test 100.64.0.3 direct initiator (opened by gn) via 198.18.0.20:7700",
+            "#3 cn.ntm.test 100.64.0.3 direct initiator aes-256-gcm (opened by gn) via 198.18.0.20:7700",
             "set up in 3.1 ms",
             "bad_tag=2",
             "dns_too_big=3",

@@ -135,9 +135,16 @@ fn sa(ip: [u8; 4], port: u16) -> SocketAddrV4 {
 /// NTM message with `msg_type`, padded to header + tag.
 fn ntm(msg_type: u8) -> Vec<u8> {
     let mut m = vec![0u8; 32];
-    m[0] = 1;
+    m[0] = ntma_common::ntm::VERSION;
     m[1] = msg_type;
-    m[3] = 1;
+    m[3] = 2;
+    m
+}
+
+/// [`ntm`] with another protocol version.
+fn ntm_version(version: u8, msg_type: u8) -> Vec<u8> {
+    let mut m = ntm(msg_type);
+    m[0] = version;
     m
 }
 
@@ -232,6 +239,24 @@ fn xdp_programs_classify_with_prog_test_run() {
             Side::Wan,
             udp(wan_src, wan_dst, &ntm(0x02)),
             Verdict::WanNoSocket,
+        ),
+        (
+            "DATA of version 1",
+            Side::Wan,
+            udp(wan_src, wan_dst, &ntm_version(1, 0x01)),
+            Verdict::WanOtherVersion,
+        ),
+        (
+            "TUN_KEEPALIVE of version 3",
+            Side::Wan,
+            udp(wan_src, wan_dst, &ntm_version(3, 0x02)),
+            Verdict::WanOtherVersion,
+        ),
+        (
+            "TUN_REQ of version 1",
+            Side::Wan,
+            udp(wan_src, wan_dst, &ntm_version(1, 0x30)),
+            Verdict::WanSignaling,
         ),
         (
             "TUN_REQ",

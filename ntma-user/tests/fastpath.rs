@@ -2,12 +2,13 @@
 //! hand, and a small NTM peer in cn written with ntm-proto.
 //!
 //! * gn → cn: gn sends UDP to the peer's VIP; the datagrams leave ntma as DATA through
-//!   nat1's masquerade; cn verifies every one with the tunnel key and checks the inner
-//!   packet.
+//!   nat1's masquerade; cn opens every one with its receive direction key and checks
+//!   the inner packet (suite 2: the inner packet is not on the wire in clear).
 //! * cn → gn: cn answers to the address:port it observed (nat1's mapping, created by
 //!   ntma's outbound packets); gn receives the inner packets.
-//! * Forged, replayed, unknown-tunnel, wrong-inner-address and truncated DATA from cn
-//!   are dropped and counted by reason; none reaches gn; a TUN_KEEPALIVE is counted.
+//! * Forged, replayed, unknown-tunnel, wrong-inner-address, bad-inner-shape and
+//!   truncated DATA from cn, and ntma's own DATA sent back to it, are dropped and
+//!   counted by reason; none reaches gn; a TUN_KEEPALIVE is counted. Both suites.
 //! * A packet to a VIP without a tunnel reaches the slow queue and wakes its eventfd;
 //!   beyond the queue's size they are dropped and counted.
 //! * From gn, a packet over the inner MTU and packets from an address other than its
@@ -23,16 +24,15 @@ use std::{
 
 use ntm_proto::{
     data::{decap, emit_tun_keepalive, encap_in_place, Decapped, RxTunnel, SeqCounter},
+    node::TunnelParams,
     wire::HEADER_LEN,
-    Authenticator, Key, Path,
+    Cipher, DirectionKeys, Key, Path, Role as TunnelRole, Suite,
 };
 use ntm_testbed::{
     ifname, unique_prefix, Options, Role, Testbed, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL,
 };
 use ntma_common::{Verdict, XdpConfig, NTM_PORT};
-use ntma_user::fastpath::{
-    Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo, Side, TunnelSpec, XskMode,
-};
+use ntma_user::fastpath::{Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo, Side, XskMode};
 
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const PEER_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 9);
@@ -108,8 +108,16 @@ fn prepare_gn(tb: &Testbed, lan_mac: [u8; 6]) {
     }
 }
 
+/// `K_tun`.
 fn key() -> Key {
     Key::from_bytes(*b"ntma fast path integration test!")
+}
+
+/// (send, receive) direction keys of the end playing `role`; ntma is the initiator.
+fn keys(role: TunnelRole) -> (Key, Key) {
+    let d = DirectionKeys::derive(&key());
+    let (tx, rx) = d.for_role(role).unwrap();
+    (tx.clone(), rx.clone())
 }
 
 fn checksum(data: &[u8]) -> u16 {
@@ -159,16 +167,16 @@ fn udp_payload(p: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, &[u8])> {
     ))
 }
 
-/// The NTM peer in cn: `K_tun`, its send counter and its receive state.
+/// The NTM peer in cn (the responder): its send key, counter and receive state.
 struct Peer {
     sock: UdpSocket,
-    auth: Authenticator,
+    tx: Cipher,
     seq: SeqCounter,
     rx: RxTunnel,
 }
 
 impl Peer {
-    fn new(tb: &Testbed) -> Peer {
+    fn new(tb: &Testbed, suite: Suite) -> Peer {
         let sock = tb
             .in_netns(Role::Cn, || {
                 UdpSocket::bind(SocketAddrV4::new(CN_ADDR, NTM_PORT))
@@ -177,11 +185,11 @@ impl Peer {
             .expect("bind the peer in cn");
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let auth = Authenticator::new(&key());
+        let (tx, rx) = keys(TunnelRole::Responder);
         Peer {
             sock,
-            rx: RxTunnel::new(auth.clone(), GN_VIP, PEER_VIP),
-            auth,
+            rx: RxTunnel::new(Cipher::new(suite, &rx).unwrap(), GN_VIP, PEER_VIP),
+            tx: Cipher::new(suite, &tx).unwrap(),
             seq: SeqCounter::starting_at(1),
         }
     }
@@ -194,7 +202,7 @@ impl Peer {
     fn data_with_seq(&self, id: u32, seq: u64, inner: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; inner.len() + 32];
         buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
-        let n = encap_in_place(&mut buf, 0, inner.len(), id, seq, &self.auth).unwrap();
+        let n = encap_in_place(&mut buf, 0, inner.len(), id, seq, &self.tx).unwrap();
         buf.truncate(n);
         buf
     }
@@ -238,6 +246,9 @@ fn xdp_attached(tb: &Testbed, ifname: &str) -> bool {
 }
 
 struct World {
+    suite: Suite,
+    /// The first DATA cn received from ntma, to send back (a reflection).
+    captured: Option<Vec<u8>>,
     tb: Testbed,
     datapath: Option<Datapath>,
     dp: std::sync::Arc<Dataplane>,
@@ -247,8 +258,8 @@ struct World {
 }
 
 /// Testbed with `queues` queues on the AF_XDP path, the fast path started on ntma with
-/// one worker per queue, the link and one tunnel to cn published.
-fn world(tag: &str, queues: u16, cores: Vec<usize>) -> World {
+/// one worker per queue, the link and one tunnel to cn in `suite` published.
+fn world(tag: &str, queues: u16, cores: Vec<usize>, suite: Suite) -> World {
     require_root();
     let tb = Testbed::up_with(
         &unique_prefix(tag),
@@ -284,14 +295,21 @@ fn world(tag: &str, queues: u16, cores: Vec<usize>) -> World {
         wan_port: NTM_PORT,
         gateway_mac,
     }));
-    dp.upsert_tunnel(TunnelSpec {
+    let (tx_key, rx_key) = keys(TunnelRole::Initiator);
+    dp.tunnel_up(&TunnelParams {
         tunnel_id: TUNNEL,
+        peer_fqdn: "cn.ntm.test".into(),
         peer_vip: PEER_VIP,
         endpoint: SocketAddrV4::new(CN_ADDR, NTM_PORT),
-        key: key(),
-        tx_seq: SeqCounter::starting_at(1),
         path: Path::Direct,
-    });
+        role: TunnelRole::Initiator,
+        suite,
+        tx_key,
+        rx_key,
+        tx_seq: SeqCounter::starting_at(1),
+        local_vip: GN_VIP,
+    })
+    .expect("a supported suite");
     let gn = tb
         .in_netns(Role::Gn, || {
             UdpSocket::bind(SocketAddrV4::new(GN_VIP, GN_PORT))
@@ -300,12 +318,14 @@ fn world(tag: &str, queues: u16, cores: Vec<usize>) -> World {
         .expect("bind in gn");
     gn.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let peer = Peer::new(&tb);
+    let peer = Peer::new(&tb, suite);
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
     World {
+        suite,
+        captured: None,
         tb,
         datapath: Some(datapath),
         dp,
@@ -333,8 +353,20 @@ impl World {
             assert_eq!(from.ip(), &ntm_testbed::NAT1_WAN_ADDR, "through nat1");
             assert!(mapped.is_none_or(|m| m == *from), "one NAT mapping");
             mapped = Some(*from);
+            if self.captured.is_none() {
+                self.captured = Some(datagram.clone());
+            }
+            assert_eq!(datagram[3], u8::from(self.suite), "the tunnel's suite");
+            let nonce = self.nonce.to_string();
+            let in_clear = datagram.windows(nonce.len()).any(|w| w == nonce.as_bytes());
+            assert_eq!(
+                in_clear,
+                self.suite == Suite::HmacSha256_128,
+                "payload in clear"
+            );
             let rx = &mut self.peer.rx;
-            let d = decap(datagram, |id| (id == TUNNEL).then_some(&mut *rx))
+            let mut datagram = datagram.clone();
+            let d = decap(&mut datagram, |id| (id == TUNNEL).then_some(&mut *rx))
                 .unwrap_or_else(|e| panic!("cn rejects the adapter's DATA: {e}"));
             let Decapped::Data { inner, seq, .. } = d else {
                 panic!("not DATA: {d:?}")
@@ -392,7 +424,16 @@ impl World {
 
 #[test]
 fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
-    let mut w = world("fp1", 1, Vec::new());
+    carries_and_drops("fp1", Suite::Aes256Gcm);
+}
+
+#[test]
+fn fastpath_carries_and_drops_with_suite_1() {
+    carries_and_drops("fp1h", Suite::HmacSha256_128);
+}
+
+fn carries_and_drops(tag: &str, suite: Suite) {
+    let mut w = world(tag, 1, Vec::new(), suite);
     let datapath = w.datapath.as_ref().unwrap();
     assert_eq!(
         datapath.mode(),
@@ -406,11 +447,23 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
     let mapped = w.uplink_exchange();
     w.downlink_exchange(mapped);
 
-    // Bad DATA from cn, each kind BAD times. Every inner packet says "forged", so
-    // gn would notice any of them.
+    // Bad DATA from cn (through nat1's mapping, so from the peer's own address:port),
+    // each kind BAD times. Every inner packet says "forged", so gn would notice any
+    // of them.
     let forged_inner = w.peer.to_gn(b"forged");
+    let reflected = w.captured.clone().expect("a DATA of ntma");
     let mut bad: Vec<Vec<u8>> = Vec::new();
     for _ in 0..BAD {
+        // ntma's own DATA, sent back to it.
+        bad.push(reflected.clone());
+        // Inner IHL 4, and an inner total length past the body.
+        let mut ihl4 = forged_inner.clone();
+        ihl4[0] = 0x44;
+        bad.push(w.peer.data(TUNNEL, &ihl4));
+        let mut long = forged_inner.clone();
+        let l = u16::from_be_bytes([long[2], long[3]]) + 8;
+        long[2..4].copy_from_slice(&l.to_be_bytes());
+        bad.push(w.peer.data(TUNNEL, &long));
         let mut tag = w.peer.data(TUNNEL, &forged_inner);
         let l = tag.len();
         tag[l - 3] ^= 0x10;
@@ -442,7 +495,7 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
         w.peer.sock.send_to(&first, mapped).unwrap();
     }
     let mut ka = [0u8; 32];
-    emit_tun_keepalive(&mut ka, TUNNEL, w.peer.seq.next(), &w.peer.auth).unwrap();
+    emit_tun_keepalive(&mut ka, TUNNEL, w.peer.seq.next(), &w.peer.tx).unwrap();
     w.peer.sock.send_to(&ka, mapped).unwrap();
     let last_seq = w.peer.seq.next();
     w.peer.sock.send_to(&barrier(&w, last_seq), mapped).unwrap();
@@ -542,7 +595,8 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
         s.slow,
         s.drops().filter(|(_, n)| *n > 0).collect::<Vec<_>>()
     );
-    assert_eq!(s.drop_count(FastDrop::BadTag), 2 * BAD as u64);
+    assert_eq!(s.drop_count(FastDrop::BadTag), 3 * BAD as u64);
+    assert_eq!(s.drop_count(FastDrop::BadInner), 2 * BAD as u64);
     assert_eq!(s.drop_count(FastDrop::UnknownTunnel), BAD as u64);
     assert_eq!(s.drop_count(FastDrop::InnerAddr), BAD as u64);
     assert_eq!(s.drop_count(FastDrop::Truncated), BAD as u64);
@@ -551,7 +605,7 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
     assert_eq!(s.drop_count(FastDrop::LanBadSource), BAD as u64);
     assert_eq!(s.drop_count(FastDrop::SlowQueueFull), BAD as u64);
     assert_eq!(s.slow, 1 + SLOW_SLOTS as u64);
-    assert_eq!(s.total_drops(), (8 * BAD + 1) as u64, "no other drops");
+    assert_eq!(s.total_drops(), (11 * BAD + 1) as u64, "no other drops");
     assert_eq!(s.keepalives, 1);
     assert_eq!(s.wan_tx, N as u64);
     assert_eq!(s.lan_tx, N as u64 + 2);
@@ -572,7 +626,7 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
     assert!(t.last_rx.is_some());
     let xdp = w.datapath.as_ref().unwrap().xdp_counters().unwrap();
     assert!(xdp.get(Verdict::LanRedirect) > N as u64);
-    assert!(xdp.get(Verdict::WanRedirect) >= (N + 6 * BAD + 3) as u64);
+    assert!(xdp.get(Verdict::WanRedirect) >= (N + 9 * BAD + 3) as u64);
 
     w.stop();
 }
@@ -583,7 +637,7 @@ fn fastpath_carries_gn_traffic_through_the_tunnel_and_drops_forgeries() {
 fn fastpath_with_two_pinned_workers() {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let cores: Vec<usize> = cores.iter().map(|c| c.id).take(2).collect();
-    let mut w = world("fp2", 2, cores.clone());
+    let mut w = world("fp2", 2, cores.clone(), Suite::Aes256Gcm);
     let mapped = w.uplink_exchange();
     w.downlink_exchange(mapped);
     let stats = w.dp.worker_stats();

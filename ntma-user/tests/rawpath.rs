@@ -2,9 +2,11 @@
 //! socket on wan0's NTM port), a tunnel published by hand, an NTM peer in cn written
 //! with ntm-proto.
 //!
-//! * gn → cn: every datagram leaves ntma as DATA that cn verifies with the tunnel key.
+//! * gn → cn: every datagram leaves ntma as DATA (suite 2: encrypted) that cn opens
+//!   with its receive direction key.
 //! * cn → gn: DATA to nat1's mapping reaches gn as the inner packet.
-//! * Forged, replayed and unknown-tunnel DATA are dropped and counted; nothing reaches gn.
+//! * Forged, replayed, unknown-tunnel and bad-inner DATA, and ntma's own DATA sent
+//!   back to it, are dropped and counted; nothing reaches gn.
 //! * A TUN_KEEPALIVE is consumed; a signaling datagram reaches the slow queue as a WAN
 //!   frame carrying cn's address; a packet to a VIP without a tunnel reaches it as a
 //!   GN frame.
@@ -15,13 +17,14 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use ntm_proto::data::{decap, emit_tun_keepalive, encap_in_place, Decapped, RxTunnel, SeqCounter};
+use ntm_proto::node::TunnelParams;
 use ntm_proto::wire::HEADER_LEN;
-use ntm_proto::{Authenticator, Key, Path};
+use ntm_proto::{Cipher, DirectionKeys, Key, Path, Role as TunnelRole, Suite};
 use ntm_testbed::{
     ifname, unique_prefix, Role, Testbed, CN_ADDR, NAT1_WAN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR,
     VIP_POOL,
 };
-use ntma_user::fastpath::{FastDrop, LinkInfo, Side, TunnelSpec};
+use ntma_user::fastpath::{FastDrop, LinkInfo, Side};
 use ntma_user::rawpath::{Classify, RawConfig, RawPath};
 
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
@@ -62,10 +65,10 @@ fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-fn data(auth: &Authenticator, id: u32, seq: u64, inner: &[u8]) -> Vec<u8> {
+fn data(cipher: &Cipher, id: u32, seq: u64, inner: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; inner.len() + 32];
     b[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
-    let n = encap_in_place(&mut b, 0, inner.len(), id, seq, auth).expect("sized");
+    let n = encap_in_place(&mut b, 0, inner.len(), id, seq, cipher).expect("sized");
     b.truncate(n);
     b
 }
@@ -143,16 +146,24 @@ fn raw_datapath_carries_verifies_and_counts() {
         wan_port: NTM_PORT,
         gateway_mac: mac(&tb, Role::Nat1, ifname::NAT_LAN),
     }));
-    let key = Key::from_bytes(*b"ntma raw datapath integration!!!");
-    let auth = Authenticator::new(&key);
-    dp.upsert_tunnel(TunnelSpec {
+    // ntma is the initiator: it sends with K_i2r, cn (the responder) with K_r2i.
+    let keys = DirectionKeys::derive(&Key::from_bytes(*b"ntma raw datapath integration!!!"));
+    let suite = Suite::Aes256Gcm;
+    dp.tunnel_up(&TunnelParams {
         tunnel_id: TUNNEL,
+        peer_fqdn: "cn.ntm.test".into(),
         peer_vip: PEER_VIP,
         endpoint: SocketAddrV4::new(CN_ADDR, NTM_PORT),
-        key,
-        tx_seq: SeqCounter::starting_at(1),
         path: Path::Direct,
-    });
+        role: TunnelRole::Initiator,
+        suite,
+        tx_key: keys.i2r.clone(),
+        rx_key: keys.r2i.clone(),
+        tx_seq: SeqCounter::starting_at(1),
+        local_vip: GN_VIP,
+    })
+    .expect("a supported suite");
+    let auth = Cipher::new(suite, &keys.r2i).unwrap();
     let gn = tb
         .in_netns(Role::Gn, || {
             UdpSocket::bind(SocketAddrV4::new(GN_VIP, 5000))
@@ -177,12 +188,18 @@ fn raw_datapath_carries_verifies_and_counts() {
     }
     let got = recv_n(&cn, N);
     assert_eq!(got.len(), N, "cn received {} of {N} DATA", got.len());
-    let mut rx = RxTunnel::new(auth.clone(), GN_VIP, PEER_VIP);
+    let mut rx = RxTunnel::new(Cipher::new(suite, &keys.i2r).unwrap(), GN_VIP, PEER_VIP);
     let mapped = got[0].1;
+    let reflected = got[0].0.clone();
     assert_eq!(mapped.ip(), &NAT1_WAN_ADDR, "through nat1");
     for (dg, from) in &got {
         assert_eq!(*from, mapped, "one NAT mapping");
-        match decap(dg, |id| (id == TUNNEL).then_some(&mut rx)) {
+        assert!(
+            !dg.windows(3).any(|w| w == b"up "),
+            "suite 2 hides the payload"
+        );
+        let mut dg = dg.clone();
+        match decap(&mut dg, |id| (id == TUNNEL).then_some(&mut rx)) {
             Ok(Decapped::Data { inner, .. }) => {
                 assert!(inner[28..].starts_with(b"up "), "{inner:?}");
                 assert_eq!(&inner[12..16], &GN_VIP.octets());
@@ -218,7 +235,19 @@ fn raw_datapath_carries_verifies_and_counts() {
     // A signaling type (TUN_REQ, 0x30): not the data path's.
     let mut signaling = data(&auth, TUNNEL, 1003, b"");
     signaling[1] = 0x30;
-    for d in [&forged[..], &replayed, &unknown, &ka[..n], &signaling] {
+    // Inner IHL 4: not one whole IPv4 packet.
+    let mut ihl4 = to_gn(0);
+    ihl4[0] = 0x44;
+    let bad_inner = data(&auth, TUNNEL, 1004, &ihl4);
+    for d in [
+        &forged[..],
+        &replayed,
+        &unknown,
+        &ka[..n],
+        &signaling,
+        &reflected,
+        &bad_inner,
+    ] {
         cn.send_to(d, mapped).unwrap();
     }
     // A packet to a VIP without a tunnel: the slow path's.
@@ -226,9 +255,10 @@ fn raw_datapath_carries_verifies_and_counts() {
         .unwrap();
     let deadline = Instant::now() + WAIT;
     let want = |t: [u64; FastDrop::COUNT]| {
-        t[FastDrop::BadTag.index()] == 1
+        t[FastDrop::BadTag.index()] == 2
             && t[FastDrop::Replay.index()] == 1
             && t[FastDrop::UnknownTunnel.index()] == 1
+            && t[FastDrop::BadInner.index()] == 1
     };
     while !want(dp.drop_totals()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -260,6 +290,10 @@ fn raw_datapath_carries_verifies_and_counts() {
     assert_eq!(&lan.1[30..34], &LONELY_VIP.octets());
     let w = &dp.worker_stats()[0];
     assert_eq!(w.keepalives, 1);
+    assert_eq!(w.total_drops(), 5, "{w:?}");
+    let t = &dp.tunnel_stats()[0];
+    assert_eq!(t.rx_packets, N as u64);
+    assert_eq!(t.last_rx_from, Some(SocketAddrV4::new(CN_ADDR, NTM_PORT)));
     assert!(
         w.lan_rx > N as u64 && w.wan_tx >= N as u64 && w.lan_tx >= N as u64,
         "{w:?}"

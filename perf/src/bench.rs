@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ntm_proto::data::SeqCounter;
-use ntm_proto::Authenticator;
+use ntm_proto::Cipher;
 use ntm_testbed::{Options, Role, Testbed, CN_ADDR, NAT1_LAN_ADDR, NTMA_LAN_ADDR};
 use serde::{Deserialize, Serialize};
 
@@ -69,8 +69,9 @@ pub enum Source {
         dst: SocketAddrV4,
         /// The adapter's receive tunnel id.
         tunnel_id: u32,
-        /// `K_tun`.
-        auth: Authenticator,
+        /// The peer's send direction key in the tunnel's suite (boxed: a prepared
+        /// AES-256-GCM key is large).
+        cipher: Box<Cipher>,
         /// Inner source.
         inner_src: SocketAddrV4,
         /// Inner destination.
@@ -243,7 +244,7 @@ impl Bench {
                 bind,
                 dst,
                 tunnel_id,
-                auth,
+                cipher,
                 inner_src,
                 inner_dst,
                 seq,
@@ -252,7 +253,7 @@ impl Bench {
                 *dst,
                 Payload::Ntm {
                     tunnel_id: *tunnel_id,
-                    auth: auth.clone(),
+                    cipher: cipher.clone(),
                     inner: ipv4_udp(
                         *inner_src.ip(),
                         *inner_dst.ip(),

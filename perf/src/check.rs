@@ -1,8 +1,10 @@
 //! What happens to the frames a sink passes to the kernel: checked here, so that a
 //! datapath that delivers garbage at line rate does not score.
 //!
-//! * [`Checker::ntm_tags`]: a UDP socket on the NTM port verifies each sample's header
-//!   and tag with `K_tun` (ntm-proto), as the peer would.
+//! * [`Check::NtmTags`]: a UDP socket on the NTM port checks each sample's header and
+//!   opens it with the receiving peer's direction key in the tunnel's suite (ntm-proto's
+//!   `Cipher`: suite 2 verifies the GCM tag and decrypts, suite 1 verifies the HMAC
+//!   tag), as the peer would.
 //! * [`Checker::delivered`]: where a real peer decapsulates or decrypts the samples (a
 //!   software node, a WireGuard peer), a UDP socket counts the inner packets it delivers.
 
@@ -14,19 +16,20 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use ntm_proto::wire::{MessageType, Packet};
-use ntm_proto::Authenticator;
+use ntm_proto::Cipher;
 
 /// What to do with samples.
 #[derive(Clone)]
 pub enum Check {
     /// Nothing beyond counting at the sink.
     None,
-    /// Verify NTM DATA tags with this key and tunnel id (a socket on `bind`).
+    /// Open NTM DATA with this key and check the tunnel id (a socket on `bind`).
     NtmTags {
         /// The socket address on the sink's host.
         bind: SocketAddrV4,
-        /// `K_tun`.
-        auth: Authenticator,
+        /// The receiver's direction key (the sender's send key) in the tunnel's suite
+        /// (boxed: a prepared AES-256-GCM key is large).
+        cipher: Box<Cipher>,
         /// The receiver's tunnel id the datagrams must carry.
         tunnel_id: u32,
     },
@@ -61,9 +64,9 @@ impl Checker {
             Check::None => return Ok(None),
             Check::NtmTags {
                 bind,
-                auth,
+                cipher,
                 tunnel_id,
-            } => (*bind, Some((auth.clone(), *tunnel_id))),
+            } => (*bind, Some((cipher.clone(), *tunnel_id))),
             Check::Delivered { bind } => (*bind, None),
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -93,7 +96,7 @@ impl Checker {
                         let Ok(n) = sock.recv(&mut buf) else { continue };
                         let good = match &verify {
                             None => true,
-                            Some((auth, id)) => tag_ok(&buf[..n], auth, *id),
+                            Some((cipher, id)) => tag_ok(&mut buf[..n], cipher, *id),
                         };
                         if good { &o } else { &b }.fetch_add(1, Ordering::Relaxed);
                     }
@@ -136,28 +139,30 @@ impl Drop for Checker {
     }
 }
 
-/// Whether `datagram` is NTM DATA of tunnel `tunnel_id` with a valid tag under `auth`.
-pub fn tag_ok(datagram: &[u8], auth: &Authenticator, tunnel_id: u32) -> bool {
-    let Ok(p) = Packet::new_checked(datagram) else {
+/// Whether `datagram` is NTM DATA of tunnel `tunnel_id` that opens with `cipher` (its
+/// suite byte names the cipher's suite and its tag verifies; suite 2 decrypts the body
+/// in place).
+pub fn tag_ok(datagram: &mut [u8], cipher: &Cipher, tunnel_id: u32) -> bool {
+    let Ok(p) = Packet::new_checked(&*datagram) else {
         return false;
     };
     p.check_header().is_ok()
         && p.msg_type() == MessageType::Data
         && p.id() == tunnel_id
-        && auth.verify(datagram).is_ok()
+        && cipher.open(datagram).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::packet::{ipv4_udp, NtmDatagram};
-    use ntm_proto::Key;
+    use ntm_proto::{DirectionKeys, Key, Role, Suite};
     use std::net::Ipv4Addr;
 
     #[test]
-    fn tags_verify_only_with_the_right_key_and_tunnel() {
-        let auth = Authenticator::new(&Key::from_bytes([3; 32]));
-        let other = Authenticator::new(&Key::from_bytes([4; 32]));
+    fn tags_verify_only_with_the_right_key_suite_and_tunnel() {
+        let keys = DirectionKeys::derive(&Key::from_bytes([3; 32]));
+        let (i2r, r2i) = keys.for_role(Role::Initiator).unwrap();
         let inner = ipv4_udp(
             Ipv4Addr::new(1, 2, 3, 4),
             Ipv4Addr::new(5, 6, 7, 8),
@@ -165,14 +170,28 @@ mod tests {
             2,
             64,
         );
-        let mut d = NtmDatagram::new(12, &inner);
-        let good = d.seal(1, &auth).to_vec();
-        assert!(tag_ok(&good, &auth, 12));
-        assert!(!tag_ok(&good, &auth, 13));
-        assert!(!tag_ok(&good, &other, 12));
-        let mut flipped = good.clone();
-        flipped[40] ^= 1;
-        assert!(!tag_ok(&flipped, &auth, 12));
-        assert!(!tag_ok(&good[..20], &auth, 12));
+        for suite in [Suite::Aes256Gcm, Suite::HmacSha256_128] {
+            let tx = Cipher::new(suite, i2r).unwrap();
+            let other_suite = match suite {
+                Suite::Aes256Gcm => Suite::HmacSha256_128,
+                _ => Suite::Aes256Gcm,
+            };
+            let mut d = NtmDatagram::new(12, &inner);
+            let good = d.seal(1, &tx).to_vec();
+            let ok = |c: &Cipher, id: u32, d: &[u8]| tag_ok(&mut d.to_vec(), c, id);
+            assert!(ok(&tx, 12, &good));
+            assert!(!ok(&tx, 13, &good));
+            // The other direction's key, the same key in the other suite.
+            assert!(!ok(&Cipher::new(suite, r2i).unwrap(), 12, &good));
+            assert!(!ok(&Cipher::new(other_suite, i2r).unwrap(), 12, &good));
+            let mut flipped = good.clone();
+            flipped[40] ^= 1;
+            assert!(!ok(&tx, 12, &flipped));
+            assert!(!ok(&tx, 12, &good[..20]));
+            // Opened in place: suite 2 leaves the plaintext inner packet behind.
+            let mut opened = good.clone();
+            assert!(tag_ok(&mut opened, &tx, 12));
+            assert_eq!(opened[16..16 + 64], inner[..]);
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders};
 use ntm_proto::data::SeqCounter;
-use ntm_proto::Authenticator;
+use ntm_proto::Cipher;
 
 use crate::packet::{udp_payload_len, NtmDatagram};
 
@@ -27,12 +27,13 @@ pub enum Payload {
     },
     /// NTM DATA of tunnel `tunnel_id` around `inner`, sealed with the next number of
     /// `seq` per packet (shared with every other sender of this tunnel direction, so
-    /// that consecutive runs never look like replays).
+    /// that consecutive runs never look like replays, and a suite-2 nonce never repeats).
     Ntm {
         /// The receiver's tunnel id.
         tunnel_id: u32,
-        /// `K_tun`.
-        auth: Authenticator,
+        /// The sender's direction key in the tunnel's suite (suite 2 by default; boxed:
+        /// a prepared AES-256-GCM key is large).
+        cipher: Box<Cipher>,
         /// The inner IPv4 packet.
         inner: Vec<u8>,
         /// The tunnel direction's send counter.
@@ -212,7 +213,7 @@ fn run(
         }
         Payload::Ntm {
             tunnel_id,
-            auth,
+            cipher,
             inner,
             seq,
         } => {
@@ -221,8 +222,10 @@ fn run(
                 .collect();
             while !stop.load(Ordering::Relaxed) {
                 for s in &socks {
-                    for d in &mut dgs {
-                        d.seal(seq.next(), &auth);
+                    // One reservation per burst: consecutive numbers, one atomic add.
+                    let first = seq.reserve(dgs.len() as u64);
+                    for (i, d) in dgs.iter_mut().enumerate() {
+                        d.seal(first + i as u64, &cipher);
                     }
                     let iovs: Vec<[IoSlice<'_>; 1]> =
                         dgs.iter().map(|d| [IoSlice::new(d.bytes())]).collect();

@@ -27,15 +27,16 @@ pub enum EchoServer {
         /// The echo's address in cn.
         bind: SocketAddrV4,
     },
-    /// The peer's end of an NTM tunnel on `bind`: decapsulates with `rx`, sends the
-    /// inner packet back with source and destination swapped, encapsulated with `tx`.
+    /// The peer's end of an NTM tunnel on `bind`: decapsulates (opens) with `rx`, sends
+    /// the inner packet back with source and destination swapped, encapsulated (sealed)
+    /// with `tx`: the peer's two direction keys in the tunnel's suite.
     Ntm {
         /// cn's NTM socket.
         bind: SocketAddrV4,
-        /// Receive state (the adapter is the peer).
+        /// Receive state (the adapter is the peer): the adapter's send direction key.
         rx: Box<RxTunnel>,
-        /// Send state.
-        tx: TxTunnel,
+        /// Send state: the peer's send direction key and counter.
+        tx: Box<TxTunnel>,
     },
 }
 
@@ -126,7 +127,7 @@ fn echo_loop(sock: &UdpSocket, server: EchoServer, stop: &AtomicBool) {
             continue;
         };
         let Ok(Decapped::Data { inner, .. }) =
-            decap(&buf[..n], |id| (id == tx.tunnel_id).then_some(&mut *rx))
+            decap(&mut buf[..n], |id| (id == tx.tunnel_id).then_some(&mut *rx))
         else {
             continue;
         };

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use ntm_proto::wire::{HEADER_LEN, OVERHEAD};
-use ntm_proto::Authenticator;
+use ntm_proto::Cipher;
 
 /// IPv4 + UDP header bytes.
 pub const IP_UDP_HLEN: usize = 28;
@@ -73,7 +73,9 @@ pub fn udp_payload_len(total_len: usize) -> usize {
 #[derive(Clone)]
 pub struct NtmDatagram {
     buf: Vec<u8>,
-    inner_len: usize,
+    /// The plaintext inner packet: suite 2 encrypts the body in place, so it is put back
+    /// before every seal.
+    inner: Vec<u8>,
     tunnel_id: u32,
 }
 
@@ -84,22 +86,22 @@ impl NtmDatagram {
         buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
         NtmDatagram {
             buf,
-            inner_len: inner.len(),
+            inner: inner.to_vec(),
             tunnel_id,
         }
     }
 
-    /// Writes the header with `seq` and the tag; returns the datagram.
-    pub fn seal(&mut self, seq: u64, auth: &Authenticator) -> &[u8] {
-        let n = ntm_proto::data::encap_in_place(
-            &mut self.buf,
-            0,
-            self.inner_len,
-            self.tunnel_id,
-            seq,
-            auth,
-        )
-        .expect("the buffer was sized for this inner packet");
+    /// Writes the header with `seq` and seals the datagram with `cipher` (the sender's
+    /// direction key in the tunnel's suite: suite 2 encrypts the inner packet, suite 1
+    /// only writes the tag); returns the datagram.
+    pub fn seal(&mut self, seq: u64, cipher: &Cipher) -> &[u8] {
+        let len = self.inner.len();
+        if cipher.suite() != ntm_proto::Suite::HmacSha256_128 {
+            // The last seal left ciphertext there.
+            self.buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&self.inner);
+        }
+        let n = ntm_proto::data::encap_in_place(&mut self.buf, 0, len, self.tunnel_id, seq, cipher)
+            .expect("the buffer was sized for this inner packet");
         &self.buf[..n]
     }
 
@@ -113,7 +115,7 @@ impl NtmDatagram {
 mod tests {
     use super::*;
     use ntm_proto::data::{decap, Decapped, RxTunnel};
-    use ntm_proto::Key;
+    use ntm_proto::{Key, Suite};
 
     const A: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
     const B: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 3);
@@ -139,23 +141,32 @@ mod tests {
 
     #[test]
     fn ntm_datagrams_decap_with_fresh_sequence_numbers() {
-        let auth = Authenticator::new(&Key::from_bytes([9; 32]));
-        let mut rx = RxTunnel::new(auth.clone(), A, B);
-        let inner = ipv4_udp(A, B, 1000, 9000, 64);
-        let mut d = NtmDatagram::new(77, &inner);
-        for seq in 1..=3 {
-            let dg = d.seal(seq, &auth).to_vec();
-            assert_eq!(dg.len(), 64 + OVERHEAD);
-            match decap(&dg, |id| (id == 77).then_some(&mut rx)).unwrap() {
-                Decapped::Data {
-                    seq: s, inner: i, ..
-                } => {
-                    assert_eq!(s, seq);
-                    assert_eq!(i, &inner[..]);
+        for suite in [Suite::Aes256Gcm, Suite::HmacSha256_128] {
+            let key = Key::from_bytes([9; 32]);
+            let tx = Cipher::new(suite, &key).unwrap();
+            let mut rx = RxTunnel::new(Cipher::new(suite, &key).unwrap(), A, B);
+            let inner = ipv4_udp(A, B, 1000, 9000, 64);
+            let mut d = NtmDatagram::new(77, &inner);
+            for seq in 1..=3 {
+                let mut dg = d.seal(seq, &tx).to_vec();
+                assert_eq!(dg.len(), 64 + OVERHEAD);
+                assert_eq!(dg[3], u8::from(suite));
+                // Suite 2 carries the inner packet encrypted, suite 1 in clear.
+                assert_eq!(
+                    dg[HEADER_LEN..HEADER_LEN + 64] == inner[..],
+                    suite == Suite::HmacSha256_128
+                );
+                match decap(&mut dg, |id| (id == 77).then_some(&mut rx)).unwrap() {
+                    Decapped::Data {
+                        seq: s, inner: i, ..
+                    } => {
+                        assert_eq!(s, seq);
+                        assert_eq!(i, &inner[..]);
+                    }
+                    other => panic!("{other:?}"),
                 }
-                other => panic!("{other:?}"),
             }
+            assert_eq!(d.bytes().len(), 64 + OVERHEAD);
         }
-        assert_eq!(d.bytes().len(), 64 + OVERHEAD);
     }
 }

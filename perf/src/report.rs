@@ -175,15 +175,16 @@ pub fn scaling_table(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| datapath | workers | batch | ring | busy poll | offered Mpps | delivered Mpps | Mpps/core | CPU busy |"
+        "| datapath | suite | workers | batch | ring | busy poll | offered Mpps | delivered Mpps | Mpps/core | CPU busy |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---|---:|---:|---:|---:|");
     for p in &r.scaling {
         let t = &p.tuning;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.3} | {:.3} ±{:.0}% | {:.3} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} ±{:.0}% | {:.3} | {} |",
             p.datapath,
+            t.suite.name(),
             t.workers,
             t.batch,
             if p.datapath == "raw" {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::bench::{Bench, Direction, Flow, Sample, Timing, GN_ADDR};
 use crate::gateways::node::NodeGateway;
 use crate::gateways::plain::{Mode, Plain};
-use crate::gateways::tunnel::{Tuning, Tunneled};
+use crate::gateways::tunnel::{Tuning, TunnelSuite, Tunneled};
 use crate::gateways::wg::{Impl, WireGuard};
 use crate::gateways::Gateway;
 use crate::latency::{ping_pong, Rtt};
@@ -343,6 +343,15 @@ pub fn scaling_variants(cpus: usize) -> Vec<(Kind, Tuning, u16)> {
         },
         1,
     ));
+    // Authentication only (suite 1) against the default AES-256-GCM.
+    v.push((
+        Kind::Ntma,
+        Tuning {
+            suite: TunnelSuite::HmacSha256128,
+            ..base.clone()
+        },
+        1,
+    ));
     for batch in [1, 16, 64] {
         v.push((
             Kind::Raw,
@@ -627,6 +636,14 @@ mod tests {
             .any(|(k, t, q)| *k == Kind::Ntma && t.workers == 2 && *q == 2));
         assert!(v.iter().any(|(k, t, _)| *k == Kind::Raw && t.batch == 1));
         assert!(v.iter().any(|(_, t, _)| t.ring == 512));
+        // Suite 2 by default, and suite 1 once for comparison.
+        assert_eq!(Tuning::default().suite, TunnelSuite::Aes256Gcm);
+        assert_eq!(
+            v.iter()
+                .filter(|(_, t, _)| t.suite == TunnelSuite::HmacSha256128)
+                .count(),
+            1
+        );
         assert!(!scaling_variants(1).iter().any(|(_, t, _)| t.workers == 2));
     }
 

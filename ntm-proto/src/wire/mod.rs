@@ -1,4 +1,4 @@
-//! Wire format of NTMobile v1 (§2, §4 of the spec): zero-copy views and
+//! Wire format of NTMobile v2 (§2, §4 of the spec): zero-copy views and
 //! high-level representations.
 //!
 //! The layering follows smoltcp:
@@ -126,11 +126,13 @@ impl MessageType {
 }
 
 enum_with_unknown! {
-    /// Authentication suite (header byte 3, SUITE TLV).
+    /// Protection suite (header byte 3, SUITE TLV), §2.1.
     pub enum Suite {
-        /// 1: HMAC-SHA256 truncated to 128 bits. The only one supported.
+        /// 1: HMAC-SHA256 truncated to 128 bits: integrity only. Every
+        /// signaling message with the DC and the RS.
         HmacSha256_128 = 1,
-        /// 2: reserved for a later version; dropped by this implementation.
+        /// 2: AES-256-GCM: integrity and confidentiality. The DC's default
+        /// tunnel suite.
         Aes256Gcm = 2,
     }
 }
@@ -185,6 +187,17 @@ impl Path {
             Path::Reverse => "reverse",
             Path::Relay => "relay",
             Path::Unknown(_) => "unknown",
+        }
+    }
+}
+
+impl Suite {
+    /// Lower-case name for logs and status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::HmacSha256_128 => "hmac-sha256-128",
+            Suite::Aes256Gcm => "aes-256-gcm",
+            Suite::Unknown(_) => "unknown",
         }
     }
 }

@@ -27,7 +27,7 @@ pub const MAX_DATAGRAM_LEN: usize = 65_507;
 /// The largest body that fits in one datagram.
 pub const MAX_BODY_LEN: usize = MAX_DATAGRAM_LEN - OVERHEAD;
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Flag bit 0: the sender wants an answer (signaling only).
 const FLAG_RESPONSE_REQUIRED: u8 = 0x01;
@@ -202,20 +202,20 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 mod tests {
     use super::*;
 
-    // The tun_keepalive vector: empty body.
+    // The tun_keepalive_gcm vector: suite 2, empty body.
     const KEEPALIVE: [u8; 32] = [
-        0x01, 0x02, 0x00, 0x01, 0x00, 0x00, 0x01, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x37, 0x45,
-        0xb9, 0xe0, 0xa8, 0x13, 0x50, 0x0e, 0xad, 0xd1, 0x0c, 0x63, 0x76, 0x17, 0xe4, 0x24,
+        0x02, 0x02, 0x00, 0x02, 0x00, 0x00, 0x01, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x6f, 0xa2,
+        0x58, 0xcb, 0xf8, 0x88, 0xf2, 0xc8, 0x3a, 0xe1, 0x8b, 0xf9, 0x29, 0x9f, 0x40, 0xee,
     ];
 
     #[test]
     fn test_deconstruct() {
         let p = Packet::new_checked(&KEEPALIVE[..]).unwrap();
-        assert_eq!(p.version(), 1);
+        assert_eq!(p.version(), 2);
         assert_eq!(p.msg_type(), MessageType::TunKeepalive);
         assert_eq!(p.flags(), 0);
         assert!(!p.response_required());
-        assert_eq!(p.suite(), Suite::HmacSha256_128);
+        assert_eq!(p.suite(), Suite::Aes256Gcm);
         assert_eq!(p.id(), 257);
         assert_eq!(p.seq(), 2);
         assert_eq!(p.body(), &[] as &[u8]);
@@ -227,10 +227,10 @@ mod tests {
     fn test_construct() {
         let mut bytes = [0xa5u8; 32];
         let mut p = Packet::new_unchecked(&mut bytes[..]);
-        p.set_version(1);
+        p.set_version(2);
         p.set_msg_type(MessageType::TunKeepalive);
         p.set_response_required(false);
-        p.set_suite(Suite::HmacSha256_128);
+        p.set_suite(Suite::Aes256Gcm);
         p.set_id(257);
         p.set_seq(2);
         p.tag_mut().copy_from_slice(&KEEPALIVE[16..]);

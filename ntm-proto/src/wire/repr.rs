@@ -72,6 +72,8 @@ pub struct Header {
 /// REG_REQ: node → DC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegReq<'a> {
+    /// Fresh random per registration (kept by retransmissions); REG_RESP echoes it.
+    pub req_id: u32,
     /// The node's name; selects `K_node` at the DC.
     pub fqdn: Fqdn<'a>,
     /// The node's own address:port as it sees it.
@@ -98,6 +100,8 @@ pub struct Lease {
 /// REG_RESP: DC → node. `Err` carries the non-OK STATUS, and then no lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegResp {
+    /// The REQ_ID of the REG_REQ answered.
+    pub req_id: u32,
     /// The lease, or why there is none.
     pub result: core::result::Result<Lease, Status>,
 }
@@ -408,12 +412,14 @@ impl Message<'_> {
         match self {
             Message::Data { .. } | Message::TunKeepalive | Message::Keepalive | Message::Dereg => {}
             Message::RegReq(r) => {
+                u.push(T::ReqId, Value::U32(r.req_id));
                 u.push(T::Fqdn, Value::Bytes(r.fqdn.as_bytes()));
                 u.push(T::LocalAddr, Value::Addr(r.local_addr));
                 u.push(T::Caps, Value::U32(r.caps.0));
             }
             Message::RegResp(r) => match &r.result {
                 Ok(l) => {
+                    u.push(T::ReqId, Value::U32(r.req_id));
                     u.push(T::Status, Value::U8(Status::Ok.into()));
                     u.push(T::NodeId, Value::U32(l.node_id));
                     u.push(T::Vip, Value::Vip(l.vip));
@@ -421,7 +427,10 @@ impl Message<'_> {
                     u.push(T::KeepaliveSecs, Value::U32(l.keepalive_secs));
                     u.push(T::LifetimeSecs, Value::U32(l.lifetime_secs));
                 }
-                Err(s) => u.push(T::Status, Value::U8((*s).into())),
+                Err(s) => {
+                    u.push(T::ReqId, Value::U32(r.req_id));
+                    u.push(T::Status, Value::U8((*s).into()));
+                }
             },
             Message::KeepaliveAck(k) => u.push(T::ObservedAddr, Value::Addr(k.observed)),
             Message::DirReq(d) => {
@@ -614,11 +623,13 @@ fn parse_message<'a>(msg_type: MessageType, t: &mut Tlvs<'a>) -> Result<Message<
         MessageType::Keepalive => Message::Keepalive,
         MessageType::Dereg => Message::Dereg,
         MessageType::RegReq => Message::RegReq(RegReq {
+            req_id: t.u32(T::ReqId)?,
             fqdn: t.fqdn()?,
             local_addr: t.addr(T::LocalAddr)?,
             caps: Caps(t.u32(T::Caps)?),
         }),
         MessageType::RegResp => Message::RegResp(RegResp {
+            req_id: t.u32(T::ReqId)?,
             result: match t.status()? {
                 Status::Ok => Ok(Lease {
                     node_id: t.u32(T::NodeId)?,
@@ -818,8 +829,24 @@ impl<'a> Repr<'a> {
         debug_assert_eq!(w.written(), self.body_len());
     }
 
-    /// Emit into the front of `buf` and seal the tag. Returns the datagram length.
+    /// Emit into the front of `buf` and seal the tag with suite 1 (every
+    /// signaling message, §2). Returns the datagram length.
     pub fn emit_sealed(&self, buf: &mut [u8], auth: &Authenticator) -> Result<usize> {
+        let (out, len) = self.emit_front(buf)?;
+        auth.seal(out)?;
+        Ok(len)
+    }
+
+    /// Emit into the front of `buf` and seal it with a tunnel's direction
+    /// key in the tunnel's suite (TUN_REQ, TUN_RESP, TUN_KEEPALIVE, DATA;
+    /// suite 2 encrypts the body). Returns the datagram length.
+    pub fn emit_sealed_with(&self, buf: &mut [u8], cipher: &crate::Cipher) -> Result<usize> {
+        let (out, len) = self.emit_front(buf)?;
+        cipher.seal(out)?;
+        Ok(len)
+    }
+
+    fn emit_front<'b>(&self, buf: &'b mut [u8]) -> Result<(&'b mut [u8], usize)> {
         let body_len = self.body_len();
         if body_len > MAX_BODY_LEN {
             return Err(Error::TooLong);
@@ -827,20 +854,21 @@ impl<'a> Repr<'a> {
         let len = self.buffer_len();
         let out = buf.get_mut(..len).ok_or(Error::BufferTooSmall)?;
         self.emit(&mut Packet::new_unchecked(&mut *out));
-        auth.seal(out)?;
-        Ok(len)
+        Ok((out, len))
     }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Check the header in the order of §5: length, version, suite, then that
-    /// the message type is known. Returns the type.
+    /// Check the header in the order of §5: length, version, a defined suite
+    /// (1 or 2; whether it is the one expected for the key is the key's
+    /// check, [`crate::Cipher::open`]), then that the message type is known.
+    /// Returns the type.
     pub fn check_header(&self) -> Result<MessageType> {
         self.check_len()?;
         if self.version() != VERSION {
             return Err(Error::BadVersion);
         }
-        if self.suite() != Suite::HmacSha256_128 {
+        if matches!(self.suite(), Suite::Unknown(_)) {
             return Err(Error::UnsupportedSuite);
         }
         match self.msg_type() {
@@ -864,7 +892,7 @@ mod tests {
     }
 
     // The dir_req vector.
-    const DIR_REQ: &str = "0120010100000007187afca767ca00010600040000002a01000b636e2e6e746d2e746573744220b158c3cad5a013a258f3bd2ede53";
+    const DIR_REQ: &str = "0220010100000007187afca767ca00010600040000002a01000b636e2e6e746d2e74657374575dca65fad3992414192aca10ab1965";
 
     fn dir_req_repr() -> Repr<'static> {
         Repr::new(
@@ -898,7 +926,7 @@ mod tests {
     }
 
     fn body_repr(msg_type: u8, body: &[u8]) -> Result<Repr<'_>> {
-        let mut d = vec![1, msg_type, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut d = vec![2, msg_type, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
         d.extend_from_slice(body);
         d.extend_from_slice(&[0; 16]);
         let leaked: &'static [u8] = Box::leak(d.into_boxed_slice());
@@ -948,11 +976,12 @@ mod tests {
     #[test]
     fn non_ok_status_keeps_other_tlvs_as_extras() {
         // REG_RESP DENIED with a NODE_ID anyway.
-        let body = [5, 0, 1, 2, 4, 0, 4, 0, 0, 0, 9];
+        let body = [6, 0, 4, 0, 0, 0, 1, 5, 0, 1, 2, 4, 0, 4, 0, 0, 0, 9];
         let r = body_repr(0x11, &body).unwrap();
         assert_eq!(
             r.message,
             Message::RegResp(RegResp {
+                req_id: 1,
                 result: Err(Status::Denied)
             })
         );

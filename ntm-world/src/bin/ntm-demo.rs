@@ -4,7 +4,8 @@
 //! Testbed up; DC, RS, cn, cn2 and ntma started; in the gn namespace the
 //! stock DHCP client obtains the VIP, a stock DNS tool resolves
 //! cn.ntm.test through the adapter, ping and iperf3 run through the tunnel
-//! both ways; then cn, restarted so that it knows no tunnel, opens a TCP
+//! both ways while tcpdump on the internet bridge checks that none of
+//! iperf3's known payload crosses it in clear (suite 2 encrypts); then cn, restarted so that it knows no tunnel, opens a TCP
 //! connection to gn.ntm.test (the adapter is the target), and cn2 behind
 //! another NAT pings the GN through the relay; a summary; teardown.
 
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{ensure, Context as _, Result};
+use ntm_world::capture::{contains, udp_payload_on_port, IPERF_PATTERN};
 use ntm_world::{payload, require_root, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
 
 /// The demo's testbed prefix.
@@ -90,10 +92,12 @@ fn run() -> Result<()> {
         s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
     })?;
     let t = up.tunnel_to(CN_FQDN).expect("checked");
+    let suite = t.suite.clone();
     eprintln!(
-        "    tunnel #{} {} path, ntma {} (DIR_REQ to tunnel up: {})",
+        "    tunnel #{} {} path, suite {}, ntma {} (DIR_REQ to tunnel up: {})",
         t.id,
         t.path,
+        t.suite,
         t.role,
         t.setup_ms
             .map_or_else(|| "-".into(), |m| format!("{m:.2} ms"))
@@ -117,12 +121,24 @@ fn run() -> Result<()> {
     ensure!(pb.received > 0, "no ping reply: {}", pb.output);
     eprintln!("    {}/{} replies", pb.received, pb.sent);
 
-    step(&format!("iperf3 gn -> cn ({IPERF_SECS} s)"));
+    step(&format!(
+        "iperf3 gn -> cn ({IPERF_SECS} s, --repeating-payload: a known payload), \
+         tcpdump on the internet bridge (tunnel port 7700) and on gn's eth0"
+    ));
+    let caps = captures(&w, "up")?;
     let up_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, false)?;
     eprintln!("    {}", mbps(&up_bw));
-    step(&format!("iperf3 cn -> gn ({IPERF_SECS} s, -R)"));
+    let leak_up = payload_check(caps)?;
+    eprintln!("    {leak_up}");
+    step(&format!(
+        "iperf3 cn -> gn ({IPERF_SECS} s, -R), the same captures"
+    ));
+    let caps = captures(&w, "down")?;
     let down_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, true)?;
     eprintln!("    {}", mbps(&down_bw));
+    let leak_down = payload_check(caps)?;
+    eprintln!("    {leak_down}");
+    let leak = format!("gn -> cn: {leak_up}\n                       cn -> gn: {leak_down}");
 
     step("cn restarts (it forgets every tunnel), then opens a TCP connection to gn.ntm.test");
     drop(cn);
@@ -202,6 +218,8 @@ fn run() -> Result<()> {
         "throughput cn -> gn    {} (iperf3 TCP -R, {IPERF_SECS} s)",
         mbps(&down_bw)
     );
+    println!("tunnel suite           {suite} (cn.ntm.test)");
+    println!("payload on the wire    {leak}");
     println!(
         "responder side         cn -> gn.ntm.test TCP 256 KiB intact; cn2 -> gn via {relay_path}"
     );
@@ -233,6 +251,63 @@ fn run() -> Result<()> {
     w.down()?;
     eprintln!("    testbed {prefix} removed");
     Ok(())
+}
+
+/// Frames each capture keeps: a few seconds of a bulk transfer.
+const CAPTURE_FRAMES: usize = 4000;
+
+/// tcpdump on the internet bridge (tunnel datagrams) and on gn's eth0
+/// (iperf3's own TCP segments, in clear: the check's control).
+fn captures(w: &World, tag: &str) -> Result<[ntm_world::capture::Capture; 2]> {
+    Ok([
+        w.capture(
+            Role::Inet,
+            "br0",
+            "udp port 7700",
+            CAPTURE_FRAMES,
+            &format!("demo-inet-{tag}"),
+        )?,
+        w.capture(
+            Role::Gn,
+            "eth0",
+            "tcp port 5201",
+            CAPTURE_FRAMES,
+            &format!("demo-gn-{tag}"),
+        )?,
+    ])
+}
+
+/// Looks for iperf3's known payload in every tunnel DATA datagram captured
+/// on the internet bridge, and (to show that the check can see it) in the
+/// GN's own TCP segments. Fails if any tunnel datagram carries it.
+fn payload_check([inet, gn]: [ntm_world::capture::Capture; 2]) -> Result<String> {
+    let (inet, gn) = (inet.finish()?, gn.finish()?);
+    let data: Vec<&[u8]> = inet
+        .iter()
+        .filter_map(|f| udp_payload_on_port(f, 7700))
+        .filter(|p| p.len() > 32 && p[0] == 2 && p[1] == 1)
+        .collect();
+    let leaked = data.iter().filter(|p| contains(p, IPERF_PATTERN)).count();
+    let plain = gn.iter().filter(|f| contains(f, IPERF_PATTERN)).count();
+    ensure!(
+        !data.is_empty(),
+        "the capture on the internet bridge saw no tunnel DATA"
+    );
+    ensure!(
+        plain > 0,
+        "the GN's own TCP segments do not show iperf3's payload: the check would see nothing"
+    );
+    ensure!(
+        leaked == 0,
+        "{leaked} of {} tunnel datagrams carry iperf3's payload in clear",
+        data.len()
+    );
+    Ok(format!(
+        "iperf3's known bytes in 0 of {} tunnel DATA datagrams on the internet bridge \
+         (in clear in {plain} of the GN's {} TCP segments)",
+        data.len(),
+        gn.len()
+    ))
 }
 
 fn indent(s: &str) -> String {

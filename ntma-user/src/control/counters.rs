@@ -57,7 +57,8 @@ reasons! {
         WanSendFailed => "wan_send_failed",
         /// The GN-facing raw socket refused a frame.
         LanSendFailed => "lan_send_failed",
-        /// The upstream resolver socket refused a query.
+        /// No socket for a query to the upstream resolver could be opened, or it
+        /// refused the query.
         UpstreamSendFailed => "upstream_send_failed",
     }
 }
@@ -69,7 +70,9 @@ reasons! {
         Registrations => "registrations",
         /// Direction requests started (DNS or packets).
         Connects => "connects",
-        /// Tunnels that came up.
+        /// Tunnels the DC directed, installed in the fast path for receiving.
+        TunnelsAdded => "tunnels_added",
+        /// Tunnels that came up (the fast path sends on them).
         TunnelsUp => "tunnels_up",
         /// Tunnels that went down.
         TunnelsDown => "tunnels_down",

@@ -15,11 +15,20 @@
 //!
 //! * DNS queries for NTM names ([`GnAction::Resolve`]) become
 //!   [`Endpoint::connect`]; [`Event::DirectionResolved`] answers them.
+//!   Other names go to the upstream resolver ([`GnAction::Upstream`]), each
+//!   from a fresh socket of its own ([`Io::send_upstream`], a random port)
+//!   with a random id; only an answer on that port with that id and question
+//!   is relayed ([`Control::on_upstream`]).
 //! * [`Event::Registered`] gives the GN its VIP ([`Gn::set_vip`]);
-//!   [`Event::TunnelUp`]/[`Event::TunnelDown`]/[`Event::EndpointChanged`]
-//!   are published to the fast path, which reports receive and send
-//!   activity back ([`Control::poll_activity`] → [`Endpoint::note_rx`] /
-//!   [`Endpoint::note_tx`]: expiry, keep-alives, roaming).
+//!   [`Event::TunnelAdded`] installs a tunnel in the fast path for
+//!   receiving before its TUN_REQ or TUN_RESP goes out (events are handled
+//!   before the endpoint's transmits), so DATA the peer sends right after
+//!   its TUN_RESP is never an unknown tunnel; [`Event::TunnelUp`] starts
+//!   sending on it; [`Event::TunnelDown`]/[`Event::EndpointChanged`] are
+//!   published too. The fast path reports receive and send activity back
+//!   ([`Control::poll_activity`] → [`Endpoint::note_rx`] /
+//!   [`Endpoint::note_tx`]: expiry, keep-alives, roaming), counting only
+//!   datagrams that passed every check.
 //! * Packets to a VIP without a tunnel (the fast path's slow queue, or the
 //!   raw socket when no AF_XDP socket took them) wait in a bounded
 //!   [`HoldQueue`] while the tunnel is set up — by name again if the VIP
@@ -43,19 +52,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ntm_proto::data::SeqCounter;
+use std::ops::Range;
+
 use ntm_proto::dns::{PendingId, ResolveOutcome};
 use ntm_proto::hold::HoldQueue;
-use ntm_proto::node::{self, DirError, DownReason, Endpoint, Event, ReqId};
+use ntm_proto::node::{self, DirError, DownReason, Endpoint, Event, ReqId, TunnelParams};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
-use ntm_proto::{Error, Key, Path, Status as Code};
+use ntm_proto::{Error, Status as Code};
 
 pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
 use crate::config::{NonVip, Settings};
 use crate::ebpf::Side;
 use crate::fastpath::INNER_MTU;
-use crate::gn::wire::{EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, IPPROTO_UDP};
+use crate::gn::wire::{
+    EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, ETH_HEADER_LEN, IPPROTO_UDP, UDP_HEADER_LEN,
+};
 use crate::gn::{Gn, GnAction, MacAddr, Unreachable, Verdict, MAX_FRAME_LEN};
 use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
 
@@ -85,23 +97,6 @@ pub struct Link {
     pub gateway_mac: MacAddr,
 }
 
-/// A tunnel for the fast path to carry.
-#[derive(Debug, Clone)]
-pub struct TunnelParams {
-    /// Tunnel id.
-    pub tunnel_id: u32,
-    /// The peer's VIP.
-    pub peer_vip: Ipv4Addr,
-    /// Where its datagrams go.
-    pub endpoint: SocketAddrV4,
-    /// `K_tun`.
-    pub key: Key,
-    /// The send counter, shared with the endpoint (keep-alives, set-up).
-    pub tx_seq: SeqCounter,
-    /// How the tunnel runs.
-    pub path: Path,
-}
-
 /// What the fast path did on one tunnel (cumulative counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Activity {
@@ -127,8 +122,12 @@ pub struct Activity {
 pub trait Plane {
     /// Addresses for building frames; `None` stops forwarding.
     fn set_link(&self, link: Option<Link>);
-    /// Adds or replaces a tunnel.
-    fn upsert_tunnel(&self, tunnel: TunnelParams);
+    /// Installs a tunnel for receiving ([`Event::TunnelAdded`]): its DATA is
+    /// accepted from now on, before the tunnel is up.
+    fn add_tunnel(&self, tunnel: &TunnelParams);
+    /// Starts sending on a tunnel ([`Event::TunnelUp`]), installing it if
+    /// [`Plane::add_tunnel`] did not.
+    fn tunnel_up(&self, tunnel: &TunnelParams);
     /// Removes a tunnel.
     fn remove_tunnel(&self, tunnel_id: u32);
     /// Moves a tunnel's peer (roaming).
@@ -137,7 +136,7 @@ pub trait Plane {
     fn activity(&self) -> Vec<Activity>;
 }
 
-/// The sockets, as the control side uses them. Each returns whether the
+/// The sockets, as the control side uses them. Each says whether the
 /// kernel took the data; a refusal is counted, never retried (signaling
 /// loss is repaired by retransmissions, data loss by the GN's transport).
 pub trait Io {
@@ -145,8 +144,14 @@ pub trait Io {
     fn send_wan(&self, dst: SocketAddrV4, datagram: &[u8]) -> bool;
     /// A frame to the GN.
     fn send_lan(&self, frame: &[u8]) -> bool;
-    /// A query to the upstream resolver.
-    fn send_upstream(&self, query: &[u8]) -> bool;
+    /// A query to the upstream resolver, from a new socket of its own bound
+    /// to port 0 (the kernel draws a random port) and connected to the
+    /// resolver. Returns that port, where the answer is awaited (its datagrams
+    /// go to [`Control::on_upstream`] with the port), or `None` when no socket
+    /// could be opened or the query was refused.
+    fn send_upstream(&self, query: &[u8]) -> Option<u16>;
+    /// The query sent from `port` is answered or given up: close its socket.
+    fn close_upstream(&self, port: u16);
 }
 
 /// Addresses learned at start and while running.
@@ -160,7 +165,8 @@ struct LinkState {
     vip: Option<Ipv4Addr>,
 }
 
-/// What the control side knows about one tunnel.
+/// What the control side knows about one tunnel (from its
+/// [`Event::TunnelAdded`] on).
 #[derive(Debug, Clone)]
 struct TunnelRec {
     peer_fqdn: String,
@@ -203,6 +209,9 @@ pub struct Control<P: Plane> {
     pkt_by_req: HashMap<ReqId, Ipv4Addr>,
     connect_at: HashMap<String, Instant>,
     tunnels: BTreeMap<u32, TunnelRec>,
+    /// Peer VIPs whose tunnel came up: their held packets go out after the
+    /// endpoint's transmits (a TUN_RESP first, then DATA).
+    release: Vec<Ipv4Addr>,
     c: CtlCounters,
     buf: Vec<u8>,
     frame: Vec<u8>,
@@ -210,7 +219,15 @@ pub struct Control<P: Plane> {
 
 /// The source and destination port and payload of an unfragmented UDP
 /// datagram in an Ethernet frame.
+#[cfg(test)]
 fn udp_of(frame: &[u8]) -> Option<(SocketAddrV4, u16, &[u8])> {
+    let (from, port, at) = udp_in(frame)?;
+    Some((from, port, &frame[at]))
+}
+
+/// [`udp_of`] with the payload as a range of `frame` (so that the caller
+/// can open it in place).
+fn udp_in(frame: &[u8]) -> Option<(SocketAddrV4, u16, Range<usize>)> {
     let eth = EthView::parse(frame).ok()?;
     if eth.ether_type != ETHERTYPE_IPV4 {
         return None;
@@ -220,10 +237,11 @@ fn udp_of(frame: &[u8]) -> Option<(SocketAddrV4, u16, &[u8])> {
         return None;
     }
     let udp = UdpView::parse(&ip, true).ok()?;
+    let at = ETH_HEADER_LEN + ip.header.len() + UDP_HEADER_LEN;
     Some((
         SocketAddrV4::new(ip.src, udp.src_port),
         udp.dst_port,
-        udp.payload,
+        at..at + udp.payload.len(),
     ))
 }
 
@@ -284,6 +302,7 @@ impl<P: Plane> Control<P> {
             pkt_by_req: HashMap::new(),
             connect_at: HashMap::new(),
             tunnels: BTreeMap::new(),
+            release: Vec::new(),
             c: CtlCounters::default(),
             buf: vec![0u8; MAX_INNER + OVERHEAD],
             frame: vec![0u8; MAX_FRAME_LEN],
@@ -323,7 +342,14 @@ impl<P: Plane> Control<P> {
     }
 
     /// A datagram on the tunnel port (signaling; DATA goes to the fast path).
-    pub fn on_wan_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], io: &impl Io) {
+    /// Tunnel signaling is opened in place (suite 2 decrypts it), hence `&mut`.
+    pub fn on_wan_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &mut [u8],
+        io: &impl Io,
+    ) {
         self.c.stat(CtlStat::WanDatagrams);
         let SocketAddr::V4(from) = from else {
             self.c.drop(CtlDrop::NotIpv4Source);
@@ -357,8 +383,9 @@ impl<P: Plane> Control<P> {
     /// ready; it goes the way of a frame from the raw socket (the GN
     /// services learn the GN's MAC from it). From the uplink
     /// ([`Side::Wan`]): a frame the XDP program redirected but the fast path
-    /// does not carry; signaling to our port is handled, the rest dropped.
-    pub fn on_slow_frame(&mut self, now: Instant, side: Side, frame: &[u8], io: &impl Io) {
+    /// does not carry; signaling to our port is handled (opened in place,
+    /// hence `&mut`), the rest dropped.
+    pub fn on_slow_frame(&mut self, now: Instant, side: Side, frame: &mut [u8], io: &impl Io) {
         self.c.stat(CtlStat::SlowFrames);
         match side {
             Side::Lan => {
@@ -366,9 +393,9 @@ impl<P: Plane> Control<P> {
                     self.kernel_frame(now, frame, io);
                 }
             }
-            Side::Wan => match udp_of(frame) {
+            Side::Wan => match udp_in(frame) {
                 Some((from, port, payload)) if port == self.port => {
-                    self.on_wan_datagram(now, SocketAddr::V4(from), payload, io);
+                    self.on_wan_datagram(now, SocketAddr::V4(from), &mut frame[payload], io);
                 }
                 _ => self.c.drop(CtlDrop::SlowFrameOther),
             },
@@ -382,9 +409,10 @@ impl<P: Plane> Control<P> {
         self.c.drop(CtlDrop::SlowFrameMalformed);
     }
 
-    /// A datagram from the upstream resolver.
-    pub fn on_upstream(&mut self, now: Instant, bytes: &[u8], io: &impl Io) {
-        self.gn.handle_upstream(now, bytes);
+    /// A datagram from the upstream resolver, received on the socket of the
+    /// query sent from `port` ([`Io::send_upstream`]).
+    pub fn on_upstream(&mut self, now: Instant, port: u16, bytes: &[u8], io: &impl Io) {
+        self.gn.handle_upstream(now, port, bytes);
         self.pump(now, io);
     }
 
@@ -607,7 +635,10 @@ impl<P: Plane> Control<P> {
 
     // ----- outputs ------------------------------------------------------
 
-    /// Drains every output until nothing more comes.
+    /// Drains every output until nothing more comes. The endpoint's events
+    /// go first: a tunnel the DC directed is in the fast path before its
+    /// TUN_REQ or TUN_RESP leaves, and a tunnel's held packets leave after the
+    /// TUN_RESP that brought it up.
     fn pump(&mut self, now: Instant, io: &impl Io) {
         loop {
             let mut busy = false;
@@ -616,6 +647,10 @@ impl<P: Plane> Control<P> {
                     self.fail_held(now, dst);
                     busy = true;
                 }
+            }
+            while let Some(ev) = self.ep.poll_event() {
+                self.on_event(now, ev);
+                busy = true;
             }
             while let Some(t) = self
                 .ep
@@ -626,8 +661,12 @@ impl<P: Plane> Control<P> {
                 }
                 busy = true;
             }
-            while let Some(ev) = self.ep.poll_event() {
-                self.on_event(now, ev, io);
+            for vip in std::mem::take(&mut self.release) {
+                for f in self.hold.take(vip) {
+                    if self.send_through(now, &f, io) {
+                        self.c.stat(CtlStat::Released);
+                    }
+                }
                 busy = true;
             }
             while let Some(a) = self.gn.poll_action() {
@@ -647,7 +686,7 @@ impl<P: Plane> Control<P> {
         self.publish_link();
     }
 
-    fn on_event(&mut self, now: Instant, ev: Event, io: &impl Io) {
+    fn on_event(&mut self, now: Instant, ev: Event) {
         match ev {
             Event::Registered {
                 vip,
@@ -676,52 +715,55 @@ impl<P: Plane> Control<P> {
             Event::DirectionResolved { req, fqdn, result } => {
                 self.on_resolved(now, req, &fqdn, result);
             }
-            Event::TunnelUp {
-                tunnel_id,
-                peer_fqdn,
-                peer_vip,
-                endpoint,
-                path,
-                role,
-                key,
-                tx_seq,
-                ..
-            } => {
-                self.c.stat(CtlStat::TunnelsUp);
-                let setup = self.connect_at.remove(&peer_fqdn).map(|t| now - t);
-                tracing::info!(
-                    tunnel_id,
-                    peer = %peer_fqdn,
-                    %peer_vip,
-                    %endpoint,
-                    path = path.name(),
-                    role = role.name(),
-                    setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
-                    "tunnel up"
+            Event::TunnelAdded(t) => {
+                self.c.stat(CtlStat::TunnelsAdded);
+                tracing::debug!(
+                    tunnel_id = t.tunnel_id,
+                    peer = %t.peer_fqdn,
+                    peer_vip = %t.peer_vip,
+                    endpoint = %t.endpoint,
+                    path = t.path.name(),
+                    role = t.role.name(),
+                    suite = t.suite.name(),
+                    "tunnel directed: receiving"
                 );
-                self.plane.upsert_tunnel(TunnelParams {
-                    tunnel_id,
-                    peer_vip,
-                    endpoint,
-                    key,
-                    tx_seq,
-                    path,
-                });
-                self.remember(peer_vip, &peer_fqdn);
+                self.plane.add_tunnel(&t);
+                self.remember(t.peer_vip, &t.peer_fqdn);
                 self.tunnels.insert(
-                    tunnel_id,
+                    t.tunnel_id,
                     TunnelRec {
-                        peer_fqdn,
-                        endpoint,
-                        setup,
+                        peer_fqdn: t.peer_fqdn,
+                        endpoint: t.endpoint,
+                        setup: None,
                         activity: None,
                     },
                 );
-                for f in self.hold.take(peer_vip) {
-                    if self.send_through(now, &f, io) {
-                        self.c.stat(CtlStat::Released);
-                    }
-                }
+            }
+            Event::TunnelUp(t) => {
+                self.c.stat(CtlStat::TunnelsUp);
+                let setup = self.connect_at.remove(&t.peer_fqdn).map(|at| now - at);
+                tracing::info!(
+                    tunnel_id = t.tunnel_id,
+                    peer = %t.peer_fqdn,
+                    peer_vip = %t.peer_vip,
+                    endpoint = %t.endpoint,
+                    path = t.path.name(),
+                    role = t.role.name(),
+                    suite = t.suite.name(),
+                    setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
+                    "tunnel up"
+                );
+                self.plane.tunnel_up(&t);
+                self.remember(t.peer_vip, &t.peer_fqdn);
+                let rec = self.tunnels.entry(t.tunnel_id).or_insert(TunnelRec {
+                    peer_fqdn: t.peer_fqdn.clone(),
+                    endpoint: t.endpoint,
+                    setup: None,
+                    activity: None,
+                });
+                rec.endpoint = t.endpoint;
+                rec.setup = setup;
+                self.release.push(t.peer_vip);
             }
             Event::TunnelDown { tunnel_id, reason } => {
                 self.c.stat(CtlStat::TunnelsDown);
@@ -803,11 +845,15 @@ impl<P: Plane> Control<P> {
                     self.gn.answer(now, pending_id, outcome);
                 }
             },
-            GnAction::Upstream { payload, .. } => {
-                if !io.send_upstream(&payload) {
-                    self.c.drop(CtlDrop::UpstreamSendFailed);
-                }
-            }
+            GnAction::Upstream {
+                upstream_id,
+                payload,
+            } => match io.send_upstream(&payload) {
+                Some(port) => self.gn.upstream_sent(upstream_id, port),
+                // The stub forgets the query at its time-out; the client asks again.
+                None => self.c.drop(CtlDrop::UpstreamSendFailed),
+            },
+            GnAction::UpstreamDone { port } => io.close_upstream(port),
             GnAction::GnMac { mac } => {
                 tracing::info!(gn_mac = %mac, "GN MAC learned");
                 self.link.gn_mac = Some(mac);
@@ -897,6 +943,7 @@ impl<P: Plane> Control<P> {
                     peer_vip: t.peer_vip,
                     path: t.path.name().to_owned(),
                     role: t.role.name().to_owned(),
+                    suite: t.suite.name().to_owned(),
                     endpoint: t.endpoint,
                     up: t.up,
                     tx_packets: a.map_or(0, |a| a.tx_packets),
@@ -909,8 +956,8 @@ impl<P: Plane> Control<P> {
                     setup_ms: rec.and_then(|r| r.setup).map(|d| d.as_secs_f64() * 1e3),
                     opened_by: match rec {
                         Some(r) if r.setup.is_some() => "gn",
-                        Some(_) => "peer",
-                        None => "-",
+                        Some(_) if t.up => "peer",
+                        _ => "-",
                     }
                     .to_owned(),
                 }

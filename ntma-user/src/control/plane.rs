@@ -4,8 +4,10 @@
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
-use super::{Activity, Link, Plane, TunnelParams};
-use crate::fastpath::{Dataplane, LinkInfo, TunnelSpec};
+use ntm_proto::node::TunnelParams;
+
+use super::{Activity, Link, Plane};
+use crate::fastpath::{Dataplane, LinkInfo};
 
 impl Plane for Arc<Dataplane> {
     fn set_link(&self, link: Option<Link>) {
@@ -23,18 +25,17 @@ impl Plane for Arc<Dataplane> {
         );
     }
 
-    fn upsert_tunnel(&self, t: TunnelParams) {
-        Dataplane::upsert_tunnel(
-            self,
-            TunnelSpec {
-                tunnel_id: t.tunnel_id,
-                peer_vip: t.peer_vip,
-                endpoint: t.endpoint,
-                key: t.key,
-                tx_seq: t.tx_seq,
-                path: t.path,
-            },
-        );
+    fn add_tunnel(&self, t: &TunnelParams) {
+        if let Err(e) = Dataplane::add_tunnel(self, t) {
+            // The endpoint prepared the same keys for the same suite: not reached.
+            tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the fast path refused a tunnel");
+        }
+    }
+
+    fn tunnel_up(&self, t: &TunnelParams) {
+        if let Err(e) = Dataplane::tunnel_up(self, t) {
+            tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the fast path refused a tunnel");
+        }
     }
 
     fn remove_tunnel(&self, tunnel_id: u32) {

@@ -1,21 +1,26 @@
 //! The control side against a real DC ([`ntm_dc::Coordinator`]) and a real
-//! peer ([`Endpoint`]) in virtual time: no sockets, no clock, a recording
-//! fast path and recording sockets.
+//! peer ([`Endpoint`]) in virtual time: no sockets, no clock, recording
+//! sockets and a recording fast path in front of a real [`Dataplane`], which
+//! gets the tunnel DATA addressed to the adapter (as XDP would redirect it).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path as FsPath;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use ntm_proto::node::{Config as NodeConfig, Endpoint, Received};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN};
-use ntm_proto::Key;
+use ntm_proto::{Key, MessageType as NtmType, Packet, Suite};
 
 use super::*;
 use crate::config::Config;
+use crate::fastpath::packet::{downlink, DownVerdict};
+use crate::fastpath::{Dataplane, DataplaneConfig};
 use crate::gn::wire::{build_udp_frame, UdpEnds, ETHERTYPE_IPV4};
 
 const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
@@ -41,31 +46,50 @@ fn key(fqdn: &str) -> Key {
 #[derive(Debug, Clone, PartialEq)]
 enum Call {
     Link(Option<Link>),
-    Upsert(u32, Ipv4Addr, SocketAddrV4),
+    /// Installed for receiving: id, peer VIP, endpoint, suite.
+    Add(u32, Ipv4Addr, SocketAddrV4, Suite),
+    /// Sending.
+    Up(u32, Ipv4Addr, SocketAddrV4),
     Remove(u32),
     Endpoint(u32, SocketAddrV4),
+    /// The control sent a tunnel message (TUN_REQ, TUN_RESP, ...) of this tunnel.
+    Sent(NtmType, u32),
 }
 
-#[derive(Default)]
+/// One log of the fast path's calls and the tunnel messages sent, in order.
+type Log = Rc<RefCell<Vec<Call>>>;
+
+/// Records every call and passes it on to a real data plane.
 struct FakePlane {
-    calls: RefCell<Vec<Call>>,
+    calls: Log,
+    dp: Arc<Dataplane>,
     activity: RefCell<Vec<Activity>>,
 }
 
 impl Plane for FakePlane {
     fn set_link(&self, link: Option<Link>) {
         self.calls.borrow_mut().push(Call::Link(link));
+        self.dp.set_link(link);
     }
-    fn upsert_tunnel(&self, t: TunnelParams) {
+    fn add_tunnel(&self, t: &TunnelParams) {
         self.calls
             .borrow_mut()
-            .push(Call::Upsert(t.tunnel_id, t.peer_vip, t.endpoint));
+            .push(Call::Add(t.tunnel_id, t.peer_vip, t.endpoint, t.suite));
+        Dataplane::add_tunnel(&self.dp, t).unwrap();
+    }
+    fn tunnel_up(&self, t: &TunnelParams) {
+        self.calls
+            .borrow_mut()
+            .push(Call::Up(t.tunnel_id, t.peer_vip, t.endpoint));
+        Dataplane::tunnel_up(&self.dp, t).unwrap();
     }
     fn remove_tunnel(&self, id: u32) {
         self.calls.borrow_mut().push(Call::Remove(id));
+        self.dp.remove_tunnel(id);
     }
     fn set_endpoint(&self, id: u32, ep: SocketAddrV4) {
         self.calls.borrow_mut().push(Call::Endpoint(id, ep));
+        self.dp.set_endpoint(id, ep);
     }
     fn activity(&self) -> Vec<Activity> {
         self.activity.borrow().clone()
@@ -74,13 +98,25 @@ impl Plane for FakePlane {
 
 #[derive(Default)]
 struct RecIo {
+    log: Log,
     wan: RefCell<Vec<(SocketAddrV4, Vec<u8>)>>,
     lan: RefCell<Vec<Vec<u8>>>,
-    upstream: RefCell<Vec<Vec<u8>>>,
+    /// Queries by the port of their socket.
+    upstream: RefCell<Vec<(u16, Vec<u8>)>>,
+    next_port: std::cell::Cell<u16>,
+    closed: RefCell<Vec<u16>>,
 }
 
 impl Io for RecIo {
     fn send_wan(&self, dst: SocketAddrV4, d: &[u8]) -> bool {
+        if let Ok(p) = Packet::new_checked(d) {
+            if matches!(
+                p.msg_type(),
+                NtmType::TunReq | NtmType::TunResp | NtmType::Data | NtmType::TunKeepalive
+            ) {
+                self.log.borrow_mut().push(Call::Sent(p.msg_type(), p.id()));
+            }
+        }
         self.wan.borrow_mut().push((dst, d.to_vec()));
         true
     }
@@ -88,9 +124,14 @@ impl Io for RecIo {
         self.lan.borrow_mut().push(f.to_vec());
         true
     }
-    fn send_upstream(&self, q: &[u8]) -> bool {
-        self.upstream.borrow_mut().push(q.to_vec());
-        true
+    fn send_upstream(&self, q: &[u8]) -> Option<u16> {
+        let port = 40_000 + self.next_port.get();
+        self.next_port.set(self.next_port.get() + 1);
+        self.upstream.borrow_mut().push((port, q.to_vec()));
+        Some(port)
+    }
+    fn close_upstream(&self, port: u16) {
+        self.closed.borrow_mut().push(port);
     }
 }
 
@@ -102,10 +143,19 @@ struct World {
     io: RecIo,
     cn: Endpoint,
     cn_addr: SocketAddrV4,
+    /// The adapter's address as others see it: behind a NAT when not `NTMA`.
+    ntma_public: SocketAddrV4,
     /// Datagrams in flight: (from, to, bytes).
     net: VecDeque<(SocketAddrV4, SocketAddrV4, Vec<u8>)>,
     /// What cn's stack received through tunnels.
     cn_got: Vec<Vec<u8>>,
+    /// Frames the adapter's fast path delivered to the GN.
+    gn_got: Vec<Vec<u8>>,
+    /// What the fast path did with the tunnel datagrams it got.
+    fast: Vec<DownVerdict>,
+    /// Signaling reaches the control through the slow queue as a WAN frame
+    /// (the raw datapath reads the tunnel socket), not from the kernel socket.
+    signaling_via_slow_queue: bool,
 }
 
 fn settings(non_vip: NonVip) -> Settings {
@@ -117,10 +167,17 @@ fn settings(non_vip: NonVip) -> Settings {
 
 impl World {
     fn new(non_vip: NonVip) -> World {
+        World::with(non_vip, NTMA, 2)
+    }
+
+    /// The adapter seen from the internet at `ntma_public` (a NAT when it
+    /// differs from its own address), tunnels in DC suite `suite`.
+    fn with(non_vip: NonVip, ntma_public: SocketAddrV4, suite: u8) -> World {
         let now = Instant::now();
         let dc_cfg = ntm_dc::Config {
             listen: DC,
             tunnel_lifetime_secs: LIFETIME_SECS,
+            tunnel_suite: suite,
             nodes: ["gn.ntm.test", "cn.ntm.test"]
                 .iter()
                 .map(|f| ntm_dc::NodeEntry::new(f, &key(f)))
@@ -136,7 +193,13 @@ impl World {
             unix_nanos: 1_700_000_000_000_000_000,
             seed: [5; 32],
         };
-        let ctl = Control::new(&settings(non_vip), boot, FakePlane::default(), now).unwrap();
+        let log = Log::default();
+        let plane = FakePlane {
+            calls: Rc::clone(&log),
+            dp: Arc::new(Dataplane::new(&DataplaneConfig::default()).unwrap()),
+            activity: RefCell::default(),
+        };
+        let ctl = Control::new(&settings(non_vip), boot, plane, now).unwrap();
         let cn = Endpoint::new(
             NodeConfig {
                 fqdn: "cn.ntm.test".into(),
@@ -155,11 +218,18 @@ impl World {
             dc,
             dc_up: true,
             ctl,
-            io: RecIo::default(),
+            io: RecIo {
+                log,
+                ..RecIo::default()
+            },
             cn,
             cn_addr: CN,
+            ntma_public,
             net: VecDeque::new(),
             cn_got: Vec::new(),
+            gn_got: Vec::new(),
+            fast: Vec::new(),
+            signaling_via_slow_queue: false,
         };
         w.ctl.start(now, &w.io);
         w.collect();
@@ -170,7 +240,7 @@ impl World {
     /// Moves what everyone sent into the network.
     fn collect(&mut self) {
         for (dst, d) in self.io.wan.borrow_mut().drain(..) {
-            self.net.push_back((NTMA, dst, d));
+            self.net.push_back((self.ntma_public, dst, d));
         }
         let mut buf = vec![0u8; 65_535];
         while let Some(t) = self.dc.poll_transmit(self.now, &mut buf) {
@@ -188,23 +258,42 @@ impl World {
 
     /// Delivers one datagram; false when none is in flight.
     fn step(&mut self) -> bool {
-        let Some((from, to, d)) = self.net.pop_front() else {
+        let Some((from, to, mut d)) = self.net.pop_front() else {
             return false;
         };
         if to == DC {
             if self.dc_up {
                 let _ = self.dc.handle(self.now, from, &d);
             }
-        } else if to == NTMA {
-            self.ctl
-                .on_wan_datagram(self.now, SocketAddr::V4(from), &d, &self.io);
+        } else if to == self.ntma_public {
+            if is_tunnel_data(&d) {
+                self.fast_path(from, &d);
+            } else if self.signaling_via_slow_queue {
+                let mut frame = wan_frame(from, &d);
+                self.ctl
+                    .on_slow_frame(self.now, Side::Wan, &mut frame, &self.io);
+            } else {
+                self.ctl
+                    .on_wan_datagram(self.now, SocketAddr::V4(from), &mut d, &self.io);
+            }
         } else if to == self.cn_addr {
-            if let Ok(Received::Data { inner, .. }) = self.cn.handle(self.now, from, &d) {
+            if let Ok(Received::Data { inner, .. }) = self.cn.handle(self.now, from, &mut d) {
                 self.cn_got.push(inner.to_vec());
             }
         }
         self.collect();
         true
+    }
+
+    /// What XDP redirects: DATA and TUN_KEEPALIVE go through the fast path.
+    fn fast_path(&mut self, from: SocketAddrV4, d: &[u8]) {
+        let mut frame = wan_frame(from, d);
+        let dp = &self.ctl.plane().dp;
+        let v = downlink(&dp.snapshot(), &mut frame, dp.now_nanos(self.now));
+        if let DownVerdict::Tx { offset, len } = v {
+            self.gn_got.push(frame[offset..offset + len].to_vec());
+        }
+        self.fast.push(v);
     }
 
     fn settle(&mut self) {
@@ -251,6 +340,32 @@ impl World {
         self.ctl.plane().calls.borrow().clone()
     }
 
+    /// Delivers datagrams until cn's TUN_RESP to the adapter is in flight,
+    /// and takes it out of the network.
+    fn hold_back_tun_resp(&mut self) -> (SocketAddrV4, SocketAddrV4, Vec<u8>) {
+        loop {
+            let cn = self.cn_addr;
+            let at = self.net.iter().position(|(from, _, d)| {
+                *from == cn
+                    && Packet::new_checked(&d[..]).is_ok_and(|p| p.msg_type() == NtmType::TunResp)
+            });
+            if let Some(i) = at {
+                return self.net.remove(i).unwrap();
+            }
+            assert!(self.step(), "cn sent no TUN_RESP");
+        }
+    }
+
+    /// The GN sends something, so the adapter learns its MAC; with the
+    /// gateway's MAC, the fast path's link is complete.
+    fn link_up(&mut self) {
+        self.ctl.set_gateway_mac(Some(GW_MAC));
+        let gn = self.gn_vip();
+        self.ctl
+            .on_lan_frame(self.now, &echo_frame(gn, ROUTER, 1), &self.io);
+        assert!(self.ctl.link().is_some());
+    }
+
     fn lan_frames(&self) -> Vec<Vec<u8>> {
         self.io.lan.borrow_mut().drain(..).collect()
     }
@@ -268,6 +383,31 @@ impl World {
             .expect("a DNS answer to the GN");
         Message::from_vec(udp_of(f).unwrap().2).unwrap()
     }
+}
+
+/// The frame of a datagram from `from` to the adapter's tunnel port.
+fn wan_frame(from: SocketAddrV4, d: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    build_udp_frame(
+        &mut frame,
+        &UdpEnds {
+            dst_mac: WAN_MAC,
+            src_mac: GW_MAC,
+            src_ip: *from.ip(),
+            dst_ip: *NTMA.ip(),
+            src_port: from.port(),
+            dst_port: NTMA.port(),
+        },
+        d,
+    )
+    .unwrap();
+    frame
+}
+
+fn is_tunnel_data(d: &[u8]) -> bool {
+    d.len() >= 2
+        && d[0] == ntma_common::ntm::VERSION
+        && (d[1] == ntma_common::ntm::TYPE_DATA || d[1] == ntma_common::ntm::TYPE_TUN_KEEPALIVE)
 }
 
 fn dns_query_frame(src: Ipv4Addr, name: &str) -> Vec<u8> {
@@ -402,20 +542,22 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
     assert_eq!(a_records(&m), vec![cn]);
     // A packet to cn now waits for the tunnel.
     w.ctl
-        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 1), &w.io);
+        .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 1), &w.io);
     w.ctl
-        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 2), &w.io);
+        .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 2), &w.io);
     assert_eq!(w.ctl.counters().get_stat(CtlStat::Held), 2);
     assert!(w.cn_got.is_empty());
     w.net.extend(held_back);
     w.settle();
     // Up: published to the fast path, and the held packets went through, in order.
-    let upserts: Vec<_> = w
+    let ups: Vec<_> = w
         .calls()
         .into_iter()
-        .filter(|c| matches!(c, Call::Upsert(_, v, ep) if *v == cn && *ep == CN))
+        .filter(|c| matches!(c, Call::Up(_, v, ep) if *v == cn && *ep == CN))
         .collect();
-    assert_eq!(upserts.len(), 1, "{:?}", w.calls());
+    assert_eq!(ups.len(), 1, "{:?}", w.calls());
+    let adds = w.calls().into_iter().filter(|c| matches!(c, Call::Add(..)));
+    assert_eq!(adds.count(), 1, "{:?}", w.calls());
     assert_eq!(w.ctl.counters().get_stat(CtlStat::Released), 2);
     assert_eq!(w.cn_got.len(), 2);
     assert_eq!(w.cn_got[0], ipv4_of(&echo_frame(gn, cn, 1)).unwrap().2);
@@ -423,8 +565,8 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
     let t = w.ctl.tunnel_status(w.now);
     assert_eq!(t.len(), 1);
     assert_eq!(
-        (t[0].role.as_str(), t[0].path.as_str()),
-        ("initiator", "direct")
+        (t[0].role.as_str(), t[0].path.as_str(), t[0].suite.as_str()),
+        ("initiator", "direct", "aes-256-gcm")
     );
     assert!(t[0].setup_ms.is_some());
 }
@@ -446,7 +588,7 @@ fn the_gn_is_reachable_as_a_responder() {
     assert!(w
         .calls()
         .iter()
-        .any(|c| matches!(c, Call::Upsert(id, _, ep) if *id == t[0].id && *ep == CN)));
+        .any(|c| matches!(c, Call::Up(id, _, ep) if *id == t[0].id && *ep == CN)));
     // cn can send to the GN's VIP now.
     let mut buf = vec![0u8; 2048];
     let inner = ipv4_of(&echo_frame(w.cn_vip(), gn, 1)).unwrap().2.to_vec();
@@ -459,7 +601,7 @@ fn packets_to_unknown_vips_and_non_vips_are_answered_with_icmp() {
     let gn = w.gn_vip();
     let stranger = Ipv4Addr::new(100, 64, 9, 9);
     w.ctl
-        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, stranger, 1), &w.io);
+        .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, stranger, 1), &w.io);
     assert_eq!(unreachables(&w.lan_frames()), vec![(1, stranger)]);
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::NoRoute), 1);
     let internet = Ipv4Addr::new(203, 0, 113, 5);
@@ -468,8 +610,8 @@ fn packets_to_unknown_vips_and_non_vips_are_answered_with_icmp() {
     assert_eq!(unreachables(&w.lan_frames()), vec![(0, internet)]);
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::NonVip), 1);
     // Not from the GN's VIP, or too big for the tunnel: dropped, counted.
-    let spoofed = echo_frame(Ipv4Addr::new(100, 64, 5, 5), stranger, 2);
-    w.ctl.on_slow_frame(w.now, Side::Lan, &spoofed, &w.io);
+    let mut spoofed = echo_frame(Ipv4Addr::new(100, 64, 5, 5), stranger, 2);
+    w.ctl.on_slow_frame(w.now, Side::Lan, &mut spoofed, &w.io);
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::BadSource), 1);
     let mut big = echo_frame(gn, stranger, 3);
     big.resize(14 + 1500, 0);
@@ -479,7 +621,7 @@ fn packets_to_unknown_vips_and_non_vips_are_answered_with_icmp() {
         checksum(&big[14..34])
     };
     big[24..26].copy_from_slice(&c.to_be_bytes());
-    w.ctl.on_slow_frame(w.now, Side::Lan, &big, &w.io);
+    w.ctl.on_slow_frame(w.now, Side::Lan, &mut big, &w.io);
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::TooBig), 1);
     assert!(w.lan_frames().is_empty());
     // To the router: the kernel's business.
@@ -498,21 +640,26 @@ fn packets_to_unknown_vips_and_non_vips_are_answered_with_icmp() {
 fn tunnel_data_on_the_kernel_socket_is_dropped() {
     let mut w = World::new(NonVip::IcmpUnreachable);
     let mut data = vec![0u8; 64];
-    data[0] = 1;
+    data[0] = 2;
     data[1] = ntma_common::ntm::TYPE_DATA;
     w.ctl
-        .on_wan_datagram(w.now, SocketAddr::V4(CN), &data, &w.io);
+        .on_wan_datagram(w.now, SocketAddr::V4(CN), &mut data, &w.io);
     data[1] = ntma_common::ntm::TYPE_TUN_KEEPALIVE;
     w.ctl
-        .on_wan_datagram(w.now, SocketAddr::V4(CN), &data, &w.io);
+        .on_wan_datagram(w.now, SocketAddr::V4(CN), &mut data, &w.io);
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::DataViaKernel), 2);
     // Garbage reaches the endpoint and is counted there.
     w.ctl
-        .on_wan_datagram(w.now, SocketAddr::V4(CN), &[9, 9, 9], &w.io);
+        .on_wan_datagram(w.now, SocketAddr::V4(CN), &mut [9, 9, 9], &w.io);
     assert_eq!(w.ctl.endpoint().drops().get(ntm_proto::Error::Truncated), 1);
+    // DATA of another protocol version is the endpoint's to count.
+    data[0] = 1;
+    w.ctl
+        .on_wan_datagram(w.now, SocketAddr::V4(CN), &mut data, &w.io);
     let st = w.ctl.slow_path_status();
     assert_eq!(st.drops["data_via_kernel"], 2);
     assert_eq!(st.drops["proto_truncated"], 1);
+    assert_eq!(st.drops["proto_bad_version"], 1);
 }
 
 #[test]
@@ -571,7 +718,7 @@ fn an_expired_tunnel_comes_back_for_a_packet_or_fails_with_icmp() {
     assert!(w.calls().contains(&Call::Remove(first)));
     // The next packet to cn sets it up again by name and waits for it.
     w.ctl
-        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 7), &w.io);
+        .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 7), &w.io);
     w.collect();
     w.settle();
     let t = w.ctl.tunnel_status(w.now);
@@ -589,7 +736,7 @@ fn an_expired_tunnel_comes_back_for_a_packet_or_fails_with_icmp() {
     w.dc_up = false;
     w.lan_frames();
     w.ctl
-        .on_slow_frame(w.now, Side::Lan, &echo_frame(gn, cn, 8), &w.io);
+        .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 8), &w.io);
     w.collect();
     w.advance(Duration::from_secs(10));
     assert_eq!(unreachables(&w.lan_frames()), vec![(1, cn)]);
@@ -613,28 +760,124 @@ fn close_deregisters_and_clears_the_fast_path() {
     assert!(w.ctl.link().is_none());
 }
 
+/// The DNS answer frames the GN got, as messages.
+fn dns_answers(frames: &[Vec<u8>]) -> Vec<Message> {
+    frames
+        .iter()
+        .filter_map(|f| udp_of(f).and_then(|(_, _, p)| Message::from_vec(p).ok()))
+        .collect()
+}
+
 #[test]
 fn upstream_queries_are_forwarded_and_answers_relayed() {
     let mut w = World::new(NonVip::IcmpUnreachable);
     let gn = w.gn_vip();
     let frame = dns_query_frame(gn, "example.org");
     w.ctl.on_lan_frame(w.now, &frame, &w.io);
-    let q = w.io.upstream.borrow_mut().pop().expect("forwarded");
+    let (port, q) = w.io.upstream.borrow_mut().pop().expect("forwarded");
     let mut reply = Message::from_vec(&q).unwrap();
     reply.metadata.message_type = MessageType::Response;
-    w.ctl.on_upstream(w.now, &reply.to_vec().unwrap(), &w.io);
-    let frames = w.lan_frames();
-    let m = frames
-        .iter()
-        .find_map(|f| udp_of(f).and_then(|(_, _, p)| Message::from_vec(p).ok()))
-        .expect("relayed");
-    assert_eq!(m.metadata.id, 0x4242);
+    w.ctl
+        .on_upstream(w.now, port, &reply.to_vec().unwrap(), &w.io);
+    let m = dns_answers(&w.lan_frames());
+    assert_eq!(m.len(), 1, "relayed");
+    assert_eq!(m[0].metadata.id, 0x4242);
+    assert_eq!(*w.io.closed.borrow(), vec![port], "its socket closed");
+}
+
+/// Off-path spoofing of upstream answers: each query leaves from a socket of
+/// its own with a random id; an answer with another id, for another question
+/// or on another port is dropped and counted, and the query still waits for
+/// the real answer.
+#[test]
+fn the_dns_forwarder_refuses_mismatching_answers() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let gn = w.gn_vip();
+    w.ctl
+        .on_lan_frame(w.now, &dns_query_frame(gn, "example.org"), &w.io);
+    w.ctl
+        .on_lan_frame(w.now, &dns_query_frame(gn, "example.net"), &w.io);
+    let sent = w.io.upstream.borrow().clone();
+    assert_eq!(sent.len(), 2);
+    let (port, q) = sent[0].clone();
+    let (other_port, _) = sent[1].clone();
+    assert_ne!(port, other_port, "a socket per query");
+    let id = u16::from_be_bytes([q[0], q[1]]);
+    let answer = |id: u16, name: &str| {
+        let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii(format!("{name}.")).unwrap(),
+            RecordType::A,
+        ));
+        m.to_vec().unwrap()
+    };
+    let drops = |w: &World, name: &str| w.ctl.slow_path_status().drops[name];
+    w.ctl
+        .on_upstream(w.now, port, &answer(id ^ 1, "example.org"), &w.io);
+    assert_eq!(drops(&w, "dns_upstream_wrong_id"), 1);
+    w.ctl
+        .on_upstream(w.now, port, &answer(id, "example.com"), &w.io);
+    assert_eq!(drops(&w, "dns_upstream_mismatch"), 1);
+    w.ctl
+        .on_upstream(w.now, 53_535, &answer(id, "example.org"), &w.io);
+    assert_eq!(drops(&w, "dns_upstream_wrong_port"), 1);
+    // The right answer on the other query's socket is not its answer either.
+    w.ctl
+        .on_upstream(w.now, other_port, &answer(id, "example.org"), &w.io);
+    assert!(
+        drops(&w, "dns_upstream_wrong_id") + drops(&w, "dns_upstream_mismatch") >= 2,
+        "{:?}",
+        w.ctl.slow_path_status().drops
+    );
+    assert!(dns_answers(&w.lan_frames()).is_empty(), "nothing relayed");
+    assert!(w.io.closed.borrow().is_empty());
+    // The real one still gets through, once.
+    w.ctl
+        .on_upstream(w.now, port, &answer(id, "example.org"), &w.io);
+    let m = dns_answers(&w.lan_frames());
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].metadata.id, 0x4242);
+    assert_eq!(*w.io.closed.borrow(), vec![port]);
+    w.ctl
+        .on_upstream(w.now, port, &answer(id, "example.org"), &w.io);
+    assert_eq!(drops(&w, "dns_upstream_wrong_port"), 2);
+    assert!(dns_answers(&w.lan_frames()).is_empty());
+    // The other query times out: its socket is closed too.
+    w.advance(Duration::from_secs(10));
+    assert_eq!(*w.io.closed.borrow(), vec![port, other_port]);
+}
+
+/// Query ids come from a CSPRNG: not the stub's sequence, not repeating.
+#[test]
+fn upstream_query_ids_are_random() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let gn = w.gn_vip();
+    for i in 0..64 {
+        w.ctl.on_lan_frame(
+            w.now,
+            &dns_query_frame(gn, &format!("n{i}.example.org")),
+            &w.io,
+        );
+    }
+    let ids: std::collections::HashSet<u16> =
+        w.io.upstream
+            .borrow()
+            .iter()
+            .map(|(_, q)| u16::from_be_bytes([q[0], q[1]]))
+            .collect();
+    // 64 draws of 16 bits: a repeat has probability ~3 %, two ~0.05 %.
+    assert!(ids.len() >= 62, "{} distinct ids of 64", ids.len());
 }
 
 #[test]
 fn settings_come_from_the_example() {
     let path = FsPath::new(env!("CARGO_MANIFEST_DIR")).join("ntma.example.toml");
     let s = Config::load(&path).unwrap().validate().unwrap();
+    let plane = FakePlane {
+        calls: Log::default(),
+        dp: Arc::new(Dataplane::new(&DataplaneConfig::default()).unwrap()),
+        activity: RefCell::default(),
+    };
     assert!(Control::new(
         &s,
         Boot {
@@ -644,8 +887,134 @@ fn settings_come_from_the_example() {
             unix_nanos: 1,
             seed: [0; 32],
         },
-        FakePlane::default(),
+        plane,
         Instant::now()
     )
     .is_ok());
+}
+
+/// The fast path knows a tunnel (for receiving) before the adapter sends the
+/// TUN_REQ or TUN_RESP that brings it up, whichever role the adapter plays.
+#[test]
+fn the_fast_path_knows_a_tunnel_before_its_tun_req_or_tun_resp_leaves() {
+    for initiator in [true, false] {
+        let mut w = World::new(NonVip::IcmpUnreachable);
+        if initiator {
+            w.gn_dns("cn.ntm.test");
+        } else {
+            w.cn.connect(w.now, "gn.ntm.test").unwrap();
+            w.collect();
+            w.settle();
+        }
+        let t = &w.ctl.tunnel_status(w.now)[0];
+        assert_eq!(t.role, if initiator { "initiator" } else { "responder" });
+        assert!(t.up);
+        let log = w.calls();
+        let first = |want: &dyn Fn(&Call) -> bool| log.iter().position(want).unwrap_or(usize::MAX);
+        let id = t.id;
+        let added = first(&|c| matches!(c, Call::Add(i, ..) if *i == id));
+        let sent =
+            first(&|c| matches!(c, Call::Sent(NtmType::TunReq | NtmType::TunResp, i) if *i == id));
+        let up = first(&|c| matches!(c, Call::Up(i, ..) if *i == id));
+        assert!(added < sent, "initiator {initiator}: {log:?}");
+        assert!(sent < usize::MAX && up < usize::MAX, "{log:?}");
+        assert!(
+            log.contains(&Call::Add(id, w.cn_vip(), CN, Suite::Aes256Gcm)),
+            "{log:?}"
+        );
+    }
+}
+
+/// The set-up race of issue 8: the peer sends DATA right after its TUN_RESP,
+/// and it arrives before the TUN_RESP. On a REVERSE path (the adapter behind
+/// a NAT, cn asking for the GN: the adapter sends TUN_REQ, cn answers) and on
+/// a DIRECT one (the GN asks for cn). The fast path delivers it to the GN.
+#[test]
+fn data_right_after_the_peers_tun_resp_reaches_the_gn() {
+    let nat: SocketAddrV4 = "198.18.0.30:40001".parse().unwrap();
+    for suite in [1u8, 2] {
+        for reverse in [true, false] {
+            let mut w = World::with(
+                NonVip::IcmpUnreachable,
+                if reverse { nat } else { NTMA },
+                suite,
+            );
+            w.link_up();
+            let gn = w.gn_vip();
+            if reverse {
+                w.cn.connect(w.now, "gn.ntm.test").unwrap();
+                w.collect();
+            } else {
+                let q = dns_query_frame(gn, "cn.ntm.test");
+                w.ctl.on_lan_frame(w.now, &q, &w.io);
+                w.collect();
+            }
+            let resp = w.hold_back_tun_resp();
+            let what = format!("suite {suite}, reverse {reverse}");
+            let t = w.ctl.tunnel_status(w.now);
+            assert_eq!(t.len(), 1, "{what}");
+            assert!(!t[0].up, "{what}: up before the TUN_RESP");
+            assert_eq!(t[0].role, "initiator", "{what}");
+            assert_eq!(t[0].path, if reverse { "reverse" } else { "direct" });
+            assert_eq!(t[0].suite, Suite::from(suite).name());
+            // cn is up (it sent TUN_RESP) and sends at once.
+            let inner = ipv4_of(&echo_frame(w.cn_vip(), gn, 9)).unwrap().2.to_vec();
+            let mut buf = vec![0u8; 2048];
+            let tx = w.cn.send_data(w.now, &inner, &mut buf).unwrap();
+            assert_eq!(tx.dst, w.ntma_public);
+            w.net.push_back((CN, tx.dst, buf[..tx.len].to_vec()));
+            w.settle();
+            assert_eq!(
+                w.fast.last(),
+                Some(&DownVerdict::Tx {
+                    offset: 44,
+                    len: 14 + inner.len()
+                }),
+                "{what}: {:?}",
+                w.fast
+            );
+            assert_eq!(w.gn_got.len(), 1, "{what}");
+            assert_eq!(w.gn_got[0][14..], inner[..], "{what}");
+            // Then the TUN_RESP: up, and the GN's answer goes out through the tunnel.
+            w.net.push_back(resp);
+            w.settle();
+            assert!(w.ctl.tunnel_status(w.now)[0].up, "{what}");
+            assert!(
+                w.fast
+                    .iter()
+                    .all(|v| matches!(v, DownVerdict::Tx { .. } | DownVerdict::Consumed)),
+                "{what}: {:?}",
+                w.fast
+            );
+        }
+    }
+}
+
+/// With the raw datapath, signaling comes through the slow queue as WAN
+/// frames, opened in place there: tunnels come up either way, and carry
+/// data both ways.
+#[test]
+fn signaling_through_the_slow_queue_sets_tunnels_up() {
+    for initiator in [true, false] {
+        let mut w = World::new(NonVip::IcmpUnreachable);
+        w.signaling_via_slow_queue = true;
+        w.link_up();
+        let (gn, cn) = (w.gn_vip(), w.cn_vip());
+        if initiator {
+            w.gn_dns("cn.ntm.test");
+        } else {
+            w.cn.connect(w.now, "gn.ntm.test").unwrap();
+            w.collect();
+            w.settle();
+        }
+        let t = w.ctl.tunnel_status(w.now);
+        assert!(t.len() == 1 && t[0].up, "initiator {initiator}: {t:?}");
+        assert!(w.ctl.counters().get_stat(CtlStat::SlowFrames) > 0);
+        let inner = ipv4_of(&echo_frame(cn, gn, 3)).unwrap().2.to_vec();
+        let mut buf = vec![0u8; 2048];
+        let tx = w.cn.send_data(w.now, &inner, &mut buf).unwrap();
+        w.net.push_back((CN, tx.dst, buf[..tx.len].to_vec()));
+        w.settle();
+        assert_eq!(w.gn_got.last().map(|f| &f[14..]), Some(&inner[..]));
+    }
 }

@@ -20,10 +20,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use ntm_proto::node::TunnelParams;
 
 use super::{
     packet::FastDrop,
-    table::{ControlTable, Link, LinkInfo, Snapshot, TunnelSpec, TunnelStats},
+    table::{ControlTable, Link, LinkInfo, Snapshot, TunnelStats},
 };
 pub use crate::ebpf::Side;
 
@@ -320,14 +321,32 @@ impl Dataplane {
         self.publish(&t);
     }
 
-    /// Adds a tunnel, or updates it. The same id with the same key and peer VIP keeps
-    /// its replay window and counters (only endpoint and path change); anything else
-    /// replaces it. When two tunnels lead to one VIP, the one upserted last carries the
-    /// uplink.
-    pub fn upsert_tunnel(&self, spec: TunnelSpec) {
+    /// Installs a tunnel for receiving, at [`ntm_proto::node::Event::TunnelAdded`]
+    /// (the DC's ROUTE_DIR accepted, before any TUN_REQ or TUN_RESP goes out): its
+    /// DATA and TUN_KEEPALIVE are checked and delivered from the next burst on, while
+    /// uplink packets to its peer still go to the slow queue (or to an older tunnel to
+    /// the same VIP that is up). Both direction keys are prepared here, once. The same
+    /// tunnel again (id, suite, keys and peer VIP) keeps its replay window, counters
+    /// and whether it sends; only endpoint and path change. Anything else with this
+    /// id replaces it. [`ntm_proto::Error::UnsupportedSuite`] for a suite other than 1
+    /// and 2 (nothing changes then).
+    pub fn add_tunnel(&self, tunnel: &TunnelParams) -> ntm_proto::Result<()> {
+        self.upsert(tunnel, false)
+    }
+
+    /// Starts sending on a tunnel, at [`ntm_proto::node::Event::TunnelUp`]; installs
+    /// it first when [`Dataplane::add_tunnel`] did not. Uplink packets to its peer VIP
+    /// use it from the next burst on; when two tunnels lead to one VIP, the one that
+    /// came up last carries the uplink.
+    pub fn tunnel_up(&self, tunnel: &TunnelParams) -> ntm_proto::Result<()> {
+        self.upsert(tunnel, true)
+    }
+
+    fn upsert(&self, tunnel: &TunnelParams, send: bool) -> ntm_proto::Result<()> {
         let mut t = self.control();
-        t.upsert(spec);
+        t.upsert(tunnel, send)?;
         self.publish(&t);
+        Ok(())
     }
 
     /// Removes a tunnel (no-op when unknown). Its DATA then counts as
@@ -344,8 +363,8 @@ impl Dataplane {
     pub fn set_endpoint(&self, tunnel_id: u32, endpoint: SocketAddrV4) -> bool {
         let t = self.control();
         match t.tunnels.get(&tunnel_id) {
-            Some((tunnel, _)) => {
-                tunnel.set_endpoint(endpoint);
+            Some(e) => {
+                e.tunnel.set_endpoint(endpoint);
                 true
             }
             None => false,
@@ -358,7 +377,7 @@ impl Dataplane {
         let mut v: Vec<TunnelStats> = t
             .tunnels
             .values()
-            .map(|(tunnel, _)| tunnel.stats(self.epoch))
+            .map(|e| e.tunnel.stats(self.epoch, e.sending))
             .collect();
         v.sort_by_key(|s| s.tunnel_id);
         v

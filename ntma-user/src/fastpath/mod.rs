@@ -8,17 +8,21 @@
 //! detaches both programs and stops the workers.
 //!
 //! The control thread drives the workers through the shared [`Dataplane`]:
-//! [`Dataplane::set_link`] and [`Dataplane::upsert_tunnel`] /
-//! [`Dataplane::remove_tunnel`] / [`Dataplane::set_endpoint`] publish the table the
+//! [`Dataplane::set_link`] and [`Dataplane::add_tunnel`] (receive, from
+//! `Event::TunnelAdded`) / [`Dataplane::tunnel_up`] (send too, from `Event::TunnelUp`)
+//! / [`Dataplane::remove_tunnel`] / [`Dataplane::set_endpoint`] publish the table the
 //! workers read without locks; [`Dataplane::pop_slow`] with [`Dataplane::slow_waker`]
 //! takes the frames the fast path does not decide on (a VIP without a tunnel, link not
 //! ready, anything but DATA/TUN_KEEPALIVE); [`Dataplane::tunnel_stats`] and
 //! [`Dataplane::worker_stats`] give the counters for `ntma status`, expiry and roaming.
 //!
-//! Per packet there is no lock, allocation or system call: the table is an `arc_swap`
-//! snapshot loaded once per burst, per-tunnel state is atomics ([`replay`] explains
-//! the lock-free replay window), counters are plain integers published once per burst,
-//! and the only system calls are the ring wake-ups the kernel asks for.
+//! Per packet there is no lock, allocation, copy or system call: the table is an
+//! `arc_swap` snapshot loaded once per burst, per-tunnel state is atomics ([`replay`]
+//! explains the lock-free replay window), both direction keys of a tunnel are prepared
+//! once ([`ntm_proto::Cipher`], suite 1 HMAC-SHA256-128 or suite 2 AES-256-GCM) and
+//! seal or open the datagram in place in its UMEM frame, counters are plain integers
+//! published once per burst, and the only system calls are the ring wake-ups the
+//! kernel asks for.
 //!
 //! Inner packets from the GN longer than [`INNER_MTU`] (1440) are dropped and counted
 //! as [`FastDrop::LanTooBig`] (the GN got MTU 1440 from DHCP; no ICMP is sent).
@@ -42,7 +46,7 @@ pub use dataplane::{Dataplane, DataplaneConfig, SlowFrame, SlowWaker, WakerError
 #[allow(unused_imports, reason = "for crate::rawpath, written alongside")]
 pub(crate) use dataplane::{LocalCounters, Stat};
 pub use packet::{FastDrop, INNER_MTU};
-pub use table::{LinkInfo, Mac, Snapshot, TunnelSpec, TunnelStats};
+pub use table::{LinkInfo, Mac, Snapshot, TunnelStats};
 
 pub use crate::ebpf::{AttachMode, Counters, Side};
 pub use crate::xsk::{BindMode, UmemConfig, XskMode};

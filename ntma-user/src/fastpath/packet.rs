@@ -1,8 +1,11 @@
 //! The two per-packet functions of the fast path, on plain byte slices (so they are
-//! tested and benchmarked without AF_XDP): [`uplink`] encapsulates a GN frame in place,
-//! [`downlink`] verifies and strips a tunnel frame in place. Neither allocates, locks or
-//! makes a system call; both decide everything before writing, so a frame sent to the
-//! slow path leaves unchanged.
+//! tested and benchmarked without AF_XDP): [`uplink`] encapsulates a GN frame in place
+//! and seals it with the tunnel's send direction key (suite 2 encrypts the inner packet
+//! where it lies), [`downlink`] opens a tunnel frame in place with the receive direction
+//! key (suite 2 decrypts it where it lies), checks it and strips it. Neither allocates,
+//! copies the packet, locks or makes a system call. Both decide before writing whether
+//! a frame is theirs, so a frame sent to the slow path leaves unchanged; a dropped
+//! frame may have been changed (decrypted) and is only recycled.
 //!
 //! Frame layouts (offsets in bytes):
 //!
@@ -17,9 +20,9 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
 use ntm_proto::{
-    data::{check_inner, encap_in_place},
+    data::{check_inner_shape, encap_in_place},
     wire::{HEADER_LEN, OVERHEAD, TAG_LEN, VERSION},
-    Error, MessageType, Packet, Suite,
+    Error, MessageType, Packet,
 };
 
 use super::table::{pack_addr, Snapshot};
@@ -61,17 +64,20 @@ pub enum FastDrop {
     WanMalformed,
     /// NTM datagram shorter than header plus tag.
     Truncated,
-    /// NTM version not 1.
+    /// NTM version not 2.
     BadVersion,
-    /// No tunnel with this id.
+    /// No tunnel with this id (not even one being set up).
     UnknownTunnel,
-    /// Suite other than HMAC-SHA256-128.
+    /// Suite other than the tunnel's.
     UnsupportedSuite,
-    /// Tag does not verify.
+    /// Tag does not verify with the tunnel's receive direction key (forged, changed,
+    /// or one of our own datagrams sent back to us); with suite 2 the body does not
+    /// decrypt.
     BadTag,
     /// Sequence number seen before or older than the window.
     Replay,
-    /// DATA body not an IPv4 packet.
+    /// DATA body not one whole IPv4 packet: version 4, IHL at least 5, total length
+    /// equal to the body length.
     BadInner,
     /// Inner source not the peer's VIP, or inner destination not the GN's VIP.
     InnerAddr,
@@ -246,7 +252,7 @@ pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
     let inner_len = total;
     let seq = t.tx_seq.next();
     let hdr_at = ETH_LEN + IPV4_LEN + UDP_LEN;
-    let datagram_len = match encap_in_place(buf, hdr_at, inner_len, t.id, seq, &t.auth) {
+    let datagram_len = match encap_in_place(buf, hdr_at, inner_len, t.id, seq, &t.tx) {
         Ok(n) => n,
         Err(e) => return UpVerdict::Drop(drop_of(e)),
     };
@@ -277,14 +283,20 @@ pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
     // UDP checksum 0: allowed over IPv4; the tag protects the payload.
     udp[6..8].copy_from_slice(&[0, 0]);
 
-    t.tx.0.packets.fetch_add(1, Ordering::Relaxed);
-    t.tx.0.bytes.fetch_add(inner_len as u64, Ordering::Relaxed);
+    t.tx_count.0.packets.fetch_add(1, Ordering::Relaxed);
+    t.tx_count
+        .0
+        .bytes
+        .fetch_add(inner_len as u64, Ordering::Relaxed);
     UpVerdict::Tx(hdr_at + datagram_len)
 }
 
-/// Verifies and strips the tunnel frame `buf` in place, in the order of §5: length,
-/// version, (type: DATA or TUN_KEEPALIVE, else slow path), known tunnel id, suite, tag,
-/// replay window, inner source = peer VIP, inner destination = GN VIP. On
+/// Opens, checks and strips the tunnel frame `buf` in place, in the order of §5:
+/// length, version, (type: DATA or TUN_KEEPALIVE, else slow path), known tunnel id
+/// (one being set up counts), suite (the tunnel's), tag with the receive direction key
+/// (suite 2: decryption in place), replay window, one whole inner IPv4 packet, inner
+/// source = peer VIP and inner destination = GN VIP. Only a datagram that passed every
+/// check is activity and names a source the control may roam to. On
 /// [`DownVerdict::Tx`] the Ethernet header towards the GN has been written in front of
 /// the inner packet. `now_nanos` is the data plane's clock (see
 /// [`super::Dataplane::now_nanos`]), read once per burst.
@@ -327,12 +339,12 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
     }
     let from = pack_addr(Ipv4Addr::from(be32(ip, 12)), be16(udp, 0));
     let dg_at = ETH_LEN + ihl + UDP_LEN;
-    let datagram = &buf[dg_at..dg_at + udp_len - UDP_LEN];
+    let dg_end = dg_at + udp_len - UDP_LEN;
 
-    if datagram.len() < OVERHEAD {
+    if dg_end - dg_at < OVERHEAD {
         return DownVerdict::Drop(FastDrop::Truncated);
     }
-    let packet = Packet::new_unchecked(datagram);
+    let packet = Packet::new_unchecked(&buf[dg_at..dg_end]);
     if packet.version() != VERSION {
         return DownVerdict::Drop(FastDrop::BadVersion);
     }
@@ -340,34 +352,44 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
     if !matches!(msg_type, MessageType::Data | MessageType::TunKeepalive) {
         return DownVerdict::Slow;
     }
+    let seq = packet.seq();
     let Some(t) = snap.by_id.get(&packet.id()) else {
         return DownVerdict::Drop(FastDrop::UnknownTunnel);
     };
-    if packet.suite() != Suite::HmacSha256_128 {
-        return DownVerdict::Drop(FastDrop::UnsupportedSuite);
-    }
-    if let Err(e) = t.auth.verify(datagram) {
+    // Suite, then tag with the receive direction key; suite 2 decrypts the inner
+    // packet where it lies. Our own datagrams, sent back to us, never open: they were
+    // sealed with the other direction's key.
+    let datagram = &mut buf[dg_at..dg_end];
+    if let Err(e) = t.rx.open(datagram) {
         return DownVerdict::Drop(drop_of(e));
     }
-    if !t.replay.validate(packet.seq()) {
+    // Only authentic datagrams move the window.
+    if !t.replay.validate(seq) {
         return DownVerdict::Drop(FastDrop::Replay);
     }
-    // Authentic and fresh: the peer is alive at `from` (roaming is the control's call).
-    t.note_rx(now_nanos, from);
     if msg_type == MessageType::TunKeepalive {
-        t.rx.0.keepalives.fetch_add(1, Ordering::Relaxed);
+        t.note_rx(now_nanos, from);
+        t.rx_count.0.keepalives.fetch_add(1, Ordering::Relaxed);
         return DownVerdict::Consumed;
+    }
+    let inner = &datagram[HEADER_LEN..datagram.len() - TAG_LEN];
+    if let Err(e) = check_inner_shape(inner) {
+        return DownVerdict::Drop(drop_of(e));
     }
     let Some(link) = snap.link.as_ref() else {
         return DownVerdict::Drop(FastDrop::NotReady);
     };
-    let inner = &datagram[HEADER_LEN..datagram.len() - TAG_LEN];
-    if let Err(e) = check_inner(inner, t.peer_vip, link.info.gn_vip) {
-        return DownVerdict::Drop(drop_of(e));
+    if be32(inner, 12) != u32::from(t.peer_vip) || be32(inner, 16) != u32::from(link.info.gn_vip) {
+        return DownVerdict::Drop(FastDrop::InnerAddr);
     }
+    // Passed every check: now, and only now, it is activity from `from` (roaming).
+    t.note_rx(now_nanos, from);
     let inner_len = inner.len();
-    t.rx.0.packets.fetch_add(1, Ordering::Relaxed);
-    t.rx.0.bytes.fetch_add(inner_len as u64, Ordering::Relaxed);
+    t.rx_count.0.packets.fetch_add(1, Ordering::Relaxed);
+    t.rx_count
+        .0
+        .bytes
+        .fetch_add(inner_len as u64, Ordering::Relaxed);
     let offset = dg_at + HEADER_LEN - ETH_LEN;
     buf[offset..offset + ETH_LEN].copy_from_slice(&link.lan_eth);
     DownVerdict::Tx {

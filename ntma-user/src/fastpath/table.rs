@@ -6,11 +6,18 @@
 //! hit is one pointer comparison) and looks tunnels up in it without any lock: by
 //! tunnel id for downlink, by peer VIP for uplink, both FxHash maps.
 //!
+//! A tunnel enters the table for receiving as soon as the DC directed it
+//! ([`ntm_proto::node::Event::TunnelAdded`]: only `by_id`), and for sending once it is up
+//! ([`ntm_proto::node::Event::TunnelUp`]: `by_vip` too), so that DATA a peer sends
+//! right after its TUN_RESP is never an unknown tunnel here.
+//!
 //! Everything that changes per packet lives in the shared [`Tunnel`] entry as atomics:
 //! the send counter (shared with the control's TUN_KEEPALIVEs), the replay window, the
-//! endpoint (so roaming needs no new snapshot) and the counters. An entry survives
-//! snapshots: updating a tunnel with the same id, key and peer keeps its window and
-//! counters.
+//! endpoint (so roaming needs no new snapshot) and the counters. The two direction
+//! keys are prepared once, when the entry is made ([`ntm_proto::Cipher`]: the HMAC
+//! state or the AES-256-GCM key schedule), never per packet. An entry survives
+//! snapshots: updating a tunnel with the same id, suite, keys and peer keeps its
+//! window and counters.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -20,7 +27,7 @@ use std::{
     },
 };
 
-use ntm_proto::{data::SeqCounter, Authenticator, Key, Path};
+use ntm_proto::{data::SeqCounter, node::TunnelParams, Cipher, Key, Path, Suite};
 use rustc_hash::FxHashMap;
 
 use super::replay::AtomicReplayWindow;
@@ -51,26 +58,6 @@ pub struct LinkInfo {
     pub gateway_mac: Mac,
 }
 
-/// A tunnel as the control side hands it to the data plane (from
-/// [`ntm_proto::node::Event::TunnelUp`]).
-#[derive(Clone, Debug)]
-pub struct TunnelSpec {
-    /// Tunnel id (the header id of its datagrams).
-    pub tunnel_id: u32,
-    /// The peer's VIP: uplink packets to it use this tunnel; the only inner source
-    /// accepted from it.
-    pub peer_vip: Ipv4Addr,
-    /// Where to send (the peer, or the RS on a RELAY path).
-    pub endpoint: SocketAddrV4,
-    /// `K_tun`.
-    pub key: Key,
-    /// The tunnel's send counter, shared with the control's endpoint (a clone of
-    /// `Event::TunnelUp::tx_seq`; clones share one counter).
-    pub tx_seq: SeqCounter,
-    /// How the tunnel runs (shown in status).
-    pub path: Path,
-}
-
 /// Per-tunnel counters and activity, as [`super::Dataplane::tunnel_stats`] reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TunnelStats {
@@ -82,6 +69,10 @@ pub struct TunnelStats {
     pub endpoint: SocketAddrV4,
     /// Path.
     pub path: Path,
+    /// The tunnel's suite.
+    pub suite: Suite,
+    /// Whether uplink packets to `peer_vip` use it (set up), or it only receives so far.
+    pub sending: bool,
     /// DATA sent (inner packets) and their inner bytes.
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -90,7 +81,8 @@ pub struct TunnelStats {
     pub rx_bytes: u64,
     /// Authenticated TUN_KEEPALIVEs received.
     pub rx_keepalives: u64,
-    /// When the last authenticated DATA or TUN_KEEPALIVE arrived (None: never).
+    /// When the last DATA or TUN_KEEPALIVE that passed every check arrived (None:
+    /// never). A dropped datagram never counts as activity.
     pub last_rx: Option<std::time::Instant>,
     /// Where it came from: differs from `endpoint` when the peer roamed (the control
     /// decides whether to follow with [`super::Dataplane::set_endpoint`]).
@@ -118,7 +110,8 @@ pub(crate) struct RxCounters {
     pub(crate) keepalives: AtomicU64,
     /// Nanoseconds since the data plane's epoch, plus one (0: never).
     pub(crate) last_rx: AtomicU64,
-    /// [`pack_addr`] of the last authenticated source (0: never).
+    /// [`pack_addr`] of the source of the last datagram that passed every check
+    /// (0: never).
     pub(crate) last_from: AtomicU64,
 }
 
@@ -127,15 +120,20 @@ pub(crate) struct RxCounters {
 pub struct Tunnel {
     pub(crate) id: u32,
     pub(crate) peer_vip: Ipv4Addr,
-    /// Keyed once; every tag clones this state.
-    pub(crate) auth: Authenticator,
+    /// Our send direction key, prepared once for the tunnel's suite.
+    pub(crate) tx: Cipher,
+    /// Our receive direction key, prepared once for the tunnel's suite.
+    pub(crate) rx: Cipher,
     pub(crate) tx_seq: SeqCounter,
-    key: Key,
+    /// The keys as the endpoint gave them, only to recognise the same tunnel again
+    /// ([`Key`] is zeroized when dropped).
+    tx_key: Key,
+    rx_key: Key,
     endpoint: AtomicU64,
     path: AtomicU8,
     pub(crate) replay: AtomicReplayWindow,
-    pub(crate) tx: Padded<TxCounters>,
-    pub(crate) rx: Padded<RxCounters>,
+    pub(crate) tx_count: Padded<TxCounters>,
+    pub(crate) rx_count: Padded<RxCounters>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -158,24 +156,32 @@ pub(crate) fn unpack_addr(v: u64) -> Option<SocketAddrV4> {
 }
 
 impl Tunnel {
-    pub(crate) fn new(spec: TunnelSpec) -> Tunnel {
-        Tunnel {
-            id: spec.tunnel_id,
-            peer_vip: spec.peer_vip,
-            auth: Authenticator::new(&spec.key),
-            tx_seq: spec.tx_seq,
-            key: spec.key,
-            endpoint: AtomicU64::new(pack_addr(*spec.endpoint.ip(), spec.endpoint.port())),
-            path: AtomicU8::new(spec.path.into()),
+    /// A fresh entry: both direction keys prepared for the tunnel's suite
+    /// ([`ntm_proto::Error::UnsupportedSuite`] for a suite other than 1 and 2).
+    pub(crate) fn new(t: &TunnelParams) -> ntm_proto::Result<Tunnel> {
+        Ok(Tunnel {
+            id: t.tunnel_id,
+            peer_vip: t.peer_vip,
+            tx: Cipher::new(t.suite, &t.tx_key)?,
+            rx: Cipher::new(t.suite, &t.rx_key)?,
+            tx_seq: t.tx_seq.clone(),
+            tx_key: t.tx_key.clone(),
+            rx_key: t.rx_key.clone(),
+            endpoint: AtomicU64::new(pack_addr(*t.endpoint.ip(), t.endpoint.port())),
+            path: AtomicU8::new(t.path.into()),
             replay: AtomicReplayWindow::new(),
-            tx: Padded::default(),
-            rx: Padded::default(),
-        }
+            tx_count: Padded::default(),
+            rx_count: Padded::default(),
+        })
     }
 
-    /// Whether `spec` describes this same tunnel (so its window and counters carry on).
-    pub(crate) fn same_tunnel(&self, spec: &TunnelSpec) -> bool {
-        self.id == spec.tunnel_id && self.peer_vip == spec.peer_vip && self.key == spec.key
+    /// Whether `t` describes this same tunnel (so its window and counters carry on).
+    pub(crate) fn same_tunnel(&self, t: &TunnelParams) -> bool {
+        self.id == t.tunnel_id
+            && self.peer_vip == t.peer_vip
+            && self.tx.suite() == t.suite
+            && self.tx_key == t.tx_key
+            && self.rx_key == t.rx_key
     }
 
     /// Where uplink DATA goes.
@@ -196,23 +202,29 @@ impl Tunnel {
         self.path.store(path.into(), Ordering::Relaxed);
     }
 
-    /// Records an authenticated arrival.
+    /// Records an arrival that passed every check of §5 (never call it for a
+    /// datagram that is dropped: that would be activity, and a source to roam to).
     #[inline]
     pub(crate) fn note_rx(&self, now_nanos: u64, from: u64) {
-        self.rx.0.last_rx.store(now_nanos + 1, Ordering::Relaxed);
-        self.rx.0.last_from.store(from, Ordering::Relaxed);
+        self.rx_count
+            .0
+            .last_rx
+            .store(now_nanos + 1, Ordering::Relaxed);
+        self.rx_count.0.last_from.store(from, Ordering::Relaxed);
     }
 
-    pub(crate) fn stats(&self, epoch: std::time::Instant) -> TunnelStats {
-        let rx = &self.rx.0;
+    pub(crate) fn stats(&self, epoch: std::time::Instant, sending: bool) -> TunnelStats {
+        let rx = &self.rx_count.0;
         let last = rx.last_rx.load(Ordering::Relaxed);
         TunnelStats {
             tunnel_id: self.id,
             peer_vip: self.peer_vip,
             endpoint: self.endpoint(),
             path: Path::from(self.path.load(Ordering::Relaxed)),
-            tx_packets: self.tx.0.packets.load(Ordering::Relaxed),
-            tx_bytes: self.tx.0.bytes.load(Ordering::Relaxed),
+            suite: self.tx.suite(),
+            sending,
+            tx_packets: self.tx_count.0.packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_count.0.bytes.load(Ordering::Relaxed),
             rx_packets: rx.packets.load(Ordering::Relaxed),
             rx_bytes: rx.bytes.load(Ordering::Relaxed),
             rx_keepalives: rx.keepalives.load(Ordering::Relaxed),
@@ -277,45 +289,72 @@ impl Snapshot {
     }
 }
 
+/// One tunnel in the control side's table.
+pub(crate) struct Entry {
+    pub(crate) tunnel: Arc<Tunnel>,
+    /// Uplink packets to its peer VIP use it (the tunnel is up).
+    pub(crate) sending: bool,
+    /// When it last started sending: the newest sending tunnel to a VIP carries it.
+    generation: u64,
+}
+
 /// The control side's authoritative state (behind a mutex, never touched per packet).
 #[derive(Default)]
 pub(crate) struct ControlTable {
     pub(crate) link: Option<Link>,
-    /// Tunnels with the order they were last upserted in: when two tunnels lead to
-    /// the same VIP (a new one set up before the old one expired), the newer carries
-    /// the uplink.
-    pub(crate) tunnels: FxHashMap<u32, (Arc<Tunnel>, u64)>,
+    /// Tunnels by id. When two sending tunnels lead to the same VIP (a new one set up
+    /// before the old one expired), the one that started sending last carries the
+    /// uplink.
+    pub(crate) tunnels: FxHashMap<u32, Entry>,
     pub(crate) generation: u64,
 }
 
 impl ControlTable {
-    pub(crate) fn upsert(&mut self, spec: TunnelSpec) {
+    /// Adds `t`, or updates it when it is the same tunnel (endpoint and path; window,
+    /// counters and whether it sends carry on). With `send`, uplink packets to its
+    /// peer use it from the next snapshot on; without, it is left as it was (a new
+    /// tunnel only receives).
+    pub(crate) fn upsert(&mut self, t: &TunnelParams, send: bool) -> ntm_proto::Result<()> {
         self.generation += 1;
         let generation = self.generation;
-        match self.tunnels.get_mut(&spec.tunnel_id) {
-            Some((t, g)) if t.same_tunnel(&spec) => {
-                t.set_endpoint(spec.endpoint);
-                t.set_path(spec.path);
-                *g = generation;
+        match self.tunnels.get_mut(&t.tunnel_id) {
+            Some(e) if e.tunnel.same_tunnel(t) => {
+                e.tunnel.set_endpoint(t.endpoint);
+                e.tunnel.set_path(t.path);
+                if send {
+                    e.sending = true;
+                    e.generation = generation;
+                }
             }
             _ => {
-                self.tunnels
-                    .insert(spec.tunnel_id, (Arc::new(Tunnel::new(spec)), generation));
+                let tunnel = Arc::new(Tunnel::new(t)?);
+                self.tunnels.insert(
+                    t.tunnel_id,
+                    Entry {
+                        tunnel,
+                        sending: send,
+                        generation,
+                    },
+                );
             }
         }
+        Ok(())
     }
 
     pub(crate) fn snapshot(&self, ntm_port: u16) -> Snapshot {
         let mut by_id = FxHashMap::with_capacity_and_hasher(self.tunnels.len(), Default::default());
         let mut by_vip: FxHashMap<u32, (Arc<Tunnel>, u64)> =
             FxHashMap::with_capacity_and_hasher(self.tunnels.len(), Default::default());
-        for (id, (t, g)) in &self.tunnels {
-            by_id.insert(*id, Arc::clone(t));
-            let vip = u32::from(t.peer_vip);
+        for (id, e) in &self.tunnels {
+            by_id.insert(*id, Arc::clone(&e.tunnel));
+            if !e.sending {
+                continue;
+            }
+            let vip = u32::from(e.tunnel.peer_vip);
             match by_vip.get(&vip) {
-                Some((_, newer)) if newer > g => {}
+                Some((_, newer)) if *newer > e.generation => {}
                 _ => {
-                    by_vip.insert(vip, (Arc::clone(t), *g));
+                    by_vip.insert(vip, (Arc::clone(&e.tunnel), e.generation));
                 }
             }
         }
@@ -329,18 +368,32 @@ impl ControlTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use ntm_proto::{DirectionKeys, Role};
 
-    fn spec(id: u32, vip: [u8; 4], key: u8) -> TunnelSpec {
-        TunnelSpec {
+    /// The parameters the endpoint would give for tunnel `id` to `vip` with `K_tun` =
+    /// `[key; 32]`, as the initiator.
+    pub(crate) fn params(id: u32, vip: [u8; 4], key: u8, suite: Suite) -> TunnelParams {
+        let keys = DirectionKeys::derive(&Key::from_bytes([key; 32]));
+        let (tx, rx) = keys.for_role(Role::Initiator).unwrap();
+        TunnelParams {
             tunnel_id: id,
+            peer_fqdn: "cn.ntm.test".into(),
             peer_vip: Ipv4Addr::from(vip),
             endpoint: "198.18.0.20:7700".parse().unwrap(),
-            key: Key::from_bytes([key; 32]),
-            tx_seq: SeqCounter::starting_at(1),
             path: Path::Direct,
+            role: Role::Initiator,
+            suite,
+            tx_key: tx.clone(),
+            rx_key: rx.clone(),
+            tx_seq: SeqCounter::starting_at(1),
+            local_vip: Ipv4Addr::new(100, 64, 0, 2),
         }
+    }
+
+    fn spec(id: u32, vip: [u8; 4], key: u8) -> TunnelParams {
+        params(id, vip, key, Suite::Aes256Gcm)
     }
 
     #[test]
@@ -354,32 +407,72 @@ mod tests {
 
     #[test]
     fn upsert_keeps_state_of_the_same_tunnel_and_newest_wins_the_vip() {
+        let vip = u32::from(Ipv4Addr::new(100, 64, 0, 9));
         let mut t = ControlTable::default();
-        t.upsert(spec(1, [100, 64, 0, 9], 1));
-        let first = Arc::clone(&t.tunnels[&1].0);
+        t.upsert(&spec(1, [100, 64, 0, 9], 1), true).unwrap();
+        let first = Arc::clone(&t.tunnels[&1].tunnel);
         assert!(first.replay.validate(5));
-        // Same id, key and peer: the same entry, new endpoint.
+        // Same id, keys and peer: the same entry, new endpoint.
         let mut moved = spec(1, [100, 64, 0, 9], 1);
         moved.endpoint = "198.18.0.99:1234".parse().unwrap();
-        t.upsert(moved);
-        assert!(Arc::ptr_eq(&first, &t.tunnels[&1].0));
+        t.upsert(&moved, true).unwrap();
+        assert!(Arc::ptr_eq(&first, &t.tunnels[&1].tunnel));
         assert_eq!(first.endpoint(), "198.18.0.99:1234".parse().unwrap());
         assert!(!first.replay.validate(5), "window kept");
-        // Same id, other key: a fresh entry.
-        t.upsert(spec(1, [100, 64, 0, 9], 2));
-        assert!(!Arc::ptr_eq(&first, &t.tunnels[&1].0));
+        // Same id, other key, or the same keys in the other suite: a fresh entry.
+        t.upsert(&spec(1, [100, 64, 0, 9], 2), true).unwrap();
+        assert!(!Arc::ptr_eq(&first, &t.tunnels[&1].tunnel));
+        let second = Arc::clone(&t.tunnels[&1].tunnel);
+        t.upsert(&params(1, [100, 64, 0, 9], 2, Suite::HmacSha256_128), true)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&second, &t.tunnels[&1].tunnel));
+        assert_eq!(t.tunnels[&1].tunnel.rx.suite(), Suite::HmacSha256_128);
+        t.upsert(&spec(1, [100, 64, 0, 9], 2), true).unwrap();
         // A second tunnel to the same VIP takes the uplink; removing it gives it back.
-        t.upsert(spec(2, [100, 64, 0, 9], 3));
+        t.upsert(&spec(2, [100, 64, 0, 9], 3), true).unwrap();
         let s = t.snapshot(7700);
         assert_eq!(s.len(), 2);
-        assert_eq!(s.by_vip[&u32::from(Ipv4Addr::new(100, 64, 0, 9))].id, 2);
+        assert_eq!(s.by_vip[&vip].id, 2);
         t.tunnels.remove(&2);
         let s = t.snapshot(7700);
-        assert_eq!(s.by_vip[&u32::from(Ipv4Addr::new(100, 64, 0, 9))].id, 1);
+        assert_eq!(s.by_vip[&vip].id, 1);
         // Re-upserting the older one makes it the newest.
-        t.upsert(spec(2, [100, 64, 0, 9], 3));
-        t.upsert(spec(1, [100, 64, 0, 9], 2));
+        t.upsert(&spec(2, [100, 64, 0, 9], 3), true).unwrap();
+        t.upsert(&spec(1, [100, 64, 0, 9], 2), true).unwrap();
         let s = t.snapshot(7700);
-        assert_eq!(s.by_vip[&u32::from(Ipv4Addr::new(100, 64, 0, 9))].id, 1);
+        assert_eq!(s.by_vip[&vip].id, 1);
+    }
+
+    #[test]
+    fn an_added_tunnel_receives_and_sends_only_once_up() {
+        let vip = u32::from(Ipv4Addr::new(100, 64, 0, 9));
+        let mut t = ControlTable::default();
+        // The old tunnel to the VIP is up; a new one is added (set-up under way).
+        t.upsert(&spec(1, [100, 64, 0, 9], 1), true).unwrap();
+        t.upsert(&spec(2, [100, 64, 0, 9], 2), false).unwrap();
+        let s = t.snapshot(7700);
+        assert!(s.by_id.contains_key(&2), "the new one receives");
+        assert_eq!(s.by_vip[&vip].id, 1, "the old one still carries the uplink");
+        // Added again (nothing changes), then up: it takes the uplink with its state.
+        let entry = Arc::clone(&t.tunnels[&2].tunnel);
+        assert!(entry.replay.validate(7));
+        t.upsert(&spec(2, [100, 64, 0, 9], 2), false).unwrap();
+        assert!(!t.tunnels[&2].sending);
+        t.upsert(&spec(2, [100, 64, 0, 9], 2), true).unwrap();
+        assert!(Arc::ptr_eq(&entry, &t.tunnels[&2].tunnel), "window kept");
+        assert_eq!(t.snapshot(7700).by_vip[&vip].id, 2);
+        // Added again after it is up: it keeps sending.
+        t.upsert(&spec(2, [100, 64, 0, 9], 2), false).unwrap();
+        assert_eq!(t.snapshot(7700).by_vip[&vip].id, 2);
+        // Only receiving tunnels: no uplink.
+        let mut t = ControlTable::default();
+        t.upsert(&spec(3, [100, 64, 0, 9], 1), false).unwrap();
+        assert!(t.snapshot(7700).by_vip.is_empty());
+        // An unknown suite is refused.
+        assert_eq!(
+            t.upsert(&params(4, [100, 64, 0, 8], 1, Suite::Unknown(9)), true),
+            Err(ntm_proto::Error::UnsupportedSuite)
+        );
+        assert!(!t.tunnels.contains_key(&4));
     }
 }

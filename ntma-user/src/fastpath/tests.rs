@@ -1,13 +1,16 @@
-//! Uplink and downlink on synthetic frames: byte-exact against ntm-proto's encoder and
-//! decoder, every drop reason, frames left unchanged when not taken, random input.
+//! Uplink and downlink on synthetic frames, for both suites: byte-exact against
+//! ntm-proto's encoder and decoder, every drop reason, frames left unchanged when not
+//! taken, reflected datagrams, receiving before the tunnel is up, activity only after
+//! every check, random input.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use ntm_proto::{
     data::{decap, emit_tun_keepalive, encap_in_place, Decapped, RxTunnel, SeqCounter},
-    wire::HEADER_LEN,
-    Authenticator, Key, Path,
+    node::TunnelParams,
+    wire::{HEADER_LEN, TAG_LEN},
+    Cipher, DirectionKeys, Key, Path, Role, Suite,
 };
 use proptest::prelude::*;
 
@@ -26,7 +29,11 @@ const LAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
 const WAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
 const GW_MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
 const TUNNEL: u32 = 0x0102_0304;
+/// `K_tun`.
 const KEY: [u8; 32] = [0x5a; 32];
+const SUITES: [Suite; 2] = [Suite::HmacSha256_128, Suite::Aes256Gcm];
+/// Where the outer datagram starts in a frame (Ethernet, IPv4 without options, UDP).
+const DG: usize = 42;
 
 fn endpoint() -> SocketAddrV4 {
     "198.18.0.20:7700".parse().unwrap()
@@ -44,24 +51,99 @@ fn link() -> LinkInfo {
     }
 }
 
-fn spec(seq: &SeqCounter) -> TunnelSpec {
-    TunnelSpec {
+/// The direction keys of `role`'s end of the tunnel: (send, receive).
+fn keys(role: Role) -> (Key, Key) {
+    let d = DirectionKeys::derive(&Key::from_bytes(KEY));
+    let (tx, rx) = d.for_role(role).unwrap();
+    (tx.clone(), rx.clone())
+}
+
+/// What the endpoint hands the data plane for our end (the initiator) of the tunnel
+/// to the peer.
+fn params(suite: Suite, seq: &SeqCounter) -> TunnelParams {
+    let (tx_key, rx_key) = keys(Role::Initiator);
+    TunnelParams {
         tunnel_id: TUNNEL,
+        peer_fqdn: "cn.ntm.test".into(),
         peer_vip: PEER_VIP,
         endpoint: endpoint(),
-        key: Key::from_bytes(KEY),
-        tx_seq: seq.clone(),
         path: Path::Direct,
+        role: Role::Initiator,
+        suite,
+        tx_key,
+        rx_key,
+        tx_seq: seq.clone(),
+        local_vip: GN_VIP,
     }
 }
 
-/// A data plane with the link and one tunnel; returns it with the tunnel's counter.
-fn plane() -> (Dataplane, SeqCounter) {
+/// A data plane with the link and one tunnel (up) in `suite`, with the peer's end.
+struct Fx {
+    suite: Suite,
+    dp: Dataplane,
+    seq: SeqCounter,
+}
+
+fn plane(suite: Suite) -> Fx {
+    let fx = plane_without_tunnel(suite);
+    fx.dp.tunnel_up(&params(suite, &fx.seq)).unwrap();
+    fx
+}
+
+fn plane_without_tunnel(suite: Suite) -> Fx {
     let dp = Dataplane::new(&DataplaneConfig::default()).unwrap();
-    let seq = SeqCounter::starting_at(1);
     dp.set_link(Some(link()));
-    dp.upsert_tunnel(spec(&seq));
-    (dp, seq)
+    Fx {
+        suite,
+        dp,
+        seq: SeqCounter::starting_at(1),
+    }
+}
+
+impl Fx {
+    /// The peer's send key: what DATA to us is sealed with.
+    fn peer_tx(&self) -> Cipher {
+        Cipher::new(self.suite, &keys(Role::Responder).0).unwrap()
+    }
+
+    /// Our send key: what our DATA is sealed with (and what a reflection carries).
+    fn our_tx(&self) -> Cipher {
+        Cipher::new(self.suite, &keys(Role::Initiator).0).unwrap()
+    }
+
+    /// The peer's receive state for our DATA.
+    fn peer_rx(&self) -> RxTunnel {
+        let rx = Cipher::new(self.suite, &keys(Role::Responder).1).unwrap();
+        RxTunnel::new(rx, GN_VIP, PEER_VIP)
+    }
+
+    /// DATA from the peer to the GN, sealed by ntm-proto's own encoder.
+    fn data(&self, seq: u64, inner: &[u8]) -> Vec<u8> {
+        sealed(&self.peer_tx(), TUNNEL, seq, inner)
+    }
+
+    fn keepalive(&self, seq: u64) -> Vec<u8> {
+        let mut buf = [0u8; 32];
+        let n = emit_tun_keepalive(&mut buf, TUNNEL, seq, &self.peer_tx()).unwrap();
+        buf[..n].to_vec()
+    }
+
+    fn tunnel(&self) -> Arc<table::Tunnel> {
+        Arc::clone(&self.dp.snapshot().by_id[&TUNNEL])
+    }
+
+    fn stats(&self) -> TunnelStats {
+        self.dp.tunnel_stats()[0].clone()
+    }
+}
+
+/// A DATA datagram with `inner`, tunnel id `id`, sealed with `cipher`.
+fn sealed(cipher: &Cipher, id: u32, seq: u64, inner: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; inner.len() + 32];
+    buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
+    let n = encap_in_place(&mut buf, 0, inner.len(), id, seq, cipher).unwrap();
+    buf.truncate(n);
+    buf
 }
 
 /// An inner IPv4/UDP packet of exactly `len` bytes (at least 28).
@@ -128,32 +210,13 @@ fn wan_frame(from: SocketAddrV4, datagram: &[u8]) -> Vec<u8> {
     eth(WAN_MAC, GW_MAC, 0x0800, &ip)
 }
 
-/// DATA from the peer to the GN, sealed by ntm-proto's own encoder.
-fn data_datagram(seq: u64, inner: &[u8]) -> Vec<u8> {
-    let auth = Authenticator::new(&Key::from_bytes(KEY));
-    let mut buf = vec![0u8; inner.len() + 32];
-    buf[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
-    let n = encap_in_place(&mut buf, 0, inner.len(), TUNNEL, seq, &auth).unwrap();
-    buf.truncate(n);
-    buf
-}
-
-fn keepalive_datagram(seq: u64) -> Vec<u8> {
-    let auth = Authenticator::new(&Key::from_bytes(KEY));
-    let mut buf = [0u8; 32];
-    let n = emit_tun_keepalive(&mut buf, TUNNEL, seq, &auth).unwrap();
-    buf[..n].to_vec()
-}
-
-/// Seals a datagram again after a test changed its header.
-fn reseal(datagram: &mut [u8]) {
-    Authenticator::new(&Key::from_bytes(KEY))
-        .seal(datagram)
-        .unwrap();
-}
-
 fn peer() -> SocketAddrV4 {
     "198.18.0.10:40000".parse().unwrap()
+}
+
+/// Somewhere else: an attacker, or the peer after a move.
+fn elsewhere() -> SocketAddrV4 {
+    "203.0.113.66:5555".parse().unwrap()
 }
 
 /// Recomputes the outer IPv4 header checksum of a frame after a test changed it.
@@ -172,68 +235,77 @@ fn be16(b: &[u8], at: usize) -> u16 {
 
 #[test]
 fn uplink_writes_exact_outer_headers_and_the_proto_datagram() {
-    for len in [28, 64, 512, 1400, INNER_MTU] {
-        let (dp, seq) = plane();
-        let snap = dp.snapshot();
-        let inner = inner_packet(GN_VIP, PEER_VIP, len);
-        let (v, buf) = run_uplink(&snap, &gn_frame(&inner));
-        let UpVerdict::Tx(out_len) = v else {
-            panic!("{len}: {v:?}")
-        };
-        assert_eq!(out_len, OUTER_LEN + len + 16, "{len}");
-        let out = &buf[..out_len];
-        // Ethernet: gateway ← wan.
-        assert_eq!(out[0..6], GW_MAC);
-        assert_eq!(out[6..12], WAN_MAC);
-        assert_eq!(out[12..14], [0x08, 0x00]);
-        // IPv4: valid checksum, lengths, addresses.
-        let ip = &out[14..34];
-        assert_eq!(ip[0], 0x45);
-        assert_eq!(usize::from(be16(ip, 2)), out_len - 14);
-        assert_eq!(ipv4_checksum(ip), 0, "IPv4 header checksum");
-        assert_eq!(be16(ip, 4), 1, "identification from seq 1");
-        assert_eq!(be16(ip, 6), 0, "no fragment flags");
-        assert_eq!((ip[8], ip[9]), (64, 17));
-        assert_eq!(ip[12..16], WAN_IP.octets());
-        assert_eq!(ip[16..20], endpoint().ip().octets());
-        // UDP: wan_port → endpoint, checksum 0.
-        let udp = &out[34..42];
-        assert_eq!(be16(udp, 0), 7700);
-        assert_eq!(be16(udp, 2), endpoint().port());
-        assert_eq!(usize::from(be16(udp, 4)), out_len - 34);
-        assert_eq!(be16(udp, 6), 0);
-        // The datagram is byte for byte what ntm-proto's encoder makes.
-        assert_eq!(out[42..], data_datagram(1, &inner)[..], "{len}");
-        // And ntm-proto's decoder at the peer accepts it, inner unchanged.
-        let mut rx = RxTunnel::new(Authenticator::new(&Key::from_bytes(KEY)), GN_VIP, PEER_VIP);
-        match decap(&out[42..], |id| (id == TUNNEL).then_some(&mut rx)) {
-            Ok(Decapped::Data {
-                tunnel_id,
-                seq: 1,
-                inner: got,
-            }) => {
-                assert_eq!(tunnel_id, TUNNEL);
-                assert_eq!(got, &inner[..]);
+    for suite in SUITES {
+        for len in [28, 64, 512, 1400, INNER_MTU] {
+            let fx = plane(suite);
+            let snap = fx.dp.snapshot();
+            let inner = inner_packet(GN_VIP, PEER_VIP, len);
+            let (v, buf) = run_uplink(&snap, &gn_frame(&inner));
+            let UpVerdict::Tx(out_len) = v else {
+                panic!("{suite:?} {len}: {v:?}")
+            };
+            assert_eq!(out_len, OUTER_LEN + len + 16, "{len}");
+            let out = &buf[..out_len];
+            // Ethernet: gateway ← wan.
+            assert_eq!(out[0..6], GW_MAC);
+            assert_eq!(out[6..12], WAN_MAC);
+            assert_eq!(out[12..14], [0x08, 0x00]);
+            // IPv4: valid checksum, lengths, addresses.
+            let ip = &out[14..34];
+            assert_eq!(ip[0], 0x45);
+            assert_eq!(usize::from(be16(ip, 2)), out_len - 14);
+            assert_eq!(ipv4_checksum(ip), 0, "IPv4 header checksum");
+            assert_eq!(be16(ip, 4), 1, "identification from seq 1");
+            assert_eq!(be16(ip, 6), 0, "no fragment flags");
+            assert_eq!((ip[8], ip[9]), (64, 17));
+            assert_eq!(ip[12..16], WAN_IP.octets());
+            assert_eq!(ip[16..20], endpoint().ip().octets());
+            // UDP: wan_port → endpoint, checksum 0.
+            let udp = &out[34..42];
+            assert_eq!(be16(udp, 0), 7700);
+            assert_eq!(be16(udp, 2), endpoint().port());
+            assert_eq!(usize::from(be16(udp, 4)), out_len - 34);
+            assert_eq!(be16(udp, 6), 0);
+            // The datagram is byte for byte what ntm-proto's encoder makes with our
+            // send key: the suite byte, and suite 2 hides the inner packet.
+            let ours = sealed(&fx.our_tx(), TUNNEL, 1, &inner);
+            assert_eq!(out[DG..], ours[..], "{suite:?} {len}");
+            assert_eq!(out[DG + 3], u8::from(suite));
+            let clear = out[OUTER_LEN..OUTER_LEN + len] == inner[..];
+            assert_eq!(clear, suite == Suite::HmacSha256_128, "{suite:?} {len}");
+            // And ntm-proto's decoder at the peer accepts it, inner unchanged.
+            let mut rx = fx.peer_rx();
+            let mut wire = out[DG..].to_vec();
+            match decap(&mut wire, |id| (id == TUNNEL).then_some(&mut rx)) {
+                Ok(Decapped::Data {
+                    tunnel_id,
+                    seq: 1,
+                    inner: got,
+                }) => {
+                    assert_eq!(tunnel_id, TUNNEL);
+                    assert_eq!(got, &inner[..]);
+                }
+                other => panic!("{suite:?} {len}: {other:?}"),
             }
-            other => panic!("{len}: {other:?}"),
+            assert_eq!(fx.seq.peek(), 2, "the shared counter moved");
+            let st = fx.stats();
+            assert_eq!((st.tx_packets, st.tx_bytes), (1, len as u64));
+            assert_eq!((st.suite, st.sending), (suite, true));
         }
-        assert_eq!(seq.peek(), 2, "the shared counter moved");
-        let st = &dp.tunnel_stats()[0];
-        assert_eq!((st.tx_packets, st.tx_bytes), (1, len as u64));
     }
 }
 
 #[test]
 fn uplink_shares_the_send_counter_with_the_control() {
-    let (dp, seq) = plane();
-    let snap = dp.snapshot();
+    let fx = plane(Suite::Aes256Gcm);
+    let snap = fx.dp.snapshot();
     let frame = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 100));
     assert!(matches!(run_uplink(&snap, &frame).0, UpVerdict::Tx(_)));
     // The control sends a TUN_KEEPALIVE with the next number...
-    assert_eq!(seq.next(), 2);
-    // ...so the next DATA carries 3.
+    assert_eq!(fx.seq.next(), 2);
+    // ...so the next DATA carries 3: no GCM nonce is used twice.
     let (_, buf) = run_uplink(&snap, &frame);
-    let seq_at = 42 + 8;
+    let seq_at = DG + 8;
     assert_eq!(
         u64::from_be_bytes(buf[seq_at..seq_at + 8].try_into().unwrap()),
         3
@@ -242,28 +314,38 @@ fn uplink_shares_the_send_counter_with_the_control() {
 
 #[test]
 fn uplink_trims_ethernet_padding_and_keeps_ip_options() {
-    let (dp, _) = plane();
-    let snap = dp.snapshot();
-    // 28-byte inner packet in a 60-byte minimum frame: 18 bytes of padding.
-    let inner = inner_packet(GN_VIP, PEER_VIP, 28);
-    let mut frame = gn_frame(&inner);
-    frame.resize(60, 0);
-    let (v, buf) = run_uplink(&snap, &frame);
-    assert_eq!(v, UpVerdict::Tx(OUTER_LEN + 28 + 16));
-    assert_eq!(buf[OUTER_LEN..OUTER_LEN + 28], inner[..]);
+    for suite in SUITES {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
+        let mut rx = fx.peer_rx();
+        let mut open = |buf: &[u8], n: usize| -> Vec<u8> {
+            let mut wire = buf[DG..n].to_vec();
+            match decap(&mut wire, |_| Some(&mut rx)) {
+                Ok(Decapped::Data { inner, .. }) => inner.to_vec(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // 28-byte inner packet in a 60-byte minimum frame: 18 bytes of padding.
+        let inner = inner_packet(GN_VIP, PEER_VIP, 28);
+        let mut frame = gn_frame(&inner);
+        frame.resize(60, 0);
+        let (v, buf) = run_uplink(&snap, &frame);
+        assert_eq!(v, UpVerdict::Tx(OUTER_LEN + 28 + 16));
+        assert_eq!(open(&buf, OUTER_LEN + 28 + 16), inner);
 
-    // IHL 6 (4 bytes of options): forwarded unchanged.
-    let mut opt = inner_packet(GN_VIP, PEER_VIP, 40);
-    opt[0] = 0x46;
-    let (v, buf) = run_uplink(&snap, &gn_frame(&opt));
-    assert_eq!(v, UpVerdict::Tx(OUTER_LEN + 40 + 16));
-    assert_eq!(buf[OUTER_LEN..OUTER_LEN + 40], opt[..]);
+        // IHL 6 (4 bytes of options): forwarded unchanged.
+        let mut opt = inner_packet(GN_VIP, PEER_VIP, 40);
+        opt[0] = 0x46;
+        let (v, buf) = run_uplink(&snap, &gn_frame(&opt));
+        assert_eq!(v, UpVerdict::Tx(OUTER_LEN + 40 + 16));
+        assert_eq!(open(&buf, OUTER_LEN + 40 + 16), opt);
+    }
 }
 
 #[test]
 fn uplink_drops_and_slow_path_leave_the_frame_unchanged() {
-    let (dp, _) = plane();
-    let snap = dp.snapshot();
+    let fx = plane(Suite::Aes256Gcm);
+    let snap = fx.dp.snapshot();
     let good = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 100));
     let mut cases: Vec<(&str, Vec<u8>, UpVerdict)> = Vec::new();
     let d = UpVerdict::Drop;
@@ -332,92 +414,108 @@ fn uplink_drops_and_slow_path_leave_the_frame_unchanged() {
         UpVerdict::Drop(FastDrop::NoRoom)
     );
     // Link not ready: everything from the GN goes to the control thread.
-    dp.set_link(None);
-    assert_eq!(run_uplink(&dp.snapshot(), &good).0, UpVerdict::Slow);
-    assert_eq!(dp.tunnel_stats()[0].tx_packets, 0);
+    fx.dp.set_link(None);
+    assert_eq!(run_uplink(&fx.dp.snapshot(), &good).0, UpVerdict::Slow);
+    assert_eq!(fx.stats().tx_packets, 0);
+    assert_eq!(fx.seq.peek(), 1, "no sequence number spent");
 }
 
 // ------------------------------------------------------------------ downlink
 
 #[test]
 fn downlink_strips_to_the_exact_inner_packet_towards_the_gn() {
-    for len in [28, 64, 512, 1400, INNER_MTU] {
-        let (dp, _) = plane();
-        let snap = dp.snapshot();
-        let inner = inner_packet(PEER_VIP, GN_VIP, len);
-        let mut frame = wan_frame(peer(), &data_datagram(7, &inner));
-        let v = downlink(&snap, &mut frame, 1000);
-        let DownVerdict::Tx { offset, len: n } = v else {
-            panic!("{len}: {v:?}")
-        };
-        let out = &frame[offset..offset + n];
-        assert_eq!(out[0..6], GN_MAC);
-        assert_eq!(out[6..12], LAN_MAC);
-        assert_eq!(out[12..14], [0x08, 0x00]);
-        assert_eq!(out[14..], inner[..], "{len}");
-        let st = &dp.tunnel_stats()[0];
-        assert_eq!((st.rx_packets, st.rx_bytes), (1, len as u64));
-        assert_eq!(st.last_rx_from, Some(peer()));
-        assert!(st.last_rx.is_some());
+    for suite in SUITES {
+        for len in [28, 64, 512, 1400, INNER_MTU] {
+            let fx = plane(suite);
+            let snap = fx.dp.snapshot();
+            let inner = inner_packet(PEER_VIP, GN_VIP, len);
+            let datagram = fx.data(7, &inner);
+            let clear = datagram[HEADER_LEN..HEADER_LEN + len] == inner[..];
+            assert_eq!(clear, suite == Suite::HmacSha256_128);
+            let mut frame = wan_frame(peer(), &datagram);
+            let v = downlink(&snap, &mut frame, 1000);
+            let DownVerdict::Tx { offset, len: n } = v else {
+                panic!("{suite:?} {len}: {v:?}")
+            };
+            let out = &frame[offset..offset + n];
+            assert_eq!(out[0..6], GN_MAC);
+            assert_eq!(out[6..12], LAN_MAC);
+            assert_eq!(out[12..14], [0x08, 0x00]);
+            assert_eq!(out[14..], inner[..], "{suite:?} {len}: decrypted in place");
+            let st = fx.stats();
+            assert_eq!((st.rx_packets, st.rx_bytes), (1, len as u64));
+            assert_eq!(st.last_rx_from, Some(peer()));
+            assert!(st.last_rx.is_some());
+        }
     }
 }
 
 #[test]
 fn downlink_ignores_ethernet_padding_and_outer_ip_options() {
-    let (dp, _) = plane();
-    let snap = dp.snapshot();
-    let inner = inner_packet(PEER_VIP, GN_VIP, 28);
-    let mut frame = wan_frame(peer(), &data_datagram(1, &inner));
-    frame.extend_from_slice(&[0xaa; 6]);
-    let DownVerdict::Tx { offset, len } = downlink(&snap, &mut frame, 0) else {
-        panic!()
-    };
-    assert_eq!(frame[offset + 14..offset + len], inner[..]);
+    for suite in SUITES {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
+        let inner = inner_packet(PEER_VIP, GN_VIP, 28);
+        let mut frame = wan_frame(peer(), &fx.data(1, &inner));
+        frame.extend_from_slice(&[0xaa; 6]);
+        let DownVerdict::Tx { offset, len } = downlink(&snap, &mut frame, 0) else {
+            panic!()
+        };
+        assert_eq!(frame[offset + 14..offset + len], inner[..]);
 
-    // Outer IHL 6.
-    let plain = wan_frame(peer(), &data_datagram(2, &inner));
-    let mut opt = plain[..34].to_vec();
-    opt.extend_from_slice(&[1, 1, 1, 0]);
-    opt.extend_from_slice(&plain[34..]);
-    opt[14] = 0x46;
-    let total = be16(&opt, 16) + 4;
-    opt[16..18].copy_from_slice(&total.to_be_bytes());
-    fix_ip(&mut opt);
-    let DownVerdict::Tx { offset, len } = downlink(&snap, &mut opt, 0) else {
-        panic!()
-    };
-    assert_eq!(opt[offset + 14..offset + len], inner[..]);
+        // Outer IHL 6.
+        let plain = wan_frame(peer(), &fx.data(2, &inner));
+        let mut opt = plain[..34].to_vec();
+        opt.extend_from_slice(&[1, 1, 1, 0]);
+        opt.extend_from_slice(&plain[34..]);
+        opt[14] = 0x46;
+        let total = be16(&opt, 16) + 4;
+        opt[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ip(&mut opt);
+        let DownVerdict::Tx { offset, len } = downlink(&snap, &mut opt, 0) else {
+            panic!()
+        };
+        assert_eq!(opt[offset + 14..offset + len], inner[..]);
+    }
 }
 
 #[test]
 fn downlink_keepalive_is_verified_recorded_and_consumed() {
-    let (dp, _) = plane();
-    let snap = dp.snapshot();
-    let mut frame = wan_frame(peer(), &keepalive_datagram(3));
-    assert_eq!(downlink(&snap, &mut frame, 5_000), DownVerdict::Consumed);
-    let mut again = wan_frame(peer(), &keepalive_datagram(3));
-    assert_eq!(
-        downlink(&snap, &mut again, 6_000),
-        DownVerdict::Drop(FastDrop::Replay)
-    );
-    let mut forged = wan_frame(peer(), &keepalive_datagram(4));
-    let l = forged.len();
-    forged[l - 1] ^= 0x80;
-    assert_eq!(
-        downlink(&snap, &mut forged, 6_000),
-        DownVerdict::Drop(FastDrop::BadTag)
-    );
-    let st = &dp.tunnel_stats()[0];
-    assert_eq!((st.rx_keepalives, st.rx_packets), (1, 0));
-    assert_eq!(st.last_rx_from, Some(peer()));
+    for suite in SUITES {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
+        let mut frame = wan_frame(peer(), &fx.keepalive(3));
+        assert_eq!(downlink(&snap, &mut frame, 5_000), DownVerdict::Consumed);
+        let mut again = wan_frame(peer(), &fx.keepalive(3));
+        assert_eq!(
+            downlink(&snap, &mut again, 6_000),
+            DownVerdict::Drop(FastDrop::Replay)
+        );
+        let mut forged = wan_frame(peer(), &fx.keepalive(4));
+        let l = forged.len();
+        forged[l - 1] ^= 0x80;
+        assert_eq!(
+            downlink(&snap, &mut forged, 6_000),
+            DownVerdict::Drop(FastDrop::BadTag)
+        );
+        let st = fx.stats();
+        assert_eq!((st.rx_keepalives, st.rx_packets), (1, 0));
+        assert_eq!(st.last_rx_from, Some(peer()));
+    }
 }
 
 #[test]
 fn downlink_every_drop_reason_in_spec_order() {
-    let (dp, _) = plane();
-    let snap = dp.snapshot();
+    for suite in SUITES {
+        every_drop_reason(suite);
+    }
+}
+
+fn every_drop_reason(suite: Suite) {
+    let fx = plane(suite);
+    let snap = fx.dp.snapshot();
     let good_inner = inner_packet(PEER_VIP, GN_VIP, 64);
-    let good = data_datagram(100, &good_inner);
+    let good = fx.data(100, &good_inner);
     let d = DownVerdict::Drop;
     let mut cases: Vec<(&str, Vec<u8>, DownVerdict)> = Vec::new();
 
@@ -472,26 +570,29 @@ fn downlink_every_drop_reason_in_spec_order() {
         d(FastDrop::Truncated),
     ));
     let mut version = good.clone();
-    version[0] = 2;
+    version[0] = 1;
     cases.push((
-        "version 2",
+        "version 1",
         wan_frame(peer(), &version),
         d(FastDrop::BadVersion),
     ));
-    let mut unknown = good.clone();
-    unknown[4..8].copy_from_slice(&7u32.to_be_bytes());
-    reseal(&mut unknown);
     cases.push((
         "unknown tunnel",
-        wan_frame(peer(), &unknown),
+        wan_frame(peer(), &sealed(&fx.peer_tx(), 7, 100, &good_inner)),
         d(FastDrop::UnknownTunnel),
     ));
-    let mut suite = good.clone();
-    suite[3] = 2;
-    reseal(&mut suite);
+    let other_suite = if suite == Suite::Aes256Gcm {
+        Suite::HmacSha256_128
+    } else {
+        Suite::Aes256Gcm
+    };
+    let right_key_other_suite = Cipher::new(other_suite, &keys(Role::Responder).0).unwrap();
     cases.push((
-        "suite 2",
-        wan_frame(peer(), &suite),
+        "the other suite",
+        wan_frame(
+            peer(),
+            &sealed(&right_key_other_suite, TUNNEL, 100, &good_inner),
+        ),
         d(FastDrop::UnsupportedSuite),
     ));
     let mut tag = good.clone();
@@ -505,64 +606,75 @@ fn downlink_every_drop_reason_in_spec_order() {
         wan_frame(peer(), &body),
         d(FastDrop::BadTag),
     ));
-    let other_key = {
-        let a = Authenticator::new(&Key::from_bytes([1; 32]));
-        let mut b = good.clone();
-        a.seal(&mut b).unwrap();
-        b
-    };
+    let mut header = good.clone();
+    header[2] ^= 0x80;
+    cases.push((
+        "changed flags",
+        wan_frame(peer(), &header),
+        d(FastDrop::BadTag),
+    ));
+    let other_key = Cipher::new(suite, &Key::from_bytes([1; 32])).unwrap();
     cases.push((
         "other key",
-        wan_frame(peer(), &other_key),
+        wan_frame(peer(), &sealed(&other_key, TUNNEL, 100, &good_inner)),
+        d(FastDrop::BadTag),
+    ));
+    cases.push((
+        "K_tun itself",
+        wan_frame(
+            peer(),
+            &sealed(
+                &Cipher::new(suite, &Key::from_bytes(KEY)).unwrap(),
+                TUNNEL,
+                100,
+                &good_inner,
+            ),
+        ),
+        d(FastDrop::BadTag),
+    ));
+    cases.push((
+        "our own DATA sent back",
+        wan_frame(peer(), &sealed(&fx.our_tx(), TUNNEL, 100, &good_inner)),
         d(FastDrop::BadTag),
     ));
     cases.push((
         "not IPv4 inside",
-        wan_frame(peer(), &data_datagram(101, &[0x60; 40])),
+        wan_frame(peer(), &fx.data(101, &[0x60; 40])),
         d(FastDrop::BadInner),
     ));
     cases.push((
         "19-byte inner",
-        wan_frame(peer(), &data_datagram(102, &[0x45; 19])),
+        wan_frame(peer(), &fx.data(102, &[0x45; 19])),
         d(FastDrop::BadInner),
     ));
     cases.push((
         "inner source not the peer",
-        wan_frame(
-            peer(),
-            &data_datagram(103, &inner_packet(OTHER_VIP, GN_VIP, 64)),
-        ),
+        wan_frame(peer(), &fx.data(103, &inner_packet(OTHER_VIP, GN_VIP, 64))),
         d(FastDrop::InnerAddr),
     ));
     cases.push((
         "inner destination not the GN",
         wan_frame(
             peer(),
-            &data_datagram(104, &inner_packet(PEER_VIP, OTHER_VIP, 64)),
+            &fx.data(104, &inner_packet(PEER_VIP, OTHER_VIP, 64)),
         ),
         d(FastDrop::InnerAddr),
     ));
     // Accepted once, then the same seq is a replay.
-    cases.push((
-        "valid",
-        frame.clone(),
-        DownVerdict::Tx {
-            offset: 44,
-            len: 78,
-        },
-    ));
+    let tx = DownVerdict::Tx {
+        offset: 44,
+        len: 78,
+    };
+    cases.push(("valid", frame.clone(), tx));
     cases.push(("replayed", frame.clone(), d(FastDrop::Replay)));
     cases.push((
         "far ahead",
-        wan_frame(peer(), &data_datagram(100 + 2048 + 10, &good_inner)),
-        DownVerdict::Tx {
-            offset: 44,
-            len: 78,
-        },
+        wan_frame(peer(), &fx.data(100 + 2048 + 10, &good_inner)),
+        tx,
     ));
     cases.push((
         "older than the window",
-        wan_frame(peer(), &data_datagram(110, &good_inner)),
+        wan_frame(peer(), &fx.data(110, &good_inner)),
         d(FastDrop::Replay),
     ));
 
@@ -588,30 +700,236 @@ fn downlink_every_drop_reason_in_spec_order() {
     for (what, frame, want) in cases {
         let mut buf = frame.clone();
         let v = downlink(&snap, &mut buf, 0);
-        assert_eq!(v, want, "{what}");
-        if !matches!(v, DownVerdict::Tx { .. }) {
-            assert_eq!(buf, frame, "{what}: frame changed");
+        assert_eq!(v, want, "{suite:?}: {what}");
+        // Decided before opening: unchanged. Suite 1 never changes a byte; suite 2
+        // may leave a refused body decrypted (or wiped), but the frame is dropped.
+        let before_open = matches!(
+            v,
+            DownVerdict::Slow
+                | DownVerdict::Drop(
+                    FastDrop::WanMalformed
+                        | FastDrop::Truncated
+                        | FastDrop::BadVersion
+                        | FastDrop::UnknownTunnel
+                        | FastDrop::UnsupportedSuite
+                )
+        );
+        if before_open || (suite == Suite::HmacSha256_128 && v != tx) {
+            assert_eq!(buf, frame, "{suite:?}: {what}: frame changed");
         }
     }
     // The forged copies of seq 100 came first and did not mark it: "valid" went through.
-    assert_eq!(dp.tunnel_stats()[0].rx_packets, 2);
+    assert_eq!(fx.stats().rx_packets, 2);
 
     // Authentic DATA while the link is down: nowhere to deliver it.
-    dp.set_link(None);
-    let mut f = wan_frame(peer(), &data_datagram(5000, &good_inner));
+    fx.dp.set_link(None);
+    let mut f = wan_frame(peer(), &fx.data(5000, &good_inner));
     assert_eq!(
-        downlink(&dp.snapshot(), &mut f, 0),
+        downlink(&fx.dp.snapshot(), &mut f, 0),
         DownVerdict::Drop(FastDrop::NotReady)
     );
 }
 
+/// Our own DATA and TUN_KEEPALIVE, captured and sent back to us from elsewhere (the
+/// reflection attack on version 1, where both ends sealed with `K_tun`): the receive
+/// direction key refuses them, so they neither move the replay window (a high seq
+/// would push the peer's packets out of it) nor count as activity (a new source the
+/// control would roam to).
+#[test]
+fn reflected_data_and_keepalive_are_bad_tag_and_move_nothing() {
+    for suite in SUITES {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
+        // The peer's first packet: the state the reflections must not change.
+        let mut first = wan_frame(peer(), &fx.data(1, &inner_packet(PEER_VIP, GN_VIP, 64)));
+        assert!(matches!(
+            downlink(&snap, &mut first, 1_000),
+            DownVerdict::Tx { .. }
+        ));
+        let before = fx.stats();
+        // Our own DATA as the uplink produced it, with our counter far ahead.
+        for _ in 0..5000 {
+            fx.seq.next();
+        }
+        let (v, ours) = run_uplink(&snap, &gn_frame(&inner_packet(GN_VIP, PEER_VIP, 64)));
+        let UpVerdict::Tx(n) = v else { panic!("{v:?}") };
+        let reflected_data = ours[DG..n].to_vec();
+        let mut ka = [0u8; 32];
+        emit_tun_keepalive(&mut ka, TUNNEL, fx.seq.next(), &fx.our_tx()).unwrap();
+        for (what, datagram) in [("DATA", &reflected_data[..]), ("TUN_KEEPALIVE", &ka[..])] {
+            let mut f = wan_frame(elsewhere(), datagram);
+            assert_eq!(
+                downlink(&snap, &mut f, 2_000),
+                DownVerdict::Drop(FastDrop::BadTag),
+                "{suite:?}: reflected {what}"
+            );
+        }
+        assert_eq!(fx.tunnel().replay.last(), 1, "{suite:?}: window moved");
+        let after = fx.stats();
+        assert_eq!(after.last_rx_from, Some(peer()), "{suite:?}: would roam");
+        assert_eq!(
+            after.last_rx, before.last_rx,
+            "{suite:?}: counted as activity"
+        );
+        assert_eq!(
+            (after.rx_packets, after.rx_keepalives),
+            (before.rx_packets, 0)
+        );
+        // The peer's next packets still pass: seq 2 was not pushed out of the window.
+        let mut next = wan_frame(peer(), &fx.data(2, &inner_packet(PEER_VIP, GN_VIP, 64)));
+        assert!(matches!(
+            downlink(&snap, &mut next, 3_000),
+            DownVerdict::Tx { .. }
+        ));
+    }
+}
+
+/// §5: the body is one whole IPv4 packet. Version 1 delivered an inner header with
+/// IHL 4, and an inner packet whose total length runs past the body, to the GN.
+#[test]
+fn bad_inner_packets_never_reach_the_gn() {
+    for suite in SUITES {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
+        let good = inner_packet(PEER_VIP, GN_VIP, 64);
+        let mut ihl4 = good.clone();
+        ihl4[0] = 0x44;
+        let mut longer = good.clone();
+        longer[2..4].copy_from_slice(&200u16.to_be_bytes());
+        let mut shorter = good.clone();
+        shorter[2..4].copy_from_slice(&40u16.to_be_bytes());
+        let mut ihl_past_total = good.clone();
+        ihl_past_total[0] = 0x4f;
+        ihl_past_total[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ihl_past_total.truncate(40);
+        let cases = [
+            ("IHL 4", ihl4),
+            ("total length > body", longer),
+            ("total length < body", shorter),
+            ("IHL past the total length", ihl_past_total),
+        ];
+        for (seq, (what, inner)) in (10..).zip(cases) {
+            let mut f = wan_frame(peer(), &fx.data(seq, &inner));
+            assert_eq!(
+                downlink(&snap, &mut f, 1_000),
+                DownVerdict::Drop(FastDrop::BadInner),
+                "{suite:?}: {what}"
+            );
+        }
+        let st = fx.stats();
+        assert_eq!(st.rx_packets, 0, "{suite:?}: reached the GN");
+        assert_eq!((st.last_rx, st.last_rx_from), (None, None));
+    }
+}
+
+/// An authentic datagram that fails a later check (inner shape, inner addresses,
+/// replay, link not ready) from a new source: it is dropped, so it is not activity,
+/// and the control never sees a new source to roam to. Version 1 recorded receive time
+/// and source before its inner-address checks.
+#[test]
+fn a_dropped_datagram_from_a_new_source_changes_nothing() {
+    for suite in SUITES {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
+        let mut first = wan_frame(peer(), &fx.data(1, &inner_packet(PEER_VIP, GN_VIP, 64)));
+        assert!(matches!(
+            downlink(&snap, &mut first, 1_000),
+            DownVerdict::Tx { .. }
+        ));
+        let before = fx.stats();
+        let mut ihl4 = inner_packet(PEER_VIP, GN_VIP, 64);
+        ihl4[0] = 0x44;
+        let cases = [
+            (fx.data(2, &ihl4), FastDrop::BadInner),
+            (
+                fx.data(3, &inner_packet(OTHER_VIP, GN_VIP, 64)),
+                FastDrop::InnerAddr,
+            ),
+            (
+                fx.data(4, &inner_packet(PEER_VIP, OTHER_VIP, 64)),
+                FastDrop::InnerAddr,
+            ),
+            (
+                fx.data(1, &inner_packet(PEER_VIP, GN_VIP, 64)),
+                FastDrop::Replay,
+            ),
+        ];
+        for (datagram, why) in cases {
+            let mut f = wan_frame(elsewhere(), &datagram);
+            assert_eq!(
+                downlink(&snap, &mut f, 9_000_000),
+                DownVerdict::Drop(why),
+                "{suite:?}"
+            );
+        }
+        fx.dp.set_link(None);
+        let mut f = wan_frame(
+            elsewhere(),
+            &fx.data(5, &inner_packet(PEER_VIP, GN_VIP, 64)),
+        );
+        assert_eq!(
+            downlink(&fx.dp.snapshot(), &mut f, 9_000_000),
+            DownVerdict::Drop(FastDrop::NotReady)
+        );
+        let after = fx.stats();
+        assert_eq!(after.last_rx_from, Some(peer()), "{suite:?}");
+        assert_eq!(after.last_rx, before.last_rx, "{suite:?}");
+        assert_eq!(after.rx_packets, 1);
+        assert_eq!(after.endpoint, endpoint());
+    }
+}
+
+/// The set-up race: the peer sends DATA right after its TUN_RESP, before ours is
+/// processed. A tunnel added for receiving (Event::TunnelAdded) delivers it; uplink
+/// to the peer waits in the slow path until the tunnel is up (Event::TunnelUp).
+#[test]
+fn data_arriving_before_the_tunnel_is_up_is_delivered() {
+    for suite in SUITES {
+        let fx = plane_without_tunnel(suite);
+        let inner = inner_packet(PEER_VIP, GN_VIP, 64);
+        let up = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 64));
+        // Not directed yet: unknown.
+        let mut f = wan_frame(peer(), &fx.data(1, &inner));
+        assert_eq!(
+            downlink(&fx.dp.snapshot(), &mut f, 0),
+            DownVerdict::Drop(FastDrop::UnknownTunnel)
+        );
+        // Directed: it receives, and does not send yet.
+        fx.dp.add_tunnel(&params(suite, &fx.seq)).unwrap();
+        let snap = fx.dp.snapshot();
+        let mut f = wan_frame(peer(), &fx.data(2, &inner));
+        let DownVerdict::Tx { offset, len } = downlink(&snap, &mut f, 0) else {
+            panic!("{suite:?}: DATA before TUN_RESP was not delivered")
+        };
+        assert_eq!(f[offset + ETH_LEN..offset + len], inner[..]);
+        let mut ka = wan_frame(peer(), &fx.keepalive(3));
+        assert_eq!(downlink(&snap, &mut ka, 0), DownVerdict::Consumed);
+        assert_eq!(run_uplink(&snap, &up).0, UpVerdict::Slow);
+        let st = fx.stats();
+        assert!(!st.sending);
+        assert_eq!((st.rx_packets, st.rx_keepalives), (1, 1));
+        // Up: the same entry (window and counters) now sends too.
+        fx.dp.tunnel_up(&params(suite, &fx.seq)).unwrap();
+        let snap = fx.dp.snapshot();
+        assert!(matches!(run_uplink(&snap, &up).0, UpVerdict::Tx(_)));
+        let mut again = wan_frame(peer(), &fx.data(2, &inner));
+        assert_eq!(
+            downlink(&snap, &mut again, 0),
+            DownVerdict::Drop(FastDrop::Replay)
+        );
+        let st = fx.stats();
+        assert!(st.sending);
+        assert_eq!((st.rx_packets, st.tx_packets), (1, 1));
+    }
+}
+
 #[test]
 fn removed_tunnel_is_unknown_and_its_vip_goes_slow() {
-    let (dp, _) = plane();
-    dp.remove_tunnel(TUNNEL);
-    let snap = dp.snapshot();
+    let fx = plane(Suite::Aes256Gcm);
+    fx.dp.remove_tunnel(TUNNEL);
+    let snap = fx.dp.snapshot();
     let inner = inner_packet(PEER_VIP, GN_VIP, 64);
-    let mut f = wan_frame(peer(), &data_datagram(1, &inner));
+    let mut f = wan_frame(peer(), &fx.data(1, &inner));
     assert_eq!(
         downlink(&snap, &mut f, 0),
         DownVerdict::Drop(FastDrop::UnknownTunnel)
@@ -622,53 +940,68 @@ fn removed_tunnel_is_unknown_and_its_vip_goes_slow() {
 
 #[test]
 fn set_endpoint_takes_effect_without_a_new_snapshot() {
-    let (dp, _) = plane();
-    let snap = dp.snapshot();
+    let fx = plane(Suite::Aes256Gcm);
+    let snap = fx.dp.snapshot();
     let roamed: SocketAddrV4 = "198.18.0.11:41000".parse().unwrap();
-    assert!(dp.set_endpoint(TUNNEL, roamed));
-    assert!(!dp.set_endpoint(TUNNEL + 1, roamed));
+    assert!(fx.dp.set_endpoint(TUNNEL, roamed));
+    assert!(!fx.dp.set_endpoint(TUNNEL + 1, roamed));
     let (_, buf) = run_uplink(&snap, &gn_frame(&inner_packet(GN_VIP, PEER_VIP, 64)));
     assert_eq!(buf[30..34], roamed.ip().octets());
     assert_eq!(be16(&buf, 36), roamed.port());
-    assert_eq!(dp.tunnel_stats()[0].endpoint, roamed);
+    assert_eq!(fx.stats().endpoint, roamed);
 }
 
-/// Two adapters with mirrored tunnels: what one encapsulates, the other delivers.
+/// Two adapters with mirrored tunnels (initiator and responder ends): what one
+/// encapsulates, the other delivers, in both suites.
 #[test]
 fn round_trip_between_two_adapters() {
-    let (a, _) = plane();
-    let b = Dataplane::new(&DataplaneConfig::default()).unwrap();
-    b.set_link(Some(LinkInfo {
-        gn_vip: PEER_VIP,
-        ..link()
-    }));
-    b.upsert_tunnel(TunnelSpec {
-        peer_vip: GN_VIP,
-        ..spec(&SeqCounter::starting_at(1))
-    });
-    for len in [28, 700, INNER_MTU] {
-        let inner = inner_packet(GN_VIP, PEER_VIP, len);
-        let (v, buf) = run_uplink(&a.snapshot(), &gn_frame(&inner));
-        let UpVerdict::Tx(n) = v else { panic!() };
-        let mut wire = buf[..n].to_vec();
-        let DownVerdict::Tx { offset, len: m } = downlink(&b.snapshot(), &mut wire, 0) else {
-            panic!("{len}")
-        };
-        assert_eq!(wire[offset + ETH_LEN..offset + m], inner[..]);
+    for suite in SUITES {
+        let a = plane(suite);
+        let b = Dataplane::new(&DataplaneConfig::default()).unwrap();
+        b.set_link(Some(LinkInfo {
+            gn_vip: PEER_VIP,
+            ..link()
+        }));
+        let (tx_key, rx_key) = keys(Role::Responder);
+        b.tunnel_up(&TunnelParams {
+            peer_vip: GN_VIP,
+            role: Role::Responder,
+            tx_key,
+            rx_key,
+            local_vip: PEER_VIP,
+            ..params(suite, &SeqCounter::starting_at(1))
+        })
+        .unwrap();
+        for len in [28, 700, INNER_MTU] {
+            let inner = inner_packet(GN_VIP, PEER_VIP, len);
+            let (v, buf) = run_uplink(&a.dp.snapshot(), &gn_frame(&inner));
+            let UpVerdict::Tx(n) = v else { panic!() };
+            let mut wire = buf[..n].to_vec();
+            let DownVerdict::Tx { offset, len: m } = downlink(&b.snapshot(), &mut wire, 0) else {
+                panic!("{suite:?} {len}")
+            };
+            assert_eq!(wire[offset + ETH_LEN..offset + m], inner[..]);
+            // And a's own datagram never opens at a.
+            let mut back = buf[..n].to_vec();
+            assert_eq!(
+                downlink(&a.dp.snapshot(), &mut back, 0),
+                DownVerdict::Drop(FastDrop::BadTag)
+            );
+        }
     }
 }
 
 /// Workers race on one tunnel with the same datagrams: each is delivered exactly once.
 #[test]
 fn two_workers_deliver_each_datagram_once() {
-    let (dp, _) = plane();
-    let dp = Arc::new(dp);
+    let fx = plane(Suite::Aes256Gcm);
     let inner = inner_packet(PEER_VIP, GN_VIP, 64);
     let frames: Arc<Vec<Vec<u8>>> = Arc::new(
         (1..=3000u64)
-            .map(|s| wan_frame(peer(), &data_datagram(s, &inner)))
+            .map(|s| wan_frame(peer(), &fx.data(s, &inner)))
             .collect(),
     );
+    let dp = Arc::new(fx.dp);
     let workers: Vec<_> = (0..2)
         .map(|w| {
             let dp = Arc::clone(&dp);
@@ -704,12 +1037,19 @@ fn two_workers_deliver_each_datagram_once() {
     assert_eq!(dp.tunnel_stats()[0].rx_packets, delivered);
 }
 
+fn any_suite() -> impl Strategy<Value = Suite> {
+    prop_oneof![Just(Suite::HmacSha256_128), Just(Suite::Aes256Gcm)]
+}
+
 proptest! {
     /// Random frames never panic, in either direction.
     #[test]
-    fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
-        let (dp, _) = plane();
-        let snap = dp.snapshot();
+    fn random_frames_never_panic(
+        suite in any_suite(),
+        bytes in proptest::collection::vec(any::<u8>(), 0..1600),
+    ) {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
         let _ = run_uplink(&snap, &bytes);
         let mut b = bytes.clone();
         let _ = downlink(&snap, &mut b, 0);
@@ -717,27 +1057,30 @@ proptest! {
 
     /// Any change to the datagram of a valid DATA keeps it from the GN.
     #[test]
-    fn changed_datagrams_never_reach_the_gn(at in 0usize..96, bit in 0u8..8) {
-        let (dp, _) = plane();
-        let snap = dp.snapshot();
-        let datagram = data_datagram(9, &inner_packet(PEER_VIP, GN_VIP, 64));
+    fn changed_datagrams_never_reach_the_gn(suite in any_suite(), at in 0usize..96, bit in 0u8..8) {
+        let fx = plane(suite);
+        let snap = fx.dp.snapshot();
+        let datagram = fx.data(9, &inner_packet(PEER_VIP, GN_VIP, 64));
         let mut changed = datagram.clone();
         changed[at] ^= 1 << bit;
         let mut f = wan_frame(peer(), &changed);
         let v = downlink(&snap, &mut f, 0);
         prop_assert!(!matches!(v, DownVerdict::Tx { .. }), "{:?}", v);
-        prop_assert_eq!(dp.tunnel_stats()[0].rx_packets, 0);
+        prop_assert_eq!(fx.stats().rx_packets, 0);
+        prop_assert_eq!(fx.stats().last_rx_from, None);
     }
 
     /// Valid GN frames of any length up to the MTU round-trip through ntm-proto decap.
     #[test]
-    fn uplink_round_trips_any_length(len in 28usize..=INNER_MTU) {
-        let (dp, _) = plane();
+    fn uplink_round_trips_any_length(suite in any_suite(), len in 28usize..=INNER_MTU) {
+        let fx = plane(suite);
         let inner = inner_packet(GN_VIP, PEER_VIP, len);
-        let (v, buf) = run_uplink(&dp.snapshot(), &gn_frame(&inner));
+        let (v, buf) = run_uplink(&fx.dp.snapshot(), &gn_frame(&inner));
         let UpVerdict::Tx(n) = v else { panic!("{v:?}") };
-        let mut rx = RxTunnel::new(Authenticator::new(&Key::from_bytes(KEY)), GN_VIP, PEER_VIP);
-        let got = decap(&buf[42..n], |_| Some(&mut rx));
+        prop_assert_eq!(n, OUTER_LEN + len + TAG_LEN);
+        let mut rx = fx.peer_rx();
+        let mut wire = buf[DG..n].to_vec();
+        let got = decap(&mut wire, |_| Some(&mut rx));
         let same = matches!(got, Ok(Decapped::Data { inner: i, .. }) if i == &inner[..]);
         prop_assert!(same, "{:?}", got);
     }
@@ -766,4 +1109,10 @@ fn config_validation() {
     assert!(bad(&|c| c.slow_slots = 0).contains("slow_slots"));
     assert!(bad(&|c| c.cores = vec![100_000]).contains("core 100000"));
     assert!(bad(&|c| c.umem.headroom = 32).contains("headroom"));
+}
+
+#[test]
+fn the_xdp_programs_and_the_proto_crate_agree_on_the_version() {
+    assert_eq!(ntma_common::ntm::VERSION, ntm_proto::wire::VERSION);
+    assert_eq!(ntma_common::ntm::VERSION, 2);
 }

@@ -1,11 +1,12 @@
 //! One worker per NIC queue: the xsk_fwd burst loop over the queue's two AF_XDP
 //! sockets (GN-facing and WAN), sharing one UMEM.
 //!
-//! Each iteration: load the table snapshot once; reap both completion rings into the
+//! Each iteration: load the table snapshot; reap both completion rings into the
 //! worker's frame pool and give the fill rings what they are owed; take a burst from
-//! the GN side, encapsulate each frame in place and queue it on the WAN TX ring; take
-//! a burst from the WAN side, verify and strip each frame in place and queue it on the
-//! GN TX ring; flush; publish counters. A frame received on one socket leaves on the
+//! the GN side, encapsulate and seal each frame in place and queue it on the WAN TX
+//! ring; take a burst from the WAN side, load the snapshot again (so that it is at
+//! least as new as the frames), open, check and strip each frame in place and queue it
+//! on the GN TX ring; flush; publish counters. A frame received on one socket leaves on the
 //! other as the same UMEM frame. Ring wake-ups are made only when the kernel asks
 //! (`need_wakeup`); when both sides are idle the worker sleeps in poll(2) on both RX
 //! rings (or spins with `busy_poll`).
@@ -191,6 +192,14 @@ impl Worker {
                 let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
                 self.local.add(Stat::WanRx, u64::from(n));
                 received += n;
+                // The snapshot again, after the frames were taken off the ring: a
+                // tunnel the control published before sending its TUN_REQ or TUN_RESP
+                // is in it for every DATA that answers them.
+                let snap = if n > 0 {
+                    Arc::clone(cache.load())
+                } else {
+                    snap
+                };
                 let mut rx = std::mem::take(&mut self.rx);
                 for frame in rx.drain(..) {
                     self.downlink_one(&snap, frame, now);

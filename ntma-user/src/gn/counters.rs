@@ -118,8 +118,14 @@ counter_enum! {
         DnsUpstreamTimeout => "dns_upstream_timeout",
         /// Datagram from the upstream resolver that does not parse.
         DnsUpstreamMalformed => "dns_upstream_malformed",
-        /// Upstream reply with an id no pending query has.
+        /// Upstream reply for a query no longer pending (it timed out).
         DnsUpstreamUnknownId => "dns_upstream_unknown_id",
+        /// Upstream reply on a port where no query waits (answered already, or
+        /// not a port of ours): a spoof or a late duplicate.
+        DnsUpstreamWrongPort => "dns_upstream_wrong_port",
+        /// Upstream reply whose id is not the random id its query went out with
+        /// from that port: a spoof.
+        DnsUpstreamWrongId => "dns_upstream_wrong_id",
         /// Upstream reply whose question differs from the forwarded one.
         DnsUpstreamMismatch => "dns_upstream_mismatch",
         /// Upstream reply too large for one frame to the GN.

@@ -7,15 +7,29 @@
 //! DC ([`GnAction::Resolve`] → [`Gn::answer`]): an A record with the peer's
 //! VIP, an empty NOERROR for other types, NXDOMAIN for NOT_FOUND, SERVFAIL
 //! on time-out. Every other query is forwarded to the upstream resolver
-//! with a fresh DNS id and the reply relayed back unchanged except for the
-//! id. This wrapper parses and builds the frames, turns the stub's outputs
-//! into frames and actions, and counts every drop and reply by kind.
+//! and the reply relayed back unchanged except for the id. This wrapper
+//! parses and builds the frames, turns the stub's outputs into frames and
+//! actions, and counts every drop and reply by kind.
+//!
+//! Forwarding resists off-path spoofing of upstream answers (cache
+//! poisoning of the GN): every query leaves from a fresh socket of its own,
+//! bound to a random port ([`GnAction::Upstream`], [`Gn::upstream_sent`]),
+//! with an id drawn for it alone from a CSPRNG (rand's ChaCha `StdRng`,
+//! seeded from the OS). An answer is relayed only when it comes to that
+//! port ([`GnDrop::DnsUpstreamWrongPort`]), carries that id
+//! ([`GnDrop::DnsUpstreamWrongId`]) and that question
+//! ([`GnDrop::DnsUpstreamMismatch`], the stub's check); anything else is
+//! dropped and counted while the query keeps waiting for the real answer.
+//! The socket is closed ([`GnAction::UpstreamDone`]) once the answer is
+//! relayed or the query timed out.
 
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
 use ntm_proto::dns::{DnsDrop, DnsStub, Handled, Output, ReplyKind, StubConfig};
+use rand::rngs::StdRng;
+use rand::RngExt;
 
 pub(super) use ntm_proto::dns::{parse_suffix, MAX_PENDING_LIMIT, PORT};
 pub use ntm_proto::dns::{PendingId, ResolveOutcome};
@@ -31,9 +45,36 @@ pub(super) struct Peer {
     port: u16,
 }
 
-#[derive(Debug)]
+/// One query forwarded upstream, as it went on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Forward {
+    /// The stub's id of the query (its key there, never on the wire).
+    stub_id: u16,
+    /// The id it went out with: drawn from the CSPRNG for this query alone.
+    wire_id: u16,
+    /// The local port of its socket, once sent ([`Gn::upstream_sent`]).
+    port: Option<u16>,
+    /// The stub forgets it then as well.
+    deadline: Instant,
+}
+
 pub(super) struct DnsState {
     stub: DnsStub<Peer>,
+    /// At most `dns_max_pending`, like the stub's table.
+    forwards: Vec<Forward>,
+    /// Query ids; OS-seeded ChaCha.
+    rng: StdRng,
+    forward_timeout: Duration,
+}
+
+impl std::fmt::Debug for DnsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the generator: its state would predict the ids.
+        f.debug_struct("DnsState")
+            .field("stub", &self.stub)
+            .field("forwards", &self.forwards.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DnsState {
@@ -46,8 +87,12 @@ impl DnsState {
             forward_timeout: cfg.dns_forward_timeout,
             seed: cfg.seed,
         };
+        let stub = DnsStub::new(suffix, stub_cfg);
         Self {
-            stub: DnsStub::new(suffix, stub_cfg),
+            forward_timeout: stub.config().forward_timeout,
+            stub,
+            forwards: Vec::new(),
+            rng: rand::make_rng(),
         }
     }
 
@@ -103,7 +148,7 @@ impl Gn {
 
     /// Turns the stub's outputs into frames to the GN and actions. Returns
     /// the first failure and counts the others.
-    fn dns_flush(&mut self) -> Result<(), GnDrop> {
+    fn dns_flush(&mut self, now: Instant) -> Result<(), GnDrop> {
         let mut first = Ok(());
         while let Some(out) = self.dns.stub.poll_output() {
             let r = match out {
@@ -114,8 +159,19 @@ impl Gn {
                 }
                 Output::Upstream {
                     upstream_id,
-                    payload,
+                    mut payload,
                 } => {
+                    // The stub's id is unique among its pending queries, not
+                    // unpredictable: a fresh random one goes on the wire.
+                    let wire_id: u16 = self.dns.rng.random();
+                    payload[..2].copy_from_slice(&wire_id.to_be_bytes());
+                    self.dns.forwards.retain(|f| f.stub_id != upstream_id);
+                    self.dns.forwards.push(Forward {
+                        stub_id: upstream_id,
+                        wire_id,
+                        port: None,
+                        deadline: now + self.dns.forward_timeout,
+                    });
                     self.push_action(GnAction::Upstream {
                         upstream_id,
                         payload,
@@ -149,8 +205,8 @@ impl Gn {
     }
 
     /// Flushes, counting every failure.
-    fn dns_flush_counted(&mut self) {
-        if let Err(why) = self.dns_flush() {
+    fn dns_flush_counted(&mut self, now: Instant) {
+        if let Err(why) = self.dns_flush(now) {
             self.counters.drop(why);
         }
     }
@@ -168,7 +224,7 @@ impl Gn {
             port: udp.src_port,
         };
         let r = self.dns.stub.handle_query(now, peer, udp.payload);
-        self.dns_flush()?;
+        self.dns_flush(now)?;
         let handled = r.map_err(gn_drop)?;
         match handled {
             Handled::Answered => {}
@@ -179,9 +235,62 @@ impl Gn {
         Ok(())
     }
 
-    pub(super) fn relay_upstream(&mut self, now: Instant, p: &[u8]) -> Result<(), GnDrop> {
-        self.dns.stub.handle_upstream(now, p).map_err(gn_drop)?;
-        self.dns_flush()
+    /// The query the stub knows as `upstream_id` left from the socket on
+    /// `port`: its answer is awaited there.
+    pub(super) fn forward_sent(&mut self, upstream_id: u16, port: u16) {
+        match self
+            .dns
+            .forwards
+            .iter_mut()
+            .find(|f| f.stub_id == upstream_id)
+        {
+            Some(f) => f.port = Some(port),
+            // Timed out in between: nothing waits on that socket.
+            None => self.push_action(GnAction::UpstreamDone { port }),
+        }
+    }
+
+    /// An answer that came to `port`: relayed only if it is the answer to
+    /// the query sent from there (its id, then the stub checks the question).
+    pub(super) fn relay_upstream(
+        &mut self,
+        now: Instant,
+        port: u16,
+        p: &[u8],
+    ) -> Result<(), GnDrop> {
+        if p.len() < 12 || p[2] & 0x80 == 0 {
+            // Shorter than a DNS header, or not a response.
+            return Err(GnDrop::DnsUpstreamMalformed);
+        }
+        let at = self
+            .dns
+            .forwards
+            .iter()
+            .position(|f| f.port == Some(port))
+            .ok_or(GnDrop::DnsUpstreamWrongPort)?;
+        let f = self.dns.forwards[at];
+        if p[..2] != f.wire_id.to_be_bytes() {
+            return Err(GnDrop::DnsUpstreamWrongId);
+        }
+        // The stub keys it by its own id, and gives the client its id back.
+        let mut answer = p.to_vec();
+        answer[..2].copy_from_slice(&f.stub_id.to_be_bytes());
+        match self.dns.stub.handle_upstream(now, &answer) {
+            Ok(()) => {}
+            // Another question: the real answer may still come on this port.
+            Err(DnsDrop::UpstreamMismatch) => return Err(GnDrop::DnsUpstreamMismatch),
+            Err(e) => {
+                if e == DnsDrop::UpstreamUnknownId {
+                    // The stub gave up on it: so do we.
+                    self.dns.forwards.swap_remove(at);
+                    self.push_action(GnAction::UpstreamDone { port });
+                }
+                return Err(gn_drop(e));
+            }
+        }
+        self.dns.forwards.swap_remove(at);
+        self.push_action(GnAction::UpstreamDone { port });
+        self.dns_flush(now)
     }
 
     pub(super) fn answer_resolve(
@@ -191,15 +300,28 @@ impl Gn {
         outcome: ResolveOutcome,
     ) -> Result<(), GnDrop> {
         self.dns.stub.answer(now, id, outcome).map_err(gn_drop)?;
-        self.dns_flush_counted();
+        self.dns_flush_counted(now);
         Ok(())
     }
 
     pub(super) fn expire_dns(&mut self, now: Instant) {
         let expired = self.dns.stub.handle_timeout(now);
-        self.dns_flush_counted();
+        self.dns_flush_counted(now);
         for _ in 0..expired {
             self.counters.drop(GnDrop::DnsUpstreamTimeout);
+        }
+        // Forgotten by the stub at the same deadline: close their sockets.
+        let mut i = 0;
+        while i < self.dns.forwards.len() {
+            let f = self.dns.forwards[i];
+            if f.deadline <= now {
+                self.dns.forwards.swap_remove(i);
+                if let Some(port) = f.port {
+                    self.push_action(GnAction::UpstreamDone { port });
+                }
+            } else {
+                i += 1;
+            }
         }
     }
 }
@@ -450,8 +572,8 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let orig = &DIG_MX[42..];
-        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), upstream_id);
         assert_eq!(&payload[2..], &orig[2..], "forwarded unchanged but the id");
+        g.upstream_sent(upstream_id, 33_333);
 
         // The upstream resolver's answer, built with hickory.
         let mut up = Message::from_vec(&payload).unwrap();
@@ -463,15 +585,20 @@ mod tests {
             RData::MX(MX::new(10, Name::from_str("mail.example.com.").unwrap())),
         ));
         let up = up.to_vec().unwrap();
-        assert_eq!(g.handle_upstream(now, &up), Verdict::Consumed);
+        assert_eq!(g.handle_upstream(now, 33_333, &up), Verdict::Consumed);
         let (port, m, raw) = reply(&mut g);
         assert_eq!(port, 56436);
         assert_eq!(m.metadata.id, captured_id(DIG_MX));
         assert_eq!(&raw[2..], &up[2..], "relayed unchanged but the id");
-        // A second copy finds nothing pending.
         assert_eq!(
-            g.handle_upstream(now, &up),
-            Verdict::Dropped(GnDrop::DnsUpstreamUnknownId)
+            actions(&mut g),
+            vec![GnAction::UpstreamDone { port: 33_333 }],
+            "its socket closes"
+        );
+        // A second copy finds nothing waiting on that port.
+        assert_eq!(
+            g.handle_upstream(now, 33_333, &up),
+            Verdict::Dropped(GnDrop::DnsUpstreamWrongPort)
         );
         assert_eq!(g.poll_timeout(), None);
     }
@@ -481,51 +608,94 @@ mod tests {
         let mut g = gn_ready();
         let now = Instant::now();
         g.handle_frame(now, DIG_MX);
-        let payload = match actions(&mut g).pop() {
-            Some(GnAction::Upstream { payload, .. }) => payload,
+        let (upstream_id, payload) = match actions(&mut g).pop() {
+            Some(GnAction::Upstream {
+                upstream_id,
+                payload,
+            }) => (upstream_id, payload),
             other => panic!("{other:?}"),
         };
+        g.upstream_sent(upstream_id, 40_001);
         assert_eq!(
-            g.handle_upstream(now, &[1, 2, 3]),
+            g.handle_upstream(now, 40_001, &[1, 2, 3]),
             Verdict::Dropped(GnDrop::DnsUpstreamMalformed)
         );
         // Not a response (QR clear).
         assert_eq!(
-            g.handle_upstream(now, &payload),
+            g.handle_upstream(now, 40_001, &payload),
             Verdict::Dropped(GnDrop::DnsUpstreamMalformed)
         );
+        let mut answer = payload.clone();
+        answer[2] |= 0x80;
+        // The right answer on another port, or with another id: spoofs.
+        assert_eq!(
+            g.handle_upstream(now, 40_002, &answer),
+            Verdict::Dropped(GnDrop::DnsUpstreamWrongPort)
+        );
+        let mut wrong_id = answer.clone();
+        wrong_id[1] ^= 1;
+        assert_eq!(
+            g.handle_upstream(now, 40_001, &wrong_id),
+            Verdict::Dropped(GnDrop::DnsUpstreamWrongId)
+        );
         // Right id, other question: a spoof attempt; the query stays pending.
-        let mut spoof = payload.clone();
-        spoof[2] |= 0x80;
+        let mut spoof = answer.clone();
         let last = spoof.len() - 5;
         spoof[last] ^= 0x20;
         assert_eq!(
-            g.handle_upstream(now, &spoof),
+            g.handle_upstream(now, 40_001, &spoof),
             Verdict::Dropped(GnDrop::DnsUpstreamMismatch)
         );
+        assert!(frames(&mut g).is_empty(), "nothing relayed");
+        assert!(actions(&mut g).is_empty(), "the socket stays open");
         assert!(g.poll_timeout().is_some());
         g.handle_timeout(now + Duration::from_secs(5));
         assert_eq!(g.counters()[GnDrop::DnsUpstreamTimeout], 1);
+        assert_eq!(
+            actions(&mut g),
+            vec![GnAction::UpstreamDone { port: 40_001 }],
+            "timed out: its socket closes"
+        );
         assert_eq!(g.poll_timeout(), None);
         assert!(frames(&mut g).is_empty());
+        // The real answer after that finds nothing waiting.
+        assert_eq!(
+            g.handle_upstream(now, 40_001, &answer),
+            Verdict::Dropped(GnDrop::DnsUpstreamWrongPort)
+        );
     }
 
     #[test]
-    fn forwarded_ids_are_fresh_per_query() {
+    fn forwarded_ids_are_fresh_and_random_per_query() {
         let mut g = gn_ready();
         let now = Instant::now();
-        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        let mut wire = std::collections::HashSet::new();
+        let mut same = 0;
         for i in 0..100u16 {
             // All with the same client id: rewriting keeps them apart.
             g.handle_frame(
                 now,
                 &query_frame(&hickory_query("example.org.", RecordType::A, 9), 7000 + i),
             );
-            if let Some(GnAction::Upstream { upstream_id, .. }) = g.poll_action() {
-                ids.insert(upstream_id);
+            if let Some(GnAction::Upstream {
+                upstream_id,
+                payload,
+            }) = g.poll_action()
+            {
+                keys.insert(upstream_id);
+                let id = u16::from_be_bytes([payload[0], payload[1]]);
+                wire.insert(id);
+                same += usize::from(id == upstream_id || id == 9);
             }
         }
-        assert_eq!(ids.len(), 100);
+        assert_eq!(keys.len(), 100);
+        // 100 draws of 16 bits repeat twice with probability ~0.3 %.
+        assert!(wire.len() >= 98, "{} distinct ids on the wire", wire.len());
+        assert!(
+            same <= 2,
+            "{same} ids on the wire were the stub's or the client's"
+        );
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //!   (ARP, DHCP, DNS to the router address) goes into
 //!   [`Gn::handle_frame`]; frames for the data path come back as
 //!   [`Verdict::NotSlowPath`];
-//! * every datagram from the upstream resolver goes into
-//!   [`Gn::handle_upstream`];
+//! * every query to the upstream resolver ([`GnAction::Upstream`]) goes
+//!   out from a socket of its own, whose port [`Gn::upstream_sent`] learns;
+//!   every datagram received on such a socket goes into
+//!   [`Gn::handle_upstream`] with the port; [`GnAction::UpstreamDone`]
+//!   closes the socket;
 //! * the control side answers each [`GnAction::Resolve`] with
 //!   [`Gn::answer`], and tells the VIP the DC assigned with [`Gn::set_vip`];
 //! * the data path asks for ICMP errors with [`Gn::unreachable`];
@@ -290,14 +293,21 @@ pub enum GnAction {
         pending_id: PendingId,
     },
     /// Send `payload` as one UDP datagram to the configured upstream
-    /// resolver, from the daemon's upstream socket, and feed what comes back
-    /// to [`Gn::handle_upstream`]. `upstream_id` is the DNS id the query
-    /// carries (rewritten, so it is unique among pending forwards).
+    /// resolver from a new socket bound to a random port (port 0), report
+    /// that port with [`Gn::upstream_sent`], and feed what comes back on that
+    /// socket to [`Gn::handle_upstream`] with the port, until
+    /// [`GnAction::UpstreamDone`] names it. The query carries a random id
+    /// drawn for it alone.
     Upstream {
-        /// DNS id of the forwarded query.
+        /// Names the query in [`Gn::upstream_sent`] (not the id on the wire).
         upstream_id: u16,
         /// The query, ready to send.
         payload: Vec<u8>,
+    },
+    /// The query sent from `port` is answered or timed out: close its socket.
+    UpstreamDone {
+        /// The socket's local port.
+        port: u16,
     },
     /// The GN's MAC was learned or changed: the fast path addresses frames to
     /// the GN with it.
@@ -452,11 +462,17 @@ impl Gn {
         }
     }
 
-    /// Handles one datagram from the upstream resolver (the payload of the
-    /// UDP datagram the daemon's upstream socket received).
-    pub fn handle_upstream(&mut self, now: Instant, payload: &[u8]) -> Verdict {
+    /// The query of [`GnAction::Upstream`] `upstream_id` went out from the
+    /// socket bound to local `port`.
+    pub fn upstream_sent(&mut self, upstream_id: u16, port: u16) {
+        self.forward_sent(upstream_id, port);
+    }
+
+    /// Handles one datagram from the upstream resolver (the payload of a UDP
+    /// datagram received on the query socket bound to local `port`).
+    pub fn handle_upstream(&mut self, now: Instant, port: u16, payload: &[u8]) -> Verdict {
         let r = self
-            .relay_upstream(now, payload)
+            .relay_upstream(now, port, payload)
             .map(|()| Verdict::Consumed);
         self.settle(r)
     }
@@ -772,7 +788,7 @@ mod tests {
             let mut g = arb_gn();
             let now = Instant::now();
             g.handle_frame(now, &bytes);
-            g.handle_upstream(now, &bytes);
+            g.handle_upstream(now, 40_000, &bytes);
             let _ = g.unreachable(now, &bytes, Unreachable::Host);
             g.handle_timeout(now + Duration::from_secs(10));
             frames(&mut g);
@@ -790,13 +806,14 @@ mod tests {
                     GnAction::Resolve { pending_id, .. } => {
                         g.answer(now, pending_id, ResolveOutcome::Vip(Ipv4Addr::new(100, 64, 0, 9)));
                     }
-                    GnAction::Upstream { payload, .. } => {
+                    GnAction::Upstream { upstream_id, payload } => {
                         // The real reply shape with garbage after the header.
+                        g.upstream_sent(upstream_id, 40_000);
                         let mut r = payload.clone();
                         r[2] |= 0x80;
                         r.extend_from_slice(&reply);
-                        g.handle_upstream(now, &r);
-                        g.handle_upstream(now, &reply);
+                        g.handle_upstream(now, 40_000, &r);
+                        g.handle_upstream(now, 40_000, &reply);
                     }
                     _ => {}
                 }

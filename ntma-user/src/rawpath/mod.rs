@@ -14,7 +14,7 @@
 //!   leaves towards the GN as an Ethernet frame on the AF_PACKET socket.
 //!
 //! The worker shares the fast path's [`Dataplane`]: the same tunnel table, operations
-//! (`set_link`, `upsert_tunnel`, `remove_tunnel`, `set_endpoint`, `tunnel_stats`,
+//! (`set_link`, `add_tunnel`, `tunnel_up`, `remove_tunnel`, `set_endpoint`, `tunnel_stats`,
 //! `worker_stats`, `pop_slow`), counters and drop reasons. A control thread written for
 //! the AF_XDP datapath drives this one unchanged, with two differences in what it
 //! reads: the UDP socket belongs to this worker (signaling datagrams reach the control
@@ -34,7 +34,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,7 @@ pub struct RawPath {
     dataplane: Arc<Dataplane>,
     stop: Arc<AtomicBool>,
     tx_errors: Arc<AtomicU64>,
+    swap: Arc<WanSwap>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -141,20 +142,7 @@ impl RawPath {
                 cfg.batch
             )));
         }
-        let wan_local = match cfg.wan.local_addr() {
-            Ok(SocketAddr::V4(a)) if a.port() != 0 => a,
-            Ok(a) => {
-                return Err(RawError::Config(format!(
-                    "the tunnel socket must be bound to an IPv4 address and the NTM port (it is bound to {a})"
-                )))
-            }
-            Err(source) => {
-                return Err(RawError::Socket {
-                    what: "reading the tunnel socket's address",
-                    source,
-                })
-            }
-        };
+        let wan_local = tunnel_socket_addr(&cfg.wan)?;
         let lan = open_lan(&cfg.lan_if, &cfg.classify)?;
         let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
             workers: 1,
@@ -164,10 +152,12 @@ impl RawPath {
         })?);
         let stop = Arc::new(AtomicBool::new(false));
         let tx_errors = Arc::new(AtomicU64::new(0));
+        let swap = Arc::new(WanSwap::default());
         let mut worker = Worker {
             lan,
             wan: cfg.wan,
             wan_local,
+            swap: Arc::clone(&swap),
             dp: Arc::clone(&dataplane),
             batch: cfg.batch,
             busy_poll: cfg.busy_poll,
@@ -204,6 +194,7 @@ impl RawPath {
                 dataplane,
                 stop,
                 tx_errors,
+                swap,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -229,6 +220,16 @@ impl RawPath {
         1
     }
 
+    /// Replaces the tunnel socket the worker reads and sends on (the uplink's address
+    /// changed and the daemon bound a socket to the new one); the worker takes it at
+    /// its next burst and closes its descriptor of the old one.
+    pub fn replace_wan(&self, wan: UdpSocket) -> Result<(), RawError> {
+        let local = tunnel_socket_addr(&wan)?;
+        *self.swap.next.lock().unwrap_or_else(|p| p.into_inner()) = Some((wan, local));
+        self.swap.pending.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Packets a socket refused to send (no route, buffers full for longer than a few
     /// milliseconds): the one loss the data plane's drop reasons do not cover.
     pub fn tx_errors(&self) -> u64 {
@@ -252,6 +253,20 @@ impl RawPath {
 impl Drop for RawPath {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The address a tunnel socket is bound to: IPv4, the NTM port.
+fn tunnel_socket_addr(wan: &UdpSocket) -> Result<SocketAddrV4, RawError> {
+    match wan.local_addr() {
+        Ok(SocketAddr::V4(a)) if a.port() != 0 => Ok(a),
+        Ok(a) => Err(RawError::Config(format!(
+            "the tunnel socket must be bound to an IPv4 address and the NTM port (it is bound to {a})"
+        ))),
+        Err(source) => Err(RawError::Socket {
+            what: "reading the tunnel socket's address",
+            source,
+        }),
     }
 }
 
@@ -286,10 +301,18 @@ fn open_lan(ifname: &str, c: &Classify) -> Result<OwnedFd, RawError> {
     Ok(fd)
 }
 
+/// A tunnel socket handed from the daemon to the worker (the uplink's address changed).
+#[derive(Default)]
+struct WanSwap {
+    pending: AtomicBool,
+    next: Mutex<Option<(UdpSocket, SocketAddrV4)>>,
+}
+
 struct Worker {
     lan: OwnedFd,
     wan: UdpSocket,
     wan_local: SocketAddrV4,
+    swap: Arc<WanSwap>,
     dp: Arc<Dataplane>,
     batch: usize,
     busy_poll: bool,
@@ -312,10 +335,13 @@ impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
         let mut cache = arc_swap::Cache::new(Arc::clone(self.dp.table()));
         while !stop.load(Ordering::Relaxed) {
+            if self.swap.pending.load(Ordering::Acquire) {
+                self.take_new_wan();
+            }
             let snap = Arc::clone(cache.load());
             let now = self.dp.now_nanos(Instant::now());
             let up = self.uplink_burst(&snap);
-            let down = self.downlink_burst(&snap, now);
+            let down = self.downlink_burst(|| Arc::clone(cache.load()), now);
             if std::mem::take(&mut self.wake_slow) {
                 self.dp.wake_control();
             }
@@ -391,9 +417,25 @@ impl Worker {
         n
     }
 
-    /// Tunnel → GN: one `recvmmsg` on the UDP socket, verification, one `sendmmsg` on
-    /// the raw socket.
-    fn downlink_burst(&mut self, snap: &Snapshot, now: u64) -> usize {
+    /// The tunnel socket the daemon handed over with [`RawPath::replace_wan`].
+    fn take_new_wan(&mut self) {
+        let next = self
+            .swap
+            .next
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.swap.pending.store(false, Ordering::Release);
+        if let Some((wan, local)) = next {
+            self.wan = wan;
+            self.wan_local = local;
+        }
+    }
+
+    /// Tunnel → GN: one `recvmmsg` on the UDP socket, the table snapshot (taken after
+    /// the datagrams, so that every tunnel published before they arrived is in it),
+    /// opening and checks, one `sendmmsg` on the raw socket.
+    fn downlink_burst(&mut self, snapshot: impl FnOnce() -> Arc<Snapshot>, now: u64) -> usize {
         self.lens.clear();
         self.froms.clear();
         {
@@ -421,6 +463,11 @@ impl Worker {
         let n = self.lens.len();
         self.local.add(Stat::WanRx, n as u64);
         self.lan_tx.clear();
+        if n == 0 {
+            return 0;
+        }
+        let snap = snapshot();
+        let snap = &*snap;
         for i in 0..n {
             let (Some(len), Some(from)) = (self.lens[i], self.froms[i]) else {
                 self.local.drop(FastDrop::WanMalformed);

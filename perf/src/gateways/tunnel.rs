@@ -1,6 +1,10 @@
 //! ntma's two datapaths with a tunnel the bench publishes itself (no DC, no signaling:
-//! what the control thread would hand the data plane after TUN_RESP), the peer's end
-//! played by the bench in cn with ntm-proto:
+//! the [`TunnelParams`] the control thread would hand the data plane at `TunnelUp`, ntma
+//! as the initiator), the peer's end (the responder) played by the bench in cn with
+//! ntm-proto. The tunnel runs in [`Tuning::suite`], AES-256-GCM (suite 2) by default,
+//! with the direction keys derived from a random `K_tun`: ntma sends with `K_i2r` (the
+//! sink in cn opens with it) and receives with `K_r2i` (the generator and the echo in cn
+//! seal with it).
 //!
 //! * `ntma` — the AF_XDP fast path ([`ntma_user::fastpath::Datapath`]);
 //! * `raw` — the raw-socket datapath, the paper's method ([`ntma_user::rawpath::RawPath`]).
@@ -13,10 +17,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use ntm_proto::data::{RxTunnel, SeqCounter, TxTunnel};
-use ntm_proto::{Authenticator, Key, Path};
+use ntm_proto::node::TunnelParams;
+use ntm_proto::{Cipher, DirectionKeys, Key, Path, Suite};
 use ntm_testbed::{Role, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL};
 use ntma_common::XdpConfig;
-use ntma_user::fastpath::{Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo, TunnelSpec};
+use ntma_user::fastpath::{Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo};
 use ntma_user::rawpath::{Classify, RawConfig, RawPath};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +45,9 @@ pub struct Tuning {
     pub ring: u32,
     /// Spin when idle instead of sleeping in poll(2).
     pub busy_poll: bool,
+    /// The tunnel's suite (results written before suites existed read as suite 1).
+    #[serde(default = "TunnelSuite::v1")]
+    pub suite: TunnelSuite,
 }
 
 impl Default for Tuning {
@@ -50,20 +58,53 @@ impl Default for Tuning {
             batch: 64,
             ring: 2048,
             busy_poll: false,
+            suite: TunnelSuite::default(),
         }
     }
 }
 
 impl Tuning {
-    /// A short label: `2w b64 r2048`.
+    /// A short label: `2w b64 r2048 aes-256-gcm`.
     pub fn label(&self) -> String {
         format!(
-            "{}w b{} r{}{}",
+            "{}w b{} r{}{} {}",
             self.workers,
             self.batch,
             self.ring,
-            if self.busy_poll { " busy" } else { "" }
+            if self.busy_poll { " busy" } else { "" },
+            self.suite.name()
         )
+    }
+}
+
+/// The suite of the bench's tunnel (PROTOCOL.md §2.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelSuite {
+    /// Suite 2, AES-256-GCM: the DC's default.
+    #[default]
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// Suite 1, HMAC-SHA256-128 (authentication only).
+    #[serde(rename = "hmac-sha256-128")]
+    HmacSha256128,
+}
+
+impl TunnelSuite {
+    /// ntm-proto's suite.
+    pub fn suite(self) -> Suite {
+        match self {
+            TunnelSuite::Aes256Gcm => Suite::Aes256Gcm,
+            TunnelSuite::HmacSha256128 => Suite::HmacSha256_128,
+        }
+    }
+
+    /// `aes-256-gcm` or `hmac-sha256-128`.
+    pub fn name(self) -> &'static str {
+        self.suite().name()
+    }
+
+    fn v1() -> TunnelSuite {
+        TunnelSuite::HmacSha256128
     }
 }
 
@@ -77,7 +118,10 @@ pub struct Tunneled {
     engine: Option<Engine>,
     dp: Arc<Dataplane>,
     tunnel_id: u32,
-    key: Key,
+    /// The peer's (cn's) send direction key, `K_r2i`: ntma receives with it.
+    peer_tx: Cipher,
+    /// The peer's receive direction key, `K_i2r`: ntma sends with it.
+    peer_rx: Cipher,
     /// The peer's send counter (cn → gn): the downlink generators and the echo share it.
     peer_seq: SeqCounter,
     tuning: Tuning,
@@ -176,27 +220,37 @@ impl Tunneled {
             gateway_mac: l.nat1_lan.mac,
         }));
         let tunnel_id = random_u32()?;
-        let key = random_key()?;
-        dp.upsert_tunnel(TunnelSpec {
+        let keys = DirectionKeys::derive(&random_key()?);
+        let suite = tuning.suite.suite();
+        // ntma is the initiator: it sends with K_i2r and receives with K_r2i.
+        let (i2r, r2i) = keys
+            .for_role(ntm_proto::Role::Initiator)
+            .ok_or_else(|| anyhow!("no direction keys for the initiator"))?;
+        let params = TunnelParams {
             tunnel_id,
+            peer_fqdn: "cn.ntm.test".into(),
             peer_vip: CN_VIP,
             endpoint: bench.cn_ntm(),
-            key: key.clone(),
-            tx_seq: SeqCounter::starting_at(1),
             path: Path::Direct,
-        });
+            role: ntm_proto::Role::Initiator,
+            suite,
+            tx_key: i2r.clone(),
+            rx_key: r2i.clone(),
+            tx_seq: SeqCounter::starting_at(1),
+            local_vip: GN_ADDR,
+        };
+        dp.tunnel_up(&params)
+            .map_err(|e| anyhow!("publishing the bench's tunnel: {e}"))?;
+        let cipher = |k: &Key| Cipher::new(suite, k).map_err(|e| anyhow!("{e}"));
         Ok(Tunneled {
             engine: Some(engine),
             dp,
             tunnel_id,
-            key,
+            peer_tx: cipher(r2i)?,
+            peer_rx: cipher(i2r)?,
             peer_seq: SeqCounter::starting_at(1),
             tuning,
         })
-    }
-
-    fn auth(&self) -> Authenticator {
-        Authenticator::new(&self.key)
     }
 
     /// The tuning it runs with.
@@ -248,7 +302,7 @@ impl Gateway for Tunneled {
                 sink_port: NTM_PORT,
                 check: Check::NtmTags {
                     bind: cn_ntm,
-                    auth: self.auth(),
+                    cipher: Box::new(self.peer_rx.clone()),
                     tunnel_id: self.tunnel_id,
                 },
                 offered_at: None,
@@ -262,7 +316,7 @@ impl Gateway for Tunneled {
                         bind: cn_ntm,
                         dst: mapped,
                         tunnel_id: self.tunnel_id,
-                        auth: self.auth(),
+                        cipher: Box::new(self.peer_tx.clone()),
                         inner_src: peer,
                         inner_dst: gn,
                         seq: self.peer_seq.clone(),
@@ -276,17 +330,16 @@ impl Gateway for Tunneled {
     }
 
     fn echo(&mut self, _bench: &Bench) -> Result<Echo> {
-        let auth = self.auth();
         Ok(Echo {
             target: SocketAddrV4::new(CN_VIP, ECHO_PORT),
             server: EchoServer::Ntm {
                 bind: SocketAddrV4::new(CN_ADDR, NTM_PORT),
-                rx: Box::new(RxTunnel::new(auth.clone(), GN_ADDR, CN_VIP)),
-                tx: TxTunnel {
+                rx: Box::new(RxTunnel::new(self.peer_rx.clone(), GN_ADDR, CN_VIP)),
+                tx: Box::new(TxTunnel {
                     tunnel_id: self.tunnel_id,
-                    auth,
+                    cipher: self.peer_tx.clone(),
                     seq: self.peer_seq.clone(),
-                },
+                }),
             },
         })
     }
@@ -307,5 +360,24 @@ impl Gateway for Tunneled {
             s.push_str(&format!("; drops: {}", d.join(", ")));
         }
         Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_runs_suite_2_by_default_and_old_results_read_as_suite_1() {
+        let t = Tuning::default();
+        assert_eq!(t.suite.suite(), Suite::Aes256Gcm);
+        assert_eq!(t.label(), "1w b64 r2048 aes-256-gcm");
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains(r#""suite":"aes-256-gcm""#), "{json}");
+        assert_eq!(serde_json::from_str::<Tuning>(&json).unwrap(), t);
+        let old = r#"{"workers":1,"cores":[1],"batch":64,"ring":2048,"busy_poll":false}"#;
+        let old: Tuning = serde_json::from_str(old).unwrap();
+        assert_eq!(old.suite, TunnelSuite::HmacSha256128);
+        assert_eq!(old.suite.name(), "hmac-sha256-128");
     }
 }
