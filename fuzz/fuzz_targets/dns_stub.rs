@@ -1,12 +1,13 @@
 //! The DNS stub (`ntm_proto::dns::DnsStub`): arbitrary client queries and
-//! upstream replies never panic, the pending tables stay bounded, and every
-//! reply is addressed to a client that asked.
+//! upstream replies never panic, the pending tables stay bounded, every
+//! reply is addressed to a client that asked, and no reply to a UDP client
+//! exceeds `max_udp_payload` (clients 0..4 ask over UDP, 4..8 over TCP).
 #![no_main]
 
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use ntm_proto::dns::{parse_suffix, DnsStub, Output, StubConfig};
+use ntm_proto::dns::{parse_suffix, DnsStub, Output, StubConfig, Transport};
 
 fuzz_target!(|data: &[u8]| {
     let mut stub: DnsStub<u8> = DnsStub::new(
@@ -23,9 +24,14 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let client = (i % 8) as u8;
+        let transport = if client < 4 {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
         match sel % 3 {
             0 => {
-                let _ = stub.handle_query(now, client, body);
+                let _ = stub.handle_query(now, client, transport, body);
             }
             1 => {
                 let _ = stub.handle_upstream(now, body);
@@ -39,11 +45,16 @@ fuzz_target!(|data: &[u8]| {
                 Output::Reply { to, payload, .. } => {
                     assert!(to < 8);
                     assert!(payload.len() >= 12);
+                    if to < 4 {
+                        assert!(payload.len() <= stub.config().max_udp_payload);
+                    }
                 }
                 Output::Resolve { pending_id, .. } => {
                     let _ = stub.answer(now, pending_id, ntm_proto::dns::ResolveOutcome::NotFound);
                 }
-                Output::Upstream { payload, .. } => assert!(payload.len() <= 512),
+                Output::Upstream {
+                    payload, transport, ..
+                } => assert!(payload.len() <= transport.max_query()),
             }
         }
         let (w, f) = stub.pending();

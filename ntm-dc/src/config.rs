@@ -25,6 +25,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ntm_ops::metrics::MetricsConfig;
 use ntm_proto::wire::validate_fqdn;
 use ntm_proto::{Key, Suite};
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,19 @@ pub struct Config {
     /// Relay servers: `[[relay]]` tables.
     #[serde(default, rename = "relay")]
     pub relays: Vec<RelayEntry>,
+    /// The status socket (`ntm-dc status`), mode 0660.
+    #[serde(default = "default_status_socket")]
+    pub status_socket: PathBuf,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
+}
+
+/// The status socket unless `status_socket` says otherwise.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/ntm-dc/ntm-dc.sock";
+
+fn default_status_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_STATUS_SOCKET)
 }
 
 /// One `[[node]]` table: a node (or an adapter's GN) allowed to register.
@@ -93,8 +107,13 @@ pub struct Config {
 pub struct NodeEntry {
     /// Its FQDN, under `domain`.
     pub fqdn: String,
-    /// `K_node`: 64 hex digits.
+    /// `K_node`: 64 hex digits (or `key_file`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A file holding `K_node` (mode 0600), in place of `key`; relative to
+    /// this file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// A fixed VIP for this node (optional; otherwise one is chosen from the
     /// pool, the same one for the same FQDN across DC restarts unless the
     /// pool is crowded).
@@ -108,6 +127,7 @@ impl NodeEntry {
         NodeEntry {
             fqdn: fqdn.to_owned(),
             key: key.to_hex(),
+            key_file: None,
             vip: None,
         }
     }
@@ -121,8 +141,12 @@ pub struct RelayEntry {
     pub id: u32,
     /// Where nodes and the DC reach it (port 7720 by default).
     pub addr: SocketAddrV4,
-    /// `K_rs`: 64 hex digits.
+    /// `K_rs`: 64 hex digits (or `key_file`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A file holding `K_rs` (mode 0600), in place of `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl RelayEntry {
@@ -132,6 +156,7 @@ impl RelayEntry {
             id,
             addr,
             key: key.to_hex(),
+            key_file: None,
         }
     }
 }
@@ -182,6 +207,8 @@ impl Default for Config {
             stats_interval_secs: default_stats_interval(),
             nodes: Vec::new(),
             relays: Vec::new(),
+            status_socket: default_status_socket(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -232,7 +259,7 @@ pub enum ConfigError {
     #[error("[[node]] fqdn = {0:?} appears twice: keep one entry per node")]
     DuplicateFqdn(String),
     /// A key is not 64 hex digits.
-    #[error("the key of {who} must be exactly 64 hex digits (32 bytes); generate one with `openssl rand -hex 32`")]
+    #[error("the key of {who} must be exactly 64 hex digits (32 bytes); generate one with `ntm-dc keygen`")]
     BadKey {
         /// Which entry.
         who: String,
@@ -268,6 +295,10 @@ pub enum ConfigError {
         /// The rule.
         why: &'static str,
     },
+    /// A `key_file` cannot be used, or an entry has both or neither of
+    /// `key` and `key_file`.
+    #[error(transparent)]
+    Key(#[from] ntm_ops::keys::KeyError),
     /// No nodes at all.
     #[error(
         "no [[node]] entries: no node could register; add one [[node]] table (fqdn, key) per node"
@@ -327,6 +358,10 @@ pub struct Settings {
     pub nodes: Vec<NodeCred>,
     /// Relays, in configuration order.
     pub relays: Vec<RelayCred>,
+    /// The status socket.
+    pub status_socket: PathBuf,
+    /// The metrics endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -342,13 +377,32 @@ impl Config {
         })
     }
 
-    /// Read and parse a file (not yet validated: see [`Config::validate`]).
+    /// Read and parse a file (not yet validated: see [`Config::validate`]);
+    /// every `key_file` is read into its entry's `key` (and refused unless
+    /// private).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
         })?;
-        Self::parse_at(&text, path)
+        let mut c = Self::parse_at(&text, path)?;
+        let base = ntm_ops::keys::base_dir(path);
+        for n in &mut c.nodes {
+            let who = format!("[[node]] fqdn = {:?}", n.fqdn);
+            n.key = ntm_ops::keys::resolve(&who, &n.key, n.key_file.as_deref(), &base)?.0;
+        }
+        for r in &mut c.relays {
+            let who = format!("[[relay]] id = {}", r.id);
+            r.key = ntm_ops::keys::resolve(&who, &r.key, r.key_file.as_deref(), &base)?.0;
+        }
+        Ok(c)
+    }
+
+    /// Whether some key is written in the file itself (which must then be
+    /// private: [`ntm_ops::keys::check_private`]).
+    pub fn holds_inline_key(&self) -> bool {
+        self.nodes.iter().any(|n| n.key_file.is_none())
+            || self.relays.iter().any(|r| r.key_file.is_none())
     }
 
     /// The TOML text of this configuration.
@@ -494,6 +548,8 @@ impl Config {
                 .then(|| Duration::from_secs(self.stats_interval_secs)),
             nodes,
             relays,
+            status_socket: self.status_socket.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -545,11 +601,13 @@ mod tests {
                 NodeEntry {
                     fqdn: "cn.ntm.test".into(),
                     key: K1.into(),
+                    key_file: None,
                     vip: None,
                 },
                 NodeEntry {
                     fqdn: "cn2.ntm.test".into(),
                     key: K2.into(),
+                    key_file: None,
                     vip: Some(Ipv4Addr::new(100, 64, 0, 9)),
                 },
             ],
@@ -557,6 +615,7 @@ mod tests {
                 id: 1,
                 addr: "198.18.0.3:7720".parse().unwrap(),
                 key: K2.into(),
+                key_file: None,
             }],
             ..Config::default()
         }
@@ -694,6 +753,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn key_files_in_place_of_keys() {
+        let dir = std::env::temp_dir().join(format!("ntm-dc-keyfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ntm_ops::keys::write_private(&dir.join("cn.key"), &format!("{K1}\n")).unwrap();
+        ntm_ops::keys::write_private(&dir.join("rs.key"), K2).unwrap();
+        let text = "[[node]]\nfqdn = \"cn.ntm.test\"\nkey_file = \"cn.key\"\n\n\
+                    [[relay]]\nid = 1\naddr = \"198.18.0.3:7720\"\nkey_file = \"rs.key\"\n";
+        let path = dir.join("dc.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert!(!c.holds_inline_key());
+        let s = c.validate().unwrap();
+        assert_eq!(s.nodes[0].key, K1.parse().unwrap());
+        assert_eq!(s.relays[0].key, K2.parse().unwrap());
+        std::fs::set_permissions(
+            dir.join("cn.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o640),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("readable by group") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::write(
+            &path,
+            format!("[[node]]\nfqdn = \"cn.ntm.test\"\nkey = \"{K1}\"\nkey_file = \"cn.key\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("cn.ntm.test") && e.contains("not both"), "{e}");
+        assert!(base().holds_inline_key());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

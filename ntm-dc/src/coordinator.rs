@@ -303,6 +303,69 @@ enum Out {
     },
 }
 
+/// What [`Coordinator::reload`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Nodes added.
+    pub added: Vec<String>,
+    /// Nodes removed.
+    pub removed: Vec<String>,
+    /// Nodes whose key (or fixed VIP) changed.
+    pub rekeyed: Vec<String>,
+    /// Registrations that ended (of removed and re-keyed nodes).
+    pub registrations_ended: usize,
+    /// Relay ids added.
+    pub relays_added: Vec<u32>,
+    /// Relay ids removed.
+    pub relays_removed: Vec<u32>,
+    /// Relay ids whose address or key changed.
+    pub relays_rekeyed: Vec<u32>,
+    /// Tunnel set-ups forgotten because a node or relay of theirs went.
+    pub tunnels_forgotten: usize,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(",")
+            }
+        };
+        let ids = |v: &[u32]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            }
+        };
+        write!(
+            f,
+            "nodes added={} removed={} rekeyed={} (registrations ended: {}); relays added={} removed={} rekeyed={}; set-ups forgotten: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.rekeyed),
+            self.registrations_ended,
+            ids(&self.relays_added),
+            ids(&self.relays_removed),
+            ids(&self.relays_rekeyed),
+            self.tunnels_forgotten
+        )
+    }
+}
+
+/// Why [`Coordinator::reload`] refused a configuration (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// It changes settings that only a restart can change.
+    #[error("the new configuration changes {0}, which needs a restart (systemctl restart ntm-dc); nothing was reloaded")]
+    NeedsRestart(String),
+}
+
 /// The DC's protocol state. See the [module docs](self).
 #[derive(Debug)]
 pub struct Coordinator<S: RegistrationStore = MemoryStore> {
@@ -1280,6 +1343,161 @@ impl<S: RegistrationStore> Coordinator<S> {
     /// Drops by reason.
     pub fn drops(&self) -> &Drops {
         &self.drops
+    }
+
+    // ----- reload -----------------------------------------------------
+
+    /// Applies a new configuration (SIGHUP) without dropping what did not
+    /// change: a `[[node]]` with the same FQDN, key and fixed VIP keeps its
+    /// registration, its replay window and its tunnels; a removed or
+    /// re-keyed node's registration ends (its lease and VIP too), and the
+    /// set-ups still in progress that involve it are forgotten. Relays
+    /// likewise, by id, address and key. Every other setting takes effect
+    /// at once, except those that need a restart (`listen`, `vip_pool`,
+    /// `status_socket`, `metrics.listen`): a change there refuses the
+    /// whole reload and nothing changes.
+    pub fn reload(&mut self, config: &Config) -> Result<Reloaded, ReloadError> {
+        let new = config.validate()?;
+        let old = &self.settings;
+        let mut restart = Vec::new();
+        if new.listen != old.listen {
+            restart.push(format!("listen ({} -> {})", old.listen, new.listen));
+        }
+        if new.pool != old.pool {
+            restart.push(format!("vip_pool ({} -> {})", old.pool, new.pool));
+        }
+        if new.status_socket != old.status_socket {
+            restart.push("status_socket".to_owned());
+        }
+        if new.metrics.listen != old.metrics.listen {
+            restart.push("metrics.listen".to_owned());
+        }
+        if !restart.is_empty() {
+            return Err(ReloadError::NeedsRestart(restart.join(", ")));
+        }
+        let old = std::mem::replace(&mut self.settings, new);
+        let mut r = Reloaded::default();
+
+        // Nodes, by FQDN.
+        let mut slots: HashMap<String, NodeSlot> =
+            self.nodes.drain(..).map(|n| (n.fqdn.clone(), n)).collect();
+        let mut ended: HashSet<u32> = HashSet::new();
+        let mut nodes = Vec::with_capacity(self.settings.nodes.len());
+        for cred in &self.settings.nodes {
+            let before = old.nodes.iter().find(|o| o.fqdn == cred.fqdn);
+            match (slots.remove(&cred.fqdn), before) {
+                (Some(slot), Some(o))
+                    if o.key == cred.key && o.vip == cred.vip && o.node_id == cred.node_id =>
+                {
+                    nodes.push(slot);
+                    continue;
+                }
+                (Some(slot), _) => {
+                    r.rekeyed.push(cred.fqdn.clone());
+                    ended.insert(slot.node_id);
+                }
+                (None, _) => r.added.push(cred.fqdn.clone()),
+            }
+            nodes.push(NodeSlot {
+                fqdn: cred.fqdn.clone(),
+                node_id: cred.node_id,
+                vip: cred.vip,
+                auth: Authenticator::new(&cred.key),
+                window: ReplayWindow::new(),
+                directions: 0,
+                limit_logged: false,
+            });
+        }
+        for (fqdn, slot) in slots {
+            r.removed.push(fqdn);
+            ended.insert(slot.node_id);
+        }
+        for id in &ended {
+            if let Some(reg) = self.store.remove(*id) {
+                r.registrations_ended += 1;
+                tracing::info!(fqdn = %reg.fqdn, vip = %reg.vip, "registration ended by a reload (node removed or re-keyed)");
+            }
+        }
+        self.nodes = nodes;
+        self.by_fqdn = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.fqdn.clone(), i))
+            .collect();
+        self.by_id = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.node_id, i))
+            .collect();
+        self.fixed_vips = self.nodes.iter().filter_map(|n| n.vip).collect();
+
+        // Relays, by id; tunnels keep indexes into the new list.
+        let mut old_relays: Vec<Option<RelaySlot>> = self.relays.drain(..).map(Some).collect();
+        let mut moved: HashMap<usize, usize> = HashMap::new();
+        for (i, cred) in self.settings.relays.iter().enumerate() {
+            let before = old.relays.iter().position(|o| o.id == cred.id);
+            let kept = before.filter(|&j| {
+                let o = &old.relays[j];
+                o.addr == cred.addr && o.key == cred.key
+            });
+            match (kept, before) {
+                (Some(j), _) => {
+                    if let Some(slot) = old_relays[j].take() {
+                        moved.insert(j, i);
+                        self.relays.push(slot);
+                        continue;
+                    }
+                }
+                (None, Some(_)) => r.relays_rekeyed.push(cred.id),
+                (None, None) => r.relays_added.push(cred.id),
+            }
+            self.relays.push(RelaySlot {
+                id: cred.id,
+                addr: cred.addr,
+                auth: Authenticator::new(&cred.key),
+                window: ReplayWindow::new(),
+            });
+        }
+        for o in &old.relays {
+            if !self.settings.relays.iter().any(|c| c.id == o.id) {
+                r.relays_removed.push(o.id);
+            }
+        }
+
+        // Set-ups that involve what went: forgotten (their tunnels, if up,
+        // never passed through the DC; a removed node's peer sees its
+        // tunnel expire).
+        let before = self.tunnels.len();
+        self.tunnels.retain(|_, t| {
+            let nodes_ok = !ended.contains(&t.mn.node_id) && !ended.contains(&t.cn.node_id);
+            match &mut t.relay {
+                Some((idx, _)) => match moved.get(idx) {
+                    Some(&new_idx) if nodes_ok => {
+                        *idx = new_idx;
+                        true
+                    }
+                    _ => false,
+                },
+                None => nodes_ok,
+            }
+        });
+        r.tunnels_forgotten = before - self.tunnels.len();
+        let (by_id, tunnels) = (&self.by_id, &self.tunnels);
+        self.queue.retain(|o| match *o {
+            Out::RegResp { node_id, .. }
+            | Out::KeepaliveAck { node_id, .. }
+            | Out::NotRegistered { node_id, .. }
+            | Out::RouteDirStatus { node_id, .. } => by_id.contains_key(&node_id),
+            Out::RouteDir { tunnel_id, .. } | Out::RelayDir { tunnel_id } => {
+                tunnels.contains_key(&tunnel_id)
+            }
+        });
+        if !self.relays.is_empty() {
+            self.next_relay %= self.relays.len();
+        }
+        Ok(r)
     }
 
     /// One line for the statistics log.

@@ -29,6 +29,7 @@
 //! | [`store`] | [`RegistrationStore`] and its in-memory [`MemoryStore`] |
 //! | [`pool`] | [`VipPool`]: CIDR pool, reserved addresses, stable preferred VIP per FQDN |
 //! | [`counters`] | [`DropReason`], [`Drops`], [`Stats`] |
+//! | [`status`] | [`Status`]: the snapshot `ntm-dc status` and the metrics are built from |
 //!
 //! The binary `ntm-dc` is a thin tokio driver around [`Coordinator`].
 //!
@@ -77,13 +78,17 @@ pub mod config;
 pub mod coordinator;
 pub mod counters;
 pub mod pool;
+pub mod status;
 pub mod store;
 
 #[cfg(test)]
 mod world_tests;
 
 pub use config::{Config, ConfigError, NodeEntry, RelayEntry, Settings, DEFAULT_PORT};
-pub use coordinator::{plan_path, Coordinator, End, PathPlan, Transmit, TunnelInfo};
+pub use coordinator::{
+    plan_path, Coordinator, End, PathPlan, ReloadError, Reloaded, Transmit, TunnelInfo,
+};
 pub use counters::{DropReason, Drops, Stats};
 pub use pool::VipPool;
+pub use status::Status;
 pub use store::{Expiry, MemoryStore, Registration, RegistrationStore};

@@ -1,15 +1,17 @@
 //! `ntm-dc`: a thin tokio driver around [`ntm_dc::Coordinator`].
 
-use std::io::IsTerminal;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use ntm_dc::{Config, Coordinator, Settings};
+use clap::{CommandFactory, Parser, Subcommand};
+use ntm_dc::status::DriverStats;
+use ntm_dc::{Config, Coordinator, Settings, Status};
+use ntm_ops::logging::LogFormat;
 use ntm_proto::wire::{MAX_DATAGRAM_LEN, MAX_SIGNALING_LEN};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Interval;
@@ -23,35 +25,114 @@ use tokio::time::Interval;
 /// 2 = AES-256-GCM (default), 1 = HMAC-SHA256-128 (authentication only).
 /// Replayed signaling is dropped and counted (`replay` in the drops).
 ///
-/// Logs go to stderr; choose what with RUST_LOG (default `info`, e.g.
-/// RUST_LOG=ntm_dc=debug shows every drop). SIGUSR1 logs a statistics line;
-/// SIGTERM or SIGINT stops it.
+/// Logs go to stderr (--log-format json: one JSON object per line); choose
+/// what with RUST_LOG (default `info`, e.g. RUST_LOG=ntm_dc=debug shows
+/// every drop). `ntm-dc status` shows registrations, directions, relay
+/// bindings and counters over the status socket; with `[metrics] listen`
+/// set it serves Prometheus metrics on GET /metrics. SIGHUP reloads the
+/// configuration: nodes and relays are added, removed and re-keyed while
+/// unchanged nodes keep their registrations and tunnels. Under systemd
+/// (Type=notify) it reports ready and reloading and pings the watchdog.
+/// SIGUSR1 logs a statistics line; SIGTERM or SIGINT stops it. It needs no
+/// privileges (run it as an unprivileged user).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     /// The configuration file (TOML; see ntm-dc/ntm-dc.example.toml).
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "print_man"
+    )]
+    config: Option<PathBuf>,
     /// Listen on this address instead of the configuration's `listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddrV4>,
     /// Check the configuration, print a summary and exit.
     #[arg(long)]
     check: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print the man page (roff) and exit.
+    #[arg(long, hide = true)]
+    print_man: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print a new random key (K_node or K_rs: 64 hex digits).
+    Keygen,
+    /// Provision a node: print the DC's [[node]] entry for FQDN with a new
+    /// key, and the matching snippet for the node's (ntm-node) or the
+    /// adapter's (ntma [dc]) configuration.
+    AddNode {
+        /// The node's FQDN (under the DC's domain).
+        fqdn: String,
+        /// The DC's address as nodes reach it (default: the configuration's
+        /// `listen`, if it names one).
+        #[arg(long, value_name = "ADDR:PORT")]
+        dc: Option<SocketAddrV4>,
+        /// The DC's configuration (for its domain and address).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Write the key to this file (mode 0600) and print `key_file`
+        /// entries instead of the key itself.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Show a running DC's registrations, directions, relay bindings and
+    /// counters (over its status socket).
+    Status {
+        /// The configuration the DC runs with (names its status socket).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The status socket (default /run/ntm-dc/ntm-dc.sock).
+        #[arg(short, long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Plain text in log files, so that they can be searched.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let args = Args::parse();
-    match start(args) {
+    if args.print_man {
+        let mut out = std::io::stdout().lock();
+        return match ntm_ops::man::render(Args::command(), &mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
+    let r = match args.command {
+        Some(Cmd::Keygen) => ntm_ops::keys::generate().map(|k| println!("{k}")),
+        Some(Cmd::AddNode {
+            fqdn,
+            dc,
+            config,
+            key_file,
+        }) => add_node(&fqdn, dc, config, key_file),
+        Some(Cmd::Status {
+            config,
+            socket,
+            json,
+        }) => status(config, socket, json),
+        None => {
+            ntm_ops::logging::init(args.log_format, "info");
+            start(args)
+        }
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}`: the whole chain on one line, no backtrace.
@@ -61,18 +142,102 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reads a configuration without its keys (for `status` and `add-node`,
+/// which may run as an operator who cannot read the key files).
+fn config_text(path: &std::path::Path) -> Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Config::from_toml(&text)?)
+}
+
+fn add_node(
+    fqdn: &str,
+    dc: Option<SocketAddrV4>,
+    config: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+) -> Result<()> {
+    let cfg = config.as_deref().map(config_text).transpose()?;
+    if ntm_proto::wire::validate_fqdn(fqdn.as_bytes()).is_err() {
+        anyhow::bail!("{fqdn:?} is not a valid FQDN: lower-case labels of a-z, 0-9 and '-', separated by dots");
+    }
+    if let Some(c) = &cfg {
+        if !fqdn.ends_with(&format!(".{}", c.domain)) {
+            anyhow::bail!("{fqdn:?} is not under the DC's domain {:?}", c.domain);
+        }
+        if c.nodes.iter().any(|n| n.fqdn == fqdn) {
+            anyhow::bail!(
+                "{fqdn:?} already has a [[node]] entry in {}",
+                config.unwrap_or_default().display()
+            );
+        }
+    }
+    let dc = dc
+        .or_else(|| {
+            cfg.as_ref()
+                .map(|c| c.listen)
+                .filter(|l| !l.ip().is_unspecified())
+        })
+        .map_or_else(|| "<the DC's address>:7710".to_owned(), |a| a.to_string());
+    let key = ntm_ops::keys::generate()?;
+    let key_line = match &key_file {
+        Some(path) => {
+            ntm_ops::keys::write_private(path, &format!("{key}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            format!("key_file = {:?}", path.display().to_string())
+        }
+        None => format!("key = \"{key}\""),
+    };
+    println!("# 1. Add to the DC's configuration, then reload it (systemctl reload ntm-dc):");
+    println!("[[node]]\nfqdn = \"{fqdn}\"\n{key_line}\n");
+    println!("# 2a. A software node (ntm-node) registering this FQDN: in its configuration");
+    println!("fqdn = \"{fqdn}\"\n{key_line}\ndc = \"{dc}\"\n");
+    println!("# 2b. Or an adapter (ntma) serving a GN with this FQDN: its [dc] table");
+    println!("[dc]\naddress = \"{dc}\"\nfqdn = \"{fqdn}\"\n{key_line}");
+    if key_file.is_some() {
+        println!("\n# The key file is mode 0600: copy it to the node as well (key_file paths are relative to the configuration's directory).");
+    }
+    Ok(())
+}
+
+/// `ntm-dc status`: the socket from `--socket`, the configuration or the default.
+fn status(config: Option<PathBuf>, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let path = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => config_text(&c)?.status_socket,
+        (None, None) => PathBuf::from(ntm_dc::config::DEFAULT_STATUS_SOCKET),
+    };
+    let text = ntm_ops::unix::query(&path, "ntm-dc")?;
+    let st: Status = serde_json::from_str(&text)
+        .with_context(|| format!("bad answer from {}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print!("{}", st.render());
+    }
+    Ok(())
+}
+
 fn start(args: Args) -> Result<()> {
-    let mut config = Config::load(&args.config)?;
+    let path = args.config.clone().context("--config is required")?;
+    let mut config = Config::load(&path)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
     let settings = config
         .validate()
-        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let private = if config.holds_inline_key() {
+        ntm_ops::keys::check_private(&path).err()
+    } else {
+        None
+    };
     if args.check {
+        if let Some(e) = &private {
+            eprintln!("ntm-dc: warning: {e}; ntm-dc refuses to start with it");
+        }
         println!(
             "{}: OK ({} nodes, {} relays, VIP pool {}, listen {}, tunnel suite {} {})",
-            args.config.display(),
+            path.display(),
             settings.nodes.len(),
             settings.relays.len(),
             settings.pool,
@@ -82,11 +247,31 @@ fn start(args: Args) -> Result<()> {
         );
         return Ok(());
     }
+    if let Some(e) = private {
+        return Err(e.into());
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(run(config, settings))
+        .block_on(run(config, settings, path, args.listen))
+}
+
+/// SIGHUP: the configuration read again (with the command line's
+/// `--listen`), checked as at start, and applied.
+fn reload(
+    dc: &mut Coordinator,
+    path: &std::path::Path,
+    listen: Option<SocketAddrV4>,
+) -> Result<ntm_dc::Reloaded> {
+    let mut config = Config::load(path)?;
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if config.holds_inline_key() {
+        ntm_ops::keys::check_private(path)?;
+    }
+    Ok(dc.reload(&config)?)
 }
 
 fn unix_nanos() -> u64 {
@@ -111,7 +296,12 @@ async fn tick(interval: &mut Option<Interval>) {
     }
 }
 
-async fn run(config: Config, settings: Settings) -> Result<()> {
+async fn run(
+    config: Config,
+    settings: Settings,
+    path: PathBuf,
+    listen: Option<SocketAddrV4>,
+) -> Result<()> {
     let socket = UdpSocket::bind(settings.listen).await.with_context(|| {
         format!(
             "cannot listen on {}: is another ntm-dc running there, or is the address not on this host?",
@@ -130,6 +320,22 @@ async fn run(config: Config, settings: Settings) -> Result<()> {
         tunnel_suite = %settings.tunnel_suite.name(),
         "ntm-dc listening"
     );
+    let status_listener = tokio::net::UnixListener::from_std(ntm_ops::unix::bind(
+        &settings.status_socket,
+        "status_socket",
+    )?)
+    .context("status socket")?;
+    let _socket_file = ntm_ops::unix::SocketFile(settings.status_socket.clone());
+    let metrics = match settings.metrics.listen {
+        Some(addr) => Some(ntm_ops::metrics::bind(addr).await?),
+        None => None,
+    };
+    tracing::info!(status = %settings.status_socket.display(), metrics = ?settings.metrics.listen, "status and metrics");
+    let started = Instant::now();
+    let mut driver = DriverStats::default();
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut watchdog = ntm_ops::notify::watchdog_timer();
+    ntm_ops::notify::ready(&format!("coordinating on {}", settings.listen));
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -158,11 +364,52 @@ async fn run(config: Config, settings: Settings) -> Result<()> {
             },
             _ = sleep_until(deadline) => dc.handle_timeout(Instant::now()),
             _ = tick(&mut stats) => tracing::info!(send_errors, "stats: {}", dc.stats_line()),
+            r = status_listener.accept() => match r {
+                Ok((mut stream, _)) => {
+                    driver.uptime_secs = started.elapsed().as_secs_f64();
+                    driver.send_errors = send_errors;
+                    let body = serde_json::to_vec(&Status::of(&dc, Instant::now(), driver)).unwrap_or_default();
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(&body).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+                Err(e) => tracing::debug!(error = %e, "status socket accept error"),
+            },
+            r = ntm_ops::metrics::accept(&metrics) => match r {
+                Ok(stream) => {
+                    driver.uptime_secs = started.elapsed().as_secs_f64();
+                    driver.send_errors = send_errors;
+                    let st = Status::of(&dc, Instant::now(), driver);
+                    ntm_ops::metrics::respond(stream, st.metrics(dc.settings().metrics.max_tunnel_labels));
+                }
+                Err(e) => tracing::debug!(error = %e, "metrics accept error"),
+            },
+            _ = hup.recv() => {
+                ntm_ops::notify::reloading();
+                match reload(&mut dc, &path, listen) {
+                    Ok(r) => {
+                        driver.reloads += 1;
+                        stats = dc
+                            .settings()
+                            .stats_interval
+                            .map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+                        tracing::info!("configuration reloaded: {r}");
+                    }
+                    Err(e) => {
+                        driver.reloads_refused += 1;
+                        tracing::error!("reload refused, running on unchanged: {e:#}");
+                    }
+                }
+                ntm_ops::notify::ready(&format!("coordinating on {}", dc.settings().listen));
+            },
+            () = ntm_ops::notify::tick(&mut watchdog) => ntm_ops::notify::ping(),
             _ = usr1.recv() => tracing::info!(send_errors, "stats: {}", dc.stats_line()),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    ntm_ops::notify::stopping();
     tracing::info!(send_errors, "stopping; stats: {}", dc.stats_line());
     Ok(())
 }

@@ -2012,3 +2012,84 @@ fn tunnel_suite_1_and_2_configs_both_produce_working_route_dirs() {
         }
     }
 }
+
+// ---------------------------------------------------------------- reload (SIGHUP)
+
+#[test]
+fn reload_keeps_unchanged_nodes_and_ends_removed_and_rekeyed_ones() {
+    // Three nodes: mn stays, cn is re-keyed, a is removed; a new one is added.
+    let mut w = pair(false, false);
+    let a = w.add_host("a.ntm.test", addr(198, 18, 0, 30, 7700), None);
+    w.run_for(Duration::from_secs(2));
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    w.assert_data_both_ways(0, 1);
+    let mn_before = w.dc.registration("mn.ntm.test").unwrap();
+    assert!(w.dc.registration("a.ntm.test").unwrap().is_active());
+
+    let mut cfg = dc_config();
+    cfg.nodes.retain(|n| n.fqdn != "a.ntm.test");
+    cfg.nodes
+        .push(NodeEntry::new("new.ntm.test", &node_key("new.ntm.test")));
+    for n in &mut cfg.nodes {
+        if n.fqdn == "cn.ntm.test" {
+            n.key = Key::from_bytes([0x77; 32]).to_hex();
+        }
+    }
+    let r = w.dc.reload(&cfg).unwrap();
+    assert_eq!(r.added, vec!["new.ntm.test".to_owned()]);
+    assert_eq!(r.removed, vec!["a.ntm.test".to_owned()]);
+    assert_eq!(r.rekeyed, vec!["cn.ntm.test".to_owned()]);
+    assert_eq!(r.registrations_ended, 2, "{r}");
+    assert!(r.relays_added.is_empty() && r.relays_removed.is_empty());
+    assert_eq!(w.dc.registration("mn.ntm.test"), Some(mn_before.clone()));
+    assert!(w.dc.registration("cn.ntm.test").is_none());
+    assert!(w.dc.registration("a.ntm.test").is_none());
+    assert!(w.dc.node_id("new.ntm.test").is_some());
+    assert!(w.dc.node_id("a.ntm.test").is_none());
+
+    // The tunnel never passed through the DC: it still carries data.
+    w.assert_data_both_ways(0, 1);
+    // mn keeps alive on its old registration (no REG_REQ again); a and the
+    // old-keyed cn are refused from now on.
+    w.run_for(Duration::from_secs(120));
+    assert_eq!(w.registered(0).len(), 1, "mn did not register again");
+    assert!(w.dc.registration("mn.ntm.test").unwrap().is_active());
+    assert!(w.dc.registration("cn.ntm.test").is_none());
+    assert!(w.dc.registration("a.ntm.test").is_none());
+    assert!(w.dc.drops().get(crate::DropReason::Proto(Error::BadTag)) > 0);
+    assert!(
+        w.dc.drops().get(crate::DropReason::UnknownFqdn) > 0
+            || w.dc.drops().get(crate::DropReason::UnknownNode) > 0
+    );
+    let _ = a;
+}
+
+#[test]
+fn reload_refuses_what_needs_a_restart_and_bad_configs_and_changes_nothing() {
+    let mut w = pair(false, false);
+    let before = w.dc.registration("cn.ntm.test").unwrap();
+    let mut cfg = dc_config();
+    cfg.listen = addr(198, 18, 0, 99, 7710);
+    cfg.nodes.clear();
+    let e = w.dc.reload(&cfg).unwrap_err().to_string();
+    assert!(e.contains("no [[node]]"), "{e}");
+    cfg.nodes = dc_config().nodes;
+    let e = w.dc.reload(&cfg).unwrap_err().to_string();
+    assert!(e.contains("listen") && e.contains("needs a restart"), "{e}");
+    cfg.listen = DC;
+    cfg.vip_pool = "10.0.0.0/8".into();
+    let e = w.dc.reload(&cfg).unwrap_err().to_string();
+    assert!(e.contains("vip_pool"), "{e}");
+    assert_eq!(w.dc.registration("cn.ntm.test"), Some(before));
+    // Settings that need no restart apply at once.
+    let mut cfg = dc_config();
+    cfg.keepalive_secs = 7;
+    cfg.relays[0].key = Key::from_bytes([0x12; 32]).to_hex();
+    let r = w.dc.reload(&cfg).unwrap();
+    assert_eq!(r.relays_rekeyed, vec![RS_ID]);
+    assert_eq!(w.dc.settings().keepalive, Duration::from_secs(7));
+    assert!(r.added.is_empty() && r.removed.is_empty() && r.rekeyed.is_empty());
+    w.run_for(Duration::from_secs(30));
+    assert!(w.dc.registration("cn.ntm.test").unwrap().is_active());
+}

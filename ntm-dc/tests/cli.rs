@@ -114,3 +114,84 @@ fn bad_configurations_fail_with_what_to_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn keygen_prints_a_new_key_each_time() {
+    let a = dc(&["keygen"]);
+    let b = dc(&["keygen"]);
+    assert!(a.status.success());
+    let (a, b) = (
+        String::from_utf8_lossy(&a.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&b.stdout).trim().to_owned(),
+    );
+    assert_eq!(a.len(), 64, "{a}");
+    assert!(a.parse::<ntm_proto::Key>().is_ok());
+    assert_ne!(a, b);
+}
+
+#[test]
+fn add_node_prints_the_dc_entry_and_the_node_snippets() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-dc.example.toml");
+    let out = dc(&[
+        "add-node",
+        "new.ntm.test",
+        "--dc",
+        "198.18.0.2:7710",
+        "--config",
+        example.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The DC's entry parses as one, with the same key as the snippets.
+    let dc_part = text.split("# 2a.").next().unwrap();
+    let entry: ntm_dc::Config = ntm_dc::Config::from_toml(dc_part).unwrap();
+    assert_eq!(entry.nodes[0].fqdn, "new.ntm.test");
+    let key = &entry.nodes[0].key;
+    assert_eq!(text.matches(key.as_str()).count(), 3, "{text}");
+    assert!(text.contains("dc = \"198.18.0.2:7710\""), "{text}");
+    assert!(
+        text.contains("[dc]\naddress = \"198.18.0.2:7710\""),
+        "{text}"
+    );
+    // Names outside the domain or already provisioned are refused.
+    let out = dc(&[
+        "add-node",
+        "x.example.org",
+        "--config",
+        example.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("domain"));
+    let out = dc(&[
+        "add-node",
+        "cn.ntm.test",
+        "--config",
+        example.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already has a [[node]]"));
+    // --key-file writes the key, mode 0600, and the snippets name the file.
+    let dir = std::env::temp_dir().join(format!("ntm-dc-addnode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kf = dir.join("new.key");
+    let out = dc(&[
+        "add-node",
+        "new.ntm.test",
+        "--key-file",
+        kf.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("key_file = "), "{text}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kf).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(ntm_ops::keys::read_key_file(&kf)
+        .unwrap()
+        .parse::<ntm_proto::Key>()
+        .is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

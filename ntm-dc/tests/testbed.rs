@@ -77,7 +77,10 @@ fn start(tb: &Testbed, role: Role, bin: &Path, config: &Path, ready: &str) -> Ch
 
 fn start_dc(tb: &Testbed, config: &ntm_dc::Config) -> Child {
     let path = tb.state_dir().join("dc.toml");
-    std::fs::write(&path, config.to_toml()).expect("write dc.toml");
+    let mut config = config.clone();
+    config.status_socket = tb.state_dir().join("dc.sock");
+    // Private: the DC refuses a configuration with keys others can read.
+    ntm_ops::keys::write_private(&path, &config.to_toml()).expect("write dc.toml");
     start(
         tb,
         Role::Dc,
@@ -90,8 +93,9 @@ fn start_dc(tb: &Testbed, config: &ntm_dc::Config) -> Child {
 fn start_rs(tb: &Testbed) -> Child {
     let mut c = ntm_rs::Config::new(RS_ID, &proto_key(tb.keys().rs()));
     c.stats_interval_secs = 0;
+    c.status_socket = tb.state_dir().join("rs.sock");
     let path = tb.state_dir().join("rs.toml");
-    std::fs::write(&path, c.to_toml()).expect("write rs.toml");
+    ntm_ops::keys::write_private(&path, &c.to_toml()).expect("write rs.toml");
     let bin: PathBuf = bin_path("ntm-rs").expect("the ntm-rs binary");
     start(tb, Role::Rs, &bin, &path, "ntm-rs listening")
 }

@@ -10,6 +10,8 @@
 //! socket_buffer = 4194304
 //! tun_name = "ntm0"
 //! mtu = 1440
+//! tun_queue_len = 1000
+//! tun_offload = true
 //! dns_listen = "127.0.0.1:53"
 //! ntm_suffix = "ntm.test"
 //! dns_ttl = 30
@@ -38,6 +40,16 @@ pub const DEFAULT_MTU: u16 = 1440;
 /// while the one driver task is busy, where the kernel's default (about
 /// 208 KiB) overflows under iperf3.
 pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
+/// The TUN device's queue (txqueuelen), in packets: what the kernel holds
+/// for the node while its one task is busy elsewhere. Linux gives a TUN
+/// device 500; at 1 Gbit/s of 1440-byte packets 1000 is 11 ms of traffic,
+/// and with `tun_offload` a slot holds a TCP super-packet of up to 64 KiB.
+pub const DEFAULT_TUN_QUEUE_LEN: u32 = 1000;
+/// Smallest `tun_queue_len` accepted.
+pub const MIN_TUN_QUEUE_LEN: u32 = 64;
+/// Largest `tun_queue_len` accepted: a full queue of 64 KiB super-packets
+/// is then 1 GiB of kernel memory that no socket is charged for.
+pub const MAX_TUN_QUEUE_LEN: u32 = 16_384;
 /// Smallest `socket_buffer` accepted (64 KiB): less drops bursts.
 pub const MIN_SOCKET_BUFFER: usize = 64 << 10;
 /// Largest `socket_buffer` accepted (256 MiB), far below the kernel's int.
@@ -49,8 +61,19 @@ pub const MAX_SOCKET_BUFFER: usize = 256 << 20;
 pub struct Config {
     /// The FQDN this node registers.
     pub fqdn: String,
-    /// `K_node` of that FQDN: 64 hex digits.
+    /// `K_node` of that FQDN: 64 hex digits (or `key_file`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A file holding `K_node` (mode 0600), in place of `key`; relative to
+    /// this file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+    #[serde(
+        default,
+        skip_serializing_if = "ntm_ops::metrics::MetricsConfig::is_default"
+    )]
+    pub metrics: ntm_ops::metrics::MetricsConfig,
     /// The DC's address and port.
     pub dc: SocketAddrV4,
     /// The resolver that names outside the NTM suffix are forwarded to.
@@ -68,6 +91,15 @@ pub struct Config {
     /// MTU of the TUN device.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// Packets the kernel queues on the TUN device for the node to read
+    /// (its txqueuelen); packets that arrive while it is full are dropped
+    /// (the device's tx_dropped).
+    #[serde(default = "default_tun_queue_len")]
+    pub tun_queue_len: u32,
+    /// Open the TUN device with a virtio-net header and the kernel's
+    /// segmentation offloads (TSO, USO; GRO on writes), as wireguard-go does.
+    #[serde(default = "default_tun_offload")]
+    pub tun_offload: bool,
     /// Where the DNS stub listens.
     #[serde(default = "default_dns_listen")]
     pub dns_listen: SocketAddr,
@@ -111,6 +143,12 @@ fn default_tun() -> String {
 fn default_mtu() -> u16 {
     DEFAULT_MTU
 }
+fn default_tun_queue_len() -> u32 {
+    DEFAULT_TUN_QUEUE_LEN
+}
+fn default_tun_offload() -> bool {
+    true
+}
 fn default_dns_listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 53))
 }
@@ -145,12 +183,16 @@ impl Config {
         Config {
             fqdn: fqdn.to_owned(),
             key: key.to_hex(),
+            key_file: None,
+            metrics: ntm_ops::metrics::MetricsConfig::default(),
             dc,
             upstream,
             listen_port: default_port(),
             socket_buffer: default_socket_buffer(),
             tun_name: default_tun(),
             mtu: default_mtu(),
+            tun_queue_len: default_tun_queue_len(),
+            tun_offload: default_tun_offload(),
             dns_listen: default_dns_listen(),
             ntm_suffix: default_suffix(),
             dns_ttl: default_ttl(),
@@ -196,6 +238,9 @@ pub enum ConfigError {
         /// The suffix.
         suffix: String,
     },
+    /// `key_file` cannot be used.
+    #[error(transparent)]
+    Key(#[from] ntm_ops::keys::KeyError),
     /// `key` is not 64 hex digits.
     #[error("key must be exactly 64 hex digits (32 bytes), the same as in the DC's [[node]] entry for this fqdn")]
     BadKey,
@@ -246,6 +291,10 @@ pub struct Settings {
     pub tun_name: String,
     /// TUN MTU.
     pub mtu: u16,
+    /// TUN queue length (txqueuelen), in packets.
+    pub tun_queue_len: u32,
+    /// TUN offloads (virtio-net header, TSO/USO, GRO).
+    pub tun_offload: bool,
     /// DNS stub address.
     pub dns_listen: SocketAddr,
     /// NTM suffix, as configured.
@@ -262,6 +311,8 @@ pub struct Settings {
     pub stats_interval: Option<Duration>,
     /// Status file, if any.
     pub status_file: Option<PathBuf>,
+    /// The metrics endpoint.
+    pub metrics: ntm_ops::metrics::MetricsConfig,
 }
 
 impl Config {
@@ -277,13 +328,28 @@ impl Config {
         })
     }
 
-    /// Read and parse a file (not yet validated: see [`Config::validate`]).
+    /// Read and parse a file (not yet validated: see [`Config::validate`]);
+    /// a `key_file` is read into `key` (and refused unless private).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse_at(&text, path)
+        let mut c = Self::parse_at(&text, path)?;
+        let (key, _) = ntm_ops::keys::resolve(
+            "ntm-node",
+            &c.key,
+            c.key_file.as_deref(),
+            &ntm_ops::keys::base_dir(path),
+        )?;
+        c.key = key;
+        Ok(c)
+    }
+
+    /// Whether the key is written in the file itself (which must then be
+    /// private: [`ntm_ops::keys::check_private`]).
+    pub fn holds_inline_key(&self) -> bool {
+        self.key_file.is_none()
     }
 
     /// The TOML text of this configuration.
@@ -380,6 +446,13 @@ impl Config {
                 why: "use 576..=1500 (1440 fits a 1500-byte path with the 60-byte tunnel overhead)",
             });
         }
+        if !(MIN_TUN_QUEUE_LEN..=MAX_TUN_QUEUE_LEN).contains(&self.tun_queue_len) {
+            return Err(ConfigError::BadValue {
+                field: "tun_queue_len",
+                value: self.tun_queue_len.into(),
+                why: "use 64..=16384 packets (1000 by default; see the example configuration for sizing it)",
+            });
+        }
         if self.dns_ttl > MAX_TTL {
             return Err(ConfigError::BadValue {
                 field: "dns_ttl",
@@ -429,6 +502,8 @@ impl Config {
             socket_buffer: self.socket_buffer,
             tun_name: self.tun_name.clone(),
             mtu: self.mtu,
+            tun_queue_len: self.tun_queue_len,
+            tun_offload: self.tun_offload,
             dns_listen: self.dns_listen,
             ntm_suffix: suffix.to_owned(),
             dns,
@@ -438,6 +513,7 @@ impl Config {
             stats_interval: (self.stats_interval_secs > 0)
                 .then(|| Duration::from_secs(self.stats_interval_secs)),
             status_file: self.status_file.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -468,6 +544,8 @@ mod tests {
         assert_eq!(s.listen_port, 7700);
         assert_eq!(s.socket_buffer, 4 << 20);
         assert_eq!(s.mtu, 1440);
+        assert_eq!(s.tun_queue_len, 1000);
+        assert!(s.tun_offload);
         assert_eq!(s.tun_name, "ntm0");
         assert_eq!(s.dns_listen, "127.0.0.1:53".parse().unwrap());
         assert_eq!(s.ntm_suffix, "ntm.test");
@@ -516,6 +594,9 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("64 hex digits"), "{e}");
         assert!(err("mtu = 9000\n").contains("mtu = 9000"));
+        assert!(err("tun_queue_len = 63\n").contains("tun_queue_len = 63"));
+        assert!(err("tun_queue_len = 16385\n").contains("tun_queue_len"));
+        assert!(err("tun_offload = 1\n").contains("tun_offload"));
         assert!(err("dns_ttl = 300\n").contains("60"));
         assert!(err("tun_name = \"a-very-long-interface-name\"\n").contains("tun_name"));
         assert!(err("ntm_suffix = \"ntm_test\"\n").contains("ntm_suffix"));

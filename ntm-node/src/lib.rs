@@ -13,23 +13,32 @@
 //!   IPv4 packet; inner source = peer VIP, inner destination = own VIP);
 //!   only a datagram that passed them all counts as activity or moves the
 //!   peer's endpoint (roaming); packets to a VIP whose tunnel is being set
-//!   up wait in a bounded [`hold::HoldQueue`];
+//!   up wait in a bounded [`hold::HoldQueue`]; the device is read and
+//!   written in batches with the kernel's offloads (TSO/GRO over a
+//!   virtio-net header, as wireguard-go does) and a queue length of
+//!   `tun_queue_len`;
 //! * a DNS stub answering names under the NTM suffix through DIR_REQ and
 //!   forwarding the rest to the upstream resolver;
 //! * counters of every packet and every drop by reason ([`stats`]), logged
 //!   periodically and on SIGUSR1, and written to a JSON status file
 //!   ([`Status`]) every second when `status_file` is set; each tunnel's
-//!   suite is in both.
+//!   suite is in both, and so are the kernel's counters of the TUN device
+//!   ([`TunDeviceStatus`]: the packets it dropped because the node did not
+//!   read them in time).
 //!
 //! Configuration: [`Config`] (TOML, see `ntm-node.example.toml`), checked
 //! by [`Config::validate`] into [`Settings`].
 
 pub mod config;
+/// Metrics built from the status snapshot (`[metrics] listen`).
+pub mod metrics;
 /// The hold queue, shared with the adapter (moved to `ntm_proto::hold`).
 pub use ntm_proto::hold;
 mod node;
 pub mod stats;
+mod tun;
 
 pub use config::{Config, ConfigError, Settings};
 pub use node::{route_source, run, ADDR_POLL, STATUS_EVERY};
-pub use stats::{Status, TunnelStatus};
+pub use stats::{Status, TunDeviceStatus, TunnelStatus};
+pub use tun::parse_proc_net_dev;

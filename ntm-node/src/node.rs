@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use ntm_proto::data::inner_destination;
-use ntm_proto::dns::{DnsStub, Output, PendingId, ResolveOutcome};
+use ntm_proto::dns::{DnsStub, Output, PendingId, ResolveOutcome, Transport};
 use ntm_proto::node::{self, DirError, Endpoint, Event, Received, ReqId, TunnelParams};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
 use ntm_proto::{Error, Status as Code};
@@ -22,7 +22,8 @@ use tun_rs::AsyncDevice;
 
 use crate::config::Settings;
 use crate::hold::HoldQueue;
-use crate::stats::{Counters, LocalDrop, Status, TunnelStatus};
+use crate::stats::{Counters, LocalDrop, Status, TunDeviceStatus, TunnelStatus};
+use crate::tun::{self as tundev, TunRx, TunTx};
 
 /// How often the route to the DC is checked for a new local address.
 pub const ADDR_POLL: Duration = Duration::from_secs(1);
@@ -39,7 +40,17 @@ struct Io {
     tun: AsyncDevice,
     dns: UdpSocket,
     upstream: UdpSocket,
+    /// The device's name, queue length and offloads, and its interface
+    /// index (to check that sysfs shows our namespace).
+    tun_dev: (TunDeviceStatus, u32),
 }
+
+/// TUN reads handled per wake-up before the other inputs get a turn (each
+/// read is up to 64 KiB with offload, one packet without).
+const TUN_READS_PER_WAKE: usize = 16;
+/// Datagrams handled per wake-up before the other inputs get a turn: one
+/// batched TUN write's worth.
+const DATAGRAMS_PER_WAKE: usize = tundev::BATCH;
 
 /// The node's state, driven by [`run`].
 struct Node {
@@ -57,6 +68,11 @@ struct Node {
     pkt_by_req: HashMap<ReqId, Ipv4Addr>,
     /// The address on the TUN device.
     tun_addr: Option<(Ipv4Addr, u8)>,
+    /// The TUN device for the status (counters read when it is written),
+    /// and its interface index.
+    tun_dev: (TunDeviceStatus, u32),
+    /// Packets from tunnels waiting for one batched TUN write.
+    tun_tx: TunTx,
     local_ip: Ipv4Addr,
     buf: Vec<u8>,
 }
@@ -110,6 +126,8 @@ impl Node {
             dns_by_req: HashMap::new(),
             pkt_by_req: HashMap::new(),
             tun_addr: None,
+            tun_dev: (TunDeviceStatus::default(), 0),
+            tun_tx: TunTx::new(),
             local_ip,
             buf: vec![0u8; MAX_PACKET + OVERHEAD],
         })
@@ -143,17 +161,54 @@ impl Node {
         match self.ep.handle(now, from, bytes) {
             Ok(Received::Data { inner, .. }) => {
                 self.c.data_rx += 1;
-                match io.tun.try_send(inner) {
-                    Ok(_) => self.c.tun_tx += 1,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TUN write failed");
-                        self.c.drop_local(LocalDrop::TunWriteFailed);
-                    }
+                if self.tun_tx.push(inner) {
+                    self.flush_tun(io);
                 }
             }
             Ok(Received::Keepalive { .. }) => self.c.keepalive_rx += 1,
             Ok(Received::Signaling) => {}
             Err(e) => tracing::trace!(%from, reason = e.name(), "dropped a datagram"),
+        }
+    }
+
+    /// Writes the packets that tunnels delivered to the TUN device, in one
+    /// batch (coalesced by GRO with offload). A failed write is counted;
+    /// a device that is gone shows on the next read.
+    fn flush_tun(&mut self, io: &Io) {
+        match self.tun_tx.flush(&io.tun) {
+            Ok(n) => self.c.tun_tx += n as u64,
+            Err((e, n)) => {
+                tracing::debug!(error = %e, packets = n, "TUN write failed");
+                self.c.drop_local_n(LocalDrop::TunWriteFailed, n);
+            }
+        }
+    }
+
+    /// One read from the TUN device: its packets, or an error that is fatal
+    /// only if the device failed (a read the offload code could not split
+    /// is counted and skipped).
+    fn on_tun_read(
+        &mut self,
+        io: &Io,
+        now: Instant,
+        read: std::io::Result<usize>,
+        rx: &TunRx,
+    ) -> Result<()> {
+        match read {
+            Ok(_) => {
+                for pkt in rx.packets() {
+                    self.on_tun_packet(io, now, pkt);
+                }
+                Ok(())
+            }
+            Err(e) if tundev::is_device_error(&e) => {
+                Err(e).context("reading the TUN device failed")
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "TUN read dropped");
+                self.c.drop_local(LocalDrop::TunBadRead);
+                Ok(())
+            }
         }
     }
 
@@ -219,7 +274,9 @@ impl Node {
     /// A query to the DNS stub.
     fn on_dns_query(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.c.dns_queries += 1;
-        if let Err(d) = self.stub.handle_query(now, from, bytes) {
+        // UDP only: the node's stub has no TCP listener (truncated answers
+        // cannot be asked again over TCP here).
+        if let Err(d) = self.stub.handle_query(now, from, Transport::Udp, bytes) {
             tracing::debug!(%from, reason = d.name(), "DNS query dropped");
             self.c.drop_dns(d);
         }
@@ -341,16 +398,7 @@ impl Node {
             Event::TunnelAdded(p) => {
                 // The endpoint accepts the peer's DATA from now on (the peer
                 // may send right after its TUN_RESP); we send from TunnelUp.
-                tracing::debug!(
-                    tunnel_id = p.tunnel_id,
-                    peer = %p.peer_fqdn,
-                    peer_vip = %p.peer_vip,
-                    endpoint = %p.endpoint,
-                    path = p.path.name(),
-                    role = p.role.name(),
-                    suite = p.suite.name(),
-                    "tunnel added"
-                );
+                tracing::debug!(tunnel = %p, "tunnel added");
                 self.remember(p.peer_vip, &p.peer_fqdn);
             }
             Event::TunnelUp(p) => self.on_tunnel_up(io, now, &p),
@@ -369,16 +417,7 @@ impl Node {
 
     fn on_tunnel_up(&mut self, io: &Io, now: Instant, p: &TunnelParams) {
         self.c.tunnels_up += 1;
-        tracing::info!(
-            tunnel_id = p.tunnel_id,
-            peer = %p.peer_fqdn,
-            peer_vip = %p.peer_vip,
-            endpoint = %p.endpoint,
-            path = p.path.name(),
-            role = p.role.name(),
-            suite = p.suite.name(),
-            "tunnel up"
-        );
+        tracing::info!(tunnel = %p, "tunnel up");
         self.remember(p.peer_vip, &p.peer_fqdn);
         for pkt in self.hold.take(p.peer_vip) {
             match self.send_data(io, now, &pkt) {
@@ -416,7 +455,9 @@ impl Node {
 
     fn on_dns_output(&mut self, io: &Io, now: Instant, out: Output<SocketAddr>) {
         match out {
-            Output::Reply { to, payload, kind } => match io.dns.try_send_to(&payload, to) {
+            Output::Reply {
+                to, payload, kind, ..
+            } => match io.dns.try_send_to(&payload, to) {
                 Ok(_) => self.c.reply(kind),
                 Err(_) => self.c.drop_local(LocalDrop::DnsSendFailed),
             },
@@ -472,6 +513,20 @@ impl Node {
             tunnels,
             packets: self.c.packets(),
             drops: self.c.drops(self.ep.drops()),
+            tun: self.tun_status(),
+        }
+    }
+
+    /// The TUN device with the kernel's counters as they are now.
+    fn tun_status(&self) -> TunDeviceStatus {
+        let (dev, ifindex) = &self.tun_dev;
+        let counters = tundev::read_counters(&dev.name, *ifindex).unwrap_or_else(|e| {
+            tracing::debug!(tun = %dev.name, error = %e, "cannot read the TUN device's counters");
+            Default::default()
+        });
+        TunDeviceStatus {
+            counters,
+            ..dev.clone()
         }
     }
 
@@ -572,16 +627,7 @@ async fn open_io(s: &Settings) -> Result<Io> {
         .connect(s.upstream)
         .await
         .with_context(|| format!("cannot reach the upstream resolver {}", s.upstream))?;
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(&s.tun_name)
-        .mtu(s.mtu)
-        .build_async()
-        .with_context(|| {
-            format!(
-                "cannot create TUN device {}: run as root (CAP_NET_ADMIN) with /dev/net/tun present, and pick a tun_name not in use",
-                s.tun_name
-            )
-        })?;
+    let (tun, tun_dev) = open_tun(s)?;
     // tokio's try_send* fail until the reactor has seen the sockets
     // writable once; wait for that here, so the first REG_REQ goes out.
     udp.writable().await.context("UDP socket")?;
@@ -593,7 +639,52 @@ async fn open_io(s: &Settings) -> Result<Io> {
         tun,
         dns,
         upstream,
+        tun_dev,
     })
+}
+
+/// The TUN device with `tun_queue_len` and, if `tun_offload`, the
+/// offloads; a kernel that refuses them gets a device without (warned).
+fn open_tun(s: &Settings) -> Result<(AsyncDevice, (TunDeviceStatus, u32))> {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(&s.tun_name)
+            .mtu(s.mtu)
+            .tx_queue_len(s.tun_queue_len)
+            .offload(offload)
+            .build_async()
+    };
+    let tun = match build(s.tun_offload) {
+        Err(e) if s.tun_offload => {
+            tracing::warn!(tun = %s.tun_name, error = %e, "the kernel refused the TUN offloads (virtio-net header, TSO): reading one packet per system call (set tun_offload = false to silence this)");
+            build(false)
+        }
+        r => r,
+    }
+    .with_context(|| {
+        format!(
+            "cannot create TUN device {}: run as root (CAP_NET_ADMIN) with /dev/net/tun present, and pick a tun_name not in use",
+            s.tun_name
+        )
+    })?;
+    let ifindex = tun
+        .if_index()
+        .context("the TUN device has no interface index")?;
+    let dev = TunDeviceStatus {
+        name: s.tun_name.clone(),
+        queue_len: tun.tx_queue_len().unwrap_or(s.tun_queue_len),
+        offload: tun.tcp_gso(),
+        udp_offload: tun.udp_gso(),
+        counters: Default::default(),
+    };
+    tracing::info!(
+        tun = %dev.name,
+        queue_len = dev.queue_len,
+        tso = dev.offload,
+        uso = dev.udp_offload,
+        "TUN device open"
+    );
+    Ok((tun, (dev, ifindex)))
 }
 
 /// Runs the node until SIGINT or SIGTERM, then deregisters (DEREG).
@@ -607,6 +698,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let stats_every = s.stats_interval;
     let start = Instant::now();
     let mut node = Node::new(s, start, local_ip)?;
+    node.tun_dev = io.tun_dev.clone();
     tracing::info!(
         fqdn = %node.s.fqdn,
         dc = %node.s.dc,
@@ -618,9 +710,17 @@ pub async fn run(s: Settings) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
+    // Metrics (`[metrics] listen`) from the status snapshot, and systemd's
+    // readiness and watchdog (nothing without systemd).
+    let metrics = match node.s.metrics.listen {
+        Some(addr) => Some(ntm_ops::metrics::bind(addr).await?),
+        None => None,
+    };
+    let mut watchdog = ntm_ops::notify::watchdog_timer();
+    ntm_ops::notify::ready(&format!("node {}", node.s.fqdn));
 
     let mut net_buf = vec![0u8; MAX_PACKET];
-    let mut tun_buf = vec![0u8; MAX_PACKET];
+    let mut tun_rx = TunRx::new(node.s.mtu);
     let mut dns_buf = vec![0u8; MAX_PACKET];
     let mut up_buf = vec![0u8; MAX_PACKET];
     let mut next_addr = start + ADDR_POLL;
@@ -641,14 +741,32 @@ pub async fn run(s: Settings) -> Result<()> {
         .min()
         .unwrap_or(now + ADDR_POLL);
         tokio::select! {
-            r = io.udp.recv_from(&mut net_buf) => match r {
-                Ok((n, from)) => node.on_datagram(&io, Instant::now(), from, &mut net_buf[..n]),
-                // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
-                Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+            r = io.udp.recv_from(&mut net_buf) => {
+                let now = Instant::now();
+                // This datagram and those queued behind it, up to a batch,
+                // then one batched TUN write of what they carried.
+                let mut first = Some(r);
+                for _ in 0..DATAGRAMS_PER_WAKE {
+                    let r = first.take().unwrap_or_else(|| io.udp.try_recv_from(&mut net_buf));
+                    match r {
+                        Ok((n, from)) => node.on_datagram(&io, now, from, &mut net_buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
+                        Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                    }
+                }
+                node.flush_tun(&io);
             },
-            r = io.tun.recv(&mut tun_buf) => match r {
-                Ok(n) => node.on_tun_packet(&io, Instant::now(), &tun_buf[..n]),
-                Err(e) => return Err(e).context("reading the TUN device failed"),
+            r = tun_rx.recv(&io.tun) => {
+                let now = Instant::now();
+                node.on_tun_read(&io, now, r, &tun_rx)?;
+                // Reads already queued, up to a budget.
+                for _ in 1..TUN_READS_PER_WAKE {
+                    match tun_rx.try_recv(&io.tun) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        r => node.on_tun_read(&io, now, r, &tun_rx)?,
+                    }
+                }
             },
             r = io.dns.recv_from(&mut dns_buf) => match r {
                 Ok((n, from)) => node.on_dns_query(Instant::now(), from, &dns_buf[..n]),
@@ -680,12 +798,21 @@ pub async fn run(s: Settings) -> Result<()> {
                 node.log_stats();
                 node.write_status();
             },
+            r = ntm_ops::metrics::accept(&metrics) => match r {
+                Ok(stream) => ntm_ops::metrics::respond(
+                    stream,
+                    crate::metrics::scrape(&node.status(), node.s.metrics.max_tunnel_labels),
+                ),
+                Err(e) => tracing::debug!(error = %e, "metrics accept error"),
+            },
+            () = ntm_ops::notify::tick(&mut watchdog) => ntm_ops::notify::ping(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
         node.pump(&io, Instant::now());
     }
     let now = Instant::now();
+    ntm_ops::notify::stopping();
     tracing::info!("shutting down: deregistering");
     node.ep.close(now);
     node.pump(&io, now);

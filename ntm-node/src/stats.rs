@@ -53,8 +53,12 @@ reasons! {
         NotRegistered => "not_registered_tx",
         /// The UDP socket refused a datagram (buffer full, no route).
         UdpSendFailed => "udp_send_failed",
-        /// The TUN device refused a packet.
+        /// The TUN device refused a packet (with offload, every packet of
+        /// the batched write that failed).
         TunWriteFailed => "tun_write_failed",
+        /// A read from the TUN device that could not be split into packets
+        /// (a bad virtio-net header, more segments than a batch holds).
+        TunBadRead => "tun_bad_read",
         /// A datagram from an IPv6 source on the IPv4 tunnel socket.
         NotIpv4Source => "not_ipv4_source",
         /// The DNS socket refused a reply.
@@ -216,6 +220,41 @@ pub struct Status {
     pub packets: BTreeMap<String, u64>,
     /// Drops by reason (non-zero only).
     pub drops: BTreeMap<String, u64>,
+    /// The TUN device and the kernel's counters of it (absent from the
+    /// files of older nodes).
+    #[serde(default)]
+    pub tun: TunDeviceStatus,
+}
+
+/// The TUN device as the kernel sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunDeviceStatus {
+    /// Its name.
+    pub name: String,
+    /// Its queue length (txqueuelen), in packets.
+    pub queue_len: u32,
+    /// Opened with a virtio-net header and TCP segmentation offload.
+    pub offload: bool,
+    /// UDP segmentation offload too (Linux 6.2 and later).
+    pub udp_offload: bool,
+    /// The kernel's counters of the device, by their sysfs names
+    /// (`/sys/class/net/<dev>/statistics`). The kernel's direction: `tx_*`
+    /// is the stack to the node (what the node reads): `tx_dropped` counts
+    /// packets lost because the node did not read the queue in time;
+    /// `rx_*` is the node to the stack. Empty if they could not be read.
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl TunDeviceStatus {
+    /// A counter by name (0 when absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Packets the device dropped either way: `tx_dropped + rx_dropped`.
+    pub fn dropped(&self) -> u64 {
+        self.counter("tx_dropped") + self.counter("rx_dropped")
+    }
 }
 
 impl Status {
@@ -253,7 +292,8 @@ impl Status {
 
     /// The one-line summary logged periodically and on SIGUSR1: tunnel
     /// counts, each tunnel as `tunnel<id>=<peer>/<suite>/<up|setup>`, the
-    /// packet counters and the drops.
+    /// packet counters, the drops, and the TUN device's packet and drop
+    /// counters (its other counters when not zero).
     pub fn log_line(&self) -> String {
         let up = self.tunnels.iter().filter(|t| t.up).count();
         let mut s = format!(
@@ -275,6 +315,12 @@ impl Status {
         }
         for (k, v) in &self.drops {
             let _ = write!(s, " {k}={v}");
+        }
+        let _ = write!(s, " {}:", self.tun.name);
+        for (k, v) in &self.tun.counters {
+            if k.ends_with("_packets") || k.ends_with("_dropped") || *v != 0 {
+                let _ = write!(s, " {k}={v}");
+            }
         }
         s
     }
@@ -338,6 +384,21 @@ mod tests {
             }],
             packets: c.packets(),
             drops: c.drops(&DropCounters::default()),
+            tun: TunDeviceStatus {
+                name: "ntm0".into(),
+                queue_len: 1000,
+                offload: true,
+                udp_offload: true,
+                counters: [
+                    ("tx_dropped", 650),
+                    ("rx_dropped", 2),
+                    ("tx_packets", 9),
+                    ("rx_errors", 0),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            },
         };
         let dir = std::env::temp_dir().join(format!("ntm-node-status-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -358,5 +419,15 @@ mod tests {
         );
         assert_eq!(back.tunnels[0].suite, "aes-256-gcm");
         assert!(line.contains("drops: none"), "{line}");
+        assert!(
+            line.ends_with(" ntm0: rx_dropped=2 tx_dropped=650 tx_packets=9"),
+            "{line}"
+        );
+        assert_eq!(back.tun.dropped(), 652);
+        // A status file of a node without the tun section still loads.
+        let mut v: serde_json::Value = serde_json::to_value(&st).unwrap();
+        v.as_object_mut().unwrap().remove("tun");
+        let old: Status = serde_json::from_value(v).unwrap();
+        assert_eq!(old.tun, TunDeviceStatus::default());
     }
 }

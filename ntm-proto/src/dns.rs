@@ -7,8 +7,19 @@
 //! that name gets an A record with the peer's VIP (TTL at most 60 s), an
 //! empty NOERROR for other types, NXDOMAIN for NOT_FOUND, SERVFAIL on
 //! time-out. Every other query is forwarded to the upstream resolver
-//! ([`Output::Upstream`]) with a fresh DNS id, and the reply relayed back
-//! unchanged except for the id.
+//! ([`Output::Upstream`]) with a fresh DNS id, over the transport it came
+//! on, and the reply relayed back unchanged except for the id.
+//!
+//! The caller says how each query came ([`Transport`]). Over UDP, an
+//! answer (ours or a relayed one) larger than the client can take — 512
+//! bytes, or the UDP size of its EDNS option, and never more than
+//! [`StubConfig::max_udp_payload`] (the inner MTU minus 28) — goes back
+//! truncated: the same id and flags with TC set, the rcode kept, the
+//! question only, and an OPT record if the client sent one; the client then
+//! asks again over TCP. Over TCP (RFC 7766) every answer fits (up to 65535
+//! bytes), several queries of one client may be pending at once and are
+//! answered as each is ready, and a forwarded query that upstream never
+//! answers gets SERVFAIL (a TCP client does not retransmit).
 //!
 //! The stub does no I/O and reads no clock. `C` names a client (a socket
 //! address for the software node, MAC + IP + port for the adapter); replies
@@ -29,8 +40,17 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 /// DNS port.
 pub const PORT: u16 = 53;
-/// Largest query accepted (plain DNS over UDP, RFC 1035 §4.2.1).
+/// Largest query accepted over UDP (plain DNS over UDP, RFC 1035 §4.2.1).
 pub const MAX_QUERY_LEN: usize = 512;
+/// Largest message over TCP (its 2-byte length prefix, RFC 1035 §4.2.2).
+pub const MAX_TCP_MESSAGE: usize = 65_535;
+/// What every UDP client can take (RFC 1035 §4.2.1; RFC 6891 §6.2.5 treats
+/// a smaller EDNS size as this).
+pub const MIN_UDP_PAYLOAD: usize = 512;
+/// Largest UDP payload in an IPv4 datagram.
+pub const MAX_UDP_PAYLOAD_LIMIT: usize = 65_507;
+/// IPv4 and UDP headers: the inner MTU minus this is the largest UDP answer.
+pub const IPV4_UDP_HEADERS: usize = 28;
 /// Queries for one name that may wait on one resolution.
 pub const MAX_WAITERS_PER_NAME: usize = 16;
 /// Largest pending table (keeps the search for a fresh forward id short).
@@ -51,8 +71,14 @@ pub struct StubConfig {
     pub max_pending: usize,
     /// Queries waiting for the DC get SERVFAIL after this long.
     pub resolve_timeout: Duration,
-    /// Forwarded queries are forgotten after this long.
+    /// Forwarded queries are forgotten after this long (those that came
+    /// over TCP get SERVFAIL).
     pub forward_timeout: Duration,
+    /// Largest UDP answer ever sent, whatever the client's EDNS size: the
+    /// inner MTU minus [`IPV4_UDP_HEADERS`] (1440 - 28 = 1412), so that no
+    /// answer is fragmented on the way to the client. Larger answers go
+    /// back truncated. [`MIN_UDP_PAYLOAD`]..=[`MAX_UDP_PAYLOAD_LIMIT`].
+    pub max_udp_payload: usize,
     /// Seed of the forwarded-query ids; pass OS randomness.
     pub seed: u64,
 }
@@ -64,6 +90,7 @@ impl Default for StubConfig {
             max_pending: 256,
             resolve_timeout: Duration::from_secs(5),
             forward_timeout: Duration::from_secs(5),
+            max_udp_payload: 1440 - IPV4_UDP_HEADERS,
             seed: 0x6e74_6d2d_646e_7300,
         }
     }
@@ -81,6 +108,9 @@ pub enum StubConfigError {
     /// A zero time-out.
     #[error("DNS {0} must be greater than zero")]
     ZeroTimeout(&'static str),
+    /// `max_udp_payload` out of range.
+    #[error("DNS max_udp_payload {0} is out of range: use 512..=65507 (the inner MTU minus 28)")]
+    MaxUdpPayload(usize),
 }
 
 impl StubConfig {
@@ -98,7 +128,39 @@ impl StubConfig {
         if self.forward_timeout.is_zero() {
             return Err(StubConfigError::ZeroTimeout("forward_timeout"));
         }
+        if !(MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD_LIMIT).contains(&self.max_udp_payload) {
+            return Err(StubConfigError::MaxUdpPayload(self.max_udp_payload));
+        }
         Ok(())
+    }
+}
+
+/// How a query reached the stub; its answer goes back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// One query per datagram; answers larger than the client can take are
+    /// truncated (TC).
+    Udp,
+    /// RFC 7766: 2-byte length-prefixed messages on a connection, answered
+    /// whole; other names are forwarded upstream over TCP too.
+    Tcp,
+}
+
+impl Transport {
+    /// Largest query accepted over this transport.
+    pub const fn max_query(self) -> usize {
+        match self {
+            Transport::Udp => MAX_QUERY_LEN,
+            Transport::Tcp => MAX_TCP_MESSAGE,
+        }
+    }
+
+    /// `udp` or `tcp`, for logs and status output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
     }
 }
 
@@ -138,8 +200,8 @@ pub enum DnsDrop {
     /// Query shorter than its header.
     #[error("DNS query shorter than its header")]
     Short,
-    /// Query larger than 512 bytes.
-    #[error("DNS query larger than 512 bytes")]
+    /// Query larger than 512 bytes over UDP (65535 over TCP).
+    #[error("DNS query larger than its transport allows")]
     TooBig,
     /// A response sent to the stub (never answered: reflection loops).
     #[error("DNS response sent to the stub")]
@@ -261,7 +323,8 @@ pub enum Handled {
 /// Work for the caller, from [`DnsStub::poll_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output<C> {
-    /// Send `payload` to the client `to` (from the address it queried).
+    /// Send `payload` to the client `to` (from the address it queried, or
+    /// on the connection it queried on, with the 2-byte length prefix).
     Reply {
         /// The client.
         to: C,
@@ -269,6 +332,9 @@ pub enum Output<C> {
         payload: Vec<u8>,
         /// What it is.
         kind: ReplyKind,
+        /// Cut to the header, question and OPT with TC set: the answer did
+        /// not fit what the UDP client can take (it asks again over TCP).
+        truncated: bool,
     },
     /// Resolve the NTM name `fqdn` (lower-case, no trailing dot) through the
     /// DC (DIR_REQ); report the result with [`DnsStub::answer`].
@@ -278,14 +344,17 @@ pub enum Output<C> {
         /// Key for [`DnsStub::answer`].
         pending_id: PendingId,
     },
-    /// Send `payload` as one UDP datagram to the upstream resolver and feed
-    /// what comes back to [`DnsStub::handle_upstream`]. `upstream_id` is
-    /// the (rewritten, unique among pending forwards) DNS id it carries.
+    /// Send `payload` to the upstream resolver over `transport` (one UDP
+    /// datagram, or one length-prefixed message on a TCP connection) and
+    /// feed the answer to [`DnsStub::handle_upstream`]. `upstream_id` is the
+    /// (rewritten, unique among pending forwards) DNS id it carries.
     Upstream {
         /// DNS id of the forwarded query.
         upstream_id: u16,
         /// The query, ready to send.
         payload: Vec<u8>,
+        /// The transport the client's query came on.
+        transport: Transport,
     },
 }
 
@@ -297,6 +366,8 @@ struct Waiter<C> {
     query: Query,
     rd: bool,
     edns: bool,
+    /// The largest answer the client takes.
+    limit: usize,
 }
 
 #[derive(Debug)]
@@ -311,7 +382,13 @@ struct PendingResolve<C> {
 struct PendingForward<C> {
     client: C,
     orig_id: u16,
+    /// The query's third byte (QR, opcode, AA, TC, RD), for a SERVFAIL.
+    flags: u8,
     question: Vec<u8>,
+    transport: Transport,
+    edns: bool,
+    /// The largest answer the client takes.
+    limit: usize,
     deadline: Instant,
 }
 
@@ -398,6 +475,75 @@ fn build_answer<C>(w: &Waiter<C>, rcode: ResponseCode, a: Option<(Ipv4Addr, u32)
     m.to_vec().unwrap_or_default()
 }
 
+/// Where the one question of message `p` ends, if it parses.
+fn question_end(p: &[u8]) -> Option<usize> {
+    if p.len() < HEADER_LEN || u16_at(p, 4) != 1 {
+        return None;
+    }
+    let mut d = BinDecoder::new(p);
+    d.read_slice(HEADER_LEN).ok()?;
+    Query::read(&mut d).ok()?;
+    Some(d.index())
+}
+
+/// The OPT record of a truncated answer: the fields of `answer`'s own OPT
+/// (UDP size, extended rcode, version, DO) without its options, or a plain
+/// one (512 bytes, version 0) when it has none.
+fn opt_record(answer: &[u8]) -> [u8; 11] {
+    let edns = Message::from_vec(answer).ok().and_then(|m| m.edns);
+    let (size, rcode_high, version, flags) = match &edns {
+        Some(e) => (
+            e.max_payload().max(MIN_UDP_PAYLOAD as u16),
+            e.rcode_high(),
+            e.version(),
+            u16::from(*e.flags()),
+        ),
+        None => (MIN_UDP_PAYLOAD as u16, 0, 0, 0),
+    };
+    let mut r = [0u8; 11];
+    // Owner: the root (0); TYPE OPT; CLASS: UDP size; TTL: extended rcode,
+    // version, flags; RDLENGTH 0.
+    r[1..3].copy_from_slice(&u16::from(RecordType::OPT).to_be_bytes());
+    r[3..5].copy_from_slice(&size.to_be_bytes());
+    r[5] = rcode_high;
+    r[6] = version;
+    r[7..9].copy_from_slice(&flags.to_be_bytes());
+    r
+}
+
+/// `answer` cut for a UDP client that cannot take it whole (§6): its header
+/// (same id, flags and rcode) with TC set, its question, and an OPT record
+/// when the client sent one; no answer, authority or other additional
+/// records. At most 12 + 259 + 11 bytes, so it always fits 512.
+pub fn truncate_answer(answer: &[u8], client_edns: bool) -> Vec<u8> {
+    let mut t = Vec::with_capacity(MIN_UDP_PAYLOAD);
+    t.extend_from_slice(&answer[..HEADER_LEN.min(answer.len())]);
+    t.resize(HEADER_LEN, 0);
+    t[2] |= 0x02;
+    t[4..HEADER_LEN].fill(0);
+    if let Some(end) = question_end(answer) {
+        t[5] = 1;
+        t.extend_from_slice(&answer[HEADER_LEN..end]);
+    }
+    if client_edns {
+        t[11] = 1;
+        t.extend_from_slice(&opt_record(answer));
+    }
+    t
+}
+
+/// SERVFAIL to a forwarded query that got no answer: its id, opcode and
+/// RD, RA, and its question.
+fn servfail_for<C>(f: &PendingForward<C>) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN + f.question.len());
+    h.extend_from_slice(&f.orig_id.to_be_bytes());
+    h.push(0x80 | (f.flags & 0x79));
+    h.push(0x80 | (u16::from(ResponseCode::ServFail) as u8 & 0x0f));
+    h.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    h.extend_from_slice(&f.question);
+    h
+}
+
 /// The DNS stub. See the [module docs](self).
 #[derive(Debug)]
 pub struct DnsStub<C> {
@@ -420,6 +566,9 @@ impl<C: Clone + PartialEq> DnsStub<C> {
         cfg.max_pending = cfg.max_pending.clamp(1, MAX_PENDING_LIMIT);
         cfg.resolve_timeout = cfg.resolve_timeout.max(Duration::from_millis(1));
         cfg.forward_timeout = cfg.forward_timeout.max(Duration::from_millis(1));
+        cfg.max_udp_payload = cfg
+            .max_udp_payload
+            .clamp(MIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD_LIMIT);
         Self {
             suffix_labels: suffix.iter().count(),
             suffix,
@@ -479,33 +628,68 @@ impl<C: Clone + PartialEq> DnsStub<C> {
             (ResponseCode::NXDomain, _) => ReplyKind::NxDomain,
             _ => ReplyKind::ServFail,
         };
+        self.push_reply(w.client.clone(), payload, kind, w.limit, w.edns);
+    }
+
+    /// Queues `payload` for `to`, truncated if it exceeds `limit` (what the
+    /// client takes; [`MAX_TCP_MESSAGE`] over TCP).
+    fn push_reply(&mut self, to: C, payload: Vec<u8>, kind: ReplyKind, limit: usize, edns: bool) {
+        let truncated = payload.len() > limit;
+        let payload = if truncated {
+            truncate_answer(&payload, edns)
+        } else {
+            payload
+        };
         self.out.push_back(Output::Reply {
-            to: w.client.clone(),
+            to,
             payload,
             kind,
+            truncated,
         });
+    }
+
+    /// The largest answer a client that asked over `transport` with `edns`
+    /// takes (§6).
+    fn client_limit(&self, transport: Transport, edns: Option<&Edns>) -> usize {
+        match transport {
+            Transport::Tcp => MAX_TCP_MESSAGE,
+            Transport::Udp => edns
+                .map_or(MIN_UDP_PAYLOAD, |e| usize::from(e.max_payload()))
+                .max(MIN_UDP_PAYLOAD)
+                .min(self.cfg.max_udp_payload),
+        }
     }
 
     /// Queues an error-only header to `client` and returns `why`.
     fn reject(&mut self, client: C, q: &[u8], rcode: ResponseCode, why: DnsDrop) -> DnsDrop {
-        let kind = if rcode == ResponseCode::NotImp {
-            ReplyKind::NotImp
-        } else {
-            ReplyKind::FormErr
+        let kind = match rcode {
+            ResponseCode::NotImp => ReplyKind::NotImp,
+            ResponseCode::ServFail => ReplyKind::ServFail,
+            _ => ReplyKind::FormErr,
         };
         self.out.push_back(Output::Reply {
             to: client,
             payload: header_reply(q, rcode),
             kind,
+            truncated: false,
         });
         why
     }
 
-    /// Handles one query (a UDP payload) from `client`. Malformed queries
-    /// are answered FORMERR/NOTIMP where a reply is safe and return the
-    /// drop reason.
-    pub fn handle_query(&mut self, now: Instant, client: C, p: &[u8]) -> Result<Handled, DnsDrop> {
-        if p.len() > MAX_QUERY_LEN {
+    /// Handles one query from `client` that came over `transport` (a UDP
+    /// payload, or one TCP message without its length prefix). Malformed
+    /// queries are answered FORMERR/NOTIMP where a reply is safe and return
+    /// the drop reason. Over TCP, a query refused for a full table gets
+    /// SERVFAIL, so a client pipelining on its connection is never left
+    /// waiting.
+    pub fn handle_query(
+        &mut self,
+        now: Instant,
+        client: C,
+        transport: Transport,
+        p: &[u8],
+    ) -> Result<Handled, DnsDrop> {
+        if p.len() > transport.max_query() {
             return Err(DnsDrop::TooBig);
         }
         if p.len() < HEADER_LEN {
@@ -538,17 +722,26 @@ impl<C: Clone + PartialEq> DnsStub<C> {
         let Some(query) = msg.queries.first() else {
             return Err(self.reject(client, p, ResponseCode::FormErr, DnsDrop::Malformed));
         };
-        if self.suffix.zone_of(query.name()) {
+        let limit = self.client_limit(transport, msg.edns.as_ref());
+        let r = if self.suffix.zone_of(query.name()) {
             let w = Waiter {
-                client,
+                client: client.clone(),
                 id: msg.metadata.id,
                 query: query.clone(),
                 rd: msg.metadata.recursion_desired,
                 edns: msg.edns.is_some(),
+                limit,
             };
             self.intercept(now, w)
         } else {
-            self.forward(now, client, p, question_end)
+            let edns = msg.edns.is_some();
+            self.forward(now, client.clone(), transport, edns, limit, p, question_end)
+        };
+        match r {
+            Err(DnsDrop::PendingFull) if transport == Transport::Tcp => {
+                Err(self.reject(client, p, ResponseCode::ServFail, DnsDrop::PendingFull))
+            }
+            r => r,
         }
     }
 
@@ -603,10 +796,14 @@ impl<C: Clone + PartialEq> DnsStub<C> {
         Ok(Handled::Resolving)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         now: Instant,
         client: C,
+        transport: Transport,
+        edns: bool,
+        limit: usize,
         p: &[u8],
         question_end: usize,
     ) -> Result<Handled, DnsDrop> {
@@ -628,19 +825,26 @@ impl<C: Clone + PartialEq> DnsStub<C> {
             PendingForward {
                 client,
                 orig_id: u16_at(p, 0),
+                flags: p[2],
                 question: p[HEADER_LEN..question_end].to_vec(),
+                transport,
+                edns,
+                limit,
                 deadline: now + self.cfg.forward_timeout,
             },
         );
         self.out.push_back(Output::Upstream {
             upstream_id,
             payload,
+            transport,
         });
         Ok(Handled::Forwarded)
     }
 
-    /// Handles one datagram from the upstream resolver: a reply to a
-    /// pending forward is queued for its client ([`ReplyKind::Relay`]).
+    /// Handles one answer from the upstream resolver (a UDP payload, or one
+    /// TCP message without its length prefix): a reply to a pending forward
+    /// is queued for its client ([`ReplyKind::Relay`]), truncated if the
+    /// query came over UDP and the answer exceeds what that client takes.
     pub fn handle_upstream(&mut self, _now: Instant, p: &[u8]) -> Result<(), DnsDrop> {
         if p.len() < HEADER_LEN || p[2] & 0x80 == 0 {
             return Err(DnsDrop::UpstreamMalformed);
@@ -664,11 +868,7 @@ impl<C: Clone + PartialEq> DnsStub<C> {
             .ok_or(DnsDrop::UpstreamUnknownId)?;
         let mut payload = p.to_vec();
         payload[..2].copy_from_slice(&f.orig_id.to_be_bytes());
-        self.out.push_back(Output::Reply {
-            to: f.client,
-            payload,
-            kind: ReplyKind::Relay,
-        });
+        self.push_reply(f.client, payload, ReplyKind::Relay, f.limit, f.edns);
         Ok(())
     }
 
@@ -700,7 +900,8 @@ impl<C: Clone + PartialEq> DnsStub<C> {
 
     /// Runs what is due at `now`: SERVFAIL to queries whose resolution
     /// timed out (queued as replies), forgetting forwards upstream never
-    /// answered. Returns how many forwards expired: count each as
+    /// answered (SERVFAIL to those that came over TCP; a UDP client asks
+    /// again). Returns how many forwards expired: count each as
     /// [`DnsDrop::UpstreamTimeout`]. Expired resolutions are forgotten, so
     /// a late [`DnsStub::answer`] is a [`DnsDrop::LateAnswer`].
     pub fn handle_timeout(&mut self, now: Instant) -> usize {
@@ -716,9 +917,24 @@ impl<C: Clone + PartialEq> DnsStub<C> {
                 i += 1;
             }
         }
-        let before = self.forwards.len();
-        self.forwards.retain(|_, f| f.deadline > now);
-        before - self.forwards.len()
+        let mut expired: Vec<u16> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        // Deterministic order for the replies.
+        expired.sort_unstable();
+        for id in &expired {
+            let Some(f) = self.forwards.remove(id) else {
+                continue;
+            };
+            if f.transport == Transport::Tcp {
+                let payload = servfail_for(&f);
+                self.push_reply(f.client, payload, ReplyKind::ServFail, f.limit, f.edns);
+            }
+        }
+        expired.len()
     }
 }
 
@@ -750,9 +966,9 @@ mod tests {
 
     fn one_reply(s: &mut DnsStub<u16>) -> (u16, Message, ReplyKind) {
         match outputs(s).as_slice() {
-            [Output::Reply { to, payload, kind }] => {
-                (*to, Message::from_vec(payload).unwrap(), *kind)
-            }
+            [Output::Reply {
+                to, payload, kind, ..
+            }] => (*to, Message::from_vec(payload).unwrap(), *kind),
             other => panic!("expected one reply, got {other:?}"),
         }
     }
@@ -762,15 +978,30 @@ mod tests {
         let mut s = stub();
         let now = Instant::now();
         assert_eq!(
-            s.handle_query(now, 1, &query("cn.ntm.test.", RecordType::A, 7)),
+            s.handle_query(
+                now,
+                1,
+                Transport::Udp,
+                &query("cn.ntm.test.", RecordType::A, 7)
+            ),
             Ok(Handled::Resolving)
         );
         assert_eq!(
-            s.handle_query(now, 2, &query("CN.ntm.test.", RecordType::A, 8)),
+            s.handle_query(
+                now,
+                2,
+                Transport::Udp,
+                &query("CN.ntm.test.", RecordType::A, 8)
+            ),
             Ok(Handled::Joined)
         );
         assert_eq!(
-            s.handle_query(now, 1, &query("cn.ntm.test.", RecordType::A, 7)),
+            s.handle_query(
+                now,
+                1,
+                Transport::Udp,
+                &query("cn.ntm.test.", RecordType::A, 7)
+            ),
             Err(DnsDrop::Duplicate)
         );
         let pid = match outputs(&mut s).as_slice() {
@@ -783,7 +1014,10 @@ mod tests {
         let out = outputs(&mut s);
         assert_eq!(out.len(), 2);
         for (o, (client, id)) in out.iter().zip([(1, 7), (2, 8)]) {
-            let Output::Reply { to, payload, kind } = o else {
+            let Output::Reply {
+                to, payload, kind, ..
+            } = o
+            else {
                 panic!("{o:?}")
             };
             assert_eq!((*to, *kind), (client, ReplyKind::A));
@@ -820,8 +1054,13 @@ mod tests {
             ),
         ] {
             let mut s = stub();
-            s.handle_query(now, 9, &query("x.ntm.test.", RecordType::A, 1))
-                .unwrap();
+            s.handle_query(
+                now,
+                9,
+                Transport::Udp,
+                &query("x.ntm.test.", RecordType::A, 1),
+            )
+            .unwrap();
             let Some(Output::Resolve { pending_id, .. }) = s.poll_output() else {
                 panic!()
             };
@@ -835,10 +1074,20 @@ mod tests {
     fn resolve_deadline_sends_servfail_and_forward_deadline_counts() {
         let mut s = stub();
         let now = Instant::now();
-        s.handle_query(now, 1, &query("slow.ntm.test.", RecordType::A, 1))
-            .unwrap();
-        s.handle_query(now, 2, &query("example.com.", RecordType::A, 2))
-            .unwrap();
+        s.handle_query(
+            now,
+            1,
+            Transport::Udp,
+            &query("slow.ntm.test.", RecordType::A, 1),
+        )
+        .unwrap();
+        s.handle_query(
+            now,
+            2,
+            Transport::Udp,
+            &query("example.com.", RecordType::A, 2),
+        )
+        .unwrap();
         assert_eq!(outputs(&mut s).len(), 2);
         assert_eq!(s.handle_timeout(now + Duration::from_secs(4)), 0);
         assert!(outputs(&mut s).is_empty());
@@ -854,15 +1103,30 @@ mod tests {
         let mut s = stub();
         let now = Instant::now();
         assert_eq!(
-            s.handle_query(now, 1, &query("cn.ntm.test.", RecordType::AAAA, 1)),
+            s.handle_query(
+                now,
+                1,
+                Transport::Udp,
+                &query("cn.ntm.test.", RecordType::AAAA, 1)
+            ),
             Ok(Handled::Answered)
         );
         assert_eq!(one_reply(&mut s).2, ReplyKind::NoData);
-        s.handle_query(now, 1, &query("ntm.test.", RecordType::A, 2))
-            .unwrap();
+        s.handle_query(
+            now,
+            1,
+            Transport::Udp,
+            &query("ntm.test.", RecordType::A, 2),
+        )
+        .unwrap();
         assert_eq!(one_reply(&mut s).2, ReplyKind::NoData);
-        s.handle_query(now, 1, &query("_x.ntm.test.", RecordType::A, 3))
-            .unwrap();
+        s.handle_query(
+            now,
+            1,
+            Transport::Udp,
+            &query("_x.ntm.test.", RecordType::A, 3),
+        )
+        .unwrap();
         assert_eq!(one_reply(&mut s).2, ReplyKind::NxDomain);
         assert!(s.is_ntm_name(&Name::from_str("a.NTM.test.").unwrap()));
         assert!(!s.is_ntm_name(&Name::from_str("xntm.test.").unwrap()));
@@ -873,11 +1137,15 @@ mod tests {
         let mut s = stub();
         let now = Instant::now();
         let q = query("example.com.", RecordType::MX, 0x4242);
-        assert_eq!(s.handle_query(now, 5, &q), Ok(Handled::Forwarded));
+        assert_eq!(
+            s.handle_query(now, 5, Transport::Udp, &q),
+            Ok(Handled::Forwarded)
+        );
         let (uid, payload) = match outputs(&mut s).pop() {
             Some(Output::Upstream {
                 upstream_id,
                 payload,
+                transport: Transport::Udp,
             }) => (upstream_id, payload),
             other => panic!("{other:?}"),
         };
@@ -904,6 +1172,7 @@ mod tests {
                 to: 5,
                 payload,
                 kind: ReplyKind::Relay,
+                truncated: false,
             }] => {
                 assert_eq!(u16_at(payload, 0), 0x4242);
                 assert_eq!(&payload[2..], &up[2..]);
@@ -922,22 +1191,40 @@ mod tests {
         let mut s = stub();
         let now = Instant::now();
         let good = query("cn.ntm.test.", RecordType::A, 0x4242);
-        assert_eq!(s.handle_query(now, 1, &good[..11]), Err(DnsDrop::Short));
-        assert_eq!(s.handle_query(now, 1, &[0u8; 513]), Err(DnsDrop::TooBig));
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Udp, &good[..11]),
+            Err(DnsDrop::Short)
+        );
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Udp, &[0u8; 513]),
+            Err(DnsDrop::TooBig)
+        );
         let mut resp = good.clone();
         resp[2] |= 0x80;
-        assert_eq!(s.handle_query(now, 1, &resp), Err(DnsDrop::NotQuery));
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Udp, &resp),
+            Err(DnsDrop::NotQuery)
+        );
         assert!(outputs(&mut s).is_empty(), "no reply to a response");
         let mut two = good.clone();
         two[5] = 2;
-        assert_eq!(s.handle_query(now, 1, &two), Err(DnsDrop::QuestionCount));
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Udp, &two),
+            Err(DnsDrop::QuestionCount)
+        );
         let (_, m, kind) = one_reply(&mut s);
         assert_eq!((m.metadata.id, kind), (0x4242, ReplyKind::FormErr));
         let mut op = good.clone();
         op[2] |= 2 << 3;
-        assert_eq!(s.handle_query(now, 1, &op), Err(DnsDrop::BadOpcode));
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Udp, &op),
+            Err(DnsDrop::BadOpcode)
+        );
         assert_eq!(one_reply(&mut s).2, ReplyKind::NotImp);
-        assert_eq!(s.handle_query(now, 1, &good[..15]), Err(DnsDrop::Malformed));
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Udp, &good[..15]),
+            Err(DnsDrop::Malformed)
+        );
         assert_eq!(one_reply(&mut s).2, ReplyKind::FormErr);
     }
 
@@ -952,8 +1239,18 @@ mod tests {
         );
         let now = Instant::now();
         for i in 0..3u16 {
-            let r = s.handle_query(now, i, &query(&format!("n{i}.ntm.test."), RecordType::A, i));
-            let f = s.handle_query(now, i, &query("example.net.", RecordType::A, i));
+            let r = s.handle_query(
+                now,
+                i,
+                Transport::Udp,
+                &query(&format!("n{i}.ntm.test."), RecordType::A, i),
+            );
+            let f = s.handle_query(
+                now,
+                i,
+                Transport::Udp,
+                &query("example.net.", RecordType::A, i),
+            );
             if i < 2 {
                 assert!(r.is_ok() && f.is_ok());
             } else {
@@ -968,12 +1265,308 @@ mod tests {
             DnsStub::new(parse_suffix("ntm.test").unwrap(), StubConfig::default());
         for i in 0..MAX_WAITERS_PER_NAME as u16 {
             assert!(s
-                .handle_query(now, i, &query("cn.ntm.test.", RecordType::A, 1))
+                .handle_query(
+                    now,
+                    i,
+                    Transport::Udp,
+                    &query("cn.ntm.test.", RecordType::A, 1)
+                )
                 .is_ok());
         }
         assert_eq!(
-            s.handle_query(now, 999, &query("cn.ntm.test.", RecordType::A, 1)),
+            s.handle_query(
+                now,
+                999,
+                Transport::Udp,
+                &query("cn.ntm.test.", RecordType::A, 1)
+            ),
             Err(DnsDrop::PendingFull)
+        );
+    }
+
+    /// A query with an EDNS option of UDP size `size`, if any.
+    fn query_edns(name: &str, t: RecordType, id: u16, size: Option<u16>) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        if let Some(size) = size {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            e.set_dnssec_ok(true);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// The upstream resolver's answer to the forwarded `payload`: `n` A
+    /// records (16 bytes each, compressed owner), `rcode`, an OPT of 4096 if
+    /// the query had one.
+    fn upstream_answer(payload: &[u8], n: usize, rcode: ResponseCode) -> Vec<u8> {
+        let mut m = Message::from_vec(payload).unwrap();
+        m.metadata.message_type = MessageType::Response;
+        m.metadata.recursion_available = true;
+        m.metadata.response_code = rcode;
+        let name = m.queries[0].name().clone();
+        for i in 0..n {
+            m.add_answer(Record::from_rdata(
+                name.clone(),
+                300,
+                RData::A(A(Ipv4Addr::from(0x0a00_0000 + i as u32))),
+            ));
+        }
+        if let Some(e) = m.edns.as_mut() {
+            e.set_max_payload(4096);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// Forwards `q` from client 1 over `transport` and feeds back an answer
+    /// of `n` A records: the reply (message, raw, truncated).
+    fn relay_through(
+        s: &mut DnsStub<u16>,
+        transport: Transport,
+        q: &[u8],
+        n: usize,
+    ) -> (Message, Vec<u8>, bool) {
+        let now = Instant::now();
+        assert_eq!(s.handle_query(now, 1, transport, q), Ok(Handled::Forwarded));
+        let payload = match outputs(s).as_slice() {
+            [Output::Upstream {
+                payload,
+                transport: t,
+                ..
+            }] if *t == transport => payload.clone(),
+            other => panic!("{other:?}"),
+        };
+        s.handle_upstream(now, &upstream_answer(&payload, n, ResponseCode::NoError))
+            .unwrap();
+        match outputs(s).as_slice() {
+            [Output::Reply {
+                to: 1,
+                payload,
+                kind: ReplyKind::Relay,
+                truncated,
+            }] => (
+                Message::from_vec(payload).unwrap(),
+                payload.clone(),
+                *truncated,
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// 512 bytes without EDNS or with a smaller EDNS size, the EDNS size
+    /// above that, never more than max_udp_payload; over TCP everything.
+    #[test]
+    fn udp_answers_fit_what_the_client_takes() {
+        // 40 A records: about 680 bytes; 120: about 1970.
+        for (size, n, transport, whole) in [
+            (None, 40, Transport::Udp, false),
+            (Some(300), 40, Transport::Udp, false),
+            (Some(512), 40, Transport::Udp, false),
+            (Some(1232), 40, Transport::Udp, true),
+            (Some(4096), 40, Transport::Udp, true),
+            // 4096 asked, but the inner MTU caps it at 1412.
+            (Some(4096), 120, Transport::Udp, false),
+            (None, 120, Transport::Tcp, true),
+            (Some(512), 120, Transport::Tcp, true),
+            // About 55 KB: near the most one TCP message carries.
+            (None, 2000, Transport::Tcp, true),
+        ] {
+            let mut s = stub();
+            let q = query_edns("many.example.", RecordType::A, 0x0bad, size);
+            let (m, raw, truncated) = relay_through(&mut s, transport, &q, n);
+            let case = format!("{size:?} {n} {transport:?}: {} bytes", raw.len());
+            assert_eq!(truncated, !whole, "{case}");
+            assert_eq!(m.metadata.id, 0x0bad, "{case}");
+            assert_eq!(m.metadata.truncation, !whole, "{case}");
+            if whole {
+                assert_eq!(m.answers.len(), n, "{case}");
+            } else {
+                assert!(m.answers.is_empty(), "{case}");
+                assert!(raw.len() <= 512, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn max_udp_payload_caps_every_edns_size() {
+        let mut s = DnsStub::new(
+            parse_suffix("ntm.test").unwrap(),
+            StubConfig {
+                max_udp_payload: 1000,
+                ..StubConfig::default()
+            },
+        );
+        let q = query_edns("x.example.", RecordType::A, 1, Some(4096));
+        // 55 records: about 900 bytes, fits; 65: about 1060, does not.
+        let (_, raw, t) = relay_through(&mut s, Transport::Udp, &q, 55);
+        assert!(!t && raw.len() <= 1000, "{}", raw.len());
+        let (_, raw, t) = relay_through(&mut s, Transport::Udp, &q, 65);
+        assert!(t && raw.len() <= 512);
+    }
+
+    /// §6's truncated answer: same id, flags with TC, rcode kept, the
+    /// question only, the OPT record if the client sent one.
+    #[test]
+    fn truncated_answer_shape_parses() {
+        for edns in [None, Some(1232)] {
+            let mut s = stub();
+            let q = query_edns("MiXed.Example.", RecordType::A, 0x7777, edns);
+            let now = Instant::now();
+            s.handle_query(now, 3, Transport::Udp, &q).unwrap();
+            let Some(Output::Upstream { payload, .. }) = s.poll_output() else {
+                panic!()
+            };
+            let up = upstream_answer(&payload, 200, ResponseCode::NXDomain);
+            s.handle_upstream(now, &up).unwrap();
+            let (to, m, kind) = one_reply(&mut s);
+            assert_eq!((to, kind), (3, ReplyKind::Relay));
+            assert_eq!(m.metadata.id, 0x7777);
+            assert_eq!(m.metadata.message_type, MessageType::Response);
+            assert!(m.metadata.truncation);
+            assert!(m.metadata.recursion_desired && m.metadata.recursion_available);
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+            assert_eq!(m.queries.len(), 1);
+            assert_eq!(m.queries[0].name().to_ascii(), "MiXed.Example.");
+            assert!(m.answers.is_empty() && m.authorities.is_empty());
+            assert_eq!(m.edns.is_some(), edns.is_some());
+            if let Some(e) = &m.edns {
+                // The upstream's OPT, without options.
+                assert_eq!(e.max_payload(), 4096);
+                assert!(e.flags().dnssec_ok);
+            }
+        }
+        // Our own answers go through the same cut (header-only input too).
+        let t = truncate_answer(&[0x12, 0x34, 0x81, 0x83, 0, 0, 0, 0, 0, 0, 0, 0], true);
+        let m = Message::from_vec(&t).unwrap();
+        assert!(m.metadata.truncation && m.queries.is_empty() && m.edns.is_some());
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    /// Several queries on one TCP connection (one client): each answered as
+    /// it is ready, in any order, with its own id; names forwarded over TCP.
+    #[test]
+    fn tcp_queries_pipeline_on_one_connection() {
+        let mut s = stub();
+        let now = Instant::now();
+        let conn = 42;
+        let qa = query("cn.ntm.test.", RecordType::A, 101);
+        let qb = query("b.example.", RecordType::A, 102);
+        let qc = query("c.example.", RecordType::TXT, 103);
+        let qd = query("cn.ntm.test.", RecordType::AAAA, 104);
+        assert_eq!(
+            s.handle_query(now, conn, Transport::Tcp, &qa),
+            Ok(Handled::Resolving)
+        );
+        assert_eq!(
+            s.handle_query(now, conn, Transport::Tcp, &qb),
+            Ok(Handled::Forwarded)
+        );
+        assert_eq!(
+            s.handle_query(now, conn, Transport::Tcp, &qc),
+            Ok(Handled::Forwarded)
+        );
+        let mut pid = None;
+        let mut up = Vec::new();
+        for o in outputs(&mut s) {
+            match o {
+                Output::Resolve { pending_id, .. } => pid = Some(pending_id),
+                Output::Upstream {
+                    payload, transport, ..
+                } => {
+                    assert_eq!(transport, Transport::Tcp);
+                    up.push(payload);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Answered at once, before the others.
+        assert_eq!(
+            s.handle_query(now, conn, Transport::Tcp, &qd),
+            Ok(Handled::Answered)
+        );
+        let mut ids = vec![one_reply(&mut s).1.metadata.id];
+        // c's answer first (large: whole over TCP), then the DC, then b.
+        s.handle_upstream(now, &upstream_answer(&up[1], 300, ResponseCode::NoError))
+            .unwrap();
+        let (to, m, _) = one_reply(&mut s);
+        assert_eq!((to, m.answers.len()), (conn, 300));
+        ids.push(m.metadata.id);
+        s.answer(now, pid.unwrap(), ResolveOutcome::Vip(VIP))
+            .unwrap();
+        ids.push(one_reply(&mut s).1.metadata.id);
+        s.handle_upstream(now, &upstream_answer(&up[0], 1, ResponseCode::NoError))
+            .unwrap();
+        ids.push(one_reply(&mut s).1.metadata.id);
+        assert_eq!(ids, vec![104, 103, 101, 102]);
+        assert_eq!(s.pending(), (0, 0));
+    }
+
+    /// A TCP client does not retransmit: a forward upstream never answers
+    /// and a full table get SERVFAIL; over UDP they stay silent.
+    #[test]
+    fn tcp_queries_always_get_an_answer() {
+        let mut s: DnsStub<u16> = DnsStub::new(
+            parse_suffix("ntm.test").unwrap(),
+            StubConfig {
+                max_pending: 1,
+                ..StubConfig::default()
+            },
+        );
+        let now = Instant::now();
+        let q1 = query("one.example.", RecordType::A, 1);
+        let q2 = query("two.example.", RecordType::MX, 2);
+        s.handle_query(now, 7, Transport::Tcp, &q1).unwrap();
+        assert!(matches!(
+            outputs(&mut s).as_slice(),
+            [Output::Upstream { .. }]
+        ));
+        assert_eq!(
+            s.handle_query(now, 8, Transport::Udp, &q2),
+            Err(DnsDrop::PendingFull)
+        );
+        assert!(outputs(&mut s).is_empty());
+        assert_eq!(
+            s.handle_query(now, 7, Transport::Tcp, &q2),
+            Err(DnsDrop::PendingFull)
+        );
+        let (to, m, kind) = one_reply(&mut s);
+        assert_eq!((to, m.metadata.id, kind), (7, 2, ReplyKind::ServFail));
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(s.handle_timeout(now + Duration::from_secs(5)), 1);
+        let (to, m, kind) = one_reply(&mut s);
+        assert_eq!((to, m.metadata.id, kind), (7, 1, ReplyKind::ServFail));
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert!(m.metadata.recursion_desired);
+        assert_eq!(m.queries[0].name().to_ascii(), "one.example.");
+    }
+
+    #[test]
+    fn tcp_accepts_queries_above_512_bytes() {
+        let mut s = stub();
+        let now = Instant::now();
+        let mut m = Message::new(9, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_str("pad.example.").unwrap(),
+            RecordType::A,
+        ));
+        let mut e = Edns::new();
+        e.options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                12,
+                vec![0; 600],
+            ));
+        m.set_edns(e);
+        let q = m.to_vec().unwrap();
+        assert!(q.len() > 512);
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Udp, &q),
+            Err(DnsDrop::TooBig)
+        );
+        assert_eq!(
+            s.handle_query(now, 1, Transport::Tcp, &q),
+            Ok(Handled::Forwarded)
         );
     }
 
@@ -995,6 +1588,16 @@ mod tests {
             ..StubConfig::default()
         };
         assert!(bad.validate().is_err());
+        for bad_size in [511, 65_508] {
+            let bad = StubConfig {
+                max_udp_payload: bad_size,
+                ..StubConfig::default()
+            };
+            assert_eq!(
+                bad.validate(),
+                Err(StubConfigError::MaxUdpPayload(bad_size))
+            );
+        }
         // Clamped when not validated.
         let s: DnsStub<u16> = DnsStub::new(
             parse_suffix("ntm.test").unwrap(),
@@ -1032,7 +1635,8 @@ mod prop {
             let mut s: DnsStub<u8> = DnsStub::new(parse_suffix("ntm.test").unwrap(), StubConfig::default());
             let now = Instant::now();
             for (i, d) in datagrams.iter().enumerate() {
-                let _ = s.handle_query(now, i as u8, d);
+                let transport = if i % 2 == 0 { Transport::Udp } else { Transport::Tcp };
+                let _ = s.handle_query(now, i as u8, transport, d);
                 let _ = s.handle_upstream(now, d);
                 while s.poll_output().is_some() {}
             }

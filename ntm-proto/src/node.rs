@@ -217,6 +217,23 @@ pub struct TunnelParams {
     pub local_vip: Ipv4Addr,
 }
 
+impl core::fmt::Display for TunnelParams {
+    /// One line for logs: id, peer, path, role, suite and endpoint (no keys).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "#{} {} ({}) {} {} {} via {}",
+            self.tunnel_id,
+            self.peer_fqdn,
+            self.peer_vip,
+            self.path.name(),
+            self.role.name(),
+            self.suite.name(),
+            self.endpoint
+        )
+    }
+}
+
 /// What [`Endpoint::handle`] did with a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received<'a> {

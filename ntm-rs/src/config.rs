@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ntm_ops::metrics::MetricsConfig;
 use ntm_proto::Key;
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +26,13 @@ pub struct Config {
     pub listen: SocketAddrV4,
     /// The RS id: the header id of DC-RS messages, as in the DC's `[[relay]]` entry.
     pub id: u32,
-    /// `K_rs`, 64 hex digits, shared with the DC.
+    /// `K_rs`, 64 hex digits, shared with the DC (or `key_file`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A file holding `K_rs` (mode 0600), in place of `key`; relative to
+    /// this file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// Most tunnels relayed at once; RELAY_DIR beyond is not acknowledged.
     #[serde(default = "default_max_bindings")]
     pub max_bindings: usize,
@@ -34,6 +40,19 @@ pub struct Config {
     /// still prints one).
     #[serde(default = "default_stats_interval")]
     pub stats_interval_secs: u64,
+    /// The status socket (`ntm-rs status`), mode 0660.
+    #[serde(default = "default_status_socket")]
+    pub status_socket: PathBuf,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
+}
+
+/// The status socket unless `status_socket` says otherwise.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/ntm-rs/ntm-rs.sock";
+
+fn default_status_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_STATUS_SOCKET)
 }
 
 fn default_listen() -> SocketAddrV4 {
@@ -53,8 +72,11 @@ impl Config {
             listen: default_listen(),
             id,
             key: key.to_hex(),
+            key_file: None,
             max_bindings: default_max_bindings(),
             stats_interval_secs: default_stats_interval(),
+            status_socket: default_status_socket(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -78,8 +100,11 @@ pub enum ConfigError {
         /// The TOML parser's message, with line and column.
         message: String,
     },
+    /// `key_file` cannot be used.
+    #[error(transparent)]
+    Key(#[from] ntm_ops::keys::KeyError),
     /// `key` is not 64 hex digits.
-    #[error("key must be exactly 64 hex digits (32 bytes), the K_rs of the DC's [[relay]] entry with id = {0}; generate one with `openssl rand -hex 32`")]
+    #[error("key must be exactly 64 hex digits (32 bytes), the K_rs of the DC's [[relay]] entry with id = {0}; generate one with `ntm-dc keygen`")]
     BadKey(u32),
     /// A number out of range.
     #[error("{field} = {value}: {why}")]
@@ -106,6 +131,10 @@ pub struct Settings {
     pub max_bindings: usize,
     /// Statistics interval; `None` for none.
     pub stats_interval: Option<Duration>,
+    /// The status socket.
+    pub status_socket: PathBuf,
+    /// The metrics endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -121,13 +150,28 @@ impl Config {
         })
     }
 
-    /// Read and parse a file (not yet validated: see [`Config::validate`]).
+    /// Read and parse a file (not yet validated: see [`Config::validate`]);
+    /// a `key_file` is read into `key` (and refused unless private).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
         })?;
-        Self::parse_at(&text, path)
+        let mut c = Self::parse_at(&text, path)?;
+        let (key, _) = ntm_ops::keys::resolve(
+            "ntm-rs",
+            &c.key,
+            c.key_file.as_deref(),
+            &ntm_ops::keys::base_dir(path),
+        )?;
+        c.key = key;
+        Ok(c)
+    }
+
+    /// Whether the key is written in the file itself (which must then be
+    /// private: [`ntm_ops::keys::check_private`]).
+    pub fn holds_inline_key(&self) -> bool {
+        self.key_file.is_none()
     }
 
     /// The TOML text of this configuration.
@@ -152,6 +196,8 @@ impl Config {
             max_bindings: self.max_bindings,
             stats_interval: (self.stats_interval_secs > 0)
                 .then(|| Duration::from_secs(self.stats_interval_secs)),
+            status_socket: self.status_socket.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -176,6 +222,28 @@ mod tests {
     }
 
     #[test]
+    fn key_file_in_place_of_key() {
+        let dir = std::env::temp_dir().join(format!("ntm-rs-keyfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = Key::from_bytes([9; 32]);
+        ntm_ops::keys::write_private(&dir.join("rs.key"), &format!("{}\n", key.to_hex())).unwrap();
+        let cfg = dir.join("rs.toml");
+        std::fs::write(&cfg, "id = 3\nkey_file = \"rs.key\"\n").unwrap();
+        let c = Config::load(&cfg).unwrap();
+        assert!(!c.holds_inline_key());
+        assert_eq!(c.validate().unwrap().key, key);
+        std::fs::set_permissions(
+            dir.join("rs.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let e = Config::load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_configs_say_what_is_wrong() {
         let mut c = Config::new(3, &Key::from_bytes([9; 32]));
         c.key = "12".into();
@@ -191,7 +259,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_bindings"));
-        let e = Config::from_toml("id = 1\n").unwrap_err().to_string();
+        // Neither key nor key_file: loading says so, validating too.
+        let e = Config::from_toml("id = 1\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key"), "{e}");
         let e = Config::load(Path::new("/nonexistent/rs.toml"))
             .unwrap_err()

@@ -14,6 +14,7 @@
 //! |---|---|
 //! | [`config`] | [`Config`] (serde, TOML), [`Config::validate`] → [`Settings`], [`ConfigError`] |
 //! | [`relay`] | [`Relay`]: the sans-IO core; [`Verdict`], [`DropReason`], [`Stats`] |
+//! | [`status`] | [`Status`]: the snapshot `ntm-rs status` and the metrics are built from |
 //!
 //! The binary `ntm-rs` is a thin tokio driver around [`Relay`].
 //!
@@ -35,6 +36,8 @@
 
 pub mod config;
 pub mod relay;
+pub mod status;
 
 pub use config::{Config, ConfigError, Settings, DEFAULT_PORT};
 pub use relay::{BindingInfo, DropReason, Drops, Relay, Stats, Transmit, Verdict};
+pub use status::Status;

@@ -1,15 +1,16 @@
 //! `ntm-rs`: a thin tokio driver around [`ntm_rs::Relay`].
 
-use std::io::IsTerminal;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
+use ntm_ops::logging::LogFormat;
 use ntm_proto::wire::{MAX_DATAGRAM_LEN, MAX_SIGNALING_LEN};
-use ntm_rs::{Config, Relay, Verdict};
+use ntm_rs::{Config, Relay, Status, Verdict};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Interval;
@@ -24,35 +25,83 @@ use tokio::time::Interval;
 /// (suite 1) tunnels are relayed alike. Replayed RELAY_DIRs and RELAY_BINDs
 /// are dropped and counted (`replay` in the drops).
 ///
-/// Logs go to stderr; choose what with RUST_LOG (default `info`, e.g.
-/// RUST_LOG=ntm_rs=trace shows every drop). SIGUSR1 logs a statistics
-/// line; SIGTERM or SIGINT stops it.
+/// Logs go to stderr (--log-format json: one JSON object per line); choose
+/// what with RUST_LOG (default `info`, e.g. RUST_LOG=ntm_rs=trace shows
+/// every drop). `ntm-rs status` shows the bindings and counters over the
+/// status socket; with `[metrics] listen` set it serves Prometheus metrics
+/// on GET /metrics. Under systemd (Type=notify) it reports ready and pings
+/// the watchdog. SIGUSR1 logs a statistics line; SIGTERM or SIGINT stops it.
+/// It needs no privileges (run it as an unprivileged user).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     /// The configuration file (TOML; see ntm-rs/ntm-rs.example.toml).
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "print_man"
+    )]
+    config: Option<PathBuf>,
     /// Listen on this address instead of the configuration's `listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddrV4>,
     /// Check the configuration, print a summary and exit.
     #[arg(long)]
     check: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print the man page (roff) and exit.
+    #[arg(long, hide = true)]
+    print_man: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show a running relay's bindings and counters (over its status socket).
+    Status {
+        /// The configuration the relay runs with (names its status socket).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The status socket (default /run/ntm-rs/ntm-rs.sock).
+        #[arg(short, long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Plain text in log files, so that they can be searched.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let args = Args::parse();
-    match start(args) {
+    if args.print_man {
+        let mut out = std::io::stdout().lock();
+        return match ntm_ops::man::render(Args::command(), &mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
+    let r = match args.command {
+        Some(Cmd::Status {
+            config,
+            socket,
+            json,
+        }) => status(config, socket, json),
+        None => {
+            ntm_ops::logging::init(args.log_format, "info");
+            start(args)
+        }
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}`: the whole chain on one line, no backtrace.
@@ -62,23 +111,58 @@ fn main() -> ExitCode {
     }
 }
 
+/// `ntm-rs status`: the socket from `--socket`, the configuration (read
+/// without its key) or the default.
+fn status(config: Option<PathBuf>, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let path = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => {
+            let text = std::fs::read_to_string(&c)
+                .with_context(|| format!("cannot read {}", c.display()))?;
+            Config::from_toml(&text)?.status_socket
+        }
+        (None, None) => PathBuf::from(ntm_rs::config::DEFAULT_STATUS_SOCKET),
+    };
+    let text = ntm_ops::unix::query(&path, "ntm-rs")?;
+    let st: Status = serde_json::from_str(&text)
+        .with_context(|| format!("bad answer from {}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print!("{}", st.render());
+    }
+    Ok(())
+}
+
 fn start(args: Args) -> Result<()> {
-    let mut config = Config::load(&args.config)?;
+    let path = args.config.context("--config is required")?;
+    let mut config = Config::load(&path)?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
     let settings = config
         .validate()
-        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    let private = if config.holds_inline_key() {
+        ntm_ops::keys::check_private(&path).err()
+    } else {
+        None
+    };
     if args.check {
+        if let Some(e) = &private {
+            eprintln!("ntm-rs: warning: {e}; ntm-rs refuses to start with it");
+        }
         println!(
             "{}: OK (RS id {}, listen {}, max_bindings {})",
-            args.config.display(),
+            path.display(),
             settings.id,
             settings.listen,
             settings.max_bindings
         );
         return Ok(());
+    }
+    if let Some(e) = private {
+        return Err(e.into());
     }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,7 +201,26 @@ async fn run(config: Config) -> Result<()> {
             "cannot listen on {listen}: is another ntm-rs running there, or is the address not on this host?"
         )
     })?;
-    tracing::info!(listen = %socket.local_addr()?, id = rs.settings().id, max_bindings = rs.settings().max_bindings, "ntm-rs listening");
+    let status_path = rs.settings().status_socket.clone();
+    let status_listener =
+        tokio::net::UnixListener::from_std(ntm_ops::unix::bind(&status_path, "status_socket")?)
+            .context("status socket")?;
+    let _socket_file = ntm_ops::unix::SocketFile(status_path.clone());
+    let metrics = match rs.settings().metrics.listen {
+        Some(addr) => Some(ntm_ops::metrics::bind(addr).await?),
+        None => None,
+    };
+    let started = Instant::now();
+    tracing::info!(
+        listen = %socket.local_addr()?,
+        id = rs.settings().id,
+        max_bindings = rs.settings().max_bindings,
+        status = %status_path.display(),
+        metrics = ?rs.settings().metrics.listen,
+        "ntm-rs listening"
+    );
+    ntm_ops::notify::ready(&format!("relaying on {listen}"));
+    let mut watchdog = ntm_ops::notify::watchdog_timer();
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -152,11 +255,31 @@ async fn run(config: Config) -> Result<()> {
             },
             _ = sleep_until(deadline) => rs.handle_timeout(Instant::now()),
             _ = tick(&mut stats) => tracing::info!(send_errors, "stats: {}", rs.stats_line()),
+            r = status_listener.accept() => match r {
+                Ok((mut stream, _)) => {
+                    let st = Status::of(&rs, started.elapsed().as_secs_f64(), send_errors);
+                    let body = serde_json::to_vec(&st).unwrap_or_default();
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(&body).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+                Err(e) => tracing::debug!(error = %e, "status socket accept error"),
+            },
+            r = ntm_ops::metrics::accept(&metrics) => match r {
+                Ok(stream) => {
+                    let st = Status::of(&rs, started.elapsed().as_secs_f64(), send_errors);
+                    ntm_ops::metrics::respond(stream, st.metrics());
+                }
+                Err(e) => tracing::debug!(error = %e, "metrics accept error"),
+            },
+            () = ntm_ops::notify::tick(&mut watchdog) => ntm_ops::notify::ping(),
             _ = usr1.recv() => tracing::info!(send_errors, "stats: {}", rs.stats_line()),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    ntm_ops::notify::stopping();
     tracing::info!(send_errors, "stopping; stats: {}", rs.stats_line());
     Ok(())
 }

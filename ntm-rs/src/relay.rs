@@ -439,6 +439,20 @@ impl Relay {
         })
     }
 
+    /// Every binding with its tunnel id, in no particular order.
+    pub fn bindings(&self) -> impl Iterator<Item = (u32, BindingInfo)> + '_ {
+        self.bindings.iter().map(|(id, b)| {
+            (
+                *id,
+                BindingInfo {
+                    initiator: b.ends[0],
+                    responder: b.ends[1],
+                    lifetime: b.lifetime,
+                },
+            )
+        })
+    }
+
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.bindings.len()

@@ -180,6 +180,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// `target/<profile>/deps/`. For binaries of other crates than the one
 /// under test (for its own, use `env!("CARGO_BIN_EXE_<name>")`).
 pub fn bin_path(name: &str) -> Result<PathBuf> {
+    // NTM_BIN_DIR: binaries installed elsewhere (e.g. /usr/bin from the
+    // packages, for `cargo xtask dist --check`).
+    if let Some(dir) = std::env::var_os("NTM_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::MissingBinary { path })
+        };
+    }
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         what: "finding the running test executable".into(),
         source,

@@ -24,6 +24,8 @@
 //! ```
 
 pub mod capture;
+pub mod counters;
+pub mod dns;
 pub mod raw;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -88,6 +90,15 @@ impl World {
     /// [`World::up`] with a given testbed prefix and changes to the DC's
     /// configuration.
     pub fn up_with(prefix: &str, tweak: impl FnOnce(&mut ntm_dc::Config)) -> Result<World> {
+        World::up_with_rs(prefix, tweak, |_| {})
+    }
+
+    /// [`World::up_with`] with changes to the RS's configuration too.
+    pub fn up_with_rs(
+        prefix: &str,
+        tweak: impl FnOnce(&mut ntm_dc::Config),
+        tweak_rs: impl FnOnce(&mut ntm_rs::Config),
+    ) -> Result<World> {
         require_root()?;
         let tb = Testbed::up(prefix).map_err(|e| anyhow!("testbed up: {e}"))?;
         let mut dc = ntm_dc::Config {
@@ -100,6 +111,8 @@ impl World {
             let k = tb.keys().node(fqdn).context("every node has a key")?;
             dc.nodes.push(ntm_dc::NodeEntry::new(fqdn, &proto_key(k)));
         }
+        // The status sockets live in the state directory, one per testbed.
+        dc.status_socket = tb.state_dir().join("dc.sock");
         tweak(&mut dc);
         let rs_key = proto_key(tb.keys().rs());
         dc.relays.push(ntm_dc::RelayEntry::new(
@@ -108,11 +121,14 @@ impl World {
             &rs_key,
         ));
         let dc_config = tb.state_dir().join("dc.toml");
-        std::fs::write(&dc_config, dc.to_toml()).context("write dc.toml")?;
+        // The daemons refuse configurations holding a key that others can read.
+        write_private(&dc_config, &dc.to_toml()).context("write dc.toml")?;
         let mut rs = ntm_rs::Config::new(RS_ID, &rs_key);
         rs.stats_interval_secs = 0;
+        rs.status_socket = tb.state_dir().join("rs.sock");
+        tweak_rs(&mut rs);
         let rs_config = tb.state_dir().join("rs.toml");
-        std::fs::write(&rs_config, rs.to_toml()).context("write rs.toml")?;
+        write_private(&rs_config, &rs.to_toml()).context("write rs.toml")?;
         let mut cmd = Command::new(bin("ntm-rs")?);
         cmd.arg("--config").arg(&rs_config).env("RUST_LOG", "info");
         let rs = tb
@@ -169,6 +185,16 @@ impl World {
 
     /// Starts an `ntm-node` in `role`'s namespace registering `fqdn`.
     pub fn node(&self, role: Role, fqdn: &str) -> Result<Node> {
+        self.node_with(role, fqdn, |_| {})
+    }
+
+    /// [`World::node`] with changes to its configuration.
+    pub fn node_with(
+        &self,
+        role: Role,
+        fqdn: &str,
+        tweak: impl FnOnce(&mut ntm_node::Config),
+    ) -> Result<Node> {
         let key = proto_key(self.tb.keys().node(fqdn).context("node key")?);
         let mut c = ntm_node::Config::new(
             fqdn,
@@ -180,8 +206,9 @@ impl World {
         let _ = std::fs::remove_file(&status);
         c.status_file = Some(status.clone());
         c.stats_interval_secs = 0;
+        tweak(&mut c);
         let config = self.tb.state_dir().join(format!("{fqdn}.toml"));
-        std::fs::write(&config, c.to_toml()).context("write node config")?;
+        write_private(&config, &c.to_toml()).context("write node config")?;
         let mut cmd = Command::new(bin("ntm-node")?);
         cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
         let child = self
@@ -224,7 +251,7 @@ impl World {
         let mut c = self.ntma_config()?;
         tweak(&mut c);
         let config = self.tb.state_dir().join("ntma.toml");
-        std::fs::write(&config, c.to_toml()).context("write ntma.toml")?;
+        write_private(&config, &c.to_toml()).context("write ntma.toml")?;
         let mut cmd = Command::new(bin("ntma")?);
         cmd.arg("run")
             .arg("--config")
@@ -370,9 +397,14 @@ impl World {
             "iperf3 -c {server_addr} -p 5201 -t {secs} --repeating-payload -J{}",
             if reverse { " -R" } else { "" }
         );
-        // The server is ready when its socket is: retry the client until then.
-        let out = wait_for(PATIENCE, || self.sh(client, &cmd).ok())
-            .ok_or_else(|| anyhow!("`{cmd}` in {client} never connected: {}", srv.log()))?;
+        // The server is ready when its socket is: retry the client until
+        // then (iperf3 -J may exit 0 with "unable to connect" in its JSON).
+        let out = wait_for(PATIENCE, || {
+            self.sh(client, &cmd)
+                .ok()
+                .filter(|o| !o.contains("unable to connect"))
+        })
+        .ok_or_else(|| anyhow!("`{cmd}` in {client} never connected: {}", srv.log()))?;
         let _ = srv.wait_timeout(Duration::from_secs(5));
         Iperf::parse(&out)
     }
@@ -456,6 +488,34 @@ impl World {
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_owned())
             .collect())
+    }
+}
+
+/// Writes a configuration (or key file) readable by its owner only: the
+/// daemons refuse one holding a key that group or others can read.
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    ntm_ops::keys::write_private(path, text)
+}
+
+/// The DC's configuration file and its status socket.
+impl World {
+    /// Where the DC's configuration is (rewrite it, then [`World::reload_dc`]).
+    pub fn dc_config_path(&self) -> &std::path::Path {
+        &self.dc_config
+    }
+
+    /// The DC's status, over its status socket.
+    pub fn dc_status(&self) -> Result<ntm_dc::Status> {
+        let c = ntm_dc::Config::load(&self.dc_config)?;
+        let text = ntm_ops::unix::query(&c.status_socket, "ntm-dc")?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// SIGHUP to the DC.
+    pub fn reload_dc(&self) -> Result<()> {
+        let dc = self.dc.as_ref().context("the DC is not running")?;
+        dc.signal(ntm_testbed::Signal::SIGHUP)
+            .map_err(|e| anyhow!("SIGHUP to ntm-dc: {e}"))
     }
 }
 
@@ -596,6 +656,25 @@ impl Ntma {
         self.child
             .stop(Duration::from_secs(10))
             .map_err(|e| anyhow!("stop ntma: {e}"))
+    }
+
+    /// SIGHUP: reload its configuration (rewrite [`Ntma::config`] first).
+    pub fn reload(&self) -> Result<()> {
+        self.child
+            .signal(ntm_testbed::Signal::SIGHUP)
+            .map_err(|e| anyhow!("SIGHUP to ntma: {e}"))
+    }
+
+    /// `ntma status --check` from the real binary: its exit code and line.
+    pub fn check(&self) -> Result<(i32, String)> {
+        let out = Command::new(bin("ntma")?)
+            .args(["status", "--check", "--config"])
+            .arg(&self.config)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ntm_ops::metrics::MetricsConfig;
 use ntm_proto::dns::StubConfig;
 use ntm_proto::wire::Fqdn;
 use ntm_proto::Key;
@@ -51,6 +52,9 @@ pub struct Config {
     /// Packets waiting for a tunnel.
     #[serde(default)]
     pub hold: Hold,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
 }
 
 /// `[lan]`: the NIC facing the GN.
@@ -93,9 +97,14 @@ pub struct Dc {
     pub address: SocketAddrV4,
     /// The GN's FQDN, registered with the DC on the GN's behalf.
     pub fqdn: String,
-    /// `K_node` of that FQDN: 64 hex digits, the same as in the DC's entry.
-    /// Wiped from memory when dropped.
+    /// `K_node` of that FQDN: 64 hex digits, the same as in the DC's entry
+    /// (or `key_file`). Wiped from memory when dropped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A file holding `K_node` (mode 0600), in place of `key`; relative to
+    /// the configuration's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl Drop for Dc {
@@ -121,6 +130,14 @@ pub struct Dns {
     /// its silence decides.
     #[serde(default = "default_dns_timeout")]
     pub timeout_secs: u64,
+    /// DNS over TCP at the router address: connections open at once (more
+    /// are refused and counted), 1 to 1024.
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: usize,
+    /// DNS over TCP: a connection with no query pending is closed after
+    /// this long without traffic, 1 to 300 s.
+    #[serde(default = "default_tcp_idle_timeout")]
+    pub tcp_idle_timeout_secs: u64,
 }
 
 /// `[datapath]`: AF_XDP workers, UMEM and rings.
@@ -247,6 +264,12 @@ fn default_ttl() -> u32 {
 fn default_dns_timeout() -> u64 {
     9
 }
+fn default_tcp_max_connections() -> usize {
+    64
+}
+fn default_tcp_idle_timeout() -> u64 {
+    10
+}
 
 impl Default for Datapath {
     fn default() -> Self {
@@ -355,6 +378,8 @@ pub struct Settings {
     pub hold_total: usize,
     /// Hold time limit.
     pub hold_timeout: Duration,
+    /// The metrics endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -381,15 +406,19 @@ impl Config {
                 address: dc,
                 fqdn: fqdn.to_owned(),
                 key: key.to_hex(),
+                key_file: None,
             },
             dns: Dns {
                 ntm_suffix: default_suffix(),
                 upstream,
                 ttl: default_ttl(),
                 timeout_secs: default_dns_timeout(),
+                tcp_max_connections: default_tcp_max_connections(),
+                tcp_idle_timeout_secs: default_tcp_idle_timeout(),
             },
             datapath: Datapath::default(),
             hold: Hold::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -410,7 +439,31 @@ impl Config {
         let config = Config::from_toml(&text, path);
         // The file holds dc.key.
         zeroize::Zeroize::zeroize(&mut text);
-        config
+        let mut config = config?;
+        let (key, _) = ntm_ops::keys::resolve(
+            "[dc]",
+            &config.dc.key,
+            config.dc.key_file.as_deref(),
+            &ntm_ops::keys::base_dir(path),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            setting: "dc.key_file",
+            value: config
+                .dc
+                .key_file
+                .as_ref()
+                .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
+            fix: e.to_string(),
+        })?;
+        zeroize::Zeroize::zeroize(&mut config.dc.key);
+        config.dc.key = key;
+        Ok(config)
+    }
+
+    /// Whether `dc.key` is written in the file itself (which must then be
+    /// private: [`ntm_ops::keys::check_private`]).
+    pub fn holds_inline_key(&self) -> bool {
+        self.dc.key_file.is_none()
     }
 
     /// The configuration as TOML.
@@ -499,6 +552,20 @@ impl Config {
                 "use 1 to 60 (9 outlasts the DC request's retransmissions)",
             ));
         }
+        if !(1..=crate::gn::MAX_TCP_CONNECTIONS).contains(&self.dns.tcp_max_connections) {
+            return Err(invalid(
+                "dns.tcp_max_connections",
+                self.dns.tcp_max_connections,
+                "use 1 to 1024 (a GN's resolver opens a few at most; 64 is plenty)",
+            ));
+        }
+        if !(1..=300).contains(&self.dns.tcp_idle_timeout_secs) {
+            return Err(invalid(
+                "dns.tcp_idle_timeout_secs",
+                self.dns.tcp_idle_timeout_secs,
+                "use 1 to 300 (RFC 7766 suggests seconds: 10 is the default)",
+            ));
+        }
         let mut gn = GnConfig::new(MacAddr([0x02, 0, 0, 0, 0, 1]));
         gn.router = self.lan.router;
         gn.vip_prefix_len = self.lan.vip_prefix_len;
@@ -507,18 +574,14 @@ impl Config {
         gn.ntm_suffix = self.dns.ntm_suffix.clone();
         gn.dns_ttl = self.dns.ttl;
         gn.dns_resolve_timeout = Duration::from_secs(self.dns.timeout_secs);
+        gn.dns_tcp_max_connections = self.dns.tcp_max_connections;
+        gn.dns_tcp_idle_timeout = Duration::from_secs(self.dns.tcp_idle_timeout_secs);
         gn.non_vip_unreachable = Unreachable::Net;
         // The GnConfig checks say what to fix; name the section they came from.
         if let Err(e) = crate::gn::Gn::new(gn.clone()) {
             return Err(invalid("lan/dns", "(see message)", e.to_string()));
         }
-        let dns = StubConfig {
-            ttl: gn.dns_ttl,
-            max_pending: gn.dns_max_pending,
-            resolve_timeout: gn.dns_resolve_timeout,
-            forward_timeout: gn.dns_forward_timeout,
-            seed: gn.seed,
-        };
+        let dns = gn.stub_config();
         self.validate_datapath()?;
         let h = &self.hold;
         if h.per_peer == 0 || h.per_peer > 4096 {
@@ -557,6 +620,7 @@ impl Config {
             hold_per_peer: h.per_peer,
             hold_total: h.total,
             hold_timeout: Duration::from_millis(h.timeout_ms),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -686,6 +750,31 @@ mod tests {
     }
 
     #[test]
+    fn key_file_in_place_of_dc_key() {
+        let dir = std::env::temp_dir().join(format!("ntma-keyfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ntm_ops::keys::write_private(&dir.join("gn.key"), &format!("{KEY}\n")).unwrap();
+        let mut c = base();
+        assert!(c.holds_inline_key());
+        c.dc.key = String::new();
+        c.dc.key_file = Some("gn.key".into());
+        let path = dir.join("ntma.toml");
+        std::fs::write(&path, c.to_toml()).unwrap();
+        let loaded = Config::load(&path).unwrap();
+        assert!(!loaded.holds_inline_key());
+        assert_eq!(loaded.validate().unwrap().key, KEY.parse().unwrap());
+        std::fs::set_permissions(
+            dir.join("gn.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("dc.key_file") && e.contains("chmod 600"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn minimal_file_takes_defaults() {
         let text = format!(
             "[lan]\ninterface = \"eth1\"\n[wan]\ninterface = \"eth0\"\n\
@@ -771,6 +860,25 @@ mod tests {
         let mut c = base();
         c.dns.upstream = "0.0.0.0:53".parse().unwrap();
         assert!(err(&c).contains("dns.upstream"));
+
+        for n in [0, 1025] {
+            let mut c = base();
+            c.dns.tcp_max_connections = n;
+            assert!(
+                err(&c).contains("dns.tcp_max_connections = "),
+                "{}",
+                err(&c)
+            );
+        }
+        for secs in [0, 301] {
+            let mut c = base();
+            c.dns.tcp_idle_timeout_secs = secs;
+            assert!(
+                err(&c).contains("dns.tcp_idle_timeout_secs = "),
+                "{}",
+                err(&c)
+            );
+        }
 
         let mut c = base();
         c.datapath.cores = vec![10_000];

@@ -14,7 +14,12 @@
 //! * the fast path's slow queue (its eventfd): packets to VIPs without a tunnel;
 //! * one socket per query forwarded to the upstream resolver, each bound to
 //!   a random port and connected to the resolver, closed once the query is
-//!   answered or given up;
+//!   answered or given up (a TCP connection, run by a task of its own, for a
+//!   query that came over TCP);
+//! * a TCP listener on the router address's port 53 (DNS over TCP, RFC
+//!   7766) and a task per accepted connection, which reports what it reads
+//!   and writes the answers queued for it; the control decides which
+//!   connections are taken and when they close;
 //! * UDP sockets on the router address's port 53 and the NIC's port 67, only
 //!   so the kernel never answers the GN's DNS and DHCP with ICMP port
 //!   unreachable (the raw socket already has the frames);
@@ -41,9 +46,11 @@ use anyhow::{bail, Context as _, Result};
 use nix::sys::socket::{
     bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
 };
-use tokio::io::{AsyncWriteExt, Interest, ReadBuf};
-use tokio::net::{UdpSocket, UnixListener};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 use crate::config::{Attach, Bind, DatapathKind, NonVip, Settings};
 use crate::control::nat::NatGuard;
@@ -53,7 +60,7 @@ use crate::ebpf::{Counters, EbpfError};
 use crate::fastpath::{
     AttachMode, BindMode, Datapath, DatapathConfig, Dataplane, SlowWaker, UmemConfig,
 };
-use crate::gn::MAX_FRAME_LEN;
+use crate::gn::{ConnId, Transport, MAX_FRAME_LEN};
 use crate::rawpath::{Classify, RawConfig, RawPath};
 use crate::status::{DatapathStatus, Status, WorkerStatus};
 use ntma_common::XdpConfig;
@@ -64,6 +71,28 @@ pub const ACTIVITY_EVERY: Duration = Duration::from_millis(250);
 pub const LINK_EVERY: Duration = Duration::from_millis(250);
 /// Largest datagram read from a UDP socket.
 const MAX_DATAGRAM: usize = 65_535;
+/// Answers queued on one of the GN's DNS TCP connections before the client
+/// counts as not reading them (the connection is closed).
+const TCP_WRITE_QUEUE: usize = 64;
+/// Reports of the TCP tasks waiting for the control thread (a full queue
+/// holds the tasks back: they stop reading).
+const TCP_EVENTS: usize = 256;
+/// One read from a GN's DNS TCP connection.
+const TCP_READ: usize = 16 * 1024;
+
+/// What the DNS TCP tasks tell the control thread.
+#[derive(Debug)]
+enum TcpEvent {
+    /// Bytes from the GN on connection `conn`.
+    Data(ConnId, Vec<u8>),
+    /// The GN closed its side of the connection.
+    Eof(ConnId),
+    /// The connection failed (reset, read or write error); its task ended.
+    Failed(ConnId),
+    /// The answer (without its length prefix) on the upstream TCP
+    /// connection from local port `.0`.
+    Upstream(u16, Vec<u8>),
+}
 
 /// The sockets the control side sends on.
 struct Sockets {
@@ -74,6 +103,12 @@ struct Sockets {
     resolver: SocketAddrV4,
     /// One socket per query in flight to the resolver, by local port.
     upstream: RefCell<HashMap<u16, UdpSocket>>,
+    /// One task per TCP query in flight to the resolver, by local port.
+    upstream_tcp: RefCell<HashMap<u16, AbortHandle>>,
+    /// The GN's DNS TCP connections: the queue of answers each task writes.
+    tcp: RefCell<HashMap<ConnId, mpsc::Sender<Vec<u8>>>>,
+    /// Where the TCP tasks report.
+    events: mpsc::Sender<TcpEvent>,
 }
 
 impl Sockets {
@@ -92,6 +127,96 @@ fn upstream_socket(resolver: SocketAddrV4, query: &[u8]) -> std::io::Result<(u16
     s.send(query)?;
     let port = s.local_addr()?.port();
     Ok((port, UdpSocket::from_std(s)?))
+}
+
+/// `message` with its 2-byte length prefix (RFC 1035 §4.2.2); at most 65535
+/// bytes (the stub's queries and answers are).
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(2 + message.len());
+    f.extend_from_slice(&(message.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// A TCP connection for one upstream query: bound to port 0 first (the
+/// kernel draws the port that names the query), then connected to the
+/// resolver by a task that writes the query, reads one answer and reports it
+/// ([`TcpEvent::Upstream`]). A failure is only logged: the query times out.
+fn upstream_tcp(
+    resolver: SocketAddrV4,
+    query: &[u8],
+    events: mpsc::Sender<TcpEvent>,
+) -> std::io::Result<(u16, AbortHandle)> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+    let port = sock.local_addr()?.port();
+    let message = framed(query);
+    let task = tokio::spawn(async move {
+        let exchange = async {
+            let mut s = sock.connect(SocketAddr::V4(resolver)).await?;
+            s.set_nodelay(true)?;
+            s.write_all(&message).await?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await?;
+            let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        match exchange.await {
+            Ok(answer) => {
+                let _ = events.send(TcpEvent::Upstream(port, answer)).await;
+            }
+            Err(e) => tracing::debug!(%resolver, port, error = %e, "upstream TCP query failed"),
+        }
+    });
+    Ok((port, task.abort_handle()))
+}
+
+/// The task of one of the GN's DNS TCP connections: reports what it reads,
+/// writes the answers queued for it, and shuts the connection down once the
+/// control drops its queue ([`Io::close_tcp`]).
+async fn gn_connection(
+    conn: ConnId,
+    stream: TcpStream,
+    mut answers: mpsc::Receiver<Vec<u8>>,
+    events: mpsc::Sender<TcpEvent>,
+) {
+    // Each answer goes out as soon as it is written.
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = vec![0u8; TCP_READ];
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            r = rd.read(&mut buf), if reading => {
+                let ev = match r {
+                    Ok(0) => {
+                        // The answers still pending go out before it closes.
+                        reading = false;
+                        TcpEvent::Eof(conn)
+                    }
+                    Ok(n) => TcpEvent::Data(conn, buf[..n].to_vec()),
+                    Err(_) => TcpEvent::Failed(conn),
+                };
+                let failed = matches!(ev, TcpEvent::Failed(_));
+                if events.send(ev).await.is_err() || failed {
+                    return;
+                }
+            }
+            m = answers.recv() => match m {
+                Some(m) => {
+                    if wr.write_all(&m).await.is_err() {
+                        let _ = events.send(TcpEvent::Failed(conn)).await;
+                        return;
+                    }
+                }
+                None => {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+            },
+        }
+    }
 }
 
 /// The next datagram on any upstream query socket: (its local port, length).
@@ -132,7 +257,24 @@ impl Io for Sockets {
         }
     }
 
-    fn send_upstream(&self, query: &[u8]) -> Option<u16> {
+    fn send_upstream(&self, transport: Transport, query: &[u8]) -> Option<u16> {
+        if transport == Transport::Tcp {
+            let mut tasks = self.upstream_tcp.borrow_mut();
+            if tasks.len() >= ntm_proto::dns::MAX_PENDING_LIMIT {
+                tracing::debug!("too many upstream TCP queries in flight");
+                return None;
+            }
+            return match upstream_tcp(self.resolver, query, self.events.clone()) {
+                Ok((port, task)) => {
+                    tasks.insert(port, task);
+                    Some(port)
+                }
+                Err(e) => {
+                    tracing::debug!(resolver = %self.resolver, error = %e, "upstream TCP query not sent");
+                    None
+                }
+            };
+        }
         let mut socks = self.upstream.borrow_mut();
         if socks.len() >= ntm_proto::dns::MAX_PENDING_LIMIT {
             tracing::debug!("too many upstream queries in flight");
@@ -150,8 +292,76 @@ impl Io for Sockets {
         }
     }
 
-    fn close_upstream(&self, port: u16) {
-        self.upstream.borrow_mut().remove(&port);
+    fn close_upstream(&self, transport: Transport, port: u16) {
+        match transport {
+            Transport::Udp => {
+                self.upstream.borrow_mut().remove(&port);
+            }
+            Transport::Tcp => {
+                if let Some(task) = self.upstream_tcp.borrow_mut().remove(&port) {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    fn send_tcp(&self, conn: ConnId, message: &[u8]) -> bool {
+        self.tcp
+            .borrow()
+            .get(&conn)
+            .is_some_and(|q| q.try_send(message.to_vec()).is_ok())
+    }
+
+    fn close_tcp(&self, conn: ConnId) {
+        // Its task writes what is queued, then shuts the connection down.
+        self.tcp.borrow_mut().remove(&conn);
+    }
+}
+
+/// DNS over TCP at the router address: the listener, and the reports of the
+/// connection and upstream tasks.
+struct DnsTcp {
+    listener: TcpListener,
+    events: mpsc::Receiver<TcpEvent>,
+    /// The next connection's number.
+    next_conn: ConnId,
+}
+
+impl DnsTcp {
+    /// A connection the listener accepted: the control takes it (a task
+    /// serves it) or refuses it (closed at once).
+    fn accept(
+        &mut self,
+        ctl: &mut Control<Arc<Dataplane>>,
+        io: &Sockets,
+        stream: TcpStream,
+        from: SocketAddr,
+    ) {
+        let SocketAddr::V4(from) = from else {
+            return;
+        };
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        if !ctl.on_tcp_accept(Instant::now(), conn, from, io) {
+            tracing::debug!(%from, "DNS TCP connection refused");
+            return;
+        }
+        let (tx, rx) = mpsc::channel(TCP_WRITE_QUEUE);
+        io.tcp.borrow_mut().insert(conn, tx);
+        tokio::spawn(gn_connection(conn, stream, rx, io.events.clone()));
+    }
+}
+
+fn on_tcp_event(ctl: &mut Control<Arc<Dataplane>>, io: &Sockets, ev: TcpEvent) {
+    let now = Instant::now();
+    match ev {
+        TcpEvent::Data(conn, bytes) => ctl.on_tcp_data(now, conn, &bytes, io),
+        TcpEvent::Eof(conn) => ctl.on_tcp_eof(now, conn, io),
+        TcpEvent::Failed(conn) => {
+            io.tcp.borrow_mut().remove(&conn);
+            ctl.on_tcp_closed(conn);
+        }
+        TcpEvent::Upstream(port, answer) => ctl.on_upstream(now, Transport::Tcp, port, &answer, io),
     }
 }
 
@@ -221,26 +431,9 @@ fn tokio_udp(s: StdUdpSocket) -> std::io::Result<UdpSocket> {
 
 /// Binds the status socket, replacing a file left by a daemon that died.
 fn status_listener(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {} for the status socket", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another ntma answers on {}: stop it, or give this one another name",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
-    }
-    UnixListener::bind(path).with_context(|| {
-        format!(
-            "cannot bind the status socket {} (set status_socket)",
-            path.display()
-        )
-    })
+    // Mode 0660 whatever the umask; a stale file is replaced.
+    UnixListener::from_std(ntm_ops::unix::bind(path, "status_socket")?)
+        .context("cannot watch the status socket")
 }
 
 /// Removes the status socket file when dropped.
@@ -339,6 +532,38 @@ impl Engine {
     }
 
     /// The XDP programs' verdicts (none without XDP).
+    /// The kernel's AF_XDP ring counters (none without AF_XDP).
+    fn ring_stats(&self) -> Vec<crate::status::RingStatus> {
+        let Engine::AfXdp(d) = self else {
+            return Vec::new();
+        };
+        d.ring_stats()
+            .into_iter()
+            .map(|r| {
+                let k = r.stats;
+                crate::status::RingStatus {
+                    queue: r.queue,
+                    side: match r.side {
+                        crate::ebpf::Side::Lan => "lan",
+                        crate::ebpf::Side::Wan => "wan",
+                    }
+                    .to_owned(),
+                    counters: [
+                        ("rx_dropped", k.rx_dropped),
+                        ("rx_invalid_descs", k.rx_invalid_descs),
+                        ("tx_invalid_descs", k.tx_invalid_descs),
+                        ("rx_ring_full", k.rx_ring_full),
+                        ("rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs),
+                        ("tx_ring_empty_descs", k.tx_ring_empty_descs),
+                    ]
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), v))
+                    .collect(),
+                }
+            })
+            .collect()
+    }
+
     fn xdp_counters(&self) -> Result<Counters, EbpfError> {
         match self {
             Engine::AfXdp(d) => d.xdp_counters(),
@@ -368,16 +593,19 @@ fn classify(s: &Settings, net: Ipv4Addr) -> Classify {
     }
 }
 
-/// Runs the adapter until SIGINT or SIGTERM.
-pub fn run(s: Settings) -> Result<()> {
+mod ops;
+
+/// Runs the adapter until SIGINT or SIGTERM; SIGHUP reads `config` again
+/// and applies what may change without a restart ([`crate::reload`]).
+pub fn run(s: Settings, config: Option<PathBuf>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    rt.block_on(run_async(s))
+    rt.block_on(run_async(s, config))
 }
 
-async fn run_async(s: Settings) -> Result<()> {
+async fn run_async(s: Settings, config: Option<PathBuf>) -> Result<()> {
     let started = Instant::now();
     let lan = sys::interface(&s.lan_if).context("lan.interface")?;
     let wan = sys::interface(&s.wan_if).context("wan.interface")?;
@@ -435,6 +663,14 @@ async fn run_async(s: Settings) -> Result<()> {
                 s.lan_if
             )
         })?;
+    let dns_tcp = TcpListener::bind((s.gn.router, 53))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind TCP {}:53: is another DNS server running there?",
+                s.gn.router
+            )
+        })?;
     // Each forwarded query gets a socket of its own; this one only checks the route.
     StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
         .and_then(|u| u.connect(s.upstream))
@@ -449,11 +685,20 @@ async fn run_async(s: Settings) -> Result<()> {
     wan_sock.writable().await.context("tunnel socket")?;
     let listener = status_listener(&s.status_socket)?;
     let _socket_file = SocketFile(s.status_socket.clone());
+    let (events_tx, events) = mpsc::channel(TCP_EVENTS);
     let io = Sockets {
         wan: RefCell::new(Rc::new(wan_sock)),
         lan: raw,
         resolver: s.upstream,
         upstream: RefCell::new(HashMap::new()),
+        upstream_tcp: RefCell::new(HashMap::new()),
+        tcp: RefCell::new(HashMap::new()),
+        events: events_tx,
+    };
+    let dns_tcp = DnsTcp {
+        listener: dns_tcp,
+        events,
+        next_conn: 1,
     };
     let sinks = Sinks { dns, dhcp };
 
@@ -495,10 +740,18 @@ async fn run_async(s: Settings) -> Result<()> {
     };
     let mut ctl =
         Control::new(&s, boot, Arc::clone(&dataplane), started).map_err(|e| anyhow::anyhow!(e))?;
+    let mut ops = ops::Ops::new(&s, config).await?;
+    // Set up: keep only what is still needed (the workers dropped theirs).
+    match crate::privs::drop_to(crate::privs::KEEP) {
+        Ok(kept) => tracing::info!(kept = %kept.join(" "), "capabilities dropped"),
+        Err(e) => tracing::warn!(error = %e, "cannot drop capabilities"),
+    }
+    ntm_ops::notify::ready(&format!("serving {} on {}", s.fqdn, s.lan_if));
     let result = drive(
-        &s, &datapath, &dataplane, &mut ctl, &io, &sinks, listener, started,
+        &s, &datapath, &dataplane, &mut ctl, &io, &sinks, listener, dns_tcp, started, &mut ops,
     )
     .await;
+    ntm_ops::notify::stopping();
 
     let now = Instant::now();
     tracing::info!("shutting down: deregistering and detaching XDP");
@@ -518,7 +771,9 @@ async fn drive(
     io: &Sockets,
     sinks: &Sinks,
     listener: UnixListener,
+    mut dns_tcp: DnsTcp,
     started: Instant,
+    ops: &mut ops::Ops,
 ) -> Result<()> {
     let waker: SlowWaker = dataplane.slow_waker();
     // A second descriptor of the same eventfd, for tokio's readiness.
@@ -537,7 +792,7 @@ async fn drive(
     let mut dhcp_sink = vec![0u8; MAX_DATAGRAM];
     let mut next_activity = started;
     let mut next_link = started;
-    let mut next_stats = s.stats_interval.map(|d| started + d);
+    let mut next_stats = ops.stats_every().map(|d| started + d);
     let mut gateway: Option<Ipv4Addr> = None;
 
     ctl.start(started, io);
@@ -581,10 +836,15 @@ async fn drive(
                 }
             },
             (port, r) = recv_upstream(&io.upstream, &mut up_buf) => match r {
-                Ok(n) => ctl.on_upstream(Instant::now(), port, &up_buf[..n], io),
+                Ok(n) => ctl.on_upstream(Instant::now(), Transport::Udp, port, &up_buf[..n], io),
                 // An ICMP error of the resolver (ECONNREFUSED): the query times out.
                 Err(e) => tracing::debug!(port, error = %e, "upstream receive error"),
             },
+            r = dns_tcp.listener.accept() => match r {
+                Ok((stream, from)) => dns_tcp.accept(ctl, io, stream, from),
+                Err(e) => tracing::debug!(error = %e, "DNS TCP accept error"),
+            },
+            Some(ev) = dns_tcp.events.recv() => on_tcp_event(ctl, io, ev),
             // The raw socket has these frames already; reading only empties the buffers.
             _ = sinks.dns.recv_from(&mut dns_sink) => {},
             _ = sinks.dhcp.recv_from(&mut dhcp_sink) => {},
@@ -593,7 +853,8 @@ async fn drive(
                     // Fresh per-tunnel counters for the answer.
                     let now = Instant::now();
                     ctl.poll_activity(now, io);
-                    let st = status(s, datapath, dataplane, ctl, started, now);
+                    let mut st = status(s, datapath, dataplane, ctl, started, now);
+                    ops.annotate(&mut st);
                     let body = serde_json::to_vec(&st).unwrap_or_default();
                     tokio::spawn(async move {
                         let _ = stream.write_all(&body).await;
@@ -614,13 +875,29 @@ async fn drive(
                     poll_link(s, ctl, &mut gateway, now, io);
                     next_link = now + LINK_EVERY;
                 }
-                if let (Some(at), Some(every)) = (next_stats, s.stats_interval) {
+                if let (Some(at), Some(every)) = (next_stats, ops.stats_every()) {
                     if now >= at {
                         log_stats(&status(s, datapath, dataplane, ctl, started, now));
                         next_stats = Some(now + every);
                     }
                 }
             },
+            r = ntm_ops::metrics::accept(&ops.metrics) => match r {
+                Ok(stream) => {
+                    let now = Instant::now();
+                    ctl.poll_activity(now, io);
+                    let mut st = status(s, datapath, dataplane, ctl, started, now);
+                    ops.annotate(&mut st);
+                    ops.scrape(stream, &st, ctl);
+                }
+                Err(e) => tracing::debug!(error = %e, "metrics accept error"),
+            },
+            _ = ops.hup.recv() => {
+                if ops.reload(ctl, io) {
+                    next_stats = ops.stats_every().map(|d| Instant::now() + d);
+                }
+            },
+            () = ntm_ops::notify::tick(&mut ops.watchdog) => ntm_ops::notify::ping(),
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         }
@@ -754,9 +1031,11 @@ fn status(
             gateway_mac: link.map(|l| l.gateway_mac.to_string()),
             workers,
             xdp,
+            rings: datapath.ring_stats(),
         },
         tunnels: ctl.tunnel_status(now),
         slow_path: ctl.slow_path_status(),
+        capabilities: crate::privs::effective(),
     }
 }
 
@@ -828,5 +1107,76 @@ mod tests {
                     .await;
             assert!(more.is_err(), "{more:?}");
         });
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A TCP query to the resolver: from its own connection, whose local
+    /// port names it, length-prefixed both ways; the answer is reported
+    /// with that port.
+    #[test]
+    fn upstream_tcp_queries_are_framed_and_reported_by_port() {
+        rt().block_on(async {
+            let resolver = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let SocketAddr::V4(addr) = resolver.local_addr().unwrap() else {
+                panic!()
+            };
+            let (tx, mut rx) = mpsc::channel(4);
+            let (port, _task) = upstream_tcp(addr, b"the query", tx).unwrap();
+            let (mut s, from) = resolver.accept().await.unwrap();
+            assert_eq!(from.port(), port);
+            let mut q = [0u8; 11];
+            s.read_exact(&mut q).await.unwrap();
+            assert_eq!(&q, b"\x00\x09the query");
+            s.write_all(b"\x00\x0aan answer!").await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(TcpEvent::Upstream(p, a))) => {
+                    assert_eq!((p, &a[..]), (port, &b"an answer!"[..]))
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+
+    /// A GN connection's task: what it reads is reported, the answers
+    /// queued are written, the client's FIN is reported and answers still
+    /// go out after it; dropping the queue closes the connection.
+    #[test]
+    fn gn_connection_tasks_relay_both_ways_and_close_when_told() {
+        rt().block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (server, _) = l.accept().await.unwrap();
+            let (events_tx, mut events) = mpsc::channel(8);
+            let (answers_tx, answers) = mpsc::channel(8);
+            tokio::spawn(gn_connection(9, server, answers, events_tx));
+            client.write_all(b"\x00\x02hi").await.unwrap();
+            match next(&mut events).await {
+                TcpEvent::Data(9, b) => assert_eq!(b, b"\x00\x02hi"),
+                other => panic!("{other:?}"),
+            }
+            client.shutdown().await.unwrap();
+            assert!(matches!(next(&mut events).await, TcpEvent::Eof(9)));
+            answers_tx.try_send(b"\x00\x02ok".to_vec()).unwrap();
+            drop(answers_tx);
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+                .await
+                .expect("closed in time")
+                .unwrap();
+            assert_eq!(got, b"\x00\x02ok");
+        });
+    }
+
+    async fn next(events: &mut mpsc::Receiver<TcpEvent>) -> TcpEvent {
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event in time")
+            .expect("open")
     }
 }

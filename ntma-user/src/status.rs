@@ -34,6 +34,10 @@ pub struct Status {
     pub tunnels: Vec<TunnelStatus>,
     /// Slow path and control counters.
     pub slow_path: SlowPathStatus,
+    /// The capabilities the daemon's control thread kept after set-up (the
+    /// fast-path workers keep none).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 /// Registration with the DC.
@@ -95,6 +99,21 @@ pub struct DatapathStatus {
     pub workers: Vec<WorkerStatus>,
     /// XDP verdicts by name, summed over CPUs.
     pub xdp: BTreeMap<String, u64>,
+    /// The kernel's counters of every AF_XDP socket (`XDP_STATISTICS`).
+    #[serde(default)]
+    pub rings: Vec<RingStatus>,
+}
+
+/// The kernel's counters of one AF_XDP socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RingStatus {
+    /// Queue (worker).
+    pub queue: u32,
+    /// "lan" or "wan".
+    pub side: String,
+    /// By name: rx_dropped, rx_invalid_descs, tx_invalid_descs,
+    /// rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs.
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// One fast-path worker.
@@ -203,6 +222,29 @@ impl Status {
         all
     }
 
+    /// For health checks (`ntma status --check`): why the adapter cannot
+    /// carry the GN's traffic, in one line, or `Ok` when it can.
+    pub fn check(&self) -> Result<(), String> {
+        let r = &self.registration;
+        if !r.registered {
+            return Err(format!(
+                "{}: not registered with the DC {} (check dc.address, dc.fqdn and the key, and that the DC runs)",
+                r.fqdn, r.dc
+            ));
+        }
+        if !self.datapath.link_ready {
+            let missing = if self.gn.mac.is_none() {
+                "the GN has not been seen on the LAN (no DHCP or ARP from it yet)"
+            } else if self.datapath.gateway_mac.is_none() {
+                "the uplink's gateway is unknown (no default route or neighbour)"
+            } else {
+                "the GN holds no VIP yet"
+            };
+            return Err(format!("{}: link not ready: {missing}", r.fqdn));
+        }
+        Ok(())
+    }
+
     /// The tunnel to `fqdn`, if any.
     pub fn tunnel_to(&self, fqdn: &str) -> Option<&TunnelStatus> {
         self.tunnels.iter().find(|t| t.peer_fqdn == fqdn)
@@ -307,8 +349,20 @@ impl Status {
             );
             let _ = writeln!(s, "  drops: {}", nonzero(&w.drops));
         }
+        for r in &d.rings {
+            let _ = writeln!(s, "ring {} {}: {}", r.queue, r.side, nonzero(&r.counters));
+        }
         let _ = writeln!(s, "slow path: {}", nonzero(&self.slow_path.stats));
         let _ = writeln!(s, "  drops: {}", nonzero(&self.slow_path.drops));
+        let _ = writeln!(
+            s,
+            "capabilities kept: {}",
+            if self.capabilities.is_empty() {
+                "none".to_owned()
+            } else {
+                self.capabilities.join(" ")
+            }
+        );
         s
     }
 }
@@ -362,7 +416,7 @@ pub fn query(path: &Path) -> Result<Status, QueryError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Status {
@@ -410,6 +464,11 @@ mod tests {
                 gateway_mac: Some("0a:00:00:00:00:01".into()),
                 workers: vec![w],
                 xdp: [("lan_redirect".to_owned(), 5)].into_iter().collect(),
+                rings: vec![RingStatus {
+                    queue: 0,
+                    side: "lan".into(),
+                    counters: [("rx_dropped".to_owned(), 6)].into_iter().collect(),
+                }],
             },
             tunnels: vec![TunnelStatus {
                 id: 3,
@@ -429,6 +488,7 @@ mod tests {
                 opened_by: "gn".into(),
             }],
             slow_path: slow,
+            capabilities: vec!["CAP_NET_ADMIN".into()],
         }
     }
 
@@ -462,9 +522,24 @@ mod tests {
             "bad_tag=2",
             "dns_too_big=3",
             "lan_redirect=5",
+            "ring 0 lan: rx_dropped=6",
+            "capabilities kept: CAP_NET_ADMIN",
         ] {
             assert!(r.contains(needle), "{needle:?} missing from:\n{r}");
         }
+    }
+
+    #[test]
+    fn check_says_in_one_line_what_is_missing() {
+        let mut s = sample();
+        assert_eq!(s.check(), Ok(()));
+        s.datapath.gateway_mac = None;
+        s.datapath.link_ready = false;
+        let e = s.check().unwrap_err();
+        assert!(e.contains("link not ready") && e.contains("gateway"), "{e}");
+        s.registration.registered = false;
+        let e = s.check().unwrap_err();
+        assert!(e.contains("not registered") && !e.contains('\n'), "{e}");
     }
 
     #[test]

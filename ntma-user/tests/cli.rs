@@ -21,7 +21,9 @@ fn temp_config(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ntma-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    // Private: ntma refuses to run on a configuration holding a key that
+    // group or others can read.
+    ntm_ops::keys::write_private(&path, text).unwrap();
     path
 }
 

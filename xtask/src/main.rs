@@ -1,4 +1,4 @@
-//! cargo xtask: setup, build, test, testbed, run, demo and bench for ntma.
+//! cargo xtask: setup, build, test, testbed, run, demo, bench and dist for ntma.
 //!
 //! `run` and `demo` build and start binaries of the workspace (`ntma`,
 //! `ntm-demo`) rather than linking them: xtask has to compile on a fresh
@@ -8,6 +8,7 @@
 //! installed by hand. `setup` is idempotent and returns in about a second when
 //! everything is present.
 
+mod dist;
 mod setup;
 mod testbed;
 
@@ -60,6 +61,15 @@ enum Cmd {
     /// The adapter's demo on the testbed (root): DHCP, DNS, ping and iperf3
     /// through the tunnel both ways, the GN as a responder, then a summary.
     Demo,
+    /// Debian packages of ntma, ntm-dc, ntm-rs and ntm-node (release build, systemd
+    /// units, example configurations, man pages) under <target>/debian, with cargo-deb.
+    Dist {
+        /// Then, as root: install them with dpkg, check the installed configurations
+        /// and units (systemd-analyze verify), run the demo's topology on the installed
+        /// binaries, and remove them again.
+        #[arg(long)]
+        check: bool,
+    },
     /// The benchmarks (root): per-packet cost (criterion), then every datapath on the
     /// same testbed path (throughput, latency, scaling); a table on stdout, JSON and
     /// SVG plots under perf/results/.
@@ -108,6 +118,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Run { args } => run_ntma(args),
         Cmd::Demo => demo(),
         Cmd::Bench { args } => bench(args),
+        Cmd::Dist { check } => dist::run(check),
     }
 }
 

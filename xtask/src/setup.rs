@@ -21,6 +21,13 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "netcat-openbsd",
     "tcpdump",
+    // the DNS tests' upstream resolver: the binary only (the `dnsmasq`
+    // package would also start a system resolver on the host's port 53)
+    "dnsmasq-base",
+    // the operations tests: `promtool check metrics` on every daemon's
+    // scrape, `systemd-analyze verify` on the units
+    "prometheus",
+    "systemd",
     // benchmarks: userspace WireGuard as a gateway
     "wireguard-tools",
     "wireguard-go",
@@ -28,6 +35,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 
 /// The bpf-linker this project is built and tested with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// cargo-deb, which `cargo xtask dist` packages with (`cargo install`, pinned;
+/// only `dist` installs it, the tests never wait for it).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// boringtun-cli, the benchmarks' second userspace WireGuard (`cargo install`, pinned).
 pub const BORINGTUN_VERSION: &str = "0.7.1";
@@ -285,6 +296,36 @@ fn boringtun() -> Result<()> {
         "boringtun-cli",
         "--version",
         BORINGTUN_VERSION,
+        "--locked",
+        "--force",
+    ])
+    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    run_shown(&mut c)
+}
+
+/// cargo-deb for `cargo xtask dist`, from crates.io at a pinned version
+/// (`cargo-deb --version` prints `<version>`).
+pub fn cargo_deb() -> Result<()> {
+    let found = which("cargo-deb")
+        .and_then(|p| output(Command::new(p).arg("--version")))
+        .map(|v| v.trim().to_owned());
+    if found
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
+    {
+        present(&format!("cargo-deb {CARGO_DEB_VERSION}: present"));
+        return Ok(());
+    }
+    step(&format!(
+        "cargo-deb {CARGO_DEB_VERSION}: {}, building it (a few minutes)",
+        found.map_or("not found".to_owned(), |v| format!("found {v}"))
+    ));
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
         "--locked",
         "--force",
     ])

@@ -5,17 +5,21 @@
 //! stock DHCP client obtains the VIP, a stock DNS tool resolves
 //! cn.ntm.test through the adapter, ping and iperf3 run through the tunnel
 //! both ways while tcpdump on the internet bridge checks that none of
-//! iperf3's known payload crosses it in clear (suite 2 encrypts); then cn, restarted so that it knows no tunnel, opens a TCP
+//! iperf3's known payload crosses it in clear (suite 2 encrypts), each run
+//! with the counters that explain its TCP retransmissions (cn's TUN drops,
+//! the adapter's drops, every other drop and TCP counter of the testbed); then cn, restarted so that it knows no tunnel, opens a TCP
 //! connection to gn.ntm.test (the adapter is the target), and cn2 behind
 //! another NAT pings the GN through the relay; a summary; teardown.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{ensure, Context as _, Result};
 use ntm_world::capture::{contains, udp_payload_on_port, IPERF_PATTERN};
+use ntm_world::counters::{describe, grown};
 use ntm_world::{payload, require_root, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
+use ntm_world::{Node, Ntma};
 
 /// The demo's testbed prefix.
 const PREFIX: &str = "demo-";
@@ -126,16 +130,17 @@ fn run() -> Result<()> {
          tcpdump on the internet bridge (tunnel port 7700) and on gn's eth0"
     ));
     let caps = captures(&w, "up")?;
-    let up_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, false)?;
-    eprintln!("    {}", mbps(&up_bw));
+    let (up_bw, up_why) = iperf3_explained(&w, &cn, &ntma, cn_vip, false)?;
+    eprintln!("    {}\n    {up_why}", mbps(&up_bw));
     let leak_up = payload_check(caps)?;
     eprintln!("    {leak_up}");
     step(&format!(
         "iperf3 cn -> gn ({IPERF_SECS} s, -R), the same captures"
     ));
     let caps = captures(&w, "down")?;
-    let down_bw = w.iperf3(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, true)?;
-    eprintln!("    {}", mbps(&down_bw));
+    let (down_bw, down_why) = iperf3_explained(&w, &cn, &ntma, cn_vip, true)?;
+    eprintln!("    {}\n    {down_why}", mbps(&down_bw));
+    let cn_tun = cn.status().context("cn's status file")?.tun;
     let leak_down = payload_check(caps)?;
     eprintln!("    {leak_down}");
     let leak = format!("gn -> cn: {leak_up}\n                       cn -> gn: {leak_down}");
@@ -214,9 +219,21 @@ fn run() -> Result<()> {
         "throughput gn -> cn    {} (iperf3 TCP, {IPERF_SECS} s)",
         mbps(&up_bw)
     );
+    println!("                       {up_why}");
     println!(
         "throughput cn -> gn    {} (iperf3 TCP -R, {IPERF_SECS} s)",
         mbps(&down_bw)
+    );
+    println!("                       {down_why}");
+    println!(
+        "cn's TUN device        {}: queue {} packets, offload {}",
+        cn_tun.name,
+        cn_tun.queue_len,
+        match (cn_tun.offload, cn_tun.udp_offload) {
+            (true, true) => "TSO+USO/GRO",
+            (true, false) => "TSO/GRO",
+            _ => "none",
+        }
     );
     println!("tunnel suite           {suite} (cn.ntm.test)");
     println!("payload on the wire    {leak}");
@@ -308,6 +325,44 @@ fn payload_check([inet, gn]: [ntm_world::capture::Capture; 2]) -> Result<String>
         data.len(),
         gn.len()
     ))
+}
+
+/// iperf3 between gn and cn's VIP (`reverse`: cn sends), and the counters
+/// that explain its TCP retransmissions: the drops of cn's TUN device
+/// (ntm-node's status: `tx_dropped` is what cn's stack sent that the node
+/// did not read in time, `rx_dropped` what the node wrote that the stack
+/// refused), the adapter's drops by reason, and every other kernel drop
+/// counter and TCP counter of the testbed that grew during the run
+/// ([`ntm_world::counters`]: e.g. D-SACKs, retransmissions of segments that
+/// had not been lost).
+fn iperf3_explained(
+    w: &World,
+    cn: &Node,
+    ntma: &Ntma,
+    cn_vip: Ipv4Addr,
+    reverse: bool,
+) -> Result<(ntm_world::Iperf, String)> {
+    let tun = |s: &ntm_node::Status| (s.tun.counter("tx_dropped"), s.tun.counter("rx_dropped"));
+    let cn0 = cn.status().context("cn's status file")?;
+    let tun0 = tun(&cn0);
+    let ntma0 = ntma.status().context("ntma status")?.drops();
+    let t = w.iperf3_counted(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, reverse)?;
+    // cn rewrites its status every second: read one written after the run.
+    std::thread::sleep(2 * ntm_node::STATUS_EVERY);
+    let cn1 = cn.status().context("cn's status file")?;
+    let tun1 = tun(&cn1);
+    let node_grown = grown(&cn0.drops, &cn1.drops);
+    let ntma_grown = grown(&ntma0, &ntma.status().context("ntma status")?.drops());
+    let why = format!(
+        "retransmissions {}: cn's TUN drops tx {} rx {} and its own drops {} (ntm-node status); ntma drops {}; kernel counters grown on the testbed: {}",
+        t.iperf.retransmits.map_or_else(|| "?".into(), |r| r.to_string()),
+        tun1.0.saturating_sub(tun0.0),
+        tun1.1.saturating_sub(tun0.1),
+        describe(&node_grown),
+        describe(&ntma_grown),
+        describe(&t.grown)
+    );
+    Ok((t.iperf, why))
 }
 
 fn indent(s: &str) -> String {

@@ -60,6 +60,9 @@ reasons! {
         /// No socket for a query to the upstream resolver could be opened, or it
         /// refused the query.
         UpstreamSendFailed => "upstream_send_failed",
+        /// An answer for the GN's TCP connection found its write queue full
+        /// (the client does not read) or the connection gone: it is closed.
+        DnsTcpSendFailed => "dns_tcp_send_failed",
     }
 }
 

@@ -16,9 +16,15 @@
 //! * DNS queries for NTM names ([`GnAction::Resolve`]) become
 //!   [`Endpoint::connect`]; [`Event::DirectionResolved`] answers them.
 //!   Other names go to the upstream resolver ([`GnAction::Upstream`]), each
-//!   from a fresh socket of its own ([`Io::send_upstream`], a random port)
-//!   with a random id; only an answer on that port with that id and question
-//!   is relayed ([`Control::on_upstream`]).
+//!   from a fresh socket of its own ([`Io::send_upstream`], a random port;
+//!   a TCP connection for a query that came over TCP) with a random id; only
+//!   an answer on that port with that id and question is relayed
+//!   ([`Control::on_upstream`]).
+//! * DNS over TCP at the router address: the daemon's listener and
+//!   connection tasks report through [`Control::on_tcp_accept`],
+//!   [`Control::on_tcp_data`], [`Control::on_tcp_eof`] and
+//!   [`Control::on_tcp_closed`]; answers go out with [`Io::send_tcp`],
+//!   connections close with [`Io::close_tcp`].
 //! * [`Event::Registered`] gives the GN its VIP ([`Gn::set_vip`]);
 //!   [`Event::TunnelAdded`] installs a tunnel in the fast path for
 //!   receiving before its TUN_REQ or TUN_RESP goes out (events are handled
@@ -44,6 +50,7 @@ mod counters;
 pub mod nat;
 pub mod packet;
 mod plane;
+mod reload;
 pub mod sys;
 #[cfg(test)]
 mod tests;
@@ -68,7 +75,7 @@ use crate::fastpath::INNER_MTU;
 use crate::gn::wire::{
     EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, ETH_HEADER_LEN, IPPROTO_UDP, UDP_HEADER_LEN,
 };
-use crate::gn::{Gn, GnAction, MacAddr, Unreachable, Verdict, MAX_FRAME_LEN};
+use crate::gn::{ConnId, Gn, GnAction, MacAddr, Transport, Unreachable, Verdict, MAX_FRAME_LEN};
 use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
 
 /// Bound of the VIP → FQDN memory used to set expired tunnels up again.
@@ -146,12 +153,21 @@ pub trait Io {
     fn send_lan(&self, frame: &[u8]) -> bool;
     /// A query to the upstream resolver, from a new socket of its own bound
     /// to port 0 (the kernel draws a random port) and connected to the
-    /// resolver. Returns that port, where the answer is awaited (its datagrams
-    /// go to [`Control::on_upstream`] with the port), or `None` when no socket
-    /// could be opened or the query was refused.
-    fn send_upstream(&self, query: &[u8]) -> Option<u16>;
+    /// resolver: one UDP datagram, or over TCP one message with its 2-byte
+    /// length prefix on a new connection. Returns that port, where the answer
+    /// is awaited (it goes to [`Control::on_upstream`] with the transport and
+    /// port), or `None` when no socket could be opened or the query was
+    /// refused.
+    fn send_upstream(&self, transport: Transport, query: &[u8]) -> Option<u16>;
     /// The query sent from `port` is answered or given up: close its socket.
-    fn close_upstream(&self, port: u16);
+    fn close_upstream(&self, transport: Transport, port: u16);
+    /// `message` (a DNS answer with its length prefix) on the GN's TCP
+    /// connection `conn`; false when its write queue is full (the client
+    /// does not read) or it is gone.
+    fn send_tcp(&self, conn: ConnId, message: &[u8]) -> bool;
+    /// Closes the GN's TCP connection `conn` once what was queued on it is
+    /// written.
+    fn close_tcp(&self, conn: ConnId);
 }
 
 /// Addresses learned at start and while running.
@@ -213,6 +229,8 @@ pub struct Control<P: Plane> {
     /// endpoint's transmits (a TUN_RESP first, then DATA).
     release: Vec<Ipv4Addr>,
     c: CtlCounters,
+    /// Set-up latency (`ntma_tunnel_setup_seconds`), by GN.
+    setup: ntm_ops::metrics::SetupHistograms,
     buf: Vec<u8>,
     frame: Vec<u8>,
 }
@@ -304,6 +322,7 @@ impl<P: Plane> Control<P> {
             tunnels: BTreeMap::new(),
             release: Vec::new(),
             c: CtlCounters::default(),
+            setup: ntm_ops::metrics::setup_histograms(),
             buf: vec![0u8; MAX_INNER + OVERHEAD],
             frame: vec![0u8; MAX_FRAME_LEN],
         })
@@ -317,6 +336,11 @@ impl<P: Plane> Control<P> {
     /// The control side's own counters.
     pub fn counters(&self) -> &CtlCounters {
         &self.c
+    }
+
+    /// Tunnel set-up latencies (for the metrics).
+    pub fn setup_histograms(&self) -> &ntm_ops::metrics::SetupHistograms {
+        &self.setup
     }
 
     /// The GN services.
@@ -409,11 +433,50 @@ impl<P: Plane> Control<P> {
         self.c.drop(CtlDrop::SlowFrameMalformed);
     }
 
-    /// A datagram from the upstream resolver, received on the socket of the
-    /// query sent from `port` ([`Io::send_upstream`]).
-    pub fn on_upstream(&mut self, now: Instant, port: u16, bytes: &[u8], io: &impl Io) {
-        self.gn.handle_upstream(now, port, bytes);
+    /// An answer from the upstream resolver (a datagram, or one TCP message
+    /// without its length prefix), received on the socket of the query sent
+    /// from `port` of `transport` ([`Io::send_upstream`]).
+    pub fn on_upstream(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        port: u16,
+        bytes: &[u8],
+        io: &impl Io,
+    ) {
+        self.gn.handle_upstream(now, transport, port, bytes);
         self.pump(now, io);
+    }
+
+    /// A connection to the router address's TCP port 53 from `from`,
+    /// numbered `conn` (never reused). False: refused (counted); close it.
+    pub fn on_tcp_accept(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        from: SocketAddrV4,
+        io: &impl Io,
+    ) -> bool {
+        let taken = self.gn.tcp_accept(now, conn, from).is_ok();
+        self.pump(now, io);
+        taken
+    }
+
+    /// Bytes read from the GN's TCP connection `conn`.
+    pub fn on_tcp_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8], io: &impl Io) {
+        self.gn.tcp_data(now, conn, bytes);
+        self.pump(now, io);
+    }
+
+    /// The GN closed its side of `conn`.
+    pub fn on_tcp_eof(&mut self, now: Instant, conn: ConnId, io: &impl Io) {
+        self.gn.tcp_eof(now, conn);
+        self.pump(now, io);
+    }
+
+    /// The GN's TCP connection `conn` failed (reset, read or write error).
+    pub fn on_tcp_closed(&mut self, conn: ConnId) {
+        self.gn.tcp_closed(conn);
     }
 
     /// Runs the timers that are due.
@@ -717,16 +780,7 @@ impl<P: Plane> Control<P> {
             }
             Event::TunnelAdded(t) => {
                 self.c.stat(CtlStat::TunnelsAdded);
-                tracing::debug!(
-                    tunnel_id = t.tunnel_id,
-                    peer = %t.peer_fqdn,
-                    peer_vip = %t.peer_vip,
-                    endpoint = %t.endpoint,
-                    path = t.path.name(),
-                    role = t.role.name(),
-                    suite = t.suite.name(),
-                    "tunnel directed: receiving"
-                );
+                tracing::debug!(tunnel = %t, "tunnel directed: receiving");
                 self.plane.add_tunnel(&t);
                 self.remember(t.peer_vip, &t.peer_fqdn);
                 self.tunnels.insert(
@@ -742,14 +796,13 @@ impl<P: Plane> Control<P> {
             Event::TunnelUp(t) => {
                 self.c.stat(CtlStat::TunnelsUp);
                 let setup = self.connect_at.remove(&t.peer_fqdn).map(|at| now - at);
+                if let Some(d) = setup {
+                    self.setup
+                        .get_or_create(&ntm_ops::metrics::labels([("gn", &self.fqdn)]))
+                        .observe(d.as_secs_f64());
+                }
                 tracing::info!(
-                    tunnel_id = t.tunnel_id,
-                    peer = %t.peer_fqdn,
-                    peer_vip = %t.peer_vip,
-                    endpoint = %t.endpoint,
-                    path = t.path.name(),
-                    role = t.role.name(),
-                    suite = t.suite.name(),
+                    tunnel = %t,
                     setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
                     "tunnel up"
                 );
@@ -848,12 +901,22 @@ impl<P: Plane> Control<P> {
             GnAction::Upstream {
                 upstream_id,
                 payload,
-            } => match io.send_upstream(&payload) {
-                Some(port) => self.gn.upstream_sent(upstream_id, port),
+                transport,
+            } => match io.send_upstream(transport, &payload) {
+                Some(port) => self.gn.upstream_sent(upstream_id, transport, port),
                 // The stub forgets the query at its time-out; the client asks again.
                 None => self.c.drop(CtlDrop::UpstreamSendFailed),
             },
-            GnAction::UpstreamDone { port } => io.close_upstream(port),
+            GnAction::UpstreamDone { transport, port } => io.close_upstream(transport, port),
+            GnAction::TcpReply { conn, message } => {
+                if !io.send_tcp(conn, &message) {
+                    // The client does not read its answers (or is gone).
+                    self.c.drop(CtlDrop::DnsTcpSendFailed);
+                    self.gn.tcp_closed(conn);
+                    io.close_tcp(conn);
+                }
+            }
+            GnAction::TcpClose { conn } => io.close_tcp(conn),
             GnAction::GnMac { mac } => {
                 tracing::info!(gn_mac = %mac, "GN MAC learned");
                 self.link.gn_mac = Some(mac);
@@ -987,6 +1050,7 @@ impl<P: Plane> Control<P> {
             stats.insert(s.name().to_owned(), n);
         }
         stats.insert("held_now".into(), self.hold.len() as u64);
+        stats.insert("dns_tcp_open".into(), self.gn.tcp_open() as u64);
         SlowPathStatus { drops, stats }
     }
 }

@@ -103,8 +103,17 @@ struct RecIo {
     lan: RefCell<Vec<Vec<u8>>>,
     /// Queries by the port of their socket.
     upstream: RefCell<Vec<(u16, Vec<u8>)>>,
+    /// Queries over TCP by the port of their connection.
+    upstream_tcp: RefCell<Vec<(u16, Vec<u8>)>>,
     next_port: std::cell::Cell<u16>,
     closed: RefCell<Vec<u16>>,
+    closed_tcp: RefCell<Vec<u16>>,
+    /// Messages written on the GN's TCP connections.
+    tcp: RefCell<Vec<(ConnId, Vec<u8>)>>,
+    /// The GN's TCP connections closed.
+    tcp_closed: RefCell<Vec<ConnId>>,
+    /// Connections whose write queue is full.
+    tcp_full: RefCell<Vec<ConnId>>,
 }
 
 impl Io for RecIo {
@@ -124,14 +133,30 @@ impl Io for RecIo {
         self.lan.borrow_mut().push(f.to_vec());
         true
     }
-    fn send_upstream(&self, q: &[u8]) -> Option<u16> {
+    fn send_upstream(&self, transport: Transport, q: &[u8]) -> Option<u16> {
         let port = 40_000 + self.next_port.get();
         self.next_port.set(self.next_port.get() + 1);
-        self.upstream.borrow_mut().push((port, q.to_vec()));
+        match transport {
+            Transport::Udp => self.upstream.borrow_mut().push((port, q.to_vec())),
+            Transport::Tcp => self.upstream_tcp.borrow_mut().push((port, q.to_vec())),
+        }
         Some(port)
     }
-    fn close_upstream(&self, port: u16) {
-        self.closed.borrow_mut().push(port);
+    fn close_upstream(&self, transport: Transport, port: u16) {
+        match transport {
+            Transport::Udp => self.closed.borrow_mut().push(port),
+            Transport::Tcp => self.closed_tcp.borrow_mut().push(port),
+        }
+    }
+    fn send_tcp(&self, conn: ConnId, message: &[u8]) -> bool {
+        if self.tcp_full.borrow().contains(&conn) {
+            return false;
+        }
+        self.tcp.borrow_mut().push((conn, message.to_vec()));
+        true
+    }
+    fn close_tcp(&self, conn: ConnId) {
+        self.tcp_closed.borrow_mut().push(conn);
     }
 }
 
@@ -778,7 +803,7 @@ fn upstream_queries_are_forwarded_and_answers_relayed() {
     let mut reply = Message::from_vec(&q).unwrap();
     reply.metadata.message_type = MessageType::Response;
     w.ctl
-        .on_upstream(w.now, port, &reply.to_vec().unwrap(), &w.io);
+        .on_upstream(w.now, Transport::Udp, port, &reply.to_vec().unwrap(), &w.io);
     let m = dns_answers(&w.lan_frames());
     assert_eq!(m.len(), 1, "relayed");
     assert_eq!(m[0].metadata.id, 0x4242);
@@ -812,18 +837,38 @@ fn the_dns_forwarder_refuses_mismatching_answers() {
         m.to_vec().unwrap()
     };
     let drops = |w: &World, name: &str| w.ctl.slow_path_status().drops[name];
-    w.ctl
-        .on_upstream(w.now, port, &answer(id ^ 1, "example.org"), &w.io);
+    w.ctl.on_upstream(
+        w.now,
+        Transport::Udp,
+        port,
+        &answer(id ^ 1, "example.org"),
+        &w.io,
+    );
     assert_eq!(drops(&w, "dns_upstream_wrong_id"), 1);
-    w.ctl
-        .on_upstream(w.now, port, &answer(id, "example.com"), &w.io);
+    w.ctl.on_upstream(
+        w.now,
+        Transport::Udp,
+        port,
+        &answer(id, "example.com"),
+        &w.io,
+    );
     assert_eq!(drops(&w, "dns_upstream_mismatch"), 1);
-    w.ctl
-        .on_upstream(w.now, 53_535, &answer(id, "example.org"), &w.io);
+    w.ctl.on_upstream(
+        w.now,
+        Transport::Udp,
+        53_535,
+        &answer(id, "example.org"),
+        &w.io,
+    );
     assert_eq!(drops(&w, "dns_upstream_wrong_port"), 1);
     // The right answer on the other query's socket is not its answer either.
-    w.ctl
-        .on_upstream(w.now, other_port, &answer(id, "example.org"), &w.io);
+    w.ctl.on_upstream(
+        w.now,
+        Transport::Udp,
+        other_port,
+        &answer(id, "example.org"),
+        &w.io,
+    );
     assert!(
         drops(&w, "dns_upstream_wrong_id") + drops(&w, "dns_upstream_mismatch") >= 2,
         "{:?}",
@@ -832,19 +877,91 @@ fn the_dns_forwarder_refuses_mismatching_answers() {
     assert!(dns_answers(&w.lan_frames()).is_empty(), "nothing relayed");
     assert!(w.io.closed.borrow().is_empty());
     // The real one still gets through, once.
-    w.ctl
-        .on_upstream(w.now, port, &answer(id, "example.org"), &w.io);
+    w.ctl.on_upstream(
+        w.now,
+        Transport::Udp,
+        port,
+        &answer(id, "example.org"),
+        &w.io,
+    );
     let m = dns_answers(&w.lan_frames());
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].metadata.id, 0x4242);
     assert_eq!(*w.io.closed.borrow(), vec![port]);
-    w.ctl
-        .on_upstream(w.now, port, &answer(id, "example.org"), &w.io);
+    w.ctl.on_upstream(
+        w.now,
+        Transport::Udp,
+        port,
+        &answer(id, "example.org"),
+        &w.io,
+    );
     assert_eq!(drops(&w, "dns_upstream_wrong_port"), 2);
     assert!(dns_answers(&w.lan_frames()).is_empty());
     // The other query times out: its socket is closed too.
     w.advance(Duration::from_secs(10));
     assert_eq!(*w.io.closed.borrow(), vec![port, other_port]);
+}
+
+/// DNS over TCP through the control: a connection from the GN, a name
+/// forwarded over TCP and its answer written on the connection with the
+/// client's id; a connection from elsewhere refused; a client that does not
+/// read its answers loses its connection. All counted.
+#[test]
+fn dns_over_tcp_is_forwarded_over_tcp_and_answered_on_the_connection() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    let gn = w.gn_vip();
+    let other = SocketAddrV4::new(Ipv4Addr::new(100, 64, 0, 99), 5000);
+    assert!(!w.ctl.on_tcp_accept(w.now, 1, other, &w.io));
+    assert!(w
+        .ctl
+        .on_tcp_accept(w.now, 2, SocketAddrV4::new(gn, 5000), &w.io));
+    let framed = |name: &str, t: RecordType| {
+        let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(
+            Name::from_ascii(format!("{name}.")).unwrap(),
+            t,
+        ));
+        let q = q.to_vec().unwrap();
+        let mut f = (q.len() as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(&q);
+        f
+    };
+    w.ctl
+        .on_tcp_data(w.now, 2, &framed("example.org", RecordType::A), &w.io);
+    assert!(w.io.upstream.borrow().is_empty(), "not over UDP");
+    let (port, q) = w.io.upstream_tcp.borrow_mut().pop().expect("over TCP");
+    assert_ne!(u16::from_be_bytes([q[0], q[1]]), 0x4242, "a random id");
+    let mut reply = Message::from_vec(&q).unwrap();
+    reply.metadata.message_type = MessageType::Response;
+    w.ctl
+        .on_upstream(w.now, Transport::Tcp, port, &reply.to_vec().unwrap(), &w.io);
+    let (conn, message) = w.io.tcp.borrow_mut().pop().expect("answered");
+    assert_eq!(conn, 2);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([message[0], message[1]])),
+        message.len() - 2
+    );
+    assert_eq!(
+        Message::from_vec(&message[2..]).unwrap().metadata.id,
+        0x4242
+    );
+    assert_eq!(
+        *w.io.closed_tcp.borrow(),
+        vec![port],
+        "its connection closed"
+    );
+    assert!(w.lan_frames().is_empty(), "nothing over UDP");
+    // The client stops reading: the next answer closes its connection.
+    w.io.tcp_full.borrow_mut().push(2);
+    w.ctl
+        .on_tcp_data(w.now, 2, &framed("cn.ntm.test", RecordType::AAAA), &w.io);
+    assert_eq!(*w.io.tcp_closed.borrow(), vec![2]);
+    let st = w.ctl.slow_path_status();
+    assert_eq!(st.drops["dns_tcp_not_gn"], 1);
+    assert_eq!(st.drops["dns_tcp_send_failed"], 1);
+    assert_eq!(st.stats["dns_tcp_accepted"], 1);
+    assert_eq!(st.stats["dns_forward_tcp"], 1);
+    assert_eq!(st.stats["dns_tcp_open"], 0);
 }
 
 /// Query ids come from a CSPRNG: not the stub's sequence, not repeating.

@@ -224,6 +224,20 @@ pub struct Datapath {
     stop: Arc<AtomicBool>,
     dataplane: Arc<Dataplane>,
     mode: XskMode,
+    /// A second descriptor of every AF_XDP socket, (queue, side, fd): the
+    /// kernel's ring counters are read through them at scrape time.
+    sockets: Vec<(u32, Side, std::os::fd::OwnedFd)>,
+}
+
+/// The kernel's counters of one AF_XDP socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingStats {
+    /// The queue (worker).
+    pub queue: u32,
+    /// Which NIC.
+    pub side: Side,
+    /// `XDP_STATISTICS`.
+    pub stats: crate::xsk::KernelStats,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -256,6 +270,7 @@ impl Datapath {
             stop: Arc::clone(&stop),
             dataplane: Arc::clone(&dataplane),
             mode: XskMode::Copy,
+            sockets: Vec::new(),
         };
         // From here on, an early return drops `dp` (stops the workers started so far)
         // and `progs` (detaches what was attached).
@@ -286,6 +301,14 @@ impl Datapath {
             }
             progs.register_socket(Side::Lan, q, &bound.lan_fd)?;
             progs.register_socket(Side::Wan, q, &bound.wan_fd)?;
+            for (side, fd) in [(Side::Lan, bound.lan_fd), (Side::Wan, bound.wan_fd)] {
+                match crate::xsk::dup_socket(fd) {
+                    Ok(fd) => dp.sockets.push((q, side, fd)),
+                    Err(e) => {
+                        tracing::warn!(queue = q, ?side, error = %e, "cannot keep the AF_XDP socket for its ring counters")
+                    }
+                }
+            }
         }
         progs.attach(Side::Lan, &cfg.lan_if, cfg.attach)?;
         progs.attach(Side::Wan, &cfg.wan_if, cfg.attach)?;
@@ -318,11 +341,28 @@ impl Datapath {
 
     /// Detaches XDP from both NICs (their traffic goes to the kernel again), then stops
     /// and joins the workers, which close their sockets.
+    /// The kernel's ring counters of every AF_XDP socket (read now, by the
+    /// caller's thread; the workers do nothing for them).
+    pub fn ring_stats(&self) -> Vec<RingStats> {
+        self.sockets
+            .iter()
+            .filter_map(|(queue, side, fd)| {
+                let stats = crate::xsk::kernel_stats_of(std::os::fd::AsFd::as_fd(fd)).ok()?;
+                Some(RingStats {
+                    queue: *queue,
+                    side: *side,
+                    stats,
+                })
+            })
+            .collect()
+    }
+
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        self.sockets.clear();
         // Detach first: from then on nothing is redirected to sockets about to close.
         // The programs are attached through bpf_link fds, so this works from any thread
         // and network namespace.

@@ -71,6 +71,8 @@ pub(crate) fn spawn(setup: WorkerSetup) -> Result<(JoinHandle<()>, Bound), Fastp
             Ok((worker, bound)) => {
                 let _ = tx.send(Ok(bound));
                 drop(tx);
+                // Bound and filled: the loop needs no privilege.
+                crate::privs::drop_all();
                 worker.run();
             }
             Err(e) => {

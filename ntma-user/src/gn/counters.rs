@@ -98,7 +98,7 @@ counter_enum! {
         DhcpRebootUnknown => "dhcp_reboot_unknown",
         /// DNS query shorter than its header.
         DnsShort => "dns_short",
-        /// DNS query larger than 512 bytes.
+        /// DNS query larger than 512 bytes over UDP.
         DnsTooBig => "dns_too_big",
         /// A DNS response sent to the router address.
         DnsNotQuery => "dns_not_query",
@@ -128,10 +128,19 @@ counter_enum! {
         DnsUpstreamWrongId => "dns_upstream_wrong_id",
         /// Upstream reply whose question differs from the forwarded one.
         DnsUpstreamMismatch => "dns_upstream_mismatch",
-        /// Upstream reply too large for one frame to the GN.
-        DnsUpstreamTooBig => "dns_upstream_too_big",
         /// Control side answered a resolve that is no longer pending.
         DnsLateAnswer => "dns_late_answer",
+        /// DNS over TCP: a connection from a source other than the GN's VIP
+        /// (refused: closed at once).
+        DnsTcpNotGn => "dns_tcp_not_gn",
+        /// DNS over TCP: a connection beyond `dns.tcp_max_connections`
+        /// (refused: closed at once).
+        DnsTcpTooMany => "dns_tcp_too_many",
+        /// DNS over TCP: a connection that failed (reset, write error) with
+        /// answers still pending; they are lost.
+        DnsTcpReset => "dns_tcp_reset",
+        /// DNS over TCP: an answer for a connection that is already closed.
+        DnsTcpGone => "dns_tcp_gone",
         /// ICMP error suppressed by the token bucket.
         IcmpRateLimited => "icmp_rate_limited",
         /// ICMP error not allowed for this packet (RFC 1812: about an ICMP
@@ -189,6 +198,20 @@ counter_enum! {
         DnsNotImp => "dns_notimp",
         /// Queries forwarded to the upstream resolver.
         DnsForward => "dns_forward",
+        /// Of those, forwarded over TCP (they came over TCP).
+        DnsForwardTcp => "dns_forward_tcp",
+        /// UDP answers (ours or relayed) cut to the question with TC set:
+        /// larger than the client takes (512, its EDNS size, the MTU - 28).
+        DnsTruncated => "dns_truncated",
+        /// DNS over TCP: connections accepted.
+        DnsTcpAccepted => "dns_tcp_accepted",
+        /// DNS over TCP: queries received (every length-prefixed message).
+        DnsTcpQueries => "dns_tcp_queries",
+        /// DNS over TCP: connections the client closed (after their answers).
+        DnsTcpClosedByClient => "dns_tcp_closed_by_client",
+        /// DNS over TCP: connections closed after `dns.tcp_idle_timeout_secs`
+        /// without a query.
+        DnsTcpClosedIdle => "dns_tcp_closed_idle",
         /// Upstream replies relayed to the GN.
         DnsRelay => "dns_relay",
         /// ICMP destination unreachable sent.

@@ -1,19 +1,24 @@
-//! DNS interception on the router address (UDP 53): a thin frame wrapper
+//! DNS interception on the router address (UDP and TCP 53): a thin wrapper
 //! around [`ntm_proto::dns::DnsStub`], which holds the message-level logic
 //! shared with the software node (suffix matching, pending resolutions with
-//! their waiters, forward id rewriting, answer building, bounds, expiry).
+//! their waiters, forward id rewriting, answer building, truncation for UDP
+//! clients, bounds, expiry). Queries over UDP come as frames and are
+//! answered with frames; queries over TCP come from the connections of
+//! [`super::dns_tcp`] and are answered on them.
 //!
 //! Names under the NTM suffix are resolved by the control side through the
 //! DC ([`GnAction::Resolve`] → [`Gn::answer`]): an A record with the peer's
 //! VIP, an empty NOERROR for other types, NXDOMAIN for NOT_FOUND, SERVFAIL
 //! on time-out. Every other query is forwarded to the upstream resolver
-//! and the reply relayed back unchanged except for the id. This wrapper
+//! and the reply relayed back unchanged except for the id (a query that
+//! came over TCP is forwarded over TCP; a UDP answer too big for the client
+//! goes back truncated, and the client asks again over TCP). This wrapper
 //! parses and builds the frames, turns the stub's outputs into frames and
 //! actions, and counts every drop and reply by kind.
 //!
 //! Forwarding resists off-path spoofing of upstream answers (cache
-//! poisoning of the GN): every query leaves from a fresh socket of its own,
-//! bound to a random port ([`GnAction::Upstream`], [`Gn::upstream_sent`]),
+//! poisoning of the GN): every query leaves from a fresh socket of its own
+//! (a UDP socket, or a TCP connection), bound to a random port ([`GnAction::Upstream`], [`Gn::upstream_sent`]),
 //! with an id drawn for it alone from a CSPRNG (rand's ChaCha `StdRng`,
 //! seeded from the OS). An answer is relayed only when it comes to that
 //! port ([`GnDrop::DnsUpstreamWrongPort`]), carries that id
@@ -27,22 +32,28 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
-use ntm_proto::dns::{DnsDrop, DnsStub, Handled, Output, ReplyKind, StubConfig};
+use ntm_proto::dns::{DnsDrop, DnsStub, Handled, Output, ReplyKind, Transport};
 use rand::rngs::StdRng;
 use rand::RngExt;
 
 pub(super) use ntm_proto::dns::{parse_suffix, MAX_PENDING_LIMIT, PORT};
 pub use ntm_proto::dns::{PendingId, ResolveOutcome};
 
+use super::dns_tcp::ConnId;
 use super::wire::{build_udp_frame, EthView, Ipv4View, MacAddr, UdpEnds, UdpView};
 use super::{Gn, GnAction, GnConfig, GnDrop, GnStat};
 
-/// Who asked, for the answer's addresses.
+/// Who asked, for the answer's way back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Peer {
-    mac: MacAddr,
-    ip: Ipv4Addr,
-    port: u16,
+pub(super) enum Peer {
+    /// Over UDP: the query frame's addresses.
+    Udp {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        port: u16,
+    },
+    /// On one of the GN's TCP connections.
+    Tcp(ConnId),
 }
 
 /// One query forwarded upstream, as it went on the wire.
@@ -52,6 +63,8 @@ struct Forward {
     stub_id: u16,
     /// The id it went out with: drawn from the CSPRNG for this query alone.
     wire_id: u16,
+    /// UDP, or TCP for a query that came over TCP.
+    transport: Transport,
     /// The local port of its socket, once sent ([`Gn::upstream_sent`]).
     port: Option<u16>,
     /// The stub forgets it then as well.
@@ -80,14 +93,7 @@ impl std::fmt::Debug for DnsState {
 impl DnsState {
     /// `suffix` from [`parse_suffix`]; `cfg` already validated.
     pub(super) fn new(suffix: Name, cfg: &GnConfig) -> Self {
-        let stub_cfg = StubConfig {
-            ttl: cfg.dns_ttl,
-            max_pending: cfg.dns_max_pending,
-            resolve_timeout: cfg.dns_resolve_timeout,
-            forward_timeout: cfg.dns_forward_timeout,
-            seed: cfg.seed,
-        };
-        let stub = DnsStub::new(suffix, stub_cfg);
+        let stub = DnsStub::new(suffix, cfg.stub_config());
         Self {
             forward_timeout: stub.config().forward_timeout,
             stub,
@@ -134,16 +140,21 @@ fn reply_stat(kind: ReplyKind) -> GnStat {
 }
 
 impl Gn {
-    fn dns_send(&mut self, peer: &Peer, payload: &[u8]) -> Result<(), GnDrop> {
-        let ends = UdpEnds {
-            dst_mac: peer.mac,
-            src_mac: self.cfg.ntma_mac,
-            src_ip: self.cfg.router,
-            dst_ip: peer.ip,
-            src_port: PORT,
-            dst_port: peer.port,
-        };
-        self.emit(|out| build_udp_frame(out, &ends, payload))
+    fn dns_send(&mut self, now: Instant, peer: &Peer, payload: &[u8]) -> Result<(), GnDrop> {
+        match *peer {
+            Peer::Udp { mac, ip, port } => {
+                let ends = UdpEnds {
+                    dst_mac: mac,
+                    src_mac: self.cfg.ntma_mac,
+                    src_ip: self.cfg.router,
+                    dst_ip: ip,
+                    src_port: PORT,
+                    dst_port: port,
+                };
+                self.emit(|out| build_udp_frame(out, &ends, payload))
+            }
+            Peer::Tcp(conn) => self.tcp_reply(now, conn, payload),
+        }
     }
 
     /// Turns the stub's outputs into frames to the GN and actions. Returns
@@ -152,7 +163,12 @@ impl Gn {
         let mut first = Ok(());
         while let Some(out) = self.dns.stub.poll_output() {
             let r = match out {
-                Output::Reply { to, payload, kind } => self.dns_reply(&to, &payload, kind),
+                Output::Reply {
+                    to,
+                    payload,
+                    kind,
+                    truncated,
+                } => self.dns_reply(now, &to, &payload, kind, truncated),
                 Output::Resolve { fqdn, pending_id } => {
                     self.push_action(GnAction::Resolve { fqdn, pending_id });
                     Ok(())
@@ -160,6 +176,7 @@ impl Gn {
                 Output::Upstream {
                     upstream_id,
                     mut payload,
+                    transport,
                 } => {
                     // The stub's id is unique among its pending queries, not
                     // unpredictable: a fresh random one goes on the wire.
@@ -169,12 +186,17 @@ impl Gn {
                     self.dns.forwards.push(Forward {
                         stub_id: upstream_id,
                         wire_id,
+                        transport,
                         port: None,
                         deadline: now + self.dns.forward_timeout,
                     });
+                    if transport == Transport::Tcp {
+                        self.counters.stat(GnStat::DnsForwardTcp);
+                    }
                     self.push_action(GnAction::Upstream {
                         upstream_id,
                         payload,
+                        transport,
                     });
                     Ok(())
                 }
@@ -190,17 +212,22 @@ impl Gn {
         first
     }
 
-    fn dns_reply(&mut self, to: &Peer, payload: &[u8], kind: ReplyKind) -> Result<(), GnDrop> {
-        if kind == ReplyKind::Relay {
-            let max = usize::from(self.cfg.mtu)
-                - super::wire::IPV4_HEADER_LEN
-                - super::wire::UDP_HEADER_LEN;
-            if payload.len() > max {
-                return Err(GnDrop::DnsUpstreamTooBig);
-            }
-        }
-        self.dns_send(to, payload)?;
+    /// Sends one of the stub's replies. The stub keeps every UDP reply
+    /// within the MTU minus 28 ([`GnConfig::stub_config`]), so it fits a
+    /// frame.
+    fn dns_reply(
+        &mut self,
+        now: Instant,
+        to: &Peer,
+        payload: &[u8],
+        kind: ReplyKind,
+        truncated: bool,
+    ) -> Result<(), GnDrop> {
+        self.dns_send(now, to, payload)?;
         self.counters.stat(reply_stat(kind));
+        if truncated {
+            self.counters.stat(GnStat::DnsTruncated);
+        }
         Ok(())
     }
 
@@ -218,12 +245,25 @@ impl Gn {
         ip: &Ipv4View<'_>,
         udp: &UdpView<'_>,
     ) -> Result<(), GnDrop> {
-        let peer = Peer {
+        let peer = Peer::Udp {
             mac: eth.src,
             ip: ip.src,
             port: udp.src_port,
         };
-        let r = self.dns.stub.handle_query(now, peer, udp.payload);
+        self.dns_query(now, peer, Transport::Udp, udp.payload)
+            .map(|_| ())
+    }
+
+    /// One query from `peer` over `transport` into the stub, its outputs
+    /// out, counted.
+    pub(super) fn dns_query(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        transport: Transport,
+        payload: &[u8],
+    ) -> Result<Handled, GnDrop> {
+        let r = self.dns.stub.handle_query(now, peer, transport, payload);
         self.dns_flush(now)?;
         let handled = r.map_err(gn_drop)?;
         match handled {
@@ -232,29 +272,31 @@ impl Gn {
             Handled::Joined => self.counters.stat(GnStat::DnsResolveJoined),
             Handled::Forwarded => self.counters.stat(GnStat::DnsForward),
         }
-        Ok(())
+        Ok(handled)
     }
 
     /// The query the stub knows as `upstream_id` left from the socket on
     /// `port`: its answer is awaited there.
-    pub(super) fn forward_sent(&mut self, upstream_id: u16, port: u16) {
+    pub(super) fn forward_sent(&mut self, upstream_id: u16, transport: Transport, port: u16) {
         match self
             .dns
             .forwards
             .iter_mut()
-            .find(|f| f.stub_id == upstream_id)
+            .find(|f| f.stub_id == upstream_id && f.transport == transport)
         {
             Some(f) => f.port = Some(port),
             // Timed out in between: nothing waits on that socket.
-            None => self.push_action(GnAction::UpstreamDone { port }),
+            None => self.push_action(GnAction::UpstreamDone { transport, port }),
         }
     }
 
-    /// An answer that came to `port`: relayed only if it is the answer to
-    /// the query sent from there (its id, then the stub checks the question).
+    /// An answer that came to `port` of `transport`: relayed only if it is
+    /// the answer to the query sent from there (its id, then the stub checks
+    /// the question).
     pub(super) fn relay_upstream(
         &mut self,
         now: Instant,
+        transport: Transport,
         port: u16,
         p: &[u8],
     ) -> Result<(), GnDrop> {
@@ -266,7 +308,7 @@ impl Gn {
             .dns
             .forwards
             .iter()
-            .position(|f| f.port == Some(port))
+            .position(|f| f.port == Some(port) && f.transport == transport)
             .ok_or(GnDrop::DnsUpstreamWrongPort)?;
         let f = self.dns.forwards[at];
         if p[..2] != f.wire_id.to_be_bytes() {
@@ -283,13 +325,13 @@ impl Gn {
                 if e == DnsDrop::UpstreamUnknownId {
                     // The stub gave up on it: so do we.
                     self.dns.forwards.swap_remove(at);
-                    self.push_action(GnAction::UpstreamDone { port });
+                    self.push_action(GnAction::UpstreamDone { transport, port });
                 }
                 return Err(gn_drop(e));
             }
         }
         self.dns.forwards.swap_remove(at);
-        self.push_action(GnAction::UpstreamDone { port });
+        self.push_action(GnAction::UpstreamDone { transport, port });
         self.dns_flush(now)
     }
 
@@ -317,7 +359,10 @@ impl Gn {
             if f.deadline <= now {
                 self.dns.forwards.swap_remove(i);
                 if let Some(port) = f.port {
-                    self.push_action(GnAction::UpstreamDone { port });
+                    self.push_action(GnAction::UpstreamDone {
+                        transport: f.transport,
+                        port,
+                    });
                 }
             } else {
                 i += 1;
@@ -568,12 +613,13 @@ mod tests {
             [GnAction::Upstream {
                 upstream_id,
                 payload,
+                transport: Transport::Udp,
             }] => (*upstream_id, payload.clone()),
             other => panic!("{other:?}"),
         };
         let orig = &DIG_MX[42..];
         assert_eq!(&payload[2..], &orig[2..], "forwarded unchanged but the id");
-        g.upstream_sent(upstream_id, 33_333);
+        g.upstream_sent(upstream_id, Transport::Udp, 33_333);
 
         // The upstream resolver's answer, built with hickory.
         let mut up = Message::from_vec(&payload).unwrap();
@@ -585,22 +631,92 @@ mod tests {
             RData::MX(MX::new(10, Name::from_str("mail.example.com.").unwrap())),
         ));
         let up = up.to_vec().unwrap();
-        assert_eq!(g.handle_upstream(now, 33_333, &up), Verdict::Consumed);
+        assert_eq!(
+            g.handle_upstream(now, Transport::Udp, 33_333, &up),
+            Verdict::Consumed
+        );
         let (port, m, raw) = reply(&mut g);
         assert_eq!(port, 56436);
         assert_eq!(m.metadata.id, captured_id(DIG_MX));
         assert_eq!(&raw[2..], &up[2..], "relayed unchanged but the id");
         assert_eq!(
             actions(&mut g),
-            vec![GnAction::UpstreamDone { port: 33_333 }],
+            vec![GnAction::UpstreamDone {
+                transport: Transport::Udp,
+                port: 33_333
+            }],
             "its socket closes"
         );
         // A second copy finds nothing waiting on that port.
         assert_eq!(
-            g.handle_upstream(now, 33_333, &up),
+            g.handle_upstream(now, Transport::Udp, 33_333, &up),
             Verdict::Dropped(GnDrop::DnsUpstreamWrongPort)
         );
         assert_eq!(g.poll_timeout(), None);
+    }
+
+    /// §6: an upstream answer larger than the GN takes (512 bytes, its
+    /// EDNS size, the MTU - 28) goes back truncated, never dropped.
+    #[test]
+    fn oversize_upstream_answers_go_back_truncated() {
+        let mut g = gn_ready();
+        let now = Instant::now();
+        // 40 A records: about 700 bytes; 120: about 1970.
+        for (i, (edns, n, truncated)) in [
+            (None, 40, true),
+            (Some(4096), 40, false),
+            (Some(4096), 120, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut q = Message::new(0x3131, MessageType::Query, OpCode::Query);
+            q.add_query(Query::query(
+                Name::from_str("many.example.").unwrap(),
+                RecordType::A,
+            ));
+            if let Some(size) = edns {
+                let mut e = hickory_proto::op::Edns::new();
+                e.set_max_payload(size);
+                q.set_edns(e);
+            }
+            g.handle_frame(now, &query_frame(&q.to_vec().unwrap(), 5353));
+            let (upstream_id, payload) = match actions(&mut g).as_slice() {
+                [GnAction::Upstream {
+                    upstream_id,
+                    payload,
+                    transport: Transport::Udp,
+                }] => (*upstream_id, payload.clone()),
+                other => panic!("{other:?}"),
+            };
+            let port = 33_000 + i as u16;
+            g.upstream_sent(upstream_id, Transport::Udp, port);
+            let mut up = Message::from_vec(&payload).unwrap();
+            up.metadata.message_type = MessageType::Response;
+            for k in 0..n {
+                up.add_answer(Record::from_rdata(
+                    Name::from_str("many.example.").unwrap(),
+                    60,
+                    RData::A(A(Ipv4Addr::from(0x0a00_0000 + k))),
+                ));
+            }
+            let up = up.to_vec().unwrap();
+            assert_eq!(
+                g.handle_upstream(now, Transport::Udp, port, &up),
+                Verdict::Consumed
+            );
+            let (dst, m, raw) = reply(&mut g);
+            assert_eq!(dst, 5353);
+            assert_eq!(m.metadata.id, 0x3131);
+            assert_eq!(m.metadata.truncation, truncated, "{edns:?} {n}");
+            assert_eq!(m.answers.len(), if truncated { 0 } else { n as usize });
+            assert_eq!(m.queries.len(), 1);
+            assert_eq!(m.edns.is_some(), edns.is_some());
+            assert!(raw.len() <= 1440 - 28);
+            actions(&mut g);
+        }
+        assert_eq!(g.counters()[GnStat::DnsTruncated], 2);
+        assert_eq!(g.counters()[GnStat::DnsRelay], 3);
     }
 
     #[test]
@@ -612,30 +728,31 @@ mod tests {
             Some(GnAction::Upstream {
                 upstream_id,
                 payload,
+                ..
             }) => (upstream_id, payload),
             other => panic!("{other:?}"),
         };
-        g.upstream_sent(upstream_id, 40_001);
+        g.upstream_sent(upstream_id, Transport::Udp, 40_001);
         assert_eq!(
-            g.handle_upstream(now, 40_001, &[1, 2, 3]),
+            g.handle_upstream(now, Transport::Udp, 40_001, &[1, 2, 3]),
             Verdict::Dropped(GnDrop::DnsUpstreamMalformed)
         );
         // Not a response (QR clear).
         assert_eq!(
-            g.handle_upstream(now, 40_001, &payload),
+            g.handle_upstream(now, Transport::Udp, 40_001, &payload),
             Verdict::Dropped(GnDrop::DnsUpstreamMalformed)
         );
         let mut answer = payload.clone();
         answer[2] |= 0x80;
         // The right answer on another port, or with another id: spoofs.
         assert_eq!(
-            g.handle_upstream(now, 40_002, &answer),
+            g.handle_upstream(now, Transport::Udp, 40_002, &answer),
             Verdict::Dropped(GnDrop::DnsUpstreamWrongPort)
         );
         let mut wrong_id = answer.clone();
         wrong_id[1] ^= 1;
         assert_eq!(
-            g.handle_upstream(now, 40_001, &wrong_id),
+            g.handle_upstream(now, Transport::Udp, 40_001, &wrong_id),
             Verdict::Dropped(GnDrop::DnsUpstreamWrongId)
         );
         // Right id, other question: a spoof attempt; the query stays pending.
@@ -643,7 +760,7 @@ mod tests {
         let last = spoof.len() - 5;
         spoof[last] ^= 0x20;
         assert_eq!(
-            g.handle_upstream(now, 40_001, &spoof),
+            g.handle_upstream(now, Transport::Udp, 40_001, &spoof),
             Verdict::Dropped(GnDrop::DnsUpstreamMismatch)
         );
         assert!(frames(&mut g).is_empty(), "nothing relayed");
@@ -653,14 +770,17 @@ mod tests {
         assert_eq!(g.counters()[GnDrop::DnsUpstreamTimeout], 1);
         assert_eq!(
             actions(&mut g),
-            vec![GnAction::UpstreamDone { port: 40_001 }],
+            vec![GnAction::UpstreamDone {
+                transport: Transport::Udp,
+                port: 40_001
+            }],
             "timed out: its socket closes"
         );
         assert_eq!(g.poll_timeout(), None);
         assert!(frames(&mut g).is_empty());
         // The real answer after that finds nothing waiting.
         assert_eq!(
-            g.handle_upstream(now, 40_001, &answer),
+            g.handle_upstream(now, Transport::Udp, 40_001, &answer),
             Verdict::Dropped(GnDrop::DnsUpstreamWrongPort)
         );
     }
@@ -681,6 +801,7 @@ mod tests {
             if let Some(GnAction::Upstream {
                 upstream_id,
                 payload,
+                ..
             }) = g.poll_action()
             {
                 keys.insert(upstream_id);

@@ -9,10 +9,16 @@
 //!   [`Gn::handle_frame`]; frames for the data path come back as
 //!   [`Verdict::NotSlowPath`];
 //! * every query to the upstream resolver ([`GnAction::Upstream`]) goes
-//!   out from a socket of its own, whose port [`Gn::upstream_sent`] learns;
-//!   every datagram received on such a socket goes into
-//!   [`Gn::handle_upstream`] with the port; [`GnAction::UpstreamDone`]
-//!   closes the socket;
+//!   out from a socket of its own (UDP, or a TCP connection for a query
+//!   that came over TCP), whose port [`Gn::upstream_sent`] learns; every
+//!   answer received on such a socket goes into [`Gn::handle_upstream`]
+//!   with the transport and port; [`GnAction::UpstreamDone`] closes the
+//!   socket;
+//! * DNS over TCP at the router address (RFC 7766): the daemon's kernel
+//!   listener reports each connection ([`Gn::tcp_accept`]), the bytes it
+//!   reads ([`Gn::tcp_data`]) and its end ([`Gn::tcp_eof`],
+//!   [`Gn::tcp_closed`]); answers come back as [`GnAction::TcpReply`], and
+//!   [`GnAction::TcpClose`] closes a connection;
 //! * the control side answers each [`GnAction::Resolve`] with
 //!   [`Gn::answer`], and tells the VIP the DC assigned with [`Gn::set_vip`];
 //! * the data path asks for ICMP errors with [`Gn::unreachable`];
@@ -26,6 +32,7 @@ mod arp;
 mod counters;
 mod dhcp;
 mod dns;
+mod dns_tcp;
 mod icmp;
 pub mod wire;
 
@@ -34,12 +41,16 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
+use ntm_proto::dns::{StubConfig, IPV4_UDP_HEADERS};
 
 pub use counters::{GnCounters, GnDrop, GnStat};
 pub use dns::{PendingId, ResolveOutcome};
+pub use dns_tcp::{ConnId, MAX_TCP_CONNECTIONS};
+pub use ntm_proto::dns::Transport;
 pub use wire::{MacAddr, Unreachable};
 
 use dns::DnsState;
+use dns_tcp::TcpConns;
 use icmp::TokenBucket;
 use wire::{EthView, Ipv4View, UdpView, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_UDP};
 
@@ -75,8 +86,15 @@ pub struct GnConfig {
     pub dns_max_pending: usize,
     /// Queries waiting for the DC get SERVFAIL after this long.
     pub dns_resolve_timeout: Duration,
-    /// Queries forwarded upstream are forgotten after this long.
+    /// Queries forwarded upstream are forgotten after this long (those that
+    /// came over TCP get SERVFAIL).
     pub dns_forward_timeout: Duration,
+    /// DNS over TCP: connections open at once (more are refused), at most
+    /// [`MAX_TCP_CONNECTIONS`].
+    pub dns_tcp_max_connections: usize,
+    /// DNS over TCP: a connection with no query pending and nothing
+    /// received or sent for this long is closed.
+    pub dns_tcp_idle_timeout: Duration,
     /// ICMP code for packets to destinations that are not VIPs.
     pub non_vip_unreachable: Unreachable,
     /// ICMP errors per second (token bucket refill rate).
@@ -110,6 +128,8 @@ impl GnConfig {
             dns_max_pending: 256,
             dns_resolve_timeout: Duration::from_secs(5),
             dns_forward_timeout: Duration::from_secs(5),
+            dns_tcp_max_connections: 64,
+            dns_tcp_idle_timeout: Duration::from_secs(10),
             non_vip_unreachable: Unreachable::Net,
             icmp_rate_per_sec: 10,
             icmp_burst: 20,
@@ -129,6 +149,19 @@ impl GnConfig {
     pub fn in_vip_prefix(&self, ip: Ipv4Addr) -> bool {
         let m = u32::from(self.netmask());
         u32::from(ip) & m == u32::from(self.router) & m
+    }
+
+    /// The DNS stub's settings: the `dns_*` fields, and the largest UDP
+    /// answer the GN's link carries in one frame (`mtu` minus 28).
+    pub fn stub_config(&self) -> StubConfig {
+        StubConfig {
+            ttl: self.dns_ttl,
+            max_pending: self.dns_max_pending,
+            resolve_timeout: self.dns_resolve_timeout,
+            forward_timeout: self.dns_forward_timeout,
+            max_udp_payload: usize::from(self.mtu).saturating_sub(IPV4_UDP_HEADERS),
+            seed: self.seed,
+        }
     }
 
     fn validate(&self) -> Result<Name, GnConfigError> {
@@ -154,6 +187,7 @@ impl GnConfig {
         }
         for (name, v) in [
             ("dns_max_pending", self.dns_max_pending),
+            ("dns_tcp_max_connections", self.dns_tcp_max_connections),
             ("tx_queue_max", self.tx_queue_max),
             ("action_queue_max", self.action_queue_max),
             ("icmp_burst", self.icmp_burst as usize),
@@ -168,10 +202,17 @@ impl GnConfig {
                 dns::MAX_PENDING_LIMIT,
             ));
         }
+        if self.dns_tcp_max_connections > MAX_TCP_CONNECTIONS {
+            return Err(GnConfigError::TooLarge(
+                "dns_tcp_max_connections",
+                MAX_TCP_CONNECTIONS,
+            ));
+        }
         for (name, v) in [
             ("offer_hold", self.offer_hold),
             ("dns_resolve_timeout", self.dns_resolve_timeout),
             ("dns_forward_timeout", self.dns_forward_timeout),
+            ("dns_tcp_idle_timeout", self.dns_tcp_idle_timeout),
         ] {
             if v.is_zero() {
                 return Err(GnConfigError::ZeroLimit(name));
@@ -292,22 +333,41 @@ pub enum GnAction {
         /// Key for [`Gn::answer`].
         pending_id: PendingId,
     },
-    /// Send `payload` as one UDP datagram to the configured upstream
-    /// resolver from a new socket bound to a random port (port 0), report
-    /// that port with [`Gn::upstream_sent`], and feed what comes back on that
-    /// socket to [`Gn::handle_upstream`] with the port, until
-    /// [`GnAction::UpstreamDone`] names it. The query carries a random id
-    /// drawn for it alone.
+    /// Send `payload` to the configured upstream resolver from a new socket
+    /// bound to a random port (port 0): one UDP datagram, or over TCP one
+    /// message with its 2-byte length prefix on a new connection. Report
+    /// that port with [`Gn::upstream_sent`], and feed the answer that comes
+    /// back on that socket to [`Gn::handle_upstream`] with the transport and
+    /// port, until [`GnAction::UpstreamDone`] names it. The query carries a
+    /// random id drawn for it alone.
     Upstream {
         /// Names the query in [`Gn::upstream_sent`] (not the id on the wire).
         upstream_id: u16,
-        /// The query, ready to send.
+        /// The query, ready to send (without a length prefix).
         payload: Vec<u8>,
+        /// UDP, or TCP for a query that came over TCP.
+        transport: Transport,
     },
     /// The query sent from `port` is answered or timed out: close its socket.
     UpstreamDone {
+        /// The socket's transport.
+        transport: Transport,
         /// The socket's local port.
         port: u16,
+    },
+    /// Write `message` (a DNS answer with its 2-byte length prefix) on the
+    /// GN's TCP connection `conn`.
+    TcpReply {
+        /// The connection ([`Gn::tcp_accept`]).
+        conn: ConnId,
+        /// The framed answer.
+        message: Vec<u8>,
+    },
+    /// Close the GN's TCP connection `conn` once what was written on it is
+    /// sent (idle, or the client finished and every answer went out).
+    TcpClose {
+        /// The connection.
+        conn: ConnId,
     },
     /// The GN's MAC was learned or changed: the fast path addresses frames to
     /// the GN with it.
@@ -335,6 +395,7 @@ pub struct Gn {
     cfg: GnConfig,
     state: GnState,
     dns: DnsState,
+    tcp: TcpConns,
     icmp: TokenBucket,
     counters: GnCounters,
     tx: VecDeque<Vec<u8>>,
@@ -349,6 +410,7 @@ impl Gn {
         let suffix = cfg.validate()?;
         Ok(Self {
             dns: DnsState::new(suffix, &cfg),
+            tcp: TcpConns::default(),
             icmp: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
             state: GnState::default(),
             counters: GnCounters::default(),
@@ -396,6 +458,26 @@ impl Gn {
             }
             self.state.vip = vip;
         }
+        Ok(())
+    }
+
+    /// Changes the DNS settings (a reload): the NTM suffix, the TTL of its
+    /// answers and how long a query waits for the DC. Queries in flight
+    /// are forgotten (the GN's resolver asks again); nothing changes when
+    /// the new settings are invalid.
+    pub fn set_dns(
+        &mut self,
+        ntm_suffix: &str,
+        ttl: u32,
+        resolve_timeout: std::time::Duration,
+    ) -> Result<(), GnConfigError> {
+        let mut cfg = self.cfg.clone();
+        cfg.ntm_suffix = ntm_suffix.to_owned();
+        cfg.dns_ttl = ttl;
+        cfg.dns_resolve_timeout = resolve_timeout;
+        let suffix = cfg.validate()?;
+        self.dns = DnsState::new(suffix, &cfg);
+        self.cfg = cfg;
         Ok(())
     }
 
@@ -463,16 +545,23 @@ impl Gn {
     }
 
     /// The query of [`GnAction::Upstream`] `upstream_id` went out from the
-    /// socket bound to local `port`.
-    pub fn upstream_sent(&mut self, upstream_id: u16, port: u16) {
-        self.forward_sent(upstream_id, port);
+    /// socket of `transport` bound to local `port`.
+    pub fn upstream_sent(&mut self, upstream_id: u16, transport: Transport, port: u16) {
+        self.forward_sent(upstream_id, transport, port);
     }
 
-    /// Handles one datagram from the upstream resolver (the payload of a UDP
-    /// datagram received on the query socket bound to local `port`).
-    pub fn handle_upstream(&mut self, now: Instant, port: u16, payload: &[u8]) -> Verdict {
+    /// Handles one answer from the upstream resolver (the payload of a UDP
+    /// datagram, or one TCP message without its length prefix) received on
+    /// the query socket of `transport` bound to local `port`.
+    pub fn handle_upstream(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        port: u16,
+        payload: &[u8],
+    ) -> Verdict {
         let r = self
-            .relay_upstream(now, port, payload)
+            .relay_upstream(now, transport, port, payload)
             .map(|()| Verdict::Consumed);
         self.settle(r)
     }
@@ -507,14 +596,19 @@ impl Gn {
     }
 
     /// Runs what is due at `now`: SERVFAIL for queries the DC did not answer
-    /// in time, forgetting forwarded queries upstream never answered.
+    /// in time, forgetting forwarded queries upstream never answered,
+    /// closing idle TCP connections.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire_dns(now);
+        self.expire_tcp(now);
     }
 
     /// When [`Gn::handle_timeout`] should run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.dns.next_deadline()
+        [self.dns.next_deadline(), self.tcp_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Copies the next frame for the GN into `buf` and returns its length.
@@ -788,7 +882,8 @@ mod tests {
             let mut g = arb_gn();
             let now = Instant::now();
             g.handle_frame(now, &bytes);
-            g.handle_upstream(now, 40_000, &bytes);
+            g.handle_upstream(now, Transport::Udp, 40_000, &bytes);
+            g.handle_upstream(now, Transport::Tcp, 40_000, &bytes);
             let _ = g.unreachable(now, &bytes, Unreachable::Host);
             g.handle_timeout(now + Duration::from_secs(10));
             frames(&mut g);
@@ -806,14 +901,14 @@ mod tests {
                     GnAction::Resolve { pending_id, .. } => {
                         g.answer(now, pending_id, ResolveOutcome::Vip(Ipv4Addr::new(100, 64, 0, 9)));
                     }
-                    GnAction::Upstream { upstream_id, payload } => {
+                    GnAction::Upstream { upstream_id, payload, transport } => {
                         // The real reply shape with garbage after the header.
-                        g.upstream_sent(upstream_id, 40_000);
+                        g.upstream_sent(upstream_id, transport, 40_000);
                         let mut r = payload.clone();
                         r[2] |= 0x80;
                         r.extend_from_slice(&reply);
-                        g.handle_upstream(now, 40_000, &r);
-                        g.handle_upstream(now, 40_000, &reply);
+                        g.handle_upstream(now, transport, 40_000, &r);
+                        g.handle_upstream(now, transport, 40_000, &reply);
                     }
                     _ => {}
                 }

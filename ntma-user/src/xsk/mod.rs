@@ -18,7 +18,9 @@
 mod port;
 mod umem;
 
-pub use port::{BindMode, KernelStats, Port, PortConfig, PortStats, XskMode};
+pub use port::{
+    dup_socket, kernel_stats_of, BindMode, KernelStats, Port, PortConfig, PortStats, XskMode,
+};
 pub use umem::{Frame, FramePool, Umem, UmemConfig, MIN_HEADROOM};
 
 /// Bytes the kernel reserves in front of every received packet (`XDP_PACKET_HEADROOM`),

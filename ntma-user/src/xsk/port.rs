@@ -451,3 +451,61 @@ fn query_mode(fd: RawFd) -> std::io::Result<XskMode> {
         XskMode::Copy
     })
 }
+
+const XDP_STATISTICS: libc::c_int = 7;
+
+/// `struct xdp_statistics` (linux/if_xdp.h), all six fields (kernel 5.9+).
+#[repr(C)]
+#[derive(Default)]
+struct XdpStatistics {
+    rx_dropped: u64,
+    rx_invalid_descs: u64,
+    tx_invalid_descs: u64,
+    rx_ring_full: u64,
+    rx_fill_ring_empty_descs: u64,
+    tx_ring_empty_descs: u64,
+}
+
+/// A second descriptor of the AF_XDP socket `fd`, so that another thread
+/// (the control's, at scrape time) can read its [`KernelStats`] while the
+/// worker owns the rings.
+pub fn dup_socket(fd: RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes no pointer; on success the new
+    // descriptor is ours alone, so wrapping it in an OwnedFd is sound.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor returned by fcntl above.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(new) })
+}
+
+/// The kernel's counters of an AF_XDP socket (`XDP_STATISTICS`), from any
+/// thread: the worker does nothing for them.
+pub fn kernel_stats_of(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<KernelStats> {
+    let mut s = XdpStatistics::default();
+    let mut len = std::mem::size_of::<XdpStatistics>() as libc::socklen_t;
+    // SAFETY: we pass a valid `struct xdp_statistics` and its size; the
+    // kernel writes at most `len` bytes (fewer on older kernels, which
+    // leaves the rest 0).
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            SOL_XDP,
+            XDP_STATISTICS,
+            (&mut s as *mut XdpStatistics).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(KernelStats {
+        rx_dropped: s.rx_dropped,
+        rx_invalid_descs: s.rx_invalid_descs,
+        tx_invalid_descs: s.tx_invalid_descs,
+        rx_ring_full: s.rx_ring_full,
+        rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+        tx_ring_empty_descs: s.tx_ring_empty_descs,
+    })
+}

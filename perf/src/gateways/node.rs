@@ -66,8 +66,9 @@ impl NodeGateway {
             e.vip = Some(vip);
             dc.nodes.push(e);
         }
+        dc.status_socket = dir.join("bench-dc.sock");
         let dc_toml = dir.join("bench-dc.toml");
-        std::fs::write(&dc_toml, dc.to_toml())?;
+        write_private(&dc_toml, &dc.to_toml())?;
         let mut c = Command::new(bin("ntm-dc")?);
         c.arg("--config").arg(&dc_toml);
         let dc = bench.tb.spawn(Role::Dc, &c).context("starting ntm-dc")?;
@@ -85,7 +86,7 @@ impl NodeGateway {
             cfg.stats_interval_secs = 0;
             cfg.tun_name = TUN.into();
             let toml = dir.join(format!("bench-{fqdn}.toml"));
-            std::fs::write(&toml, cfg.to_toml())?;
+            write_private(&toml, &cfg.to_toml())?;
             let mut c = match cpu {
                 Some(cpu) => {
                     let mut c = Command::new("taskset");
@@ -212,4 +213,19 @@ impl Gateway for NodeGateway {
             format!("drops: {}", drops.join(", "))
         })
     }
+}
+
+/// A configuration holding a key, readable by its owner only (the daemons
+/// refuse one that group or others can read).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
 }

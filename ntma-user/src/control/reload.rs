@@ -1,0 +1,80 @@
+//! [`Control::reload`]: a new configuration applied to the running control
+//! side (see [`crate::reload`] for what may change).
+
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+use ntm_proto::hold::HoldQueue;
+use ntm_proto::node::{self, Endpoint};
+use ntm_proto::wire::Caps;
+
+use super::{Control, Io, Plane};
+use crate::config::Settings;
+use crate::reload::Plan;
+
+impl<P: Plane> Control<P> {
+    /// Applies `plan` with the settings `s`: a new identity deregisters the
+    /// old one (its tunnels go down) and registers again; DNS and hold
+    /// settings change in place. `unix_nanos` and `seed` start the new
+    /// endpoint's sequence numbers and randomness.
+    pub fn reload(
+        &mut self,
+        now: Instant,
+        s: &Settings,
+        plan: Plan,
+        unix_nanos: u64,
+        seed: [u8; 32],
+        io: &impl Io,
+    ) -> Result<(), String> {
+        if plan.dns {
+            self.gn
+                .set_dns(&s.gn.ntm_suffix, s.gn.dns_ttl, s.gn.dns_resolve_timeout)
+                .map_err(|e| format!("[dns]: {e}"))?;
+            // Answers the old stub owed are gone with it.
+            self.dns_by_req.clear();
+        }
+        if plan.hold {
+            let mut hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
+            for dst in self.hold.destinations() {
+                for p in self.hold.take(dst) {
+                    if hold.push(now, dst, &p).is_err() {
+                        self.c.drop(super::CtlDrop::HoldFull);
+                    }
+                }
+            }
+            self.hold = hold;
+        }
+        if plan.identity {
+            let cfg = node::Config {
+                fqdn: s.fqdn.clone(),
+                key: s.key.clone(),
+                dc: s.dc,
+                local_addr: SocketAddrV4::new(self.link.wan_ip, self.port),
+                caps: Caps::ADAPTER,
+            };
+            let ep = Endpoint::new(cfg, now, unix_nanos, seed)
+                .map_err(|e| format!("cannot start the protocol endpoint: {e}"))?;
+            tracing::info!(old = %self.fqdn, new = %s.fqdn, dc = %s.dc, "GN identity changed: deregistering and registering again");
+            // DEREG, and every tunnel down (out of the fast path too).
+            self.ep.close(now);
+            self.pump(now, io);
+            for id in self.tunnels.keys().copied().collect::<Vec<_>>() {
+                self.plane.remove_tunnel(id);
+            }
+            self.tunnels.clear();
+            self.ep = ep;
+            self.fqdn = s.fqdn.clone();
+            self.dc = s.dc;
+            self.names.clear();
+            self.dns_by_req.clear();
+            self.pkt_by_req.clear();
+            self.connect_at.clear();
+            self.link.vip = None;
+            if let Err(e) = self.gn.set_vip(None) {
+                tracing::warn!(error = %e, "cannot withdraw the GN's VIP");
+            }
+        }
+        self.pump(now, io);
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! The adapter's metrics, built when scraped from the same [`Status`]
+//! snapshot `ntma status` shows (the fast-path workers do nothing for
+//! them), plus the set-up latency histogram the control side keeps.
+//!
+//! Every series of a GN carries its FQDN as `gn`; tunnels are labelled by
+//! peer FQDN, at most `metrics.max_tunnel_labels` of them: the rest are
+//! summed under `peer="_other"`.
+
+use std::collections::BTreeMap;
+
+use ntm_ops::metrics::{labels, Labels, Scrape, SetupHistograms, OTHER_PEERS};
+
+use crate::status::Status;
+
+/// The scrape of a status snapshot and the set-up histograms.
+pub fn scrape(st: &Status, setup: &SetupHistograms, max_tunnel_labels: usize) -> Scrape {
+    let mut m = Scrape::new();
+    let gn = st.registration.fqdn.as_str();
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    m.gauges(
+        "ntma_info",
+        "The adapter: its name, datapath mode and version (always 1).",
+        [(
+            labels([
+                ("name", &st.name),
+                ("mode", &st.datapath.mode),
+                ("version", env!("CARGO_PKG_VERSION")),
+            ]),
+            1.0,
+        )],
+    );
+    m.gauge(
+        "ntma_uptime_seconds",
+        "Seconds since start.",
+        st.uptime_secs,
+    );
+    m.gauges(
+        "ntma_registered",
+        "Whether the GN holds a registration with the DC (1) or not (0).",
+        [(labels([("gn", gn)]), flag(st.registration.registered))],
+    );
+    m.gauges(
+        "ntma_gn_lease_bound",
+        "Whether the GN holds a DHCP lease of its VIP (1) or not (0).",
+        [(labels([("gn", gn)]), flag(st.gn.lease_bound))],
+    );
+    m.gauge(
+        "ntma_link_ready",
+        "Whether the fast path can forward (GN MAC, gateway MAC and VIP known).",
+        flag(st.datapath.link_ready),
+    );
+    m.counters(
+        "ntma_xdp_verdicts",
+        "XDP programs' verdicts, summed over CPUs.",
+        st.datapath
+            .xdp
+            .iter()
+            .map(|(v, n)| (labels([("verdict", v)]), *n)),
+    );
+    m.counters(
+        "ntma_worker_frames",
+        "Fast-path worker frame counters: lan_rx/wan_rx (received), lan_tx/wan_tx (sent), slow (to the slow queue), keepalives, batches.",
+        st.datapath.workers.iter().flat_map(|w| {
+            let q = w.queue.to_string();
+            w.counters
+                .iter()
+                .map(move |(k, v)| (labels([("queue", &q), ("counter", k)]), *v))
+        }),
+    );
+    m.counters(
+        "ntma_worker_drops",
+        "Fast-path drops, by worker and reason (every reason).",
+        st.datapath.workers.iter().flat_map(|w| {
+            let q = w.queue.to_string();
+            w.drops
+                .iter()
+                .map(move |(r, v)| (labels([("queue", &q), ("reason", r)]), *v))
+        }),
+    );
+    m.counters(
+        "ntma_xsk_ring_events",
+        "The kernel's AF_XDP ring counters (XDP_STATISTICS) by queue and NIC: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs.",
+        st.datapath.rings.iter().flat_map(|r| {
+            let q = r.queue.to_string();
+            r.counters.iter().map(move |(k, v)| {
+                (
+                    labels([("queue", &q), ("side", &r.side), ("counter", k)]),
+                    *v,
+                )
+            })
+        }),
+    );
+    m.counters(
+        "ntma_slow_path_drops",
+        "Slow-path drops by reason (GN services, proto_* for the protocol endpoint, the control's own).",
+        st.slow_path
+            .drops
+            .iter()
+            .map(|(r, v)| (labels([("gn", gn), ("reason", r)]), *v)),
+    );
+    m.counters(
+        "ntma_slow_path_events",
+        "What the slow path and the control did, by event.",
+        st.slow_path
+            .stats
+            .iter()
+            .filter(|(k, _)| k.as_str() != "held_now")
+            .map(|(k, v)| (labels([("gn", gn), ("event", k)]), *v)),
+    );
+    m.gauges(
+        "ntma_held_packets",
+        "Packets waiting for a tunnel now.",
+        [(
+            labels([("gn", gn)]),
+            st.slow_path.stats.get("held_now").copied().unwrap_or(0) as f64,
+        )],
+    );
+    let up = st.tunnels.iter().filter(|t| t.up).count();
+    m.gauges(
+        "ntma_tunnels",
+        "Tunnels: up, or being set up.",
+        [
+            (labels([("gn", gn), ("state", "up")]), up as f64),
+            (
+                labels([("gn", gn), ("state", "setup")]),
+                (st.tunnels.len() - up) as f64,
+            ),
+        ],
+    );
+    // Per tunnel, by peer, capped.
+    let mut by_peer: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    for (i, t) in st.tunnels.iter().enumerate() {
+        let peer = if i < max_tunnel_labels {
+            t.peer_fqdn.clone()
+        } else {
+            OTHER_PEERS.to_owned()
+        };
+        let e = by_peer.entry(peer).or_default();
+        e[0] += t.tx_packets;
+        e[1] += t.tx_bytes;
+        e[2] += t.rx_packets;
+        e[3] += t.rx_bytes;
+    }
+    let series = |idx_tx: usize, idx_rx: usize| -> Vec<(Labels, u64)> {
+        by_peer
+            .iter()
+            .flat_map(|(peer, c)| {
+                [("tx", c[idx_tx]), ("rx", c[idx_rx])]
+                    .map(|(dir, v)| (labels([("gn", gn), ("peer", peer), ("direction", dir)]), v))
+            })
+            .collect()
+    };
+    m.counters(
+        "ntma_tunnel_packets",
+        "Tunnel DATA by peer (tx: sent, rx: accepted), counted by the fast path.",
+        series(0, 2),
+    );
+    m.counters(
+        "ntma_tunnel_bytes",
+        "Tunnel bytes by peer (tx: sent, rx: accepted).",
+        series(1, 3),
+    );
+    m.metric(
+        "ntma_tunnel_setup_seconds",
+        "From the GN's request (DNS query or packet) to the tunnel being up.",
+        setup.clone(),
+    );
+    m.gauge(
+        "ntma_capabilities_kept",
+        "Capabilities the control thread kept after set-up (see ntma status).",
+        st.capabilities.len() as f64,
+    );
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_of_the_status_becomes_a_series() {
+        let st = crate::status::tests::sample();
+        let h = ntm_ops::metrics::setup_histograms();
+        h.get_or_create(&labels([("gn", "gn.ntm.test")]))
+            .observe(0.0031);
+        let text = scrape(&st, &h, 1000).text();
+        for needle in [
+            "ntma_registered{gn=\"gn.ntm.test\"} 1",
+            "ntma_xdp_verdicts_total{verdict=\"lan_redirect\"} 5",
+            "ntma_worker_drops_total{queue=\"0\",reason=\"bad_tag\"} 2",
+            "ntma_xsk_ring_events_total{queue=\"0\",side=\"lan\",counter=\"rx_dropped\"} 6",
+            "ntma_tunnel_packets_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"tx\"} 10",
+            "ntma_tunnel_bytes_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"rx\"} 900",
+            "ntma_tunnel_setup_seconds_bucket{le=\"0.004\",gn=\"gn.ntm.test\"} 1",
+            "ntma_slow_path_drops_total{gn=\"gn.ntm.test\",reason=\"dns_too_big\"} 3",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+        }
+        // Over the cap, tunnels are summed under _other.
+        let text = scrape(&st, &h, 0).text();
+        assert!(text.contains("peer=\"_other\""), "{text}");
+        assert!(!text.contains("peer=\"cn.ntm.test\""), "{text}");
+    }
+}
