@@ -92,27 +92,13 @@ enum Cmd {
     },
     /// Show a running DC's registrations, directions, relay bindings and
     /// counters (over its status socket).
-    Status {
-        /// The configuration the DC runs with (names its status socket).
-        #[arg(short, long, value_name = "FILE", conflicts_with = "socket")]
-        config: Option<PathBuf>,
-        /// The status socket (default /run/ntm-dc/ntm-dc.sock).
-        #[arg(short, long, value_name = "PATH")]
-        socket: Option<PathBuf>,
-        /// Print the JSON document instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(ntm_ops::cli::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.print_man {
-        let mut out = std::io::stdout().lock();
-        return match ntm_ops::man::render(Args::command(), &mut out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        };
+        return ntm_ops::cli::print_man(Args::command());
     }
     let r = match args.command {
         Some(Cmd::Keygen) => ntm_ops::keys::generate().map(|k| println!("{k}")),
@@ -122,24 +108,13 @@ fn main() -> ExitCode {
             config,
             key_file,
         }) => add_node(&fqdn, dc, config, key_file),
-        Some(Cmd::Status {
-            config,
-            socket,
-            json,
-        }) => status(config, socket, json),
+        Some(Cmd::Status(a)) => status(&a),
         None => {
             ntm_ops::logging::init(args.log_format, "info");
             start(args)
         }
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // `{:#}`: the whole chain on one line, no backtrace.
-            eprintln!("ntm-dc: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ntm_ops::cli::exit("ntm-dc", r)
 }
 
 /// Reads a configuration without its keys (for `status` and `add-node`,
@@ -200,21 +175,11 @@ fn add_node(
 }
 
 /// `ntm-dc status`: the socket from `--socket`, the configuration or the default.
-fn status(config: Option<PathBuf>, socket: Option<PathBuf>, json: bool) -> Result<()> {
-    let path = match (socket, config) {
-        (Some(s), _) => s,
-        (None, Some(c)) => config_text(&c)?.status_socket,
-        (None, None) => PathBuf::from(ntm_dc::config::DEFAULT_STATUS_SOCKET),
-    };
-    let text = ntm_ops::unix::query(&path, "ntm-dc")?;
-    let st: Status = serde_json::from_str(&text)
-        .with_context(|| format!("bad answer from {}", path.display()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
-    } else {
-        print!("{}", st.render());
-    }
-    Ok(())
+fn status(a: &ntm_ops::cli::StatusArgs) -> Result<()> {
+    let path = a.socket(ntm_dc::config::DEFAULT_STATUS_SOCKET, |c| {
+        Ok(config_text(c)?.status_socket)
+    })?;
+    a.print(&path, "ntm-dc", Status::render)
 }
 
 fn start(args: Args) -> Result<()> {

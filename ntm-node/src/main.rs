@@ -46,20 +46,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.print_man {
-        let mut out = std::io::stdout().lock();
-        return match ntm_ops::man::render(Args::command(), &mut out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        };
+        return ntm_ops::cli::print_man(Args::command());
     }
-    match real_main(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // The whole chain on one line, without a backtrace: it is for operators.
-            eprintln!("ntm-node: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ntm_ops::cli::exit("ntm-node", real_main(&args))
 }
 
 fn real_main(args: &Args) -> Result<()> {

@@ -9,10 +9,12 @@
 //! | [`notify`] | systemd `Type=notify`: READY, RELOADING, STOPPING, STATUS and watchdog pings |
 //! | [`logging`] | `--log-format text|json` (tracing-subscriber's JSON layer) |
 //! | [`man`] | `--print-man`: a man page from the clap definition (clap_mangen) |
+//! | [`cli`] | what the daemons' command lines share: `--print-man`, the one-line error exit, `status` arguments and printing |
 //!
 //! Nothing here runs on a fast path: the daemons build their metrics from
 //! the same snapshots as their status, at scrape time.
 
+pub mod cli;
 pub mod keys;
 pub mod logging;
 pub mod man;

@@ -68,70 +68,33 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Show a running relay's bindings and counters (over its status socket).
-    Status {
-        /// The configuration the relay runs with (names its status socket).
-        #[arg(short, long, value_name = "FILE", conflicts_with = "socket")]
-        config: Option<PathBuf>,
-        /// The status socket (default /run/ntm-rs/ntm-rs.sock).
-        #[arg(short, long, value_name = "PATH")]
-        socket: Option<PathBuf>,
-        /// Print the JSON document instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(ntm_ops::cli::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.print_man {
-        let mut out = std::io::stdout().lock();
-        return match ntm_ops::man::render(Args::command(), &mut out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        };
+        return ntm_ops::cli::print_man(Args::command());
     }
     let r = match args.command {
-        Some(Cmd::Status {
-            config,
-            socket,
-            json,
-        }) => status(config, socket, json),
+        Some(Cmd::Status(a)) => status(&a),
         None => {
             ntm_ops::logging::init(args.log_format, "info");
             start(args)
         }
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // `{:#}`: the whole chain on one line, no backtrace.
-            eprintln!("ntm-rs: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ntm_ops::cli::exit("ntm-rs", r)
 }
 
 /// `ntm-rs status`: the socket from `--socket`, the configuration (read
 /// without its key) or the default.
-fn status(config: Option<PathBuf>, socket: Option<PathBuf>, json: bool) -> Result<()> {
-    let path = match (socket, config) {
-        (Some(s), _) => s,
-        (None, Some(c)) => {
-            let text = std::fs::read_to_string(&c)
-                .with_context(|| format!("cannot read {}", c.display()))?;
-            Config::from_toml(&text)?.status_socket
-        }
-        (None, None) => PathBuf::from(ntm_rs::config::DEFAULT_STATUS_SOCKET),
-    };
-    let text = ntm_ops::unix::query(&path, "ntm-rs")?;
-    let st: Status = serde_json::from_str(&text)
-        .with_context(|| format!("bad answer from {}", path.display()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
-    } else {
-        print!("{}", st.render());
-    }
-    Ok(())
+fn status(a: &ntm_ops::cli::StatusArgs) -> Result<()> {
+    let path = a.socket(ntm_rs::config::DEFAULT_STATUS_SOCKET, |c| {
+        let text =
+            std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display()))?;
+        Ok(Config::from_toml(&text)?.status_socket)
+    })?;
+    a.print(&path, "ntm-rs", Status::render)
 }
 
 fn start(args: Args) -> Result<()> {
