@@ -30,7 +30,7 @@ pub fn run(check: bool) -> Result<()> {
     if check && ntm_testbed::require_root().is_err() {
         bail!("`cargo xtask dist --check` installs packages: run it as root");
     }
-    crate::setup::run(false)?;
+    crate::setup::run(false, crate::setup::Need::Core)?;
     crate::setup::cargo_deb()?;
     let mut build = cargo();
     build.args(["build", "--release", "--bins"]);

@@ -100,9 +100,9 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Setup => setup::run(true),
+        Cmd::Setup => setup::run(true, setup::Need::Bench),
         Cmd::Build { release } => {
-            setup::run(false)?;
+            setup::run(false, setup::Need::Core)?;
             let mut c = cargo();
             c.arg("build");
             if release {
@@ -112,7 +112,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test { args } => test(args),
         Cmd::Testbed { action } => {
-            setup::run(false)?;
+            setup::run(false, setup::Need::Core)?;
             testbed::run(action)
         }
         Cmd::Run { args } => run_ntma(args),
@@ -128,7 +128,7 @@ fn bench(args: Vec<OsString>) -> Result<()> {
     if ntm_testbed::require_root().is_err() {
         bail!("the benchmarks need root (network namespaces, XDP, AF_XDP): run `sudo -E cargo xtask bench`");
     }
-    setup::run(false)?;
+    setup::run(false, setup::Need::Bench)?;
     let started = Instant::now();
     status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     // A smoke run, the help or a report of old results need no fresh criterion runs.
@@ -182,7 +182,7 @@ fn release_bin(name: &str) -> std::path::PathBuf {
 }
 
 fn run_ntma(mut args: Vec<OsString>) -> Result<()> {
-    setup::run(false)?;
+    setup::run(false, setup::Need::Core)?;
     status(cargo().args(["build", "--release", "-p", "ntma-user", "--bin", "ntma"]))?;
     // Options alone mean `ntma run <options>`.
     let options_only = args
@@ -210,7 +210,7 @@ fn demo() -> Result<()> {
             "the demo needs root (network namespaces, XDP, AF_XDP): run `sudo -E cargo xtask demo`"
         );
     }
-    setup::run(false)?;
+    setup::run(false, setup::Need::Core)?;
     status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     status(&mut Command::new(release_bin("ntm-demo")))
 }
@@ -223,7 +223,7 @@ fn test(args: Vec<OsString>) -> Result<()> {
              run `sudo -E cargo xtask test`"
         );
     }
-    setup::run(false)?;
+    setup::run(false, setup::Need::Core)?;
     // Testbeds left behind by a crashed run would only take up names and memory.
     match ntm_testbed::down_stale() {
         Ok(removed) if !removed.is_empty() => {

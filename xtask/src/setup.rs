@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// Debian packages the tests, the demo and the benchmarks use.
+/// Debian packages the tests and the demo use (and the benchmarks too).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -28,10 +28,21 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // scrape, `systemd-analyze verify` on the units
     "prometheus",
     "systemd",
-    // benchmarks: userspace WireGuard as a gateway
-    "wireguard-tools",
-    "wireguard-go",
 ];
+
+/// Debian packages only the benchmarks use: userspace WireGuard as a gateway.
+pub const BENCH_PACKAGES: &[&str] = &["wireguard-tools", "wireguard-go"];
+
+/// What the command at hand needs: the tests and the demo do not wait for
+/// the benchmarks' tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Building, the tests, the demo, the testbed, running the adapter.
+    Core,
+    /// The benchmarks (and `cargo xtask setup`, which installs everything):
+    /// also userspace WireGuard (Debian's wireguard-go, boringtun-cli).
+    Bench,
+}
 
 /// The bpf-linker this project is built and tested with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -45,18 +56,27 @@ pub const BORINGTUN_VERSION: &str = "0.7.1";
 
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn run(verbose: bool) -> Result<()> {
+pub fn run(verbose: bool, need: Need) -> Result<()> {
     VERBOSE.store(verbose, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
-    debian_packages()?;
+    let mut packages = DEBIAN_PACKAGES.to_vec();
+    if need == Need::Bench {
+        packages.extend_from_slice(BENCH_PACKAGES);
+    }
+    debian_packages(&packages)?;
     nightly()?;
     bpf_linker()?;
-    boringtun()?;
+    let bench = if need == Need::Bench {
+        boringtun()?;
+        format!(", boringtun-cli {BORINGTUN_VERSION}")
+    } else {
+        String::new()
+    };
     bpffs()?;
     eprintln!(
         "setup: prerequisites present: {} Debian packages, nightly + rust-src, \
-         bpf-linker {BPF_LINKER_VERSION}, boringtun-cli {BORINGTUN_VERSION}, bpffs ({:.1} s)",
-        DEBIAN_PACKAGES.len(),
+         bpf-linker {BPF_LINKER_VERSION}{bench}, bpffs ({:.1} s)",
+        packages.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -101,16 +121,16 @@ fn output(c: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn debian_packages() -> Result<()> {
+fn debian_packages(packages: &[&str]) -> Result<()> {
     // dpkg-query answers for all packages at once; unknown ones go to stderr.
     let listed = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\\n"])
-        .args(DEBIAN_PACKAGES)
+        .args(packages)
         .stderr(Stdio::null())
         .output()
         .context("could not run dpkg-query: this setup expects Debian or Ubuntu")?;
     let text = String::from_utf8_lossy(&listed.stdout);
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -120,10 +140,7 @@ fn debian_packages() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        present(&format!(
-            "Debian packages: {} present",
-            DEBIAN_PACKAGES.len()
-        ));
+        present(&format!("Debian packages: {} present", packages.len()));
         return Ok(());
     }
     step(&format!(
