@@ -52,6 +52,7 @@ fn plane() -> Dataplane {
         ntm_port: PORT,
         slow_slots: 1,
         slow_slot_len: 64,
+        ..DataplaneConfig::default()
     })
     .expect("an eventfd");
     dp.set_link(Some(LinkInfo {
@@ -240,6 +241,13 @@ fn frame(f: Frame) {
             assert!(!f.unknown_id && !f.keepalive, "{f:?}");
             check_tx(&fr, offset, len, &body);
         }
+        DownVerdict::TxClamped { offset, len } => {
+            // A SYN whose MSS option was clamped: only that changed.
+            assert!(!f.reflect, "a reflected datagram was delivered");
+            assert!(!f.unknown_id && !f.keepalive, "{f:?}");
+            assert_eq!(len, 14 + body.len());
+            assert!(offset + len <= fr.len());
+        }
         DownVerdict::Consumed => {
             assert!(!f.reflect, "a reflected keep-alive was accepted");
             assert!(f.keepalive, "{f:?}");
@@ -247,7 +255,10 @@ fn frame(f: Frame) {
         DownVerdict::Slow => assert_eq!(fr, before, "a slow-path frame was changed"),
         DownVerdict::Drop(_) => {}
     }
-    if matches!(v, DownVerdict::Tx { .. } | DownVerdict::Consumed) {
+    if matches!(
+        v,
+        DownVerdict::Tx { .. } | DownVerdict::TxClamped { .. } | DownVerdict::Consumed
+    ) {
         // The same frame again: a replay.
         let mut again = before.clone();
         assert_eq!(

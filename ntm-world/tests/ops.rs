@@ -441,6 +441,16 @@ fn ntma_health_check_capabilities_key_file_and_socket_mode() -> Result<()> {
         st.capabilities
     );
     ensure!(
+        !st.datapath.workers.is_empty()
+            && st
+                .datapath
+                .workers
+                .iter()
+                .all(|w| w.capabilities == Some(vec![])),
+        "AF_XDP workers: {:?}",
+        st.datapath.workers
+    );
+    ensure!(
         st.datapath.xdp.values().sum::<u64>() > 0,
         "XDP counters read after the drop: {:?}",
         st.datapath.xdp
@@ -730,4 +740,178 @@ fn systemd_units_verify() -> Result<()> {
     ensure!(out.status.success() && said.trim().is_empty(), "{said}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// `/proc/<pid>/task/*`: each thread's name, CapEff and CapBnd (hex masks).
+fn thread_caps(pid: u32) -> Result<Vec<(u32, String, u64, u64)>> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let t = t?;
+        let tid: u32 = t.file_name().to_string_lossy().parse()?;
+        let comm = std::fs::read_to_string(t.path().join("comm"))?
+            .trim_end()
+            .to_owned();
+        let status = std::fs::read_to_string(t.path().join("status"))?;
+        let mask = |field: &str| -> Result<u64> {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(str::trim)
+                .with_context(|| format!("no {field} for thread {tid}"))?;
+            Ok(u64::from_str_radix(hex, 16)?)
+        };
+        out.push((tid, comm, mask("CapEff:")?, mask("CapBnd:")?));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The raw datapath's worker drops every capability once set up, as the
+/// AF_XDP workers do: every thread of the process is checked, the worker
+/// still carries the traffic, and the status shows what each keeps.
+#[test]
+fn raw_datapath_worker_keeps_no_capabilities() -> Result<()> {
+    let w = World::up("rawcaps")?;
+    let mut cn = w.node(Role::Cn, CN_FQDN)?;
+    let mut ntma = w.ntma(|c| {
+        c.datapath.kind = ntma_user::config::DatapathKind::Raw;
+        c.datapath.queues = 1;
+    })?;
+    cn.registered()?;
+    let (_, cn_vip) = w.leased_with_tunnel(&mut ntma)?;
+    let p = w.ping(Role::Gn, cn_vip, 5)?;
+    ensure!(p.received == p.sent, "{}", p.output);
+
+    let st = ntma.status().context("status")?;
+    ensure!(st.datapath.mode == "raw", "{}", st.datapath.mode);
+    ensure!(
+        st.capabilities == ["CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_RAW"],
+        "{:?}",
+        st.capabilities
+    );
+    ensure!(st.datapath.workers.len() == 1);
+    ensure!(
+        st.datapath.workers[0].capabilities == Some(vec![]),
+        "raw worker: {:?}",
+        st.datapath.workers[0].capabilities
+    );
+    ensure!(
+        st.worker_counter("wan_tx") >= 5,
+        "{:?}",
+        st.datapath.workers
+    );
+    let text = ntma.status_text()?;
+    ensure!(
+        text.contains("  capabilities: none")
+            && text.contains("capabilities kept: CAP_BPF CAP_NET_ADMIN CAP_NET_RAW"),
+        "{text}"
+    );
+
+    // Every thread: the control thread (the process's first) keeps
+    // CAP_NET_ADMIN (12), CAP_NET_RAW (13) and CAP_BPF (39), bounding set
+    // too; every other thread, the raw worker among them, nothing.
+    let keep = (1u64 << 12) | (1 << 13) | (1 << 39);
+    let threads = thread_caps(st.pid)?;
+    let listing: Vec<String> = threads
+        .iter()
+        .map(|(tid, comm, eff, bnd)| format!("{tid} {comm}: CapEff {eff:016x} CapBnd {bnd:016x}"))
+        .collect();
+    println!("ntma (raw datapath) threads:\n{}", listing.join("\n"));
+    ensure!(
+        threads.iter().any(|(_, comm, _, _)| comm == "ntma-raw"),
+        "no raw worker thread: {listing:?}"
+    );
+    for (tid, comm, eff, bnd) in &threads {
+        let want = if *tid == st.pid { keep } else { 0 };
+        ensure!(
+            *eff == want && *bnd == want,
+            "thread {tid} ({comm}): CapEff {eff:016x} CapBnd {bnd:016x}, want {want:016x}\n{listing:?}"
+        );
+    }
+    ntma.stop()?;
+    drop(cn);
+    w.down()
+}
+
+/// SIGHUP with a new `dns.upstream` under a running ping: forwarded names
+/// resolve through the new resolver (dnsmasq) over UDP and TCP, where the
+/// old one (the fake upstream) answered before; the ping loses nothing.
+#[test]
+fn reload_moves_dns_upstream_under_traffic() -> Result<()> {
+    use ntm_world::dns::{Zone, DNSMASQ};
+    use ntm_world::{NTMA_LAN_ADDR, UPSTREAM_ANSWER};
+    const NAME: &str = "fwd.example.net";
+    let moved: std::net::Ipv4Addr = "192.0.2.53".parse()?;
+
+    let w = World::up("upstream")?;
+    let mut cn = w.node(Role::Cn, CN_FQDN)?;
+    let mut ntma = w.ntma(|_| {})?;
+    cn.registered()?;
+    let (_, cn_vip) = w.leased_with_tunnel(&mut ntma)?;
+    let (d, out) = w.dig_with(Role::Gn, NTMA_LAN_ADDR, "", NAME, "A")?;
+    ensure!(d.a == vec![UPSTREAM_ANSWER], "before the reload: {out}");
+    let dnsmasq = w.dnsmasq(&Zone::default().a(NAME, moved))?;
+
+    let mut ping = Command::new("ping");
+    ping.args([
+        "-n",
+        "-c",
+        "200",
+        "-i",
+        "0.02",
+        "-W",
+        "2",
+        &cn_vip.to_string(),
+    ]);
+    let mut pinger =
+        w.tb.spawn(Role::Gn, &ping)
+            .map_err(|e| anyhow!("start ping: {e}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    rewrite_ntma(&ntma.config, |c| c.dns.upstream = DNSMASQ)?;
+    ntma.reload()?;
+    ntma.wait("reloaded", |s| s.stat("reloads") == 1)?;
+    let log = ntma.child.log();
+    ensure!(
+        log.contains("configuration reloaded: dns.upstream")
+            && log.contains("upstream resolver changed"),
+        "{log}"
+    );
+    for opts in ["", "+tcp"] {
+        let (d, out) = w.dig_with(Role::Gn, NTMA_LAN_ADDR, opts, NAME, "A")?;
+        ensure!(
+            d.status == "NOERROR" && d.a == vec![moved],
+            "after the reload, dig {opts}: {out}"
+        );
+        println!(
+            "after the reload, dig {opts} {NAME}: {} {:?}",
+            d.status, d.a
+        );
+    }
+    let said = dnsmasq.log();
+    ensure!(
+        said.matches(&format!("query[A] {NAME}")).count() >= 2,
+        "dnsmasq saw: {said}"
+    );
+
+    let status = pinger
+        .wait_timeout(Duration::from_secs(30))
+        .map_err(|e| anyhow!("{e}"))?
+        .ok_or_else(|| anyhow!("ping did not finish"))?;
+    let out = pinger.log();
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .ok_or_else(|| anyhow!("no ping summary: {out}"))?
+        .to_owned();
+    println!("upstream reload under traffic: {line}");
+    ensure!(
+        status.success() && line.contains(" 0% packet loss"),
+        "{out}"
+    );
+    ensure!(ntma.status().context("status")?.stat("reloads_refused") == 0);
+    drop(dnsmasq);
+    ntma.stop()?;
+    drop(cn);
+    w.down()
 }

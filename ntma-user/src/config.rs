@@ -13,6 +13,7 @@ use ntm_proto::wire::Fqdn;
 use ntm_proto::Key;
 use serde::{Deserialize, Serialize};
 
+use crate::fastpath::{INNER_MTU, INNER_MTU_MAX, TUNNEL_OVERHEAD};
 use crate::gn::{GnConfig, MacAddr, Unreachable};
 
 /// Where status sockets live unless `status_socket` says otherwise.
@@ -70,9 +71,10 @@ pub struct Lan {
     /// Prefix length of the VIP pool: the GN's subnet mask, so every VIP is on-link.
     #[serde(default = "default_prefix_len")]
     pub vip_prefix_len: u8,
-    /// Interface MTU handed to the GN (1440 leaves room for the 60 bytes of tunnel).
-    #[serde(default = "default_mtu")]
-    pub mtu: u16,
+    /// Interface MTU handed to the GN by DHCP; default and maximum: the inner MTU
+    /// (`wan.mtu` − 60, §5 "MTU").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// DHCP lease time, seconds.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u32,
@@ -87,6 +89,10 @@ pub struct Wan {
     /// UDP port for tunnels and DC signaling.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// The uplink's path MTU; the inner MTU is 60 less (§5 "MTU"). Default: the
+    /// interface's MTU, read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 /// `[dc]`: who we register with, and as whom.
@@ -246,9 +252,6 @@ fn default_router() -> Ipv4Addr {
 fn default_prefix_len() -> u8 {
     10
 }
-fn default_mtu() -> u16 {
-    1440
-}
 fn default_lease_secs() -> u32 {
     600
 }
@@ -380,6 +383,58 @@ pub struct Settings {
     pub hold_timeout: Duration,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
+    /// `wan.mtu` as configured (None: the interface's, see [`Settings::set_uplink_mtu`]).
+    pub wan_mtu: Option<u16>,
+    /// `lan.mtu` as configured (None: the inner MTU).
+    pub lan_mtu: Option<u16>,
+    /// The uplink's MTU in use: `wan.mtu`, or the interface's (1500 until
+    /// [`Settings::set_uplink_mtu`] says otherwise).
+    pub uplink_mtu: u16,
+}
+
+/// The smallest uplink MTU: it leaves IPv4's minimum of 576 inside the tunnel.
+pub const MIN_WAN_MTU: u16 = 576 + TUNNEL_OVERHEAD;
+
+impl Settings {
+    /// Derives the inner MTU from the uplink's MTU (`wan.mtu`, or the interface's
+    /// when it is not set): `wan_mtu` − 60, at most [`INNER_MTU_MAX`]. The GN's
+    /// DHCP MTU becomes the inner MTU unless `lan.mtu` is set, which may not be
+    /// larger.
+    pub fn set_uplink_mtu(&mut self, wan_mtu: u16) -> Result<(), ConfigError> {
+        if wan_mtu < MIN_WAN_MTU {
+            return Err(invalid(
+                "wan.mtu",
+                wan_mtu,
+                format!(
+                    "use at least {MIN_WAN_MTU}: the tunnel takes 60 bytes and IPv4 needs 576 inside (1500 on Ethernet)"
+                ),
+            ));
+        }
+        let inner = (wan_mtu - TUNNEL_OVERHEAD).min(INNER_MTU_MAX);
+        match self.lan_mtu {
+            Some(m) if m > inner => {
+                return Err(invalid(
+                    "lan.mtu",
+                    m,
+                    format!(
+                        "use at most {inner}, the inner MTU (the uplink's MTU {wan_mtu} minus 60 for the tunnel), or leave lan.mtu out to give the GN the inner MTU"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.gn.mtu = inner;
+                self.dns = self.gn.stub_config();
+            }
+        }
+        self.uplink_mtu = wan_mtu;
+        Ok(())
+    }
+
+    /// The inner MTU (§5 "MTU"): the uplink's MTU − 60, at most [`INNER_MTU_MAX`].
+    pub fn inner_mtu(&self) -> u16 {
+        (self.uplink_mtu - TUNNEL_OVERHEAD).min(INNER_MTU_MAX)
+    }
 }
 
 impl Config {
@@ -395,12 +450,13 @@ impl Config {
                 interface: "lan0".into(),
                 router: default_router(),
                 vip_prefix_len: default_prefix_len(),
-                mtu: default_mtu(),
+                mtu: None,
                 lease_secs: default_lease_secs(),
             },
             wan: Wan {
                 interface: "wan0".into(),
                 port: DEFAULT_PORT,
+                mtu: None,
             },
             dc: Dc {
                 address: dc,
@@ -569,7 +625,7 @@ impl Config {
         let mut gn = GnConfig::new(MacAddr([0x02, 0, 0, 0, 0, 1]));
         gn.router = self.lan.router;
         gn.vip_prefix_len = self.lan.vip_prefix_len;
-        gn.mtu = self.lan.mtu;
+        gn.mtu = self.lan.mtu.unwrap_or(INNER_MTU as u16);
         gn.lease_secs = self.lan.lease_secs;
         gn.ntm_suffix = self.dns.ntm_suffix.clone();
         gn.dns_ttl = self.dns.ttl;
@@ -601,7 +657,7 @@ impl Config {
                 "use 1 to 60000 (a tunnel set-up takes at most about 8 s)",
             ));
         }
-        Ok(Settings {
+        let mut s = Settings {
             name: self.name.clone(),
             status_socket: self.status_socket_path(),
             non_vip: self.non_vip,
@@ -621,7 +677,14 @@ impl Config {
             hold_total: h.total,
             hold_timeout: Duration::from_millis(h.timeout_ms),
             metrics: self.metrics.clone(),
-        })
+            wan_mtu: self.wan.mtu,
+            lan_mtu: self.lan.mtu,
+            uplink_mtu: INNER_MTU as u16 + TUNNEL_OVERHEAD,
+        };
+        if let Some(m) = self.wan.mtu {
+            s.set_uplink_mtu(m)?;
+        }
+        Ok(s)
     }
 
     fn validate_datapath(&self) -> Result<(), ConfigError> {
@@ -825,6 +888,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("icmp-unreachable") && e.contains("nat"), "{e}");
+    }
+
+    #[test]
+    fn the_inner_mtu_follows_wan_mtu_and_bounds_lan_mtu() {
+        // Default: 1440 until the interface's MTU is known.
+        let s = base().validate().unwrap();
+        assert_eq!((s.inner_mtu(), s.gn.mtu), (1440, 1440));
+        let mut s = s;
+        s.set_uplink_mtu(1400).unwrap();
+        assert_eq!(
+            (s.inner_mtu(), s.gn.mtu),
+            (1340, 1340),
+            "the DHCP MTU follows"
+        );
+        assert_eq!(s.dns.max_udp_payload, 1340 - 28);
+        // Configured.
+        let mut c = base();
+        c.wan.mtu = Some(1400);
+        let s = c.validate().unwrap();
+        assert_eq!((s.inner_mtu(), s.gn.mtu, s.uplink_mtu), (1340, 1340, 1400));
+        c.lan.mtu = Some(1300);
+        assert_eq!(c.validate().unwrap().gn.mtu, 1300);
+        c.lan.mtu = Some(1440);
+        let e = err(&c);
+        assert!(e.contains("lan.mtu") && e.contains("at most 1340"), "{e}");
+        c.wan.mtu = Some(9000);
+        let s = c.validate().unwrap();
+        assert_eq!(s.inner_mtu(), 1500, "capped at what a GN frame holds");
+        c.wan.mtu = Some(600);
+        assert!(err(&c).contains("wan.mtu"));
+        // Round trip through TOML.
+        let mut c = base();
+        c.wan.mtu = Some(1400);
+        let back = Config::from_toml(&c.to_toml(), Path::new("x")).unwrap();
+        assert_eq!(back.wan.mtu, Some(1400));
     }
 
     #[test]

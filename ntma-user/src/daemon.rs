@@ -15,7 +15,8 @@
 //! * one socket per query forwarded to the upstream resolver, each bound to
 //!   a random port and connected to the resolver, closed once the query is
 //!   answered or given up (a TCP connection, run by a task of its own, for a
-//!   query that came over TCP);
+//!   query that came over TCP); a reload may point new queries at another
+//!   resolver, those in flight stay with theirs;
 //! * a TCP listener on the router address's port 53 (DNS over TCP, RFC
 //!   7766) and a task per accepted connection, which reports what it reads
 //!   and writes the answers queued for it; the control decides which
@@ -31,7 +32,7 @@
 //! or SIGTERM deregisters (DEREG), removes every tunnel and detaches the XDP
 //! programs; the NAT table (`non_vip = "nat"`) and the status socket go too.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
@@ -99,8 +100,9 @@ struct Sockets {
     /// Replaced when the uplink's address changes ([`follow_wan_address`]).
     wan: RefCell<Rc<UdpSocket>>,
     lan: PacketSocket,
-    /// The upstream resolver.
-    resolver: SocketAddrV4,
+    /// The upstream resolver of new queries (`dns.upstream`, changed by a
+    /// reload; a query in flight stays with the resolver it went to).
+    resolver: Cell<SocketAddrV4>,
     /// One socket per query in flight to the resolver, by local port.
     upstream: RefCell<HashMap<u16, UdpSocket>>,
     /// One task per TCP query in flight to the resolver, by local port.
@@ -127,6 +129,15 @@ fn upstream_socket(resolver: SocketAddrV4, query: &[u8]) -> std::io::Result<(u16
     s.send(query)?;
     let port = s.local_addr()?.port();
     Ok((port, UdpSocket::from_std(s)?))
+}
+
+/// Whether there is a route to the upstream resolver `resolver` (at start,
+/// and before a reload points new queries at it). Each forwarded query gets
+/// a socket of its own; this one only checks the route.
+fn check_upstream(resolver: SocketAddrV4) -> Result<()> {
+    StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|u| u.connect(resolver))
+        .with_context(|| format!("cannot reach the upstream resolver {resolver}"))
 }
 
 /// `message` with its 2-byte length prefix (RFC 1035 §4.2.2); at most 65535
@@ -264,13 +275,13 @@ impl Io for Sockets {
                 tracing::debug!("too many upstream TCP queries in flight");
                 return None;
             }
-            return match upstream_tcp(self.resolver, query, self.events.clone()) {
+            return match upstream_tcp(self.resolver.get(), query, self.events.clone()) {
                 Ok((port, task)) => {
                     tasks.insert(port, task);
                     Some(port)
                 }
                 Err(e) => {
-                    tracing::debug!(resolver = %self.resolver, error = %e, "upstream TCP query not sent");
+                    tracing::debug!(resolver = %self.resolver.get(), error = %e, "upstream TCP query not sent");
                     None
                 }
             };
@@ -280,13 +291,13 @@ impl Io for Sockets {
             tracing::debug!("too many upstream queries in flight");
             return None;
         }
-        match upstream_socket(self.resolver, query) {
+        match upstream_socket(self.resolver.get(), query) {
             Ok((port, sock)) => {
                 socks.insert(port, sock);
                 Some(port)
             }
             Err(e) => {
-                tracing::debug!(resolver = %self.resolver, error = %e, "upstream query not sent");
+                tracing::debug!(resolver = %self.resolver.get(), error = %e, "upstream query not sent");
                 None
             }
         }
@@ -384,6 +395,18 @@ fn unix_nanos() -> Result<u64> {
         .context("the system clock is before 1970: set the time")
 }
 
+/// `IP_MTU_DISCOVER` (ip(7)), which nix does not name: `IP_PMTUDISC_DO` sets DF on
+/// every datagram of the socket and refuses to fragment one locally.
+#[derive(Clone, Copy, Debug)]
+struct IpMtuDiscover;
+nix::setsockopt_impl!(
+    IpMtuDiscover,
+    libc::IPPROTO_IP,
+    libc::IP_MTU_DISCOVER,
+    usize,
+    nix::sys::socket::sockopt::SetUsize
+);
+
 /// The tunnel socket: UDP on the uplink's address and the NTM port, bound to the
 /// uplink device too, so that neither the router address nor the uplink's address
 /// reaches it from the GN side.
@@ -399,6 +422,8 @@ fn tunnel_socket(wan_if: &str, ip: Ipv4Addr, port: u16) -> std::io::Result<StdUd
         sockopt::BindToDevice,
         &std::ffi::OsString::from(wan_if),
     )?;
+    // §5 "MTU": DF on every datagram, never fragmented here.
+    setsockopt(&fd, IpMtuDiscover, &(libc::IP_PMTUDISC_DO as usize))?;
     let addr = SockaddrIn::from(SocketAddrV4::new(ip, port));
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
     Ok(StdUdpSocket::from(fd))
@@ -476,6 +501,7 @@ fn datapath_config(s: &Settings, net: Ipv4Addr) -> DatapathConfig {
         Bind::Copy => BindMode::Copy,
         Bind::ZeroCopy => BindMode::ZeroCopy,
     };
+    cfg.inner_mtu = s.inner_mtu();
     cfg
 }
 
@@ -503,6 +529,7 @@ impl Engine {
                     batch: s.datapath.batch as usize,
                     busy_poll: s.datapath.busy_poll,
                     slow_slots: 256,
+                    inner_mtu: s.inner_mtu(),
                 })
                 .context("starting the raw datapath")?,
             ),
@@ -521,6 +548,15 @@ impl Engine {
         match self {
             Engine::AfXdp(d) => d.mode().to_string(),
             Engine::Raw(_) => "raw".into(),
+        }
+    }
+
+    /// The name of worker `queue`'s thread (as fastpath/worker.rs and
+    /// rawpath name them).
+    fn worker_thread(&self, queue: usize) -> String {
+        match self {
+            Engine::AfXdp(_) => format!("ntma-fp{queue}"),
+            Engine::Raw(_) => "ntma-raw".into(),
         }
     }
 
@@ -605,10 +641,22 @@ pub fn run(s: Settings, config: Option<PathBuf>) -> Result<()> {
     rt.block_on(run_async(s, config))
 }
 
-async fn run_async(s: Settings, config: Option<PathBuf>) -> Result<()> {
+async fn run_async(mut s: Settings, config: Option<PathBuf>) -> Result<()> {
     let started = Instant::now();
     let lan = sys::interface(&s.lan_if).context("lan.interface")?;
     let wan = sys::interface(&s.wan_if).context("wan.interface")?;
+    if s.wan_mtu.is_none() {
+        let m = sys::mtu(&s.wan_if)
+            .with_context(|| format!("cannot read the MTU of {} (set wan.mtu)", s.wan_if))?;
+        s.set_uplink_mtu(u16::try_from(m).unwrap_or(u16::MAX))
+            .with_context(|| format!("the MTU of {} is {m}", s.wan_if))?;
+    }
+    tracing::info!(
+        uplink_mtu = s.uplink_mtu,
+        inner_mtu = s.inner_mtu(),
+        gn_mtu = s.gn.mtu,
+        "MTU (§5): inner = uplink − 60"
+    );
     for i in [&lan, &wan] {
         if !i.up {
             bail!("interface {} is down: `ip link set {} up`", i.name, i.name);
@@ -671,10 +719,7 @@ async fn run_async(s: Settings, config: Option<PathBuf>) -> Result<()> {
                 s.gn.router
             )
         })?;
-    // Each forwarded query gets a socket of its own; this one only checks the route.
-    StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|u| u.connect(s.upstream))
-        .with_context(|| format!("cannot reach the upstream resolver {}", s.upstream))?;
+    check_upstream(s.upstream)?;
     let raw = PacketSocket::open(&lan).with_context(|| {
         format!(
             "cannot open a raw socket on {} (needs root / CAP_NET_RAW)",
@@ -689,7 +734,7 @@ async fn run_async(s: Settings, config: Option<PathBuf>) -> Result<()> {
     let io = Sockets {
         wan: RefCell::new(Rc::new(wan_sock)),
         lan: raw,
-        resolver: s.upstream,
+        resolver: Cell::new(s.upstream),
         upstream: RefCell::new(HashMap::new()),
         upstream_tcp: RefCell::new(HashMap::new()),
         tcp: RefCell::new(HashMap::new()),
@@ -741,7 +786,8 @@ async fn run_async(s: Settings, config: Option<PathBuf>) -> Result<()> {
     let mut ctl =
         Control::new(&s, boot, Arc::clone(&dataplane), started).map_err(|e| anyhow::anyhow!(e))?;
     let mut ops = ops::Ops::new(&s, config).await?;
-    // Set up: keep only what is still needed (the workers dropped theirs).
+    // Set up: keep only what is still needed (the workers, AF_XDP or raw,
+    // dropped all of theirs).
     match crate::privs::drop_to(crate::privs::KEEP) {
         Ok(kept) => tracing::info!(kept = %kept.join(" "), "capabilities dropped"),
         Err(e) => tracing::warn!(error = %e, "cannot drop capabilities"),
@@ -1003,6 +1049,8 @@ fn status(
                 ("batches", w.batches),
                 ("slow", w.slow),
                 ("keepalives", w.keepalives),
+                ("mss_clamped", w.mss_clamped),
+                ("too_big", w.too_big),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -1012,6 +1060,7 @@ fn status(
                 core: w.core,
                 counters,
                 drops: w.drops().map(|(r, n)| (r.name().to_owned(), n)).collect(),
+                capabilities: crate::privs::of_thread(&datapath.worker_thread(w.queue)),
             }
         })
         .collect();
@@ -1059,6 +1108,26 @@ fn log_stats(st: &Status) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Copy, Debug)]
+    struct GetIpMtuDiscover;
+    nix::getsockopt_impl!(
+        GetIpMtuDiscover,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        usize,
+        nix::sys::socket::sockopt::GetUsize
+    );
+
+    /// §5 "MTU": the tunnel socket (control signaling, held packets, fragments and
+    /// the raw datapath's DATA) sends with DF and never fragments (needs root for
+    /// SO_BINDTODEVICE, like the daemon).
+    #[test]
+    fn the_tunnel_socket_sets_df() {
+        let s = tunnel_socket("lo", Ipv4Addr::LOCALHOST, 0).expect("tunnel socket on lo (root?)");
+        let v = nix::sys::socket::getsockopt(&s, GetIpMtuDiscover).unwrap();
+        assert_eq!(v, libc::IP_PMTUDISC_DO as usize);
+    }
 
     /// Each upstream query gets a socket of its own on a kernel-drawn port,
     /// connected to the resolver: its answer comes back with that port, and a

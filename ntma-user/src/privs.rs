@@ -1,7 +1,8 @@
 //! Least privilege: once the adapter is set up (XDP attached, AF_XDP and
 //! raw sockets open, UDP 53/67 bound, the nft table written), the control
 //! thread keeps only what it still needs ([`KEEP`]) and the fast-path
-//! workers keep nothing ([`drop_all`]). Capabilities are per thread in
+//! workers, AF_XDP or raw, keep nothing ([`drop_all`]; the status shows
+//! each worker's, [`of_thread`]). Capabilities are per thread in
 //! Linux: each thread drops its own, from its bounding set too, so that
 //! nothing it runs later (`nft` at exit) gets more.
 //!
@@ -59,6 +60,25 @@ pub fn effective() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The effective capabilities of this process's thread named `name` (its
+/// `comm`: the name `std::thread::Builder::name` gave it, at most 15
+/// bytes), by name, sorted; `None` when no such thread runs. Read from the
+/// outside (capget on its thread id): a worker's status is what the kernel
+/// says it holds, not what it meant to drop.
+pub fn of_thread(name: &str) -> Option<Vec<String>> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end_matches('\n') != name {
+            continue;
+        }
+        let tid: i32 = task.file_name().to_str()?.parse().ok()?;
+        return caps::read(Some(tid), CapSet::Effective)
+            .ok()
+            .map(|s| names(&s));
+    }
+    None
+}
+
 fn names(set: &CapsHashSet) -> Vec<String> {
     let mut v: Vec<String> = set.iter().map(|c| c.to_string()).collect();
     v.sort();
@@ -90,6 +110,22 @@ mod tests {
         })
         .join()
         .unwrap();
+        // Seen from another thread (as the status sees the workers).
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("privs-test-w".into())
+            .spawn(move || {
+                drop_all();
+                dropped_tx.send(()).unwrap();
+                let _ = done_rx.recv();
+            })
+            .unwrap();
+        dropped_rx.recv().unwrap();
+        assert_eq!(of_thread("privs-test-w"), Some(vec![]));
+        assert_eq!(of_thread("no-such-thread"), None);
+        drop(done_tx);
+        t.join().unwrap();
         // The other threads are untouched.
         assert!(effective().contains(&"CAP_NET_BIND_SERVICE".to_owned()));
     }

@@ -8,14 +8,16 @@
 //!   as configured; its next DHCP renewal gets the new VIP;
 //! * `[dns]`: suffix, TTL and time-out (queries in flight are forgotten;
 //!   the GN's resolver asks again);
+//! * `dns.upstream`: new forwarded queries, UDP and TCP, go to the new
+//!   resolver (checked reachable first); those in flight keep their socket
+//!   or connection to the old one and are answered or time out as before;
 //! * `[hold]`: its bounds and time-out (held packets stay);
 //! * `stats_interval_secs` and `metrics.max_tunnel_labels`.
 //!
 //! Refused, because only a restart can change them: the NICs and the
 //! tunnel port, the datapath, the router address and VIP prefix, the MTU
 //! and lease time handed out by DHCP, `non_vip`, the name and status
-//! socket, `dns.upstream` (the sockets to it are the daemon's) and
-//! `metrics.listen`.
+//! socket and `metrics.listen`.
 
 use crate::config::Settings;
 
@@ -26,6 +28,9 @@ pub struct Plan {
     pub identity: bool,
     /// Suffix, TTL or time-out.
     pub dns: bool,
+    /// The upstream resolver of new forwarded queries (the daemon's
+    /// sockets: [`crate::control::Control::reload`] has nothing to do).
+    pub upstream: bool,
     /// Hold queue bounds.
     pub hold: bool,
     /// Statistics interval.
@@ -46,6 +51,7 @@ impl std::fmt::Display for Plan {
         let parts: Vec<&str> = [
             (self.identity, "identity ([dc]: register again)"),
             (self.dns, "dns"),
+            (self.upstream, "dns.upstream"),
             (self.hold, "hold"),
             (self.stats, "stats_interval_secs"),
             (self.metrics, "metrics.max_tunnel_labels"),
@@ -81,11 +87,11 @@ pub fn plan(old: &Settings, new: &Settings) -> Result<Plan, String> {
         old.gn.vip_prefix_len != new.gn.vip_prefix_len,
         "lan.vip_prefix_len",
     );
-    need(old.gn.mtu != new.gn.mtu, "lan.mtu");
+    need(old.lan_mtu != new.lan_mtu, "lan.mtu");
+    need(old.wan_mtu != new.wan_mtu, "wan.mtu");
     need(old.gn.lease_secs != new.gn.lease_secs, "lan.lease_secs");
     need(old.datapath != new.datapath, "[datapath]");
     need(old.metrics.listen != new.metrics.listen, "metrics.listen");
-    need(old.upstream != new.upstream, "dns.upstream");
     if !restart.is_empty() {
         return Err(format!(
             "the new configuration changes {}, which needs a restart (systemctl restart ntma); nothing was reloaded",
@@ -97,6 +103,7 @@ pub fn plan(old: &Settings, new: &Settings) -> Result<Plan, String> {
         dns: old.gn.ntm_suffix != new.gn.ntm_suffix
             || old.gn.dns_ttl != new.gn.dns_ttl
             || old.gn.dns_resolve_timeout != new.gn.dns_resolve_timeout,
+        upstream: old.upstream != new.upstream,
         hold: old.hold_per_peer != new.hold_per_peer
             || old.hold_total != new.hold_total
             || old.hold_timeout != new.hold_timeout,
@@ -150,6 +157,15 @@ mod tests {
         .unwrap();
         assert!(p.hold && p.stats && !p.identity);
         assert_eq!(p.to_string(), "hold, stats_interval_secs");
+        let p = plan_of(|c| c.dns.upstream = "198.18.0.9:53".parse().unwrap()).unwrap();
+        assert_eq!(
+            p,
+            Plan {
+                upstream: true,
+                ..Plan::default()
+            }
+        );
+        assert_eq!(p.to_string(), "dns.upstream");
     }
 
     #[test]

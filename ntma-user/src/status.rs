@@ -35,7 +35,7 @@ pub struct Status {
     /// Slow path and control counters.
     pub slow_path: SlowPathStatus,
     /// The capabilities the daemon's control thread kept after set-up (the
-    /// fast-path workers keep none).
+    /// fast-path workers keep none: [`WorkerStatus::capabilities`]).
     #[serde(default)]
     pub capabilities: Vec<String>,
 }
@@ -127,6 +127,10 @@ pub struct WorkerStatus {
     pub counters: BTreeMap<String, u64>,
     /// Drops by reason.
     pub drops: BTreeMap<String, u64>,
+    /// The worker thread's effective capabilities, as the kernel has them
+    /// (none once it is set up); `None` when its thread was not found.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
 }
 
 /// One tunnel.
@@ -348,6 +352,15 @@ impl Status {
                 nonzero(&w.counters)
             );
             let _ = writeln!(s, "  drops: {}", nonzero(&w.drops));
+            let _ = writeln!(
+                s,
+                "  capabilities: {}",
+                match &w.capabilities {
+                    None => "unknown".to_owned(),
+                    Some(c) if c.is_empty() => "none".to_owned(),
+                    Some(c) => c.join(" "),
+                }
+            );
         }
         for r in &d.rings {
             let _ = writeln!(s, "ring {} {}: {}", r.queue, r.side, nonzero(&r.counters));
@@ -423,6 +436,7 @@ pub(crate) mod tests {
         let mut w = WorkerStatus {
             queue: 0,
             core: Some(1),
+            capabilities: Some(vec![]),
             ..WorkerStatus::default()
         };
         w.drops.insert("bad_tag".into(), 2);
@@ -523,6 +537,7 @@ pub(crate) mod tests {
             "dns_too_big=3",
             "lan_redirect=5",
             "ring 0 lan: rx_dropped=6",
+            "  capabilities: none",
             "capabilities kept: CAP_NET_ADMIN",
         ] {
             assert!(r.contains(needle), "{needle:?} missing from:\n{r}");

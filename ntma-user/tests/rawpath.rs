@@ -132,6 +132,7 @@ fn raw_datapath_carries_verifies_and_counts() {
                 batch: 16,
                 busy_poll: false,
                 slow_slots: 64,
+                inner_mtu: ntma_user::fastpath::INNER_MTU as u16,
             })
         })
         .expect("enter ntma")

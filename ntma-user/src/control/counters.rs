@@ -37,7 +37,8 @@ reasons! {
         NotRegistered => "not_registered_tx",
         /// A packet to a VIP whose source is not the GN's VIP (spoofed, or a stale address).
         BadSource => "slow_bad_source",
-        /// A packet to a VIP longer than the inner MTU (1440).
+        /// A packet to a VIP longer than the inner MTU with DF set (or options
+        /// that do not parse): answered with ICMP fragmentation needed (§5 "MTU").
         TooBig => "slow_too_big",
         /// A packet to a destination outside the VIP prefix (ICMP network unreachable).
         NonVip => "non_vip",
@@ -93,6 +94,10 @@ reasons! {
         Released => "released",
         /// DATA sent by the control side (released or raced packets).
         DataTx => "data_tx_slow",
+        /// GN packets longer than the inner MTU without DF, split into fragments.
+        Fragmented => "fragmented",
+        /// The fragments they were split into (each its own DATA, or held).
+        FragmentsTx => "fragments",
     }
 }
 

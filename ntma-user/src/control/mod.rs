@@ -71,9 +71,9 @@ pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
 use crate::config::{NonVip, Settings};
 use crate::ebpf::Side;
-use crate::fastpath::INNER_MTU;
 use crate::gn::wire::{
-    EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, ETH_HEADER_LEN, IPPROTO_UDP, UDP_HEADER_LEN,
+    fragment_ipv4, EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, ETH_HEADER_LEN, IPPROTO_UDP,
+    UDP_HEADER_LEN,
 };
 use crate::gn::{ConnId, Gn, GnAction, MacAddr, Transport, Unreachable, Verdict, MAX_FRAME_LEN};
 use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
@@ -215,6 +215,8 @@ pub struct Control<P: Plane> {
     gn: Gn,
     hold: HoldQueue,
     non_vip: NonVip,
+    /// §5 "MTU": longer GN packets are answered with ICMP or fragmented.
+    inner_mtu: u16,
     port: u16,
     fqdn: String,
     dc: SocketAddrV4,
@@ -303,6 +305,7 @@ impl<P: Plane> Control<P> {
             gn,
             hold: HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout),
             non_vip: s.non_vip,
+            inner_mtu: s.inner_mtu(),
             port: s.port,
             fqdn: s.fqdn.clone(),
             dc: s.dc,
@@ -586,7 +589,7 @@ impl<P: Plane> Control<P> {
     /// A packet from the GN to the VIP `dst` that the fast path could not send.
     fn vip_packet(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8], io: &impl Io) {
         // The fast path's checks, for what it handed over: only the GN's own
-        // packets, and none a 1500-byte path cannot carry.
+        // packets, and none longer than the inner MTU (§5 "MTU").
         let Some((src, _, inner)) = ipv4_of(frame) else {
             self.c.drop(CtlDrop::SlowFrameMalformed);
             return;
@@ -595,8 +598,8 @@ impl<P: Plane> Control<P> {
             self.c.drop(CtlDrop::BadSource);
             return;
         }
-        if inner.len() > INNER_MTU {
-            self.c.drop(CtlDrop::TooBig);
+        if inner.len() > usize::from(self.inner_mtu) {
+            self.too_big(now, dst, frame, inner, io);
             return;
         }
         if self.hold.holds(dst) {
@@ -640,6 +643,35 @@ impl<P: Plane> Control<P> {
                 self.c.drop(CtlDrop::NoRoute);
                 let _ = self.gn.unreachable(now, frame, Unreachable::Host);
             }
+        }
+    }
+
+    /// §5 "MTU": a GN packet (`inner`, in `frame`) longer than the inner MTU. With
+    /// DF set it is dropped and answered with ICMP fragmentation needed carrying the
+    /// inner MTU (RFC 1191); without, it is split into fragments that fit, each of
+    /// which goes to `dst` like any packet (sent as its own DATA, or held).
+    fn too_big(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8], inner: &[u8], io: &impl Io) {
+        let df = inner[6] & 0x40 != 0;
+        let fragments = if df {
+            None
+        } else {
+            fragment_ipv4(inner, usize::from(self.inner_mtu))
+        };
+        let Some(fragments) = fragments else {
+            self.c.drop(CtlDrop::TooBig);
+            let _ =
+                self.gn
+                    .unreachable(now, frame, Unreachable::FragmentationNeeded(self.inner_mtu));
+            return;
+        };
+        self.c.stat(CtlStat::Fragmented);
+        let mut f = Vec::with_capacity(ETH_HEADER_LEN + usize::from(self.inner_mtu));
+        for ip in fragments {
+            f.clear();
+            f.extend_from_slice(&frame[..ETH_HEADER_LEN]);
+            f.extend_from_slice(&ip);
+            self.c.stat(CtlStat::FragmentsTx);
+            self.vip_packet(now, dst, &f, io);
         }
     }
 

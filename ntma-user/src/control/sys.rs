@@ -122,6 +122,14 @@ pub fn neighbour(ip: Ipv4Addr, ifname: &str) -> Option<MacAddr> {
     parse_neighbour(&text, ip, ifname)
 }
 
+/// The MTU of interface `name` (`/sys/class/net/<name>/mtu`).
+pub fn mtu(name: &str) -> std::io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))?;
+    text.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Reads a sysctl under `/proc/sys` (`net/ipv4/ip_forward`).
 pub fn read_sysctl(key: &str) -> std::io::Result<String> {
     std::fs::read_to_string(format!("/proc/sys/{key}")).map(|s| s.trim().to_owned())

@@ -596,6 +596,43 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
     assert!(t[0].setup_ms.is_some());
 }
 
+/// §5 "MTU": a GN packet over the inner MTU without DF leaves as fragments, each
+/// its own DATA, which cn reassembles into the original.
+#[test]
+fn oversize_packets_without_df_go_out_as_fragments() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    let (gn, cn) = (w.gn_vip(), w.cn_vip());
+    w.ctl
+        .on_lan_frame(w.now, &dns_query_frame(gn, "cn.ntm.test"), &w.io);
+    w.collect();
+    w.settle();
+    let mut big = echo_frame(gn, cn, 7);
+    big.resize(14 + 3000, 0xab);
+    big[16..18].copy_from_slice(&3000u16.to_be_bytes());
+    big[20] = 0; // DF clear
+    big[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&big[14..34]);
+    big[24..26].copy_from_slice(&c.to_be_bytes());
+    let original = big[14..].to_vec();
+    w.ctl.on_slow_frame(w.now, Side::Lan, &mut big, &w.io);
+    w.collect();
+    w.settle();
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::Fragmented), 1);
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::FragmentsTx), 3);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::TooBig), 0);
+    assert_eq!(w.cn_got.len(), 3);
+    let mut whole = original[..20].to_vec();
+    for f in &w.cn_got {
+        assert!(f.len() <= 1440);
+        assert_eq!(checksum(&f[..20]), 0);
+        let off = usize::from(u16::from_be_bytes([f[6], f[7]]) & 0x1fff) * 8;
+        assert_eq!(whole.len() - 20, off);
+        whole.extend_from_slice(&f[20..]);
+    }
+    assert_eq!(whole[20..], original[20..]);
+}
+
 #[test]
 fn the_gn_is_reachable_as_a_responder() {
     let mut w = World::new(NonVip::IcmpUnreachable);
@@ -648,7 +685,11 @@ fn packets_to_unknown_vips_and_non_vips_are_answered_with_icmp() {
     big[24..26].copy_from_slice(&c.to_be_bytes());
     w.ctl.on_slow_frame(w.now, Side::Lan, &mut big, &w.io);
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::TooBig), 1);
-    assert!(w.lan_frames().is_empty());
+    // DF set (echo_frame sets it): ICMP fragmentation needed with the inner MTU.
+    let icmp = w.lan_frames();
+    assert_eq!(unreachables(&icmp), vec![(4, stranger)]);
+    let ip = ipv4_of(&icmp[0]).unwrap().2;
+    assert_eq!(u16::from_be_bytes([ip[26], ip[27]]), 1440, "next-hop MTU");
     // To the router: the kernel's business.
     w.ctl.on_lan_frame(w.now, &echo_frame(gn, ROUTER, 1), &w.io);
     assert!(w.lan_frames().is_empty());

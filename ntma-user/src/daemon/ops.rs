@@ -108,8 +108,17 @@ impl Ops {
         if config.holds_inline_key() {
             ntm_ops::keys::check_private(&path)?;
         }
-        let new = config.validate().context("bad configuration")?;
+        let mut new = config.validate().context("bad configuration")?;
+        if new.wan_mtu.is_none() {
+            // The interface's MTU as read at start (a new one needs a restart).
+            new.set_uplink_mtu(self.current.uplink_mtu)
+                .context("bad configuration")?;
+        }
         let plan = crate::reload::plan(&self.current, &new).map_err(anyhow::Error::msg)?;
+        if plan.upstream {
+            // Refused before anything changes.
+            super::check_upstream(new.upstream).context("dns.upstream")?;
+        }
         ctl.reload(
             Instant::now(),
             &new,
@@ -119,6 +128,12 @@ impl Ops {
             io,
         )
         .map_err(anyhow::Error::msg)?;
+        if plan.upstream {
+            // New queries, UDP and TCP, go there; those in flight keep their
+            // socket or connection to the old one and end as they would have.
+            let old = io.resolver.replace(new.upstream);
+            tracing::info!(%old, new = %new.upstream, "upstream resolver changed");
+        }
         self.current = new;
         Ok((plan, plan.stats))
     }

@@ -35,6 +35,9 @@ pub struct DataplaneConfig {
     pub workers: usize,
     /// UDP port of tunnel traffic (frames to other ports go to the slow queue).
     pub ntm_port: u16,
+    /// Inner MTU (§5 "MTU": the uplink's MTU − 60): longer GN packets go to the slow
+    /// queue, and the MSS of TCP SYNs is clamped to it − 40.
+    pub inner_mtu: u16,
     /// Slots of each worker's slow queue.
     pub slow_slots: usize,
     /// Bytes per slot: the longest frame (longer ones are truncated, see [`SlowFrame`]).
@@ -46,6 +49,7 @@ impl Default for DataplaneConfig {
         Self {
             workers: 1,
             ntm_port: ntma_common::NTM_PORT,
+            inner_mtu: super::INNER_MTU as u16,
             slow_slots: 256,
             slow_slot_len: 2048,
         }
@@ -86,6 +90,11 @@ pub struct WorkerStats {
     pub slow: u64,
     /// TUN_KEEPALIVEs verified and consumed.
     pub keepalives: u64,
+    /// TCP SYNs and SYN-ACKs whose MSS option was clamped, both directions.
+    pub mss_clamped: u64,
+    /// GN packets longer than the inner MTU, handed to the control (which answers
+    /// ICMP fragmentation needed or fragments them).
+    pub too_big: u64,
     /// Drops by reason, indexed by [`FastDrop::index`].
     pub drops: [u64; FastDrop::COUNT],
 }
@@ -118,9 +127,11 @@ pub(crate) enum Stat {
     Batches,
     Slow,
     Keepalives,
+    MssClamped,
+    TooBig,
 }
 
-pub(crate) const STATS: usize = Stat::Keepalives as usize + 1;
+pub(crate) const STATS: usize = Stat::TooBig as usize + 1;
 pub(crate) const COUNTERS: usize = STATS + FastDrop::COUNT;
 
 /// A worker's counters in plain integers, owned by the worker thread; published to
@@ -254,6 +265,7 @@ pub struct Dataplane {
     table: Arc<ArcSwap<Snapshot>>,
     control: Mutex<ControlTable>,
     ntm_port: u16,
+    inner_mtu: u16,
     epoch: Instant,
     slow: Box<[Mutex<SlowRing>]>,
     slow_next: AtomicUsize,
@@ -284,10 +296,12 @@ impl Dataplane {
         Ok(Dataplane {
             table: Arc::new(ArcSwap::from_pointee(Snapshot {
                 ntm_port: cfg.ntm_port,
+                inner_mtu: cfg.inner_mtu,
                 ..Snapshot::default()
             })),
             control: Mutex::new(ControlTable::default()),
             ntm_port: cfg.ntm_port,
+            inner_mtu: cfg.inner_mtu,
             epoch: Instant::now(),
             slow: (0..workers)
                 .map(|_| Mutex::new(SlowRing::new(cfg.slow_slots.max(1), cfg.slow_slot_len)))
@@ -310,7 +324,8 @@ impl Dataplane {
     }
 
     fn publish(&self, t: &ControlTable) {
-        self.table.store(Arc::new(t.snapshot(self.ntm_port)));
+        self.table
+            .store(Arc::new(t.snapshot(self.ntm_port, self.inner_mtu)));
     }
 
     /// Sets the GN link addresses; `None` = not ready (uplink frames go to the slow
@@ -401,6 +416,8 @@ impl Dataplane {
                     batches: v(Stat::Batches as usize),
                     slow: v(Stat::Slow as usize),
                     keepalives: v(Stat::Keepalives as usize),
+                    mss_clamped: v(Stat::MssClamped as usize),
+                    too_big: v(Stat::TooBig as usize),
                     drops: std::array::from_fn(|i| v(STATS + i)),
                 }
             })

@@ -24,8 +24,12 @@
 //! published once per burst, and the only system calls are the ring wake-ups the
 //! kernel asks for.
 //!
-//! Inner packets from the GN longer than [`INNER_MTU`] (1440) are dropped and counted
-//! as [`FastDrop::LanTooBig`] (the GN got MTU 1440 from DHCP; no ICMP is sent).
+//! Inner packets from the GN longer than the inner MTU (the uplink's MTU − 60;
+//! [`INNER_MTU`] = 1440 on a 1500-byte uplink) go to the control thread, counted as
+//! `too_big`: it answers ICMP fragmentation needed when DF is set and sends IPv4
+//! fragments otherwise (§5 "MTU"). The MSS option of TCP SYNs and SYN-ACKs is clamped
+//! to the inner MTU − 40 in both directions, counted as `mss_clamped`. Outer packets
+//! carry DF.
 
 mod dataplane;
 pub mod packet;
@@ -45,7 +49,11 @@ pub use dataplane::{Dataplane, DataplaneConfig, SlowFrame, SlowWaker, WakerError
 // The raw-socket datapath (crate::rawpath) publishes its counters the same way.
 #[allow(unused_imports, reason = "for crate::rawpath, written alongside")]
 pub(crate) use dataplane::{LocalCounters, Stat};
-pub use packet::{FastDrop, INNER_MTU};
+pub use packet::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
+
+/// Largest inner MTU: the GN's frames (Ethernet + 1500) are what every UMEM frame
+/// holds (`UmemConfig::validate`), so a larger uplink MTU gains nothing.
+pub const INNER_MTU_MAX: u16 = 1500;
 pub use table::{LinkInfo, Mac, Snapshot, TunnelStats};
 
 pub use crate::ebpf::{AttachMode, Counters, Side};
@@ -123,6 +131,8 @@ pub struct DatapathConfig {
     pub bind: BindMode,
     /// Slots of each worker's slow queue.
     pub slow_slots: usize,
+    /// Inner MTU (§5 "MTU": the uplink's MTU − 60).
+    pub inner_mtu: u16,
 }
 
 impl DatapathConfig {
@@ -143,6 +153,7 @@ impl DatapathConfig {
             attach: AttachMode::Native,
             bind: BindMode::Auto,
             slow_slots: 256,
+            inner_mtu: INNER_MTU as u16,
         }
     }
 
@@ -195,6 +206,12 @@ impl DatapathConfig {
                 self.umem.frame_count,
                 self.queues,
                 8 * self.batch
+            ));
+        }
+        if !(576..=INNER_MTU_MAX).contains(&self.inner_mtu) {
+            return bad(format!(
+                "inner_mtu = {} (must be 576 to {INNER_MTU_MAX})",
+                self.inner_mtu
             ));
         }
         if self.slow_slots == 0 {
@@ -257,6 +274,7 @@ impl Datapath {
         let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
             workers: cfg.queues as usize,
             ntm_port: cfg.xdp.ntm_port,
+            inner_mtu: cfg.inner_mtu,
             slow_slots: cfg.slow_slots,
             slow_slot_len: cfg.umem.frame_size as usize,
         })?);

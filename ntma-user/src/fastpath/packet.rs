@@ -37,8 +37,21 @@ pub const OUTER_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN + HEADER_LEN;
 pub const ENCAP_GROW: usize = OUTER_LEN - ETH_LEN;
 /// How far uplink grows a frame at the back (the tag).
 pub const ENCAP_TAIL: usize = TAG_LEN;
-/// Largest inner packet the GN may send (§2: 1500 − 60).
+/// Inner MTU on a 1500-byte uplink (§5 "MTU": the uplink's MTU − 60): the default
+/// when nothing else is configured. The fast path uses [`Snapshot`]'s `inner_mtu`.
 pub const INNER_MTU: usize = 1440;
+/// What the tunnel adds to an inner packet: outer IPv4 20, UDP 8, NTM header 16, tag 16.
+pub const TUNNEL_OVERHEAD: u16 = (IPV4_LEN + UDP_LEN + OVERHEAD) as u16;
+/// IPv4 and TCP headers without options: the inner MTU minus this is the clamped MSS.
+pub const IPV4_TCP_LEN: u16 = (IPV4_LEN + TCP_LEN) as u16;
+const TCP_LEN: usize = 20;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCPOPT_END: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+/// Don't Fragment, in the IPv4 flags/fragment-offset word.
+pub const IPV4_DF: u16 = 0x4000;
 /// TTL of outer packets.
 const OUTER_TTL: u8 = 64;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
@@ -53,8 +66,9 @@ pub enum FastDrop {
     LanMalformed,
     /// From the GN: inner source is not the GN's VIP (spoofing, or a stale address).
     LanBadSource,
-    /// From the GN: inner packet longer than the inner MTU (1440): it would not fit
-    /// a 1500-byte outer packet. The GN was given MTU 1440 by DHCP.
+    /// From the GN: a frame longer than any the datapath can take (the raw path's
+    /// buffer: a GSO super-frame on veth). Packets merely longer than the inner MTU
+    /// are not dropped: see [`UpVerdict::TooBig`].
     LanTooBig,
     /// The frame lacks headroom or tailroom for the outer headers (UMEM headroom too
     /// small: a configuration error, refused at start).
@@ -163,6 +177,12 @@ fn drop_of(e: Error) -> FastDrop {
 pub enum UpVerdict {
     /// Encapsulated: send the first `len` bytes of the buffer on the WAN.
     Tx(usize),
+    /// As [`UpVerdict::Tx`], after clamping the MSS option of a TCP SYN (counted).
+    TxClamped(usize),
+    /// Longer than the inner MTU (§5 "MTU"): hand the unchanged frame to the control
+    /// thread, which answers ICMP fragmentation needed (DF set) or sends it as
+    /// fragments (DF clear). Counted.
+    TooBig,
     /// Not for the fast path (no tunnel to that VIP, link not ready, not IPv4, to the
     /// router): hand the unchanged frame to the control thread.
     Slow,
@@ -175,6 +195,9 @@ pub enum UpVerdict {
 pub enum DownVerdict {
     /// Verified and stripped: send `buf[offset..offset + len]` to the GN.
     Tx { offset: usize, len: usize },
+    /// As [`DownVerdict::Tx`], after clamping the MSS option of a TCP SYN-ACK or SYN
+    /// (counted).
+    TxClamped { offset: usize, len: usize },
     /// An authentic TUN_KEEPALIVE: recorded; recycle the frame.
     Consumed,
     /// Not tunnel traffic the fast path decides on (other port, fragment, signaling):
@@ -244,12 +267,17 @@ pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
     if be32(ip, 12) != u32::from(link.info.gn_vip) {
         return UpVerdict::Drop(FastDrop::LanBadSource);
     }
-    if total > INNER_MTU {
-        return UpVerdict::Drop(FastDrop::LanTooBig);
+    if total > usize::from(snap.inner_mtu) {
+        return UpVerdict::TooBig;
     }
 
     // Decided: write. The NTM header goes over the end of the GN's Ethernet header.
     let inner_len = total;
+    let inner_at = ENCAP_GROW + ETH_LEN;
+    let clamped = clamp_mss(
+        &mut buf[inner_at..inner_at + inner_len],
+        snap.inner_mtu.saturating_sub(IPV4_TCP_LEN),
+    );
     let seq = t.tx_seq.next();
     let hdr_at = ETH_LEN + IPV4_LEN + UDP_LEN;
     let datagram_len = match encap_in_place(buf, hdr_at, inner_len, t.id, seq, &t.tx) {
@@ -266,9 +294,9 @@ pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
     ip[1] = 0;
     ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
     // Identification from the tunnel's seq: distinct across 65536 packets, no state.
-    // DF clear: a smaller path MTU fragments and the receiver's kernel reassembles.
+    // DF set (§5 "MTU"): outer packets are never fragmented; the inner MTU leaves room.
     ip[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
-    ip[6..8].copy_from_slice(&[0, 0]);
+    ip[6..8].copy_from_slice(&IPV4_DF.to_be_bytes());
     ip[8] = OUTER_TTL;
     ip[9] = IPPROTO_UDP;
     ip[10..12].copy_from_slice(&[0, 0]);
@@ -288,7 +316,11 @@ pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
         .0
         .bytes
         .fetch_add(inner_len as u64, Ordering::Relaxed);
-    UpVerdict::Tx(hdr_at + datagram_len)
+    if clamped {
+        UpVerdict::TxClamped(hdr_at + datagram_len)
+    } else {
+        UpVerdict::Tx(hdr_at + datagram_len)
+    }
 }
 
 /// Opens, checks and strips the tunnel frame `buf` in place, in the order of §5:
@@ -391,9 +423,84 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
         .bytes
         .fetch_add(inner_len as u64, Ordering::Relaxed);
     let offset = dg_at + HEADER_LEN - ETH_LEN;
+    let clamped = clamp_mss(
+        &mut buf[offset + ETH_LEN..offset + ETH_LEN + inner_len],
+        snap.inner_mtu.saturating_sub(IPV4_TCP_LEN),
+    );
     buf[offset..offset + ETH_LEN].copy_from_slice(&link.lan_eth);
-    DownVerdict::Tx {
-        offset,
-        len: ETH_LEN + inner_len,
+    let len = ETH_LEN + inner_len;
+    if clamped {
+        DownVerdict::TxClamped { offset, len }
+    } else {
+        DownVerdict::Tx { offset, len }
     }
+}
+
+/// Clamps the MSS option of a TCP segment with SYN set (a SYN or a SYN-ACK) in the
+/// IPv4 packet `ip` to `max` (§6: the inner MTU minus 40), and updates the TCP
+/// checksum incrementally (RFC 1624, eqn. 3). True when it changed the packet.
+/// Everything else is left alone: not TCP, a fragment, no SYN, no MSS option, an MSS
+/// of at most `max`, or options that do not parse.
+pub fn clamp_mss(ip: &mut [u8], max: u16) -> bool {
+    if ip.len() < IPV4_LEN || ip[0] >> 4 != 4 {
+        return false;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(be16(ip, 2)).min(ip.len());
+    if ip[9] != IPPROTO_TCP || be16(ip, 6) & 0x3fff != 0 || ihl < IPV4_LEN || total < ihl + TCP_LEN
+    {
+        return false;
+    }
+    let tcp = &mut ip[ihl..total];
+    if tcp[13] & TCP_SYN == 0 {
+        return false;
+    }
+    let options_end = usize::from(tcp[12] >> 4) * 4;
+    if options_end < TCP_LEN || options_end > tcp.len() {
+        return false;
+    }
+    let mut at = TCP_LEN;
+    while at < options_end {
+        match tcp[at] {
+            TCPOPT_END => return false,
+            TCPOPT_NOP => at += 1,
+            kind => {
+                let Some(&len) = tcp.get(at + 1).filter(|_| at + 1 < options_end) else {
+                    return false;
+                };
+                let len = usize::from(len);
+                if len < 2 || at + len > options_end {
+                    return false;
+                }
+                if kind == TCPOPT_MSS && len == 4 {
+                    let mss = be16(tcp, at + 2);
+                    if mss <= max {
+                        return false;
+                    }
+                    tcp[at + 2..at + 4].copy_from_slice(&max.to_be_bytes());
+                    // A value at an odd offset adds to the sum with its bytes swapped.
+                    let (old, new) = if at.is_multiple_of(2) {
+                        (mss, max)
+                    } else {
+                        (mss.swap_bytes(), max.swap_bytes())
+                    };
+                    let sum = checksum_update(be16(tcp, 16), old, new);
+                    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+                    return true;
+                }
+                at += len;
+            }
+        }
+    }
+    false
+}
+
+/// RFC 1624 eqn. 3: the checksum `hc` after one 16-bit word changed from `old` to
+/// `new`: HC' = ~(~HC + ~m + m').
+pub fn checksum_update(hc: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }

@@ -267,6 +267,8 @@ impl Link {
 pub struct Snapshot {
     pub(crate) link: Option<Link>,
     pub(crate) ntm_port: u16,
+    /// Inner packets longer than this go to the slow path; MSS is clamped to it − 40.
+    pub(crate) inner_mtu: u16,
     pub(crate) by_id: FxHashMap<u32, Arc<Tunnel>>,
     /// Keyed by the VIP as a host-order u32 (what the packet bytes give directly).
     pub(crate) by_vip: FxHashMap<u32, Arc<Tunnel>>,
@@ -341,7 +343,7 @@ impl ControlTable {
         Ok(())
     }
 
-    pub(crate) fn snapshot(&self, ntm_port: u16) -> Snapshot {
+    pub(crate) fn snapshot(&self, ntm_port: u16, inner_mtu: u16) -> Snapshot {
         let mut by_id = FxHashMap::with_capacity_and_hasher(self.tunnels.len(), Default::default());
         let mut by_vip: FxHashMap<u32, (Arc<Tunnel>, u64)> =
             FxHashMap::with_capacity_and_hasher(self.tunnels.len(), Default::default());
@@ -361,6 +363,7 @@ impl ControlTable {
         Snapshot {
             link: self.link,
             ntm_port,
+            inner_mtu,
             by_id,
             by_vip: by_vip.into_iter().map(|(k, (t, _))| (k, t)).collect(),
         }
@@ -430,16 +433,16 @@ pub(crate) mod tests {
         t.upsert(&spec(1, [100, 64, 0, 9], 2), true).unwrap();
         // A second tunnel to the same VIP takes the uplink; removing it gives it back.
         t.upsert(&spec(2, [100, 64, 0, 9], 3), true).unwrap();
-        let s = t.snapshot(7700);
+        let s = t.snapshot(7700, 1440);
         assert_eq!(s.len(), 2);
         assert_eq!(s.by_vip[&vip].id, 2);
         t.tunnels.remove(&2);
-        let s = t.snapshot(7700);
+        let s = t.snapshot(7700, 1440);
         assert_eq!(s.by_vip[&vip].id, 1);
         // Re-upserting the older one makes it the newest.
         t.upsert(&spec(2, [100, 64, 0, 9], 3), true).unwrap();
         t.upsert(&spec(1, [100, 64, 0, 9], 2), true).unwrap();
-        let s = t.snapshot(7700);
+        let s = t.snapshot(7700, 1440);
         assert_eq!(s.by_vip[&vip].id, 1);
     }
 
@@ -450,7 +453,7 @@ pub(crate) mod tests {
         // The old tunnel to the VIP is up; a new one is added (set-up under way).
         t.upsert(&spec(1, [100, 64, 0, 9], 1), true).unwrap();
         t.upsert(&spec(2, [100, 64, 0, 9], 2), false).unwrap();
-        let s = t.snapshot(7700);
+        let s = t.snapshot(7700, 1440);
         assert!(s.by_id.contains_key(&2), "the new one receives");
         assert_eq!(s.by_vip[&vip].id, 1, "the old one still carries the uplink");
         // Added again (nothing changes), then up: it takes the uplink with its state.
@@ -460,14 +463,14 @@ pub(crate) mod tests {
         assert!(!t.tunnels[&2].sending);
         t.upsert(&spec(2, [100, 64, 0, 9], 2), true).unwrap();
         assert!(Arc::ptr_eq(&entry, &t.tunnels[&2].tunnel), "window kept");
-        assert_eq!(t.snapshot(7700).by_vip[&vip].id, 2);
+        assert_eq!(t.snapshot(7700, 1440).by_vip[&vip].id, 2);
         // Added again after it is up: it keeps sending.
         t.upsert(&spec(2, [100, 64, 0, 9], 2), false).unwrap();
-        assert_eq!(t.snapshot(7700).by_vip[&vip].id, 2);
+        assert_eq!(t.snapshot(7700, 1440).by_vip[&vip].id, 2);
         // Only receiving tunnels: no uplink.
         let mut t = ControlTable::default();
         t.upsert(&spec(3, [100, 64, 0, 9], 1), false).unwrap();
-        assert!(t.snapshot(7700).by_vip.is_empty());
+        assert!(t.snapshot(7700, 1440).by_vip.is_empty());
         // An unknown suite is refused.
         assert_eq!(
             t.upsert(&params(4, [100, 64, 0, 8], 1, Suite::Unknown(9)), true),

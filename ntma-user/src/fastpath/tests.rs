@@ -256,7 +256,7 @@ fn uplink_writes_exact_outer_headers_and_the_proto_datagram() {
             assert_eq!(usize::from(be16(ip, 2)), out_len - 14);
             assert_eq!(ipv4_checksum(ip), 0, "IPv4 header checksum");
             assert_eq!(be16(ip, 4), 1, "identification from seq 1");
-            assert_eq!(be16(ip, 6), 0, "no fragment flags");
+            assert_eq!(be16(ip, 6), 0x4000, "DF set, not a fragment");
             assert_eq!((ip[8], ip[9]), (64, 17));
             assert_eq!(ip[12..16], WAN_IP.octets());
             assert_eq!(ip[16..20], endpoint().ip().octets());
@@ -379,7 +379,7 @@ fn uplink_drops_and_slow_path_leave_the_frame_unchanged() {
     cases.push((
         "1441 bytes",
         gn_frame(&inner_packet(GN_VIP, PEER_VIP, INNER_MTU + 1)),
-        d(FastDrop::LanTooBig),
+        UpVerdict::TooBig,
     ));
     cases.push((
         "VIP without a tunnel",
@@ -1115,4 +1115,210 @@ fn config_validation() {
 fn the_xdp_programs_and_the_proto_crate_agree_on_the_version() {
     assert_eq!(ntma_common::ntm::VERSION, ntm_proto::wire::VERSION);
     assert_eq!(ntma_common::ntm::VERSION, 2);
+}
+
+// ----- §5/§6 MTU: MSS clamp ---------------------------------------------------
+
+/// An IPv4/TCP segment from `src` to `dst` with `flags` and the options `opts`
+/// (padded to 4 bytes), a correct TCP checksum and 10 bytes of payload.
+fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, flags: u8, opts: &[u8]) -> Vec<u8> {
+    let mut o = opts.to_vec();
+    while !o.len().is_multiple_of(4) {
+        o.push(0);
+    }
+    let tcp_len = 20 + o.len() + 10;
+    let mut p = vec![0u8; 20 + tcp_len];
+    p[0] = 0x45;
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = ipv4_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let o_len = o.len();
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    t[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+    t[12] = (((20 + o_len) / 4) << 4) as u8;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t[20..20 + o_len].copy_from_slice(&o);
+    for (i, b) in t[20 + o_len..].iter_mut().enumerate() {
+        *b = 0xa0 + i as u8;
+    }
+    let c = tcp_checksum(&p);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// The TCP checksum of the IPv4 packet `p`, computed from scratch (checksum field
+/// taken as zero).
+fn tcp_checksum(p: &[u8]) -> u16 {
+    let mut t = p[20..].to_vec();
+    t[16..18].copy_from_slice(&[0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&t);
+    if pseudo.len() % 2 == 1 {
+        pseudo.push(0);
+    }
+    ipv4_checksum(&pseudo)
+}
+
+fn mss_of(p: &[u8]) -> Option<u16> {
+    let t = &p[20..];
+    let end = usize::from(t[12] >> 4) * 4;
+    let mut at = 20;
+    while at < end {
+        match t[at] {
+            0 => return None,
+            1 => at += 1,
+            2 => return Some(u16::from_be_bytes([t[at + 2], t[at + 3]])),
+            _ => at += usize::from(t[at + 1]),
+        }
+    }
+    None
+}
+
+const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
+const ACK: u8 = 0x10;
+/// MSS 1460, SACK permitted, timestamps, NOP, window scale: Linux's SYN options.
+const LINUX_SYN_OPTS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
+#[test]
+fn clamp_mss_rewrites_only_larger_mss_of_syns_with_a_correct_checksum() {
+    use super::packet::clamp_mss;
+    // Aligned (MSS first) and misaligned (after one NOP) options.
+    for opts in [&LINUX_SYN_OPTS[..], &[1, 2, 4, 0x05, 0xb4, 1, 1, 1][..]] {
+        for flags in [SYN, SYN_ACK] {
+            let mut p = tcp_segment(GN_VIP, PEER_VIP, flags, opts);
+            let before = p.clone();
+            assert!(clamp_mss(&mut p, 1400), "{opts:?} {flags:#x}");
+            assert_eq!(mss_of(&p), Some(1400));
+            assert_eq!(
+                u16::from_be_bytes([p[36], p[37]]),
+                tcp_checksum(&p),
+                "incremental checksum equals a full recomputation"
+            );
+            // Nothing else changed.
+            let changed: Vec<usize> = (0..p.len()).filter(|&i| p[i] != before[i]).collect();
+            assert!(
+                changed.iter().all(|&i| (36..38).contains(&i) || i >= 40),
+                "{changed:?}"
+            );
+        }
+    }
+    // Already small enough: untouched.
+    let mut small = tcp_segment(GN_VIP, PEER_VIP, SYN, &[2, 4, 0x05, 0x00]);
+    let before = small.clone();
+    assert!(!clamp_mss(&mut small, 1400));
+    assert_eq!(small, before);
+    // Not a SYN, no MSS option, a fragment, not TCP, bad options: untouched.
+    let mut cases = vec![
+        tcp_segment(GN_VIP, PEER_VIP, ACK, &LINUX_SYN_OPTS),
+        tcp_segment(GN_VIP, PEER_VIP, SYN, &[1, 1, 4, 2]),
+        tcp_segment(GN_VIP, PEER_VIP, SYN, &[3, 9, 2, 4, 0x05, 0xb4]),
+        tcp_segment(GN_VIP, PEER_VIP, SYN, &[0, 0, 2, 4, 0x05, 0xb4]),
+    ];
+    let mut frag = tcp_segment(GN_VIP, PEER_VIP, SYN, &LINUX_SYN_OPTS);
+    frag[6] = 0x20;
+    cases.push(frag);
+    let mut udp = tcp_segment(GN_VIP, PEER_VIP, SYN, &LINUX_SYN_OPTS);
+    udp[9] = 17;
+    cases.push(udp);
+    for mut p in cases {
+        let before = p.clone();
+        assert!(!clamp_mss(&mut p, 1400));
+        assert_eq!(p, before);
+    }
+}
+
+#[test]
+fn uplink_and_downlink_clamp_syn_mss_to_the_inner_mtu_minus_40() {
+    for suite in SUITES {
+        for inner_mtu in [1440u16, 1340] {
+            let dp = Dataplane::new(&DataplaneConfig {
+                inner_mtu,
+                ..DataplaneConfig::default()
+            })
+            .unwrap();
+            dp.set_link(Some(link()));
+            let seq = SeqCounter::starting_at(1);
+            dp.tunnel_up(&params(suite, &seq)).unwrap();
+            let fx = Fx { suite, dp, seq };
+            let snap = fx.dp.snapshot();
+            // Uplink: the GN's SYN.
+            let syn = tcp_segment(GN_VIP, PEER_VIP, SYN, &LINUX_SYN_OPTS);
+            let (v, buf) = run_uplink(&snap, &gn_frame(&syn));
+            let UpVerdict::TxClamped(n) = v else {
+                panic!("{v:?}")
+            };
+            let mut rx = fx.peer_rx();
+            let mut wire = buf[DG..n].to_vec();
+            let Ok(Decapped::Data { inner, .. }) = decap(&mut wire, |_| Some(&mut rx)) else {
+                panic!("decap")
+            };
+            assert_eq!(mss_of(inner), Some(inner_mtu - 40));
+            assert_eq!(
+                u16::from_be_bytes([inner[36], inner[37]]),
+                tcp_checksum(inner)
+            );
+            // Downlink: the peer's SYN-ACK.
+            let syn_ack = tcp_segment(PEER_VIP, GN_VIP, SYN_ACK, &LINUX_SYN_OPTS);
+            let mut frame = wan_frame(peer(), &fx.data(3, &syn_ack));
+            let v = downlink(&snap, &mut frame, 1000);
+            let DownVerdict::TxClamped { offset, len } = v else {
+                panic!("{v:?}")
+            };
+            let got = &frame[offset + ETH_LEN..offset + len];
+            assert_eq!(mss_of(got), Some(inner_mtu - 40));
+            assert_eq!(u16::from_be_bytes([got[36], got[37]]), tcp_checksum(got));
+            // Non-SYN segments and small MSS values pass untouched.
+            let ack = tcp_segment(
+                GN_VIP,
+                PEER_VIP,
+                ACK,
+                &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+            );
+            assert!(matches!(
+                run_uplink(&snap, &gn_frame(&ack)).0,
+                UpVerdict::Tx(_)
+            ));
+            let small = tcp_segment(PEER_VIP, GN_VIP, SYN_ACK, &[2, 4, 0x04, 0x00]);
+            let mut frame = wan_frame(peer(), &fx.data(4, &small));
+            let v = downlink(&snap, &mut frame, 1000);
+            let DownVerdict::Tx { offset, len } = v else {
+                panic!("{v:?}")
+            };
+            assert_eq!(frame[offset + ETH_LEN..offset + len], small[..]);
+        }
+    }
+}
+
+#[test]
+fn packets_over_the_inner_mtu_go_to_the_slow_path_unchanged() {
+    let dp = Dataplane::new(&DataplaneConfig {
+        inner_mtu: 1340,
+        ..DataplaneConfig::default()
+    })
+    .unwrap();
+    dp.set_link(Some(link()));
+    let seq = SeqCounter::starting_at(1);
+    dp.tunnel_up(&params(Suite::Aes256Gcm, &seq)).unwrap();
+    let snap = dp.snapshot();
+    let fits = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 1340));
+    assert!(matches!(run_uplink(&snap, &fits).0, UpVerdict::Tx(_)));
+    let over = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 1341));
+    let (v, buf) = run_uplink(&snap, &over);
+    assert_eq!(v, UpVerdict::TooBig);
+    assert_eq!(buf[ENCAP_GROW..ENCAP_GROW + over.len()], over[..]);
 }

@@ -255,13 +255,22 @@ impl Worker {
             self.pool.free(frame);
             return;
         }
-        match uplink(snap, self.umem.packet_mut(&mut frame), frame_len) {
+        let verdict = uplink(snap, self.umem.packet_mut(&mut frame), frame_len);
+        match verdict {
+            UpVerdict::TxClamped(len) => {
+                self.local.add(Stat::MssClamped, 1);
+                self.umem.set_len(&mut frame, len);
+                self.wan_tx.push(frame);
+            }
             UpVerdict::Tx(len) => {
                 // Shrinking: cannot fail.
                 self.umem.set_len(&mut frame, len);
                 self.wan_tx.push(frame);
             }
-            UpVerdict::Slow => {
+            UpVerdict::Slow | UpVerdict::TooBig => {
+                if verdict == UpVerdict::TooBig {
+                    self.local.add(Stat::TooBig, 1);
+                }
                 // uplink wrote nothing: undo the growth and hand the frame over as received.
                 self.umem.pull_front(&mut frame, ENCAP_GROW);
                 self.umem.set_len(&mut frame, frame_len);
@@ -275,8 +284,12 @@ impl Worker {
     }
 
     fn downlink_one(&mut self, snap: &Snapshot, mut frame: Frame, now: u64) {
-        match downlink(snap, self.umem.packet_mut(&mut frame), now) {
-            DownVerdict::Tx { offset, len } => {
+        let verdict = downlink(snap, self.umem.packet_mut(&mut frame), now);
+        match verdict {
+            DownVerdict::Tx { offset, len } | DownVerdict::TxClamped { offset, len } => {
+                if matches!(verdict, DownVerdict::TxClamped { .. }) {
+                    self.local.add(Stat::MssClamped, 1);
+                }
                 self.umem.pull_front(&mut frame, offset);
                 self.umem.set_len(&mut frame, len);
                 self.lan_tx.push(frame);

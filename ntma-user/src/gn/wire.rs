@@ -383,6 +383,8 @@ pub enum Unreachable {
     /// Code 1: host unreachable.
     #[default]
     Host,
+    /// Code 4: fragmentation needed and DF set, with the next-hop MTU (RFC 1191).
+    FragmentationNeeded(u16),
 }
 
 /// Appends an ICMP destination-unreachable frame from `src_ip`/`src_mac` to
@@ -402,6 +404,9 @@ pub fn build_icmp_unreachable(
     let kind = match code {
         Unreachable::Net => DestUnreachableHeader::Network,
         Unreachable::Host => DestUnreachableHeader::Host,
+        Unreachable::FragmentationNeeded(next_hop_mtu) => {
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }
+        }
     };
     // Quote = the original header as received + 8 bytes of its payload.
     let mut quote = [0u8; 60 + 8];
@@ -424,6 +429,83 @@ pub fn build_icmp_unreachable(
     out.extend_from_slice(quote);
     pad_frame(out, start);
     Ok(())
+}
+
+/// Splits the IPv4 packet `packet` (header first, exactly its total length) into
+/// fragments of at most `mtu` bytes (RFC 791, §3.2 "Fragmentation"): payloads in
+/// multiples of 8 bytes, offsets in 8-byte units from the packet's own offset, MF on
+/// every fragment but the last (and on the last too if the packet was a non-last
+/// fragment itself), a fresh header checksum each; the first fragment keeps every
+/// option, the others only those with the copy bit set. `None` when it cannot: DF
+/// set, malformed options, or a header too long for `mtu`.
+pub fn fragment_ipv4(packet: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
+    const DF: u16 = 0x4000;
+    const MF: u16 = 0x2000;
+    let ihl = usize::from(*packet.first()? & 0x0f) * 4;
+    if packet.len() < 20 || ihl < 20 || ihl > packet.len() {
+        return None;
+    }
+    let flags_offset = u16::from_be_bytes([packet[6], packet[7]]);
+    if flags_offset & DF != 0 {
+        return None;
+    }
+    let base_offset = usize::from(flags_offset & 0x1fff) * 8;
+    let was_more = flags_offset & MF != 0;
+    // The header of later fragments: options with the copy bit only, padded to 4.
+    let mut later = packet[..20].to_vec();
+    let mut at = 20;
+    while at < ihl {
+        match packet[at] {
+            0 => break,
+            1 => at += 1,
+            kind => {
+                let len = usize::from(*packet.get(at + 1)?);
+                if len < 2 || at + len > ihl {
+                    return None;
+                }
+                if kind & 0x80 != 0 {
+                    later.extend_from_slice(&packet[at..at + len]);
+                }
+                at += len;
+            }
+        }
+    }
+    while !later.len().is_multiple_of(4) {
+        later.push(0);
+    }
+    let payload = &packet[ihl..];
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < payload.len() || out.is_empty() {
+        let header = if out.is_empty() {
+            &packet[..ihl]
+        } else {
+            &later[..]
+        };
+        let room = mtu.checked_sub(header.len())? / 8 * 8;
+        if room == 0 {
+            return None;
+        }
+        let end = (pos + room).min(payload.len());
+        let last = end == payload.len();
+        let mut f = Vec::with_capacity(header.len() + end - pos);
+        f.extend_from_slice(header);
+        f[0] = 0x40 | (header.len() / 4) as u8;
+        f.extend_from_slice(&payload[pos..end]);
+        let total = u16::try_from(f.len()).ok()?;
+        f[2..4].copy_from_slice(&total.to_be_bytes());
+        let offset = u16::try_from((base_offset + pos) / 8)
+            .ok()
+            .filter(|o| *o <= 0x1fff)?;
+        let more = if !last || was_more { MF } else { 0 };
+        f[6..8].copy_from_slice(&(offset | more).to_be_bytes());
+        f[10..12].copy_from_slice(&[0, 0]);
+        let c = crate::fastpath::packet::ipv4_checksum(&f[..header.len()]);
+        f[10..12].copy_from_slice(&c.to_be_bytes());
+        out.push(f);
+        pos = end;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -610,5 +692,133 @@ mod tests {
         assert!(checksum_ok(icmp));
         assert_eq!(&icmp[8..28], orig.header);
         assert_eq!(&icmp[28..36], &orig.payload[..8]);
+    }
+
+    /// An IPv4 packet of `len` bytes with the given options (padded) and flags word.
+    fn packet(len: usize, opts: &[u8], flags: u16) -> Vec<u8> {
+        let mut o = opts.to_vec();
+        while !o.len().is_multiple_of(4) {
+            o.push(0);
+        }
+        let ihl = 20 + o.len();
+        let mut p = vec![0u8; len];
+        p[0] = 0x40 | (ihl / 4) as u8;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&[0xbe, 0xef]);
+        p[6..8].copy_from_slice(&flags.to_be_bytes());
+        p[8] = 64;
+        p[9] = 1;
+        p[12..16].copy_from_slice(&[100, 64, 0, 2]);
+        p[16..20].copy_from_slice(&[100, 64, 0, 9]);
+        p[20..ihl].copy_from_slice(&o);
+        for (i, b) in p[ihl..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let c = crate::fastpath::packet::ipv4_checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// Reassembles fragments (RFC 815 in its simplest form: in any order, no gaps).
+    fn reassemble(frags: &[Vec<u8>]) -> (Vec<u8>, bool) {
+        let mut payload = Vec::new();
+        let mut more = true;
+        let mut sorted: Vec<&Vec<u8>> = frags.iter().collect();
+        sorted.sort_by_key(|f| u16::from_be_bytes([f[6], f[7]]) & 0x1fff);
+        for f in sorted {
+            let ihl = usize::from(f[0] & 0x0f) * 4;
+            let off = usize::from(u16::from_be_bytes([f[6], f[7]]) & 0x1fff) * 8;
+            assert_eq!(off, payload.len(), "no gap, no overlap");
+            payload.extend_from_slice(&f[ihl..]);
+            more = f[6] & 0x20 != 0;
+        }
+        (payload, more)
+    }
+
+    #[test]
+    fn fragments_fit_and_reassemble_to_the_original() {
+        // Record route (not copied) and a copied option (security, type 130).
+        let opts = [7, 7, 4, 0, 0, 0, 0, 130, 3, 0];
+        for (len, mtu, opts) in [
+            (3000, 1440, &[][..]),
+            (1441, 1440, &[][..]),
+            (3000, 1340, &[][..]),
+            (2000, 576, &opts[..]),
+        ] {
+            let p = packet(len, opts, 0);
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let frags = fragment_ipv4(&p, mtu).expect("fragments");
+            assert!(frags.len() >= 2);
+            for (i, f) in frags.iter().enumerate() {
+                let fihl = usize::from(f[0] & 0x0f) * 4;
+                assert!(f.len() <= mtu, "{len}/{mtu}: fragment {i} is {}", f.len());
+                assert_eq!(usize::from(u16::from_be_bytes([f[2], f[3]])), f.len());
+                assert_eq!(crate::fastpath::packet::ipv4_checksum(&f[..ffihl(f)]), 0);
+                assert_eq!(f[4..6], p[4..6], "same identification");
+                assert_eq!(f[12..20], p[12..20]);
+                let last = i == frags.len() - 1;
+                assert_eq!(f[6] & 0x20 != 0, !last, "MF on all but the last");
+                if !last {
+                    assert_eq!((f.len() - fihl) % 8, 0, "payloads in 8-byte units");
+                }
+                if i == 0 {
+                    assert_eq!(f[20..fihl], p[20..ihl], "the first keeps every option");
+                } else if !opts.is_empty() {
+                    assert_eq!(f[20..fihl], [130, 3, 0, 0], "later: copied options only");
+                }
+            }
+            let (payload, more) = reassemble(&frags);
+            assert!(!more);
+            assert_eq!(payload, p[ihl..], "{len}/{mtu}");
+        }
+    }
+
+    fn ffihl(f: &[u8]) -> usize {
+        usize::from(f[0] & 0x0f) * 4
+    }
+
+    #[test]
+    fn fragments_of_a_fragment_keep_its_offset_and_more_fragments() {
+        // The middle fragment of something bigger: offset 185 (1480 bytes), MF set.
+        let p = packet(1500, &[], 0x2000 | 185);
+        let frags = fragment_ipv4(&p, 1000).unwrap();
+        assert_eq!(frags.len(), 2);
+        assert_eq!(u16::from_be_bytes([frags[0][6], frags[0][7]]), 0x2000 | 185);
+        let second = u16::from_be_bytes([frags[1][6], frags[1][7]]);
+        assert_eq!(second, 0x2000 | (185 + (1000 - 20) / 8) as u16);
+    }
+
+    #[test]
+    fn no_fragments_with_df_or_broken_options() {
+        assert!(fragment_ipv4(&packet(3000, &[], 0x4000), 1440).is_none());
+        assert!(fragment_ipv4(&packet(3000, &[7, 9, 4, 0], 0), 1440).is_none());
+        assert!(fragment_ipv4(&packet(3000, &[], 0), 20).is_none());
+    }
+
+    #[test]
+    fn icmp_fragmentation_needed_carries_the_next_hop_mtu() {
+        let p = packet(1500, &[], 0x4000);
+        let ip = Ipv4View::parse(&p, true).unwrap();
+        let mut out = Vec::new();
+        let ntma = MacAddr([2, 0, 0, 0, 0, 1]);
+        let gn = MacAddr([2, 0, 0, 0, 0, 2]);
+        build_icmp_unreachable(
+            &mut out,
+            ntma,
+            gn,
+            Ipv4Addr::new(100, 64, 0, 1),
+            Unreachable::FragmentationNeeded(1340),
+            &ip,
+        )
+        .unwrap();
+        let icmp = &out[14 + 20..];
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "type 3 code 4");
+        assert_eq!(
+            u16::from_be_bytes([icmp[6], icmp[7]]),
+            1340,
+            "RFC 1191 next-hop MTU"
+        );
+        assert_eq!(out[14 + 16..14 + 20], [100, 64, 0, 2], "to the GN");
+        assert_eq!(icmp[8..8 + 28], p[..28], "quotes the header and 8 bytes");
     }
 }

@@ -79,6 +79,8 @@ pub struct RawConfig {
     pub busy_poll: bool,
     /// Slots of the slow queue.
     pub slow_slots: usize,
+    /// Inner MTU (§5 "MTU": the uplink's MTU − 60).
+    pub inner_mtu: u16,
 }
 
 /// Why the raw datapath did not start; each says what to fix.
@@ -147,6 +149,7 @@ impl RawPath {
         let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
             workers: 1,
             ntm_port: wan_local.port(),
+            inner_mtu: cfg.inner_mtu,
             slow_slots: cfg.slow_slots.max(1),
             slow_slot_len: BUF,
         })?);
@@ -184,6 +187,10 @@ impl RawPath {
                     }
                 }
                 worker.dp.set_core(0, core);
+                // Its sockets are open and bound, it is pinned: the loop needs no
+                // privilege (a new tunnel socket comes from the control). Dropped
+                // before it reports, so that none is left once `start` returns.
+                crate::privs::drop_all();
                 let _ = ready_tx.send(Ok(()));
                 drop(ready_tx);
                 worker.run(&s);
@@ -398,11 +405,19 @@ impl Worker {
             };
             let buf = &mut self.up[i * BUF..(i + 1) * BUF];
             match uplink(snap, &mut buf[..ENCAP_GROW + len + ENCAP_TAIL], len) {
-                UpVerdict::Tx(m) => match wire::uplink_datagram(&buf[..m]) {
-                    Some((dst, _)) => self.wan_tx.push((i, wire::OUTER, m, dst)),
-                    None => self.local.drop(FastDrop::NoRoom),
-                },
-                UpVerdict::Slow => {
+                v @ (UpVerdict::Tx(m) | UpVerdict::TxClamped(m)) => {
+                    if matches!(v, UpVerdict::TxClamped(_)) {
+                        self.local.add(Stat::MssClamped, 1);
+                    }
+                    match wire::uplink_datagram(&buf[..m]) {
+                        Some((dst, _)) => self.wan_tx.push((i, wire::OUTER, m, dst)),
+                        None => self.local.drop(FastDrop::NoRoom),
+                    }
+                }
+                v @ (UpVerdict::Slow | UpVerdict::TooBig) => {
+                    if v == UpVerdict::TooBig {
+                        self.local.add(Stat::TooBig, 1);
+                    }
                     let frame = &self.up[i * BUF + ENCAP_GROW..i * BUF + ENCAP_GROW + len];
                     self.hand_to_slow(Side::Lan, frame_copy(frame));
                 }
@@ -481,6 +496,10 @@ impl Worker {
             let frame_len = wire::OUTER + len;
             match downlink(snap, &mut buf[..frame_len], now) {
                 DownVerdict::Tx { offset, len } => self.lan_tx.push((i, offset, offset + len)),
+                DownVerdict::TxClamped { offset, len } => {
+                    self.local.add(Stat::MssClamped, 1);
+                    self.lan_tx.push((i, offset, offset + len));
+                }
                 DownVerdict::Consumed => self.local.add(Stat::Keepalives, 1),
                 // Signaling: the control parses the frame as the XDP path would give it.
                 DownVerdict::Slow => {
@@ -652,6 +671,7 @@ mod tests {
             batch: 0,
             busy_poll: false,
             slow_slots: 8,
+            inner_mtu: crate::fastpath::INNER_MTU as u16,
         })
         .unwrap_err();
         assert!(e.to_string().contains("batch"), "{e}");

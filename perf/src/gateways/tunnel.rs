@@ -188,6 +188,7 @@ impl Tunneled {
                 batch,
                 busy_poll,
                 slow_slots: 256,
+                inner_mtu: ntma_user::fastpath::INNER_MTU as u16,
             })
             .context("starting ntma's raw datapath")
         })??;
