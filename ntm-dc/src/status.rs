@@ -270,20 +270,8 @@ impl Status {
         for r in &self.relays {
             let _ = writeln!(s, "  id {} at {}: {} binding(s)", r.id, r.addr, r.bindings);
         }
-        let join = |m: &BTreeMap<String, u64>, all: bool| {
-            let v: Vec<String> = m
-                .iter()
-                .filter(|(_, n)| all || **n > 0)
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect();
-            if v.is_empty() {
-                "none".to_owned()
-            } else {
-                v.join(" ")
-            }
-        };
-        let _ = writeln!(s, "counters: {}", join(&self.stats, true));
-        let _ = writeln!(s, "drops: {}", join(&self.drops, false));
+        let _ = writeln!(s, "counters: {}", ntm_ops::cli::counts(&self.stats, true));
+        let _ = writeln!(s, "drops: {}", ntm_ops::cli::counts(&self.drops, false));
         s
     }
 

@@ -30,6 +30,21 @@ pub fn exit(daemon: &str, result: Result<()>) -> ExitCode {
     }
 }
 
+/// `name=count` pairs of a status' counters, space-separated, for its text
+/// form; with `all` false only the non-zero ones. `none` when nothing is left.
+pub fn counts(m: &std::collections::BTreeMap<String, u64>, all: bool) -> String {
+    let v: Vec<String> = m
+        .iter()
+        .filter(|(_, n)| all || **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(" ")
+    }
+}
+
 /// The arguments of `<daemon> status`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StatusArgs {
