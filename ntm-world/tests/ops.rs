@@ -102,6 +102,27 @@ fn value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Waits for a running `ping` (a testbed child) to finish and checks that
+/// it lost nothing; prints its summary line under `what`.
+fn lossless_ping(pinger: &mut ntm_testbed::Child, what: &str) -> Result<()> {
+    let status = pinger
+        .wait_timeout(Duration::from_secs(30))
+        .map_err(|e| anyhow!("{e}"))?
+        .ok_or_else(|| anyhow!("ping did not finish"))?;
+    let out = pinger.log();
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .ok_or_else(|| anyhow!("no ping summary: {out}"))?
+        .to_owned();
+    println!("{what}: {line}");
+    ensure!(
+        status.success() && line.contains(" 0% packet loss"),
+        "{out}"
+    );
+    Ok(())
+}
+
 #[test]
 fn every_daemon_serves_metrics_that_pass_promtool() -> Result<()> {
     let dc_m = SocketAddr::from((DC_ADDR, 9710));
@@ -313,21 +334,7 @@ fn reloads_under_traffic_lose_no_ping() -> Result<()> {
         ntma.child.log()
     );
 
-    let status = pinger
-        .wait_timeout(Duration::from_secs(30))
-        .map_err(|e| anyhow!("{e}"))?
-        .ok_or_else(|| anyhow!("ping did not finish"))?;
-    let out = pinger.log();
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .ok_or_else(|| anyhow!("no ping summary: {out}"))?
-        .to_owned();
-    println!("reload under traffic: {line}");
-    ensure!(
-        status.success() && line.contains(" 0% packet loss"),
-        "{out}"
-    );
+    lossless_ping(&mut pinger, "reload under traffic")?;
 
     // Unchanged nodes kept their registrations: nobody registered again.
     let st = w.dc_status()?;
@@ -894,21 +901,7 @@ fn reload_moves_dns_upstream_under_traffic() -> Result<()> {
         "dnsmasq saw: {said}"
     );
 
-    let status = pinger
-        .wait_timeout(Duration::from_secs(30))
-        .map_err(|e| anyhow!("{e}"))?
-        .ok_or_else(|| anyhow!("ping did not finish"))?;
-    let out = pinger.log();
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .ok_or_else(|| anyhow!("no ping summary: {out}"))?
-        .to_owned();
-    println!("upstream reload under traffic: {line}");
-    ensure!(
-        status.success() && line.contains(" 0% packet loss"),
-        "{out}"
-    );
+    lossless_ping(&mut pinger, "upstream reload under traffic")?;
     ensure!(ntma.status().context("status")?.stat("reloads_refused") == 0);
     drop(dnsmasq);
     ntma.stop()?;

@@ -769,12 +769,13 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
-    fn base() -> Config {
+    /// A valid configuration of the testbed's adapter (also the reload tests' base).
+    pub(crate) fn base() -> Config {
         Config::new(
             "gn.ntm.test",
             &KEY.parse().unwrap(),

@@ -115,18 +115,8 @@ pub fn plan(old: &Settings, new: &Settings) -> Result<Plan, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::base;
     use crate::config::{Attach, Config};
-
-    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-
-    fn base() -> Config {
-        Config::new(
-            "gn.ntm.test",
-            &KEY.parse().unwrap(),
-            "198.18.0.2:7710".parse().unwrap(),
-            "198.18.0.2:5353".parse().unwrap(),
-        )
-    }
 
     fn plan_of(f: impl FnOnce(&mut Config)) -> Result<Plan, String> {
         let old = base().validate().unwrap();
