@@ -24,7 +24,6 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ntm_proto::counters::Reason as _;
 use ntm_proto::retransmit::{Retransmit, RetransmitAction};
 use ntm_proto::wire::{
     ErrorMsg, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegResp, RelayDir, Repr, Route,

@@ -3,66 +3,21 @@
 use ntm_proto::counters::{Counters, Reason};
 use ntm_proto::Error;
 
-/// Why the coordinator dropped a datagram. Protocol-level reasons
-/// (malformed, bad tag, replay, unexpected type…) come from
-/// [`ntm_proto::Error`]; the rest are the DC's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum DropReason {
-    /// A reason of the wire protocol.
-    #[error("{0}")]
-    Proto(#[from] Error),
-    /// REG_REQ for an FQDN that has no `[[node]]` entry.
-    #[error("REG_REQ for an FQDN without a [[node]] entry")]
-    UnknownFqdn,
-    /// A node message whose id no `[[node]]` entry has.
-    #[error("message from a node id that no [[node]] entry has")]
-    UnknownNode,
-    /// An RS message whose id no `[[relay]]` entry has.
-    #[error("message from an RS id that no [[relay]] entry has")]
-    UnknownRelay,
-    /// A valid message from a node that is not registered (answered with ERROR).
-    #[error("message from a node that is not registered")]
-    Unregistered,
-    /// ROUTE_ACK or RELAY_ACK for nothing outstanding (e.g. a second ack).
-    #[error("acknowledgement for nothing outstanding")]
-    StaleAck,
-}
-
-const OWN: usize = 5;
-
-impl Reason for DropReason {
-    const COUNT: usize = Error::COUNT + OWN;
-
-    fn index(self) -> usize {
-        match self {
-            DropReason::Proto(e) => e.index(),
-            DropReason::UnknownFqdn => Error::COUNT,
-            DropReason::UnknownNode => Error::COUNT + 1,
-            DropReason::UnknownRelay => Error::COUNT + 2,
-            DropReason::Unregistered => Error::COUNT + 3,
-            DropReason::StaleAck => Error::COUNT + 4,
-        }
-    }
-
-    fn all() -> impl Iterator<Item = DropReason> {
-        Error::ALL.into_iter().map(DropReason::Proto).chain([
-            DropReason::UnknownFqdn,
-            DropReason::UnknownNode,
-            DropReason::UnknownRelay,
-            DropReason::Unregistered,
-            DropReason::StaleAck,
-        ])
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            DropReason::Proto(e) => e.name(),
-            DropReason::UnknownFqdn => "unknown_fqdn",
-            DropReason::UnknownNode => "unknown_node",
-            DropReason::UnknownRelay => "unknown_relay",
-            DropReason::Unregistered => "unregistered",
-            DropReason::StaleAck => "stale_ack",
-        }
+ntm_proto::reasons! {
+    /// Why the coordinator dropped a datagram. Protocol-level reasons
+    /// (malformed, bad tag, replay, unexpected type…) come from
+    /// [`ntm_proto::Error`]; the rest are the DC's own.
+    pub enum DropReason extends Proto(Error) {
+        /// REG_REQ for an FQDN that has no `[[node]]` entry.
+        UnknownFqdn => "unknown_fqdn": "REG_REQ for an FQDN without a [[node]] entry",
+        /// A node message whose id no `[[node]]` entry has.
+        UnknownNode => "unknown_node": "message from a node id that no [[node]] entry has",
+        /// An RS message whose id no `[[relay]]` entry has.
+        UnknownRelay => "unknown_relay": "message from an RS id that no [[relay]] entry has",
+        /// A valid message from a node that is not registered (answered with ERROR).
+        Unregistered => "unregistered": "message from a node that is not registered",
+        /// ROUTE_ACK or RELAY_ACK for nothing outstanding (e.g. a second ack).
+        StaleAck => "stale_ack": "acknowledgement for nothing outstanding",
     }
 }
 

@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ntm_proto::counters::Reason as _;
 use ntm_proto::node::{
     Config as NodeConfig, DirError, DownReason, Endpoint, Event, Received, RegistrationError, ReqId,
 };

@@ -14,29 +14,7 @@ use ntm_proto::dns::{DnsDrop, ReplyKind};
 use ntm_proto::DropCounters;
 use serde::{Deserialize, Serialize};
 
-/// Declares a counter-reason enum with `ALL`, `COUNT`, `index` and `name`.
-macro_rules! reasons {
-    ($(#[$m:meta])* pub enum $name:ident { $( $(#[doc = $d:literal])* $v:ident => $s:literal, )+ }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $( $(#[doc = $d])* $v, )+ }
-
-        impl $name {
-            /// Every variant, in index order.
-            pub const ALL: &'static [$name] = &[$($name::$v,)+];
-            /// Number of variants.
-            pub const COUNT: usize = Self::ALL.len();
-            /// Dense index for counter arrays.
-            pub const fn index(self) -> usize { self as usize }
-            /// Stable name for status output.
-            pub const fn name(self) -> &'static str {
-                match self { $($name::$v => $s,)+ }
-            }
-        }
-    };
-}
-
-reasons! {
+ntm_proto::reasons! {
     /// Drops of the node's own making (not a protocol check).
     pub enum LocalDrop {
         /// A packet from the TUN device that is not IPv4.
@@ -139,7 +117,7 @@ impl Counters {
             .iter()
             .map(|(e, n)| (e.name().to_owned(), n))
             .collect();
-        for &d in LocalDrop::ALL {
+        for d in LocalDrop::ALL {
             if self.local[d.index()] != 0 {
                 m.insert(d.name().to_owned(), self.local[d.index()]);
             }

@@ -194,97 +194,37 @@ pub enum ResolveOutcome {
     Failed,
 }
 
-/// Why the stub refused a datagram or an answer. Count each by reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
-pub enum DnsDrop {
-    /// Query shorter than its header.
-    #[error("DNS query shorter than its header")]
-    Short,
-    /// Query larger than 512 bytes over UDP (65535 over TCP).
-    #[error("DNS query larger than its transport allows")]
-    TooBig,
-    /// A response sent to the stub (never answered: reflection loops).
-    #[error("DNS response sent to the stub")]
-    NotQuery,
-    /// Opcode other than QUERY (answered NOTIMP).
-    #[error("DNS opcode other than QUERY")]
-    BadOpcode,
-    /// Question count other than one (answered FORMERR).
-    #[error("DNS question count other than one")]
-    QuestionCount,
-    /// Answer/authority records or more than one additional (FORMERR).
-    #[error("DNS query with answer, authority or several additional records")]
-    BadCounts,
-    /// Query that does not parse (FORMERR).
-    #[error("DNS query does not parse")]
-    Malformed,
-    /// A pending table is full.
-    #[error("DNS pending table full")]
-    PendingFull,
-    /// Retransmission of a query that is already pending.
-    #[error("DNS query already pending")]
-    Duplicate,
-    /// A forwarded query got no upstream reply in time.
-    #[error("no upstream reply in time")]
-    UpstreamTimeout,
-    /// Datagram from the upstream resolver that is not a DNS response.
-    #[error("upstream datagram is not a DNS response")]
-    UpstreamMalformed,
-    /// Upstream reply with an id no pending query has.
-    #[error("upstream reply with an unknown id")]
-    UpstreamUnknownId,
-    /// Upstream reply whose question differs from the forwarded one.
-    #[error("upstream reply for another question")]
-    UpstreamMismatch,
-    /// The caller answered a resolution that is no longer pending.
-    #[error("answer for a resolution no longer pending")]
-    LateAnswer,
-}
-
-impl DnsDrop {
-    /// Every variant, in declaration order.
-    pub const ALL: [DnsDrop; 14] = [
-        DnsDrop::Short,
-        DnsDrop::TooBig,
-        DnsDrop::NotQuery,
-        DnsDrop::BadOpcode,
-        DnsDrop::QuestionCount,
-        DnsDrop::BadCounts,
-        DnsDrop::Malformed,
-        DnsDrop::PendingFull,
-        DnsDrop::Duplicate,
-        DnsDrop::UpstreamTimeout,
-        DnsDrop::UpstreamMalformed,
-        DnsDrop::UpstreamUnknownId,
-        DnsDrop::UpstreamMismatch,
-        DnsDrop::LateAnswer,
-    ];
-    /// Number of variants: the length of a per-reason counter array.
-    pub const COUNT: usize = DnsDrop::ALL.len();
-
-    /// Dense index in `0..DnsDrop::COUNT`.
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Short stable name, for status output and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DnsDrop::Short => "dns_short",
-            DnsDrop::TooBig => "dns_too_big",
-            DnsDrop::NotQuery => "dns_not_query",
-            DnsDrop::BadOpcode => "dns_bad_opcode",
-            DnsDrop::QuestionCount => "dns_question_count",
-            DnsDrop::BadCounts => "dns_bad_counts",
-            DnsDrop::Malformed => "dns_malformed",
-            DnsDrop::PendingFull => "dns_pending_full",
-            DnsDrop::Duplicate => "dns_duplicate",
-            DnsDrop::UpstreamTimeout => "dns_upstream_timeout",
-            DnsDrop::UpstreamMalformed => "dns_upstream_malformed",
-            DnsDrop::UpstreamUnknownId => "dns_upstream_unknown_id",
-            DnsDrop::UpstreamMismatch => "dns_upstream_mismatch",
-            DnsDrop::LateAnswer => "dns_late_answer",
-        }
+crate::reasons! {
+    /// Why the stub refused a datagram or an answer. Count each by reason.
+    pub enum DnsDrop {
+        /// Query shorter than its header.
+        Short => "dns_short": "DNS query shorter than its header",
+        /// Query larger than 512 bytes over UDP (65535 over TCP).
+        TooBig => "dns_too_big": "DNS query larger than its transport allows",
+        /// A response sent to the stub (never answered: reflection loops).
+        NotQuery => "dns_not_query": "DNS response sent to the stub",
+        /// Opcode other than QUERY (answered NOTIMP).
+        BadOpcode => "dns_bad_opcode": "DNS opcode other than QUERY",
+        /// Question count other than one (answered FORMERR).
+        QuestionCount => "dns_question_count": "DNS question count other than one",
+        /// Answer/authority records or more than one additional (FORMERR).
+        BadCounts => "dns_bad_counts": "DNS query with answer, authority or several additional records",
+        /// Query that does not parse (FORMERR).
+        Malformed => "dns_malformed": "DNS query does not parse",
+        /// A pending table is full.
+        PendingFull => "dns_pending_full": "DNS pending table full",
+        /// Retransmission of a query that is already pending.
+        Duplicate => "dns_duplicate": "DNS query already pending",
+        /// A forwarded query got no upstream reply in time.
+        UpstreamTimeout => "dns_upstream_timeout": "no upstream reply in time",
+        /// Datagram from the upstream resolver that is not a DNS response.
+        UpstreamMalformed => "dns_upstream_malformed": "upstream datagram is not a DNS response",
+        /// Upstream reply with an id no pending query has.
+        UpstreamUnknownId => "dns_upstream_unknown_id": "upstream reply with an unknown id",
+        /// Upstream reply whose question differs from the forwarded one.
+        UpstreamMismatch => "dns_upstream_mismatch": "upstream reply for another question",
+        /// The caller answered a resolution that is no longer pending.
+        LateAnswer => "dns_late_answer": "answer for a resolution no longer pending",
     }
 }
 

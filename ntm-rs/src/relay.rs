@@ -62,53 +62,17 @@ pub struct Transmit {
     pub len: usize,
 }
 
-/// Why the relay dropped a datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum DropReason {
-    /// A reason of the wire protocol (malformed, bad tag, replay, unknown
-    /// tunnel, wrong RS id, unexpected type…).
-    #[error("{0}")]
-    Proto(#[from] Error),
-    /// Tunnel traffic from an address that is not bound to the tunnel.
-    #[error("tunnel traffic from an address not bound to the tunnel")]
-    UnboundSource,
-    /// Tunnel traffic while the other end has not bound yet.
-    #[error("tunnel traffic before the other end bound")]
-    HalfBound,
-    /// RELAY_DIR while `max_bindings` tunnels are relayed.
-    #[error("binding table full")]
-    TableFull,
-}
-
-const OWN: usize = 3;
-
-impl Reason for DropReason {
-    const COUNT: usize = Error::COUNT + OWN;
-
-    fn index(self) -> usize {
-        match self {
-            DropReason::Proto(e) => e.index(),
-            DropReason::UnboundSource => Error::COUNT,
-            DropReason::HalfBound => Error::COUNT + 1,
-            DropReason::TableFull => Error::COUNT + 2,
-        }
-    }
-
-    fn all() -> impl Iterator<Item = DropReason> {
-        Error::ALL.into_iter().map(DropReason::Proto).chain([
-            DropReason::UnboundSource,
-            DropReason::HalfBound,
-            DropReason::TableFull,
-        ])
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            DropReason::Proto(e) => e.name(),
-            DropReason::UnboundSource => "unbound_source",
-            DropReason::HalfBound => "half_bound",
-            DropReason::TableFull => "table_full",
-        }
+ntm_proto::reasons! {
+    /// Why the relay dropped a datagram. Protocol-level reasons (malformed,
+    /// bad tag, replay, unknown tunnel, wrong RS id, unexpected type…) come
+    /// from [`ntm_proto::Error`].
+    pub enum DropReason extends Proto(Error) {
+        /// Tunnel traffic from an address that is not bound to the tunnel.
+        UnboundSource => "unbound_source": "tunnel traffic from an address not bound to the tunnel",
+        /// Tunnel traffic while the other end has not bound yet.
+        HalfBound => "half_bound": "tunnel traffic before the other end bound",
+        /// RELAY_DIR while `max_bindings` tunnels are relayed.
+        TableFull => "table_full": "binding table full",
     }
 }
 

@@ -3,26 +3,7 @@
 //! counts in [`ntm_proto::DropCounters`]): drops of its own making and
 //! what it did.
 
-macro_rules! reasons {
-    ($(#[$m:meta])* pub enum $name:ident { $( $(#[doc = $d:literal])* $v:ident => $s:literal, )+ }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $( $(#[doc = $d])* $v, )+ }
-
-        impl $name {
-            /// Every variant, in index order.
-            pub const ALL: &'static [$name] = &[$($name::$v,)+];
-            /// Number of variants.
-            pub const COUNT: usize = Self::ALL.len();
-            /// Stable name for status output.
-            pub const fn name(self) -> &'static str {
-                match self { $($name::$v => $s,)+ }
-            }
-        }
-    };
-}
-
-reasons! {
+ntm_proto::reasons! {
     /// Why the control side dropped a packet, frame or datagram.
     pub enum CtlDrop {
         /// The hold queue was full (per peer or in all).
@@ -67,7 +48,7 @@ reasons! {
     }
 }
 
-reasons! {
+ntm_proto::reasons! {
     /// What the control side did.
     pub enum CtlStat {
         /// Successful registrations (renewals included).

@@ -57,103 +57,47 @@ const OUTER_TTL: u8 = 64;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const IPPROTO_UDP: u8 = 17;
 
-/// Why the fast path dropped a frame; counted per worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum FastDrop {
-    /// From the GN: not a well-formed IPv4 packet (short, bad IHL, total length
-    /// outside the frame).
-    LanMalformed,
-    /// From the GN: inner source is not the GN's VIP (spoofing, or a stale address).
-    LanBadSource,
-    /// From the GN: a frame longer than any the datapath can take (the raw path's
-    /// buffer: a GSO super-frame on veth). Packets merely longer than the inner MTU
-    /// are not dropped: see [`UpVerdict::TooBig`].
-    LanTooBig,
-    /// The frame lacks headroom or tailroom for the outer headers (UMEM headroom too
-    /// small: a configuration error, refused at start).
-    NoRoom,
-    /// From the WAN: Ethernet/IPv4/UDP headers inconsistent (lengths, IHL) or IPv4
-    /// header checksum wrong.
-    WanMalformed,
-    /// NTM datagram shorter than header plus tag.
-    Truncated,
-    /// NTM version not 2.
-    BadVersion,
-    /// No tunnel with this id (not even one being set up).
-    UnknownTunnel,
-    /// Suite other than the tunnel's.
-    UnsupportedSuite,
-    /// Tag does not verify with the tunnel's receive direction key (forged, changed,
-    /// or one of our own datagrams sent back to us); with suite 2 the body does not
-    /// decrypt.
-    BadTag,
-    /// Sequence number seen before or older than the window.
-    Replay,
-    /// DATA body not one whole IPv4 packet: version 4, IHL at least 5, total length
-    /// equal to the body length.
-    BadInner,
-    /// Inner source not the peer's VIP, or inner destination not the GN's VIP.
-    InnerAddr,
-    /// Authentic DATA while the GN link is not set up (no VIP / MAC yet).
-    NotReady,
-    /// The slow queue was full: a frame for the control thread was dropped.
-    SlowQueueFull,
-}
-
-impl FastDrop {
-    /// Number of reasons (length of a counter array).
-    pub const COUNT: usize = 15;
-
-    /// Every reason, in index order.
-    pub const ALL: [FastDrop; FastDrop::COUNT] = [
-        FastDrop::LanMalformed,
-        FastDrop::LanBadSource,
-        FastDrop::LanTooBig,
-        FastDrop::NoRoom,
-        FastDrop::WanMalformed,
-        FastDrop::Truncated,
-        FastDrop::BadVersion,
-        FastDrop::UnknownTunnel,
-        FastDrop::UnsupportedSuite,
-        FastDrop::BadTag,
-        FastDrop::Replay,
-        FastDrop::BadInner,
-        FastDrop::InnerAddr,
-        FastDrop::NotReady,
-        FastDrop::SlowQueueFull,
-    ];
-
-    /// Dense index for counter arrays.
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Stable snake-case name for status output and logs.
-    pub const fn name(self) -> &'static str {
-        match self {
-            FastDrop::LanMalformed => "lan_malformed",
-            FastDrop::LanBadSource => "lan_bad_source",
-            FastDrop::LanTooBig => "lan_too_big",
-            FastDrop::NoRoom => "no_room",
-            FastDrop::WanMalformed => "wan_malformed",
-            FastDrop::Truncated => "truncated",
-            FastDrop::BadVersion => "bad_version",
-            FastDrop::UnknownTunnel => "unknown_tunnel",
-            FastDrop::UnsupportedSuite => "unsupported_suite",
-            FastDrop::BadTag => "bad_tag",
-            FastDrop::Replay => "replay",
-            FastDrop::BadInner => "bad_inner",
-            FastDrop::InnerAddr => "inner_addr",
-            FastDrop::NotReady => "not_ready",
-            FastDrop::SlowQueueFull => "slow_queue_full",
-        }
-    }
-}
-
-impl std::fmt::Display for FastDrop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+ntm_proto::reasons! {
+    /// Why the fast path dropped a frame; counted per worker.
+    pub enum FastDrop {
+        /// From the GN: not a well-formed IPv4 packet (short, bad IHL, total length
+        /// outside the frame).
+        LanMalformed => "lan_malformed",
+        /// From the GN: inner source is not the GN's VIP (spoofing, or a stale address).
+        LanBadSource => "lan_bad_source",
+        /// From the GN: a frame longer than any the datapath can take (the raw path's
+        /// buffer: a GSO super-frame on veth). Packets merely longer than the inner MTU
+        /// are not dropped: see [`UpVerdict::TooBig`].
+        LanTooBig => "lan_too_big",
+        /// The frame lacks headroom or tailroom for the outer headers (UMEM headroom too
+        /// small: a configuration error, refused at start).
+        NoRoom => "no_room",
+        /// From the WAN: Ethernet/IPv4/UDP headers inconsistent (lengths, IHL) or IPv4
+        /// header checksum wrong.
+        WanMalformed => "wan_malformed",
+        /// NTM datagram shorter than header plus tag.
+        Truncated => "truncated",
+        /// NTM version not 2.
+        BadVersion => "bad_version",
+        /// No tunnel with this id (not even one being set up).
+        UnknownTunnel => "unknown_tunnel",
+        /// Suite other than the tunnel's.
+        UnsupportedSuite => "unsupported_suite",
+        /// Tag does not verify with the tunnel's receive direction key (forged, changed,
+        /// or one of our own datagrams sent back to us); with suite 2 the body does not
+        /// decrypt.
+        BadTag => "bad_tag",
+        /// Sequence number seen before or older than the window.
+        Replay => "replay",
+        /// DATA body not one whole IPv4 packet: version 4, IHL at least 5, total length
+        /// equal to the body length.
+        BadInner => "bad_inner",
+        /// Inner source not the peer's VIP, or inner destination not the GN's VIP.
+        InnerAddr => "inner_addr",
+        /// Authentic DATA while the GN link is not set up (no VIP / MAC yet).
+        NotReady => "not_ready",
+        /// The slow queue was full: a frame for the control thread was dropped.
+        SlowQueueFull => "slow_queue_full",
     }
 }
 

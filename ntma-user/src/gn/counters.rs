@@ -4,44 +4,7 @@
 
 use std::ops::{Index, IndexMut};
 
-/// Declares a `#[repr(usize)]` enum with `ALL`, `COUNT` and `name()`.
-macro_rules! counter_enum {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident {
-            $( $(#[doc = $doc:literal])* $variant:ident => $text:literal, )+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        #[repr(usize)]
-        pub enum $name {
-            $( $(#[doc = $doc])* $variant, )+
-        }
-
-        impl $name {
-            /// Every variant, in index order.
-            pub const ALL: &'static [$name] = &[ $( $name::$variant, )+ ];
-            /// Number of variants (length of the counter array).
-            pub const COUNT: usize = Self::ALL.len();
-
-            /// Stable snake_case name for status output and metrics.
-            pub const fn name(self) -> &'static str {
-                match self {
-                    $( $name::$variant => $text, )+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-    };
-}
-
-counter_enum! {
+ntm_proto::reasons! {
     /// Why the slow path dropped (or refused with an error reply) a frame,
     /// a datagram from the upstream resolver, an answer from the control
     /// side or one of its own outputs.
@@ -157,7 +120,7 @@ counter_enum! {
     }
 }
 
-counter_enum! {
+ntm_proto::reasons! {
     /// What the slow path did (not drops): for `ntma status`.
     pub enum GnStat {
         /// Proxy ARP replies sent.
