@@ -1,4 +1,4 @@
-//! ntma's fast path downlink (`ntma_user::fastpath::packet::downlink`) on whole WAN
+//! ntma's fast path downlink (`ntma_user::fastpath::encap::downlink`) on whole WAN
 //! frames (Ethernet, IPv4, UDP, NTM datagram), against a tunnel table with one suite-2
 //! and one suite-1 tunnel (ntma the initiator, the peer sealing with `K_r2i`).
 //!
@@ -25,8 +25,11 @@ use ntm_proto::data::{check_inner_shape, SeqCounter};
 use ntm_proto::node::TunnelParams;
 use ntm_proto::wire::{HEADER_LEN, OVERHEAD};
 use ntm_proto::{Cipher, DirectionKeys, Key, Path, Role, Suite};
-use ntma_user::fastpath::packet::{downlink, ipv4_checksum, DownVerdict, ETH_LEN};
-use ntma_user::fastpath::{Dataplane, DataplaneConfig, FastDrop, LinkInfo};
+use ntma_user::datapath::Link;
+use ntma_user::fastpath::encap::{downlink, DownVerdict, ETH_LEN};
+use ntma_user::fastpath::{Dataplane, DataplaneConfig, FastDrop};
+use ntma_user::gn::MacAddr;
+use ntma_user::wire::checksum::internet as ipv4_checksum;
 
 const PORT: u16 = 7700;
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
@@ -55,14 +58,14 @@ fn plane() -> Dataplane {
         ..DataplaneConfig::default()
     })
     .expect("an eventfd");
-    dp.set_link(Some(LinkInfo {
+    dp.set_link(Some(Link {
         gn_vip: GN_VIP,
-        gn_mac: GN_MAC,
-        lan_mac: LAN_MAC,
-        wan_mac: WAN_MAC,
+        gn_mac: MacAddr(GN_MAC),
+        lan_mac: MacAddr(LAN_MAC),
+        wan_mac: MacAddr(WAN_MAC),
         wan_ip: WAN_IP,
         wan_port: PORT,
-        gateway_mac: GW_MAC,
+        gateway_mac: MacAddr(GW_MAC),
     }));
     for (id, suite) in TUNNELS {
         let k = keys(id);

@@ -25,6 +25,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ntm_ops::config;
 use ntm_ops::metrics::MetricsConfig;
 use ntm_proto::wire::validate_fqdn;
 use ntm_proto::{Key, Suite};
@@ -76,6 +77,9 @@ pub struct Config {
     /// [`crate::coordinator::MAX_DIRECTIONS_PER_NODE`] (§5, not configurable).
     #[serde(default = "default_max_directions")]
     pub max_directions: usize,
+    /// The status socket (`ntm-dc status`), mode 0660.
+    #[serde(default = "default_status_socket")]
+    pub status_socket: PathBuf,
     /// Seconds between two statistics log lines; 0 turns them off (SIGUSR1
     /// still prints one).
     #[serde(default = "default_stats_interval")]
@@ -86,19 +90,9 @@ pub struct Config {
     /// Relay servers: `[[relay]]` tables.
     #[serde(default, rename = "relay")]
     pub relays: Vec<RelayEntry>,
-    /// The status socket (`ntm-dc status`), mode 0660.
-    #[serde(default = "default_status_socket")]
-    pub status_socket: PathBuf,
     /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
     #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
     pub metrics: MetricsConfig,
-}
-
-/// The status socket unless `status_socket` says otherwise.
-pub const DEFAULT_STATUS_SOCKET: &str = "/run/ntm-dc/ntm-dc.sock";
-
-fn default_status_socket() -> PathBuf {
-    PathBuf::from(DEFAULT_STATUS_SOCKET)
 }
 
 /// One `[[node]]` table: a node (or an adapter's GN) allowed to register.
@@ -161,6 +155,13 @@ impl RelayEntry {
     }
 }
 
+/// The status socket unless `status_socket` says otherwise.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/ntm-dc/ntm-dc.sock";
+
+fn default_status_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_STATUS_SOCKET)
+}
+
 fn default_listen() -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)
 }
@@ -217,22 +218,6 @@ impl Default for Config {
 /// says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read the configuration file {path}: {error}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why (in the message, so not also a `source`).
-        error: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("{path}: {message} (see ntm-dc/ntm-dc.example.toml for the format)")]
-    Parse {
-        /// The file (`<string>` when parsed from memory).
-        path: PathBuf,
-        /// The TOML parser's message, with line and column.
-        message: String,
-    },
     /// `vip_pool` is not a usable CIDR block.
     #[error("vip_pool = {pool:?}: {why} (example: \"100.64.0.0/10\")")]
     BadPool {
@@ -285,25 +270,14 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
-    /// A number out of range.
-    #[error("{field} = {value}: {why}")]
-    BadValue {
-        /// The setting.
-        field: &'static str,
-        /// Its value.
-        value: u64,
-        /// The rule.
-        why: &'static str,
-    },
-    /// A `key_file` cannot be used, or an entry has both or neither of
-    /// `key` and `key_file`.
-    #[error(transparent)]
-    Key(#[from] ntm_ops::keys::KeyError),
     /// No nodes at all.
     #[error(
         "no [[node]] entries: no node could register; add one [[node]] table (fqdn, key) per node"
     )]
     NoNodes,
+    /// What every configuration can get wrong: the file, a key file, a number.
+    #[error(transparent)]
+    Common(#[from] config::Error),
 }
 
 /// A provisioned node, checked.
@@ -365,37 +339,20 @@ pub struct Settings {
 }
 
 impl Config {
-    /// Parse TOML text.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::parse_at(text, Path::new("<string>"))
-    }
-
-    fn parse_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })
-    }
-
-    /// Read and parse a file (not yet validated: see [`Config::validate`]);
-    /// every `key_file` is read into its entry's `key` (and refused unless
-    /// private).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
-        let mut c = Self::parse_at(&text, path)?;
-        let base = ntm_ops::keys::base_dir(path);
-        for n in &mut c.nodes {
+    /// Reads every `key_file` (relative to `base`, the configuration's
+    /// directory) into its entry's `key`, refusing files others can read.
+    fn read_key_files(&mut self, base: &Path) -> Result<(), ConfigError> {
+        for n in &mut self.nodes {
             let who = format!("[[node]] fqdn = {:?}", n.fqdn);
-            n.key = ntm_ops::keys::resolve(&who, &n.key, n.key_file.as_deref(), &base)?.0;
+            let key = ntm_ops::keys::resolve(&who, &n.key, n.key_file.as_deref(), base);
+            n.key = key.map_err(config::Error::Key)?.0;
         }
-        for r in &mut c.relays {
+        for r in &mut self.relays {
             let who = format!("[[relay]] id = {}", r.id);
-            r.key = ntm_ops::keys::resolve(&who, &r.key, r.key_file.as_deref(), &base)?.0;
+            let key = ntm_ops::keys::resolve(&who, &r.key, r.key_file.as_deref(), base);
+            r.key = key.map_err(config::Error::Key)?.0;
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Whether some key is written in the file itself (which must then be
@@ -403,11 +360,6 @@ impl Config {
     pub fn holds_inline_key(&self) -> bool {
         self.nodes.iter().any(|n| n.key_file.is_none())
             || self.relays.iter().any(|r| r.key_file.is_none())
-    }
-
-    /// The TOML text of this configuration.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("plain data always serializes")
     }
 
     /// Check everything and produce the [`Settings`] the coordinator runs on.
@@ -419,40 +371,56 @@ impl Config {
         if validate_fqdn(self.domain.as_bytes()).is_err() {
             return Err(ConfigError::BadDomain(self.domain.clone()));
         }
-        let positive = |field, value: u64| {
-            if value == 0 {
-                Err(ConfigError::BadValue {
-                    field,
-                    value,
-                    why: "must be at least 1",
-                })
-            } else {
-                Ok(())
-            }
-        };
-        positive("keepalive_secs", self.keepalive_secs.into())?;
-        positive("tunnel_lifetime_secs", self.tunnel_lifetime_secs.into())?;
-        positive("max_registrations", self.max_registrations as u64)?;
-        positive("max_directions", self.max_directions as u64)?;
-        let tunnel_suite = Suite::from(self.tunnel_suite);
-        if !matches!(tunnel_suite, Suite::HmacSha256_128 | Suite::Aes256Gcm) {
-            return Err(ConfigError::BadValue {
-                field: "tunnel_suite",
-                value: self.tunnel_suite.into(),
-                why: "must be 2 (aes-256-gcm, the default) or 1 (hmac-sha256-128, authentication only)",
-            });
-        }
-        if u64::from(self.lease_secs) < 3 * u64::from(self.keepalive_secs) {
-            return Err(ConfigError::BadValue {
-                field: "lease_secs",
-                value: self.lease_secs.into(),
-                why: "must be at least three keepalive_secs intervals",
-            });
-        }
+        let tunnel_suite = self.check_timers_and_bounds()?;
         if self.nodes.is_empty() {
             return Err(ConfigError::NoNodes);
         }
+        let nodes = self.check_nodes(&pool)?;
+        let relays = self.check_relays()?;
+        Ok(Settings {
+            listen: self.listen,
+            domain: self.domain.clone(),
+            pool,
+            keepalive: Duration::from_secs(self.keepalive_secs.into()),
+            lease: Duration::from_secs(self.lease_secs.into()),
+            tunnel_lifetime_secs: self.tunnel_lifetime_secs,
+            tunnel_suite,
+            max_registrations: self.max_registrations,
+            max_directions: self.max_directions,
+            stats_interval: config::interval(self.stats_interval_secs),
+            nodes,
+            relays,
+            status_socket: self.status_socket.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
 
+    /// The intervals, the bounds and the tunnel suite.
+    fn check_timers_and_bounds(&self) -> Result<Suite, ConfigError> {
+        config::at_least_1("keepalive_secs", self.keepalive_secs.into())?;
+        config::at_least_1("tunnel_lifetime_secs", self.tunnel_lifetime_secs.into())?;
+        config::at_least_1("max_registrations", self.max_registrations as u64)?;
+        config::at_least_1("max_directions", self.max_directions as u64)?;
+        let tunnel_suite = Suite::from(self.tunnel_suite);
+        if !matches!(tunnel_suite, Suite::HmacSha256_128 | Suite::Aes256Gcm) {
+            return Err(config::Error::from(config::BadValue {
+                field: "tunnel_suite",
+                value: self.tunnel_suite.into(),
+                why: "must be 2 (aes-256-gcm, the default) or 1 (hmac-sha256-128, authentication only)",
+            })
+            .into());
+        }
+        config::within(
+            "lease_secs",
+            self.lease_secs.into(),
+            3 * u64::from(self.keepalive_secs)..=u64::MAX,
+            "must be at least three keepalive_secs intervals",
+        )?;
+        Ok(tunnel_suite)
+    }
+
+    /// The `[[node]]` entries, sorted by FQDN, with their ids.
+    fn check_nodes(&self, pool: &VipPool) -> Result<Vec<NodeCred>, ConfigError> {
         let suffix = format!(".{}", self.domain);
         let mut nodes = Vec::with_capacity(self.nodes.len());
         let mut seen = HashSet::new();
@@ -474,23 +442,7 @@ impl Config {
                 who: format!("[[node]] fqdn = {:?}", n.fqdn),
             })?;
             if let Some(vip) = n.vip {
-                let bad = |why: String| ConfigError::BadVip {
-                    fqdn: n.fqdn.clone(),
-                    vip,
-                    why,
-                };
-                if !pool.contains(vip) {
-                    return Err(bad(format!("is outside vip_pool {pool}")));
-                }
-                if !pool.is_assignable(vip) {
-                    return Err(bad(format!(
-                        "is reserved: the pool's network, broadcast and first ({}, the adapters' router) addresses are never assigned",
-                        pool.router()
-                    )));
-                }
-                if let Some(other) = fixed.insert(vip, &n.fqdn) {
-                    return Err(bad(format!("is also the fixed VIP of {other:?}")));
-                }
+                check_fixed_vip(n, vip, pool, &mut fixed)?;
             }
             nodes.push(NodeCred {
                 fqdn: n.fqdn.clone(),
@@ -508,7 +460,11 @@ impl Config {
         }
         nodes.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
         assign_node_ids(&mut nodes);
+        Ok(nodes)
+    }
 
+    /// The `[[relay]]` entries, in configuration order.
+    fn check_relays(&self) -> Result<Vec<RelayCred>, ConfigError> {
         let mut relays = Vec::with_capacity(self.relays.len());
         let mut ids = HashSet::new();
         for r in &self.relays {
@@ -533,26 +489,38 @@ impl Config {
                 key,
             });
         }
-
-        Ok(Settings {
-            listen: self.listen,
-            domain: self.domain.clone(),
-            pool,
-            keepalive: Duration::from_secs(self.keepalive_secs.into()),
-            lease: Duration::from_secs(self.lease_secs.into()),
-            tunnel_lifetime_secs: self.tunnel_lifetime_secs,
-            tunnel_suite,
-            max_registrations: self.max_registrations,
-            max_directions: self.max_directions,
-            stats_interval: (self.stats_interval_secs > 0)
-                .then(|| Duration::from_secs(self.stats_interval_secs)),
-            nodes,
-            relays,
-            status_socket: self.status_socket.clone(),
-            metrics: self.metrics.clone(),
-        })
+        Ok(relays)
     }
 }
+
+/// A node's fixed VIP: in the pool, assignable, and no other node's.
+fn check_fixed_vip<'a>(
+    n: &'a NodeEntry,
+    vip: Ipv4Addr,
+    pool: &VipPool,
+    fixed: &mut HashMap<Ipv4Addr, &'a str>,
+) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError::BadVip {
+        fqdn: n.fqdn.clone(),
+        vip,
+        why,
+    };
+    if !pool.contains(vip) {
+        return Err(bad(format!("is outside vip_pool {pool}")));
+    }
+    if !pool.is_assignable(vip) {
+        return Err(bad(format!(
+            "is reserved: the pool's network, broadcast and first ({}, the adapters' router) addresses are never assigned",
+            pool.router()
+        )));
+    }
+    if let Some(other) = fixed.insert(vip, &n.fqdn) {
+        return Err(bad(format!("is also the fixed VIP of {other:?}")));
+    }
+    Ok(())
+}
+
+ntm_ops::config_file!(Config, Settings, ConfigError, "ntm-dc/ntm-dc.example.toml");
 
 /// A node id derived from the FQDN (FNV-1a over a label, the FQDN and an
 /// attempt counter), never 0.

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use ntm_proto::retransmit::{Retransmit, RetransmitAction};
 use ntm_proto::wire::{
-    ErrorMsg, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegResp, RelayDir, Repr, Route,
-    RouteDir, Vip,
+    ErrorMsg, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegReq, RegResp, RelayDir, Repr,
+    Route, RouteDir, Vip,
 };
 use ntm_proto::{
     Authenticator, Error, Key, MessageType, Path, ReplayWindow, Role, Status, Suite, WrapLabel,
@@ -35,7 +35,7 @@ use ntm_proto::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Config, ConfigError, Settings};
+use crate::config::{Config, ConfigError, NodeCred, RelayCred, Settings};
 use crate::counters::{DropReason, Drops, Stats};
 use crate::store::{Expiry, MemoryStore, Registration, RegistrationStore};
 
@@ -82,14 +82,9 @@ pub const CN_FIRST_ROUTE_DIR_TRIES: u32 = 4;
 /// REASON of the ERROR sent to nodes the DC does not know.
 const NOT_REGISTERED_REASON: &str = "not registered: send REG_REQ";
 
-/// Where to send a datagram that [`Coordinator::poll_transmit`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination.
-    pub dst: SocketAddrV4,
-    /// Bytes written at the front of the caller's buffer.
-    pub len: usize,
-}
+/// Where to send a datagram that [`Coordinator::poll_transmit`] wrote (one
+/// type for every party of the protocol).
+pub use ntm_proto::Transmit;
 
 /// The two ends of a direction request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -195,6 +190,33 @@ struct RelaySlot {
     window: ReplayWindow,
 }
 
+impl NodeSlot {
+    /// A configured node's slot, before it ever registered.
+    fn new(n: &NodeCred) -> NodeSlot {
+        NodeSlot {
+            fqdn: n.fqdn.clone(),
+            node_id: n.node_id,
+            vip: n.vip,
+            auth: Authenticator::new(&n.key),
+            window: ReplayWindow::new(),
+            directions: 0,
+            limit_logged: false,
+        }
+    }
+}
+
+impl RelaySlot {
+    /// A configured relay's slot.
+    fn new(r: &RelayCred) -> RelaySlot {
+        RelaySlot {
+            id: r.id,
+            addr: r.addr,
+            auth: Authenticator::new(&r.key),
+            window: ReplayWindow::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Party {
     node_id: u32,
@@ -202,6 +224,18 @@ struct Party {
     vip: Ipv4Addr,
     role: Role,
     endpoint: SocketAddrV4,
+}
+
+impl Party {
+    fn of(reg: &Registration, role: Role, endpoint: SocketAddrV4) -> Party {
+        Party {
+            node_id: reg.node_id,
+            fqdn: reg.fqdn.clone(),
+            vip: reg.vip,
+            role,
+            endpoint,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -300,6 +334,58 @@ enum Out {
     RelayDir {
         tunnel_id: u32,
     },
+}
+
+impl Out {
+    /// A node's answer that needs no tunnel state: the node, where it goes
+    /// and the message; `None` for `RouteDir` and `RelayDir`, which are
+    /// built from their tunnel.
+    fn to_node(self) -> Option<(u32, SocketAddrV4, Message<'static>)> {
+        Some(match self {
+            Out::RegResp {
+                node_id,
+                req_id,
+                dst,
+                result,
+            } => (node_id, dst, Message::RegResp(RegResp { req_id, result })),
+            Out::KeepaliveAck { node_id, dst } => (
+                node_id,
+                dst,
+                Message::KeepaliveAck(KeepaliveAck { observed: dst }),
+            ),
+            Out::NotRegistered { node_id, dst } => (
+                node_id,
+                dst,
+                Message::Error(ErrorMsg {
+                    status: Status::NotFound,
+                    reason: Some(NOT_REGISTERED_REASON),
+                }),
+            ),
+            Out::RouteDirStatus {
+                node_id,
+                req_id,
+                dst,
+                status,
+            } => (
+                node_id,
+                dst,
+                Message::RouteDir(RouteDir {
+                    req_id,
+                    result: Err(status),
+                }),
+            ),
+            Out::RouteDir { .. } | Out::RelayDir { .. } => return None,
+        })
+    }
+}
+
+/// The header of a datagram the DC sends.
+fn header(id: u32, seq: u64, response_required: bool) -> Header {
+    Header {
+        id,
+        seq,
+        response_required,
+    }
 }
 
 /// What [`Coordinator::reload`] changed.
@@ -411,43 +497,12 @@ impl<S: RegistrationStore> Coordinator<S> {
         rng_seed: [u8; 32],
     ) -> Result<Self, ConfigError> {
         let settings = config.validate()?;
-        let nodes: Vec<NodeSlot> = settings
-            .nodes
-            .iter()
-            .map(|n| NodeSlot {
-                fqdn: n.fqdn.clone(),
-                node_id: n.node_id,
-                vip: n.vip,
-                auth: Authenticator::new(&n.key),
-                window: ReplayWindow::new(),
-                directions: 0,
-                limit_logged: false,
-            })
-            .collect();
-        let relays = settings
-            .relays
-            .iter()
-            .map(|r| RelaySlot {
-                id: r.id,
-                addr: r.addr,
-                auth: Authenticator::new(&r.key),
-                window: ReplayWindow::new(),
-            })
-            .collect();
-        Ok(Coordinator {
-            by_fqdn: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.fqdn.clone(), i))
-                .collect(),
-            by_id: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.node_id, i))
-                .collect(),
-            fixed_vips: nodes.iter().filter_map(|n| n.vip).collect(),
-            nodes,
-            relays,
+        let mut dc = Coordinator {
+            by_fqdn: HashMap::new(),
+            by_id: HashMap::new(),
+            fixed_vips: HashSet::new(),
+            nodes: settings.nodes.iter().map(NodeSlot::new).collect(),
+            relays: settings.relays.iter().map(RelaySlot::new).collect(),
             next_relay: 0,
             settings,
             store,
@@ -460,7 +515,17 @@ impl<S: RegistrationStore> Coordinator<S> {
             queue: VecDeque::new(),
             drops: Drops::default(),
             stats: Stats::default(),
-        })
+        };
+        dc.index_nodes();
+        Ok(dc)
+    }
+
+    /// Indexes the node slots by FQDN and node id, and their fixed VIPs.
+    fn index_nodes(&mut self) {
+        let slots = self.nodes.iter().enumerate();
+        self.by_fqdn = slots.clone().map(|(i, n)| (n.fqdn.clone(), i)).collect();
+        self.by_id = slots.map(|(i, n)| (n.node_id, i)).collect();
+        self.fixed_vips = self.nodes.iter().filter_map(|n| n.vip).collect();
     }
 
     // ----- inputs -------------------------------------------------------
@@ -532,16 +597,8 @@ impl<S: RegistrationStore> Coordinator<S> {
         let Message::RegReq(req) = repr.message else {
             return Err(Error::UnexpectedType.into());
         };
-        let i = *self
-            .by_fqdn
-            .get(req.fqdn.as_str())
-            .ok_or(DropReason::UnknownFqdn)?;
-        let slot = &mut self.nodes[i];
-        slot.auth.verify(packet.as_ref())?;
-        if !slot.window.validate(repr.header.seq) {
-            return Err(Error::Replay.into());
-        }
-        let node_id = slot.node_id;
+        let i = self.authenticate_reg(&req, repr.header.seq, packet)?;
+        let node_id = self.nodes[i].node_id;
         let existing = self.store.get(node_id);
         let vip = match &existing {
             Some(r) => Some(r.vip),
@@ -549,19 +606,7 @@ impl<S: RegistrationStore> Coordinator<S> {
             None => self.allocate(i),
         };
         let Some(vip) = vip else {
-            self.stats.refused += 1;
-            tracing::warn!(
-                fqdn = %req.fqdn,
-                pool = %self.settings.pool,
-                leases = self.store.len(),
-                "registration refused (EXHAUSTED): the VIP pool or max_registrations is full; enlarge vip_pool or max_registrations"
-            );
-            self.queue.push_back(Out::RegResp {
-                node_id,
-                req_id: req.req_id,
-                dst: from,
-                result: Err(Status::Exhausted),
-            });
+            self.refuse_registration(&req, node_id, from);
             return Ok(());
         };
         let alive_until = self.alive_until(now);
@@ -575,38 +620,87 @@ impl<S: RegistrationStore> Coordinator<S> {
             alive_until: Some(alive_until),
             lease_until: (now + self.settings.lease).max(alive_until),
         };
-        let behind_nat = reg.behind_nat();
-        match &existing {
-            Some(old) if old.is_active() => {
-                self.stats.renewals += 1;
-                if old.observed != from || old.local != req.local_addr {
-                    tracing::info!(fqdn = %req.fqdn, %vip, observed = %from, local = %req.local_addr, behind_nat, "re-registered from a new address");
-                } else {
-                    tracing::debug!(fqdn = %req.fqdn, %vip, "registration renewed");
-                }
-            }
-            _ => {
-                self.stats.registrations += 1;
-                tracing::info!(fqdn = %req.fqdn, node_id, %vip, observed = %from, local = %req.local_addr, behind_nat, "registered");
-            }
-        }
+        self.count_registration(existing.as_ref(), &reg);
         self.store.put(reg);
         self.queue.push_back(Out::RegResp {
             node_id,
             req_id: req.req_id,
             dst: from,
-            result: Ok(Lease {
-                node_id,
-                vip: Vip {
-                    addr: vip,
-                    prefix_len: self.settings.pool.prefix_len(),
-                },
-                observed: from,
-                keepalive_secs: self.settings.keepalive.as_secs() as u32,
-                lifetime_secs: self.settings.lease.as_secs() as u32,
-            }),
+            result: Ok(self.lease(node_id, vip, from)),
         });
         Ok(())
+    }
+
+    /// The slot of REG_REQ's FQDN, once its tag verified with that node's
+    /// key and its sequence number passed the node's replay window.
+    fn authenticate_reg(
+        &mut self,
+        req: &RegReq<'_>,
+        seq: u64,
+        packet: &Packet<&[u8]>,
+    ) -> Result<usize, DropReason> {
+        let i = *self
+            .by_fqdn
+            .get(req.fqdn.as_str())
+            .ok_or(DropReason::UnknownFqdn)?;
+        let slot = &mut self.nodes[i];
+        slot.auth.verify(packet.as_ref())?;
+        if !slot.window.validate(seq) {
+            return Err(Error::Replay.into());
+        }
+        Ok(i)
+    }
+
+    /// REG_RESP EXHAUSTED: no VIP or no room for another lease.
+    fn refuse_registration(&mut self, req: &RegReq<'_>, node_id: u32, from: SocketAddrV4) {
+        self.stats.refused += 1;
+        tracing::warn!(
+            fqdn = %req.fqdn,
+            pool = %self.settings.pool,
+            leases = self.store.len(),
+            "registration refused (EXHAUSTED): the VIP pool or max_registrations is full; enlarge vip_pool or max_registrations"
+        );
+        self.queue.push_back(Out::RegResp {
+            node_id,
+            req_id: req.req_id,
+            dst: from,
+            result: Err(Status::Exhausted),
+        });
+    }
+
+    /// Counts and logs a registration: new, or the renewal of an active one.
+    fn count_registration(&mut self, existing: Option<&Registration>, reg: &Registration) {
+        let (fqdn, vip, from, local) = (&reg.fqdn, reg.vip, reg.observed, reg.local);
+        let behind_nat = reg.behind_nat();
+        match existing {
+            Some(old) if old.is_active() => {
+                self.stats.renewals += 1;
+                if old.observed != from || old.local != local {
+                    tracing::info!(%fqdn, %vip, observed = %from, %local, behind_nat, "re-registered from a new address");
+                } else {
+                    tracing::debug!(%fqdn, %vip, "registration renewed");
+                }
+            }
+            _ => {
+                self.stats.registrations += 1;
+                let node_id = reg.node_id;
+                tracing::info!(%fqdn, node_id, %vip, observed = %from, %local, behind_nat, "registered");
+            }
+        }
+    }
+
+    /// The lease REG_RESP gives a node registered from `from`.
+    fn lease(&self, node_id: u32, vip: Ipv4Addr, from: SocketAddrV4) -> Lease {
+        Lease {
+            node_id,
+            vip: Vip {
+                addr: vip,
+                prefix_len: self.settings.pool.prefix_len(),
+            },
+            observed: from,
+            keepalive_secs: self.settings.keepalive.as_secs() as u32,
+            lifetime_secs: self.settings.lease.as_secs() as u32,
+        }
     }
 
     /// A VIP for node slot `i`: its fixed one, or the first free one from
@@ -704,62 +798,13 @@ impl<S: RegistrationStore> Coordinator<S> {
         if let Some(d) = self.directions.get(&key).copied() {
             // A retransmitted DIR_REQ: the same answer, no second tunnel.
             self.stats.dir_req_repeats += 1;
-            match d.outcome {
-                Ok(tunnel_id) => {
-                    if let Some(t) = self.tunnels.get_mut(&tunnel_id) {
-                        t.mn_dst = from;
-                        if matches!(t.state, TunnelState::Directing { .. }) {
-                            self.queue.push_back(Out::RouteDir {
-                                tunnel_id,
-                                end: End::Mn,
-                            });
-                        }
-                        // Awaiting the RS or CN's ROUTE_ACK: the answer
-                        // goes out then, to this latest address.
-                    }
-                }
-                Err(status) => self.queue.push_back(Out::RouteDirStatus {
-                    node_id: mn.node_id,
-                    req_id,
-                    dst: from,
-                    status,
-                }),
-            }
+            self.answer_again(from, mn, req_id, d.outcome);
             return;
         }
         self.stats.dir_reqs += 1;
-        let slot = &mut self.nodes[self.by_id[&mn.node_id]];
-        if slot.directions >= MAX_DIRECTIONS_PER_NODE {
+        if self.directions_exhausted(mn) {
             self.stats.dir_refused += 1;
-            self.stats.dir_node_limit += 1;
-            if !std::mem::replace(&mut slot.limit_logged, true) {
-                tracing::warn!(
-                    fqdn = %mn.fqdn,
-                    limit = MAX_DIRECTIONS_PER_NODE,
-                    retention_secs = DIRECTION_RETENTION.as_secs(),
-                    "direction refused (EXHAUSTED): this node already has {MAX_DIRECTIONS_PER_NODE} pending or recent directions; it is refused until some age out"
-                );
-            }
-            self.queue.push_back(Out::RouteDirStatus {
-                node_id: mn.node_id,
-                req_id,
-                dst: from,
-                status: Status::Exhausted,
-            });
-            return;
-        }
-        if self.directions.len() >= self.settings.max_directions {
-            self.stats.dir_refused += 1;
-            tracing::warn!(
-                max_directions = self.settings.max_directions,
-                "direction refused (EXHAUSTED): too many recent directions; raise max_directions"
-            );
-            self.queue.push_back(Out::RouteDirStatus {
-                node_id: mn.node_id,
-                req_id,
-                dst: from,
-                status: Status::Exhausted,
-            });
+            self.route_dir_status(mn.node_id, req_id, from, Status::Exhausted);
             return;
         }
         let outcome = self.direct(now, from, mn, req_id, target);
@@ -769,12 +814,7 @@ impl<S: RegistrationStore> Coordinator<S> {
             } else {
                 self.stats.dir_refused += 1;
             }
-            self.queue.push_back(Out::RouteDirStatus {
-                node_id: mn.node_id,
-                req_id,
-                dst: from,
-                status,
-            });
+            self.route_dir_status(mn.node_id, req_id, from, status);
         }
         self.directions.insert(
             key,
@@ -786,6 +826,68 @@ impl<S: RegistrationStore> Coordinator<S> {
         self.nodes[self.by_id[&mn.node_id]].directions += 1;
     }
 
+    /// A retransmitted DIR_REQ from `from`: the answer of its direction again.
+    fn answer_again(
+        &mut self,
+        from: SocketAddrV4,
+        mn: &Registration,
+        req_id: u32,
+        outcome: Result<u32, Status>,
+    ) {
+        match outcome {
+            Ok(tunnel_id) => {
+                if let Some(t) = self.tunnels.get_mut(&tunnel_id) {
+                    t.mn_dst = from;
+                    if matches!(t.state, TunnelState::Directing { .. }) {
+                        self.queue.push_back(Out::RouteDir {
+                            tunnel_id,
+                            end: End::Mn,
+                        });
+                    }
+                    // Awaiting the RS or CN's ROUTE_ACK: the answer
+                    // goes out then, to this latest address.
+                }
+            }
+            Err(status) => self.route_dir_status(mn.node_id, req_id, from, status),
+        }
+    }
+
+    /// Whether a new direction for `mn` must be refused (EXHAUSTED): the
+    /// node holds [`MAX_DIRECTIONS_PER_NODE`], or the DC `max_directions`.
+    fn directions_exhausted(&mut self, mn: &Registration) -> bool {
+        let slot = &mut self.nodes[self.by_id[&mn.node_id]];
+        if slot.directions >= MAX_DIRECTIONS_PER_NODE {
+            self.stats.dir_node_limit += 1;
+            if !std::mem::replace(&mut slot.limit_logged, true) {
+                tracing::warn!(
+                    fqdn = %mn.fqdn,
+                    limit = MAX_DIRECTIONS_PER_NODE,
+                    retention_secs = DIRECTION_RETENTION.as_secs(),
+                    "direction refused (EXHAUSTED): this node already has {MAX_DIRECTIONS_PER_NODE} pending or recent directions; it is refused until some age out"
+                );
+            }
+            return true;
+        }
+        if self.directions.len() >= self.settings.max_directions {
+            tracing::warn!(
+                max_directions = self.settings.max_directions,
+                "direction refused (EXHAUSTED): too many recent directions; raise max_directions"
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Queues ROUTE_DIR with `status` (no tunnel) for DIR_REQ `req_id`.
+    fn route_dir_status(&mut self, node_id: u32, req_id: u32, dst: SocketAddrV4, status: Status) {
+        self.queue.push_back(Out::RouteDirStatus {
+            node_id,
+            req_id,
+            dst,
+            status,
+        });
+    }
+
     /// Create the tunnel for a new DIR_REQ and queue what it needs.
     fn direct(
         &mut self,
@@ -795,31 +897,9 @@ impl<S: RegistrationStore> Coordinator<S> {
         req_id: u32,
         target: &str,
     ) -> Result<u32, Status> {
-        let Some(cn) = self
-            .store
-            .get_by_fqdn(target)
-            .filter(Registration::is_active)
-        else {
-            tracing::info!(mn = %mn.fqdn, target, "direction request for an unknown or unregistered name: NOT_FOUND");
-            return Err(Status::NotFound);
-        };
-        if cn.node_id == mn.node_id {
-            tracing::info!(mn = %mn.fqdn, "direction request for the node itself: BAD_REQUEST");
-            return Err(Status::BadRequest);
-        }
+        let cn = self.direction_target(mn, target)?;
         let plan = plan_path(mn, &cn);
-        let relay = match plan.path {
-            Path::Relay if self.relays.is_empty() => {
-                tracing::warn!(mn = %mn.fqdn, cn = %cn.fqdn, "both nodes are behind different NATs and no [[relay]] is configured: UNREACHABLE");
-                return Err(Status::Unreachable);
-            }
-            Path::Relay => {
-                let r = self.next_relay % self.relays.len();
-                self.next_relay = self.next_relay.wrapping_add(1);
-                Some(r)
-            }
-            _ => None,
-        };
+        let relay = self.choose_relay(&plan, mn, &cn)?;
         let tunnel_id = self.fresh_tunnel_id();
         let k_tun = Key::random(&mut self.rng);
         let relay = relay.map(|r| (r, Key::random(&mut self.rng)));
@@ -832,12 +912,95 @@ impl<S: RegistrationStore> Coordinator<S> {
             End::Mn => (Role::Initiator, Role::Responder),
             End::Cn => (Role::Responder, Role::Initiator),
         };
-        let state = if relay.is_some() {
+        let state = self.queue_first_messages(now, tunnel_id, relay.is_some(), plan.initiator);
+        match plan.path {
+            Path::Direct => self.stats.direct += 1,
+            Path::Reverse => self.stats.reverse += 1,
+            _ => self.stats.relayed += 1,
+        }
+        tracing::info!(
+            tunnel_id,
+            mn = %mn.fqdn,
+            cn = %cn.fqdn,
+            path = ?plan.path,
+            mn_endpoint = %mn_endpoint,
+            cn_endpoint = %cn_endpoint,
+            relay = relay.as_ref().map(|(r, _)| self.relays[*r].id),
+            "directing a tunnel"
+        );
+        let tunnel = Tunnel {
+            id: tunnel_id,
+            path: plan.path,
+            mn: Party::of(mn, mn_role, mn_endpoint),
+            cn: Party::of(&cn, cn_role, cn_endpoint),
+            mn_dst: from,
+            req_id,
+            k_tun,
+            relay,
+            state,
+            expires: now + DIRECTION_RETENTION,
+        };
+        if let Some(d) = tunnel.deadline() {
+            self.timers.push(Reverse((d, tunnel_id)));
+        }
+        self.tunnels.insert(tunnel_id, tunnel);
+        Ok(tunnel_id)
+    }
+
+    /// The active registration `mn` asks a tunnel to: NOT_FOUND without
+    /// one, BAD_REQUEST for `mn` itself.
+    fn direction_target(&self, mn: &Registration, target: &str) -> Result<Registration, Status> {
+        let Some(cn) = self
+            .store
+            .get_by_fqdn(target)
+            .filter(Registration::is_active)
+        else {
+            tracing::info!(mn = %mn.fqdn, target, "direction request for an unknown or unregistered name: NOT_FOUND");
+            return Err(Status::NotFound);
+        };
+        if cn.node_id == mn.node_id {
+            tracing::info!(mn = %mn.fqdn, "direction request for the node itself: BAD_REQUEST");
+            return Err(Status::BadRequest);
+        }
+        Ok(cn)
+    }
+
+    /// The relay a RELAY path goes through (round robin), `None` on the
+    /// other paths; UNREACHABLE when none is configured.
+    fn choose_relay(
+        &mut self,
+        plan: &PathPlan,
+        mn: &Registration,
+        cn: &Registration,
+    ) -> Result<Option<usize>, Status> {
+        match plan.path {
+            Path::Relay if self.relays.is_empty() => {
+                tracing::warn!(mn = %mn.fqdn, cn = %cn.fqdn, "both nodes are behind different NATs and no [[relay]] is configured: UNREACHABLE");
+                Err(Status::Unreachable)
+            }
+            Path::Relay => {
+                let r = self.next_relay % self.relays.len();
+                self.next_relay = self.next_relay.wrapping_add(1);
+                Ok(Some(r))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Queues a new tunnel's first messages and gives its state.
+    fn queue_first_messages(
+        &mut self,
+        now: Instant,
+        tunnel_id: u32,
+        relayed: bool,
+        initiator: End,
+    ) -> TunnelState {
+        if relayed {
             self.queue.push_back(Out::RelayDir { tunnel_id });
             TunnelState::AwaitingRelay {
                 retx: Retransmit::start(now),
             }
-        } else if plan.initiator == End::Mn {
+        } else if initiator == End::Mn {
             // DIRECT: the responder (CN) first, MN on its ROUTE_ACK.
             self.queue.push_back(Out::RouteDir {
                 tunnel_id,
@@ -866,51 +1029,7 @@ impl<S: RegistrationStore> Coordinator<S> {
             TunnelState::Directing {
                 cn_retx: Some(Retransmit::start(now)),
             }
-        };
-        match plan.path {
-            Path::Direct => self.stats.direct += 1,
-            Path::Reverse => self.stats.reverse += 1,
-            _ => self.stats.relayed += 1,
         }
-        tracing::info!(
-            tunnel_id,
-            mn = %mn.fqdn,
-            cn = %cn.fqdn,
-            path = ?plan.path,
-            mn_endpoint = %mn_endpoint,
-            cn_endpoint = %cn_endpoint,
-            relay = relay.as_ref().map(|(r, _)| self.relays[*r].id),
-            "directing a tunnel"
-        );
-        let tunnel = Tunnel {
-            id: tunnel_id,
-            path: plan.path,
-            mn: Party {
-                node_id: mn.node_id,
-                fqdn: mn.fqdn.clone(),
-                vip: mn.vip,
-                role: mn_role,
-                endpoint: mn_endpoint,
-            },
-            cn: Party {
-                node_id: cn.node_id,
-                fqdn: cn.fqdn.clone(),
-                vip: cn.vip,
-                role: cn_role,
-                endpoint: cn_endpoint,
-            },
-            mn_dst: from,
-            req_id,
-            k_tun,
-            relay,
-            state,
-            expires: now + DIRECTION_RETENTION,
-        };
-        if let Some(d) = tunnel.deadline() {
-            self.timers.push(Reverse((d, tunnel_id)));
-        }
-        self.tunnels.insert(tunnel_id, tunnel);
-        Ok(tunnel_id)
     }
 
     fn fresh_tunnel_id(&mut self) -> u32 {
@@ -1082,12 +1201,7 @@ impl<S: RegistrationStore> Coordinator<S> {
         if let Some(d) = self.directions.get_mut(&(node_id, req_id)) {
             d.outcome = Err(Status::Unreachable);
         }
-        self.queue.push_back(Out::RouteDirStatus {
-            node_id,
-            req_id,
-            dst,
-            status: Status::Unreachable,
-        });
+        self.route_dir_status(node_id, req_id, dst, Status::Unreachable);
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -1152,137 +1266,108 @@ impl<S: RegistrationStore> Coordinator<S> {
 
     fn build(&mut self, out: Out, buf: &mut [u8]) -> Result<Option<Transmit>, Error> {
         let seq = self.next_seq();
-        let header = |id, response_required| Header {
-            id,
-            seq,
-            response_required,
-        };
-        let (dst, len) = match out {
-            Out::RegResp {
-                node_id,
-                req_id,
-                dst,
-                result,
-            } => {
-                let repr = Repr::new(
-                    header(node_id, false),
-                    Message::RegResp(RegResp { req_id, result }),
-                );
-                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
-            }
-            Out::KeepaliveAck { node_id, dst } => {
-                let repr = Repr::new(
-                    header(node_id, false),
-                    Message::KeepaliveAck(KeepaliveAck { observed: dst }),
-                );
-                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
-            }
-            Out::NotRegistered { node_id, dst } => {
-                let repr = Repr::new(
-                    header(node_id, false),
-                    Message::Error(ErrorMsg {
-                        status: Status::NotFound,
-                        reason: Some(NOT_REGISTERED_REASON),
-                    }),
-                );
-                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
-            }
-            Out::RouteDirStatus {
-                node_id,
-                req_id,
-                dst,
-                status,
-            } => {
-                let repr = Repr::new(
-                    header(node_id, false),
-                    Message::RouteDir(RouteDir {
-                        req_id,
-                        result: Err(status),
-                    }),
-                );
-                (dst, repr.emit_sealed(buf, self.node_auth(node_id))?)
-            }
-            Out::RouteDir { tunnel_id, end } => {
-                let Some(t) = self.tunnels.get(&tunnel_id) else {
-                    return Ok(None);
-                };
-                let sendable = match t.state {
-                    TunnelState::Directing { .. } => true,
-                    TunnelState::AwaitingCnAck { .. } => end == End::Cn,
-                    _ => false,
-                };
-                if !sendable {
-                    return Ok(None);
+        let sent = match out {
+            Out::RouteDir { tunnel_id, end } => self.build_route_dir(tunnel_id, end, seq, buf)?,
+            Out::RelayDir { tunnel_id } => self.build_relay_dir(tunnel_id, seq, buf)?,
+            answer => match answer.to_node() {
+                Some((node_id, dst, message)) => {
+                    let repr = Repr::new(header(node_id, seq, false), message);
+                    Some((dst, repr.emit_sealed(buf, self.node_auth(node_id))?))
                 }
-                let (me, peer, dst, req_id) = match end {
-                    End::Mn => (&t.mn, &t.cn, t.mn_dst, t.req_id),
-                    End::Cn => {
-                        // Through CN's keep-alive mapping, as it is now.
-                        let Some(reg) = self.store.get(t.cn.node_id).filter(|r| r.is_active())
-                        else {
-                            return Ok(None);
-                        };
-                        (&t.cn, &t.mn, reg.observed, 0)
-                    }
-                };
-                let auth = &self.nodes[self.by_id[&me.node_id]].auth;
-                let route = Route {
-                    tunnel_id,
-                    peer_fqdn: Fqdn::new(&peer.fqdn)?,
-                    peer_vip: Vip {
-                        addr: peer.vip,
-                        prefix_len: self.settings.pool.prefix_len(),
-                    },
-                    endpoint: me.endpoint,
-                    path: t.path,
-                    role: me.role,
-                    suite: self.settings.tunnel_suite,
-                    wrapped_key: auth.wrap_key(WrapLabel::TunnelKey, tunnel_id, seq, &t.k_tun),
-                    wrapped_relay_key: t
-                        .relay
-                        .as_ref()
-                        .map(|(_, k)| auth.wrap_key(WrapLabel::RelayKey, tunnel_id, seq, k)),
-                    lifetime_secs: self.settings.tunnel_lifetime_secs,
-                };
-                let repr = Repr::new(
-                    header(me.node_id, end == End::Cn),
-                    Message::RouteDir(RouteDir {
-                        req_id,
-                        result: Ok(route),
-                    }),
-                );
-                let len = repr.emit_sealed(buf, auth)?;
-                self.stats.route_dirs += 1;
-                (dst, len)
-            }
-            Out::RelayDir { tunnel_id } => {
-                let Some(t) = self.tunnels.get(&tunnel_id) else {
+                None => None,
+            },
+        };
+        Ok(sent.map(|(dst, len)| Transmit { dst, len }))
+    }
+
+    /// ROUTE_DIR with a route to one end of a tunnel being directed:
+    /// where it goes and its length; `None` when it is no longer due.
+    fn build_route_dir(
+        &mut self,
+        tunnel_id: u32,
+        end: End,
+        seq: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<(SocketAddrV4, usize)>, Error> {
+        let Some(t) = self.tunnels.get(&tunnel_id) else {
+            return Ok(None);
+        };
+        let sendable = match t.state {
+            TunnelState::Directing { .. } => true,
+            TunnelState::AwaitingCnAck { .. } => end == End::Cn,
+            _ => false,
+        };
+        if !sendable {
+            return Ok(None);
+        }
+        let (me, peer, dst, req_id) = match end {
+            End::Mn => (&t.mn, &t.cn, t.mn_dst, t.req_id),
+            End::Cn => {
+                // Through CN's keep-alive mapping, as it is now.
+                let Some(reg) = self.store.get(t.cn.node_id).filter(|r| r.is_active()) else {
                     return Ok(None);
                 };
-                let (TunnelState::AwaitingRelay { .. }, Some((r, k_relay))) = (&t.state, &t.relay)
-                else {
-                    return Ok(None);
-                };
-                let rs = &self.relays[*r];
-                let repr = Repr::new(
-                    header(rs.id, true),
-                    Message::RelayDir(RelayDir {
-                        tunnel_id,
-                        wrapped_relay_key: rs.auth.wrap_key(
-                            WrapLabel::RelayKey,
-                            tunnel_id,
-                            seq,
-                            k_relay,
-                        ),
-                        lifetime_secs: self.settings.tunnel_lifetime_secs,
-                    }),
-                );
-                let len = repr.emit_sealed(buf, &rs.auth)?;
-                self.stats.relay_dirs += 1;
-                (rs.addr, len)
+                (&t.cn, &t.mn, reg.observed, 0)
             }
         };
-        Ok(Some(Transmit { dst, len }))
+        let auth = &self.nodes[self.by_id[&me.node_id]].auth;
+        let route = Route {
+            tunnel_id,
+            peer_fqdn: Fqdn::new(&peer.fqdn)?,
+            peer_vip: Vip {
+                addr: peer.vip,
+                prefix_len: self.settings.pool.prefix_len(),
+            },
+            endpoint: me.endpoint,
+            path: t.path,
+            role: me.role,
+            suite: self.settings.tunnel_suite,
+            wrapped_key: auth.wrap_key(WrapLabel::TunnelKey, tunnel_id, seq, &t.k_tun),
+            wrapped_relay_key: t
+                .relay
+                .as_ref()
+                .map(|(_, k)| auth.wrap_key(WrapLabel::RelayKey, tunnel_id, seq, k)),
+            lifetime_secs: self.settings.tunnel_lifetime_secs,
+        };
+        let repr = Repr::new(
+            header(me.node_id, seq, end == End::Cn),
+            Message::RouteDir(RouteDir {
+                req_id,
+                result: Ok(route),
+            }),
+        );
+        let len = repr.emit_sealed(buf, auth)?;
+        self.stats.route_dirs += 1;
+        Ok(Some((dst, len)))
+    }
+
+    /// RELAY_DIR to a tunnel's RS; `None` when it is no longer due.
+    fn build_relay_dir(
+        &mut self,
+        tunnel_id: u32,
+        seq: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<(SocketAddrV4, usize)>, Error> {
+        let Some(t) = self.tunnels.get(&tunnel_id) else {
+            return Ok(None);
+        };
+        let (TunnelState::AwaitingRelay { .. }, Some((r, k_relay))) = (&t.state, &t.relay) else {
+            return Ok(None);
+        };
+        let rs = &self.relays[*r];
+        let repr = Repr::new(
+            header(rs.id, seq, true),
+            Message::RelayDir(RelayDir {
+                tunnel_id,
+                wrapped_relay_key: rs
+                    .auth
+                    .wrap_key(WrapLabel::RelayKey, tunnel_id, seq, k_relay),
+                lifetime_secs: self.settings.tunnel_lifetime_secs,
+            }),
+        );
+        let len = repr.emit_sealed(buf, &rs.auth)?;
+        self.stats.relay_dirs += 1;
+        Ok(Some((rs.addr, len)))
     }
 
     // ----- state --------------------------------------------------------
@@ -1357,6 +1442,20 @@ impl<S: RegistrationStore> Coordinator<S> {
     /// whole reload and nothing changes.
     pub fn reload(&mut self, config: &Config) -> Result<Reloaded, ReloadError> {
         let new = config.validate()?;
+        self.refuse_restart_changes(&new)?;
+        let old = std::mem::replace(&mut self.settings, new);
+        let mut r = Reloaded::default();
+        let ended = self.reload_nodes(&old, &mut r);
+        let moved = self.reload_relays(&old, &mut r);
+        self.forget_set_ups(&ended, &moved, &mut r);
+        if !self.relays.is_empty() {
+            self.next_relay %= self.relays.len();
+        }
+        Ok(r)
+    }
+
+    /// Refuses a reload that changes a setting only a restart applies.
+    fn refuse_restart_changes(&self, new: &Settings) -> Result<(), ReloadError> {
         let old = &self.settings;
         let mut restart = Vec::new();
         if new.listen != old.listen {
@@ -1371,13 +1470,17 @@ impl<S: RegistrationStore> Coordinator<S> {
         if new.metrics.listen != old.metrics.listen {
             restart.push("metrics.listen".to_owned());
         }
-        if !restart.is_empty() {
-            return Err(ReloadError::NeedsRestart(restart.join(", ")));
+        if restart.is_empty() {
+            Ok(())
+        } else {
+            Err(ReloadError::NeedsRestart(restart.join(", ")))
         }
-        let old = std::mem::replace(&mut self.settings, new);
-        let mut r = Reloaded::default();
+    }
 
-        // Nodes, by FQDN.
+    /// The new settings' nodes, by FQDN: unchanged ones keep their slot,
+    /// the registrations of removed and re-keyed ones end. Gives the node
+    /// ids that ended.
+    fn reload_nodes(&mut self, old: &Settings, r: &mut Reloaded) -> HashSet<u32> {
         let mut slots: HashMap<String, NodeSlot> =
             self.nodes.drain(..).map(|n| (n.fqdn.clone(), n)).collect();
         let mut ended: HashSet<u32> = HashSet::new();
@@ -1397,15 +1500,7 @@ impl<S: RegistrationStore> Coordinator<S> {
                 }
                 (None, _) => r.added.push(cred.fqdn.clone()),
             }
-            nodes.push(NodeSlot {
-                fqdn: cred.fqdn.clone(),
-                node_id: cred.node_id,
-                vip: cred.vip,
-                auth: Authenticator::new(&cred.key),
-                window: ReplayWindow::new(),
-                directions: 0,
-                limit_logged: false,
-            });
+            nodes.push(NodeSlot::new(cred));
         }
         for (fqdn, slot) in slots {
             r.removed.push(fqdn);
@@ -1418,21 +1513,13 @@ impl<S: RegistrationStore> Coordinator<S> {
             }
         }
         self.nodes = nodes;
-        self.by_fqdn = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.fqdn.clone(), i))
-            .collect();
-        self.by_id = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.node_id, i))
-            .collect();
-        self.fixed_vips = self.nodes.iter().filter_map(|n| n.vip).collect();
+        self.index_nodes();
+        ended
+    }
 
-        // Relays, by id; tunnels keep indexes into the new list.
+    /// The new settings' relays, by id; unchanged ones keep their slot.
+    /// Gives where each kept slot moved (old index -> new index).
+    fn reload_relays(&mut self, old: &Settings, r: &mut Reloaded) -> HashMap<usize, usize> {
         let mut old_relays: Vec<Option<RelaySlot>> = self.relays.drain(..).map(Some).collect();
         let mut moved: HashMap<usize, usize> = HashMap::new();
         for (i, cred) in self.settings.relays.iter().enumerate() {
@@ -1452,22 +1539,26 @@ impl<S: RegistrationStore> Coordinator<S> {
                 (None, Some(_)) => r.relays_rekeyed.push(cred.id),
                 (None, None) => r.relays_added.push(cred.id),
             }
-            self.relays.push(RelaySlot {
-                id: cred.id,
-                addr: cred.addr,
-                auth: Authenticator::new(&cred.key),
-                window: ReplayWindow::new(),
-            });
+            self.relays.push(RelaySlot::new(cred));
         }
         for o in &old.relays {
             if !self.settings.relays.iter().any(|c| c.id == o.id) {
                 r.relays_removed.push(o.id);
             }
         }
+        moved
+    }
 
-        // Set-ups that involve what went: forgotten (their tunnels, if up,
-        // never passed through the DC; a removed node's peer sees its
-        // tunnel expire).
+    /// Set-ups that involve what went: forgotten (their tunnels, if up,
+    /// never passed through the DC; a removed node's peer sees its tunnel
+    /// expire), with what was queued for them. Tunnels keep indexes into
+    /// the new relay list.
+    fn forget_set_ups(
+        &mut self,
+        ended: &HashSet<u32>,
+        moved: &HashMap<usize, usize>,
+        r: &mut Reloaded,
+    ) {
         let before = self.tunnels.len();
         self.tunnels.retain(|_, t| {
             let nodes_ok = !ended.contains(&t.mn.node_id) && !ended.contains(&t.cn.node_id);
@@ -1493,10 +1584,6 @@ impl<S: RegistrationStore> Coordinator<S> {
                 tunnels.contains_key(&tunnel_id)
             }
         });
-        if !self.relays.is_empty() {
-            self.next_relay %= self.relays.len();
-        }
-        Ok(r)
     }
 
     /// One line for the statistics log.

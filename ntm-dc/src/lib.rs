@@ -81,9 +81,6 @@ pub mod pool;
 pub mod status;
 pub mod store;
 
-#[cfg(test)]
-mod world_tests;
-
 pub use config::{Config, ConfigError, NodeEntry, RelayEntry, Settings, DEFAULT_PORT};
 pub use coordinator::{
     plan_path, Coordinator, End, PathPlan, ReloadError, Reloaded, Transmit, TunnelInfo,

@@ -5,10 +5,10 @@
 //! ([`Status::render`]) and turned into a scrape ([`Status::metrics`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
+use ntm_ops::cli::StatusText;
 use ntm_ops::metrics::{labels, Scrape};
 use ntm_proto::counters::Reason;
 use serde::{Deserialize, Serialize};
@@ -17,17 +17,7 @@ use crate::coordinator::{Coordinator, End};
 use crate::counters::{DropReason, Stats};
 
 /// What the driver adds to the coordinator's own state.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DriverStats {
-    /// Seconds since start.
-    pub uptime_secs: f64,
-    /// Datagrams the socket refused.
-    pub send_errors: u64,
-    /// SIGHUP reloads applied.
-    pub reloads: u64,
-    /// SIGHUP reloads refused (nothing changed).
-    pub reloads_refused: u64,
-}
+pub use ntm_ops::server::DriverStats;
 
 /// The DC's status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,25 +207,26 @@ impl Status {
         self.registrations.iter().find(|r| r.fqdn == fqdn)
     }
 
+    /// Registrations keeping alive.
+    fn active(&self) -> usize {
+        self.registrations.iter().filter(|r| r.active).count()
+    }
+
     /// The text view.
     pub fn render(&self) -> String {
-        let mut s = String::new();
-        let active = self.registrations.iter().filter(|r| r.active).count();
-        let _ = writeln!(
-            s,
+        let mut t = StatusText::new(format_args!(
             "ntm-dc on {} (pid {}, up {:.0} s): {} node(s) configured, {} registered, {} lease(s)",
             self.listen,
             self.pid,
             self.uptime_secs,
             self.nodes_configured,
-            active,
+            self.active(),
             self.registrations.len()
-        );
-        let _ = writeln!(s, "registrations:");
+        ));
+        t.line(format_args!("registrations:"));
         for r in &self.registrations {
-            let _ = writeln!(
-                s,
-                "  {} vip {} id {} observed {} local {}{} {} (lease {} s left)",
+            t.item(format_args!(
+                "{} vip {} id {} observed {} local {}{} {} (lease {} s left)",
                 r.fqdn,
                 r.vip,
                 r.node_id,
@@ -244,35 +235,35 @@ impl Status {
                 if r.behind_nat { " behind NAT" } else { "" },
                 if r.active { "active" } else { "lapsed" },
                 r.lease_secs_left
-            );
+            ));
         }
-        let _ = writeln!(s, "directions: {}", self.directions.len());
-        for t in &self.directions {
-            let _ = writeln!(
-                s,
-                "  tunnel {} {} {} -> {} (TUN_REQ from {}){}{}{}",
-                t.tunnel_id,
-                t.path,
-                t.mn,
-                t.cn,
-                t.initiator,
-                t.relay_id
+        t.line(format_args!("directions: {}", self.directions.len()));
+        for d in &self.directions {
+            t.item(format_args!(
+                "tunnel {} {} {} -> {} (TUN_REQ from {}){}{}{}",
+                d.tunnel_id,
+                d.path,
+                d.mn,
+                d.cn,
+                d.initiator,
+                d.relay_id
                     .map_or_else(String::new, |r| format!(" via relay {r}")),
-                if t.directed {
+                if d.directed {
                     ", directed"
                 } else {
                     ", directing"
                 },
-                if t.acked { ", acked" } else { "" }
-            );
+                if d.acked { ", acked" } else { "" }
+            ));
         }
-        let _ = writeln!(s, "relays:");
+        t.line(format_args!("relays:"));
         for r in &self.relays {
-            let _ = writeln!(s, "  id {} at {}: {} binding(s)", r.id, r.addr, r.bindings);
+            t.item(format_args!(
+                "id {} at {}: {} binding(s)",
+                r.id, r.addr, r.bindings
+            ));
         }
-        let _ = writeln!(s, "counters: {}", ntm_ops::cli::counts(&self.stats, true));
-        let _ = writeln!(s, "drops: {}", ntm_ops::cli::counts(&self.drops, false));
-        s
+        t.finish(&self.stats, &self.drops)
     }
 
     /// The scrape of this snapshot; at most `max_labels` nodes get a
@@ -289,21 +280,25 @@ impl Status {
             "Seconds since start.",
             self.uptime_secs,
         );
+        self.state_metrics(&mut m, max_labels);
+        self.counter_metrics(&mut m);
+        m
+    }
+
+    /// Gauges: nodes, registrations, directions and relay bindings.
+    fn state_metrics(&self, m: &mut Scrape, max_labels: usize) {
         m.gauge(
             "ntm_dc_nodes_configured",
             "[[node]] entries in the configuration.",
             self.nodes_configured as f64,
         );
-        let active = self.registrations.iter().filter(|r| r.active).count();
-        m.gauges(
+        let active = self.active();
+        m.states(
             "ntm_dc_registrations",
             "Leases held: active (keeping alive) or lapsed (VIP still reserved).",
             [
-                (labels([("state", "active")]), active as f64),
-                (
-                    labels([("state", "lapsed")]),
-                    (self.registrations.len() - active) as f64,
-                ),
+                ("active", active),
+                ("lapsed", self.registrations.len() - active),
             ],
         );
         m.gauges(
@@ -315,15 +310,12 @@ impl Status {
                 .map(|r| (labels([("fqdn", &r.fqdn)]), if r.active { 1.0 } else { 0.0 })),
         );
         let pending = self.directions.iter().filter(|t| !t.directed).count();
-        m.gauges(
+        m.states(
             "ntm_dc_directions",
             "Tunnels the DC remembers: directing (ROUTE_DIRs still going out) or directed.",
             [
-                (labels([("state", "directing")]), pending as f64),
-                (
-                    labels([("state", "directed")]),
-                    (self.directions.len() - pending) as f64,
-                ),
+                ("directing", pending),
+                ("directed", self.directions.len() - pending),
             ],
         );
         m.gauges(
@@ -333,6 +325,10 @@ impl Status {
                 .iter()
                 .map(|r| (labels([("relay", &r.id.to_string())]), r.bindings as f64)),
         );
+    }
+
+    /// Counters: datagrams, tunnels by path, events and drops.
+    fn counter_metrics(&self, m: &mut Scrape) {
         m.counter(
             "ntm_dc_datagrams",
             "Datagrams received.",
@@ -348,23 +344,19 @@ impl Status {
             ]
             .map(|(path, stat)| (labels([("path", path)]), self.stat(stat))),
         );
-        m.counters(
+        m.counters_by(
             "ntm_dc_events",
             "What the DC did, by event (registrations, renewals, keep-alives, direction requests, ROUTE_DIRs, RELAY_DIRs, errors, reloads…).",
-            self.stats
-                .iter()
-                .filter(|(k, _)| {
-                    !matches!(k.as_str(), "datagrams" | "direct" | "reverse" | "relayed")
-                })
-                .map(|(k, v)| (labels([("event", k)]), *v)),
+            "event",
+            self.stats.iter().filter(|(k, _)| {
+                !matches!(k.as_str(), "datagrams" | "direct" | "reverse" | "relayed")
+            }),
         );
-        m.counters(
+        m.counters_by(
             "ntm_dc_drops",
             "Datagrams dropped, by reason.",
-            self.drops
-                .iter()
-                .map(|(r, n)| (labels([("reason", r)]), *n)),
+            "reason",
+            &self.drops,
         );
-        m
     }
 }

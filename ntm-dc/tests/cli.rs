@@ -1,32 +1,15 @@
 //! The `ntm-dc` command line: `--help`, `--check`, and clear errors for bad
 //! configurations. No root needed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use ntm_ops::test_util::{stderr, stdout, Cli};
 
-fn dc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ntm-dc"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run ntm-dc")
-}
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-dc.example.toml")
-}
-
-fn temp_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ntm-dc-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+fn cli() -> Cli {
+    ntm_ops::cli_of!("ntm-dc", "ntm-dc.example.toml")
 }
 
 #[test]
 fn help_describes_the_program() {
-    let out = dc(&["--help"]);
+    let out = cli().run(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Direction Coordinator"), "{text}");
@@ -38,77 +21,77 @@ fn help_describes_the_program() {
 
 #[test]
 fn check_accepts_the_example() {
-    let out = dc(&["--check", "--config", example().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let cli = cli();
+    let out = cli.run(&["--check", "--config", cli.example().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
     assert!(
         text.contains("OK (3 nodes, 1 relays, VIP pool 100.64.0.0/10"),
         "{text}"
     );
     assert!(text.contains("tunnel suite 2 aes-256-gcm"), "{text}");
-    let path = temp_config(
-        "suite1.toml",
-        &std::fs::read_to_string(example())
-            .unwrap()
-            .replace("tunnel_suite = 2", "tunnel_suite = 1"),
-    );
-    let out = dc(&["--check", "--config", path.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let [(_, path, _)] = cli
+        .edited(&[("suite1.toml", "tunnel_suite = 2", "tunnel_suite = 1", "")])
+        .try_into()
+        .unwrap();
+    let out = cli.run(&["--check", "--config", path.to_str().unwrap()]);
+    let text = stdout(&out);
     assert!(text.contains("tunnel suite 1 hmac-sha256-128"), "{text}");
 }
 
+/// A key of the example.
+const CN2_KEY: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+
 #[test]
 fn bad_configurations_fail_with_what_to_fix() {
-    let example = std::fs::read_to_string(example()).unwrap();
-    let cases = [
+    let cli = cli();
+    let cases = cli.edited(&[
         (
             "pool.toml",
-            example.replace("100.64.0.0/10", "100.64.0.5/10"),
+            "100.64.0.0/10",
+            "100.64.0.5/10",
             "did you mean \"100.64.0.0/10\"",
         ),
         (
             "key.toml",
-            example.replace(
-                "0202020202020202020202020202020202020202020202020202020202020202",
-                "0202",
-            ),
+            CN2_KEY,
+            "0202",
             "the key of [[node]] fqdn = \"cn2.ntm.test\" must be exactly 64 hex digits",
         ),
         (
             "dup.toml",
-            example.replace("fqdn = \"cn2.ntm.test\"", "fqdn = \"cn.ntm.test\""),
+            "fqdn = \"cn2.ntm.test\"",
+            "fqdn = \"cn.ntm.test\"",
             "appears twice",
         ),
         (
             "domain.toml",
-            example.replace("fqdn = \"gn.ntm.test\"", "fqdn = \"gn.example.org\""),
+            "fqdn = \"gn.ntm.test\"",
+            "fqdn = \"gn.example.org\"",
             "is not under domain \"ntm.test\"",
         ),
         (
             "suite.toml",
-            example.replace("tunnel_suite = 2", "tunnel_suite = 3"),
+            "tunnel_suite = 2",
+            "tunnel_suite = 3",
             "tunnel_suite = 3: must be 2 (aes-256-gcm, the default) or 1",
         ),
         (
             "syntax.toml",
-            example.replace("keepalive_secs = 20", "keepalive_secs = \"twenty\""),
+            "keepalive_secs = 20",
+            "keepalive_secs = \"twenty\"",
             "keepalive_secs",
         ),
-    ];
-    for (name, text, want) in cases {
-        let path = temp_config(name, &text);
-        let out = dc(&["--config", path.to_str().unwrap()]);
-        let err = String::from_utf8_lossy(&out.stderr);
+    ]);
+    for (name, path, want) in cases {
+        let out = cli.run(&["--config", path.to_str().unwrap()]);
+        let err = stderr(&out);
         assert!(!out.status.success(), "{name} was accepted");
         assert!(err.contains(want), "{name}: {err}");
     }
-    let out = dc(&["--config", "/nonexistent/dc.toml"]);
+    let out = cli.run(&["--config", "/nonexistent/dc.toml"]);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains("cannot read the configuration file /nonexistent/dc.toml"),
         "{err}"
@@ -117,8 +100,8 @@ fn bad_configurations_fail_with_what_to_fix() {
 
 #[test]
 fn keygen_prints_a_new_key_each_time() {
-    let a = dc(&["keygen"]);
-    let b = dc(&["keygen"]);
+    let a = cli().run(&["keygen"]);
+    let b = cli().run(&["keygen"]);
     assert!(a.status.success());
     let (a, b) = (
         String::from_utf8_lossy(&a.stdout).trim().to_owned(),
@@ -131,8 +114,8 @@ fn keygen_prints_a_new_key_each_time() {
 
 #[test]
 fn add_node_prints_the_dc_entry_and_the_node_snippets() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntm-dc.example.toml");
-    let out = dc(&[
+    let example = cli().example().to_owned();
+    let out = cli().run(&[
         "add-node",
         "new.ntm.test",
         "--dc",
@@ -158,7 +141,7 @@ fn add_node_prints_the_dc_entry_and_the_node_snippets() {
         "{text}"
     );
     // Names outside the domain or already provisioned are refused.
-    let out = dc(&[
+    let out = cli().run(&[
         "add-node",
         "x.example.org",
         "--config",
@@ -166,7 +149,7 @@ fn add_node_prints_the_dc_entry_and_the_node_snippets() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("domain"));
-    let out = dc(&[
+    let out = cli().run(&[
         "add-node",
         "cn.ntm.test",
         "--config",
@@ -177,7 +160,7 @@ fn add_node_prints_the_dc_entry_and_the_node_snippets() {
     let dir = std::env::temp_dir().join(format!("ntm-dc-addnode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kf = dir.join("new.key");
-    let out = dc(&[
+    let out = cli().run(&[
         "add-node",
         "new.ntm.test",
         "--key-file",

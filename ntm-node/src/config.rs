@@ -23,9 +23,10 @@
 //! [`Config::validate`] turns it into [`Settings`] or names the wrong line.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use ntm_ops::config;
 use ntm_proto::dns::{StubConfig, MAX_TTL};
 use ntm_proto::wire::validate_fqdn;
 use ntm_proto::Key;
@@ -210,23 +211,6 @@ impl Config {
 /// says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read the configuration file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("{path}: {message} (see ntm-node/ntm-node.example.toml for the format)")]
-    Parse {
-        /// The file (`<string>` when parsed from memory).
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
     /// `fqdn` breaks the FQDN rules.
     #[error("fqdn = {0:?} is not a valid FQDN: lower-case labels of 1-63 bytes of a-z, 0-9 and '-', at most 253 bytes, no trailing dot")]
     BadFqdn(String),
@@ -238,9 +222,6 @@ pub enum ConfigError {
         /// The suffix.
         suffix: String,
     },
-    /// `key_file` cannot be used.
-    #[error(transparent)]
-    Key(#[from] ntm_ops::keys::KeyError),
     /// `key` is not 64 hex digits.
     #[error("key must be exactly 64 hex digits (32 bytes), the same as in the DC's [[node]] entry for this fqdn")]
     BadKey,
@@ -260,16 +241,9 @@ pub enum ConfigError {
     /// `tun_name` is not a usable interface name.
     #[error("tun_name = {0:?}: use 1-15 characters of letters, digits, '-', '_' and '.' (e.g. \"ntm0\")")]
     BadTunName(String),
-    /// A number out of range.
-    #[error("{field} = {value}: {why}")]
-    BadValue {
-        /// The setting.
-        field: &'static str,
-        /// Its value.
-        value: u64,
-        /// The rule.
-        why: &'static str,
-    },
+    /// What every configuration can get wrong: the file, a key file, a number.
+    #[error(transparent)]
+    Common(#[from] config::Error),
 }
 
 /// A checked configuration.
@@ -316,178 +290,13 @@ pub struct Settings {
 }
 
 impl Config {
-    /// Parse TOML text.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::parse_at(text, Path::new("<string>"))
-    }
-
-    fn parse_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })
-    }
-
-    /// Read and parse a file (not yet validated: see [`Config::validate`]);
-    /// a `key_file` is read into `key` (and refused unless private).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut c = Self::parse_at(&text, path)?;
-        let (key, _) = ntm_ops::keys::resolve(
-            "ntm-node",
-            &c.key,
-            c.key_file.as_deref(),
-            &ntm_ops::keys::base_dir(path),
-        )?;
-        c.key = key;
-        Ok(c)
-    }
-
-    /// Whether the key is written in the file itself (which must then be
-    /// private: [`ntm_ops::keys::check_private`]).
-    pub fn holds_inline_key(&self) -> bool {
-        self.key_file.is_none()
-    }
-
-    /// The TOML text of this configuration.
-    pub fn to_toml(&self) -> String {
-        // Plain strings, numbers and addresses: serializing cannot fail.
-        toml::to_string(self).unwrap_or_default()
-    }
-
     /// Check everything and produce the [`Settings`] the node runs on.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        if validate_fqdn(self.fqdn.as_bytes()).is_err() {
-            return Err(ConfigError::BadFqdn(self.fqdn.clone()));
-        }
-        let suffix = self
-            .ntm_suffix
-            .strip_suffix('.')
-            .unwrap_or(&self.ntm_suffix);
-        if ntm_proto::dns::parse_suffix(suffix).is_none() {
-            return Err(ConfigError::BadSuffix(self.ntm_suffix.clone()));
-        }
-        if !self
-            .fqdn
-            .strip_suffix(&suffix.to_ascii_lowercase())
-            .is_some_and(|host| host.ends_with('.'))
-        {
-            return Err(ConfigError::FqdnOutsideSuffix {
-                fqdn: self.fqdn.clone(),
-                suffix: suffix.to_owned(),
-            });
-        }
+        let suffix = self.check_names()?;
         let key: Key = self.key.parse().map_err(|_| ConfigError::BadKey)?;
-        let dc_ip = *self.dc.ip();
-        if dc_ip.is_unspecified() || dc_ip.is_broadcast() || dc_ip.is_multicast() {
-            return Err(ConfigError::BadAddr {
-                field: "dc",
-                value: self.dc.to_string(),
-                why: "must be the DC's unicast address and port (e.g. \"198.18.0.2:7710\")",
-            });
-        }
-        if self.dc.port() == 0 {
-            return Err(ConfigError::BadAddr {
-                field: "dc",
-                value: self.dc.to_string(),
-                why: "needs the DC's port (7710 by default)",
-            });
-        }
-        if self.upstream.ip().is_unspecified() || self.upstream.port() == 0 {
-            return Err(ConfigError::BadAddr {
-                field: "upstream",
-                value: self.upstream.to_string(),
-                why: "must be a resolver's address and port (e.g. \"192.0.2.53:53\")",
-            });
-        }
-        if self.upstream == self.dns_listen {
-            return Err(ConfigError::BadAddr {
-                field: "upstream",
-                value: self.upstream.to_string(),
-                why: "is the stub's own dns_listen address: queries would loop; name the real resolver",
-            });
-        }
-        if self.dns_listen.port() == 0 {
-            return Err(ConfigError::BadAddr {
-                field: "dns_listen",
-                value: self.dns_listen.to_string(),
-                why: "needs a port (53 for stock resolvers)",
-            });
-        }
-        if self.listen_port == 0 {
-            return Err(ConfigError::BadValue {
-                field: "listen_port",
-                value: 0,
-                why: "must be a port number (7700 by default)",
-            });
-        }
-        if !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&self.socket_buffer) {
-            return Err(ConfigError::BadValue {
-                field: "socket_buffer",
-                value: self.socket_buffer as u64,
-                why: "use 65536..=268435456 bytes (4194304, 4 MiB, by default)",
-            });
-        }
-        let tun_ok = (1..=15).contains(&self.tun_name.len())
-            && self
-                .tun_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !tun_ok {
-            return Err(ConfigError::BadTunName(self.tun_name.clone()));
-        }
-        if !(576..=1500).contains(&self.mtu) {
-            return Err(ConfigError::BadValue {
-                field: "mtu",
-                value: self.mtu.into(),
-                why: "use 576..=1500 (1440 fits a 1500-byte path with the 60-byte tunnel overhead)",
-            });
-        }
-        if !(MIN_TUN_QUEUE_LEN..=MAX_TUN_QUEUE_LEN).contains(&self.tun_queue_len) {
-            return Err(ConfigError::BadValue {
-                field: "tun_queue_len",
-                value: self.tun_queue_len.into(),
-                why: "use 64..=16384 packets (1000 by default; see the example configuration for sizing it)",
-            });
-        }
-        if self.dns_ttl > MAX_TTL {
-            return Err(ConfigError::BadValue {
-                field: "dns_ttl",
-                value: self.dns_ttl.into(),
-                why: "at most 60 s (PROTOCOL.md §6)",
-            });
-        }
-        for (field, value) in [
-            ("dns_timeout_secs", self.dns_timeout_secs),
-            ("hold_per_peer", self.hold_per_peer as u64),
-            ("hold_total", self.hold_total as u64),
-            ("hold_timeout_ms", self.hold_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::BadValue {
-                    field,
-                    value,
-                    why: "must be at least 1",
-                });
-            }
-        }
-        for (field, value, max) in [
-            ("dns_timeout_secs", self.dns_timeout_secs, 60),
-            ("hold_per_peer", self.hold_per_peer as u64, 4096),
-            ("hold_total", self.hold_total as u64, 65_536),
-            ("hold_timeout_ms", self.hold_timeout_ms, 60_000),
-        ] {
-            if value > max {
-                return Err(ConfigError::BadValue {
-                    field,
-                    value,
-                    why: "too large: see the example configuration for sensible values",
-                });
-            }
-        }
+        self.check_addrs()?;
+        self.check_tun()?;
+        self.check_limits()?;
         let dns = StubConfig {
             ttl: self.dns_ttl,
             resolve_timeout: Duration::from_secs(self.dns_timeout_secs),
@@ -510,17 +319,157 @@ impl Config {
             hold_per_peer: self.hold_per_peer,
             hold_total: self.hold_total,
             hold_timeout: Duration::from_millis(self.hold_timeout_ms),
-            stats_interval: (self.stats_interval_secs > 0)
-                .then(|| Duration::from_secs(self.stats_interval_secs)),
+            stats_interval: config::interval(self.stats_interval_secs),
             status_file: self.status_file.clone(),
             metrics: self.metrics.clone(),
         })
     }
+
+    /// `fqdn` under `ntm_suffix`; gives the suffix without a trailing dot.
+    fn check_names(&self) -> Result<&str, ConfigError> {
+        if validate_fqdn(self.fqdn.as_bytes()).is_err() {
+            return Err(ConfigError::BadFqdn(self.fqdn.clone()));
+        }
+        let suffix = self
+            .ntm_suffix
+            .strip_suffix('.')
+            .unwrap_or(&self.ntm_suffix);
+        if ntm_proto::dns::parse_suffix(suffix).is_none() {
+            return Err(ConfigError::BadSuffix(self.ntm_suffix.clone()));
+        }
+        if !self
+            .fqdn
+            .strip_suffix(&suffix.to_ascii_lowercase())
+            .is_some_and(|host| host.ends_with('.'))
+        {
+            return Err(ConfigError::FqdnOutsideSuffix {
+                fqdn: self.fqdn.clone(),
+                suffix: suffix.to_owned(),
+            });
+        }
+        Ok(suffix)
+    }
+
+    /// The DC, the upstream resolver, the stub's address and our port.
+    fn check_addrs(&self) -> Result<(), ConfigError> {
+        let bad = |field, value: &dyn std::fmt::Display, why| ConfigError::BadAddr {
+            field,
+            value: value.to_string(),
+            why,
+        };
+        let dc_ip = *self.dc.ip();
+        if dc_ip.is_unspecified() || dc_ip.is_broadcast() || dc_ip.is_multicast() {
+            return Err(bad(
+                "dc",
+                &self.dc,
+                "must be the DC's unicast address and port (e.g. \"198.18.0.2:7710\")",
+            ));
+        }
+        if self.dc.port() == 0 {
+            return Err(bad("dc", &self.dc, "needs the DC's port (7710 by default)"));
+        }
+        if self.upstream.ip().is_unspecified() || self.upstream.port() == 0 {
+            return Err(bad(
+                "upstream",
+                &self.upstream,
+                "must be a resolver's address and port (e.g. \"192.0.2.53:53\")",
+            ));
+        }
+        if self.upstream == self.dns_listen {
+            return Err(bad(
+                "upstream",
+                &self.upstream,
+                "is the stub's own dns_listen address: queries would loop; name the real resolver",
+            ));
+        }
+        if self.dns_listen.port() == 0 {
+            return Err(bad(
+                "dns_listen",
+                &self.dns_listen,
+                "needs a port (53 for stock resolvers)",
+            ));
+        }
+        config::within(
+            "listen_port",
+            self.listen_port.into(),
+            1..=u16::MAX.into(),
+            "must be a port number (7700 by default)",
+        )?;
+        Ok(())
+    }
+
+    /// The UDP socket's buffers and the TUN device's name, MTU and queue.
+    fn check_tun(&self) -> Result<(), ConfigError> {
+        config::within(
+            "socket_buffer",
+            self.socket_buffer as u64,
+            MIN_SOCKET_BUFFER as u64..=MAX_SOCKET_BUFFER as u64,
+            "use 65536..=268435456 bytes (4194304, 4 MiB, by default)",
+        )?;
+        let tun_ok = (1..=15).contains(&self.tun_name.len())
+            && self
+                .tun_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !tun_ok {
+            return Err(ConfigError::BadTunName(self.tun_name.clone()));
+        }
+        config::within(
+            "mtu",
+            self.mtu.into(),
+            576..=1500,
+            "use 576..=1500 (1440 fits a 1500-byte path with the 60-byte tunnel overhead)",
+        )?;
+        config::within(
+            "tun_queue_len",
+            self.tun_queue_len.into(),
+            MIN_TUN_QUEUE_LEN.into()..=MAX_TUN_QUEUE_LEN.into(),
+            "use 64..=16384 packets (1000 by default; see the example configuration for sizing it)",
+        )?;
+        Ok(())
+    }
+
+    /// The DNS stub's TTL and time-out, and the hold queue's bounds.
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        config::at_most(
+            "dns_ttl",
+            self.dns_ttl.into(),
+            MAX_TTL.into(),
+            "at most 60 s (PROTOCOL.md §6)",
+        )?;
+        let limits = [
+            ("dns_timeout_secs", self.dns_timeout_secs, 60),
+            ("hold_per_peer", self.hold_per_peer as u64, 4096),
+            ("hold_total", self.hold_total as u64, 65_536),
+            ("hold_timeout_ms", self.hold_timeout_ms, 60_000),
+        ];
+        for (field, value, _) in limits {
+            config::at_least_1(field, value)?;
+        }
+        for (field, value, max) in limits {
+            config::at_most(
+                field,
+                value,
+                max,
+                "too large: see the example configuration for sensible values",
+            )?;
+        }
+        Ok(())
+    }
 }
+
+ntm_ops::config_file!(
+    Config,
+    Settings,
+    ConfigError,
+    "ntm-node/ntm-node.example.toml",
+    key of "ntm-node"
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 

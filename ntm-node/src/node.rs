@@ -11,13 +11,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
+use ntm_ops::server::{Sig, Signals};
 use ntm_proto::data::inner_destination;
 use ntm_proto::dns::{DnsStub, Output, PendingId, ResolveOutcome, Transport};
 use ntm_proto::node::{self, DirError, Endpoint, Event, Received, ReqId, TunnelParams};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
 use ntm_proto::{Error, Status as Code};
 use tokio::net::UdpSocket;
-use tokio::signal::unix::{signal, SignalKind};
 use tun_rs::AsyncDevice;
 
 use crate::config::Settings;
@@ -491,7 +491,7 @@ impl Node {
         let mut tunnels: Vec<TunnelStatus> = self
             .ep
             .tunnels()
-            .map(|t| TunnelStatus {
+            .map(|node::TunnelInfo { params: t, up }| TunnelStatus {
                 id: t.tunnel_id,
                 peer_fqdn: t.peer_fqdn,
                 peer_vip: t.peer_vip,
@@ -499,7 +499,7 @@ impl Node {
                 path: t.path.name().to_owned(),
                 role: t.role.name().to_owned(),
                 suite: t.suite.name().to_owned(),
-                up: t.up,
+                up,
             })
             .collect();
         tunnels.sort_by_key(|t| t.id);
@@ -687,137 +687,214 @@ fn open_tun(s: &Settings) -> Result<(AsyncDevice, (TunDeviceStatus, u32))> {
     Ok((tun, (dev, ifindex)))
 }
 
-/// Runs the node until SIGINT or SIGTERM, then deregisters (DEREG).
-/// Needs a current-thread or multi-thread tokio runtime with I/O and time.
-pub async fn run(s: Settings) -> Result<()> {
-    let io = open_io(&s).await?;
-    let local_ip = route_source(s.dc).unwrap_or_else(|| {
-        tracing::warn!(dc = %s.dc, "no route to the DC yet; registering once one appears");
-        Ipv4Addr::UNSPECIFIED
-    });
-    let stats_every = s.stats_interval;
-    let start = Instant::now();
-    let mut node = Node::new(s, start, local_ip)?;
-    node.tun_dev = io.tun_dev.clone();
-    tracing::info!(
-        fqdn = %node.s.fqdn,
-        dc = %node.s.dc,
-        local = %SocketAddrV4::new(local_ip, node.s.listen_port),
-        dns = %node.s.dns_listen,
-        tun = %node.s.tun_name,
-        "ntm-node started"
-    );
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut sigusr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
-    // Metrics (`[metrics] listen`) from the status snapshot, and systemd's
-    // readiness and watchdog (nothing without systemd).
-    let metrics = match node.s.metrics.listen {
-        Some(addr) => Some(ntm_ops::metrics::bind(addr).await?),
-        None => None,
-    };
-    let mut watchdog = ntm_ops::notify::watchdog_timer();
-    ntm_ops::notify::ready(&format!("node {}", node.s.fqdn));
+/// The node's periodic chores besides the endpoint's own timers: the
+/// local-address check, the status file and the statistics line.
+struct Chores {
+    next_addr: Instant,
+    next_status: Instant,
+    next_stats: Option<Instant>,
+    stats_every: Option<Duration>,
+}
 
-    let mut net_buf = vec![0u8; MAX_PACKET];
-    let mut tun_rx = TunRx::new(node.s.mtu);
-    let mut dns_buf = vec![0u8; MAX_PACKET];
-    let mut up_buf = vec![0u8; MAX_PACKET];
-    let mut next_addr = start + ADDR_POLL;
-    let mut next_status = start;
-    let mut next_stats = stats_every.map(|d| start + d);
+impl Chores {
+    fn new(start: Instant, stats_every: Option<Duration>) -> Chores {
+        Chores {
+            next_addr: start + ADDR_POLL,
+            next_status: start,
+            next_stats: stats_every.map(|d| start + d),
+            stats_every,
+        }
+    }
 
-    node.pump(&io, start);
-    loop {
-        let now = Instant::now();
-        let wake = [
+    /// When the node must next wake: the earliest chore or endpoint timer.
+    fn wake(&self, node: &Node, now: Instant) -> Instant {
+        [
             node.next_deadline(),
-            Some(next_addr),
-            Some(next_status),
-            next_stats,
+            Some(self.next_addr),
+            Some(self.next_status),
+            self.next_stats,
         ]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(now + ADDR_POLL);
-        tokio::select! {
-            r = io.udp.recv_from(&mut net_buf) => {
-                let now = Instant::now();
-                // This datagram and those queued behind it, up to a batch,
-                // then one batched TUN write of what they carried.
-                let mut first = Some(r);
-                for _ in 0..DATAGRAMS_PER_WAKE {
-                    let r = first.take().unwrap_or_else(|| io.udp.try_recv_from(&mut net_buf));
-                    match r {
-                        Ok((n, from)) => node.on_datagram(&io, now, from, &mut net_buf[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
-                        Err(e) => tracing::debug!(error = %e, "UDP receive error"),
-                    }
-                }
-                node.flush_tun(&io);
-            },
-            r = tun_rx.recv(&io.tun) => {
-                let now = Instant::now();
-                node.on_tun_read(&io, now, r, &tun_rx)?;
-                // Reads already queued, up to a budget.
-                for _ in 1..TUN_READS_PER_WAKE {
-                    match tun_rx.try_recv(&io.tun) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        r => node.on_tun_read(&io, now, r, &tun_rx)?,
-                    }
-                }
-            },
-            r = io.dns.recv_from(&mut dns_buf) => match r {
-                Ok((n, from)) => node.on_dns_query(Instant::now(), from, &dns_buf[..n]),
-                Err(e) => tracing::debug!(error = %e, "DNS receive error"),
-            },
-            r = io.upstream.recv(&mut up_buf) => match r {
-                Ok(n) => node.on_upstream(Instant::now(), &up_buf[..n]),
-                Err(e) => tracing::debug!(error = %e, "upstream receive error"),
-            },
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                let now = Instant::now();
-                node.on_timeout(now);
-                if now >= next_addr {
-                    node.check_local_addr(now);
-                    next_addr = now + ADDR_POLL;
-                }
-                if now >= next_status {
-                    node.write_status();
-                    next_status = now + STATUS_EVERY;
-                }
-                if let (Some(at), Some(every)) = (next_stats, stats_every) {
-                    if now >= at {
-                        node.log_stats();
-                        next_stats = Some(now + every);
-                    }
-                }
-            },
-            _ = sigusr1.recv() => {
+        .unwrap_or(now + ADDR_POLL)
+    }
+
+    /// The endpoint's timers and the chores that are due.
+    fn run_due(&mut self, node: &mut Node, now: Instant) {
+        node.on_timeout(now);
+        if now >= self.next_addr {
+            node.check_local_addr(now);
+            self.next_addr = now + ADDR_POLL;
+        }
+        if now >= self.next_status {
+            node.write_status();
+            self.next_status = now + STATUS_EVERY;
+        }
+        if let (Some(at), Some(every)) = (self.next_stats, self.stats_every) {
+            if now >= at {
                 node.log_stats();
-                node.write_status();
-            },
-            r = ntm_ops::metrics::accept(&metrics) => match r {
-                Ok(stream) => ntm_ops::metrics::respond(
-                    stream,
-                    crate::metrics::scrape(&node.status(), node.s.metrics.max_tunnel_labels),
-                ),
-                Err(e) => tracing::debug!(error = %e, "metrics accept error"),
-            },
-            () = ntm_ops::notify::tick(&mut watchdog) => ntm_ops::notify::ping(),
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+                self.next_stats = Some(now + every);
+            }
+        }
+    }
+}
+
+/// The receive buffers of the driver loop.
+struct Buffers {
+    net: Vec<u8>,
+    tun: TunRx,
+    dns: Vec<u8>,
+    upstream: Vec<u8>,
+}
+
+/// What one wake of the driver loop found.
+enum Wake {
+    Datagram(std::io::Result<(usize, SocketAddr)>),
+    Tun(std::io::Result<usize>),
+    DnsQuery(std::io::Result<(usize, SocketAddr)>),
+    Upstream(std::io::Result<usize>),
+    Timer,
+    Metrics(std::io::Result<tokio::net::TcpStream>),
+    Watchdog,
+    Signal(Sig),
+}
+
+impl Node {
+    /// Opens the sockets and the device and sets the node up on them.
+    async fn start(s: Settings) -> Result<(Node, Io)> {
+        let io = open_io(&s).await?;
+        let local_ip = route_source(s.dc).unwrap_or_else(|| {
+            tracing::warn!(dc = %s.dc, "no route to the DC yet; registering once one appears");
+            Ipv4Addr::UNSPECIFIED
+        });
+        let mut node = Node::new(s, Instant::now(), local_ip)?;
+        node.tun_dev = io.tun_dev.clone();
+        tracing::info!(
+            fqdn = %node.s.fqdn,
+            dc = %node.s.dc,
+            local = %SocketAddrV4::new(local_ip, node.s.listen_port),
+            dns = %node.s.dns_listen,
+            tun = %node.s.tun_name,
+            "ntm-node started"
+        );
+        Ok((node, io))
+    }
+
+    /// This datagram and those queued behind it, up to a batch, then one
+    /// batched TUN write of what they carried.
+    fn on_datagrams(
+        &mut self,
+        io: &Io,
+        first: std::io::Result<(usize, SocketAddr)>,
+        buf: &mut [u8],
+    ) {
+        let now = Instant::now();
+        let mut first = Some(first);
+        for _ in 0..DATAGRAMS_PER_WAKE {
+            let r = first.take().unwrap_or_else(|| io.udp.try_recv_from(buf));
+            match r {
+                Ok((n, from)) => self.on_datagram(io, now, from, &mut buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
+                Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+            }
+        }
+        self.flush_tun(io);
+    }
+
+    /// This TUN read and those already queued, up to a budget.
+    fn on_tun_reads(
+        &mut self,
+        io: &Io,
+        first: std::io::Result<usize>,
+        rx: &mut TunRx,
+    ) -> Result<()> {
+        let now = Instant::now();
+        self.on_tun_read(io, now, first, rx)?;
+        for _ in 1..TUN_READS_PER_WAKE {
+            match rx.try_recv(&io.tun) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                r => self.on_tun_read(io, now, r, rx)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on one wake of the driver loop; false to stop.
+    fn on_wake(&mut self, io: &Io, w: Wake, b: &mut Buffers, chores: &mut Chores) -> Result<bool> {
+        match w {
+            Wake::Datagram(r) => self.on_datagrams(io, r, &mut b.net),
+            Wake::Tun(r) => self.on_tun_reads(io, r, &mut b.tun)?,
+            Wake::DnsQuery(Ok((n, from))) => self.on_dns_query(Instant::now(), from, &b.dns[..n]),
+            Wake::DnsQuery(Err(e)) => tracing::debug!(error = %e, "DNS receive error"),
+            Wake::Upstream(Ok(n)) => self.on_upstream(Instant::now(), &b.upstream[..n]),
+            Wake::Upstream(Err(e)) => tracing::debug!(error = %e, "upstream receive error"),
+            Wake::Timer => chores.run_due(self, Instant::now()),
+            Wake::Metrics(Ok(stream)) => ntm_ops::metrics::respond(
+                stream,
+                crate::metrics::scrape(&self.status(), self.s.metrics.max_tunnel_labels),
+            ),
+            Wake::Metrics(Err(e)) => tracing::debug!(error = %e, "metrics accept error"),
+            Wake::Watchdog => ntm_ops::notify::ping(),
+            Wake::Signal(Sig::Stats | Sig::Reload) => {
+                self.log_stats();
+                self.write_status();
+            }
+            Wake::Signal(Sig::Stop) => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Deregisters (DEREG) and writes the last statistics.
+    fn shut_down(&mut self, io: &Io) {
+        let now = Instant::now();
+        ntm_ops::notify::stopping();
+        tracing::info!("shutting down: deregistering");
+        self.ep.close(now);
+        self.pump(io, now);
+        self.log_stats();
+        self.write_status();
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM, then deregisters (DEREG).
+/// Needs a current-thread or multi-thread tokio runtime with I/O and time.
+pub async fn run(s: Settings) -> Result<()> {
+    let (mut node, io) = Node::start(s).await?;
+    let mut signals = Signals::new(false)?;
+    // Metrics (`[metrics] listen`) from the status snapshot, and systemd's
+    // readiness and watchdog (nothing without systemd).
+    let metrics = ntm_ops::server::bind_metrics(node.s.metrics.listen).await?;
+    let mut watchdog = ntm_ops::notify::watchdog_timer();
+    ntm_ops::notify::ready(&format!("node {}", node.s.fqdn));
+    let mut b = Buffers {
+        net: vec![0u8; MAX_PACKET],
+        tun: TunRx::new(node.s.mtu),
+        dns: vec![0u8; MAX_PACKET],
+        upstream: vec![0u8; MAX_PACKET],
+    };
+    let start = Instant::now();
+    let mut chores = Chores::new(start, node.s.stats_interval);
+    node.pump(&io, start);
+    loop {
+        let wake = chores.wake(&node, Instant::now());
+        let w = tokio::select! {
+            r = io.udp.recv_from(&mut b.net) => Wake::Datagram(r),
+            r = b.tun.recv(&io.tun) => Wake::Tun(r),
+            r = io.dns.recv_from(&mut b.dns) => Wake::DnsQuery(r),
+            r = io.upstream.recv(&mut b.upstream) => Wake::Upstream(r),
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Wake::Timer,
+            r = ntm_ops::metrics::accept(&metrics) => Wake::Metrics(r),
+            () = ntm_ops::notify::tick(&mut watchdog) => Wake::Watchdog,
+            s = signals.next() => Wake::Signal(s),
+        };
+        if !node.on_wake(&io, w, &mut b, &mut chores)? {
+            break;
         }
         node.pump(&io, Instant::now());
     }
-    let now = Instant::now();
-    ntm_ops::notify::stopping();
-    tracing::info!("shutting down: deregistering");
-    node.ep.close(now);
-    node.pump(&io, now);
-    node.log_stats();
-    node.write_status();
+    node.shut_down(&io);
     Ok(())
 }
 

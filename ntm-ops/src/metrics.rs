@@ -141,6 +141,26 @@ impl Scrape {
         self.registry.register(name, help_text(help), f);
     }
 
+    /// A gauge family by state: one series `{state="…"}` per entry (how
+    /// many things are in each state).
+    pub fn states<const N: usize>(&mut self, name: &str, help: &str, states: [(&str, usize); N]) {
+        let series = states.map(|(state, n)| (labels([("state", state)]), n as f64));
+        self.gauges(name, help, series);
+    }
+
+    /// A counter family from a status' `name → count` map, one series per
+    /// entry with the name as `label` (drops by `reason`, events by `event`).
+    pub fn counters_by<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        counts: impl IntoIterator<Item = (&'a String, &'a u64)>,
+    ) {
+        let series = counts.into_iter().map(|(k, n)| (labels([(label, k)]), *n));
+        self.counters(name, help, series);
+    }
+
     /// A metric the daemon keeps itself (a histogram, a histogram family).
     pub fn metric(&mut self, name: &str, help: &str, metric: impl Metric) {
         self.registry.register(name, help_text(help), metric);

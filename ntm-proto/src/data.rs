@@ -11,6 +11,7 @@ use core::net::Ipv4Addr;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::replay::ReplayCheck;
 use crate::wire::{MessageType, Packet, HEADER_LEN, OVERHEAD, TAG_LEN, VERSION};
 use crate::{Cipher, Error, ReplayWindow, Result};
 
@@ -101,6 +102,36 @@ impl RxTunnel {
     }
 }
 
+/// One tunnel's receive side as [`decap`] checks a datagram against it,
+/// generic over the replay window: `&mut ReplayWindow` for an owned
+/// [`RxTunnel`], `&AtomicReplayWindow` for a window that several workers
+/// share (the adapter's fast path).
+///
+/// [`AtomicReplayWindow`]: crate::replay::AtomicReplayWindow
+#[derive(Debug)]
+pub struct Rx<'t, W> {
+    /// The receive direction key.
+    pub cipher: &'t Cipher,
+    /// The replay window of this direction.
+    pub replay: W,
+    /// The only allowed inner source.
+    pub peer_vip: Ipv4Addr,
+    /// The only allowed inner destination.
+    pub local_vip: Ipv4Addr,
+}
+
+impl<'t> From<&'t mut RxTunnel> for Rx<'t, &'t mut ReplayWindow> {
+    #[inline]
+    fn from(t: &'t mut RxTunnel) -> Self {
+        Rx {
+            cipher: &t.cipher,
+            replay: &mut t.replay,
+            peer_vip: t.peer_vip,
+            local_vip: t.local_vip,
+        }
+    }
+}
+
 /// What [`decap`] accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decapped<'a> {
@@ -139,10 +170,14 @@ impl Decapped<'_> {
 /// tunnel's), tag (suite 2: decryption), replay window, one whole inner IPv4
 /// packet, inner source = peer VIP and destination = local VIP. The replay
 /// window is checked and marked only after the tag verified, so each drop is
-/// counted under the reason §5's order gives it.
-pub fn decap<'a, 't, F>(datagram: &'a mut [u8], lookup: F) -> Result<Decapped<'a>>
+/// counted under the reason §5's order gives it. `lookup` gives the tunnel's
+/// receive side: an `&mut` [`RxTunnel`] or an [`Rx`] of any replay window.
+#[inline]
+pub fn decap<'a, 't, W, R, F>(datagram: &'a mut [u8], lookup: F) -> Result<Decapped<'a>>
 where
-    F: FnOnce(u32) -> Option<&'t mut RxTunnel>,
+    W: ReplayCheck,
+    R: Into<Rx<'t, W>>,
+    F: FnOnce(u32) -> Option<R>,
 {
     let packet = Packet::new_checked(&*datagram)?;
     if packet.version() != VERSION {
@@ -154,12 +189,12 @@ where
     }
     let tunnel_id = packet.id();
     let seq = packet.seq();
-    let rx = lookup(tunnel_id).ok_or(Error::UnknownTunnel)?;
+    let mut rx: Rx<'t, W> = lookup(tunnel_id).ok_or(Error::UnknownTunnel)?.into();
     // Suite, then tag (and decryption) before the window, as §5 orders it: a
     // forged datagram counts as BadTag whatever its seq, and only authentic
     // ones move the window.
     rx.cipher.open(datagram)?;
-    if !rx.replay.validate(seq) {
+    if !rx.replay.update(seq) {
         return Err(Error::Replay);
     }
     if msg_type == MessageType::TunKeepalive {
@@ -340,6 +375,41 @@ mod tests {
     }
 
     #[test]
+    fn the_atomic_window_decides_as_the_scalar_one() {
+        use crate::replay::AtomicReplayWindow;
+        for suite in SUITES {
+            let (c, mut rx) = setup(suite);
+            let shared = AtomicReplayWindow::new();
+            fn atomic<'t>(
+                rx: &'t RxTunnel,
+                w: &'t AtomicReplayWindow,
+            ) -> Rx<'t, &'t AtomicReplayWindow> {
+                Rx {
+                    cipher: &rx.cipher,
+                    replay: w,
+                    peer_vip: rx.peer_vip,
+                    local_vip: rx.local_vip,
+                }
+            }
+            let pkt = inner(PEER, ME);
+            for seq in [3, 1, 3, 2000, 1] {
+                let d = encap(&c, &pkt, seq);
+                let scalar = decap(&mut d.clone(), |_| Some(&mut rx)).map(|_| ());
+                let got = decap(&mut d.clone(), |_| Some(atomic(&rx, &shared))).map(|_| ());
+                assert_eq!(got, scalar, "seq {seq}");
+            }
+            let mut t = encap(&c, &pkt, 5000);
+            let l = t.len();
+            t[l - 1] ^= 1;
+            assert_eq!(
+                decap(&mut t, |_| Some(atomic(&rx, &shared))),
+                Err(Error::BadTag)
+            );
+            assert_eq!(shared.last(), 2000, "a forged datagram moved the window");
+        }
+    }
+
+    #[test]
     fn a_reflected_datagram_never_verifies() {
         for suite in SUITES {
             // We are the initiator: we send with K_i2r and receive with K_r2i.
@@ -365,9 +435,12 @@ mod tests {
             );
             let mut v = good.clone();
             v[0] = 1;
-            assert_eq!(decap(&mut v, |_| None), Err(Error::BadVersion));
             assert_eq!(
-                decap(&mut good.clone(), |_| None),
+                decap(&mut v, |_| None::<&mut RxTunnel>),
+                Err(Error::BadVersion)
+            );
+            assert_eq!(
+                decap(&mut good.clone(), |_| None::<&mut RxTunnel>),
                 Err(Error::UnknownTunnel)
             );
             let mut s = good.clone();

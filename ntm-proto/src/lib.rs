@@ -12,12 +12,13 @@
 //! | [`wire`] | [`Packet`] (zero-copy header/body/tag view with `new_unchecked`/`check_len`/`new_checked`), [`wire::TlvIter`]/[`wire::Tlv`], and [`Repr`] with one struct per message type of §4 ([`Repr::parse`], [`Repr::emit`], [`Repr::emit_sealed`]) |
 //! | [`auth`] | [`Key`] (zeroized on drop), [`Authenticator`] (HMAC-SHA256-128 keyed once, cloned per datagram; constant-time [`Authenticator::verify`]; [`Authenticator::seal`]: every signaling message), [`DirectionKeys`] (`K_i2r`/`K_r2i` from `K_tun` by HKDF), key wrap ([`Authenticator::wrap_key`]/[`Authenticator::unwrap_key`] with a [`WrapLabel`]) |
 //! | [`cipher`] | [`Cipher`]: a tunnel direction key prepared once for its suite (1 HMAC-SHA256-128, 2 AES-256-GCM on `ring`), sealing and opening whole datagrams in place |
-//! | [`replay`] | the 2048-packet [`ReplayWindow`] (RFC 6479 ring of u64 words), kept by every receiver per (sender, key) |
-//! | [`data`] | the DATA fast path: [`data::encap_in_place`], [`data::decap`] (spec order of checks), [`data::RxTunnel`], [`data::TxTunnel`], [`data::SeqCounter`] |
+//! | [`replay`] | the 2048-packet [`ReplayWindow`] (RFC 6479 ring of u64 words), kept by every receiver per (sender, key); [`AtomicReplayWindow`], the same decisions for several threads at once; [`ReplayCheck`], what `decap` asks of either |
+//! | [`data`] | the DATA fast path: [`data::encap_in_place`], [`data::decap`] (spec order of checks, generic over the replay window through [`data::Rx`]), [`data::RxTunnel`], [`data::TxTunnel`], [`data::SeqCounter`] |
 //! | [`retransmit`] | [`retransmit::Retransmit`]: 250 ms doubling, 5 tries, then failure |
 //! | [`node`] | [`node::Endpoint`]: a node's registration, direction, tunnel set-up, keep-alive, expiry and roaming |
 //! | [`dns`] | [`dns::DnsStub`]: the DNS stub (NTM names through DIR_REQ, other names forwarded upstream), message level |
 //! | [`counters`] | [`counters::Counters`]: drop counters by [`counters::Reason`] (`name=count` display), [`DropCounters`] for [`Error`] |
+//! | `sim` | (feature `sim`) a deterministic virtual-time network of hosts, NATs, latency and loss for tests |
 //! | [`hold`] | [`hold::HoldQueue`]: packets to a VIP whose tunnel is being set up, bounded per peer and in all (software node and adapter) |
 //!
 //! Every drop has a reason: [`Error`] is a fieldless `Copy` enum with
@@ -128,10 +129,22 @@ pub mod hold;
 pub mod node;
 pub mod replay;
 pub mod retransmit;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod wire;
 
 pub use auth::{Authenticator, DirectionKeys, Key, ParseKeyError, WrapLabel, KEY_LEN};
 pub use cipher::Cipher;
 pub use error::{DropCounters, Error, Result};
-pub use replay::ReplayWindow;
+pub use replay::{AtomicReplayWindow, ReplayCheck, ReplayWindow};
 pub use wire::{MessageType, Packet, Path, Repr, Role, Status, Suite};
+
+/// Where to send a datagram that a `poll_transmit` (of
+/// [`node::Endpoint`], the DC's coordinator, the RS's relay) wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub dst: std::net::SocketAddrV4,
+    /// Bytes written at the front of the caller's buffer.
+    pub len: usize,
+}

@@ -35,13 +35,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::data::{self, Decapped, RxTunnel, SeqCounter, TxTunnel};
+use crate::data::{self, Decapped, RxTunnel, SeqCounter};
 use crate::replay::ReplayWindow;
 use crate::retransmit::{Retransmit, RetransmitAction};
 use crate::wire::{
     Caps, DirReq, Fqdn, Header, Message, MessageType, Packet, RegReq, RelayBind, Repr, RouteAck,
     TunReq, TunResp, Vip, HEADER_LEN, OVERHEAD, VERSION,
 };
+pub use crate::Transmit;
 use crate::{
     Authenticator, Cipher, DirectionKeys, DropCounters, Error, Key, Path, Result, Role, Status,
     Suite, WrapLabel,
@@ -79,15 +80,6 @@ pub struct Config {
 /// Identifies one [`Endpoint::connect`] call in [`Event::DirectionResolved`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReqId(pub u32);
-
-/// Where to send a datagram that [`Endpoint::poll_transmit`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination.
-    pub dst: SocketAddrV4,
-    /// Bytes written at the front of the caller's buffer.
-    pub len: usize,
-}
 
 /// Why registration failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -285,20 +277,9 @@ impl Registration {
 /// A snapshot of one tunnel.
 #[derive(Debug, Clone)]
 pub struct TunnelInfo {
-    /// Tunnel id.
-    pub tunnel_id: u32,
-    /// The peer's FQDN.
-    pub peer_fqdn: String,
-    /// The peer's VIP.
-    pub peer_vip: Ipv4Addr,
-    /// Where the tunnel's datagrams go.
-    pub endpoint: SocketAddrV4,
-    /// How the tunnel runs.
-    pub path: Path,
-    /// Our role.
-    pub role: Role,
-    /// The tunnel's suite.
-    pub suite: Suite,
+    /// What the tunnel is (as [`Event::TunnelAdded`] gave it, with the
+    /// current endpoint).
+    pub params: TunnelParams,
     /// Whether set-up completed.
     pub up: bool,
 }
@@ -339,13 +320,7 @@ struct Tunnel {
 impl Tunnel {
     fn info(&self) -> TunnelInfo {
         TunnelInfo {
-            tunnel_id: self.id,
-            peer_fqdn: self.peer_fqdn.clone(),
-            peer_vip: self.rx.peer_vip,
-            endpoint: self.endpoint,
-            path: self.path,
-            role: self.role,
-            suite: self.tx.suite(),
+            params: self.params(),
             up: matches!(self.state, TunState::Up),
         }
     }
@@ -711,8 +686,7 @@ impl Endpoint {
             Ok(route) => route,
             Err(status) => {
                 let i = pending.ok_or(Error::Stale)?;
-                let d = self.dirs.remove(i);
-                self.resolve(d, Err(DirError::Status(status)));
+                self.resolve_pending(Some(i), Err(DirError::Status(status)));
                 return Ok(());
             }
         };
@@ -723,74 +697,90 @@ impl Endpoint {
         if let Some(t) = self.tunnels.get(&id) {
             if t.k_tun == key && t.peer_fqdn == route.peer_fqdn.as_str() {
                 // A retransmitted ROUTE_DIR: acknowledge again, change nothing.
-                if dir.req_id == 0 {
-                    self.queue.push_back(Pending::RouteAck(id));
-                }
-                if let Some(i) = pending {
-                    let d = self.dirs.remove(i);
-                    self.resolve(d, Ok(route.peer_vip.addr));
-                }
+                self.answer_route_dir(dir.req_id, id, pending, route.peer_vip.addr);
                 return Ok(());
             }
             // Same id, different tunnel: a restarted DC reused the id.
             self.remove_tunnel(id, DownReason::Replaced);
         }
-        let keys = DirectionKeys::derive(&key);
+        let tunnel = match self.directed_tunnel(now, seq, &route, key) {
+            Ok(t) => t,
+            Err(Error::UnsupportedSuite) => {
+                self.resolve_pending(pending, Err(DirError::UnsupportedSuite));
+                return Err(Error::UnsupportedSuite);
+            }
+            Err(e) => return Err(e),
+        };
+        // One tunnel per peer: a new direction replaces the old tunnel.
+        let old: Vec<u32> = self
+            .tunnels
+            .values()
+            .filter(|t| t.peer_fqdn == tunnel.peer_fqdn)
+            .map(|t| t.id)
+            .collect();
+        for old_id in old {
+            self.remove_tunnel(old_id, DownReason::Replaced);
+        }
+        if tunnel.relay.is_some() {
+            self.queue.push_back(Pending::RelayBind(id));
+        }
+        if tunnel.role == Role::Initiator {
+            self.queue.push_back(Pending::TunReq(id));
+        }
+        // Before anything of the tunnel goes out (§5 "Tunnel" lets the peer
+        // send DATA as soon as it has sent TUN_RESP).
+        self.events.push_back(Event::TunnelAdded(tunnel.params()));
+        self.tunnels.insert(id, tunnel);
+        self.answer_route_dir(dir.req_id, id, pending, route.peer_vip.addr);
+        Ok(())
+    }
+
+    /// Only the unsolicited copy (REQ_ID 0) of a ROUTE_DIR is acknowledged
+    /// (§5); ours answers our DIR_REQ, and a DC that keys acks by tunnel id
+    /// alone must not take our ack for the peer's.
+    fn answer_route_dir(&mut self, req_id: u32, id: u32, pending: Option<usize>, vip: Ipv4Addr) {
+        if req_id == 0 {
+            self.queue.push_back(Pending::RouteAck(id));
+        }
+        self.resolve_pending(pending, Ok(vip));
+    }
+
+    /// The tunnel a ROUTE_DIR directs, its keys unwrapped and set-up
+    /// started (nothing queued yet).
+    fn directed_tunnel(
+        &self,
+        now: Instant,
+        seq: u64,
+        route: &crate::wire::Route<'_>,
+        k_tun: Key,
+    ) -> Result<Tunnel> {
+        let id = route.tunnel_id;
+        let keys = DirectionKeys::derive(&k_tun);
         let ciphers = keys.for_role(route.role).and_then(|(tx, rx)| {
             Some((
                 Cipher::new(route.suite, tx).ok()?,
                 Cipher::new(route.suite, rx).ok()?,
             ))
         });
-        let Some((tx, rx_cipher)) = ciphers else {
-            if let Some(i) = pending {
-                let d = self.dirs.remove(i);
-                self.resolve(d, Err(DirError::UnsupportedSuite));
-            }
-            return Err(Error::UnsupportedSuite);
-        };
+        let (tx, rx_cipher) = ciphers.ok_or(Error::UnsupportedSuite)?;
         let local_vip = self.reg.map(|r| r.vip.addr).ok_or(Error::NotRegistered)?;
         let relay = route
             .wrapped_relay_key
             .filter(|_| route.path == Path::Relay)
             .map(|w| {
-                (
-                    Authenticator::new(&self.auth.unwrap_key(WrapLabel::RelayKey, id, seq, &w)),
-                    1u64,
-                )
+                let k_relay = self.auth.unwrap_key(WrapLabel::RelayKey, id, seq, &w);
+                (Authenticator::new(&k_relay), 1u64)
             });
-        // One tunnel per peer: a new direction replaces the old tunnel.
-        let old: Vec<u32> = self
-            .tunnels
-            .values()
-            .filter(|t| t.peer_fqdn == route.peer_fqdn.as_str())
-            .map(|t| t.id)
-            .collect();
-        for old_id in old {
-            self.remove_tunnel(old_id, DownReason::Replaced);
-        }
         let state = match route.role {
-            Role::Initiator => {
-                if relay.is_some() {
-                    self.queue.push_back(Pending::RelayBind(id));
-                }
-                self.queue.push_back(Pending::TunReq(id));
-                TunState::Initiating {
-                    retx: Retransmit::start(now),
-                }
-            }
-            _ => {
-                let bind = relay.as_ref().map(|_| {
-                    self.queue.push_back(Pending::RelayBind(id));
-                    Retransmit::start(now)
-                });
-                TunState::AwaitingReq {
-                    bind,
-                    deadline: now + RESPONDER_SETUP_TIMEOUT,
-                }
-            }
+            Role::Initiator => TunState::Initiating {
+                retx: Retransmit::start(now),
+            },
+            _ => TunState::AwaitingReq {
+                bind: relay.as_ref().map(|_| Retransmit::start(now)),
+                deadline: now + RESPONDER_SETUP_TIMEOUT,
+            },
         };
-        let tunnel = Tunnel {
+        Ok(Tunnel {
             id,
             peer_fqdn: route.peer_fqdn.as_str().to_owned(),
             endpoint: route.endpoint,
@@ -798,7 +788,7 @@ impl Endpoint {
             role: route.role,
             rx: RxTunnel::new(rx_cipher, route.peer_vip.addr, local_vip),
             tx,
-            k_tun: key,
+            k_tun,
             keys,
             tx_seq: SeqCounter::starting_at(1),
             relay,
@@ -806,22 +796,19 @@ impl Endpoint {
             last_rx: now,
             last_tx: now,
             state,
-        };
-        // Before anything of the tunnel goes out (§5 "Tunnel" lets the peer
-        // send DATA as soon as it has sent TUN_RESP).
-        self.events.push_back(Event::TunnelAdded(tunnel.params()));
-        self.tunnels.insert(id, tunnel);
-        // Only the unsolicited copy (REQ_ID 0) is acknowledged (§5); ours
-        // answers our DIR_REQ, and a DC that keys acks by tunnel id alone
-        // must not take our ack for the peer's.
-        if dir.req_id == 0 {
-            self.queue.push_back(Pending::RouteAck(id));
-        }
+        })
+    }
+
+    /// Answers the outstanding direction request at `pending`, if any.
+    fn resolve_pending(
+        &mut self,
+        pending: Option<usize>,
+        result: core::result::Result<Ipv4Addr, DirError>,
+    ) {
         if let Some(i) = pending {
             let d = self.dirs.remove(i);
-            self.resolve(d, Ok(route.peer_vip.addr));
+            self.resolve(d, result);
         }
-        Ok(())
     }
 
     fn resolve(&mut self, d: DirRequest, result: core::result::Result<Ipv4Addr, DirError>) {
@@ -1146,139 +1133,135 @@ impl Endpoint {
     }
 
     fn build(&mut self, now: Instant, p: Pending, buf: &mut [u8]) -> Result<Option<Transmit>> {
-        let node_id = self.reg.map_or(0, |r| r.node_id);
-        let dc = self.cfg.dc;
         match p {
-            Pending::RegReq => {
-                if self.registering.is_none() {
-                    return Ok(None);
-                }
-                let fqdn = Fqdn::new(&self.cfg.fqdn)?;
+            Pending::RegReq
+            | Pending::Keepalive
+            | Pending::Dereg
+            | Pending::DirReq(_)
+            | Pending::RouteAck(_) => self.build_to_dc(p, buf),
+            Pending::TunReq(_) | Pending::TunResp(..) => self.build_tun_setup(now, p, buf),
+            Pending::TunKeepalive(id) => self.build_tun_keepalive(now, id, buf),
+            Pending::RelayBind(id) => self.build_relay_bind(id, buf),
+        }
+    }
+
+    /// REG_REQ, KEEPALIVE, DEREG, DIR_REQ or ROUTE_ACK, if still wanted.
+    fn build_to_dc(&mut self, p: Pending, buf: &mut [u8]) -> Result<Option<Transmit>> {
+        let node_id = self.reg.map_or(0, |r| r.node_id);
+        let dir_fqdn;
+        let (msg, response_required) = match p {
+            Pending::RegReq if self.registering.is_some() => {
                 let msg = Message::RegReq(RegReq {
                     req_id: self.reg_req_id,
-                    fqdn,
+                    fqdn: Fqdn::new(&self.cfg.fqdn)?,
                     local_addr: self.cfg.local_addr,
                     caps: self.cfg.caps,
                 });
-                Self::to_dc(&self.auth, &mut self.sig_seq, dc, buf, (node_id, true), msg)
+                (msg, true)
             }
-            Pending::Keepalive | Pending::Dereg => {
-                if self.reg.is_none() {
-                    return Ok(None);
-                }
-                let (msg, rr) = if p == Pending::Keepalive {
-                    (Message::Keepalive, true)
-                } else {
-                    (Message::Dereg, false)
-                };
-                Self::to_dc(&self.auth, &mut self.sig_seq, dc, buf, (node_id, rr), msg)
-            }
+            Pending::Keepalive if self.reg.is_some() => (Message::Keepalive, true),
+            Pending::Dereg if self.reg.is_some() => (Message::Dereg, false),
             Pending::DirReq(req_id) => {
                 let Some(d) = self.dirs.iter().find(|d| d.req_id == req_id) else {
                     return Ok(None);
                 };
-                let fqdn = d.fqdn.clone();
-                let msg = Message::DirReq(DirReq {
-                    req_id,
-                    fqdn: Fqdn::new(&fqdn)?,
-                });
-                Self::to_dc(&self.auth, &mut self.sig_seq, dc, buf, (node_id, true), msg)
+                dir_fqdn = d.fqdn.clone();
+                let fqdn = Fqdn::new(&dir_fqdn)?;
+                (Message::DirReq(DirReq { req_id, fqdn }), true)
             }
-            Pending::RouteAck(tunnel_id) => {
-                let msg = Message::RouteAck(RouteAck { tunnel_id });
-                Self::to_dc(
-                    &self.auth,
-                    &mut self.sig_seq,
-                    dc,
-                    buf,
-                    (node_id, false),
-                    msg,
-                )
+            Pending::RouteAck(tunnel_id) => (Message::RouteAck(RouteAck { tunnel_id }), false),
+            _ => return Ok(None),
+        };
+        let header = (node_id, response_required);
+        Self::to_dc(&self.auth, &mut self.sig_seq, self.cfg.dc, buf, header, msg)
+    }
+
+    /// TUN_REQ (while initiating) or TUN_RESP, sealed with the tunnel's send key.
+    fn build_tun_setup(
+        &mut self,
+        now: Instant,
+        p: Pending,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>> {
+        let (Pending::TunReq(id) | Pending::TunResp(id, _)) = p else {
+            return Ok(None);
+        };
+        let Some(vip) = self.reg.map(|r| r.vip) else {
+            return Ok(None);
+        };
+        let Some(t) = self.tunnels.get_mut(&id) else {
+            return Ok(None);
+        };
+        let fqdn = Fqdn::new(&self.cfg.fqdn)?;
+        let (msg, response_required, dst) = match p {
+            Pending::TunResp(_, to) => {
+                let resp = TunResp {
+                    status: Status::Ok,
+                    fqdn,
+                    vip,
+                };
+                (Message::TunResp(resp), false, to)
             }
-            Pending::TunReq(id) | Pending::TunResp(id, _) => {
-                let Some(vip) = self.reg.map(|r| r.vip) else {
-                    return Ok(None);
-                };
-                let Some(t) = self.tunnels.get_mut(&id) else {
-                    return Ok(None);
-                };
-                let fqdn = Fqdn::new(&self.cfg.fqdn)?;
-                let dst = match p {
-                    Pending::TunResp(_, to) => to,
-                    _ => t.endpoint,
-                };
-                let (msg, rr) = match p {
-                    Pending::TunReq(_) => {
-                        if !matches!(t.state, TunState::Initiating { .. }) {
-                            return Ok(None);
-                        }
-                        (Message::TunReq(TunReq { fqdn, vip }), true)
-                    }
-                    _ => (
-                        Message::TunResp(TunResp {
-                            status: Status::Ok,
-                            fqdn,
-                            vip,
-                        }),
-                        false,
-                    ),
-                };
-                let seq = t.tx_seq.next();
-                let len = Repr::new(
-                    Header {
-                        id,
-                        seq,
-                        response_required: rr,
-                    },
-                    msg,
-                )
-                .emit_sealed_with(buf, &t.tx)?;
-                t.last_tx = now;
-                Ok(Some(Transmit { dst, len }))
+            _ if matches!(t.state, TunState::Initiating { .. }) => {
+                (Message::TunReq(TunReq { fqdn, vip }), true, t.endpoint)
             }
-            Pending::TunKeepalive(id) => {
-                let Some(t) = self.tunnels.get_mut(&id) else {
-                    return Ok(None);
-                };
-                if !matches!(t.state, TunState::Up) {
-                    return Ok(None);
-                }
-                let len = data::emit_tun_keepalive(buf, id, t.tx_seq.next(), &t.tx)?;
-                t.last_tx = now;
-                Ok(Some(Transmit {
-                    dst: t.endpoint,
-                    len,
-                }))
-            }
-            Pending::RelayBind(id) => {
-                let Some(t) = self.tunnels.get_mut(&id) else {
-                    return Ok(None);
-                };
-                if matches!(t.state, TunState::Up) {
-                    return Ok(None);
-                }
-                let role = t.role;
-                let Some((auth, seq)) = &mut t.relay else {
-                    return Ok(None);
-                };
-                let s = *seq;
-                *seq += 1;
-                let msg = Message::RelayBind(RelayBind { role });
-                let len = Repr::new(
-                    Header {
-                        id,
-                        seq: s,
-                        response_required: false,
-                    },
-                    msg,
-                )
-                .emit_sealed(buf, auth)?;
-                Ok(Some(Transmit {
-                    dst: t.endpoint,
-                    len,
-                }))
-            }
+            _ => return Ok(None),
+        };
+        let header = Header {
+            id,
+            seq: t.tx_seq.next(),
+            response_required,
+        };
+        let len = Repr::new(header, msg).emit_sealed_with(buf, &t.tx)?;
+        t.last_tx = now;
+        Ok(Some(Transmit { dst, len }))
+    }
+
+    /// TUN_KEEPALIVE on an up tunnel.
+    fn build_tun_keepalive(
+        &mut self,
+        now: Instant,
+        id: u32,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>> {
+        let Some(t) = self.tunnels.get_mut(&id) else {
+            return Ok(None);
+        };
+        if !matches!(t.state, TunState::Up) {
+            return Ok(None);
         }
+        let len = data::emit_tun_keepalive(buf, id, t.tx_seq.next(), &t.tx)?;
+        t.last_tx = now;
+        Ok(Some(Transmit {
+            dst: t.endpoint,
+            len,
+        }))
+    }
+
+    /// RELAY_BIND (with `K_relay`) of a RELAY tunnel not yet up.
+    fn build_relay_bind(&mut self, id: u32, buf: &mut [u8]) -> Result<Option<Transmit>> {
+        let Some(t) = self.tunnels.get_mut(&id) else {
+            return Ok(None);
+        };
+        if matches!(t.state, TunState::Up) {
+            return Ok(None);
+        }
+        let role = t.role;
+        let Some((auth, seq)) = &mut t.relay else {
+            return Ok(None);
+        };
+        let header = Header {
+            id,
+            seq: *seq,
+            response_required: false,
+        };
+        *seq += 1;
+        let msg = Message::RelayBind(RelayBind { role });
+        let len = Repr::new(header, msg).emit_sealed(buf, auth)?;
+        Ok(Some(Transmit {
+            dst: t.endpoint,
+            len,
+        }))
     }
 
     /// The next event, if any. Call until `None` after every input.
@@ -1309,22 +1292,6 @@ impl Endpoint {
             dst: t.endpoint,
             len,
         })
-    }
-
-    /// Send state of an up tunnel, for a data plane that encapsulates itself.
-    pub fn tx_tunnel(&self, tunnel_id: u32) -> Option<(TxTunnel, SocketAddrV4)> {
-        let t = self
-            .tunnels
-            .get(&tunnel_id)
-            .filter(|t| matches!(t.state, TunState::Up))?;
-        Some((
-            TxTunnel {
-                tunnel_id,
-                cipher: t.tx.clone(),
-                seq: t.tx_seq.clone(),
-            },
-            t.endpoint,
-        ))
     }
 
     // ----- state --------------------------------------------------------

@@ -7,6 +7,14 @@
 //! [`ReplayWindow::validate`] checks and marks, and must run only after the
 //! tag verified. [`crate::data::decap`] validates after the tag, the order
 //! of §5, so that every drop is counted under its spec reason.
+//!
+//! [`AtomicReplayWindow`] keeps the same decisions for several threads at
+//! once (the adapter's workers); [`ReplayCheck`] is what `decap` asks of
+//! either.
+
+mod atomic;
+
+pub use atomic::AtomicReplayWindow;
 
 const BLOCK_BITS_LOG: u32 = 6;
 const BLOCK_BITS: u64 = 1 << BLOCK_BITS_LOG;
@@ -21,6 +29,41 @@ const BIT_MASK: u64 = BLOCK_BITS - 1;
 pub const WINDOW: u64 = 2048;
 
 const _: () = assert!((RING_BLOCKS as u64 - 1) * BLOCK_BITS >= WINDOW);
+
+/// An anti-replay window as [`crate::data::decap`] uses it (§5 "Replay"):
+/// `seq` is accepted when it is new and `last - seq <` [`WINDOW`], and
+/// `u64::MAX` never is.
+pub trait ReplayCheck {
+    /// Whether `seq` would be accepted, without recording it.
+    fn check(&self, seq: u64) -> bool;
+    /// Accepts and records `seq`, or returns false if it is old or a
+    /// duplicate. Call only after the datagram authenticated.
+    fn update(&mut self, seq: u64) -> bool;
+}
+
+impl ReplayCheck for ReplayWindow {
+    #[inline]
+    fn check(&self, seq: u64) -> bool {
+        ReplayWindow::check(self, seq)
+    }
+
+    #[inline]
+    fn update(&mut self, seq: u64) -> bool {
+        self.validate(seq)
+    }
+}
+
+impl<W: ReplayCheck> ReplayCheck for &mut W {
+    #[inline]
+    fn check(&self, seq: u64) -> bool {
+        (**self).check(seq)
+    }
+
+    #[inline]
+    fn update(&mut self, seq: u64) -> bool {
+        (**self).update(seq)
+    }
+}
 
 /// Sliding anti-replay window for one (tunnel, direction). The zero value
 /// (`Default`) is ready: nothing seen yet.
@@ -89,6 +132,7 @@ impl ReplayWindow {
 
     /// Accept and record `seq`, or return false if it is old or a duplicate.
     /// Call only after the datagram authenticated.
+    #[inline]
     pub fn validate(&mut self, seq: u64) -> bool {
         if seq == u64::MAX {
             return false;

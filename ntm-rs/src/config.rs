@@ -7,9 +7,10 @@
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use ntm_ops::config;
 use ntm_ops::metrics::MetricsConfig;
 use ntm_proto::Key;
 use serde::{Deserialize, Serialize};
@@ -84,38 +85,12 @@ impl Config {
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read the configuration file {path}: {error}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why (in the message, so not also a `source`).
-        error: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("{path}: {message} (see ntm-rs/ntm-rs.example.toml for the format)")]
-    Parse {
-        /// The file (`<string>` when parsed from memory).
-        path: PathBuf,
-        /// The TOML parser's message, with line and column.
-        message: String,
-    },
-    /// `key_file` cannot be used.
-    #[error(transparent)]
-    Key(#[from] ntm_ops::keys::KeyError),
     /// `key` is not 64 hex digits.
     #[error("key must be exactly 64 hex digits (32 bytes), the K_rs of the DC's [[relay]] entry with id = {0}; generate one with `ntm-dc keygen`")]
     BadKey(u32),
-    /// A number out of range.
-    #[error("{field} = {value}: {why}")]
-    BadValue {
-        /// The setting.
-        field: &'static str,
-        /// Its value.
-        value: u64,
-        /// The rule.
-        why: &'static str,
-    },
+    /// What every configuration can get wrong: the file, a key file, a number.
+    #[error(transparent)]
+    Common(#[from] config::Error),
 }
 
 /// A checked configuration.
@@ -138,73 +113,34 @@ pub struct Settings {
 }
 
 impl Config {
-    /// Parse TOML text.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::parse_at(text, Path::new("<string>"))
-    }
-
-    fn parse_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })
-    }
-
-    /// Read and parse a file (not yet validated: see [`Config::validate`]);
-    /// a `key_file` is read into `key` (and refused unless private).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
-        let mut c = Self::parse_at(&text, path)?;
-        let (key, _) = ntm_ops::keys::resolve(
-            "ntm-rs",
-            &c.key,
-            c.key_file.as_deref(),
-            &ntm_ops::keys::base_dir(path),
-        )?;
-        c.key = key;
-        Ok(c)
-    }
-
-    /// Whether the key is written in the file itself (which must then be
-    /// private: [`ntm_ops::keys::check_private`]).
-    pub fn holds_inline_key(&self) -> bool {
-        self.key_file.is_none()
-    }
-
-    /// The TOML text of this configuration.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("plain data always serializes")
-    }
-
     /// Check everything.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let key: Key = self.key.parse().map_err(|_| ConfigError::BadKey(self.id))?;
-        if self.max_bindings == 0 {
-            return Err(ConfigError::BadValue {
-                field: "max_bindings",
-                value: 0,
-                why: "must be at least 1",
-            });
-        }
+        config::at_least_1("max_bindings", self.max_bindings as u64)?;
         Ok(Settings {
             listen: self.listen,
             id: self.id,
             key,
             max_bindings: self.max_bindings,
-            stats_interval: (self.stats_interval_secs > 0)
-                .then(|| Duration::from_secs(self.stats_interval_secs)),
+            stats_interval: config::interval(self.stats_interval_secs),
             status_socket: self.status_socket.clone(),
             metrics: self.metrics.clone(),
         })
     }
 }
 
+ntm_ops::config_file!(
+    Config,
+    Settings,
+    ConfigError,
+    "ntm-rs/ntm-rs.example.toml",
+    key of "ntm-rs"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn round_trips_and_validates() {

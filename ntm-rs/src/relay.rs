@@ -53,14 +53,9 @@ pub enum Verdict {
     Consumed,
 }
 
-/// Where to send a datagram that [`Relay::poll_transmit`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination.
-    pub dst: SocketAddrV4,
-    /// Bytes written at the front of the caller's buffer.
-    pub len: usize,
-}
+/// Where to send a datagram that [`Relay::poll_transmit`] wrote (one
+/// type for every party of the protocol).
+pub use ntm_proto::Transmit;
 
 ntm_proto::reasons! {
     /// Why the relay dropped a datagram. Protocol-level reasons (malformed,

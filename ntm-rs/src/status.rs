@@ -4,9 +4,9 @@
 //! ([`Status::metrics`]) at the same moment.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddrV4;
 
+use ntm_ops::cli::StatusText;
 use ntm_ops::metrics::{labels, Scrape};
 use ntm_proto::counters::Reason;
 use serde::{Deserialize, Serialize};
@@ -94,39 +94,37 @@ impl Status {
         self.stats.get(name).copied().unwrap_or(0)
     }
 
-    /// The text view.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let both = self
-            .bindings
+    /// Bindings bound at both ends.
+    fn bound_at_both_ends(&self) -> usize {
+        self.bindings
             .iter()
             .filter(|b| b.initiator.is_some() && b.responder.is_some())
-            .count();
-        let _ = writeln!(
-            s,
+            .count()
+    }
+
+    /// The text view.
+    pub fn render(&self) -> String {
+        let mut t = StatusText::new(format_args!(
             "ntm-rs id {} on {} (pid {}, up {:.0} s): {} binding(s), {} bound at both ends, at most {}",
             self.id,
             self.listen,
             self.pid,
             self.uptime_secs,
             self.bindings.len(),
-            both,
+            self.bound_at_both_ends(),
             self.max_bindings
-        );
+        ));
         let opt = |a: Option<SocketAddrV4>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
         for b in &self.bindings {
-            let _ = writeln!(
-                s,
-                "  tunnel {}: initiator {} responder {} (idle lifetime {} s)",
+            t.item(format_args!(
+                "tunnel {}: initiator {} responder {} (idle lifetime {} s)",
                 b.tunnel_id,
                 opt(b.initiator),
                 opt(b.responder),
                 b.lifetime_secs
-            );
+            ));
         }
-        let _ = writeln!(s, "counters: {}", ntm_ops::cli::counts(&self.stats, true));
-        let _ = writeln!(s, "drops: {}", ntm_ops::cli::counts(&self.drops, false));
-        s
+        t.finish(&self.stats, &self.drops)
     }
 
     /// The scrape of this snapshot.
@@ -173,28 +171,17 @@ impl Status {
             ]
             .map(|(event, stat)| (labels([("event", event)]), self.stat(stat))),
         );
-        m.counters(
+        m.counters_by(
             "ntm_rs_drops",
             "Datagrams dropped, by reason.",
-            self.drops
-                .iter()
-                .map(|(r, n)| (labels([("reason", r)]), *n)),
+            "reason",
+            &self.drops,
         );
-        let both = self
-            .bindings
-            .iter()
-            .filter(|b| b.initiator.is_some() && b.responder.is_some())
-            .count();
-        m.gauges(
+        let both = self.bound_at_both_ends();
+        m.states(
             "ntm_rs_bindings",
             "Relay bindings: bound at both ends, or still waiting for one.",
-            [
-                (labels([("state", "both")]), both as f64),
-                (
-                    labels([("state", "half")]),
-                    (self.bindings.len() - both) as f64,
-                ),
-            ],
+            [("both", both), ("half", self.bindings.len() - both)],
         );
         m.gauge(
             "ntm_rs_max_bindings",

@@ -1,4 +1,4 @@
-//! The ntma testbed: network namespaces, veths, bridge and NAT of shared/TESTBED.md, as a library with a teardown guard.
+//! The ntma testbed: network namespaces, veths, bridge and NAT of docs/testbed.md, as a library with a teardown guard.
 //!
 //! ```text
 //!  gn ──veth── ntma ──veth── nat1 ──┐                 ┌── dc   198.18.0.2

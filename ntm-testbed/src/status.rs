@@ -133,66 +133,7 @@ impl fmt::Display for Status {
             return Ok(());
         }
         for ns in &self.namespaces {
-            if !ns.present {
-                writeln!(f, "  {:<12} absent", ns.name)?;
-                continue;
-            }
-            let mut notes = Vec::new();
-            if let Some(gw) = ns.default_route {
-                notes.push(format!("default via {gw}"));
-            }
-            if let Some(loaded) = ns.nat_table {
-                let t = nat_table_name(&self.prefix);
-                notes.push(if loaded {
-                    format!("nft table {t} loaded")
-                } else {
-                    format!("nft table {t} MISSING")
-                });
-            }
-            if ns.ip_forward {
-                notes.push("ip_forward on".into());
-            }
-            if !ns.resolv_conf {
-                notes.push("no resolv.conf".into());
-            }
-            let line = format!("  {:<12} {}", ns.name, notes.join(", "));
-            writeln!(f, "{}", line.trim_end())?;
-            for i in &ns.interfaces {
-                let addrs: Vec<String> = i.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
-                let addrs = if addrs.is_empty() {
-                    "-".to_owned()
-                } else {
-                    addrs.join(" ")
-                };
-                let mut extra = Vec::new();
-                if let Some(k) = &i.kind {
-                    extra.push(k.clone());
-                }
-                if let Some(m) = &i.master {
-                    extra.push(format!("port of {m}"));
-                }
-                if i.kind.as_deref() == Some("veth") {
-                    extra.push(format!("{}rx/{}tx queues", i.rx_queues, i.tx_queues));
-                }
-                match i.tx_csum_off {
-                    Some(true) => extra.push("tx-csum off".into()),
-                    Some(false) => extra.push("tx-csum ON".into()),
-                    None => {}
-                }
-                let state = if i.up {
-                    i.operstate.clone()
-                } else {
-                    "ADMIN-DOWN".into()
-                };
-                let line = format!(
-                    "      {:<6} {:<8} {:<18} {}",
-                    i.name,
-                    state,
-                    addrs,
-                    extra.join(", ")
-                );
-                writeln!(f, "{}", line.trim_end())?;
-            }
+            ns.fmt_with(f, &self.prefix)?;
         }
         for ns in &self.extra_namespaces {
             writeln!(f, "  {ns:<12} (extra namespace carrying the prefix)")?;
@@ -200,6 +141,14 @@ impl fmt::Display for Status {
         for l in &self.host_links {
             writeln!(f, "  host link {l} carries the prefix")?;
         }
+        self.fmt_host(f)
+    }
+}
+
+impl Status {
+    /// The lines about the host: bpffs, the state directory, the build
+    /// options and the problems.
+    fn fmt_host(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "  bpffs {}",
@@ -228,6 +177,80 @@ impl fmt::Display for Status {
             }
         }
         Ok(())
+    }
+}
+
+impl NamespaceStatus {
+    /// The namespace's line and one line per interface; `prefix` names
+    /// its NAT table.
+    fn fmt_with(&self, f: &mut fmt::Formatter<'_>, prefix: &str) -> fmt::Result {
+        if !self.present {
+            return writeln!(f, "  {:<12} absent", self.name);
+        }
+        let mut notes = Vec::new();
+        if let Some(gw) = self.default_route {
+            notes.push(format!("default via {gw}"));
+        }
+        if let Some(loaded) = self.nat_table {
+            let t = nat_table_name(prefix);
+            notes.push(if loaded {
+                format!("nft table {t} loaded")
+            } else {
+                format!("nft table {t} MISSING")
+            });
+        }
+        if self.ip_forward {
+            notes.push("ip_forward on".into());
+        }
+        if !self.resolv_conf {
+            notes.push("no resolv.conf".into());
+        }
+        let line = format!("  {:<12} {}", self.name, notes.join(", "));
+        writeln!(f, "{}", line.trim_end())?;
+        for i in &self.interfaces {
+            writeln!(f, "{}", i.line().trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+impl Interface {
+    /// Its line in the status: name, state, addresses, and what else is
+    /// worth knowing.
+    fn line(&self) -> String {
+        let addrs: Vec<String> = self.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+        let addrs = if addrs.is_empty() {
+            "-".to_owned()
+        } else {
+            addrs.join(" ")
+        };
+        let mut extra = Vec::new();
+        if let Some(k) = &self.kind {
+            extra.push(k.clone());
+        }
+        if let Some(m) = &self.master {
+            extra.push(format!("port of {m}"));
+        }
+        if self.kind.as_deref() == Some("veth") {
+            extra.push(format!("{}rx/{}tx queues", self.rx_queues, self.tx_queues));
+        }
+        match self.tx_csum_off {
+            Some(true) => extra.push("tx-csum off".into()),
+            Some(false) => extra.push("tx-csum ON".into()),
+            None => {}
+        }
+        let state = if self.up {
+            self.operstate.clone()
+        } else {
+            "ADMIN-DOWN".into()
+        };
+        format!(
+            "      {:<6} {:<8} {:<18} {}",
+            self.name,
+            state,
+            addrs,
+            extra.join(", ")
+        )
     }
 }
 
@@ -319,6 +342,7 @@ pub(crate) fn parse_tx_csum_off(text: &str) -> Option<bool> {
 }
 
 /// Everything `status` learns from inside one namespace.
+#[derive(Default)]
 struct Inside {
     interfaces: Vec<Interface>,
     default_route: Option<Ipv4Addr>,
@@ -362,66 +386,15 @@ fn look_inside(ns: &str, role: Role, nat_table: &str) -> Result<Inside> {
 /// with the topology.
 pub(crate) fn gather(prefix: &str) -> Result<Status> {
     let all_ns = sys::list_netns()?;
-    let nat_table = nat_table_name(prefix);
     let dir = state_dir(prefix);
     let options = std::fs::read_to_string(dir.join(crate::testbed::OPTIONS_FILE))
         .ok()
         .and_then(|t| toml::from_str::<Options>(&t).ok());
     let mut problems = Vec::new();
-    let mut namespaces = Vec::new();
-
-    for role in Role::ALL {
-        let name = role.ns(prefix);
-        let present = all_ns.contains(&name);
-        let resolv_conf = std::path::Path::new(sys::NETNS_ETC_DIR)
-            .join(&name)
-            .join("resolv.conf")
-            .is_file();
-        if !resolv_conf {
-            problems.push(format!("{name}: /etc/netns/{name}/resolv.conf missing"));
-        }
-        if !present {
-            problems.push(format!("{name}: namespace missing"));
-            namespaces.push(NamespaceStatus {
-                role,
-                name,
-                present,
-                interfaces: Vec::new(),
-                default_route: None,
-                nat_table: None,
-                ip_forward: false,
-                resolv_conf,
-            });
-            continue;
-        }
-        let inside = match look_inside(&name, role, &nat_table) {
-            Ok(inside) => inside,
-            // A namespace file without a namespace behind it (an `ip netns
-            // add` that died half-way) is something to repair, not a reason
-            // to give up.
-            Err(e @ Error::Netns { .. }) => {
-                problems.push(format!("{name}: {e}"));
-                Inside {
-                    interfaces: Vec::new(),
-                    default_route: None,
-                    nat_table: None,
-                    ip_forward: false,
-                }
-            }
-            Err(e) => return Err(e),
-        };
-        check_namespace(&name, role, &inside, options.as_ref(), &mut problems);
-        namespaces.push(NamespaceStatus {
-            role,
-            name,
-            present,
-            interfaces: inside.interfaces,
-            default_route: inside.default_route,
-            nat_table: inside.nat_table,
-            ip_forward: inside.ip_forward,
-            resolv_conf,
-        });
-    }
+    let namespaces = Role::ALL
+        .into_iter()
+        .map(|role| namespace_status(prefix, role, &all_ns, options.as_ref(), &mut problems))
+        .collect::<Result<Vec<_>>>()?;
 
     let known: Vec<String> = Role::ALL.iter().map(|r| r.ns(prefix)).collect();
     let mut extra_namespaces: Vec<String> = all_ns
@@ -459,6 +432,55 @@ pub(crate) fn gather(prefix: &str) -> Result<Status> {
         keys,
         options,
         problems,
+    })
+}
+
+/// Looks at `role`'s namespace (`all_ns`: the namespaces that exist) and
+/// adds what differs from the topology to `problems`.
+fn namespace_status(
+    prefix: &str,
+    role: Role,
+    all_ns: &[String],
+    options: Option<&Options>,
+    problems: &mut Vec<String>,
+) -> Result<NamespaceStatus> {
+    let name = role.ns(prefix);
+    let present = all_ns.contains(&name);
+    let resolv_conf = std::path::Path::new(sys::NETNS_ETC_DIR)
+        .join(&name)
+        .join("resolv.conf")
+        .is_file();
+    if !resolv_conf {
+        problems.push(format!("{name}: /etc/netns/{name}/resolv.conf missing"));
+    }
+    let inside = if present {
+        match look_inside(&name, role, &nat_table_name(prefix)) {
+            Ok(inside) => inside,
+            // A namespace file without a namespace behind it (an `ip netns
+            // add` that died half-way) is something to repair, not a reason
+            // to give up.
+            Err(e @ Error::Netns { .. }) => {
+                problems.push(format!("{name}: {e}"));
+                Inside::default()
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        problems.push(format!("{name}: namespace missing"));
+        Inside::default()
+    };
+    if present {
+        check_namespace(&name, role, &inside, options, problems);
+    }
+    Ok(NamespaceStatus {
+        role,
+        name,
+        present,
+        interfaces: inside.interfaces,
+        default_route: inside.default_route,
+        nat_table: inside.nat_table,
+        ip_forward: inside.ip_forward,
+        resolv_conf,
     })
 }
 

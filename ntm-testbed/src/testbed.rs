@@ -205,19 +205,7 @@ impl Testbed {
         let p = &self.prefix;
         sys::ensure_bpffs()?;
         self.write_state()?;
-        for role in Role::ALL {
-            let dir = Path::new(sys::NETNS_ETC_DIR).join(role.ns(p));
-            create_dir(&dir, 0o755)?;
-            let file = dir.join("resolv.conf");
-            let text = format!(
-                "# ntm-testbed: the {role} namespace's own resolver configuration\nnameserver {}\n",
-                role.nameserver()
-            );
-            std::fs::write(&file, text).map_err(|source| Error::Io {
-                what: format!("writing {}", file.display()),
-                source,
-            })?;
-        }
+        write_resolv_confs(p)?;
 
         let mut script = String::new();
         for role in Role::ALL {
@@ -231,7 +219,28 @@ impl Testbed {
         for role in Role::ALL {
             in_netns(&role.ns(p), || self.namespace_sysctls(role))??;
         }
+        ip_batch(None, &self.links_script(), false)?;
+        for role in Role::ALL {
+            ip_batch(Some(&role.ns(p)), &namespace_script(role), false)?;
+        }
 
+        let table = nat_table_name(p);
+        for role in topology::NATS {
+            in_netns(&role.ns(p), || {
+                run(
+                    Command::new("nft").args(["-f", "-"]),
+                    Some(&nat_ruleset(&table)),
+                )
+            })??;
+        }
+        tx_csum_off(p)?;
+        wait_complete(p)
+    }
+
+    /// The `ip -batch` script creating the veth pairs, each end in its
+    /// namespace, and the internet bridge.
+    fn links_script(&self) -> String {
+        let p = &self.prefix;
         let mut script = String::new();
         for l in &VETHS {
             let q = if l.xdp_path { self.options.queues } else { 1 };
@@ -252,61 +261,7 @@ impl Testbed {
             Role::Inet.ns(p)
         )
         .expect("String write");
-        ip_batch(None, &script, false)?;
-
-        for role in Role::ALL {
-            ip_batch(Some(&role.ns(p)), &namespace_script(role), false)?;
-        }
-
-        let table = nat_table_name(p);
-        for role in topology::NATS {
-            in_netns(&role.ns(p), || {
-                run(
-                    Command::new("nft").args(["-f", "-"]),
-                    Some(&nat_ruleset(&table)),
-                )
-            })??;
-        }
-        for role in Role::ALL {
-            let ifs: Vec<&str> = topology::TX_CSUM_OFF
-                .iter()
-                .filter(|(r, _)| *r == role)
-                .map(|(_, i)| *i)
-                .collect();
-            if ifs.is_empty() {
-                continue;
-            }
-            in_netns(&role.ns(p), || -> Result<()> {
-                for i in ifs {
-                    run(Command::new("ethtool").args(["-K", i, "tx", "off"]), None)?;
-                }
-                Ok(())
-            })??;
-        }
-
-        // Links come up asynchronously (carrier, bridge port state); give
-        // them a moment before calling the result incomplete.
-        let mut last = None;
-        let complete = wait_until(Duration::from_secs(5), || match status::gather(p) {
-            Ok(s) => {
-                let done = s.is_complete();
-                last = Some(Ok(s));
-                done
-            }
-            Err(e) => {
-                last = Some(Err(e));
-                false
-            }
-        });
-        match last {
-            Some(Ok(_)) if complete => Ok(()),
-            Some(Ok(s)) => Err(Error::Incomplete {
-                prefix: p.clone(),
-                problems: s.problems.join("; "),
-            }),
-            Some(Err(e)) => Err(e),
-            None => unreachable!("wait_until calls the condition at least once"),
-        }
+        script
     }
 
     /// Per-namespace sysctls, set before any link exists so that the
@@ -553,6 +508,74 @@ fn create_dir(dir: &Path, mode: u32) -> Result<()> {
             what: format!("creating {}", dir.display()),
             source,
         })
+}
+
+/// Writes `/etc/netns/<ns>/resolv.conf` for every namespace of the
+/// testbed with `p`.
+fn write_resolv_confs(p: &str) -> Result<()> {
+    for role in Role::ALL {
+        let dir = Path::new(sys::NETNS_ETC_DIR).join(role.ns(p));
+        create_dir(&dir, 0o755)?;
+        let file = dir.join("resolv.conf");
+        let text = format!(
+            "# ntm-testbed: the {role} namespace's own resolver configuration\nnameserver {}\n",
+            role.nameserver()
+        );
+        std::fs::write(&file, text).map_err(|source| Error::Io {
+            what: format!("writing {}", file.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Switches TX checksum offload off on the interfaces of the AF_XDP path
+/// ([`topology::TX_CSUM_OFF`]).
+fn tx_csum_off(p: &str) -> Result<()> {
+    for role in Role::ALL {
+        let ifs: Vec<&str> = topology::TX_CSUM_OFF
+            .iter()
+            .filter(|(r, _)| *r == role)
+            .map(|(_, i)| *i)
+            .collect();
+        if ifs.is_empty() {
+            continue;
+        }
+        in_netns(&role.ns(p), || -> Result<()> {
+            for i in ifs {
+                run(Command::new("ethtool").args(["-K", i, "tx", "off"]), None)?;
+            }
+            Ok(())
+        })??;
+    }
+    Ok(())
+}
+
+/// Waits for the testbed with `p` to be complete.
+fn wait_complete(p: &str) -> Result<()> {
+    // Links come up asynchronously (carrier, bridge port state); give
+    // them a moment before calling the result incomplete.
+    let mut last = None;
+    let complete = wait_until(Duration::from_secs(5), || match status::gather(p) {
+        Ok(s) => {
+            let done = s.is_complete();
+            last = Some(Ok(s));
+            done
+        }
+        Err(e) => {
+            last = Some(Err(e));
+            false
+        }
+    });
+    match last {
+        Some(Ok(_)) if complete => Ok(()),
+        Some(Ok(s)) => Err(Error::Incomplete {
+            prefix: p.to_owned(),
+            problems: s.problems.join("; "),
+        }),
+        Some(Err(e)) => Err(e),
+        None => unreachable!("wait_until calls the condition at least once"),
+    }
 }
 
 /// The `ip -batch` script that configures `role`'s namespace once its

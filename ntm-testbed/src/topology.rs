@@ -1,4 +1,4 @@
-//! The topology of `shared/TESTBED.md` as data: roles, addresses, interface
+//! The topology of `docs/testbed.md` as data: roles, addresses, interface
 //! names, and the links, addresses and routes that `up` builds and `status`
 //! checks. One table drives both, so they cannot disagree.
 

@@ -1,5 +1,5 @@
 //! A whole NTMobile world on the testbed, for the demo (`ntm-demo`) and the
-//! adapter's integration tests: the testbed of `shared/TESTBED.md` with the
+//! adapter's integration tests: the testbed of `docs/testbed.md` with the
 //! real `ntm-dc`, `ntm-rs`, `ntm-node` and `ntma` binaries, started from
 //! configurations written with the testbed's keys into its state directory,
 //! a fake upstream resolver, and helpers that run the stock tools of the
@@ -468,7 +468,7 @@ impl World {
         let leased = self.dhclient()?;
         ensure!(leased == gn_vip, "DHCP gave {leased}, the DC gave {gn_vip}");
         let d = self.dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN_FQDN)?;
-        ensure!(d.status == "NOERROR" && !d.a.is_empty(), "{d:?}");
+        ensure!(d.status == "NOERROR" && d.a.len() == 1, "{d:?}");
         let cn_vip = d.a[0];
         ntma.wait("tunnel to cn up", |s| {
             s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
@@ -476,6 +476,45 @@ impl World {
         let p = self.ping(Role::Gn, cn_vip, 2)?;
         ensure!(p.received == p.sent, "{}", p.output);
         Ok((gn_vip, cn_vip))
+    }
+
+    /// [`World::leased_with_tunnel`] with cn's node registered first, and
+    /// its name resolved to its own VIP: returns the GN's VIP and cn's.
+    pub fn tunnel_to_cn(&self, cn: &mut Node, ntma: &mut Ntma) -> Result<(Ipv4Addr, Ipv4Addr)> {
+        let cn_vip = cn.registered()?;
+        let (gn_vip, resolved) = self.leased_with_tunnel(ntma)?;
+        ensure!(
+            resolved == cn_vip,
+            "{CN_FQDN} resolved to {resolved}, cn has {cn_vip}"
+        );
+        Ok((gn_vip, cn_vip))
+    }
+
+    /// `len` bytes over TCP through the tunnel, gn -> cn to `port` (seed
+    /// `seed`), then cn -> gn to `port + 1` (seed `seed + 1`), each checked
+    /// intact.
+    pub fn tcp_both_ways(
+        &self,
+        (gn_vip, cn_vip): (Ipv4Addr, Ipv4Addr),
+        len: usize,
+        seed: u64,
+        port: u16,
+    ) -> Result<()> {
+        let ways = [
+            ("gn -> cn", Role::Cn, cn_vip, Role::Gn, "up"),
+            ("cn -> gn", Role::Gn, gn_vip, Role::Cn, "down"),
+        ];
+        for ((what, to, to_vip, from, tag), i) in ways.into_iter().zip(0..) {
+            let data = payload(len, seed + i);
+            let got = self.nc_transfer(to, to_vip, from, port + i as u16, &data, tag)?;
+            ensure!(
+                got == data,
+                "{what}: {} of {} bytes, or different",
+                got.len(),
+                data.len()
+            );
+        }
+        Ok(())
     }
 
     /// Interfaces of `role`'s namespace that have an XDP program attached,

@@ -135,26 +135,7 @@ fn gn_gets_its_vip_resolves_and_talks_both_ways() {
     eprintln!("MEASURED ping gn -> cn (min/avg/max ms): {:?}", p.rtt);
     let p = w.ping(Role::Cn, gn_vip, 5).unwrap();
     assert_eq!(p.received, p.sent, "{}", p.output);
-    let data = payload(1 << 20, 1);
-    let got = w
-        .nc_transfer(Role::Cn, cn_vip, Role::Gn, 5001, &data, "up")
-        .unwrap();
-    assert!(
-        got == data,
-        "gn -> cn: {} of {} bytes, or different",
-        got.len(),
-        data.len()
-    );
-    let data = payload(1 << 20, 2);
-    let got = w
-        .nc_transfer(Role::Gn, gn_vip, Role::Cn, 5002, &data, "down")
-        .unwrap();
-    assert!(
-        got == data,
-        "cn -> gn: {} of {} bytes, or different",
-        got.len(),
-        data.len()
-    );
+    w.tcp_both_ways((gn_vip, cn_vip), 1 << 20, 1, 5001).unwrap();
     let i = w.iperf3(Role::Cn, cn_vip, Role::Gn, 2, false).unwrap();
     assert!(i.received_bytes > 0);
     eprintln!(
@@ -310,15 +291,7 @@ fn an_expired_tunnel_is_set_up_again_by_the_next_packet() {
     .expect("these integration tests need root and a working testbed");
     let mut cn = w.node(Role::Cn, CN_FQDN).unwrap();
     let mut ntma = w.ntma(|_| {}).unwrap();
-    let cn_vip = cn.registered().unwrap();
-    let gn_vip = ntma.registered().unwrap();
-    assert_eq!(w.dhclient().unwrap(), gn_vip);
-    let d = w
-        .dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN_FQDN)
-        .unwrap();
-    assert_eq!(d.a, vec![cn_vip]);
-    let p = w.ping(Role::Gn, cn_vip, 1).unwrap();
-    assert_eq!(p.received, 1, "{}", p.output);
+    let (_, cn_vip) = w.tunnel_to_cn(&mut cn, &mut ntma).unwrap();
     let first = ntma.status().unwrap().tunnel_to(CN_FQDN).unwrap().id;
 
     let st = ntma
@@ -353,15 +326,7 @@ fn the_adapter_roams_when_its_uplink_address_changes() {
     let w = up("aroam");
     let mut cn = w.node(Role::Cn, CN_FQDN).unwrap();
     let mut ntma = w.ntma(|_| {}).unwrap();
-    let cn_vip = cn.registered().unwrap();
-    let gn_vip = ntma.registered().unwrap();
-    assert_eq!(w.dhclient().unwrap(), gn_vip);
-    let d = w
-        .dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN_FQDN)
-        .unwrap();
-    assert_eq!(d.a, vec![cn_vip]);
-    let p = w.ping(Role::Gn, cn_vip, 2).unwrap();
-    assert_eq!(p.received, p.sent, "{}", p.output);
+    let (gn_vip, cn_vip) = w.tunnel_to_cn(&mut cn, &mut ntma).unwrap();
     let st = ntma.status().unwrap();
     let id = st.tunnel_to(CN_FQDN).unwrap().id;
     assert_eq!(st.registration.local_addr.ip().octets(), [192, 168, 10, 2]);

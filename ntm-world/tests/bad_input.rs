@@ -85,7 +85,7 @@ fn malformed_frames_from_the_gn_are_counted_and_go_nowhere() {
     // Over the 1440 the GN was given: raise its MTU to send it at all.
     w.sh(Role::Gn, "ip link set dev eth0 mtu 1500").unwrap();
     let big = icmp_echo(0x4e54, 2, &[0xaa; 1460 - 8]);
-    // With DF (§5 "MTU"): handed to the slow path, dropped there and answered
+    // With DF (docs/protocol.md §5 "MTU"): handed to the slow path, dropped there and answered
     // with ICMP fragmentation needed (tests/mtu.rs follows the answer).
     let mut big_ip = Ipv4::new(gn_vip, cn_vip, 1);
     big_ip.frag = 0x4000;

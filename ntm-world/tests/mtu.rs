@@ -1,4 +1,4 @@
-//! MTU on the testbed (issue 9, item 2; PROTOCOL.md §5 "MTU" and §6 "Data"): the
+//! MTU on the testbed (issue 9, item 2; docs/protocol.md §5 "MTU" and §6 "Data"): the
 //! GN's link MTU is raised to 1500 after DHCP (as a GN that ignores the DHCP MTU
 //! option, e.g. Windows, has it), and then
 //!

@@ -37,6 +37,16 @@ fn start_node(w: &World, role: Role, fqdn: &str) -> Node {
     w.node(role, fqdn).expect("start ntm-node")
 }
 
+/// Starts cn's and cn2's nodes and waits for their registration: the nodes
+/// and their VIPs.
+fn cn_and_cn2(w: &World) -> (Node, Node, Ipv4Addr, Ipv4Addr) {
+    let mut cn = start_node(w, Role::Cn, CN_FQDN);
+    let mut cn2 = start_node(w, Role::Cn2, CN2_FQDN);
+    let cn_vip = cn.registered().unwrap();
+    let cn2_vip = cn2.registered().unwrap();
+    (cn, cn2, cn_vip, cn2_vip)
+}
+
 /// Runs a command in `role`'s namespace and returns its stdout; panics
 /// with its stderr on failure.
 fn sh(w: &World, role: Role, script: &str) -> String {
@@ -121,10 +131,7 @@ fn nc_transfer(w: &World, to: Role, to_vip: Ipv4Addr, from: Role, data: &[u8], t
 #[test]
 fn resolve_ping_and_tcp_both_ways() {
     let w = up("nodedns");
-    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
-    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered().unwrap();
-    let cn2_vip = cn2.registered().unwrap();
+    let (mut cn, mut cn2, cn_vip, cn2_vip) = cn_and_cn2(&w);
     assert_ne!(cn_vip, cn2_vip);
     let st = cn2.wait("behind NAT", |s| s.behind_nat.is_some()).unwrap();
     assert_eq!(st.behind_nat, Some(true), "cn2 sits behind nat2");
@@ -250,10 +257,7 @@ fn resolve_ping_and_tcp_both_ways() {
 #[test]
 fn expired_tunnel_comes_back_for_a_packet() {
     let w = up_with("nodeexp", |dc| dc.tunnel_lifetime_secs = 3);
-    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
-    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered().unwrap();
-    cn2.registered().unwrap();
+    let (mut cn, mut cn2, cn_vip, _) = cn_and_cn2(&w);
     connect(&w, &mut cn2, CN_FQDN);
     ping(&w, Role::Cn2, cn_vip, 1);
     // Idle for longer than the lifetime (keep-alives come every 20 s).
@@ -331,10 +335,7 @@ fn relay_between_two_nats() {
 #[test]
 fn forged_replayed_truncated_data_are_dropped_by_reason() {
     let w = up("nodedrops");
-    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
-    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered().unwrap();
-    cn2.registered().unwrap();
+    let (mut cn, mut cn2, cn_vip, _) = cn_and_cn2(&w);
     connect(&w, &mut cn2, CN_FQDN);
 
     // Capture genuine DATA from cn2 to cn on cn's side.
@@ -407,10 +408,7 @@ fn forged_replayed_truncated_data_are_dropped_by_reason() {
 #[test]
 fn dc_restart_keeps_tunnels() {
     let mut w = up("nodedcre");
-    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
-    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered().unwrap();
-    let cn2_vip = cn2.registered().unwrap();
+    let (mut cn, mut cn2, cn_vip, cn2_vip) = cn_and_cn2(&w);
     connect(&w, &mut cn2, CN_FQDN);
     ping(&w, Role::Cn2, cn_vip, 2);
     let tunnel = cn2.status().unwrap().tunnel_to(CN_FQDN).unwrap().id;
@@ -459,10 +457,7 @@ fn dc_restart_keeps_tunnels() {
 #[test]
 fn roaming_keeps_tcp_open() {
     let w = up("noderoam");
-    let mut cn = start_node(&w, Role::Cn, CN_FQDN);
-    let mut cn2 = start_node(&w, Role::Cn2, CN2_FQDN);
-    let cn_vip = cn.registered().unwrap();
-    cn2.registered().unwrap();
+    let (mut cn, mut cn2, cn_vip, _) = cn_and_cn2(&w);
     connect(&w, &mut cn2, CN_FQDN);
 
     let listener =

@@ -102,6 +102,15 @@ fn value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Starts `count` pings from gn to `dst`, 20 ms apart, in the background.
+fn pinger(w: &World, dst: std::net::Ipv4Addr, count: u32) -> Result<ntm_testbed::Child> {
+    let mut ping = Command::new("ping");
+    ping.args(["-n", "-c", &count.to_string(), "-i", "0.02", "-W", "2"])
+        .arg(dst.to_string());
+    w.tb.spawn(Role::Gn, &ping)
+        .map_err(|e| anyhow!("start ping: {e}"))
+}
+
 /// Waits for a running `ping` (a testbed child) to finish and checks that
 /// it lost nothing; prints its summary line under `what`.
 fn lossless_ping(pinger: &mut ntm_testbed::Child, what: &str) -> Result<()> {
@@ -277,20 +286,7 @@ fn reloads_under_traffic_lose_no_ping() -> Result<()> {
     let regs_before = w.dc_status()?.stat("registrations");
 
     // 300 pings, 20 ms apart (6 s), while both daemons reload.
-    let mut ping = Command::new("ping");
-    ping.args([
-        "-n",
-        "-c",
-        "300",
-        "-i",
-        "0.02",
-        "-W",
-        "2",
-        &cn_vip.to_string(),
-    ]);
-    let mut pinger =
-        w.tb.spawn(Role::Gn, &ping)
-            .map_err(|e| anyhow!("start ping: {e}"))?;
+    let mut pinger = pinger(&w, cn_vip, 300)?;
     std::thread::sleep(Duration::from_millis(500));
 
     // DC: a node added, one removed (cn2, not running), a new relay key.
@@ -859,20 +855,7 @@ fn reload_moves_dns_upstream_under_traffic() -> Result<()> {
     ensure!(d.a == vec![UPSTREAM_ANSWER], "before the reload: {out}");
     let dnsmasq = w.dnsmasq(&Zone::default().a(NAME, moved))?;
 
-    let mut ping = Command::new("ping");
-    ping.args([
-        "-n",
-        "-c",
-        "200",
-        "-i",
-        "0.02",
-        "-W",
-        "2",
-        &cn_vip.to_string(),
-    ]);
-    let mut pinger =
-        w.tb.spawn(Role::Gn, &ping)
-            .map_err(|e| anyhow!("start ping: {e}"))?;
+    let mut pinger = pinger(&w, cn_vip, 200)?;
     std::thread::sleep(Duration::from_millis(500));
 
     rewrite_ntma(&ntma.config, |c| c.dns.upstream = DNSMASQ)?;

@@ -3,7 +3,7 @@
 //! program attached, the traffic counted by the raw worker, nothing dropped. Needs root
 //! and the workspace binaries (`cargo build --workspace --bins`); fails without them.
 
-use ntm_world::{payload, Role, World, CN_FQDN, NTMA_LAN_ADDR};
+use ntm_world::{Role, World, CN_FQDN, NTMA_LAN_ADDR};
 use ntma_user::config::DatapathKind;
 
 #[test]
@@ -38,26 +38,8 @@ fn the_raw_datapath_carries_the_demo() {
     // A veth hands the raw socket gn's TSO segments whole (a wire never would, and
     // with XDP attached the kernel turns the peer's TSO off itself): MTU-sized frames.
     w.sh(Role::Gn, "ethtool -K eth0 tso off gso off").unwrap();
-    let data = payload(256 << 10, 7);
-    let got = w
-        .nc_transfer(Role::Cn, cn_vip, Role::Gn, 5011, &data, "up")
+    w.tcp_both_ways((gn_vip, cn_vip), 256 << 10, 7, 5011)
         .unwrap();
-    assert!(
-        got == data,
-        "gn -> cn: {} of {} bytes",
-        got.len(),
-        data.len()
-    );
-    let data = payload(256 << 10, 8);
-    let got = w
-        .nc_transfer(Role::Gn, gn_vip, Role::Cn, 5012, &data, "down")
-        .unwrap();
-    assert!(
-        got == data,
-        "cn -> gn: {} of {} bytes",
-        got.len(),
-        data.len()
-    );
 
     let st = ntma.status().unwrap();
     let t = st.tunnel_to(CN_FQDN).expect("a tunnel to cn");

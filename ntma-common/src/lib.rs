@@ -60,31 +60,90 @@ pub mod ntm {
     pub const TYPE_TUN_KEEPALIVE: u8 = 0x02;
 }
 
-/// Ethernet / IPv4 / UDP constants the XDP programs need.
+/// Ethernet, IPv4 and UDP layouts, smoltcp style (`field` ranges and lengths): the
+/// XDP programs read them, and `ntma-user`'s wire layer builds its typed views on them.
 pub mod net {
-    /// Length of an untagged Ethernet header.
-    pub const ETH_HLEN: usize = 14;
-    /// Offset of the EtherType in the Ethernet header.
-    pub const ETH_TYPE_OFFSET: usize = 12;
-    /// EtherType of IPv4.
-    pub const ETHERTYPE_IPV4: u16 = 0x0800;
-    /// Minimum IPv4 header length.
-    pub const IPV4_MIN_HLEN: usize = 20;
-    /// Offset of flags + fragment offset in the IPv4 header.
-    pub const IPV4_FRAG_OFFSET: usize = 6;
-    /// "More fragments" bit and fragment-offset mask of that field.
-    pub const IPV4_MF: u16 = 0x2000;
-    pub const IPV4_OFFSET_MASK: u16 = 0x1fff;
-    /// Offset of the protocol byte in the IPv4 header.
-    pub const IPV4_PROTO_OFFSET: usize = 9;
-    /// Offset of the destination address in the IPv4 header.
-    pub const IPV4_DST_OFFSET: usize = 16;
-    /// IP protocol number of UDP.
-    pub const IPPROTO_UDP: u8 = 17;
-    /// UDP header length.
-    pub const UDP_HLEN: usize = 8;
-    /// Offset of the destination port in the UDP header.
-    pub const UDP_DST_OFFSET: usize = 2;
+    /// Ethernet II (no VLAN tag).
+    pub mod eth {
+        /// Byte ranges of the header's fields.
+        pub mod field {
+            use core::ops::Range;
+            /// Destination address.
+            pub const DST: Range<usize> = 0..6;
+            /// Source address.
+            pub const SRC: Range<usize> = 6..12;
+            /// EtherType.
+            pub const ETHERTYPE: Range<usize> = 12..14;
+        }
+        /// Header length.
+        pub const HEADER_LEN: usize = field::ETHERTYPE.end;
+        /// Shortest frame without FCS; shorter ones are zero-padded.
+        pub const MIN_FRAME_LEN: usize = 60;
+        /// EtherType of IPv4.
+        pub const ETHERTYPE_IPV4: u16 = 0x0800;
+        /// EtherType of ARP.
+        pub const ETHERTYPE_ARP: u16 = 0x0806;
+    }
+
+    /// IPv4 (RFC 791).
+    pub mod ipv4 {
+        /// Byte ranges of the header's fields.
+        pub mod field {
+            use core::ops::Range;
+            /// Version (high nibble) and header length in 32-bit words (low nibble).
+            pub const VER_IHL: usize = 0;
+            /// DSCP and ECN.
+            pub const DSCP_ECN: usize = 1;
+            /// Total length.
+            pub const LENGTH: Range<usize> = 2..4;
+            /// Identification.
+            pub const IDENT: Range<usize> = 4..6;
+            /// Flags and fragment offset.
+            pub const FLG_OFF: Range<usize> = 6..8;
+            /// Time to live.
+            pub const TTL: usize = 8;
+            /// Protocol.
+            pub const PROTOCOL: usize = 9;
+            /// Header checksum.
+            pub const CHECKSUM: Range<usize> = 10..12;
+            /// Source address.
+            pub const SRC: Range<usize> = 12..16;
+            /// Destination address.
+            pub const DST: Range<usize> = 16..20;
+        }
+        /// Header length without options.
+        pub const MIN_HEADER_LEN: usize = field::DST.end;
+        /// Don't Fragment, in the flags/fragment-offset word.
+        pub const DF: u16 = 0x4000;
+        /// More Fragments, in the flags/fragment-offset word.
+        pub const MF: u16 = 0x2000;
+        /// Fragment offset (8-byte units), in the flags/fragment-offset word.
+        pub const OFFSET_MASK: u16 = 0x1fff;
+        /// Protocol number of ICMP.
+        pub const PROTO_ICMP: u8 = 1;
+        /// Protocol number of TCP.
+        pub const PROTO_TCP: u8 = 6;
+        /// Protocol number of UDP.
+        pub const PROTO_UDP: u8 = 17;
+    }
+
+    /// UDP (RFC 768).
+    pub mod udp {
+        /// Byte ranges of the header's fields.
+        pub mod field {
+            use core::ops::Range;
+            /// Source port.
+            pub const SRC_PORT: Range<usize> = 0..2;
+            /// Destination port.
+            pub const DST_PORT: Range<usize> = 2..4;
+            /// Length of header and payload.
+            pub const LENGTH: Range<usize> = 4..6;
+            /// Checksum (0: none).
+            pub const CHECKSUM: Range<usize> = 6..8;
+        }
+        /// Header length.
+        pub const HEADER_LEN: usize = field::CHECKSUM.end;
+    }
 }
 
 /// Configuration of the XDP programs (the single entry of [`maps::CONFIG`]).
@@ -148,97 +207,86 @@ pub const fn prefix_mask(prefix_len: u8) -> u32 {
     }
 }
 
-/// Every verdict the XDP programs reach, each counted per CPU in [`maps::COUNTERS`].
-///
-/// The discriminant is the counter index. Add new verdicts before `_Count` only.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// Programs loaded but not configured yet: everything passes.
-    Unconfigured = 0,
-    /// LAN: IPv4 to a VIP (not the router) redirected to the queue's AF_XDP socket.
-    LanRedirect,
-    /// LAN: IPv4 to a VIP but no AF_XDP socket on this queue: passed.
-    LanNoSocket,
-    /// LAN: not IPv4 (ARP and anything else): passed.
-    LanNotIpv4,
-    /// LAN: IPv4 to the router address (DHCP unicast, DNS, ping to the router): passed.
-    LanToRouter,
-    /// LAN: IPv4 to a non-VIP destination (DHCP broadcast, Internet): passed.
-    LanNotVip,
-    /// LAN: frame too short for the headers it claims: passed to the kernel, which drops it.
-    LanMalformed,
-    /// WAN: NTM DATA / TUN_KEEPALIVE redirected to the queue's AF_XDP socket.
-    WanRedirect,
-    /// WAN: NTM DATA / TUN_KEEPALIVE but no AF_XDP socket on this queue: passed.
-    WanNoSocket,
-    /// WAN: not IPv4: passed.
-    WanNotIpv4,
-    /// WAN: IPv4 but not UDP: passed.
-    WanNotUdp,
-    /// WAN: IPv4 fragment: passed, the kernel reassembles it.
-    WanFragment,
-    /// WAN: UDP to another port: passed.
-    WanOtherPort,
-    /// WAN: UDP to the NTM port with another message type (signaling): passed.
-    WanSignaling,
-    /// WAN: frame too short for the headers it claims: passed.
-    WanMalformed,
-    /// WAN: DATA / TUN_KEEPALIVE type with a protocol version other than
-    /// [`ntm::VERSION`]: passed, the daemon's endpoint counts it (bad_version).
-    WanOtherVersion,
+/// Declares [`Verdict`] with its counter index, and derives `COUNT`, `ALL` and `name`
+/// from the one list, so that a new variant is counted and named without more edits.
+macro_rules! verdicts {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// All verdicts, in index order.
+            pub const ALL: [$name; [$($name::$variant),+].len()] = [$($name::$variant),+];
+
+            /// Number of verdicts, i.e. entries of the counter map.
+            pub const COUNT: u32 = $name::ALL.len() as u32;
+
+            /// A stable snake-case name, for status output and logs.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+        }
+    };
+}
+
+verdicts! {
+    /// Every verdict the XDP programs reach, each counted per CPU in [`maps::COUNTERS`].
+    ///
+    /// The discriminant (declaration order, from 0) is the counter index; `COUNT`,
+    /// `ALL` and `name` follow from the list, so add a verdict by adding one line.
+    pub enum Verdict {
+        /// Programs loaded but not configured yet: everything passes.
+        Unconfigured => "unconfigured",
+        /// LAN: IPv4 to a VIP (not the router) redirected to the queue's AF_XDP socket.
+        LanRedirect => "lan_redirect",
+        /// LAN: IPv4 to a VIP but no AF_XDP socket on this queue: passed.
+        LanNoSocket => "lan_no_socket",
+        /// LAN: not IPv4 (ARP and anything else): passed.
+        LanNotIpv4 => "lan_not_ipv4",
+        /// LAN: IPv4 to the router address (DHCP unicast, DNS, ping to the router): passed.
+        LanToRouter => "lan_to_router",
+        /// LAN: IPv4 to a non-VIP destination (DHCP broadcast, Internet): passed.
+        LanNotVip => "lan_not_vip",
+        /// LAN: frame too short for the headers it claims: passed to the kernel, which drops it.
+        LanMalformed => "lan_malformed",
+        /// WAN: NTM DATA / TUN_KEEPALIVE redirected to the queue's AF_XDP socket.
+        WanRedirect => "wan_redirect",
+        /// WAN: NTM DATA / TUN_KEEPALIVE but no AF_XDP socket on this queue: passed.
+        WanNoSocket => "wan_no_socket",
+        /// WAN: not IPv4: passed.
+        WanNotIpv4 => "wan_not_ipv4",
+        /// WAN: IPv4 but not UDP: passed.
+        WanNotUdp => "wan_not_udp",
+        /// WAN: IPv4 fragment: passed, the kernel reassembles it.
+        WanFragment => "wan_fragment",
+        /// WAN: UDP to another port: passed.
+        WanOtherPort => "wan_other_port",
+        /// WAN: UDP to the NTM port with another message type (signaling): passed.
+        WanSignaling => "wan_signaling",
+        /// WAN: frame too short for the headers it claims: passed.
+        WanMalformed => "wan_malformed",
+        /// WAN: DATA / TUN_KEEPALIVE type with a protocol version other than
+        /// [`ntm::VERSION`]: passed, the daemon's endpoint counts it (bad_version).
+        WanOtherVersion => "wan_other_version",
+    }
 }
 
 impl Verdict {
-    /// Number of verdicts, i.e. entries of the counter map.
-    pub const COUNT: u32 = Verdict::WanOtherVersion as u32 + 1;
-
-    /// All verdicts, in index order.
-    pub const ALL: [Verdict; Verdict::COUNT as usize] = [
-        Verdict::Unconfigured,
-        Verdict::LanRedirect,
-        Verdict::LanNoSocket,
-        Verdict::LanNotIpv4,
-        Verdict::LanToRouter,
-        Verdict::LanNotVip,
-        Verdict::LanMalformed,
-        Verdict::WanRedirect,
-        Verdict::WanNoSocket,
-        Verdict::WanNotIpv4,
-        Verdict::WanNotUdp,
-        Verdict::WanFragment,
-        Verdict::WanOtherPort,
-        Verdict::WanSignaling,
-        Verdict::WanMalformed,
-        Verdict::WanOtherVersion,
-    ];
-
     /// The counter index.
     #[inline(always)]
     pub const fn index(self) -> u32 {
         self as u32
-    }
-
-    /// A stable snake-case name, for status output and logs.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Verdict::Unconfigured => "unconfigured",
-            Verdict::LanRedirect => "lan_redirect",
-            Verdict::LanNoSocket => "lan_no_socket",
-            Verdict::LanNotIpv4 => "lan_not_ipv4",
-            Verdict::LanToRouter => "lan_to_router",
-            Verdict::LanNotVip => "lan_not_vip",
-            Verdict::LanMalformed => "lan_malformed",
-            Verdict::WanRedirect => "wan_redirect",
-            Verdict::WanNoSocket => "wan_no_socket",
-            Verdict::WanNotIpv4 => "wan_not_ipv4",
-            Verdict::WanNotUdp => "wan_not_udp",
-            Verdict::WanFragment => "wan_fragment",
-            Verdict::WanOtherPort => "wan_other_port",
-            Verdict::WanSignaling => "wan_signaling",
-            Verdict::WanMalformed => "wan_malformed",
-            Verdict::WanOtherVersion => "wan_other_version",
-        }
     }
 }
 
@@ -283,6 +331,10 @@ mod tests {
 
     #[test]
     fn verdicts_are_dense_and_named_uniquely() {
+        assert_eq!(Verdict::COUNT, 16);
+        assert_eq!(Verdict::ALL.len(), Verdict::COUNT as usize);
+        assert_eq!(Verdict::WanOtherVersion.index() + 1, Verdict::COUNT);
+        assert_eq!(Verdict::LanRedirect.name(), "lan_redirect");
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(v.index() as usize, i);
             for w in &Verdict::ALL[..i] {
@@ -293,6 +345,9 @@ mod tests {
 
     #[test]
     fn ntm_header_fields() {
+        assert_eq!(net::eth::HEADER_LEN, 14);
+        assert_eq!(net::ipv4::MIN_HEADER_LEN, 20);
+        assert_eq!(net::udp::HEADER_LEN, 8);
         assert_eq!(ntm::HEADER_LEN, 16);
         assert_eq!(ntm::CLASSIFY.end, 2);
         assert_eq!(ntm::VERSION, 2);

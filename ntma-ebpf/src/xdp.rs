@@ -7,12 +7,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ntma_common::{
-    net::{
-        ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_UDP, IPV4_DST_OFFSET, IPV4_FRAG_OFFSET,
-        IPV4_MF, IPV4_MIN_HLEN, IPV4_OFFSET_MASK, IPV4_PROTO_OFFSET, UDP_DST_OFFSET, UDP_HLEN,
-    },
+    net::{eth, ipv4, udp},
     ntm, Verdict, XdpConfig, MAX_QUEUES,
 };
+
+const ETH_HLEN: usize = eth::HEADER_LEN;
+const IPV4_MIN_HLEN: usize = ipv4::MIN_HEADER_LEN;
 
 #[map(name = "NTMA_CONFIG")]
 static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
@@ -69,8 +69,8 @@ fn config() -> Option<XdpConfig> {
 /// One bounds check covers every fixed field the programs read.
 #[inline(always)]
 fn ipv4_header(ctx: &XdpContext) -> Result<Option<[u8; IPV4_MIN_HLEN]>, Short> {
-    let ethertype = u16::from_be_bytes(bytes_at::<2>(ctx, ETH_TYPE_OFFSET)?);
-    if ethertype != ETHERTYPE_IPV4 {
+    let ethertype = u16::from_be_bytes(bytes_at::<2>(ctx, eth::field::ETHERTYPE.start)?);
+    if ethertype != eth::ETHERTYPE_IPV4 {
         return Ok(None);
     }
     let ip = bytes_at::<IPV4_MIN_HLEN>(ctx, ETH_HLEN)?;
@@ -104,12 +104,8 @@ fn try_ntma_lan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
     let Some(ip) = ipv4_header(ctx)? else {
         return Ok((Verdict::LanNotIpv4, XDP_PASS));
     };
-    let dst = u32::from_be_bytes([
-        ip[IPV4_DST_OFFSET],
-        ip[IPV4_DST_OFFSET + 1],
-        ip[IPV4_DST_OFFSET + 2],
-        ip[IPV4_DST_OFFSET + 3],
-    ]);
+    let at = ipv4::field::DST.start;
+    let dst = u32::from_be_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
     if dst == cfg.router_addr {
         return Ok((Verdict::LanToRouter, XDP_PASS));
     }
@@ -141,21 +137,22 @@ fn try_ntma_wan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
     let Some(ip) = ipv4_header(ctx)? else {
         return Ok((Verdict::WanNotIpv4, XDP_PASS));
     };
-    if ip[IPV4_PROTO_OFFSET] != IPPROTO_UDP {
+    if ip[ipv4::field::PROTOCOL] != ipv4::PROTO_UDP {
         return Ok((Verdict::WanNotUdp, XDP_PASS));
     }
-    let frag = u16::from_be_bytes([ip[IPV4_FRAG_OFFSET], ip[IPV4_FRAG_OFFSET + 1]]);
-    if frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
+    let at = ipv4::field::FLG_OFF.start;
+    let frag = u16::from_be_bytes([ip[at], ip[at + 1]]);
+    if frag & (ipv4::MF | ipv4::OFFSET_MASK) != 0 {
         return Ok((Verdict::WanFragment, XDP_PASS));
     }
     let l4 = l4_offset(&ip);
-    let dport = u16::from_be_bytes(bytes_at::<2>(ctx, l4 + UDP_DST_OFFSET)?);
+    let dport = u16::from_be_bytes(bytes_at::<2>(ctx, l4 + udp::field::DST_PORT.start)?);
     if dport != cfg.ntm_port {
         return Ok((Verdict::WanOtherPort, XDP_PASS));
     }
     // Message type and version decide; length, tunnel, suite and tag are checked in
     // userspace, which counts each failure by its reason.
-    let classify = bytes_at::<{ ntm::CLASSIFY.end }>(ctx, l4 + UDP_HLEN)?;
+    let classify = bytes_at::<{ ntm::CLASSIFY.end }>(ctx, l4 + udp::HEADER_LEN)?;
     let msg_type = classify[ntm::field::TYPE];
     if msg_type != ntm::TYPE_DATA && msg_type != ntm::TYPE_TUN_KEEPALIVE {
         return Ok((Verdict::WanSignaling, XDP_PASS));

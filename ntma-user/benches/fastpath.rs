@@ -24,9 +24,11 @@ use ntm_proto::{
     Cipher, DirectionKeys, Key, Path, Role, Suite,
 };
 use ntma_user::fastpath::{
-    packet::{downlink, ipv4_checksum, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
-    Dataplane, DataplaneConfig, LinkInfo,
+    encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
+    Dataplane, DataplaneConfig,
 };
+use ntma_user::wire::checksum::internet as ipv4_checksum;
+use ntma_user::{datapath::Link, gn::MacAddr};
 
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const SIZES: [usize; 2] = [64, 1400];
@@ -58,14 +60,14 @@ fn tunnel_id(i: u32) -> u32 {
 /// A data plane with `tunnels` tunnels up in `suite`; ours is the initiator's end.
 fn dataplane(tunnels: u32, suite: Suite) -> Dataplane {
     let dp = Dataplane::new(&DataplaneConfig::default()).expect("eventfd");
-    dp.set_link(Some(LinkInfo {
+    dp.set_link(Some(Link {
         gn_vip: GN_VIP,
-        gn_mac: [2, 0, 0, 0, 0, 2],
-        lan_mac: [2, 0, 0, 0, 0, 1],
-        wan_mac: [2, 0, 0, 0, 0, 0x11],
+        gn_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+        lan_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        wan_mac: MacAddr([2, 0, 0, 0, 0, 0x11]),
         wan_ip: Ipv4Addr::new(192, 168, 10, 2),
         wan_port: 7700,
-        gateway_mac: [2, 0, 0, 0, 0, 0x21],
+        gateway_mac: MacAddr([2, 0, 0, 0, 0, 0x21]),
     }));
     for i in 0..tunnels {
         let k = keys(i);

@@ -13,6 +13,8 @@ use ntm_proto::wire::Fqdn;
 use ntm_proto::Key;
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::limits;
+pub use crate::datapath::DatapathKind;
 use crate::fastpath::{INNER_MTU, INNER_MTU_MAX, TUNNEL_OVERHEAD};
 use crate::gn::{GnConfig, MacAddr, Unreachable};
 
@@ -146,7 +148,8 @@ pub struct Dns {
     pub tcp_idle_timeout_secs: u64,
 }
 
-/// `[datapath]`: AF_XDP workers, UMEM and rings.
+/// `[datapath]`: AF_XDP workers, UMEM and rings (their limits:
+/// [`crate::datapath::limits`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Datapath {
@@ -179,18 +182,6 @@ pub struct Datapath {
     pub attach: Attach,
     /// AF_XDP bind mode: "auto" (zero-copy where the driver can), "copy" or "zero-copy".
     pub bind: Bind,
-}
-
-/// Which datapath carries tunnel traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DatapathKind {
-    /// AF_XDP workers, one per queue (`crate::fastpath`).
-    #[default]
-    AfXdp,
-    /// AF_PACKET on the GN side, the UDP socket on the WAN side, one worker
-    /// (`crate::rawpath`): for hosts whose kernel or NIC has no AF_XDP.
-    Raw,
 }
 
 /// `[hold]`: packets to a VIP whose tunnel is being set up.
@@ -307,23 +298,9 @@ impl Default for Hold {
 /// A setting that cannot work, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this configuration.
-    #[error("{path}: {message} (see ntma.example.toml for every setting)")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the TOML parser said.
-        message: String,
-    },
+    /// The file cannot be read or is not valid TOML for this configuration.
+    #[error(transparent)]
+    Load(#[from] ntm_ops::config::Error),
     /// A setting has a value that cannot work.
     #[error("{setting} = {value}: {fix}")]
     Invalid {
@@ -480,40 +457,14 @@ impl Config {
 
     /// Parses TOML text (`origin` names it in errors).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })
+        let c = ntm_ops::config::parse(text, origin);
+        Ok(c.map_err(ntm_ops::config::Error::Load)?)
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a file (its text, which holds dc.key, is wiped),
+    /// and `dc.key_file` into `dc.key`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let mut text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config = Config::from_toml(&text, path);
-        // The file holds dc.key.
-        zeroize::Zeroize::zeroize(&mut text);
-        let mut config = config?;
-        let (key, _) = ntm_ops::keys::resolve(
-            "[dc]",
-            &config.dc.key,
-            config.dc.key_file.as_deref(),
-            &ntm_ops::keys::base_dir(path),
-        )
-        .map_err(|e| ConfigError::Invalid {
-            setting: "dc.key_file",
-            value: config
-                .dc
-                .key_file
-                .as_ref()
-                .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
-            fix: e.to_string(),
-        })?;
-        zeroize::Zeroize::zeroize(&mut config.dc.key);
-        config.dc.key = key;
-        Ok(config)
+        ntm_ops::config::load(path)
     }
 
     /// Whether `dc.key` is written in the file itself (which must then be
@@ -524,7 +475,7 @@ impl Config {
 
     /// The configuration as TOML.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("plain configuration serializes")
+        ntm_ops::config::to_toml(self)
     }
 
     /// The status socket path this configuration gives.
@@ -536,6 +487,17 @@ impl Config {
 
     /// Checks every setting and returns the typed [`Settings`].
     pub fn validate(&self) -> Result<Settings, ConfigError> {
+        self.validate_names()?;
+        let key = self.validate_dc()?;
+        self.validate_dns()?;
+        let gn = self.gn_config()?;
+        self.validate_datapath()?;
+        self.validate_hold()?;
+        self.settings(key, gn)
+    }
+
+    /// `name`, the interfaces and the port.
+    fn validate_names(&self) -> Result<(), ConfigError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 32
             && self
@@ -573,6 +535,11 @@ impl Config {
         if self.wan.port == 0 {
             return Err(invalid("wan.port", 0, "use the NTM port, 7700"));
         }
+        Ok(())
+    }
+
+    /// `[dc]`: gives `K_node`.
+    fn validate_dc(&self) -> Result<Key, ConfigError> {
         let key: Key = self.dc.key.parse().map_err(|_| {
             invalid(
                 "dc.key",
@@ -594,6 +561,11 @@ impl Config {
                 "give the DC's IPv4 address and port, e.g. \"198.18.0.2:7710\"",
             ));
         }
+        Ok(key)
+    }
+
+    /// `[dns]`.
+    fn validate_dns(&self) -> Result<(), ConfigError> {
         if self.dns.upstream.ip().is_unspecified() || self.dns.upstream.port() == 0 {
             return Err(invalid(
                 "dns.upstream",
@@ -622,6 +594,11 @@ impl Config {
                 "use 1 to 300 (RFC 7766 suggests seconds: 10 is the default)",
             ));
         }
+        Ok(())
+    }
+
+    /// The GN services' configuration from `[lan]` and `[dns]`, checked.
+    fn gn_config(&self) -> Result<GnConfig, ConfigError> {
         let mut gn = GnConfig::new(MacAddr([0x02, 0, 0, 0, 0, 1]));
         gn.router = self.lan.router;
         gn.vip_prefix_len = self.lan.vip_prefix_len;
@@ -637,8 +614,11 @@ impl Config {
         if let Err(e) = crate::gn::Gn::new(gn.clone()) {
             return Err(invalid("lan/dns", "(see message)", e.to_string()));
         }
-        let dns = gn.stub_config();
-        self.validate_datapath()?;
+        Ok(gn)
+    }
+
+    /// `[hold]`.
+    fn validate_hold(&self) -> Result<(), ConfigError> {
         let h = &self.hold;
         if h.per_peer == 0 || h.per_peer > 4096 {
             return Err(invalid("hold.per_peer", h.per_peer, "use 1 to 4096"));
@@ -657,6 +637,13 @@ impl Config {
                 "use 1 to 60000 (a tunnel set-up takes at most about 8 s)",
             ));
         }
+        Ok(())
+    }
+
+    /// The typed settings of a checked configuration.
+    fn settings(&self, key: Key, gn: GnConfig) -> Result<Settings, ConfigError> {
+        let h = &self.hold;
+        let dns = gn.stub_config();
         let mut s = Settings {
             name: self.name.clone(),
             status_socket: self.status_socket_path(),
@@ -696,16 +683,6 @@ impl Config {
                 "the raw datapath has one worker: use 1 (or kind = \"af-xdp\" for more)",
             ));
         }
-        if d.queues == 0 || d.queues > ntma_common::MAX_QUEUES {
-            return Err(invalid(
-                "datapath.queues",
-                d.queues,
-                format!(
-                    "use 1 to {} (at most the NICs' RX queue count, `ethtool -l`)",
-                    ntma_common::MAX_QUEUES
-                ),
-            ));
-        }
         if d.cores.is_empty() {
             return Err(invalid(
                 "datapath.cores",
@@ -713,58 +690,56 @@ impl Config {
                 "list at least one CPU core for the workers, e.g. [1]",
             ));
         }
-        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if let Some(c) = d.cores.iter().find(|&&c| c >= ncpu) {
-            return Err(invalid(
-                "datapath.cores",
-                format!("{:?}", d.cores),
-                format!(
-                    "core {c} does not exist: this machine has cores 0 to {}",
-                    ncpu - 1
-                ),
-            ));
+        d.sizes().validate().map_err(|e| ConfigError::Invalid {
+            setting: e.key,
+            value: e.value,
+            fix: e.fix,
+        })
+    }
+}
+
+impl Datapath {
+    /// The sizes, checked against [`limits`] as the programmatic constructors' are.
+    pub fn sizes(&self) -> limits::Sizes<'_> {
+        limits::Sizes {
+            queues: self.queues,
+            cores: &self.cores,
+            frame_size: self.frame_size,
+            frame_count: self.frame_count,
+            fill_ring: self.fill_ring,
+            completion_ring: self.completion_ring,
+            rx_ring: self.rx_ring,
+            tx_ring: self.tx_ring,
+            batch: self.batch as usize,
         }
-        if !(d.frame_size == 2048 || d.frame_size == 4096) {
-            return Err(invalid(
-                "datapath.frame_size",
-                d.frame_size,
-                "use 2048 or 4096",
-            ));
-        }
-        for (setting, v) in [
-            ("datapath.fill_ring", d.fill_ring),
-            ("datapath.completion_ring", d.completion_ring),
-            ("datapath.rx_ring", d.rx_ring),
-            ("datapath.tx_ring", d.tx_ring),
-        ] {
-            if !v.is_power_of_two() || !(64..=16384).contains(&v) {
-                return Err(invalid(
-                    setting,
-                    v,
-                    "use a power of two from 64 to 16384, e.g. 2048",
-                ));
-            }
-        }
-        // Each queue keeps its fill ring full on both NICs; frames in flight
-        // on the RX and TX rings come from the same UMEM.
-        let needed = u64::from(d.queues) * 2 * u64::from(d.fill_ring + d.tx_ring);
-        if u64::from(d.frame_count) < needed || d.frame_count > 1 << 20 {
-            return Err(invalid(
-                "datapath.frame_count",
-                d.frame_count,
-                format!(
-                    "use at least queues x 2 x (fill_ring + tx_ring) = {needed} and at most 1048576"
-                ),
-            ));
-        }
-        if d.batch == 0 || d.batch > d.rx_ring.min(d.tx_ring) || d.batch > 1024 {
-            return Err(invalid(
-                "datapath.batch",
-                d.batch,
-                "use 1 to 1024, at most rx_ring and tx_ring (64 is a good start)",
-            ));
-        }
+    }
+}
+
+impl ntm_ops::config::ConfigFile for Config {
+    const EXAMPLE: &'static str = "ntma-user/ntma.example.toml";
+    type Settings = Settings;
+    type Error = ConfigError;
+
+    fn read_files(&mut self, base: &Path) -> Result<(), ConfigError> {
+        let key_file = self.dc.key_file.as_deref();
+        let (key, _) =
+            ntm_ops::keys::resolve("[dc]", &self.dc.key, key_file, base).map_err(|e| {
+                let file =
+                    key_file.map_or_else(|| "(none)".to_owned(), |p| p.display().to_string());
+                invalid("dc.key_file", file, e.to_string())
+            })?;
+        zeroize::Zeroize::zeroize(&mut self.dc.key);
+        self.dc.key = key;
         Ok(())
+    }
+
+    fn holds_inline_key(&self) -> bool {
+        Config::holds_inline_key(self)
+    }
+
+    fn validate(&self) -> Result<Settings, ConfigError> {
+        // The inherent method (callers need no trait in scope).
+        Config::validate(self)
     }
 }
 

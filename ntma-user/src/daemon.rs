@@ -11,7 +11,8 @@
 //! * a raw AF_PACKET socket on the GN-facing NIC: ARP, DHCP, DNS and
 //!   everything else the XDP program passes, and the slow path's frames to
 //!   the GN;
-//! * the fast path's slow queue (its eventfd): packets to VIPs without a tunnel;
+//! * the datapath's slow queue (its eventfd): packets to VIPs without a tunnel
+//!   (and, with the raw datapath, the signaling its worker read);
 //! * one socket per query forwarded to the upstream resolver, each bound to
 //!   a random port and connected to the resolver, closed once the query is
 //!   answered or given up (a TCP connection, run by a task of its own, for a
@@ -25,369 +26,59 @@
 //!   so the kernel never answers the GN's DNS and DHCP with ICMP port
 //!   unreachable (the raw socket already has the frames);
 //! * the status socket, for `ntma status`;
-//! * timers: the protocol's, the fast path's activity (every 250 ms), the
+//!
+//! (`daemon/sockets.rs` holds them.)
+//! * timers: the protocol's, the datapath's activity (every 250 ms), the
 //!   uplink's address and next hop (every 250 ms), a statistics log line.
 //!
-//! The fast path ([`Datapath`]) runs its own pinned worker threads. SIGINT
-//! or SIGTERM deregisters (DEREG), removes every tunnel and detaches the XDP
-//! programs; the NAT table (`non_vip = "nat"`) and the status socket go too.
+//! The datapath ([`Datapath`]: AF_XDP or raw) runs its own pinned worker
+//! threads. [`Daemon::open`] sets everything up; [`Daemon::run`] waits for the
+//! next input (`Wake`) and hands it to a small handler. SIGINT or SIGTERM
+//! deregisters (DEREG), removes every tunnel and detaches the XDP programs;
+//! the NAT table (`non_vip = "nat"`) and the status socket go too.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
-use nix::sys::socket::{
-    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket, UnixListener};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{TcpStream, UdpSocket, UnixListener};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::{Attach, Bind, DatapathKind, NonVip, Settings};
 use crate::control::nat::NatGuard;
-use crate::control::packet::{readiness, PacketSocket};
-use crate::control::{sys, Boot, Control, Io};
-use crate::ebpf::{Counters, EbpfError};
-use crate::fastpath::{
-    AttachMode, BindMode, Datapath, DatapathConfig, Dataplane, SlowWaker, UmemConfig,
-};
-use crate::gn::{ConnId, Transport, MAX_FRAME_LEN};
+use crate::control::packet::readiness;
+use crate::control::{sys, Boot, Control};
+use crate::datapath::{Datapath, SlowWaker};
+use crate::fastpath::{AfXdp, AfXdpConfig, AttachMode, BindMode, UmemConfig};
+use crate::gn::{Transport, MAX_FRAME_LEN};
 use crate::rawpath::{Classify, RawConfig, RawPath};
-use crate::status::{DatapathStatus, Status, WorkerStatus};
+use crate::status::{DatapathStatus, Status};
 use ntma_common::XdpConfig;
 
-/// How often the fast path's per-tunnel counters are read.
+mod ops;
+mod sockets;
+
+use sockets::{
+    on_tcp_event, open_sockets, recv_upstream, status_listener, tokio_udp, tunnel_socket, DnsTcp,
+    Sinks, SocketFile, Sockets, TcpEvent, MAX_DATAGRAM,
+};
+
+/// How often the datapath's per-tunnel counters are read.
 pub const ACTIVITY_EVERY: Duration = Duration::from_millis(250);
 /// How often the uplink's address and next hop are read.
 pub const LINK_EVERY: Duration = Duration::from_millis(250);
-/// Largest datagram read from a UDP socket.
-const MAX_DATAGRAM: usize = 65_535;
-/// Answers queued on one of the GN's DNS TCP connections before the client
-/// counts as not reading them (the connection is closed).
-const TCP_WRITE_QUEUE: usize = 64;
-/// Reports of the TCP tasks waiting for the control thread (a full queue
-/// holds the tasks back: they stop reading).
-const TCP_EVENTS: usize = 256;
-/// One read from a GN's DNS TCP connection.
-const TCP_READ: usize = 16 * 1024;
 
-/// What the DNS TCP tasks tell the control thread.
-#[derive(Debug)]
-enum TcpEvent {
-    /// Bytes from the GN on connection `conn`.
-    Data(ConnId, Vec<u8>),
-    /// The GN closed its side of the connection.
-    Eof(ConnId),
-    /// The connection failed (reset, read or write error); its task ended.
-    Failed(ConnId),
-    /// The answer (without its length prefix) on the upstream TCP
-    /// connection from local port `.0`.
-    Upstream(u16, Vec<u8>),
-}
-
-/// The sockets the control side sends on.
-struct Sockets {
-    /// Replaced when the uplink's address changes ([`follow_wan_address`]).
-    wan: RefCell<Rc<UdpSocket>>,
-    lan: PacketSocket,
-    /// The upstream resolver of new queries (`dns.upstream`, changed by a
-    /// reload; a query in flight stays with the resolver it went to).
-    resolver: Cell<SocketAddrV4>,
-    /// One socket per query in flight to the resolver, by local port.
-    upstream: RefCell<HashMap<u16, UdpSocket>>,
-    /// One task per TCP query in flight to the resolver, by local port.
-    upstream_tcp: RefCell<HashMap<u16, AbortHandle>>,
-    /// The GN's DNS TCP connections: the queue of answers each task writes.
-    tcp: RefCell<HashMap<ConnId, mpsc::Sender<Vec<u8>>>>,
-    /// Where the TCP tasks report.
-    events: mpsc::Sender<TcpEvent>,
-}
-
-impl Sockets {
-    fn wan(&self) -> Rc<UdpSocket> {
-        Rc::clone(&self.wan.borrow())
-    }
-}
-
-/// A socket for one upstream query: bound to port 0 (the kernel draws a random
-/// ephemeral port), connected to the resolver (the kernel delivers nothing from
-/// anywhere else), the query sent.
-fn upstream_socket(resolver: SocketAddrV4, query: &[u8]) -> std::io::Result<(u16, UdpSocket)> {
-    let s = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    s.set_nonblocking(true)?;
-    s.connect(resolver)?;
-    s.send(query)?;
-    let port = s.local_addr()?.port();
-    Ok((port, UdpSocket::from_std(s)?))
-}
-
-/// Whether there is a route to the upstream resolver `resolver` (at start,
-/// and before a reload points new queries at it). Each forwarded query gets
-/// a socket of its own; this one only checks the route.
-fn check_upstream(resolver: SocketAddrV4) -> Result<()> {
-    StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|u| u.connect(resolver))
-        .with_context(|| format!("cannot reach the upstream resolver {resolver}"))
-}
-
-/// `message` with its 2-byte length prefix (RFC 1035 §4.2.2); at most 65535
-/// bytes (the stub's queries and answers are).
-fn framed(message: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(2 + message.len());
-    f.extend_from_slice(&(message.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
-    f.extend_from_slice(message);
-    f
-}
-
-/// A TCP connection for one upstream query: bound to port 0 first (the
-/// kernel draws the port that names the query), then connected to the
-/// resolver by a task that writes the query, reads one answer and reports it
-/// ([`TcpEvent::Upstream`]). A failure is only logged: the query times out.
-fn upstream_tcp(
-    resolver: SocketAddrV4,
-    query: &[u8],
-    events: mpsc::Sender<TcpEvent>,
-) -> std::io::Result<(u16, AbortHandle)> {
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
-    let port = sock.local_addr()?.port();
-    let message = framed(query);
-    let task = tokio::spawn(async move {
-        let exchange = async {
-            let mut s = sock.connect(SocketAddr::V4(resolver)).await?;
-            s.set_nodelay(true)?;
-            s.write_all(&message).await?;
-            let mut len = [0u8; 2];
-            s.read_exact(&mut len).await?;
-            let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            s.read_exact(&mut answer).await?;
-            Ok::<_, std::io::Error>(answer)
-        };
-        match exchange.await {
-            Ok(answer) => {
-                let _ = events.send(TcpEvent::Upstream(port, answer)).await;
-            }
-            Err(e) => tracing::debug!(%resolver, port, error = %e, "upstream TCP query failed"),
-        }
-    });
-    Ok((port, task.abort_handle()))
-}
-
-/// The task of one of the GN's DNS TCP connections: reports what it reads,
-/// writes the answers queued for it, and shuts the connection down once the
-/// control drops its queue ([`Io::close_tcp`]).
-async fn gn_connection(
-    conn: ConnId,
-    stream: TcpStream,
-    mut answers: mpsc::Receiver<Vec<u8>>,
-    events: mpsc::Sender<TcpEvent>,
-) {
-    // Each answer goes out as soon as it is written.
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut buf = vec![0u8; TCP_READ];
-    let mut reading = true;
-    loop {
-        tokio::select! {
-            r = rd.read(&mut buf), if reading => {
-                let ev = match r {
-                    Ok(0) => {
-                        // The answers still pending go out before it closes.
-                        reading = false;
-                        TcpEvent::Eof(conn)
-                    }
-                    Ok(n) => TcpEvent::Data(conn, buf[..n].to_vec()),
-                    Err(_) => TcpEvent::Failed(conn),
-                };
-                let failed = matches!(ev, TcpEvent::Failed(_));
-                if events.send(ev).await.is_err() || failed {
-                    return;
-                }
-            }
-            m = answers.recv() => match m {
-                Some(m) => {
-                    if wr.write_all(&m).await.is_err() {
-                        let _ = events.send(TcpEvent::Failed(conn)).await;
-                        return;
-                    }
-                }
-                None => {
-                    let _ = wr.shutdown().await;
-                    return;
-                }
-            },
-        }
-    }
-}
-
-/// The next datagram on any upstream query socket: (its local port, length).
-fn recv_upstream<'a>(
-    socks: &'a RefCell<HashMap<u16, UdpSocket>>,
-    buf: &'a mut [u8],
-) -> impl Future<Output = (u16, std::io::Result<usize>)> + 'a {
-    std::future::poll_fn(move |cx| {
-        for (port, sock) in socks.borrow().iter() {
-            let mut rb = ReadBuf::new(buf);
-            match sock.poll_recv(cx, &mut rb) {
-                Poll::Ready(r) => return Poll::Ready((*port, r.map(|()| rb.filled().len()))),
-                Poll::Pending => {}
-            }
-        }
-        Poll::Pending
-    })
-}
-
-impl Io for Sockets {
-    fn send_wan(&self, dst: SocketAddrV4, datagram: &[u8]) -> bool {
-        match self.wan().try_send_to(datagram, SocketAddr::V4(dst)) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::debug!(%dst, error = %e, "tunnel socket send failed");
-                false
-            }
-        }
-    }
-
-    fn send_lan(&self, frame: &[u8]) -> bool {
-        match self.lan.try_send(frame) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(error = %e, "raw socket send failed");
-                false
-            }
-        }
-    }
-
-    fn send_upstream(&self, transport: Transport, query: &[u8]) -> Option<u16> {
-        if transport == Transport::Tcp {
-            let mut tasks = self.upstream_tcp.borrow_mut();
-            if tasks.len() >= ntm_proto::dns::MAX_PENDING_LIMIT {
-                tracing::debug!("too many upstream TCP queries in flight");
-                return None;
-            }
-            return match upstream_tcp(self.resolver.get(), query, self.events.clone()) {
-                Ok((port, task)) => {
-                    tasks.insert(port, task);
-                    Some(port)
-                }
-                Err(e) => {
-                    tracing::debug!(resolver = %self.resolver.get(), error = %e, "upstream TCP query not sent");
-                    None
-                }
-            };
-        }
-        let mut socks = self.upstream.borrow_mut();
-        if socks.len() >= ntm_proto::dns::MAX_PENDING_LIMIT {
-            tracing::debug!("too many upstream queries in flight");
-            return None;
-        }
-        match upstream_socket(self.resolver.get(), query) {
-            Ok((port, sock)) => {
-                socks.insert(port, sock);
-                Some(port)
-            }
-            Err(e) => {
-                tracing::debug!(resolver = %self.resolver.get(), error = %e, "upstream query not sent");
-                None
-            }
-        }
-    }
-
-    fn close_upstream(&self, transport: Transport, port: u16) {
-        match transport {
-            Transport::Udp => {
-                self.upstream.borrow_mut().remove(&port);
-            }
-            Transport::Tcp => {
-                if let Some(task) = self.upstream_tcp.borrow_mut().remove(&port) {
-                    task.abort();
-                }
-            }
-        }
-    }
-
-    fn send_tcp(&self, conn: ConnId, message: &[u8]) -> bool {
-        self.tcp
-            .borrow()
-            .get(&conn)
-            .is_some_and(|q| q.try_send(message.to_vec()).is_ok())
-    }
-
-    fn close_tcp(&self, conn: ConnId) {
-        // Its task writes what is queued, then shuts the connection down.
-        self.tcp.borrow_mut().remove(&conn);
-    }
-}
-
-/// DNS over TCP at the router address: the listener, and the reports of the
-/// connection and upstream tasks.
-struct DnsTcp {
-    listener: TcpListener,
-    events: mpsc::Receiver<TcpEvent>,
-    /// The next connection's number.
-    next_conn: ConnId,
-}
-
-impl DnsTcp {
-    /// A connection the listener accepted: the control takes it (a task
-    /// serves it) or refuses it (closed at once).
-    fn accept(
-        &mut self,
-        ctl: &mut Control<Arc<Dataplane>>,
-        io: &Sockets,
-        stream: TcpStream,
-        from: SocketAddr,
-    ) {
-        let SocketAddr::V4(from) = from else {
-            return;
-        };
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        if !ctl.on_tcp_accept(Instant::now(), conn, from, io) {
-            tracing::debug!(%from, "DNS TCP connection refused");
-            return;
-        }
-        let (tx, rx) = mpsc::channel(TCP_WRITE_QUEUE);
-        io.tcp.borrow_mut().insert(conn, tx);
-        tokio::spawn(gn_connection(conn, stream, rx, io.events.clone()));
-    }
-}
-
-fn on_tcp_event(ctl: &mut Control<Arc<Dataplane>>, io: &Sockets, ev: TcpEvent) {
-    let now = Instant::now();
-    match ev {
-        TcpEvent::Data(conn, bytes) => ctl.on_tcp_data(now, conn, &bytes, io),
-        TcpEvent::Eof(conn) => ctl.on_tcp_eof(now, conn, io),
-        TcpEvent::Failed(conn) => {
-            io.tcp.borrow_mut().remove(&conn);
-            ctl.on_tcp_closed(conn);
-        }
-        TcpEvent::Upstream(port, answer) => ctl.on_upstream(now, Transport::Tcp, port, &answer, io),
-    }
-}
-
-/// The sockets that are only read.
-struct Sinks {
-    dns: UdpSocket,
-    dhcp: UdpSocket,
-}
-
+/// OS randomness for the protocol endpoint.
 fn random_seed() -> Result<[u8; 32]> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
     Ok(seed)
 }
 
+/// The Unix time in nanoseconds (signaling sequence numbers start there).
 fn unix_nanos() -> Result<u64> {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -395,82 +86,8 @@ fn unix_nanos() -> Result<u64> {
         .context("the system clock is before 1970: set the time")
 }
 
-/// `IP_MTU_DISCOVER` (ip(7)), which nix does not name: `IP_PMTUDISC_DO` sets DF on
-/// every datagram of the socket and refuses to fragment one locally.
-#[derive(Clone, Copy, Debug)]
-struct IpMtuDiscover;
-nix::setsockopt_impl!(
-    IpMtuDiscover,
-    libc::IPPROTO_IP,
-    libc::IP_MTU_DISCOVER,
-    usize,
-    nix::sys::socket::sockopt::SetUsize
-);
-
-/// The tunnel socket: UDP on the uplink's address and the NTM port, bound to the
-/// uplink device too, so that neither the router address nor the uplink's address
-/// reaches it from the GN side.
-fn tunnel_socket(wan_if: &str, ip: Ipv4Addr, port: u16) -> std::io::Result<StdUdpSocket> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(
-        &fd,
-        sockopt::BindToDevice,
-        &std::ffi::OsString::from(wan_if),
-    )?;
-    // §5 "MTU": DF on every datagram, never fragmented here.
-    setsockopt(&fd, IpMtuDiscover, &(libc::IP_PMTUDISC_DO as usize))?;
-    let addr = SockaddrIn::from(SocketAddrV4::new(ip, port));
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
-    Ok(StdUdpSocket::from(fd))
-}
-
-/// A UDP socket on `port` of every address, bound to `ifname` only.
-fn udp_on_device(ifname: &str, port: u16) -> std::io::Result<StdUdpSocket> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    setsockopt(
-        &fd,
-        sockopt::BindToDevice,
-        &std::ffi::OsString::from(ifname),
-    )?;
-    setsockopt(&fd, sockopt::Broadcast, &true)?;
-    let addr = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
-    Ok(StdUdpSocket::from(fd))
-}
-
-fn tokio_udp(s: StdUdpSocket) -> std::io::Result<UdpSocket> {
-    s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
-}
-
-/// Binds the status socket, replacing a file left by a daemon that died.
-fn status_listener(path: &Path) -> Result<UnixListener> {
-    // Mode 0660 whatever the umask; a stale file is replaced.
-    UnixListener::from_std(ntm_ops::unix::bind(path, "status_socket")?)
-        .context("cannot watch the status socket")
-}
-
-/// Removes the status socket file when dropped.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn datapath_config(s: &Settings, net: Ipv4Addr) -> DatapathConfig {
+/// The AF_XDP datapath's configuration from the settings.
+fn afxdp_config(s: &Settings, net: Ipv4Addr) -> AfXdpConfig {
     let d = &s.datapath;
     let xdp = XdpConfig::new(
         u32::from(net),
@@ -478,7 +95,7 @@ fn datapath_config(s: &Settings, net: Ipv4Addr) -> DatapathConfig {
         u32::from(s.gn.router),
         s.port,
     );
-    let mut cfg = DatapathConfig::new(&s.lan_if, &s.wan_if, xdp);
+    let mut cfg = AfXdpConfig::new(&s.lan_if, &s.wan_if, xdp);
     cfg.queues = d.queues;
     cfg.cores = d.cores.clone();
     cfg.umem = UmemConfig {
@@ -505,119 +122,27 @@ fn datapath_config(s: &Settings, net: Ipv4Addr) -> DatapathConfig {
     cfg
 }
 
-/// The datapath the daemon runs (`datapath.kind`): AF_XDP workers, or the raw-socket
-/// fallback. Both share the [`Dataplane`] type the control side drives.
-enum Engine {
-    AfXdp(Datapath),
-    Raw(RawPath),
-}
-
-impl Engine {
-    /// Starts the configured datapath. The raw one reads the tunnel socket `wan` itself
-    /// (signaling reaches the control through the slow queue).
-    fn start(s: &Settings, net: Ipv4Addr, wan: &StdUdpSocket) -> Result<Engine> {
-        Ok(match s.datapath.kind {
-            DatapathKind::AfXdp => Engine::AfXdp(
-                Datapath::start(datapath_config(s, net)).context("starting the fast path")?,
-            ),
-            DatapathKind::Raw => Engine::Raw(
-                RawPath::start(RawConfig {
-                    lan_if: s.lan_if.clone(),
-                    wan: wan.try_clone().context("duplicating the tunnel socket")?,
-                    classify: classify(s, net),
-                    core: s.datapath.cores.first().copied(),
-                    batch: s.datapath.batch as usize,
-                    busy_poll: s.datapath.busy_poll,
-                    slow_slots: 256,
-                    inner_mtu: s.inner_mtu(),
-                })
-                .context("starting the raw datapath")?,
-            ),
-        })
-    }
-
-    fn dataplane(&self) -> Arc<Dataplane> {
-        match self {
-            Engine::AfXdp(d) => d.dataplane(),
-            Engine::Raw(r) => r.dataplane(),
+/// Starts the configured datapath (`datapath.kind`). The raw one reads the tunnel
+/// socket `wan` itself (signaling reaches the control through the slow queue).
+fn open_datapath(s: &Settings, net: Ipv4Addr, wan: &StdUdpSocket) -> Result<Box<dyn Datapath>> {
+    Ok(match s.datapath.kind {
+        DatapathKind::AfXdp => {
+            Box::new(AfXdp::start(afxdp_config(s, net)).context("starting the fast path")?)
         }
-    }
-
-    /// `copy` / `zero-copy` (AF_XDP) or `raw`.
-    fn mode(&self) -> String {
-        match self {
-            Engine::AfXdp(d) => d.mode().to_string(),
-            Engine::Raw(_) => "raw".into(),
-        }
-    }
-
-    /// The name of worker `queue`'s thread (as fastpath/worker.rs and
-    /// rawpath name them).
-    fn worker_thread(&self, queue: usize) -> String {
-        match self {
-            Engine::AfXdp(_) => format!("ntma-fp{queue}"),
-            Engine::Raw(_) => "ntma-raw".into(),
-        }
-    }
-
-    fn workers(&self) -> usize {
-        match self {
-            Engine::AfXdp(d) => d.workers(),
-            Engine::Raw(r) => r.workers(),
-        }
-    }
-
-    /// The XDP programs' verdicts (none without XDP).
-    /// The kernel's AF_XDP ring counters (none without AF_XDP).
-    fn ring_stats(&self) -> Vec<crate::status::RingStatus> {
-        let Engine::AfXdp(d) = self else {
-            return Vec::new();
-        };
-        d.ring_stats()
-            .into_iter()
-            .map(|r| {
-                let k = r.stats;
-                crate::status::RingStatus {
-                    queue: r.queue,
-                    side: match r.side {
-                        crate::ebpf::Side::Lan => "lan",
-                        crate::ebpf::Side::Wan => "wan",
-                    }
-                    .to_owned(),
-                    counters: [
-                        ("rx_dropped", k.rx_dropped),
-                        ("rx_invalid_descs", k.rx_invalid_descs),
-                        ("tx_invalid_descs", k.tx_invalid_descs),
-                        ("rx_ring_full", k.rx_ring_full),
-                        ("rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs),
-                        ("tx_ring_empty_descs", k.tx_ring_empty_descs),
-                    ]
-                    .into_iter()
-                    .map(|(n, v)| (n.to_owned(), v))
-                    .collect(),
-                }
+        DatapathKind::Raw => Box::new(
+            RawPath::start(RawConfig {
+                lan_if: s.lan_if.clone(),
+                wan: wan.try_clone().context("duplicating the tunnel socket")?,
+                classify: classify(s, net),
+                core: s.datapath.cores.first().copied(),
+                batch: s.datapath.batch as usize,
+                busy_poll: s.datapath.busy_poll,
+                slow_slots: 256,
+                inner_mtu: s.inner_mtu(),
             })
-            .collect()
-    }
-
-    fn xdp_counters(&self) -> Result<Counters, EbpfError> {
-        match self {
-            Engine::AfXdp(d) => d.xdp_counters(),
-            Engine::Raw(_) => Ok(Counters::default()),
-        }
-    }
-
-    /// Whether the control reads the tunnel socket (the raw worker does otherwise).
-    fn control_reads_wan(&self) -> bool {
-        matches!(self, Engine::AfXdp(_))
-    }
-
-    fn stop(self) {
-        match self {
-            Engine::AfXdp(d) => d.stop(),
-            Engine::Raw(r) => r.stop(),
-        }
-    }
+            .context("starting the raw datapath")?,
+        ),
+    })
 }
 
 /// What the raw datapath takes from the GN: the XDP program's classification.
@@ -629,8 +154,6 @@ fn classify(s: &Settings, net: Ipv4Addr) -> Classify {
     }
 }
 
-mod ops;
-
 /// Runs the adapter until SIGINT or SIGTERM; SIGHUP reads `config` again
 /// and applies what may change without a restart ([`crate::reload`]).
 pub fn run(s: Settings, config: Option<PathBuf>) -> Result<()> {
@@ -638,11 +161,23 @@ pub fn run(s: Settings, config: Option<PathBuf>) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    rt.block_on(run_async(s, config))
+    rt.block_on(async {
+        let daemon = Daemon::open(s, config).await?;
+        daemon.run().await
+    })
 }
 
-async fn run_async(mut s: Settings, config: Option<PathBuf>) -> Result<()> {
-    let started = Instant::now();
+/// The NICs as the daemon found them at start.
+struct Nics {
+    lan: sys::Interface,
+    wan: sys::Interface,
+    /// The uplink's address.
+    wan_ip: Ipv4Addr,
+}
+
+/// Checks the NICs (up, Ethernet, the router address on the GN side, an address on
+/// the uplink) and reads the uplink's MTU when `wan.mtu` is not set.
+fn check_nics(s: &mut Settings) -> Result<Nics> {
     let lan = sys::interface(&s.lan_if).context("lan.interface")?;
     let wan = sys::interface(&s.wan_if).context("wan.interface")?;
     if s.wan_mtu.is_none() {
@@ -684,276 +219,407 @@ async fn run_async(mut s: Settings, config: Option<PathBuf>) -> Result<()> {
             wan.name
         );
     };
-
-    // Sockets first: a port in use fails before anything is attached.
-    let wan_std = tunnel_socket(&s.wan_if, wan_ip, s.port).with_context(|| {
-        format!(
-            "cannot bind UDP {wan_ip}:{} on {}: is another adapter or node running? (set wan.port)",
-            s.port, s.wan_if
-        )
-    })?;
-    // The raw datapath reads the tunnel socket through a descriptor of its own.
-    let wan_for_raw = wan_std
-        .try_clone()
-        .context("duplicating the tunnel socket")?;
-    let wan_sock = tokio_udp(wan_std).context("tunnel socket")?;
-    let dns = UdpSocket::bind((s.gn.router, 53)).await.with_context(|| {
-        format!(
-            "cannot bind {}:53: is another DNS server running there?",
-            s.gn.router
-        )
-    })?;
-    let dhcp = udp_on_device(&s.lan_if, 67)
-        .and_then(tokio_udp)
-        .with_context(|| {
-            format!(
-                "cannot bind UDP port 67 on {}: is another DHCP server running there?",
-                s.lan_if
-            )
-        })?;
-    let dns_tcp = TcpListener::bind((s.gn.router, 53))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind TCP {}:53: is another DNS server running there?",
-                s.gn.router
-            )
-        })?;
-    check_upstream(s.upstream)?;
-    let raw = PacketSocket::open(&lan).with_context(|| {
-        format!(
-            "cannot open a raw socket on {} (needs root / CAP_NET_RAW)",
-            lan.name
-        )
-    })?;
-    // tokio's try_send* fail until the reactor has seen a socket writable once.
-    wan_sock.writable().await.context("tunnel socket")?;
-    let listener = status_listener(&s.status_socket)?;
-    let _socket_file = SocketFile(s.status_socket.clone());
-    let (events_tx, events) = mpsc::channel(TCP_EVENTS);
-    let io = Sockets {
-        wan: RefCell::new(Rc::new(wan_sock)),
-        lan: raw,
-        resolver: Cell::new(s.upstream),
-        upstream: RefCell::new(HashMap::new()),
-        upstream_tcp: RefCell::new(HashMap::new()),
-        tcp: RefCell::new(HashMap::new()),
-        events: events_tx,
-    };
-    let dns_tcp = DnsTcp {
-        listener: dns_tcp,
-        events,
-        next_conn: 1,
-    };
-    let sinks = Sinks { dns, dhcp };
-
-    let net = Ipv4Addr::from(u32::from(s.gn.router) & u32::from(s.gn.netmask()));
-    let nat = match s.non_vip {
-        NonVip::Nat => Some(
-            NatGuard::install(&s.name, &s.lan_if, &s.wan_if, net, s.gn.vip_prefix_len)
-                .map_err(|e| anyhow::anyhow!("non_vip = \"nat\": {e}"))?,
-        ),
-        NonVip::IcmpUnreachable => None,
-    };
-
-    let datapath = Engine::start(&s, net, &wan_for_raw)?;
-    drop(wan_for_raw);
-    if !datapath.control_reads_wan() {
-        // The raw datapath's socket takes the fast-path frames: the control's raw
-        // socket gets the rest, as with XDP.
-        crate::rawpath::attach_slow_path_filter(&io.lan, &classify(&s, net))
-            .context("filtering the GN-side raw socket")?;
-    }
-    tracing::info!(
-        name = %s.name,
-        fqdn = %s.fqdn,
-        dc = %s.dc,
-        lan = %s.lan_if,
-        wan = %format!("{}:{}", wan_ip, s.port),
-        mode = %datapath.mode(),
-        workers = datapath.workers(),
-        status = %s.status_socket.display(),
-        "ntma started"
-    );
-    let dataplane = datapath.dataplane();
-    let boot = Boot {
-        lan_mac: lan.mac,
-        wan_mac: wan.mac,
-        wan_ip,
-        unix_nanos: unix_nanos()?,
-        seed: random_seed()?,
-    };
-    let mut ctl =
-        Control::new(&s, boot, Arc::clone(&dataplane), started).map_err(|e| anyhow::anyhow!(e))?;
-    let mut ops = ops::Ops::new(&s, config).await?;
-    // Set up: keep only what is still needed (the workers, AF_XDP or raw,
-    // dropped all of theirs).
-    match crate::privs::drop_to(crate::privs::KEEP) {
-        Ok(kept) => tracing::info!(kept = %kept.join(" "), "capabilities dropped"),
-        Err(e) => tracing::warn!(error = %e, "cannot drop capabilities"),
-    }
-    ntm_ops::notify::ready(&format!("serving {} on {}", s.fqdn, s.lan_if));
-    let result = drive(
-        &s, &datapath, &dataplane, &mut ctl, &io, &sinks, listener, dns_tcp, started, &mut ops,
-    )
-    .await;
-    ntm_ops::notify::stopping();
-
-    let now = Instant::now();
-    tracing::info!("shutting down: deregistering and detaching XDP");
-    ctl.close(now, &io);
-    log_stats(&status(&s, &datapath, &dataplane, &ctl, started, now));
-    datapath.stop();
-    drop(nat);
-    result
+    Ok(Nics { lan, wan, wan_ip })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    s: &Settings,
-    datapath: &Engine,
-    dataplane: &Arc<Dataplane>,
-    ctl: &mut Control<Arc<Dataplane>>,
-    io: &Sockets,
-    sinks: &Sinks,
-    listener: UnixListener,
-    mut dns_tcp: DnsTcp,
+/// The buffers the daemon reads into.
+struct Buffers {
+    wan: Vec<u8>,
+    lan: Vec<u8>,
+    slow: Vec<u8>,
+    upstream: Vec<u8>,
+    dns_sink: Vec<u8>,
+    dhcp_sink: Vec<u8>,
+}
+
+impl Buffers {
+    fn new(s: &Settings) -> Buffers {
+        Buffers {
+            wan: vec![0u8; MAX_DATAGRAM],
+            lan: vec![0u8; MAX_FRAME_LEN.max(2048)],
+            slow: vec![0u8; MAX_FRAME_LEN.max(s.datapath.frame_size as usize)],
+            upstream: vec![0u8; MAX_DATAGRAM],
+            dns_sink: vec![0u8; MAX_DATAGRAM],
+            dhcp_sink: vec![0u8; MAX_DATAGRAM],
+        }
+    }
+}
+
+/// The daemon's periodic work: when it is due next.
+struct Timers {
+    activity: Instant,
+    link: Instant,
+    stats: Option<Instant>,
+    /// The uplink's default gateway as last read.
+    gateway: Option<Ipv4Addr>,
+}
+
+/// The datapath's slow queue, as the runtime watches it.
+struct SlowQueue {
+    waker: SlowWaker,
+    /// A second descriptor of the waker's eventfd, for tokio's readiness.
+    ready: UdpSocket,
+}
+
+/// What woke the daemon up.
+enum Wake {
+    /// A datagram on the tunnel socket: (length, source).
+    Wan(std::io::Result<(usize, SocketAddr)>),
+    /// A frame on the GN-facing raw socket.
+    Lan(std::io::Result<usize>),
+    /// The datapath queued slow frames.
+    Slow(std::io::Result<()>),
+    /// An answer on the socket of an upstream query: (its port, length).
+    Upstream(u16, std::io::Result<usize>),
+    /// A DNS TCP connection from the GN.
+    TcpAccept(std::io::Result<(TcpStream, SocketAddr)>),
+    /// A DNS TCP task reported.
+    Tcp(TcpEvent),
+    /// A datagram on a socket that is only read.
+    Sunk,
+    /// `ntma status` connected.
+    Status(std::io::Result<tokio::net::UnixStream>),
+    /// A timer is due.
+    Timer,
+    /// A metrics scrape connected.
+    Metrics(std::io::Result<TcpStream>),
+    /// SIGHUP.
+    Hup,
+    /// systemd's watchdog is due a ping.
+    Watchdog,
+    /// SIGINT or SIGTERM.
+    Stop,
+}
+
+/// The running adapter: [`Daemon::open`] sets everything up, [`Daemon::run`] serves
+/// until SIGINT or SIGTERM and shuts down.
+pub struct Daemon {
+    s: Settings,
     started: Instant,
-    ops: &mut ops::Ops,
-) -> Result<()> {
-    let waker: SlowWaker = dataplane.slow_waker();
-    // A second descriptor of the same eventfd, for tokio's readiness.
-    let slow_ready = std::os::fd::AsFd::as_fd(&waker)
-        .try_clone_to_owned()
-        .and_then(readiness)
-        .context("cannot watch the fast path's slow queue")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    /// The control side; it owns the datapath.
+    ctl: Control,
+    io: Sockets,
+    sinks: Sinks,
+    dns_tcp: DnsTcp,
+    status: UnixListener,
+    _status_file: SocketFile,
+    ops: ops::Ops,
+    /// `non_vip = "nat"`: removed when dropped.
+    nat: Option<NatGuard>,
+    slow: SlowQueue,
+    sigint: Signal,
+    sigterm: Signal,
+    timers: Timers,
+    bufs: Buffers,
+}
 
-    let mut wan_buf = vec![0u8; MAX_DATAGRAM];
-    let mut lan_buf = vec![0u8; MAX_FRAME_LEN.max(2048)];
-    let mut slow_buf = vec![0u8; MAX_FRAME_LEN.max(s.datapath.frame_size as usize)];
-    let mut up_buf = vec![0u8; MAX_DATAGRAM];
-    let mut dns_sink = vec![0u8; MAX_DATAGRAM];
-    let mut dhcp_sink = vec![0u8; MAX_DATAGRAM];
-    let mut next_activity = started;
-    let mut next_link = started;
-    let mut next_stats = ops.stats_every().map(|d| started + d);
-    let mut gateway: Option<Ipv4Addr> = None;
+impl Daemon {
+    /// Checks the NICs, binds every socket, installs the NAT table if asked, starts
+    /// the datapath and the control side, then drops the capabilities not needed any
+    /// more. Nothing is left attached when it fails.
+    pub async fn open(mut s: Settings, config: Option<PathBuf>) -> Result<Daemon> {
+        let started = Instant::now();
+        let nics = check_nics(&mut s)?;
+        let (io, sinks, dns_tcp, wan_for_raw) = open_sockets(&s, &nics).await?;
+        let status = status_listener(&s.status_socket)?;
+        let status_file = SocketFile(s.status_socket.clone());
+        let net = Ipv4Addr::from(u32::from(s.gn.router) & u32::from(s.gn.netmask()));
+        let nat = match s.non_vip {
+            NonVip::Nat => Some(
+                NatGuard::install(&s.name, &s.lan_if, &s.wan_if, net, s.gn.vip_prefix_len)
+                    .map_err(|e| anyhow::anyhow!("non_vip = \"nat\": {e}"))?,
+            ),
+            NonVip::IcmpUnreachable => None,
+        };
+        let datapath = open_datapath(&s, net, &wan_for_raw)?;
+        drop(wan_for_raw);
+        if datapath.reads_tunnel_socket() {
+            // The raw datapath's socket takes the fast-path frames: the control's raw
+            // socket gets the rest, as with XDP.
+            crate::rawpath::attach_slow_path_filter(&io.lan, &classify(&s, net))
+                .context("filtering the GN-side raw socket")?;
+        }
+        tracing::info!(
+            name = %s.name,
+            fqdn = %s.fqdn,
+            dc = %s.dc,
+            lan = %s.lan_if,
+            wan = %format!("{}:{}", nics.wan_ip, s.port),
+            mode = %datapath.mode(),
+            workers = datapath.workers(),
+            status = %s.status_socket.display(),
+            "ntma started"
+        );
+        let slow = SlowQueue::of(datapath.as_ref())?;
+        let boot = Boot {
+            lan_mac: nics.lan.mac,
+            wan_mac: nics.wan.mac,
+            wan_ip: nics.wan_ip,
+            unix_nanos: unix_nanos()?,
+            seed: random_seed()?,
+        };
+        let ctl = Control::new(&s, boot, datapath, started).map_err(|e| anyhow::anyhow!(e))?;
+        let ops = ops::Ops::new(&s, config).await?;
+        let daemon = Daemon {
+            sigint: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            sigterm: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            timers: Timers {
+                activity: started,
+                link: started,
+                stats: ops.stats_every().map(|d| started + d),
+                gateway: None,
+            },
+            bufs: Buffers::new(&s),
+            s,
+            started,
+            ctl,
+            io,
+            sinks,
+            dns_tcp,
+            status,
+            _status_file: status_file,
+            ops,
+            nat,
+            slow,
+        };
+        // Set up: keep only what is still needed (the workers, AF_XDP or raw,
+        // dropped all of theirs).
+        match crate::privs::drop_to(crate::privs::KEEP) {
+            Ok(kept) => tracing::info!(kept = %kept.join(" "), "capabilities dropped"),
+            Err(e) => tracing::warn!(error = %e, "cannot drop capabilities"),
+        }
+        Ok(daemon)
+    }
 
-    ctl.start(started, io);
-    loop {
+    /// Serves until SIGINT or SIGTERM (or a fatal error), then deregisters, removes
+    /// every tunnel and stops the datapath (detaching XDP); the NAT table and the
+    /// status socket go too.
+    pub async fn run(mut self) -> Result<()> {
+        ntm_ops::notify::ready(&format!("serving {} on {}", self.s.fqdn, self.s.lan_if));
+        self.ctl.start(self.started, &self.io);
+        let result = loop {
+            let wake = self.next_wake().await;
+            match self.handle(wake).await {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        ntm_ops::notify::stopping();
         let now = Instant::now();
-        let wake = [
-            ctl.next_deadline(),
-            Some(next_activity),
-            Some(next_link),
-            next_stats,
+        tracing::info!("shutting down: deregistering and detaching XDP");
+        self.ctl.close(now, &self.io);
+        log_stats(&self.status(now));
+        self.ctl.datapath_mut().stop();
+        drop(self.nat.take());
+        result
+    }
+
+    /// Waits for the next input, timer or signal.
+    async fn next_wake(&mut self) -> Wake {
+        let wake_at = [
+            self.ctl.next_deadline(),
+            Some(self.timers.activity),
+            Some(self.timers.link),
+            self.timers.stats,
         ]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(now + ACTIVITY_EVERY);
-        let wan = io.wan();
+        .unwrap_or_else(|| Instant::now() + ACTIVITY_EVERY);
+        let wan = self.io.wan();
+        let reads_wan = !self.ctl.datapath().reads_tunnel_socket();
+        let b = &mut self.bufs;
         tokio::select! {
-            r = wan.recv_from(&mut wan_buf), if datapath.control_reads_wan() => match r {
-                Ok((n, from)) => ctl.on_wan_datagram(Instant::now(), from, &mut wan_buf[..n], io),
-                // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
-                Err(e) => tracing::debug!(error = %e, "tunnel socket receive error"),
-            },
-            r = io.lan.recv(&mut lan_buf) => match r {
-                Ok(n) => ctl.on_lan_frame(Instant::now(), &lan_buf[..n], io),
-                Err(e) => return Err(e).context("reading the GN-facing raw socket failed"),
-            },
-            r = slow_ready.readable() => {
-                r.context("waiting on the slow queue")?;
-                // Reset the eventfd; readiness is cleared when it reads empty.
-                let _ = slow_ready.try_io(Interest::READABLE, || {
-                    let mut b = [0u8; 8];
-                    nix::unistd::read(&waker, &mut b).map_err(std::io::Error::from)
-                });
-                let now = Instant::now();
-                while let Some(f) = dataplane.pop_slow(&mut slow_buf) {
-                    if f.truncated {
-                        ctl.on_slow_truncated();
-                    } else {
-                        ctl.on_slow_frame(now, f.side, &mut slow_buf[..f.len], io);
-                    }
-                }
-            },
-            (port, r) = recv_upstream(&io.upstream, &mut up_buf) => match r {
-                Ok(n) => ctl.on_upstream(Instant::now(), Transport::Udp, port, &up_buf[..n], io),
-                // An ICMP error of the resolver (ECONNREFUSED): the query times out.
-                Err(e) => tracing::debug!(port, error = %e, "upstream receive error"),
-            },
-            r = dns_tcp.listener.accept() => match r {
-                Ok((stream, from)) => dns_tcp.accept(ctl, io, stream, from),
-                Err(e) => tracing::debug!(error = %e, "DNS TCP accept error"),
-            },
-            Some(ev) = dns_tcp.events.recv() => on_tcp_event(ctl, io, ev),
+            r = wan.recv_from(&mut b.wan), if reads_wan => Wake::Wan(r),
+            r = self.io.lan.recv(&mut b.lan) => Wake::Lan(r),
+            r = self.slow.ready.readable() => Wake::Slow(r),
+            (port, r) = recv_upstream(&self.io.upstream, &mut b.upstream) => Wake::Upstream(port, r),
+            r = self.dns_tcp.listener.accept() => Wake::TcpAccept(r),
+            Some(ev) = self.dns_tcp.events.recv() => Wake::Tcp(ev),
             // The raw socket has these frames already; reading only empties the buffers.
-            _ = sinks.dns.recv_from(&mut dns_sink) => {},
-            _ = sinks.dhcp.recv_from(&mut dhcp_sink) => {},
-            r = listener.accept() => match r {
-                Ok((mut stream, _)) => {
-                    // Fresh per-tunnel counters for the answer.
-                    let now = Instant::now();
-                    ctl.poll_activity(now, io);
-                    let mut st = status(s, datapath, dataplane, ctl, started, now);
-                    ops.annotate(&mut st);
-                    let body = serde_json::to_vec(&st).unwrap_or_default();
-                    tokio::spawn(async move {
-                        let _ = stream.write_all(&body).await;
-                        let _ = stream.shutdown().await;
-                    });
-                }
-                Err(e) => tracing::debug!(error = %e, "status socket accept error"),
-            },
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                let now = Instant::now();
-                ctl.on_timeout(now, io);
-                if now >= next_activity {
-                    ctl.poll_activity(now, io);
-                    next_activity = now + ACTIVITY_EVERY;
-                }
-                if now >= next_link {
-                    follow_wan_address(s, datapath, io).await;
-                    poll_link(s, ctl, &mut gateway, now, io);
-                    next_link = now + LINK_EVERY;
-                }
-                if let (Some(at), Some(every)) = (next_stats, ops.stats_every()) {
-                    if now >= at {
-                        log_stats(&status(s, datapath, dataplane, ctl, started, now));
-                        next_stats = Some(now + every);
-                    }
-                }
-            },
-            r = ntm_ops::metrics::accept(&ops.metrics) => match r {
-                Ok(stream) => {
-                    let now = Instant::now();
-                    ctl.poll_activity(now, io);
-                    let mut st = status(s, datapath, dataplane, ctl, started, now);
-                    ops.annotate(&mut st);
-                    ops.scrape(stream, &st, ctl);
-                }
-                Err(e) => tracing::debug!(error = %e, "metrics accept error"),
-            },
-            _ = ops.hup.recv() => {
-                if ops.reload(ctl, io) {
-                    next_stats = ops.stats_every().map(|d| Instant::now() + d);
-                }
-            },
-            () = ntm_ops::notify::tick(&mut ops.watchdog) => ntm_ops::notify::ping(),
-            _ = sigint.recv() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
+            _ = self.sinks.dns.recv_from(&mut b.dns_sink) => Wake::Sunk,
+            _ = self.sinks.dhcp.recv_from(&mut b.dhcp_sink) => Wake::Sunk,
+            r = self.status.accept() => Wake::Status(r.map(|(stream, _)| stream)),
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => Wake::Timer,
+            r = ntm_ops::metrics::accept(&self.ops.metrics) => Wake::Metrics(r),
+            _ = self.ops.hup.recv() => Wake::Hup,
+            () = ntm_ops::notify::tick(&mut self.ops.watchdog) => Wake::Watchdog,
+            _ = self.sigint.recv() => Wake::Stop,
+            _ = self.sigterm.recv() => Wake::Stop,
         }
+    }
+
+    /// Handles one wake-up; false: stop.
+    async fn handle(&mut self, wake: Wake) -> Result<bool> {
+        let now = Instant::now();
+        let io = &self.io;
+        match wake {
+            Wake::Wan(Ok((n, from))) => {
+                self.ctl
+                    .on_wan_datagram(now, from, &mut self.bufs.wan[..n], io);
+            }
+            // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal.
+            Wake::Wan(Err(e)) => tracing::debug!(error = %e, "tunnel socket receive error"),
+            Wake::Lan(r) => {
+                let n = r.context("reading the GN-facing raw socket failed")?;
+                self.ctl.on_lan_frame(now, &self.bufs.lan[..n], io);
+            }
+            Wake::Slow(r) => {
+                r.context("waiting on the slow queue")?;
+                self.drain_slow(now);
+            }
+            Wake::Upstream(port, Ok(n)) => {
+                let answer = &self.bufs.upstream[..n];
+                self.ctl.on_upstream(now, Transport::Udp, port, answer, io);
+            }
+            // An ICMP error of the resolver (ECONNREFUSED): the query times out.
+            Wake::Upstream(port, Err(e)) => {
+                tracing::debug!(port, error = %e, "upstream receive error")
+            }
+            Wake::TcpAccept(Ok((stream, from))) => {
+                self.dns_tcp.accept(&mut self.ctl, io, stream, from)
+            }
+            Wake::TcpAccept(Err(e)) => tracing::debug!(error = %e, "DNS TCP accept error"),
+            Wake::Tcp(ev) => on_tcp_event(&mut self.ctl, io, ev),
+            Wake::Sunk => {}
+            Wake::Status(Ok(stream)) => self.answer_status(stream),
+            Wake::Status(Err(e)) => tracing::debug!(error = %e, "status socket accept error"),
+            Wake::Timer => self.on_timers().await,
+            Wake::Metrics(Ok(stream)) => {
+                let st = self.fresh_status();
+                self.ops.scrape(stream, &st, &self.ctl);
+            }
+            Wake::Metrics(Err(e)) => tracing::debug!(error = %e, "metrics accept error"),
+            Wake::Hup => {
+                if self.ops.reload(&mut self.ctl, &self.io) {
+                    self.timers.stats = self.ops.stats_every().map(|d| Instant::now() + d);
+                }
+            }
+            Wake::Watchdog => ntm_ops::notify::ping(),
+            Wake::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Takes every frame the datapath queued for the control.
+    fn drain_slow(&mut self, now: Instant) {
+        // Reset the eventfd; readiness is cleared when it reads empty.
+        let waker = &self.slow.waker;
+        let _ = self.slow.ready.try_io(Interest::READABLE, || {
+            let mut b = [0u8; 8];
+            nix::unistd::read(waker, &mut b).map_err(std::io::Error::from)
+        });
+        while let Some(f) = self.ctl.datapath().pop_slow(&mut self.bufs.slow) {
+            if f.truncated {
+                self.ctl.on_slow_truncated();
+            } else {
+                let frame = &mut self.bufs.slow[..f.len];
+                self.ctl.on_slow_frame(now, f.side, frame, &self.io);
+            }
+        }
+    }
+
+    /// The timers that are due: the protocol's, the datapath's activity, the
+    /// uplink's address and next hop, the statistics line.
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        self.ctl.on_timeout(now, &self.io);
+        if now >= self.timers.activity {
+            self.ctl.poll_activity(now, &self.io);
+            self.timers.activity = now + ACTIVITY_EVERY;
+        }
+        if now >= self.timers.link {
+            follow_wan_address(&self.s, self.ctl.datapath(), &self.io).await;
+            self.poll_link(now);
+            self.timers.link = now + LINK_EVERY;
+        }
+        if let (Some(at), Some(every)) = (self.timers.stats, self.ops.stats_every()) {
+            if now >= at {
+                log_stats(&self.status(now));
+                self.timers.stats = Some(now + every);
+            }
+        }
+    }
+
+    /// The uplink's address (roaming) and the next hop's MAC, which the kernel
+    /// learns once the first signaling datagram went out through it.
+    fn poll_link(&mut self, now: Instant) {
+        let s = &self.s;
+        if let Ok(wan) = sys::interface(&s.wan_if) {
+            if let Some(&(ip, _)) = wan.ipv4.first() {
+                self.ctl.set_wan_ip(now, ip, &self.io);
+            }
+        }
+        let gw = sys::default_gateway(&s.wan_if);
+        let changed = gw != self.timers.gateway;
+        if changed {
+            match gw {
+                Some(g) => tracing::info!(gateway = %g, wan = %s.wan_if, "uplink default gateway"),
+                None => {
+                    tracing::warn!(wan = %s.wan_if, "no default route through the uplink: tunnels cannot carry data (add one)")
+                }
+            }
+            self.timers.gateway = gw;
+        }
+        match gw.map(|g| sys::neighbour(g, &s.wan_if)) {
+            Some(Some(mac)) => self.ctl.set_gateway_mac(Some(mac)),
+            // The kernel's entry may lapse while only the fast path talks to the
+            // gateway: keep the MAC learned for the same gateway.
+            Some(None) if !changed => {}
+            _ => self.ctl.set_gateway_mac(None),
+        }
+    }
+
+    /// `ntma status`: one status document, then the connection closes.
+    fn answer_status(&mut self, mut stream: tokio::net::UnixStream) {
+        let body = serde_json::to_vec(&self.fresh_status()).unwrap_or_default();
+        tokio::spawn(async move {
+            let _ = stream.write_all(&body).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+
+    /// The status with fresh per-tunnel counters and the reload counters.
+    fn fresh_status(&mut self) -> Status {
+        let now = Instant::now();
+        self.ctl.poll_activity(now, &self.io);
+        let mut st = self.status(now);
+        self.ops.annotate(&mut st);
+        st
+    }
+
+    fn status(&self, now: Instant) -> Status {
+        let s = &self.s;
+        Status {
+            name: s.name.clone(),
+            pid: std::process::id(),
+            uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
+            registration: self.ctl.registration_status(),
+            gn: self.ctl.gn_status(now),
+            datapath: DatapathStatus::of(self.ctl.datapath(), s, self.ctl.link()),
+            tunnels: self.ctl.tunnel_status(now),
+            slow_path: self.ctl.slow_path_status(),
+            capabilities: crate::privs::effective(),
+        }
+    }
+}
+
+impl SlowQueue {
+    fn of(datapath: &dyn Datapath) -> Result<SlowQueue> {
+        let waker = datapath.slow_waker();
+        let ready = std::os::fd::AsFd::as_fd(&waker)
+            .try_clone_to_owned()
+            .and_then(readiness)
+            .context("cannot watch the fast path's slow queue")?;
+        Ok(SlowQueue { waker, ready })
     }
 }
 
 /// Binds the tunnel socket to the uplink's new address when it changed (the old
 /// address is gone, and with it everything the old socket could send or receive),
 /// before the control re-registers from there.
-async fn follow_wan_address(s: &Settings, datapath: &Engine, io: &Sockets) {
+async fn follow_wan_address(s: &Settings, datapath: &dyn Datapath, io: &Sockets) {
     let Ok(wan) = sys::interface(&s.wan_if) else {
         return;
     };
@@ -968,10 +634,7 @@ async fn follow_wan_address(s: &Settings, datapath: &Engine, io: &Sockets) {
         return;
     }
     let sock = tunnel_socket(&s.wan_if, ip, s.port).and_then(|std| {
-        if let Engine::Raw(raw) = datapath {
-            raw.replace_wan(std.try_clone()?)
-                .map_err(std::io::Error::other)?;
-        }
+        datapath.replace_tunnel_socket(&std)?;
         tokio_udp(std)
     });
     match sock {
@@ -985,106 +648,6 @@ async fn follow_wan_address(s: &Settings, datapath: &Engine, io: &Sockets) {
         Err(e) => {
             tracing::warn!(%ip, port = s.port, error = %e, "cannot bind the tunnel socket to the uplink's new address; trying again");
         }
-    }
-}
-
-/// The uplink's address (roaming) and the next hop's MAC, which the kernel
-/// learns once the first signaling datagram went out through it.
-fn poll_link(
-    s: &Settings,
-    ctl: &mut Control<Arc<Dataplane>>,
-    gateway: &mut Option<Ipv4Addr>,
-    now: Instant,
-    io: &Sockets,
-) {
-    if let Ok(wan) = sys::interface(&s.wan_if) {
-        if let Some(&(ip, _)) = wan.ipv4.first() {
-            ctl.set_wan_ip(now, ip, io);
-        }
-    }
-    let gw = sys::default_gateway(&s.wan_if);
-    let changed = gw != *gateway;
-    if changed {
-        match gw {
-            Some(g) => tracing::info!(gateway = %g, wan = %s.wan_if, "uplink default gateway"),
-            None => {
-                tracing::warn!(wan = %s.wan_if, "no default route through the uplink: tunnels cannot carry data (add one)")
-            }
-        }
-        *gateway = gw;
-    }
-    match gw.map(|g| sys::neighbour(g, &s.wan_if)) {
-        Some(Some(mac)) => ctl.set_gateway_mac(Some(mac)),
-        // The kernel's entry may lapse while only the fast path talks to the
-        // gateway: keep the MAC learned for the same gateway.
-        Some(None) if !changed => {}
-        _ => ctl.set_gateway_mac(None),
-    }
-}
-
-fn status(
-    s: &Settings,
-    datapath: &Engine,
-    dataplane: &Dataplane,
-    ctl: &Control<Arc<Dataplane>>,
-    started: Instant,
-    now: Instant,
-) -> Status {
-    let xdp = match datapath.xdp_counters() {
-        Ok(c) => c.iter().map(|(v, n)| (v.name().to_owned(), n)).collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the XDP counters");
-            Default::default()
-        }
-    };
-    let workers = dataplane
-        .worker_stats()
-        .into_iter()
-        .map(|w| {
-            let counters = [
-                ("lan_rx", w.lan_rx),
-                ("wan_rx", w.wan_rx),
-                ("lan_tx", w.lan_tx),
-                ("wan_tx", w.wan_tx),
-                ("batches", w.batches),
-                ("slow", w.slow),
-                ("keepalives", w.keepalives),
-                ("mss_clamped", w.mss_clamped),
-                ("too_big", w.too_big),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            WorkerStatus {
-                queue: w.queue as u32,
-                core: w.core,
-                counters,
-                drops: w.drops().map(|(r, n)| (r.name().to_owned(), n)).collect(),
-                capabilities: crate::privs::of_thread(&datapath.worker_thread(w.queue)),
-            }
-        })
-        .collect();
-    let link = ctl.link();
-    Status {
-        name: s.name.clone(),
-        pid: std::process::id(),
-        uptime_secs: now.saturating_duration_since(started).as_secs_f64(),
-        registration: ctl.registration_status(),
-        gn: ctl.gn_status(now),
-        datapath: DatapathStatus {
-            mode: datapath.mode(),
-            lan_if: s.lan_if.clone(),
-            wan_if: s.wan_if.clone(),
-            queues: s.datapath.queues,
-            link_ready: link.is_some(),
-            gateway_mac: link.map(|l| l.gateway_mac.to_string()),
-            workers,
-            xdp,
-            rings: datapath.ring_stats(),
-        },
-        tunnels: ctl.tunnel_status(now),
-        slow_path: ctl.slow_path_status(),
-        capabilities: crate::privs::effective(),
     }
 }
 
@@ -1103,149 +666,4 @@ fn log_stats(st: &Status) {
         drops = %if drops.is_empty() { "none".to_owned() } else { drops.join(" ") },
         "stats"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Clone, Copy, Debug)]
-    struct GetIpMtuDiscover;
-    nix::getsockopt_impl!(
-        GetIpMtuDiscover,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        usize,
-        nix::sys::socket::sockopt::GetUsize
-    );
-
-    /// §5 "MTU": the tunnel socket (control signaling, held packets, fragments and
-    /// the raw datapath's DATA) sends with DF and never fragments (needs root for
-    /// SO_BINDTODEVICE, like the daemon).
-    #[test]
-    fn the_tunnel_socket_sets_df() {
-        let s = tunnel_socket("lo", Ipv4Addr::LOCALHOST, 0).expect("tunnel socket on lo (root?)");
-        let v = nix::sys::socket::getsockopt(&s, GetIpMtuDiscover).unwrap();
-        assert_eq!(v, libc::IP_PMTUDISC_DO as usize);
-    }
-
-    /// Each upstream query gets a socket of its own on a kernel-drawn port,
-    /// connected to the resolver: its answer comes back with that port, and a
-    /// datagram from anywhere but the resolver never reaches it.
-    #[test]
-    fn upstream_queries_have_their_own_connected_sockets() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let resolver = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-            let SocketAddr::V4(resolver_addr) = resolver.local_addr().unwrap() else {
-                panic!()
-            };
-            let socks = RefCell::new(HashMap::new());
-            let mut ports = Vec::new();
-            for q in [b"query one", b"query two"] {
-                let (port, sock) = upstream_socket(resolver_addr, q).unwrap();
-                socks.borrow_mut().insert(port, sock);
-                ports.push(port);
-            }
-            assert_ne!(ports[0], ports[1]);
-            let mut buf = [0u8; 64];
-            let mut from_of = HashMap::new();
-            for _ in 0..2 {
-                let (n, from) = resolver.recv_from(&mut buf).unwrap();
-                from_of.insert(buf[..n].to_vec(), from);
-            }
-            // A spoof from elsewhere to the second query's port: refused by the kernel.
-            let spoofer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-            let second = from_of[&b"query two"[..]];
-            spoofer.send_to(b"spoofed", second).unwrap();
-            resolver.send_to(b"answer two", second).unwrap();
-            let mut rbuf = [0u8; 64];
-            let (port, n) =
-                tokio::time::timeout(Duration::from_secs(5), recv_upstream(&socks, &mut rbuf))
-                    .await
-                    .expect("an answer");
-            assert_eq!(port, second.port());
-            assert_eq!(port, ports[1]);
-            assert_eq!(&rbuf[..n.unwrap()], b"answer two");
-            // Nothing else is waiting (the spoof never arrived).
-            let more =
-                tokio::time::timeout(Duration::from_millis(100), recv_upstream(&socks, &mut rbuf))
-                    .await;
-            assert!(more.is_err(), "{more:?}");
-        });
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    /// A TCP query to the resolver: from its own connection, whose local
-    /// port names it, length-prefixed both ways; the answer is reported
-    /// with that port.
-    #[test]
-    fn upstream_tcp_queries_are_framed_and_reported_by_port() {
-        rt().block_on(async {
-            let resolver = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let SocketAddr::V4(addr) = resolver.local_addr().unwrap() else {
-                panic!()
-            };
-            let (tx, mut rx) = mpsc::channel(4);
-            let (port, _task) = upstream_tcp(addr, b"the query", tx).unwrap();
-            let (mut s, from) = resolver.accept().await.unwrap();
-            assert_eq!(from.port(), port);
-            let mut q = [0u8; 11];
-            s.read_exact(&mut q).await.unwrap();
-            assert_eq!(&q, b"\x00\x09the query");
-            s.write_all(b"\x00\x0aan answer!").await.unwrap();
-            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                Ok(Some(TcpEvent::Upstream(p, a))) => {
-                    assert_eq!((p, &a[..]), (port, &b"an answer!"[..]))
-                }
-                other => panic!("{other:?}"),
-            }
-        });
-    }
-
-    /// A GN connection's task: what it reads is reported, the answers
-    /// queued are written, the client's FIN is reported and answers still
-    /// go out after it; dropping the queue closes the connection.
-    #[test]
-    fn gn_connection_tasks_relay_both_ways_and_close_when_told() {
-        rt().block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-            let (server, _) = l.accept().await.unwrap();
-            let (events_tx, mut events) = mpsc::channel(8);
-            let (answers_tx, answers) = mpsc::channel(8);
-            tokio::spawn(gn_connection(9, server, answers, events_tx));
-            client.write_all(b"\x00\x02hi").await.unwrap();
-            match next(&mut events).await {
-                TcpEvent::Data(9, b) => assert_eq!(b, b"\x00\x02hi"),
-                other => panic!("{other:?}"),
-            }
-            client.shutdown().await.unwrap();
-            assert!(matches!(next(&mut events).await, TcpEvent::Eof(9)));
-            answers_tx.try_send(b"\x00\x02ok".to_vec()).unwrap();
-            drop(answers_tx);
-            let mut got = Vec::new();
-            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
-                .await
-                .expect("closed in time")
-                .unwrap();
-            assert_eq!(got, b"\x00\x02ok");
-        });
-    }
-
-    async fn next(events: &mut mpsc::Receiver<TcpEvent>) -> TcpEvent {
-        tokio::time::timeout(Duration::from_secs(5), events.recv())
-            .await
-            .expect("an event in time")
-            .expect("open")
-    }
 }

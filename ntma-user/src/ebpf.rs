@@ -190,16 +190,6 @@ impl XdpPrograms {
             .map_err(|source| EbpfError::Map { map: name, source })
     }
 
-    /// Removes the socket of RX queue `queue` of `side`'s NIC (its frames then pass).
-    pub fn unregister_socket(&mut self, side: Side, queue: u32) -> Result<(), EbpfError> {
-        let name = side.xsk_map();
-        let map = self.ebpf.map_mut(name).ok_or(EbpfError::Missing(name))?;
-        let mut xsks =
-            XskMap::try_from(map).map_err(|source| EbpfError::Map { map: name, source })?;
-        xsks.unset(queue)
-            .map_err(|source| EbpfError::Map { map: name, source })
-    }
-
     /// The verdict counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, EbpfError> {
         let map = self

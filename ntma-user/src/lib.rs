@@ -3,6 +3,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod datapath;
 pub mod ebpf;
 pub mod fastpath;
 pub mod gn;
@@ -11,4 +12,5 @@ pub mod privs;
 pub mod rawpath;
 pub mod reload;
 pub mod status;
+pub mod wire;
 pub mod xsk;

@@ -15,6 +15,25 @@ use crate::status::Status;
 /// The scrape of a status snapshot and the set-up histograms.
 pub fn scrape(st: &Status, setup: &SetupHistograms, max_tunnel_labels: usize) -> Scrape {
     let mut m = Scrape::new();
+    adapter_series(&mut m, st);
+    datapath_series(&mut m, st);
+    slow_path_series(&mut m, st);
+    tunnel_series(&mut m, st, max_tunnel_labels);
+    m.metric(
+        "ntma_tunnel_setup_seconds",
+        "From the GN's request (DNS query or packet) to the tunnel being up.",
+        setup.clone(),
+    );
+    m.gauge(
+        "ntma_capabilities_kept",
+        "Capabilities the control thread kept after set-up (see ntma status).",
+        st.capabilities.len() as f64,
+    );
+    m
+}
+
+/// The adapter: what it is, whether it is registered and its GN holds a lease.
+fn adapter_series(m: &mut Scrape, st: &Status) {
     let gn = st.registration.fqdn.as_str();
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     m.gauges(
@@ -49,6 +68,10 @@ pub fn scrape(st: &Status, setup: &SetupHistograms, max_tunnel_labels: usize) ->
         "Whether the fast path can forward (GN MAC, gateway MAC and VIP known).",
         flag(st.datapath.link_ready),
     );
+}
+
+/// The datapath: XDP verdicts, workers' frames and drops, AF_XDP rings.
+fn datapath_series(m: &mut Scrape, st: &Status) {
     m.counters(
         "ntma_xdp_verdicts",
         "XDP programs' verdicts, summed over CPUs.",
@@ -90,6 +113,11 @@ pub fn scrape(st: &Status, setup: &SetupHistograms, max_tunnel_labels: usize) ->
             })
         }),
     );
+}
+
+/// The slow path and the control: drops, events, held packets.
+fn slow_path_series(m: &mut Scrape, st: &Status) {
+    let gn = st.registration.fqdn.as_str();
     m.counters(
         "ntma_slow_path_drops",
         "Slow-path drops by reason (GN services, proto_* for the protocol endpoint, the control's own).",
@@ -115,6 +143,11 @@ pub fn scrape(st: &Status, setup: &SetupHistograms, max_tunnel_labels: usize) ->
             st.slow_path.stats.get("held_now").copied().unwrap_or(0) as f64,
         )],
     );
+}
+
+/// Tunnels: how many, and their traffic by peer (at most `max_tunnel_labels` peers).
+fn tunnel_series(m: &mut Scrape, st: &Status, max_tunnel_labels: usize) {
+    let gn = st.registration.fqdn.as_str();
     let up = st.tunnels.iter().filter(|t| t.up).count();
     m.gauges(
         "ntma_tunnels",
@@ -160,17 +193,6 @@ pub fn scrape(st: &Status, setup: &SetupHistograms, max_tunnel_labels: usize) ->
         "Tunnel bytes by peer (tx: sent, rx: accepted).",
         series(1, 3),
     );
-    m.metric(
-        "ntma_tunnel_setup_seconds",
-        "From the GN's request (DNS query or packet) to the tunnel being up.",
-        setup.clone(),
-    );
-    m.gauge(
-        "ntma_capabilities_kept",
-        "Capabilities the control thread kept after set-up (see ntma status).",
-        st.capabilities.len() as f64,
-    );
-    m
 }
 
 #[cfg(test)]

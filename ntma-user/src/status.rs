@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Settings;
+use crate::datapath::{Datapath, Link, RingStats, WorkerStats};
+
 /// The whole status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -131,6 +134,91 @@ pub struct WorkerStatus {
     /// (none once it is set up); `None` when its thread was not found.
     #[serde(default)]
     pub capabilities: Option<Vec<String>>,
+}
+
+impl DatapathStatus {
+    /// The status of a running datapath: its mode, its workers' and the XDP
+    /// programs' counters and its rings, with the link the control published.
+    pub fn of(dp: &dyn Datapath, s: &Settings, link: Option<Link>) -> DatapathStatus {
+        let xdp = match dp.xdp_counters() {
+            Ok(c) => c.iter().map(|(v, n)| (v.name().to_owned(), n)).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the XDP counters");
+                Default::default()
+            }
+        };
+        let workers = dp
+            .worker_stats()
+            .iter()
+            .map(|w| {
+                let caps = crate::privs::of_thread(&dp.worker_thread(w.queue));
+                WorkerStatus::new(w, caps)
+            })
+            .collect();
+        DatapathStatus {
+            mode: dp.mode(),
+            lan_if: s.lan_if.clone(),
+            wan_if: s.wan_if.clone(),
+            queues: s.datapath.queues,
+            link_ready: link.is_some(),
+            gateway_mac: link.map(|l| l.gateway_mac.to_string()),
+            workers,
+            xdp,
+            rings: dp.ring_stats().iter().map(RingStatus::from).collect(),
+        }
+    }
+}
+
+impl From<&RingStats> for RingStatus {
+    fn from(r: &RingStats) -> RingStatus {
+        let k = r.stats;
+        RingStatus {
+            queue: r.queue,
+            side: match r.side {
+                crate::ebpf::Side::Lan => "lan",
+                crate::ebpf::Side::Wan => "wan",
+            }
+            .to_owned(),
+            counters: [
+                ("rx_dropped", k.rx_dropped),
+                ("rx_invalid_descs", k.rx_invalid_descs),
+                ("tx_invalid_descs", k.tx_invalid_descs),
+                ("rx_ring_full", k.rx_ring_full),
+                ("rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs),
+                ("tx_ring_empty_descs", k.tx_ring_empty_descs),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect(),
+        }
+    }
+}
+
+impl WorkerStatus {
+    /// A worker's counters by name, with its thread's `capabilities`.
+    pub fn new(w: &WorkerStats, capabilities: Option<Vec<String>>) -> WorkerStatus {
+        let counters = [
+            ("lan_rx", w.lan_rx),
+            ("wan_rx", w.wan_rx),
+            ("lan_tx", w.lan_tx),
+            ("wan_tx", w.wan_tx),
+            ("batches", w.batches),
+            ("slow", w.slow),
+            ("keepalives", w.keepalives),
+            ("mss_clamped", w.mss_clamped),
+            ("too_big", w.too_big),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        WorkerStatus {
+            queue: w.queue as u32,
+            core: w.core,
+            counters,
+            drops: w.drops().map(|(r, n)| (r.name().to_owned(), n)).collect(),
+            capabilities,
+        }
+    }
 }
 
 /// One tunnel.
@@ -257,8 +345,15 @@ impl Status {
     /// The human-readable view.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        self.render_state(&mut s);
+        self.render_tunnels(&mut s);
+        self.render_counters(&mut s);
+        s
+    }
+
+    /// Registration, GN and datapath lines.
+    fn render_state(&self, s: &mut String) {
         let r = &self.registration;
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
             "ntma {} (pid {}, up {:.0} s)",
@@ -306,6 +401,10 @@ impl Status {
             if d.link_ready { "ready" } else { "not ready" },
             opt(d.gateway_mac.clone())
         );
+    }
+
+    /// One line per tunnel.
+    fn render_tunnels(&self, s: &mut String) {
         let _ = writeln!(s, "tunnels: {}", self.tunnels.len());
         for t in &self.tunnels {
             let _ = writeln!(
@@ -330,6 +429,11 @@ impl Status {
                     .map_or_else(String::new, |m| format!(", set up in {m:.1} ms")),
             );
         }
+    }
+
+    /// The non-zero counters: XDP, workers, rings, slow path.
+    fn render_counters(&self, s: &mut String) {
+        let d = &self.datapath;
         let nonzero = |m: &BTreeMap<String, u64>| {
             let v: Vec<String> = m
                 .iter()
@@ -376,8 +480,12 @@ impl Status {
                 self.capabilities.join(" ")
             }
         );
-        s
     }
+}
+
+/// A value, or `-` when there is none.
+fn opt(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
 }
 
 /// Why `ntma status` could not get a status.

@@ -52,24 +52,10 @@ fn xdp_config() -> XdpConfig {
 const GN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const NTMA_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
+/// The Internet checksum over `chunks` in a row (each but the last of even length).
 fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut odd: Option<u8> = None;
-    for c in chunks {
-        for &b in *c {
-            match odd.take() {
-                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
-                None => odd = Some(b),
-            }
-        }
-    }
-    if let Some(hi) = odd {
-        sum += u32::from(u16::from_be_bytes([hi, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    use ntma_user::wire::checksum::{accumulate, fold};
+    !fold(chunks.iter().map(|c| accumulate(c)).sum())
 }
 
 /// Ethernet + IPv4 (+ options) + `l4` with protocol `proto`; fixes the IPv4 checksum.

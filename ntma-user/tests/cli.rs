@@ -2,33 +2,25 @@
 //! daemon, and `run` refusing what cannot work before it touches anything.
 //! None of these attach XDP or open sockets on real NICs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
+
+use ntm_ops::test_util::{stderr, Cli};
+
+fn cli() -> Cli {
+    ntm_ops::cli_of!("ntma", "ntma.example.toml")
+}
 
 fn ntma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ntma"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run ntma")
+    cli().run(args)
 }
 
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("ntma.example.toml")
+    cli().example().to_owned()
 }
 
 fn temp_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ntma-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    // Private: ntma refuses to run on a configuration holding a key that
-    // group or others can read.
-    ntm_ops::keys::write_private(&path, text).unwrap();
-    path
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    cli().temp_config(name, text)
 }
 
 #[test]
@@ -56,41 +48,39 @@ fn check_config_accepts_the_example() {
     );
 }
 
+/// The example's K_node.
+const K_NODE: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
 #[test]
 fn bad_configurations_fail_on_one_line_with_what_to_fix() {
-    let example = std::fs::read_to_string(example()).unwrap();
-    let cases = [
+    let cases = cli().edited(&[
         (
             "key.toml",
-            example.replace(
-                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-                "00",
-            ),
+            K_NODE,
+            "00",
             "dc.key = (hidden): give K_node as 64 hex digits",
         ),
         (
             "mode.toml",
-            example.replace("non_vip = \"icmp-unreachable\"", "non_vip = \"route\""),
+            "non_vip = \"icmp-unreachable\"",
+            "non_vip = \"route\"",
             "icmp-unreachable",
         ),
         (
             "ring.toml",
-            example.replace("rx_ring = 2048", "rx_ring = 1000"),
+            "rx_ring = 2048",
+            "rx_ring = 1000",
             "datapath.rx_ring = 1000: use a power of two",
         ),
         (
             "same.toml",
-            example.replace("interface = \"wan0\"", "interface = \"lan0\""),
+            "interface = \"wan0\"",
+            "interface = \"lan0\"",
             "the uplink must be another NIC",
         ),
-        (
-            "typo.toml",
-            example.replace("lease_secs", "lease_sec"),
-            "lease_sec",
-        ),
-    ];
-    for (name, text, want) in cases {
-        let path = temp_config(name, &text);
+        ("typo.toml", "lease_secs", "lease_sec", "lease_sec"),
+    ]);
+    for (name, path, want) in cases {
         for cmd in ["check-config", "run"] {
             let out = ntma(&[cmd, "--config", path.to_str().unwrap()]);
             assert!(!out.status.success(), "{name}: {cmd} accepted it");
@@ -101,7 +91,7 @@ fn bad_configurations_fail_on_one_line_with_what_to_fix() {
         }
     }
     let out = ntma(&["check-config", "--config", "/nonexistent/ntma.toml"]);
-    assert!(stderr(&out).contains("cannot read /nonexistent/ntma.toml"));
+    assert!(stderr(&out).contains("cannot read the configuration file /nonexistent/ntma.toml"));
 }
 
 #[test]

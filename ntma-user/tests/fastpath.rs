@@ -32,7 +32,10 @@ use ntm_testbed::{
     ifname, unique_prefix, Options, Role, Testbed, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL,
 };
 use ntma_common::{Verdict, XdpConfig, NTM_PORT};
-use ntma_user::fastpath::{Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo, Side, XskMode};
+use ntma_user::datapath::{Datapath, Link};
+use ntma_user::fastpath::{AfXdp, AfXdpConfig, Dataplane, FastDrop, Side, XskMode};
+use ntma_user::gn::MacAddr;
+use ntma_user::wire::checksum::internet as checksum;
 
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const PEER_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 9);
@@ -118,17 +121,6 @@ fn keys(role: TunnelRole) -> (Key, Key) {
     let d = DirectionKeys::derive(&key());
     let (tx, rx) = d.for_role(role).unwrap();
     (tx.clone(), rx.clone())
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An IPv4/UDP packet (UDP checksum 0: "none", valid over IPv4).
@@ -250,7 +242,7 @@ struct World {
     /// The first DATA cn received from ntma, to send back (a reflection).
     captured: Option<Vec<u8>>,
     tb: Testbed,
-    datapath: Option<Datapath>,
+    datapath: Option<AfXdp>,
     dp: std::sync::Arc<Dataplane>,
     gn: UdpSocket,
     peer: Peer,
@@ -275,25 +267,25 @@ fn world(tag: &str, queues: u16, cores: Vec<usize>, suite: Suite) -> World {
     let gn_mac = mac_of(&tb, Role::Gn, ifname::ETH0);
     prepare_gn(&tb, lan_mac);
 
-    let mut cfg = DatapathConfig::new(ifname::NTMA_LAN, ifname::NTMA_WAN, xdp_config());
+    let mut cfg = AfXdpConfig::new(ifname::NTMA_LAN, ifname::NTMA_WAN, xdp_config());
     cfg.queues = u32::from(queues);
     cfg.cores = cores;
-    cfg.umem.frame_count = 2048 * u32::from(queues);
+    cfg.umem.frame_count = 8192 * u32::from(queues);
     cfg.slow_slots = SLOW_SLOTS;
     // Worker threads are spawned from this thread inside ntma's namespace: they stay there.
     let datapath = tb
-        .in_netns(Role::Ntma, || Datapath::start(cfg))
+        .in_netns(Role::Ntma, || AfXdp::start(cfg))
         .expect("enter ntma")
         .unwrap_or_else(|e| panic!("starting the fast path in ntma failed: {e}"));
-    let dp = datapath.dataplane();
-    dp.set_link(Some(LinkInfo {
+    let dp = std::sync::Arc::clone(datapath.dataplane());
+    dp.set_link(Some(Link {
         gn_vip: GN_VIP,
-        gn_mac,
-        lan_mac,
-        wan_mac,
+        gn_mac: MacAddr(gn_mac),
+        lan_mac: MacAddr(lan_mac),
+        wan_mac: MacAddr(wan_mac),
         wan_ip: NTMA_WAN_ADDR,
         wan_port: NTM_PORT,
-        gateway_mac,
+        gateway_mac: MacAddr(gateway_mac),
     }));
     let (tx_key, rx_key) = keys(TunnelRole::Initiator);
     dp.tunnel_up(&TunnelParams {
@@ -436,7 +428,7 @@ fn carries_and_drops(tag: &str, suite: Suite) {
     let mut w = world(tag, 1, Vec::new(), suite);
     let datapath = w.datapath.as_ref().unwrap();
     assert_eq!(
-        datapath.mode(),
+        datapath.xsk_mode(),
         XskMode::Copy,
         "veth runs AF_XDP in copy mode"
     );

@@ -24,7 +24,9 @@ use ntm_testbed::{
     ifname, unique_prefix, Role, Testbed, CN_ADDR, NAT1_WAN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR,
     VIP_POOL,
 };
-use ntma_user::fastpath::{FastDrop, LinkInfo, Side};
+use ntma_user::datapath::{Datapath, Link};
+use ntma_user::fastpath::{FastDrop, Side};
+use ntma_user::gn::MacAddr;
 use ntma_user::rawpath::{Classify, RawConfig, RawPath};
 
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
@@ -56,7 +58,7 @@ fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&src.ip().octets());
     p[16..20].copy_from_slice(&dst.ip().octets());
-    let c = ntma_user::fastpath::packet::ipv4_checksum(&p[..20]);
+    let c = ntma_user::wire::checksum::internet(&p[..20]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     p[20..22].copy_from_slice(&src.port().to_be_bytes());
     p[22..24].copy_from_slice(&dst.port().to_be_bytes());
@@ -137,15 +139,15 @@ fn raw_datapath_carries_verifies_and_counts() {
         })
         .expect("enter ntma")
         .unwrap_or_else(|e| panic!("raw datapath: {e}"));
-    let dp = raw.dataplane();
-    dp.set_link(Some(LinkInfo {
+    let dp = std::sync::Arc::clone(raw.dataplane());
+    dp.set_link(Some(Link {
         gn_vip: GN_VIP,
-        gn_mac: mac(&tb, Role::Gn, "eth0"),
-        lan_mac,
-        wan_mac: mac(&tb, Role::Ntma, ifname::NTMA_WAN),
+        gn_mac: MacAddr(mac(&tb, Role::Gn, "eth0")),
+        lan_mac: MacAddr(lan_mac),
+        wan_mac: MacAddr(mac(&tb, Role::Ntma, ifname::NTMA_WAN)),
         wan_ip: NTMA_WAN_ADDR,
         wan_port: NTM_PORT,
-        gateway_mac: mac(&tb, Role::Nat1, ifname::NAT_LAN),
+        gateway_mac: MacAddr(mac(&tb, Role::Nat1, ifname::NAT_LAN)),
     }));
     // ntma is the initiator: it sends with K_i2r, cn (the responder) with K_r2i.
     let keys = DirectionKeys::derive(&Key::from_bytes(*b"ntma raw datapath integration!!!"));

@@ -181,16 +181,12 @@ fn run(
         }
     };
     let batch = cfg.batch.clamp(1, 1024);
-    // Connected sockets: no addresses (`()`), nothing for nix to read back.
-    let mut headers = MultiHeaders::<()>::preallocate(batch, None);
-    let addrs: Vec<Option<()>> = vec![None; batch];
-    let count = |r: nix::Result<usize>| match r {
-        Ok(n) => {
-            sent.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Err(_) => {
-            errors.fetch_add(1, Ordering::Relaxed);
-        }
+    let mut burst = Burst {
+        // Connected sockets: no addresses (`()`), nothing for nix to read back.
+        headers: MultiHeaders::<()>::preallocate(batch, None),
+        addrs: vec![None; batch],
+        sent,
+        errors,
     };
     match cfg.payload {
         Payload::Plain { packet_len } => {
@@ -198,16 +194,7 @@ fn run(
             let iovs: Vec<[IoSlice<'_>; 1]> = (0..batch).map(|_| [IoSlice::new(&buf)]).collect();
             while !stop.load(Ordering::Relaxed) {
                 for s in &socks {
-                    let r = sendmmsg(
-                        s.as_raw_fd(),
-                        &mut headers,
-                        &iovs,
-                        &addrs,
-                        [],
-                        MsgFlags::empty(),
-                    )
-                    .map(Iterator::count);
-                    count(r);
+                    burst.send(s, &iovs);
                 }
             }
         }
@@ -229,19 +216,40 @@ fn run(
                     }
                     let iovs: Vec<[IoSlice<'_>; 1]> =
                         dgs.iter().map(|d| [IoSlice::new(d.bytes())]).collect();
-                    let r = sendmmsg(
-                        s.as_raw_fd(),
-                        &mut headers,
-                        &iovs,
-                        &addrs,
-                        [],
-                        MsgFlags::empty(),
-                    )
-                    .map(Iterator::count);
-                    count(r);
+                    burst.send(s, &iovs);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// One `sendmmsg` per burst on a connected socket, counted.
+struct Burst<'c> {
+    headers: MultiHeaders<()>,
+    addrs: Vec<Option<()>>,
+    sent: &'c AtomicU64,
+    errors: &'c AtomicU64,
+}
+
+impl Burst<'_> {
+    fn send(&mut self, s: &UdpSocket, iovs: &[[IoSlice<'_>; 1]]) {
+        let r = sendmmsg(
+            s.as_raw_fd(),
+            &mut self.headers,
+            iovs,
+            &self.addrs,
+            [],
+            MsgFlags::empty(),
+        )
+        .map(Iterator::count);
+        match r {
+            Ok(n) => {
+                self.sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }

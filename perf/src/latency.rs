@@ -49,6 +49,16 @@ pub struct Echo {
     pub server: EchoServer,
 }
 
+impl Echo {
+    /// gn's requests to `bind`, where cn answers over UDP.
+    pub fn udp(bind: SocketAddrV4) -> Echo {
+        Echo {
+            target: bind,
+            server: EchoServer::Udp { bind },
+        }
+    }
+}
+
 /// RTT percentiles of one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rtt {

@@ -63,13 +63,6 @@ pub fn sh(tb: &Testbed, role: Role, script: &str) -> Result<String> {
         .with_context(|| format!("in {role}: {script}"))
 }
 
-/// Like [`sh`] but ignores failure (for clean-up steps that may find nothing to undo).
-pub fn sh_quiet(tb: &Testbed, role: Role, script: &str) {
-    if let Err(e) = tb.output(role, ["sh", "-c", script]) {
-        tracing::debug!(%role, script, error = %e, "clean-up step failed");
-    }
-}
-
 /// `sysctl -w key=value` in `role`'s namespace; returns the old value.
 pub fn sysctl(tb: &Testbed, role: Role, key: &str, value: &str) -> Result<String> {
     let old = tb.output(role, ["sysctl", "-n", key])?.trim().to_owned();

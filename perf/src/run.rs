@@ -127,11 +127,6 @@ impl Point {
         mbps(self.delivered_pps.median, self.size)
     }
 
-    /// Offered Mbit/s of inner packets (median).
-    pub fn offered_mbps(&self) -> f64 {
-        mbps(self.offered_pps.median, self.size)
-    }
-
     /// Share of the offered load not delivered (medians), 0..1.
     pub fn loss(&self) -> f64 {
         if self.offered_pps.median > 0.0 {
@@ -239,6 +234,17 @@ pub struct Results {
     pub skipped: Vec<Skipped>,
     /// Counters each datapath reported after its runs.
     pub notes: Vec<(String, String)>,
+}
+
+impl Results {
+    /// Records that `what` of `datapath` could not run, and why.
+    fn skip(&mut self, datapath: &str, what: String, why: &anyhow::Error) {
+        self.skipped.push(Skipped {
+            datapath: datapath.into(),
+            what,
+            why: chain(why),
+        });
+    }
 }
 
 /// Progress on stderr: one line per measurement, with an estimate of the time left.
@@ -457,83 +463,23 @@ pub fn comparison(plan: &Plan, progress: &mut Progress, results: &mut Results) -
             Ok(g) => g,
             Err(e) => {
                 progress.note(&format!("{name}: left out: {}", chain(&e)));
-                results.skipped.push(Skipped {
-                    datapath: name.into(),
-                    what: "everything".into(),
-                    why: chain(&e),
-                });
+                results.skip(name, "everything".into(), &e);
                 progress.skip(per_dp);
                 continue;
             }
         };
         for dir in Direction::BOTH {
-            let flow = match gw.flow(&bench, dir) {
-                Ok(f) => f,
-                Err(e) => {
-                    progress.note(&format!("{name} {}: left out: {}", dir.as_str(), chain(&e)));
-                    results.skipped.push(Skipped {
-                        datapath: name.into(),
-                        what: format!("{} throughput", dir.as_str()),
-                        why: chain(&e),
-                    });
-                    progress.skip(plan.sizes.len() * plan.timing.reps);
-                    continue;
-                }
-            };
-            for &size in &plan.sizes {
-                let case = Case {
-                    name,
-                    label: name,
-                    flow: &flow,
-                    dir,
-                    size,
-                    flows: 1,
-                };
-                match point(&mut bench, &case, progress) {
-                    Ok(p) => results.throughput.push(p),
-                    Err(e) => results.skipped.push(Skipped {
-                        datapath: name.into(),
-                        what: format!("{} {size} B", dir.as_str()),
-                        why: chain(&e),
-                    }),
-                }
-            }
+            throughput(
+                plan,
+                &mut bench,
+                (name, gw.as_mut()),
+                dir,
+                progress,
+                results,
+            );
         }
         if plan.latency_rounds > 0 {
-            let rtt = gw.echo(&bench).and_then(|echo| {
-                ping_pong(
-                    &bench.tb.ns(Role::Gn),
-                    &bench.tb.ns(Role::Cn),
-                    SocketAddrV4::new(GN_ADDR, 5001),
-                    &echo,
-                    plan.latency_rounds,
-                    Duration::from_millis(1),
-                    Duration::from_millis(200),
-                )
-            });
-            match rtt {
-                Ok(rtt) => {
-                    progress.step(&match &rtt {
-                        Some(r) => format!(
-                            "{name} latency: p50 {:.0} µs, p99 {:.0} µs ({}/{} answered)",
-                            r.p50_us, r.p99_us, r.answered, r.sent
-                        ),
-                        None => format!("{name} latency: no answer"),
-                    });
-                    results.latency.push(LatencyPoint {
-                        datapath: name.into(),
-                        rtt,
-                    });
-                }
-                Err(e) => {
-                    progress.step(&format!("{name} latency: left out: {}", chain(&e)));
-                    results.skipped.push(Skipped {
-                        datapath: name.into(),
-                        what: "latency".into(),
-                        why: chain(&e),
-                    });
-                }
-            }
+            latency(plan, &bench, (name, gw.as_mut()), progress, results);
         }
         if let Some(n) = gw.notes() {
             progress.note(&format!("{name}: {n}"));
@@ -541,6 +487,81 @@ pub fn comparison(plan: &Plan, progress: &mut Progress, results: &mut Results) -
         }
     }
     Ok(())
+}
+
+/// The throughput points of datapath `name` in direction `dir`, one per
+/// size.
+fn throughput(
+    plan: &Plan,
+    bench: &mut Bench,
+    (name, gw): (&str, &mut dyn Gateway),
+    dir: Direction,
+    progress: &mut Progress,
+    results: &mut Results,
+) {
+    let flow = match gw.flow(bench, dir) {
+        Ok(f) => f,
+        Err(e) => {
+            progress.note(&format!("{name} {}: left out: {}", dir.as_str(), chain(&e)));
+            results.skip(name, format!("{} throughput", dir.as_str()), &e);
+            progress.skip(plan.sizes.len() * plan.timing.reps);
+            return;
+        }
+    };
+    for &size in &plan.sizes {
+        let case = Case {
+            name,
+            label: name,
+            flow: &flow,
+            dir,
+            size,
+            flows: 1,
+        };
+        match point(bench, &case, progress) {
+            Ok(p) => results.throughput.push(p),
+            Err(e) => results.skip(name, format!("{} {size} B", dir.as_str()), &e),
+        }
+    }
+}
+
+/// The ping-pong latency through datapath `name`.
+fn latency(
+    plan: &Plan,
+    bench: &Bench,
+    (name, gw): (&str, &mut dyn Gateway),
+    progress: &mut Progress,
+    results: &mut Results,
+) {
+    let rtt = gw.echo(bench).and_then(|echo| {
+        ping_pong(
+            &bench.tb.ns(Role::Gn),
+            &bench.tb.ns(Role::Cn),
+            SocketAddrV4::new(GN_ADDR, 5001),
+            &echo,
+            plan.latency_rounds,
+            Duration::from_millis(1),
+            Duration::from_millis(200),
+        )
+    });
+    match rtt {
+        Ok(rtt) => {
+            progress.step(&match &rtt {
+                Some(r) => format!(
+                    "{name} latency: p50 {:.0} µs, p99 {:.0} µs ({}/{} answered)",
+                    r.p50_us, r.p99_us, r.answered, r.sent
+                ),
+                None => format!("{name} latency: no answer"),
+            });
+            results.latency.push(LatencyPoint {
+                datapath: name.into(),
+                rtt,
+            });
+        }
+        Err(e) => {
+            progress.step(&format!("{name} latency: left out: {}", chain(&e)));
+            results.skip(name, "latency".into(), &e);
+        }
+    }
 }
 
 /// Runs the scaling and tuning variants, each on a testbed with the queues it needs.
@@ -589,11 +610,7 @@ pub fn scaling(plan: &Plan, progress: &mut Progress, results: &mut Results) -> R
             }
             Err(e) => {
                 progress.note(&format!("{label}: left out: {}", chain(&e)));
-                results.skipped.push(Skipped {
-                    datapath: kind.name().into(),
-                    what: format!("scaling {label}"),
-                    why: chain(&e),
-                });
+                results.skip(kind.name(), format!("scaling {label}"), &e);
                 progress.skip(plan.timing.reps);
             }
         }

@@ -114,57 +114,49 @@ fn install_and_check(debs: &[PathBuf]) -> Result<()> {
 fn checks() -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("ntm-dist-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    // The example configurations, made private (they hold example keys).
-    let private = |pkg: &str, file: &str| -> Result<PathBuf> {
+    check_examples(&tmp)?;
+    verify_units()?;
+    for (_, _, bin) in PACKAGES {
+        status(Command::new("man").args(["-w", bin]))?;
+    }
+    // The demo's topology on the installed daemons.
+    let mut demo = Command::new(release_bin("ntm-demo"));
+    demo.env("NTM_BIN_DIR", "/usr/bin")
+        .current_dir(workspace_root());
+    eprintln!("dist: $ NTM_BIN_DIR=/usr/bin {}", describe(&demo));
+    status(&mut demo)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Each installed binary checks its installed example configuration (copied
+/// to `tmp` and made private: they hold example keys).
+fn check_examples(tmp: &Path) -> Result<()> {
+    for (bin, check) in [
+        ("ntma", "check-config"),
+        ("ntm-dc", "--check"),
+        ("ntm-rs", "--check"),
+        ("ntm-node", "--check"),
+    ] {
+        let file = format!("{bin}.example.toml");
         let src = Path::new("/usr/share/doc")
-            .join(pkg)
+            .join(bin)
             .join("examples")
-            .join(file);
-        let dst = tmp.join(file);
+            .join(&file);
+        let dst = tmp.join(&file);
         std::fs::copy(&src, &dst).with_context(|| format!("{} installed?", src.display()))?;
         std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        Ok(dst)
-    };
-    for (bin, args) in [
-        (
-            "ntma",
-            vec![
-                "check-config".into(),
-                "--config".into(),
-                private("ntma", "ntma.example.toml")?,
-            ],
-        ),
-        (
-            "ntm-dc",
-            vec![
-                "--check".into(),
-                "--config".into(),
-                private("ntm-dc", "ntm-dc.example.toml")?,
-            ],
-        ),
-        (
-            "ntm-rs",
-            vec![
-                "--check".into(),
-                "--config".into(),
-                private("ntm-rs", "ntm-rs.example.toml")?,
-            ],
-        ),
-        (
-            "ntm-node",
-            vec![
-                "--check".into(),
-                "--config".into(),
-                private("ntm-node", "ntm-node.example.toml")?,
-            ],
-        ),
-    ] {
         let mut c = Command::new(Path::new("/usr/bin").join(bin));
-        c.args(args.iter().map(|a: &PathBuf| a.as_os_str()));
+        c.args([check, "--config"]).arg(&dst);
         eprintln!("dist: $ {}", describe(&c));
         status(&mut c)?;
     }
-    let units: Vec<PathBuf> = crate::dist::PACKAGES
+    Ok(())
+}
+
+/// `systemd-analyze verify` of the installed units: no complaint at all.
+fn verify_units() -> Result<()> {
+    let units: Vec<PathBuf> = PACKAGES
         .iter()
         .map(|(_, _, bin)| PathBuf::from(format!("/lib/systemd/system/{bin}.service")))
         .collect();
@@ -187,15 +179,5 @@ fn checks() -> Result<()> {
     if !out.status.success() || !said.trim().is_empty() {
         bail!("systemd-analyze verify of the installed units: {said}");
     }
-    for (_, _, bin) in PACKAGES {
-        status(Command::new("man").args(["-w", bin]))?;
-    }
-    // The demo's topology on the installed daemons.
-    let mut demo = Command::new(release_bin("ntm-demo"));
-    demo.env("NTM_BIN_DIR", "/usr/bin")
-        .current_dir(workspace_root());
-    eprintln!("dist: $ NTM_BIN_DIR=/usr/bin {}", describe(&demo));
-    status(&mut demo)?;
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Build, remove or inspect the network-namespace testbed of shared/TESTBED.md.
+    /// Build, remove or inspect the network-namespace testbed of docs/testbed.md.
     Testbed {
         #[command(subcommand)]
         action: testbed::Action,

@@ -112,19 +112,6 @@ enum_with_unknown! {
     }
 }
 
-impl MessageType {
-    /// Messages keyed with `K_tun` and addressed by tunnel id.
-    pub fn is_tunnel(self) -> bool {
-        matches!(
-            self,
-            MessageType::Data
-                | MessageType::TunKeepalive
-                | MessageType::TunReq
-                | MessageType::TunResp
-        )
-    }
-}
-
 enum_with_unknown! {
     /// Protection suite (header byte 3, SUITE TLV), §2.1.
     pub enum Suite {

@@ -400,6 +400,35 @@ impl<'a> UsedTlvs<'a> {
     fn as_slice(&self) -> &[(u8, Value<'a>)] {
         &self.items[..self.len]
     }
+
+    /// STATUS OK and the lease of a granting REG_RESP.
+    fn push_lease(&mut self, l: &Lease) {
+        use TlvType as T;
+        self.push(T::Status, Value::U8(Status::Ok.into()));
+        self.push(T::NodeId, Value::U32(l.node_id));
+        self.push(T::Vip, Value::Vip(l.vip));
+        self.push(T::ObservedAddr, Value::Addr(l.observed));
+        self.push(T::KeepaliveSecs, Value::U32(l.keepalive_secs));
+        self.push(T::LifetimeSecs, Value::U32(l.lifetime_secs));
+    }
+
+    /// STATUS OK and the route of a directing ROUTE_DIR.
+    fn push_route(&mut self, r: &'a Route<'a>) {
+        use TlvType as T;
+        self.push(T::Status, Value::U8(Status::Ok.into()));
+        self.push(T::TunnelId, Value::U32(r.tunnel_id));
+        self.push(T::Fqdn, Value::Bytes(r.peer_fqdn.as_bytes()));
+        self.push(T::Vip, Value::Vip(r.peer_vip));
+        self.push(T::Endpoint, Value::Addr(r.endpoint));
+        self.push(T::Path, Value::U8(r.path.into()));
+        self.push(T::Role, Value::U8(r.role.into()));
+        self.push(T::Suite, Value::U8(r.suite.into()));
+        self.push(T::WrappedKey, Value::Bytes(&r.wrapped_key));
+        if let Some(k) = &r.wrapped_relay_key {
+            self.push(T::WrappedRelayKey, Value::Bytes(k));
+        }
+        self.push(T::LifetimeSecs, Value::U32(r.lifetime_secs));
+    }
 }
 
 impl Message<'_> {
@@ -417,21 +446,13 @@ impl Message<'_> {
                 u.push(T::LocalAddr, Value::Addr(r.local_addr));
                 u.push(T::Caps, Value::U32(r.caps.0));
             }
-            Message::RegResp(r) => match &r.result {
-                Ok(l) => {
-                    u.push(T::ReqId, Value::U32(r.req_id));
-                    u.push(T::Status, Value::U8(Status::Ok.into()));
-                    u.push(T::NodeId, Value::U32(l.node_id));
-                    u.push(T::Vip, Value::Vip(l.vip));
-                    u.push(T::ObservedAddr, Value::Addr(l.observed));
-                    u.push(T::KeepaliveSecs, Value::U32(l.keepalive_secs));
-                    u.push(T::LifetimeSecs, Value::U32(l.lifetime_secs));
+            Message::RegResp(r) => {
+                u.push(T::ReqId, Value::U32(r.req_id));
+                match &r.result {
+                    Ok(l) => u.push_lease(l),
+                    Err(s) => u.push(T::Status, Value::U8((*s).into())),
                 }
-                Err(s) => {
-                    u.push(T::ReqId, Value::U32(r.req_id));
-                    u.push(T::Status, Value::U8((*s).into()));
-                }
-            },
+            }
             Message::KeepaliveAck(k) => u.push(T::ObservedAddr, Value::Addr(k.observed)),
             Message::DirReq(d) => {
                 u.push(T::ReqId, Value::U32(d.req_id));
@@ -440,21 +461,7 @@ impl Message<'_> {
             Message::RouteDir(d) => {
                 u.push(T::ReqId, Value::U32(d.req_id));
                 match &d.result {
-                    Ok(r) => {
-                        u.push(T::Status, Value::U8(Status::Ok.into()));
-                        u.push(T::TunnelId, Value::U32(r.tunnel_id));
-                        u.push(T::Fqdn, Value::Bytes(r.peer_fqdn.as_bytes()));
-                        u.push(T::Vip, Value::Vip(r.peer_vip));
-                        u.push(T::Endpoint, Value::Addr(r.endpoint));
-                        u.push(T::Path, Value::U8(r.path.into()));
-                        u.push(T::Role, Value::U8(r.role.into()));
-                        u.push(T::Suite, Value::U8(r.suite.into()));
-                        u.push(T::WrappedKey, Value::Bytes(&r.wrapped_key));
-                        if let Some(k) = &r.wrapped_relay_key {
-                            u.push(T::WrappedRelayKey, Value::Bytes(k));
-                        }
-                        u.push(T::LifetimeSecs, Value::U32(r.lifetime_secs));
-                    }
+                    Ok(r) => u.push_route(r),
                     Err(s) => u.push(T::Status, Value::U8((*s).into())),
                 }
             }
@@ -615,6 +622,48 @@ fn scan(body: &[u8]) -> Result<Tlvs<'_>> {
     Ok(tlvs)
 }
 
+/// The lease of a REG_RESP with STATUS OK.
+fn parse_lease(t: &mut Tlvs<'_>) -> Result<Lease> {
+    use TlvType as T;
+    Ok(Lease {
+        node_id: t.u32(T::NodeId)?,
+        vip: t.vip()?,
+        observed: t.addr(T::ObservedAddr)?,
+        keepalive_secs: t.u32(T::KeepaliveSecs)?,
+        lifetime_secs: t.u32(T::LifetimeSecs)?,
+    })
+}
+
+/// The route of a ROUTE_DIR with STATUS OK (RELAY needs WRAPPED_RELAY_KEY).
+fn parse_route<'a>(t: &mut Tlvs<'a>) -> Result<Route<'a>> {
+    use TlvType as T;
+    let tunnel_id = t.tunnel_id()?;
+    let peer_fqdn = t.fqdn()?;
+    let peer_vip = t.vip()?;
+    let endpoint = t.addr(T::Endpoint)?;
+    let path = t.path()?;
+    let role = t.role()?;
+    let suite = Suite::from(t.u8(T::Suite)?);
+    let wrapped_key = t.key(T::WrappedKey)?;
+    let wrapped_relay_key = t.opt_key(T::WrappedRelayKey)?;
+    if path == Path::Relay && wrapped_relay_key.is_none() {
+        return Err(Error::MissingTlv);
+    }
+    let lifetime_secs = t.u32(T::LifetimeSecs)?;
+    Ok(Route {
+        tunnel_id,
+        peer_fqdn,
+        peer_vip,
+        endpoint,
+        path,
+        role,
+        suite,
+        wrapped_key,
+        wrapped_relay_key,
+        lifetime_secs,
+    })
+}
+
 fn parse_message<'a>(msg_type: MessageType, t: &mut Tlvs<'a>) -> Result<Message<'a>> {
     use TlvType as T;
     Ok(match msg_type {
@@ -631,13 +680,7 @@ fn parse_message<'a>(msg_type: MessageType, t: &mut Tlvs<'a>) -> Result<Message<
         MessageType::RegResp => Message::RegResp(RegResp {
             req_id: t.u32(T::ReqId)?,
             result: match t.status()? {
-                Status::Ok => Ok(Lease {
-                    node_id: t.u32(T::NodeId)?,
-                    vip: t.vip()?,
-                    observed: t.addr(T::ObservedAddr)?,
-                    keepalive_secs: t.u32(T::KeepaliveSecs)?,
-                    lifetime_secs: t.u32(T::LifetimeSecs)?,
-                }),
+                Status::Ok => Ok(parse_lease(t)?),
                 s => Err(s),
             },
         }),
@@ -651,33 +694,7 @@ fn parse_message<'a>(msg_type: MessageType, t: &mut Tlvs<'a>) -> Result<Message<
         MessageType::RouteDir => {
             let req_id = t.u32(T::ReqId)?;
             let result = match t.status()? {
-                Status::Ok => {
-                    let tunnel_id = t.tunnel_id()?;
-                    let peer_fqdn = t.fqdn()?;
-                    let peer_vip = t.vip()?;
-                    let endpoint = t.addr(T::Endpoint)?;
-                    let path = t.path()?;
-                    let role = t.role()?;
-                    let suite = Suite::from(t.u8(T::Suite)?);
-                    let wrapped_key = t.key(T::WrappedKey)?;
-                    let wrapped_relay_key = t.opt_key(T::WrappedRelayKey)?;
-                    if path == Path::Relay && wrapped_relay_key.is_none() {
-                        return Err(Error::MissingTlv);
-                    }
-                    let lifetime_secs = t.u32(T::LifetimeSecs)?;
-                    Ok(Route {
-                        tunnel_id,
-                        peer_fqdn,
-                        peer_vip,
-                        endpoint,
-                        path,
-                        role,
-                        suite,
-                        wrapped_key,
-                        wrapped_relay_key,
-                        lifetime_secs,
-                    })
-                }
+                Status::Ok => Ok(parse_route(t)?),
                 s => Err(s),
             };
             Message::RouteDir(RouteDir { req_id, result })

@@ -13,13 +13,13 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use ntm_world::capture::{contains, udp_payload_on_port, IPERF_PATTERN};
 use ntm_world::counters::{describe, grown};
 use ntm_world::{payload, require_root, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
-use ntm_world::{Node, Ntma};
+use ntm_world::{Iperf, Node, Ntma, Ping};
 
 /// The demo's testbed prefix.
 const PREFIX: &str = "demo-";
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn mbps(i: &ntm_world::Iperf) -> String {
+fn mbps(i: &Iperf) -> String {
     format!(
         "{:.0} Mbit/s ({} TCP retransmissions)",
         i.received_bps / 1e6,
@@ -48,13 +48,37 @@ fn mbps(i: &ntm_world::Iperf) -> String {
     )
 }
 
+/// What the demo measured, for the summary.
+struct Summary {
+    gn_vip: Ipv4Addr,
+    /// From the GN's DNS query to its answer (the tunnel's set-up).
+    setup: Duration,
+    /// The ping gn -> cn and its RTT min/avg/max.
+    ping: (Ping, (f64, f64, f64)),
+    suite: String,
+    up: Throughput,
+    down: Throughput,
+    /// The "cn's TUN device" line.
+    cn_tun: String,
+    /// The payload checks of both directions.
+    leak: String,
+    relay_path: String,
+    /// The "AF_XDP mode", drops and "XDP verdicts" lines.
+    ntma_lines: String,
+}
+
+/// One iperf3 run and the counters that explain its retransmissions.
+struct Throughput {
+    bw: Iperf,
+    why: String,
+    /// The payload check of its captures.
+    leak: String,
+}
+
 fn run() -> Result<()> {
     require_root()?;
     let t0 = Instant::now();
-    step("testbed up (namespaces gn, ntma, nat1, inet, dc, rs, cn, nat2, cn2; prefix demo-)");
-    // A demo that crashed may have left its testbed and processes behind.
-    ntm_testbed::down(PREFIX).map_err(|e| anyhow::anyhow!("removing an old demo testbed: {e}"))?;
-    let w = World::up_with(PREFIX, |_| {})?;
+    let w = testbed_up()?;
     step("DC in dc, RS in rs, ntm-node cn.ntm.test in cn, cn2.ntm.test in cn2 (behind nat2)");
     let mut cn = w.node(Role::Cn, CN_FQDN)?;
     let mut cn2 = w.node(Role::Cn2, CN2_FQDN)?;
@@ -62,6 +86,56 @@ fn run() -> Result<()> {
     let cn2_vip = cn2.registered()?;
     eprintln!("    cn.ntm.test  has VIP {cn_vip}\n    cn2.ntm.test has VIP {cn2_vip}");
 
+    let (mut ntma, gn_vip) = start_ntma(&w)?;
+    dhcp(&w, gn_vip)?;
+    let (setup, suite) = resolve_cn(&w, &mut ntma, cn_vip)?;
+    let ping = pings(&w, cn_vip, gn_vip)?;
+    let (up, down, cn_tun) = throughput(&w, &cn, &ntma, cn_vip)?;
+
+    drop(cn);
+    let cn = cn_opens(&w, &mut ntma, gn_vip)?;
+    let relay_path = relayed(&w, &mut ntma, gn_vip)?;
+    let ntma_lines = stop_ntma(&w, &mut ntma)?;
+
+    let leak = format!(
+        "gn -> cn: {}\n                       cn -> gn: {}",
+        up.leak, down.leak
+    );
+    print_summary(&Summary {
+        gn_vip,
+        setup,
+        ping,
+        suite,
+        up,
+        down,
+        cn_tun,
+        leak,
+        relay_path,
+        ntma_lines,
+    });
+    println!("demo time              {:.1} s", t0.elapsed().as_secs_f64());
+    println!("====================================================");
+
+    step("teardown");
+    drop(cn);
+    drop(cn2);
+    let prefix = w.tb.prefix().to_owned();
+    w.down()?;
+    eprintln!("    testbed {prefix} removed");
+    Ok(())
+}
+
+/// Removes what a crashed demo left behind, then brings the testbed up.
+fn testbed_up() -> Result<World> {
+    step("testbed up (namespaces gn, ntma, nat1, inet, dc, rs, cn, nat2, cn2; prefix demo-)");
+    // A demo that crashed may have left its testbed and processes behind.
+    ntm_testbed::down(PREFIX).map_err(|e| anyhow::anyhow!("removing an old demo testbed: {e}"))?;
+    World::up_with(PREFIX, |_| {})
+}
+
+/// Starts ntma and waits for its registration and fast path; returns the
+/// GN's VIP.
+fn start_ntma(w: &World) -> Result<(Ntma, Ipv4Addr)> {
     step("ntma in the ntma namespace, serving gn.ntm.test on lan0, uplink wan0 behind nat1");
     let mut ntma = w.ntma(|_| {})?;
     let gn_vip = ntma.registered()?;
@@ -74,13 +148,22 @@ fn run() -> Result<()> {
         st.registration.behind_nat.unwrap_or(false),
         st.datapath.mode
     );
+    Ok((ntma, gn_vip))
+}
 
+/// The GN obtains the VIP with the stock DHCP client.
+fn dhcp(w: &World, gn_vip: Ipv4Addr) -> Result<()> {
     step("gn: dhclient eth0 (stock ISC DHCP client)");
     let got = w.dhclient()?;
     ensure!(got == gn_vip, "DHCP gave {got}, the DC gave {gn_vip}");
     let link = w.sh(Role::Gn, "ip -4 -o addr show dev eth0; ip -o link show dev eth0 | grep -o 'mtu [0-9]*'; ip route show default")?;
     eprint!("{}", indent(&link));
+    Ok(())
+}
 
+/// The GN resolves cn.ntm.test through the adapter, which sets up the
+/// tunnel; returns the set-up time and the tunnel's suite.
+fn resolve_cn(w: &World, ntma: &mut Ntma, cn_vip: Ipv4Addr) -> Result<(Duration, String)> {
     step("gn: dig @100.64.0.1 cn.ntm.test (the query sets up the tunnel)");
     let dns = SocketAddrV4::new(NTMA_LAN_ADDR, 53);
     let (setup, a, rcode) = w.timed_a_query(Role::Gn, dns, CN_FQDN)?;
@@ -96,7 +179,6 @@ fn run() -> Result<()> {
         s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
     })?;
     let t = up.tunnel_to(CN_FQDN).expect("checked");
-    let suite = t.suite.clone();
     eprintln!(
         "    tunnel #{} {} path, suite {}, ntma {} (DIR_REQ to tunnel up: {})",
         t.id,
@@ -111,7 +193,11 @@ fn run() -> Result<()> {
         "    example.org -> {:?} (forwarded to the upstream resolver)",
         other.a
     );
+    Ok((setup, t.suite.clone()))
+}
 
+/// Pings through the tunnel both ways; returns gn -> cn's and its RTT.
+fn pings(w: &World, cn_vip: Ipv4Addr, gn_vip: Ipv4Addr) -> Result<(Ping, (f64, f64, f64))> {
     step("gn -> cn: ping -c 20");
     let p = w.ping(Role::Gn, cn_vip, 20)?;
     ensure!(p.received > 0, "no ping reply: {}", p.output);
@@ -124,29 +210,61 @@ fn run() -> Result<()> {
     let pb = w.ping(Role::Cn, gn_vip, 5)?;
     ensure!(pb.received > 0, "no ping reply: {}", pb.output);
     eprintln!("    {}/{} replies", pb.received, pb.sent);
+    Ok((p, rtt))
+}
 
+/// iperf3 both ways with the payload captures; returns both runs and the
+/// summary's line about cn's TUN device.
+fn throughput(
+    w: &World,
+    cn: &Node,
+    ntma: &Ntma,
+    cn_vip: Ipv4Addr,
+) -> Result<(Throughput, Throughput, String)> {
     step(&format!(
         "iperf3 gn -> cn ({IPERF_SECS} s, --repeating-payload: a known payload), \
          tcpdump on the internet bridge (tunnel port 7700) and on gn's eth0"
     ));
-    let caps = captures(&w, "up")?;
-    let (up_bw, up_why) = iperf3_explained(&w, &cn, &ntma, cn_vip, false)?;
-    eprintln!("    {}\n    {up_why}", mbps(&up_bw));
-    let leak_up = payload_check(caps)?;
-    eprintln!("    {leak_up}");
+    let up = iperf3_checked(w, cn, ntma, cn_vip, false)?;
     step(&format!(
         "iperf3 cn -> gn ({IPERF_SECS} s, -R), the same captures"
     ));
-    let caps = captures(&w, "down")?;
-    let (down_bw, down_why) = iperf3_explained(&w, &cn, &ntma, cn_vip, true)?;
-    eprintln!("    {}\n    {down_why}", mbps(&down_bw));
-    let cn_tun = cn.status().context("cn's status file")?.tun;
-    let leak_down = payload_check(caps)?;
-    eprintln!("    {leak_down}");
-    let leak = format!("gn -> cn: {leak_up}\n                       cn -> gn: {leak_down}");
+    let down = iperf3_checked(w, cn, ntma, cn_vip, true)?;
+    let tun = cn.status().context("cn's status file")?.tun;
+    let cn_tun = format!(
+        "{}: queue {} packets, offload {}",
+        tun.name,
+        tun.queue_len,
+        match (tun.offload, tun.udp_offload) {
+            (true, true) => "TSO+USO/GRO",
+            (true, false) => "TSO/GRO",
+            _ => "none",
+        }
+    );
+    Ok((up, down, cn_tun))
+}
 
+/// One iperf3 run (`reverse`: cn sends) under the captures, explained and
+/// checked for payload in clear.
+fn iperf3_checked(
+    w: &World,
+    cn: &Node,
+    ntma: &Ntma,
+    cn_vip: Ipv4Addr,
+    reverse: bool,
+) -> Result<Throughput> {
+    let caps = captures(w, if reverse { "down" } else { "up" })?;
+    let (bw, why) = iperf3_explained(w, cn, ntma, cn_vip, reverse)?;
+    eprintln!("    {}\n    {why}", mbps(&bw));
+    let leak = payload_check(caps)?;
+    eprintln!("    {leak}");
+    Ok(Throughput { bw, why, leak })
+}
+
+/// cn restarts (it forgets every tunnel) and opens a TCP connection to
+/// gn.ntm.test: the adapter is the tunnel's target. Returns the new cn.
+fn cn_opens(w: &World, ntma: &mut Ntma, gn_vip: Ipv4Addr) -> Result<Node> {
     step("cn restarts (it forgets every tunnel), then opens a TCP connection to gn.ntm.test");
-    drop(cn);
     let mut cn = w.node(Role::Cn, CN_FQDN)?;
     cn.registered()?;
     let d = w.dig(Role::Cn, "127.0.0.1", GN_FQDN)?;
@@ -163,7 +281,12 @@ fn run() -> Result<()> {
         "    cn resolved {GN_FQDN} -> {gn_vip}; 256 KiB over TCP arrived intact; tunnel #{} opened by cn, {} path",
         t.id, t.path
     );
+    Ok(cn)
+}
 
+/// cn2, behind another NAT, pings the GN through the relay; returns the
+/// tunnel's path.
+fn relayed(w: &World, ntma: &mut Ntma, gn_vip: Ipv4Addr) -> Result<String> {
     step("cn2 (behind nat2) -> gn: ping -c 5 (both ends behind NAT: relayed by the RS)");
     let d2 = w.dig(Role::Cn2, "127.0.0.1", GN_FQDN)?;
     ensure!(
@@ -187,7 +310,12 @@ fn run() -> Result<()> {
         p2.sent,
         p2.rtt.map_or(0.0, |r| r.1)
     );
+    Ok(relay_path)
+}
 
+/// Prints ntma's status, stops it and checks the DEREG and the XDP
+/// detach; returns the summary's lines about its datapath.
+fn stop_ntma(w: &World, ntma: &mut Ntma) -> Result<String> {
     step("ntma status");
     let text = ntma.status_text()?;
     eprint!("{}", indent(&text));
@@ -205,49 +333,14 @@ fn run() -> Result<()> {
         if dereg { "yes" } else { "no" }
     );
 
-    println!("\n================ ntma demo summary ================");
-    println!("GN VIP by DHCP         {gn_vip} (gn.ntm.test)");
-    println!(
-        "tunnel set-up          {:.2} ms from the GN's DNS query to its answer (cn.ntm.test)",
-        setup.as_secs_f64() * 1e3
-    );
-    println!(
-        "RTT gn -> cn           min/avg/max {:.3}/{:.3}/{:.3} ms ({}/{} replies)",
-        rtt.0, rtt.1, rtt.2, p.received, p.sent
-    );
-    println!(
-        "throughput gn -> cn    {} (iperf3 TCP, {IPERF_SECS} s)",
-        mbps(&up_bw)
-    );
-    println!("                       {up_why}");
-    println!(
-        "throughput cn -> gn    {} (iperf3 TCP -R, {IPERF_SECS} s)",
-        mbps(&down_bw)
-    );
-    println!("                       {down_why}");
-    println!(
-        "cn's TUN device        {}: queue {} packets, offload {}",
-        cn_tun.name,
-        cn_tun.queue_len,
-        match (cn_tun.offload, cn_tun.udp_offload) {
-            (true, true) => "TSO+USO/GRO",
-            (true, false) => "TSO/GRO",
-            _ => "none",
-        }
-    );
-    println!("tunnel suite           {suite} (cn.ntm.test)");
-    println!("payload on the wire    {leak}");
-    println!(
-        "responder side         cn -> gn.ntm.test TCP 256 KiB intact; cn2 -> gn via {relay_path}"
-    );
-    println!("AF_XDP mode            {}", st.datapath.mode);
+    let mut lines = format!("AF_XDP mode            {}\n", st.datapath.mode);
     let drops = st.drops();
     if drops.is_empty() {
-        println!("drops by reason        none");
+        lines.push_str("drops by reason        none\n");
     } else {
-        println!("drops by reason        (slow path and fast path)");
+        lines.push_str("drops by reason        (slow path and fast path)\n");
         for (k, v) in drops {
-            println!("    {k:<24} {v}");
+            lines.push_str(&format!("    {k:<24} {v}\n"));
         }
     }
     let verdicts: Vec<String> = st
@@ -257,17 +350,40 @@ fn run() -> Result<()> {
         .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{k}={n}"))
         .collect();
-    println!("XDP verdicts           {}", verdicts.join(" "));
-    println!("demo time              {:.1} s", t0.elapsed().as_secs_f64());
-    println!("====================================================");
+    lines.push_str(&format!("XDP verdicts           {}", verdicts.join(" ")));
+    Ok(lines)
+}
 
-    step("teardown");
-    drop(cn);
-    drop(cn2);
-    let prefix = w.tb.prefix().to_owned();
-    w.down()?;
-    eprintln!("    testbed {prefix} removed");
-    Ok(())
+fn print_summary(s: &Summary) {
+    let (p, rtt) = &s.ping;
+    println!("\n================ ntma demo summary ================");
+    println!("GN VIP by DHCP         {} (gn.ntm.test)", s.gn_vip);
+    println!(
+        "tunnel set-up          {:.2} ms from the GN's DNS query to its answer (cn.ntm.test)",
+        s.setup.as_secs_f64() * 1e3
+    );
+    println!(
+        "RTT gn -> cn           min/avg/max {:.3}/{:.3}/{:.3} ms ({}/{} replies)",
+        rtt.0, rtt.1, rtt.2, p.received, p.sent
+    );
+    println!(
+        "throughput gn -> cn    {} (iperf3 TCP, {IPERF_SECS} s)",
+        mbps(&s.up.bw)
+    );
+    println!("                       {}", s.up.why);
+    println!(
+        "throughput cn -> gn    {} (iperf3 TCP -R, {IPERF_SECS} s)",
+        mbps(&s.down.bw)
+    );
+    println!("                       {}", s.down.why);
+    println!("cn's TUN device        {}", s.cn_tun);
+    println!("tunnel suite           {} (cn.ntm.test)", s.suite);
+    println!("payload on the wire    {}", s.leak);
+    println!(
+        "responder side         cn -> gn.ntm.test TCP 256 KiB intact; cn2 -> gn via {}",
+        s.relay_path
+    );
+    println!("{}", s.ntma_lines);
 }
 
 /// Frames each capture keeps: a few seconds of a bulk transfer.
@@ -341,7 +457,7 @@ fn iperf3_explained(
     ntma: &Ntma,
     cn_vip: Ipv4Addr,
     reverse: bool,
-) -> Result<(ntm_world::Iperf, String)> {
+) -> Result<(Iperf, String)> {
     let tun = |s: &ntm_node::Status| (s.tun.counter("tx_dropped"), s.tun.counter("rx_dropped"));
     let cn0 = cn.status().context("cn's status file")?;
     let tun0 = tun(&cn0);

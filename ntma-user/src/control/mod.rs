@@ -9,7 +9,7 @@
 //! through one `on_*` method, which then drains the endpoint's transmits
 //! and events and the GN services' frames and actions until nothing more
 //! comes out. Sending goes through the [`Io`] the caller passes; what the
-//! fast path must know is published through the [`Plane`] it owns.
+//! datapath must know is published through the [`Datapath`] it owns.
 //!
 //! The wiring (PROTOCOL.md §6):
 //!
@@ -31,8 +31,9 @@
 //!   before the endpoint's transmits), so DATA the peer sends right after
 //!   its TUN_RESP is never an unknown tunnel; [`Event::TunnelUp`] starts
 //!   sending on it; [`Event::TunnelDown`]/[`Event::EndpointChanged`] are
-//!   published too. The fast path reports receive and send activity back
-//!   ([`Control::poll_activity`] → [`Endpoint::note_rx`] /
+//!   published too. The datapath reports receive and send activity back
+//!   ([`Control::poll_activity`] reads [`Datapath::tunnel_stats`] →
+//!   [`Endpoint::note_rx`] /
 //!   [`Endpoint::note_tx`]: expiry, keep-alives, roaming), counting only
 //!   datagrams that passed every check.
 //! * Packets to a VIP without a tunnel (the fast path's slow queue, or the
@@ -49,7 +50,6 @@
 mod counters;
 pub mod nat;
 pub mod packet;
-mod plane;
 mod reload;
 pub mod sys;
 #[cfg(test)]
@@ -70,13 +70,13 @@ use ntm_proto::{Error, Status as Code};
 pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
 use crate::config::{NonVip, Settings};
+use crate::datapath::{Datapath, Link, TunnelStats};
 use crate::ebpf::Side;
-use crate::gn::wire::{
-    fragment_ipv4, EthView, Ipv4View, UdpView, ETHERTYPE_IPV4, ETH_HEADER_LEN, IPPROTO_UDP,
-    UDP_HEADER_LEN,
-};
-use crate::gn::{ConnId, Gn, GnAction, MacAddr, Transport, Unreachable, Verdict, MAX_FRAME_LEN};
+use crate::gn::wire::{fragment_ipv4, parse_eth, parse_ipv4, parse_udp, Ipv4Frame};
+use crate::gn::GnDrop;
+use crate::gn::{ConnId, Gn, GnAction, MacAddr, Transport, Unreachable, MAX_FRAME_LEN};
 use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
+use crate::wire::{ethernet, ipv4, udp};
 
 /// Bound of the VIP → FQDN memory used to set expired tunnels up again.
 const MAX_NAMES: usize = 4096;
@@ -84,64 +84,6 @@ const MAX_NAMES: usize = 4096;
 const MAX_TIMERS: usize = 1024;
 /// Largest inner packet (an IPv4 packet never exceeds this).
 const MAX_INNER: usize = 65_535;
-
-/// The addresses the fast path needs to build frames on both NICs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Link {
-    /// The GN's VIP (the only inner destination of DATA accepted).
-    pub gn_vip: Ipv4Addr,
-    /// The GN's MAC (destination of frames to the GN).
-    pub gn_mac: MacAddr,
-    /// The GN-facing NIC's MAC (source of frames to the GN).
-    pub lan_mac: MacAddr,
-    /// The uplink NIC's MAC.
-    pub wan_mac: MacAddr,
-    /// The uplink's IPv4 address (outer source).
-    pub wan_ip: Ipv4Addr,
-    /// The tunnel port (outer source port).
-    pub wan_port: u16,
-    /// The next hop's MAC on the uplink (the default gateway).
-    pub gateway_mac: MacAddr,
-}
-
-/// What the fast path did on one tunnel (cumulative counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Activity {
-    /// Tunnel id.
-    pub tunnel_id: u32,
-    /// DATA sent.
-    pub tx_packets: u64,
-    /// Bytes of those datagrams.
-    pub tx_bytes: u64,
-    /// DATA accepted.
-    pub rx_packets: u64,
-    /// Bytes of those datagrams.
-    pub rx_bytes: u64,
-    /// TUN_KEEPALIVE accepted.
-    pub rx_keepalives: u64,
-    /// When the last one was accepted.
-    pub last_rx: Option<Instant>,
-    /// Where it came from.
-    pub last_rx_from: Option<SocketAddrV4>,
-}
-
-/// The fast path as the control side sees it.
-pub trait Plane {
-    /// Addresses for building frames; `None` stops forwarding.
-    fn set_link(&self, link: Option<Link>);
-    /// Installs a tunnel for receiving ([`Event::TunnelAdded`]): its DATA is
-    /// accepted from now on, before the tunnel is up.
-    fn add_tunnel(&self, tunnel: &TunnelParams);
-    /// Starts sending on a tunnel ([`Event::TunnelUp`]), installing it if
-    /// [`Plane::add_tunnel`] did not.
-    fn tunnel_up(&self, tunnel: &TunnelParams);
-    /// Removes a tunnel.
-    fn remove_tunnel(&self, tunnel_id: u32);
-    /// Moves a tunnel's peer (roaming).
-    fn set_endpoint(&self, tunnel_id: u32, endpoint: SocketAddrV4);
-    /// Per-tunnel counters.
-    fn activity(&self) -> Vec<Activity>;
-}
 
 /// The sockets, as the control side uses them. Each says whether the
 /// kernel took the data; a refusal is counted, never retried (signaling
@@ -170,27 +112,27 @@ pub trait Io {
     fn close_tcp(&self, conn: ConnId);
 }
 
-/// Addresses learned at start and while running.
-#[derive(Debug, Clone, Copy)]
-struct LinkState {
-    lan_mac: MacAddr,
-    wan_mac: MacAddr,
-    wan_ip: Ipv4Addr,
-    gateway_mac: Option<MacAddr>,
-    gn_mac: Option<MacAddr>,
-    vip: Option<Ipv4Addr>,
-}
-
 /// What the control side knows about one tunnel (from its
-/// [`Event::TunnelAdded`] on).
+/// [`Event::TunnelAdded`] on) beyond what the endpoint and the datapath do.
 #[derive(Debug, Clone)]
 struct TunnelRec {
+    /// For the log line when it goes down (the endpoint has forgotten it then).
     peer_fqdn: String,
-    endpoint: SocketAddrV4,
     /// From our direction request to the tunnel being up; `None` when the
     /// peer asked for the tunnel.
     setup: Option<Duration>,
-    activity: Option<Activity>,
+    /// The datapath's counters as last polled (activity is what grew since).
+    stats: Option<TunnelStats>,
+}
+
+impl TunnelRec {
+    fn new(peer_fqdn: String) -> TunnelRec {
+        TunnelRec {
+            peer_fqdn,
+            setup: None,
+            stats: None,
+        }
+    }
 }
 
 /// What the daemon tells [`Control::new`] about the machine.
@@ -208,9 +150,10 @@ pub struct Boot {
     pub seed: [u8; 32],
 }
 
-/// The control side. See the [module docs](self).
-pub struct Control<P: Plane> {
-    plane: P,
+/// The control side, driving the datapath `D` (any [`Datapath`] by default). See
+/// the [module docs](self).
+pub struct Control<D: Datapath + ?Sized = dyn Datapath> {
+    datapath: Box<D>,
     ep: Endpoint,
     gn: Gn,
     hold: HoldQueue,
@@ -220,7 +163,14 @@ pub struct Control<P: Plane> {
     port: u16,
     fqdn: String,
     dc: SocketAddrV4,
-    link: LinkState,
+    // What the link is made of, learned at start and while running.
+    lan_mac: MacAddr,
+    wan_mac: MacAddr,
+    wan_ip: Ipv4Addr,
+    gateway_mac: Option<MacAddr>,
+    gn_mac: Option<MacAddr>,
+    vip: Option<Ipv4Addr>,
+    /// The link last given to the datapath.
     published: Option<Link>,
     names: HashMap<Ipv4Addr, String>,
     dns_by_req: HashMap<ReqId, Vec<PendingId>>,
@@ -245,46 +195,42 @@ fn udp_of(frame: &[u8]) -> Option<(SocketAddrV4, u16, &[u8])> {
     Some((from, port, &frame[at]))
 }
 
+/// The IPv4 packet of an Ethernet frame: (source, destination, the packet
+/// cut to its total length).
+#[cfg(test)]
+fn ipv4_of(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, &[u8])> {
+    let f = Ipv4Frame::parse(frame, GnDrop::Ipv4Malformed).ok()?;
+    Some((f.src(), f.dst(), f.packet()))
+}
+
 /// [`udp_of`] with the payload as a range of `frame` (so that the caller
 /// can open it in place).
 fn udp_in(frame: &[u8]) -> Option<(SocketAddrV4, u16, Range<usize>)> {
-    let eth = EthView::parse(frame).ok()?;
-    if eth.ether_type != ETHERTYPE_IPV4 {
+    let eth = parse_eth(frame).ok()?;
+    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
         return None;
     }
-    let ip = Ipv4View::parse(eth.payload, true).ok()?;
-    if ip.protocol != IPPROTO_UDP || ip.is_fragment() {
+    let ip = parse_ipv4(eth.payload(), true).ok()?;
+    if ip.protocol() != ipv4::PROTO_UDP || ip.is_fragment() {
         return None;
     }
-    let udp = UdpView::parse(&ip, true).ok()?;
-    let at = ETH_HEADER_LEN + ip.header.len() + UDP_HEADER_LEN;
+    let udp = parse_udp(&ip, true).ok()?;
+    let at = ethernet::HEADER_LEN + ip.header_len() + udp::HEADER_LEN;
     Some((
-        SocketAddrV4::new(ip.src, udp.src_port),
-        udp.dst_port,
-        at..at + udp.payload.len(),
+        SocketAddrV4::new(ip.src_addr(), udp.src_port()),
+        udp.dst_port(),
+        at..at + udp.payload().len(),
     ))
-}
-
-/// The IPv4 packet of an Ethernet frame: (source, destination, the packet
-/// cut to its total length).
-fn ipv4_of(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, &[u8])> {
-    let eth = EthView::parse(frame).ok()?;
-    if eth.ether_type != ETHERTYPE_IPV4 {
-        return None;
-    }
-    let ip = Ipv4View::parse(eth.payload, false).ok()?;
-    let len = ip.header.len() + ip.payload.len();
-    Some((ip.src, ip.dst, &eth.payload[..len]))
 }
 
 fn is_unicast_host(ip: Ipv4Addr) -> bool {
     !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
 }
 
-impl<P: Plane> Control<P> {
+impl<D: Datapath + ?Sized> Control<D> {
     /// Starts the endpoint (its first REG_REQ goes out at the first pump)
     /// and the GN services with the NIC's MAC.
-    pub fn new(s: &Settings, boot: Boot, plane: P, now: Instant) -> Result<Self, String> {
+    pub fn new(s: &Settings, boot: Boot, datapath: Box<D>, now: Instant) -> Result<Self, String> {
         let cfg = node::Config {
             fqdn: s.fqdn.clone(),
             key: s.key.clone(),
@@ -300,7 +246,7 @@ impl<P: Plane> Control<P> {
             u64::from_le_bytes(boot.seed[8..16].try_into().expect("8 bytes")) ^ boot.unix_nanos;
         let gn = Gn::new(gcfg).map_err(|e| e.to_string())?;
         Ok(Control {
-            plane,
+            datapath,
             ep,
             gn,
             hold: HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout),
@@ -309,14 +255,12 @@ impl<P: Plane> Control<P> {
             port: s.port,
             fqdn: s.fqdn.clone(),
             dc: s.dc,
-            link: LinkState {
-                lan_mac: boot.lan_mac,
-                wan_mac: boot.wan_mac,
-                wan_ip: boot.wan_ip,
-                gateway_mac: None,
-                gn_mac: None,
-                vip: None,
-            },
+            lan_mac: boot.lan_mac,
+            wan_mac: boot.wan_mac,
+            wan_ip: boot.wan_ip,
+            gateway_mac: None,
+            gn_mac: None,
+            vip: None,
             published: None,
             names: HashMap::new(),
             dns_by_req: HashMap::new(),
@@ -331,9 +275,14 @@ impl<P: Plane> Control<P> {
         })
     }
 
-    /// The fast path handle.
-    pub fn plane(&self) -> &P {
-        &self.plane
+    /// The datapath.
+    pub fn datapath(&self) -> &D {
+        &self.datapath
+    }
+
+    /// The datapath, to stop it.
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.datapath
     }
 
     /// The control side's own counters.
@@ -356,7 +305,7 @@ impl<P: Plane> Control<P> {
         &self.ep
     }
 
-    /// The link published to the fast path, if complete.
+    /// The link published to the datapath, if complete.
     pub fn link(&self) -> Option<Link> {
         self.published
     }
@@ -399,8 +348,8 @@ impl<P: Plane> Control<P> {
     /// to the kernel (ARP, DHCP, DNS, and everything not for a tunnel).
     pub fn on_lan_frame(&mut self, now: Instant, frame: &[u8], io: &impl Io) {
         self.c.stat(CtlStat::LanFrames);
-        if self.gn.handle_frame(now, frame) == Verdict::NotSlowPath {
-            self.kernel_frame(now, frame, io);
+        if let Some(f) = self.gn.handle_lan(now, frame) {
+            self.kernel_frame(now, &f, io);
         }
         self.pump(now, io);
     }
@@ -416,8 +365,8 @@ impl<P: Plane> Control<P> {
         self.c.stat(CtlStat::SlowFrames);
         match side {
             Side::Lan => {
-                if self.gn.handle_frame(now, frame) == Verdict::NotSlowPath {
-                    self.kernel_frame(now, frame, io);
+                if let Some(f) = self.gn.handle_lan(now, frame) {
+                    self.kernel_frame(now, &f, io);
                 }
             }
             Side::Wan => match udp_in(frame) {
@@ -507,24 +456,22 @@ impl<P: Plane> Control<P> {
     /// about receive activity (lifetime, roaming) and send activity
     /// (keep-alives only on idle tunnels). Call a few times a second.
     pub fn poll_activity(&mut self, now: Instant, io: &impl Io) {
-        for a in self.plane.activity() {
-            let Some(rec) = self.tunnels.get_mut(&a.tunnel_id) else {
+        for s in self.datapath.tunnel_stats() {
+            let Some(rec) = self.tunnels.get_mut(&s.tunnel_id) else {
                 continue;
             };
-            let before = rec.activity.unwrap_or(Activity {
-                tx_packets: 0,
-                rx_packets: 0,
-                rx_keepalives: 0,
-                ..a
-            });
-            if a.rx_packets + a.rx_keepalives > before.rx_packets + before.rx_keepalives {
-                let from = a.last_rx_from.unwrap_or(rec.endpoint);
-                self.ep.note_rx(a.tunnel_id, now, from);
+            let (rx_before, tx_before) = rec
+                .stats
+                .as_ref()
+                .map_or((0, 0), |b| (b.rx_accepted(), b.tx_packets));
+            if s.rx_accepted() > rx_before {
+                let from = s.last_rx_from.unwrap_or(s.endpoint);
+                self.ep.note_rx(s.tunnel_id, now, from);
             }
-            if a.tx_packets > before.tx_packets {
-                self.ep.note_tx(a.tunnel_id, now);
+            if s.tx_packets > tx_before {
+                self.ep.note_tx(s.tunnel_id, now);
             }
-            rec.activity = Some(a);
+            rec.stats = Some(s);
         }
         self.pump(now, io);
     }
@@ -532,9 +479,9 @@ impl<P: Plane> Control<P> {
     /// The uplink's address, checked every second: a change re-registers
     /// and tells peers (roaming).
     pub fn set_wan_ip(&mut self, now: Instant, ip: Ipv4Addr, io: &impl Io) {
-        if ip != self.link.wan_ip {
-            tracing::info!(old = %self.link.wan_ip, new = %ip, "uplink address changed: re-registering and telling peers");
-            self.link.wan_ip = ip;
+        if ip != self.wan_ip {
+            tracing::info!(old = %self.wan_ip, new = %ip, "uplink address changed: re-registering and telling peers");
+            self.wan_ip = ip;
             self.ep
                 .handle_local_addr_change(now, SocketAddrV4::new(ip, self.port));
         }
@@ -543,40 +490,38 @@ impl<P: Plane> Control<P> {
 
     /// The next hop's MAC on the uplink, from the kernel's neighbour table.
     pub fn set_gateway_mac(&mut self, mac: Option<MacAddr>) {
-        if mac != self.link.gateway_mac {
+        if mac != self.gateway_mac {
             match mac {
                 Some(m) => tracing::info!(gateway_mac = %m, "uplink next hop resolved"),
                 None => tracing::warn!("uplink next hop unknown: tunnel data waits"),
             }
-            self.link.gateway_mac = mac;
+            self.gateway_mac = mac;
             self.publish_link();
         }
     }
 
-    /// Deregisters (DEREG) and removes every tunnel from the fast path.
+    /// Deregisters (DEREG) and removes every tunnel from the datapath.
     pub fn close(&mut self, now: Instant, io: &impl Io) {
         self.ep.close(now);
         self.pump(now, io);
-        self.plane.set_link(None);
+        self.datapath.set_link(None);
         self.published = None;
     }
 
     // ----- packets ------------------------------------------------------
 
     /// An IPv4 frame that the XDP program passed to the kernel and the GN
-    /// services did not take.
-    fn kernel_frame(&mut self, now: Instant, frame: &[u8], io: &impl Io) {
-        let Some((_, dst, _)) = ipv4_of(frame) else {
-            return;
-        };
+    /// services did not take (parsed by them).
+    fn kernel_frame(&mut self, now: Instant, frame: &Ipv4Frame<'_>, io: &impl Io) {
+        let dst = frame.dst();
         let router = self.gn.config().router;
-        if dst == router || !is_unicast_host(dst) || Some(dst) == self.link.vip {
+        if dst == router || !is_unicast_host(dst) || Some(dst) == self.vip {
             // The kernel's own business (ping to the router, broadcasts).
             return;
         }
         if self.gn.config().in_vip_prefix(dst) {
             // No AF_XDP socket took it (a queue without one): still ours.
-            self.vip_packet(now, dst, frame, io);
+            self.vip_packet(now, frame, io);
             return;
         }
         if self.non_vip == NonVip::IcmpUnreachable {
@@ -586,22 +531,19 @@ impl<P: Plane> Control<P> {
         // NonVip::Nat: the kernel forwards and masquerades it.
     }
 
-    /// A packet from the GN to the VIP `dst` that the fast path could not send.
-    fn vip_packet(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8], io: &impl Io) {
+    /// A packet from the GN to a VIP that the fast path could not send.
+    fn vip_packet(&mut self, now: Instant, f: &Ipv4Frame<'_>, io: &impl Io) {
         // The fast path's checks, for what it handed over: only the GN's own
         // packets, and none longer than the inner MTU (§5 "MTU").
-        let Some((src, _, inner)) = ipv4_of(frame) else {
-            self.c.drop(CtlDrop::SlowFrameMalformed);
-            return;
-        };
-        if Some(src) != self.link.vip {
+        if Some(f.src()) != self.vip {
             self.c.drop(CtlDrop::BadSource);
             return;
         }
-        if inner.len() > usize::from(self.inner_mtu) {
-            self.too_big(now, dst, frame, inner, io);
+        if f.packet().len() > usize::from(self.inner_mtu) {
+            self.too_big(now, f, io);
             return;
         }
+        let (dst, frame) = (f.dst(), f.frame());
         if self.hold.holds(dst) {
             // Behind the packets already waiting, to keep their order.
             self.hold_frame(now, dst, frame);
@@ -610,7 +552,7 @@ impl<P: Plane> Control<P> {
         match self.ep.tunnel_for_vip(dst) {
             Some(t) if t.up => {
                 // Up, but the fast path had not been told yet.
-                self.send_through(now, frame, io);
+                self.send_through(now, f, io);
                 return;
             }
             Some(_) => {
@@ -625,12 +567,12 @@ impl<P: Plane> Control<P> {
         }
         if self.ep.registration().is_none() {
             self.c.drop(CtlDrop::NotRegistered);
-            let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+            let _ = self.gn.unreachable_to(now, f, Unreachable::Host);
             return;
         }
         let Some(fqdn) = self.names.get(&dst).cloned() else {
             self.c.drop(CtlDrop::NoRoute);
-            let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+            let _ = self.gn.unreachable_to(now, f, Unreachable::Host);
             return;
         };
         match self.connect(now, &fqdn) {
@@ -641,37 +583,39 @@ impl<P: Plane> Control<P> {
             }
             Err(_) => {
                 self.c.drop(CtlDrop::NoRoute);
-                let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+                let _ = self.gn.unreachable_to(now, f, Unreachable::Host);
             }
         }
     }
 
-    /// §5 "MTU": a GN packet (`inner`, in `frame`) longer than the inner MTU. With
-    /// DF set it is dropped and answered with ICMP fragmentation needed carrying the
-    /// inner MTU (RFC 1191); without, it is split into fragments that fit, each of
-    /// which goes to `dst` like any packet (sent as its own DATA, or held).
-    fn too_big(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8], inner: &[u8], io: &impl Io) {
-        let df = inner[6] & 0x40 != 0;
-        let fragments = if df {
+    /// §5 "MTU": a GN packet longer than the inner MTU. With DF set it is dropped
+    /// and answered with ICMP fragmentation needed carrying the inner MTU (RFC 1191);
+    /// without, it is split into fragments that fit, each of which goes to its
+    /// destination like any packet (sent as its own DATA, or held).
+    fn too_big(&mut self, now: Instant, frame: &Ipv4Frame<'_>, io: &impl Io) {
+        let fragments = if frame.ip.dont_frag() {
             None
         } else {
-            fragment_ipv4(inner, usize::from(self.inner_mtu))
+            fragment_ipv4(frame.packet(), usize::from(self.inner_mtu))
         };
         let Some(fragments) = fragments else {
             self.c.drop(CtlDrop::TooBig);
-            let _ =
-                self.gn
-                    .unreachable(now, frame, Unreachable::FragmentationNeeded(self.inner_mtu));
+            let code = Unreachable::FragmentationNeeded(self.inner_mtu);
+            let _ = self.gn.unreachable_to(now, frame, code);
             return;
         };
         self.c.stat(CtlStat::Fragmented);
-        let mut f = Vec::with_capacity(ETH_HEADER_LEN + usize::from(self.inner_mtu));
+        let eth = &frame.frame()[..ethernet::HEADER_LEN];
+        let mut f = Vec::with_capacity(ethernet::HEADER_LEN + usize::from(self.inner_mtu));
         for ip in fragments {
             f.clear();
-            f.extend_from_slice(&frame[..ETH_HEADER_LEN]);
+            f.extend_from_slice(eth);
             f.extend_from_slice(&ip);
             self.c.stat(CtlStat::FragmentsTx);
-            self.vip_packet(now, dst, &f, io);
+            match Ipv4Frame::parse(&f, GnDrop::Ipv4Malformed) {
+                Ok(fragment) => self.vip_packet(now, &fragment, io),
+                Err(_) => self.c.drop(CtlDrop::SlowFrameMalformed),
+            }
         }
     }
 
@@ -683,12 +627,8 @@ impl<P: Plane> Control<P> {
     }
 
     /// Sends the IPv4 packet of `frame` as DATA from the kernel socket.
-    fn send_through(&mut self, now: Instant, frame: &[u8], io: &impl Io) -> bool {
-        let Some((_, _, inner)) = ipv4_of(frame) else {
-            self.c.drop(CtlDrop::SlowFrameMalformed);
-            return false;
-        };
-        match self.ep.send_data(now, inner, &mut self.buf) {
+    fn send_through(&mut self, now: Instant, frame: &Ipv4Frame<'_>, io: &impl Io) -> bool {
+        match self.ep.send_data(now, frame.packet(), &mut self.buf) {
             Ok(t) => {
                 if io.send_wan(t.dst, &self.buf[..t.len]) {
                     self.c.stat(CtlStat::DataTx);
@@ -700,7 +640,7 @@ impl<P: Plane> Control<P> {
             }
             Err(_) => {
                 self.c.drop(CtlDrop::SetupFailed);
-                let _ = self.gn.unreachable(now, frame, Unreachable::Host);
+                let _ = self.gn.unreachable_to(now, frame, Unreachable::Host);
                 false
             }
         }
@@ -757,7 +697,12 @@ impl<P: Plane> Control<P> {
                 busy = true;
             }
             for vip in std::mem::take(&mut self.release) {
-                for f in self.hold.take(vip) {
+                for held in self.hold.take(vip) {
+                    // Held frames were parsed before; parsed again from the queue.
+                    let Ok(f) = Ipv4Frame::parse(&held, GnDrop::Ipv4Malformed) else {
+                        self.c.drop(CtlDrop::SlowFrameMalformed);
+                        continue;
+                    };
                     if self.send_through(now, &f, io) {
                         self.c.stat(CtlStat::Released);
                     }
@@ -791,18 +736,12 @@ impl<P: Plane> Control<P> {
                 behind_nat,
             } => {
                 self.c.stat(CtlStat::Registrations);
-                if self.link.vip != Some(vip) {
+                if self.vip != Some(vip) {
                     tracing::info!(fqdn = %self.fqdn, %vip, prefix_len, node_id, %observed, behind_nat, "registered");
                 } else {
                     tracing::debug!(%vip, node_id, %observed, "registration renewed");
                 }
-                match self.gn.set_vip(Some(vip)) {
-                    Ok(()) => self.link.vip = Some(vip),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot give the GN its VIP");
-                        self.link.vip = None;
-                    }
-                }
+                self.give_vip(vip);
             }
             Event::RegistrationFailed { reason } => {
                 tracing::warn!(dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, dc.fqdn and dc.key against the DC's configuration)");
@@ -810,69 +749,83 @@ impl<P: Plane> Control<P> {
             Event::DirectionResolved { req, fqdn, result } => {
                 self.on_resolved(now, req, &fqdn, result);
             }
-            Event::TunnelAdded(t) => {
-                self.c.stat(CtlStat::TunnelsAdded);
-                tracing::debug!(tunnel = %t, "tunnel directed: receiving");
-                self.plane.add_tunnel(&t);
-                self.remember(t.peer_vip, &t.peer_fqdn);
-                self.tunnels.insert(
-                    t.tunnel_id,
-                    TunnelRec {
-                        peer_fqdn: t.peer_fqdn,
-                        endpoint: t.endpoint,
-                        setup: None,
-                        activity: None,
-                    },
-                );
-            }
-            Event::TunnelUp(t) => {
-                self.c.stat(CtlStat::TunnelsUp);
-                let setup = self.connect_at.remove(&t.peer_fqdn).map(|at| now - at);
-                if let Some(d) = setup {
-                    self.setup
-                        .get_or_create(&ntm_ops::metrics::labels([("gn", &self.fqdn)]))
-                        .observe(d.as_secs_f64());
-                }
-                tracing::info!(
-                    tunnel = %t,
-                    setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
-                    "tunnel up"
-                );
-                self.plane.tunnel_up(&t);
-                self.remember(t.peer_vip, &t.peer_fqdn);
-                let rec = self.tunnels.entry(t.tunnel_id).or_insert(TunnelRec {
-                    peer_fqdn: t.peer_fqdn.clone(),
-                    endpoint: t.endpoint,
-                    setup: None,
-                    activity: None,
-                });
-                rec.endpoint = t.endpoint;
-                rec.setup = setup;
-                self.release.push(t.peer_vip);
-            }
-            Event::TunnelDown { tunnel_id, reason } => {
-                self.c.stat(CtlStat::TunnelsDown);
-                self.plane.remove_tunnel(tunnel_id);
-                let rec = self.tunnels.remove(&tunnel_id);
-                let level_info = matches!(reason, DownReason::Expired | DownReason::Closed);
-                let peer = rec.as_ref().map(|r| r.peer_fqdn.as_str()).unwrap_or("?");
-                if level_info {
-                    tracing::info!(tunnel_id, peer, ?reason, "tunnel down");
-                } else {
-                    tracing::warn!(tunnel_id, peer, ?reason, "tunnel down");
-                }
-            }
+            Event::TunnelAdded(t) => self.on_tunnel_added(t),
+            Event::TunnelUp(t) => self.on_tunnel_up(now, t),
+            Event::TunnelDown { tunnel_id, reason } => self.on_tunnel_down(tunnel_id, reason),
             Event::EndpointChanged {
                 tunnel_id,
                 endpoint,
             } => {
                 self.c.stat(CtlStat::EndpointChanges);
                 tracing::info!(tunnel_id, %endpoint, "peer moved (roaming)");
-                self.plane.set_endpoint(tunnel_id, endpoint);
-                if let Some(r) = self.tunnels.get_mut(&tunnel_id) {
-                    r.endpoint = endpoint;
+                if !self.datapath.set_endpoint(tunnel_id, endpoint) {
+                    tracing::debug!(
+                        tunnel_id,
+                        "roaming update for a tunnel the datapath no longer has"
+                    );
                 }
             }
+        }
+    }
+
+    /// The DC gave us `vip`: the GN gets it by DHCP.
+    fn give_vip(&mut self, vip: Ipv4Addr) {
+        match self.gn.set_vip(Some(vip)) {
+            Ok(()) => self.vip = Some(vip),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot give the GN its VIP");
+                self.vip = None;
+            }
+        }
+    }
+
+    /// The DC directed a tunnel: it receives from now on.
+    fn on_tunnel_added(&mut self, t: TunnelParams) {
+        self.c.stat(CtlStat::TunnelsAdded);
+        tracing::debug!(tunnel = %t, "tunnel directed: receiving");
+        if let Err(e) = self.datapath.add_tunnel(&t) {
+            // The endpoint prepared the same keys for the same suite: not reached.
+            tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the datapath refused a tunnel");
+        }
+        self.remember(t.peer_vip, &t.peer_fqdn);
+        self.tunnels
+            .insert(t.tunnel_id, TunnelRec::new(t.peer_fqdn));
+    }
+
+    /// A tunnel is up: it sends too, and the packets held for its peer go.
+    fn on_tunnel_up(&mut self, now: Instant, t: TunnelParams) {
+        self.c.stat(CtlStat::TunnelsUp);
+        let setup = self.connect_at.remove(&t.peer_fqdn).map(|at| now - at);
+        if let Some(d) = setup {
+            self.setup
+                .get_or_create(&ntm_ops::metrics::labels([("gn", &self.fqdn)]))
+                .observe(d.as_secs_f64());
+        }
+        tracing::info!(
+            tunnel = %t,
+            setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
+            "tunnel up"
+        );
+        if let Err(e) = self.datapath.tunnel_up(&t) {
+            tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the datapath refused a tunnel");
+        }
+        self.remember(t.peer_vip, &t.peer_fqdn);
+        self.tunnels
+            .entry(t.tunnel_id)
+            .or_insert_with(|| TunnelRec::new(t.peer_fqdn.clone()))
+            .setup = setup;
+        self.release.push(t.peer_vip);
+    }
+
+    fn on_tunnel_down(&mut self, tunnel_id: u32, reason: DownReason) {
+        self.c.stat(CtlStat::TunnelsDown);
+        self.datapath.remove_tunnel(tunnel_id);
+        let rec = self.tunnels.remove(&tunnel_id);
+        let peer = rec.as_ref().map(|r| r.peer_fqdn.as_str()).unwrap_or("?");
+        if matches!(reason, DownReason::Expired | DownReason::Closed) {
+            tracing::info!(tunnel_id, peer, ?reason, "tunnel down");
+        } else {
+            tracing::warn!(tunnel_id, peer, ?reason, "tunnel down");
         }
     }
 
@@ -951,11 +904,11 @@ impl<P: Plane> Control<P> {
             GnAction::TcpClose { conn } => io.close_tcp(conn),
             GnAction::GnMac { mac } => {
                 tracing::info!(gn_mac = %mac, "GN MAC learned");
-                self.link.gn_mac = Some(mac);
+                self.gn_mac = Some(mac);
             }
             GnAction::LeaseBound { vip, mac } => {
                 tracing::info!(%vip, %mac, "the GN took its VIP (DHCPACK)");
-                self.link.gn_mac = Some(mac);
+                self.gn_mac = Some(mac);
             }
             GnAction::LeaseEnded { vip } => {
                 tracing::info!(%vip, "the GN's lease ended");
@@ -970,14 +923,13 @@ impl<P: Plane> Control<P> {
     }
 
     fn publish_link(&mut self) {
-        let l = self.link;
-        let link = match (l.vip, l.gn_mac, l.gateway_mac) {
+        let link = match (self.vip, self.gn_mac, self.gateway_mac) {
             (Some(gn_vip), Some(gn_mac), Some(gateway_mac)) => Some(Link {
                 gn_vip,
                 gn_mac,
-                lan_mac: l.lan_mac,
-                wan_mac: l.wan_mac,
-                wan_ip: l.wan_ip,
+                lan_mac: self.lan_mac,
+                wan_mac: self.wan_mac,
+                wan_ip: self.wan_ip,
                 wan_port: self.port,
                 gateway_mac,
             }),
@@ -985,9 +937,9 @@ impl<P: Plane> Control<P> {
         };
         if link != self.published {
             if let Some(k) = &link {
-                tracing::info!(gn_vip = %k.gn_vip, gn_mac = %k.gn_mac, wan = %SocketAddrV4::new(k.wan_ip, k.wan_port), gateway_mac = %k.gateway_mac, "fast path link ready");
+                tracing::info!(gn_vip = %k.gn_vip, gn_mac = %k.gn_mac, wan = %SocketAddrV4::new(k.wan_ip, k.wan_port), gateway_mac = %k.gateway_mac, "datapath link ready");
             }
-            self.plane.set_link(link);
+            self.datapath.set_link(link);
             self.published = link;
         }
     }
@@ -1024,14 +976,14 @@ impl<P: Plane> Control<P> {
         }
     }
 
-    /// Tunnels, with the fast path's counters as last polled.
+    /// Tunnels, with the datapath's counters as last polled.
     pub fn tunnel_status(&self, now: Instant) -> Vec<TunnelStatus> {
         let mut v: Vec<TunnelStatus> = self
             .ep
             .tunnels()
-            .map(|t| {
+            .map(|node::TunnelInfo { params: t, up }| {
                 let rec = self.tunnels.get(&t.tunnel_id);
-                let a = rec.and_then(|r| r.activity);
+                let a = rec.and_then(|r| r.stats.as_ref());
                 TunnelStatus {
                     id: t.tunnel_id,
                     peer_fqdn: t.peer_fqdn,
@@ -1040,7 +992,7 @@ impl<P: Plane> Control<P> {
                     role: t.role.name().to_owned(),
                     suite: t.suite.name().to_owned(),
                     endpoint: t.endpoint,
-                    up: t.up,
+                    up,
                     tx_packets: a.map_or(0, |a| a.tx_packets),
                     tx_bytes: a.map_or(0, |a| a.tx_bytes),
                     rx_packets: a.map_or(0, |a| a.rx_packets),
@@ -1051,7 +1003,7 @@ impl<P: Plane> Control<P> {
                     setup_ms: rec.and_then(|r| r.setup).map(|d| d.as_secs_f64() * 1e3),
                     opened_by: match rec {
                         Some(r) if r.setup.is_some() => "gn",
-                        Some(_) if t.up => "peer",
+                        Some(_) if up => "peer",
                         _ => "-",
                     }
                     .to_owned(),

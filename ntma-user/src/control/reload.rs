@@ -8,11 +8,12 @@ use ntm_proto::hold::HoldQueue;
 use ntm_proto::node::{self, Endpoint};
 use ntm_proto::wire::Caps;
 
-use super::{Control, Io, Plane};
+use super::{Control, Io};
 use crate::config::Settings;
+use crate::datapath::Datapath;
 use crate::reload::Plan;
 
-impl<P: Plane> Control<P> {
+impl<D: Datapath + ?Sized> Control<D> {
     /// Applies `plan` with the settings `s`: a new identity deregisters the
     /// old one (its tunnels go down) and registers again; DNS and hold
     /// settings change in place. `unix_nanos` and `seed` start the new
@@ -49,17 +50,17 @@ impl<P: Plane> Control<P> {
                 fqdn: s.fqdn.clone(),
                 key: s.key.clone(),
                 dc: s.dc,
-                local_addr: SocketAddrV4::new(self.link.wan_ip, self.port),
+                local_addr: SocketAddrV4::new(self.wan_ip, self.port),
                 caps: Caps::ADAPTER,
             };
             let ep = Endpoint::new(cfg, now, unix_nanos, seed)
                 .map_err(|e| format!("cannot start the protocol endpoint: {e}"))?;
             tracing::info!(old = %self.fqdn, new = %s.fqdn, dc = %s.dc, "GN identity changed: deregistering and registering again");
-            // DEREG, and every tunnel down (out of the fast path too).
+            // DEREG, and every tunnel down (out of the datapath too).
             self.ep.close(now);
             self.pump(now, io);
             for id in self.tunnels.keys().copied().collect::<Vec<_>>() {
-                self.plane.remove_tunnel(id);
+                self.datapath.remove_tunnel(id);
             }
             self.tunnels.clear();
             self.ep = ep;
@@ -69,7 +70,7 @@ impl<P: Plane> Control<P> {
             self.dns_by_req.clear();
             self.pkt_by_req.clear();
             self.connect_at.clear();
-            self.link.vip = None;
+            self.vip = None;
             if let Err(e) = self.gn.set_vip(None) {
                 tracing::warn!(error = %e, "cannot withdraw the GN's VIP");
             }

@@ -1,10 +1,10 @@
 //! The control side against a real DC ([`ntm_dc::Coordinator`]) and a real
-//! peer ([`Endpoint`]) in virtual time: no sockets, no clock, recording
+//! peer ([`Endpoint`]) on a simulated network ([`ntm_proto::sim`]) in
+//! virtual time: no sockets, no clock, recording
 //! sockets and a recording fast path in front of a real [`Dataplane`], which
 //! gets the tunnel DATA addressed to the adapter (as XDP would redirect it).
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path as FsPath;
 use std::rc::Rc;
@@ -14,14 +14,17 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use ntm_proto::node::{Config as NodeConfig, Endpoint, Received};
+use ntm_proto::sim::{Datagram, HostId, NatKind, Network};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN};
 use ntm_proto::{Key, MessageType as NtmType, Packet, Suite};
 
 use super::*;
 use crate::config::Config;
-use crate::fastpath::packet::{downlink, DownVerdict};
+use crate::fastpath::encap::{downlink, DownVerdict};
 use crate::fastpath::{Dataplane, DataplaneConfig};
-use crate::gn::wire::{build_udp_frame, UdpEnds, ETHERTYPE_IPV4};
+use crate::gn::wire::{build_udp_frame, UdpEnds};
+use crate::wire::checksum::internet as checksum;
+use crate::wire::ethernet::ETHERTYPE_IPV4;
 
 const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
 const NTMA: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 10, 2), 7700);
@@ -63,36 +66,72 @@ type Log = Rc<RefCell<Vec<Call>>>;
 struct FakePlane {
     calls: Log,
     dp: Arc<Dataplane>,
-    activity: RefCell<Vec<Activity>>,
+    activity: RefCell<Vec<TunnelStats>>,
 }
 
-impl Plane for FakePlane {
+impl Datapath for FakePlane {
+    fn dataplane(&self) -> &Arc<Dataplane> {
+        &self.dp
+    }
+    fn kind(&self) -> crate::datapath::DatapathKind {
+        crate::datapath::DatapathKind::AfXdp
+    }
+    fn mode(&self) -> String {
+        "fake".into()
+    }
+    fn worker_thread(&self, _queue: usize) -> String {
+        String::new()
+    }
+    fn stop(&mut self) {}
     fn set_link(&self, link: Option<Link>) {
         self.calls.borrow_mut().push(Call::Link(link));
         self.dp.set_link(link);
     }
-    fn add_tunnel(&self, t: &TunnelParams) {
+    fn add_tunnel(&self, t: &TunnelParams) -> ntm_proto::Result<()> {
         self.calls
             .borrow_mut()
             .push(Call::Add(t.tunnel_id, t.peer_vip, t.endpoint, t.suite));
         Dataplane::add_tunnel(&self.dp, t).unwrap();
+        Ok(())
     }
-    fn tunnel_up(&self, t: &TunnelParams) {
+    fn tunnel_up(&self, t: &TunnelParams) -> ntm_proto::Result<()> {
         self.calls
             .borrow_mut()
             .push(Call::Up(t.tunnel_id, t.peer_vip, t.endpoint));
         Dataplane::tunnel_up(&self.dp, t).unwrap();
+        Ok(())
     }
     fn remove_tunnel(&self, id: u32) {
         self.calls.borrow_mut().push(Call::Remove(id));
         self.dp.remove_tunnel(id);
     }
-    fn set_endpoint(&self, id: u32, ep: SocketAddrV4) {
+    fn set_endpoint(&self, id: u32, ep: SocketAddrV4) -> bool {
         self.calls.borrow_mut().push(Call::Endpoint(id, ep));
-        self.dp.set_endpoint(id, ep);
+        self.dp.set_endpoint(id, ep)
     }
-    fn activity(&self) -> Vec<Activity> {
+    fn tunnel_stats(&self) -> Vec<TunnelStats> {
         self.activity.borrow().clone()
+    }
+}
+
+/// What the datapath reports for tunnel `id` after `n` packets each way of 100
+/// bytes, the last from `from`.
+fn activity(id: u32, n: u64, from: SocketAddrV4) -> TunnelStats {
+    TunnelStats {
+        tunnel_id: id,
+        peer_vip: Ipv4Addr::UNSPECIFIED,
+        endpoint: CN,
+        path: ntm_proto::Path::Direct,
+        suite: Suite::Aes256Gcm,
+        sending: true,
+        tx_packets: n,
+        tx_bytes: 100 * n,
+        rx_packets: n,
+        rx_bytes: 100 * n,
+        rx_keepalives: 0,
+        last_rx: Some(Instant::now()),
+        last_rx_from: Some(from),
+        next_tx_seq: n + 1,
     }
 }
 
@@ -170,8 +209,10 @@ struct World {
     cn_addr: SocketAddrV4,
     /// The adapter's address as others see it: behind a NAT when not `NTMA`.
     ntma_public: SocketAddrV4,
-    /// Datagrams in flight: (from, to, bytes).
-    net: VecDeque<(SocketAddrV4, SocketAddrV4, Vec<u8>)>,
+    /// The network, without latency: the DC ([`DC_HOST`]), the adapter
+    /// ([`ADAPTER`], behind a NAT when `ntma_public` is not `NTMA`) and cn
+    /// ([`CN_HOST`]); delivered one datagram at a time ([`World::step`]).
+    net: Network,
     /// What cn's stack received through tunnels.
     cn_got: Vec<Vec<u8>>,
     /// Frames the adapter's fast path delivered to the GN.
@@ -182,6 +223,10 @@ struct World {
     /// (the raw datapath reads the tunnel socket), not from the kernel socket.
     signaling_via_slow_queue: bool,
 }
+
+const DC_HOST: HostId = HostId(0);
+const ADAPTER: HostId = HostId(1);
+const CN_HOST: HostId = HostId(2);
 
 fn settings(non_vip: NonVip) -> Settings {
     let mut c = Config::new("gn.ntm.test", &key("gn.ntm.test"), DC, UPSTREAM);
@@ -224,7 +269,7 @@ impl World {
             dp: Arc::new(Dataplane::new(&DataplaneConfig::default()).unwrap()),
             activity: RefCell::default(),
         };
-        let ctl = Control::new(&settings(non_vip), boot, plane, now).unwrap();
+        let ctl = Control::new(&settings(non_vip), boot, Box::new(plane), now).unwrap();
         let cn = Endpoint::new(
             NodeConfig {
                 fqdn: "cn.ntm.test".into(),
@@ -238,6 +283,12 @@ impl World {
             [7; 32],
         )
         .unwrap();
+        let mut net = Network::new(now, Duration::ZERO);
+        net.add_host(DC, None);
+        // The NAT lets anyone in (only the mapping matters here).
+        let nat = (ntma_public != NTMA).then(|| net.add_nat(NatKind::FullCone, *ntma_public.ip()));
+        net.add_host(NTMA, nat);
+        net.add_host(CN, None);
         let mut w = World {
             now,
             dc,
@@ -250,7 +301,7 @@ impl World {
             cn,
             cn_addr: CN,
             ntma_public,
-            net: VecDeque::new(),
+            net,
             cn_got: Vec::new(),
             gn_got: Vec::new(),
             fast: Vec::new(),
@@ -259,50 +310,59 @@ impl World {
         w.ctl.start(now, &w.io);
         w.collect();
         w.settle();
+        assert_eq!(w.net.public(ADAPTER), ntma_public, "the NAT's mapping");
         w
     }
 
     /// Moves what everyone sent into the network.
     fn collect(&mut self) {
         for (dst, d) in self.io.wan.borrow_mut().drain(..) {
-            self.net.push_back((self.ntma_public, dst, d));
+            self.net.send(ADAPTER, dst, d);
         }
         let mut buf = vec![0u8; 65_535];
         while let Some(t) = self.dc.poll_transmit(self.now, &mut buf) {
-            self.net.push_back((DC, t.dst, buf[..t.len].to_vec()));
+            self.net.send(DC_HOST, t.dst, buf[..t.len].to_vec());
         }
         while let Some(t) = self
             .cn
             .poll_transmit(self.now, &mut buf[..MAX_SIGNALING_LEN])
         {
-            self.net
-                .push_back((self.cn_addr, t.dst, buf[..t.len].to_vec()));
+            self.net.send(CN_HOST, t.dst, buf[..t.len].to_vec());
         }
         while self.cn.poll_event().is_some() {}
     }
 
     /// Delivers one datagram; false when none is in flight.
     fn step(&mut self) -> bool {
-        let Some((from, to, mut d)) = self.net.pop_front() else {
+        let Some((
+            to,
+            Datagram {
+                src: from,
+                mut data,
+                ..
+            },
+        )) = self.net.pop_due()
+        else {
             return false;
         };
-        if to == DC {
+        let d = &mut data;
+        if to == Some(DC_HOST) {
             if self.dc_up {
-                let _ = self.dc.handle(self.now, from, &d);
+                let _ = self.dc.handle(self.now, from, d);
             }
-        } else if to == self.ntma_public {
-            if is_tunnel_data(&d) {
-                self.fast_path(from, &d);
+        } else if to == Some(ADAPTER) {
+            if is_tunnel_data(d) {
+                self.fast_path(from, d);
             } else if self.signaling_via_slow_queue {
-                let mut frame = wan_frame(from, &d);
+                let mut frame = wan_frame(from, d);
                 self.ctl
                     .on_slow_frame(self.now, Side::Wan, &mut frame, &self.io);
             } else {
                 self.ctl
-                    .on_wan_datagram(self.now, SocketAddr::V4(from), &mut d, &self.io);
+                    .on_wan_datagram(self.now, SocketAddr::V4(from), d, &self.io);
             }
-        } else if to == self.cn_addr {
-            if let Ok(Received::Data { inner, .. }) = self.cn.handle(self.now, from, &mut d) {
+        } else if to == Some(CN_HOST) {
+            if let Ok(Received::Data { inner, .. }) = self.cn.handle(self.now, from, d) {
                 self.cn_got.push(inner.to_vec());
             }
         }
@@ -313,7 +373,7 @@ impl World {
     /// What XDP redirects: DATA and TUN_KEEPALIVE go through the fast path.
     fn fast_path(&mut self, from: SocketAddrV4, d: &[u8]) {
         let mut frame = wan_frame(from, d);
-        let dp = &self.ctl.plane().dp;
+        let dp = &self.ctl.datapath().dp;
         let v = downlink(&dp.snapshot(), &mut frame, dp.now_nanos(self.now));
         if let DownVerdict::Tx { offset, len } = v {
             self.gn_got.push(frame[offset..offset + len].to_vec());
@@ -344,6 +404,7 @@ impl World {
             .min();
             let Some(t) = next else { break };
             self.now = self.now.max(t);
+            self.net.advance_to(self.now);
             self.ctl.on_timeout(self.now, &self.io);
             self.dc.handle_timeout(self.now);
             self.cn.handle_timeout(self.now);
@@ -351,6 +412,7 @@ impl World {
             self.settle();
         }
         self.now = until;
+        self.net.advance_to(until);
     }
 
     fn gn_vip(&self) -> Ipv4Addr {
@@ -362,20 +424,16 @@ impl World {
     }
 
     fn calls(&self) -> Vec<Call> {
-        self.ctl.plane().calls.borrow().clone()
+        self.ctl.datapath().calls.borrow().clone()
     }
 
     /// Delivers datagrams until cn's TUN_RESP to the adapter is in flight,
     /// and takes it out of the network.
-    fn hold_back_tun_resp(&mut self) -> (SocketAddrV4, SocketAddrV4, Vec<u8>) {
+    fn hold_back_tun_resp(&mut self) -> Datagram {
         loop {
             let cn = self.cn_addr;
-            let at = self.net.iter().position(|(from, _, d)| {
-                *from == cn
-                    && Packet::new_checked(&d[..]).is_ok_and(|p| p.msg_type() == NtmType::TunResp)
-            });
-            if let Some(i) = at {
-                return self.net.remove(i).unwrap();
+            if let Some(d) = self.net.take(|d| d.src == cn && d.is(NtmType::TunResp)) {
+                return d;
             }
             assert!(self.step(), "cn sent no TUN_RESP");
         }
@@ -459,17 +517,6 @@ fn dns_query_frame(src: Ipv4Addr, name: &str) -> Vec<u8> {
     f
 }
 
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An ICMP echo request frame from the GN, `seq` in its payload.
 fn echo_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
     let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34];
@@ -551,12 +598,14 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
     w.ctl.on_lan_frame(w.now, &frame, &w.io);
     w.collect();
     let mut held_back = Vec::new();
-    while let Some((from, to, d)) = w.net.pop_front() {
-        if (to == CN && from == NTMA) || (from == CN && to == NTMA) {
-            held_back.push((from, to, d));
-        } else {
-            w.net.push_front((from, to, d));
-            w.step();
+    loop {
+        let between =
+            |d: &Datagram| (d.dst == CN && d.src == NTMA) || (d.src == CN && d.dst == NTMA);
+        while let Some(d) = w.net.take(between) {
+            held_back.push(d);
+        }
+        if !w.step() {
+            break;
         }
     }
     let answer = w.lan_frames();
@@ -572,7 +621,9 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
         .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 2), &w.io);
     assert_eq!(w.ctl.counters().get_stat(CtlStat::Held), 2);
     assert!(w.cn_got.is_empty());
-    w.net.extend(held_back);
+    for d in held_back {
+        w.net.inject(d.src, d.dst, d.data);
+    }
     w.settle();
     // Up: published to the fast path, and the held packets went through, in order.
     let ups: Vec<_> = w
@@ -736,16 +787,7 @@ fn activity_keeps_tunnels_and_follows_roaming_peers() {
     let id = w.ctl.tunnel_status(w.now)[0].id;
     // Traffic for longer than the lifetime: the fast path reports it, the tunnel stays.
     for i in 1..=4u64 {
-        w.ctl.plane().activity.replace(vec![Activity {
-            tunnel_id: id,
-            tx_packets: i,
-            tx_bytes: 100 * i,
-            rx_packets: i,
-            rx_bytes: 100 * i,
-            rx_keepalives: 0,
-            last_rx: Some(w.now),
-            last_rx_from: Some(CN),
-        }]);
+        w.ctl.datapath().activity.replace(vec![activity(id, i, CN)]);
         w.ctl.poll_activity(w.now, &w.io);
         w.advance(Duration::from_secs(u64::from(LIFETIME_SECS) / 3));
     }
@@ -756,16 +798,10 @@ fn activity_keeps_tunnels_and_follows_roaming_peers() {
     );
     assert_eq!(w.ctl.tunnel_status(w.now)[0].rx_packets, 4);
     // The peer moves: an authenticated packet from a new address.
-    w.ctl.plane().activity.replace(vec![Activity {
-        tunnel_id: id,
-        tx_packets: 5,
-        tx_bytes: 500,
-        rx_packets: 5,
-        rx_bytes: 500,
-        rx_keepalives: 0,
-        last_rx: Some(w.now),
-        last_rx_from: Some(CN_MOVED),
-    }]);
+    w.ctl
+        .datapath()
+        .activity
+        .replace(vec![activity(id, 5, CN_MOVED)]);
     w.ctl.poll_activity(w.now, &w.io);
     assert!(w.calls().contains(&Call::Endpoint(id, CN_MOVED)));
     assert_eq!(w.ctl.tunnel_status(w.now)[0].endpoint, CN_MOVED);
@@ -1045,7 +1081,7 @@ fn settings_come_from_the_example() {
             unix_nanos: 1,
             seed: [0; 32],
         },
-        plane,
+        Box::new(plane),
         Instant::now()
     )
     .is_ok());
@@ -1120,7 +1156,7 @@ fn data_right_after_the_peers_tun_resp_reaches_the_gn() {
             let mut buf = vec![0u8; 2048];
             let tx = w.cn.send_data(w.now, &inner, &mut buf).unwrap();
             assert_eq!(tx.dst, w.ntma_public);
-            w.net.push_back((CN, tx.dst, buf[..tx.len].to_vec()));
+            w.net.send(CN_HOST, tx.dst, buf[..tx.len].to_vec());
             w.settle();
             assert_eq!(
                 w.fast.last(),
@@ -1134,7 +1170,7 @@ fn data_right_after_the_peers_tun_resp_reaches_the_gn() {
             assert_eq!(w.gn_got.len(), 1, "{what}");
             assert_eq!(w.gn_got[0][14..], inner[..], "{what}");
             // Then the TUN_RESP: up, and the GN's answer goes out through the tunnel.
-            w.net.push_back(resp);
+            w.net.inject(resp.src, resp.dst, resp.data);
             w.settle();
             assert!(w.ctl.tunnel_status(w.now)[0].up, "{what}");
             assert!(
@@ -1171,7 +1207,7 @@ fn signaling_through_the_slow_queue_sets_tunnels_up() {
         let inner = ipv4_of(&echo_frame(cn, gn, 3)).unwrap().2.to_vec();
         let mut buf = vec![0u8; 2048];
         let tx = w.cn.send_data(w.now, &inner, &mut buf).unwrap();
-        w.net.push_back((CN, tx.dst, buf[..tx.len].to_vec()));
+        w.net.send(CN_HOST, tx.dst, buf[..tx.len].to_vec());
         w.settle();
         assert_eq!(w.gn_got.last().map(|f| &f[14..]), Some(&inner[..]));
     }

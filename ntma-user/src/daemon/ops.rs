@@ -1,19 +1,17 @@
 //! What the daemon does for operators besides forwarding: the metrics
-//! endpoint, SIGHUP reloads and systemd's watchdog (the select arms of
-//! `drive` call in here).
+//! endpoint, SIGHUP reloads and systemd's watchdog (the daemon's handlers
+//! call in here).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::Sockets;
+use super::sockets::{check_upstream, Sockets};
 use crate::config::{Config, Settings};
 use crate::control::Control;
-use crate::fastpath::Dataplane;
 use crate::status::Status;
 
 /// The operators' side of the running daemon.
@@ -64,7 +62,7 @@ impl Ops {
     }
 
     /// Answers a scrape with the metrics of `st`.
-    pub(super) fn scrape(&self, stream: TcpStream, st: &Status, ctl: &Control<Arc<Dataplane>>) {
+    pub(super) fn scrape(&self, stream: TcpStream, st: &Status, ctl: &Control) {
         let m = crate::metrics::scrape(
             st,
             ctl.setup_histograms(),
@@ -76,7 +74,7 @@ impl Ops {
     /// SIGHUP: reads the configuration again and applies what may change
     /// ([`crate::reload`]); logs what it did or why it refused. Returns
     /// whether the statistics interval changed.
-    pub(super) fn reload(&mut self, ctl: &mut Control<Arc<Dataplane>>, io: &Sockets) -> bool {
+    pub(super) fn reload(&mut self, ctl: &mut Control, io: &Sockets) -> bool {
         ntm_ops::notify::reloading();
         let r = self.try_reload(ctl, io);
         let stats_changed = match r {
@@ -97,7 +95,7 @@ impl Ops {
 
     fn try_reload(
         &mut self,
-        ctl: &mut Control<Arc<Dataplane>>,
+        ctl: &mut Control,
         io: &Sockets,
     ) -> Result<(crate::reload::Plan, bool)> {
         let path = self
@@ -117,7 +115,7 @@ impl Ops {
         let plan = crate::reload::plan(&self.current, &new).map_err(anyhow::Error::msg)?;
         if plan.upstream {
             // Refused before anything changes.
-            super::check_upstream(new.upstream).context("dns.upstream")?;
+            check_upstream(new.upstream).context("dns.upstream")?;
         }
         ctl.reload(
             Instant::now(),

@@ -23,9 +23,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use ntm_proto::node::TunnelParams;
 
 use super::{
-    packet::FastDrop,
-    table::{ControlTable, Link, LinkInfo, Snapshot, TunnelStats},
+    encap::FastDrop,
+    table::{ControlTable, PreparedLink, Snapshot},
 };
+use crate::datapath::{Link, TunnelStats};
 pub use crate::ebpf::Side;
 
 /// Sizes of a [`Dataplane`].
@@ -260,7 +261,8 @@ impl AsFd for SlowWaker {
     }
 }
 
-/// State shared by the control thread and the workers. Every method takes `&self`.
+/// State shared by the control thread and the workers of a datapath (AF_XDP or raw):
+/// what [`crate::datapath::Datapath`]'s operations act on. Every method takes `&self`.
 pub struct Dataplane {
     table: Arc<ArcSwap<Snapshot>>,
     control: Mutex<ControlTable>,
@@ -289,7 +291,8 @@ pub struct WakerError(#[from] nix::Error);
 
 impl Dataplane {
     /// An empty data plane (no link, no tunnels) for `cfg.workers` workers.
-    /// [`super::Datapath::start`] makes one; tests and benches can make their own.
+    /// [`super::AfXdp::start`] and [`crate::rawpath::RawPath::start`] make one; tests and
+    /// benches can make their own.
     pub fn new(cfg: &DataplaneConfig) -> Result<Dataplane, WakerError> {
         let workers = cfg.workers.max(1);
         let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
@@ -330,9 +333,9 @@ impl Dataplane {
 
     /// Sets the GN link addresses; `None` = not ready (uplink frames go to the slow
     /// queue, downlink DATA is dropped as [`FastDrop::NotReady`]).
-    pub fn set_link(&self, link: Option<LinkInfo>) {
+    pub fn set_link(&self, link: Option<Link>) {
         let mut t = self.control();
-        t.link = link.map(Link::new);
+        t.link = link.map(PreparedLink::new);
         self.publish(&t);
     }
 
@@ -468,7 +471,7 @@ impl Dataplane {
         self.table.load_full()
     }
 
-    /// Nanoseconds since this data plane was made: the clock of [`super::packet::downlink`].
+    /// Nanoseconds since this data plane was made: the clock of [`super::encap::downlink`].
     pub fn now_nanos(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }

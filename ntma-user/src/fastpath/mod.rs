@@ -1,11 +1,12 @@
 //! The AF_XDP fast path: GN frames to tunnel DATA and back, in place, one pinned worker
 //! per NIC queue.
 //!
-//! [`Datapath::start`] loads and configures the XDP programs, maps one UMEM, starts one
+//! [`AfXdp::start`] loads and configures the XDP programs, maps one UMEM, starts one
 //! worker per queue (each binds an AF_XDP socket on the queue of both NICs, sharing the
 //! UMEM, zero-copy where the driver can and copy mode otherwise), registers the sockets
-//! in the XskMaps and attaches the programs to both NICs. [`Datapath::stop`] (or drop)
-//! detaches both programs and stops the workers.
+//! in the XskMaps and attaches the programs to both NICs. [`AfXdp::stop`] (or drop)
+//! detaches both programs and stops the workers. [`AfXdp`] is a
+//! [`crate::datapath::Datapath`].
 //!
 //! The control thread drives the workers through the shared [`Dataplane`]:
 //! [`Dataplane::set_link`] and [`Dataplane::add_tunnel`] (receive, from
@@ -17,12 +18,12 @@
 //! [`Dataplane::worker_stats`] give the counters for `ntma status`, expiry and roaming.
 //!
 //! Per packet there is no lock, allocation, copy or system call: the table is an
-//! `arc_swap` snapshot loaded once per burst, per-tunnel state is atomics ([`replay`]
-//! explains the lock-free replay window), both direction keys of a tunnel are prepared
-//! once ([`ntm_proto::Cipher`], suite 1 HMAC-SHA256-128 or suite 2 AES-256-GCM) and
-//! seal or open the datagram in place in its UMEM frame, counters are plain integers
-//! published once per burst, and the only system calls are the ring wake-ups the
-//! kernel asks for.
+//! `arc_swap` snapshot loaded once per burst, per-tunnel state is atomics
+//! ([`ntm_proto::AtomicReplayWindow`] is the lock-free replay window), both direction
+//! keys of a tunnel are prepared once ([`ntm_proto::Cipher`], suite 1
+//! HMAC-SHA256-128 or suite 2 AES-256-GCM) and seal or open the datagram in place in
+//! its UMEM frame, counters are plain integers published once per burst, and the only
+//! system calls are the ring wake-ups the kernel asks for.
 //!
 //! Inner packets from the GN longer than the inner MTU (the uplink's MTU − 60;
 //! [`INNER_MTU`] = 1440 on a 1500-byte uplink) go to the control thread, counted as
@@ -32,8 +33,7 @@
 //! carry DF.
 
 mod dataplane;
-pub mod packet;
-pub mod replay;
+pub mod encap;
 mod table;
 mod worker;
 
@@ -47,22 +47,22 @@ use std::{
 
 pub use dataplane::{Dataplane, DataplaneConfig, SlowFrame, SlowWaker, WakerError, WorkerStats};
 // The raw-socket datapath (crate::rawpath) publishes its counters the same way.
-#[allow(unused_imports, reason = "for crate::rawpath, written alongside")]
 pub(crate) use dataplane::{LocalCounters, Stat};
-pub use packet::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
+pub use encap::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
 
 /// Largest inner MTU: the GN's frames (Ethernet + 1500) are what every UMEM frame
 /// holds (`UmemConfig::validate`), so a larger uplink MTU gains nothing.
 pub const INNER_MTU_MAX: u16 = 1500;
-pub use table::{LinkInfo, Mac, Snapshot, TunnelStats};
+pub use table::Snapshot;
 
 pub use crate::ebpf::{AttachMode, Counters, Side};
 pub use crate::xsk::{BindMode, UmemConfig, XskMode};
 
+use crate::datapath::{limits, Datapath, DatapathKind};
 use crate::ebpf::{EbpfError, XdpPrograms};
 use crate::xsk::{PortConfig, Umem, XskError};
-use ntma_common::{XdpConfig, MAX_QUEUES};
-use packet::{ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
+use encap::{ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
+use ntma_common::XdpConfig;
 
 // Every valid UMEM has room for the outer headers in front and, after the longest frame
 // the GN may send (Ethernet + 1440), for the tag behind: UmemConfig::validate keeps
@@ -70,7 +70,7 @@ use packet::{ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
 const _: () = assert!(crate::xsk::MIN_HEADROOM as usize >= ENCAP_GROW);
 const _: () = assert!(ETH_LEN + INNER_MTU + ENCAP_TAIL <= 1514);
 
-/// Errors of [`Datapath::start`]; each says what to fix.
+/// Errors of [`AfXdp::start`]; each says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum FastpathError {
     /// The configuration is not usable.
@@ -100,9 +100,10 @@ pub enum FastpathError {
     WorkerPanicked { queue: usize },
 }
 
-/// Configuration of the fast path. [`DatapathConfig::new`] fills in the defaults.
+/// Configuration of the AF_XDP datapath. [`AfXdpConfig::new`] fills in the defaults;
+/// the sizes are checked against [`limits`], as the configuration file's are.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DatapathConfig {
+pub struct AfXdpConfig {
     /// GN-facing NIC (in the calling thread's network namespace).
     pub lan_if: String,
     /// WAN NIC.
@@ -135,16 +136,20 @@ pub struct DatapathConfig {
     pub inner_mtu: u16,
 }
 
-impl DatapathConfig {
-    /// Defaults: one queue, no pinning, default UMEM, 2048-entry rings, bursts of 64,
-    /// sleeping when idle, native XDP, automatic bind mode, 256 slow slots per worker.
+impl AfXdpConfig {
+    /// Defaults: one queue, no pinning, the UMEM and 2048-entry rings `[datapath]` has
+    /// by default, bursts of 64, sleeping when idle, native XDP, automatic bind mode,
+    /// 256 slow slots per worker.
     pub fn new(lan_if: &str, wan_if: &str, xdp: XdpConfig) -> Self {
         Self {
             lan_if: lan_if.to_owned(),
             wan_if: wan_if.to_owned(),
             queues: 1,
             cores: Vec::new(),
-            umem: UmemConfig::default(),
+            umem: UmemConfig {
+                frame_count: 16384,
+                ..UmemConfig::default()
+            },
             rx_ring: 2048,
             tx_ring: 2048,
             batch: 64,
@@ -162,6 +167,21 @@ impl DatapathConfig {
         self.umem.frame_count / self.queues.max(1)
     }
 
+    /// The sizes, as `[datapath]` names them.
+    pub fn sizes(&self) -> limits::Sizes<'_> {
+        limits::Sizes {
+            queues: self.queues,
+            cores: &self.cores,
+            frame_size: self.umem.frame_size,
+            frame_count: self.umem.frame_count,
+            fill_ring: self.umem.fill_size,
+            completion_ring: self.umem.completion_size,
+            rx_ring: self.rx_ring,
+            tx_ring: self.tx_ring,
+            batch: self.batch,
+        }
+    }
+
     /// Checks everything that can be checked before touching the kernel.
     pub fn validate(&self) -> Result<(), FastpathError> {
         let bad = |m: String| Err(FastpathError::Config(m));
@@ -174,40 +194,18 @@ impl DatapathConfig {
                 self.lan_if
             ));
         }
-        if self.queues == 0 || self.queues > MAX_QUEUES {
-            return bad(format!(
-                "queues = {} (must be 1 to {MAX_QUEUES})",
-                self.queues
-            ));
-        }
         if !self.xdp.enabled() {
             return bad(
                 "the XDP configuration is not enabled (build it with XdpConfig::new)".into(),
             );
         }
+        self.sizes()
+            .validate()
+            .map_err(|e| FastpathError::Config(e.to_string()))?;
+        // What the sizes leave to the UMEM (its headroom).
         self.umem
             .validate()
             .map_err(|e| FastpathError::Config(e.to_string()))?;
-        for (name, n) in [("rx_ring", self.rx_ring), ("tx_ring", self.tx_ring)] {
-            if n == 0 || !n.is_power_of_two() {
-                return bad(format!("{name} = {n} (must be a power of two)"));
-            }
-        }
-        if self.batch == 0 || self.batch > self.rx_ring as usize || self.batch > 4096 {
-            return bad(format!(
-                "batch = {} (must be 1 to min(rx_ring, 4096))",
-                self.batch
-            ));
-        }
-        let per_worker = self.frames_per_worker();
-        if (per_worker as usize) < 8 * self.batch {
-            return bad(format!(
-                "{} UMEM frames give each of {} workers {per_worker}, fewer than 8 × batch ({}): raise umem.frame_count",
-                self.umem.frame_count,
-                self.queues,
-                8 * self.batch
-            ));
-        }
         if !(576..=INNER_MTU_MAX).contains(&self.inner_mtu) {
             return bad(format!(
                 "inner_mtu = {} (must be 576 to {INNER_MTU_MAX})",
@@ -217,25 +215,13 @@ impl DatapathConfig {
         if self.slow_slots == 0 {
             return bad("slow_slots must be at least 1".into());
         }
-        if !self.cores.is_empty() {
-            let online: Vec<usize> = core_affinity::get_core_ids()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| c.id)
-                .collect();
-            if let Some(c) = self.cores.iter().find(|c| !online.contains(c)) {
-                return bad(format!(
-                    "core {c} is not available to this process (available: {online:?})"
-                ));
-            }
-        }
         Ok(())
     }
 }
 
-/// A running fast path. [`Datapath::stop`] or drop detaches XDP from both NICs and
-/// stops the workers.
-pub struct Datapath {
+/// The running AF_XDP datapath. [`AfXdp::stop`] or drop detaches XDP from both NICs
+/// and stops the workers.
+pub struct AfXdp {
     progs: Option<Mutex<XdpPrograms>>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -257,19 +243,19 @@ pub struct RingStats {
     pub stats: crate::xsk::KernelStats,
 }
 
-impl std::fmt::Debug for Datapath {
+impl std::fmt::Debug for AfXdp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Datapath")
+        f.debug_struct("AfXdp")
             .field("workers", &self.workers.len())
             .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
 
-impl Datapath {
+impl AfXdp {
     /// Starts the fast path in the calling thread's network namespace (the workers
     /// inherit it). Nothing is left attached or running when it fails.
-    pub fn start(cfg: DatapathConfig) -> Result<Datapath, FastpathError> {
+    pub fn start(cfg: AfXdpConfig) -> Result<AfXdp, FastpathError> {
         cfg.validate()?;
         let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
             workers: cfg.queues as usize,
@@ -282,7 +268,7 @@ impl Datapath {
         progs.configure(&cfg.xdp)?;
         let umem = Arc::new(Umem::new(cfg.umem.clone())?);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut dp = Datapath {
+        let mut dp = AfXdp {
             progs: None,
             workers: Vec::with_capacity(cfg.queues as usize),
             stop: Arc::clone(&stop),
@@ -334,47 +320,13 @@ impl Datapath {
         Ok(dp)
     }
 
-    /// The shared state for the control thread.
-    pub fn dataplane(&self) -> Arc<Dataplane> {
-        Arc::clone(&self.dataplane)
-    }
-
     /// The AF_XDP mode the sockets obtained (copy on veth, zero-copy on capable NICs).
-    pub fn mode(&self) -> XskMode {
+    pub fn xsk_mode(&self) -> XskMode {
         self.mode
-    }
-
-    /// Number of workers (= queues per NIC).
-    pub fn workers(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// The XDP programs' verdict counters, summed over CPUs.
-    pub fn xdp_counters(&self) -> Result<Counters, EbpfError> {
-        match &self.progs {
-            Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).counters(),
-            None => Ok(Counters::default()),
-        }
     }
 
     /// Detaches XDP from both NICs (their traffic goes to the kernel again), then stops
     /// and joins the workers, which close their sockets.
-    /// The kernel's ring counters of every AF_XDP socket (read now, by the
-    /// caller's thread; the workers do nothing for them).
-    pub fn ring_stats(&self) -> Vec<RingStats> {
-        self.sockets
-            .iter()
-            .filter_map(|(queue, side, fd)| {
-                let stats = crate::xsk::kernel_stats_of(std::os::fd::AsFd::as_fd(fd)).ok()?;
-                Some(RingStats {
-                    queue: *queue,
-                    side: *side,
-                    stats,
-                })
-            })
-            .collect()
-    }
-
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -392,7 +344,53 @@ impl Datapath {
     }
 }
 
-impl Drop for Datapath {
+impl Datapath for AfXdp {
+    fn dataplane(&self) -> &Arc<Dataplane> {
+        &self.dataplane
+    }
+
+    fn kind(&self) -> DatapathKind {
+        DatapathKind::AfXdp
+    }
+
+    fn mode(&self) -> String {
+        self.mode.to_string()
+    }
+
+    /// As the workers name their threads (worker.rs).
+    fn worker_thread(&self, queue: usize) -> String {
+        format!("ntma-fp{queue}")
+    }
+
+    fn stop(&mut self) {
+        self.shutdown();
+    }
+
+    /// Summed over CPUs.
+    fn xdp_counters(&self) -> Result<Counters, EbpfError> {
+        match &self.progs {
+            Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).counters(),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    /// Read now, by the caller's thread (the workers do nothing for them).
+    fn ring_stats(&self) -> Vec<RingStats> {
+        self.sockets
+            .iter()
+            .filter_map(|(queue, side, fd)| {
+                let stats = crate::xsk::kernel_stats_of(std::os::fd::AsFd::as_fd(fd)).ok()?;
+                Some(RingStats {
+                    queue: *queue,
+                    side: *side,
+                    stats,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for AfXdp {
     fn drop(&mut self) {
         self.shutdown();
     }

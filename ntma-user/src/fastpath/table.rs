@@ -27,69 +27,11 @@ use std::{
     },
 };
 
-use ntm_proto::{data::SeqCounter, node::TunnelParams, Cipher, Key, Path, Suite};
+use ntm_proto::{data::SeqCounter, node::TunnelParams, AtomicReplayWindow, Cipher, Key, Path};
 use rustc_hash::FxHashMap;
 
-use super::replay::AtomicReplayWindow;
-
-/// A MAC address.
-pub type Mac = [u8; 6];
-
-/// Addresses the workers need to build frames; `None` in [`super::Dataplane::set_link`]
-/// means "not ready" (no VIP yet, gateway MAC unknown): uplink frames then go to the
-/// slow queue and downlink DATA is dropped as [`super::FastDrop::NotReady`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkInfo {
-    /// The GN's VIP: the only inner source accepted from the GN and the only inner
-    /// destination accepted from a tunnel.
-    pub gn_vip: Ipv4Addr,
-    /// The GN's MAC (learnt from DHCP / its frames): destination of downlink frames.
-    pub gn_mac: Mac,
-    /// The NTMA's GN-facing MAC: source of downlink frames.
-    pub lan_mac: Mac,
-    /// The NTMA's WAN MAC: source of uplink frames.
-    pub wan_mac: Mac,
-    /// The NTMA's WAN address: outer source address.
-    pub wan_ip: Ipv4Addr,
-    /// The NTM UDP port the NTMA sends from (the signaling socket's port, so that the
-    /// NAT mapping the DC observed is the one the tunnel uses).
-    pub wan_port: u16,
-    /// MAC of the WAN next hop (default gateway): destination of uplink frames.
-    pub gateway_mac: Mac,
-}
-
-/// Per-tunnel counters and activity, as [`super::Dataplane::tunnel_stats`] reports them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TunnelStats {
-    /// Tunnel id.
-    pub tunnel_id: u32,
-    /// The peer's VIP.
-    pub peer_vip: Ipv4Addr,
-    /// Current endpoint.
-    pub endpoint: SocketAddrV4,
-    /// Path.
-    pub path: Path,
-    /// The tunnel's suite.
-    pub suite: Suite,
-    /// Whether uplink packets to `peer_vip` use it (set up), or it only receives so far.
-    pub sending: bool,
-    /// DATA sent (inner packets) and their inner bytes.
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Authenticated DATA delivered to the GN and their inner bytes.
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    /// Authenticated TUN_KEEPALIVEs received.
-    pub rx_keepalives: u64,
-    /// When the last DATA or TUN_KEEPALIVE that passed every check arrived (None:
-    /// never). A dropped datagram never counts as activity.
-    pub last_rx: Option<std::time::Instant>,
-    /// Where it came from: differs from `endpoint` when the peer roamed (the control
-    /// decides whether to follow with [`super::Dataplane::set_endpoint`]).
-    pub last_rx_from: Option<SocketAddrV4>,
-    /// The next sequence number this side sends.
-    pub next_tx_seq: u64,
-}
+use crate::datapath::{Link, TunnelStats};
+use crate::gn::MacAddr;
 
 /// Keeps two groups of counters on separate cache lines, so that an uplink worker and
 /// a downlink worker of the same tunnel do not bounce one line between them.
@@ -235,26 +177,22 @@ impl Tunnel {
     }
 }
 
-/// Link addresses with the Ethernet headers the workers copy into every frame.
+/// The [`Link`] with the Ethernet headers the workers copy into every frame, made
+/// once when the link is set.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Link {
-    pub(crate) info: LinkInfo,
+pub(crate) struct PreparedLink {
+    pub(crate) info: Link,
     /// gateway ← wan, IPv4: the outer Ethernet header of uplink frames.
     pub(crate) wan_eth: [u8; 14],
     /// gn ← lan, IPv4: the Ethernet header of downlink frames.
     pub(crate) lan_eth: [u8; 14],
 }
 
-impl Link {
-    pub(crate) fn new(info: LinkInfo) -> Link {
-        let eth = |dst: Mac, src: Mac| {
-            let mut h = [0u8; 14];
-            h[0..6].copy_from_slice(&dst);
-            h[6..12].copy_from_slice(&src);
-            h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-            h
-        };
-        Link {
+impl PreparedLink {
+    pub(crate) fn new(info: Link) -> PreparedLink {
+        use crate::wire::ethernet::{header, ETHERTYPE_IPV4};
+        let eth = |dst: MacAddr, src: MacAddr| header(dst, src, ETHERTYPE_IPV4);
+        PreparedLink {
             info,
             wan_eth: eth(info.gateway_mac, info.wan_mac),
             lan_eth: eth(info.gn_mac, info.lan_mac),
@@ -265,7 +203,7 @@ impl Link {
 /// An immutable view of the table, loaded by each worker once per burst.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub(crate) link: Option<Link>,
+    pub(crate) link: Option<PreparedLink>,
     pub(crate) ntm_port: u16,
     /// Inner packets longer than this go to the slow path; MSS is clamped to it − 40.
     pub(crate) inner_mtu: u16,
@@ -286,7 +224,7 @@ impl Snapshot {
     }
 
     /// The link addresses, if set.
-    pub fn link(&self) -> Option<LinkInfo> {
+    pub fn link(&self) -> Option<Link> {
         self.link.map(|l| l.info)
     }
 }
@@ -303,7 +241,7 @@ pub(crate) struct Entry {
 /// The control side's authoritative state (behind a mutex, never touched per packet).
 #[derive(Default)]
 pub(crate) struct ControlTable {
-    pub(crate) link: Option<Link>,
+    pub(crate) link: Option<PreparedLink>,
     /// Tunnels by id. When two sending tunnels lead to the same VIP (a new one set up
     /// before the old one expired), the one that started sending last carries the
     /// uplink.
@@ -373,7 +311,7 @@ impl ControlTable {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use ntm_proto::{DirectionKeys, Role};
+    use ntm_proto::{DirectionKeys, Role, Suite};
 
     /// The parameters the endpoint would give for tunnel `id` to `vip` with `K_tun` =
     /// `[key; 32]`, as the initiator.

@@ -14,20 +14,22 @@ use ntm_proto::{
 };
 use proptest::prelude::*;
 
-use super::packet::{
-    downlink, ipv4_checksum, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL, ETH_LEN,
-    OUTER_LEN,
-};
+use super::encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
 use super::*;
+use crate::datapath::{Link, TunnelStats};
+use crate::gn::MacAddr;
+use crate::wire::checksum::internet as ipv4_checksum;
 
+/// Outer Ethernet/IPv4/UDP and NTM headers in front of the inner packet (58).
+const OUTER_LEN: usize = ENCAP_GROW + ETH_LEN;
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const PEER_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 9);
 const OTHER_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 77);
 const WAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
-const GN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
-const LAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
-const WAN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
-const GW_MAC: Mac = [0x02, 0, 0, 0, 0, 0x21];
+const GN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 const TUNNEL: u32 = 0x0102_0304;
 /// `K_tun`.
 const KEY: [u8; 32] = [0x5a; 32];
@@ -39,15 +41,15 @@ fn endpoint() -> SocketAddrV4 {
     "198.18.0.20:7700".parse().unwrap()
 }
 
-fn link() -> LinkInfo {
-    LinkInfo {
+fn link() -> Link {
+    Link {
         gn_vip: GN_VIP,
-        gn_mac: GN_MAC,
-        lan_mac: LAN_MAC,
-        wan_mac: WAN_MAC,
+        gn_mac: MacAddr(GN_MAC),
+        lan_mac: MacAddr(LAN_MAC),
+        wan_mac: MacAddr(WAN_MAC),
         wan_ip: WAN_IP,
         wan_port: 7700,
-        gateway_mac: GW_MAC,
+        gateway_mac: MacAddr(GW_MAC),
     }
 }
 
@@ -168,7 +170,7 @@ fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
     p
 }
 
-fn eth(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + payload.len());
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
@@ -958,7 +960,7 @@ fn round_trip_between_two_adapters() {
     for suite in SUITES {
         let a = plane(suite);
         let b = Dataplane::new(&DataplaneConfig::default()).unwrap();
-        b.set_link(Some(LinkInfo {
+        b.set_link(Some(Link {
             gn_vip: PEER_VIP,
             ..link()
         }));
@@ -1089,9 +1091,9 @@ proptest! {
 #[test]
 fn config_validation() {
     let xdp = ntma_common::XdpConfig::new(0x6440_0000, 10, 0x6440_0001, 7700);
-    let ok = DatapathConfig::new("lan0", "wan0", xdp);
+    let ok = AfXdpConfig::new("lan0", "wan0", xdp);
     ok.validate().unwrap();
-    let bad = |f: &dyn Fn(&mut DatapathConfig)| {
+    let bad = |f: &dyn Fn(&mut AfXdpConfig)| {
         let mut c = ok.clone();
         f(&mut c);
         match c.validate() {
@@ -1105,6 +1107,9 @@ fn config_validation() {
     assert!(bad(&|c| c.xdp = ntma_common::XdpConfig::default()).contains("XDP"));
     assert!(bad(&|c| c.rx_ring = 1000).contains("rx_ring"));
     assert!(bad(&|c| c.batch = 0).contains("batch"));
+    // The configuration file's limits, named by its keys.
+    assert!(bad(&|c| c.batch = 1025).contains("datapath.batch = 1025"));
+    assert!(bad(&|c| c.rx_ring = 32).contains("datapath.rx_ring = 32"));
     assert!(bad(&|c| c.umem.frame_count = 64).contains("frame_count"));
     assert!(bad(&|c| c.slow_slots = 0).contains("slow_slots"));
     assert!(bad(&|c| c.cores = vec![100_000]).contains("core 100000"));
@@ -1196,7 +1201,7 @@ const LINUX_SYN_OPTS: [u8; 20] = [
 
 #[test]
 fn clamp_mss_rewrites_only_larger_mss_of_syns_with_a_correct_checksum() {
-    use super::packet::clamp_mss;
+    use crate::wire::tcp::clamp_mss;
     // Aligned (MSS first) and misaligned (after one NOP) options.
     for opts in [&LINUX_SYN_OPTS[..], &[1, 2, 4, 0x05, 0xb4, 1, 1, 1][..]] {
         for flags in [SYN, SYN_ACK] {

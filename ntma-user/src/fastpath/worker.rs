@@ -26,12 +26,12 @@ use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 
 use super::{
     dataplane::{Dataplane, LocalCounters, Stat},
-    packet::{downlink, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
+    encap::{downlink, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
     table::Snapshot,
     FastpathError,
 };
 
-/// Longest sleep when idle: bounds how long [`super::Datapath::stop`] waits.
+/// Longest sleep when idle: bounds how long [`super::AfXdp::stop`] waits.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Sleep while frames are still owed to the kernel (TX ring not drained, fill ring
 /// owed frames): short, so that they move on soon.

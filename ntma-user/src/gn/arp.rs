@@ -5,19 +5,19 @@
 
 use std::net::Ipv4Addr;
 
-use super::wire::{build_arp_reply, ArpView, EthView};
+use super::wire::{build_arp_reply, parse_arp, ArpRepr, Eth};
 use super::{Gn, GnDrop, GnStat};
 
 impl Gn {
-    pub(super) fn handle_arp(&mut self, eth: &EthView<'_>) -> Result<(), GnDrop> {
-        let arp = ArpView::parse(eth.payload)?;
+    pub(super) fn handle_arp(&mut self, eth: &Eth<'_>) -> Result<(), GnDrop> {
+        let arp = parse_arp(eth.payload())?;
         let gn_vip = self.state.vip;
         if !arp.sender_mac.is_unicast() {
             return Err(GnDrop::ArpMalformed);
         }
         match arp.op {
-            ArpView::REQUEST => {}
-            ArpView::REPLY => {
+            ArpRepr::REQUEST => {}
+            ArpRepr::REPLY => {
                 // Unsolicited (we never ask), but a reply from the VIP still
                 // tells us where the GN is.
                 if Some(arp.sender_ip) == gn_vip {
@@ -66,9 +66,10 @@ mod tests {
     use std::time::Instant;
 
     use super::super::test_util::*;
-    use super::super::wire::{build_arp_request, ETHERTYPE_ARP};
+    use super::super::wire::{build_arp_request, parse_eth};
     use super::super::{GnAction, Verdict};
     use super::*;
+    use crate::wire::ethernet::ETHERTYPE_ARP;
 
     const ARP_REQ: &[u8] = include_bytes!("testdata/arp_request_router.bin");
 
@@ -84,15 +85,15 @@ mod tests {
         assert_eq!(g.handle_frame(Instant::now(), ARP_REQ), Verdict::Consumed);
         let out = frames(&mut g);
         assert_eq!(out.len(), 1);
-        let eth = EthView::parse(&out[0]).unwrap();
-        assert_eq!(eth.dst, GN_MAC);
-        assert_eq!(eth.src, NTMA_MAC);
-        assert_eq!(eth.ether_type, ETHERTYPE_ARP);
-        let arp = ArpView::parse(eth.payload).unwrap();
+        let eth = parse_eth(&out[0]).unwrap();
+        assert_eq!(eth.dst_addr(), GN_MAC);
+        assert_eq!(eth.src_addr(), NTMA_MAC);
+        assert_eq!(eth.ethertype(), ETHERTYPE_ARP);
+        let arp = parse_arp(eth.payload()).unwrap();
         assert_eq!(
             arp,
-            ArpView {
-                op: ArpView::REPLY,
+            ArpRepr {
+                op: ArpRepr::REPLY,
                 sender_mac: NTMA_MAC,
                 sender_ip: ROUTER,
                 target_mac: GN_MAC,
@@ -119,7 +120,7 @@ mod tests {
                 Verdict::Consumed
             );
             let out = frames(&mut g);
-            let arp = ArpView::parse(EthView::parse(&out[0]).unwrap().payload).unwrap();
+            let arp = parse_arp(parse_eth(&out[0]).unwrap().payload()).unwrap();
             assert_eq!(arp.sender_ip, target);
             assert_eq!(arp.sender_mac, NTMA_MAC);
         }

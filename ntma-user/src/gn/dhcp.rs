@@ -15,7 +15,7 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
-use super::wire::{build_udp_frame, EthView, MacAddr, UdpEnds, UdpView};
+use super::wire::{build_udp_frame, Eth, MacAddr, Udp, UdpEnds};
 use super::{Gn, GnAction, GnDrop, GnStat, Lease};
 
 /// DHCP server port.
@@ -42,10 +42,10 @@ impl Gn {
     pub(super) fn handle_dhcp(
         &mut self,
         now: Instant,
-        eth: &EthView<'_>,
-        udp: &UdpView<'_>,
+        eth: &Eth<'_>,
+        udp: &Udp<'_>,
     ) -> Result<(), GnDrop> {
-        let p = udp.payload;
+        let p = udp.payload();
         if p.len() < MAGIC_OFFSET + 4 || p[MAGIC_OFFSET..MAGIC_OFFSET + 4] != MAGIC {
             return Err(GnDrop::DhcpMalformed);
         }
@@ -74,7 +74,7 @@ impl Gn {
             msg: &msg,
             chaddr,
             client_id,
-            eth_src: eth.src,
+            eth_src: eth.src_addr(),
         };
         match msg.opts().msg_type() {
             Some(MessageType::Discover) => self.dhcp_discover(now, &client),
@@ -352,7 +352,7 @@ mod tests {
     use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
     use super::super::test_util::*;
-    use super::super::wire::{build_udp_frame, EthView, Ipv4View, MacAddr, UdpEnds, UdpView};
+    use super::super::wire::{build_udp_frame, parse_eth, parse_ipv4, parse_udp, MacAddr, UdpEnds};
     use super::super::{GnAction, GnDrop, GnStat, Verdict};
 
     const DISCOVER: &[u8] = include_bytes!("testdata/dhclient_discover.bin");
@@ -369,17 +369,17 @@ mod tests {
     }
 
     fn parse_reply(frame: &[u8]) -> Reply {
-        let eth = EthView::parse(frame).unwrap();
-        assert_eq!(eth.src, NTMA_MAC);
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        let udp = UdpView::parse(&ip, true).unwrap();
-        assert_eq!((udp.src_port, udp.dst_port), (67, 68));
-        assert!(udp.payload.len() >= 300);
+        let eth = parse_eth(frame).unwrap();
+        assert_eq!(eth.src_addr(), NTMA_MAC);
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        let udp = parse_udp(&ip, true).unwrap();
+        assert_eq!((udp.src_port(), udp.dst_port()), (67, 68));
+        assert!(udp.payload().len() >= 300);
         Reply {
-            eth_dst: eth.dst,
-            ip_src: ip.src,
-            ip_dst: ip.dst,
-            msg: Message::decode(&mut Decoder::new(udp.payload)).unwrap(),
+            eth_dst: eth.dst_addr(),
+            ip_src: ip.src_addr(),
+            ip_dst: ip.dst_addr(),
+            msg: Message::decode(&mut Decoder::new(udp.payload())).unwrap(),
         }
     }
 

@@ -40,7 +40,7 @@ pub(super) use ntm_proto::dns::{parse_suffix, MAX_PENDING_LIMIT, PORT};
 pub use ntm_proto::dns::{PendingId, ResolveOutcome};
 
 use super::dns_tcp::ConnId;
-use super::wire::{build_udp_frame, EthView, Ipv4View, MacAddr, UdpEnds, UdpView};
+use super::wire::{build_udp_frame, Eth, Ip, MacAddr, Udp, UdpEnds};
 use super::{Gn, GnAction, GnConfig, GnDrop, GnStat};
 
 /// Who asked, for the answer's way back.
@@ -241,16 +241,16 @@ impl Gn {
     pub(super) fn handle_dns_query(
         &mut self,
         now: Instant,
-        eth: &EthView<'_>,
-        ip: &Ipv4View<'_>,
-        udp: &UdpView<'_>,
+        eth: &Eth<'_>,
+        ip: &Ip<'_>,
+        udp: &Udp<'_>,
     ) -> Result<(), GnDrop> {
         let peer = Peer::Udp {
-            mac: eth.src,
-            ip: ip.src,
-            port: udp.src_port,
+            mac: eth.src_addr(),
+            ip: ip.src_addr(),
+            port: udp.src_port(),
         };
-        self.dns_query(now, peer, Transport::Udp, udp.payload)
+        self.dns_query(now, peer, Transport::Udp, udp.payload())
             .map(|_| ())
     }
 
@@ -382,7 +382,7 @@ mod tests {
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
     use super::super::test_util::*;
-    use super::super::wire::{build_udp_frame, EthView, Ipv4View, UdpEnds, UdpView};
+    use super::super::wire::{build_udp_frame, parse_eth, parse_ipv4, parse_udp, UdpEnds};
     use super::super::{Gn, GnAction, GnConfig, GnDrop, GnStat, Verdict};
     use super::*;
     use ntm_proto::dns::fqdn_of;
@@ -423,16 +423,16 @@ mod tests {
     fn reply(g: &mut Gn) -> (u16, Message, Vec<u8>) {
         let out = frames(g);
         assert_eq!(out.len(), 1, "expected exactly one reply");
-        let eth = EthView::parse(&out[0]).unwrap();
-        assert_eq!((eth.src, eth.dst), (NTMA_MAC, GN_MAC));
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        assert_eq!((ip.src, ip.dst), (ROUTER, VIP));
-        let udp = UdpView::parse(&ip, true).unwrap();
-        assert_eq!(udp.src_port, 53);
+        let eth = parse_eth(&out[0]).unwrap();
+        assert_eq!((eth.src_addr(), eth.dst_addr()), (NTMA_MAC, GN_MAC));
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (ROUTER, VIP));
+        let udp = parse_udp(&ip, true).unwrap();
+        assert_eq!(udp.src_port(), 53);
         (
-            udp.dst_port,
-            Message::from_vec(udp.payload).unwrap(),
-            udp.payload.to_vec(),
+            udp.dst_port(),
+            Message::from_vec(udp.payload()).unwrap(),
+            udp.payload().to_vec(),
         )
     }
 
@@ -927,10 +927,10 @@ mod tests {
         let now = Instant::now();
         let mut f = DIG_A.to_vec();
         // Destination 100.64.0.9: data path (fix the checksums by rebuilding).
-        let eth = EthView::parse(&f).unwrap();
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        let udp = UdpView::parse(&ip, true).unwrap();
-        let payload = udp.payload.to_vec();
+        let eth = parse_eth(&f).unwrap();
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        let udp = parse_udp(&ip, true).unwrap();
+        let payload = udp.payload().to_vec();
         f.clear();
         build_udp_frame(
             &mut f,

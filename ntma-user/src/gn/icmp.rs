@@ -4,10 +4,9 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use super::wire::{
-    build_icmp_unreachable, EthView, Ipv4View, Unreachable, ETHERTYPE_IPV4, IPPROTO_ICMP,
-};
+use super::wire::{build_icmp_unreachable, Ipv4Frame, Unreachable};
 use super::{Gn, GnDrop, GnStat};
+use crate::wire::{icmp, ipv4};
 
 /// Token bucket in exact integer arithmetic: `rate` tokens per second up to
 /// `burst`, refilled from the `now` of each call.
@@ -62,10 +61,6 @@ impl TokenBucket {
 }
 
 /// ICMP types that are errors (never answered with an error).
-fn is_icmp_error(t: u8) -> bool {
-    matches!(t, 3 | 4 | 5 | 11 | 12)
-}
-
 fn unicast_host(ip: Ipv4Addr) -> bool {
     !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
 }
@@ -74,30 +69,26 @@ impl Gn {
     pub(super) fn icmp_unreachable(
         &mut self,
         now: Instant,
-        frame: &[u8],
+        f: &Ipv4Frame<'_>,
         code: Unreachable,
     ) -> Result<(), GnDrop> {
-        let eth = EthView::parse(frame).map_err(|_| GnDrop::IcmpBadOriginal)?;
-        if eth.ether_type != ETHERTYPE_IPV4 {
-            return Err(GnDrop::IcmpBadOriginal);
-        }
-        let ip = Ipv4View::parse(eth.payload, true).map_err(|_| GnDrop::IcmpBadOriginal)?;
-        let about_error =
-            ip.protocol == IPPROTO_ICMP && ip.payload.first().is_some_and(|&t| is_icmp_error(t));
+        let (eth, ip) = (&f.eth, &f.ip);
+        let about_error = ip.protocol() == ipv4::PROTO_ICMP
+            && ip.payload().first().is_some_and(|&t| icmp::is_error(t));
         if about_error
-            || ip.frag_offset != 0
-            || !eth.src.is_unicast()
-            || eth.dst.is_multicast()
-            || !unicast_host(ip.src)
-            || !unicast_host(ip.dst)
+            || ip.frag_offset() != 0
+            || !eth.src_addr().is_unicast()
+            || eth.dst_addr().is_multicast()
+            || !unicast_host(ip.src_addr())
+            || !unicast_host(ip.dst_addr())
         {
             return Err(GnDrop::IcmpNotAllowed);
         }
         if !self.icmp.take(now) {
             return Err(GnDrop::IcmpRateLimited);
         }
-        let (ntma_mac, router) = (self.cfg.ntma_mac, self.cfg.router);
-        self.emit(|out| build_icmp_unreachable(out, ntma_mac, eth.src, router, code, &ip))?;
+        let (ntma_mac, router, gn_mac) = (self.cfg.ntma_mac, self.cfg.router, eth.src_addr());
+        self.emit(|out| build_icmp_unreachable(out, ntma_mac, gn_mac, router, code, ip))?;
         self.counters.stat(GnStat::IcmpUnreachable);
         Ok(())
     }
@@ -108,9 +99,11 @@ mod tests {
     use std::time::Duration;
 
     use super::super::test_util::*;
-    use super::super::wire::{build_udp_frame, checksum_ok, MacAddr, UdpEnds};
+    use super::super::wire::{build_udp_frame, parse_eth, parse_ipv4, MacAddr, UdpEnds};
     use super::super::{Gn, GnConfig};
     use super::*;
+    use crate::wire::checksum;
+    use crate::wire::ipv4::PROTO_ICMP as IPPROTO_ICMP;
 
     fn packet_to(dst: Ipv4Addr) -> Vec<u8> {
         let mut f = Vec::new();
@@ -138,14 +131,17 @@ mod tests {
             .unwrap();
         let out = frames(&mut g);
         assert_eq!(out.len(), 1);
-        let eth = EthView::parse(&out[0]).unwrap();
-        assert_eq!((eth.src, eth.dst), (NTMA_MAC, GN_MAC));
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        assert_eq!((ip.src, ip.dst, ip.protocol), (ROUTER, VIP, IPPROTO_ICMP));
-        assert_eq!((ip.payload[0], ip.payload[1]), (3, 1));
-        assert!(checksum_ok(ip.payload));
+        let eth = parse_eth(&out[0]).unwrap();
+        assert_eq!((eth.src_addr(), eth.dst_addr()), (NTMA_MAC, GN_MAC));
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.protocol()),
+            (ROUTER, VIP, IPPROTO_ICMP)
+        );
+        assert_eq!((ip.payload()[0], ip.payload()[1]), (3, 1));
+        assert!(checksum::verify(ip.payload()));
         // Quote: the 20-byte header and the UDP header (8 bytes).
-        assert_eq!(&ip.payload[8..], &f[14..14 + 28]);
+        assert_eq!(&ip.payload()[8..], &f[14..14 + 28]);
         assert_eq!(g.counters()[GnStat::IcmpUnreachable], 1);
     }
 
@@ -154,7 +150,8 @@ mod tests {
         let mut c = GnConfig::new(NTMA_MAC);
         c.non_vip_unreachable = Unreachable::Host;
         let mut g = Gn::new(c).unwrap();
-        let f = packet_to(Ipv4Addr::new(192, 0, 2, 1));
+        let bytes = packet_to(Ipv4Addr::new(192, 0, 2, 1));
+        let f = Ipv4Frame::parse(&bytes, GnDrop::IcmpBadOriginal).unwrap();
         g.unreachable_non_vip(Instant::now(), &f).unwrap();
         let out = frames(&mut g);
         assert_eq!(out[0][14 + 20 + 1], 1);
@@ -187,12 +184,9 @@ mod tests {
         f[14 + 7] = 1;
         f[14 + 10] = 0;
         f[14 + 11] = 0;
-        // etherparse sums native-endian words: write the result back the same way.
-        let sum = etherparse::checksum::Sum16BitWords::new()
-            .add_slice(&f[14..34])
-            .ones_complement();
-        f[14 + 10..14 + 12].copy_from_slice(&sum.to_ne_bytes());
-        assert!(checksum_ok(&f[14..34]));
+        let sum = checksum::internet(&f[14..34]);
+        f[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        assert!(checksum::verify(&f[14..34]));
         assert_eq!(
             g.unreachable(now, &f, Unreachable::Host),
             Err(GnDrop::IcmpNotAllowed)

@@ -47,16 +47,17 @@ pub use counters::{GnCounters, GnDrop, GnStat};
 pub use dns::{PendingId, ResolveOutcome};
 pub use dns_tcp::{ConnId, MAX_TCP_CONNECTIONS};
 pub use ntm_proto::dns::Transport;
-pub use wire::{MacAddr, Unreachable};
+pub use wire::{Ipv4Frame, MacAddr, Unreachable};
 
+use crate::wire::{ethernet, ipv4};
 use dns::DnsState;
 use dns_tcp::TcpConns;
 use icmp::TokenBucket;
-use wire::{EthView, Ipv4View, UdpView, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_UDP};
+use wire::{parse_eth, parse_ipv4, parse_udp};
 
 /// Largest frame the slow path ever emits (Ethernet header + 1500-byte IPv4
 /// packet): a buffer of this size always fits [`Gn::poll_transmit`].
-pub const MAX_FRAME_LEN: usize = wire::ETH_HEADER_LEN + 1500;
+pub const MAX_FRAME_LEN: usize = ethernet::HEADER_LEN + 1500;
 
 /// Settings of the GN-facing services. Build with [`GnConfig::new`] and
 /// adjust fields; [`Gn::new`] validates them.
@@ -310,6 +311,12 @@ impl GnState {
     }
 }
 
+/// What [`Gn::dispatch`] made of a frame it did not drop.
+enum Outcome<'a> {
+    Consumed,
+    NotSlowPath(Ipv4Frame<'a>),
+}
+
 /// What [`Gn::handle_frame`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -483,8 +490,24 @@ impl Gn {
 
     /// Handles one frame from the GN-facing NIC.
     pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Verdict {
-        let r = self.dispatch(now, frame);
+        let r = self.dispatch(now, frame).map(|o| match o {
+            Outcome::Consumed => Verdict::Consumed,
+            Outcome::NotSlowPath(_) => Verdict::NotSlowPath,
+        });
         self.settle(r)
+    }
+
+    /// [`Gn::handle_frame`] for the control side: the frame parsed once, when it is
+    /// an IPv4 packet not for the slow-path services ([`Verdict::NotSlowPath`]).
+    pub fn handle_lan<'a>(&mut self, now: Instant, frame: &'a [u8]) -> Option<Ipv4Frame<'a>> {
+        match self.dispatch(now, frame) {
+            Ok(Outcome::NotSlowPath(f)) => Some(f),
+            Ok(Outcome::Consumed) => None,
+            Err(why) => {
+                self.counters.drop(why);
+                None
+            }
+        }
     }
 
     fn settle(&mut self, r: Result<Verdict, GnDrop>) -> Verdict {
@@ -497,32 +520,33 @@ impl Gn {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, frame: &[u8]) -> Result<Verdict, GnDrop> {
-        let eth = EthView::parse(frame)?;
-        if !eth.src.is_unicast() {
+    fn dispatch<'a>(&mut self, now: Instant, frame: &'a [u8]) -> Result<Outcome<'a>, GnDrop> {
+        let eth = parse_eth(frame)?;
+        if !eth.src_addr().is_unicast() {
             return Err(GnDrop::SrcMacInvalid);
         }
-        match eth.ether_type {
-            ETHERTYPE_ARP => self.handle_arp(&eth).map(|()| Verdict::Consumed),
-            ETHERTYPE_IPV4 => {
-                let ip = Ipv4View::parse(eth.payload, true)?;
-                self.learn(eth.src, ip.src);
-                let to_router = ip.dst == self.cfg.router;
-                if !(to_router || ip.dst == Ipv4Addr::BROADCAST) || ip.protocol != IPPROTO_UDP {
-                    return Ok(Verdict::NotSlowPath);
+        match eth.ethertype() {
+            ethernet::ETHERTYPE_ARP => self.handle_arp(&eth).map(|()| Outcome::Consumed),
+            ethernet::ETHERTYPE_IPV4 => {
+                let ip = parse_ipv4(eth.payload(), true)?;
+                self.learn(eth.src_addr(), ip.src_addr());
+                let to_router = ip.dst_addr() == self.cfg.router;
+                let broadcast = ip.dst_addr() == Ipv4Addr::BROADCAST;
+                if !(to_router || broadcast) || ip.protocol() != ipv4::PROTO_UDP {
+                    return Ok(Outcome::NotSlowPath(Ipv4Frame { eth, ip }));
                 }
                 if ip.is_fragment() {
                     return Err(GnDrop::Ipv4Fragment);
                 }
-                let udp = UdpView::parse(&ip, self.cfg.verify_udp_checksum)?;
-                match udp.dst_port {
+                let udp = parse_udp(&ip, self.cfg.verify_udp_checksum)?;
+                match udp.dst_port() {
                     dhcp::SERVER_PORT => self
                         .handle_dhcp(now, &eth, &udp)
-                        .map(|()| Verdict::Consumed),
+                        .map(|()| Outcome::Consumed),
                     dns::PORT if to_router => self
                         .handle_dns_query(now, &eth, &ip, &udp)
-                        .map(|()| Verdict::Consumed),
-                    _ => Ok(Verdict::NotSlowPath),
+                        .map(|()| Outcome::Consumed),
+                    _ => Ok(Outcome::NotSlowPath(Ipv4Frame { eth, ip })),
                 }
             }
             _ => Err(GnDrop::EtherTypeUnsupported),
@@ -583,16 +607,37 @@ impl Gn {
         frame: &[u8],
         code: Unreachable,
     ) -> Result<(), GnDrop> {
+        let r = Ipv4Frame::parse(frame, GnDrop::IcmpBadOriginal)
+            .and_then(|f| self.icmp_unreachable(now, &f, code));
+        self.count_err(r)
+    }
+
+    /// [`Gn::unreachable`] about a frame already parsed ([`Gn::handle_lan`]).
+    pub fn unreachable_to(
+        &mut self,
+        now: Instant,
+        frame: &Ipv4Frame<'_>,
+        code: Unreachable,
+    ) -> Result<(), GnDrop> {
         let r = self.icmp_unreachable(now, frame, code);
+        self.count_err(r)
+    }
+
+    /// Counts the drop of `r`, if any, and hands it back.
+    fn count_err(&mut self, r: Result<(), GnDrop>) -> Result<(), GnDrop> {
         if let Err(why) = r {
             self.counters.drop(why);
         }
         r
     }
 
-    /// [`Gn::unreachable`] with the operator's code for non-VIP destinations.
-    pub fn unreachable_non_vip(&mut self, now: Instant, frame: &[u8]) -> Result<(), GnDrop> {
-        self.unreachable(now, frame, self.cfg.non_vip_unreachable)
+    /// [`Gn::unreachable_to`] with the operator's code for non-VIP destinations.
+    pub fn unreachable_non_vip(
+        &mut self,
+        now: Instant,
+        frame: &Ipv4Frame<'_>,
+    ) -> Result<(), GnDrop> {
+        self.unreachable_to(now, frame, self.cfg.non_vip_unreachable)
     }
 
     /// Runs what is due at `now`: SERVFAIL for queries the DC did not answer
@@ -917,13 +962,13 @@ mod tests {
             let sent = frames(&mut g);
             for f in sent {
                 // Everything we emit parses back with valid checksums.
-                let eth = EthView::parse(&f).unwrap();
-                if eth.ether_type == ETHERTYPE_IPV4 {
-                    let ip = Ipv4View::parse(eth.payload, true).unwrap();
-                    if ip.protocol == IPPROTO_UDP {
-                        UdpView::parse(&ip, true).unwrap();
+                let eth = parse_eth(&f).unwrap();
+                if eth.ethertype() == ethernet::ETHERTYPE_IPV4 {
+                    let ip = parse_ipv4(eth.payload(), true).unwrap();
+                    if ip.protocol() == ipv4::PROTO_UDP {
+                        parse_udp(&ip, true).unwrap();
                     } else {
-                        prop_assert!(wire::checksum_ok(ip.payload));
+                        prop_assert!(crate::wire::checksum::verify(ip.payload()));
                     }
                 }
             }

@@ -1,280 +1,104 @@
-//! Frame views and builders for what the GN-facing slow path handles:
-//! Ethernet II, ARP, IPv4, UDP and ICMP.
-//!
-//! Parsing goes through `etherparse`'s slices, plus the checks the slow path
-//! needs on top (header checksum, total length against the frame, UDP length
-//! and checksum, fragments). Every parser takes untrusted bytes and returns
-//! `Err(GnDrop)` instead of panicking. Builders append a whole frame to a
-//! caller-owned `Vec` (reused between frames) with every checksum filled in.
+//! The GN slow path's use of [`crate::wire`]: parsers that map a refused frame to its
+//! [`GnDrop`] and add the checks the slow path needs (header checksum, UDP checksum),
+//! the parsed [`Ipv4Frame`] handed from the GN services to the control side, and
+//! builders that append a whole frame to a caller-owned `Vec` (reused between frames)
+//! with every checksum filled in. Every parser takes untrusted bytes and returns
+//! `Err(GnDrop)` instead of panicking.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
-use etherparse::checksum::Sum16BitWords;
-use etherparse::{
-    ArpEthIpv4Packet, ArpOperation, ArpPacketSlice, EtherType, Ethernet2Header, Icmpv4Header,
-    Icmpv4Type, IpNumber, Ipv4Header, Ipv4HeaderSlice, UdpHeader,
-};
+pub use crate::wire::icmp::Unreachable;
+pub use crate::wire::MacAddr;
+use crate::wire::{arp, ethernet, icmp, ipv4, udp};
 
 use super::counters::GnDrop;
 
-/// Ethernet II header length.
-pub const ETH_HEADER_LEN: usize = 14;
-/// Shortest Ethernet frame without FCS; shorter frames are zero-padded so
-/// that NICs that do not pad on AF_XDP transmit still send valid frames.
-pub const ETH_MIN_FRAME_LEN: usize = 60;
-/// IPv4 header without options.
-pub const IPV4_HEADER_LEN: usize = 20;
-/// UDP header length.
-pub const UDP_HEADER_LEN: usize = 8;
-/// TTL of every IPv4 packet the slow path originates.
-pub const DEFAULT_TTL: u8 = 64;
-/// EtherType values the slow path cares about.
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-/// ARP EtherType.
-pub const ETHERTYPE_ARP: u16 = 0x0806;
-/// IP protocol numbers.
-pub const IPPROTO_ICMP: u8 = 1;
-/// UDP protocol number.
-pub const IPPROTO_UDP: u8 = 17;
-
-/// A 48-bit Ethernet address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// ff:ff:ff:ff:ff:ff
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-
-    /// Group bit set (multicast, including broadcast).
-    pub fn is_multicast(&self) -> bool {
-        self.0[0] & 1 == 1
-    }
-
-    /// All-zero address.
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 6]
-    }
-
-    /// A valid source of a frame: unicast and not zero.
-    pub fn is_unicast(&self) -> bool {
-        !self.is_multicast() && !self.is_zero()
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::str::FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in out.iter_mut() {
-            let p = parts
-                .next()
-                .ok_or_else(|| format!("MAC address {s:?} has fewer than 6 bytes"))?;
-            if p.len() != 2 {
-                return Err(format!(
-                    "MAC address {s:?}: byte {p:?} is not two hex digits"
-                ));
-            }
-            *b = u8::from_str_radix(p, 16)
-                .map_err(|_| format!("MAC address {s:?}: byte {p:?} is not hex"))?;
-        }
-        if parts.next().is_some() {
-            return Err(format!("MAC address {s:?} has more than 6 bytes"));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-/// An Ethernet II frame.
-#[derive(Debug, Clone, Copy)]
-pub struct EthView<'a> {
-    /// Destination MAC.
-    pub dst: MacAddr,
-    /// Source MAC.
-    pub src: MacAddr,
-    /// EtherType (no VLAN tags: a tagged frame shows 0x8100).
-    pub ether_type: u16,
-    /// Everything after the header, Ethernet padding included.
-    pub payload: &'a [u8],
-}
-
-impl<'a> EthView<'a> {
-    /// Views `frame` as Ethernet II.
-    pub fn parse(frame: &'a [u8]) -> Result<Self, GnDrop> {
-        let (h, payload) = Ethernet2Header::from_slice(frame).map_err(|_| GnDrop::FrameShort)?;
-        Ok(Self {
-            dst: MacAddr(h.destination),
-            src: MacAddr(h.source),
-            ether_type: h.ether_type.0,
-            payload,
-        })
-    }
-}
-
+/// A checked Ethernet II frame.
+pub type Eth<'a> = ethernet::Frame<&'a [u8]>;
+/// A checked IPv4 packet, its buffer cut to the total length (Ethernet padding removed).
+pub type Ip<'a> = ipv4::Packet<&'a [u8]>;
+/// A checked UDP datagram, its buffer cut to the UDP length.
+pub type Udp<'a> = udp::Packet<&'a [u8]>;
 /// An Ethernet/IPv4 ARP packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArpView {
-    /// 1 = request, 2 = reply.
-    pub op: u16,
-    /// Sender hardware address.
-    pub sender_mac: MacAddr,
-    /// Sender protocol address.
-    pub sender_ip: Ipv4Addr,
-    /// Target hardware address.
-    pub target_mac: MacAddr,
-    /// Target protocol address.
-    pub target_ip: Ipv4Addr,
+pub type ArpRepr = arp::Repr;
+
+/// Views `frame` as Ethernet II.
+pub fn parse_eth(frame: &[u8]) -> Result<Eth<'_>, GnDrop> {
+    ethernet::Frame::new_checked(frame).map_err(|_| GnDrop::FrameShort)
 }
 
-impl ArpView {
-    /// ARP request.
-    pub const REQUEST: u16 = 1;
-    /// ARP reply.
-    pub const REPLY: u16 = 2;
+/// Parses the ARP payload of an Ethernet frame.
+pub fn parse_arp(payload: &[u8]) -> Result<ArpRepr, GnDrop> {
+    arp::Repr::parse(payload).map_err(|_| GnDrop::ArpMalformed)
+}
 
-    /// Parses the ARP payload of an Ethernet frame.
-    pub fn parse(payload: &[u8]) -> Result<Self, GnDrop> {
-        let slice = ArpPacketSlice::from_slice(payload).map_err(|_| GnDrop::ArpMalformed)?;
-        let p = slice
-            .to_packet()
-            .try_eth_ipv4()
-            .map_err(|_| GnDrop::ArpMalformed)?;
-        Ok(Self {
-            op: p.operation.0,
-            sender_mac: MacAddr(p.sender_mac),
-            sender_ip: p.sender_ipv4_addr(),
-            target_mac: MacAddr(p.target_mac),
-            target_ip: p.target_ipv4_addr(),
-        })
+/// Checks the IPv4 payload of an Ethernet frame: version, IHL, total length within
+/// the frame, and (when asked) the header checksum.
+pub fn parse_ipv4(bytes: &[u8], verify_checksum: bool) -> Result<Ip<'_>, GnDrop> {
+    let ip = ipv4::Packet::new_checked(bytes).map_err(|_| GnDrop::Ipv4Malformed)?;
+    if verify_checksum && !ip.verify_checksum() {
+        return Err(GnDrop::Ipv4BadChecksum);
     }
+    Ok(ipv4::Packet::new_unchecked(ip.packet()))
 }
 
-/// An IPv4 packet whose header was checked: version, IHL, total length
-/// within the frame, and (when asked) the header checksum.
+/// Checks the UDP datagram carried by `ip`: its length within the packet and, when
+/// asked, its checksum (a zero checksum means "none", RFC 768, and is accepted).
+pub fn parse_udp<'a>(ip: &Ip<'a>, verify_checksum: bool) -> Result<Udp<'a>, GnDrop> {
+    let udp = udp::Packet::new_checked(ip.payload()).map_err(|_| GnDrop::UdpMalformed)?;
+    if verify_checksum && !udp.verify_checksum(ip.src_addr(), ip.dst_addr()) {
+        return Err(GnDrop::UdpBadChecksum);
+    }
+    Ok(udp::Packet::new_unchecked(
+        &ip.payload()[..usize::from(udp.length())],
+    ))
+}
+
+/// An IPv4 frame from the GN, parsed once (header checksum verified): the GN services
+/// hand it to the control side, which routes it and asks for ICMP errors about it
+/// without parsing it again.
 #[derive(Debug, Clone, Copy)]
-pub struct Ipv4View<'a> {
-    /// Header including options.
-    pub header: &'a [u8],
-    /// Payload cut to the total length (Ethernet padding removed).
-    pub payload: &'a [u8],
+pub struct Ipv4Frame<'a> {
+    /// The whole frame, Ethernet padding included.
+    pub eth: Eth<'a>,
+    /// The IPv4 packet.
+    pub ip: Ip<'a>,
+}
+
+impl<'a> Ipv4Frame<'a> {
+    /// Parses an Ethernet frame carrying IPv4, with `drop` for any refusal.
+    pub fn parse(frame: &'a [u8], drop: GnDrop) -> Result<Ipv4Frame<'a>, GnDrop> {
+        let eth = parse_eth(frame).map_err(|_| drop)?;
+        if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
+            return Err(drop);
+        }
+        let ip = parse_ipv4(eth.payload(), true).map_err(|_| drop)?;
+        Ok(Ipv4Frame { eth, ip })
+    }
+
+    /// The whole frame.
+    pub fn frame(&self) -> &'a [u8] {
+        self.eth.into_inner()
+    }
+
     /// Source address.
-    pub src: Ipv4Addr,
+    pub fn src(&self) -> Ipv4Addr {
+        self.ip.src_addr()
+    }
+
     /// Destination address.
-    pub dst: Ipv4Addr,
-    /// Protocol number.
-    pub protocol: u8,
-    /// More-fragments flag.
-    pub more_fragments: bool,
-    /// Fragment offset in 8-byte units.
-    pub frag_offset: u16,
-}
-
-impl<'a> Ipv4View<'a> {
-    /// Parses the IPv4 payload of an Ethernet frame.
-    pub fn parse(bytes: &'a [u8], verify_checksum: bool) -> Result<Self, GnDrop> {
-        let h = Ipv4HeaderSlice::from_slice(bytes).map_err(|_| GnDrop::Ipv4Malformed)?;
-        let hlen = h.slice().len();
-        let total = usize::from(h.total_len());
-        if total < hlen || total > bytes.len() {
-            return Err(GnDrop::Ipv4Malformed);
-        }
-        if verify_checksum && !checksum_ok(h.slice()) {
-            return Err(GnDrop::Ipv4BadChecksum);
-        }
-        Ok(Self {
-            header: h.slice(),
-            payload: &bytes[hlen..total],
-            src: h.source_addr(),
-            dst: h.destination_addr(),
-            protocol: h.protocol().0,
-            more_fragments: h.more_fragments(),
-            frag_offset: h.fragments_offset().value(),
-        })
+    pub fn dst(&self) -> Ipv4Addr {
+        self.ip.dst_addr()
     }
 
-    /// Part of a fragmented datagram (first or later).
-    pub fn is_fragment(&self) -> bool {
-        self.more_fragments || self.frag_offset != 0
+    /// The IPv4 packet, header first, cut to its total length.
+    pub fn packet(&self) -> &'a [u8] {
+        self.ip.into_inner()
     }
 }
 
-/// A UDP datagram inside a checked IPv4 packet.
-#[derive(Debug, Clone, Copy)]
-pub struct UdpView<'a> {
-    /// Source port.
-    pub src_port: u16,
-    /// Destination port.
-    pub dst_port: u16,
-    /// Payload cut to the UDP length.
-    pub payload: &'a [u8],
-}
-
-impl<'a> UdpView<'a> {
-    /// Parses the UDP datagram carried by `ip`; a zero checksum means "none"
-    /// (RFC 768) and is accepted.
-    pub fn parse(ip: &Ipv4View<'a>, verify_checksum: bool) -> Result<Self, GnDrop> {
-        let (h, _) = UdpHeader::from_slice(ip.payload).map_err(|_| GnDrop::UdpMalformed)?;
-        let len = usize::from(h.length);
-        if len < UDP_HEADER_LEN || len > ip.payload.len() {
-            return Err(GnDrop::UdpMalformed);
-        }
-        let payload = &ip.payload[UDP_HEADER_LEN..len];
-        if verify_checksum && h.checksum != 0 {
-            let want = h
-                .calc_checksum_ipv4_raw(ip.src.octets(), ip.dst.octets(), payload)
-                .map_err(|_| GnDrop::UdpMalformed)?;
-            if want != h.checksum {
-                return Err(GnDrop::UdpBadChecksum);
-            }
-        }
-        Ok(Self {
-            src_port: h.source_port,
-            dst_port: h.destination_port,
-            payload,
-        })
-    }
-}
-
-/// True when the one's-complement sum over `bytes` (checksum field included)
-/// is all ones, i.e. the embedded Internet checksum verifies.
-pub fn checksum_ok(bytes: &[u8]) -> bool {
-    Sum16BitWords::new().add_slice(bytes).ones_complement() == 0
-}
-
-fn push_eth(out: &mut Vec<u8>, dst: MacAddr, src: MacAddr, ether_type: u16) {
-    out.extend_from_slice(
-        &Ethernet2Header {
-            destination: dst.0,
-            source: src.0,
-            ether_type: EtherType(ether_type),
-        }
-        .to_bytes(),
-    );
-}
-
-fn pad_frame(out: &mut Vec<u8>, start: usize) {
-    let len = out.len() - start;
-    if len < ETH_MIN_FRAME_LEN {
-        out.resize(start + ETH_MIN_FRAME_LEN, 0);
-    }
+fn push_eth(out: &mut Vec<u8>, dst: MacAddr, src: MacAddr, ethertype: u16) {
+    out.extend_from_slice(&ethernet::header(dst, src, ethertype));
 }
 
 fn ipv4_header(
@@ -282,18 +106,15 @@ fn ipv4_header(
     dst: Ipv4Addr,
     protocol: u8,
     payload_len: usize,
-) -> Result<Ipv4Header, GnDrop> {
-    let len = u16::try_from(payload_len).map_err(|_| GnDrop::TxBufferTooSmall)?;
-    let mut ip = Ipv4Header::new(
-        len,
-        DEFAULT_TTL,
-        IpNumber(protocol),
-        src.octets(),
-        dst.octets(),
-    )
-    .map_err(|_| GnDrop::TxBufferTooSmall)?;
-    ip.header_checksum = ip.calc_header_checksum();
-    Ok(ip)
+) -> Result<ipv4::Repr, GnDrop> {
+    ipv4::Repr::new(src, dst, protocol, payload_len).ok_or(GnDrop::TxBufferTooSmall)
+}
+
+fn push_arp(out: &mut Vec<u8>, eth_dst: MacAddr, arp: &ArpRepr) {
+    let start = out.len();
+    push_eth(out, eth_dst, arp.sender_mac, ethernet::ETHERTYPE_ARP);
+    arp.push(out);
+    ethernet::pad(out, start);
 }
 
 /// Appends an ARP reply frame telling `requester` that `answered_ip` is at
@@ -305,17 +126,14 @@ pub fn build_arp_reply(
     requester_mac: MacAddr,
     requester_ip: Ipv4Addr,
 ) {
-    let start = out.len();
-    push_eth(out, requester_mac, our_mac, ETHERTYPE_ARP);
-    let arp = ArpEthIpv4Packet {
-        operation: ArpOperation::REPLY,
-        sender_mac: our_mac.0,
-        sender_ipv4: answered_ip.octets(),
-        target_mac: requester_mac.0,
-        target_ipv4: requester_ip.octets(),
+    let arp = ArpRepr {
+        op: ArpRepr::REPLY,
+        sender_mac: our_mac,
+        sender_ip: answered_ip,
+        target_mac: requester_mac,
+        target_ip: requester_ip,
     };
-    out.extend_from_slice(&arp.to_bytes());
-    pad_frame(out, start);
+    push_arp(out, requester_mac, &arp);
 }
 
 /// Appends an ARP request frame (used by tests to play the GN).
@@ -325,17 +143,14 @@ pub fn build_arp_request(
     sender_ip: Ipv4Addr,
     target_ip: Ipv4Addr,
 ) {
-    let start = out.len();
-    push_eth(out, MacAddr::BROADCAST, sender_mac, ETHERTYPE_ARP);
-    let arp = ArpEthIpv4Packet {
-        operation: ArpOperation::REQUEST,
-        sender_mac: sender_mac.0,
-        sender_ipv4: sender_ip.octets(),
-        target_mac: [0; 6],
-        target_ipv4: target_ip.octets(),
+    let arp = ArpRepr {
+        op: ArpRepr::REQUEST,
+        sender_mac,
+        sender_ip,
+        target_mac: MacAddr([0; 6]),
+        target_ip,
     };
-    out.extend_from_slice(&arp.to_bytes());
-    pad_frame(out, start);
+    push_arp(out, MacAddr::BROADCAST, &arp);
 }
 
 /// Both ends of a UDP datagram inside an Ethernet frame.
@@ -361,30 +176,19 @@ pub fn build_udp_frame(out: &mut Vec<u8>, ends: &UdpEnds, payload: &[u8]) -> Res
     let ip = ipv4_header(
         ends.src_ip,
         ends.dst_ip,
-        IPPROTO_UDP,
-        UDP_HEADER_LEN + payload.len(),
+        ipv4::PROTO_UDP,
+        udp::HEADER_LEN + payload.len(),
     )?;
-    let udp = UdpHeader::with_ipv4_checksum(ends.src_port, ends.dst_port, &ip, payload)
-        .map_err(|_| GnDrop::TxBufferTooSmall)?;
     let start = out.len();
-    push_eth(out, ends.dst_mac, ends.src_mac, ETHERTYPE_IPV4);
-    out.extend_from_slice(&ip.to_bytes());
-    out.extend_from_slice(&udp.to_bytes());
-    out.extend_from_slice(payload);
-    pad_frame(out, start);
+    push_eth(out, ends.dst_mac, ends.src_mac, ethernet::ETHERTYPE_IPV4);
+    ip.push(out);
+    let ports = udp::Repr {
+        src_port: ends.src_port,
+        dst_port: ends.dst_port,
+    };
+    ports.push(out, ends.src_ip, ends.dst_ip, payload);
+    ethernet::pad(out, start);
     Ok(())
-}
-
-/// ICMP destination-unreachable codes the NTMA sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Unreachable {
-    /// Code 0: network unreachable.
-    Net,
-    /// Code 1: host unreachable.
-    #[default]
-    Host,
-    /// Code 4: fragmentation needed and DF set, with the next-hop MTU (RFC 1191).
-    FragmentationNeeded(u16),
 }
 
 /// Appends an ICMP destination-unreachable frame from `src_ip`/`src_mac` to
@@ -396,38 +200,22 @@ pub fn build_icmp_unreachable(
     dst_mac: MacAddr,
     src_ip: Ipv4Addr,
     code: Unreachable,
-    original: &Ipv4View<'_>,
+    original: &Ip<'_>,
 ) -> Result<(), GnDrop> {
-    use etherparse::icmpv4::DestUnreachableHeader;
-    let quote_payload = original.payload.len().min(8);
-    let header_len = original.header.len();
-    let kind = match code {
-        Unreachable::Net => DestUnreachableHeader::Network,
-        Unreachable::Host => DestUnreachableHeader::Host,
-        Unreachable::FragmentationNeeded(next_hop_mtu) => {
-            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }
-        }
-    };
     // Quote = the original header as received + 8 bytes of its payload.
-    let mut quote = [0u8; 60 + 8];
-    quote[..header_len].copy_from_slice(original.header);
-    quote[header_len..header_len + quote_payload]
-        .copy_from_slice(&original.payload[..quote_payload]);
-    let quote = &quote[..header_len + quote_payload];
-    let icmp = Icmpv4Header::with_checksum(Icmpv4Type::DestinationUnreachable(kind), quote);
-    let icmp_bytes = icmp.to_bytes();
+    let quote_len = original.header_len() + original.payload().len().min(8);
+    let quote = &original.packet()[..quote_len];
     let ip = ipv4_header(
         src_ip,
-        original.src,
-        IPPROTO_ICMP,
-        icmp_bytes.len() + quote.len(),
+        original.src_addr(),
+        ipv4::PROTO_ICMP,
+        icmp::HEADER_LEN + quote.len(),
     )?;
     let start = out.len();
-    push_eth(out, dst_mac, src_mac, ETHERTYPE_IPV4);
-    out.extend_from_slice(&ip.to_bytes());
-    out.extend_from_slice(&icmp_bytes);
-    out.extend_from_slice(quote);
-    pad_frame(out, start);
+    push_eth(out, dst_mac, src_mac, ethernet::ETHERTYPE_IPV4);
+    ip.push(out);
+    code.push(out, quote);
+    ethernet::pad(out, start);
     Ok(())
 }
 
@@ -439,21 +227,21 @@ pub fn build_icmp_unreachable(
 /// option, the others only those with the copy bit set. `None` when it cannot: DF
 /// set, malformed options, or a header too long for `mtu`.
 pub fn fragment_ipv4(packet: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
-    const DF: u16 = 0x4000;
-    const MF: u16 = 0x2000;
+    use ipv4::{DF, MF, MIN_HEADER_LEN, OFFSET_MASK};
+    let view = ipv4::Packet::new_unchecked(packet);
     let ihl = usize::from(*packet.first()? & 0x0f) * 4;
-    if packet.len() < 20 || ihl < 20 || ihl > packet.len() {
+    if packet.len() < MIN_HEADER_LEN || ihl < MIN_HEADER_LEN || ihl > packet.len() {
         return None;
     }
-    let flags_offset = u16::from_be_bytes([packet[6], packet[7]]);
+    let flags_offset = view.flags_offset();
     if flags_offset & DF != 0 {
         return None;
     }
-    let base_offset = usize::from(flags_offset & 0x1fff) * 8;
+    let base_offset = usize::from(flags_offset & OFFSET_MASK) * 8;
     let was_more = flags_offset & MF != 0;
     // The header of later fragments: options with the copy bit only, padded to 4.
-    let mut later = packet[..20].to_vec();
-    let mut at = 20;
+    let mut later = packet[..MIN_HEADER_LEN].to_vec();
+    let mut at = MIN_HEADER_LEN;
     while at < ihl {
         match packet[at] {
             0 => break,
@@ -490,18 +278,17 @@ pub fn fragment_ipv4(packet: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
         let last = end == payload.len();
         let mut f = Vec::with_capacity(header.len() + end - pos);
         f.extend_from_slice(header);
-        f[0] = 0x40 | (header.len() / 4) as u8;
         f.extend_from_slice(&payload[pos..end]);
         let total = u16::try_from(f.len()).ok()?;
-        f[2..4].copy_from_slice(&total.to_be_bytes());
         let offset = u16::try_from((base_offset + pos) / 8)
             .ok()
-            .filter(|o| *o <= 0x1fff)?;
+            .filter(|o| *o <= OFFSET_MASK)?;
         let more = if !last || was_more { MF } else { 0 };
-        f[6..8].copy_from_slice(&(offset | more).to_be_bytes());
-        f[10..12].copy_from_slice(&[0, 0]);
-        let c = crate::fastpath::packet::ipv4_checksum(&f[..header.len()]);
-        f[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut p = ipv4::Packet::new_unchecked(&mut f[..]);
+        p.set_version_header_len(header.len());
+        p.set_total_len(total);
+        p.set_flags_offset(offset | more);
+        p.fill_checksum();
         out.push(f);
         pos = end;
     }
@@ -511,33 +298,24 @@ pub fn fragment_ipv4(packet: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::checksum;
+    use crate::wire::ethernet::{ETHERTYPE_ARP, MIN_FRAME_LEN as ETH_MIN_FRAME_LEN};
+    use crate::wire::ipv4::{PROTO_ICMP as IPPROTO_ICMP, PROTO_UDP as IPPROTO_UDP};
 
     const ARP_REQ: &[u8] = include_bytes!("testdata/arp_request_router.bin");
     const DIG_A: &[u8] = include_bytes!("testdata/dig_noedns_a.bin");
 
     #[test]
-    fn mac_parse_display_roundtrip() {
-        let m: MacAddr = "02:00:00:00:00:0a".parse().unwrap();
-        assert_eq!(m.0, [2, 0, 0, 0, 0, 0x0a]);
-        assert_eq!(m.to_string(), "02:00:00:00:00:0a");
-        assert!(m.is_unicast());
-        assert!(MacAddr::BROADCAST.is_multicast());
-        assert!("02:00:00:00:00".parse::<MacAddr>().is_err());
-        assert!("02:00:00:00:00:0a:0b".parse::<MacAddr>().is_err());
-        assert!("02:00:00:00:00:zz".parse::<MacAddr>().is_err());
-    }
-
-    #[test]
     fn parse_captured_arp_request() {
-        let eth = EthView::parse(ARP_REQ).unwrap();
-        assert_eq!(eth.dst, MacAddr::BROADCAST);
-        assert_eq!(eth.src.to_string(), "02:00:00:00:00:0a");
-        assert_eq!(eth.ether_type, ETHERTYPE_ARP);
-        let arp = ArpView::parse(eth.payload).unwrap();
-        assert_eq!(arp.op, ArpView::REQUEST);
+        let eth = parse_eth(ARP_REQ).unwrap();
+        assert_eq!(eth.dst_addr(), MacAddr::BROADCAST);
+        assert_eq!(eth.src_addr().to_string(), "02:00:00:00:00:0a");
+        assert_eq!(eth.ethertype(), ETHERTYPE_ARP);
+        let arp = parse_arp(eth.payload()).unwrap();
+        assert_eq!(arp.op, ArpRepr::REQUEST);
         assert_eq!(arp.sender_ip, Ipv4Addr::new(100, 64, 0, 2));
         assert_eq!(arp.target_ip, Ipv4Addr::new(100, 64, 0, 1));
-        assert_eq!(arp.sender_mac, eth.src);
+        assert_eq!(arp.sender_mac, eth.src_addr());
     }
 
     #[test]
@@ -566,67 +344,58 @@ mod tests {
 
     #[test]
     fn parse_captured_udp_and_checksums() {
-        let eth = EthView::parse(DIG_A).unwrap();
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        assert_eq!(ip.src, Ipv4Addr::new(100, 64, 0, 2));
-        assert_eq!(ip.dst, Ipv4Addr::new(100, 64, 0, 1));
-        assert_eq!(ip.protocol, IPPROTO_UDP);
+        let eth = parse_eth(DIG_A).unwrap();
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        assert_eq!(ip.src_addr(), Ipv4Addr::new(100, 64, 0, 2));
+        assert_eq!(ip.dst_addr(), Ipv4Addr::new(100, 64, 0, 1));
+        assert_eq!(ip.protocol(), IPPROTO_UDP);
         assert!(!ip.is_fragment());
-        let udp = UdpView::parse(&ip, true).unwrap();
-        assert_eq!(udp.dst_port, 53);
-        assert_eq!(udp.payload.len(), 29);
+        let udp = parse_udp(&ip, true).unwrap();
+        assert_eq!(udp.dst_port(), 53);
+        assert_eq!(udp.payload().len(), 29);
 
         // One flipped bit in the IPv4 header or UDP payload is caught.
         let mut bad = DIG_A.to_vec();
         bad[14 + 8] ^= 1; // TTL
-        let eth = EthView::parse(&bad).unwrap();
+        let eth = parse_eth(&bad).unwrap();
         assert_eq!(
-            Ipv4View::parse(eth.payload, true).unwrap_err(),
+            parse_ipv4(eth.payload(), true).unwrap_err(),
             GnDrop::Ipv4BadChecksum
         );
         let mut bad = DIG_A.to_vec();
         *bad.last_mut().unwrap() ^= 1;
-        let eth = EthView::parse(&bad).unwrap();
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        assert_eq!(
-            UdpView::parse(&ip, true).unwrap_err(),
-            GnDrop::UdpBadChecksum
-        );
-        assert!(UdpView::parse(&ip, false).is_ok());
+        let eth = parse_eth(&bad).unwrap();
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        assert_eq!(parse_udp(&ip, true).unwrap_err(), GnDrop::UdpBadChecksum);
+        assert!(parse_udp(&ip, false).is_ok());
     }
 
     #[test]
     fn truncated_and_bad_lengths() {
+        assert_eq!(parse_eth(&DIG_A[..13]).unwrap_err(), GnDrop::FrameShort);
+        let eth = parse_eth(&DIG_A[..14 + 19]).unwrap();
         assert_eq!(
-            EthView::parse(&DIG_A[..13]).unwrap_err(),
-            GnDrop::FrameShort
-        );
-        let eth = EthView::parse(&DIG_A[..14 + 19]).unwrap();
-        assert_eq!(
-            Ipv4View::parse(eth.payload, true).unwrap_err(),
+            parse_ipv4(eth.payload(), true).unwrap_err(),
             GnDrop::Ipv4Malformed
         );
         // Total length beyond the frame.
-        let eth = EthView::parse(&DIG_A[..DIG_A.len() - 1]).unwrap();
+        let eth = parse_eth(&DIG_A[..DIG_A.len() - 1]).unwrap();
         assert_eq!(
-            Ipv4View::parse(eth.payload, false).unwrap_err(),
+            parse_ipv4(eth.payload(), false).unwrap_err(),
             GnDrop::Ipv4Malformed
         );
         // UDP length larger than the IPv4 payload.
         let mut bad = DIG_A.to_vec();
         bad[14 + 20 + 4] = 0x01;
-        let eth = EthView::parse(&bad).unwrap();
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        assert_eq!(
-            UdpView::parse(&ip, false).unwrap_err(),
-            GnDrop::UdpMalformed
-        );
+        let eth = parse_eth(&bad).unwrap();
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        assert_eq!(parse_udp(&ip, false).unwrap_err(), GnDrop::UdpMalformed);
         // Version 6 in an IPv4 EtherType.
         let mut bad = DIG_A.to_vec();
         bad[14] = 0x65;
-        let eth = EthView::parse(&bad).unwrap();
+        let eth = parse_eth(&bad).unwrap();
         assert_eq!(
-            Ipv4View::parse(eth.payload, false).unwrap_err(),
+            parse_ipv4(eth.payload(), false).unwrap_err(),
             GnDrop::Ipv4Malformed
         );
     }
@@ -635,10 +404,10 @@ mod tests {
     fn ethernet_padding_is_ignored() {
         let mut padded = DIG_A.to_vec();
         padded.extend_from_slice(&[0xee; 20]);
-        let eth = EthView::parse(&padded).unwrap();
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        let udp = UdpView::parse(&ip, true).unwrap();
-        assert_eq!(udp.payload.len(), 29);
+        let eth = parse_eth(&padded).unwrap();
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        let udp = parse_udp(&ip, true).unwrap();
+        assert_eq!(udp.payload().len(), 29);
     }
 
     #[test]
@@ -654,44 +423,44 @@ mod tests {
         let mut out = Vec::new();
         build_udp_frame(&mut out, &ends, b"hello").unwrap();
         assert_eq!(out.len(), ETH_MIN_FRAME_LEN);
-        let eth = EthView::parse(&out).unwrap();
-        assert_eq!(eth.dst, ends.dst_mac);
-        let ip = Ipv4View::parse(eth.payload, true).unwrap();
-        assert!(checksum_ok(ip.header));
-        let udp = UdpView::parse(&ip, true).unwrap();
-        assert_eq!(udp.payload, b"hello");
-        assert_eq!((udp.src_port, udp.dst_port), (53, 40000));
+        let eth = parse_eth(&out).unwrap();
+        assert_eq!(eth.dst_addr(), ends.dst_mac);
+        let ip = parse_ipv4(eth.payload(), true).unwrap();
+        assert!(checksum::verify(ip.header()));
+        let udp = parse_udp(&ip, true).unwrap();
+        assert_eq!(udp.payload(), b"hello");
+        assert_eq!((udp.src_port(), udp.dst_port()), (53, 40000));
         // The checksum is really present (not the "none" zero).
         assert_ne!(&out[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
     }
 
     #[test]
     fn icmp_unreachable_quotes_header_and_8_bytes() {
-        let eth = EthView::parse(DIG_A).unwrap();
-        let orig = Ipv4View::parse(eth.payload, true).unwrap();
+        let eth = parse_eth(DIG_A).unwrap();
+        let orig = parse_ipv4(eth.payload(), true).unwrap();
         let mut out = Vec::new();
         let router = Ipv4Addr::new(100, 64, 0, 1);
         build_icmp_unreachable(
             &mut out,
             MacAddr([2, 0, 0, 0, 0, 0x0b]),
-            eth.src,
+            eth.src_addr(),
             router,
             Unreachable::Host,
             &orig,
         )
         .unwrap();
-        let e = EthView::parse(&out).unwrap();
-        assert_eq!(e.dst, eth.src);
-        let ip = Ipv4View::parse(e.payload, true).unwrap();
-        assert_eq!(ip.protocol, IPPROTO_ICMP);
-        assert_eq!(ip.src, router);
-        assert_eq!(ip.dst, orig.src);
-        let icmp = ip.payload;
+        let e = parse_eth(&out).unwrap();
+        assert_eq!(e.dst_addr(), eth.src_addr());
+        let ip = parse_ipv4(e.payload(), true).unwrap();
+        assert_eq!(ip.protocol(), IPPROTO_ICMP);
+        assert_eq!(ip.src_addr(), router);
+        assert_eq!(ip.dst_addr(), orig.src_addr());
+        let icmp = ip.payload();
         assert_eq!(icmp.len(), 8 + 20 + 8);
         assert_eq!((icmp[0], icmp[1]), (3, 1));
-        assert!(checksum_ok(icmp));
-        assert_eq!(&icmp[8..28], orig.header);
-        assert_eq!(&icmp[28..36], &orig.payload[..8]);
+        assert!(checksum::verify(icmp));
+        assert_eq!(&icmp[8..28], orig.header());
+        assert_eq!(&icmp[28..36], &orig.payload()[..8]);
     }
 
     /// An IPv4 packet of `len` bytes with the given options (padded) and flags word.
@@ -714,7 +483,7 @@ mod tests {
         for (i, b) in p[ihl..].iter_mut().enumerate() {
             *b = (i % 251) as u8;
         }
-        let c = crate::fastpath::packet::ipv4_checksum(&p[..ihl]);
+        let c = checksum::internet(&p[..ihl]);
         p[10..12].copy_from_slice(&c.to_be_bytes());
         p
     }
@@ -753,7 +522,7 @@ mod tests {
                 let fihl = usize::from(f[0] & 0x0f) * 4;
                 assert!(f.len() <= mtu, "{len}/{mtu}: fragment {i} is {}", f.len());
                 assert_eq!(usize::from(u16::from_be_bytes([f[2], f[3]])), f.len());
-                assert_eq!(crate::fastpath::packet::ipv4_checksum(&f[..ffihl(f)]), 0);
+                assert_eq!(checksum::internet(&f[..ffihl(f)]), 0);
                 assert_eq!(f[4..6], p[4..6], "same identification");
                 assert_eq!(f[12..20], p[12..20]);
                 let last = i == frags.len() - 1;
@@ -798,7 +567,7 @@ mod tests {
     #[test]
     fn icmp_fragmentation_needed_carries_the_next_hop_mtu() {
         let p = packet(1500, &[], 0x4000);
-        let ip = Ipv4View::parse(&p, true).unwrap();
+        let ip = parse_ipv4(&p, true).unwrap();
         let mut out = Vec::new();
         let ntma = MacAddr([2, 0, 0, 0, 0, 1]);
         let gn = MacAddr([2, 0, 0, 0, 0, 2]);

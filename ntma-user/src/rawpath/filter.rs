@@ -9,6 +9,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::wire::{ethernet, ipv4};
+
 /// One classic BPF instruction (`struct sock_filter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Insn {
@@ -33,8 +35,9 @@ const AD_PKTTYPE: u32 = 0xffff_f000 + 4;
 /// `PACKET_OUTGOING`: a frame this host sent.
 const PACKET_OUTGOING: u32 = 4;
 /// Offsets in an Ethernet frame: EtherType, IPv4 destination.
-const ETHERTYPE_AT: u32 = 12;
-const IPV4_DST_AT: u32 = 14 + 16;
+const ETHERTYPE_AT: u32 = ethernet::field::ETHERTYPE.start as u32;
+const IPV4_DST_AT: u32 = (ethernet::HEADER_LEN + ipv4::field::DST.start) as u32;
+const ETHERTYPE_IPV4: u32 = ethernet::ETHERTYPE_IPV4 as u32;
 /// Accept: the whole frame.
 const ACCEPT: u32 = 0x0004_0000;
 
@@ -69,7 +72,7 @@ impl Classify {
             insn(LD_B_ABS, 0, 0, AD_PKTTYPE),
             insn(JEQ_K, 6, 0, PACKET_OUTGOING), // → 8
             insn(LD_H_ABS, 0, 0, ETHERTYPE_AT),
-            insn(JEQ_K, 0, 4, 0x0800), // not IPv4 → 8
+            insn(JEQ_K, 0, 4, ETHERTYPE_IPV4), // not IPv4 → 8
             insn(LD_W_ABS, 0, 0, IPV4_DST_AT),
             insn(JEQ_K, 2, 0, u32::from(self.router)), // router → 8
             insn(AND_K, 0, 0, mask),

@@ -5,19 +5,18 @@
 //!
 //! * GN → tunnel: an AF_PACKET socket on the GN-facing NIC receives (with a classic BPF
 //!   filter, [`filter::fast_path`]) exactly the frames the `ntma_lan` XDP program would
-//!   redirect; [`crate::fastpath::packet::uplink`] encapsulates each in place; the NTM
+//!   redirect; [`crate::fastpath::encap::uplink`] encapsulates each in place; the NTM
 //!   datagram leaves through the tunnel's UDP socket (`sendmmsg`), whose kernel writes
 //!   the outer IPv4/UDP headers.
 //! * tunnel → GN: `recvmmsg` on the same UDP socket; each datagram gets the outer
-//!   headers the kernel stripped back ([`wire::write_outer`]) and goes through
-//!   [`crate::fastpath::packet::downlink`] (the order of checks of §5); the inner packet
+//!   headers the kernel stripped back ([`Outer::emit`]) and goes through
+//!   [`crate::fastpath::encap::downlink`] (the order of checks of §5); the inner packet
 //!   leaves towards the GN as an Ethernet frame on the AF_PACKET socket.
 //!
-//! The worker shares the fast path's [`Dataplane`]: the same tunnel table, operations
-//! (`set_link`, `add_tunnel`, `tunnel_up`, `remove_tunnel`, `set_endpoint`, `tunnel_stats`,
-//! `worker_stats`, `pop_slow`), counters and drop reasons. A control thread written for
-//! the AF_XDP datapath drives this one unchanged, with two differences in what it
-//! reads: the UDP socket belongs to this worker (signaling datagrams reach the control
+//! [`RawPath`] is a [`Datapath`] built on the fast path's [`Dataplane`]: the same tunnel
+//! table, operations, counters and drop reasons. The control side drives it as it drives
+//! the AF_XDP datapath, with two differences in what it reads: the UDP socket belongs to
+//! this worker ([`Datapath::reads_tunnel_socket`]: signaling datagrams reach the control
 //! through the slow queue as [`Side::Wan`] frames, which it already parses), and the
 //! control's own raw socket on the GN side should carry [`filter::slow_path`] so that
 //! it does not also see the fast path's frames.
@@ -28,7 +27,6 @@
 //! a copy into and out of userspace per packet — is what `perf` measures.
 
 pub mod filter;
-pub mod wire;
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
@@ -46,19 +44,28 @@ use nix::sys::socket::{
 };
 
 use crate::control::sys::{interface, IfaceError};
-use crate::fastpath::packet::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL};
+use crate::datapath::{limits, Datapath, DatapathKind};
+use crate::fastpath::encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL};
 use crate::fastpath::{
     Dataplane, DataplaneConfig, FastDrop, LocalCounters, Side, Snapshot, Stat, WakerError,
 };
 pub use filter::Classify;
 
+use crate::wire::outer::{self, Outer, OUTER_LEN};
+
+/// The Ethernet header of a frame rebuilt around a datagram from the UDP socket: no
+/// addresses (`downlink` reads none), EtherType IPv4.
+const REBUILT_ETH: [u8; 14] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00];
+
 /// Bytes per packet buffer: a GN frame of up to 1514 bytes with the headroom and
-/// tailroom of encapsulation, or a tunnel datagram behind [`wire::OUTER`].
+/// tailroom of encapsulation, or a tunnel datagram behind [`OUTER_LEN`] bytes of headers.
 const BUF: usize = 2048;
+/// The worker thread's name.
+const THREAD: &str = "ntma-raw";
 /// Longest sleep when idle: bounds how long [`RawPath::stop`] waits.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How long a full socket buffer may hold up a send before the rest of the batch is
-/// given up (and counted in [`RawPath::tx_errors`]).
+/// given up (and counted in [`Datapath::tx_errors`]).
 const TX_PATIENCE: Duration = Duration::from_millis(5);
 
 /// Configuration of the raw datapath.
@@ -73,7 +80,8 @@ pub struct RawConfig {
     pub classify: Classify,
     /// Core to pin the worker to.
     pub core: Option<usize>,
-    /// Packets per `recvmmsg`/`sendmmsg`.
+    /// Packets per `recvmmsg`/`sendmmsg` (`datapath.batch`, checked against
+    /// [`limits::batch`]).
     pub batch: usize,
     /// Spin instead of sleeping in poll(2) when idle.
     pub busy_poll: bool,
@@ -136,14 +144,11 @@ impl std::fmt::Debug for RawPath {
 
 impl RawPath {
     /// Opens the GN-side raw socket and starts the worker, in the calling thread's
-    /// network namespace. The returned data plane has no link and no tunnel yet.
+    /// network namespace. Its data plane has no link and no tunnel yet.
     pub fn start(cfg: RawConfig) -> Result<RawPath, RawError> {
-        if cfg.batch == 0 || cfg.batch > 1024 {
-            return Err(RawError::Config(format!(
-                "batch = {} (must be 1 to 1024)",
-                cfg.batch
-            )));
-        }
+        limits::batch(cfg.batch, limits::MAX_BATCH)
+            .and_then(|()| limits::cores(cfg.core.as_slice()))
+            .map_err(|e| RawError::Config(e.to_string()))?;
         let wan_local = tunnel_socket_addr(&cfg.wan)?;
         let lan = open_lan(&cfg.lan_if, &cfg.classify)?;
         let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
@@ -178,7 +183,7 @@ impl RawPath {
         let core = cfg.core;
         let s = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
-            .name("ntma-raw".into())
+            .name(THREAD.into())
             .spawn(move || {
                 if let Some(c) = core {
                     if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
@@ -217,16 +222,6 @@ impl RawPath {
         }
     }
 
-    /// The shared state for the control thread: the same type the AF_XDP datapath has.
-    pub fn dataplane(&self) -> Arc<Dataplane> {
-        Arc::clone(&self.dataplane)
-    }
-
-    /// Number of workers (one).
-    pub fn workers(&self) -> usize {
-        1
-    }
-
     /// Replaces the tunnel socket the worker reads and sends on (the uplink's address
     /// changed and the daemon bound a socket to the new one); the worker takes it at
     /// its next burst and closes its descriptor of the old one.
@@ -235,12 +230,6 @@ impl RawPath {
         *self.swap.next.lock().unwrap_or_else(|p| p.into_inner()) = Some((wan, local));
         self.swap.pending.store(true, Ordering::Release);
         Ok(())
-    }
-
-    /// Packets a socket refused to send (no route, buffers full for longer than a few
-    /// milliseconds): the one loss the data plane's drop reasons do not cover.
-    pub fn tx_errors(&self) -> u64 {
-        self.tx_errors.load(Ordering::Relaxed)
     }
 
     /// Stops and joins the worker, which closes the raw socket (the tunnel socket is
@@ -254,6 +243,43 @@ impl RawPath {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Datapath for RawPath {
+    fn dataplane(&self) -> &Arc<Dataplane> {
+        &self.dataplane
+    }
+
+    fn kind(&self) -> DatapathKind {
+        DatapathKind::Raw
+    }
+
+    fn mode(&self) -> String {
+        "raw".into()
+    }
+
+    fn worker_thread(&self, _queue: usize) -> String {
+        THREAD.into()
+    }
+
+    fn stop(&mut self) {
+        self.shutdown();
+    }
+
+    /// Packets a socket refused to send (no route, buffers full for longer than a few
+    /// milliseconds): the one loss the data plane's drop reasons do not cover.
+    fn tx_errors(&self) -> u64 {
+        self.tx_errors.load(Ordering::Relaxed)
+    }
+
+    fn reads_tunnel_socket(&self) -> bool {
+        true
+    }
+
+    fn replace_tunnel_socket(&self, wan: &UdpSocket) -> std::io::Result<()> {
+        self.replace_wan(wan.try_clone()?)
+            .map_err(std::io::Error::other)
     }
 }
 
@@ -409,8 +435,8 @@ impl Worker {
                     if matches!(v, UpVerdict::TxClamped(_)) {
                         self.local.add(Stat::MssClamped, 1);
                     }
-                    match wire::uplink_datagram(&buf[..m]) {
-                        Some((dst, _)) => self.wan_tx.push((i, wire::OUTER, m, dst)),
+                    match outer::datagram(&buf[..m]) {
+                        Some((dst, _)) => self.wan_tx.push((i, OUTER_LEN, m, dst)),
                         None => self.local.drop(FastDrop::NoRoom),
                     }
                 }
@@ -458,7 +484,7 @@ impl Worker {
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
                 .down
                 .chunks_mut(BUF)
-                .map(|b| [IoSliceMut::new(&mut b[wire::OUTER..])])
+                .map(|b| [IoSliceMut::new(&mut b[OUTER_LEN..])])
                 .collect();
             if let Ok(got) = recvmmsg(
                 self.wan.as_raw_fd(),
@@ -489,11 +515,17 @@ impl Worker {
                 continue;
             };
             let buf = &mut self.down[i * BUF..(i + 1) * BUF];
-            if !wire::write_outer(buf, from, self.wan_local, len) {
+            let headers = Outer {
+                eth: &REBUILT_ETH,
+                from,
+                to: self.wan_local,
+                ident: 0,
+            };
+            if !headers.emit(buf, len) {
                 self.local.drop(FastDrop::WanMalformed);
                 continue;
             }
-            let frame_len = wire::OUTER + len;
+            let frame_len = OUTER_LEN + len;
             match downlink(snap, &mut buf[..frame_len], now) {
                 DownVerdict::Tx { offset, len } => self.lan_tx.push((i, offset, offset + len)),
                 DownVerdict::TxClamped { offset, len } => {

@@ -373,11 +373,6 @@ impl Port {
         n
     }
 
-    /// Frames waiting on the RX ring (advisory).
-    pub fn rx_available(&self) -> u32 {
-        self.rx.available()
-    }
-
     /// Frames on the TX ring that the kernel has not taken yet.
     pub fn tx_pending(&self) -> u32 {
         self.tx.pending()

@@ -11,13 +11,16 @@
 //! | `ntm-node` | the software node (TUN + UDP) as a masquerading gateway, NTM DATA |
 //! | `wireguard-go`, `boringtun` | userspace WireGuard gateways, peer in cn |
 
+use std::net::SocketAddrV4;
 use std::process::Command;
 
 use anyhow::Result;
 use ntm_testbed::Role;
 
-use crate::bench::{Bench, Direction, Flow};
+use crate::bench::{Bench, Direction, Flow, Source, GN_PORT};
+use crate::check::Check;
 use crate::latency::Echo;
+use crate::net;
 
 pub mod node;
 pub mod plain;
@@ -52,6 +55,52 @@ impl Undo {
     /// Remembers `script` to run in namespace `ns` on drop.
     pub fn push(&mut self, bench: &Bench, role: Role, script: impl Into<String>) {
         self.steps.push((bench.tb.ns(role), script.into()));
+    }
+}
+
+impl Undo {
+    /// Turns IP forwarding on in the ntma namespace, and back to what it was on drop.
+    pub fn ip_forward(&mut self, bench: &Bench) -> Result<()> {
+        let old = net::sysctl(&bench.tb, Role::Ntma, "net.ipv4.ip_forward", "1")?;
+        self.push(
+            bench,
+            Role::Ntma,
+            format!("sysctl -q -w net.ipv4.ip_forward={old}"),
+        );
+        Ok(())
+    }
+}
+
+/// The flow of a gateway tunnelling gn's traffic to `cn` (an address behind the
+/// peer at cn's end). Up: gn sends to `cn`, the sink counts the tunnel's datagrams on
+/// `tunnel_port`, and the peer must deliver the samples to `cn`. Down: cn sends to
+/// gn as cn sees it (`gn_seen`), the offered load counted on cn's `eth0` since the
+/// peer, not the source, puts it on the wire.
+pub fn tunnel_flow(
+    dir: Direction,
+    gn: SocketAddrV4,
+    cn: SocketAddrV4,
+    gn_seen: SocketAddrV4,
+    tunnel_port: u16,
+) -> Flow {
+    match dir {
+        Direction::Up => Flow {
+            from: Role::Gn,
+            source: Source::Plain { bind: gn, dst: cn },
+            sink_port: tunnel_port,
+            check: Check::Delivered { bind: cn },
+            offered_at: None,
+        },
+        Direction::Down => Flow {
+            from: Role::Cn,
+            source: Source::Plain {
+                bind: cn,
+                dst: gn_seen,
+            },
+            sink_port: GN_PORT,
+            check: Check::None,
+            offered_at: Some((Role::Cn, "eth0")),
+        },
     }
 }
 

@@ -9,15 +9,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ntm_ops::keys::write_private;
 use ntm_proto::Key;
 use ntm_testbed::{Child, Role, CN_FQDN, DC_ADDR, NODE_FQDN};
 
-use super::{Gateway, Undo};
-use crate::bench::{
-    Bench, Direction, Flow, Source, CN_PORT, ECHO_PORT, GN_ADDR, GN_PORT, NTM_PORT,
-};
-use crate::check::Check;
-use crate::latency::{Echo, EchoServer};
+use super::{tunnel_flow, Gateway, Undo};
+use crate::bench::{Bench, Direction, Flow, CN_PORT, ECHO_PORT, GN_ADDR, GN_PORT, NTM_PORT};
+use crate::latency::Echo;
 use crate::net;
 
 /// The gateway node's VIP.
@@ -55,55 +53,9 @@ impl NodeGateway {
     /// through the gateway node's DNS stub (the tunnel is directed on demand) and sets up
     /// forwarding with masquerade in ntma.
     pub fn start(bench: &Bench) -> Result<NodeGateway> {
-        let dir = bench.tb.state_dir();
-        let bin = |name: &str| ntm_testbed::bin_path(name).map_err(|e| anyhow!("{e}"));
-        let mut dc = ntm_dc::Config {
-            stats_interval_secs: 0,
-            ..ntm_dc::Config::default()
-        };
-        for (fqdn, vip) in [(NODE_FQDN, NODE_VIP), (CN_FQDN, CN_NODE_VIP)] {
-            let mut e = ntm_dc::NodeEntry::new(fqdn, &key_of(bench, fqdn)?);
-            e.vip = Some(vip);
-            dc.nodes.push(e);
-        }
-        dc.status_socket = dir.join("bench-dc.sock");
-        let dc_toml = dir.join("bench-dc.toml");
-        write_private(&dc_toml, &dc.to_toml())?;
-        let mut c = Command::new(bin("ntm-dc")?);
-        c.arg("--config").arg(&dc_toml);
-        let dc = bench.tb.spawn(Role::Dc, &c).context("starting ntm-dc")?;
-
-        let node = |role: Role, fqdn: &str, cpu: Option<usize>| -> Result<(Child, PathBuf)> {
-            let mut cfg = ntm_node::Config::new(
-                fqdn,
-                &key_of(bench, fqdn)?,
-                SocketAddrV4::new(DC_ADDR, ntm_dc::DEFAULT_PORT),
-                SocketAddr::V4(NO_UPSTREAM),
-            );
-            let status = dir.join(format!("bench-{fqdn}.status.json"));
-            let _ = std::fs::remove_file(&status);
-            cfg.status_file = Some(status.clone());
-            cfg.stats_interval_secs = 0;
-            cfg.tun_name = TUN.into();
-            let toml = dir.join(format!("bench-{fqdn}.toml"));
-            write_private(&toml, &cfg.to_toml())?;
-            let mut c = match cpu {
-                Some(cpu) => {
-                    let mut c = Command::new("taskset");
-                    c.args(["-c", &cpu.to_string()]).arg(bin("ntm-node")?);
-                    c
-                }
-                None => Command::new(bin("ntm-node")?),
-            };
-            c.arg("--config").arg(&toml).env("RUST_LOG", "warn");
-            let child = bench
-                .tb
-                .spawn(role, &c)
-                .with_context(|| format!("starting ntm-node {fqdn} in {role}"))?;
-            Ok((child, status))
-        };
-        let (mut cn, cn_status) = node(Role::Cn, CN_FQDN, None)?;
-        let (mut gw, gw_status) = node(Role::Ntma, NODE_FQDN, Some(1))?;
+        let dc = start_dc(bench)?;
+        let (mut cn, cn_status) = start_node(bench, Role::Cn, CN_FQDN, None)?;
+        let (mut gw, gw_status) = start_node(bench, Role::Ntma, NODE_FQDN, Some(1))?;
         for (child, status, fqdn) in [
             (&mut cn, &cn_status, CN_FQDN),
             (&mut gw, &gw_status, NODE_FQDN),
@@ -131,35 +83,98 @@ impl NodeGateway {
                 "the gateway node's DNS stub answered {answer:?} for {CN_FQDN}, not {CN_NODE_VIP}"
             );
         }
-        let mut undo = Undo::default();
-        let old = net::sysctl(&bench.tb, Role::Ntma, "net.ipv4.ip_forward", "1")?;
-        undo.push(
-            bench,
-            Role::Ntma,
-            format!("sysctl -q -w net.ipv4.ip_forward={old}"),
-        );
-        let table = format!("{}node", bench.tb.prefix().trim_end_matches('-'));
-        net::sh(
-            &bench.tb,
-            Role::Ntma,
-            &format!(
-                "ip route replace {CN_NODE_VIP}/32 dev {TUN}\n\
-                 nft -f - <<EOF\n\
-                 table ip {table} {{\n\
-                   chain post {{ type nat hook postrouting priority 100; oifname \"{TUN}\" masquerade; }}\n\
-                 }}\n\
-                 EOF"
-            ),
-        )?;
-        undo.push(bench, Role::Ntma, format!("nft delete table ip {table}"));
         Ok(NodeGateway {
             _gw: gw,
             _cn: cn,
             _dc: dc,
             gw_status,
-            _undo: undo,
+            _undo: masquerade(bench)?,
         })
     }
+}
+
+fn bin(name: &str) -> Result<PathBuf> {
+    ntm_testbed::bin_path(name).map_err(|e| anyhow!("{e}"))
+}
+
+/// The DC in dc, knowing both nodes with their fixed VIPs.
+fn start_dc(bench: &Bench) -> Result<Child> {
+    let dir = bench.tb.state_dir();
+    let mut dc = ntm_dc::Config {
+        stats_interval_secs: 0,
+        ..ntm_dc::Config::default()
+    };
+    for (fqdn, vip) in [(NODE_FQDN, NODE_VIP), (CN_FQDN, CN_NODE_VIP)] {
+        let mut e = ntm_dc::NodeEntry::new(fqdn, &key_of(bench, fqdn)?);
+        e.vip = Some(vip);
+        dc.nodes.push(e);
+    }
+    dc.status_socket = dir.join("bench-dc.sock");
+    let dc_toml = dir.join("bench-dc.toml");
+    write_private(&dc_toml, &dc.to_toml())?;
+    let mut c = Command::new(bin("ntm-dc")?);
+    c.arg("--config").arg(&dc_toml);
+    bench.tb.spawn(Role::Dc, &c).context("starting ntm-dc")
+}
+
+/// `ntm-node` `fqdn` in `role`'s namespace, pinned to `cpu` if given; returns it and
+/// its status file.
+fn start_node(
+    bench: &Bench,
+    role: Role,
+    fqdn: &str,
+    cpu: Option<usize>,
+) -> Result<(Child, PathBuf)> {
+    let dir = bench.tb.state_dir();
+    let mut cfg = ntm_node::Config::new(
+        fqdn,
+        &key_of(bench, fqdn)?,
+        SocketAddrV4::new(DC_ADDR, ntm_dc::DEFAULT_PORT),
+        SocketAddr::V4(NO_UPSTREAM),
+    );
+    let status = dir.join(format!("bench-{fqdn}.status.json"));
+    let _ = std::fs::remove_file(&status);
+    cfg.status_file = Some(status.clone());
+    cfg.stats_interval_secs = 0;
+    cfg.tun_name = TUN.into();
+    let toml = dir.join(format!("bench-{fqdn}.toml"));
+    write_private(&toml, &cfg.to_toml())?;
+    let mut c = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(bin("ntm-node")?);
+            c
+        }
+        None => Command::new(bin("ntm-node")?),
+    };
+    c.arg("--config").arg(&toml).env("RUST_LOG", "warn");
+    let child = bench
+        .tb
+        .spawn(role, &c)
+        .with_context(|| format!("starting ntm-node {fqdn} in {role}"))?;
+    Ok((child, status))
+}
+
+/// Forwarding in ntma, cn's VIP routed into the gateway node's TUN with masquerade
+/// to the node's VIP; undone on drop.
+fn masquerade(bench: &Bench) -> Result<Undo> {
+    let mut undo = Undo::default();
+    undo.ip_forward(bench)?;
+    let table = format!("{}node", bench.tb.prefix().trim_end_matches('-'));
+    net::sh(
+        &bench.tb,
+        Role::Ntma,
+        &format!(
+            "ip route replace {CN_NODE_VIP}/32 dev {TUN}\n\
+             nft -f - <<EOF\n\
+             table ip {table} {{\n\
+               chain post {{ type nat hook postrouting priority 100; oifname \"{TUN}\" masquerade; }}\n\
+             }}\n\
+             EOF"
+        ),
+    )?;
+    undo.push(bench, Role::Ntma, format!("nft delete table ip {table}"));
+    Ok(undo)
 }
 
 impl Gateway for NodeGateway {
@@ -174,34 +189,11 @@ impl Gateway for NodeGateway {
         let mapped = bench
             .learn_mapping(Role::Gn, gn, cn, Role::Cn, cn)
             .context("no packet from gn through the ntm-node tunnel")?;
-        Ok(match dir {
-            Direction::Up => Flow {
-                from: Role::Gn,
-                source: Source::Plain { bind: gn, dst: cn },
-                sink_port: NTM_PORT,
-                // cn's node decapsulates the samples and delivers them to cn's VIP.
-                check: Check::Delivered { bind: cn },
-                offered_at: None,
-            },
-            Direction::Down => Flow {
-                from: Role::Cn,
-                source: Source::Plain {
-                    bind: cn,
-                    dst: mapped,
-                },
-                sink_port: GN_PORT,
-                check: Check::None,
-                offered_at: Some((Role::Cn, "eth0")),
-            },
-        })
+        Ok(tunnel_flow(dir, gn, cn, mapped, NTM_PORT))
     }
 
     fn echo(&mut self, _bench: &Bench) -> Result<Echo> {
-        let bind = SocketAddrV4::new(CN_NODE_VIP, ECHO_PORT);
-        Ok(Echo {
-            target: bind,
-            server: EchoServer::Udp { bind },
-        })
+        Ok(Echo::udp(SocketAddrV4::new(CN_NODE_VIP, ECHO_PORT)))
     }
 
     fn notes(&self) -> Option<String> {
@@ -213,19 +205,4 @@ impl Gateway for NodeGateway {
             format!("drops: {}", drops.join(", "))
         })
     }
-}
-
-/// A configuration holding a key, readable by its owner only (the daemons
-/// refuse one that group or others can read).
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    f.write_all(text.as_bytes())
 }

@@ -18,7 +18,7 @@ use ntm_testbed::{Role, CN_ADDR, NTMA_WAN_ADDR};
 use super::{Gateway, Undo};
 use crate::bench::{Bench, Direction, Flow, Source, CN_PORT, ECHO_PORT, GN_ADDR, GN_PORT};
 use crate::check::Check;
-use crate::latency::{Echo, EchoServer};
+use crate::latency::Echo;
 use crate::net;
 use crate::xdp::{Forwarder, FwdRoute};
 
@@ -45,12 +45,7 @@ impl Plain {
     /// for [`Mode::KernelRps`] receive packet steering.
     pub fn start(bench: &Bench, mode: Mode) -> Result<Plain> {
         let mut undo = Undo::default();
-        let old = net::sysctl(&bench.tb, Role::Ntma, "net.ipv4.ip_forward", "1")?;
-        undo.push(
-            bench,
-            Role::Ntma,
-            format!("sysctl -q -w net.ipv4.ip_forward={old}"),
-        );
+        undo.ip_forward(bench)?;
         net::sh(
             &bench.tb,
             Role::Nat1,
@@ -132,11 +127,7 @@ impl Gateway for Plain {
     }
 
     fn echo(&mut self, _bench: &Bench) -> Result<Echo> {
-        let bind = SocketAddrV4::new(CN_ADDR, ECHO_PORT);
-        Ok(Echo {
-            target: bind,
-            server: EchoServer::Udp { bind },
-        })
+        Ok(Echo::udp(SocketAddrV4::new(CN_ADDR, ECHO_PORT)))
     }
 
     fn notes(&self) -> Option<String> {

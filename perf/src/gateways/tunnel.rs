@@ -6,14 +6,13 @@
 //! sink in cn opens with it) and receives with `K_r2i` (the generator and the echo in cn
 //! seal with it).
 //!
-//! * `ntma` — the AF_XDP fast path ([`ntma_user::fastpath::Datapath`]);
+//! * `ntma` — the AF_XDP fast path ([`ntma_user::fastpath::AfXdp`]);
 //! * `raw` — the raw-socket datapath, the paper's method ([`ntma_user::rawpath::RawPath`]).
 //!
-//! Both share [`Dataplane`] (tunnel table, counters, drop reasons), so one set-up drives
+//! Both are a [`Datapath`] (tunnel table, counters, drop reasons), so one set-up drives
 //! either.
 
 use std::net::{SocketAddrV4, UdpSocket};
-use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use ntm_proto::data::{RxTunnel, SeqCounter, TxTunnel};
@@ -21,7 +20,9 @@ use ntm_proto::node::TunnelParams;
 use ntm_proto::{Cipher, DirectionKeys, Key, Path, Suite};
 use ntm_testbed::{Role, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL};
 use ntma_common::XdpConfig;
-use ntma_user::fastpath::{Datapath, DatapathConfig, Dataplane, FastDrop, LinkInfo};
+use ntma_user::datapath::{Datapath, DatapathKind, Link};
+use ntma_user::fastpath::{AfXdp, AfXdpConfig, FastDrop};
+use ntma_user::gn::MacAddr;
 use ntma_user::rawpath::{Classify, RawConfig, RawPath};
 use serde::{Deserialize, Serialize};
 
@@ -108,15 +109,9 @@ impl TunnelSuite {
     }
 }
 
-enum Engine {
-    AfXdp(Datapath),
-    Raw(RawPath),
-}
-
 /// ntma (AF_XDP or raw) in the ntma namespace with one published tunnel to cn.
 pub struct Tunneled {
-    engine: Option<Engine>,
-    dp: Arc<Dataplane>,
+    datapath: Box<dyn Datapath>,
     tunnel_id: u32,
     /// The peer's (cn's) send direction key, `K_r2i`: ntma receives with it.
     peer_tx: Cipher,
@@ -148,23 +143,23 @@ impl Tunneled {
             u32::from(NTMA_LAN_ADDR),
             NTM_PORT,
         );
-        let mut cfg = DatapathConfig::new("lan0", "wan0", xdp);
+        let mut cfg = AfXdpConfig::new("lan0", "wan0", xdp);
         cfg.queues = tuning.workers;
         cfg.cores = tuning.cores.clone();
         cfg.batch = tuning.batch;
         cfg.rx_ring = tuning.ring;
         cfg.tx_ring = tuning.ring;
         cfg.busy_poll = tuning.busy_poll;
-        // Enough frames for every ring of every worker to be full at once.
-        cfg.umem.frame_count = (4 * tuning.ring).max(4096) * tuning.workers;
         cfg.umem.fill_size = tuning.ring.max(2048);
         cfg.umem.completion_size = tuning.ring.max(2048);
+        // Enough frames for every ring of every worker to be full at once (the
+        // datapath's limits ask for that much).
+        cfg.umem.frame_count = 2 * (cfg.umem.fill_size + tuning.ring) * tuning.workers;
         let datapath = bench
             .tb
-            .in_netns(Role::Ntma, || Datapath::start(cfg))?
+            .in_netns(Role::Ntma, || AfXdp::start(cfg))?
             .context("starting ntma's AF_XDP datapath in the ntma namespace")?;
-        let dp = datapath.dataplane();
-        Tunneled::publish(bench, Engine::AfXdp(datapath), dp, tuning)
+        Tunneled::publish(bench, Box::new(datapath), tuning)
     }
 
     /// Starts ntma's raw-socket datapath with `tuning` (one worker; `batch` packets per
@@ -192,11 +187,9 @@ impl Tunneled {
             })
             .context("starting ntma's raw datapath")
         })??;
-        let dp = raw.dataplane();
         Tunneled::publish(
             bench,
-            Engine::Raw(raw),
-            dp,
+            Box::new(raw),
             Tuning {
                 workers: 1,
                 ..tuning
@@ -204,21 +197,16 @@ impl Tunneled {
         )
     }
 
-    fn publish(
-        bench: &Bench,
-        engine: Engine,
-        dp: Arc<Dataplane>,
-        tuning: Tuning,
-    ) -> Result<Tunneled> {
+    fn publish(bench: &Bench, datapath: Box<dyn Datapath>, tuning: Tuning) -> Result<Tunneled> {
         let l = &bench.links;
-        dp.set_link(Some(LinkInfo {
+        datapath.set_link(Some(Link {
             gn_vip: GN_ADDR,
-            gn_mac: l.gn.mac,
-            lan_mac: l.lan0.mac,
-            wan_mac: l.wan0.mac,
+            gn_mac: MacAddr(l.gn.mac),
+            lan_mac: MacAddr(l.lan0.mac),
+            wan_mac: MacAddr(l.wan0.mac),
             wan_ip: NTMA_WAN_ADDR,
             wan_port: NTM_PORT,
-            gateway_mac: l.nat1_lan.mac,
+            gateway_mac: MacAddr(l.nat1_lan.mac),
         }));
         let tunnel_id = random_u32()?;
         let keys = DirectionKeys::derive(&random_key()?);
@@ -240,12 +228,12 @@ impl Tunneled {
             tx_seq: SeqCounter::starting_at(1),
             local_vip: GN_ADDR,
         };
-        dp.tunnel_up(&params)
+        datapath
+            .tunnel_up(&params)
             .map_err(|e| anyhow!("publishing the bench's tunnel: {e}"))?;
         let cipher = |k: &Key| Cipher::new(suite, k).map_err(|e| anyhow!("{e}"));
         Ok(Tunneled {
-            engine: Some(engine),
-            dp,
+            datapath,
             tunnel_id,
             peer_tx: cipher(r2i)?,
             peer_rx: cipher(i2r)?,
@@ -261,7 +249,7 @@ impl Tunneled {
 
     /// Drops by reason summed over workers, non-zero ones only.
     pub fn drops(&self) -> Vec<(FastDrop, u64)> {
-        let totals = self.dp.drop_totals();
+        let totals = self.datapath.dataplane().drop_totals();
         FastDrop::ALL
             .iter()
             .map(|r| (*r, totals[r.index()]))
@@ -272,19 +260,15 @@ impl Tunneled {
 
 impl Drop for Tunneled {
     fn drop(&mut self) {
-        match self.engine.take() {
-            Some(Engine::AfXdp(d)) => d.stop(),
-            Some(Engine::Raw(r)) => r.stop(),
-            None => {}
-        }
+        self.datapath.stop();
     }
 }
 
 impl Gateway for Tunneled {
     fn name(&self) -> String {
-        match self.engine {
-            Some(Engine::AfXdp(_)) => "ntma",
-            _ => "raw",
+        match self.datapath.kind() {
+            DatapathKind::AfXdp => "ntma",
+            DatapathKind::Raw => "raw",
         }
         .into()
     }
@@ -348,13 +332,11 @@ impl Gateway for Tunneled {
     fn notes(&self) -> Option<String> {
         let drops = self.drops();
         let mut s = self.tuning.label();
-        if let Some(Engine::AfXdp(d)) = &self.engine {
-            s.push_str(&format!(", AF_XDP {} mode", d.mode()));
+        if self.datapath.kind() == DatapathKind::AfXdp {
+            s.push_str(&format!(", AF_XDP {} mode", self.datapath.mode()));
         }
-        if let Some(Engine::Raw(r)) = &self.engine {
-            if r.tx_errors() > 0 {
-                s.push_str(&format!(", {} sends refused", r.tx_errors()));
-            }
+        if self.datapath.tx_errors() > 0 {
+            s.push_str(&format!(", {} sends refused", self.datapath.tx_errors()));
         }
         if !drops.is_empty() {
             let d: Vec<String> = drops.iter().map(|(r, n)| format!("{r} {n}")).collect();

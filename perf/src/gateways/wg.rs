@@ -13,10 +13,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use ntm_testbed::{Child, Role, CN_ADDR};
 
-use super::{Gateway, Undo};
-use crate::bench::{Bench, Direction, Flow, Source, CN_PORT, ECHO_PORT, GN_ADDR, GN_PORT};
-use crate::check::Check;
-use crate::latency::{Echo, EchoServer};
+use super::{tunnel_flow, Gateway, Undo};
+use crate::bench::{Bench, Direction, Flow, CN_PORT, ECHO_PORT, GN_ADDR, GN_PORT};
+use crate::latency::Echo;
 use crate::net;
 
 /// WireGuard's UDP port on both ends.
@@ -151,7 +150,6 @@ impl WireGuard {
         let logs = bench.tb.state_dir().join("logs");
         let gw_keys = wg_keys()?;
         let peer_keys = wg_keys()?;
-        let mut undo = Undo::default();
         let ntma = bench
             .tb
             .spawn(
@@ -172,9 +170,16 @@ impl WireGuard {
             _cn: cn,
             _undo: Undo::default(),
         };
+        wg.wait_created(bench, &n_if, &c_if)?;
+        wg._undo = configure(bench, (&n_if, &gw_keys), (&c_if, &peer_keys))?;
+        Ok(wg)
+    }
+
+    /// Waits for both daemons to create their interface and UAPI socket.
+    fn wait_created(&mut self, bench: &Bench, n_if: &str, c_if: &str) -> Result<()> {
         for (role, ifname, child) in [
-            (Role::Ntma, &n_if, &mut wg._ntma),
-            (Role::Cn, &c_if, &mut wg._cn),
+            (Role::Ntma, n_if, &mut self._ntma),
+            (Role::Cn, c_if, &mut self._cn),
         ] {
             let up = ntm_testbed::wait_until(Duration::from_secs(10), || {
                 bench
@@ -187,49 +192,13 @@ impl WireGuard {
                 let log = child.log();
                 bail!(
                     "{} did not create {ifname} in {role} within 10 s (running: {}): {}",
-                    which.program(),
+                    self.which.program(),
                     child.is_running(),
                     log.trim()
                 );
             }
         }
-        let keydir = bench.tb.state_dir();
-        let gw_key = keydir.join(format!("{n_if}.key"));
-        let peer_key = keydir.join(format!("{c_if}.key"));
-        std::fs::write(&gw_key, format!("{}\n", gw_keys.private))?;
-        std::fs::write(&peer_key, format!("{}\n", peer_keys.private))?;
-        let old = net::sysctl(&bench.tb, Role::Ntma, "net.ipv4.ip_forward", "1")?;
-        undo.push(
-            bench,
-            Role::Ntma,
-            format!("sysctl -q -w net.ipv4.ip_forward={old}"),
-        );
-        net::sh(
-            &bench.tb,
-            Role::Ntma,
-            &format!(
-                "wg set {n_if} private-key {} listen-port {WG_PORT} peer {} allowed-ips {CN_WG}/32 \
-                 endpoint {CN_ADDR}:{WG_PORT} persistent-keepalive 25\n\
-                 ip addr add {NTMA_WG}/24 dev {n_if}\n\
-                 ip link set {n_if} mtu {WG_MTU} up",
-                gw_key.display(),
-                peer_keys.public
-            ),
-        )?;
-        net::sh(
-            &bench.tb,
-            Role::Cn,
-            &format!(
-                "wg set {c_if} private-key {} listen-port {WG_PORT} peer {} allowed-ips {NTMA_WG}/32,100.64.0.0/10\n\
-                 ip addr add {CN_WG}/24 dev {c_if}\n\
-                 ip link set {c_if} mtu {WG_MTU} up\n\
-                 ip route replace 100.64.0.0/10 dev {c_if}",
-                peer_key.display(),
-                gw_keys.public
-            ),
-        )?;
-        wg._undo = undo;
-        Ok(wg)
+        Ok(())
     }
 
     /// Sends through the tunnel until a packet arrives: the handshake is done.
@@ -243,6 +212,48 @@ impl WireGuard {
     }
 }
 
+/// Keys, addresses and peers of both interfaces (`n_if` in ntma with the gateway's
+/// keys, `c_if` in cn with the peer's), the routes to gn's VIP prefix, and forwarding
+/// in ntma (undone on drop).
+fn configure(
+    bench: &Bench,
+    (n_if, gw_keys): (&str, &Keys),
+    (c_if, peer_keys): (&str, &Keys),
+) -> Result<Undo> {
+    let keydir = bench.tb.state_dir();
+    let gw_key = keydir.join(format!("{n_if}.key"));
+    let peer_key = keydir.join(format!("{c_if}.key"));
+    std::fs::write(&gw_key, format!("{}\n", gw_keys.private))?;
+    std::fs::write(&peer_key, format!("{}\n", peer_keys.private))?;
+    let mut undo = Undo::default();
+    undo.ip_forward(bench)?;
+    net::sh(
+        &bench.tb,
+        Role::Ntma,
+        &format!(
+            "wg set {n_if} private-key {} listen-port {WG_PORT} peer {} allowed-ips {CN_WG}/32 \
+             endpoint {CN_ADDR}:{WG_PORT} persistent-keepalive 25\n\
+             ip addr add {NTMA_WG}/24 dev {n_if}\n\
+             ip link set {n_if} mtu {WG_MTU} up",
+            gw_key.display(),
+            peer_keys.public
+        ),
+    )?;
+    net::sh(
+        &bench.tb,
+        Role::Cn,
+        &format!(
+            "wg set {c_if} private-key {} listen-port {WG_PORT} peer {} allowed-ips {NTMA_WG}/32,100.64.0.0/10\n\
+             ip addr add {CN_WG}/24 dev {c_if}\n\
+             ip link set {c_if} mtu {WG_MTU} up\n\
+             ip route replace 100.64.0.0/10 dev {c_if}",
+            peer_key.display(),
+            gw_keys.public
+        ),
+    )?;
+    Ok(undo)
+}
+
 impl Gateway for WireGuard {
     fn name(&self) -> String {
         self.which.name().into()
@@ -252,31 +263,11 @@ impl Gateway for WireGuard {
         self.prime(bench)?;
         let gn = SocketAddrV4::new(GN_ADDR, GN_PORT);
         let cn = SocketAddrV4::new(CN_WG, CN_PORT);
-        Ok(match dir {
-            Direction::Up => Flow {
-                from: Role::Gn,
-                source: Source::Plain { bind: gn, dst: cn },
-                sink_port: WG_PORT,
-                // The peer decrypts the samples and delivers them to cn's tunnel address.
-                check: Check::Delivered { bind: cn },
-                offered_at: None,
-            },
-            Direction::Down => Flow {
-                from: Role::Cn,
-                source: Source::Plain { bind: cn, dst: gn },
-                sink_port: GN_PORT,
-                check: Check::None,
-                offered_at: Some((Role::Cn, "eth0")),
-            },
-        })
+        Ok(tunnel_flow(dir, gn, cn, gn, WG_PORT))
     }
 
     fn echo(&mut self, bench: &Bench) -> Result<Echo> {
         self.prime(bench)?;
-        let bind = SocketAddrV4::new(CN_WG, ECHO_PORT);
-        Ok(Echo {
-            target: bind,
-            server: EchoServer::Udp { bind },
-        })
+        Ok(Echo::udp(SocketAddrV4::new(CN_WG, ECHO_PORT)))
     }
 }

@@ -1,24 +1,24 @@
 //! The coordinator against real `ntm_proto::node::Endpoint`s and the
-//! `ntm_rs::Relay` core, in virtual time (quinn-proto's `Pair` idea): nodes,
-//! NATs with address-and-port-restricted filtering, latency, loss and
+//! `ntm_rs::Relay` core, in virtual time ([`ntm_proto::sim`]): nodes, NATs
+//! with address-and-port-restricted filtering, latency, loss and
 //! duplication. No sockets, no clock. Also direct tests of the coordinator
 //! with hand-made datagrams, for exact drop reasons and expiry.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use ntm_proto::node::{
-    Config as NodeConfig, DirError, DownReason, Endpoint, Event, Received, RegistrationError, ReqId,
-};
+use ntm_proto::node::{DirError, Event, RegistrationError, TunnelParams};
+use ntm_proto::sim::{self, fqdn_key, Datagram, DcWorld, NodeWorld, World as _};
 use ntm_proto::wire::{
     Caps, DirReq, ErrorMsg, Fqdn, Header, Message, Packet, RegReq, Repr, RouteAck,
     MAX_SIGNALING_LEN,
 };
 use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, Suite, WrapLabel};
 
-use crate::coordinator::{End, CN_FIRST_ROUTE_DIR_TRIES, DIRECTION_RETENTION};
-use crate::{Config, Coordinator, DropReason, NodeEntry, RegistrationStore, RelayEntry};
+use ntm_dc::coordinator::{CN_FIRST_ROUTE_DIR_TRIES, DIRECTION_RETENTION, RELAY_DIR_TRIES};
+use ntm_dc::{Config, Coordinator, DropReason, End, NodeEntry, RegistrationStore, RelayEntry};
 
 const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
 const RS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), 7720);
@@ -35,21 +35,12 @@ const FQDNS: [&str; 7] = [
     "e.ntm.test",
 ];
 
-fn node_key(fqdn: &str) -> Key {
-    let mut k = [0u8; 32];
-    for (i, b) in fqdn.bytes().enumerate() {
-        k[i % 32] ^= b;
-    }
-    k[31] ^= 0x5a;
-    Key::from_bytes(k)
-}
-
 fn dc_config() -> Config {
     Config {
         listen: DC,
         nodes: FQDNS
             .iter()
-            .map(|f| NodeEntry::new(f, &node_key(f)))
+            .map(|f| NodeEntry::new(f, &fqdn_key(f)))
             .collect(),
         relays: vec![RelayEntry::new(RS_ID, RS, &Key::from_bytes(K_RS))],
         ..Config::default()
@@ -66,460 +57,128 @@ fn new_dc(cfg: &Config, now: Instant, seed: u8) -> Coordinator {
     .unwrap()
 }
 
-fn new_rs(now: Instant) -> ntm_rs::Relay {
-    let cfg = ntm_rs::Config::new(RS_ID, &Key::from_bytes(K_RS));
-    ntm_rs::Relay::new(&cfg, now, 1_700_000_000_000_000_000).unwrap()
-}
-
 fn addr(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
 }
 
 // ---------------------------------------------------------------- world
 
-struct Nat {
-    public_ip: Ipv4Addr,
-    ports: HashMap<SocketAddrV4, u16>,
-    next_port: u16,
-    allowed: HashSet<(SocketAddrV4, SocketAddrV4)>,
-}
-
-impl Nat {
-    fn outbound(&mut self, local: SocketAddrV4, dst: SocketAddrV4) -> SocketAddrV4 {
-        let next = &mut self.next_port;
-        let port = *self.ports.entry(local).or_insert_with(|| {
-            *next += 1;
-            *next
-        });
-        self.allowed.insert((local, dst));
-        SocketAddrV4::new(self.public_ip, port)
-    }
-
-    fn inbound(&self, public: SocketAddrV4, src: SocketAddrV4) -> Option<SocketAddrV4> {
-        let (&local, _) = self.ports.iter().find(|(_, &p)| p == public.port())?;
-        self.allowed.contains(&(local, src)).then_some(local)
-    }
-}
-
-struct Host {
-    ep: Endpoint,
-    local: SocketAddrV4,
-    nat: Option<usize>,
-    events: Vec<Event>,
-    inner_rx: Vec<Vec<u8>>,
-    /// Stopped hosts are not driven any more (a crashed or unplugged node).
-    running: bool,
-}
-
-#[derive(Clone)]
-struct Flight {
-    at: Instant,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    /// Sent inside this NAT's LAN, untranslated.
-    lan: Option<usize>,
-    data: Vec<u8>,
-}
-
-type Filter = Box<dyn FnMut(&Flight) -> bool>;
-type Delay = Box<dyn Fn(&Flight) -> Duration>;
-
-struct World {
-    now: Instant,
-    cfg: Config,
-    hosts: Vec<Host>,
-    nats: Vec<Nat>,
+/// The coordinator as a simulated host, with its configuration (to restart it).
+struct Dc {
     dc: Coordinator,
-    rs: ntm_rs::Relay,
-    flights: VecDeque<Flight>,
-    /// Returns true to drop a datagram.
-    drop: Filter,
-    /// Latency added to a datagram's [`LATENCY`] (a slower path).
-    delay: Delay,
-    duplicate: bool,
-    /// (when, src, dst, type) of every datagram put on the wire.
-    sent: Vec<(Instant, SocketAddrV4, SocketAddrV4, MessageType)>,
-    /// Every datagram put on the wire (before losses), bytes and all: what
-    /// an attacker on the path records.
-    wire: Vec<Flight>,
+    cfg: Config,
 }
 
-impl World {
-    fn new() -> World {
-        World::with_config(dc_config())
-    }
-
-    fn with_config(cfg: Config) -> World {
-        let now = Instant::now();
-        World {
-            now,
-            dc: new_dc(&cfg, now, 1),
-            rs: new_rs(now),
-            cfg,
-            hosts: Vec::new(),
-            nats: Vec::new(),
-            flights: VecDeque::new(),
-            drop: Box::new(|_| false),
-            delay: Box::new(|_| Duration::ZERO),
-            duplicate: false,
-            sent: Vec::new(),
-            wire: Vec::new(),
-        }
-    }
-
-    fn add_nat(&mut self, public_ip: Ipv4Addr) -> usize {
-        self.nats.push(Nat {
-            public_ip,
-            ports: HashMap::new(),
-            next_port: 40000,
-            allowed: HashSet::new(),
-        });
-        self.nats.len() - 1
-    }
-
-    fn add_host(&mut self, fqdn: &str, local: SocketAddrV4, nat: Option<usize>) -> usize {
-        let cfg = NodeConfig {
-            fqdn: fqdn.into(),
-            key: node_key(fqdn),
-            dc: DC,
-            local_addr: local,
-            caps: Caps::NODE,
-        };
-        let n = self.hosts.len() as u64 + 1;
-        let ep = Endpoint::new(cfg, self.now, 1_000_000 * n, [n as u8; 32]).unwrap();
-        self.hosts.push(Host {
-            ep,
-            local,
-            nat,
-            events: Vec::new(),
-            inner_rx: Vec::new(),
-            running: true,
-        });
-        self.hosts.len() - 1
-    }
-
-    fn public(&self, i: usize) -> SocketAddrV4 {
-        let h = &self.hosts[i];
-        match h.nat {
-            None => h.local,
-            Some(n) => SocketAddrV4::new(self.nats[n].public_ip, self.nats[n].ports[&h.local]),
-        }
-    }
-
-    fn emit(
-        &mut self,
-        src_local: SocketAddrV4,
-        nat: Option<usize>,
-        dst: SocketAddrV4,
-        data: Vec<u8>,
-    ) {
-        let same_lan = nat.filter(|&n| {
-            self.hosts
-                .iter()
-                .any(|h| h.nat == Some(n) && h.local == dst)
-        });
-        let src = match (nat, same_lan) {
-            (Some(_), Some(_)) | (None, _) => src_local,
-            (Some(n), None) => self.nats[n].outbound(src_local, dst),
-        };
-        let kind = Packet::new_checked(&data[..])
-            .map(|p| p.msg_type())
-            .unwrap_or(MessageType::Unknown(0));
-        self.sent.push((self.now, src, dst, kind));
-        let mut f = Flight {
-            at: self.now + LATENCY,
-            src,
-            dst,
-            lan: same_lan,
-            data,
-        };
-        f.at += (self.delay)(&f);
-        self.wire.push(f.clone());
-        if (self.drop)(&f) {
-            return;
-        }
-        if self.duplicate {
-            self.flights.push_back(f.clone());
-        }
-        self.flights.push_back(f);
-    }
-
-    fn flush(&mut self) {
-        let mut buf = vec![0u8; 2048];
-        for i in 0..self.hosts.len() {
-            if !self.hosts[i].running {
-                continue;
-            }
-            while let Some(t) = self.hosts[i].ep.poll_transmit(self.now, &mut buf) {
-                let (local, nat) = (self.hosts[i].local, self.hosts[i].nat);
-                self.emit(local, nat, t.dst, buf[..t.len].to_vec());
-            }
-            while let Some(e) = self.hosts[i].ep.poll_event() {
-                self.hosts[i].events.push(e);
-            }
-        }
-        while let Some(t) = self.dc.poll_transmit(self.now, &mut buf) {
-            self.emit(DC, None, t.dst, buf[..t.len].to_vec());
-        }
-        while let Some(t) = self.rs.poll_transmit(self.now, &mut buf) {
-            self.emit(RS, None, t.dst, buf[..t.len].to_vec());
-        }
-    }
-
-    fn deliver(&mut self, f: Flight) {
-        let now = self.now;
-        if f.dst == DC {
-            let _ = self.dc.handle(now, f.src, &f.data);
-            return;
-        }
-        if f.dst == RS {
-            if let Ok(ntm_rs::Verdict::Forward(to)) = self.rs.handle(now, f.src, &f.data) {
-                self.emit(RS, None, to, f.data);
-            }
-            return;
-        }
-        let target = self.hosts.iter().position(|h| match (h.nat, f.lan) {
-            (Some(n), Some(lan)) => n == lan && h.local == f.dst,
-            (None, _) => h.local == f.dst,
-            (Some(n), None) => {
-                self.nats[n].public_ip == *f.dst.ip()
-                    && self.nats[n].inbound(f.dst, f.src) == Some(h.local)
-            }
-        });
-        let Some(i) = target else { return };
-        let h = &mut self.hosts[i];
-        if !h.running {
-            return;
-        }
-        let mut data = f.data;
-        if let Ok(Received::Data { inner, .. }) = h.ep.handle(now, f.src, &mut data) {
-            h.inner_rx.push(inner.to_vec());
-        }
-    }
-
-    /// An attacker on the internet sends `data` from `src` (any source it
-    /// likes: spoofed) to `dst`; it arrives after [`LATENCY`].
-    fn inject(&mut self, src: SocketAddrV4, dst: SocketAddrV4, data: Vec<u8>) {
-        self.flights.push_back(Flight {
-            at: self.now + LATENCY,
-            src,
-            dst,
-            lan: None,
-            data,
-        });
-    }
-
-    /// The datagrams of `kind` recorded on the wire from `src` to `dst`.
-    fn recorded(&self, src: SocketAddrV4, dst: SocketAddrV4, kind: MessageType) -> Vec<Flight> {
-        self.wire
-            .iter()
-            .filter(|f| f.src == src && f.dst == dst && is(f, kind))
-            .cloned()
-            .collect()
-    }
-
-    fn next_wakeup(&self) -> Option<Instant> {
-        self.hosts
-            .iter()
-            .filter(|h| h.running)
-            .filter_map(|h| h.ep.poll_timeout())
-            .chain(self.dc.poll_timeout())
-            .chain(self.rs.poll_timeout())
-            .chain(self.flights.iter().map(|f| f.at))
-            .min()
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        let end = self.now + d;
-        loop {
-            self.flush();
-            match self.next_wakeup() {
-                Some(t) if t <= end => {
-                    self.now = self.now.max(t);
-                    let now = self.now;
-                    let (due, later): (Vec<_>, Vec<_>) =
-                        self.flights.drain(..).partition(|f| f.at <= now);
-                    self.flights = later.into();
-                    for f in due {
-                        self.deliver(f);
-                    }
-                    for h in &mut self.hosts {
-                        if h.running && h.ep.poll_timeout().is_some_and(|t| t <= now) {
-                            h.ep.handle_timeout(now);
-                        }
-                    }
-                    if self.dc.poll_timeout().is_some_and(|t| t <= now) {
-                        self.dc.handle_timeout(now);
-                    }
-                    if self.rs.poll_timeout().is_some_and(|t| t <= now) {
-                        self.rs.handle_timeout(now);
-                    }
-                }
-                _ => {
-                    self.now = end;
-                    self.flush();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Index in `sent` of the first datagram of `kind` from `src` to `dst`
-    /// (`None` matches any address).
-    fn first_sent(
-        &self,
-        src: Option<SocketAddrV4>,
-        dst: Option<SocketAddrV4>,
-        kind: MessageType,
-    ) -> Option<usize> {
-        self.sent.iter().position(|s| {
-            s.3 == kind && src.is_none_or(|a| a == s.1) && dst.is_none_or(|a| a == s.2)
-        })
-    }
-
-    fn count_sent(&self, kind: MessageType) -> usize {
-        self.sent.iter().filter(|s| s.3 == kind).count()
-    }
-
-    fn count_sent_from(&self, src: SocketAddrV4, kind: MessageType) -> usize {
-        self.sent
-            .iter()
-            .filter(|s| s.1 == src && s.3 == kind)
-            .count()
-    }
-
-    fn count_sent_to(&self, dst: SocketAddrV4, kind: MessageType) -> usize {
-        self.sent
-            .iter()
-            .filter(|s| s.2 == dst && s.3 == kind)
-            .count()
-    }
-
-    fn vip(&self, i: usize) -> Ipv4Addr {
-        self.hosts[i].ep.vip().unwrap().addr
-    }
-
-    fn send_inner(&mut self, from: usize, to: usize, payload: &[u8]) -> Result<(), Error> {
-        let pkt = ipv4(self.vip(from), self.vip(to), payload);
-        let mut buf = vec![0u8; pkt.len() + 32];
-        let t = self.hosts[from].ep.send_data(self.now, &pkt, &mut buf)?;
-        let (local, nat) = (self.hosts[from].local, self.hosts[from].nat);
-        self.emit(local, nat, t.dst, buf[..t.len].to_vec());
-        Ok(())
-    }
-
-    fn events(&self, i: usize) -> &[Event] {
-        &self.hosts[i].events
-    }
-
-    fn registered(&self, i: usize) -> Vec<(Ipv4Addr, bool)> {
-        self.events(i)
-            .iter()
-            .filter_map(|e| match e {
-                Event::Registered {
-                    vip, behind_nat, ..
-                } => Some((*vip, *behind_nat)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn tunnel_ups(&self, i: usize) -> Vec<Up> {
-        self.events(i)
-            .iter()
-            .filter_map(|e| match e {
-                Event::TunnelUp(p) => Some(Up {
-                    id: p.tunnel_id,
-                    path: p.path,
-                    role: p.role,
-                    suite: p.suite,
-                    tx_key: p.tx_key.clone(),
-                    rx_key: p.rx_key.clone(),
-                    endpoint: p.endpoint,
-                    peer_vip: p.peer_vip,
-                }),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn downs(&self, i: usize) -> Vec<DownReason> {
-        self.events(i)
-            .iter()
-            .filter_map(|e| match e {
-                Event::TunnelDown { reason, .. } => Some(*reason),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn resolved(&self, i: usize, req: ReqId) -> Option<Result<Ipv4Addr, DirError>> {
-        self.events(i).iter().find_map(|e| match e {
-            Event::DirectionResolved { req: r, result, .. } if *r == req => Some(*result),
-            _ => None,
-        })
-    }
-
-    fn connect(&mut self, from: usize, fqdn: &str) -> ReqId {
-        let req = self.hosts[from].ep.connect(self.now, fqdn).unwrap();
-        self.run_for(Duration::from_secs(2));
-        req
-    }
-
-    fn assert_data_both_ways(&mut self, a: usize, b: usize) {
-        let (na, nb) = (self.hosts[a].inner_rx.len(), self.hosts[b].inner_rx.len());
-        self.send_inner(a, b, b"ping").unwrap();
-        self.send_inner(b, a, b"pong").unwrap();
-        self.run_for(Duration::from_millis(100));
-        assert_eq!(self.hosts[b].inner_rx.len(), nb + 1, "a -> b");
-        assert!(self.hosts[b].inner_rx.last().unwrap().ends_with(b"ping"));
-        assert_eq!(self.hosts[a].inner_rx.len(), na + 1, "b -> a");
-        assert!(self.hosts[a].inner_rx.last().unwrap().ends_with(b"pong"));
-    }
-
-    /// Both ends came up on one tunnel with one key; returns (MN's, CN's) view.
-    fn one_tunnel(&self, mn: usize, cn: usize) -> (Up, Up) {
-        let (a, b) = (self.tunnel_ups(mn), self.tunnel_ups(cn));
-        assert_eq!(a.len(), 1, "MN tunnels: {a:?}");
-        assert_eq!(b.len(), 1, "CN tunnels: {b:?}");
-        let (a, b) = (a[0].clone(), b[0].clone());
-        assert_eq!(a.id, b.id, "one tunnel id at both ends");
-        assert!(
-            a.tx_key == b.rx_key && a.rx_key == b.tx_key,
-            "one K_tun at both ends: each end's send key is the other's receive key"
-        );
-        assert!(a.tx_key != a.rx_key, "a key per direction");
-        assert_eq!(a.suite, b.suite);
-        assert_eq!(a.suite, self.dc.settings().tunnel_suite, "the DC's suite");
-        assert_eq!(a.path, b.path);
-        assert_ne!(a.role, b.role);
-        assert_eq!(a.peer_vip, self.vip(cn));
-        assert_eq!(b.peer_vip, self.vip(mn));
-        (a, b)
+impl Deref for Dc {
+    type Target = Coordinator;
+    fn deref(&self) -> &Coordinator {
+        &self.dc
     }
 }
 
-#[derive(Debug, Clone)]
-struct Up {
-    id: u32,
-    path: Path,
-    role: Role,
-    suite: Suite,
-    tx_key: Key,
-    rx_key: Key,
-    endpoint: SocketAddrV4,
-    peer_vip: Ipv4Addr,
+impl DerefMut for Dc {
+    fn deref_mut(&mut self) -> &mut Coordinator {
+        &mut self.dc
+    }
 }
 
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let total = (20 + payload.len()) as u16;
-    let mut p = vec![0x45, 0];
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(payload);
-    p
+impl sim::Host for Dc {
+    fn handle(&mut self, now: Instant, from: SocketAddrV4, data: Vec<u8>) {
+        let _ = self.dc.handle(now, from, &data);
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddrV4, Vec<u8>)> {
+        sim::pull(|buf| self.dc.poll_transmit(now, buf))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.dc.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.dc.handle_timeout(now);
+    }
+}
+
+/// The relay core as a simulated host: what it forwards goes out unchanged.
+struct Rs {
+    relay: ntm_rs::Relay,
+    forward: VecDeque<(SocketAddrV4, Vec<u8>)>,
+}
+
+impl Rs {
+    fn new(now: Instant) -> Rs {
+        let cfg = ntm_rs::Config::new(RS_ID, &Key::from_bytes(K_RS));
+        Rs {
+            relay: ntm_rs::Relay::new(&cfg, now, 1_700_000_000_000_000_000).unwrap(),
+            forward: VecDeque::new(),
+        }
+    }
+}
+
+impl Deref for Rs {
+    type Target = ntm_rs::Relay;
+    fn deref(&self) -> &ntm_rs::Relay {
+        &self.relay
+    }
+}
+
+impl sim::Host for Rs {
+    fn handle(&mut self, now: Instant, from: SocketAddrV4, data: Vec<u8>) {
+        if let Ok(ntm_rs::Verdict::Forward(to)) = self.relay.handle(now, from, &data) {
+            self.forward.push_back((to, data));
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddrV4, Vec<u8>)> {
+        let forwarded = self.forward.pop_front();
+        forwarded.or_else(|| sim::pull(|buf| self.relay.poll_transmit(now, buf)))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.relay.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.relay.handle_timeout(now);
+    }
+}
+
+/// The DC, the RS, and the nodes.
+type World = DcWorld<Dc, Rs>;
+
+fn world() -> World {
+    world_with(dc_config())
+}
+
+fn world_with(cfg: Config) -> World {
+    let now = Instant::now();
+    let dc = Dc {
+        dc: new_dc(&cfg, now, 1),
+        cfg,
+    };
+    DcWorld::new(now, LATENCY, (DC, dc), (RS, Rs::new(now)))
+}
+
+/// Both ends came up on one tunnel with one key; returns (MN's, CN's) view.
+fn one_tunnel(w: &World, mn: usize, cn: usize) -> (TunnelParams, TunnelParams) {
+    let (a, b) = (w.tunnel_ups(mn), w.tunnel_ups(cn));
+    assert_eq!(a.len(), 1, "MN tunnels: {a:?}");
+    assert_eq!(b.len(), 1, "CN tunnels: {b:?}");
+    let (a, b) = (a[0].clone(), b[0].clone());
+    assert_eq!(a.tunnel_id, b.tunnel_id, "one tunnel id at both ends");
+    assert!(
+        a.tx_key == b.rx_key && a.rx_key == b.tx_key,
+        "one K_tun at both ends: each end's send key is the other's receive key"
+    );
+    assert!(a.tx_key != a.rx_key, "a key per direction");
+    assert_eq!(a.suite, b.suite);
+    assert_eq!(a.suite, w.dc.settings().tunnel_suite, "the DC's suite");
+    assert_eq!(a.path, b.path);
+    assert_ne!(a.role, b.role);
+    assert_eq!(a.peer_vip, w.vip(cn));
+    assert_eq!(b.peer_vip, w.vip(mn));
+    (a, b)
 }
 
 const MN_PUBLIC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 20), 7700);
@@ -537,18 +196,18 @@ fn pair(mn_nat: bool, cn_nat: bool) -> World {
 
 /// [`pair`] with this DC configuration.
 fn pair_with(cfg: Config, mn_nat: bool, cn_nat: bool) -> World {
-    let mut w = World::with_config(cfg);
+    let mut w = world_with(cfg);
     let n1 = w.add_nat(NAT1);
     let n2 = w.add_nat(NAT2);
     if mn_nat {
-        w.add_host("mn.ntm.test", MN_PRIVATE, Some(n1));
+        w.add_node("mn.ntm.test", MN_PRIVATE, Some(n1));
     } else {
-        w.add_host("mn.ntm.test", MN_PUBLIC, None);
+        w.add_node("mn.ntm.test", MN_PUBLIC, None);
     }
     if cn_nat {
-        w.add_host("cn.ntm.test", CN_PRIVATE, Some(n2));
+        w.add_node("cn.ntm.test", CN_PRIVATE, Some(n2));
     } else {
-        w.add_host("cn.ntm.test", CN_PUBLIC, None);
+        w.add_node("cn.ntm.test", CN_PUBLIC, None);
     }
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.registered(0).len(), 1);
@@ -568,7 +227,7 @@ fn two_nodes_register_with_distinct_vips_from_the_pool() {
         assert!(pool.is_assignable(v), "{v}");
         assert_ne!(v, pool.router());
     }
-    assert_eq!(w.hosts[0].ep.vip().unwrap().prefix_len, 10);
+    assert_eq!(w.nodes[0].ep.vip().unwrap().prefix_len, 10);
     let reg = w.dc.registration("mn.ntm.test").unwrap();
     assert_eq!(reg.vip, va);
     assert_eq!(reg.observed, MN_PUBLIC);
@@ -576,7 +235,7 @@ fn two_nodes_register_with_distinct_vips_from_the_pool() {
     assert_eq!(w.registered(0), vec![(va, false)]);
     // Node ids are the DC's stable per-FQDN ids.
     assert_eq!(
-        w.hosts[0].ep.registration().unwrap().node_id,
+        w.nodes[0].ep.registration().unwrap().node_id,
         w.dc.node_id("mn.ntm.test").unwrap()
     );
     assert_eq!(w.dc.stats().registrations, 2);
@@ -600,7 +259,7 @@ fn keepalives_are_acknowledged_and_keep_the_registration() {
     w.run_for(Duration::from_secs(200));
     assert!(w.dc.stats().keepalives >= 9, "{}", w.dc.stats_line());
     assert_eq!(
-        w.count_sent(MessageType::KeepaliveAck) as u64,
+        w.net.count_sent(MessageType::KeepaliveAck) as u64,
         w.dc.stats().keepalives
     );
     assert!(w.dc.registration("mn.ntm.test").unwrap().is_active());
@@ -617,14 +276,14 @@ fn direct_when_cn_is_public() {
         let mut w = pair(mn_nat, false);
         let req = w.connect(0, "cn.ntm.test");
         assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-        let (mn, cn) = w.one_tunnel(0, 1);
+        let (mn, cn) = one_tunnel(&w, 0, 1);
         assert_eq!(
             (mn.path, mn.role, cn.role),
             (Path::Direct, Role::Initiator, Role::Responder)
         );
         assert_eq!(mn.endpoint, CN_PUBLIC, "MN sends to CN's observed address");
         assert_eq!(cn.endpoint, w.public(0), "CN answers MN's address");
-        let t = w.dc.tunnel(mn.id).unwrap();
+        let t = w.dc.tunnel(mn.tunnel_id).unwrap();
         assert_eq!(
             (t.path, t.initiator, t.acked),
             (Path::Direct, End::Mn, true)
@@ -639,7 +298,7 @@ fn reverse_when_only_cn_is_behind_nat() {
     let mut w = pair(false, true);
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    let (mn, cn) = w.one_tunnel(0, 1);
+    let (mn, cn) = one_tunnel(&w, 0, 1);
     assert_eq!(
         (mn.path, mn.role, cn.role),
         (Path::Reverse, Role::Responder, Role::Initiator)
@@ -649,7 +308,7 @@ fn reverse_when_only_cn_is_behind_nat() {
         "CN sends TUN_REQ to MN's observed address"
     );
     assert_eq!(mn.endpoint, w.public(1));
-    assert_eq!(w.dc.tunnel(mn.id).unwrap().initiator, End::Cn);
+    assert_eq!(w.dc.tunnel(mn.tunnel_id).unwrap().initiator, End::Cn);
     assert_eq!(w.dc.stats().reverse, 1);
     w.assert_data_both_ways(0, 1);
 }
@@ -659,7 +318,7 @@ fn direct_to_local_addr_behind_the_same_nat() {
     let mut w = same_lan_pair();
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    let (mn, cn) = w.one_tunnel(0, 1);
+    let (mn, cn) = one_tunnel(&w, 0, 1);
     assert_eq!((mn.path, mn.role), (Path::Direct, Role::Initiator));
     assert_eq!(mn.endpoint, CN_SAME_LAN, "MN sends to CN's LOCAL_ADDR");
     assert_eq!(cn.endpoint, MN_PRIVATE);
@@ -672,27 +331,19 @@ fn relay_behind_different_nats_with_the_rs_core_in_the_loop() {
     let mut w = pair(true, true);
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    let (mn, cn) = w.one_tunnel(0, 1);
+    let (mn, cn) = one_tunnel(&w, 0, 1);
     assert_eq!(
         (mn.path, mn.role, cn.role),
         (Path::Relay, Role::Initiator, Role::Responder)
     );
     assert_eq!((mn.endpoint, cn.endpoint), (RS, RS));
     // RELAY_DIR/RELAY_ACK before any ROUTE_DIR.
-    let first_ack = w
-        .sent
-        .iter()
-        .position(|s| s.3 == MessageType::RelayAck)
-        .unwrap();
-    let first_route = w
-        .sent
-        .iter()
-        .position(|s| s.3 == MessageType::RouteDir)
-        .unwrap();
+    let first_ack = w.net.first_sent(None, None, MessageType::RelayAck).unwrap();
+    let first_route = w.net.first_sent(None, None, MessageType::RouteDir).unwrap();
     assert!(first_ack < first_route);
-    let t = w.dc.tunnel(mn.id).unwrap();
+    let t = w.dc.tunnel(mn.tunnel_id).unwrap();
     assert_eq!((t.relay_id, t.acked), (Some(RS_ID), true));
-    let b = w.rs.binding(mn.id).unwrap();
+    let b = w.rs.binding(mn.tunnel_id).unwrap();
     assert_eq!(
         (b.initiator, b.responder),
         (Some(w.public(0)), Some(w.public(1)))
@@ -703,13 +354,9 @@ fn relay_behind_different_nats_with_the_rs_core_in_the_loop() {
     assert_eq!(w.dc.stats().relayed, 1);
     // The idle tunnel keeps itself and its binding alive with TUN_KEEPALIVEs.
     w.run_for(Duration::from_secs(400));
-    assert!(w.rs.binding(mn.id).is_some());
+    assert!(w.rs.binding(mn.tunnel_id).is_some());
     assert!(w.downs(0).is_empty());
     w.assert_data_both_ways(0, 1);
-}
-
-fn is(f: &Flight, kind: MessageType) -> bool {
-    Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == kind)
 }
 
 #[test]
@@ -718,7 +365,7 @@ fn on_relay_mn_gets_its_route_dir_only_after_cn_route_ack() {
     let (mn_pub, cn_pub) = (w.public(0), w.public(1));
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    let at = |kind, src, dst| w.first_sent(src, dst, kind).unwrap();
+    let at = |kind, src, dst| w.net.first_sent(src, dst, kind).unwrap();
     let relay_ack = at(MessageType::RelayAck, Some(RS), Some(DC));
     let to_cn = at(MessageType::RouteDir, Some(DC), Some(cn_pub));
     let cn_bind = at(MessageType::RelayBind, Some(cn_pub), Some(RS));
@@ -730,31 +377,26 @@ fn on_relay_mn_gets_its_route_dir_only_after_cn_route_ack() {
     assert!(cn_ack < to_mn, "no ROUTE_DIR to MN before CN's ROUTE_ACK");
     assert!(to_mn < mn_tun_req);
     // CN is bound when MN's first TUN_REQ reaches the RS: no retransmission.
-    assert_eq!(w.count_sent_to(RS, MessageType::TunReq), 1);
-    assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), 1);
-    let (mn, _) = w.one_tunnel(0, 1);
-    let t = w.dc.tunnel(mn.id).unwrap();
+    assert_eq!(w.net.count_sent_to(RS, MessageType::TunReq), 1);
+    assert_eq!(w.net.count_sent_to(mn_pub, MessageType::RouteDir), 1);
+    let (mn, _) = one_tunnel(&w, 0, 1);
+    let t = w.dc.tunnel(mn.tunnel_id).unwrap();
     assert!(t.directed && t.acked);
     w.assert_data_both_ways(0, 1);
 }
 
 /// Datagrams from the DC to `dst` take 30 ms longer than the others.
 fn slow_from_dc(w: &mut World, dst: SocketAddrV4) {
-    w.delay = Box::new(move |f| {
-        if f.src == DC && f.dst == dst {
-            Duration::from_millis(30)
-        } else {
-            Duration::ZERO
-        }
-    });
+    w.net
+        .set_latency(DC, dst, LATENCY + Duration::from_millis(30));
 }
 
 /// mn (0) and cn (1) behind one NAT, registered.
 fn same_lan_pair() -> World {
-    let mut w = World::new();
+    let mut w = world();
     let n = w.add_nat(NAT1);
-    w.add_host("mn.ntm.test", MN_PRIVATE, Some(n));
-    w.add_host("cn.ntm.test", CN_SAME_LAN, Some(n));
+    w.add_node("mn.ntm.test", MN_PRIVATE, Some(n));
+    w.add_node("cn.ntm.test", CN_SAME_LAN, Some(n));
     w.run_for(Duration::from_secs(1));
     w
 }
@@ -775,8 +417,8 @@ fn on_direct_mn_gets_its_route_dir_only_after_cn_route_ack() {
         let req = w.connect(0, "cn.ntm.test");
         assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))), "{case}");
         // CN knew the tunnel when MN's first TUN_REQ came.
-        assert_eq!(w.count_sent(MessageType::TunReq), 1, "{case}");
-        let at = |kind, src, dst| w.first_sent(src, dst, kind).unwrap();
+        assert_eq!(w.net.count_sent(MessageType::TunReq), 1, "{case}");
+        let at = |kind, src, dst| w.net.first_sent(src, dst, kind).unwrap();
         let to_cn = at(MessageType::RouteDir, Some(DC), Some(cn_pub));
         let cn_ack = at(MessageType::RouteAck, Some(cn_pub), Some(DC));
         let to_mn = at(MessageType::RouteDir, Some(DC), Some(mn_pub));
@@ -787,10 +429,14 @@ fn on_direct_mn_gets_its_route_dir_only_after_cn_route_ack() {
             "{case}: no ROUTE_DIR to MN before CN's ROUTE_ACK"
         );
         assert!(to_mn < tun_req, "{case}");
-        assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), 1, "{case}");
-        let (mn, _) = w.one_tunnel(0, 1);
+        assert_eq!(
+            w.net.count_sent_to(mn_pub, MessageType::RouteDir),
+            1,
+            "{case}"
+        );
+        let (mn, _) = one_tunnel(&w, 0, 1);
         assert_eq!(mn.path, Path::Direct, "{case}");
-        let t = w.dc.tunnel(mn.id).unwrap();
+        let t = w.dc.tunnel(mn.tunnel_id).unwrap();
         assert!(t.directed && t.acked, "{case}");
         w.assert_data_both_ways(0, 1);
     }
@@ -798,9 +444,9 @@ fn on_direct_mn_gets_its_route_dir_only_after_cn_route_ack() {
     let mut w = pair(false, false);
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent(MessageType::RouteDir), 2);
-    assert_eq!(w.count_sent(MessageType::DirReq), 1);
-    assert_eq!(w.count_sent(MessageType::TunReq), 1);
+    assert_eq!(w.net.count_sent(MessageType::RouteDir), 2);
+    assert_eq!(w.net.count_sent(MessageType::DirReq), 1);
+    assert_eq!(w.net.count_sent(MessageType::TunReq), 1);
 }
 
 #[test]
@@ -809,7 +455,7 @@ fn on_reverse_both_route_dirs_go_out_at_once_mns_first() {
     let (mn_pub, cn_pub) = (w.public(0), w.public(1));
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    let at = |kind, src, dst| w.first_sent(src, dst, kind).unwrap();
+    let at = |kind, src, dst| w.net.first_sent(src, dst, kind).unwrap();
     let to_mn = at(MessageType::RouteDir, Some(DC), Some(mn_pub));
     let to_cn = at(MessageType::RouteDir, Some(DC), Some(cn_pub));
     let cn_ack = at(MessageType::RouteAck, Some(cn_pub), Some(DC));
@@ -821,8 +467,8 @@ fn on_reverse_both_route_dirs_go_out_at_once_mns_first() {
     );
     assert!(to_mn < tun_req);
     // CN's TUN_REQ, a hop behind MN's copy, finds MN ready.
-    assert_eq!(w.count_sent(MessageType::TunReq), 1);
-    let (mn, _) = w.one_tunnel(0, 1);
+    assert_eq!(w.net.count_sent(MessageType::TunReq), 1);
+    let (mn, _) = one_tunnel(&w, 0, 1);
     assert_eq!(mn.path, Path::Reverse);
     w.assert_data_both_ways(0, 1);
 
@@ -834,8 +480,8 @@ fn on_reverse_both_route_dirs_go_out_at_once_mns_first() {
     slow_from_dc(&mut w, mn_pub);
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent(MessageType::TunReq), 2);
-    w.one_tunnel(0, 1);
+    assert_eq!(w.net.count_sent(MessageType::TunReq), 2);
+    one_tunnel(&w, 0, 1);
     w.assert_data_both_ways(0, 1);
 }
 
@@ -846,45 +492,43 @@ fn a_dir_req_retransmitted_while_cn_has_not_acked_gets_one_answer() {
         let (mn_pub, cn_pub) = (w.public(0), w.public(1));
         // CN's first two copies are lost: it acks the third (~0.8 s), after
         // MN's DIR_REQ went out again at 0.25 and 0.75 s.
-        let mut lost = 0;
-        w.drop = Box::new(move |f| {
-            if f.dst == cn_pub && is(f, MessageType::RouteDir) && lost < 2 {
-                lost += 1;
-                return true;
-            }
-            false
-        });
+        w.net
+            .lose_first(2, move |f| f.dst == cn_pub && f.is(MessageType::RouteDir));
         let req = w.connect(0, "cn.ntm.test");
         assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))), "{path:?}");
-        assert_eq!(w.count_sent_to(DC, MessageType::DirReq), 3, "{path:?}");
+        assert_eq!(w.net.count_sent_to(DC, MessageType::DirReq), 3, "{path:?}");
         assert_eq!(w.dc.stats().dir_reqs, 1);
         assert_eq!(w.dc.stats().dir_req_repeats, 2);
         assert_eq!(w.dc.stats().relayed, u64::from(nat));
         assert_eq!(w.dc.stats().direct, u64::from(!nat));
         assert_eq!(w.dc.tunnels().count(), 1);
-        assert_eq!(w.count_sent(MessageType::RelayDir), usize::from(nat));
-        assert_eq!(w.count_sent_to(cn_pub, MessageType::RouteDir), 3);
+        assert_eq!(w.net.count_sent(MessageType::RelayDir), usize::from(nat));
+        assert_eq!(w.net.count_sent_to(cn_pub, MessageType::RouteDir), 3);
         assert_eq!(
-            w.count_sent_to(mn_pub, MessageType::RouteDir),
+            w.net.count_sent_to(mn_pub, MessageType::RouteDir),
             1,
             "{path:?}: nothing to MN while waiting, then one ROUTE_DIR"
         );
-        let cn_ack = w.first_sent(Some(cn_pub), Some(DC), MessageType::RouteAck);
-        let to_mn = w.first_sent(Some(DC), Some(mn_pub), MessageType::RouteDir);
+        let cn_ack = w
+            .net
+            .first_sent(Some(cn_pub), Some(DC), MessageType::RouteAck);
+        let to_mn = w
+            .net
+            .first_sent(Some(DC), Some(mn_pub), MessageType::RouteDir);
         assert!(cn_ack.unwrap() < to_mn.unwrap());
-        let (mn, _) = w.one_tunnel(0, 1);
+        let (mn, _) = one_tunnel(&w, 0, 1);
         assert_eq!(mn.path, path);
         assert_eq!(
-            w.count_sent_from(mn_pub, MessageType::TunReq),
+            w.net.count_sent_from(mn_pub, MessageType::TunReq),
             1,
             "{path:?}"
         );
         w.assert_data_both_ways(0, 1);
         // A late repeat of the DIR_REQ gets the same tunnel again.
-        let before = w.count_sent_to(mn_pub, MessageType::RouteDir);
+        let before = w.net.count_sent_to(mn_pub, MessageType::RouteDir);
         w.run_for(Duration::from_secs(10));
         assert_eq!(w.dc.tunnels().count(), 1);
-        assert_eq!(w.count_sent_to(mn_pub, MessageType::RouteDir), before);
+        assert_eq!(w.net.count_sent_to(mn_pub, MessageType::RouteDir), before);
     }
 }
 
@@ -893,17 +537,17 @@ fn a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
     // On RELAY, RS losses delay RELAY_ACK to the last RELAY_DIR (1.75 s):
     // MN must still hear UNREACHABLE before its own DIR_REQ gives up
     // (7.75 s). On DIRECT CN's copies start with the DIR_REQ.
-    let last_relay_dir = crate::coordinator::RELAY_DIR_TRIES - 1;
+    let last_relay_dir = RELAY_DIR_TRIES - 1;
     for (relay, rs_lost) in [(true, 0), (true, last_relay_dir), (false, 0)] {
         let mut w = pair(relay, relay);
         let (mn_pub, cn_pub) = (w.public(0), w.public(1));
         let mut lost = 0;
-        w.drop = Box::new(move |f| {
-            if f.dst == RS && is(f, MessageType::RelayDir) && lost < rs_lost {
+        w.net.drop = Box::new(move |f| {
+            if f.dst == RS && f.is(MessageType::RelayDir) && lost < rs_lost {
                 lost += 1;
                 return true;
             }
-            f.dst == DC && is(f, MessageType::RouteAck)
+            f.dst == DC && f.is(MessageType::RouteAck)
         });
         let req = w.connect(0, "cn.ntm.test");
         w.run_for(Duration::from_secs(10));
@@ -915,20 +559,24 @@ fn a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
             w.dc.stats_line()
         );
         let relay_dirs = if relay { rs_lost as usize + 1 } else { 0 };
-        assert_eq!(w.count_sent(MessageType::RelayDir), relay_dirs, "{case}");
         assert_eq!(
-            w.count_sent_to(cn_pub, MessageType::RouteDir),
+            w.net.count_sent(MessageType::RelayDir),
+            relay_dirs,
+            "{case}"
+        );
+        assert_eq!(
+            w.net.count_sent_to(cn_pub, MessageType::RouteDir),
             CN_FIRST_ROUTE_DIR_TRIES as usize,
             "{case}"
         );
         assert_eq!(
-            w.count_sent_to(mn_pub, MessageType::RouteDir),
+            w.net.count_sent_to(mn_pub, MessageType::RouteDir),
             1,
             "{case}: only the UNREACHABLE"
         );
         assert_eq!(w.dc.stats().route_dir_failures, 1);
         assert_eq!(w.dc.stats().route_acks, 0);
-        assert_eq!(w.count_sent(MessageType::TunReq), 0);
+        assert_eq!(w.net.count_sent(MessageType::TunReq), 0);
         assert!(w.tunnel_ups(0).is_empty());
         let t = w.dc.tunnels().next().unwrap();
         assert!(!t.directed && !t.acked);
@@ -936,7 +584,7 @@ fn a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
         // no second tunnel.
         let mn_id = w.dc.node_id("mn.ntm.test").unwrap();
         let again = seal(
-            &node_key("mn.ntm.test"),
+            &fqdn_key("mn.ntm.test"),
             mn_id,
             u64::MAX / 2,
             Message::DirReq(DirReq {
@@ -944,7 +592,7 @@ fn a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
                 fqdn: Fqdn::new("cn.ntm.test").unwrap(),
             }),
         );
-        let now = w.now;
+        let now = w.now();
         w.dc.handle(now, mn_pub, &again).unwrap();
         let out = drain(&mut w.dc, now);
         assert_eq!(out.len(), 1);
@@ -964,11 +612,11 @@ fn a_cn_that_never_acks_makes_the_direction_unreachable_in_time() {
 fn relay_without_any_rs_configured_is_unreachable() {
     let mut cfg = dc_config();
     cfg.relays.clear();
-    let mut w = World::with_config(cfg);
+    let mut w = world_with(cfg);
     let n1 = w.add_nat(NAT1);
     let n2 = w.add_nat(NAT2);
-    w.add_host("mn.ntm.test", MN_PRIVATE, Some(n1));
-    w.add_host("cn.ntm.test", CN_PRIVATE, Some(n2));
+    w.add_node("mn.ntm.test", MN_PRIVATE, Some(n1));
+    w.add_node("cn.ntm.test", CN_PRIVATE, Some(n2));
     w.run_for(Duration::from_secs(1));
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(
@@ -984,40 +632,23 @@ fn relay_without_any_rs_configured_is_unreachable() {
 #[test]
 fn relay_dir_is_retransmitted_until_acked_before_route_dirs_go_out() {
     let mut w = pair(true, true);
-    let mut lost = 0;
-    w.drop = Box::new(move |f| {
-        if f.dst == RS
-            && Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == MessageType::RelayDir)
-            && lost < 2
-        {
-            lost += 1;
-            return true;
-        }
-        false
-    });
+    w.net
+        .lose_first(2, |f| f.dst == RS && f.is(MessageType::RelayDir));
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent(MessageType::RelayDir), 3);
+    assert_eq!(w.net.count_sent(MessageType::RelayDir), 3);
     assert_eq!(w.dc.stats().relay_acks, 1);
-    let first_route = w
-        .sent
-        .iter()
-        .position(|s| s.3 == MessageType::RouteDir)
-        .unwrap();
-    let first_ack = w
-        .sent
-        .iter()
-        .position(|s| s.3 == MessageType::RelayAck)
-        .unwrap();
+    let first_route = w.net.first_sent(None, None, MessageType::RouteDir).unwrap();
+    let first_ack = w.net.first_sent(None, None, MessageType::RelayAck).unwrap();
     assert!(first_ack < first_route);
-    w.one_tunnel(0, 1);
+    one_tunnel(&w, 0, 1);
     w.assert_data_both_ways(0, 1);
 }
 
 #[test]
 fn an_rs_that_never_acks_makes_the_direction_unreachable() {
     let mut w = pair(true, true);
-    w.drop = Box::new(|f| f.dst == RS);
+    w.net.drop = Box::new(|f| f.dst == RS);
     let req = w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(10));
     assert_eq!(
@@ -1025,15 +656,15 @@ fn an_rs_that_never_acks_makes_the_direction_unreachable() {
         Some(Err(DirError::Status(Status::Unreachable)))
     );
     assert_eq!(
-        w.count_sent(MessageType::RelayDir),
-        crate::coordinator::RELAY_DIR_TRIES as usize
+        w.net.count_sent(MessageType::RelayDir),
+        RELAY_DIR_TRIES as usize
     );
     assert!(
-        w.count_sent_to(w.public(0), MessageType::RouteDir) >= 1,
+        w.net.count_sent_to(w.public(0), MessageType::RouteDir) >= 1,
         "MN's UNREACHABLE"
     );
     assert_eq!(
-        w.count_sent_to(w.public(1), MessageType::RouteDir),
+        w.net.count_sent_to(w.public(1), MessageType::RouteDir),
         0,
         "nothing to CN"
     );
@@ -1044,27 +675,18 @@ fn an_rs_that_never_acks_makes_the_direction_unreachable() {
 #[test]
 fn cn_route_dir_is_retransmitted_until_route_ack() {
     let mut w = pair(false, false);
-    let mut lost = 0;
-    w.drop = Box::new(move |f| {
-        if f.dst == CN_PUBLIC
-            && Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == MessageType::RouteDir)
-            && lost < 2
-        {
-            lost += 1;
-            return true;
-        }
-        false
-    });
+    w.net
+        .lose_first(2, |f| f.dst == CN_PUBLIC && f.is(MessageType::RouteDir));
     let req = w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(2));
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 3);
-    assert_eq!(w.count_sent(MessageType::RouteAck), 1);
-    let (mn, _) = w.one_tunnel(0, 1);
-    assert!(w.dc.tunnel(mn.id).unwrap().acked);
+    assert_eq!(w.net.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 3);
+    assert_eq!(w.net.count_sent(MessageType::RouteAck), 1);
+    let (mn, _) = one_tunnel(&w, 0, 1);
+    assert!(w.dc.tunnel(mn.tunnel_id).unwrap().acked);
     // Acknowledged: no further copies.
     w.run_for(Duration::from_secs(10));
-    assert_eq!(w.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 3);
+    assert_eq!(w.net.count_sent_to(CN_PUBLIC, MessageType::RouteDir), 3);
     w.assert_data_both_ways(0, 1);
 }
 
@@ -1073,13 +695,13 @@ fn on_reverse_a_cn_that_never_acks_gets_five_copies_and_the_tunnel_comes_up() {
     // MN's answer never waited for the ack on REVERSE.
     let mut w = pair(false, true);
     let cn_pub = w.public(1);
-    w.drop = Box::new(|f| f.dst == DC && is(f, MessageType::RouteAck));
+    w.net.drop = Box::new(|f| f.dst == DC && f.is(MessageType::RouteAck));
     let req = w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(10));
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent_to(cn_pub, MessageType::RouteDir), 5);
+    assert_eq!(w.net.count_sent_to(cn_pub, MessageType::RouteDir), 5);
     assert_eq!(w.dc.stats().route_dir_failures, 1);
-    let (mn, _) = w.one_tunnel(0, 1);
+    let (mn, _) = one_tunnel(&w, 0, 1);
     assert_eq!(mn.path, Path::Reverse);
     w.assert_data_both_ways(0, 1);
 }
@@ -1087,24 +709,15 @@ fn on_reverse_a_cn_that_never_acks_gets_five_copies_and_the_tunnel_comes_up() {
 #[test]
 fn retransmitted_dir_req_gets_the_same_route_dir_and_no_second_tunnel() {
     let mut w = pair(false, false);
-    let mut lost = 0;
-    w.drop = Box::new(move |f| {
-        if f.dst == MN_PUBLIC
-            && Packet::new_checked(&f.data[..]).is_ok_and(|p| p.msg_type() == MessageType::RouteDir)
-            && lost < 1
-        {
-            lost += 1;
-            return true;
-        }
-        false
-    });
+    w.net
+        .lose_first(1, |f| f.dst == MN_PUBLIC && f.is(MessageType::RouteDir));
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent(MessageType::DirReq), 2);
+    assert_eq!(w.net.count_sent(MessageType::DirReq), 2);
     assert_eq!(w.dc.stats().dir_reqs, 1);
     assert_eq!(w.dc.stats().dir_req_repeats, 1);
     assert_eq!(w.dc.tunnels().count(), 1);
-    w.one_tunnel(0, 1);
+    one_tunnel(&w, 0, 1);
     w.assert_data_both_ways(0, 1);
 }
 
@@ -1112,13 +725,13 @@ fn retransmitted_dir_req_gets_the_same_route_dir_and_no_second_tunnel() {
 fn duplicated_datagrams_everywhere_are_idempotent() {
     for (mn_nat, cn_nat) in [(false, false), (false, true), (true, true)] {
         let mut w = pair(mn_nat, cn_nat);
-        w.duplicate = true;
+        w.net.duplicate = true;
         let req = w.connect(0, "cn.ntm.test");
         assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
         assert_eq!(w.dc.tunnels().count(), 1);
-        w.one_tunnel(0, 1);
+        one_tunnel(&w, 0, 1);
         assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
-        w.duplicate = false;
+        w.net.duplicate = false;
         w.assert_data_both_ways(0, 1);
         // Duplicates are replays at the DC: dropped and counted, never acted on twice.
         assert!(w.dc.drops().get(Error::Replay.into()) > 0);
@@ -1156,15 +769,15 @@ fn a_lapsed_node_keeps_its_vip_until_the_lease_ends() {
     let mut cfg = dc_config();
     cfg.vip_pool = "100.64.0.0/29".into();
     cfg.lease_secs = 120;
-    let mut w = World::with_config(cfg);
+    let mut w = world_with(cfg);
     let hosts: Vec<usize> = (0..5)
-        .map(|i| w.add_host(FQDNS[i], addr(198, 18, 0, 30 + i as u8, 7700), None))
+        .map(|i| w.add_node(FQDNS[i], addr(198, 18, 0, 30 + i as u8, 7700), None))
         .collect();
     w.run_for(Duration::from_secs(1));
     let vips: HashSet<Ipv4Addr> = hosts.iter().map(|&i| w.vip(i)).collect();
     assert_eq!(vips.len(), 5);
     // The pool is full: a sixth node is refused.
-    let f = w.add_host(FQDNS[5], addr(198, 18, 0, 40, 7700), None);
+    let f = w.add_node(FQDNS[5], addr(198, 18, 0, 40, 7700), None);
     w.run_for(Duration::from_secs(1));
     assert!(w.events(f).iter().any(|e| matches!(
         e,
@@ -1172,11 +785,11 @@ fn a_lapsed_node_keeps_its_vip_until_the_lease_ends() {
             reason: RegistrationError::Status(Status::Exhausted)
         }
     )));
-    w.hosts[f].running = false;
+    w.set_running(f, false);
 
     // Node 0 goes quiet: lapsed after three missed intervals, VIP kept.
     let v0 = w.vip(0);
-    w.hosts[0].running = false;
+    w.set_running(0, false);
     w.run_for(Duration::from_secs(80));
     let reg = w.dc.registration(FQDNS[0]).unwrap();
     assert!(!reg.is_active());
@@ -1189,17 +802,17 @@ fn a_lapsed_node_keeps_its_vip_until_the_lease_ends() {
     );
 
     // It comes back within the lease: the same VIP.
-    w.hosts[0].running = true;
+    w.set_running(0, true);
     w.run_for(Duration::from_secs(20));
     assert_eq!(w.registered(0).last().unwrap().0, v0);
     assert!(w.dc.registration(FQDNS[0]).unwrap().is_active());
 
     // Gone for good: after the lease the VIP is free and the sixth node gets it.
-    w.hosts[0].running = false;
+    w.set_running(0, false);
     w.run_for(Duration::from_secs(200));
     assert_eq!(w.dc.registration(FQDNS[0]), None);
     assert_eq!(w.dc.stats().released, 1);
-    w.hosts[f].running = true;
+    w.set_running(f, true);
     w.run_for(Duration::from_secs(15));
     assert_eq!(w.registered(f).last().unwrap().0, v0);
 }
@@ -1208,9 +821,10 @@ fn a_lapsed_node_keeps_its_vip_until_the_lease_ends() {
 fn deregistration_makes_a_node_unreachable() {
     let mut w = pair(false, false);
     let v1 = w.vip(1);
-    w.hosts[1].ep.close(w.now);
+    let now = w.now();
+    w.nodes[1].ep.close(now);
     w.run_for(Duration::from_secs(1));
-    w.hosts[1].running = false;
+    w.set_running(1, false);
     assert_eq!(w.dc.stats().deregistrations, 1);
     let reg = w.dc.registration("cn.ntm.test").unwrap();
     assert!(!reg.is_active());
@@ -1228,9 +842,9 @@ fn dc_restart_keeps_tunnels_and_nodes_reregister_on_error() {
         let mut w = pair(mn_nat, cn_nat);
         let (v0, v1) = (w.vip(0), w.vip(1));
         w.connect(0, "cn.ntm.test");
-        w.one_tunnel(0, 1);
+        one_tunnel(&w, 0, 1);
         // A new DC process: no state, another seed, a later clock.
-        w.dc = new_dc(&w.cfg, w.now, 2);
+        *w.dc = new_dc(&w.dc.cfg, w.now(), 2);
         // The next keep-alive (within one 20 s interval) gets ERROR, and the
         // node re-registers at once instead of waiting out its 70 s time-out.
         w.run_for(Duration::from_secs(25));
@@ -1244,7 +858,7 @@ fn dc_restart_keeps_tunnels_and_nodes_reregister_on_error() {
         );
         w.assert_data_both_ways(0, 1);
         // And the new DC directs new tunnels.
-        let a = w.add_host("a.ntm.test", addr(198, 18, 0, 60, 7700), None);
+        let a = w.add_node("a.ntm.test", addr(198, 18, 0, 60, 7700), None);
         w.run_for(Duration::from_secs(1));
         let req = w.connect(0, "a.ntm.test");
         assert_eq!(w.resolved(0, req), Some(Ok(w.vip(a))));
@@ -1307,7 +921,7 @@ fn parse(d: &[u8]) -> Repr<'_> {
 fn registration_lapses_after_three_missed_keepalive_intervals() {
     let t0 = Instant::now();
     let mut dc = new_dc(&dc_config(), t0, 3);
-    let k = node_key("a.ntm.test");
+    let k = fqdn_key("a.ntm.test");
     let from = addr(198, 18, 0, 50, 7700);
     dc.handle(t0, from, &reg_req("a.ntm.test", &k, T0_NANOS, from))
         .unwrap();
@@ -1369,7 +983,7 @@ fn registration_lapses_after_three_missed_keepalive_intervals() {
 fn bad_datagrams_are_dropped_and_counted_by_reason() {
     let t0 = Instant::now();
     let mut dc = new_dc(&dc_config(), t0, 4);
-    let k = node_key("a.ntm.test");
+    let k = fqdn_key("a.ntm.test");
     let from = addr(198, 18, 0, 50, 7700);
     let good = reg_req("a.ntm.test", &k, T0_NANOS, from);
     dc.handle(t0, from, &good).unwrap();
@@ -1384,7 +998,7 @@ fn bad_datagrams_are_dropped_and_counted_by_reason() {
             DropReason::UnknownFqdn,
         ),
         (
-            reg_req("a.ntm.test", &node_key("b.ntm.test"), T0_NANOS + 6, from),
+            reg_req("a.ntm.test", &fqdn_key("b.ntm.test"), T0_NANOS + 6, from),
             Error::BadTag.into(),
         ),
         (
@@ -1468,7 +1082,7 @@ fn bad_datagrams_are_dropped_and_counted_by_reason() {
 fn route_dirs_carry_keys_wrapped_for_each_end() {
     let t0 = Instant::now();
     let mut dc = new_dc(&dc_config(), t0, 5);
-    let (ka, kb) = (node_key("a.ntm.test"), node_key("b.ntm.test"));
+    let (ka, kb) = (fqdn_key("a.ntm.test"), fqdn_key("b.ntm.test"));
     let (fa, fb) = (addr(198, 18, 0, 50, 7700), addr(198, 18, 0, 51, 7700));
     dc.handle(t0, fa, &reg_req("a.ntm.test", &ka, T0_NANOS, fa))
         .unwrap();
@@ -1559,7 +1173,7 @@ fn random_and_mutated_datagrams_never_panic_and_every_drop_is_counted() {
     use rand::{Rng, SeedableRng};
     let t0 = Instant::now();
     let mut dc = new_dc(&dc_config(), t0, 6);
-    let k = node_key("a.ntm.test");
+    let k = fqdn_key("a.ntm.test");
     let from = addr(198, 18, 0, 50, 7700);
     dc.handle(t0, from, &reg_req("a.ntm.test", &k, T0_NANOS, from))
         .unwrap();
@@ -1629,7 +1243,7 @@ fn reg_resp_echoes_the_req_id_also_when_refused() {
     let mut cfg = dc_config();
     cfg.max_registrations = 1;
     let mut dc = new_dc(&cfg, t0, 9);
-    let (ka, kb) = (node_key("a.ntm.test"), node_key("b.ntm.test"));
+    let (ka, kb) = (fqdn_key("a.ntm.test"), fqdn_key("b.ntm.test"));
     let (fa, fb) = (addr(198, 18, 0, 50, 7700), addr(198, 18, 0, 51, 7700));
     dc.handle(
         t0,
@@ -1671,7 +1285,7 @@ fn reg_resp_echoes_the_req_id_also_when_refused() {
 fn a_recorded_reg_req_played_back_is_refused_across_registrations() {
     let t0 = Instant::now();
     let mut dc = new_dc(&dc_config(), t0, 7);
-    let k = node_key("a.ntm.test");
+    let k = fqdn_key("a.ntm.test");
     let (home, away) = (addr(198, 18, 0, 50, 7700), addr(198, 18, 0, 51, 7700));
     let attacker = addr(203, 0, 113, 9, 5555);
     let recorded = reg_req_with("a.ntm.test", &k, T0_NANOS, home, 0xfeed);
@@ -1742,12 +1356,12 @@ fn recorded_dir_req_route_ack_and_reg_req_played_back_are_refused() {
     let attacker = addr(203, 0, 113, 9, 5555);
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    w.one_tunnel(0, 1);
-    let dir_req = w.recorded(mn_pub, DC, MessageType::DirReq);
-    let route_ack = w.recorded(cn_pub, DC, MessageType::RouteAck);
-    let reg_req = w.recorded(mn_pub, DC, MessageType::RegReq);
+    one_tunnel(&w, 0, 1);
+    let dir_req = w.net.recorded(mn_pub, DC, MessageType::DirReq);
+    let route_ack = w.net.recorded(cn_pub, DC, MessageType::RouteAck);
+    let reg_req = w.net.recorded(mn_pub, DC, MessageType::RegReq);
     assert_eq!((dir_req.len(), route_ack.len(), reg_req.len()), (1, 1, 1));
-    let route_dirs = w.count_sent(MessageType::RouteDir);
+    let route_dirs = w.net.count_sent(MessageType::RouteDir);
 
     // At once, while the DC remembers the direction (from MN's address, as
     // a verbatim copy), and after it forgot it (from the attacker's).
@@ -1756,8 +1370,8 @@ fn recorded_dir_req_route_ack_and_reg_req_played_back_are_refused() {
         (DIRECTION_RETENTION + Duration::from_secs(5), attacker),
     ] {
         w.run_for(wait);
-        w.inject(src, DC, dir_req[0].data.clone());
-        w.inject(src, DC, route_ack[0].data.clone());
+        w.net.inject(src, DC, dir_req[0].data.clone());
+        w.net.inject(src, DC, route_ack[0].data.clone());
         w.run_for(Duration::from_secs(2));
     }
     assert_eq!(w.dc.drops().get(Error::Replay.into()), 4);
@@ -1766,20 +1380,20 @@ fn recorded_dir_req_route_ack_and_reg_req_played_back_are_refused() {
         (w.dc.stats().dir_reqs, w.dc.stats().dir_req_repeats),
         (1, 0)
     );
-    assert_eq!(w.count_sent(MessageType::RouteDir), route_dirs);
+    assert_eq!(w.net.count_sent(MessageType::RouteDir), route_dirs);
     assert_eq!(w.dc.tunnels().count(), 0, "forgotten, not made again");
     assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
     assert_eq!(w.tunnel_ups(1).len(), 1);
     w.assert_data_both_ways(0, 1);
 
     // MN's REG_REQ from the attacker's address: MN stays registered where it is.
-    w.inject(attacker, DC, reg_req[0].data.clone());
+    w.net.inject(attacker, DC, reg_req[0].data.clone());
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.dc.drops().get(Error::Replay.into()), 5);
     assert_eq!(w.dc.registration("mn.ntm.test").unwrap().observed, mn_pub);
     assert_eq!(w.dc.stats().renewals, 0);
     assert!(
-        w.sent.iter().all(|s| s.2 != attacker),
+        w.net.wire.iter().all(|d| d.dst != attacker),
         "nothing to the attacker"
     );
 }
@@ -1793,12 +1407,12 @@ fn every_retransmission_is_sealed_anew_with_the_next_seq() {
     let mut w = pair(true, true);
     let cn_pub = w.public(1);
     let (mut lost_relay_dirs, mut lost_route_dirs) = (0, 0);
-    w.drop = Box::new(move |f| {
-        if f.dst == RS && is(f, MessageType::RelayDir) && lost_relay_dirs < 2 {
+    w.net.drop = Box::new(move |f| {
+        if f.dst == RS && f.is(MessageType::RelayDir) && lost_relay_dirs < 2 {
             lost_relay_dirs += 1;
             return true;
         }
-        if f.dst == cn_pub && is(f, MessageType::RouteDir) && lost_route_dirs < 2 {
+        if f.dst == cn_pub && f.is(MessageType::RouteDir) && lost_route_dirs < 2 {
             lost_route_dirs += 1;
             return true;
         }
@@ -1807,16 +1421,16 @@ fn every_retransmission_is_sealed_anew_with_the_next_seq() {
     let req = w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(3));
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
-    let relay_dirs = w.recorded(DC, RS, MessageType::RelayDir);
-    let to_cn = w.recorded(DC, cn_pub, MessageType::RouteDir);
+    let relay_dirs = w.net.recorded(DC, RS, MessageType::RelayDir);
+    let to_cn = w.net.recorded(DC, cn_pub, MessageType::RouteDir);
     assert_eq!((relay_dirs.len(), to_cn.len()), (3, 3));
-    let seq = |f: &Flight| parse(&f.data).header.seq;
+    let seq = |f: &Datagram| parse(&f.data).header.seq;
     for copies in [&relay_dirs, &to_cn] {
         let seqs: Vec<u64> = copies.iter().map(seq).collect();
         assert!(seqs.windows(2).all(|p| p[0] < p[1]), "{seqs:?}");
     }
     // CN's three copies: one tunnel, one K_tun, each wrapped for its own seq.
-    let auth = Authenticator::new(&node_key("cn.ntm.test"));
+    let auth = Authenticator::new(&fqdn_key("cn.ntm.test"));
     let keys: Vec<(u32, Key)> = to_cn
         .iter()
         .map(|f| {
@@ -1836,20 +1450,20 @@ fn every_retransmission_is_sealed_anew_with_the_next_seq() {
         .collect();
     assert!(keys.iter().all(|k| *k == keys[0]));
     // Everything the DC sent: strictly increasing seqs from its start (Unix ns).
-    let dc_seqs: Vec<u64> = w.wire.iter().filter(|f| f.src == DC).map(seq).collect();
+    let dc_seqs: Vec<u64> = w.net.wire.iter().filter(|f| f.src == DC).map(seq).collect();
     assert!(dc_seqs[0] > 1_700_000_000_000_000_000);
     assert!(dc_seqs.windows(2).all(|p| p[0] < p[1]));
     // Nobody saw a replay: each retransmission passed its receiver's window.
     assert_eq!(w.rs.drops().get(Error::Replay.into()), 0);
-    assert_eq!(w.hosts[1].ep.drops().get(Error::Replay), 0);
+    assert_eq!(w.nodes[1].ep.drops().get(Error::Replay), 0);
     assert_eq!(w.dc.stats().relay_acks, 1);
-    w.one_tunnel(0, 1);
+    one_tunnel(&w, 0, 1);
     w.assert_data_both_ways(0, 1);
 
     // The RS's RELAY_ACK, played back to the DC: a replay, dropped.
-    let relay_ack = w.recorded(RS, DC, MessageType::RelayAck);
+    let relay_ack = w.net.recorded(RS, DC, MessageType::RelayAck);
     assert_eq!(relay_ack.len(), 1);
-    w.inject(RS, DC, relay_ack[0].data.clone());
+    w.net.inject(RS, DC, relay_ack[0].data.clone());
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.dc.drops().get(Error::Replay.into()), 1);
     assert_eq!(w.dc.drops().get(DropReason::StaleAck), 0);
@@ -1861,7 +1475,7 @@ fn every_retransmission_is_sealed_anew_with_the_next_seq() {
 /// node gets directions again once its old ones aged out.
 #[test]
 fn the_257th_direction_from_one_node_is_exhausted_while_another_node_still_gets_ok() {
-    use crate::coordinator::{MAX_DIRECTIONS_PER_NODE, SWEEP_INTERVAL};
+    use ntm_dc::coordinator::{MAX_DIRECTIONS_PER_NODE, SWEEP_INTERVAL};
     let t0 = Instant::now();
     let mut dc = new_dc(&dc_config(), t0, 8);
     let names = ["a.ntm.test", "b.ntm.test", "c.ntm.test"];
@@ -1869,14 +1483,14 @@ fn the_257th_direction_from_one_node_is_exhausted_while_another_node_still_gets_
     let mut seq = T0_NANOS;
     for (n, a) in names.iter().zip(&from) {
         seq += 1;
-        dc.handle(t0, *a, &reg_req(n, &node_key(n), seq, *a))
+        dc.handle(t0, *a, &reg_req(n, &fqdn_key(n), seq, *a))
             .unwrap();
     }
     drain(&mut dc, t0);
     let ids: Vec<u32> = names.iter().map(|n| dc.node_id(n).unwrap()).collect();
     let dir_req = |seq: u64, i: usize, req_id: u32, target: &str| {
         seal(
-            &node_key(names[i]),
+            &fqdn_key(names[i]),
             ids[i],
             seq,
             Message::DirReq(DirReq {
@@ -1939,7 +1553,7 @@ fn the_257th_direction_from_one_node_is_exhausted_while_another_node_still_gets_
         t0,
         from[1],
         &seal(
-            &node_key(names[1]),
+            &fqdn_key(names[1]),
             ids[1],
             seq,
             Message::RouteAck(RouteAck { tunnel_id }),
@@ -1986,13 +1600,13 @@ fn tunnel_suite_1_and_2_configs_both_produce_working_route_dirs() {
             let req = w.connect(0, "cn.ntm.test");
             assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))), "{case}");
             // Both ends run the DC's suite (one_tunnel checks it too).
-            let (mn, cn) = w.one_tunnel(0, 1);
+            let (mn, cn) = one_tunnel(&w, 0, 1);
             assert_eq!((mn.suite, cn.suite), (suite, suite), "{case}");
             // The SUITE TLV of every ROUTE_DIR as sent (verified with K_node).
             let mut seen = 0;
             for i in [0, 1] {
-                let auth = Authenticator::new(&node_key(FQDNS[i]));
-                for f in w.recorded(DC, w.public(i), MessageType::RouteDir) {
+                let auth = Authenticator::new(&fqdn_key(FQDNS[i]));
+                for f in w.net.recorded(DC, w.public(i), MessageType::RouteDir) {
                     auth.verify(&f.data).unwrap();
                     assert_eq!(f.data[3], 1, "{case}: signaling stays suite 1");
                     assert_eq!(route_dir(&f.data).1.map(|r| r.1), Ok(suite), "{case}");
@@ -2001,7 +1615,12 @@ fn tunnel_suite_1_and_2_configs_both_produce_working_route_dirs() {
             }
             assert_eq!(seen, 2, "{case}");
             w.assert_data_both_ways(0, 1);
-            let data: Vec<&Flight> = w.wire.iter().filter(|f| is(f, MessageType::Data)).collect();
+            let data: Vec<&Datagram> = w
+                .net
+                .wire
+                .iter()
+                .filter(|f| f.is(MessageType::Data))
+                .collect();
             assert!(!data.is_empty(), "{case}");
             for f in data {
                 assert_eq!(f.data[3], n, "{case}: DATA in the tunnel's suite");
@@ -2018,7 +1637,7 @@ fn tunnel_suite_1_and_2_configs_both_produce_working_route_dirs() {
 fn reload_keeps_unchanged_nodes_and_ends_removed_and_rekeyed_ones() {
     // Three nodes: mn stays, cn is re-keyed, a is removed; a new one is added.
     let mut w = pair(false, false);
-    let a = w.add_host("a.ntm.test", addr(198, 18, 0, 30, 7700), None);
+    let a = w.add_node("a.ntm.test", addr(198, 18, 0, 30, 7700), None);
     w.run_for(Duration::from_secs(2));
     let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
@@ -2029,7 +1648,7 @@ fn reload_keeps_unchanged_nodes_and_ends_removed_and_rekeyed_ones() {
     let mut cfg = dc_config();
     cfg.nodes.retain(|n| n.fqdn != "a.ntm.test");
     cfg.nodes
-        .push(NodeEntry::new("new.ntm.test", &node_key("new.ntm.test")));
+        .push(NodeEntry::new("new.ntm.test", &fqdn_key("new.ntm.test")));
     for n in &mut cfg.nodes {
         if n.fqdn == "cn.ntm.test" {
             n.key = Key::from_bytes([0x77; 32]).to_hex();
@@ -2056,10 +1675,10 @@ fn reload_keeps_unchanged_nodes_and_ends_removed_and_rekeyed_ones() {
     assert!(w.dc.registration("mn.ntm.test").unwrap().is_active());
     assert!(w.dc.registration("cn.ntm.test").is_none());
     assert!(w.dc.registration("a.ntm.test").is_none());
-    assert!(w.dc.drops().get(crate::DropReason::Proto(Error::BadTag)) > 0);
+    assert!(w.dc.drops().get(DropReason::Proto(Error::BadTag)) > 0);
     assert!(
-        w.dc.drops().get(crate::DropReason::UnknownFqdn) > 0
-            || w.dc.drops().get(crate::DropReason::UnknownNode) > 0
+        w.dc.drops().get(DropReason::UnknownFqdn) > 0
+            || w.dc.drops().get(DropReason::UnknownNode) > 0
     );
     let _ = a;
 }

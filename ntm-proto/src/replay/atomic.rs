@@ -1,6 +1,6 @@
 //! A replay window that several workers can check and mark at once, without a lock.
 //!
-//! Same contract as [`ntm_proto::ReplayWindow`] (2048 packets, RFC 6479 style ring of
+//! Same contract as the scalar [`super::ReplayWindow`] (2048 packets, RFC 6479 style ring of
 //! words, `u64::MAX` refused), but every word is an atomic that carries the tag of the
 //! block of 8 sequence numbers it currently holds next to their 8 "seen" bits:
 //!
@@ -35,10 +35,9 @@
 //! only while its 5-tuple stays the same, and veth picks the queue by the sending CPU,
 //! so after roaming (or on veth always) two workers may see the same tunnel.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Window size in packets, as [`ntm_proto::replay::WINDOW`].
-pub const WINDOW: u64 = ntm_proto::replay::WINDOW;
+use super::{ReplayCheck, WINDOW};
 
 const BLOCK_BITS_LOG: u32 = 3;
 const BLOCK_BITS: u64 = 1 << BLOCK_BITS_LOG;
@@ -66,13 +65,13 @@ impl Default for AtomicReplayWindow {
     fn default() -> Self {
         Self {
             last: AtomicU64::new(0),
-            ring: std::array::from_fn(|_| AtomicU64::new(0)),
+            ring: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
 
-impl std::fmt::Debug for AtomicReplayWindow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for AtomicReplayWindow {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("AtomicReplayWindow")
             .field("last", &self.last())
             .finish_non_exhaustive()
@@ -90,20 +89,46 @@ impl AtomicReplayWindow {
         self.last.load(Ordering::Acquire)
     }
 
-    /// Accepts and records `seq`, or returns false if it is a duplicate or older than
-    /// the window. Call only after the datagram authenticated (§5 order).
-    pub fn validate(&self, seq: u64) -> bool {
-        if seq == u64::MAX {
-            // Reserved, as in the scalar window: the window can never reach the end.
+    /// Whether `seq` would be accepted now, without recording it (another worker may
+    /// record it before this one does: only [`AtomicReplayWindow::validate`] decides).
+    pub fn check(&self, seq: u64) -> bool {
+        if self.outside(seq) {
             return false;
         }
+        let cur = self.word(seq).load(Ordering::Acquire);
+        let cur_tag = cur >> TAG_POS;
+        let tag = seq >> TAG_SHIFT;
+        cur_tag < tag || (cur_tag == tag && cur & Self::bit(seq) == 0)
+    }
+
+    /// Refused whatever its word holds: reserved (as in the scalar window, so that the
+    /// window can never reach the end), or older than the window.
+    #[inline(always)]
+    fn outside(&self, seq: u64) -> bool {
         let last = self.last.load(Ordering::Acquire);
-        if seq < last && last - seq >= WINDOW {
+        seq == u64::MAX || (seq < last && last - seq >= WINDOW)
+    }
+
+    #[inline]
+    fn word(&self, seq: u64) -> &AtomicU64 {
+        &self.ring[((seq >> BLOCK_BITS_LOG) & RING_MASK) as usize]
+    }
+
+    #[inline]
+    fn bit(seq: u64) -> u64 {
+        1u64 << (seq & (BLOCK_BITS - 1))
+    }
+
+    /// Accepts and records `seq`, or returns false if it is a duplicate or older than
+    /// the window. Call only after the datagram authenticated (§5 order).
+    #[inline]
+    pub fn validate(&self, seq: u64) -> bool {
+        if self.outside(seq) {
             return false;
         }
         let tag = seq >> TAG_SHIFT;
-        let bit = 1u64 << (seq & (BLOCK_BITS - 1));
-        let word = &self.ring[((seq >> BLOCK_BITS_LOG) & RING_MASK) as usize];
+        let bit = Self::bit(seq);
+        let word = self.word(seq);
         let mut cur = word.load(Ordering::Acquire);
         loop {
             let cur_tag = cur >> TAG_POS;
@@ -128,10 +153,23 @@ impl AtomicReplayWindow {
     }
 }
 
+/// Shared by the workers: `update` takes `&mut` of the reference only.
+impl ReplayCheck for &AtomicReplayWindow {
+    #[inline]
+    fn check(&self, seq: u64) -> bool {
+        AtomicReplayWindow::check(self, seq)
+    }
+
+    #[inline]
+    fn update(&mut self, seq: u64) -> bool {
+        self.validate(seq)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::ReplayWindow;
     use super::*;
-    use ntm_proto::ReplayWindow;
     use proptest::prelude::*;
 
     #[test]
@@ -159,7 +197,9 @@ mod tests {
     fn seq_zero_is_accepted_once_like_the_scalar_window() {
         let w = AtomicReplayWindow::new();
         let mut s = ReplayWindow::new();
+        assert_eq!(w.check(0), s.check(0));
         assert_eq!(w.validate(0), s.validate(0));
+        assert_eq!(w.check(0), s.check(0));
         assert_eq!(w.validate(0), s.validate(0));
     }
 
@@ -234,6 +274,7 @@ mod tests {
                     2 => { base += n * 7; base }            // jumps past the ring
                     _ => base,                              // duplicate of the top
                 };
+                prop_assert_eq!(w.check(seq), s.check(seq), "check {}", seq);
                 prop_assert_eq!(w.validate(seq), s.validate(seq), "seq {}", seq);
                 prop_assert_eq!(w.last(), s.last());
             }

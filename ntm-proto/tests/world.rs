@@ -1,17 +1,18 @@
-//! `node::Endpoint` in a virtual-time world (quinn-proto's `Pair` idea):
-//! nodes, NATs with address-and-port-restricted filtering, a minimal DC and
-//! a minimal RS written here, latency, loss and duplication knobs, and an
+//! `node::Endpoint` in a virtual-time world ([`ntm_proto::sim`]): nodes,
+//! NATs with address-and-port-restricted filtering, a minimal DC and a
+//! minimal RS written here, latency, loss and duplication knobs, and an
 //! attacker on the path who records datagrams and plays them back (the
 //! attacks that version 1 of the protocol fell to). No sockets, no clock.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ntm_proto::node::{
-    Config, DirError, DownReason, Endpoint, Event, Received, RegistrationError, ReqId,
-};
+use ntm_proto::node::{Config, DirError, DownReason, Endpoint, Event, Received, RegistrationError};
 use ntm_proto::retransmit::{Retransmit, RetransmitAction};
+use ntm_proto::sim::{self, fqdn_key, ipv4, DcWorld, NatId, NodeWorld, World as _};
 use ntm_proto::wire::{
     Caps, ErrorMsg, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegResp, Repr, Route,
     RouteDir, Vip,
@@ -25,15 +26,6 @@ const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
 const RS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), 7720);
 const LATENCY: Duration = Duration::from_millis(10);
 const TUNNEL_LIFETIME: u32 = 180;
-
-fn node_key(fqdn: &str) -> Key {
-    let mut k = [0u8; 32];
-    for (i, b) in fqdn.bytes().enumerate() {
-        k[i % 32] ^= b;
-    }
-    k[31] ^= 0x5a;
-    Key::from_bytes(k)
-}
 
 // ---------------------------------------------------------------- test DC
 
@@ -76,14 +68,16 @@ struct TestDc {
     suite: Suite,
     answered: HashMap<(u32, u32), Directed>,
     unacked: HashMap<(u32, u32), (Directed, Retransmit)>,
-    relay_keys: Vec<(u32, Key)>,
-    out: Vec<(SocketAddrV4, Vec<u8>)>,
+    /// `K_relay` of each RELAY tunnel, handed to the test RS out of band
+    /// (the real DC sends RELAY_DIR).
+    relay_keys: RelayKeys,
+    out: VecDeque<(SocketAddrV4, Vec<u8>)>,
     received: Vec<(MessageType, u32)>,
     silent: bool,
 }
 
 impl TestDc {
-    fn new(first_node: u32) -> TestDc {
+    fn new(first_node: u32, relay_keys: RelayKeys) -> TestDc {
         TestDc {
             nodes: HashMap::new(),
             leases: HashMap::new(),
@@ -94,8 +88,8 @@ impl TestDc {
             suite: Suite::Aes256Gcm,
             answered: HashMap::new(),
             unacked: HashMap::new(),
-            relay_keys: Vec::new(),
-            out: Vec::new(),
+            relay_keys,
+            out: VecDeque::new(),
             received: Vec::new(),
             silent: false,
         }
@@ -106,14 +100,20 @@ impl TestDc {
         self.seq
     }
 
-    fn send(&mut self, dst: SocketAddrV4, repr: Repr<'_>, auth: &Authenticator) -> Vec<u8> {
+    /// Seals `message` for node `id` with the next seq and sends it to `dst`.
+    fn send(&mut self, dst: SocketAddrV4, id: u32, message: Message<'_>, auth: &Authenticator) {
+        let header = Header {
+            id,
+            seq: self.next_seq(),
+            response_required: false,
+        };
+        let repr = Repr::new(header, message);
         let mut buf = vec![0u8; repr.buffer_len()];
         repr.emit_sealed(&mut buf, auth).unwrap();
-        self.out.push((dst, buf.clone()));
-        buf
+        self.out.push_back((dst, buf));
     }
 
-    fn handle(&mut self, now: Instant, from: SocketAddrV4, d: &[u8]) {
+    fn receive(&mut self, now: Instant, from: SocketAddrV4, d: &[u8]) {
         if self.silent {
             return;
         }
@@ -127,7 +127,7 @@ impl TestDc {
         self.received
             .push((repr.message.msg_type(), repr.header.id));
         if let Message::RegReq(r) = repr.message {
-            let auth = Authenticator::new(&node_key(r.fqdn.as_str()));
+            let auth = Authenticator::new(&fqdn_key(r.fqdn.as_str()));
             if auth.verify(d).is_err() {
                 return;
             }
@@ -168,19 +168,11 @@ impl TestDc {
                 keepalive_secs: 20,
                 lifetime_secs: 600,
             };
-            let seq = self.next_seq();
-            let resp = Repr::new(
-                Header {
-                    id,
-                    seq,
-                    response_required: false,
-                },
-                Message::RegResp(RegResp {
-                    req_id: r.req_id,
-                    result: Ok(lease),
-                }),
-            );
-            self.send(from, resp, &auth);
+            let resp = RegResp {
+                req_id: r.req_id,
+                result: Ok(lease),
+            };
+            self.send(from, id, Message::RegResp(resp), &auth);
             return;
         }
         let id = repr.header.id;
@@ -193,16 +185,8 @@ impl TestDc {
         let auth = node.auth.clone();
         match repr.message {
             Message::Keepalive => {
-                let seq = self.next_seq();
-                let ack = Repr::new(
-                    Header {
-                        id,
-                        seq,
-                        response_required: false,
-                    },
-                    Message::KeepaliveAck(KeepaliveAck { observed: from }),
-                );
-                self.send(from, ack, &auth);
+                let ack = KeepaliveAck { observed: from };
+                self.send(from, id, Message::KeepaliveAck(ack), &auth);
             }
             Message::DirReq(q) => {
                 if let Some(d) = self.answered.get(&(id, q.req_id)).cloned() {
@@ -276,7 +260,7 @@ impl TestDc {
         let k_tun = Key::random(&mut self.rng);
         let k_relay = (path == Path::Relay).then(|| Key::random(&mut self.rng));
         if let Some(k) = &k_relay {
-            self.relay_keys.push((tid, k.clone()));
+            self.relay_keys.borrow_mut().push((tid, k.clone()));
         }
         let parties = [
             (mn_id, req_id, mn_role, mn_ep, cn_id, mn.observed),
@@ -344,7 +328,17 @@ impl TestDc {
         );
         let mut buf = vec![0u8; r.buffer_len()];
         r.emit_sealed(&mut buf, &auth).unwrap();
-        self.out.push((d.dst, buf));
+        self.out.push_back((d.dst, buf));
+    }
+}
+
+impl sim::Host for TestDc {
+    fn handle(&mut self, now: Instant, from: SocketAddrV4, data: Vec<u8>) {
+        self.receive(now, from, &data);
+    }
+
+    fn poll_transmit(&mut self, _: Instant) -> Option<(SocketAddrV4, Vec<u8>)> {
+        self.out.pop_front()
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -375,14 +369,22 @@ impl TestDc {
 /// `K_relay`, the bound address of each end and each end's replay window.
 type Binding = (Authenticator, [Option<SocketAddrV4>; 2], [ReplayWindow; 2]);
 
+type RelayKeys = Rc<RefCell<Vec<(u32, Key)>>>;
+
 #[derive(Default)]
 struct TestRs {
+    keys: RelayKeys,
     binds: HashMap<u32, Binding>,
+    out: VecDeque<(SocketAddrV4, Vec<u8>)>,
     forwarded: usize,
 }
 
 impl TestRs {
-    fn handle(&mut self, from: SocketAddrV4, d: &[u8]) -> Option<(SocketAddrV4, Vec<u8>)> {
+    fn forward(&mut self, from: SocketAddrV4, d: &[u8]) -> Option<(SocketAddrV4, Vec<u8>)> {
+        for (tid, k) in self.keys.borrow_mut().drain(..) {
+            let bind = (Authenticator::new(&k), [None, None], Default::default());
+            self.binds.insert(tid, bind);
+        }
         let p = Packet::new_checked(d).ok()?;
         let (auth, slots, windows) = self.binds.get_mut(&p.id())?;
         if p.msg_type() == MessageType::RelayBind {
@@ -408,371 +410,81 @@ impl TestRs {
     }
 }
 
+impl sim::Host for TestRs {
+    fn handle(&mut self, _: Instant, from: SocketAddrV4, data: Vec<u8>) {
+        if let Some(out) = self.forward(from, &data) {
+            self.out.push_back(out);
+        }
+    }
+
+    fn poll_transmit(&mut self, _: Instant) -> Option<(SocketAddrV4, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn handle_timeout(&mut self, _: Instant) {}
+}
+
 // ---------------------------------------------------------------- world
 
-struct Nat {
-    public_ip: Ipv4Addr,
-    ports: HashMap<SocketAddrV4, u16>,
-    next_port: u16,
-    allowed: HashSet<(SocketAddrV4, SocketAddrV4)>,
-}
+/// The test DC and RS, and the nodes.
+type World = DcWorld<TestDc, TestRs>;
 
-impl Nat {
-    fn outbound(&mut self, local: SocketAddrV4, dst: SocketAddrV4) -> SocketAddrV4 {
-        let next = &mut self.next_port;
-        let port = *self.ports.entry(local).or_insert_with(|| {
-            *next += 1;
-            *next
-        });
-        self.allowed.insert((local, dst));
-        SocketAddrV4::new(self.public_ip, port)
-    }
-
-    fn inbound(&self, public: SocketAddrV4, src: SocketAddrV4) -> Option<SocketAddrV4> {
-        let (&local, _) = self.ports.iter().find(|(_, &p)| p == public.port())?;
-        self.allowed.contains(&(local, src)).then_some(local)
-    }
-}
-
-struct Host {
-    ep: Endpoint,
-    local: SocketAddrV4,
-    nat: Option<usize>,
-    events: Vec<Event>,
-    inner_rx: Vec<Vec<u8>>,
-}
-
-#[derive(Clone)]
-struct Flight {
-    at: Instant,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    data: Vec<u8>,
-}
-
-type Filter = Box<dyn FnMut(&Flight) -> bool>;
-
-struct World {
-    now: Instant,
-    hosts: Vec<Host>,
-    nats: Vec<Nat>,
-    dc: TestDc,
-    rs: TestRs,
-    flights: VecDeque<Flight>,
-    /// Returns true to drop a datagram.
-    drop: Filter,
-    duplicate: bool,
-    sent: Vec<(SocketAddrV4, SocketAddrV4, MessageType)>,
-    /// Every datagram put on the wire, as an attacker on the path records it.
-    recorded: Vec<Flight>,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            now: Instant::now(),
-            hosts: Vec::new(),
-            nats: Vec::new(),
-            dc: TestDc::new(1),
-            rs: TestRs::default(),
-            flights: VecDeque::new(),
-            drop: Box::new(|_| false),
-            duplicate: false,
-            sent: Vec::new(),
-            recorded: Vec::new(),
-        }
-    }
-
-    fn add_nat(&mut self, public_ip: Ipv4Addr) -> usize {
-        self.nats.push(Nat {
-            public_ip,
-            ports: HashMap::new(),
-            next_port: 40000,
-            allowed: HashSet::new(),
-        });
-        self.nats.len() - 1
-    }
-
-    fn add_host(&mut self, fqdn: &str, local: SocketAddrV4, nat: Option<usize>) -> usize {
-        let cfg = Config {
-            fqdn: fqdn.into(),
-            key: node_key(fqdn),
-            dc: DC,
-            local_addr: local,
-            caps: Caps::NODE,
-        };
-        let seed = [self.hosts.len() as u8 + 1; 32];
-        let ep = Endpoint::new(
-            cfg,
-            self.now,
-            1_000_000 * (self.hosts.len() as u64 + 1),
-            seed,
-        )
-        .unwrap();
-        self.hosts.push(Host {
-            ep,
-            local,
-            nat,
-            events: Vec::new(),
-            inner_rx: Vec::new(),
-        });
-        self.hosts.len() - 1
-    }
-
-    fn public(&self, i: usize) -> SocketAddrV4 {
-        let h = &self.hosts[i];
-        match h.nat {
-            None => h.local,
-            Some(n) => SocketAddrV4::new(self.nats[n].public_ip, self.nats[n].ports[&h.local]),
-        }
-    }
-
-    fn emit(
-        &mut self,
-        src_local: SocketAddrV4,
-        nat: Option<usize>,
-        dst: SocketAddrV4,
-        data: Vec<u8>,
-    ) {
-        let src = match nat {
-            Some(n) => self.nats[n].outbound(src_local, dst),
-            None => src_local,
-        };
-        let kind = Packet::new_checked(&data[..])
-            .map(|p| p.msg_type())
-            .unwrap_or(MessageType::Unknown(0));
-        self.sent.push((src, dst, kind));
-        let f = Flight {
-            at: self.now + LATENCY,
-            src,
-            dst,
-            data,
-        };
-        self.recorded.push(f.clone());
-        if (self.drop)(&f) {
-            return;
-        }
-        if self.duplicate {
-            self.flights.push_back(f.clone());
-        }
-        self.flights.push_back(f);
-    }
-
-    fn flush(&mut self) {
-        let mut buf = vec![0u8; 2048];
-        for i in 0..self.hosts.len() {
-            while let Some(t) = self.hosts[i].ep.poll_transmit(self.now, &mut buf) {
-                let (local, nat) = (self.hosts[i].local, self.hosts[i].nat);
-                self.emit(local, nat, t.dst, buf[..t.len].to_vec());
-            }
-            while let Some(e) = self.hosts[i].ep.poll_event() {
-                self.hosts[i].events.push(e);
-            }
-        }
-        for (dst, d) in std::mem::take(&mut self.dc.out) {
-            self.emit(DC, None, dst, d);
-        }
-        for (tid, k) in self.dc.relay_keys.drain(..) {
-            self.rs.binds.insert(
-                tid,
-                (Authenticator::new(&k), [None, None], Default::default()),
-            );
-        }
-    }
-
-    fn deliver(&mut self, mut f: Flight) {
-        if f.dst == DC {
-            self.dc.handle(self.now, f.src, &f.data);
-            return;
-        }
-        if f.dst == RS {
-            if let Some((to, d)) = self.rs.handle(f.src, &f.data) {
-                self.emit(RS, None, to, d);
-            }
-            return;
-        }
-        let target = self.hosts.iter().position(|h| match h.nat {
-            None => h.local == f.dst,
-            Some(n) => {
-                self.nats[n].public_ip == *f.dst.ip()
-                    && self.nats[n].inbound(f.dst, f.src) == Some(h.local)
-            }
-        });
-        let Some(i) = target else { return };
-        let now = self.now;
-        let h = &mut self.hosts[i];
-        if let Ok(Received::Data { inner, .. }) = h.ep.handle(now, f.src, &mut f.data) {
-            h.inner_rx.push(inner.to_vec());
-        }
-    }
-
-    fn next_wakeup(&self) -> Option<Instant> {
-        let timers = self
-            .hosts
-            .iter()
-            .filter_map(|h| h.ep.poll_timeout())
-            .chain(self.dc.poll_timeout());
-        timers.chain(self.flights.iter().map(|f| f.at)).min()
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        let end = self.now + d;
-        loop {
-            self.flush();
-            match self.next_wakeup() {
-                Some(t) if t <= end => {
-                    self.now = self.now.max(t);
-                    let now = self.now;
-                    let (due, later): (Vec<_>, Vec<_>) =
-                        self.flights.drain(..).partition(|f| f.at <= now);
-                    self.flights = later.into();
-                    for f in due {
-                        self.deliver(f);
-                    }
-                    for h in &mut self.hosts {
-                        if h.ep.poll_timeout().is_some_and(|t| t <= now) {
-                            h.ep.handle_timeout(now);
-                        }
-                    }
-                    if self.dc.poll_timeout().is_some_and(|t| t <= now) {
-                        self.dc.handle_timeout(now);
-                    }
-                }
-                _ => {
-                    self.now = end;
-                    self.flush();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn count_sent(&self, kind: MessageType) -> usize {
-        self.sent.iter().filter(|(_, _, k)| *k == kind).count()
-    }
-
-    fn vip(&self, i: usize) -> Ipv4Addr {
-        self.hosts[i].ep.vip().unwrap().addr
-    }
-
-    fn send_inner(&mut self, from: usize, to: usize, payload: &[u8]) -> Result<(), Error> {
-        let pkt = ipv4(self.vip(from), self.vip(to), payload);
-        let mut buf = vec![0u8; pkt.len() + 32];
-        let t = self.hosts[from].ep.send_data(self.now, &pkt, &mut buf)?;
-        let (local, nat) = (self.hosts[from].local, self.hosts[from].nat);
-        self.emit(local, nat, t.dst, buf[..t.len].to_vec());
-        Ok(())
-    }
-
-    fn events(&self, i: usize) -> &[Event] {
-        &self.hosts[i].events
-    }
-
-    /// (tunnel id, path, role, send key, receive key) of each TunnelUp.
-    fn tunnel_ups(&self, i: usize) -> Vec<(u32, Path, Role, Key, Key)> {
-        self.events(i)
-            .iter()
-            .filter_map(|e| match e {
-                Event::TunnelUp(p) => Some((
-                    p.tunnel_id,
-                    p.path,
-                    p.role,
-                    p.tx_key.clone(),
-                    p.rx_key.clone(),
-                )),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn downs(&self, i: usize) -> Vec<DownReason> {
-        self.events(i)
-            .iter()
-            .filter_map(|e| match e {
-                Event::TunnelDown { reason, .. } => Some(*reason),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn resolved(&self, i: usize, req: ReqId) -> Option<Result<Ipv4Addr, DirError>> {
-        self.events(i).iter().find_map(|e| match e {
-            Event::DirectionResolved { req: r, result, .. } if *r == req => Some(*result),
-            _ => None,
-        })
-    }
-}
-
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let total = (20 + payload.len()) as u16;
-    let mut p = vec![0x45, 0];
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(payload);
-    p
+fn world() -> World {
+    let rs = TestRs::default();
+    let dc = TestDc::new(1, Rc::clone(&rs.keys));
+    DcWorld::new(Instant::now(), LATENCY, (DC, dc), (RS, rs))
 }
 
 fn addr(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
 }
 
-fn registered(w: &World, i: usize) -> usize {
-    w.events(i)
-        .iter()
-        .filter(|e| matches!(e, Event::Registered { .. }))
-        .count()
+/// One node, cn2, registered from behind a NAT; (world, NAT, node).
+fn one_behind_nat() -> (World, NatId, usize) {
+    let mut w = world();
+    let n = w.add_nat(Ipv4Addr::new(198, 18, 0, 11));
+    let a = w.add_node("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n));
+    w.run_for(Duration::from_secs(1));
+    (w, n, a)
 }
 
 /// Two registered public nodes, `a` (mn) and `b` (cn).
 fn two_public() -> World {
-    let mut w = World::new();
-    w.add_host("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
-    w.add_host("cn.ntm.test", addr(198, 18, 0, 21, 7700), None);
+    two_public_with(|_| {})
+}
+
+/// [`two_public`], the world set up by `set` first.
+fn two_public_with(set: impl FnOnce(&mut World)) -> World {
+    let mut w = world();
+    set(&mut w);
+    w.add_node("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    w.add_node("cn.ntm.test", addr(198, 18, 0, 21, 7700), None);
     w.run_for(Duration::from_secs(1));
     w
-}
-
-fn connect(w: &mut World, from: usize, fqdn: &str) -> ReqId {
-    let req = w.hosts[from].ep.connect(w.now, fqdn).unwrap();
-    w.run_for(Duration::from_secs(2));
-    req
-}
-
-fn assert_data_both_ways(w: &mut World, a: usize, b: usize) {
-    let (na, nb) = (w.hosts[a].inner_rx.len(), w.hosts[b].inner_rx.len());
-    w.send_inner(a, b, b"ping").unwrap();
-    w.send_inner(b, a, b"pong").unwrap();
-    w.run_for(Duration::from_millis(100));
-    assert_eq!(w.hosts[b].inner_rx.len(), nb + 1, "a -> b");
-    assert!(w.hosts[b].inner_rx.last().unwrap().ends_with(b"ping"));
-    assert_eq!(w.hosts[a].inner_rx.len(), na + 1, "b -> a");
-    assert!(w.hosts[a].inner_rx.last().unwrap().ends_with(b"pong"));
 }
 
 // ---------------------------------------------------------------- tests
 
 #[test]
 fn registers_and_keeps_alive() {
-    let mut w = World::new();
-    let a = w.add_host("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    let mut w = world();
+    let a = w.add_node("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
     w.run_for(Duration::from_secs(1));
-    match &w.events(a)[0] {
-        Event::Registered {
-            vip,
-            prefix_len,
-            node_id,
-            observed,
-            behind_nat,
-        } => {
-            assert_eq!((*prefix_len, *node_id), (10, 1));
-            assert_eq!(*vip, w.hosts[a].ep.vip().unwrap().addr);
-            assert_eq!(*observed, addr(198, 18, 0, 20, 7700));
-            assert!(!behind_nat);
-        }
-        e => panic!("{e:?}"),
-    }
+    let r = w.nodes[a].ep.registration().unwrap();
+    assert_eq!((r.vip.prefix_len, r.node_id), (10, 1));
+    assert_eq!(r.observed, addr(198, 18, 0, 20, 7700));
+    assert!(!r.behind_nat);
+    // The event said the same.
+    let first = &w.events(a)[0];
+    assert!(
+        matches!(first, Event::Registered { vip, prefix_len: 10, node_id: 1, observed, behind_nat: false }
+            if *vip == r.vip.addr && *observed == r.observed),
+        "{first:?}"
+    );
     // The first REG_REQ carries id 0.
     assert_eq!(w.dc.received[0], (MessageType::RegReq, 0));
     w.run_for(Duration::from_secs(130));
@@ -783,19 +495,16 @@ fn registers_and_keeps_alive() {
             .count();
     assert_eq!(keepalives, 6, "one every 20 s");
     assert_eq!(
-        registered(&w, a),
+        w.registered(a).len(),
         1,
         "no re-registration while the DC answers"
     );
-    assert_eq!(w.hosts[a].ep.drops().total(), 0);
+    assert_eq!(w.nodes[a].ep.drops().total(), 0);
 }
 
 #[test]
 fn behind_nat_is_detected() {
-    let mut w = World::new();
-    let n = w.add_nat(Ipv4Addr::new(198, 18, 0, 11));
-    let a = w.add_host("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n));
-    w.run_for(Duration::from_secs(1));
+    let (w, _, a) = one_behind_nat();
     let Event::Registered {
         observed,
         behind_nat,
@@ -810,50 +519,44 @@ fn behind_nat_is_detected() {
 
 #[test]
 fn registration_retransmits_after_loss() {
-    let mut w = World::new();
-    let mut dropped = 0;
-    w.drop = Box::new(move |f| {
-        if f.dst == DC && dropped < 2 {
-            dropped += 1;
-            return true;
-        }
-        false
-    });
-    let a = w.add_host("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    let mut w = world();
+    w.net.lose_first(2, |f| f.dst == DC);
+    let a = w.add_node("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
     w.run_for(Duration::from_secs(2));
-    assert_eq!(w.count_sent(MessageType::RegReq), 3);
-    assert_eq!(registered(&w, a), 1);
+    assert_eq!(w.net.count_sent(MessageType::RegReq), 3);
+    assert_eq!(w.registered(a).len(), 1);
 }
 
 #[test]
 fn registration_fails_after_five_tries_then_retries() {
-    let mut w = World::new();
+    let mut w = world();
     w.dc.silent = true;
-    let a = w.add_host("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    let a = w.add_node("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
     w.run_for(Duration::from_secs(9));
-    assert_eq!(w.count_sent(MessageType::RegReq), 5);
+    assert_eq!(w.net.count_sent(MessageType::RegReq), 5);
     assert!(matches!(
         w.events(a),
         [Event::RegistrationFailed {
             reason: RegistrationError::TimedOut
         }]
     ));
+    let now = w.now();
     assert_eq!(
-        w.hosts[a].ep.connect(w.now, "cn.ntm.test"),
+        w.nodes[a].ep.connect(now, "cn.ntm.test"),
         Err(Error::NotRegistered)
     );
     // The DC comes back: the retry succeeds.
     w.dc.silent = false;
     w.run_for(Duration::from_secs(12));
-    assert_eq!(registered(&w, a), 1);
+    assert_eq!(w.registered(a).len(), 1);
 }
 
 #[test]
 fn registration_refused() {
-    let mut w = World::new();
-    let a = w.add_host("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    let mut w = world();
+    let a = w.add_node("gn.ntm.test", addr(198, 18, 0, 20, 7700), None);
     // Wrong key: the test DC drops it silently, so this is a time-out.
-    w.hosts[a].ep = Endpoint::new(
+    w.nodes[a].ep = Endpoint::new(
         Config {
             fqdn: "gn.ntm.test".into(),
             key: Key::from_bytes([0; 32]),
@@ -861,7 +564,7 @@ fn registration_refused() {
             local_addr: addr(198, 18, 0, 20, 7700),
             caps: Caps::ADAPTER,
         },
-        w.now,
+        w.now(),
         1,
         [1; 32],
     )
@@ -878,98 +581,88 @@ fn registration_refused() {
 #[test]
 fn direct_tunnel_both_roles() {
     let mut w = two_public();
-    let req = connect(&mut w, 0, "cn.ntm.test");
+    let req = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
     let (ua, ub) = (w.tunnel_ups(0), w.tunnel_ups(1));
     assert_eq!(ua.len(), 1);
     assert_eq!(ub.len(), 1);
-    assert_eq!(ua[0].0, ub[0].0, "same tunnel id");
-    assert_eq!((ua[0].1, ua[0].2), (Path::Direct, Role::Initiator));
-    assert_eq!((ub[0].1, ub[0].2), (Path::Direct, Role::Responder));
+    assert_eq!(ua[0].tunnel_id, ub[0].tunnel_id, "same tunnel id");
+    assert_eq!((ua[0].path, ua[0].role), (Path::Direct, Role::Initiator));
+    assert_eq!((ub[0].path, ub[0].role), (Path::Direct, Role::Responder));
     assert_eq!(
-        ua[0].3, ub[0].4,
+        ua[0].tx_key, ub[0].rx_key,
         "initiator sends with what the responder receives"
     );
-    assert_eq!(ua[0].4, ub[0].3, "and receives what it sends");
-    assert_ne!(ua[0].3, ua[0].4, "a key per direction");
+    assert_eq!(ua[0].rx_key, ub[0].tx_key, "and receives what it sends");
+    assert_ne!(ua[0].tx_key, ua[0].rx_key, "a key per direction");
     // The TUN_REQ went from MN to CN's observed address.
     assert!(w
-        .sent
-        .contains(&(w.public(0), w.public(1), MessageType::TunReq)));
+        .net
+        .was_sent(w.public(0), w.public(1), MessageType::TunReq));
     // Only the responder's unsolicited copy is acknowledged.
-    assert_eq!(w.count_sent(MessageType::RouteAck), 1);
-    assert!(w.sent.contains(&(w.public(1), DC, MessageType::RouteAck)));
-    assert_data_both_ways(&mut w, 0, 1);
+    assert_eq!(w.net.count_sent(MessageType::RouteAck), 1);
+    assert!(w.net.was_sent(w.public(1), DC, MessageType::RouteAck));
+    w.assert_data_both_ways(0, 1);
     // Asking again resolves at once, without a DIR_REQ.
-    let dir_reqs = w.count_sent(MessageType::DirReq);
-    let again = connect(&mut w, 0, "cn.ntm.test");
+    let dir_reqs = w.net.count_sent(MessageType::DirReq);
+    let again = w.connect(0, "cn.ntm.test");
     assert_eq!(w.resolved(0, again), Some(Ok(w.vip(1))));
-    assert_eq!(w.count_sent(MessageType::DirReq), dir_reqs);
+    assert_eq!(w.net.count_sent(MessageType::DirReq), dir_reqs);
 }
 
 #[test]
 fn not_found() {
     let mut w = two_public();
-    let req = connect(&mut w, 0, "nobody.ntm.test");
+    let req = w.connect(0, "nobody.ntm.test");
     assert_eq!(
         w.resolved(0, req),
         Some(Err(DirError::Status(Status::NotFound)))
     );
     assert!(w.tunnel_ups(0).is_empty());
-    assert_eq!(
-        w.hosts[0].ep.connect(w.now, "Bad..name"),
-        Err(Error::BadFqdn)
-    );
+    let now = w.now();
+    assert_eq!(w.nodes[0].ep.connect(now, "Bad..name"), Err(Error::BadFqdn));
 }
 
 #[test]
 fn reverse_path_when_cn_behind_nat() {
-    let mut w = World::new();
+    let mut w = world();
     let n = w.add_nat(Ipv4Addr::new(198, 18, 0, 11));
-    let mn = w.add_host("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
-    let cn = w.add_host("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n));
+    let mn = w.add_node("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    let cn = w.add_node("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n));
     w.run_for(Duration::from_secs(1));
-    let req = connect(&mut w, mn, "cn2.ntm.test");
+    let req = w.connect(mn, "cn2.ntm.test");
     assert_eq!(w.resolved(mn, req), Some(Ok(w.vip(cn))));
-    assert_eq!(w.tunnel_ups(mn)[0].1, Path::Reverse);
-    assert_eq!(w.tunnel_ups(mn)[0].2, Role::Responder);
-    assert_eq!(w.tunnel_ups(cn)[0].2, Role::Initiator);
+    assert_eq!(w.tunnel_ups(mn)[0].path, Path::Reverse);
+    assert_eq!(w.tunnel_ups(mn)[0].role, Role::Responder);
+    assert_eq!(w.tunnel_ups(cn)[0].role, Role::Initiator);
     // CN sent the TUN_REQ, to MN's observed address, through its NAT.
     assert!(w
-        .sent
-        .contains(&(w.public(cn), w.public(mn), MessageType::TunReq)));
-    assert_eq!(
-        w.sent
-            .iter()
-            .filter(|(s, _, k)| *s == w.public(mn) && *k == MessageType::TunReq)
-            .count(),
-        0
-    );
-    assert_data_both_ways(&mut w, mn, cn);
+        .net
+        .was_sent(w.public(cn), w.public(mn), MessageType::TunReq));
+    assert_eq!(w.net.count_sent_from(w.public(mn), MessageType::TunReq), 0);
+    w.assert_data_both_ways(mn, cn);
 }
 
 #[test]
 fn relay_path_when_both_behind_nat() {
-    let mut w = World::new();
+    let mut w = world();
     let n1 = w.add_nat(Ipv4Addr::new(198, 18, 0, 10));
     let n2 = w.add_nat(Ipv4Addr::new(198, 18, 0, 11));
-    let mn = w.add_host("gn.ntm.test", addr(192, 168, 10, 2, 7700), Some(n1));
-    let cn = w.add_host("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n2));
+    let mn = w.add_node("gn.ntm.test", addr(192, 168, 10, 2, 7700), Some(n1));
+    let cn = w.add_node("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n2));
     w.run_for(Duration::from_secs(1));
-    let req = connect(&mut w, mn, "cn2.ntm.test");
+    let req = w.connect(mn, "cn2.ntm.test");
     assert_eq!(w.resolved(mn, req), Some(Ok(w.vip(cn))));
     assert_eq!(w.tunnel_ups(mn).len(), 1);
     assert_eq!(w.tunnel_ups(cn).len(), 1);
-    assert_eq!(w.tunnel_ups(mn)[0].1, Path::Relay);
+    assert_eq!(w.tunnel_ups(mn)[0].path, Path::Relay);
     // Both bound at the RS; every tunnel datagram went to the RS.
-    assert!(w.sent.contains(&(w.public(mn), RS, MessageType::RelayBind)));
-    assert!(w.sent.contains(&(w.public(cn), RS, MessageType::RelayBind)));
-    assert!(!w
-        .sent
-        .iter()
-        .any(|(s, d, _)| *s == w.public(mn) && *d == w.public(cn)));
+    assert!(w.net.was_sent(w.public(mn), RS, MessageType::RelayBind));
+    assert!(w.net.was_sent(w.public(cn), RS, MessageType::RelayBind));
+    let (pm, pc) = (w.public(mn), w.public(cn));
+    assert!(!w.net.wire.iter().any(|d| d.src == pm && d.dst == pc));
     let before = w.rs.forwarded;
-    assert_data_both_ways(&mut w, mn, cn);
+    w.assert_data_both_ways(mn, cn);
     assert_eq!(w.rs.forwarded, before + 2);
 }
 
@@ -978,54 +671,44 @@ fn responder_without_route_dir_drops_tun_req_and_initiator_retransmits() {
     let mut w = two_public();
     let cn_public = w.public(1);
     // Lose the DC's first two copies of the ROUTE_DIR for CN.
-    let mut lost = 0;
-    w.drop = Box::new(move |f| {
-        let route_dir =
-            Packet::new_checked(&f.data[..]).map(|p| p.msg_type()) == Ok(MessageType::RouteDir);
-        if route_dir && f.dst == cn_public && lost < 2 {
-            lost += 1;
-            return true;
-        }
-        false
+    w.net.lose_first(2, move |f| {
+        f.dst == cn_public && f.is(MessageType::RouteDir)
     });
-    connect(&mut w, 0, "cn.ntm.test");
+    w.connect(0, "cn.ntm.test");
     assert!(
-        w.count_sent(MessageType::TunReq) >= 2,
+        w.net.count_sent(MessageType::TunReq) >= 2,
         "TUN_REQ retransmitted"
     );
     assert!(
-        w.hosts[1].ep.drops().get(Error::UnknownTunnel) >= 1,
+        w.nodes[1].ep.drops().get(Error::UnknownTunnel) >= 1,
         "early TUN_REQ dropped"
     );
     assert_eq!(w.tunnel_ups(0).len(), 1);
     assert_eq!(w.tunnel_ups(1).len(), 1);
-    assert_data_both_ways(&mut w, 0, 1);
+    w.assert_data_both_ways(0, 1);
 }
 
 #[test]
 fn duplicated_datagrams_are_idempotent() {
-    let mut w = World::new();
-    w.duplicate = true;
-    w.add_host("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
-    w.add_host("cn.ntm.test", addr(198, 18, 0, 21, 7700), None);
-    w.run_for(Duration::from_secs(1));
-    connect(&mut w, 0, "cn.ntm.test");
+    let mut w = two_public_with(|w| w.net.duplicate = true);
+    w.connect(0, "cn.ntm.test");
     assert_eq!(w.tunnel_ups(0).len(), 1, "no second tunnel");
     assert_eq!(w.tunnel_ups(1).len(), 1, "no second tunnel");
     assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
-    w.duplicate = false;
-    assert_data_both_ways(&mut w, 0, 1);
+    w.net.duplicate = false;
+    w.assert_data_both_ways(0, 1);
 }
 
 #[test]
 fn dir_req_times_out_after_five_tries() {
     let mut w = two_public();
     w.dc.silent = true;
-    let req = w.hosts[0].ep.connect(w.now, "cn.ntm.test").unwrap();
+    let now = w.now();
+    let req = w.nodes[0].ep.connect(now, "cn.ntm.test").unwrap();
     // A second ask for the same name shares the request.
-    assert_eq!(w.hosts[0].ep.connect(w.now, "cn.ntm.test"), Ok(req));
+    assert_eq!(w.nodes[0].ep.connect(now, "cn.ntm.test"), Ok(req));
     w.run_for(Duration::from_secs(9));
-    assert_eq!(w.count_sent(MessageType::DirReq), 5);
+    assert_eq!(w.net.count_sent(MessageType::DirReq), 5);
     assert_eq!(w.resolved(0, req), Some(Err(DirError::TimedOut)));
 }
 
@@ -1033,16 +716,16 @@ fn dir_req_times_out_after_five_tries() {
 fn tunnel_setup_fails_when_peer_unreachable() {
     let mut w = two_public();
     let cn_public = w.public(1);
-    w.drop = Box::new(move |f| f.dst == cn_public && f.src != DC);
-    connect(&mut w, 0, "cn.ntm.test");
+    w.net.drop = Box::new(move |f| f.dst == cn_public && f.src != DC);
+    w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(10));
-    assert_eq!(w.count_sent(MessageType::TunReq), 5);
+    assert_eq!(w.net.count_sent(MessageType::TunReq), 5);
     assert_eq!(w.downs(0), vec![DownReason::SetupTimedOut]);
     assert_eq!(w.downs(1), vec![DownReason::SetupTimedOut]);
     assert!(w.tunnel_ups(0).is_empty());
     // The next request sets it up again once the path works.
-    w.drop = Box::new(|_| false);
-    let req = connect(&mut w, 0, "cn.ntm.test");
+    w.net.drop = Box::new(|_| false);
+    let req = w.connect(0, "cn.ntm.test");
     assert!(w.resolved(0, req).unwrap().is_ok());
     assert_eq!(w.tunnel_ups(0).len(), 1);
 }
@@ -1050,9 +733,9 @@ fn tunnel_setup_fails_when_peer_unreachable() {
 #[test]
 fn idle_tunnel_keeps_alive_then_expires_when_cut() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
+    w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(65));
-    let ka = w.count_sent(MessageType::TunKeepalive);
+    let ka = w.net.count_sent(MessageType::TunKeepalive);
     assert!(
         (5..=7).contains(&ka),
         "about one per 20 s per side, got {ka}"
@@ -1060,14 +743,14 @@ fn idle_tunnel_keeps_alive_then_expires_when_cut() {
     assert!(w.downs(0).is_empty());
     // Cut the path between the nodes (the DC still works).
     let (pa, pb) = (w.public(0), w.public(1));
-    w.drop = Box::new(move |f| (f.src == pa && f.dst == pb) || (f.src == pb && f.dst == pa));
+    w.net.drop = Box::new(move |f| (f.src == pa && f.dst == pb) || (f.src == pb && f.dst == pa));
     w.run_for(Duration::from_secs(u64::from(TUNNEL_LIFETIME) + 5));
     assert_eq!(w.downs(0), vec![DownReason::Expired]);
     assert_eq!(w.downs(1), vec![DownReason::Expired]);
     let pkt = ipv4(w.vip(0), w.vip(1), b"x");
-    let now = w.now;
+    let now = w.now();
     assert_eq!(
-        w.hosts[0].ep.send_data(now, &pkt, &mut [0u8; 128]),
+        w.nodes[0].ep.send_data(now, &pkt, &mut [0u8; 128]),
         Err(Error::NoTunnel)
     );
 }
@@ -1075,65 +758,58 @@ fn idle_tunnel_keeps_alive_then_expires_when_cut() {
 #[test]
 fn data_plane_activity_postpones_keepalive() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
-    let (tid, ..) = w.tunnel_ups(0)[0].clone();
+    w.connect(0, "cn.ntm.test");
+    let tid = w.tunnel_ups(0)[0].tunnel_id;
     let before = w
-        .sent
-        .iter()
-        .filter(|(s, _, k)| *s == w.public(0) && *k == MessageType::TunKeepalive)
-        .count();
+        .net
+        .count_sent_from(w.public(0), MessageType::TunKeepalive);
     for _ in 0..6 {
         w.run_for(Duration::from_secs(10));
-        let now = w.now;
-        w.hosts[0].ep.note_tx(tid, now);
+        let now = w.now();
+        w.nodes[0].ep.note_tx(tid, now);
     }
     let after = w
-        .sent
-        .iter()
-        .filter(|(s, _, k)| *s == w.public(0) && *k == MessageType::TunKeepalive)
-        .count();
+        .net
+        .count_sent_from(w.public(0), MessageType::TunKeepalive);
     assert_eq!(before, after, "no keep-alive while the data plane sends");
 }
 
 #[test]
 fn roaming_peer_moves_the_endpoint() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
-    let tid = w.tunnel_ups(0)[0].0;
+    w.connect(0, "cn.ntm.test");
+    let tid = w.tunnel_ups(0)[0].tunnel_id;
     // CN's address changes.
     let new = addr(198, 18, 0, 99, 7700);
-    w.hosts[1].local = new;
-    let now = w.now;
-    w.hosts[1].ep.handle_local_addr_change(now, new);
+    let id = w.nodes[1].id;
+    w.net.set_local(id, new);
+    let now = w.now();
+    w.nodes[1].ep.handle_local_addr_change(now, new);
     w.run_for(Duration::from_secs(1));
     assert!(w
         .events(0)
         .iter()
         .any(|e| matches!(e, Event::EndpointChanged { tunnel_id, endpoint } if *tunnel_id == tid && *endpoint == new)));
-    assert_eq!(w.hosts[0].ep.tunnel(tid).unwrap().endpoint, new);
+    assert_eq!(w.nodes[0].ep.tunnel(tid).unwrap().params.endpoint, new);
     // CN re-registered (with its node id) and learned the new observed address.
-    assert_eq!(registered(&w, 1), 2);
+    assert_eq!(w.registered(1).len(), 2);
     assert!(w
         .dc
         .received
         .iter()
         .filter(|(t, _)| *t == MessageType::RegReq)
         .any(|(_, id)| *id == 2));
-    assert_data_both_ways(&mut w, 0, 1);
+    w.assert_data_both_ways(0, 1);
     assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
 }
 
 #[test]
 fn nat_rebinding_seen_in_keepalive_ack_triggers_reregistration() {
-    let mut w = World::new();
-    let n = w.add_nat(Ipv4Addr::new(198, 18, 0, 11));
-    let a = w.add_host("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n));
-    w.run_for(Duration::from_secs(1));
+    let (mut w, n, a) = one_behind_nat();
     // The NAT forgets the mapping and picks a new port.
-    w.nats[n].ports.clear();
-    w.nats[n].allowed.clear();
+    w.net.reset_nat(n);
     w.run_for(Duration::from_secs(21));
-    assert_eq!(registered(&w, a), 2);
+    assert_eq!(w.registered(a).len(), 2);
     let Some(Event::Registered { observed, .. }) = w.events(a).last() else {
         panic!()
     };
@@ -1143,41 +819,43 @@ fn nat_rebinding_seen_in_keepalive_ack_triggers_reregistration() {
 #[test]
 fn dc_restart_keeps_tunnels_and_reregisters() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
+    w.connect(0, "cn.ntm.test");
     // A new DC process: no state (node ids start elsewhere).
-    w.dc = TestDc::new(50);
+    w.dc = TestDc::new(50, Rc::clone(&w.rs.keys));
     w.run_for(Duration::from_secs(80));
     assert_eq!(
-        registered(&w, 0),
+        w.registered(0).len(),
         2,
         "re-registered after the DC went silent"
     );
-    assert_eq!(registered(&w, 1), 2);
+    assert_eq!(w.registered(1).len(), 2);
     assert!(
         w.downs(0).is_empty() && w.downs(1).is_empty(),
         "tunnel survived"
     );
-    assert_data_both_ways(&mut w, 0, 1);
+    w.assert_data_both_ways(0, 1);
 }
 
 #[test]
 fn forged_replayed_and_truncated_data_are_dropped_and_counted() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
+    w.connect(0, "cn.ntm.test");
     let pkt = ipv4(w.vip(0), w.vip(1), b"hello");
     let mut buf = vec![0u8; 256];
-    let t = w.hosts[0].ep.send_data(w.now, &pkt, &mut buf).unwrap();
+    let now = w.now();
+    let t = w.nodes[0].ep.send_data(now, &pkt, &mut buf).unwrap();
     let good = buf[..t.len].to_vec();
     let from = w.public(0);
-    let now = w.now;
+    let now = w.now();
     let recorded_dc = w
-        .recorded
+        .net
+        .wire
         .iter()
         .find(|f| f.src == DC && f.dst == w.public(1))
         .unwrap()
         .data
         .clone();
-    let cn = &mut w.hosts[1].ep;
+    let cn = &mut w.nodes[1].ep;
     assert!(matches!(
         cn.handle(now, from, &mut good.clone()),
         Ok(Received::Data { .. })
@@ -1203,14 +881,14 @@ fn forged_replayed_and_truncated_data_are_dropped_and_counted() {
 #[test]
 fn close_deregisters_and_drops_tunnels() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
-    let now = w.now;
-    w.hosts[0].ep.close(now);
+    w.connect(0, "cn.ntm.test");
+    let now = w.now();
+    w.nodes[0].ep.close(now);
     w.run_for(Duration::from_secs(1));
-    assert_eq!(w.count_sent(MessageType::Dereg), 1);
+    assert_eq!(w.net.count_sent(MessageType::Dereg), 1);
     assert_eq!(w.downs(0), vec![DownReason::Closed]);
     assert!(!w.dc.nodes.contains_key(&1));
-    assert_eq!(w.hosts[0].ep.poll_timeout(), None);
+    assert_eq!(w.nodes[0].ep.poll_timeout(), None);
 }
 
 // ------------------------------------------------ attacks on version 1
@@ -1221,8 +899,8 @@ const MALLORY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 66), 
 /// Hand `data` to host `i` as if it came from `from`; returns what the
 /// endpoint said.
 fn inject(w: &mut World, i: usize, from: SocketAddrV4, data: &[u8]) -> Result<(), Error> {
-    let now = w.now;
-    let h = &mut w.hosts[i];
+    let now = w.now();
+    let h = &mut w.nodes[i];
     let mut d = data.to_vec();
     match h.ep.handle(now, from, &mut d) {
         Ok(Received::Data { inner, .. }) => {
@@ -1236,28 +914,22 @@ fn inject(w: &mut World, i: usize, from: SocketAddrV4, data: &[u8]) -> Result<()
 
 /// The datagrams of `kind` recorded on the wire from `src` to `dst`.
 fn recorded(w: &World, src: SocketAddrV4, dst: SocketAddrV4, kind: MessageType) -> Vec<Vec<u8>> {
-    w.recorded
-        .iter()
-        .filter(|f| f.src == src && f.dst == dst)
-        .filter(|f| Packet::new_checked(&f.data[..]).map(|p| p.msg_type()) == Ok(kind))
-        .map(|f| f.data.clone())
-        .collect()
+    let recorded = w.net.recorded(src, dst, kind);
+    recorded.into_iter().map(|d| d.data).collect()
+}
+
+/// The suite of node `i`'s first tunnel.
+fn tunnel_suite(w: &World, i: usize) -> Suite {
+    let tid = w.tunnel_ups(i)[0].tunnel_id;
+    w.nodes[i].ep.tunnel(tid).unwrap().params.suite
 }
 
 #[test]
 fn a_suite_1_tunnel_still_works() {
-    let mut w = World::new();
-    w.dc.suite = Suite::HmacSha256_128;
-    w.add_host("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
-    w.add_host("cn.ntm.test", addr(198, 18, 0, 21, 7700), None);
-    w.run_for(Duration::from_secs(1));
-    connect(&mut w, 0, "cn.ntm.test");
-    let tid = w.tunnel_ups(0)[0].0;
-    assert_eq!(
-        w.hosts[0].ep.tunnel(tid).unwrap().suite,
-        Suite::HmacSha256_128
-    );
-    assert_data_both_ways(&mut w, 0, 1);
+    let mut w = two_public_with(|w| w.dc.suite = Suite::HmacSha256_128);
+    w.connect(0, "cn.ntm.test");
+    assert_eq!(tunnel_suite(&w, 0), Suite::HmacSha256_128);
+    w.assert_data_both_ways(0, 1);
     // Suite 1 carries the inner packet in clear; suite 2 (the other tests) does not.
     let data = recorded(&w, w.public(0), w.public(1), MessageType::Data);
     assert!(data[0][3] == 1 && data[0].windows(4).any(|x| x == b"ping"));
@@ -1266,10 +938,9 @@ fn a_suite_1_tunnel_still_works() {
 #[test]
 fn suite_2_hides_the_inner_packet() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
-    let tid = w.tunnel_ups(0)[0].0;
-    assert_eq!(w.hosts[0].ep.tunnel(tid).unwrap().suite, Suite::Aes256Gcm);
-    assert_data_both_ways(&mut w, 0, 1);
+    w.connect(0, "cn.ntm.test");
+    assert_eq!(tunnel_suite(&w, 0), Suite::Aes256Gcm);
+    w.assert_data_both_ways(0, 1);
     let mut tunnel = recorded(&w, w.public(0), w.public(1), MessageType::Data);
     tunnel.extend(recorded(&w, w.public(1), w.public(0), MessageType::Data));
     assert_eq!(tunnel.len(), 2);
@@ -1289,13 +960,9 @@ fn suite_2_hides_the_inner_packet() {
 #[test]
 fn reflected_data_and_keepalive_are_refused() {
     for suite in [Suite::Aes256Gcm, Suite::HmacSha256_128] {
-        let mut w = World::new();
-        w.dc.suite = suite;
-        w.add_host("mn.ntm.test", addr(198, 18, 0, 20, 7700), None);
-        w.add_host("cn.ntm.test", addr(198, 18, 0, 21, 7700), None);
-        w.run_for(Duration::from_secs(1));
-        connect(&mut w, 0, "cn.ntm.test");
-        let tid = w.tunnel_ups(0)[0].0;
+        let mut w = two_public_with(|w| w.dc.suite = suite);
+        w.connect(0, "cn.ntm.test");
+        let tid = w.tunnel_ups(0)[0].tunnel_id;
         let (mn, cn) = (w.public(0), w.public(1));
         // MN sends 3000 packets, then one keep-alive goes out on each side.
         for _ in 0..3000 {
@@ -1322,7 +989,7 @@ fn reflected_data_and_keepalive_are_refused() {
             );
         }
         assert_eq!(
-            w.hosts[0].ep.tunnel(tid).unwrap().endpoint,
+            w.nodes[0].ep.tunnel(tid).unwrap().params.endpoint,
             cn,
             "endpoint kept"
         );
@@ -1331,8 +998,8 @@ fn reflected_data_and_keepalive_are_refused() {
             .iter()
             .any(|e| matches!(e, Event::EndpointChanged { .. })));
         // CN's own low-seq packets still get through: the window did not move.
-        assert_data_both_ways(&mut w, 0, 1);
-        assert_eq!(w.hosts[0].ep.drops().get(Error::BadTag), 4, "{suite:?}");
+        w.assert_data_both_ways(0, 1);
+        assert_eq!(w.nodes[0].ep.drops().get(Error::BadTag), 4, "{suite:?}");
     }
 }
 
@@ -1344,7 +1011,7 @@ fn reflected_data_and_keepalive_are_refused() {
 #[test]
 fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
     let mut w = two_public();
-    connect(&mut w, 0, "cn.ntm.test");
+    w.connect(0, "cn.ntm.test");
     w.run_for(Duration::from_secs(25)); // a KEEPALIVE_ACK
     let mn = w.public(0);
     let route_dir = recorded(&w, DC, mn, MessageType::RouteDir);
@@ -1353,7 +1020,7 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
     assert!(!route_dir.is_empty() && !reg_resp.is_empty() && !keepalive_ack.is_empty());
     // An ERROR the DC sealed during that registration (the test DC never
     // sends one by itself): seq below the next REG_RESP's.
-    let node_id = w.hosts[0].ep.registration().unwrap().node_id;
+    let node_id = w.nodes[0].ep.registration().unwrap().node_id;
     let error = {
         let seq = w.dc.next_seq();
         let r = Repr::new(
@@ -1368,19 +1035,19 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
             }),
         );
         let mut b = vec![0u8; r.buffer_len()];
-        r.emit_sealed(&mut b, &Authenticator::new(&node_key("mn.ntm.test")))
+        r.emit_sealed(&mut b, &Authenticator::new(&fqdn_key("mn.ntm.test")))
             .unwrap();
         b
     };
 
     // A new registration (the address is the same; the node re-registers).
-    let now = w.now;
-    w.hosts[0].ep.handle_local_addr_change(now, mn);
+    let now = w.now();
+    w.nodes[0].ep.handle_local_addr_change(now, mn);
     w.run_for(Duration::from_secs(1));
-    assert_eq!(registered(&w, 0), 2);
-    let tid = w.tunnel_ups(0)[0].0;
+    assert_eq!(w.registered(0).len(), 2);
+    let tid = w.tunnel_ups(0)[0].tunnel_id;
     let events_before = w.events(0).len();
-    let registering_before = w.count_sent(MessageType::RegReq);
+    let registering_before = w.net.count_sent(MessageType::RegReq);
 
     for d in &route_dir {
         assert_eq!(inject(&mut w, 0, DC, d), Err(Error::Replay), "ROUTE_DIR");
@@ -1399,19 +1066,19 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.events(0).len(), events_before, "nothing acted on");
     assert_eq!(
-        w.count_sent(MessageType::RegReq),
+        w.net.count_sent(MessageType::RegReq),
         registering_before,
         "no re-registration"
     );
     assert!(w.downs(0).is_empty(), "the live tunnel stays");
-    assert_eq!(w.hosts[0].ep.tunnel(tid).map(|t| t.up), Some(true));
-    assert_data_both_ways(&mut w, 0, 1);
+    assert_eq!(w.nodes[0].ep.tunnel(tid).map(|t| t.up), Some(true));
+    w.assert_data_both_ways(0, 1);
 
     // A REG_RESP recorded while a registration is outstanding carries the
     // old REQ_ID: refused too.
-    let now = w.now;
+    let now = w.now();
     w.dc.silent = true;
-    w.hosts[0].ep.handle_local_addr_change(now, mn);
+    w.nodes[0].ep.handle_local_addr_change(now, mn);
     w.run_for(Duration::from_millis(100));
     for d in &reg_resp {
         assert_eq!(
@@ -1420,7 +1087,7 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
             "REG_RESP, registering"
         );
     }
-    assert_eq!(registered(&w, 0), 2);
+    assert_eq!(w.registered(0).len(), 2);
 }
 
 /// The peer may send DATA as soon as it has sent TUN_RESP (§5): when the
@@ -1429,17 +1096,10 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
 fn data_before_the_tun_resp_is_delivered() {
     let mut w = two_public();
     let mn = w.public(0);
-    let mut held = 0;
-    w.drop = Box::new(move |f| {
-        let resp =
-            Packet::new_checked(&f.data[..]).map(|p| p.msg_type()) == Ok(MessageType::TunResp);
-        if resp && f.dst == mn && held < 1 {
-            held += 1;
-            return true;
-        }
-        false
-    });
-    w.hosts[0].ep.connect(w.now, "cn.ntm.test").unwrap();
+    w.net
+        .lose_first(1, move |f| f.dst == mn && f.is(MessageType::TunResp));
+    let now = w.now();
+    w.nodes[0].ep.connect(now, "cn.ntm.test").unwrap();
     w.run_for(Duration::from_millis(100));
     // CN (responder) is up and sends; MN has not seen a TUN_RESP yet.
     assert_eq!(w.tunnel_ups(1).len(), 1);
@@ -1450,11 +1110,11 @@ fn data_before_the_tun_resp_is_delivered() {
         .any(|e| matches!(e, Event::TunnelAdded(_))));
     w.send_inner(1, 0, b"early").unwrap();
     w.run_for(Duration::from_millis(50));
-    assert!(w.hosts[0].inner_rx.last().unwrap().ends_with(b"early"));
+    assert!(w.nodes[0].inner_rx.last().unwrap().ends_with(b"early"));
     // The retransmitted TUN_REQ brings the answer, and the tunnel up.
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.tunnel_ups(0).len(), 1);
-    assert_data_both_ways(&mut w, 0, 1);
+    w.assert_data_both_ways(0, 1);
 }
 
 /// Only authentic DATA and TUN_KEEPALIVE move an endpoint; a TUN_REQ from a
@@ -1463,16 +1123,16 @@ fn data_before_the_tun_resp_is_delivered() {
 #[test]
 fn a_tun_req_never_moves_the_endpoint() {
     let mut w = two_public();
-    w.drop = Box::new(|_| false);
-    connect(&mut w, 0, "cn.ntm.test");
-    let tid = w.tunnel_ups(1)[0].0;
+    w.net.drop = Box::new(|_| false);
+    w.connect(0, "cn.ntm.test");
+    let tid = w.tunnel_ups(1)[0].tunnel_id;
     let (mn, cn) = (w.public(0), w.public(1));
     let tun_req = recorded(&w, mn, cn, MessageType::TunReq).pop().unwrap();
     // A replay is a replay, wherever it comes from.
     assert_eq!(inject(&mut w, 1, MALLORY, &tun_req), Err(Error::Replay));
     // A fresh, authentic TUN_REQ from a new address (MN's next retransmission
     // seen through a NAT that rebound): answered there, endpoint kept.
-    let mn_tx = w.tunnel_ups(0)[0].3.clone();
+    let mn_tx = w.tunnel_ups(0)[0].tx_key.clone();
     let mut fresh = tun_req.clone();
     let cipher = ntm_proto::Cipher::new(Suite::Aes256Gcm, &mn_tx).unwrap();
     let mut plain = fresh.clone();
@@ -1483,11 +1143,11 @@ fn a_tun_req_never_moves_the_endpoint() {
     fresh.copy_from_slice(&plain);
     assert_eq!(inject(&mut w, 1, MALLORY, &fresh), Ok(()));
     w.run_for(Duration::from_millis(1));
-    assert!(w.sent.contains(&(cn, MALLORY, MessageType::TunResp)));
-    assert_eq!(w.hosts[1].ep.tunnel(tid).unwrap().endpoint, mn);
+    assert!(w.net.was_sent(cn, MALLORY, MessageType::TunResp));
+    assert_eq!(w.nodes[1].ep.tunnel(tid).unwrap().params.endpoint, mn);
     assert!(!w
         .events(1)
         .iter()
         .any(|e| matches!(e, Event::EndpointChanged { .. })));
-    assert_data_both_ways(&mut w, 0, 1);
+    w.assert_data_both_ways(0, 1);
 }

@@ -1,0 +1,347 @@
+//! The two per-packet functions of the fast path, on plain byte slices (so they are
+//! tested and benchmarked without AF_XDP): [`uplink`] encapsulates a GN frame in place
+//! and seals it with the tunnel's send direction key (suite 2 encrypts the inner packet
+//! where it lies), [`downlink`] opens a tunnel frame in place with the receive direction
+//! key (suite 2 decrypts it where it lies), checks it and strips it. Neither allocates,
+//! copies the packet, locks or makes a system call. Both decide before writing whether
+//! a frame is theirs, so a frame sent to the slow path leaves unchanged; a dropped
+//! frame may have been changed (decrypted) and is only recycled. Headers are read and
+//! written through [`crate::wire`].
+//!
+//! Frame layouts (offsets in bytes):
+//!
+//! ```text
+//! uplink in:   [44 free][Ethernet 14][inner IPv4 ...][padding][16 free]
+//! uplink out:  [Ethernet 14][IPv4 20][UDP 8][NTM header 16][inner IPv4 ...][tag 16]
+//! downlink in: [Ethernet 14][IPv4 20+][UDP 8][NTM header 16][inner IPv4 ...][tag 16][padding]
+//! downlink out:                  [Ethernet 14][inner IPv4 ...]  (at `offset`)
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use ntm_proto::{
+    data::{decap, encap_in_place, Decapped, Rx},
+    wire::{HEADER_LEN, OVERHEAD, TAG_LEN},
+    Error,
+};
+
+use super::table::{pack_addr, PreparedLink, Snapshot, Tunnel};
+use crate::wire::outer::{Outer, OUTER_LEN};
+use crate::wire::tcp::{clamp_mss, IPV4_TCP_LEN};
+use crate::wire::{ethernet, ipv4, udp};
+
+/// Ethernet header length.
+pub const ETH_LEN: usize = ethernet::HEADER_LEN;
+/// How far uplink grows a frame at the front (the GN frame's Ethernet header is reused):
+/// the outer IPv4 and UDP headers and the NTM header (44).
+pub const ENCAP_GROW: usize = OUTER_LEN + HEADER_LEN - ETH_LEN;
+/// How far uplink grows a frame at the back (the tag).
+pub const ENCAP_TAIL: usize = TAG_LEN;
+/// Inner MTU on a 1500-byte uplink (§5 "MTU": the uplink's MTU − 60): the default
+/// when nothing else is configured. The fast path uses [`Snapshot`]'s `inner_mtu`.
+pub const INNER_MTU: usize = 1440;
+/// What the tunnel adds to an inner packet: outer IPv4 20, UDP 8, NTM header 16, tag 16.
+pub const TUNNEL_OVERHEAD: u16 = (OUTER_LEN - ETH_LEN + OVERHEAD) as u16;
+
+ntm_proto::reasons! {
+    /// Why the fast path dropped a frame; counted per worker.
+    pub enum FastDrop {
+        /// From the GN: not a well-formed IPv4 packet (short, bad IHL, total length
+        /// outside the frame).
+        LanMalformed => "lan_malformed",
+        /// From the GN: inner source is not the GN's VIP (spoofing, or a stale address).
+        LanBadSource => "lan_bad_source",
+        /// From the GN: a frame longer than any the datapath can take (the raw path's
+        /// buffer: a GSO super-frame on veth). Packets merely longer than the inner MTU
+        /// are not dropped: see [`UpVerdict::TooBig`].
+        LanTooBig => "lan_too_big",
+        /// The frame lacks headroom or tailroom for the outer headers (UMEM headroom too
+        /// small: a configuration error, refused at start).
+        NoRoom => "no_room",
+        /// From the WAN: Ethernet/IPv4/UDP headers inconsistent (lengths, IHL) or IPv4
+        /// header checksum wrong.
+        WanMalformed => "wan_malformed",
+        /// NTM datagram shorter than header plus tag.
+        Truncated => "truncated",
+        /// NTM version not 2.
+        BadVersion => "bad_version",
+        /// No tunnel with this id (not even one being set up).
+        UnknownTunnel => "unknown_tunnel",
+        /// Suite other than the tunnel's.
+        UnsupportedSuite => "unsupported_suite",
+        /// Tag does not verify with the tunnel's receive direction key (forged, changed,
+        /// or one of our own datagrams sent back to us); with suite 2 the body does not
+        /// decrypt.
+        BadTag => "bad_tag",
+        /// Sequence number seen before or older than the window.
+        Replay => "replay",
+        /// DATA body not one whole IPv4 packet: version 4, IHL at least 5, total length
+        /// equal to the body length.
+        BadInner => "bad_inner",
+        /// Inner source not the peer's VIP, or inner destination not the GN's VIP.
+        InnerAddr => "inner_addr",
+        /// Authentic DATA while the GN link is not set up (no VIP / MAC yet).
+        NotReady => "not_ready",
+        /// The slow queue was full: a frame for the control thread was dropped.
+        SlowQueueFull => "slow_queue_full",
+    }
+}
+
+/// The drop reason of a datagram [`decap`] refused.
+fn drop_of(e: Error) -> FastDrop {
+    match e {
+        Error::Truncated => FastDrop::Truncated,
+        Error::BadVersion => FastDrop::BadVersion,
+        Error::UnknownTunnel => FastDrop::UnknownTunnel,
+        Error::UnsupportedSuite => FastDrop::UnsupportedSuite,
+        Error::BadTag => FastDrop::BadTag,
+        Error::Replay => FastDrop::Replay,
+        Error::BadInner => FastDrop::BadInner,
+        Error::InnerAddr => FastDrop::InnerAddr,
+        // encap_in_place's only failure: the frame is too small for what we checked.
+        _ => FastDrop::NoRoom,
+    }
+}
+
+/// What [`uplink`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpVerdict {
+    /// Encapsulated: send the first `len` bytes of the buffer on the WAN.
+    Tx(usize),
+    /// As [`UpVerdict::Tx`], after clamping the MSS option of a TCP SYN (counted).
+    TxClamped(usize),
+    /// Longer than the inner MTU (§5 "MTU"): hand the unchanged frame to the control
+    /// thread, which answers ICMP fragmentation needed (DF set) or sends it as
+    /// fragments (DF clear). Counted.
+    TooBig,
+    /// Not for the fast path (no tunnel to that VIP, link not ready, not IPv4, to the
+    /// router): hand the unchanged frame to the control thread.
+    Slow,
+    /// Drop, counted by reason.
+    Drop(FastDrop),
+}
+
+/// What [`downlink`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownVerdict {
+    /// Verified and stripped: send `buf[offset..offset + len]` to the GN.
+    Tx { offset: usize, len: usize },
+    /// As [`DownVerdict::Tx`], after clamping the MSS option of a TCP SYN-ACK or SYN
+    /// (counted).
+    TxClamped { offset: usize, len: usize },
+    /// An authentic TUN_KEEPALIVE: recorded; recycle the frame.
+    Consumed,
+    /// Not tunnel traffic the fast path decides on (other port, fragment, signaling):
+    /// hand the unchanged frame to the control thread.
+    Slow,
+    /// Drop, counted by reason.
+    Drop(FastDrop),
+}
+
+/// Encapsulates the GN frame in `buf` in place.
+///
+/// `buf` is the frame's buffer grown by [`ENCAP_GROW`] bytes at the front and
+/// [`ENCAP_TAIL`] at the back: `buf[ENCAP_GROW..ENCAP_GROW + frame_len]` is the frame as
+/// received. On [`UpVerdict::Tx`] the outer Ethernet/IPv4/UDP/NTM headers are written in
+/// front of the inner packet and the tag after it; nothing is written otherwise.
+#[inline]
+pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
+    if buf.len() < ENCAP_GROW + frame_len + ENCAP_TAIL {
+        return UpVerdict::Drop(FastDrop::NoRoom);
+    }
+    match classify_up(snap, &buf[ENCAP_GROW..ENCAP_GROW + frame_len]) {
+        Ok((link, t, inner_len)) => seal_up(snap, link, t, buf, inner_len),
+        Err(v) => v,
+    }
+}
+
+/// Decides whether the GN frame is the fast path's to send: an IPv4 packet from the
+/// GN's VIP to the VIP of a tunnel, within the inner MTU. Returns the link, the tunnel
+/// and the inner packet's length.
+#[inline(always)]
+fn classify_up<'s>(
+    snap: &'s Snapshot,
+    frame: &[u8],
+) -> Result<(&'s PreparedLink, &'s Tunnel, usize), UpVerdict> {
+    let eth =
+        ethernet::Frame::new_checked(frame).map_err(|_| UpVerdict::Drop(FastDrop::LanMalformed))?;
+    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
+        return Err(UpVerdict::Slow);
+    }
+    let ip = ipv4::Packet::new_checked(eth.payload())
+        .map_err(|_| UpVerdict::Drop(FastDrop::LanMalformed))?;
+    let link = snap.link.as_ref().ok_or(UpVerdict::Slow)?;
+    let t = snap
+        .by_vip
+        .get(&u32::from(ip.dst_addr()))
+        .ok_or(UpVerdict::Slow)?;
+    if ip.src_addr() != link.info.gn_vip {
+        return Err(UpVerdict::Drop(FastDrop::LanBadSource));
+    }
+    let total = ip.total_len();
+    if total > snap.inner_mtu {
+        return Err(UpVerdict::TooBig);
+    }
+    Ok((link, t, usize::from(total)))
+}
+
+/// Clamps the MSS, seals the inner packet at `buf[ENCAP_GROW + ETH_LEN..]` and writes
+/// the outer headers over the front of the buffer.
+#[inline(always)]
+fn seal_up(
+    snap: &Snapshot,
+    link: &PreparedLink,
+    t: &Tunnel,
+    buf: &mut [u8],
+    inner_len: usize,
+) -> UpVerdict {
+    let inner_at = ENCAP_GROW + ETH_LEN;
+    let clamped = clamp_mss(
+        &mut buf[inner_at..inner_at + inner_len],
+        snap.inner_mtu.saturating_sub(IPV4_TCP_LEN),
+    );
+    let seq = t.tx_seq.next();
+    // The NTM header goes over the end of the GN's Ethernet header.
+    let datagram_len = match encap_in_place(buf, OUTER_LEN, inner_len, t.id, seq, &t.tx) {
+        Ok(n) => n,
+        Err(e) => return UpVerdict::Drop(drop_of(e)),
+    };
+    let outer = Outer {
+        eth: &link.wan_eth,
+        from: SocketAddrV4::new(link.info.wan_ip, link.info.wan_port),
+        to: t.endpoint(),
+        // Identification from the tunnel's seq: distinct across 65536 packets, no state.
+        ident: seq as u16,
+    };
+    if !outer.emit(buf, datagram_len) {
+        return UpVerdict::Drop(FastDrop::NoRoom);
+    }
+    t.tx_count.0.packets.fetch_add(1, Ordering::Relaxed);
+    t.tx_count
+        .0
+        .bytes
+        .fetch_add(inner_len as u64, Ordering::Relaxed);
+    let len = OUTER_LEN + datagram_len;
+    if clamped {
+        UpVerdict::TxClamped(len)
+    } else {
+        UpVerdict::Tx(len)
+    }
+}
+
+/// Opens, checks and strips the tunnel frame `buf` in place: the outer headers, then
+/// [`decap`] in the order of §5: length, version, (type: DATA or TUN_KEEPALIVE, else
+/// slow path), known tunnel id (one being set up counts), suite (the tunnel's), tag with
+/// the receive direction key (suite 2: decryption in place), replay window, one whole
+/// inner IPv4 packet, inner source = peer VIP and inner destination = GN VIP. Only a
+/// datagram that passed every check is activity and names a source the control may
+/// roam to. On [`DownVerdict::Tx`] the Ethernet header towards the GN has been written
+/// in front of the inner packet. `now_nanos` is the data plane's clock (see
+/// [`super::Dataplane::now_nanos`]), read once per burst.
+#[inline]
+pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict {
+    let (dg, from) = match parse_down(snap, buf) {
+        Ok(v) => v,
+        Err(v) => return v,
+    };
+    let local_vip = snap
+        .link
+        .as_ref()
+        .map_or(Ipv4Addr::UNSPECIFIED, |l| l.info.gn_vip);
+    let mut tunnel = None;
+    let opened = decap(&mut buf[dg.clone()], |id| {
+        let t = snap.by_id.get(&id)?;
+        tunnel = Some(&**t);
+        Some(Rx {
+            cipher: &t.rx,
+            replay: &t.replay,
+            peer_vip: t.peer_vip,
+            local_vip,
+        })
+    });
+    let (inner_len, t) = match (opened, tunnel) {
+        (Ok(Decapped::Data { inner, .. }), Some(t)) => (inner.len(), t),
+        (Ok(Decapped::Keepalive { .. }), Some(t)) => {
+            t.note_rx(now_nanos, from);
+            t.rx_count.0.keepalives.fetch_add(1, Ordering::Relaxed);
+            return DownVerdict::Consumed;
+        }
+        (Err(Error::UnexpectedType), _) => return DownVerdict::Slow,
+        // Without a link the GN's VIP is unknown: an inner packet of the right shape
+        // is authentic DATA that cannot be delivered yet.
+        (Err(Error::InnerAddr), _) if snap.link.is_none() => {
+            return DownVerdict::Drop(FastDrop::NotReady)
+        }
+        (Err(e), _) => return DownVerdict::Drop(drop_of(e)),
+        (Ok(_), None) => return DownVerdict::Drop(FastDrop::UnknownTunnel),
+    };
+    let Some(link) = snap.link.as_ref() else {
+        return DownVerdict::Drop(FastDrop::NotReady);
+    };
+    // Passed every check: now, and only now, it is activity from `from` (roaming).
+    t.note_rx(now_nanos, from);
+    t.rx_count.0.packets.fetch_add(1, Ordering::Relaxed);
+    t.rx_count
+        .0
+        .bytes
+        .fetch_add(inner_len as u64, Ordering::Relaxed);
+    deliver(snap, link, buf, dg.start, inner_len)
+}
+
+/// Checks the outer Ethernet/IPv4/UDP headers of a WAN frame: returns where the NTM
+/// datagram lies and its source (packed), or the verdict on a frame that is not a
+/// well-formed datagram to our port.
+#[inline(always)]
+fn parse_down(snap: &Snapshot, buf: &[u8]) -> Result<(Range<usize>, u64), DownVerdict> {
+    const MALFORMED: DownVerdict = DownVerdict::Drop(FastDrop::WanMalformed);
+    let eth = ethernet::Frame::new_checked(buf).map_err(|_| MALFORMED)?;
+    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
+        return Err(DownVerdict::Slow);
+    }
+    let ip = ipv4::Packet::new_checked(eth.payload()).map_err(|_| MALFORMED)?;
+    // Nothing has checked the header before XDP; its source address becomes
+    // `last_rx_from`, which the control may roam to.
+    if !ip.verify_checksum() {
+        return Err(MALFORMED);
+    }
+    if ip.protocol() != ipv4::PROTO_UDP || ip.is_fragment() {
+        // Other protocols and fragments: the kernel's business (XDP passes them).
+        return Err(DownVerdict::Slow);
+    }
+    let udp = udp::Packet::new_unchecked(ip.payload());
+    udp.check_header_len().map_err(|_| MALFORMED)?;
+    if udp.dst_port() != snap.ntm_port {
+        return Err(DownVerdict::Slow);
+    }
+    udp.check_len().map_err(|_| MALFORMED)?;
+    let from = pack_addr(ip.src_addr(), udp.src_port());
+    let dg_at = ETH_LEN + ip.header_len() + udp::HEADER_LEN;
+    let dg_end = dg_at + usize::from(udp.length()) - udp::HEADER_LEN;
+    Ok((dg_at..dg_end, from))
+}
+
+/// Clamps the MSS of the DATA opened at `buf[dg_at..]` and writes the Ethernet header
+/// towards the GN in front of its inner packet.
+#[inline(always)]
+fn deliver(
+    snap: &Snapshot,
+    link: &PreparedLink,
+    buf: &mut [u8],
+    dg_at: usize,
+    inner_len: usize,
+) -> DownVerdict {
+    let offset = dg_at + HEADER_LEN - ETH_LEN;
+    let clamped = clamp_mss(
+        &mut buf[offset + ETH_LEN..offset + ETH_LEN + inner_len],
+        snap.inner_mtu.saturating_sub(IPV4_TCP_LEN),
+    );
+    buf[offset..offset + ETH_LEN].copy_from_slice(&link.lan_eth);
+    let len = ETH_LEN + inner_len;
+    if clamped {
+        DownVerdict::TxClamped { offset, len }
+    } else {
+        DownVerdict::Tx { offset, len }
+    }
+}
