@@ -1,4 +1,4 @@
-//! ntm-dc: the NTMobile Direction Coordinator (`shared/PROTOCOL.md`, wire
+//! ntm-dc: the NTMobile Direction Coordinator (`docs/protocol.md`, wire
 //! protocol version 2, §5).
 //!
 //! The DC registers nodes and hands out VIPs from a pool, keeps the

@@ -435,7 +435,7 @@ impl Config {
             "dns_ttl",
             self.dns_ttl.into(),
             MAX_TTL.into(),
-            "at most 60 s (PROTOCOL.md §6)",
+            "at most 60 s (docs/protocol.md §6)",
         )?;
         let limits = [
             ("dns_timeout_secs", self.dns_timeout_secs, 60),

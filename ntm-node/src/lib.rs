@@ -8,7 +8,7 @@
 //!   to the DC is checked every second) and deregisters on SIGINT/SIGTERM;
 //! * a TUN device carrying the VIP with its prefix route and MTU 1440:
 //!   packets from it go out as DATA, DATA from tunnels goes into it after
-//!   the checks of PROTOCOL.md §5 (tag with the receive direction key, and
+//!   the checks of docs/protocol.md §5 (tag with the receive direction key, and
 //!   for suite 2 AES-256-GCM decryption in place; replay window; one whole
 //!   IPv4 packet; inner source = peer VIP, inner destination = own VIP);
 //!   only a datagram that passed them all counts as activity or moves the

@@ -1,22 +1,22 @@
-//! The tokio driver: one task pumps the sans-IO [`Endpoint`] and
-//! [`DnsStub`] between the UDP socket, the TUN device and the DNS sockets
-//! (like quinn's `ConnectionDriver` over quinn-proto).
+//! The tokio driver: one task pumps the sans-IO [`Host`] (the protocol
+//! [`Endpoint`] with its names and hold queue) and [`DnsStub`] between the
+//! UDP socket, the TUN device and the DNS sockets (like quinn's
+//! `ConnectionDriver` over quinn-proto).
 //!
 //! Every handler is synchronous and sends with `try_send*`: a full socket
 //! or device buffer drops the packet (counted), as a router would, and
 //! signaling loss is repaired by the protocol's retransmissions.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use ntm_ops::server::{Sig, Signals};
 use ntm_proto::data::inner_destination;
-use ntm_proto::dns::{DnsStub, Output, PendingId, ResolveOutcome, Transport};
-use ntm_proto::node::{self, DirError, Endpoint, Event, Received, ReqId, TunnelParams};
+use ntm_proto::dns::{DnsStub, Output, Transport};
+use ntm_proto::host::{Host, HostEvent, NoWay, Way};
+use ntm_proto::node::{self, Endpoint, Event, Received, TunnelParams};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
-use ntm_proto::{Error, Status as Code};
 use tokio::net::UdpSocket;
 use tun_rs::AsyncDevice;
 
@@ -31,8 +31,6 @@ pub const ADDR_POLL: Duration = Duration::from_secs(1);
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Largest datagram or packet handled (UDP payload limit).
 const MAX_PACKET: usize = 65_535;
-/// Bound of the VIP → FQDN memory used to set expired tunnels up again.
-const MAX_NAMES: usize = 4096;
 
 /// The sockets and the device.
 struct Io {
@@ -55,17 +53,10 @@ const DATAGRAMS_PER_WAKE: usize = tundev::BATCH;
 /// The node's state, driven by [`run`].
 struct Node {
     s: Settings,
-    ep: Endpoint,
+    /// The endpoint with its names, hold queue and pending resolutions.
+    host: Host,
     stub: DnsStub<SocketAddr>,
-    hold: HoldQueue,
     c: Counters,
-    /// Peer VIP → FQDN, learned from answers and tunnels, so that a packet
-    /// to an expired tunnel's peer sets it up again (§5 "Data").
-    names: HashMap<Ipv4Addr, String>,
-    /// DNS resolutions waiting on a direction request.
-    dns_by_req: HashMap<ReqId, Vec<PendingId>>,
-    /// Direction requests started by a packet to a known VIP.
-    pkt_by_req: HashMap<ReqId, Ipv4Addr>,
     /// The address on the TUN device.
     tun_addr: Option<(Ipv4Addr, u8)>,
     /// The TUN device for the status (counters read when it is written),
@@ -116,15 +107,12 @@ impl Node {
         dns_cfg.seed = u64::from_le_bytes([
             seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
         ]) ^ unix_nanos;
+        let hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
         Ok(Node {
-            hold: HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout),
+            host: Host::new(ep, hold),
             stub: DnsStub::new(suffix, dns_cfg),
-            ep,
             s,
             c: Counters::default(),
-            names: HashMap::new(),
-            dns_by_req: HashMap::new(),
-            pkt_by_req: HashMap::new(),
             tun_addr: None,
             tun_dev: (TunDeviceStatus::default(), 0),
             tun_tx: TunTx::new(),
@@ -158,7 +146,7 @@ impl Node {
         // receive direction key, replay window, inner shape and addresses)
         // before it notes the datagram as activity or follows a new source
         // (roaming): a dropped datagram moves nothing.
-        match self.ep.handle(now, from, bytes) {
+        match self.host.handle(now, from, bytes) {
             Ok(Received::Data { inner, .. }) => {
                 self.c.data_rx += 1;
                 if self.tun_tx.push(inner) {
@@ -219,53 +207,28 @@ impl Node {
             self.c.drop_local(LocalDrop::NotIpv4);
             return;
         };
-        // Behind packets already waiting, to keep their order.
-        if self.hold.holds(dst) {
-            self.hold_packet(now, dst, pkt);
-            return;
-        }
-        match self.send_data(io, now, pkt) {
-            Ok(()) => {}
-            Err(Error::NoTunnel) => self.no_tunnel(now, dst, pkt),
-            Err(Error::NotRegistered) => self.c.drop_local(LocalDrop::NotRegistered),
-            Err(_) => self.c.drop_local(LocalDrop::NotIpv4),
+        match self.host.route(now, dst) {
+            Ok(Way::Send) => {
+                if self.send_data(io, now, pkt).is_err() {
+                    self.c.drop_local(LocalDrop::NotIpv4);
+                }
+            }
+            Ok(Way::Hold | Way::Connected) => self.hold_packet(now, dst, pkt),
+            Err(NoWay::NotRegistered) => self.c.drop_local(LocalDrop::NotRegistered),
+            Err(NoWay::NoRoute) => self.c.drop_local(LocalDrop::NoRoute),
         }
     }
 
-    fn send_data(&mut self, io: &Io, now: Instant, pkt: &[u8]) -> Result<(), Error> {
-        let t = self.ep.send_data(now, pkt, &mut self.buf)?;
+    fn send_data(&mut self, io: &Io, now: Instant, pkt: &[u8]) -> Result<(), ntm_proto::Error> {
+        let t = self.host.send_data(now, pkt, &mut self.buf)?;
         if self.send_udp(io, t.dst, t.len) {
             self.c.data_tx += 1;
         }
         Ok(())
     }
 
-    /// No tunnel is up to `dst`: hold the packet if one is being set up,
-    /// or set one up to a peer we know by name.
-    fn no_tunnel(&mut self, now: Instant, dst: Ipv4Addr, pkt: &[u8]) {
-        let pending =
-            self.ep.tunnel_for_vip(dst).is_some() || self.pkt_by_req.values().any(|v| *v == dst);
-        if pending {
-            self.hold_packet(now, dst, pkt);
-            return;
-        }
-        let Some(fqdn) = self.names.get(&dst).cloned() else {
-            self.c.drop_local(LocalDrop::NoRoute);
-            return;
-        };
-        match self.ep.connect(now, &fqdn) {
-            Ok(req) => {
-                tracing::info!(peer = %fqdn, vip = %dst, "setting the tunnel up again for a packet");
-                self.pkt_by_req.insert(req, dst);
-                self.hold_packet(now, dst, pkt);
-            }
-            Err(Error::NotRegistered) => self.c.drop_local(LocalDrop::NotRegistered),
-            Err(_) => self.c.drop_local(LocalDrop::NoRoute),
-        }
-    }
-
     fn hold_packet(&mut self, now: Instant, dst: Ipv4Addr, pkt: &[u8]) {
-        match self.hold.push(now, dst, pkt) {
+        match self.host.hold(now, dst, pkt) {
             Ok(()) => self.c.held += 1,
             Err(_) => self.c.drop_local(LocalDrop::HoldFull),
         }
@@ -291,12 +254,11 @@ impl Node {
 
     /// Timers of the endpoint, the stub and the hold queue.
     fn on_timeout(&mut self, now: Instant) {
-        self.ep.handle_timeout(now);
+        let n = self.host.handle_timeout(now);
+        self.c.drop_local_n(LocalDrop::HoldExpired, n);
         let n = self.stub.handle_timeout(now);
         self.c
             .drop_dns_n(ntm_proto::dns::DnsDrop::UpstreamTimeout, n);
-        let n = self.hold.expire(now);
-        self.c.drop_local_n(LocalDrop::HoldExpired, n);
     }
 
     /// Checks the route to the DC for a new local address (roaming).
@@ -307,27 +269,38 @@ impl Node {
         if ip != self.local_ip {
             tracing::info!(old = %self.local_ip, new = %ip, "local address changed: re-registering and telling peers");
             self.local_ip = ip;
-            self.ep
+            self.host
+                .endpoint_mut()
                 .handle_local_addr_change(now, SocketAddrV4::new(ip, self.s.listen_port));
         }
     }
 
     // ----- outputs ------------------------------------------------------
 
-    /// Drains the endpoint's transmits and events and the stub's outputs
-    /// until nothing more comes out.
+    /// Drains the host's events, transmits and released packets and the
+    /// stub's outputs until nothing more comes out (events first: see
+    /// [`ntm_proto::host`]).
     fn pump(&mut self, io: &Io, now: Instant) {
         loop {
             let mut busy = false;
+            while let Some(ev) = self.host.poll_event(now) {
+                self.on_event(io, now, ev);
+                busy = true;
+            }
             while let Some(t) = self
-                .ep
+                .host
                 .poll_transmit(now, &mut self.buf[..MAX_SIGNALING_LEN])
             {
                 self.send_udp(io, t.dst, t.len);
                 busy = true;
             }
-            while let Some(ev) = self.ep.poll_event() {
-                self.on_event(io, now, ev);
+            while let Some((_, packets)) = self.host.poll_released() {
+                for pkt in packets {
+                    match self.send_data(io, now, &pkt) {
+                        Ok(()) => self.c.released += 1,
+                        Err(_) => self.c.drop_local(LocalDrop::SetupFailed),
+                    }
+                }
                 busy = true;
             }
             while let Some(out) = self.stub.poll_output() {
@@ -338,28 +311,32 @@ impl Node {
                 break;
             }
         }
-        // Packets for peers whose set-up failed or was never started.
-        for dst in self.hold.destinations() {
-            let pending = self.ep.tunnel_for_vip(dst).is_some()
-                || self.pkt_by_req.values().any(|v| *v == dst);
-            if !pending {
-                let n = self.hold.discard(dst);
-                self.c.drop_local_n(LocalDrop::SetupFailed, n);
+    }
+
+    fn on_event(&mut self, io: &Io, now: Instant, ev: HostEvent) {
+        match ev {
+            HostEvent::Endpoint(ev) => self.on_endpoint_event(io, ev),
+            HostEvent::Answer {
+                pending_id,
+                outcome,
+            } => {
+                if let Err(d) = self.stub.answer(now, pending_id, outcome) {
+                    self.c.drop_dns(d);
+                }
+            }
+            HostEvent::SetupFailed { packets, .. } => {
+                self.c.drop_local_n(LocalDrop::SetupFailed, packets.len());
             }
         }
     }
 
-    fn on_event(&mut self, io: &Io, now: Instant, ev: Event) {
+    fn on_endpoint_event(&mut self, io: &Io, ev: Event) {
         match ev {
+            // The host logged it.
             Event::Registered {
-                vip,
-                prefix_len,
-                node_id,
-                observed,
-                behind_nat,
+                vip, prefix_len, ..
             } => {
                 self.c.registrations += 1;
-                tracing::info!(%vip, prefix_len, node_id, %observed, behind_nat, "registered");
                 if self.tun_addr != Some((vip, prefix_len)) {
                     self.configure_tun(io, vip, prefix_len);
                 }
@@ -367,70 +344,28 @@ impl Node {
             Event::RegistrationFailed { reason } => {
                 tracing::warn!(dc = %self.s.dc, %reason, "registration failed; trying again in 10 s");
             }
-            Event::DirectionResolved { req, fqdn, result } => {
-                match &result {
-                    Ok(vip) => {
-                        tracing::info!(peer = %fqdn, %vip, "resolved");
-                        self.remember(*vip, &fqdn);
-                    }
-                    Err(e) => tracing::info!(peer = %fqdn, error = %e, "direction request failed"),
-                }
-                if let Some(ids) = self.dns_by_req.remove(&req) {
-                    let outcome = match result {
-                        Ok(vip) => ResolveOutcome::Vip(vip),
-                        Err(DirError::Status(Code::NotFound)) => ResolveOutcome::NotFound,
-                        Err(DirError::TimedOut) => ResolveOutcome::Timeout,
-                        Err(_) => ResolveOutcome::Failed,
-                    };
-                    for id in ids {
-                        if let Err(d) = self.stub.answer(now, id, outcome) {
-                            self.c.drop_dns(d);
-                        }
-                    }
-                }
-                if let Some(vip) = self.pkt_by_req.remove(&req) {
-                    if result.is_err() {
-                        let n = self.hold.discard(vip);
-                        self.c.drop_local_n(LocalDrop::SetupFailed, n);
-                    }
-                }
-            }
+            // The host logged it, answered the DNS and gave up the packets.
+            Event::DirectionResolved { .. } => {}
             Event::TunnelAdded(p) => {
                 // The endpoint accepts the peer's DATA from now on (the peer
                 // may send right after its TUN_RESP); we send from TunnelUp.
                 tracing::debug!(tunnel = %p, "tunnel added");
-                self.remember(p.peer_vip, &p.peer_fqdn);
             }
-            Event::TunnelUp(p) => self.on_tunnel_up(io, now, &p),
+            Event::TunnelUp(p) => self.on_tunnel_up(&p),
             Event::TunnelDown { tunnel_id, reason } => {
                 self.c.tunnels_down += 1;
                 tracing::info!(tunnel_id, ?reason, "tunnel down");
             }
-            Event::EndpointChanged {
-                tunnel_id,
-                endpoint,
-            } => {
-                tracing::info!(tunnel_id, %endpoint, "peer moved (roaming)");
-            }
+            // The host logged it; the endpoint sends there from now on.
+            Event::EndpointChanged { .. } => {}
         }
     }
 
-    fn on_tunnel_up(&mut self, io: &Io, now: Instant, p: &TunnelParams) {
+    /// A tunnel is up; its held packets go after the pending transmits
+    /// ([`Host::poll_released`]).
+    fn on_tunnel_up(&mut self, p: &TunnelParams) {
         self.c.tunnels_up += 1;
         tracing::info!(tunnel = %p, "tunnel up");
-        self.remember(p.peer_vip, &p.peer_fqdn);
-        for pkt in self.hold.take(p.peer_vip) {
-            match self.send_data(io, now, &pkt) {
-                Ok(()) => self.c.released += 1,
-                Err(_) => self.c.drop_local(LocalDrop::SetupFailed),
-            }
-        }
-    }
-
-    fn remember(&mut self, vip: Ipv4Addr, fqdn: &str) {
-        if self.names.len() < MAX_NAMES || self.names.contains_key(&vip) {
-            self.names.insert(vip, fqdn.to_owned());
-        }
     }
 
     fn configure_tun(&mut self, io: &Io, vip: Ipv4Addr, prefix_len: u8) {
@@ -461,21 +396,12 @@ impl Node {
                 Ok(_) => self.c.reply(kind),
                 Err(_) => self.c.drop_local(LocalDrop::DnsSendFailed),
             },
-            Output::Resolve { fqdn, pending_id } => match self.ep.connect(now, &fqdn) {
-                Ok(req) => self.dns_by_req.entry(req).or_default().push(pending_id),
-                Err(e) => {
+            Output::Resolve { fqdn, pending_id } => {
+                if let Err(e) = self.host.resolve(now, &fqdn, pending_id) {
+                    // Answered with NXDOMAIN or SERVFAIL at the next poll.
                     tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC");
-                    let outcome = if e == Error::BadFqdn {
-                        // No node can have this name.
-                        ResolveOutcome::NotFound
-                    } else {
-                        ResolveOutcome::Failed
-                    };
-                    if let Err(d) = self.stub.answer(now, pending_id, outcome) {
-                        self.c.drop_dns(d);
-                    }
                 }
-            },
+            }
             Output::Upstream { payload, .. } => {
                 if io.upstream.try_send(&payload).is_err() {
                     self.c.drop_local(LocalDrop::UpstreamSendFailed);
@@ -487,9 +413,9 @@ impl Node {
     // ----- status -------------------------------------------------------
 
     fn status(&self) -> Status {
-        let reg = self.ep.registration();
-        let mut tunnels: Vec<TunnelStatus> = self
-            .ep
+        let ep = self.host.endpoint();
+        let reg = ep.registration();
+        let mut tunnels: Vec<TunnelStatus> = ep
             .tunnels()
             .map(|node::TunnelInfo { params: t, up }| TunnelStatus {
                 id: t.tunnel_id,
@@ -507,12 +433,12 @@ impl Node {
             fqdn: self.s.fqdn.clone(),
             vip: reg.map(|r| r.vip.addr),
             node_id: reg.map(|r| r.node_id),
-            local_addr: self.ep.local_addr(),
+            local_addr: ep.local_addr(),
             observed: reg.map(|r| r.observed),
             behind_nat: reg.map(|r| r.behind_nat),
             tunnels,
             packets: self.c.packets(),
-            drops: self.c.drops(self.ep.drops()),
+            drops: self.c.drops(ep.drops()),
             tun: self.tun_status(),
         }
     }
@@ -543,14 +469,10 @@ impl Node {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.ep.poll_timeout(),
-            self.stub.poll_timeout(),
-            self.hold.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.host.poll_timeout(), self.stub.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -851,7 +773,7 @@ impl Node {
         let now = Instant::now();
         ntm_ops::notify::stopping();
         tracing::info!("shutting down: deregistering");
-        self.ep.close(now);
+        self.host.endpoint_mut().close(now);
         self.pump(io, now);
         self.log_stats();
         self.write_status();

@@ -81,20 +81,7 @@ macro_rules! reasons {
             }
         }
 
-        impl ::core::error::Error for $name {}
-
-        impl $crate::counters::Reason for $name {
-            const COUNT: usize = $name::COUNT;
-            fn index(self) -> usize {
-                $name::index(self)
-            }
-            fn name(self) -> &'static str {
-                $name::name(self)
-            }
-            fn all() -> impl Iterator<Item = Self> {
-                $name::ALL.into_iter()
-            }
-        }
+        $crate::reasons!(@reason $name, $name::ALL.into_iter());
     };
     (
         $(#[$m:meta])*
@@ -146,6 +133,10 @@ macro_rules! reasons {
             }
         }
 
+        $crate::reasons!(@reason $name,
+            <$base as $crate::counters::Reason>::all().map($name::$inner).chain($name::OWN));
+    };
+    (@reason $name:ident, $all:expr) => {
         impl ::core::error::Error for $name {}
 
         impl $crate::counters::Reason for $name {
@@ -157,9 +148,7 @@ macro_rules! reasons {
                 $name::name(self)
             }
             fn all() -> impl Iterator<Item = Self> {
-                <$base as $crate::counters::Reason>::all()
-                    .map($name::$inner)
-                    .chain($name::OWN)
+                $all
             }
         }
     };

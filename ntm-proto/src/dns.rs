@@ -1,4 +1,4 @@
-//! The DNS stub of a node or adapter (PROTOCOL.md §6 "DNS"), sans-IO and at
+//! The DNS stub of a node or adapter (docs/protocol.md §6 "DNS"), sans-IO and at
 //! message level: DNS payloads in, DNS payloads and work for the caller out.
 //!
 //! Names under the NTM suffix are resolved through the DC: the stub asks
@@ -354,7 +354,7 @@ pub fn parse_suffix(s: &str) -> Option<Name> {
     Some(n)
 }
 
-/// The PROTOCOL.md FQDN form of `name` (lower-case, no trailing dot, labels
+/// The docs/protocol.md §4 FQDN form of `name` (lower-case, no trailing dot, labels
 /// of `a-z 0-9 -`), or None if it has none.
 pub fn fqdn_of(name: &Name) -> Option<String> {
     let mut s = String::new();
@@ -693,7 +693,7 @@ impl<C: Clone + PartialEq> DnsStub<C> {
             return Ok(Handled::Answered);
         }
         let Some(fqdn) = fqdn_of(name) else {
-            // No node can have this name (PROTOCOL.md FQDN syntax).
+            // No node can have this name (docs/protocol.md §4 FQDN syntax).
             self.reply(&w, ResponseCode::NXDomain, None);
             return Ok(Handled::Answered);
         };

@@ -20,6 +20,7 @@
 //! | [`counters`] | [`counters::Counters`]: drop counters by [`counters::Reason`] (`name=count` display), [`DropCounters`] for [`Error`] |
 //! | `sim` | (feature `sim`) a deterministic virtual-time network of hosts, NATs, latency and loss for tests |
 //! | [`hold`] | [`hold::HoldQueue`]: packets to a VIP whose tunnel is being set up, bounded per peer and in all (software node and adapter) |
+//! | [`host`] | [`host::Host`]: one node identity's endpoint with its names, hold queue, pending DNS resolutions and set-up times, sans-IO (the software node has one, the adapter one per GN) |
 //!
 //! Every drop has a reason: [`Error`] is a fieldless `Copy` enum with
 //! [`Error::index`]/[`Error::COUNT`] for counter arrays ([`DropCounters`]).
@@ -126,6 +127,7 @@ pub mod data;
 pub mod dns;
 mod error;
 pub mod hold;
+pub mod host;
 pub mod node;
 pub mod replay;
 pub mod retransmit;

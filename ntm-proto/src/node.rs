@@ -1306,6 +1306,11 @@ impl Endpoint {
         self.reg.map(|r| r.vip)
     }
 
+    /// Our FQDN.
+    pub fn fqdn(&self) -> &str {
+        &self.cfg.fqdn
+    }
+
     /// Our LOCAL_ADDR.
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.cfg.local_addr

@@ -10,9 +10,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use ntm_proto::dns::ReplyKind;
+use ntm_proto::hold::HoldQueue;
+use ntm_proto::host::{Host, NoWay, Way};
 use ntm_proto::node::{Config, DirError, DownReason, Endpoint, Event, Received, RegistrationError};
 use ntm_proto::retransmit::{Retransmit, RetransmitAction};
-use ntm_proto::sim::{self, fqdn_key, ipv4, DcWorld, NatId, NodeWorld, World as _};
+use ntm_proto::sim::{self, fqdn_key, ipv4, DcWorld, HostNode, NatId, NodeWorld, World as _};
 use ntm_proto::wire::{
     Caps, ErrorMsg, Fqdn, Header, KeepaliveAck, Lease, Message, Packet, RegResp, Repr, Route,
     RouteDir, Vip,
@@ -1150,4 +1153,209 @@ fn a_tun_req_never_moves_the_endpoint() {
         .iter()
         .any(|e| matches!(e, Event::EndpointChanged { .. })));
     w.assert_data_both_ways(0, 1);
+}
+
+// ------------------------------------------------- hosts (ntm_proto::host)
+
+/// The test DC and RS with [`HostNode`]s: hosts as the software node and the
+/// adapter drive them (DNS stub, hold queue, names).
+struct HostWorld {
+    net: sim::Network,
+    dc: TestDc,
+    rs: TestRs,
+    hosts: Vec<HostNode>,
+}
+
+impl sim::World for HostWorld {
+    fn net(&self) -> &sim::Network {
+        &self.net
+    }
+
+    fn net_mut(&mut self) -> &mut sim::Network {
+        &mut self.net
+    }
+
+    fn host(&mut self, id: sim::HostId) -> Option<&mut dyn sim::Host> {
+        match id.0 {
+            0 => Some(&mut self.dc),
+            1 => Some(&mut self.rs),
+            n => self.hosts.get_mut(n - 2).map(|h| h as &mut dyn sim::Host),
+        }
+    }
+}
+
+impl HostWorld {
+    /// mn (host 0) and cn (host 1), public, registered; packets held at
+    /// most `hold_for`.
+    fn two(hold_for: Duration) -> HostWorld {
+        let rs = TestRs::default();
+        let dc = TestDc::new(1, Rc::clone(&rs.keys));
+        let mut net = sim::Network::new(Instant::now(), LATENCY);
+        net.add_host(DC, None);
+        net.add_host(RS, None);
+        let mut w = HostWorld {
+            net,
+            dc,
+            rs,
+            hosts: Vec::new(),
+        };
+        w.add("mn.ntm.test", addr(198, 18, 0, 20, 7700), hold_for);
+        w.add("cn.ntm.test", addr(198, 18, 0, 21, 7700), hold_for);
+        w.run_for(Duration::from_secs(1));
+        w
+    }
+
+    fn add(&mut self, fqdn: &str, local: SocketAddrV4, hold_for: Duration) {
+        let cfg = Config {
+            fqdn: fqdn.into(),
+            key: fqdn_key(fqdn),
+            dc: DC,
+            local_addr: local,
+            caps: Caps::NODE,
+        };
+        let n = self.hosts.len() as u64 + 1;
+        let ep = Endpoint::new(cfg, self.now(), 1_000_000 * n, [n as u8; 32]).unwrap();
+        let hold = HoldQueue::new(4, 16, hold_for);
+        let id = self.net.add_host(local, None);
+        self.hosts.push(HostNode::new(id, Host::new(ep, hold)));
+    }
+
+    fn vip(&self, i: usize) -> Ipv4Addr {
+        self.hosts[i].host.endpoint().vip().unwrap().addr
+    }
+
+    /// Host `from` sends `payload` to `to`.
+    fn send_to(&mut self, from: usize, to: Ipv4Addr, payload: &[u8]) -> Result<Way, NoWay> {
+        let src = self.hosts[from]
+            .host
+            .endpoint()
+            .vip()
+            .map_or(Ipv4Addr::UNSPECIFIED, |v| v.addr);
+        let now = self.now();
+        self.hosts[from].send_packet(now, &ipv4(src, to, payload))
+    }
+
+    /// Host `from` sends `payload` to host `to`'s VIP.
+    fn send(&mut self, from: usize, to: usize, payload: &[u8]) -> Result<Way, NoWay> {
+        let to = self.vip(to);
+        self.send_to(from, to, payload)
+    }
+
+    /// Client `client` of host `i` asks for `name`.
+    fn ask(&mut self, i: usize, client: u16, name: &str) {
+        let now = self.now();
+        self.hosts[i].ask(now, client, name).unwrap();
+    }
+
+    /// mn asks for cn by DNS (client 100), then the path between them is
+    /// cut until their tunnel expires, and mended.
+    fn named_then_expired(&mut self) {
+        self.ask(0, 100, "cn.ntm.test");
+        self.run_for(Duration::from_secs(2));
+        assert_eq!(self.hosts[0].replies_to(100), vec![ReplyKind::A]);
+        let (pa, pb) = (
+            self.net.public(self.hosts[0].id),
+            self.net.public(self.hosts[1].id),
+        );
+        self.net.drop =
+            Box::new(move |f| (f.src == pa && f.dst == pb) || (f.src == pb && f.dst == pa));
+        self.run_for(Duration::from_secs(u64::from(TUNNEL_LIFETIME) + 5));
+        let vip = self.vip(1);
+        assert!(self.hosts[0].host.endpoint().tunnel_for_vip(vip).is_none());
+        self.net.drop = Box::new(|_| false);
+    }
+}
+
+#[test]
+fn host_resolves_by_dns_then_sets_an_expired_tunnel_up_again_for_held_packets() {
+    let mut w = HostWorld::two(Duration::from_secs(3));
+    // A VIP nobody named: no way.
+    assert_eq!(w.send(0, 1, b"early"), Err(NoWay::NoRoute));
+    w.ask(0, 1, "cn.ntm.test");
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.hosts[0].replies_to(1), vec![ReplyKind::A]);
+    let up = w.hosts[0].events.iter().find_map(|e| match e {
+        Event::TunnelUp(t) => Some(t.clone()),
+        _ => None,
+    });
+    let up = up.expect("the DNS answer brought the tunnel up");
+    assert_eq!(w.hosts[0].host.name_of(up.peer_vip), Some("cn.ntm.test"));
+    assert!(
+        w.hosts[0].host.setup_time(up.tunnel_id).is_some(),
+        "mn asked"
+    );
+    assert_eq!(
+        w.hosts[1].host.setup_time(up.tunnel_id),
+        None,
+        "cn was asked"
+    );
+    assert_eq!(w.send(0, 1, b"now"), Ok(Way::Send));
+    w.run_for(Duration::from_millis(100));
+    assert!(w.hosts[1].inner_rx.last().unwrap().ends_with(b"now"));
+
+    w.named_then_expired();
+    // The name is remembered: the first packet sets the tunnel up again and
+    // waits, the second waits behind it; both go once it is up, in order.
+    assert_eq!(w.send(0, 1, b"one"), Ok(Way::Connected));
+    assert_eq!(w.send(0, 1, b"two"), Ok(Way::Hold));
+    assert_eq!(w.hosts[0].host.held(), 2);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!((w.hosts[0].released, w.hosts[0].host.held()), (2, 0));
+    let got = &w.hosts[1].inner_rx;
+    assert!(got[got.len() - 2].ends_with(b"one") && got[got.len() - 1].ends_with(b"two"));
+    assert!(w.hosts[0].given_up.is_empty() && w.hosts[0].expired == 0);
+}
+
+#[test]
+fn host_answers_nxdomain_and_servfail_and_gives_up_held_packets() {
+    let mut w = HostWorld::two(Duration::from_secs(30));
+    w.ask(0, 1, "nobody.ntm.test");
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.hosts[0].replies_to(1), vec![ReplyKind::NxDomain]);
+    // A name no node can have never reaches the DC.
+    w.ask(0, 2, "cn_1.ntm.test");
+    assert_eq!(w.hosts[0].replies_to(2), vec![ReplyKind::NxDomain]);
+    // cn's tunnel expired, and the DC stops answering.
+    w.named_then_expired();
+    w.net.set_up(sim::HostId(0), false);
+    assert_eq!(w.send(0, 1, b"lost"), Ok(Way::Connected));
+    w.ask(0, 3, "cn.ntm.test");
+    w.run_for(Duration::from_secs(10));
+    // The stub gave up first (SERVFAIL); the DIR_REQ's time-out then gave
+    // up the held packet.
+    assert_eq!(w.hosts[0].replies_to(3), vec![ReplyKind::ServFail]);
+    assert_eq!(w.hosts[0].given_up, vec![(w.vip(1), 1)]);
+    assert_eq!((w.hosts[0].host.held(), w.hosts[0].expired), (0, 0));
+}
+
+#[test]
+fn host_refuses_while_unregistered_and_expires_what_it_held() {
+    let mut w = HostWorld::two(Duration::from_secs(1));
+    // gn never registers: the DC is down.
+    w.net.set_up(sim::HostId(0), false);
+    w.add(
+        "gn.ntm.test",
+        addr(198, 18, 0, 22, 7700),
+        Duration::from_secs(1),
+    );
+    w.run_for(Duration::from_secs(1));
+    let cn = w.vip(1);
+    assert_eq!(w.send_to(2, cn, b"x"), Err(NoWay::NotRegistered));
+    w.ask(2, 1, "cn.ntm.test");
+    assert_eq!(w.hosts[2].replies_to(1), vec![ReplyKind::ServFail]);
+    // mn holds a packet for cn while the DC does not answer: it waits the
+    // hold time-out, no longer.
+    w.net.set_up(sim::HostId(0), true);
+    w.named_then_expired();
+    w.net.set_up(sim::HostId(0), false);
+    assert_eq!(w.send(0, 1, b"late"), Ok(Way::Connected));
+    let now = w.now();
+    let wake = w.hosts[0].host.poll_timeout().unwrap();
+    assert!(
+        wake <= now + Duration::from_secs(1),
+        "the hold time-out is a deadline"
+    );
+    w.run_for(Duration::from_secs(2));
+    assert_eq!((w.hosts[0].expired, w.hosts[0].host.held()), (1, 0));
+    assert!(w.hosts[0].given_up.is_empty());
 }

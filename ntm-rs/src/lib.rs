@@ -1,4 +1,4 @@
-//! ntm-rs: the NTMobile Relay Server (`shared/PROTOCOL.md`, wire protocol
+//! ntm-rs: the NTMobile Relay Server (`docs/protocol.md`, wire protocol
 //! version 2, §5, RELAY).
 //!
 //! When both ends of a tunnel sit behind different NATs, the DC directs the

@@ -458,9 +458,32 @@ fn ntma_health_check_capabilities_key_file_and_socket_mode() -> Result<()> {
         "XDP counters read after the drop: {:?}",
         st.datapath.xdp
     );
-    ensure!(ntma
-        .status_text()?
-        .contains("capabilities kept: CAP_BPF CAP_NET_ADMIN CAP_NET_RAW"));
+    // The kernel's loss counters of both interfaces, read from sysfs in
+    // ntma's namespace, and of every AF_XDP socket.
+    for (side, name) in [("lan", "lan0"), ("wan", "wan0")] {
+        let nic = st.datapath.nics.iter().find(|n| n.side == side);
+        ensure!(
+            nic.is_some_and(|n| n.name == name
+                && ntma_user::os::ifstats::COUNTERS
+                    .iter()
+                    .all(|c| n.counters.contains_key(*c))),
+            "{side}: {:?}",
+            st.datapath.nics
+        );
+    }
+    ensure!(
+        st.datapath.rings.len() == 2 && st.datapath.rings.iter().all(|r| r.counters.len() == 6),
+        "{:?}",
+        st.datapath.rings
+    );
+    let text = ntma.status_text()?;
+    ensure!(
+        text.contains("capabilities kept: CAP_BPF CAP_NET_ADMIN CAP_NET_RAW")
+            && text.contains("nic lan lan0: ")
+            && text.contains("nic wan wan0: ")
+            && text.contains("ring 0 wan: "),
+        "{text}"
+    );
     let mode = std::fs::metadata(&ntma.socket)?.mode() & 0o777;
     ensure!(mode == 0o660, "status socket mode {mode:o}");
     // The process: no capability but those three in its control thread.

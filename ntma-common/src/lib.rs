@@ -28,10 +28,10 @@ pub mod programs {
 /// Capacity of each `XskMap`: the most RX queues one NIC can use.
 pub const MAX_QUEUES: u32 = 64;
 
-/// Default UDP port of a node / NTMA (PROTOCOL.md §1).
+/// Default UDP port of a node / NTMA (docs/protocol.md §1).
 pub const NTM_PORT: u16 = 7700;
 
-/// NTM header and message constants the XDP program classifies on (PROTOCOL.md §2, §4).
+/// NTM header and message constants the XDP program classifies on (docs/protocol.md §2, §4).
 pub mod ntm {
     use core::ops::Range;
 
@@ -51,7 +51,7 @@ pub mod ntm {
     pub const TAG_LEN: usize = 16;
     /// The bytes of the header the XDP program must see to classify (version and type).
     pub const CLASSIFY: Range<usize> = 0..field::TYPE + 1;
-    /// Protocol version 2 (PROTOCOL.md §2): DATA and TUN_KEEPALIVE of any other
+    /// Protocol version 2 (docs/protocol.md §2): DATA and TUN_KEEPALIVE of any other
     /// version are not redirected.
     pub const VERSION: u8 = 2;
     /// Message type DATA.

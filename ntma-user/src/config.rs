@@ -20,7 +20,7 @@ use crate::gn::{GnConfig, MacAddr, Unreachable};
 
 /// Where status sockets live unless `status_socket` says otherwise.
 pub const STATUS_DIR: &str = "/run/ntma";
-/// Default UDP port of the adapter's tunnels and signaling (PROTOCOL.md §1).
+/// Default UDP port of the adapter's tunnels and signaling (docs/protocol.md §1).
 pub const DEFAULT_PORT: u16 = 7700;
 
 /// The configuration file as written. Build one for tests with
@@ -273,9 +273,12 @@ impl Default for Datapath {
             cores: vec![0],
             frame_size: 2048,
             frame_count: 16384,
-            fill_ring: 2048,
+            // 4096 frames to receive into, on a 4096-entry RX ring: with 2048, the
+            // demo's TCP sender overran them whenever the worker lost its core for
+            // a while (rx_fill_ring_empty_descs, wan0 rx_dropped).
+            fill_ring: 4096,
             completion_ring: 2048,
-            rx_ring: 2048,
+            rx_ring: 4096,
             tx_ring: 2048,
             batch: 64,
             busy_poll: false,
@@ -968,7 +971,8 @@ pub(crate) mod tests {
 
         let mut c = base();
         c.datapath.frame_count = 100;
-        assert!(err(&c).contains("8192"), "{}", err(&c));
+        // 2 x (fill_ring 4096 + tx_ring 2048).
+        assert!(err(&c).contains("12288"), "{}", err(&c));
 
         let mut c = base();
         c.datapath.queues = 0;

@@ -48,12 +48,13 @@ use tokio::net::{TcpStream, UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::{Attach, Bind, DatapathKind, NonVip, Settings};
-use crate::control::nat::NatGuard;
-use crate::control::packet::readiness;
-use crate::control::{sys, Boot, Control};
+use crate::control::{Boot, Control};
 use crate::datapath::{Datapath, SlowWaker};
 use crate::fastpath::{AfXdp, AfXdpConfig, AttachMode, BindMode, UmemConfig};
 use crate::gn::{Transport, MAX_FRAME_LEN};
+use crate::os::nat::NatGuard;
+use crate::os::packet::readiness;
+use crate::os::sys;
 use crate::rawpath::{Classify, RawConfig, RawPath};
 use crate::status::{DatapathStatus, Status};
 use ntma_common::XdpConfig;

@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod fastpath;
 pub mod gn;
 pub mod metrics;
+pub mod os;
 pub mod privs;
 pub mod rawpath;
 pub mod reload;

@@ -113,6 +113,18 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
             })
         }),
     );
+    m.counters(
+        "ntma_nic_losses",
+        "The kernel's drop and error counters of both interfaces (sysfs statistics) by NIC: rx_dropped, tx_dropped, rx_missed_errors, rx_fifo_errors, rx_errors, tx_errors.",
+        st.datapath.nics.iter().flat_map(|n| {
+            n.counters.iter().map(move |(k, v)| {
+                (
+                    labels([("side", &n.side), ("interface", &n.name), ("counter", k)]),
+                    *v,
+                )
+            })
+        }),
+    );
 }
 
 /// The slow path and the control: drops, events, held packets.
@@ -211,6 +223,7 @@ mod tests {
             "ntma_xdp_verdicts_total{verdict=\"lan_redirect\"} 5",
             "ntma_worker_drops_total{queue=\"0\",reason=\"bad_tag\"} 2",
             "ntma_xsk_ring_events_total{queue=\"0\",side=\"lan\",counter=\"rx_dropped\"} 6",
+            "ntma_nic_losses_total{side=\"wan\",interface=\"wan0\",counter=\"rx_dropped\"} 8",
             "ntma_tunnel_packets_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"tx\"} 10",
             "ntma_tunnel_bytes_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"rx\"} 900",
             "ntma_tunnel_setup_seconds_bucket{le=\"0.004\",gn=\"gn.ntm.test\"} 1",

@@ -105,6 +105,22 @@ pub struct DatapathStatus {
     /// The kernel's counters of every AF_XDP socket (`XDP_STATISTICS`).
     #[serde(default)]
     pub rings: Vec<RingStatus>,
+    /// The kernel's drop and error counters of both interfaces
+    /// ([`crate::os::ifstats`]).
+    #[serde(default)]
+    pub nics: Vec<NicStatus>,
+}
+
+/// The kernel's drop and error counters of one interface.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct NicStatus {
+    /// The interface.
+    pub name: String,
+    /// "lan" or "wan".
+    pub side: String,
+    /// By sysfs name: rx_dropped, tx_dropped, rx_missed_errors,
+    /// rx_fifo_errors, rx_errors, tx_errors.
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// The kernel's counters of one AF_XDP socket.
@@ -165,6 +181,14 @@ impl DatapathStatus {
             workers,
             xdp,
             rings: dp.ring_stats().iter().map(RingStatus::from).collect(),
+            nics: [("lan", &s.lan_if), ("wan", &s.wan_if)]
+                .into_iter()
+                .map(|(side, name)| NicStatus {
+                    name: name.clone(),
+                    side: side.to_owned(),
+                    counters: crate::os::ifstats::of(name),
+                })
+                .collect(),
         }
     }
 }
@@ -297,6 +321,26 @@ impl Status {
             .iter()
             .map(|w| w.counters.get(name).copied().unwrap_or(0))
             .sum()
+    }
+
+    /// The kernel's counters of the AF_XDP rings and of both interfaces, by
+    /// `xsk <queue> <side> <counter>` and `<interface> <counter>`: where a
+    /// frame is lost that no drop reason counts. `tx_ring_empty_descs` is left
+    /// out: it counts TX wake-ups that found nothing to send, not losses.
+    pub fn kernel_losses(&self) -> BTreeMap<String, u64> {
+        let d = &self.datapath;
+        let rings = d.rings.iter().flat_map(|r| {
+            r.counters
+                .iter()
+                .filter(|(k, _)| k.as_str() != "tx_ring_empty_descs")
+                .map(move |(k, v)| (format!("xsk {} {} {k}", r.queue, r.side), *v))
+        });
+        let nics = d.nics.iter().flat_map(|n| {
+            n.counters
+                .iter()
+                .map(move |(k, v)| (format!("{} {k}", n.name), *v))
+        });
+        rings.chain(nics).collect()
     }
 
     /// Every non-zero drop reason with its total (slow path and workers).
@@ -469,6 +513,9 @@ impl Status {
         for r in &d.rings {
             let _ = writeln!(s, "ring {} {}: {}", r.queue, r.side, nonzero(&r.counters));
         }
+        for n in &d.nics {
+            let _ = writeln!(s, "nic {} {}: {}", n.side, n.name, nonzero(&n.counters));
+        }
         let _ = writeln!(s, "slow path: {}", nonzero(&self.slow_path.stats));
         let _ = writeln!(s, "  drops: {}", nonzero(&self.slow_path.drops));
         let _ = writeln!(
@@ -591,6 +638,13 @@ pub(crate) mod tests {
                     side: "lan".into(),
                     counters: [("rx_dropped".to_owned(), 6)].into_iter().collect(),
                 }],
+                nics: vec![NicStatus {
+                    name: "wan0".into(),
+                    side: "wan".into(),
+                    counters: [("rx_dropped".to_owned(), 8), ("tx_dropped".to_owned(), 0)]
+                        .into_iter()
+                        .collect(),
+                }],
             },
             tunnels: vec![TunnelStatus {
                 id: 3,
@@ -629,6 +683,40 @@ pub(crate) mod tests {
         assert_eq!(d.get("bad_tag"), Some(&3));
         assert!(!d.contains_key("replay"));
         assert!(s.tunnel_to("cn.ntm.test").is_some());
+        let k = s.kernel_losses();
+        assert_eq!(k.get("xsk 0 lan rx_dropped"), Some(&6));
+        assert_eq!(k.get("wan0 rx_dropped"), Some(&8));
+        assert_eq!(k.get("wan0 tx_dropped"), Some(&0));
+    }
+
+    #[test]
+    fn every_xdp_statistic_is_shown() {
+        let k = crate::xsk::KernelStats {
+            rx_dropped: 1,
+            rx_invalid_descs: 2,
+            tx_invalid_descs: 3,
+            rx_ring_full: 4,
+            rx_fill_ring_empty_descs: 5,
+            tx_ring_empty_descs: 6,
+        };
+        let r = RingStatus::from(&RingStats {
+            queue: 1,
+            side: crate::ebpf::Side::Wan,
+            stats: k,
+        });
+        assert_eq!((r.queue, r.side.as_str()), (1, "wan"));
+        let names: Vec<(&str, u64)> = r.counters.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            names,
+            [
+                ("rx_dropped", 1),
+                ("rx_fill_ring_empty_descs", 5),
+                ("rx_invalid_descs", 2),
+                ("rx_ring_full", 4),
+                ("tx_invalid_descs", 3),
+                ("tx_ring_empty_descs", 6),
+            ]
+        );
     }
 
     #[test]
@@ -645,6 +733,7 @@ pub(crate) mod tests {
             "dns_too_big=3",
             "lan_redirect=5",
             "ring 0 lan: rx_dropped=6",
+            "nic wan wan0: rx_dropped=8\n",
             "  capabilities: none",
             "capabilities kept: CAP_NET_ADMIN",
         ] {

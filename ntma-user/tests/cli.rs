@@ -68,7 +68,7 @@ fn bad_configurations_fail_on_one_line_with_what_to_fix() {
         ),
         (
             "ring.toml",
-            "rx_ring = 2048",
+            "rx_ring = 4096",
             "rx_ring = 1000",
             "datapath.rx_ring = 1000: use a power of two",
         ),

@@ -270,7 +270,8 @@ fn world(tag: &str, queues: u16, cores: Vec<usize>, suite: Suite) -> World {
     let mut cfg = AfXdpConfig::new(ifname::NTMA_LAN, ifname::NTMA_WAN, xdp_config());
     cfg.queues = u32::from(queues);
     cfg.cores = cores;
-    cfg.umem.frame_count = 8192 * u32::from(queues);
+    // The default UMEM per worker (its fill rings and TX rings full at once).
+    cfg.umem.frame_count *= u32::from(queues);
     cfg.slow_slots = SLOW_SLOTS;
     // Worker threads are spawned from this thread inside ntma's namespace: they stay there.
     let datapath = tb

@@ -61,8 +61,11 @@
 //! [`Node`] is the [`Host`] for a [`crate::node::Endpoint`] (its events and
 //! received inner packets kept for the test to look at), and [`NodeWorld`]
 //! adds the steps node tests share (connect, send data both ways);
-//! [`DcWorld`] is the usual such world: a DC, an RS and nodes.
+//! [`DcWorld`] is the usual such world: a DC, an RS and nodes. [`HostNode`]
+//! is the [`Host`] for a [`crate::host::Host`] and a DNS stub, driven the way
+//! the software node and the adapter drive theirs.
 
+mod host;
 mod net;
 mod node;
 mod world;
@@ -70,6 +73,7 @@ mod world;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+pub use host::{a_query, HostNode};
 pub use net::{Datagram, Filter, HostId, NatId, NatKind, Network};
 pub use node::{ipv4, Node, NodeWorld};
 pub use world::{fqdn_key, DcWorld};

@@ -3,23 +3,14 @@
 use super::{MessageType, Suite};
 use crate::{Error, Result};
 
-/// Byte offsets of the header fields.
-mod field {
-    use core::ops::Range;
-
-    pub const VERSION: usize = 0;
-    pub const TYPE: usize = 1;
-    pub const FLAGS: usize = 2;
-    pub const SUITE: usize = 3;
-    pub const ID: Range<usize> = 4..8;
-    pub const SEQ: Range<usize> = 8..16;
-    pub const BODY: usize = SEQ.end;
-}
+// Byte offsets of the header fields: one definition, shared with the XDP
+// program that classifies on them (`ntma_common::ntm`).
+use ntma_common::ntm::field;
 
 /// Length of the common header.
-pub const HEADER_LEN: usize = field::BODY;
+pub const HEADER_LEN: usize = ntma_common::ntm::HEADER_LEN;
 /// Length of the tag at the end of every datagram.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = ntma_common::ntm::TAG_LEN;
 /// Header plus tag: the shortest valid datagram, and the per-datagram overhead.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// The largest UDP payload over IPv4.
@@ -27,7 +18,7 @@ pub const MAX_DATAGRAM_LEN: usize = 65_507;
 /// The largest body that fits in one datagram.
 pub const MAX_BODY_LEN: usize = MAX_DATAGRAM_LEN - OVERHEAD;
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = ntma_common::ntm::VERSION;
 
 /// Flag bit 0: the sender wants an answer (signaling only).
 const FLAG_RESPONSE_REQUIRED: u8 = 0x01;

@@ -7,10 +7,12 @@
 //! both ways while tcpdump on the internet bridge checks that none of
 //! iperf3's known payload crosses it in clear (suite 2 encrypts), each run
 //! with the counters that explain its TCP retransmissions (cn's TUN drops,
-//! the adapter's drops, every other drop and TCP counter of the testbed); then cn, restarted so that it knows no tunnel, opens a TCP
+//! the adapter's drops, its AF_XDP rings' and NICs' kernel counters, every
+//! other drop and TCP counter of the testbed); then cn, restarted so that it knows no tunnel, opens a TCP
 //! connection to gn.ntm.test (the adapter is the target), and cn2 behind
 //! another NAT pings the GN through the relay; a summary; teardown.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -343,6 +345,15 @@ fn stop_ntma(w: &World, ntma: &mut Ntma) -> Result<String> {
             lines.push_str(&format!("    {k:<24} {v}\n"));
         }
     }
+    let kernel: BTreeMap<String, u64> = st
+        .kernel_losses()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    lines.push_str(&format!(
+        "AF_XDP rings and NICs  {} (the kernel's counters: ntma status)\n",
+        describe(&kernel)
+    ));
     let verdicts: Vec<String> = st
         .datapath
         .xdp
@@ -447,7 +458,8 @@ fn payload_check([inet, gn]: [ntm_world::capture::Capture; 2]) -> Result<String>
 /// that explain its TCP retransmissions: the drops of cn's TUN device
 /// (ntm-node's status: `tx_dropped` is what cn's stack sent that the node
 /// did not read in time, `rx_dropped` what the node wrote that the stack
-/// refused), the adapter's drops by reason, and every other kernel drop
+/// refused), the adapter's drops by reason and the kernel's counters of its
+/// AF_XDP rings and NICs (`ntma status`), and every other kernel drop
 /// counter and TCP counter of the testbed that grew during the run
 /// ([`ntm_world::counters`]: e.g. D-SACKs, retransmissions of segments that
 /// had not been lost).
@@ -461,21 +473,25 @@ fn iperf3_explained(
     let tun = |s: &ntm_node::Status| (s.tun.counter("tx_dropped"), s.tun.counter("rx_dropped"));
     let cn0 = cn.status().context("cn's status file")?;
     let tun0 = tun(&cn0);
-    let ntma0 = ntma.status().context("ntma status")?.drops();
+    let st0 = ntma.status().context("ntma status")?;
+    let (ntma0, kernel0) = (st0.drops(), st0.kernel_losses());
     let t = w.iperf3_counted(Role::Cn, cn_vip, Role::Gn, IPERF_SECS, reverse)?;
     // cn rewrites its status every second: read one written after the run.
     std::thread::sleep(2 * ntm_node::STATUS_EVERY);
     let cn1 = cn.status().context("cn's status file")?;
     let tun1 = tun(&cn1);
     let node_grown = grown(&cn0.drops, &cn1.drops);
-    let ntma_grown = grown(&ntma0, &ntma.status().context("ntma status")?.drops());
+    let st1 = ntma.status().context("ntma status")?;
+    let ntma_grown = grown(&ntma0, &st1.drops());
+    let kernel_grown = grown(&kernel0, &st1.kernel_losses());
     let why = format!(
-        "retransmissions {}: cn's TUN drops tx {} rx {} and its own drops {} (ntm-node status); ntma drops {}; kernel counters grown on the testbed: {}",
+        "retransmissions {}: cn's TUN drops tx {} rx {} and its own drops {} (ntm-node status); ntma drops {}; ntma's AF_XDP rings and NICs {}; kernel counters grown on the testbed: {}",
         t.iperf.retransmits.map_or_else(|| "?".into(), |r| r.to_string()),
         tun1.0.saturating_sub(tun0.0),
         tun1.1.saturating_sub(tun0.1),
         describe(&node_grown),
         describe(&ntma_grown),
+        describe(&kernel_grown),
         describe(&t.grown)
     );
     Ok((t.iperf, why))

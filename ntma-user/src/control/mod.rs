@@ -1,20 +1,23 @@
 //! The control side of the adapter: everything between the GN-facing
-//! services ([`Gn`]), the protocol endpoint ([`Endpoint`]) and the fast
-//! path, without I/O of its own.
+//! services ([`Gn`]), the GN's [`Host`] (its protocol [`Endpoint`] with the
+//! names, hold queue and pending resolutions, shared with the software
+//! node: [`ntm_proto::host`]) and the fast path, without I/O of its own.
+//! The operating system's pieces it needs (interfaces, NAT, the AF_PACKET
+//! socket) are in [`crate::os`].
 //!
 //! [`Control`] is pumped by the daemon's slow-path thread like a quinn
 //! connection by its driver: every input (a frame from the GN-facing raw
 //! socket, a frame from the fast path's slow queue, a datagram on the
 //! tunnel socket, a datagram from the upstream resolver, a timer) goes in
-//! through one `on_*` method, which then drains the endpoint's transmits
-//! and events and the GN services' frames and actions until nothing more
-//! comes out. Sending goes through the [`Io`] the caller passes; what the
+//! through one `on_*` method, which then drains the host's events,
+//! transmits and released packets and the GN services' frames and actions
+//! until nothing more comes out. Sending goes through the [`Io`] the caller passes; what the
 //! datapath must know is published through the [`Datapath`] it owns.
 //!
-//! The wiring (PROTOCOL.md §6):
+//! The wiring (docs/protocol.md §6):
 //!
-//! * DNS queries for NTM names ([`GnAction::Resolve`]) become
-//!   [`Endpoint::connect`]; [`Event::DirectionResolved`] answers them.
+//! * DNS queries for NTM names ([`GnAction::Resolve`]) go to
+//!   [`Host::resolve`] (a DIR_REQ); its [`HostEvent::Answer`] answers them.
 //!   Other names go to the upstream resolver ([`GnAction::Upstream`]), each
 //!   from a fresh socket of its own ([`Io::send_upstream`], a random port;
 //!   a TCP connection for a query that came over TCP) with a random id; only
@@ -37,10 +40,11 @@
 //!   [`Endpoint::note_tx`]: expiry, keep-alives, roaming), counting only
 //!   datagrams that passed every check.
 //! * Packets to a VIP without a tunnel (the fast path's slow queue, or the
-//!   raw socket when no AF_XDP socket took them) wait in a bounded
-//!   [`HoldQueue`] while the tunnel is set up — by name again if the VIP
-//!   belonged to an expired tunnel — and then go through the tunnel, or are
-//!   answered with ICMP host unreachable.
+//!   raw socket when no AF_XDP socket took them) wait in the host's bounded
+//!   [`HoldQueue`] while the tunnel is set up ([`Host::route`]) — by name
+//!   again if the VIP belonged to an expired tunnel — and then go through
+//!   the tunnel ([`Host::poll_released`]), or are answered with ICMP host
+//!   unreachable ([`HostEvent::SetupFailed`]).
 //! * Packets to destinations outside the VIP prefix are answered with ICMP
 //!   network unreachable, or left to the kernel's NAT ([`NonVip`]).
 //! * DATA and TUN_KEEPALIVE belong to the fast path alone: on the kernel
@@ -48,24 +52,21 @@
 //!   replay window sees every datagram of a tunnel.
 
 mod counters;
-pub mod nat;
-pub mod packet;
 mod reload;
-pub mod sys;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use std::ops::Range;
 
-use ntm_proto::dns::{PendingId, ResolveOutcome};
 use ntm_proto::hold::HoldQueue;
-use ntm_proto::node::{self, DirError, DownReason, Endpoint, Event, ReqId, TunnelParams};
+use ntm_proto::host::{Host, HostEvent, NoWay, Way};
+use ntm_proto::node::{self, DownReason, Endpoint, Event, TunnelParams};
 use ntm_proto::wire::{Caps, MAX_SIGNALING_LEN, OVERHEAD};
-use ntm_proto::{Error, Status as Code};
+use ntm_proto::Error;
 
 pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
@@ -78,10 +79,6 @@ use crate::gn::{ConnId, Gn, GnAction, MacAddr, Transport, Unreachable, MAX_FRAME
 use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
 use crate::wire::{ethernet, ipv4, udp};
 
-/// Bound of the VIP → FQDN memory used to set expired tunnels up again.
-const MAX_NAMES: usize = 4096;
-/// Bound of the set-up timers kept for status output.
-const MAX_TIMERS: usize = 1024;
 /// Largest inner packet (an IPv4 packet never exceeds this).
 const MAX_INNER: usize = 65_535;
 
@@ -118,9 +115,6 @@ pub trait Io {
 struct TunnelRec {
     /// For the log line when it goes down (the endpoint has forgotten it then).
     peer_fqdn: String,
-    /// From our direction request to the tunnel being up; `None` when the
-    /// peer asked for the tunnel.
-    setup: Option<Duration>,
     /// The datapath's counters as last polled (activity is what grew since).
     stats: Option<TunnelStats>,
 }
@@ -129,7 +123,6 @@ impl TunnelRec {
     fn new(peer_fqdn: String) -> TunnelRec {
         TunnelRec {
             peer_fqdn,
-            setup: None,
             stats: None,
         }
     }
@@ -154,9 +147,9 @@ pub struct Boot {
 /// the [module docs](self).
 pub struct Control<D: Datapath + ?Sized = dyn Datapath> {
     datapath: Box<D>,
-    ep: Endpoint,
+    /// The GN's endpoint with its names, hold queue and pending resolutions.
+    host: Host,
     gn: Gn,
-    hold: HoldQueue,
     non_vip: NonVip,
     /// §5 "MTU": longer GN packets are answered with ICMP or fragmented.
     inner_mtu: u16,
@@ -172,14 +165,7 @@ pub struct Control<D: Datapath + ?Sized = dyn Datapath> {
     vip: Option<Ipv4Addr>,
     /// The link last given to the datapath.
     published: Option<Link>,
-    names: HashMap<Ipv4Addr, String>,
-    dns_by_req: HashMap<ReqId, Vec<PendingId>>,
-    pkt_by_req: HashMap<ReqId, Ipv4Addr>,
-    connect_at: HashMap<String, Instant>,
     tunnels: BTreeMap<u32, TunnelRec>,
-    /// Peer VIPs whose tunnel came up: their held packets go out after the
-    /// endpoint's transmits (a TUN_RESP first, then DATA).
-    release: Vec<Ipv4Addr>,
     c: CtlCounters,
     /// Set-up latency (`ntma_tunnel_setup_seconds`), by GN.
     setup: ntm_ops::metrics::SetupHistograms,
@@ -245,11 +231,11 @@ impl<D: Datapath + ?Sized> Control<D> {
         gcfg.seed =
             u64::from_le_bytes(boot.seed[8..16].try_into().expect("8 bytes")) ^ boot.unix_nanos;
         let gn = Gn::new(gcfg).map_err(|e| e.to_string())?;
+        let hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
         Ok(Control {
             datapath,
-            ep,
+            host: Host::new(ep, hold),
             gn,
-            hold: HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout),
             non_vip: s.non_vip,
             inner_mtu: s.inner_mtu(),
             port: s.port,
@@ -262,12 +248,7 @@ impl<D: Datapath + ?Sized> Control<D> {
             gn_mac: None,
             vip: None,
             published: None,
-            names: HashMap::new(),
-            dns_by_req: HashMap::new(),
-            pkt_by_req: HashMap::new(),
-            connect_at: HashMap::new(),
             tunnels: BTreeMap::new(),
-            release: Vec::new(),
             c: CtlCounters::default(),
             setup: ntm_ops::metrics::setup_histograms(),
             buf: vec![0u8; MAX_INNER + OVERHEAD],
@@ -302,7 +283,7 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     /// The protocol endpoint.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.ep
+        self.host.endpoint()
     }
 
     /// The link published to the datapath, if complete.
@@ -337,7 +318,7 @@ impl<D: Datapath + ?Sized> Control<D> {
             self.c.drop(CtlDrop::DataViaKernel);
             return;
         }
-        if let Err(e) = self.ep.handle(now, from, bytes) {
+        if let Err(e) = self.host.handle(now, from, bytes) {
             // Counted by reason in the endpoint's drop counters.
             tracing::trace!(%from, reason = e.name(), "dropped a datagram");
         }
@@ -433,23 +414,18 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     /// Runs the timers that are due.
     pub fn on_timeout(&mut self, now: Instant, io: &impl Io) {
-        self.ep.handle_timeout(now);
-        self.gn.handle_timeout(now);
-        let n = self.hold.expire(now);
+        let n = self.host.handle_timeout(now);
         self.c.drop_n(CtlDrop::HoldExpired, n);
+        self.gn.handle_timeout(now);
         self.pump(now, io);
     }
 
     /// When [`Control::on_timeout`] must run next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.ep.poll_timeout(),
-            self.gn.poll_timeout(),
-            self.hold.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.host.poll_timeout(), self.gn.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Reads the fast path's per-tunnel counters and tells the endpoint
@@ -466,10 +442,10 @@ impl<D: Datapath + ?Sized> Control<D> {
                 .map_or((0, 0), |b| (b.rx_accepted(), b.tx_packets));
             if s.rx_accepted() > rx_before {
                 let from = s.last_rx_from.unwrap_or(s.endpoint);
-                self.ep.note_rx(s.tunnel_id, now, from);
+                self.host.endpoint_mut().note_rx(s.tunnel_id, now, from);
             }
             if s.tx_packets > tx_before {
-                self.ep.note_tx(s.tunnel_id, now);
+                self.host.endpoint_mut().note_tx(s.tunnel_id, now);
             }
             rec.stats = Some(s);
         }
@@ -482,7 +458,8 @@ impl<D: Datapath + ?Sized> Control<D> {
         if ip != self.wan_ip {
             tracing::info!(old = %self.wan_ip, new = %ip, "uplink address changed: re-registering and telling peers");
             self.wan_ip = ip;
-            self.ep
+            self.host
+                .endpoint_mut()
                 .handle_local_addr_change(now, SocketAddrV4::new(ip, self.port));
         }
         self.pump(now, io);
@@ -502,7 +479,7 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     /// Deregisters (DEREG) and removes every tunnel from the datapath.
     pub fn close(&mut self, now: Instant, io: &impl Io) {
-        self.ep.close(now);
+        self.host.endpoint_mut().close(now);
         self.pump(now, io);
         self.datapath.set_link(None);
         self.published = None;
@@ -544,45 +521,21 @@ impl<D: Datapath + ?Sized> Control<D> {
             return;
         }
         let (dst, frame) = (f.dst(), f.frame());
-        if self.hold.holds(dst) {
-            // Behind the packets already waiting, to keep their order.
-            self.hold_frame(now, dst, frame);
-            return;
-        }
-        match self.ep.tunnel_for_vip(dst) {
-            Some(t) if t.up => {
-                // Up, but the fast path had not been told yet.
+        match self.host.route(now, dst) {
+            // Up, but the fast path had not been told yet.
+            Ok(Way::Send) => {
                 self.send_through(now, f, io);
-                return;
             }
-            Some(_) => {
-                self.hold_frame(now, dst, frame);
-                return;
-            }
-            None => {}
-        }
-        if self.pkt_by_req.values().any(|v| *v == dst) {
-            self.hold_frame(now, dst, frame);
-            return;
-        }
-        if self.ep.registration().is_none() {
-            self.c.drop(CtlDrop::NotRegistered);
-            let _ = self.gn.unreachable_to(now, f, Unreachable::Host);
-            return;
-        }
-        let Some(fqdn) = self.names.get(&dst).cloned() else {
-            self.c.drop(CtlDrop::NoRoute);
-            let _ = self.gn.unreachable_to(now, f, Unreachable::Host);
-            return;
-        };
-        match self.connect(now, &fqdn) {
-            Ok(req) => {
-                tracing::info!(peer = %fqdn, vip = %dst, "setting the tunnel up again for a packet");
-                self.pkt_by_req.insert(req, dst);
+            Ok(Way::Hold) => self.hold_frame(now, dst, frame),
+            Ok(Way::Connected) => {
+                self.c.stat(CtlStat::Connects);
                 self.hold_frame(now, dst, frame);
             }
-            Err(_) => {
-                self.c.drop(CtlDrop::NoRoute);
+            Err(why) => {
+                self.c.drop(match why {
+                    NoWay::NotRegistered => CtlDrop::NotRegistered,
+                    NoWay::NoRoute => CtlDrop::NoRoute,
+                });
                 let _ = self.gn.unreachable_to(now, f, Unreachable::Host);
             }
         }
@@ -620,7 +573,7 @@ impl<D: Datapath + ?Sized> Control<D> {
     }
 
     fn hold_frame(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8]) {
-        match self.hold.push(now, dst, frame) {
+        match self.host.hold(now, dst, frame) {
             Ok(()) => self.c.stat(CtlStat::Held),
             Err(_) => self.c.drop(CtlDrop::HoldFull),
         }
@@ -628,7 +581,7 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     /// Sends the IPv4 packet of `frame` as DATA from the kernel socket.
     fn send_through(&mut self, now: Instant, frame: &Ipv4Frame<'_>, io: &impl Io) -> bool {
-        match self.ep.send_data(now, frame.packet(), &mut self.buf) {
+        match self.host.send_data(now, frame.packet(), &mut self.buf) {
             Ok(t) => {
                 if io.send_wan(t.dst, &self.buf[..t.len]) {
                     self.c.stat(CtlStat::DataTx);
@@ -646,26 +599,12 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    /// Held packets for `dst` whose tunnel will not come: ICMP host unreachable.
-    fn fail_held(&mut self, now: Instant, dst: Ipv4Addr) {
-        let frames = self.hold.take(dst);
+    /// Held packets whose tunnel will not come: ICMP host unreachable.
+    fn fail_held(&mut self, now: Instant, frames: Vec<Vec<u8>>) {
         self.c.drop_n(CtlDrop::SetupFailed, frames.len());
         for f in frames {
             let _ = self.gn.unreachable(now, &f, Unreachable::Host);
         }
-    }
-
-    fn setup_pending(&self, dst: Ipv4Addr) -> bool {
-        self.ep.tunnel_for_vip(dst).is_some() || self.pkt_by_req.values().any(|v| *v == dst)
-    }
-
-    fn connect(&mut self, now: Instant, fqdn: &str) -> Result<ReqId, Error> {
-        let req = self.ep.connect(now, fqdn)?;
-        self.c.stat(CtlStat::Connects);
-        if self.connect_at.len() < MAX_TIMERS {
-            self.connect_at.entry(fqdn.to_owned()).or_insert(now);
-        }
-        Ok(req)
     }
 
     // ----- outputs ------------------------------------------------------
@@ -677,18 +616,12 @@ impl<D: Datapath + ?Sized> Control<D> {
     fn pump(&mut self, now: Instant, io: &impl Io) {
         loop {
             let mut busy = false;
-            for dst in self.hold.destinations() {
-                if !self.setup_pending(dst) {
-                    self.fail_held(now, dst);
-                    busy = true;
-                }
-            }
-            while let Some(ev) = self.ep.poll_event() {
+            while let Some(ev) = self.host.poll_event(now) {
                 self.on_event(now, ev);
                 busy = true;
             }
             while let Some(t) = self
-                .ep
+                .host
                 .poll_transmit(now, &mut self.buf[..MAX_SIGNALING_LEN])
             {
                 if !io.send_wan(t.dst, &self.buf[..t.len]) {
@@ -696,8 +629,8 @@ impl<D: Datapath + ?Sized> Control<D> {
                 }
                 busy = true;
             }
-            for vip in std::mem::take(&mut self.release) {
-                for held in self.hold.take(vip) {
+            while let Some((_, packets)) = self.host.poll_released() {
+                for held in packets {
                     // Held frames were parsed before; parsed again from the queue.
                     let Ok(f) = Ipv4Frame::parse(&held, GnDrop::Ipv4Malformed) else {
                         self.c.drop(CtlDrop::SlowFrameMalformed);
@@ -726,38 +659,37 @@ impl<D: Datapath + ?Sized> Control<D> {
         self.publish_link();
     }
 
-    fn on_event(&mut self, now: Instant, ev: Event) {
+    fn on_event(&mut self, now: Instant, ev: HostEvent) {
         match ev {
-            Event::Registered {
-                vip,
-                prefix_len,
-                node_id,
-                observed,
-                behind_nat,
-            } => {
+            HostEvent::Endpoint(ev) => self.on_endpoint_event(ev),
+            HostEvent::Answer {
+                pending_id,
+                outcome,
+            } => self.gn.answer(now, pending_id, outcome),
+            HostEvent::SetupFailed { packets, .. } => self.fail_held(now, packets),
+        }
+    }
+
+    fn on_endpoint_event(&mut self, ev: Event) {
+        match ev {
+            // The host logged it.
+            Event::Registered { vip, .. } => {
                 self.c.stat(CtlStat::Registrations);
-                if self.vip != Some(vip) {
-                    tracing::info!(fqdn = %self.fqdn, %vip, prefix_len, node_id, %observed, behind_nat, "registered");
-                } else {
-                    tracing::debug!(%vip, node_id, %observed, "registration renewed");
-                }
                 self.give_vip(vip);
             }
             Event::RegistrationFailed { reason } => {
                 tracing::warn!(dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, dc.fqdn and dc.key against the DC's configuration)");
             }
-            Event::DirectionResolved { req, fqdn, result } => {
-                self.on_resolved(now, req, &fqdn, result);
-            }
+            // The host logged it, answered the DNS and gave up the packets.
+            Event::DirectionResolved { .. } => {}
             Event::TunnelAdded(t) => self.on_tunnel_added(t),
-            Event::TunnelUp(t) => self.on_tunnel_up(now, t),
+            Event::TunnelUp(t) => self.on_tunnel_up(t),
             Event::TunnelDown { tunnel_id, reason } => self.on_tunnel_down(tunnel_id, reason),
             Event::EndpointChanged {
                 tunnel_id,
                 endpoint,
             } => {
                 self.c.stat(CtlStat::EndpointChanges);
-                tracing::info!(tunnel_id, %endpoint, "peer moved (roaming)");
                 if !self.datapath.set_endpoint(tunnel_id, endpoint) {
                     tracing::debug!(
                         tunnel_id,
@@ -787,15 +719,15 @@ impl<D: Datapath + ?Sized> Control<D> {
             // The endpoint prepared the same keys for the same suite: not reached.
             tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the datapath refused a tunnel");
         }
-        self.remember(t.peer_vip, &t.peer_fqdn);
         self.tunnels
             .insert(t.tunnel_id, TunnelRec::new(t.peer_fqdn));
     }
 
-    /// A tunnel is up: it sends too, and the packets held for its peer go.
-    fn on_tunnel_up(&mut self, now: Instant, t: TunnelParams) {
+    /// A tunnel is up: it sends too, and the packets held for its peer go
+    /// after the endpoint's transmits (a TUN_RESP first, then DATA).
+    fn on_tunnel_up(&mut self, t: TunnelParams) {
         self.c.stat(CtlStat::TunnelsUp);
-        let setup = self.connect_at.remove(&t.peer_fqdn).map(|at| now - at);
+        let setup = self.host.setup_time(t.tunnel_id);
         if let Some(d) = setup {
             self.setup
                 .get_or_create(&ntm_ops::metrics::labels([("gn", &self.fqdn)]))
@@ -809,12 +741,9 @@ impl<D: Datapath + ?Sized> Control<D> {
         if let Err(e) = self.datapath.tunnel_up(&t) {
             tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the datapath refused a tunnel");
         }
-        self.remember(t.peer_vip, &t.peer_fqdn);
         self.tunnels
             .entry(t.tunnel_id)
-            .or_insert_with(|| TunnelRec::new(t.peer_fqdn.clone()))
-            .setup = setup;
-        self.release.push(t.peer_vip);
+            .or_insert_with(|| TunnelRec::new(t.peer_fqdn.clone()));
     }
 
     fn on_tunnel_down(&mut self, tunnel_id: u32, reason: DownReason) {
@@ -829,60 +758,15 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    fn on_resolved(
-        &mut self,
-        now: Instant,
-        req: ReqId,
-        fqdn: &str,
-        result: Result<Ipv4Addr, DirError>,
-    ) {
-        match &result {
-            Ok(vip) => {
-                tracing::info!(peer = %fqdn, %vip, "resolved");
-                self.remember(*vip, fqdn);
-                if self.ep.tunnel_for_vip(*vip).is_some_and(|t| t.up) {
-                    // Answered from an existing tunnel: no set-up to time.
-                    self.connect_at.remove(fqdn);
-                }
-            }
-            Err(e) => {
-                tracing::info!(peer = %fqdn, error = %e, "direction request failed");
-                self.connect_at.remove(fqdn);
-            }
-        }
-        if let Some(ids) = self.dns_by_req.remove(&req) {
-            let outcome = match result {
-                Ok(vip) => ResolveOutcome::Vip(vip),
-                Err(DirError::Status(Code::NotFound)) => ResolveOutcome::NotFound,
-                Err(DirError::TimedOut) => ResolveOutcome::Timeout,
-                Err(_) => ResolveOutcome::Failed,
-            };
-            for id in ids {
-                self.gn.answer(now, id, outcome);
-            }
-        }
-        if let Some(vip) = self.pkt_by_req.remove(&req) {
-            if result.is_err() {
-                self.fail_held(now, vip);
-            }
-        }
-    }
-
     fn on_action(&mut self, now: Instant, a: GnAction, io: &impl Io) {
         match a {
-            GnAction::Resolve { fqdn, pending_id } => match self.connect(now, &fqdn) {
-                Ok(req) => self.dns_by_req.entry(req).or_default().push(pending_id),
-                Err(e) => {
-                    tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC");
-                    let outcome = if e == Error::BadFqdn {
-                        // No node can have this name.
-                        ResolveOutcome::NotFound
-                    } else {
-                        ResolveOutcome::Failed
-                    };
-                    self.gn.answer(now, pending_id, outcome);
+            GnAction::Resolve { fqdn, pending_id } => {
+                match self.host.resolve(now, &fqdn, pending_id) {
+                    Ok(_) => self.c.stat(CtlStat::Connects),
+                    // Answered with NXDOMAIN or SERVFAIL at the next poll.
+                    Err(e) => tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC"),
                 }
-            },
+            }
             GnAction::Upstream {
                 upstream_id,
                 payload,
@@ -916,12 +800,6 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    fn remember(&mut self, vip: Ipv4Addr, fqdn: &str) {
-        if self.names.len() < MAX_NAMES || self.names.contains_key(&vip) {
-            self.names.insert(vip, fqdn.to_owned());
-        }
-    }
-
     fn publish_link(&mut self) {
         let link = match (self.vip, self.gn_mac, self.gateway_mac) {
             (Some(gn_vip), Some(gn_mac), Some(gateway_mac)) => Some(Link {
@@ -948,7 +826,8 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     /// Registration part of the status.
     pub fn registration_status(&self) -> RegistrationStatus {
-        let reg = self.ep.registration();
+        let ep = self.host.endpoint();
+        let reg = ep.registration();
         RegistrationStatus {
             fqdn: self.fqdn.clone(),
             dc: self.dc,
@@ -956,7 +835,7 @@ impl<D: Datapath + ?Sized> Control<D> {
             vip: reg.map(|r| r.vip.addr),
             prefix_len: reg.map(|r| r.vip.prefix_len),
             node_id: reg.map(|r| r.node_id),
-            local_addr: self.ep.local_addr(),
+            local_addr: ep.local_addr(),
             observed: reg.map(|r| r.observed),
             behind_nat: reg.map(|r| r.behind_nat),
         }
@@ -979,11 +858,13 @@ impl<D: Datapath + ?Sized> Control<D> {
     /// Tunnels, with the datapath's counters as last polled.
     pub fn tunnel_status(&self, now: Instant) -> Vec<TunnelStatus> {
         let mut v: Vec<TunnelStatus> = self
-            .ep
+            .host
+            .endpoint()
             .tunnels()
             .map(|node::TunnelInfo { params: t, up }| {
                 let rec = self.tunnels.get(&t.tunnel_id);
                 let a = rec.and_then(|r| r.stats.as_ref());
+                let setup = rec.and(self.host.setup_time(t.tunnel_id));
                 TunnelStatus {
                     id: t.tunnel_id,
                     peer_fqdn: t.peer_fqdn,
@@ -1000,9 +881,9 @@ impl<D: Datapath + ?Sized> Control<D> {
                     last_rx_secs_ago: a
                         .and_then(|a| a.last_rx)
                         .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-                    setup_ms: rec.and_then(|r| r.setup).map(|d| d.as_secs_f64() * 1e3),
+                    setup_ms: setup.map(|d| d.as_secs_f64() * 1e3),
                     opened_by: match rec {
-                        Some(r) if r.setup.is_some() => "gn",
+                        Some(_) if setup.is_some() => "gn",
                         Some(_) if up => "peer",
                         _ => "-",
                     }
@@ -1025,7 +906,10 @@ impl<D: Datapath + ?Sized> Control<D> {
             stats.insert(s.name().to_owned(), n);
         }
         for e in Error::ALL {
-            drops.insert(format!("proto_{}", e.name()), self.ep.drops().get(e));
+            drops.insert(
+                format!("proto_{}", e.name()),
+                self.host.endpoint().drops().get(e),
+            );
         }
         for (d, n) in self.c.drops() {
             drops.insert(d.name().to_owned(), n);
@@ -1033,7 +917,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         for (s, n) in self.c.stats() {
             stats.insert(s.name().to_owned(), n);
         }
-        stats.insert("held_now".into(), self.hold.len() as u64);
+        stats.insert("held_now".into(), self.host.held() as u64);
         stats.insert("dns_tcp_open".into(), self.gn.tcp_open() as u64);
         SlowPathStatus { drops, stats }
     }

@@ -32,18 +32,12 @@ impl<D: Datapath + ?Sized> Control<D> {
                 .set_dns(&s.gn.ntm_suffix, s.gn.dns_ttl, s.gn.dns_resolve_timeout)
                 .map_err(|e| format!("[dns]: {e}"))?;
             // Answers the old stub owed are gone with it.
-            self.dns_by_req.clear();
+            self.host.forget_resolutions();
         }
         if plan.hold {
-            let mut hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
-            for dst in self.hold.destinations() {
-                for p in self.hold.take(dst) {
-                    if hold.push(now, dst, &p).is_err() {
-                        self.c.drop(super::CtlDrop::HoldFull);
-                    }
-                }
-            }
-            self.hold = hold;
+            let hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
+            let refused = self.host.set_hold(now, hold);
+            self.c.drop_n(super::CtlDrop::HoldFull, refused);
         }
         if plan.identity {
             let cfg = node::Config {
@@ -57,19 +51,15 @@ impl<D: Datapath + ?Sized> Control<D> {
                 .map_err(|e| format!("cannot start the protocol endpoint: {e}"))?;
             tracing::info!(old = %self.fqdn, new = %s.fqdn, dc = %s.dc, "GN identity changed: deregistering and registering again");
             // DEREG, and every tunnel down (out of the datapath too).
-            self.ep.close(now);
+            self.host.endpoint_mut().close(now);
             self.pump(now, io);
             for id in self.tunnels.keys().copied().collect::<Vec<_>>() {
                 self.datapath.remove_tunnel(id);
             }
             self.tunnels.clear();
-            self.ep = ep;
+            self.host.replace_endpoint(ep);
             self.fqdn = s.fqdn.clone();
             self.dc = s.dc;
-            self.names.clear();
-            self.dns_by_req.clear();
-            self.pkt_by_req.clear();
-            self.connect_at.clear();
             self.vip = None;
             if let Err(e) = self.gn.set_vip(None) {
                 tracing::warn!(error = %e, "cannot withdraw the GN's VIP");

@@ -24,9 +24,9 @@ use tokio::task::AbortHandle;
 
 use super::Nics;
 use crate::config::Settings;
-use crate::control::packet::PacketSocket;
 use crate::control::{Control, Io};
 use crate::gn::{ConnId, Transport};
+use crate::os::packet::PacketSocket;
 
 /// Largest datagram read from a UDP socket.
 pub(super) const MAX_DATAGRAM: usize = 65_535;

@@ -137,7 +137,7 @@ pub struct AfXdpConfig {
 }
 
 impl AfXdpConfig {
-    /// Defaults: one queue, no pinning, the UMEM and 2048-entry rings `[datapath]` has
+    /// Defaults: one queue, no pinning, the UMEM and rings `[datapath]` has
     /// by default, bursts of 64, sleeping when idle, native XDP, automatic bind mode,
     /// 256 slow slots per worker.
     pub fn new(lan_if: &str, wan_if: &str, xdp: XdpConfig) -> Self {
@@ -148,9 +148,10 @@ impl AfXdpConfig {
             cores: Vec::new(),
             umem: UmemConfig {
                 frame_count: 16384,
+                fill_size: 4096,
                 ..UmemConfig::default()
             },
-            rx_ring: 2048,
+            rx_ring: 4096,
             tx_ring: 2048,
             batch: 64,
             busy_poll: false,

@@ -97,6 +97,16 @@ pub(crate) fn spawn(setup: WorkerSetup) -> Result<(JoinHandle<()>, Bound), Fastp
     }
 }
 
+/// Frames each of a worker's two fill rings gets at start: the whole ring, as far as
+/// `frames` leave enough for both TX rings (`limits::Sizes` makes them: frames >=
+/// 2 x (fill ring + TX ring) per worker). Under load the kernel receives into at most
+/// these frames before the worker takes them off the RX ring: fewer, and a burst that
+/// the RX ring could hold is dropped for want of fill frames (`rx_fill_ring_empty_descs`,
+/// the veth's `rx_dropped`).
+fn fill_frames(frames: u32, fill_size: u32, tx_size: u32) -> u32 {
+    fill_size.min(frames.saturating_sub(2 * tx_size) / 2)
+}
+
 struct Worker {
     index: usize,
     lan: Port,
@@ -126,12 +136,10 @@ impl Worker {
             }
         }
         s.dp.set_core(s.index, s.core);
+        let fill = fill_frames(s.frames, s.umem.config().fill_size, s.lan.tx_size);
         let mut pool = s.umem.pool(s.frames)?;
         let mut lan = Port::bind(&s.umem, s.lan)?;
         let mut wan = Port::bind(&s.umem, s.wan)?;
-        // A quarter of the frames waits in each fill ring; the other half covers
-        // frames in flight on the TX rings.
-        let fill = (s.frames / 4).min(s.umem.config().fill_size);
         lan.fill(&mut pool, fill);
         wan.fill(&mut pool, fill);
         let bound = Bound {
@@ -317,5 +325,28 @@ impl Worker {
             self.local.drop(FastDrop::SlowQueueFull);
         }
         self.pool.free(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_rings_get_their_size_in_frames_when_the_budget_allows() {
+        // The defaults: each fill ring gets as many frames as the RX ring can hold.
+        let cfg = super::super::AfXdpConfig::new("lan0", "wan0", ntma_common::XdpConfig::default());
+        let fill = fill_frames(cfg.frames_per_worker(), cfg.umem.fill_size, cfg.tx_ring);
+        assert_eq!(fill, cfg.umem.fill_size);
+        assert!(
+            fill >= cfg.rx_ring,
+            "{fill} fill frames, RX ring {}",
+            cfg.rx_ring
+        );
+        // The fewest frames limits::Sizes accepts still fill both rings whole.
+        assert_eq!(fill_frames(2 * (4096 + 2048), 4096, 2048), 4096);
+        // Fewer frames (several queues): what is left after both TX rings.
+        assert_eq!(fill_frames(8192, 4096, 2048), 2048);
+        assert_eq!(fill_frames(100, 4096, 2048), 0);
     }
 }

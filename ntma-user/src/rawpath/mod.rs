@@ -43,12 +43,12 @@ use nix::sys::socket::{
     SockProtocol, SockType, SockaddrIn,
 };
 
-use crate::control::sys::{interface, IfaceError};
 use crate::datapath::{limits, Datapath, DatapathKind};
 use crate::fastpath::encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL};
 use crate::fastpath::{
     Dataplane, DataplaneConfig, FastDrop, LocalCounters, Side, Snapshot, Stat, WakerError,
 };
+use crate::os::sys::{interface, IfaceError};
 pub use filter::Classify;
 
 use crate::wire::outer::{self, Outer, OUTER_LEN};

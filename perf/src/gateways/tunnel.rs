@@ -78,7 +78,7 @@ impl Tuning {
     }
 }
 
-/// The suite of the bench's tunnel (PROTOCOL.md §2.1).
+/// The suite of the bench's tunnel (docs/protocol.md §2.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TunnelSuite {
     /// Suite 2, AES-256-GCM: the DC's default.
