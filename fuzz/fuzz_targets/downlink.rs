@@ -27,7 +27,7 @@ use ntm_proto::wire::{HEADER_LEN, OVERHEAD};
 use ntm_proto::{Cipher, DirectionKeys, Key, Path, Role, Suite};
 use ntma_user::datapath::Link;
 use ntma_user::fastpath::encap::{downlink, DownVerdict, ETH_LEN};
-use ntma_user::fastpath::{Dataplane, DataplaneConfig, FastDrop};
+use ntma_user::fastpath::{DatapathState, DatapathStateConfig, FastDrop};
 use ntma_user::gn::MacAddr;
 use ntma_user::wire::checksum::internet as ipv4_checksum;
 
@@ -49,13 +49,13 @@ fn keys(id: u32) -> DirectionKeys {
     DirectionKeys::derive(&Key::from_bytes(k))
 }
 
-fn plane() -> Dataplane {
-    let dp = Dataplane::new(&DataplaneConfig {
+fn plane() -> DatapathState {
+    let dp = DatapathState::new(&DatapathStateConfig {
         workers: 1,
         ntm_port: PORT,
         slow_slots: 1,
         slow_slot_len: 64,
-        ..DataplaneConfig::default()
+        ..DatapathStateConfig::default()
     })
     .expect("an eventfd");
     dp.set_link(Some(Link {

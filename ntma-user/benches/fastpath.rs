@@ -25,7 +25,7 @@ use ntm_proto::{
 };
 use ntma_user::fastpath::{
     encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
-    Dataplane, DataplaneConfig,
+    DatapathState, DatapathStateConfig,
 };
 use ntma_user::wire::checksum::internet as ipv4_checksum;
 use ntma_user::{datapath::Link, gn::MacAddr};
@@ -58,8 +58,8 @@ fn tunnel_id(i: u32) -> u32 {
 }
 
 /// A data plane with `tunnels` tunnels up in `suite`; ours is the initiator's end.
-fn dataplane(tunnels: u32, suite: Suite) -> Dataplane {
-    let dp = Dataplane::new(&DataplaneConfig::default()).expect("eventfd");
+fn state(tunnels: u32, suite: Suite) -> DatapathState {
+    let dp = DatapathState::new(&DatapathStateConfig::default()).expect("eventfd");
     dp.set_link(Some(Link {
         gn_vip: GN_VIP,
         gn_mac: MacAddr([2, 0, 0, 0, 0, 2]),
@@ -126,7 +126,7 @@ fn bench_uplink(c: &mut Criterion) {
         .iter()
         .flat_map(|s| TABLES.iter().map(move |t| (*s, *t)))
     {
-        let dp = dataplane(tunnels, suite);
+        let dp = state(tunnels, suite);
         let snap = dp.snapshot();
         for size in SIZES {
             // One template frame per destination tunnel (at most 1024 distinct, spread
@@ -167,7 +167,7 @@ fn bench_downlink(c: &mut Criterion) {
         .iter()
         .flat_map(|s| TABLES.iter().map(move |t| (*s, *t)))
     {
-        let dp = dataplane(tunnels, suite);
+        let dp = state(tunnels, suite);
         let snap = dp.snapshot();
         let step = (tunnels / 1024).max(1);
         // The peers' send keys (the responder sends with K_r2i).

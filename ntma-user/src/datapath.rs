@@ -5,7 +5,7 @@
 //!   ([`crate::control::Control`]), the daemon and perf speak to it, never to one
 //!   datapath in particular. It carries control operations only (publish and remove
 //!   tunnels, set the link, read counters, take slow frames, stop): per packet, the
-//!   workers read the [`Dataplane`]'s table snapshot directly, without dynamic dispatch.
+//!   workers read the [`DatapathState`]'s table snapshot directly, without dynamic dispatch.
 //! * [`Link`]: the addresses a datapath builds frames with.
 //! * [`TunnelStats`]: one tunnel as a datapath carries it, with its counters.
 //! * [`limits`]: the limits of the datapath's settings, named by their keys in the
@@ -29,7 +29,7 @@ use ntm_proto::{Path, Suite};
 use serde::{Deserialize, Serialize};
 
 use crate::ebpf::{Counters, EbpfError};
-pub use crate::fastpath::{Dataplane, RingStats, SlowFrame, SlowWaker, WorkerStats};
+pub use crate::fastpath::{DatapathState, RingStats, SlowFrame, SlowWaker, WorkerStats};
 use crate::gn::MacAddr;
 
 /// Which datapath carries tunnel traffic (`datapath.kind`).
@@ -114,13 +114,13 @@ impl TunnelStats {
 /// A running datapath, as the control side, the daemon and perf drive it. See the
 /// [module docs](self).
 ///
-/// An implementation gives its [`Dataplane`] and says what it is; the control
+/// An implementation gives its [`DatapathState`] and says what it is; the control
 /// operations are provided on top of the data plane (a test double overrides them to
 /// record the calls).
 pub trait Datapath {
     /// The state its workers share with the control: the tunnel table, the slow
     /// queues and the counters.
-    fn dataplane(&self) -> &Arc<Dataplane>;
+    fn state(&self) -> &Arc<DatapathState>;
 
     /// Which datapath it is.
     fn kind(&self) -> DatapathKind;
@@ -166,53 +166,53 @@ pub trait Datapath {
 
     /// Number of workers.
     fn workers(&self) -> usize {
-        self.dataplane().workers()
+        self.state().workers()
     }
 
     /// Sets the link; `None` stops forwarding (see [`Link`]).
     fn set_link(&self, link: Option<Link>) {
-        self.dataplane().set_link(link);
+        self.state().set_link(link);
     }
 
     /// Installs a tunnel for receiving ([`ntm_proto::node::Event::TunnelAdded`]); see
-    /// [`Dataplane::add_tunnel`].
+    /// [`DatapathState::add_tunnel`].
     fn add_tunnel(&self, tunnel: &TunnelParams) -> ntm_proto::Result<()> {
-        self.dataplane().add_tunnel(tunnel)
+        self.state().add_tunnel(tunnel)
     }
 
     /// Starts sending on a tunnel ([`ntm_proto::node::Event::TunnelUp`]), installing it
-    /// if [`Datapath::add_tunnel`] did not; see [`Dataplane::tunnel_up`].
+    /// if [`Datapath::add_tunnel`] did not; see [`DatapathState::tunnel_up`].
     fn tunnel_up(&self, tunnel: &TunnelParams) -> ntm_proto::Result<()> {
-        self.dataplane().tunnel_up(tunnel)
+        self.state().tunnel_up(tunnel)
     }
 
     /// Removes a tunnel (no-op when unknown).
     fn remove_tunnel(&self, tunnel_id: u32) {
-        self.dataplane().remove_tunnel(tunnel_id);
+        self.state().remove_tunnel(tunnel_id);
     }
 
     /// Moves a tunnel's endpoint (roaming); false when the tunnel is unknown.
     fn set_endpoint(&self, tunnel_id: u32, endpoint: SocketAddrV4) -> bool {
-        self.dataplane().set_endpoint(tunnel_id, endpoint)
+        self.state().set_endpoint(tunnel_id, endpoint)
     }
 
     /// Every tunnel with its counters, by tunnel id.
     fn tunnel_stats(&self) -> Vec<TunnelStats> {
-        self.dataplane().tunnel_stats()
+        self.state().tunnel_stats()
     }
 
     /// Every worker's counters, by queue.
     fn worker_stats(&self) -> Vec<WorkerStats> {
-        self.dataplane().worker_stats()
+        self.state().worker_stats()
     }
 
-    /// The next frame the workers handed to the control; see [`Dataplane::pop_slow`].
+    /// The next frame the workers handed to the control; see [`DatapathState::pop_slow`].
     fn pop_slow(&self, buf: &mut [u8]) -> Option<SlowFrame> {
-        self.dataplane().pop_slow(buf)
+        self.state().pop_slow(buf)
     }
 
     /// What the control waits on for slow frames.
     fn slow_waker(&self) -> SlowWaker {
-        self.dataplane().slow_waker()
+        self.state().slow_waker()
     }
 }

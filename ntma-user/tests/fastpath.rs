@@ -33,7 +33,7 @@ use ntm_testbed::{
 };
 use ntma_common::{Verdict, XdpConfig, NTM_PORT};
 use ntma_user::datapath::{Datapath, Link};
-use ntma_user::fastpath::{AfXdp, AfXdpConfig, Dataplane, FastDrop, Side, XskMode};
+use ntma_user::fastpath::{AfXdp, AfXdpConfig, DatapathState, FastDrop, Side, XskMode};
 use ntma_user::gn::MacAddr;
 use ntma_user::wire::checksum::internet as checksum;
 
@@ -243,7 +243,7 @@ struct World {
     captured: Option<Vec<u8>>,
     tb: Testbed,
     datapath: Option<AfXdp>,
-    dp: std::sync::Arc<Dataplane>,
+    dp: std::sync::Arc<DatapathState>,
     gn: UdpSocket,
     peer: Peer,
     nonce: u64,
@@ -278,7 +278,7 @@ fn world(tag: &str, queues: u16, cores: Vec<usize>, suite: Suite) -> World {
         .in_netns(Role::Ntma, || AfXdp::start(cfg))
         .expect("enter ntma")
         .unwrap_or_else(|e| panic!("starting the fast path in ntma failed: {e}"));
-    let dp = std::sync::Arc::clone(datapath.dataplane());
+    let dp = std::sync::Arc::clone(datapath.state());
     dp.set_link(Some(Link {
         gn_vip: GN_VIP,
         gn_mac: MacAddr(gn_mac),

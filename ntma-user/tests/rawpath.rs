@@ -139,7 +139,7 @@ fn raw_datapath_carries_verifies_and_counts() {
         })
         .expect("enter ntma")
         .unwrap_or_else(|e| panic!("raw datapath: {e}"));
-    let dp = std::sync::Arc::clone(raw.dataplane());
+    let dp = std::sync::Arc::clone(raw.state());
     dp.set_link(Some(Link {
         gn_vip: GN_VIP,
         gn_mac: MacAddr(mac(&tb, Role::Gn, "eth0")),

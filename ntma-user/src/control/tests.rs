@@ -1,7 +1,7 @@
 //! The control side against a real DC ([`ntm_dc::Coordinator`]) and a real
 //! peer ([`Endpoint`]) on a simulated network ([`ntm_proto::sim`]) in
 //! virtual time: no sockets, no clock, recording
-//! sockets and a recording fast path in front of a real [`Dataplane`], which
+//! sockets and a recording fast path in front of a real [`DatapathState`], which
 //! gets the tunnel DATA addressed to the adapter (as XDP would redirect it).
 
 use std::cell::RefCell;
@@ -21,7 +21,7 @@ use ntm_proto::{Key, MessageType as NtmType, Packet, Suite};
 use super::*;
 use crate::config::Config;
 use crate::fastpath::encap::{downlink, DownVerdict};
-use crate::fastpath::{Dataplane, DataplaneConfig};
+use crate::fastpath::{DatapathState, DatapathStateConfig};
 use crate::gn::wire::{build_udp_frame, UdpEnds};
 use crate::wire::checksum::internet as checksum;
 use crate::wire::ethernet::ETHERTYPE_IPV4;
@@ -65,12 +65,12 @@ type Log = Rc<RefCell<Vec<Call>>>;
 /// Records every call and passes it on to a real data plane.
 struct FakePlane {
     calls: Log,
-    dp: Arc<Dataplane>,
+    dp: Arc<DatapathState>,
     activity: RefCell<Vec<TunnelStats>>,
 }
 
 impl Datapath for FakePlane {
-    fn dataplane(&self) -> &Arc<Dataplane> {
+    fn state(&self) -> &Arc<DatapathState> {
         &self.dp
     }
     fn kind(&self) -> crate::datapath::DatapathKind {
@@ -91,14 +91,14 @@ impl Datapath for FakePlane {
         self.calls
             .borrow_mut()
             .push(Call::Add(t.tunnel_id, t.peer_vip, t.endpoint, t.suite));
-        Dataplane::add_tunnel(&self.dp, t).unwrap();
+        DatapathState::add_tunnel(&self.dp, t).unwrap();
         Ok(())
     }
     fn tunnel_up(&self, t: &TunnelParams) -> ntm_proto::Result<()> {
         self.calls
             .borrow_mut()
             .push(Call::Up(t.tunnel_id, t.peer_vip, t.endpoint));
-        Dataplane::tunnel_up(&self.dp, t).unwrap();
+        DatapathState::tunnel_up(&self.dp, t).unwrap();
         Ok(())
     }
     fn remove_tunnel(&self, id: u32) {
@@ -266,7 +266,7 @@ impl World {
         let log = Log::default();
         let plane = FakePlane {
             calls: Rc::clone(&log),
-            dp: Arc::new(Dataplane::new(&DataplaneConfig::default()).unwrap()),
+            dp: Arc::new(DatapathState::new(&DatapathStateConfig::default()).unwrap()),
             activity: RefCell::default(),
         };
         let ctl = Control::new(&settings(non_vip), boot, Box::new(plane), now).unwrap();
@@ -1069,7 +1069,7 @@ fn settings_come_from_the_example() {
     let s = Config::load(&path).unwrap().validate().unwrap();
     let plane = FakePlane {
         calls: Log::default(),
-        dp: Arc::new(Dataplane::new(&DataplaneConfig::default()).unwrap()),
+        dp: Arc::new(DatapathState::new(&DatapathStateConfig::default()).unwrap()),
         activity: RefCell::default(),
     };
     assert!(Control::new(

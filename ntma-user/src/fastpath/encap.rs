@@ -239,7 +239,7 @@ fn seal_up(
 /// datagram that passed every check is activity and names a source the control may
 /// roam to. On [`DownVerdict::Tx`] the Ethernet header towards the GN has been written
 /// in front of the inner packet. `now_nanos` is the data plane's clock (see
-/// [`super::Dataplane::now_nanos`]), read once per burst.
+/// [`super::DatapathState::now_nanos`]), read once per burst.
 #[inline]
 pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict {
     let (dg, from) = match parse_down(snap, buf) {

@@ -8,14 +8,14 @@
 //! detaches both programs and stops the workers. [`AfXdp`] is a
 //! [`crate::datapath::Datapath`].
 //!
-//! The control thread drives the workers through the shared [`Dataplane`]:
-//! [`Dataplane::set_link`] and [`Dataplane::add_tunnel`] (receive, from
-//! `Event::TunnelAdded`) / [`Dataplane::tunnel_up`] (send too, from `Event::TunnelUp`)
-//! / [`Dataplane::remove_tunnel`] / [`Dataplane::set_endpoint`] publish the table the
-//! workers read without locks; [`Dataplane::pop_slow`] with [`Dataplane::slow_waker`]
+//! The control thread drives the workers through the shared [`DatapathState`]:
+//! [`DatapathState::set_link`] and [`DatapathState::add_tunnel`] (receive, from
+//! `Event::TunnelAdded`) / [`DatapathState::tunnel_up`] (send too, from `Event::TunnelUp`)
+//! / [`DatapathState::remove_tunnel`] / [`DatapathState::set_endpoint`] publish the table the
+//! workers read without locks; [`DatapathState::pop_slow`] with [`DatapathState::slow_waker`]
 //! takes the frames the fast path does not decide on (a VIP without a tunnel, link not
-//! ready, anything but DATA/TUN_KEEPALIVE); [`Dataplane::tunnel_stats`] and
-//! [`Dataplane::worker_stats`] give the counters for `ntma status`, expiry and roaming.
+//! ready, anything but DATA/TUN_KEEPALIVE); [`DatapathState::tunnel_stats`] and
+//! [`DatapathState::worker_stats`] give the counters for `ntma status`, expiry and roaming.
 //!
 //! Per packet there is no lock, allocation, copy or system call: the table is an
 //! `arc_swap` snapshot loaded once per burst, per-tunnel state is atomics
@@ -32,8 +32,8 @@
 //! to the inner MTU − 40 in both directions, counted as `mss_clamped`. Outer packets
 //! carry DF.
 
-mod dataplane;
 pub mod encap;
+mod state;
 mod table;
 mod worker;
 
@@ -45,10 +45,12 @@ use std::{
     thread::JoinHandle,
 };
 
-pub use dataplane::{Dataplane, DataplaneConfig, SlowFrame, SlowWaker, WakerError, WorkerStats};
+pub use state::{
+    DatapathState, DatapathStateConfig, SlowFrame, SlowWaker, WakerError, WorkerStats,
+};
 // The raw-socket datapath (crate::rawpath) publishes its counters the same way.
-pub(crate) use dataplane::{LocalCounters, Stat};
 pub use encap::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
+pub(crate) use state::{LocalCounters, Stat};
 
 /// Largest inner MTU: the GN's frames (Ethernet + 1500) are what every UMEM frame
 /// holds (`UmemConfig::validate`), so a larger uplink MTU gains nothing.
@@ -226,7 +228,7 @@ pub struct AfXdp {
     progs: Option<Mutex<XdpPrograms>>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    dataplane: Arc<Dataplane>,
+    state: Arc<DatapathState>,
     mode: XskMode,
     /// A second descriptor of every AF_XDP socket, (queue, side, fd): the
     /// kernel's ring counters are read through them at scrape time.
@@ -258,7 +260,7 @@ impl AfXdp {
     /// inherit it). Nothing is left attached or running when it fails.
     pub fn start(cfg: AfXdpConfig) -> Result<AfXdp, FastpathError> {
         cfg.validate()?;
-        let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
+        let state = Arc::new(DatapathState::new(&DatapathStateConfig {
             workers: cfg.queues as usize,
             ntm_port: cfg.xdp.ntm_port,
             inner_mtu: cfg.inner_mtu,
@@ -273,7 +275,7 @@ impl AfXdp {
             progs: None,
             workers: Vec::with_capacity(cfg.queues as usize),
             stop: Arc::clone(&stop),
-            dataplane: Arc::clone(&dataplane),
+            state: Arc::clone(&state),
             mode: XskMode::Copy,
             sockets: Vec::new(),
         };
@@ -297,7 +299,7 @@ impl AfXdp {
                 frames: cfg.frames_per_worker(),
                 batch: cfg.batch,
                 busy_poll: cfg.busy_poll,
-                dp: Arc::clone(&dataplane),
+                dp: Arc::clone(&state),
                 stop: Arc::clone(&stop),
             })?;
             dp.workers.push(handle);
@@ -346,8 +348,8 @@ impl AfXdp {
 }
 
 impl Datapath for AfXdp {
-    fn dataplane(&self) -> &Arc<Dataplane> {
-        &self.dataplane
+    fn state(&self) -> &Arc<DatapathState> {
+        &self.state
     }
 
     fn kind(&self) -> DatapathKind {

@@ -82,7 +82,7 @@ fn params(suite: Suite, seq: &SeqCounter) -> TunnelParams {
 /// A data plane with the link and one tunnel (up) in `suite`, with the peer's end.
 struct Fx {
     suite: Suite,
-    dp: Dataplane,
+    dp: DatapathState,
     seq: SeqCounter,
 }
 
@@ -93,7 +93,7 @@ fn plane(suite: Suite) -> Fx {
 }
 
 fn plane_without_tunnel(suite: Suite) -> Fx {
-    let dp = Dataplane::new(&DataplaneConfig::default()).unwrap();
+    let dp = DatapathState::new(&DatapathStateConfig::default()).unwrap();
     dp.set_link(Some(link()));
     Fx {
         suite,
@@ -959,7 +959,7 @@ fn set_endpoint_takes_effect_without_a_new_snapshot() {
 fn round_trip_between_two_adapters() {
     for suite in SUITES {
         let a = plane(suite);
-        let b = Dataplane::new(&DataplaneConfig::default()).unwrap();
+        let b = DatapathState::new(&DatapathStateConfig::default()).unwrap();
         b.set_link(Some(Link {
             gn_vip: PEER_VIP,
             ..link()
@@ -1251,9 +1251,9 @@ fn clamp_mss_rewrites_only_larger_mss_of_syns_with_a_correct_checksum() {
 fn uplink_and_downlink_clamp_syn_mss_to_the_inner_mtu_minus_40() {
     for suite in SUITES {
         for inner_mtu in [1440u16, 1340] {
-            let dp = Dataplane::new(&DataplaneConfig {
+            let dp = DatapathState::new(&DatapathStateConfig {
                 inner_mtu,
-                ..DataplaneConfig::default()
+                ..DatapathStateConfig::default()
             })
             .unwrap();
             dp.set_link(Some(link()));
@@ -1311,9 +1311,9 @@ fn uplink_and_downlink_clamp_syn_mss_to_the_inner_mtu_minus_40() {
 
 #[test]
 fn packets_over_the_inner_mtu_go_to_the_slow_path_unchanged() {
-    let dp = Dataplane::new(&DataplaneConfig {
+    let dp = DatapathState::new(&DatapathStateConfig {
         inner_mtu: 1340,
-        ..DataplaneConfig::default()
+        ..DatapathStateConfig::default()
     })
     .unwrap();
     dp.set_link(Some(link()));

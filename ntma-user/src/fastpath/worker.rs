@@ -25,8 +25,8 @@ use crate::ebpf::Side;
 use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 
 use super::{
-    dataplane::{Dataplane, LocalCounters, Stat},
     encap::{downlink, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
+    state::{DatapathState, LocalCounters, Stat},
     table::Snapshot,
     FastpathError,
 };
@@ -47,7 +47,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) frames: u32,
     pub(crate) batch: usize,
     pub(crate) busy_poll: bool,
-    pub(crate) dp: Arc<Dataplane>,
+    pub(crate) dp: Arc<DatapathState>,
     pub(crate) stop: Arc<AtomicBool>,
 }
 
@@ -113,7 +113,7 @@ struct Worker {
     wan: Port,
     pool: FramePool,
     umem: Arc<Umem>,
-    dp: Arc<Dataplane>,
+    dp: Arc<DatapathState>,
     stop: Arc<AtomicBool>,
     batch: usize,
     busy_poll: bool,

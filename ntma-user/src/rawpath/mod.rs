@@ -13,7 +13,7 @@
 //!   [`crate::fastpath::encap::downlink`] (the order of checks of §5); the inner packet
 //!   leaves towards the GN as an Ethernet frame on the AF_PACKET socket.
 //!
-//! [`RawPath`] is a [`Datapath`] built on the fast path's [`Dataplane`]: the same tunnel
+//! [`RawPath`] is a [`Datapath`] built on the fast path's [`DatapathState`]: the same tunnel
 //! table, operations, counters and drop reasons. The control side drives it as it drives
 //! the AF_XDP datapath, with two differences in what it reads: the UDP socket belongs to
 //! this worker ([`Datapath::reads_tunnel_socket`]: signaling datagrams reach the control
@@ -46,7 +46,7 @@ use nix::sys::socket::{
 use crate::datapath::{limits, Datapath, DatapathKind};
 use crate::fastpath::encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL};
 use crate::fastpath::{
-    Dataplane, DataplaneConfig, FastDrop, LocalCounters, Side, Snapshot, Stat, WakerError,
+    DatapathState, DatapathStateConfig, FastDrop, LocalCounters, Side, Snapshot, Stat, WakerError,
 };
 use crate::os::sys::{interface, IfaceError};
 pub use filter::Classify;
@@ -129,7 +129,7 @@ fn sock_err(what: &'static str) -> impl FnOnce(Errno) -> RawError {
 
 /// A running raw datapath; [`RawPath::stop`] or drop stops it.
 pub struct RawPath {
-    dataplane: Arc<Dataplane>,
+    state: Arc<DatapathState>,
     stop: Arc<AtomicBool>,
     tx_errors: Arc<AtomicU64>,
     swap: Arc<WanSwap>,
@@ -151,7 +151,7 @@ impl RawPath {
             .map_err(|e| RawError::Config(e.to_string()))?;
         let wan_local = tunnel_socket_addr(&cfg.wan)?;
         let lan = open_lan(&cfg.lan_if, &cfg.classify)?;
-        let dataplane = Arc::new(Dataplane::new(&DataplaneConfig {
+        let state = Arc::new(DatapathState::new(&DatapathStateConfig {
             workers: 1,
             ntm_port: wan_local.port(),
             inner_mtu: cfg.inner_mtu,
@@ -166,7 +166,7 @@ impl RawPath {
             wan: cfg.wan,
             wan_local,
             swap: Arc::clone(&swap),
-            dp: Arc::clone(&dataplane),
+            dp: Arc::clone(&state),
             batch: cfg.batch,
             busy_poll: cfg.busy_poll,
             up: vec![0; cfg.batch * BUF],
@@ -203,7 +203,7 @@ impl RawPath {
             .map_err(RawError::Spawn)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(RawPath {
-                dataplane,
+                state,
                 stop,
                 tx_errors,
                 swap,
@@ -247,8 +247,8 @@ impl RawPath {
 }
 
 impl Datapath for RawPath {
-    fn dataplane(&self) -> &Arc<Dataplane> {
-        &self.dataplane
+    fn state(&self) -> &Arc<DatapathState> {
+        &self.state
     }
 
     fn kind(&self) -> DatapathKind {
@@ -346,7 +346,7 @@ struct Worker {
     wan: UdpSocket,
     wan_local: SocketAddrV4,
     swap: Arc<WanSwap>,
-    dp: Arc<Dataplane>,
+    dp: Arc<DatapathState>,
     batch: usize,
     busy_poll: bool,
     /// `batch` buffers of [`BUF`] bytes for each direction.

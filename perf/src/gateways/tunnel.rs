@@ -249,7 +249,7 @@ impl Tunneled {
 
     /// Drops by reason summed over workers, non-zero ones only.
     pub fn drops(&self) -> Vec<(FastDrop, u64)> {
-        let totals = self.datapath.dataplane().drop_totals();
+        let totals = self.datapath.state().drop_totals();
         FastDrop::ALL
             .iter()
             .map(|r| (*r, totals[r.index()]))

@@ -1,4 +1,4 @@
-//! [`Dataplane`]: the state the control thread and the workers share.
+//! [`DatapathState`]: the state the control thread and the workers share.
 //!
 //! * The tunnel table, published as an `ArcSwap<Snapshot>` (see [`super::table`]).
 //! * One slow queue per worker: frames the fast path hands to the control thread,
@@ -29,9 +29,9 @@ use super::{
 use crate::datapath::{Link, TunnelStats};
 pub use crate::ebpf::Side;
 
-/// Sizes of a [`Dataplane`].
+/// Sizes of a [`DatapathState`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DataplaneConfig {
+pub struct DatapathStateConfig {
     /// Number of workers (one slow queue and one counter set each).
     pub workers: usize,
     /// UDP port of tunnel traffic (frames to other ports go to the slow queue).
@@ -45,7 +45,7 @@ pub struct DataplaneConfig {
     pub slow_slot_len: usize,
 }
 
-impl Default for DataplaneConfig {
+impl Default for DatapathStateConfig {
     fn default() -> Self {
         Self {
             workers: 1,
@@ -57,7 +57,7 @@ impl Default for DataplaneConfig {
     }
 }
 
-/// A frame [`Dataplane::pop_slow`] copied out.
+/// A frame [`DatapathState::pop_slow`] copied out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlowFrame {
     /// The NIC it came from: [`Side::Lan`] (from the GN: a VIP without a tunnel, link
@@ -72,7 +72,7 @@ pub struct SlowFrame {
     pub worker: usize,
 }
 
-/// Counters of one worker, as [`Dataplane::worker_stats`] reports them.
+/// Counters of one worker, as [`DatapathState::worker_stats`] reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerStats {
     /// Worker index = the NIC queue it serves.
@@ -223,7 +223,7 @@ impl SlowRing {
 
 /// The control thread's handle on the slow queue's eventfd. Register it with tokio's
 /// `AsyncFd` (it is `AsRawFd`/`AsFd`), or block with [`SlowWaker::wait`]. After a wake-up
-/// call [`SlowWaker::clear`] first, then [`Dataplane::pop_slow`] until `None`: a frame
+/// call [`SlowWaker::clear`] first, then [`DatapathState::pop_slow`] until `None`: a frame
 /// queued after the clear signals again.
 #[derive(Clone)]
 pub struct SlowWaker(Arc<EventFd>);
@@ -263,7 +263,7 @@ impl AsFd for SlowWaker {
 
 /// State shared by the control thread and the workers of a datapath (AF_XDP or raw):
 /// what [`crate::datapath::Datapath`]'s operations act on. Every method takes `&self`.
-pub struct Dataplane {
+pub struct DatapathState {
     table: Arc<ArcSwap<Snapshot>>,
     control: Mutex<ControlTable>,
     ntm_port: u16,
@@ -275,9 +275,9 @@ pub struct Dataplane {
     counters: Box<[SharedCounters]>,
 }
 
-impl std::fmt::Debug for Dataplane {
+impl std::fmt::Debug for DatapathState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dataplane")
+        f.debug_struct("DatapathState")
             .field("workers", &self.counters.len())
             .field("tunnels", &self.table.load().len())
             .finish_non_exhaustive()
@@ -289,14 +289,14 @@ impl std::fmt::Debug for Dataplane {
 #[error("creating the slow-queue eventfd failed: {0} (out of file descriptors?)")]
 pub struct WakerError(#[from] nix::Error);
 
-impl Dataplane {
+impl DatapathState {
     /// An empty data plane (no link, no tunnels) for `cfg.workers` workers.
     /// [`super::AfXdp::start`] and [`crate::rawpath::RawPath::start`] make one; tests and
     /// benches can make their own.
-    pub fn new(cfg: &DataplaneConfig) -> Result<Dataplane, WakerError> {
+    pub fn new(cfg: &DatapathStateConfig) -> Result<DatapathState, WakerError> {
         let workers = cfg.workers.max(1);
         let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
-        Ok(Dataplane {
+        Ok(DatapathState {
             table: Arc::new(ArcSwap::from_pointee(Snapshot {
                 ntm_port: cfg.ntm_port,
                 inner_mtu: cfg.inner_mtu,
@@ -353,7 +353,7 @@ impl Dataplane {
     }
 
     /// Starts sending on a tunnel, at [`ntm_proto::node::Event::TunnelUp`]; installs
-    /// it first when [`Dataplane::add_tunnel`] did not. Uplink packets to its peer VIP
+    /// it first when [`DatapathState::add_tunnel`] did not. Uplink packets to its peer VIP
     /// use it from the next burst on; when two tunnels lead to one VIP, the one that
     /// came up last carries the uplink.
     pub fn tunnel_up(&self, tunnel: &TunnelParams) -> ntm_proto::Result<()> {
@@ -439,7 +439,7 @@ impl Dataplane {
     }
 
     /// Copies the next frame of the slow queues (round robin over workers) into `buf`.
-    /// A buffer of [`DataplaneConfig::slow_slot_len`] bytes never truncates.
+    /// A buffer of [`DatapathStateConfig::slow_slot_len`] bytes never truncates.
     pub fn pop_slow(&self, buf: &mut [u8]) -> Option<SlowFrame> {
         let n = self.slow.len();
         let start = self.slow_next.fetch_add(1, Ordering::Relaxed);
@@ -518,11 +518,11 @@ mod tests {
 
     #[test]
     fn slow_queue_is_bounded_fifo_and_wakes() {
-        let dp = Dataplane::new(&DataplaneConfig {
+        let dp = DatapathState::new(&DatapathStateConfig {
             workers: 2,
             slow_slots: 2,
             slow_slot_len: 8,
-            ..DataplaneConfig::default()
+            ..DatapathStateConfig::default()
         })
         .unwrap();
         let w = dp.slow_waker();
@@ -558,7 +558,7 @@ mod tests {
 
     #[test]
     fn counters_publish() {
-        let dp = Dataplane::new(&DataplaneConfig::default()).unwrap();
+        let dp = DatapathState::new(&DatapathStateConfig::default()).unwrap();
         let mut l = LocalCounters::default();
         l.add(Stat::WanRx, 3);
         l.drop(FastDrop::BadTag);
