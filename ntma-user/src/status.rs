@@ -478,18 +478,7 @@ impl Status {
     /// The non-zero counters: XDP, workers, rings, slow path.
     fn render_counters(&self, s: &mut String) {
         let d = &self.datapath;
-        let nonzero = |m: &BTreeMap<String, u64>| {
-            let v: Vec<String> = m
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect();
-            if v.is_empty() {
-                "none".to_owned()
-            } else {
-                v.join(" ")
-            }
-        };
+        let nonzero = |m: &BTreeMap<String, u64>| ntm_ops::cli::counts(m, false);
         let _ = writeln!(s, "xdp verdicts: {}", nonzero(&d.xdp));
         for w in &d.workers {
             let _ = writeln!(
