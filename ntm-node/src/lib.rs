@@ -32,7 +32,7 @@
 pub mod config;
 /// Metrics built from the status snapshot (`[metrics] listen`).
 pub mod metrics;
-/// The hold queue, shared with the adapter (moved to `ntm_proto::hold`).
+/// The hold queue (`ntm_proto::hold`), re-exported for the node's users.
 pub use ntm_proto::hold;
 mod node;
 pub mod stats;

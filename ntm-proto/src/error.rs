@@ -7,11 +7,11 @@ crate::reasons! {
     pub enum Error {
         /// The datagram is shorter than header plus tag (32 bytes).
         Truncated => "truncated": "datagram shorter than header plus tag",
-        /// The header's version is not 1.
+        /// The header's version is not 2 (docs/protocol.md §2).
         BadVersion => "bad_version": "unknown protocol version",
         /// The header's message type is not one of §4.
         UnknownType => "unknown_type": "unknown message type",
-        /// The header's suite is not HMAC-SHA256-128.
+        /// The header's suite is not one this party accepts (1 or 2, and the tunnel's own for DATA).
         UnsupportedSuite => "unsupported_suite": "unsupported suite",
         /// No tunnel with the header's id is known.
         UnknownTunnel => "unknown_tunnel": "unknown tunnel id",

@@ -1,6 +1,6 @@
-//! The repository keeps its own copies of the contract in `../shared`
-//! (`docs/protocol.md`, `docs/testbed.md`, `tests/data/ntm2.json`), so that a
-//! clone stands on its own. When `../shared` is beside the repository, the
+//! The repository keeps its own copies of the contract that lives in
+//! `../shared` (`docs/protocol.md`, `docs/testbed.md`, `tests/data/ntm2.json`),
+//! so that a clone stands on its own. When `../shared` is beside the repository, the
 //! copies must equal it; without it there is nothing to compare.
 
 use std::path::{Path, PathBuf};

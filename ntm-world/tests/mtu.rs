@@ -100,10 +100,22 @@ fn oversize_packets_and_tcp(tag: &str, uplink_mtu: Option<u16>) {
     let mut srv = Command::new("iperf3");
     srv.args(["-s", "-1", "-B", &cn_vip.to_string(), "-p", "5201"]);
     let mut srv = w.tb.spawn(Role::Cn, &srv).unwrap();
-    // Long enough to be read on both ends; stopped once it has been.
+    // The client connects once the server listens (a SYN before that is
+    // refused, and iperf3 -J then exits 0 with the error in its JSON).
+    wait_for(PATIENCE, || {
+        w.sh(Role::Cn, "ss -Hltn 'sport = :5201'")
+            .ok()
+            .filter(|o| o.contains(":5201"))
+    })
+    .unwrap_or_else(|| panic!("iperf3 -s never listened in cn: {}", srv.log()));
+    // Long enough to be read on both ends; stopped once it has been. Retried
+    // while the answer is "unable to connect" (whatever iperf3's exit status).
     let cmd = format!("iperf3 -c {cn_vip} -p 5201 -t 60 -J");
     let mut client = Command::new("sh");
-    client.args(["-c", &format!("until {cmd}; do sleep 0.1; done")]);
+    client.args([
+        "-c",
+        &format!("while {cmd} | grep -q 'unable to connect'; do sleep 0.1; done"),
+    ]);
     let mut client = w.tb.spawn(Role::Gn, &client).unwrap();
     let gn_mss = tcp_mss(&w, Role::Gn, &format!("dst {cn_vip}:5201"));
     let cn_mss = tcp_mss(&w, Role::Cn, "sport = :5201");

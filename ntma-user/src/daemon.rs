@@ -25,9 +25,7 @@
 //! * UDP sockets on the router address's port 53 and the NIC's port 67, only
 //!   so the kernel never answers the GN's DNS and DHCP with ICMP port
 //!   unreachable (the raw socket already has the frames);
-//! * the status socket, for `ntma status`;
-//!
-//! (`daemon/sockets.rs` holds them.)
+//! * the status socket, for `ntma status` (`daemon/sockets.rs` holds all these);
 //! * timers: the protocol's, the datapath's activity (every 250 ms), the
 //!   uplink's address and next hop (every 250 ms), a statistics log line.
 //!

@@ -240,7 +240,14 @@ fn test(args: Vec<OsString>) -> Result<()> {
     // which `cargo test` builds only for the crate under test.
     status(cargo().args(["build", "--workspace", "--bins"]))?;
     let mut c = cargo();
-    c.args(["test", "--workspace"]).args(args);
+    c.arg("test");
+    // `-p` narrows the run; cargo lets `--workspace` win over it, so only
+    // the whole run names the workspace.
+    let narrowed = |a: &OsString| a == "-p" || a.to_string_lossy().starts_with("--package");
+    if !args.iter().any(narrowed) {
+        c.arg("--workspace");
+    }
+    c.args(args);
     let result = status(&mut c);
     eprintln!(
         "test: cargo test took {:.1} s",

@@ -101,7 +101,23 @@ fn drop_of(e: Error) -> FastDrop {
         Error::BadInner => FastDrop::BadInner,
         Error::InnerAddr => FastDrop::InnerAddr,
         // encap_in_place's only failure: the frame is too small for what we checked.
-        _ => FastDrop::NoRoom,
+        Error::BufferTooSmall | Error::TooLong => FastDrop::NoRoom,
+        // Signaling and TLV reasons, which decap and encap of DATA never give; listed
+        // one by one so that a new reason has to be placed here.
+        Error::UnknownType
+        | Error::TlvOverrun
+        | Error::UnknownCriticalTlv
+        | Error::DuplicateTlv
+        | Error::MissingTlv
+        | Error::BadTlvLength
+        | Error::BadTlvValue
+        | Error::BadFqdn
+        | Error::UnexpectedType
+        | Error::UnexpectedSource
+        | Error::WrongId
+        | Error::Stale
+        | Error::NoTunnel
+        | Error::NotRegistered => FastDrop::WanMalformed,
     }
 }
 

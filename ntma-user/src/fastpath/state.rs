@@ -117,22 +117,22 @@ impl WorkerStats {
     }
 }
 
-/// Indexes of the plain counters a worker publishes.
-#[derive(Clone, Copy)]
-#[repr(usize)]
-pub(crate) enum Stat {
-    LanRx,
-    WanRx,
-    LanTx,
-    WanTx,
-    Batches,
-    Slow,
-    Keepalives,
-    MssClamped,
-    TooBig,
+ntm_proto::reasons! {
+    /// Indexes of the plain counters a worker publishes (its drops follow them).
+    pub(crate) enum Stat {
+        LanRx => "lan_rx",
+        WanRx => "wan_rx",
+        LanTx => "lan_tx",
+        WanTx => "wan_tx",
+        Batches => "batches",
+        Slow => "slow",
+        Keepalives => "keepalives",
+        MssClamped => "mss_clamped",
+        TooBig => "too_big",
+    }
 }
 
-pub(crate) const STATS: usize = Stat::TooBig as usize + 1;
+pub(crate) const STATS: usize = Stat::COUNT;
 pub(crate) const COUNTERS: usize = STATS + FastDrop::COUNT;
 
 /// A worker's counters in plain integers, owned by the worker thread; published to
