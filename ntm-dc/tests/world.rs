@@ -82,7 +82,7 @@ impl DerefMut for Dc {
     }
 }
 
-impl sim::Host for Dc {
+impl sim::Party for Dc {
     fn handle(&mut self, now: Instant, from: SocketAddrV4, data: Vec<u8>) {
         let _ = self.dc.handle(now, from, &data);
     }
@@ -123,7 +123,7 @@ impl Deref for Rs {
     }
 }
 
-impl sim::Host for Rs {
+impl sim::Party for Rs {
     fn handle(&mut self, now: Instant, from: SocketAddrV4, data: Vec<u8>) {
         if let Ok(ntm_rs::Verdict::Forward(to)) = self.relay.handle(now, from, &data) {
             self.forward.push_back((to, data));

@@ -335,7 +335,7 @@ impl TestDc {
     }
 }
 
-impl sim::Host for TestDc {
+impl sim::Party for TestDc {
     fn handle(&mut self, now: Instant, from: SocketAddrV4, data: Vec<u8>) {
         self.receive(now, from, &data);
     }
@@ -413,7 +413,7 @@ impl TestRs {
     }
 }
 
-impl sim::Host for TestRs {
+impl sim::Party for TestRs {
     fn handle(&mut self, _: Instant, from: SocketAddrV4, data: Vec<u8>) {
         if let Some(out) = self.forward(from, &data) {
             self.out.push_back(out);
@@ -1175,11 +1175,11 @@ impl sim::World for HostWorld {
         &mut self.net
     }
 
-    fn host(&mut self, id: sim::HostId) -> Option<&mut dyn sim::Host> {
+    fn host(&mut self, id: sim::HostId) -> Option<&mut dyn sim::Party> {
         match id.0 {
             0 => Some(&mut self.dc),
             1 => Some(&mut self.rs),
-            n => self.hosts.get_mut(n - 2).map(|h| h as &mut dyn sim::Host),
+            n => self.hosts.get_mut(n - 2).map(|h| h as &mut dyn sim::Party),
         }
     }
 }

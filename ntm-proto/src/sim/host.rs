@@ -11,7 +11,7 @@ use std::time::Instant;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
-use super::{Host, HostId};
+use super::{HostId, Party};
 use crate::data::inner_destination;
 use crate::dns::{DnsDrop, DnsStub, Handled, Output, ReplyKind, StubConfig, Transport};
 use crate::host::{self, HostEvent, NoWay, Way};
@@ -164,7 +164,7 @@ impl HostNode {
     }
 }
 
-impl Host for HostNode {
+impl Party for HostNode {
     fn handle(&mut self, now: Instant, from: SocketAddrV4, mut data: Vec<u8>) {
         if let Ok(Received::Data { inner, .. }) = self.host.handle(now, from, &mut data) {
             self.inner_rx.push(inner.to_vec());

@@ -8,7 +8,7 @@
 //!
 //! A test world owns a [`Network`] and its parties, and implements
 //! [`World`]: [`World::net`]/[`World::net_mut`] give the network,
-//! [`World::host`] the party at a [`HostId`] as a [`Host`] (`handle`,
+//! [`World::host`] the party at a [`HostId`] as a [`Party`] (`handle`,
 //! `poll_transmit`, `poll_timeout`, `handle_timeout`: the calls every
 //! sans-IO party here takes). [`World::run_for`] then drives everything:
 //! it collects what the hosts send, delivers the datagrams in order of
@@ -17,12 +17,12 @@
 //! ```
 //! use std::net::{Ipv4Addr, SocketAddrV4};
 //! use std::time::{Duration, Instant};
-//! use ntm_proto::sim::{Host, HostId, NatKind, Network, World};
+//! use ntm_proto::sim::{Party, HostId, NatKind, Network, World};
 //!
 //! /// Answers every datagram with the same bytes.
 //! #[derive(Default)]
 //! struct Echo { out: Vec<(SocketAddrV4, Vec<u8>)>, got: usize }
-//! impl Host for Echo {
+//! impl Party for Echo {
 //!     fn handle(&mut self, _: Instant, from: SocketAddrV4, data: Vec<u8>) {
 //!         self.got += 1;
 //!         self.out.push((from, data));
@@ -38,8 +38,8 @@
 //! impl World for Two {
 //!     fn net(&self) -> &Network { &self.net }
 //!     fn net_mut(&mut self) -> &mut Network { &mut self.net }
-//!     fn host(&mut self, id: HostId) -> Option<&mut dyn Host> {
-//!         self.hosts.get_mut(id.0).map(|h| h as &mut dyn Host)
+//!     fn host(&mut self, id: HostId) -> Option<&mut dyn Party> {
+//!         self.hosts.get_mut(id.0).map(|h| h as &mut dyn Party)
 //!     }
 //! }
 //!
@@ -58,11 +58,11 @@
 //! assert_eq!(w.net.public(b), server);
 //! ```
 //!
-//! [`Node`] is the [`Host`] for a [`crate::node::Endpoint`] (its events and
+//! [`Node`] is the [`Party`] for a [`crate::node::Endpoint`] (its events and
 //! received inner packets kept for the test to look at), and [`NodeWorld`]
 //! adds the steps node tests share (connect, send data both ways);
 //! [`DcWorld`] is the usual such world: a DC, an RS and nodes. [`HostNode`]
-//! is the [`Host`] for a [`crate::host::Host`] and a DNS stub, driven the way
+//! is the [`Party`] for a [`crate::host::Host`] and a DNS stub, driven the way
 //! the software node and the adapter drive theirs.
 
 mod host;
@@ -79,19 +79,19 @@ pub use node::{ipv4, Node, NodeWorld};
 pub use world::{fqdn_key, DcWorld};
 
 /// A sans-IO party on the network.
-pub trait Host {
+pub trait Party {
     /// A datagram from `from` arrived.
     fn handle(&mut self, now: Instant, from: SocketAddrV4, data: Vec<u8>);
     /// The next datagram to send, if any: (destination, bytes).
     fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddrV4, Vec<u8>)>;
-    /// When [`Host::handle_timeout`] is due.
+    /// When [`Party::handle_timeout`] is due.
     fn poll_timeout(&self) -> Option<Instant>;
     /// The deadline passed.
     fn handle_timeout(&mut self, now: Instant);
 }
 
 /// One datagram from a `poll_transmit(now, buf)` of this crate's parties
-/// (or the DC's and RS's), as [`Host::poll_transmit`] returns it.
+/// (or the DC's and RS's), as [`Party::poll_transmit`] returns it.
 pub fn pull(
     poll_transmit: impl FnOnce(&mut [u8]) -> Option<crate::Transmit>,
 ) -> Option<(SocketAddrV4, Vec<u8>)> {
@@ -107,7 +107,7 @@ pub trait World {
     /// The network, to change.
     fn net_mut(&mut self) -> &mut Network;
     /// The party at `id`; `None` for an address nobody drives.
-    fn host(&mut self, id: HostId) -> Option<&mut dyn Host>;
+    fn host(&mut self, id: HostId) -> Option<&mut dyn Party>;
 
     /// The virtual time.
     fn now(&self) -> Instant {

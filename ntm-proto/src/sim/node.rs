@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use super::{Host, HostId, World};
+use super::{HostId, Party, World};
 use crate::node::{DirError, DownReason, Endpoint, Event, Received, ReqId, TunnelParams};
 use crate::Error;
 
@@ -79,7 +79,7 @@ impl Node {
     }
 }
 
-impl Host for Node {
+impl Party for Node {
     fn handle(&mut self, now: Instant, from: SocketAddrV4, mut data: Vec<u8>) {
         if let Ok(Received::Data { inner, .. }) = self.ep.handle(now, from, &mut data) {
             self.inner_rx.push(inner.to_vec());

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use super::{Host, HostId, NatId, NatKind, Network, Node, NodeWorld, World};
+use super::{HostId, NatId, NatKind, Network, Node, NodeWorld, Party, World};
 use crate::node::{Config, Endpoint};
 use crate::wire::Caps;
 use crate::Key;
@@ -31,7 +31,7 @@ pub struct DcWorld<D, R> {
     pub nodes: Vec<Node>,
 }
 
-impl<D: Host, R: Host> DcWorld<D, R> {
+impl<D: Party, R: Party> DcWorld<D, R> {
     /// The DC at `dc_addr` and the RS at `rs_addr`, on the internet, with
     /// `latency` on every link.
     pub fn new(
@@ -79,7 +79,7 @@ impl<D: Host, R: Host> DcWorld<D, R> {
     }
 }
 
-impl<D: Host, R: Host> World for DcWorld<D, R> {
+impl<D: Party, R: Party> World for DcWorld<D, R> {
     fn net(&self) -> &Network {
         &self.net
     }
@@ -88,16 +88,16 @@ impl<D: Host, R: Host> World for DcWorld<D, R> {
         &mut self.net
     }
 
-    fn host(&mut self, id: HostId) -> Option<&mut dyn Host> {
+    fn host(&mut self, id: HostId) -> Option<&mut dyn Party> {
         match id.0 {
             0 => Some(&mut self.dc),
             1 => Some(&mut self.rs),
-            n => self.nodes.get_mut(n - 2).map(|h| h as &mut dyn Host),
+            n => self.nodes.get_mut(n - 2).map(|h| h as &mut dyn Party),
         }
     }
 }
 
-impl<D: Host, R: Host> NodeWorld for DcWorld<D, R> {
+impl<D: Party, R: Party> NodeWorld for DcWorld<D, R> {
     fn node(&self, i: usize) -> &Node {
         &self.nodes[i]
     }
