@@ -136,7 +136,7 @@ fn open_datapath(s: &Settings, net: Ipv4Addr, wan: &StdUdpSocket) -> Result<Box<
                 core: s.datapath.cores.first().copied(),
                 batch: s.datapath.batch as usize,
                 busy_poll: s.datapath.busy_poll,
-                slow_slots: 256,
+                slow_slots: crate::fastpath::SLOW_SLOTS,
                 inner_mtu: s.inner_mtu(),
             })
             .context("starting the raw datapath")?,

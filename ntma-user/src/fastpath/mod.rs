@@ -46,7 +46,7 @@ use std::{
 };
 
 pub use state::{
-    DatapathState, DatapathStateConfig, SlowFrame, SlowWaker, WakerError, WorkerStats,
+    DatapathState, DatapathStateConfig, SlowFrame, SlowWaker, WakerError, WorkerStats, SLOW_SLOTS,
 };
 // The raw-socket datapath (crate::rawpath) publishes its counters the same way.
 pub use encap::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
@@ -160,7 +160,7 @@ impl AfXdpConfig {
             xdp,
             attach: AttachMode::Native,
             bind: BindMode::Auto,
-            slow_slots: 256,
+            slow_slots: SLOW_SLOTS,
             inner_mtu: INNER_MTU as u16,
         }
     }

@@ -45,13 +45,17 @@ pub struct DatapathStateConfig {
     pub slow_slot_len: usize,
 }
 
+/// Slots of each worker's slow queue unless configured otherwise: one burst of
+/// frames the control thread has not taken yet, with room to spare.
+pub const SLOW_SLOTS: usize = 256;
+
 impl Default for DatapathStateConfig {
     fn default() -> Self {
         Self {
             workers: 1,
             ntm_port: ntma_common::NTM_PORT,
             inner_mtu: super::INNER_MTU as u16,
-            slow_slots: 256,
+            slow_slots: SLOW_SLOTS,
             slow_slot_len: 2048,
         }
     }
