@@ -35,15 +35,30 @@ pub fn bind(path: &Path, setting: &str) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let l = UnixListener::bind(path).with_context(|| {
+    // bind(2) applies the umask, and the mode must not depend on it: bind
+    // under a temporary name, set the mode, then rename into place, so that
+    // the socket never appears at `path` with another mode.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp).with_context(|| {
         format!(
             "cannot bind the status socket {} (set {setting})",
             path.display()
         )
     })?;
-    // bind(2) applies the umask; the mode must not depend on it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .with_context(|| {
+            format!(
+                "cannot put the status socket in place at {} (mode 0660)",
+                path.display()
+            )
+        })?;
     l.set_nonblocking(true)
         .context("cannot make the status socket non-blocking")?;
     Ok(l)
