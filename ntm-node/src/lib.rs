@@ -40,5 +40,5 @@ mod tun;
 
 pub use config::{Config, ConfigError, Settings};
 pub use node::{route_source, run, ADDR_POLL, STATUS_EVERY};
+pub use ntm_ops::netdev::parse_proc_net_dev;
 pub use stats::{Status, TunDeviceStatus, TunnelStatus};
-pub use tun::parse_proc_net_dev;

@@ -174,103 +174,14 @@ pub const COUNTERS: &[&str] = &[
 ];
 
 /// The [`COUNTERS`] of the device `name` whose interface index is
-/// `ifindex`. From sysfs when it shows this network namespace (its
-/// `ifindex` file matches); otherwise (sysfs mounted for another
-/// namespace, as after a bare `setns`) from `/proc/self/net/dev`, which
-/// always shows the caller's namespace but sums some counters.
+/// `ifindex` ([`ntm_ops::netdev::counters`]).
 pub fn read_counters(name: &str, ifindex: u32) -> io::Result<BTreeMap<String, u64>> {
-    let dir = std::path::Path::new("/sys/class/net").join(name);
-    let same = std::fs::read_to_string(dir.join("ifindex"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        == Some(ifindex);
-    if same {
-        let mut m = BTreeMap::new();
-        for &c in COUNTERS {
-            let text = std::fs::read_to_string(dir.join("statistics").join(c))?;
-            let v = text
-                .trim()
-                .parse()
-                .map_err(|_| io::Error::other(format!("{c}: not a number: {text:?}")))?;
-            m.insert(c.to_owned(), v);
-        }
-        return Ok(m);
-    }
-    let text = std::fs::read_to_string("/proc/self/net/dev")?;
-    parse_proc_net_dev(&text).remove(name).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no {name} in /proc/self/net/dev"),
-        )
-    })
-}
-
-/// Every device's counters in the text of `/proc/net/dev` (the calling
-/// process's network namespace), by device and then by their sysfs names.
-/// That file sums some counters: its rx `drop` is rx_dropped +
-/// rx_missed_errors, its `frame` (here rx_frame_errors) adds length, over
-/// and CRC errors, its tx `carrier` counts aborted, window and heartbeat
-/// errors too. Lines that do not parse are left out.
-pub fn parse_proc_net_dev(text: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
-    // Receive: bytes packets errs drop fifo frame compressed multicast;
-    // transmit: bytes packets errs drop fifo colls carrier compressed.
-    const FIELDS: [(usize, &str); 10] = [
-        (1, "rx_packets"),
-        (2, "rx_errors"),
-        (3, "rx_dropped"),
-        (4, "rx_fifo_errors"),
-        (5, "rx_frame_errors"),
-        (9, "tx_packets"),
-        (10, "tx_errors"),
-        (11, "tx_dropped"),
-        (12, "tx_fifo_errors"),
-        (14, "tx_carrier_errors"),
-    ];
-    text.lines()
-        .filter_map(|l| {
-            let (dev, rest) = l.split_once(':')?;
-            let v: Vec<u64> = rest
-                .split_whitespace()
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .ok()?;
-            (v.len() >= 16).then(|| {
-                let m = FIELDS.iter().map(|&(i, k)| (k.to_owned(), v[i])).collect();
-                (dev.trim().to_owned(), m)
-            })
-        })
-        .collect()
+    ntm_ops::netdev::counters(name, ifindex, COUNTERS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PROC_NET_DEV: &str = "\
-Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
-  ntm0: 9876543   12345    1    2    3     0          0         0 123456789   54321    4  650    5     0       6          0
-";
-
-    #[test]
-    fn proc_net_dev_line_maps_to_sysfs_names() {
-        let all = parse_proc_net_dev(PROC_NET_DEV);
-        assert_eq!(all.keys().collect::<Vec<_>>(), ["lo", "ntm0"]);
-        let m = &all["ntm0"];
-        assert_eq!(m["rx_packets"], 12345);
-        assert_eq!(m["rx_errors"], 1);
-        assert_eq!(m["rx_dropped"], 2);
-        assert_eq!(m["rx_fifo_errors"], 3);
-        assert_eq!(m["rx_frame_errors"], 0);
-        assert_eq!(m["tx_packets"], 54321);
-        assert_eq!(m["tx_errors"], 4);
-        assert_eq!(m["tx_dropped"], 650);
-        assert_eq!(m["tx_fifo_errors"], 5);
-        assert_eq!(m["tx_carrier_errors"], 6);
-        assert!(m.keys().all(|k| COUNTERS.contains(&k.as_str())), "{m:?}");
-        assert!(parse_proc_net_dev("  ntm0: 1 2 3\n").is_empty());
-    }
 
     #[test]
     fn loopback_counters_are_readable() {
@@ -280,9 +191,11 @@ Inter-|   Receive                                                |  Transmit
             m.contains_key("tx_dropped") && m.contains_key("rx_dropped"),
             "{m:?}"
         );
-        // A wrong index falls back to /proc/self/net/dev, which has lo too.
+        // A wrong index falls back to /proc/self/net/dev, which has lo too,
+        // with counters of the same names.
         let p = read_counters("lo", u32::MAX).unwrap();
         assert!(p.contains_key("tx_dropped"), "{p:?}");
+        assert!(p.keys().all(|k| COUNTERS.contains(&k.as_str())), "{p:?}");
         assert!(read_counters("no-such-dev0", u32::MAX).is_err());
     }
 

@@ -3,6 +3,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`netdev`] | the kernel's counters of a network device (sysfs, or `/proc/self/net/dev` from another namespace) |
 //! | [`metrics`] | a scrape of OpenMetrics built from a status snapshot with `prometheus-client`, a Prometheus text rendering, a tiny HTTP responder for `GET /metrics` |
 //! | [`config`] | configuration files: read, parsed, key files read relative to them, checked, written back; shared checks of settings |
 //! | [`keys`] | `key_file`: reading a key from a file, refusing key files and configs readable by group or others (with the `chmod` that fixes it), new random keys |
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod logging;
 pub mod man;
 pub mod metrics;
+pub mod netdev;
 pub mod notify;
 pub mod server;
 #[cfg(feature = "test-util")]
