@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         };
         match sel % 3 {
             0 => {
-                let _ = stub.handle_query(now, client, transport, body);
+                let _ = stub.handle_query(now, client, 0, transport, body);
             }
             1 => {
                 let _ = stub.handle_upstream(now, body);

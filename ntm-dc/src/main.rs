@@ -46,7 +46,7 @@ enum Cmd {
     Keygen,
     /// Provision a node: print the DC's [[node]] entry for FQDN with a new
     /// key, and the matching snippet for the node's (ntm-node) or the
-    /// adapter's (ntma [dc]) configuration.
+    /// adapter's (ntma [[gn]]) configuration.
     AddNode {
         /// The node's FQDN (under the DC's domain).
         fqdn: String,
@@ -126,8 +126,10 @@ fn add_node(
     println!("[[node]]\nfqdn = \"{fqdn}\"\n{key_line}\n");
     println!("# 2a. A software node (ntm-node) registering this FQDN: in its configuration");
     println!("fqdn = \"{fqdn}\"\n{key_line}\ndc = \"{dc}\"\n");
-    println!("# 2b. Or an adapter (ntma) serving a GN with this FQDN: its [dc] table");
-    println!("[dc]\naddress = \"{dc}\"\nfqdn = \"{fqdn}\"\n{key_line}");
+    println!(
+        "# 2b. Or an adapter (ntma) serving a GN with this FQDN: its [dc] table and a [[gn]] entry"
+    );
+    println!("[dc]\naddress = \"{dc}\"\n\n[[gn]]\nfqdn = \"{fqdn}\"\n{key_line}");
     if key_file.is_some() {
         println!("\n# The key file is mode 0600: copy it to the node as well (key_file paths are relative to the configuration's directory).");
     }

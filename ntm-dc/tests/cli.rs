@@ -137,7 +137,7 @@ fn add_node_prints_the_dc_entry_and_the_node_snippets() {
     assert_eq!(text.matches(key.as_str()).count(), 3, "{text}");
     assert!(text.contains("dc = \"198.18.0.2:7710\""), "{text}");
     assert!(
-        text.contains("[dc]\naddress = \"198.18.0.2:7710\""),
+        text.contains("[dc]\naddress = \"198.18.0.2:7710\"\n\n[[gn]]\nfqdn = "),
         "{text}"
     );
     // Names outside the domain or already provisioned are refused.

@@ -239,7 +239,7 @@ impl Node {
         self.c.dns_queries += 1;
         // UDP only: the node's stub has no TCP listener (truncated answers
         // cannot be asked again over TCP here).
-        if let Err(d) = self.stub.handle_query(now, from, Transport::Udp, bytes) {
+        if let Err(d) = self.stub.handle_query(now, from, 0, Transport::Udp, bytes) {
             tracing::debug!(%from, reason = d.name(), "DNS query dropped");
             self.c.drop_dns(d);
         }
@@ -396,7 +396,9 @@ impl Node {
                 Ok(_) => self.c.reply(kind),
                 Err(_) => self.c.drop_local(LocalDrop::DnsSendFailed),
             },
-            Output::Resolve { fqdn, pending_id } => {
+            Output::Resolve {
+                fqdn, pending_id, ..
+            } => {
                 if let Err(e) = self.host.resolve(now, &fqdn, pending_id) {
                     // Answered with NXDOMAIN or SERVFAIL at the next poll.
                     tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC");

@@ -283,6 +283,9 @@ pub enum Output<C> {
         fqdn: String,
         /// Key for [`DnsStub::answer`].
         pending_id: PendingId,
+        /// Who resolves it: the `asker` of its queries (an adapter resolves as
+        /// the GN that asked, §6).
+        asker: u32,
     },
     /// Send `payload` to the upstream resolver over `transport` (one UDP
     /// datagram, or one length-prefixed message on a TCP connection) and
@@ -314,6 +317,7 @@ struct Waiter<C> {
 struct PendingResolve<C> {
     id: PendingId,
     fqdn: String,
+    asker: u32,
     deadline: Instant,
     waiters: Vec<Waiter<C>>,
 }
@@ -622,10 +626,15 @@ impl<C: Clone + PartialEq> DnsStub<C> {
     /// the drop reason. Over TCP, a query refused for a full table gets
     /// SERVFAIL, so a client pipelining on its connection is never left
     /// waiting.
+    ///
+    /// `asker` names who resolves NTM names for this client: queries of
+    /// different askers never join one resolution, since each sets up its own
+    /// tunnel (an adapter passes the asking GN; a node, 0).
     pub fn handle_query(
         &mut self,
         now: Instant,
         client: C,
+        asker: u32,
         transport: Transport,
         p: &[u8],
     ) -> Result<Handled, DnsDrop> {
@@ -672,7 +681,7 @@ impl<C: Clone + PartialEq> DnsStub<C> {
                 edns: msg.edns.is_some(),
                 limit,
             };
-            self.intercept(now, w)
+            self.intercept(now, asker, w)
         } else {
             let edns = msg.edns.is_some();
             self.forward(now, client.clone(), transport, edns, limit, p, question_end)
@@ -685,7 +694,7 @@ impl<C: Clone + PartialEq> DnsStub<C> {
         }
     }
 
-    fn intercept(&mut self, now: Instant, w: Waiter<C>) -> Result<Handled, DnsDrop> {
+    fn intercept(&mut self, now: Instant, asker: u32, w: Waiter<C>) -> Result<Handled, DnsDrop> {
         let name = w.query.name();
         if name.iter().count() == self.suffix_labels {
             // The suffix itself names no node.
@@ -712,7 +721,11 @@ impl<C: Clone + PartialEq> DnsStub<C> {
         if self.waiters >= self.cfg.max_pending {
             return Err(DnsDrop::PendingFull);
         }
-        if let Some(r) = self.resolves.iter_mut().find(|r| r.fqdn == fqdn) {
+        if let Some(r) = self
+            .resolves
+            .iter_mut()
+            .find(|r| r.fqdn == fqdn && r.asker == asker)
+        {
             if r.waiters.len() >= MAX_WAITERS_PER_NAME {
                 return Err(DnsDrop::PendingFull);
             }
@@ -725,6 +738,7 @@ impl<C: Clone + PartialEq> DnsStub<C> {
         self.resolves.push(PendingResolve {
             id,
             fqdn: fqdn.clone(),
+            asker,
             deadline: now + self.cfg.resolve_timeout,
             waiters: vec![w],
         });
@@ -732,6 +746,7 @@ impl<C: Clone + PartialEq> DnsStub<C> {
         self.out.push_back(Output::Resolve {
             fqdn,
             pending_id: id,
+            asker,
         });
         Ok(Handled::Resolving)
     }
@@ -921,6 +936,7 @@ mod tests {
             s.handle_query(
                 now,
                 1,
+                0,
                 Transport::Udp,
                 &query("cn.ntm.test.", RecordType::A, 7)
             ),
@@ -930,6 +946,7 @@ mod tests {
             s.handle_query(
                 now,
                 2,
+                0,
                 Transport::Udp,
                 &query("CN.ntm.test.", RecordType::A, 8)
             ),
@@ -939,13 +956,16 @@ mod tests {
             s.handle_query(
                 now,
                 1,
+                0,
                 Transport::Udp,
                 &query("cn.ntm.test.", RecordType::A, 7)
             ),
             Err(DnsDrop::Duplicate)
         );
         let pid = match outputs(&mut s).as_slice() {
-            [Output::Resolve { fqdn, pending_id }] if fqdn == "cn.ntm.test" => *pending_id,
+            [Output::Resolve {
+                fqdn, pending_id, ..
+            }] if fqdn == "cn.ntm.test" => *pending_id,
             other => panic!("{other:?}"),
         };
         assert_eq!(s.pending(), (2, 0));
@@ -974,6 +994,32 @@ mod tests {
     }
 
     #[test]
+    fn askers_never_share_a_resolution() {
+        let mut s = stub();
+        let now = Instant::now();
+        let q = |id| query("cn.ntm.test.", RecordType::A, id);
+        assert_eq!(
+            s.handle_query(now, 1, 0, Transport::Udp, &q(7)),
+            Ok(Handled::Resolving)
+        );
+        assert_eq!(
+            s.handle_query(now, 2, 1, Transport::Udp, &q(8)),
+            Ok(Handled::Resolving)
+        );
+        let askers: Vec<_> = outputs(&mut s)
+            .into_iter()
+            .map(|o| match o {
+                Output::Resolve { fqdn, asker, .. } => (fqdn, asker),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            askers,
+            [("cn.ntm.test".to_owned(), 0), ("cn.ntm.test".to_owned(), 1)]
+        );
+    }
+
+    #[test]
     fn outcomes_map_to_rcodes() {
         let now = Instant::now();
         for (outcome, rcode, kind) in [
@@ -997,6 +1043,7 @@ mod tests {
             s.handle_query(
                 now,
                 9,
+                0,
                 Transport::Udp,
                 &query("x.ntm.test.", RecordType::A, 1),
             )
@@ -1017,6 +1064,7 @@ mod tests {
         s.handle_query(
             now,
             1,
+            0,
             Transport::Udp,
             &query("slow.ntm.test.", RecordType::A, 1),
         )
@@ -1024,6 +1072,7 @@ mod tests {
         s.handle_query(
             now,
             2,
+            0,
             Transport::Udp,
             &query("example.com.", RecordType::A, 2),
         )
@@ -1046,6 +1095,7 @@ mod tests {
             s.handle_query(
                 now,
                 1,
+                0,
                 Transport::Udp,
                 &query("cn.ntm.test.", RecordType::AAAA, 1)
             ),
@@ -1055,6 +1105,7 @@ mod tests {
         s.handle_query(
             now,
             1,
+            0,
             Transport::Udp,
             &query("ntm.test.", RecordType::A, 2),
         )
@@ -1063,6 +1114,7 @@ mod tests {
         s.handle_query(
             now,
             1,
+            0,
             Transport::Udp,
             &query("_x.ntm.test.", RecordType::A, 3),
         )
@@ -1078,7 +1130,7 @@ mod tests {
         let now = Instant::now();
         let q = query("example.com.", RecordType::MX, 0x4242);
         assert_eq!(
-            s.handle_query(now, 5, Transport::Udp, &q),
+            s.handle_query(now, 5, 0, Transport::Udp, &q),
             Ok(Handled::Forwarded)
         );
         let (uid, payload) = match outputs(&mut s).pop() {
@@ -1132,24 +1184,24 @@ mod tests {
         let now = Instant::now();
         let good = query("cn.ntm.test.", RecordType::A, 0x4242);
         assert_eq!(
-            s.handle_query(now, 1, Transport::Udp, &good[..11]),
+            s.handle_query(now, 1, 0, Transport::Udp, &good[..11]),
             Err(DnsDrop::Short)
         );
         assert_eq!(
-            s.handle_query(now, 1, Transport::Udp, &[0u8; 513]),
+            s.handle_query(now, 1, 0, Transport::Udp, &[0u8; 513]),
             Err(DnsDrop::TooBig)
         );
         let mut resp = good.clone();
         resp[2] |= 0x80;
         assert_eq!(
-            s.handle_query(now, 1, Transport::Udp, &resp),
+            s.handle_query(now, 1, 0, Transport::Udp, &resp),
             Err(DnsDrop::NotQuery)
         );
         assert!(outputs(&mut s).is_empty(), "no reply to a response");
         let mut two = good.clone();
         two[5] = 2;
         assert_eq!(
-            s.handle_query(now, 1, Transport::Udp, &two),
+            s.handle_query(now, 1, 0, Transport::Udp, &two),
             Err(DnsDrop::QuestionCount)
         );
         let (_, m, kind) = one_reply(&mut s);
@@ -1157,12 +1209,12 @@ mod tests {
         let mut op = good.clone();
         op[2] |= 2 << 3;
         assert_eq!(
-            s.handle_query(now, 1, Transport::Udp, &op),
+            s.handle_query(now, 1, 0, Transport::Udp, &op),
             Err(DnsDrop::BadOpcode)
         );
         assert_eq!(one_reply(&mut s).2, ReplyKind::NotImp);
         assert_eq!(
-            s.handle_query(now, 1, Transport::Udp, &good[..15]),
+            s.handle_query(now, 1, 0, Transport::Udp, &good[..15]),
             Err(DnsDrop::Malformed)
         );
         assert_eq!(one_reply(&mut s).2, ReplyKind::FormErr);
@@ -1182,12 +1234,14 @@ mod tests {
             let r = s.handle_query(
                 now,
                 i,
+                0,
                 Transport::Udp,
                 &query(&format!("n{i}.ntm.test."), RecordType::A, i),
             );
             let f = s.handle_query(
                 now,
                 i,
+                0,
                 Transport::Udp,
                 &query("example.net.", RecordType::A, i),
             );
@@ -1208,6 +1262,7 @@ mod tests {
                 .handle_query(
                     now,
                     i,
+                    0,
                     Transport::Udp,
                     &query("cn.ntm.test.", RecordType::A, 1)
                 )
@@ -1217,6 +1272,7 @@ mod tests {
             s.handle_query(
                 now,
                 999,
+                0,
                 Transport::Udp,
                 &query("cn.ntm.test.", RecordType::A, 1)
             ),
@@ -1269,7 +1325,10 @@ mod tests {
         n: usize,
     ) -> (Message, Vec<u8>, bool) {
         let now = Instant::now();
-        assert_eq!(s.handle_query(now, 1, transport, q), Ok(Handled::Forwarded));
+        assert_eq!(
+            s.handle_query(now, 1, 0, transport, q),
+            Ok(Handled::Forwarded)
+        );
         let payload = match outputs(s).as_slice() {
             [Output::Upstream {
                 payload,
@@ -1354,7 +1413,7 @@ mod tests {
             let mut s = stub();
             let q = query_edns("MiXed.Example.", RecordType::A, 0x7777, edns);
             let now = Instant::now();
-            s.handle_query(now, 3, Transport::Udp, &q).unwrap();
+            s.handle_query(now, 3, 0, Transport::Udp, &q).unwrap();
             let Some(Output::Upstream { payload, .. }) = s.poll_output() else {
                 panic!()
             };
@@ -1396,15 +1455,15 @@ mod tests {
         let qc = query("c.example.", RecordType::TXT, 103);
         let qd = query("cn.ntm.test.", RecordType::AAAA, 104);
         assert_eq!(
-            s.handle_query(now, conn, Transport::Tcp, &qa),
+            s.handle_query(now, conn, 0, Transport::Tcp, &qa),
             Ok(Handled::Resolving)
         );
         assert_eq!(
-            s.handle_query(now, conn, Transport::Tcp, &qb),
+            s.handle_query(now, conn, 0, Transport::Tcp, &qb),
             Ok(Handled::Forwarded)
         );
         assert_eq!(
-            s.handle_query(now, conn, Transport::Tcp, &qc),
+            s.handle_query(now, conn, 0, Transport::Tcp, &qc),
             Ok(Handled::Forwarded)
         );
         let mut pid = None;
@@ -1423,7 +1482,7 @@ mod tests {
         }
         // Answered at once, before the others.
         assert_eq!(
-            s.handle_query(now, conn, Transport::Tcp, &qd),
+            s.handle_query(now, conn, 0, Transport::Tcp, &qd),
             Ok(Handled::Answered)
         );
         let mut ids = vec![one_reply(&mut s).1.metadata.id];
@@ -1457,18 +1516,18 @@ mod tests {
         let now = Instant::now();
         let q1 = query("one.example.", RecordType::A, 1);
         let q2 = query("two.example.", RecordType::MX, 2);
-        s.handle_query(now, 7, Transport::Tcp, &q1).unwrap();
+        s.handle_query(now, 7, 0, Transport::Tcp, &q1).unwrap();
         assert!(matches!(
             outputs(&mut s).as_slice(),
             [Output::Upstream { .. }]
         ));
         assert_eq!(
-            s.handle_query(now, 8, Transport::Udp, &q2),
+            s.handle_query(now, 8, 0, Transport::Udp, &q2),
             Err(DnsDrop::PendingFull)
         );
         assert!(outputs(&mut s).is_empty());
         assert_eq!(
-            s.handle_query(now, 7, Transport::Tcp, &q2),
+            s.handle_query(now, 7, 0, Transport::Tcp, &q2),
             Err(DnsDrop::PendingFull)
         );
         let (to, m, kind) = one_reply(&mut s);
@@ -1501,11 +1560,11 @@ mod tests {
         let q = m.to_vec().unwrap();
         assert!(q.len() > 512);
         assert_eq!(
-            s.handle_query(now, 1, Transport::Udp, &q),
+            s.handle_query(now, 1, 0, Transport::Udp, &q),
             Err(DnsDrop::TooBig)
         );
         assert_eq!(
-            s.handle_query(now, 1, Transport::Tcp, &q),
+            s.handle_query(now, 1, 0, Transport::Tcp, &q),
             Ok(Handled::Forwarded)
         );
     }
@@ -1576,7 +1635,7 @@ mod prop {
             let now = Instant::now();
             for (i, d) in datagrams.iter().enumerate() {
                 let transport = if i % 2 == 0 { Transport::Udp } else { Transport::Tcp };
-                let _ = s.handle_query(now, i as u8, transport, d);
+                let _ = s.handle_query(now, i as u8, 0, transport, d);
                 let _ = s.handle_upstream(now, d);
                 while s.poll_output().is_some() {}
             }

@@ -146,6 +146,12 @@ impl Host {
         &self.ep
     }
 
+    /// Whether `datagram` is for this host's endpoint ([`Endpoint::claims`]):
+    /// how a driver with one host per GN on one socket picks the host.
+    pub fn claims(&self, from: SocketAddrV4, datagram: &[u8]) -> bool {
+        self.ep.claims(from, datagram)
+    }
+
     /// The endpoint, for the inputs the host has nothing to add to
     /// (activity from a data plane, a new local address, closing).
     pub fn endpoint_mut(&mut self) -> &mut Endpoint {

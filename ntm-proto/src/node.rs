@@ -461,6 +461,39 @@ impl Endpoint {
         r
     }
 
+    /// Whether `datagram` from `from` is addressed to this endpoint, for a
+    /// driver with several endpoints on one socket (an adapter's GNs, §6).
+    /// It reads only what chooses the key (§2): the tunnel id of tunnel
+    /// messages, the node id of the DC's, and the REQ_ID of a REG_RESP to
+    /// our outstanding REG_REQ (its node id is not ours yet). Nothing is
+    /// verified or counted: [`Endpoint::handle`] does that.
+    pub fn claims(&self, from: SocketAddrV4, datagram: &[u8]) -> bool {
+        let Ok(packet) = Packet::new_checked(datagram) else {
+            return false;
+        };
+        if packet.version() != VERSION || self.closed {
+            return false;
+        }
+        let id = packet.id();
+        let from_dc = from == self.cfg.dc;
+        match packet.msg_type() {
+            MessageType::RegResp if from_dc => {
+                self.registering.is_some()
+                    && matches!(Repr::parse(&packet),
+                        Ok(Repr { message: Message::RegResp(r), .. }) if r.req_id == self.reg_req_id)
+            }
+            MessageType::KeepaliveAck | MessageType::RouteDir | MessageType::Error if from_dc => {
+                self.reg.as_ref().is_some_and(|r| r.node_id == id)
+            }
+            MessageType::Data
+            | MessageType::TunKeepalive
+            | MessageType::TunReq
+            | MessageType::TunResp
+            | MessageType::Error => self.tunnels.contains_key(&id),
+            _ => false,
+        }
+    }
+
     fn handle_inner<'a>(
         &mut self,
         now: Instant,

@@ -668,13 +668,21 @@ impl Ntma {
         Ok(total(&st) - base)
     }
 
-    /// Waits for the registration; returns the GN's VIP.
+    /// Waits for the first GN's registration; returns its VIP.
     pub fn registered(&mut self) -> Result<Ipv4Addr> {
         Ok(self
-            .wait("registered", |s| s.registration.vip.is_some())?
+            .wait("registered", |s| s.gns[0].registration.vip.is_some())?
+            .gns[0]
             .registration
             .vip
             .expect("checked"))
+    }
+
+    /// Waits for the registration of the GN `fqdn`; returns its VIP.
+    pub fn registered_gn(&mut self, fqdn: &str) -> Result<Ipv4Addr> {
+        let vip = |s: &ntma_user::status::Status| s.gn(fqdn).and_then(|g| g.registration.vip);
+        let st = self.wait(&format!("{fqdn} registered"), |s| vip(s).is_some())?;
+        Ok(vip(&st).expect("checked"))
     }
 
     /// `ntma status` as text, from the real binary.

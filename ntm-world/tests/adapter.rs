@@ -71,14 +71,14 @@ fn gn_gets_its_vip_resolves_and_talks_both_ways() {
     assert_ne!(cn_vip, gn_vip);
 
     let st = ntma.status().unwrap();
-    assert_eq!(st.registration.fqdn, GN_FQDN);
+    assert_eq!(st.gns[0].registration.fqdn, GN_FQDN);
     assert_eq!(
-        st.registration.behind_nat,
+        st.gns[0].registration.behind_nat,
         Some(true),
         "ntma sits behind nat1"
     );
     assert_eq!(
-        st.registration.observed.map(|o| *o.ip()),
+        st.gns[0].registration.observed.map(|o| *o.ip()),
         Some(NAT1_WAN_ADDR)
     );
     assert_eq!(st.datapath.mode, "copy", "veth runs AF_XDP in copy mode");
@@ -97,9 +97,11 @@ fn gn_gets_its_vip_resolves_and_talks_both_ways() {
     assert!(link.contains("mtu 1440"), "{link}");
     assert!(link.contains("default via 100.64.0.1"), "{link}");
     let gn_mac = mac_of(&w, Role::Gn, "eth0");
-    let st = ntma.wait("lease bound", |s| s.gn.lease_bound).unwrap();
-    assert_eq!(st.gn.mac.as_deref(), Some(gn_mac.as_str()));
-    assert_eq!(st.gn.vip, Some(gn_vip));
+    let st = ntma
+        .wait("lease bound", |s| s.gns[0].gn.lease_bound)
+        .unwrap();
+    assert_eq!(st.gns[0].gn.mac.as_deref(), Some(gn_mac.as_str()));
+    assert_eq!(st.gns[0].gn.vip, Some(gn_vip));
 
     // DNS at the router address.
     let server = NTMA_LAN_ADDR.to_string();
@@ -329,7 +331,10 @@ fn the_adapter_roams_when_its_uplink_address_changes() {
     let (gn_vip, cn_vip) = w.tunnel_to_cn(&mut cn, &mut ntma).unwrap();
     let st = ntma.status().unwrap();
     let id = st.tunnel_to(CN_FQDN).unwrap().id;
-    assert_eq!(st.registration.local_addr.ip().octets(), [192, 168, 10, 2]);
+    assert_eq!(
+        st.gns[0].registration.local_addr.ip().octets(),
+        [192, 168, 10, 2]
+    );
     let before = cn
         .wait("cn's tunnel to the GN", |s| s.tunnel_to(GN_FQDN).is_some())
         .unwrap()
@@ -344,11 +349,11 @@ fn the_adapter_roams_when_its_uplink_address_changes() {
     .unwrap();
     let st = ntma
         .wait("re-registered from the new address", |s| {
-            s.registration.local_addr.ip().octets() == [192, 168, 10, 3]
-                && s.registration.registered
+            s.gns[0].registration.local_addr.ip().octets() == [192, 168, 10, 3]
+                && s.gns[0].registration.registered
         })
         .unwrap();
-    assert_eq!(st.registration.vip, Some(gn_vip), "the same VIP");
+    assert_eq!(st.gns[0].registration.vip, Some(gn_vip), "the same VIP");
     // cn follows: nat1 maps the new inside address to another outside port.
     let p = w.ping(Role::Gn, cn_vip, 5).unwrap();
     assert!(p.received > 0, "{}", p.output);

@@ -72,7 +72,7 @@ fn reflected_data_and_keepalive_are_dropped() {
             .unwrap();
     let (_, cn_vip) = w.leased_with_tunnel(&mut ntma).unwrap();
     let st = ntma.status().unwrap();
-    let observed = st.registration.observed.expect("observed address");
+    let observed = st.gns[0].registration.observed.expect("observed address");
     let cn_ep = SocketAddrV4::new(CN_ADDR, 7700);
     assert_eq!(st.tunnel_to(CN_FQDN).unwrap().endpoint, cn_ep);
 
@@ -138,7 +138,7 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
     cn.registered().unwrap();
     let (gn_vip, cn_vip) = w.leased_with_tunnel(&mut ntma).unwrap();
     let st = ntma.status().unwrap();
-    let observed = st.registration.observed.expect("observed address");
+    let observed = st.gns[0].registration.observed.expect("observed address");
     let tunnel_id = st.tunnel_to(CN_FQDN).unwrap().id;
     // A KEEPALIVE_ACK (the world's DC asks for keep-alives every 5 s).
     let registrations = st.stat("registrations");
@@ -166,7 +166,7 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
     w.stop_dc().unwrap();
     w.start_dc().unwrap();
     ntma.wait("registered again", |s| {
-        s.stat("registrations") > registrations && s.registration.vip.is_some()
+        s.stat("registrations") > registrations && s.gns[0].registration.vip.is_some()
     })
     .unwrap();
     assert!(wait_until(PATIENCE, || {
@@ -265,7 +265,7 @@ fn replayed_relay_dir_and_relay_bind_are_refused() {
     .unwrap();
     let p = w.ping(Role::Gn, cn2_vip, 2).unwrap();
     assert_eq!(p.received, p.sent, "{}", p.output);
-    let observed = ntma.status().unwrap().registration.observed.unwrap();
+    let observed = ntma.status().unwrap().gns[0].registration.observed.unwrap();
 
     let rs = SocketAddrV4::new(RS_ADDR, 7720);
     let mut relay_dir = None;

@@ -206,7 +206,7 @@ fn forged_replayed_truncated_and_unknown_data_never_reach_the_gn() {
     cn.registered().unwrap();
     let (gn_vip, _) = leased_with_tunnel(&w, &mut ntma);
     let st = ntma.status().unwrap();
-    let observed = st.registration.observed.expect("observed address");
+    let observed = st.gns[0].registration.observed.expect("observed address");
     let tunnel_id = st.tunnel_to(CN_FQDN).unwrap().id;
 
     // Capture one DATA datagram cn sends to the adapter (a ping to the GN),

@@ -162,7 +162,7 @@ fn oversize_packets_and_tcp(tag: &str, uplink_mtu: Option<u16>) {
                 && s.drop_count("slow_too_big") > before.drop_count("slow_too_big")
         })
         .unwrap();
-    assert!(st.gn.mac.is_some());
+    assert!(st.gns[0].gn.mac.is_some());
     // Now the kernel knows: the same ping, fragmented by the GN itself, goes through.
     let p = w.sh(
         Role::Gn,

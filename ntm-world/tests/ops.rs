@@ -358,13 +358,13 @@ fn reloads_under_traffic_lose_no_ping() -> Result<()> {
     // A new GN identity: ntma deregisters and registers again as it.
     let node_key = w.tb.keys().node(NODE_FQDN).context("node key")?.to_hex();
     rewrite_ntma(&ntma.config, |c| {
-        c.dc.fqdn = NODE_FQDN.into();
-        c.dc.key = node_key;
+        c.gn[0].fqdn = NODE_FQDN.into();
+        c.gn[0].key = node_key;
         c.datapath.batch = 64;
     })?;
     ntma.reload()?;
     let st = ntma.wait("registered as the new GN", |s| {
-        s.registration.registered && s.registration.fqdn == NODE_FQDN
+        s.gns[0].registration.registered && s.gns[0].registration.fqdn == NODE_FQDN
     })?;
     ensure!(st.stat("reloads") == 2, "{:?}", st.slow_path.stats);
     ensure!(
@@ -399,8 +399,8 @@ fn ntma_health_check_capabilities_key_file_and_socket_mode() -> Result<()> {
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
         .collect();
     let mut c = w.ntma_config()?;
-    c.dc.key = String::new();
-    c.dc.key_file = Some(key_file.clone());
+    c.gn[0].key = String::new();
+    c.gn[0].key_file = Some(key_file.clone());
     let config = w.tb.state_dir().join("ntma.toml");
     write_private(&config, &c.to_toml())?;
     let mut cmd = Command::new("sh");

@@ -28,6 +28,10 @@ pub mod programs {
 /// Capacity of each `XskMap`: the most RX queues one NIC can use.
 pub const MAX_QUEUES: u32 = 64;
 
+/// Most GNs one adapter serves (docs/protocol.md §6 asks for at least 254): the
+/// capacity of the XDP map of GN VIPs.
+pub const MAX_GNS: u32 = 1024;
+
 /// Default UDP port of a node / NTMA (docs/protocol.md §1).
 pub const NTM_PORT: u16 = 7700;
 

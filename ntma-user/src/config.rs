@@ -45,7 +45,7 @@ pub struct Config {
     pub lan: Lan,
     /// The uplink NIC.
     pub wan: Wan,
-    /// The Direction Coordinator and this adapter's credentials.
+    /// The Direction Coordinator.
     pub dc: Dc,
     /// DNS interception and forwarding.
     pub dns: Dns,
@@ -58,6 +58,49 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
     #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
     pub metrics: MetricsConfig,
+    /// `[[gn]]`: the GNs this adapter serves, each registered as its own node
+    /// (docs/protocol.md §6).
+    #[serde(default)]
+    pub gn: Vec<GnEntry>,
+}
+
+/// `[[gn]]`: one GN, its identity at the DC and how it is recognised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GnEntry {
+    /// The GN's FQDN, registered with the DC on the GN's behalf.
+    pub fqdn: String,
+    /// `K_node` of that FQDN: 64 hex digits, the same as in the DC's entry
+    /// (or `key_file`). Wiped from memory when dropped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// A file holding `K_node` (mode 0600), in place of `key`; relative to
+    /// the configuration's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The GN's MAC (`02:00:00:00:00:0a`): only that NIC gets this GN's VIP.
+    /// Without it, the first unknown MAC that asks DHCP takes the entry and
+    /// keeps it while its lease lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Drop for GnEntry {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+impl GnEntry {
+    /// An entry with an inline key and no MAC.
+    pub fn new(fqdn: &str, key: &Key) -> GnEntry {
+        GnEntry {
+            fqdn: fqdn.to_owned(),
+            key: key.to_hex(),
+            key_file: None,
+            mac: None,
+        }
+    }
 }
 
 /// `[lan]`: the NIC facing the GN.
@@ -97,27 +140,25 @@ pub struct Wan {
     pub mtu: Option<u16>,
 }
 
-/// `[dc]`: who we register with, and as whom.
+/// `[dc]`: who the GNs register with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dc {
     /// The DC's address:port (port 7710 by default on the DC).
     pub address: SocketAddrV4,
-    /// The GN's FQDN, registered with the DC on the GN's behalf.
-    pub fqdn: String,
-    /// `K_node` of that FQDN: 64 hex digits, the same as in the DC's entry
-    /// (or `key_file`). Wiped from memory when dropped.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub key: String,
-    /// A file holding `K_node` (mode 0600), in place of `key`; relative to
-    /// the configuration's directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
+    /// Version 1 of this file named the one GN here: refused with a pointer
+    /// to `[[gn]]`.
+    #[serde(default, skip_serializing)]
+    fqdn: Option<String>,
 }
 
-impl Drop for Dc {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.key);
+impl Dc {
+    /// `[dc]` with the DC at `address`.
+    pub fn new(address: SocketAddrV4) -> Dc {
+        Dc {
+            address,
+            fqdn: None,
+        }
     }
 }
 
@@ -307,8 +348,8 @@ pub enum ConfigError {
     /// A setting has a value that cannot work.
     #[error("{setting} = {value}: {fix}")]
     Invalid {
-        /// The setting, as written in the file (`dc.key`).
-        setting: &'static str,
+        /// The setting, as written in the file (`gn[0].key`).
+        setting: String,
         /// Its value (secrets elided).
         value: String,
         /// What to put there instead.
@@ -316,9 +357,13 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(setting: &'static str, value: impl ToString, fix: impl Into<String>) -> ConfigError {
+fn invalid(
+    setting: impl Into<String>,
+    value: impl ToString,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
-        setting,
+        setting: setting.into(),
         value: value.to_string(),
         fix: fix.into(),
     }
@@ -343,10 +388,8 @@ pub struct Settings {
     pub port: u16,
     /// The DC.
     pub dc: SocketAddrV4,
-    /// The GN's FQDN.
-    pub fqdn: String,
-    /// Its `K_node`.
-    pub key: Key,
+    /// The GNs, in configuration order (their [`crate::gn::GnIndex`]).
+    pub gns: Vec<GnIdentity>,
     /// Upstream resolver.
     pub upstream: SocketAddrV4,
     /// GN-facing services (DHCP, ARP, DNS); `ntma_mac` is set from the NIC at start.
@@ -370,6 +413,27 @@ pub struct Settings {
     /// The uplink's MTU in use: `wan.mtu`, or the interface's (1500 until
     /// [`Settings::set_uplink_mtu`] says otherwise).
     pub uplink_mtu: u16,
+}
+
+/// One GN's identity, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GnIdentity {
+    /// Its FQDN.
+    pub fqdn: String,
+    /// Its `K_node`.
+    pub key: Key,
+    /// The MAC that binds it, if configured.
+    pub mac: Option<MacAddr>,
+}
+
+impl GnIdentity {
+    /// What the GN services know of it.
+    pub fn spec(&self) -> crate::gn::GnSpec {
+        crate::gn::GnSpec {
+            fqdn: self.fqdn.clone(),
+            mac: self.mac,
+        }
+    }
 }
 
 /// The smallest uplink MTU: it leaves IPv4's minimum of 576 inside the tunnel.
@@ -438,12 +502,8 @@ impl Config {
                 port: DEFAULT_PORT,
                 mtu: None,
             },
-            dc: Dc {
-                address: dc,
-                fqdn: fqdn.to_owned(),
-                key: key.to_hex(),
-                key_file: None,
-            },
+            dc: Dc::new(dc),
+            gn: vec![GnEntry::new(fqdn, key)],
             dns: Dns {
                 ntm_suffix: default_suffix(),
                 upstream,
@@ -470,10 +530,10 @@ impl Config {
         ntm_ops::config::load(path)
     }
 
-    /// Whether `dc.key` is written in the file itself (which must then be
+    /// Whether a GN's key is written in the file itself (which must then be
     /// private: [`ntm_ops::keys::check_private`]).
     pub fn holds_inline_key(&self) -> bool {
-        self.dc.key_file.is_none()
+        self.gn.iter().any(|g| g.key_file.is_none())
     }
 
     /// The configuration as TOML.
@@ -491,12 +551,13 @@ impl Config {
     /// Checks every setting and returns the typed [`Settings`].
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         self.validate_names()?;
-        let key = self.validate_dc()?;
+        self.validate_dc()?;
+        let gns = self.validate_gns()?;
         self.validate_dns()?;
-        let gn = self.gn_config()?;
+        let gn = self.gn_config(&gns)?;
         self.validate_datapath()?;
         self.validate_hold()?;
-        self.settings(key, gn)
+        self.settings(gns, gn)
     }
 
     /// `name`, the interfaces and the port.
@@ -541,20 +602,13 @@ impl Config {
         Ok(())
     }
 
-    /// `[dc]`: gives `K_node`.
-    fn validate_dc(&self) -> Result<Key, ConfigError> {
-        let key: Key = self.dc.key.parse().map_err(|_| {
-            invalid(
-                "dc.key",
-                "(hidden)",
-                "give K_node as 64 hex digits, the same as the DC's entry for dc.fqdn",
-            )
-        })?;
-        if Fqdn::new(&self.dc.fqdn).is_err() {
+    /// `[dc]`.
+    fn validate_dc(&self) -> Result<(), ConfigError> {
+        if let Some(fqdn) = &self.dc.fqdn {
             return Err(invalid(
                 "dc.fqdn",
-                format!("{:?}", self.dc.fqdn),
-                "give the GN's FQDN in lower case, e.g. \"gn.ntm.test\"",
+                format!("{fqdn:?}"),
+                "the GNs are listed in [[gn]] entries now: move fqdn, key and key_file from [dc] into a [[gn]] entry",
             ));
         }
         if self.dc.address.ip().is_unspecified() || self.dc.address.port() == 0 {
@@ -564,7 +618,61 @@ impl Config {
                 "give the DC's IPv4 address and port, e.g. \"198.18.0.2:7710\"",
             ));
         }
-        Ok(key)
+        Ok(())
+    }
+
+    /// `[[gn]]`: each GN's identity (FQDN, `K_node`) and MAC.
+    fn validate_gns(&self) -> Result<Vec<GnIdentity>, ConfigError> {
+        if self.gn.is_empty() || self.gn.len() > crate::gn::MAX_GNS {
+            return Err(invalid(
+                "gn",
+                self.gn.len(),
+                format!(
+                    "list 1 to {} [[gn]] entries, each with fqdn and key (or key_file)",
+                    crate::gn::MAX_GNS
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(self.gn.len());
+        for (i, g) in self.gn.iter().enumerate() {
+            let at = |field: &str| format!("gn[{i}].{field}");
+            if Fqdn::new(&g.fqdn).is_err() {
+                return Err(invalid(
+                    &at("fqdn"),
+                    format!("{:?}", g.fqdn),
+                    "give the GN's FQDN in lower case, e.g. \"gn.ntm.test\"",
+                ));
+            }
+            let key: Key = g.key.parse().map_err(|_| {
+                invalid(
+                    &at("key"),
+                    "(hidden)",
+                    "give K_node as 64 hex digits, the same as the DC's entry for this fqdn",
+                )
+            })?;
+            let mac = match &g.mac {
+                None => None,
+                Some(m) => Some(m.parse::<MacAddr>().ok().filter(MacAddr::is_unicast).ok_or_else(|| {
+                    invalid(&at("mac"), format!("{m:?}"), "give the GN's unicast MAC as six hex pairs, e.g. \"02:00:00:00:00:0a\", or leave mac out")
+                })?),
+            };
+            if out
+                .iter()
+                .any(|o: &GnIdentity| o.fqdn == g.fqdn || (mac.is_some() && o.mac == mac))
+            {
+                return Err(invalid(
+                    &at("fqdn"),
+                    format!("{:?}", g.fqdn),
+                    "another [[gn]] entry has this FQDN or MAC: each GN needs its own",
+                ));
+            }
+            out.push(GnIdentity {
+                fqdn: g.fqdn.clone(),
+                key,
+                mac,
+            });
+        }
+        Ok(out)
     }
 
     /// `[dns]`.
@@ -600,9 +708,10 @@ impl Config {
         Ok(())
     }
 
-    /// The GN services' configuration from `[lan]` and `[dns]`, checked.
-    fn gn_config(&self) -> Result<GnConfig, ConfigError> {
+    /// The GN services' configuration from `[lan]`, `[dns]` and the GNs, checked.
+    fn gn_config(&self, gns: &[GnIdentity]) -> Result<GnConfig, ConfigError> {
         let mut gn = GnConfig::new(MacAddr([0x02, 0, 0, 0, 0, 1]));
+        gn.gns = gns.iter().map(GnIdentity::spec).collect();
         gn.router = self.lan.router;
         gn.vip_prefix_len = self.lan.vip_prefix_len;
         gn.mtu = self.lan.mtu.unwrap_or(INNER_MTU as u16);
@@ -644,7 +753,7 @@ impl Config {
     }
 
     /// The typed settings of a checked configuration.
-    fn settings(&self, key: Key, gn: GnConfig) -> Result<Settings, ConfigError> {
+    fn settings(&self, gns: Vec<GnIdentity>, gn: GnConfig) -> Result<Settings, ConfigError> {
         let h = &self.hold;
         let dns = gn.stub_config();
         let mut s = Settings {
@@ -657,8 +766,7 @@ impl Config {
             wan_if: self.wan.interface.clone(),
             port: self.wan.port,
             dc: self.dc.address,
-            fqdn: self.dc.fqdn.clone(),
-            key,
+            gns,
             upstream: self.dns.upstream,
             gn,
             dns,
@@ -694,7 +802,7 @@ impl Config {
             ));
         }
         d.sizes().validate().map_err(|e| ConfigError::Invalid {
-            setting: e.key,
+            setting: e.key.to_owned(),
             value: e.value,
             fix: e.fix,
         })
@@ -724,15 +832,17 @@ impl ntm_ops::config::ConfigFile for Config {
     type Error = ConfigError;
 
     fn read_files(&mut self, base: &Path) -> Result<(), ConfigError> {
-        let key_file = self.dc.key_file.as_deref();
-        let (key, _) =
-            ntm_ops::keys::resolve("[dc]", &self.dc.key, key_file, base).map_err(|e| {
+        for (i, g) in self.gn.iter_mut().enumerate() {
+            let key_file = g.key_file.as_deref();
+            let who = format!("[[gn]] {}", g.fqdn);
+            let (key, _) = ntm_ops::keys::resolve(&who, &g.key, key_file, base).map_err(|e| {
                 let file =
                     key_file.map_or_else(|| "(none)".to_owned(), |p| p.display().to_string());
-                invalid("dc.key_file", file, e.to_string())
+                invalid(&format!("gn[{i}].key_file"), file, e.to_string())
             })?;
-        zeroize::Zeroize::zeroize(&mut self.dc.key);
-        self.dc.key = key;
+            zeroize::Zeroize::zeroize(&mut g.key);
+            g.key = key;
+        }
         Ok(())
     }
 
@@ -771,7 +881,10 @@ pub(crate) mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ntma.example.toml");
         let c = Config::load(&path).unwrap();
         let s = c.validate().unwrap();
-        assert_eq!(s.fqdn, "gn.ntm.test");
+        assert_eq!(s.gns.len(), 2, "the example serves two GNs");
+        assert_eq!(s.gns[0].fqdn, "gn.ntm.test");
+        assert_eq!(s.gns[1].mac, Some(MacAddr([2, 0, 0, 0, 0, 0x0c])));
+        assert_eq!(s.gn.gns.len(), 2);
         assert_eq!(s.lan_if, "lan0");
         assert_eq!(s.status_socket, Path::new("/run/ntma/ntma.sock"));
         assert_eq!(s.non_vip, NonVip::IcmpUnreachable);
@@ -799,20 +912,23 @@ pub(crate) mod tests {
         ntm_ops::keys::write_private(&dir.join("gn.key"), &format!("{KEY}\n")).unwrap();
         let mut c = base();
         assert!(c.holds_inline_key());
-        c.dc.key = String::new();
-        c.dc.key_file = Some("gn.key".into());
+        c.gn[0].key = String::new();
+        c.gn[0].key_file = Some("gn.key".into());
         let path = dir.join("ntma.toml");
         std::fs::write(&path, c.to_toml()).unwrap();
         let loaded = Config::load(&path).unwrap();
         assert!(!loaded.holds_inline_key());
-        assert_eq!(loaded.validate().unwrap().key, KEY.parse().unwrap());
+        assert_eq!(loaded.validate().unwrap().gns[0].key, KEY.parse().unwrap());
         std::fs::set_permissions(
             dir.join("gn.key"),
             std::os::unix::fs::PermissionsExt::from_mode(0o644),
         )
         .unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
-        assert!(e.contains("dc.key_file") && e.contains("chmod 600"), "{e}");
+        assert!(
+            e.contains("gn[0].key_file") && e.contains("chmod 600"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -820,8 +936,9 @@ pub(crate) mod tests {
     fn minimal_file_takes_defaults() {
         let text = format!(
             "[lan]\ninterface = \"eth1\"\n[wan]\ninterface = \"eth0\"\n\
-             [dc]\naddress = \"10.0.0.1:7710\"\nfqdn = \"pc.ntm.test\"\nkey = \"{KEY}\"\n\
-             [dns]\nupstream = \"10.0.0.53:53\"\n"
+             [dc]\naddress = \"10.0.0.1:7710\"\n\
+             [dns]\nupstream = \"10.0.0.53:53\"\n\
+             [[gn]]\nfqdn = \"pc.ntm.test\"\nkey = \"{KEY}\"\n"
         );
         let s = Config::from_toml(&text, Path::new("m.toml"))
             .unwrap()
@@ -907,16 +1024,39 @@ pub(crate) mod tests {
     #[test]
     fn invalid_settings_say_what_to_fix() {
         let mut c = base();
-        c.dc.key = "abc".into();
+        c.gn[0].key = "abc".into();
         let e = err(&c);
         assert!(
-            e.contains("dc.key") && e.contains("64 hex") && !e.contains("abc"),
+            e.contains("gn[0].key") && e.contains("64 hex") && !e.contains("abc"),
             "{e}"
         );
 
         let mut c = base();
-        c.dc.fqdn = "GN.ntm.test".into();
-        assert!(err(&c).contains("dc.fqdn"));
+        c.gn[0].fqdn = "GN.ntm.test".into();
+        assert!(err(&c).contains("gn[0].fqdn"));
+
+        let mut c = base();
+        c.gn.clear();
+        assert!(err(&c).contains("[[gn]]"));
+
+        let mut c = base();
+        let second = c.gn[0].clone();
+        c.gn.push(second);
+        assert!(err(&c).contains("another [[gn]] entry"), "{}", err(&c));
+
+        let mut c = base();
+        c.gn[0].mac = Some("ff:ff:ff:ff:ff:ff".into());
+        assert!(err(&c).contains("gn[0].mac"));
+
+        let text = base()
+            .to_toml()
+            .replace("[dc]\n", "[dc]\nfqdn = \"gn.ntm.test\"\n");
+        let old = Config::from_toml(&text, Path::new("x")).unwrap();
+        assert!(
+            err(&old).contains("move fqdn, key and key_file"),
+            "{}",
+            err(&old)
+        );
 
         let mut c = base();
         c.wan.interface = "lan0".into();

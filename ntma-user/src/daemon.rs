@@ -340,7 +340,7 @@ impl Daemon {
         }
         tracing::info!(
             name = %s.name,
-            fqdn = %s.fqdn,
+            gns = %s.gns.iter().map(|g| g.fqdn.as_str()).collect::<Vec<_>>().join(","),
             dc = %s.dc,
             lan = %s.lan_if,
             wan = %format!("{}:{}", nics.wan_ip, s.port),
@@ -394,7 +394,11 @@ impl Daemon {
     /// every tunnel and stops the datapath (detaching XDP); the NAT table and the
     /// status socket go too.
     pub async fn run(mut self) -> Result<()> {
-        ntm_ops::notify::ready(&format!("serving {} on {}", self.s.fqdn, self.s.lan_if));
+        ntm_ops::notify::ready(&format!(
+            "serving {} GN(s) on {}",
+            self.s.gns.len(),
+            self.s.lan_if
+        ));
         self.ctl.start(self.started, &self.io);
         let result = loop {
             let wake = self.next_wake().await;
@@ -594,8 +598,7 @@ impl Daemon {
             name: s.name.clone(),
             pid: std::process::id(),
             uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
-            registration: self.ctl.registration_status(),
-            gn: self.ctl.gn_status(now),
+            gns: self.ctl.gn_status(now),
             datapath: DatapathStatus::of(self.ctl.datapath(), s, self.ctl.link()),
             tunnels: self.ctl.tunnel_status(now),
             slow_path: self.ctl.slow_path_status(),
@@ -658,7 +661,8 @@ fn log_stats(st: &Status) {
         .collect();
     tracing::info!(
         target: "ntma::stats",
-        registered = st.registration.registered,
+        registered = st.gns.iter().filter(|g| g.registration.registered).count(),
+        gns = st.gns.len(),
         tunnels = st.tunnels.len(),
         lan_redirect = st.xdp("lan_redirect"),
         wan_redirect = st.xdp("wan_redirect"),

@@ -44,18 +44,13 @@ pub enum DatapathKind {
     Raw,
 }
 
-/// The addresses a datapath needs to build frames on both NICs. Without one
-/// ([`Datapath::set_link`] with `None`: no VIP yet, a MAC unknown) uplink frames go to
-/// the slow queue and downlink DATA is dropped as
+/// The adapter's own addresses a datapath needs to build frames on both NICs.
+/// Without one ([`Datapath::set_link`] with `None`: the uplink's next hop unknown)
+/// uplink frames go to the slow queue and downlink DATA is dropped as
 /// [`crate::fastpath::FastDrop::NotReady`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
-    /// The GN's VIP: the only inner source accepted from the GN and the only inner
-    /// destination accepted from a tunnel.
-    pub gn_vip: Ipv4Addr,
-    /// The GN's MAC (learnt from DHCP / its frames): destination of frames to the GN.
-    pub gn_mac: MacAddr,
-    /// The GN-facing NIC's MAC: source of frames to the GN.
+    /// The GN-facing NIC's MAC: source of frames to the GNs.
     pub lan_mac: MacAddr,
     /// The uplink NIC's MAC: source of uplink frames.
     pub wan_mac: MacAddr,
@@ -66,6 +61,18 @@ pub struct Link {
     pub wan_port: u16,
     /// MAC of the uplink's next hop (the default gateway): destination of uplink frames.
     pub gateway_mac: MacAddr,
+}
+
+/// One GN as the datapath knows it (§6): its VIP, the only inner source accepted
+/// from it and the inner destination of its tunnels' DATA, and its MAC, the
+/// destination of that DATA (`None` until learned: its DATA is dropped as not
+/// ready).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GnLink {
+    /// The GN's VIP.
+    pub vip: Ipv4Addr,
+    /// The GN's MAC (from DHCP or its frames).
+    pub mac: Option<MacAddr>,
 }
 
 /// One tunnel as a datapath carries it, with its counters (cumulative since it was
@@ -172,6 +179,11 @@ pub trait Datapath {
     /// Sets the link; `None` stops forwarding (see [`Link`]).
     fn set_link(&self, link: Option<Link>) {
         self.state().set_link(link);
+    }
+
+    /// Replaces the set of GNs (every GN with a VIP; see [`GnLink`]).
+    fn set_gns(&self, gns: &[GnLink]) {
+        self.state().set_gns(gns);
     }
 
     /// Installs a tunnel for receiving ([`ntm_proto::node::Event::TunnelAdded`]); see

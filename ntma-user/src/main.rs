@@ -167,7 +167,11 @@ fn real_main(args: Args) -> Result<()> {
             println!(
                 "{}: configuration OK ({} on {} / {}, status socket {})",
                 config.display(),
-                s.fqdn,
+                s.gns
+                    .iter()
+                    .map(|g| g.fqdn.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 s.lan_if,
                 s.wan_if,
                 s.status_socket.display()

@@ -32,9 +32,8 @@ pub fn scrape(st: &Status, setup: &SetupHistograms, max_tunnel_labels: usize) ->
     m
 }
 
-/// The adapter: what it is, whether it is registered and its GN holds a lease.
+/// The adapter: what it is, whether each GN is registered and holds a lease.
 fn adapter_series(m: &mut Scrape, st: &Status) {
-    let gn = st.registration.fqdn.as_str();
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     m.gauges(
         "ntma_info",
@@ -56,16 +55,22 @@ fn adapter_series(m: &mut Scrape, st: &Status) {
     m.gauges(
         "ntma_registered",
         "Whether the GN holds a registration with the DC (1) or not (0).",
-        [(labels([("gn", gn)]), flag(st.registration.registered))],
+        st.gns.iter().map(|g| {
+            let l = labels([("gn", &g.registration.fqdn)]);
+            (l, flag(g.registration.registered))
+        }),
     );
     m.gauges(
         "ntma_gn_lease_bound",
         "Whether the GN holds a DHCP lease of its VIP (1) or not (0).",
-        [(labels([("gn", gn)]), flag(st.gn.lease_bound))],
+        st.gns.iter().map(|g| {
+            let l = labels([("gn", &g.registration.fqdn)]);
+            (l, flag(g.gn.lease_bound))
+        }),
     );
     m.gauge(
         "ntma_link_ready",
-        "Whether the fast path can forward (GN MAC, gateway MAC and VIP known).",
+        "Whether the fast path can forward (the uplink's gateway MAC known).",
         flag(st.datapath.link_ready),
     );
 }
@@ -129,14 +134,13 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
 
 /// The slow path and the control: drops, events, held packets.
 fn slow_path_series(m: &mut Scrape, st: &Status) {
-    let gn = st.registration.fqdn.as_str();
     m.counters(
         "ntma_slow_path_drops",
         "Slow-path drops by reason (GN services, proto_* for the protocol endpoint, the control's own).",
         st.slow_path
             .drops
             .iter()
-            .map(|(r, v)| (labels([("gn", gn), ("reason", r)]), *v)),
+            .map(|(r, v)| (labels([("reason", r)]), *v)),
     );
     m.counters(
         "ntma_slow_path_events",
@@ -145,42 +149,43 @@ fn slow_path_series(m: &mut Scrape, st: &Status) {
             .stats
             .iter()
             .filter(|(k, _)| k.as_str() != "held_now")
-            .map(|(k, v)| (labels([("gn", gn), ("event", k)]), *v)),
+            .map(|(k, v)| (labels([("event", k)]), *v)),
     );
-    m.gauges(
+    m.gauge(
         "ntma_held_packets",
         "Packets waiting for a tunnel now.",
-        [(
-            labels([("gn", gn)]),
-            st.slow_path.stats.get("held_now").copied().unwrap_or(0) as f64,
-        )],
+        st.slow_path.stats.get("held_now").copied().unwrap_or(0) as f64,
     );
 }
 
 /// Tunnels: how many, and their traffic by peer (at most `max_tunnel_labels` peers).
 fn tunnel_series(m: &mut Scrape, st: &Status, max_tunnel_labels: usize) {
-    let gn = st.registration.fqdn.as_str();
-    let up = st.tunnels.iter().filter(|t| t.up).count();
     m.gauges(
         "ntma_tunnels",
-        "Tunnels: up, or being set up.",
-        [
-            (labels([("gn", gn), ("state", "up")]), up as f64),
-            (
-                labels([("gn", gn), ("state", "setup")]),
-                (st.tunnels.len() - up) as f64,
-            ),
-        ],
+        "Tunnels of each GN: up, or being set up.",
+        st.gns.iter().flat_map(|g| {
+            let gn = &g.registration.fqdn;
+            let mine = st.tunnels.iter().filter(|t| &t.gn == gn);
+            let up = mine.clone().filter(|t| t.up).count();
+            let setup = mine.count() - up;
+            [
+                (labels([("gn", gn.as_str()), ("state", "up")]), up as f64),
+                (
+                    labels([("gn", gn.as_str()), ("state", "setup")]),
+                    setup as f64,
+                ),
+            ]
+        }),
     );
-    // Per tunnel, by peer, capped.
-    let mut by_peer: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    // Per tunnel, by GN and peer, capped.
+    let mut by_peer: BTreeMap<(String, String), [u64; 4]> = BTreeMap::new();
     for (i, t) in st.tunnels.iter().enumerate() {
         let peer = if i < max_tunnel_labels {
             t.peer_fqdn.clone()
         } else {
             OTHER_PEERS.to_owned()
         };
-        let e = by_peer.entry(peer).or_default();
+        let e = by_peer.entry((t.gn.clone(), peer)).or_default();
         e[0] += t.tx_packets;
         e[1] += t.tx_bytes;
         e[2] += t.rx_packets;
@@ -189,7 +194,7 @@ fn tunnel_series(m: &mut Scrape, st: &Status, max_tunnel_labels: usize) {
     let series = |idx_tx: usize, idx_rx: usize| -> Vec<(Labels, u64)> {
         by_peer
             .iter()
-            .flat_map(|(peer, c)| {
+            .flat_map(|((gn, peer), c)| {
                 [("tx", c[idx_tx]), ("rx", c[idx_rx])]
                     .map(|(dir, v)| (labels([("gn", gn), ("peer", peer), ("direction", dir)]), v))
             })
@@ -227,7 +232,7 @@ mod tests {
             "ntma_tunnel_packets_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"tx\"} 10",
             "ntma_tunnel_bytes_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"rx\"} 900",
             "ntma_tunnel_setup_seconds_bucket{le=\"0.004\",gn=\"gn.ntm.test\"} 1",
-            "ntma_slow_path_drops_total{gn=\"gn.ntm.test\",reason=\"dns_too_big\"} 3",
+            "ntma_slow_path_drops_total{reason=\"dns_too_big\"} 3",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }

@@ -3,9 +3,11 @@
 //! applies it without touching what did not change.
 //!
 //! Applied in place:
-//! * the GN's identity (`[dc]`: FQDN, key, DC address): the old
-//!   registration ends (DEREG) with its tunnels, and the GN registers again
-//!   as configured; its next DHCP renewal gets the new VIP;
+//! * the GNs (`[[gn]]`) and the DC address: a GN removed, or whose key or
+//!   MAC changed, deregisters (DEREG) with its tunnels; a GN added or
+//!   changed registers as configured (its next DHCP renewal gets its VIP);
+//!   every GN registers again when the DC address changes; the others go
+//!   on untouched (a change of the list forgets DNS queries in flight);
 //! * `[dns]`: suffix, TTL and time-out (queries in flight are forgotten;
 //!   the GN's resolver asks again);
 //! * `dns.upstream`: new forwarded queries, UDP and TCP, go to the new
@@ -24,7 +26,8 @@ use crate::config::Settings;
 /// What a reload changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// FQDN, key or DC: register again.
+    /// The `[[gn]]` list or the DC: GNs added, removed or changed register
+    /// (again); the others keep their registration, lease and tunnels.
     pub identity: bool,
     /// Suffix, TTL or time-out.
     pub dns: bool,
@@ -49,7 +52,7 @@ impl Plan {
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts: Vec<&str> = [
-            (self.identity, "identity ([dc]: register again)"),
+            (self.identity, "identity ([[gn]] or [dc]: register again)"),
             (self.dns, "dns"),
             (self.upstream, "dns.upstream"),
             (self.hold, "hold"),
@@ -99,7 +102,7 @@ pub fn plan(old: &Settings, new: &Settings) -> Result<Plan, String> {
         ));
     }
     Ok(Plan {
-        identity: old.fqdn != new.fqdn || old.key != new.key || old.dc != new.dc,
+        identity: old.gns != new.gns || old.dc != new.dc,
         dns: old.gn.ntm_suffix != new.gn.ntm_suffix
             || old.gn.dns_ttl != new.gn.dns_ttl
             || old.gn.dns_resolve_timeout != new.gn.dns_resolve_timeout,
@@ -136,9 +139,16 @@ mod tests {
                 ..Plan::default()
             }
         );
-        let p = plan_of(|c| c.dc.fqdn = "gn2.ntm.test".into()).unwrap();
+        let p = plan_of(|c| c.gn[0].fqdn = "gn2.ntm.test".into()).unwrap();
         assert!(p.identity && !p.dns);
-        let p = plan_of(|c| c.dc.key = "11".repeat(32)).unwrap();
+        let p = plan_of(|c| c.gn[0].key = "11".repeat(32)).unwrap();
+        assert!(p.identity);
+        let p = plan_of(|c| {
+            let mut g = c.gn[0].clone();
+            g.fqdn = "gn2.ntm.test".into();
+            c.gn.push(g);
+        })
+        .unwrap();
         assert!(p.identity);
         let p = plan_of(|c| {
             c.hold.per_peer = 8;

@@ -27,10 +27,8 @@ pub struct Status {
     pub pid: u32,
     /// Seconds since start.
     pub uptime_secs: f64,
-    /// Registration with the DC.
-    pub registration: RegistrationStatus,
-    /// The GN.
-    pub gn: GnStatus,
+    /// Every GN: its registration with the DC and its lease.
+    pub gns: Vec<GnView>,
     /// The AF_XDP fast path.
     pub datapath: DatapathStatus,
     /// Tunnels.
@@ -41,6 +39,16 @@ pub struct Status {
     /// fast-path workers keep none: [`WorkerStatus::capabilities`]).
     #[serde(default)]
     pub capabilities: Vec<String>,
+}
+
+/// One GN: its registration with the DC (as its own node, §6) and its DHCP
+/// lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GnView {
+    /// Its registration.
+    pub registration: RegistrationStatus,
+    /// Its VIP, MAC and lease on the LAN.
+    pub gn: GnStatus,
 }
 
 /// Registration with the DC.
@@ -250,6 +258,8 @@ impl WorkerStatus {
 pub struct TunnelStatus {
     /// Tunnel id.
     pub id: u32,
+    /// The FQDN of the GN it belongs to.
+    pub gn: String,
     /// Peer FQDN.
     pub peer_fqdn: String,
     /// Peer VIP.
@@ -361,24 +371,35 @@ impl Status {
     /// For health checks (`ntma status --check`): why the adapter cannot
     /// carry the GN's traffic, in one line, or `Ok` when it can.
     pub fn check(&self) -> Result<(), String> {
-        let r = &self.registration;
-        if !r.registered {
+        if let Some(r) = self
+            .gns
+            .iter()
+            .map(|g| &g.registration)
+            .find(|r| !r.registered)
+        {
             return Err(format!(
-                "{}: not registered with the DC {} (check dc.address, dc.fqdn and the key, and that the DC runs)",
+                "{}: not registered with the DC {} (check dc.address, this [[gn]] entry's fqdn and key, and that the DC runs)",
                 r.fqdn, r.dc
             ));
         }
         if !self.datapath.link_ready {
-            let missing = if self.gn.mac.is_none() {
-                "the GN has not been seen on the LAN (no DHCP or ARP from it yet)"
-            } else if self.datapath.gateway_mac.is_none() {
-                "the uplink's gateway is unknown (no default route or neighbour)"
-            } else {
-                "the GN holds no VIP yet"
-            };
-            return Err(format!("{}: link not ready: {missing}", r.fqdn));
+            return Err(
+                "link not ready: the uplink's gateway is unknown (no default route or neighbour)"
+                    .to_owned(),
+            );
+        }
+        if self.gns.iter().all(|g| g.gn.mac.is_none()) {
+            return Err(
+                "link not ready: no GN has been seen on the LAN yet (no DHCP or ARP from any)"
+                    .to_owned(),
+            );
         }
         Ok(())
+    }
+
+    /// The GN with `fqdn`, if configured.
+    pub fn gn(&self, fqdn: &str) -> Option<&GnView> {
+        self.gns.iter().find(|g| g.registration.fqdn == fqdn)
     }
 
     /// The tunnel to `fqdn`, if any.
@@ -395,41 +416,19 @@ impl Status {
         s
     }
 
-    /// Registration, GN and datapath lines.
+    /// Registration and lease lines of each GN, and the datapath line.
     fn render_state(&self, s: &mut String) {
-        let r = &self.registration;
         let _ = writeln!(
             s,
-            "ntma {} (pid {}, up {:.0} s)",
-            self.name, self.pid, self.uptime_secs
+            "ntma {} (pid {}, up {:.0} s), {} GN(s)",
+            self.name,
+            self.pid,
+            self.uptime_secs,
+            self.gns.len()
         );
-        let _ = writeln!(
-            s,
-            "registration: {} as {} with DC {}: vip {}/{} node id {} local {} observed {} behind NAT {}",
-            if r.registered { "registered" } else { "NOT registered" },
-            r.fqdn,
-            r.dc,
-            opt(r.vip.map(|v| v.to_string())),
-            opt(r.prefix_len.map(|v| v.to_string())),
-            opt(r.node_id.map(|v| v.to_string())),
-            r.local_addr,
-            opt(r.observed.map(|v| v.to_string())),
-            opt(r.behind_nat.map(|v| v.to_string())),
-        );
-        let g = &self.gn;
-        let _ = writeln!(
-            s,
-            "gn: vip {} mac {} lease {} (router {}/{})",
-            opt(g.vip.map(|v| v.to_string())),
-            opt(g.mac.clone()),
-            if g.lease_bound {
-                format!("bound, {} s left", g.lease_remaining_secs.unwrap_or(0))
-            } else {
-                "none".into()
-            },
-            g.router,
-            g.prefix_len
-        );
+        for g in &self.gns {
+            render_gn(s, g);
+        }
         let d = &self.datapath;
         let _ = writeln!(
             s,
@@ -453,8 +452,9 @@ impl Status {
         for t in &self.tunnels {
             let _ = writeln!(
                 s,
-                "  #{} {} {} {} {} {} (opened by {}) via {}{}: tx {} pkts {} B, rx {} pkts {} B, last rx {}{}",
+                "  #{} {} → {} {} {} {} {} (opened by {}) via {}{}: tx {} pkts {} B, rx {} pkts {} B, last rx {}{}",
                 t.id,
+                t.gn,
                 t.peer_fqdn,
                 t.peer_vip,
                 t.path,
@@ -520,6 +520,42 @@ impl Status {
 }
 
 /// A value, or `-` when there is none.
+/// A GN's registration line and its LAN line.
+fn render_gn(s: &mut String, view: &GnView) {
+    let r = &view.registration;
+    let _ = writeln!(
+        s,
+        "gn {}: {} with DC {}: vip {}/{} node id {} local {} observed {} behind NAT {}",
+        r.fqdn,
+        if r.registered {
+            "registered"
+        } else {
+            "NOT registered"
+        },
+        r.dc,
+        opt(r.vip.map(|v| v.to_string())),
+        opt(r.prefix_len.map(|v| v.to_string())),
+        opt(r.node_id.map(|v| v.to_string())),
+        r.local_addr,
+        opt(r.observed.map(|v| v.to_string())),
+        opt(r.behind_nat.map(|v| v.to_string())),
+    );
+    let g = &view.gn;
+    let _ = writeln!(
+        s,
+        "  lan: vip {} mac {} lease {} (router {}/{})",
+        opt(g.vip.map(|v| v.to_string())),
+        opt(g.mac.clone()),
+        if g.lease_bound {
+            format!("bound, {} s left", g.lease_remaining_secs.unwrap_or(0))
+        } else {
+            "none".into()
+        },
+        g.router,
+        g.prefix_len
+    );
+}
+
 fn opt(v: Option<String>) -> String {
     v.unwrap_or_else(|| "-".into())
 }
@@ -594,25 +630,27 @@ pub(crate) mod tests {
             name: "ntma".into(),
             pid: 7,
             uptime_secs: 3.5,
-            registration: RegistrationStatus {
-                fqdn: "gn.ntm.test".into(),
-                dc: "198.18.0.2:7710".parse().unwrap(),
-                registered: true,
-                vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
-                prefix_len: Some(10),
-                node_id: Some(9),
-                local_addr: "192.168.10.2:7700".parse().unwrap(),
-                observed: Some("198.18.0.10:7700".parse().unwrap()),
-                behind_nat: Some(true),
-            },
-            gn: GnStatus {
-                vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
-                mac: Some("02:00:00:00:00:0a".into()),
-                lease_bound: true,
-                lease_remaining_secs: Some(590),
-                router: Ipv4Addr::new(100, 64, 0, 1),
-                prefix_len: 10,
-            },
+            gns: vec![GnView {
+                registration: RegistrationStatus {
+                    fqdn: "gn.ntm.test".into(),
+                    dc: "198.18.0.2:7710".parse().unwrap(),
+                    registered: true,
+                    vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
+                    prefix_len: Some(10),
+                    node_id: Some(9),
+                    local_addr: "192.168.10.2:7700".parse().unwrap(),
+                    observed: Some("198.18.0.10:7700".parse().unwrap()),
+                    behind_nat: Some(true),
+                },
+                gn: GnStatus {
+                    vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
+                    mac: Some("02:00:00:00:00:0a".into()),
+                    lease_bound: true,
+                    lease_remaining_secs: Some(590),
+                    router: Ipv4Addr::new(100, 64, 0, 1),
+                    prefix_len: 10,
+                },
+            }],
             datapath: DatapathStatus {
                 mode: "copy".into(),
                 lan_if: "lan0".into(),
@@ -637,6 +675,7 @@ pub(crate) mod tests {
             },
             tunnels: vec![TunnelStatus {
                 id: 3,
+                gn: "gn.ntm.test".into(),
                 peer_fqdn: "cn.ntm.test".into(),
                 peer_vip: Ipv4Addr::new(100, 64, 0, 3),
                 path: "direct".into(),
@@ -712,11 +751,11 @@ pub(crate) mod tests {
     fn render_shows_every_part() {
         let r = sample().render();
         for needle in [
-            "registered as gn.ntm.test",
+            "gn gn.ntm.test: registered",
             "vip 100.64.0.2/10",
             "behind NAT true",
             "AF_XDP copy mode",
-            "#3 cn.ntm.test 100.64.0.3 direct initiator aes-256-gcm (opened by gn) via 198.18.0.20:7700",
+            "#3 gn.ntm.test → cn.ntm.test 100.64.0.3 direct initiator aes-256-gcm (opened by gn) via 198.18.0.20:7700",
             "set up in 3.1 ms",
             "bad_tag=2",
             "dns_too_big=3",
@@ -738,7 +777,7 @@ pub(crate) mod tests {
         s.datapath.link_ready = false;
         let e = s.check().unwrap_err();
         assert!(e.contains("link not ready") && e.contains("gateway"), "{e}");
-        s.registration.registered = false;
+        s.gns[0].registration.registered = false;
         let e = s.check().unwrap_err();
         assert!(e.contains("not registered") && !e.contains('\n'), "{e}");
     }

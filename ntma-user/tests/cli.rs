@@ -42,7 +42,7 @@ fn check_config_accepts_the_example() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(
-            "configuration OK (gn.ntm.test on lan0 / wan0, status socket /run/ntma/ntma.sock)"
+            "configuration OK (gn.ntm.test, gn2.ntm.test on lan0 / wan0, status socket /run/ntma/ntma.sock)"
         ),
         "{text}"
     );
@@ -58,7 +58,7 @@ fn bad_configurations_fail_on_one_line_with_what_to_fix() {
             "key.toml",
             K_NODE,
             "00",
-            "dc.key = (hidden): give K_node as 64 hex digits",
+            "gn[0].key = (hidden): give K_node as 64 hex digits",
         ),
         (
             "mode.toml",

@@ -75,7 +75,7 @@ impl HostNode {
     pub fn ask(&mut self, now: Instant, client: u16, name: &str) -> Result<Handled, DnsDrop> {
         let r = self
             .stub
-            .handle_query(now, client, Transport::Udp, &a_query(name, client));
+            .handle_query(now, client, 0, Transport::Udp, &a_query(name, client));
         self.pump(now);
         r
     }
@@ -136,7 +136,9 @@ impl HostNode {
             while let Some(out) = self.stub.poll_output() {
                 match out {
                     Output::Reply { to, kind, .. } => self.replies.push((to, kind)),
-                    Output::Resolve { fqdn, pending_id } => {
+                    Output::Resolve {
+                        fqdn, pending_id, ..
+                    } => {
                         let _ = self.host.resolve(now, &fqdn, pending_id);
                     }
                     Output::Upstream { .. } => {}

@@ -144,10 +144,11 @@ fn start_ntma(w: &World) -> Result<(Ntma, Ipv4Addr)> {
     let st = ntma.wait("fast path up", |s| !s.datapath.mode.is_empty())?;
     eprintln!(
         "    registered gn.ntm.test: VIP {gn_vip}, observed {} (behind NAT: {}), AF_XDP {} mode",
-        st.registration
+        st.gns[0]
+            .registration
             .observed
             .map_or_else(|| "-".into(), |o| o.to_string()),
-        st.registration.behind_nat.unwrap_or(false),
+        st.gns[0].registration.behind_nat.unwrap_or(false),
         st.datapath.mode
     );
     Ok((ntma, gn_vip))

@@ -56,7 +56,7 @@ mod reload;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
@@ -70,13 +70,15 @@ use ntm_proto::Error;
 
 pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
-use crate::config::{NonVip, Settings};
-use crate::datapath::{Datapath, Link, TunnelStats};
+use crate::config::{GnIdentity, NonVip, Settings};
+use crate::datapath::{Datapath, GnLink, Link, TunnelStats};
 use crate::ebpf::Side;
 use crate::gn::wire::{fragment_ipv4, parse_eth, parse_ipv4, parse_udp, Ipv4Frame};
 use crate::gn::GnDrop;
-use crate::gn::{ConnId, Gn, GnAction, MacAddr, Transport, Unreachable, MAX_FRAME_LEN};
-use crate::status::{GnStatus, RegistrationStatus, SlowPathStatus, TunnelStatus};
+use crate::gn::{
+    ConnId, Gn, GnAction, GnIndex, GnState, MacAddr, Transport, Unreachable, MAX_FRAME_LEN,
+};
+use crate::status::{GnStatus, GnView, RegistrationStatus, SlowPathStatus, TunnelStatus};
 use crate::wire::{ethernet, ipv4, udp};
 
 /// Largest inner packet (an IPv4 packet never exceeds this).
@@ -128,6 +130,59 @@ impl TunnelRec {
     }
 }
 
+/// One GN's protocol side (§6: its own node at the DC): its [`Host`] (the
+/// endpoint with its registration, DC window and tunnels, the hold queue,
+/// pending resolutions) and its tunnels as the control side tracks them.
+/// Slot `i` is GN `i` of the GN services ([`Gn::gns`]).
+struct Slot {
+    host: Host,
+    /// Its identity as configured (a reload keeps the slot while it stays).
+    id: GnIdentity,
+    fqdn: String,
+    /// The VIP the DC assigned (given to the GN by DHCP).
+    vip: Option<Ipv4Addr>,
+    tunnels: BTreeMap<u32, TunnelRec>,
+}
+
+impl Slot {
+    fn new(
+        s: &Settings,
+        gn: &GnIdentity,
+        wan_ip: Ipv4Addr,
+        now: Instant,
+        unix_nanos: u64,
+        seed: [u8; 32],
+    ) -> Result<Slot, String> {
+        let cfg = node::Config {
+            fqdn: gn.fqdn.clone(),
+            key: gn.key.clone(),
+            dc: s.dc,
+            local_addr: SocketAddrV4::new(wan_ip, s.port),
+            caps: Caps::ADAPTER,
+        };
+        let ep = Endpoint::new(cfg, now, unix_nanos, seed)
+            .map_err(|e| format!("cannot start the protocol endpoint of {}: {e}", gn.fqdn))?;
+        let hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
+        Ok(Slot {
+            host: Host::new(ep, hold),
+            id: gn.clone(),
+            fqdn: gn.fqdn.clone(),
+            vip: None,
+            tunnels: BTreeMap::new(),
+        })
+    }
+}
+
+/// Per-GN randomness from the boot seed (each endpoint draws its own
+/// request ids).
+fn slot_seed(seed: [u8; 32], gn: usize) -> [u8; 32] {
+    let mut s = seed;
+    for (b, x) in s.iter_mut().zip((gn as u64).to_le_bytes()) {
+        *b ^= x;
+    }
+    s
+}
+
 /// What the daemon tells [`Control::new`] about the machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Boot {
@@ -147,32 +202,31 @@ pub struct Boot {
 /// the [module docs](self).
 pub struct Control<D: Datapath + ?Sized = dyn Datapath> {
     datapath: Box<D>,
-    /// The GN's endpoint with its names, hold queue and pending resolutions.
-    host: Host,
+    /// One per GN, by [`GnIndex`].
+    slots: Vec<Slot>,
+    /// Which GN each tunnel belongs to.
+    tunnel_gn: HashMap<u32, GnIndex>,
     gn: Gn,
     non_vip: NonVip,
     /// §5 "MTU": longer GN packets are answered with ICMP or fragmented.
     inner_mtu: u16,
     port: u16,
-    fqdn: String,
     dc: SocketAddrV4,
     // What the link is made of, learned at start and while running.
     lan_mac: MacAddr,
     wan_mac: MacAddr,
     wan_ip: Ipv4Addr,
     gateway_mac: Option<MacAddr>,
-    gn_mac: Option<MacAddr>,
-    vip: Option<Ipv4Addr>,
     /// The link last given to the datapath.
     published: Option<Link>,
-    tunnels: BTreeMap<u32, TunnelRec>,
+    /// The GNs last given to the datapath.
+    published_gns: Vec<GnLink>,
     c: CtlCounters,
     /// Set-up latency (`ntma_tunnel_setup_seconds`), by GN.
     setup: ntm_ops::metrics::SetupHistograms,
     buf: Vec<u8>,
     frame: Vec<u8>,
 }
-
 /// The source and destination port and payload of an unfragmented UDP
 /// datagram in an Ethernet frame.
 #[cfg(test)]
@@ -214,41 +268,39 @@ fn is_unicast_host(ip: Ipv4Addr) -> bool {
 }
 
 impl<D: Datapath + ?Sized> Control<D> {
-    /// Starts the endpoint (its first REG_REQ goes out at the first pump)
-    /// and the GN services with the NIC's MAC.
+    /// Starts one endpoint per GN (their first REG_REQs go out at the first
+    /// pump) and the GN services with the NIC's MAC.
     pub fn new(s: &Settings, boot: Boot, datapath: Box<D>, now: Instant) -> Result<Self, String> {
-        let cfg = node::Config {
-            fqdn: s.fqdn.clone(),
-            key: s.key.clone(),
-            dc: s.dc,
-            local_addr: SocketAddrV4::new(boot.wan_ip, s.port),
-            caps: Caps::ADAPTER,
-        };
-        let ep = Endpoint::new(cfg, now, boot.unix_nanos, boot.seed)
-            .map_err(|e| format!("cannot start the protocol endpoint: {e}"))?;
+        let slots = s
+            .gns
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let seed = slot_seed(boot.seed, i);
+                Slot::new(s, g, boot.wan_ip, now, boot.unix_nanos, seed)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut gcfg = s.gn.clone();
+        gcfg.gns = s.gns.iter().map(GnIdentity::spec).collect();
         gcfg.ntma_mac = boot.lan_mac;
         gcfg.seed =
             u64::from_le_bytes(boot.seed[8..16].try_into().expect("8 bytes")) ^ boot.unix_nanos;
         let gn = Gn::new(gcfg).map_err(|e| e.to_string())?;
-        let hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
         Ok(Control {
             datapath,
-            host: Host::new(ep, hold),
+            slots,
+            tunnel_gn: HashMap::new(),
             gn,
             non_vip: s.non_vip,
             inner_mtu: s.inner_mtu(),
             port: s.port,
-            fqdn: s.fqdn.clone(),
             dc: s.dc,
             lan_mac: boot.lan_mac,
             wan_mac: boot.wan_mac,
             wan_ip: boot.wan_ip,
             gateway_mac: None,
-            gn_mac: None,
-            vip: None,
             published: None,
-            tunnels: BTreeMap::new(),
+            published_gns: Vec::new(),
             c: CtlCounters::default(),
             setup: ntm_ops::metrics::setup_histograms(),
             buf: vec![0u8; MAX_INNER + OVERHEAD],
@@ -281,9 +333,14 @@ impl<D: Datapath + ?Sized> Control<D> {
         &self.gn
     }
 
-    /// The protocol endpoint.
-    pub fn endpoint(&self) -> &Endpoint {
-        self.host.endpoint()
+    /// The protocol endpoint of GN `gn`.
+    pub fn endpoint(&self, gn: GnIndex) -> Option<&Endpoint> {
+        self.slots.get(gn).map(|s| s.host.endpoint())
+    }
+
+    /// Every GN's endpoint, by [`GnIndex`].
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> + '_ {
+        self.slots.iter().map(|s| s.host.endpoint())
     }
 
     /// The link published to the datapath, if complete.
@@ -291,15 +348,23 @@ impl<D: Datapath + ?Sized> Control<D> {
         self.published
     }
 
+    /// The GNs published to the datapath.
+    pub fn published_gns(&self) -> &[GnLink] {
+        &self.published_gns
+    }
+
     // ----- inputs -------------------------------------------------------
 
-    /// Sends the first REG_REQ; call once after [`Control::new`].
+    /// Sends the first REG_REQs; call once after [`Control::new`].
     pub fn start(&mut self, now: Instant, io: &impl Io) {
         self.pump(now, io);
     }
 
     /// A datagram on the tunnel port (signaling; DATA goes to the fast path).
     /// Tunnel signaling is opened in place (suite 2 decrypts it), hence `&mut`.
+    /// It goes to the GN whose endpoint claims it ([`Host::claims`]: by tunnel
+    /// id, node id, or the REQ_ID of its registration); one that no GN claims
+    /// goes to the first GN's, which counts it by the reason it fails.
     pub fn on_wan_datagram(
         &mut self,
         now: Instant,
@@ -318,7 +383,12 @@ impl<D: Datapath + ?Sized> Control<D> {
             self.c.drop(CtlDrop::DataViaKernel);
             return;
         }
-        if let Err(e) = self.host.handle(now, from, bytes) {
+        let gn = self
+            .slots
+            .iter()
+            .position(|s| s.host.claims(from, bytes))
+            .unwrap_or(0);
+        if let Err(e) = self.slots[gn].host.handle(now, from, bytes) {
             // Counted by reason in the endpoint's drop counters.
             tracing::trace!(%from, reason = e.name(), "dropped a datagram");
         }
@@ -335,7 +405,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         self.pump(now, io);
     }
 
-    /// A frame from the fast path's slow queue. From the GN ([`Side::Lan`]):
+    /// A frame from the fast path's slow queue. From a GN ([`Side::Lan`]):
     /// a packet to a VIP without a tunnel, or anything while the link is not
     /// ready; it goes the way of a frame from the raw socket (the GN
     /// services learn the GN's MAC from it). From the uplink
@@ -395,7 +465,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         taken
     }
 
-    /// Bytes read from the GN's TCP connection `conn`.
+    /// Bytes read from a GN's TCP connection `conn`.
     pub fn on_tcp_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8], io: &impl Io) {
         self.gn.tcp_data(now, conn, bytes);
         self.pump(now, io);
@@ -414,26 +484,33 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     /// Runs the timers that are due.
     pub fn on_timeout(&mut self, now: Instant, io: &impl Io) {
-        let n = self.host.handle_timeout(now);
-        self.c.drop_n(CtlDrop::HoldExpired, n);
+        for slot in &mut self.slots {
+            let n = slot.host.handle_timeout(now);
+            self.c.drop_n(CtlDrop::HoldExpired, n);
+        }
         self.gn.handle_timeout(now);
         self.pump(now, io);
     }
 
     /// When [`Control::on_timeout`] must run next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.host.poll_timeout(), self.gn.poll_timeout()]
-            .into_iter()
-            .flatten()
+        self.slots
+            .iter()
+            .filter_map(|s| s.host.poll_timeout())
+            .chain(self.gn.poll_timeout())
             .min()
     }
 
-    /// Reads the fast path's per-tunnel counters and tells the endpoint
+    /// Reads the fast path's per-tunnel counters and tells each endpoint
     /// about receive activity (lifetime, roaming) and send activity
     /// (keep-alives only on idle tunnels). Call a few times a second.
     pub fn poll_activity(&mut self, now: Instant, io: &impl Io) {
         for s in self.datapath.tunnel_stats() {
-            let Some(rec) = self.tunnels.get_mut(&s.tunnel_id) else {
+            let Some(&gn) = self.tunnel_gn.get(&s.tunnel_id) else {
+                continue;
+            };
+            let slot = &mut self.slots[gn];
+            let Some(rec) = slot.tunnels.get_mut(&s.tunnel_id) else {
                 continue;
             };
             let (rx_before, tx_before) = rec
@@ -442,10 +519,10 @@ impl<D: Datapath + ?Sized> Control<D> {
                 .map_or((0, 0), |b| (b.rx_accepted(), b.tx_packets));
             if s.rx_accepted() > rx_before {
                 let from = s.last_rx_from.unwrap_or(s.endpoint);
-                self.host.endpoint_mut().note_rx(s.tunnel_id, now, from);
+                slot.host.endpoint_mut().note_rx(s.tunnel_id, now, from);
             }
             if s.tx_packets > tx_before {
-                self.host.endpoint_mut().note_tx(s.tunnel_id, now);
+                slot.host.endpoint_mut().note_tx(s.tunnel_id, now);
             }
             rec.stats = Some(s);
         }
@@ -453,14 +530,16 @@ impl<D: Datapath + ?Sized> Control<D> {
     }
 
     /// The uplink's address, checked every second: a change re-registers
-    /// and tells peers (roaming).
+    /// every GN and tells peers (roaming).
     pub fn set_wan_ip(&mut self, now: Instant, ip: Ipv4Addr, io: &impl Io) {
         if ip != self.wan_ip {
             tracing::info!(old = %self.wan_ip, new = %ip, "uplink address changed: re-registering and telling peers");
             self.wan_ip = ip;
-            self.host
-                .endpoint_mut()
-                .handle_local_addr_change(now, SocketAddrV4::new(ip, self.port));
+            for slot in &mut self.slots {
+                slot.host
+                    .endpoint_mut()
+                    .handle_local_addr_change(now, SocketAddrV4::new(ip, self.port));
+            }
         }
         self.pump(now, io);
     }
@@ -477,12 +556,16 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    /// Deregisters (DEREG) and removes every tunnel from the datapath.
+    /// Deregisters every GN (DEREG) and removes every tunnel from the datapath.
     pub fn close(&mut self, now: Instant, io: &impl Io) {
-        self.host.endpoint_mut().close(now);
+        for slot in &mut self.slots {
+            slot.host.endpoint_mut().close(now);
+        }
         self.pump(now, io);
         self.datapath.set_link(None);
+        self.datapath.set_gns(&[]);
         self.published = None;
+        self.published_gns.clear();
     }
 
     // ----- packets ------------------------------------------------------
@@ -492,8 +575,9 @@ impl<D: Datapath + ?Sized> Control<D> {
     fn kernel_frame(&mut self, now: Instant, frame: &Ipv4Frame<'_>, io: &impl Io) {
         let dst = frame.dst();
         let router = self.gn.config().router;
-        if dst == router || !is_unicast_host(dst) || Some(dst) == self.vip {
-            // The kernel's own business (ping to the router, broadcasts).
+        if dst == router || !is_unicast_host(dst) || self.gn.is_gn_vip(dst) {
+            // The kernel's own business (ping to the router, broadcasts), or
+            // traffic between two GNs, which stays on their network (§6).
             return;
         }
         if self.gn.config().in_vip_prefix(dst) {
@@ -508,28 +592,29 @@ impl<D: Datapath + ?Sized> Control<D> {
         // NonVip::Nat: the kernel forwards and masquerades it.
     }
 
-    /// A packet from the GN to a VIP that the fast path could not send.
+    /// A packet from a GN to a VIP that the fast path could not send: it
+    /// goes through that GN's own tunnel to the destination.
     fn vip_packet(&mut self, now: Instant, f: &Ipv4Frame<'_>, io: &impl Io) {
-        // The fast path's checks, for what it handed over: only the GN's own
+        // The fast path's checks, for what it handed over: only the GNs' own
         // packets, and none longer than the inner MTU (§5 "MTU").
-        if Some(f.src()) != self.vip {
+        let Some(gn) = self.gn.gn_of_vip(f.src()) else {
             self.c.drop(CtlDrop::BadSource);
             return;
-        }
+        };
         if f.packet().len() > usize::from(self.inner_mtu) {
             self.too_big(now, f, io);
             return;
         }
         let (dst, frame) = (f.dst(), f.frame());
-        match self.host.route(now, dst) {
+        match self.slots[gn].host.route(now, dst) {
             // Up, but the fast path had not been told yet.
             Ok(Way::Send) => {
-                self.send_through(now, f, io);
+                self.send_through(now, gn, f, io);
             }
-            Ok(Way::Hold) => self.hold_frame(now, dst, frame),
+            Ok(Way::Hold) => self.hold_frame(now, gn, dst, frame),
             Ok(Way::Connected) => {
                 self.c.stat(CtlStat::Connects);
-                self.hold_frame(now, dst, frame);
+                self.hold_frame(now, gn, dst, frame);
             }
             Err(why) => {
                 self.c.drop(match why {
@@ -572,16 +657,23 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    fn hold_frame(&mut self, now: Instant, dst: Ipv4Addr, frame: &[u8]) {
-        match self.host.hold(now, dst, frame) {
+    fn hold_frame(&mut self, now: Instant, gn: GnIndex, dst: Ipv4Addr, frame: &[u8]) {
+        match self.slots[gn].host.hold(now, dst, frame) {
             Ok(()) => self.c.stat(CtlStat::Held),
             Err(_) => self.c.drop(CtlDrop::HoldFull),
         }
     }
 
-    /// Sends the IPv4 packet of `frame` as DATA from the kernel socket.
-    fn send_through(&mut self, now: Instant, frame: &Ipv4Frame<'_>, io: &impl Io) -> bool {
-        match self.host.send_data(now, frame.packet(), &mut self.buf) {
+    /// Sends the IPv4 packet of `frame` as GN `gn`'s DATA from the kernel socket.
+    fn send_through(
+        &mut self,
+        now: Instant,
+        gn: GnIndex,
+        frame: &Ipv4Frame<'_>,
+        io: &impl Io,
+    ) -> bool {
+        let host = &mut self.slots[gn].host;
+        match host.send_data(now, frame.packet(), &mut self.buf) {
             Ok(t) => {
                 if io.send_wan(t.dst, &self.buf[..t.len]) {
                     self.c.stat(CtlStat::DataTx);
@@ -609,38 +701,15 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     // ----- outputs ------------------------------------------------------
 
-    /// Drains every output until nothing more comes. The endpoint's events
-    /// go first: a tunnel the DC directed is in the fast path before its
-    /// TUN_REQ or TUN_RESP leaves, and a tunnel's held packets leave after the
-    /// TUN_RESP that brought it up.
+    /// Drains every output until nothing more comes. Each GN's endpoint
+    /// events go first: a tunnel the DC directed is in the fast path before
+    /// its TUN_REQ or TUN_RESP leaves, and a tunnel's held packets leave
+    /// after the TUN_RESP that brought it up.
     fn pump(&mut self, now: Instant, io: &impl Io) {
         loop {
             let mut busy = false;
-            while let Some(ev) = self.host.poll_event(now) {
-                self.on_event(now, ev);
-                busy = true;
-            }
-            while let Some(t) = self
-                .host
-                .poll_transmit(now, &mut self.buf[..MAX_SIGNALING_LEN])
-            {
-                if !io.send_wan(t.dst, &self.buf[..t.len]) {
-                    self.c.drop(CtlDrop::WanSendFailed);
-                }
-                busy = true;
-            }
-            while let Some((_, packets)) = self.host.poll_released() {
-                for held in packets {
-                    // Held frames were parsed before; parsed again from the queue.
-                    let Ok(f) = Ipv4Frame::parse(&held, GnDrop::Ipv4Malformed) else {
-                        self.c.drop(CtlDrop::SlowFrameMalformed);
-                        continue;
-                    };
-                    if self.send_through(now, &f, io) {
-                        self.c.stat(CtlStat::Released);
-                    }
-                }
-                busy = true;
+            for gn in 0..self.slots.len() {
+                busy |= self.pump_host(now, gn, io);
             }
             while let Some(a) = self.gn.poll_action() {
                 self.on_action(now, a, io);
@@ -659,9 +728,41 @@ impl<D: Datapath + ?Sized> Control<D> {
         self.publish_link();
     }
 
-    fn on_event(&mut self, now: Instant, ev: HostEvent) {
+    /// One GN's host outputs; whether there were any.
+    fn pump_host(&mut self, now: Instant, gn: GnIndex, io: &impl Io) -> bool {
+        let mut busy = false;
+        while let Some(ev) = self.slots[gn].host.poll_event(now) {
+            self.on_event(now, gn, ev);
+            busy = true;
+        }
+        while let Some(t) = self.slots[gn]
+            .host
+            .poll_transmit(now, &mut self.buf[..MAX_SIGNALING_LEN])
+        {
+            if !io.send_wan(t.dst, &self.buf[..t.len]) {
+                self.c.drop(CtlDrop::WanSendFailed);
+            }
+            busy = true;
+        }
+        while let Some((_, packets)) = self.slots[gn].host.poll_released() {
+            for held in packets {
+                // Held frames were parsed before; parsed again from the queue.
+                let Ok(f) = Ipv4Frame::parse(&held, GnDrop::Ipv4Malformed) else {
+                    self.c.drop(CtlDrop::SlowFrameMalformed);
+                    continue;
+                };
+                if self.send_through(now, gn, &f, io) {
+                    self.c.stat(CtlStat::Released);
+                }
+            }
+            busy = true;
+        }
+        busy
+    }
+
+    fn on_event(&mut self, now: Instant, gn: GnIndex, ev: HostEvent) {
         match ev {
-            HostEvent::Endpoint(ev) => self.on_endpoint_event(ev),
+            HostEvent::Endpoint(ev) => self.on_endpoint_event(gn, ev),
             HostEvent::Answer {
                 pending_id,
                 outcome,
@@ -670,21 +771,21 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    fn on_endpoint_event(&mut self, ev: Event) {
+    fn on_endpoint_event(&mut self, gn: GnIndex, ev: Event) {
         match ev {
             // The host logged it.
             Event::Registered { vip, .. } => {
                 self.c.stat(CtlStat::Registrations);
-                self.give_vip(vip);
+                self.give_vip(gn, vip);
             }
             Event::RegistrationFailed { reason } => {
-                tracing::warn!(dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, dc.fqdn and dc.key against the DC's configuration)");
+                tracing::warn!(gn = %self.slots[gn].fqdn, dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, and this [[gn]] entry's fqdn and key against the DC's configuration)");
             }
             // The host logged it, answered the DNS and gave up the packets.
             Event::DirectionResolved { .. } => {}
-            Event::TunnelAdded(t) => self.on_tunnel_added(t),
-            Event::TunnelUp(t) => self.on_tunnel_up(t),
-            Event::TunnelDown { tunnel_id, reason } => self.on_tunnel_down(tunnel_id, reason),
+            Event::TunnelAdded(t) => self.on_tunnel_added(gn, t),
+            Event::TunnelUp(t) => self.on_tunnel_up(gn, t),
+            Event::TunnelDown { tunnel_id, reason } => self.on_tunnel_down(gn, tunnel_id, reason),
             Event::EndpointChanged {
                 tunnel_id,
                 endpoint,
@@ -700,40 +801,44 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    /// The DC gave us `vip`: the GN gets it by DHCP.
-    fn give_vip(&mut self, vip: Ipv4Addr) {
-        match self.gn.set_vip(Some(vip)) {
-            Ok(()) => self.vip = Some(vip),
+    /// The DC gave GN `gn` its `vip`: the GN gets it by DHCP.
+    fn give_vip(&mut self, gn: GnIndex, vip: Ipv4Addr) {
+        match self.gn.set_vip(gn, Some(vip)) {
+            Ok(()) => self.slots[gn].vip = Some(vip),
             Err(e) => {
-                tracing::error!(error = %e, "cannot give the GN its VIP");
-                self.vip = None;
+                tracing::error!(gn = %self.slots[gn].fqdn, error = %e, "cannot give the GN its VIP");
+                self.slots[gn].vip = None;
             }
         }
     }
 
     /// The DC directed a tunnel: it receives from now on.
-    fn on_tunnel_added(&mut self, t: TunnelParams) {
+    fn on_tunnel_added(&mut self, gn: GnIndex, t: TunnelParams) {
         self.c.stat(CtlStat::TunnelsAdded);
-        tracing::debug!(tunnel = %t, "tunnel directed: receiving");
+        tracing::debug!(gn = %self.slots[gn].fqdn, tunnel = %t, "tunnel directed: receiving");
         if let Err(e) = self.datapath.add_tunnel(&t) {
             // The endpoint prepared the same keys for the same suite: not reached.
             tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the datapath refused a tunnel");
         }
-        self.tunnels
+        self.tunnel_gn.insert(t.tunnel_id, gn);
+        self.slots[gn]
+            .tunnels
             .insert(t.tunnel_id, TunnelRec::new(t.peer_fqdn));
     }
 
     /// A tunnel is up: it sends too, and the packets held for its peer go
     /// after the endpoint's transmits (a TUN_RESP first, then DATA).
-    fn on_tunnel_up(&mut self, t: TunnelParams) {
+    fn on_tunnel_up(&mut self, gn: GnIndex, t: TunnelParams) {
         self.c.stat(CtlStat::TunnelsUp);
-        let setup = self.host.setup_time(t.tunnel_id);
+        let slot = &mut self.slots[gn];
+        let setup = slot.host.setup_time(t.tunnel_id);
         if let Some(d) = setup {
             self.setup
-                .get_or_create(&ntm_ops::metrics::labels([("gn", &self.fqdn)]))
+                .get_or_create(&ntm_ops::metrics::labels([("gn", &slot.fqdn)]))
                 .observe(d.as_secs_f64());
         }
         tracing::info!(
+            gn = %slot.fqdn,
             tunnel = %t,
             setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
             "tunnel up"
@@ -741,32 +846,37 @@ impl<D: Datapath + ?Sized> Control<D> {
         if let Err(e) = self.datapath.tunnel_up(&t) {
             tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the datapath refused a tunnel");
         }
-        self.tunnels
+        self.tunnel_gn.insert(t.tunnel_id, gn);
+        slot.tunnels
             .entry(t.tunnel_id)
             .or_insert_with(|| TunnelRec::new(t.peer_fqdn.clone()));
     }
 
-    fn on_tunnel_down(&mut self, tunnel_id: u32, reason: DownReason) {
+    fn on_tunnel_down(&mut self, gn: GnIndex, tunnel_id: u32, reason: DownReason) {
         self.c.stat(CtlStat::TunnelsDown);
         self.datapath.remove_tunnel(tunnel_id);
-        let rec = self.tunnels.remove(&tunnel_id);
+        self.tunnel_gn.remove(&tunnel_id);
+        let slot = &mut self.slots[gn];
+        let rec = slot.tunnels.remove(&tunnel_id);
         let peer = rec.as_ref().map(|r| r.peer_fqdn.as_str()).unwrap_or("?");
         if matches!(reason, DownReason::Expired | DownReason::Closed) {
-            tracing::info!(tunnel_id, peer, ?reason, "tunnel down");
+            tracing::info!(gn = %slot.fqdn, tunnel_id, peer, ?reason, "tunnel down");
         } else {
-            tracing::warn!(tunnel_id, peer, ?reason, "tunnel down");
+            tracing::warn!(gn = %slot.fqdn, tunnel_id, peer, ?reason, "tunnel down");
         }
     }
 
     fn on_action(&mut self, now: Instant, a: GnAction, io: &impl Io) {
         match a {
-            GnAction::Resolve { fqdn, pending_id } => {
-                match self.host.resolve(now, &fqdn, pending_id) {
-                    Ok(_) => self.c.stat(CtlStat::Connects),
-                    // Answered with NXDOMAIN or SERVFAIL at the next poll.
-                    Err(e) => tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC"),
-                }
-            }
+            GnAction::Resolve {
+                gn,
+                fqdn,
+                pending_id,
+            } => match self.slots[gn].host.resolve(now, &fqdn, pending_id) {
+                Ok(_) => self.c.stat(CtlStat::Connects),
+                // Answered with NXDOMAIN or SERVFAIL at the next poll.
+                Err(e) => tracing::debug!(peer = %fqdn, error = %e, "cannot ask the DC"),
+            },
             GnAction::Upstream {
                 upstream_id,
                 payload,
@@ -786,50 +896,82 @@ impl<D: Datapath + ?Sized> Control<D> {
                 }
             }
             GnAction::TcpClose { conn } => io.close_tcp(conn),
-            GnAction::GnMac { mac } => {
-                tracing::info!(gn_mac = %mac, "GN MAC learned");
-                self.gn_mac = Some(mac);
+            // The link is published after the pump.
+            GnAction::GnMac { gn, mac } => {
+                tracing::info!(gn = %self.slots[gn].fqdn, gn_mac = %mac, "GN MAC learned");
             }
-            GnAction::LeaseBound { vip, mac } => {
-                tracing::info!(%vip, %mac, "the GN took its VIP (DHCPACK)");
-                self.gn_mac = Some(mac);
+            GnAction::LeaseBound { gn, vip, mac } => {
+                tracing::info!(gn = %self.slots[gn].fqdn, %vip, %mac, "the GN took its VIP (DHCPACK)");
             }
-            GnAction::LeaseEnded { vip } => {
-                tracing::info!(%vip, "the GN's lease ended");
+            GnAction::LeaseEnded { gn, vip } => {
+                tracing::info!(gn = %self.slots[gn].fqdn, %vip, "the GN's lease ended");
             }
         }
     }
 
+    /// Gives the datapath the link (once the uplink's next hop is known) and
+    /// every GN that has a VIP, with its MAC when known.
     fn publish_link(&mut self) {
-        let link = match (self.vip, self.gn_mac, self.gateway_mac) {
-            (Some(gn_vip), Some(gn_mac), Some(gateway_mac)) => Some(Link {
-                gn_vip,
-                gn_mac,
-                lan_mac: self.lan_mac,
-                wan_mac: self.wan_mac,
-                wan_ip: self.wan_ip,
-                wan_port: self.port,
-                gateway_mac,
-            }),
-            _ => None,
-        };
+        let link = self.gateway_mac.map(|gateway_mac| Link {
+            lan_mac: self.lan_mac,
+            wan_mac: self.wan_mac,
+            wan_ip: self.wan_ip,
+            wan_port: self.port,
+            gateway_mac,
+        });
         if link != self.published {
             if let Some(k) = &link {
-                tracing::info!(gn_vip = %k.gn_vip, gn_mac = %k.gn_mac, wan = %SocketAddrV4::new(k.wan_ip, k.wan_port), gateway_mac = %k.gateway_mac, "datapath link ready");
+                tracing::info!(wan = %SocketAddrV4::new(k.wan_ip, k.wan_port), gateway_mac = %k.gateway_mac, "datapath link ready");
             }
             self.datapath.set_link(link);
             self.published = link;
+        }
+        let gns = self.gn.gns();
+        let changed = self.published_gns.len() != gns.iter().filter(|g| g.vip().is_some()).count()
+            || gns
+                .iter()
+                .filter_map(|g| {
+                    Some(GnLink {
+                        vip: g.vip()?,
+                        mac: g.mac(),
+                    })
+                })
+                .zip(&self.published_gns)
+                .any(|(a, b)| a != *b);
+        if changed {
+            self.published_gns = gns
+                .iter()
+                .filter_map(|g| {
+                    Some(GnLink {
+                        vip: g.vip()?,
+                        mac: g.mac(),
+                    })
+                })
+                .collect();
+            tracing::debug!(gns = self.published_gns.len(), "datapath GNs updated");
+            self.datapath.set_gns(&self.published_gns);
         }
     }
 
     // ----- status -------------------------------------------------------
 
-    /// Registration part of the status.
-    pub fn registration_status(&self) -> RegistrationStatus {
-        let ep = self.host.endpoint();
+    /// Each GN: its registration and its lease.
+    pub fn gn_status(&self, now: Instant) -> Vec<GnView> {
+        self.slots
+            .iter()
+            .zip(self.gn.gns())
+            .map(|(slot, st)| GnView {
+                registration: self.registration_status(slot),
+                gn: self.lease_status(st, now),
+            })
+            .collect()
+    }
+
+    fn registration_status(&self, slot: &Slot) -> RegistrationStatus {
+        let ep = slot.host.endpoint();
         let reg = ep.registration();
         RegistrationStatus {
-            fqdn: self.fqdn.clone(),
+            fqdn: slot.fqdn.clone(),
             dc: self.dc,
             registered: reg.is_some(),
             vip: reg.map(|r| r.vip.addr),
@@ -841,9 +983,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    /// GN part of the status.
-    pub fn gn_status(&self, now: Instant) -> GnStatus {
-        let st = self.gn.state();
+    fn lease_status(&self, st: &GnState, now: Instant) -> GnStatus {
         let lease = st.active_lease(now);
         GnStatus {
             vip: st.vip(),
@@ -855,47 +995,56 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
     }
 
-    /// Tunnels, with the datapath's counters as last polled.
+    /// Every GN's tunnels, with the datapath's counters as last polled.
     pub fn tunnel_status(&self, now: Instant) -> Vec<TunnelStatus> {
         let mut v: Vec<TunnelStatus> = self
-            .host
-            .endpoint()
-            .tunnels()
-            .map(|node::TunnelInfo { params: t, up }| {
-                let rec = self.tunnels.get(&t.tunnel_id);
-                let a = rec.and_then(|r| r.stats.as_ref());
-                let setup = rec.and(self.host.setup_time(t.tunnel_id));
-                TunnelStatus {
-                    id: t.tunnel_id,
-                    peer_fqdn: t.peer_fqdn,
-                    peer_vip: t.peer_vip,
-                    path: t.path.name().to_owned(),
-                    role: t.role.name().to_owned(),
-                    suite: t.suite.name().to_owned(),
-                    endpoint: t.endpoint,
-                    up,
-                    tx_packets: a.map_or(0, |a| a.tx_packets),
-                    tx_bytes: a.map_or(0, |a| a.tx_bytes),
-                    rx_packets: a.map_or(0, |a| a.rx_packets),
-                    rx_bytes: a.map_or(0, |a| a.rx_bytes),
-                    last_rx_secs_ago: a
-                        .and_then(|a| a.last_rx)
-                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-                    setup_ms: setup.map(|d| d.as_secs_f64() * 1e3),
-                    opened_by: match rec {
-                        Some(_) if setup.is_some() => "gn",
-                        Some(_) if up => "peer",
-                        _ => "-",
-                    }
-                    .to_owned(),
-                }
+            .slots
+            .iter()
+            .flat_map(|slot| {
+                slot.host
+                    .endpoint()
+                    .tunnels()
+                    .map(move |info| Self::one_tunnel(slot, info, now))
             })
             .collect();
         v.sort_by_key(|t| t.id);
         v
     }
 
-    /// Slow-path counters: the GN services', the endpoint's and our own.
+    fn one_tunnel(slot: &Slot, info: node::TunnelInfo, now: Instant) -> TunnelStatus {
+        let node::TunnelInfo { params: t, up } = info;
+        let rec = slot.tunnels.get(&t.tunnel_id);
+        let a = rec.and_then(|r| r.stats.as_ref());
+        let setup = rec.and(slot.host.setup_time(t.tunnel_id));
+        TunnelStatus {
+            id: t.tunnel_id,
+            gn: slot.fqdn.clone(),
+            peer_fqdn: t.peer_fqdn,
+            peer_vip: t.peer_vip,
+            path: t.path.name().to_owned(),
+            role: t.role.name().to_owned(),
+            suite: t.suite.name().to_owned(),
+            endpoint: t.endpoint,
+            up,
+            tx_packets: a.map_or(0, |a| a.tx_packets),
+            tx_bytes: a.map_or(0, |a| a.tx_bytes),
+            rx_packets: a.map_or(0, |a| a.rx_packets),
+            rx_bytes: a.map_or(0, |a| a.rx_bytes),
+            last_rx_secs_ago: a
+                .and_then(|a| a.last_rx)
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            setup_ms: setup.map(|d| d.as_secs_f64() * 1e3),
+            opened_by: match rec {
+                Some(_) if setup.is_some() => "gn",
+                Some(_) if up => "peer",
+                _ => "-",
+            }
+            .to_owned(),
+        }
+    }
+
+    /// Slow-path counters: the GN services', the endpoints' (summed over
+    /// the GNs) and our own.
     pub fn slow_path_status(&self) -> SlowPathStatus {
         let mut drops = BTreeMap::new();
         let mut stats = BTreeMap::new();
@@ -906,10 +1055,8 @@ impl<D: Datapath + ?Sized> Control<D> {
             stats.insert(s.name().to_owned(), n);
         }
         for e in Error::ALL {
-            drops.insert(
-                format!("proto_{}", e.name()),
-                self.host.endpoint().drops().get(e),
-            );
+            let n = self.endpoints().map(|ep| ep.drops().get(e)).sum();
+            drops.insert(format!("proto_{}", e.name()), n);
         }
         for (d, n) in self.c.drops() {
             drops.insert(d.name().to_owned(), n);
@@ -917,7 +1064,8 @@ impl<D: Datapath + ?Sized> Control<D> {
         for (s, n) in self.c.stats() {
             stats.insert(s.name().to_owned(), n);
         }
-        stats.insert("held_now".into(), self.host.held() as u64);
+        let held: usize = self.slots.iter().map(|s| s.host.held()).sum();
+        stats.insert("held_now".into(), held as u64);
         stats.insert("dns_tcp_open".into(), self.gn.tcp_open() as u64);
         SlowPathStatus { drops, stats }
     }

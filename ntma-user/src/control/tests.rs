@@ -243,12 +243,18 @@ impl World {
     /// The adapter seen from the internet at `ntma_public` (a NAT when it
     /// differs from its own address), tunnels in DC suite `suite`.
     fn with(non_vip: NonVip, ntma_public: SocketAddrV4, suite: u8) -> World {
+        let s = settings(non_vip);
+        World::build(s, ntma_public, suite, &["gn.ntm.test", "cn.ntm.test"])
+    }
+
+    /// An adapter with settings `s`, a DC that knows `known` (FQDNs).
+    fn build(s: Settings, ntma_public: SocketAddrV4, suite: u8, known: &[&str]) -> World {
         let now = Instant::now();
         let dc_cfg = ntm_dc::Config {
             listen: DC,
             tunnel_lifetime_secs: LIFETIME_SECS,
             tunnel_suite: suite,
-            nodes: ["gn.ntm.test", "cn.ntm.test"]
+            nodes: known
                 .iter()
                 .map(|f| ntm_dc::NodeEntry::new(f, &key(f)))
                 .collect(),
@@ -269,7 +275,7 @@ impl World {
             dp: Arc::new(DatapathState::new(&DatapathStateConfig::default()).unwrap()),
             activity: RefCell::default(),
         };
-        let ctl = Control::new(&settings(non_vip), boot, Box::new(plane), now).unwrap();
+        let ctl = Control::new(&s, boot, Box::new(plane), now).unwrap();
         let cn = Endpoint::new(
             NodeConfig {
                 fqdn: "cn.ntm.test".into(),
@@ -416,7 +422,7 @@ impl World {
     }
 
     fn gn_vip(&self) -> Ipv4Addr {
-        self.ctl.gn().state().vip().expect("registered")
+        self.ctl.gn().gns()[0].vip().expect("registered")
     }
 
     fn cn_vip(&self) -> Ipv4Addr {
@@ -456,7 +462,12 @@ impl World {
     /// The GN asks the router for `name` A; returns the answer frame's message.
     fn gn_dns(&mut self, name: &str) -> Message {
         let frame = dns_query_frame(self.gn_vip(), name);
-        self.ctl.on_lan_frame(self.now, &frame, &self.io);
+        self.dns_answer(&frame)
+    }
+
+    /// The answer to the DNS query in `frame`.
+    fn dns_answer(&mut self, frame: &[u8]) -> Message {
+        self.ctl.on_lan_frame(self.now, frame, &self.io);
         self.collect();
         self.settle();
         let frames = self.lan_frames();
@@ -494,6 +505,10 @@ fn is_tunnel_data(d: &[u8]) -> bool {
 }
 
 fn dns_query_frame(src: Ipv4Addr, name: &str) -> Vec<u8> {
+    dns_query_frame_from(src, GN_MAC, name)
+}
+
+fn dns_query_frame_from(src: Ipv4Addr, src_mac: MacAddr, name: &str) -> Vec<u8> {
     let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
     q.metadata.recursion_desired = true;
     q.add_query(Query::query(
@@ -505,7 +520,7 @@ fn dns_query_frame(src: Ipv4Addr, name: &str) -> Vec<u8> {
         &mut f,
         &UdpEnds {
             dst_mac: LAN_MAC,
-            src_mac: GN_MAC,
+            src_mac,
             src_ip: src,
             dst_ip: ROUTER,
             src_port: 40000,
@@ -570,17 +585,23 @@ fn a_records(m: &Message) -> Vec<Ipv4Addr> {
 fn registers_and_publishes_the_link_when_complete() {
     let mut w = World::new(NonVip::IcmpUnreachable);
     let vip = w.gn_vip();
-    assert!(w.ctl.registration_status().registered);
-    assert_eq!(w.ctl.registration_status().behind_nat, Some(false));
-    // No GN MAC and no gateway yet: nothing published.
+    let reg = &w.ctl.gn_status(w.now)[0].registration;
+    assert!(reg.registered);
+    assert_eq!(reg.behind_nat, Some(false));
+    // The GN is known by its VIP; no gateway yet: no link.
+    assert_eq!(w.ctl.published_gns(), [GnLink { vip, mac: None }]);
     assert!(w.ctl.link().is_none());
     w.ctl.set_gateway_mac(Some(GW_MAC));
-    assert!(w.ctl.link().is_none());
+    let link = w.ctl.link().expect("link complete");
     // A frame from the VIP teaches the GN's MAC.
     w.gn_dns("cn.ntm.test");
-    let link = w.ctl.link().expect("link complete");
-    assert_eq!(link.gn_vip, vip);
-    assert_eq!(link.gn_mac, GN_MAC);
+    assert_eq!(
+        w.ctl.published_gns(),
+        [GnLink {
+            vip,
+            mac: Some(GN_MAC)
+        }]
+    );
     assert_eq!(link.gateway_mac, GW_MAC);
     assert_eq!((link.wan_ip, link.wan_port), (*NTMA.ip(), 7700));
     assert!(w.calls().contains(&Call::Link(Some(link))));
@@ -768,7 +789,14 @@ fn tunnel_data_on_the_kernel_socket_is_dropped() {
     // Garbage reaches the endpoint and is counted there.
     w.ctl
         .on_wan_datagram(w.now, SocketAddr::V4(CN), &mut [9, 9, 9], &w.io);
-    assert_eq!(w.ctl.endpoint().drops().get(ntm_proto::Error::Truncated), 1);
+    assert_eq!(
+        w.ctl
+            .endpoint(0)
+            .unwrap()
+            .drops()
+            .get(ntm_proto::Error::Truncated),
+        1
+    );
     // DATA of another protocol version is the endpoint's to count.
     data[0] = 1;
     w.ctl
@@ -1211,4 +1239,134 @@ fn signaling_through_the_slow_queue_sets_tunnels_up() {
         w.settle();
         assert_eq!(w.gn_got.last().map(|f| &f[14..]), Some(&inner[..]));
     }
+}
+
+const GN2_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0c]);
+
+/// An adapter serving gn (any MAC) and gn2 (at [`GN2_MAC`]).
+fn two_gns() -> Settings {
+    let mut c = Config::new("gn.ntm.test", &key("gn.ntm.test"), DC, UPSTREAM);
+    let mut gn2 = crate::config::GnEntry::new("gn2.ntm.test", &key("gn2.ntm.test"));
+    gn2.mac = Some(GN2_MAC.to_string());
+    c.gn.push(gn2);
+    c.hold.timeout_ms = 20_000;
+    c.validate().unwrap()
+}
+
+#[test]
+fn each_gn_registers_as_its_own_node_and_sets_up_its_own_tunnels() {
+    let known = ["gn.ntm.test", "gn2.ntm.test", "cn.ntm.test"];
+    let mut w = World::build(two_gns(), NTMA, 2, &known);
+    let st = w.ctl.gn_status(w.now);
+    assert_eq!(st.len(), 2);
+    let regs: Vec<_> = st.iter().map(|g| &g.registration).collect();
+    assert!(regs.iter().all(|r| r.registered), "{regs:?}");
+    assert_ne!(regs[0].vip, regs[1].vip, "a VIP each");
+    assert_ne!(regs[0].node_id, regs[1].node_id, "a node each");
+    let (vip1, vip2) = (regs[0].vip.unwrap(), regs[1].vip.unwrap());
+    // gn2 is bound to its MAC from the start; both are in the datapath.
+    assert_eq!(
+        w.ctl.published_gns(),
+        [
+            GnLink {
+                vip: vip1,
+                mac: None
+            },
+            GnLink {
+                vip: vip2,
+                mac: Some(GN2_MAC)
+            }
+        ]
+    );
+    // Each resolves cn as itself: two directions, two tunnels.
+    let cn_vip = w.cn_vip();
+    assert_eq!(a_records(&w.gn_dns("cn.ntm.test")), [cn_vip]);
+    let q = dns_query_frame_from(vip2, GN2_MAC, "cn.ntm.test");
+    assert_eq!(a_records(&w.dns_answer(&q)), [cn_vip]);
+    let tunnels = w.ctl.tunnel_status(w.now);
+    let mine: Vec<_> = tunnels.iter().map(|t| (t.gn.as_str(), t.up)).collect();
+    assert_eq!(mine, [("gn.ntm.test", true), ("gn2.ntm.test", true)]);
+    assert_ne!(tunnels[0].id, tunnels[1].id);
+    // Every datagram went to the endpoint it was for: nothing dropped.
+    for ep in w.ctl.endpoints() {
+        assert_eq!(ep.drops().total(), 0, "{:?}", ep.drops());
+    }
+    // Each tunnel is its own GN's: the datapath delivers it to that VIP.
+    let locals: Vec<_> = w
+        .ctl
+        .endpoints()
+        .flat_map(|ep| ep.tunnels().map(|t| t.params.local_vip))
+        .collect();
+    assert_eq!(locals, [vip1, vip2]);
+    // Names of our own GNs are answered at once, without the DC.
+    let dirs = w.dc.stats().dir_reqs;
+    let q = dns_query_frame(vip1, "gn2.ntm.test");
+    assert_eq!(a_records(&w.dns_answer(&q)), [vip2]);
+    assert_eq!(w.dc.stats().dir_reqs, dirs);
+    // Proxy ARP leaves the GNs' VIPs to the GNs.
+    w.ctl
+        .on_lan_frame(w.now, &arp_request(GN_MAC, vip1, vip2), &w.io);
+    assert!(w.lan_frames().is_empty(), "no proxy ARP for a GN's VIP");
+    w.ctl
+        .on_lan_frame(w.now, &arp_request(GN_MAC, vip1, cn_vip), &w.io);
+    assert_eq!(w.lan_frames().len(), 1, "proxy ARP for a peer's VIP");
+}
+
+#[test]
+fn a_gn_the_dc_refuses_stays_unregistered_while_the_other_works() {
+    let mut w = World::build(two_gns(), NTMA, 2, &["gn.ntm.test", "cn.ntm.test"]);
+    let st = w.ctl.gn_status(w.now);
+    assert!(st[0].registration.registered);
+    assert!(!st[1].registration.registered);
+    assert_eq!(w.ctl.published_gns().len(), 1, "only the GN with a VIP");
+    let cn_vip = w.cn_vip();
+    assert_eq!(a_records(&w.gn_dns("cn.ntm.test")), [cn_vip]);
+    assert!(w.ctl.tunnel_status(w.now)[0].up);
+    // gn2 has no VIP: its DHCP gets nothing, counted.
+    let before = w.ctl.gn().counters()[crate::gn::GnDrop::DhcpNoVip];
+    w.ctl.on_lan_frame(w.now, &dhcp_discover(GN2_MAC), &w.io);
+    assert!(w.lan_frames().is_empty());
+    assert_eq!(
+        w.ctl.gn().counters()[crate::gn::GnDrop::DhcpNoVip],
+        before + 1
+    );
+}
+
+fn arp_request(mac: MacAddr, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::new();
+    crate::gn::wire::build_arp_request(&mut f, mac, sender, target);
+    f
+}
+
+fn dhcp_discover(mac: MacAddr) -> Vec<u8> {
+    use dhcproto::v4::{DhcpOption, Message as Dhcp, MessageType as DhcpType};
+    use dhcproto::{Encodable, Encoder};
+    let unspecified = Ipv4Addr::UNSPECIFIED;
+    let mut m = Dhcp::new_with_id(
+        7,
+        unspecified,
+        unspecified,
+        unspecified,
+        unspecified,
+        &mac.0,
+    );
+    m.opts_mut()
+        .insert(DhcpOption::MessageType(DhcpType::Discover));
+    let mut payload = Vec::new();
+    m.encode(&mut Encoder::new(&mut payload)).unwrap();
+    let mut f = Vec::new();
+    build_udp_frame(
+        &mut f,
+        &UdpEnds {
+            dst_mac: MacAddr::BROADCAST,
+            src_mac: mac,
+            src_ip: unspecified,
+            dst_ip: Ipv4Addr::BROADCAST,
+            src_port: 68,
+            dst_port: 67,
+        },
+        &payload,
+    )
+    .unwrap();
+    f
 }

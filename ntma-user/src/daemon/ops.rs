@@ -89,7 +89,7 @@ impl Ops {
                 false
             }
         };
-        ntm_ops::notify::ready(&format!("serving {}", ctl.registration_status().fqdn));
+        ntm_ops::notify::ready(&format!("serving {} GN(s)", ctl.endpoints().count()));
         stats_changed
     }
 

@@ -193,7 +193,7 @@ fn classify_up<'s>(
         .by_vip
         .get(&u32::from(ip.dst_addr()))
         .ok_or(UpVerdict::Slow)?;
-    if ip.src_addr() != link.info.gn_vip {
+    if ip.src_addr() != link.gn_vip {
         return Err(UpVerdict::Drop(FastDrop::LanBadSource));
     }
     let total = ip.total_len();
@@ -265,7 +265,7 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
     let local_vip = snap
         .link
         .as_ref()
-        .map_or(Ipv4Addr::UNSPECIFIED, |l| l.info.gn_vip);
+        .map_or(Ipv4Addr::UNSPECIFIED, |l| l.gn_vip);
     let mut tunnel = None;
     let opened = decap(&mut buf[dg.clone()], |id| {
         let t = snap.by_id.get(&id)?;

@@ -339,7 +339,16 @@ impl DatapathState {
     /// queue, downlink DATA is dropped as [`FastDrop::NotReady`]).
     pub fn set_link(&self, link: Option<Link>) {
         let mut t = self.control();
-        t.link = link.map(PreparedLink::new);
+        t.link_info = link;
+        t.link = PreparedLink::new(link, &t.gns);
+        self.publish(&t);
+    }
+
+    /// Replaces the set of GNs.
+    pub fn set_gns(&self, gns: &[crate::datapath::GnLink]) {
+        let mut t = self.control();
+        t.gns = gns.to_vec();
+        t.link = PreparedLink::new(t.link_info, &t.gns);
         self.publish(&t);
     }
 

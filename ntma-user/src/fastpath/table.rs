@@ -182,6 +182,7 @@ impl Tunnel {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PreparedLink {
     pub(crate) info: Link,
+    pub(crate) gn_vip: Ipv4Addr,
     /// gateway ← wan, IPv4: the outer Ethernet header of uplink frames.
     pub(crate) wan_eth: [u8; 14],
     /// gn ← lan, IPv4: the Ethernet header of downlink frames.
@@ -189,14 +190,18 @@ pub(crate) struct PreparedLink {
 }
 
 impl PreparedLink {
-    pub(crate) fn new(info: Link) -> PreparedLink {
+    /// Interim: the first GN with a MAC.
+    pub(crate) fn new(info: Option<Link>, gns: &[crate::datapath::GnLink]) -> Option<PreparedLink> {
         use crate::wire::ethernet::{header, ETHERTYPE_IPV4};
+        let info = info?;
+        let gn = gns.iter().find(|g| g.mac.is_some())?;
         let eth = |dst: MacAddr, src: MacAddr| header(dst, src, ETHERTYPE_IPV4);
-        PreparedLink {
+        Some(PreparedLink {
             info,
+            gn_vip: gn.vip,
             wan_eth: eth(info.gateway_mac, info.wan_mac),
-            lan_eth: eth(info.gn_mac, info.lan_mac),
-        }
+            lan_eth: eth(gn.mac?, info.lan_mac),
+        })
     }
 }
 
@@ -242,6 +247,8 @@ pub(crate) struct Entry {
 #[derive(Default)]
 pub(crate) struct ControlTable {
     pub(crate) link: Option<PreparedLink>,
+    pub(crate) link_info: Option<Link>,
+    pub(crate) gns: Vec<crate::datapath::GnLink>,
     /// Tunnels by id. When two sending tunnels lead to the same VIP (a new one set up
     /// before the old one expired), the one that started sending last carries the
     /// uplink.

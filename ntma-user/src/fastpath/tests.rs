@@ -41,10 +41,15 @@ fn endpoint() -> SocketAddrV4 {
     "198.18.0.20:7700".parse().unwrap()
 }
 
+fn gn_link() -> crate::datapath::GnLink {
+    crate::datapath::GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr(GN_MAC)),
+    }
+}
+
 fn link() -> Link {
     Link {
-        gn_vip: GN_VIP,
-        gn_mac: MacAddr(GN_MAC),
         lan_mac: MacAddr(LAN_MAC),
         wan_mac: MacAddr(WAN_MAC),
         wan_ip: WAN_IP,
@@ -95,6 +100,7 @@ fn plane(suite: Suite) -> Fx {
 fn plane_without_tunnel(suite: Suite) -> Fx {
     let dp = DatapathState::new(&DatapathStateConfig::default()).unwrap();
     dp.set_link(Some(link()));
+    dp.set_gns(&[gn_link()]);
     Fx {
         suite,
         dp,
@@ -960,10 +966,11 @@ fn round_trip_between_two_adapters() {
     for suite in SUITES {
         let a = plane(suite);
         let b = DatapathState::new(&DatapathStateConfig::default()).unwrap();
-        b.set_link(Some(Link {
-            gn_vip: PEER_VIP,
-            ..link()
-        }));
+        b.set_link(Some(link()));
+        b.set_gns(&[crate::datapath::GnLink {
+            vip: PEER_VIP,
+            ..gn_link()
+        }]);
         let (tx_key, rx_key) = keys(Role::Responder);
         b.tunnel_up(&TunnelParams {
             peer_vip: GN_VIP,
@@ -1257,6 +1264,8 @@ fn uplink_and_downlink_clamp_syn_mss_to_the_inner_mtu_minus_40() {
             })
             .unwrap();
             dp.set_link(Some(link()));
+            dp.set_gns(&[gn_link()]);
+            dp.set_gns(&[gn_link()]);
             let seq = SeqCounter::starting_at(1);
             dp.tunnel_up(&params(suite, &seq)).unwrap();
             let fx = Fx { suite, dp, seq };
@@ -1317,6 +1326,7 @@ fn packets_over_the_inner_mtu_go_to_the_slow_path_unchanged() {
     })
     .unwrap();
     dp.set_link(Some(link()));
+    dp.set_gns(&[gn_link()]);
     let seq = SeqCounter::starting_at(1);
     dp.tunnel_up(&params(Suite::Aes256Gcm, &seq)).unwrap();
     let snap = dp.snapshot();

@@ -1,7 +1,9 @@
-//! Proxy ARP: the NTMA answers every ARP request from the GN for an address
-//! other than the GN's own VIP with its own MAC, so the GN sends everything
-//! (every VIP is on-link for it) to the NTMA. The NTMA never asks: it learns
-//! the GN's MAC from DHCP and from the GN's frames.
+//! Proxy ARP: the NTMA answers every ARP request on the GNs' network for an
+//! address other than one of its GNs' own VIPs with its own MAC, so a GN
+//! sends everything (every VIP is on-link for it) to the NTMA, except what
+//! goes to another GN of this NTMA: that GN answers for itself and the
+//! traffic stays on the network (§6). The NTMA never asks: it learns the
+//! GNs' MACs from DHCP and from their frames.
 
 use std::net::Ipv4Addr;
 
@@ -11,7 +13,7 @@ use super::{Gn, GnDrop, GnStat};
 impl Gn {
     pub(super) fn handle_arp(&mut self, eth: &Eth<'_>) -> Result<(), GnDrop> {
         let arp = parse_arp(eth.payload())?;
-        let gn_vip = self.state.vip;
+        let sender_gn = self.gn_of_vip(arp.sender_ip);
         if !arp.sender_mac.is_unicast() {
             return Err(GnDrop::ArpMalformed);
         }
@@ -20,23 +22,23 @@ impl Gn {
             ArpRepr::REPLY => {
                 // Unsolicited (we never ask), but a reply from the VIP still
                 // tells us where the GN is.
-                if Some(arp.sender_ip) == gn_vip {
-                    self.set_gn_mac(arp.sender_mac);
+                if let Some(gn) = sender_gn {
+                    self.set_gn_mac(gn, arp.sender_mac);
                     return Ok(());
                 }
                 return Err(GnDrop::ArpUnsolicitedReply);
             }
             _ => return Err(GnDrop::ArpUnknownOp),
         }
-        if Some(arp.sender_ip) == gn_vip {
-            self.set_gn_mac(arp.sender_mac);
+        if let Some(gn) = sender_gn {
+            self.set_gn_mac(gn, arp.sender_mac);
         }
         if arp.sender_ip.is_unspecified() {
             // RFC 5227 probe: the GN checks an address it wants to use;
             // answering would make it believe the address is taken.
             return Err(GnDrop::ArpProbe);
         }
-        if Some(arp.target_ip) == gn_vip {
+        if self.is_gn_vip(arp.target_ip) {
             return Err(GnDrop::ArpForGnVip);
         }
         if arp.target_ip == arp.sender_ip {
@@ -102,8 +104,11 @@ mod tests {
         );
         assert_eq!(g.counters()[GnStat::ArpReply], 1);
         // The request came from the VIP: the GN's MAC is learned from it.
-        assert_eq!(g.state().mac(), Some(GN_MAC));
-        assert_eq!(actions(&mut g), vec![GnAction::GnMac { mac: GN_MAC }]);
+        assert_eq!(g.gns()[0].mac(), Some(GN_MAC));
+        assert_eq!(
+            actions(&mut g),
+            vec![GnAction::GnMac { gn: 0, mac: GN_MAC }]
+        );
     }
 
     #[test]
@@ -157,7 +162,7 @@ mod tests {
         assert_eq!(g.handle_frame(now, ARP_REQ), Verdict::Consumed);
         assert_eq!(frames(&mut g).len(), 1);
         // No VIP: the sender is not known to be the GN, nothing learned.
-        assert_eq!(g.state().mac(), None);
+        assert_eq!(g.gns()[0].mac(), None);
     }
 
     #[test]
@@ -167,7 +172,7 @@ mod tests {
         let mut f = request(VIP, ROUTER);
         f[14 + 7] = 2; // op = reply
         assert_eq!(g.handle_frame(now, &f), Verdict::Consumed);
-        assert_eq!(g.state().mac(), Some(GN_MAC));
+        assert_eq!(g.gns()[0].mac(), Some(GN_MAC));
         let mut f = request(Ipv4Addr::new(100, 64, 0, 50), ROUTER);
         f[14 + 7] = 2;
         assert_eq!(

@@ -31,7 +31,7 @@ ntm_proto::reasons! {
         ArpMalformed => "arp_malformed",
         /// ARP operation other than request or reply.
         ArpUnknownOp => "arp_unknown_op",
-        /// ARP request for the GN's own VIP (duplicate-address check): never answered.
+        /// ARP request for the VIP of one of our GNs (that GN answers for itself, or it is a duplicate-address check): never answered.
         ArpForGnVip => "arp_for_gn_vip",
         /// Gratuitous ARP (target = sender): nothing to answer.
         ArpGratuitous => "arp_gratuitous",
@@ -55,6 +55,15 @@ ntm_proto::reasons! {
         DhcpNoVip => "dhcp_no_vip",
         /// The VIP is leased (or offered) to another client.
         DhcpVipInUse => "dhcp_vip_in_use",
+        /// DHCP from a MAC that matches no GN entry (every entry is bound to
+        /// another MAC): no offer (§6).
+        DhcpUnknownMac => "dhcp_unknown_mac",
+        /// A frame from a GN's VIP or an ARP from it with a MAC other than the
+        /// one configured for that GN: not learned.
+        GnMacMismatch => "gn_mac_mismatch",
+        /// An NTM name asked from an address that is no GN's VIP: only a GN
+        /// can set up a tunnel (answered SERVFAIL).
+        DnsNotFromGn => "dns_not_from_gn",
         /// RELEASE/DECLINE from a client that holds no lease here.
         DhcpReleaseUnknown => "dhcp_release_unknown",
         /// INIT-REBOOT request while no VIP is known: RFC 2131 says stay silent.
@@ -147,6 +156,9 @@ ntm_proto::reasons! {
         DnsResolve => "dns_resolve",
         /// Queries that joined an already pending resolution of the same name.
         DnsResolveJoined => "dns_resolve_joined",
+        /// Queries for the name of one of our own GNs, answered with its VIP
+        /// without asking the DC.
+        DnsOwnGn => "dns_own_gn",
         /// A records answered.
         DnsAnswerA => "dns_answer_a",
         /// Empty NOERROR (other types, the suffix apex).

@@ -1,6 +1,12 @@
-//! DHCP server for the one GN behind the adapter (RFC 2131/2132).
+//! DHCP server for the GNs behind the adapter (RFC 2131/2132).
 //!
-//! Only the VIP the DC assigned is ever offered, with a subnet mask of the
+//! A client is one of the GN entries (§6): the entry configured with its
+//! MAC, else the entry whose lease or offer it holds, else (DISCOVER, or a
+//! client that asks for an entry's VIP after an adapter restart) the first
+//! entry without a configured MAC and without a running lease. A MAC that
+//! is none of them gets nothing ([`GnDrop::DhcpUnknownMac`]).
+//!
+//! A GN is only ever offered the VIP the DC assigned to its FQDN, with a subnet mask of the
 //! whole VIP prefix (every VIP on-link), router and DNS server = the router
 //! address, and the tunnel-sized interface MTU. Replies leave from the router
 //! address and the NTMA's MAC, to the L2/L3 destination RFC 2131 §4.1 asks
@@ -16,7 +22,7 @@ use dhcproto::v4::{
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::wire::{build_udp_frame, Eth, MacAddr, Udp, UdpEnds};
-use super::{Gn, GnAction, GnDrop, GnStat, Lease};
+use super::{Gn, GnAction, GnDrop, GnIndex, GnStat, GnState, Lease};
 
 /// DHCP server port.
 pub(super) const SERVER_PORT: u16 = 67;
@@ -79,32 +85,64 @@ impl Gn {
         match msg.opts().msg_type() {
             Some(MessageType::Discover) => self.dhcp_discover(now, &client),
             Some(MessageType::Request) => self.dhcp_request(now, &client),
-            Some(MessageType::Release) => self.dhcp_release(&client, false),
-            Some(MessageType::Decline) => self.dhcp_release(&client, true),
+            Some(MessageType::Release) => self.dhcp_release(now, &client, false),
+            Some(MessageType::Decline) => self.dhcp_release(now, &client, true),
             Some(MessageType::Inform) => self.dhcp_inform(&client),
             Some(_) => Err(GnDrop::DhcpNotRequest),
             None => Err(GnDrop::DhcpNoMessageType),
         }
     }
 
-    /// The VIP is leased or offered to someone other than `client`.
-    fn vip_taken_by_other(&self, now: Instant, client: &Client<'_>) -> bool {
-        self.state
+    /// The GN entry `c` is already: configured with its MAC, or holding
+    /// a running lease or offer.
+    fn gn_of_client(&self, now: Instant, c: &Client<'_>) -> Option<GnIndex> {
+        let fixed = self.gns.iter().position(|g| g.fixed_mac == Some(c.chaddr));
+        fixed.or_else(|| {
+            self.gns.iter().position(|g| {
+                g.fixed_mac.is_none()
+                    && g.active_lease(now)
+                        .is_some_and(|l| l.client_id == c.client_id)
+            })
+        })
+    }
+
+    /// The entry a new client takes: one without a configured MAC and
+    /// without a running lease; the one whose VIP is `asked` if there is one
+    /// (a GN renewing after an adapter restart), else the first with a VIP.
+    /// `Err` when none is free.
+    fn free_gn(&self, now: Instant, asked: Option<Ipv4Addr>) -> Result<GnIndex, GnDrop> {
+        let free = |g: &GnState| g.fixed_mac.is_none() && g.active_lease(now).is_none();
+        let found = asked
+            .and_then(|v| self.gns.iter().position(|g| free(g) && g.vip == Some(v)))
+            .or_else(|| self.gns.iter().position(|g| free(g) && g.vip.is_some()));
+        match found {
+            Some(i) => Ok(i),
+            None if self.gns.iter().any(free) => Err(GnDrop::DhcpNoVip),
+            None => Err(GnDrop::DhcpUnknownMac),
+        }
+    }
+
+    /// GN `gn`'s VIP is leased or offered to someone other than `client`.
+    fn vip_taken_by_other(&self, now: Instant, gn: GnIndex, client: &Client<'_>) -> bool {
+        self.gns[gn]
             .active_lease(now)
             .is_some_and(|l| l.client_id != client.client_id)
     }
 
     fn dhcp_discover(&mut self, now: Instant, c: &Client<'_>) -> Result<(), GnDrop> {
-        let vip = self.state.vip.ok_or(GnDrop::DhcpNoVip)?;
-        if self.vip_taken_by_other(now, c) {
+        let gn = match self.gn_of_client(now, c) {
+            Some(gn) => gn,
+            None => self.free_gn(now, None)?,
+        };
+        let vip = self.gns[gn].vip.ok_or(GnDrop::DhcpNoVip)?;
+        if self.vip_taken_by_other(now, gn, c) {
             return Err(GnDrop::DhcpVipInUse);
         }
-        let keep_bound = self
-            .state
+        let keep_bound = self.gns[gn]
             .active_lease(now)
             .is_some_and(|l| l.bound && l.client_id == c.client_id);
         if !keep_bound {
-            self.state.lease = Some(Lease {
+            self.gns[gn].lease = Some(Lease {
                 client_id: c.client_id.clone(),
                 mac: c.chaddr,
                 expires: now + self.cfg.offer_hold,
@@ -128,7 +166,14 @@ impl Gn {
             _ => None,
         };
         let ciaddr = c.msg.ciaddr();
-        let vip = self.state.vip;
+        let asked = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr));
+        let gn = match self.gn_of_client(now, c) {
+            Some(gn) => gn,
+            // No record (an adapter restart, or an expired offer): the entry
+            // whose VIP it asks for, if that one is free.
+            None => self.free_gn(now, asked)?,
+        };
+        let vip = self.gns[gn].vip;
         // The address the client wants, by RFC 2131 §4.3.2 state.
         let wanted = if let Some(sid) = server_id {
             // SELECTING: answering our OFFER.
@@ -154,24 +199,27 @@ impl Gn {
         let Some(vip) = vip else {
             return Err(GnDrop::DhcpNoVip);
         };
-        if wanted != Some(vip) || self.vip_taken_by_other(now, c) {
+        if wanted != Some(vip) || self.vip_taken_by_other(now, gn, c) {
             return self.dhcp_nak(c, NakWhy::WrongAddress);
         }
-        let was_bound = self
-            .state
+        let was_bound = self.gns[gn]
             .active_lease(now)
             .is_some_and(|l| l.bound && l.client_id == c.client_id);
         let dest = self.reply_dest(c, vip);
         self.send_dhcp(c, MessageType::Ack, vip, &dest)?;
-        self.state.lease = Some(Lease {
+        self.gns[gn].lease = Some(Lease {
             client_id: c.client_id.clone(),
             mac: c.chaddr,
             expires: now + Duration::from_secs(u64::from(self.cfg.lease_secs)),
             bound: true,
         });
-        self.set_gn_mac(c.chaddr);
+        self.set_gn_mac(gn, c.chaddr);
         if !was_bound {
-            self.push_action(GnAction::LeaseBound { vip, mac: c.chaddr });
+            self.push_action(GnAction::LeaseBound {
+                gn,
+                vip,
+                mac: c.chaddr,
+            });
         }
         self.counters.stat(GnStat::DhcpAck);
         Ok(())
@@ -191,8 +239,11 @@ impl Gn {
         Ok(())
     }
 
-    fn dhcp_release(&mut self, c: &Client<'_>, decline: bool) -> Result<(), GnDrop> {
-        let (Some(vip), Some(lease)) = (self.state.vip, self.state.lease.as_ref()) else {
+    fn dhcp_release(&mut self, now: Instant, c: &Client<'_>, decline: bool) -> Result<(), GnDrop> {
+        let gn = self
+            .gn_of_client(now, c)
+            .ok_or(GnDrop::DhcpReleaseUnknown)?;
+        let (Some(vip), Some(lease)) = (self.gns[gn].vip, self.gns[gn].lease.as_ref()) else {
             return Err(GnDrop::DhcpReleaseUnknown);
         };
         let addr = if decline {
@@ -207,9 +258,9 @@ impl Gn {
             return Err(GnDrop::DhcpReleaseUnknown);
         }
         let was_bound = lease.bound;
-        self.state.lease = None;
+        self.gns[gn].lease = None;
         if was_bound {
-            self.push_action(GnAction::LeaseEnded { vip });
+            self.push_action(GnAction::LeaseEnded { gn, vip });
         }
         self.counters.stat(if decline {
             GnStat::DhcpDecline
@@ -391,13 +442,18 @@ mod tests {
 
     /// A client message as a frame from the GN (src 0.0.0.0 unless `ciaddr`).
     fn client_frame(build: impl FnOnce(&mut Message)) -> Vec<u8> {
+        client_frame_from(GN_MAC, build)
+    }
+
+    /// [`client_frame`] from the NIC `mac`.
+    fn client_frame_from(mac: MacAddr, build: impl FnOnce(&mut Message)) -> Vec<u8> {
         let mut m = Message::new_with_id(
             0x1234_5678,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
-            &GN_MAC.0,
+            &mac.0,
         );
         build(&mut m);
         let src_ip = m.ciaddr();
@@ -417,7 +473,7 @@ mod tests {
                 } else {
                     MacAddr::BROADCAST
                 },
-                src_mac: GN_MAC,
+                src_mac: mac,
                 src_ip,
                 dst_ip,
                 src_port: 68,
@@ -488,7 +544,7 @@ mod tests {
         // The xid of the captured DISCOVER is echoed.
         let disc = Message::decode(&mut Decoder::new(&DISCOVER[42..])).unwrap();
         assert_eq!(r.msg.xid(), disc.xid());
-        let lease = g.state().lease().unwrap();
+        let lease = g.gns()[0].lease().unwrap();
         assert!(!lease.bound);
     }
 
@@ -526,16 +582,17 @@ mod tests {
         assert_eq!(r.msg.yiaddr(), VIP);
         assert_eq!((r.eth_dst, r.ip_dst), (GN_MAC, VIP));
         assert_lease_options(&r.msg, true);
-        let lease = g.state().lease().unwrap();
+        let lease = g.gns()[0].lease().unwrap();
         assert!(lease.bound);
         assert_eq!(lease.mac, GN_MAC);
         assert_eq!(lease.expires, now + Duration::from_secs(600));
-        assert_eq!(g.state().mac(), Some(GN_MAC));
+        assert_eq!(g.gns()[0].mac(), Some(GN_MAC));
         assert_eq!(
             actions(&mut g),
             vec![
-                GnAction::GnMac { mac: GN_MAC },
+                GnAction::GnMac { gn: 0, mac: GN_MAC },
                 GnAction::LeaseBound {
+                    gn: 0,
                     vip: VIP,
                     mac: GN_MAC
                 }
@@ -558,7 +615,7 @@ mod tests {
         assert_eq!(r.msg.xid(), req.xid());
         assert_eq!((r.eth_dst, r.ip_dst), (GN_MAC, VIP));
         assert_lease_options(&r.msg, true);
-        assert!(g.state().lease().unwrap().bound);
+        assert!(g.gns()[0].lease().unwrap().bound);
     }
 
     #[test]
@@ -575,7 +632,7 @@ mod tests {
     #[test]
     fn request_for_an_address_not_given_gets_broadcast_nak() {
         let mut g = gn();
-        g.set_vip(Some(Ipv4Addr::new(100, 64, 0, 9))).unwrap();
+        g.set_vip(0, Some(Ipv4Addr::new(100, 64, 0, 9))).unwrap();
         let now = Instant::now();
         // The captured INIT-REBOOT asks for 100.64.0.2.
         assert_eq!(g.handle_frame(now, REBOOT), Verdict::Consumed);
@@ -587,7 +644,7 @@ mod tests {
         assert!(opt(&r.msg, OptionCode::AddressLeaseTime).is_none());
         assert!(opt(&r.msg, OptionCode::Router).is_none());
         assert_eq!(g.counters()[GnStat::DhcpNakWrongAddress], 1);
-        assert!(g.state().lease().is_none());
+        assert!(g.gns()[0].lease().is_none());
     }
 
     #[test]
@@ -627,7 +684,7 @@ mod tests {
         only_reply(&mut g);
         assert!(actions(&mut g).is_empty());
         assert_eq!(
-            g.state().lease().unwrap().expires,
+            g.gns()[0].lease().unwrap().expires,
             later + Duration::from_secs(600)
         );
 
@@ -651,7 +708,55 @@ mod tests {
     }
 
     #[test]
-    fn second_client_cannot_take_the_vip() {
+    fn gns_are_bound_by_mac_and_unknown_macs_get_nothing() {
+        const MAC2: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x0c]);
+        const MAC3: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x0d]);
+        const VIP2: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 3);
+        let mut c = super::super::GnConfig::new(NTMA_MAC);
+        c.gns.push(super::super::GnSpec {
+            fqdn: "gn2.ntm.test".into(),
+            mac: Some(MAC2),
+        });
+        let mut g = super::super::Gn::new(c).unwrap();
+        g.set_vip(0, Some(VIP)).unwrap();
+        g.set_vip(1, Some(VIP2)).unwrap();
+        let now = Instant::now();
+        let discover = |mac| {
+            client_frame_from(mac, |m| {
+                m.opts_mut().insert(msg_type(MessageType::Discover));
+            })
+        };
+        // gn2's own NIC gets gn2's VIP, even when it asks first.
+        g.handle_frame(now, &discover(MAC2));
+        assert_eq!(only_reply(&mut g).msg.yiaddr(), VIP2);
+        // An unknown MAC takes the entry without a MAC.
+        g.handle_frame(now, &discover(GN_MAC));
+        assert_eq!(only_reply(&mut g).msg.yiaddr(), VIP);
+        // A third MAC matches no entry: no offer, counted.
+        assert_eq!(
+            g.handle_frame(now, &discover(MAC3)),
+            Verdict::Dropped(GnDrop::DhcpUnknownMac)
+        );
+        assert!(frames(&mut g).is_empty());
+        // The offer to GN_MAC lapses unanswered: the entry is free again.
+        let later = now + Duration::from_secs(31);
+        g.handle_frame(later, &discover(MAC3));
+        assert_eq!(only_reply(&mut g).msg.yiaddr(), VIP);
+        // gn2's entry never goes to another MAC.
+        let request = client_frame_from(MAC3, |m| {
+            m.opts_mut().insert(msg_type(MessageType::Request));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(VIP2));
+        });
+        g.handle_frame(later, &request);
+        assert_eq!(
+            only_reply(&mut g).msg.opts().msg_type(),
+            Some(MessageType::Nak)
+        );
+        assert!(g.gns()[1].lease().is_none_or(|l| l.mac == MAC2));
+    }
+
+    #[test]
+    fn a_second_mac_gets_nothing_while_the_lease_lives() {
         let mut g = gn_with_vip();
         let now = Instant::now();
         g.handle_frame(now, REBOOT);
@@ -663,13 +768,15 @@ mod tests {
                 m.opts_mut().insert(DhcpOption::RequestedIpAddress(VIP));
             })
         };
-        assert_eq!(
-            g.handle_frame(now, &other(MessageType::Discover)),
-            Verdict::Dropped(GnDrop::DhcpVipInUse)
-        );
-        g.handle_frame(now, &other(MessageType::Request));
-        let r = only_reply(&mut g);
-        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Nak));
+        // The one GN entry is bound to the first client's MAC (§6).
+        for t in [MessageType::Discover, MessageType::Request] {
+            assert_eq!(
+                g.handle_frame(now, &other(t)),
+                Verdict::Dropped(GnDrop::DhcpUnknownMac)
+            );
+        }
+        assert!(frames(&mut g).is_empty());
+        assert_eq!(g.counters()[GnDrop::DhcpUnknownMac], 2);
         // After the lease expired the other client may have it.
         let later = now + Duration::from_secs(601);
         assert_eq!(
@@ -702,8 +809,11 @@ mod tests {
         });
         assert_eq!(g.handle_frame(now, &release), Verdict::Consumed);
         assert!(frames(&mut g).is_empty(), "RELEASE has no reply");
-        assert!(g.state().lease().is_none());
-        assert_eq!(actions(&mut g), vec![GnAction::LeaseEnded { vip: VIP }]);
+        assert!(g.gns()[0].lease().is_none());
+        assert_eq!(
+            actions(&mut g),
+            vec![GnAction::LeaseEnded { gn: 0, vip: VIP }]
+        );
         assert_eq!(
             g.handle_frame(now, &release),
             Verdict::Dropped(GnDrop::DhcpReleaseUnknown)
@@ -716,7 +826,7 @@ mod tests {
             m.opts_mut().insert(DhcpOption::RequestedIpAddress(VIP));
         });
         assert_eq!(g.handle_frame(now, &decline), Verdict::Consumed);
-        assert!(g.state().lease().is_none());
+        assert!(g.gns()[0].lease().is_none());
         assert_eq!(g.counters()[GnStat::DhcpDecline], 1);
     }
 
@@ -734,7 +844,7 @@ mod tests {
         assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
         assert_eq!((r.eth_dst, r.ip_dst), (GN_MAC, ip));
         assert_lease_options(&r.msg, false);
-        assert!(g.state().lease().is_none());
+        assert!(g.gns()[0].lease().is_none());
     }
 
     #[test]
@@ -752,7 +862,7 @@ mod tests {
             opt(&r.msg, OptionCode::ClientIdentifier),
             Some(&DhcpOption::ClientIdentifier(b"\x01gn-box".to_vec()))
         );
-        assert_eq!(g.state().lease().unwrap().client_id, b"\x01gn-box");
+        assert_eq!(g.gns()[0].lease().unwrap().client_id, b"\x01gn-box");
     }
 
     #[test]

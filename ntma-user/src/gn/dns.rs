@@ -41,7 +41,10 @@ pub use ntm_proto::dns::{PendingId, ResolveOutcome};
 
 use super::dns_tcp::ConnId;
 use super::wire::{build_udp_frame, Eth, Ip, MacAddr, Udp, UdpEnds};
-use super::{Gn, GnAction, GnConfig, GnDrop, GnStat};
+use super::{Gn, GnAction, GnConfig, GnDrop, GnIndex, GnStat};
+
+/// The stub's asker for a query from an address that is no GN's VIP.
+const NOT_A_GN: u32 = u32::MAX;
 
 /// Who asked, for the answer's way back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,10 +172,11 @@ impl Gn {
                     kind,
                     truncated,
                 } => self.dns_reply(now, &to, &payload, kind, truncated),
-                Output::Resolve { fqdn, pending_id } => {
-                    self.push_action(GnAction::Resolve { fqdn, pending_id });
-                    Ok(())
-                }
+                Output::Resolve {
+                    fqdn,
+                    pending_id,
+                    asker,
+                } => self.dns_resolve(now, fqdn, pending_id, asker),
                 Output::Upstream {
                     upstream_id,
                     mut payload,
@@ -210,6 +214,47 @@ impl Gn {
             }
         }
         first
+    }
+
+    /// A resolution for the control side, except what is answered here: a
+    /// name of one of our own GNs gets its VIP at once (GNs of one NTMA talk
+    /// directly on their network, §6), and a name asked from an address
+    /// that is no GN's gets SERVFAIL (only a GN has an identity to set up a
+    /// tunnel with).
+    fn dns_resolve(
+        &mut self,
+        now: Instant,
+        fqdn: String,
+        pending_id: PendingId,
+        asker: u32,
+    ) -> Result<(), GnDrop> {
+        let own = self.gns.iter().find(|g| g.fqdn == fqdn);
+        let outcome = match (
+            usize::try_from(asker).ok().filter(|&a| a < self.gns.len()),
+            own,
+        ) {
+            (None, _) => {
+                self.counters.drop(GnDrop::DnsNotFromGn);
+                ResolveOutcome::Failed
+            }
+            (Some(_), Some(g)) => {
+                self.counters.stat(GnStat::DnsOwnGn);
+                g.vip.map_or(ResolveOutcome::Failed, ResolveOutcome::Vip)
+            }
+            (Some(gn), None) => {
+                self.push_action(GnAction::Resolve {
+                    gn,
+                    fqdn,
+                    pending_id,
+                });
+                return Ok(());
+            }
+        };
+        // Its reply is queued in the stub: the caller's loop sends it.
+        self.dns
+            .stub
+            .answer(now, pending_id, outcome)
+            .map_err(gn_drop)
     }
 
     /// Sends one of the stub's replies. The stub keeps every UDP reply
@@ -250,20 +295,30 @@ impl Gn {
             ip: ip.src_addr(),
             port: udp.src_port(),
         };
-        self.dns_query(now, peer, Transport::Udp, udp.payload())
+        let gn = self
+            .gn_of_vip(ip.src_addr())
+            .filter(|&gn| self.gns[gn].may_be(eth.src_addr()));
+        self.dns_query(now, peer, gn, Transport::Udp, udp.payload())
             .map(|_| ())
     }
 
-    /// One query from `peer` over `transport` into the stub, its outputs
-    /// out, counted.
+    /// One query from `peer` (GN `gn`, or `None` for another host) over
+    /// `transport` into the stub, its outputs out, counted.
     pub(super) fn dns_query(
         &mut self,
         now: Instant,
         peer: Peer,
+        gn: Option<GnIndex>,
         transport: Transport,
         payload: &[u8],
     ) -> Result<Handled, GnDrop> {
-        let r = self.dns.stub.handle_query(now, peer, transport, payload);
+        // Each GN resolves as itself (§6): its own resolution, never joined
+        // with another GN's.
+        let asker = gn.map_or(NOT_A_GN, |g| g as u32);
+        let r = self
+            .dns
+            .stub
+            .handle_query(now, peer, asker, transport, payload);
         self.dns_flush(now)?;
         let handled = r.map_err(gn_drop)?;
         match handled {
@@ -438,7 +493,9 @@ mod tests {
 
     fn only_resolve(g: &mut Gn) -> (String, PendingId) {
         match actions(g).as_slice() {
-            [GnAction::Resolve { fqdn, pending_id }] => (fqdn.clone(), *pending_id),
+            [GnAction::Resolve {
+                fqdn, pending_id, ..
+            }] => (fqdn.clone(), *pending_id),
             other => panic!("expected one Resolve, got {other:?}"),
         }
     }
@@ -824,8 +881,8 @@ mod tests {
         let mut c = GnConfig::new(NTMA_MAC);
         c.dns_max_pending = 2;
         let mut g = Gn::new(c).unwrap();
-        g.set_vip(Some(VIP)).unwrap();
-        g.set_gn_mac(GN_MAC);
+        g.set_vip(0, Some(VIP)).unwrap();
+        g.set_gn_mac(0, GN_MAC);
         actions(&mut g);
         let now = Instant::now();
         for i in 0..3u16 {

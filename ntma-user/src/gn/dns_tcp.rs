@@ -24,7 +24,7 @@ use std::time::Instant;
 use ntm_proto::dns::{truncate_answer, Transport};
 
 use super::dns::Peer;
-use super::{Gn, GnAction, GnDrop, GnStat};
+use super::{Gn, GnAction, GnDrop, GnIndex, GnStat};
 
 /// Largest `dns_tcp_max_connections`.
 pub const MAX_TCP_CONNECTIONS: usize = 1024;
@@ -46,6 +46,8 @@ struct Conn {
     eof: bool,
     /// When a query came or an answer went last.
     last: Instant,
+    /// The GN it came from (its VIP): it resolves NTM names as that GN.
+    gn: GnIndex,
 }
 
 /// The GN's open DNS connections.
@@ -64,28 +66,51 @@ impl Gn {
         conn: ConnId,
         from: SocketAddrV4,
     ) -> Result<(), GnDrop> {
-        let r = if self.state.vip != Some(*from.ip()) {
-            Err(GnDrop::DnsTcpNotGn)
-        } else if self.tcp.conns.len() >= self.cfg.dns_tcp_max_connections {
-            Err(GnDrop::DnsTcpTooMany)
-        } else {
-            self.tcp.conns.insert(
-                conn,
-                Conn {
-                    rx: Vec::new(),
-                    pending: 0,
-                    answers: 0,
-                    eof: false,
-                    last: now,
-                },
-            );
-            self.counters.stat(GnStat::DnsTcpAccepted);
-            Ok(())
+        let gn = self.gn_of_vip(*from.ip());
+        let r = match gn {
+            None => Err(GnDrop::DnsTcpNotGn),
+            Some(_) if self.tcp.conns.len() >= self.cfg.dns_tcp_max_connections => {
+                Err(GnDrop::DnsTcpTooMany)
+            }
+            Some(gn) => {
+                self.tcp.conns.insert(
+                    conn,
+                    Conn {
+                        rx: Vec::new(),
+                        pending: 0,
+                        answers: 0,
+                        eof: false,
+                        last: now,
+                        gn,
+                    },
+                );
+                self.counters.stat(GnStat::DnsTcpAccepted);
+                Ok(())
+            }
         };
         if let Err(why) = r {
             self.counters.drop(why);
         }
         r
+    }
+
+    /// Moves each connection to its GN's new index (`kept[new] = Some(old)`);
+    /// returns the connections of GNs that are gone, forgotten here.
+    pub(super) fn remap_tcp(&mut self, kept: &[Option<GnIndex>]) -> Vec<ConnId> {
+        let mut gone = Vec::new();
+        self.tcp
+            .conns
+            .retain(|&id, c| match kept.iter().position(|k| *k == Some(c.gn)) {
+                Some(new) => {
+                    c.gn = new;
+                    true
+                }
+                None => {
+                    gone.push(id);
+                    false
+                }
+            });
+        gone
     }
 
     /// Bytes read from connection `conn`: every complete length-prefixed
@@ -122,7 +147,8 @@ impl Gn {
         // Pending from now; an answer given at once takes it back.
         c.pending += 1;
         let answers = c.answers;
-        let r = self.dns_query(now, Peer::Tcp(conn), Transport::Tcp, m);
+        let gn = Some(c.gn);
+        let r = self.dns_query(now, Peer::Tcp(conn), gn, Transport::Tcp, m);
         if let Err(why) = r {
             self.counters.drop(why);
         }
@@ -296,7 +322,7 @@ mod tests {
             g.tcp_accept(now, 1, from_gn(1000)),
             Err(GnDrop::DnsTcpNotGn)
         );
-        g.set_vip(Some(VIP)).unwrap();
+        g.set_vip(0, Some(VIP)).unwrap();
         let other = SocketAddrV4::new(Ipv4Addr::new(100, 64, 0, 9), 1000);
         assert_eq!(g.tcp_accept(now, 2, other), Err(GnDrop::DnsTcpNotGn));
         assert_eq!(g.tcp_accept(now, 3, from_gn(1001)), Ok(()));
@@ -434,7 +460,7 @@ mod tests {
         let idle = Duration::from_secs(3);
         c.dns_tcp_idle_timeout = idle;
         let mut g = Gn::new(c).unwrap();
-        g.set_vip(Some(VIP)).unwrap();
+        g.set_vip(0, Some(VIP)).unwrap();
         let t0 = Instant::now();
         let s = Duration::from_millis;
         g.tcp_accept(t0, 1, from_gn(1)).unwrap();

@@ -59,10 +59,30 @@ use wire::{parse_eth, parse_ipv4, parse_udp};
 /// packet): a buffer of this size always fits [`Gn::poll_transmit`].
 pub const MAX_FRAME_LEN: usize = ethernet::HEADER_LEN + 1500;
 
+/// Most GNs one adapter serves (§6 asks for at least 254). The XDP program's
+/// map of GN VIPs has room for this many.
+pub const MAX_GNS: usize = ntma_common::MAX_GNS as usize;
+
+/// Index of a GN in [`GnConfig::gns`]: stable for the adapter's life.
+pub type GnIndex = usize;
+
+/// One GN the adapter serves (§6): its FQDN and, optionally, the MAC that
+/// binds it. An entry without a MAC is taken by the first unknown MAC that
+/// asks DHCP, and kept for it while its lease lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GnSpec {
+    /// The GN's FQDN (its DNS identity and its registration at the DC).
+    pub fqdn: String,
+    /// The MAC that binds it, if configured.
+    pub mac: Option<MacAddr>,
+}
+
 /// Settings of the GN-facing services. Build with [`GnConfig::new`] and
 /// adjust fields; [`Gn::new`] validates them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GnConfig {
+    /// The GNs, in configuration order (their [`GnIndex`]).
+    pub gns: Vec<GnSpec>,
     /// MAC of the NTMA's GN-facing NIC: source of every frame to the GN and
     /// the answer of every proxy ARP reply.
     pub ntma_mac: MacAddr,
@@ -114,10 +134,14 @@ pub struct GnConfig {
 }
 
 impl GnConfig {
-    /// The testbed's defaults (router 100.64.0.1/10, suffix `ntm.test`) for
-    /// the NIC with MAC `ntma_mac`.
+    /// The testbed's defaults (router 100.64.0.1/10, suffix `ntm.test`, one
+    /// GN `gn.ntm.test` without a fixed MAC) for the NIC with MAC `ntma_mac`.
     pub fn new(ntma_mac: MacAddr) -> Self {
         Self {
+            gns: vec![GnSpec {
+                fqdn: "gn.ntm.test".to_owned(),
+                mac: None,
+            }],
             ntma_mac,
             router: Ipv4Addr::new(100, 64, 0, 1),
             vip_prefix_len: 10,
@@ -169,6 +193,7 @@ impl GnConfig {
         if !self.ntma_mac.is_unicast() {
             return Err(GnConfigError::NtmaMac(self.ntma_mac));
         }
+        self.validate_gns()?;
         if !(8..=30).contains(&self.vip_prefix_len) {
             return Err(GnConfigError::PrefixLen(self.vip_prefix_len));
         }
@@ -224,6 +249,29 @@ impl GnConfig {
     }
 }
 
+impl GnConfig {
+    fn validate_gns(&self) -> Result<(), GnConfigError> {
+        if self.gns.is_empty() || self.gns.len() > MAX_GNS {
+            return Err(GnConfigError::GnCount(self.gns.len()));
+        }
+        for (i, g) in self.gns.iter().enumerate() {
+            if let Some(mac) = g.mac {
+                if !mac.is_unicast() || mac == self.ntma_mac {
+                    return Err(GnConfigError::GnMac(g.fqdn.clone(), mac));
+                }
+            }
+            let earlier = &self.gns[..i];
+            if earlier.iter().any(|e| e.fqdn == g.fqdn) {
+                return Err(GnConfigError::GnDuplicate(g.fqdn.clone()));
+            }
+            if g.mac.is_some() && earlier.iter().any(|e| e.mac == g.mac) {
+                return Err(GnConfigError::GnDuplicate(g.fqdn.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn prefix_mask(len: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0))
 }
@@ -263,20 +311,34 @@ pub enum GnConfigError {
         "NTM suffix {0:?} is not a DNS name of letters, digits, '-' and '.': use e.g. \"ntm.test\""
     )]
     Suffix(String),
+    /// No GN, or more than the adapter serves.
+    #[error("{0} GNs configured: give between 1 and {MAX_GNS} [[gn]] entries")]
+    GnCount(usize),
+    /// A GN's MAC that cannot be a host's.
+    #[error("GN {0}: MAC {1} is not a unicast address of another host: give the GN's own NIC address, or none")]
+    GnMac(String, MacAddr),
+    /// Two GN entries with the same FQDN or MAC.
+    #[error(
+        "GN {0}: its FQDN or MAC is already used by another [[gn]] entry: each GN needs its own"
+    )]
+    GnDuplicate(String),
     /// VIP from the DC not usable with this prefix.
     #[error("VIP {0} assigned by the DC is not a host of the router's VIP prefix: make the DC's pool and the adapter's router/prefix agree")]
     VipOutsidePrefix(Ipv4Addr),
 }
 
-/// What the NTMA knows about its GN.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the NTMA knows about one of its GNs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GnState {
+    fqdn: String,
+    /// The configured MAC, if any: only that MAC is this GN.
+    fixed_mac: Option<MacAddr>,
     mac: Option<MacAddr>,
     vip: Option<Ipv4Addr>,
     lease: Option<Lease>,
 }
 
-/// The one DHCP lease (or offer) of the VIP.
+/// The DHCP lease (or offer) of a GN's VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Client identifier (option 61) or, without one, the hardware address.
@@ -290,6 +352,27 @@ pub struct Lease {
 }
 
 impl GnState {
+    fn new(spec: &GnSpec) -> GnState {
+        GnState {
+            fqdn: spec.fqdn.clone(),
+            fixed_mac: spec.mac,
+            mac: spec.mac,
+            vip: None,
+            lease: None,
+        }
+    }
+
+    /// The GN's FQDN.
+    pub fn fqdn(&self) -> &str {
+        &self.fqdn
+    }
+
+    /// Whether frames from `mac` may be this GN's: its configured MAC, or any
+    /// without one (then DHCP and its frames teach it).
+    fn may_be(&self, mac: MacAddr) -> bool {
+        self.fixed_mac.is_none_or(|m| m == mac)
+    }
+
     /// The GN's MAC, learned from DHCP and from frames sourced from its VIP.
     pub fn mac(&self) -> Option<MacAddr> {
         self.mac
@@ -335,6 +418,8 @@ pub enum GnAction {
     /// Resolve the NTM name `fqdn` (lower-case, no trailing dot) through the
     /// DC (DIR_REQ); report the result with [`Gn::answer`]`(pending_id, ..)`.
     Resolve {
+        /// The GN that asked (its source VIP): the resolution is its own.
+        gn: GnIndex,
         /// The peer's FQDN.
         fqdn: String,
         /// Key for [`Gn::answer`].
@@ -379,11 +464,15 @@ pub enum GnAction {
     /// The GN's MAC was learned or changed: the fast path addresses frames to
     /// the GN with it.
     GnMac {
+        /// The GN.
+        gn: GnIndex,
         /// New MAC.
         mac: MacAddr,
     },
     /// The GN took the VIP (first DHCPACK of a lease).
     LeaseBound {
+        /// The GN.
+        gn: GnIndex,
         /// The VIP.
         vip: Ipv4Addr,
         /// The client's MAC.
@@ -391,6 +480,8 @@ pub enum GnAction {
     },
     /// The GN's lease ended (RELEASE, DECLINE, or the VIP changed).
     LeaseEnded {
+        /// The GN.
+        gn: GnIndex,
         /// The VIP it held.
         vip: Ipv4Addr,
     },
@@ -400,7 +491,7 @@ pub enum GnAction {
 #[derive(Debug)]
 pub struct Gn {
     cfg: GnConfig,
-    state: GnState,
+    gns: Vec<GnState>,
     dns: DnsState,
     tcp: TcpConns,
     icmp: TokenBucket,
@@ -419,7 +510,7 @@ impl Gn {
             dns: DnsState::new(suffix, &cfg),
             tcp: TcpConns::default(),
             icmp: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
-            state: GnState::default(),
+            gns: cfg.gns.iter().map(GnState::new).collect(),
             counters: GnCounters::default(),
             tx: VecDeque::with_capacity(cfg.tx_queue_max.min(1024)),
             spare: Vec::new(),
@@ -433,9 +524,20 @@ impl Gn {
         &self.cfg
     }
 
-    /// What is known about the GN.
-    pub fn state(&self) -> &GnState {
-        &self.state
+    /// What is known about each GN, by [`GnIndex`].
+    pub fn gns(&self) -> &[GnState] {
+        &self.gns
+    }
+
+    /// The GN whose VIP is `ip`.
+    pub fn gn_of_vip(&self, ip: Ipv4Addr) -> Option<GnIndex> {
+        self.gns.iter().position(|g| g.vip == Some(ip))
+    }
+
+    /// Whether `ip` is the VIP of one of our GNs (their traffic to each other
+    /// stays on their network, §6).
+    pub fn is_gn_vip(&self, ip: Ipv4Addr) -> bool {
+        self.gn_of_vip(ip).is_some()
     }
 
     /// Drop and event counters.
@@ -443,10 +545,10 @@ impl Gn {
         &self.counters
     }
 
-    /// Sets (or withdraws, with `None`) the VIP the DC assigned to the GN. A
+    /// Sets (or withdraws, with `None`) the VIP the DC assigned to GN `gn`. A
     /// lease of another VIP ends, so the GN's next renewal gets a NAK and it
     /// starts over with the new VIP.
-    pub fn set_vip(&mut self, vip: Option<Ipv4Addr>) -> Result<(), GnConfigError> {
+    pub fn set_vip(&mut self, gn: GnIndex, vip: Option<Ipv4Addr>) -> Result<(), GnConfigError> {
         if let Some(v) = vip {
             let host = u32::from(v) & !u32::from(self.cfg.netmask());
             if !self.cfg.in_vip_prefix(v)
@@ -457,15 +559,60 @@ impl Gn {
                 return Err(GnConfigError::VipOutsidePrefix(v));
             }
         }
-        if self.state.vip != vip {
-            if let (Some(old), Some(lease)) = (self.state.vip, self.state.lease.take()) {
-                if lease.bound {
-                    self.push_action(GnAction::LeaseEnded { vip: old });
-                }
+        let Some(st) = self.gns.get_mut(gn) else {
+            return Ok(());
+        };
+        if st.vip == vip {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut st.vip, vip);
+        if let (Some(old), Some(lease)) = (old, st.lease.take()) {
+            if lease.bound {
+                self.push_action(GnAction::LeaseEnded { gn, vip: old });
             }
-            self.state.vip = vip;
         }
         Ok(())
+    }
+
+    /// Replaces the GN list (a reload). A GN kept with the same MAC setting
+    /// keeps its VIP, MAC and lease; the others start afresh. DNS queries in
+    /// flight are forgotten (their asker indices change) and DNS TCP
+    /// connections of removed GNs are closed. Returns, for each new GN, its
+    /// index in the old list if it was kept.
+    pub fn set_gns(&mut self, gns: Vec<GnSpec>) -> Result<Vec<Option<GnIndex>>, GnConfigError> {
+        let mut cfg = self.cfg.clone();
+        cfg.gns = gns;
+        let suffix = cfg.validate()?;
+        let kept: Vec<Option<GnIndex>> = cfg
+            .gns
+            .iter()
+            .map(|g| {
+                self.gns
+                    .iter()
+                    .position(|o| o.fqdn == g.fqdn && o.fixed_mac == g.mac)
+            })
+            .collect();
+        let old = std::mem::take(&mut self.gns);
+        self.gns = cfg
+            .gns
+            .iter()
+            .zip(&kept)
+            .map(|(g, k)| k.map_or_else(|| GnState::new(g), |i| old[i].clone()))
+            .collect();
+        for (gn, st) in old.iter().enumerate() {
+            if let (false, Some(vip), Some(l)) = (kept.contains(&Some(gn)), st.vip, &st.lease) {
+                if l.bound {
+                    self.push_action(GnAction::LeaseEnded { gn, vip });
+                }
+            }
+        }
+        let closed = self.remap_tcp(&kept);
+        for conn in closed {
+            self.push_action(GnAction::TcpClose { conn });
+        }
+        self.dns = DnsState::new(suffix, &cfg);
+        self.cfg = cfg;
+        Ok(kept)
     }
 
     /// Changes the DNS settings (a reload): the NTM suffix, the TTL of its
@@ -553,18 +700,24 @@ impl Gn {
         }
     }
 
-    /// Learns the GN's MAC from a frame whose source IPv4 address is its VIP.
+    /// Learns a GN's MAC from a frame whose source IPv4 address is its VIP.
     fn learn(&mut self, mac: MacAddr, src: Ipv4Addr) {
-        if Some(src) == self.state.vip {
-            self.set_gn_mac(mac);
+        if let Some(gn) = self.gn_of_vip(src) {
+            self.set_gn_mac(gn, mac);
         }
     }
 
-    fn set_gn_mac(&mut self, mac: MacAddr) {
-        if self.state.mac != Some(mac) {
-            self.state.mac = Some(mac);
+    /// GN `gn` is at `mac` (not for a GN bound to another MAC: counted).
+    fn set_gn_mac(&mut self, gn: GnIndex, mac: MacAddr) {
+        let st = &mut self.gns[gn];
+        if !st.may_be(mac) {
+            self.counters.drop(GnDrop::GnMacMismatch);
+            return;
+        }
+        if st.mac != Some(mac) {
+            st.mac = Some(mac);
             self.counters.stat(GnStat::GnMacLearned);
-            self.push_action(GnAction::GnMac { mac });
+            self.push_action(GnAction::GnMac { gn, mac });
         }
     }
 
@@ -729,7 +882,7 @@ pub(crate) mod test_util {
 
     pub fn gn_with_vip() -> Gn {
         let mut g = gn();
-        g.set_vip(Some(VIP)).unwrap();
+        g.set_vip(0, Some(VIP)).unwrap();
         g
     }
 
@@ -745,7 +898,7 @@ pub(crate) mod test_util {
     /// With a VIP and the GN's MAC already known (no GnMac action pending).
     pub fn gn_ready() -> Gn {
         let mut g = gn_with_vip();
-        g.set_gn_mac(GN_MAC);
+        g.set_gn_mac(0, GN_MAC);
         actions(&mut g);
         g
     }
@@ -800,21 +953,26 @@ mod tests {
     #[test]
     fn set_vip_checks_prefix_and_ends_old_lease() {
         let mut g = gn();
-        assert!(g.set_vip(Some(Ipv4Addr::new(10, 0, 0, 2))).is_err());
-        assert!(g.set_vip(Some(ROUTER)).is_err());
-        assert!(g.set_vip(Some(Ipv4Addr::new(100, 127, 255, 255))).is_err());
-        g.set_vip(Some(VIP)).unwrap();
-        assert_eq!(g.state().vip(), Some(VIP));
+        assert!(g.set_vip(0, Some(Ipv4Addr::new(10, 0, 0, 2))).is_err());
+        assert!(g.set_vip(0, Some(ROUTER)).is_err());
+        assert!(g
+            .set_vip(0, Some(Ipv4Addr::new(100, 127, 255, 255)))
+            .is_err());
+        g.set_vip(0, Some(VIP)).unwrap();
+        assert_eq!(g.gns()[0].vip(), Some(VIP));
         let now = Instant::now();
-        g.state.lease = Some(Lease {
+        g.gns[0].lease = Some(Lease {
             client_id: vec![1],
             mac: GN_MAC,
             expires: now + Duration::from_secs(60),
             bound: true,
         });
-        g.set_vip(Some(Ipv4Addr::new(100, 64, 0, 3))).unwrap();
-        assert!(g.state().lease().is_none());
-        assert_eq!(actions(&mut g), vec![GnAction::LeaseEnded { vip: VIP }]);
+        g.set_vip(0, Some(Ipv4Addr::new(100, 64, 0, 3))).unwrap();
+        assert!(g.gns()[0].lease().is_none());
+        assert_eq!(
+            actions(&mut g),
+            vec![GnAction::LeaseEnded { gn: 0, vip: VIP }]
+        );
     }
 
     #[test]
@@ -861,8 +1019,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.handle_frame(now, &f), Verdict::NotSlowPath);
-        assert_eq!(g.state().mac(), Some(GN_MAC));
-        assert_eq!(actions(&mut g), vec![GnAction::GnMac { mac: GN_MAC }]);
+        assert_eq!(g.gns()[0].mac(), Some(GN_MAC));
+        assert_eq!(
+            actions(&mut g),
+            vec![GnAction::GnMac { gn: 0, mac: GN_MAC }]
+        );
         // Same MAC again: no new action.
         assert_eq!(g.handle_frame(now, &f), Verdict::NotSlowPath);
         assert!(actions(&mut g).is_empty());
@@ -887,7 +1048,7 @@ mod tests {
 
     fn arb_gn() -> Gn {
         let mut g = gn_with_vip();
-        g.set_gn_mac(GN_MAC);
+        g.set_gn_mac(0, GN_MAC);
         g
     }
 
