@@ -28,7 +28,10 @@ use ntma_user::fastpath::{
     DatapathState, DatapathStateConfig,
 };
 use ntma_user::wire::checksum::internet as ipv4_checksum;
-use ntma_user::{datapath::Link, gn::MacAddr};
+use ntma_user::{
+    datapath::{GnLink, Link},
+    gn::MacAddr,
+};
 
 const GN_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const SIZES: [usize; 2] = [64, 1400];
@@ -60,9 +63,11 @@ fn tunnel_id(i: u32) -> u32 {
 /// A data plane with `tunnels` tunnels up in `suite`; ours is the initiator's end.
 fn state(tunnels: u32, suite: Suite) -> DatapathState {
     let dp = DatapathState::new(&DatapathStateConfig::default()).expect("eventfd");
+    dp.set_gns(&[GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+    }]);
     dp.set_link(Some(Link {
-        gn_vip: GN_VIP,
-        gn_mac: MacAddr([2, 0, 0, 0, 0, 2]),
         lan_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         wan_mac: MacAddr([2, 0, 0, 0, 0, 0x11]),
         wan_ip: Ipv4Addr::new(192, 168, 10, 2),

@@ -32,7 +32,7 @@ use ntm_testbed::{
     ifname, unique_prefix, Options, Role, Testbed, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL,
 };
 use ntma_common::{Verdict, XdpConfig, NTM_PORT};
-use ntma_user::datapath::{Datapath, Link};
+use ntma_user::datapath::{Datapath, GnLink, Link};
 use ntma_user::fastpath::{AfXdp, AfXdpConfig, DatapathState, FastDrop, Side, XskMode};
 use ntma_user::gn::MacAddr;
 use ntma_user::wire::checksum::internet as checksum;
@@ -279,9 +279,12 @@ fn world(tag: &str, queues: u16, cores: Vec<usize>, suite: Suite) -> World {
         .expect("enter ntma")
         .unwrap_or_else(|e| panic!("starting the fast path in ntma failed: {e}"));
     let dp = std::sync::Arc::clone(datapath.state());
+    // Through the datapath: it writes the GN VIPs for XDP too.
+    datapath.set_gns(&[GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr(gn_mac)),
+    }]);
     dp.set_link(Some(Link {
-        gn_vip: GN_VIP,
-        gn_mac: MacAddr(gn_mac),
         lan_mac: MacAddr(lan_mac),
         wan_mac: MacAddr(wan_mac),
         wan_ip: NTMA_WAN_ADDR,

@@ -24,7 +24,7 @@ use ntm_testbed::{
     ifname, unique_prefix, Role, Testbed, CN_ADDR, NAT1_WAN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR,
     VIP_POOL,
 };
-use ntma_user::datapath::{Datapath, Link};
+use ntma_user::datapath::{Datapath, GnLink, Link};
 use ntma_user::fastpath::{FastDrop, Side};
 use ntma_user::gn::MacAddr;
 use ntma_user::rawpath::{Classify, RawConfig, RawPath};
@@ -140,9 +140,11 @@ fn raw_datapath_carries_verifies_and_counts() {
         .expect("enter ntma")
         .unwrap_or_else(|e| panic!("raw datapath: {e}"));
     let dp = std::sync::Arc::clone(raw.state());
+    raw.set_gns(&[GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr(mac(&tb, Role::Gn, "eth0"))),
+    }]);
     dp.set_link(Some(Link {
-        gn_vip: GN_VIP,
-        gn_mac: MacAddr(mac(&tb, Role::Gn, "eth0")),
         lan_mac: MacAddr(lan_mac),
         wan_mac: MacAddr(mac(&tb, Role::Ntma, ifname::NTMA_WAN)),
         wan_ip: NTMA_WAN_ADDR,

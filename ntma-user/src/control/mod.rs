@@ -71,7 +71,7 @@ use ntm_proto::Error;
 pub use counters::{CtlCounters, CtlDrop, CtlStat};
 
 use crate::config::{NonVip, Settings};
-use crate::datapath::{Datapath, Link, TunnelStats};
+use crate::datapath::{Datapath, GnLink, Link, TunnelStats};
 use crate::ebpf::Side;
 use crate::gn::wire::{fragment_ipv4, parse_eth, parse_ipv4, parse_udp, Ipv4Frame};
 use crate::gn::GnDrop;
@@ -165,6 +165,8 @@ pub struct Control<D: Datapath + ?Sized = dyn Datapath> {
     vip: Option<Ipv4Addr>,
     /// The link last given to the datapath.
     published: Option<Link>,
+    /// The GN set last given to the datapath.
+    published_gns: Vec<GnLink>,
     tunnels: BTreeMap<u32, TunnelRec>,
     c: CtlCounters,
     /// Set-up latency (`ntma_tunnel_setup_seconds`), by GN.
@@ -248,6 +250,7 @@ impl<D: Datapath + ?Sized> Control<D> {
             gn_mac: None,
             vip: None,
             published: None,
+            published_gns: Vec::new(),
             tunnels: BTreeMap::new(),
             c: CtlCounters::default(),
             setup: ntm_ops::metrics::setup_histograms(),
@@ -802,9 +805,7 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     fn publish_link(&mut self) {
         let link = match (self.vip, self.gn_mac, self.gateway_mac) {
-            (Some(gn_vip), Some(gn_mac), Some(gateway_mac)) => Some(Link {
-                gn_vip,
-                gn_mac,
+            (Some(_), Some(_), Some(gateway_mac)) => Some(Link {
                 lan_mac: self.lan_mac,
                 wan_mac: self.wan_mac,
                 wan_ip: self.wan_ip,
@@ -813,9 +814,22 @@ impl<D: Datapath + ?Sized> Control<D> {
             }),
             _ => None,
         };
+        // The one GN, known from its VIP on (its MAC may follow).
+        let gns: Vec<GnLink> = self
+            .vip
+            .map(|vip| GnLink {
+                vip,
+                mac: self.gn_mac,
+            })
+            .into_iter()
+            .collect();
+        if gns != self.published_gns {
+            self.datapath.set_gns(&gns);
+            self.published_gns = gns;
+        }
         if link != self.published {
             if let Some(k) = &link {
-                tracing::info!(gn_vip = %k.gn_vip, gn_mac = %k.gn_mac, wan = %SocketAddrV4::new(k.wan_ip, k.wan_port), gateway_mac = %k.gateway_mac, "datapath link ready");
+                tracing::info!(gn_vip = ?self.vip, gn_mac = ?self.gn_mac, wan = %SocketAddrV4::new(k.wan_ip, k.wan_port), gateway_mac = %k.gateway_mac, "datapath link ready");
             }
             self.datapath.set_link(link);
             self.published = link;

@@ -579,8 +579,11 @@ fn registers_and_publishes_the_link_when_complete() {
     // A frame from the VIP teaches the GN's MAC.
     w.gn_dns("cn.ntm.test");
     let link = w.ctl.link().expect("link complete");
-    assert_eq!(link.gn_vip, vip);
-    assert_eq!(link.gn_mac, GN_MAC);
+    let gn = crate::datapath::GnLink {
+        vip,
+        mac: Some(GN_MAC),
+    };
+    assert_eq!(w.ctl.datapath().state().snapshot().gns(), vec![gn]);
     assert_eq!(link.gateway_mac, GW_MAC);
     assert_eq!((link.wan_ip, link.wan_port), (*NTMA.ip(), 7700));
     assert!(w.calls().contains(&Call::Link(Some(link))));

@@ -16,7 +16,7 @@ use proptest::prelude::*;
 
 use super::encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
 use super::*;
-use crate::datapath::{Link, TunnelStats};
+use crate::datapath::{GnLink, Link, TunnelStats};
 use crate::gn::MacAddr;
 use crate::wire::checksum::internet as ipv4_checksum;
 
@@ -43,14 +43,26 @@ fn endpoint() -> SocketAddrV4 {
 
 fn link() -> Link {
     Link {
-        gn_vip: GN_VIP,
-        gn_mac: MacAddr(GN_MAC),
         lan_mac: MacAddr(LAN_MAC),
         wan_mac: MacAddr(WAN_MAC),
         wan_ip: WAN_IP,
         wan_port: 7700,
         gateway_mac: MacAddr(GW_MAC),
     }
+}
+
+/// The GN of the tunnel [`params`] describes.
+fn gn() -> GnLink {
+    GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr(GN_MAC)),
+    }
+}
+
+/// Sets the link and the one GN.
+fn ready(dp: &DatapathState) {
+    dp.set_link(Some(link()));
+    dp.set_gns(&[gn()]);
 }
 
 /// The direction keys of `role`'s end of the tunnel: (send, receive).
@@ -94,7 +106,7 @@ fn plane(suite: Suite) -> Fx {
 
 fn plane_without_tunnel(suite: Suite) -> Fx {
     let dp = DatapathState::new(&DatapathStateConfig::default()).unwrap();
-    dp.set_link(Some(link()));
+    ready(&dp);
     Fx {
         suite,
         dp,
@@ -960,10 +972,11 @@ fn round_trip_between_two_adapters() {
     for suite in SUITES {
         let a = plane(suite);
         let b = DatapathState::new(&DatapathStateConfig::default()).unwrap();
-        b.set_link(Some(Link {
-            gn_vip: PEER_VIP,
-            ..link()
-        }));
+        b.set_link(Some(link()));
+        b.set_gns(&[GnLink {
+            vip: PEER_VIP,
+            ..gn()
+        }]);
         let (tx_key, rx_key) = keys(Role::Responder);
         b.tunnel_up(&TunnelParams {
             peer_vip: GN_VIP,
@@ -1256,7 +1269,7 @@ fn uplink_and_downlink_clamp_syn_mss_to_the_inner_mtu_minus_40() {
                 ..DatapathStateConfig::default()
             })
             .unwrap();
-            dp.set_link(Some(link()));
+            ready(&dp);
             let seq = SeqCounter::starting_at(1);
             dp.tunnel_up(&params(suite, &seq)).unwrap();
             let fx = Fx { suite, dp, seq };
@@ -1316,7 +1329,7 @@ fn packets_over_the_inner_mtu_go_to_the_slow_path_unchanged() {
         ..DatapathStateConfig::default()
     })
     .unwrap();
-    dp.set_link(Some(link()));
+    ready(&dp);
     let seq = SeqCounter::starting_at(1);
     dp.tunnel_up(&params(Suite::Aes256Gcm, &seq)).unwrap();
     let snap = dp.snapshot();

@@ -20,7 +20,7 @@ use ntm_proto::node::TunnelParams;
 use ntm_proto::{Cipher, DirectionKeys, Key, Path, Suite};
 use ntm_testbed::{Role, CN_ADDR, NTMA_LAN_ADDR, NTMA_WAN_ADDR, VIP_POOL};
 use ntma_common::XdpConfig;
-use ntma_user::datapath::{Datapath, DatapathKind, Link};
+use ntma_user::datapath::{Datapath, DatapathKind, GnLink, Link};
 use ntma_user::fastpath::{AfXdp, AfXdpConfig, FastDrop};
 use ntma_user::gn::MacAddr;
 use ntma_user::rawpath::{Classify, RawConfig, RawPath};
@@ -199,9 +199,11 @@ impl Tunneled {
 
     fn publish(bench: &Bench, datapath: Box<dyn Datapath>, tuning: Tuning) -> Result<Tunneled> {
         let l = &bench.links;
+        datapath.set_gns(&[GnLink {
+            vip: GN_ADDR,
+            mac: Some(MacAddr(l.gn.mac)),
+        }]);
         datapath.set_link(Some(Link {
-            gn_vip: GN_ADDR,
-            gn_mac: MacAddr(l.gn.mac),
             lan_mac: MacAddr(l.lan0.mac),
             wan_mac: MacAddr(l.wan0.mac),
             wan_ip: NTMA_WAN_ADDR,
