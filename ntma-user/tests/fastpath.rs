@@ -572,8 +572,7 @@ fn carries_and_drops(tag: &str, suite: Suite) {
 
     // Counters: workers publish after each burst; wait until these last frames are in.
     let done = |s: &ntma_user::fastpath::WorkerStats| {
-        s.slow == 1 + SLOW_SLOTS as u64
-            && s.drop_count(FastDrop::SlowQueueFull) == BAD as u64 + 1
+        s.slow == 1 + SLOW_SLOTS as u64 && s.drop_count(FastDrop::SlowQueueFull) == BAD as u64 + 1
     };
     let mut stats = w.dp.worker_stats();
     let deadline = Instant::now() + WAIT;
