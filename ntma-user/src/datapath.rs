@@ -51,7 +51,7 @@ pub enum DatapathKind {
 /// GNs behind the adapter are set apart, with [`Datapath::set_gns`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
-    /// The GN-facing NIC's MAC: source of frames to the GN.
+    /// The GN-facing NIC's MAC: source of frames to the GNs.
     pub lan_mac: MacAddr,
     /// The uplink NIC's MAC: source of uplink frames.
     pub wan_mac: MacAddr,
