@@ -25,7 +25,7 @@ use ntm_proto::data::{check_inner_shape, SeqCounter};
 use ntm_proto::node::TunnelParams;
 use ntm_proto::wire::{HEADER_LEN, OVERHEAD};
 use ntm_proto::{Cipher, DirectionKeys, Key, Path, Role, Suite};
-use ntma_user::datapath::Link;
+use ntma_user::datapath::{GnLink, Link};
 use ntma_user::fastpath::encap::{downlink, DownVerdict, ETH_LEN};
 use ntma_user::fastpath::{DatapathState, DatapathStateConfig, FastDrop};
 use ntma_user::gn::MacAddr;
@@ -58,9 +58,11 @@ fn plane() -> DatapathState {
         ..DatapathStateConfig::default()
     })
     .expect("an eventfd");
+    dp.set_gns(&[GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr(GN_MAC)),
+    }]);
     dp.set_link(Some(Link {
-        gn_vip: GN_VIP,
-        gn_mac: MacAddr(GN_MAC),
         lan_mac: MacAddr(LAN_MAC),
         wan_mac: MacAddr(WAN_MAC),
         wan_ip: WAN_IP,

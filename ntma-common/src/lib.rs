@@ -15,6 +15,9 @@ pub mod maps {
     pub const LAN_XSKS: &str = "NTMA_LAN_XSKS";
     /// `XskMap` of the WAN NIC, indexed by RX queue.
     pub const WAN_XSKS: &str = "NTMA_WAN_XSKS";
+    /// `HashMap<u32, u8>` of [`crate::MAX_GNS`] entries: the GNs' VIPs (host-order
+    /// `u32`, value unused), written by userspace whenever the GN set changes.
+    pub const GN_VIPS: &str = "NTMA_GN_VIPS";
 }
 
 /// Program names in the eBPF object.
@@ -28,8 +31,8 @@ pub mod programs {
 /// Capacity of each `XskMap`: the most RX queues one NIC can use.
 pub const MAX_QUEUES: u32 = 64;
 
-/// Most GNs one adapter serves (docs/protocol.md §6 asks for at least 254): the
-/// capacity of the XDP map of GN VIPs.
+/// Capacity of [`maps::GN_VIPS`]: the most GNs one adapter serves (at least the 254
+/// hosts of a /24 LAN).
 pub const MAX_GNS: u32 = 1024;
 
 /// Default UDP port of a node / NTMA (docs/protocol.md §1).
@@ -252,7 +255,8 @@ verdicts! {
     pub enum Verdict {
         /// Programs loaded but not configured yet: everything passes.
         Unconfigured => "unconfigured",
-        /// LAN: IPv4 to a VIP (not the router) redirected to the queue's AF_XDP socket.
+        /// LAN: IPv4 from a GN's VIP to a VIP that is neither the router nor a GN,
+        /// redirected to the queue's AF_XDP socket.
         LanRedirect => "lan_redirect",
         /// LAN: IPv4 to a VIP but no AF_XDP socket on this queue: passed.
         LanNoSocket => "lan_no_socket",
@@ -262,6 +266,12 @@ verdicts! {
         LanToRouter => "lan_to_router",
         /// LAN: IPv4 to a non-VIP destination (DHCP broadcast, Internet): passed.
         LanNotVip => "lan_not_vip",
+        /// LAN: IPv4 to a VIP from a source that is no GN's VIP (a host without its
+        /// lease, spoofing): passed, the daemon decides.
+        LanFromNonGn => "lan_from_non_gn",
+        /// LAN: IPv4 from one GN to another GN's VIP: passed. GNs reach each other on
+        /// the LAN directly (a frame seen here was flooded by a bridge).
+        LanGnToGn => "lan_gn_to_gn",
         /// LAN: frame too short for the headers it claims: passed to the kernel, which drops it.
         LanMalformed => "lan_malformed",
         /// WAN: NTM DATA / TUN_KEEPALIVE redirected to the queue's AF_XDP socket.
@@ -335,7 +345,7 @@ mod tests {
 
     #[test]
     fn verdicts_are_dense_and_named_uniquely() {
-        assert_eq!(Verdict::COUNT, 16);
+        assert_eq!(Verdict::COUNT, 18);
         assert_eq!(Verdict::ALL.len(), Verdict::COUNT as usize);
         assert_eq!(Verdict::WanOtherVersion.index() + 1, Verdict::COUNT);
         assert_eq!(Verdict::LanRedirect.name(), "lan_redirect");

@@ -3,12 +3,12 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, XskMap},
+    maps::{Array, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use ntma_common::{
     net::{eth, ipv4, udp},
-    ntm, Verdict, XdpConfig, MAX_QUEUES,
+    ntm, Verdict, XdpConfig, MAX_GNS, MAX_QUEUES,
 };
 
 const ETH_HLEN: usize = eth::HEADER_LEN;
@@ -19,6 +19,10 @@ static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "NTMA_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+/// The GNs' VIPs (host order); the value is unused.
+#[map(name = "NTMA_GN_VIPS")]
+static GN_VIPS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_GNS, 0);
 
 #[map(name = "NTMA_LAN_XSKS")]
 static LAN_XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
@@ -58,6 +62,13 @@ fn count(verdict: Verdict) {
         // for u64, and nothing else writes it while this program runs on this CPU.
         unsafe { *c += 1 };
     }
+}
+
+/// Whether `addr` (host order) is a GN's VIP. Only the presence of the key is read, so
+/// no value is dereferenced.
+#[inline(always)]
+fn is_gn(addr: u32) -> bool {
+    GN_VIPS.get_ptr(&addr).is_some()
 }
 
 #[inline(always)]
@@ -111,6 +122,16 @@ fn try_ntma_lan(ctx: &XdpContext) -> Result<(Verdict, u32), Short> {
     }
     if !cfg.is_vip(dst) {
         return Ok((Verdict::LanNotVip, XDP_PASS));
+    }
+    let at = ipv4::field::SRC.start;
+    let src = u32::from_be_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    if !is_gn(src) {
+        return Ok((Verdict::LanFromNonGn, XDP_PASS));
+    }
+    // The adapter does not answer ARP for GN VIPs, so GNs talk to each other directly;
+    // such a frame reaches us only when a bridge floods it.
+    if is_gn(dst) {
+        return Ok((Verdict::LanGnToGn, XDP_PASS));
     }
     Ok(redirect(
         &LAN_XSKS,

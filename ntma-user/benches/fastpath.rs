@@ -63,6 +63,10 @@ fn tunnel_id(i: u32) -> u32 {
 /// A data plane with `tunnels` tunnels up in `suite`; ours is the initiator's end.
 fn state(tunnels: u32, suite: Suite) -> DatapathState {
     let dp = DatapathState::new(&DatapathStateConfig::default()).expect("eventfd");
+    dp.set_gns(&[GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+    }]);
     dp.set_link(Some(Link {
         lan_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         wan_mac: MacAddr([2, 0, 0, 0, 0, 0x11]),
@@ -70,10 +74,6 @@ fn state(tunnels: u32, suite: Suite) -> DatapathState {
         wan_port: 7700,
         gateway_mac: MacAddr([2, 0, 0, 0, 0, 0x21]),
     }));
-    dp.set_gns(&[GnLink {
-        vip: GN_VIP,
-        mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
-    }]);
     for i in 0..tunnels {
         let k = keys(i);
         dp.tunnel_up(&TunnelParams {

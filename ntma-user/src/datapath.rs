@@ -4,9 +4,10 @@
 //!   raw-socket datapath ([`crate::rawpath::RawPath`]) implement. The control side
 //!   ([`crate::control::Control`]), the daemon and perf speak to it, never to one
 //!   datapath in particular. It carries control operations only (publish and remove
-//!   tunnels, set the link, read counters, take slow frames, stop): per packet, the
+//!   tunnels, set the link and the GNs, read counters, take slow frames, stop): per packet, the
 //!   workers read the [`DatapathState`]'s table snapshot directly, without dynamic dispatch.
-//! * [`Link`]: the addresses a datapath builds frames with.
+//! * [`Link`]: the adapter's addresses a datapath builds frames with, and [`GnLink`]: one
+//!   GN behind it (up to [`ntma_common::MAX_GNS`] of them, [`Datapath::set_gns`]).
 //! * [`TunnelStats`]: one tunnel as a datapath carries it, with its counters.
 //! * [`limits`]: the limits of the datapath's settings, named by their keys in the
 //!   configuration file; the file ([`crate::config`]) and the programmatic constructors
@@ -44,10 +45,10 @@ pub enum DatapathKind {
     Raw,
 }
 
-/// The adapter's own addresses a datapath needs to build frames on both NICs.
-/// Without one ([`Datapath::set_link`] with `None`: the uplink's next hop unknown)
-/// uplink frames go to the slow queue and downlink DATA is dropped as
-/// [`crate::fastpath::FastDrop::NotReady`].
+/// The adapter's own addresses a datapath needs to build frames on both NICs. Without
+/// one ([`Datapath::set_link`] with `None`: a MAC unknown) uplink frames go to the slow
+/// queue and downlink DATA is dropped as [`crate::fastpath::FastDrop::NotReady`]. The
+/// GNs behind the adapter are set apart, with [`Datapath::set_gns`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
     /// The GN-facing NIC's MAC: source of frames to the GNs.
@@ -63,15 +64,15 @@ pub struct Link {
     pub gateway_mac: MacAddr,
 }
 
-/// One GN as the datapath knows it (§6): its VIP, the only inner source accepted
-/// from it and the inner destination of its tunnels' DATA, and its MAC, the
-/// destination of that DATA (`None` until learned: its DATA is dropped as not
-/// ready).
+/// One GN behind the adapter, as [`Datapath::set_gns`] takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GnLink {
-    /// The GN's VIP.
+    /// The GN's VIP: accepted as the inner source of its uplink packets, and the inner
+    /// destination of DATA on the tunnels whose `local_vip` it is.
     pub vip: Ipv4Addr,
-    /// The GN's MAC (from DHCP or its frames).
+    /// The GN's MAC (learnt from DHCP / its frames): destination of frames to it. While
+    /// `None`, its uplink packets are carried but DATA to it is dropped as
+    /// [`crate::fastpath::FastDrop::NotReady`].
     pub mac: Option<MacAddr>,
 }
 
@@ -181,7 +182,8 @@ pub trait Datapath {
         self.state().set_link(link);
     }
 
-    /// Replaces the set of GNs (every GN with a VIP; see [`GnLink`]).
+    /// Replaces the whole set of GNs (see [`GnLink`] and [`DatapathState::set_gns`]).
+    /// Call it whenever a GN appears or goes, or its VIP or MAC changes.
     fn set_gns(&self, gns: &[GnLink]) {
         self.state().set_gns(gns);
     }

@@ -1,14 +1,16 @@
 //! The XDP programs of `ntma-ebpf`, embedded in the binary and loaded with aya.
 //!
 //! [`XdpPrograms::load`] loads the object; [`XdpPrograms::configure`] writes the
-//! [`XdpConfig`] before [`XdpPrograms::attach`]; AF_XDP sockets are registered per RX
-//! queue with [`XdpPrograms::register_socket`]; [`XdpPrograms::counters`] sums the
+//! [`XdpConfig`] before [`XdpPrograms::attach`]; [`XdpPrograms::set_gn_vips`] keeps
+//! the GNs' VIPs (the only sources `ntma_lan` redirects); AF_XDP sockets are registered
+//! per RX queue with [`XdpPrograms::register_socket`]; [`XdpPrograms::counters`] sums the
 //! per-CPU verdict counters. Dropping the value detaches every program it attached.
 
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
 use aya::{
-    maps::{Array, MapError, PerCpuArray, XskMap},
+    maps::{Array, HashMap, MapError, PerCpuArray, XskMap},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
@@ -175,6 +177,36 @@ impl XdpPrograms {
         Ok(())
     }
 
+    /// Replaces the set of GN VIPs that `ntma_lan` reads: VIPs no longer in `vips` are
+    /// removed first, then new ones inserted (at most [`ntma_common::MAX_GNS`]; beyond
+    /// that the kernel refuses the insert and this fails, leaving the VIPs already
+    /// written). Until a GN's VIP is here, its frames pass to the kernel
+    /// ([`Verdict::LanFromNonGn`]), and frames to it are not redirected
+    /// ([`Verdict::LanGnToGn`]).
+    pub fn set_gn_vips(&mut self, vips: &[Ipv4Addr]) -> Result<(), EbpfError> {
+        let map_err = |source| EbpfError::Map {
+            map: maps::GN_VIPS,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(maps::GN_VIPS)
+            .ok_or(EbpfError::Missing(maps::GN_VIPS))?;
+        let mut gns: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err)?;
+        let want: Vec<u32> = vips.iter().map(|v| u32::from(*v)).collect();
+        let have = gns
+            .keys()
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(map_err)?;
+        for gone in have.iter().filter(|k| !want.contains(k)) {
+            gns.remove(gone).map_err(map_err)?;
+        }
+        for new in want.iter().filter(|k| !have.contains(k)) {
+            gns.insert(new, 1, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     /// Registers an AF_XDP socket for RX queue `queue` of `side`'s NIC.
     pub fn register_socket(
         &mut self,
@@ -267,6 +299,7 @@ mod tests {
             maps::COUNTERS,
             maps::LAN_XSKS,
             maps::WAN_XSKS,
+            maps::GN_VIPS,
         ] {
             assert!(has(name.as_bytes()), "{name} missing from the object");
         }

@@ -149,6 +149,10 @@ fn xdp_programs_classify_with_prog_test_run() {
     assert_eq!(progs.counters().unwrap().get(Verdict::Unconfigured), 1);
 
     progs.configure(&xdp_config()).unwrap();
+    // Two GNs; a set given again only changes what differs.
+    let gn2 = sa([100, 64, 0, 3], 4000);
+    progs.set_gn_vips(&[*gn2.ip()]).unwrap();
+    progs.set_gn_vips(&[*gn2.ip(), GN_VIP]).unwrap();
     let gn = sa([100, 64, 0, 2], 4000);
     let wan_src = sa([198, 18, 0, 20], 7700);
     let wan_dst = sa([192, 168, 10, 2], 7700);
@@ -186,6 +190,42 @@ fn xdp_programs_classify_with_prog_test_run() {
             Side::Lan,
             vip_frame.clone(),
             Verdict::LanNoSocket,
+        ),
+        (
+            "from the second GN to a VIP",
+            Side::Lan,
+            udp(gn2, sa([100, 64, 0, 9], 9000), b"2"),
+            Verdict::LanNoSocket,
+        ),
+        (
+            "GN to GN",
+            Side::Lan,
+            udp(gn, gn2, b"g"),
+            Verdict::LanGnToGn,
+        ),
+        (
+            "GN to GN, the other way",
+            Side::Lan,
+            udp(gn2, gn, b"g"),
+            Verdict::LanGnToGn,
+        ),
+        (
+            "from a VIP that is no GN",
+            Side::Lan,
+            udp(sa([100, 64, 0, 50], 4000), sa([100, 64, 0, 9], 9000), b"n"),
+            Verdict::LanFromNonGn,
+        ),
+        (
+            "from a non-VIP source",
+            Side::Lan,
+            udp(sa([192, 168, 1, 7], 4000), sa([100, 64, 0, 9], 9000), b"n"),
+            Verdict::LanFromNonGn,
+        ),
+        (
+            "from a non-GN to a GN",
+            Side::Lan,
+            udp(sa([100, 64, 0, 50], 4000), gn, b"n"),
+            Verdict::LanFromNonGn,
         ),
         (
             "to the last VIP",
@@ -274,21 +314,82 @@ fn xdp_programs_classify_with_prog_test_run() {
     ];
 
     for (what, side, frame, verdict) in cases {
-        let before = progs.counters().unwrap();
-        let action = progs.test_run(side, &frame).unwrap();
-        let delta = progs.counters().unwrap().since(&before);
-        assert_eq!(action, XDP_PASS, "{what}: action");
-        assert_eq!(
-            delta.get(verdict),
-            1,
-            "{what}: expected {verdict:?}, counters moved: {delta:?}"
+        expect_verdict(&mut progs, what, side, &frame, verdict);
+    }
+
+    // The second GN goes: its frames are no GN's, and frames to it leave the LAN.
+    progs.set_gn_vips(&[GN_VIP]).unwrap();
+    let from_gone = udp(gn2, sa([100, 64, 0, 9], 9000), b"2");
+    expect_verdict(
+        &mut progs,
+        "gone GN",
+        Side::Lan,
+        &from_gone,
+        Verdict::LanFromNonGn,
+    );
+    let to_gone = udp(gn, gn2, b"g");
+    expect_verdict(
+        &mut progs,
+        "to a gone GN",
+        Side::Lan,
+        &to_gone,
+        Verdict::LanNoSocket,
+    );
+
+    // 254 GNs (a /24 of them) fit, each one recognised as a source and a destination.
+    let many: Vec<Ipv4Addr> = (1..=254).map(|i| Ipv4Addr::new(100, 64, 1, i)).collect();
+    progs.set_gn_vips(&many).unwrap();
+    for (i, vip) in many.iter().enumerate().step_by(23) {
+        let from = SocketAddrV4::new(*vip, 4000);
+        let to = SocketAddrV4::new(many[(i + 1) % many.len()], 5000);
+        let out = udp(from, sa([100, 64, 0, 9], 9000), b"m");
+        expect_verdict(
+            &mut progs,
+            "one of 254",
+            Side::Lan,
+            &out,
+            Verdict::LanNoSocket,
         );
-        assert_eq!(
-            delta.iter().map(|(_, n)| n).sum::<u64>(),
-            1,
-            "{what}: one verdict per frame"
+        let between = udp(from, to, b"m");
+        expect_verdict(
+            &mut progs,
+            "between two of 254",
+            Side::Lan,
+            &between,
+            Verdict::LanGnToGn,
         );
     }
+    let replaced = udp(gn, sa([100, 64, 0, 9], 9000), b"x");
+    expect_verdict(
+        &mut progs,
+        "replaced GN",
+        Side::Lan,
+        &replaced,
+        Verdict::LanFromNonGn,
+    );
+    // More than the map holds: refused.
+    let too_many: Vec<Ipv4Addr> = (0..=ntma_common::MAX_GNS)
+        .map(|i| Ipv4Addr::from(0x6441_0000 + i))
+        .collect();
+    assert!(progs.set_gn_vips(&too_many).is_err());
+}
+
+/// Runs `side`'s program on `frame`: it must pass it and count exactly `verdict`.
+fn expect_verdict(progs: &mut XdpPrograms, what: &str, side: Side, frame: &[u8], verdict: Verdict) {
+    let before = progs.counters().unwrap();
+    let action = progs.test_run(side, frame).unwrap();
+    let delta = progs.counters().unwrap().since(&before);
+    assert_eq!(action, XDP_PASS, "{what}: action");
+    assert_eq!(
+        delta.get(verdict),
+        1,
+        "{what}: expected {verdict:?}, counters moved: {delta:?}"
+    );
+    assert_eq!(
+        delta.iter().map(|(_, n)| n).sum::<u64>(),
+        1,
+        "{what}: one verdict per frame"
+    );
 }
 
 // ---------------------------------------------------------------- testbed helpers
@@ -544,6 +645,7 @@ fn af_xdp_echo_on_the_testbed() {
                 let setup = || -> Result<_, String> {
                     let mut progs = XdpPrograms::load().map_err(|e| e.to_string())?;
                     progs.configure(&xdp_config()).map_err(|e| e.to_string())?;
+                    progs.set_gn_vips(&[GN_VIP]).map_err(|e| e.to_string())?;
                     let umem = Arc::new(
                         Umem::new(UmemConfig {
                             frame_count: 1024,
@@ -706,6 +808,7 @@ fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
                     let setup = || -> Result<_, String> {
                         let mut progs = XdpPrograms::load().map_err(|e| e.to_string())?;
                         progs.configure(&xdp_config()).map_err(|e| e.to_string())?;
+                        progs.set_gn_vips(&[GN_VIP]).map_err(|e| e.to_string())?;
                         let umem = Arc::new(
                             Umem::new(UmemConfig {
                                 frame_count: 1024,

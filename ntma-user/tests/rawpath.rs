@@ -140,6 +140,10 @@ fn raw_datapath_carries_verifies_and_counts() {
         .expect("enter ntma")
         .unwrap_or_else(|e| panic!("raw datapath: {e}"));
     let dp = std::sync::Arc::clone(raw.state());
+    raw.set_gns(&[GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr(mac(&tb, Role::Gn, "eth0"))),
+    }]);
     dp.set_link(Some(Link {
         lan_mac: MacAddr(lan_mac),
         wan_mac: MacAddr(mac(&tb, Role::Ntma, ifname::NTMA_WAN)),
@@ -147,10 +151,6 @@ fn raw_datapath_carries_verifies_and_counts() {
         wan_port: NTM_PORT,
         gateway_mac: MacAddr(mac(&tb, Role::Nat1, ifname::NAT_LAN)),
     }));
-    dp.set_gns(&[GnLink {
-        vip: GN_VIP,
-        mac: Some(MacAddr(mac(&tb, Role::Gn, "eth0"))),
-    }]);
     // ntma is the initiator: it sends with K_i2r, cn (the responder) with K_r2i.
     let keys = DirectionKeys::derive(&Key::from_bytes(*b"ntma raw datapath integration!!!"));
     let suite = Suite::Aes256Gcm;

@@ -1298,6 +1298,17 @@ fn each_gn_registers_as_its_own_node_and_sets_up_its_own_tunnels() {
         .flat_map(|ep| ep.tunnels().map(|t| t.params.local_vip))
         .collect();
     assert_eq!(locals, [vip1, vip2]);
+    // cn's DATA to each GN goes through that GN's tunnel to its MAC.
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    let mut buf = vec![0u8; 2048];
+    for (vip, mac) in [(vip1, GN_MAC), (vip2, GN2_MAC)] {
+        let inner = ipv4_of(&echo_frame(cn_vip, vip, 1)).unwrap().2.to_vec();
+        let tx = w.cn.send_data(w.now, &inner, &mut buf).unwrap();
+        w.net.send(CN_HOST, tx.dst, buf[..tx.len].to_vec());
+        w.settle();
+        let got = w.gn_got.pop().expect("delivered to the GN");
+        assert_eq!((&got[..6], &got[14..]), (&mac.0[..], &inner[..]));
+    }
     // Names of our own GNs are answered at once, without the DC.
     let dirs = w.dc.stats().dir_reqs;
     let q = dns_query_frame(vip1, "gn2.ntm.test");

@@ -17,7 +17,7 @@
 //! downlink out:                  [Ethernet 14][inner IPv4 ...]  (at `offset`)
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
@@ -27,7 +27,7 @@ use ntm_proto::{
     Error,
 };
 
-use super::table::{pack_addr, PreparedLink, Snapshot, Tunnel};
+use super::table::{pack_addr, pair_key, PreparedLink, Snapshot, Tunnel};
 use crate::wire::outer::{Outer, OUTER_LEN};
 use crate::wire::tcp::{clamp_mss, IPV4_TCP_LEN};
 use crate::wire::{ethernet, ipv4, udp};
@@ -51,8 +51,13 @@ ntm_proto::reasons! {
         /// From the GN: not a well-formed IPv4 packet (short, bad IHL, total length
         /// outside the frame).
         LanMalformed => "lan_malformed",
-        /// From the GN: inner source is not the GN's VIP (spoofing, or a stale address).
+        /// From the GN side: inner source is no GN's VIP, to a VIP a tunnel leads to
+        /// (spoofing, or a stale address).
         LanBadSource => "lan_bad_source",
+        /// From a GN: to another GN's VIP. GNs reach each other on the LAN; the frame
+        /// is a copy the raw path's socket saw (the kernel has the original), or one
+        /// XDP redirected before it learnt the new GN set.
+        LanToGn => "lan_to_gn",
         /// From the GN: a frame longer than any the datapath can take (the raw path's
         /// buffer: a GSO super-frame on veth). Packets merely longer than the inner MTU
         /// are not dropped: see [`UpVerdict::TooBig`].
@@ -80,9 +85,11 @@ ntm_proto::reasons! {
         /// DATA body not one whole IPv4 packet: version 4, IHL at least 5, total length
         /// equal to the body length.
         BadInner => "bad_inner",
-        /// Inner source not the peer's VIP, or inner destination not the GN's VIP.
+        /// Inner source not the peer's VIP, or inner destination not the VIP of the
+        /// tunnel's GN.
         InnerAddr => "inner_addr",
-        /// Authentic DATA while the GN link is not set up (no VIP / MAC yet).
+        /// Authentic DATA while the link is not set up, or the tunnel's GN is not in
+        /// the GN set or its MAC is unknown.
         NotReady => "not_ready",
         /// The slow queue was full: a frame for the control thread was dropped.
         SlowQueueFull => "slow_queue_full",
@@ -132,8 +139,9 @@ pub enum UpVerdict {
     /// thread, which answers ICMP fragmentation needed (DF set) or sends it as
     /// fragments (DF clear). Counted.
     TooBig,
-    /// Not for the fast path (no tunnel to that VIP, link not ready, not IPv4, to the
-    /// router): hand the unchanged frame to the control thread.
+    /// Not for the fast path (no tunnel from that GN to that VIP, a source outside the
+    /// GN set, link not ready, not IPv4, to the router): hand the unchanged frame to the
+    /// control thread.
     Slow,
     /// Drop, counted by reason.
     Drop(FastDrop),
@@ -173,9 +181,9 @@ pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
     }
 }
 
-/// Decides whether the GN frame is the fast path's to send: an IPv4 packet from the
-/// GN's VIP to the VIP of a tunnel, within the inner MTU. Returns the link, the tunnel
-/// and the inner packet's length.
+/// Decides whether the GN frame is the fast path's to send: an IPv4 packet from a GN's
+/// VIP to the VIP of one of that GN's tunnels, within the inner MTU. Returns the link,
+/// the tunnel and the inner packet's length.
 #[inline(always)]
 fn classify_up<'s>(
     snap: &'s Snapshot,
@@ -189,13 +197,11 @@ fn classify_up<'s>(
     let ip = ipv4::Packet::new_checked(eth.payload())
         .map_err(|_| UpVerdict::Drop(FastDrop::LanMalformed))?;
     let link = snap.link.as_ref().ok_or(UpVerdict::Slow)?;
-    let t = snap
-        .by_vip
-        .get(&u32::from(ip.dst_addr()))
-        .ok_or(UpVerdict::Slow)?;
-    if ip.src_addr() != link.gn_vip {
-        return Err(UpVerdict::Drop(FastDrop::LanBadSource));
-    }
+    let (src, dst) = (u32::from(ip.src_addr()), u32::from(ip.dst_addr()));
+    // Only tunnels of GNs in the set are in `by_pair`: a hit means a GN's source.
+    let Some(t) = snap.by_pair.get(&pair_key(src, dst)) else {
+        return Err(snap.no_tunnel(src, dst));
+    };
     let total = ip.total_len();
     if total > snap.inner_mtu {
         return Err(UpVerdict::TooBig);
@@ -251,7 +257,8 @@ fn seal_up(
 /// [`decap`] in the order of §5: length, version, (type: DATA or TUN_KEEPALIVE, else
 /// slow path), known tunnel id (one being set up counts), suite (the tunnel's), tag with
 /// the receive direction key (suite 2: decryption in place), replay window, one whole
-/// inner IPv4 packet, inner source = peer VIP and inner destination = GN VIP. Only a
+/// inner IPv4 packet, inner source = peer VIP and inner destination = the VIP of the
+/// tunnel's GN (its `local_vip`); then that GN must be known with its MAC. Only a
 /// datagram that passed every check is activity and names a source the control may
 /// roam to. On [`DownVerdict::Tx`] the Ethernet header towards the GN has been written
 /// in front of the inner packet. `now_nanos` is the data plane's clock (see
@@ -262,10 +269,6 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
         Ok(v) => v,
         Err(v) => return v,
     };
-    let local_vip = snap
-        .link
-        .as_ref()
-        .map_or(Ipv4Addr::UNSPECIFIED, |l| l.gn_vip);
     let mut tunnel = None;
     let opened = decap(&mut buf[dg.clone()], |id| {
         let t = snap.by_id.get(&id)?;
@@ -274,7 +277,7 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
             cipher: &t.rx,
             replay: &t.replay,
             peer_vip: t.peer_vip,
-            local_vip,
+            local_vip: t.local_vip,
         })
     });
     let (inner_len, t) = match (opened, tunnel) {
@@ -285,15 +288,15 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
             return DownVerdict::Consumed;
         }
         (Err(Error::UnexpectedType), _) => return DownVerdict::Slow,
-        // Without a link the GN's VIP is unknown: an inner packet of the right shape
-        // is authentic DATA that cannot be delivered yet.
-        (Err(Error::InnerAddr), _) if snap.link.is_none() => {
-            return DownVerdict::Drop(FastDrop::NotReady)
-        }
         (Err(e), _) => return DownVerdict::Drop(drop_of(e)),
         (Ok(_), None) => return DownVerdict::Drop(FastDrop::UnknownTunnel),
     };
-    let Some(link) = snap.link.as_ref() else {
+    // The header is there only with the link, the GN in the set and its MAC known.
+    let Some(lan_eth) = snap
+        .gns
+        .get(&u32::from(t.local_vip))
+        .and_then(|g| g.lan_eth.as_ref())
+    else {
         return DownVerdict::Drop(FastDrop::NotReady);
     };
     // Passed every check: now, and only now, it is activity from `from` (roaming).
@@ -303,7 +306,7 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
         .0
         .bytes
         .fetch_add(inner_len as u64, Ordering::Relaxed);
-    deliver(snap, link, buf, dg.start, inner_len)
+    deliver(snap, lan_eth, buf, dg.start, inner_len)
 }
 
 /// Checks the outer Ethernet/IPv4/UDP headers of a WAN frame: returns where the NTM
@@ -339,11 +342,11 @@ fn parse_down(snap: &Snapshot, buf: &[u8]) -> Result<(Range<usize>, u64), DownVe
 }
 
 /// Clamps the MSS of the DATA opened at `buf[dg_at..]` and writes the Ethernet header
-/// towards the GN in front of its inner packet.
+/// towards its GN (`lan_eth`) in front of its inner packet.
 #[inline(always)]
 fn deliver(
     snap: &Snapshot,
-    link: &PreparedLink,
+    lan_eth: &[u8; ETH_LEN],
     buf: &mut [u8],
     dg_at: usize,
     inner_len: usize,
@@ -353,7 +356,7 @@ fn deliver(
         &mut buf[offset + ETH_LEN..offset + ETH_LEN + inner_len],
         snap.inner_mtu.saturating_sub(IPV4_TCP_LEN),
     );
-    buf[offset..offset + ETH_LEN].copy_from_slice(&link.lan_eth);
+    buf[offset..offset + ETH_LEN].copy_from_slice(lan_eth);
     let len = ETH_LEN + inner_len;
     if clamped {
         DownVerdict::TxClamped { offset, len }

@@ -9,11 +9,12 @@
 //! [`crate::datapath::Datapath`].
 //!
 //! The control thread drives the workers through the shared [`DatapathState`]:
-//! [`DatapathState::set_link`] and [`DatapathState::add_tunnel`] (receive, from
+//! [`DatapathState::set_link`], [`DatapathState::set_gns`] (the GNs, which [`AfXdp`] also
+//! writes to the XDP map `ntma_lan` reads) and [`DatapathState::add_tunnel`] (receive, from
 //! `Event::TunnelAdded`) / [`DatapathState::tunnel_up`] (send too, from `Event::TunnelUp`)
 //! / [`DatapathState::remove_tunnel`] / [`DatapathState::set_endpoint`] publish the table the
 //! workers read without locks; [`DatapathState::pop_slow`] with [`DatapathState::slow_waker`]
-//! takes the frames the fast path does not decide on (a VIP without a tunnel, link not
+//! takes the frames the fast path does not decide on (a GN and VIP without a tunnel, link not
 //! ready, anything but DATA/TUN_KEEPALIVE); [`DatapathState::tunnel_stats`] and
 //! [`DatapathState::worker_stats`] give the counters for `ntma status`, expiry and roaming.
 //!
@@ -60,7 +61,7 @@ pub use table::Snapshot;
 pub use crate::ebpf::{AttachMode, Counters, Side};
 pub use crate::xsk::{BindMode, UmemConfig, XskMode};
 
-use crate::datapath::{limits, Datapath, DatapathKind};
+use crate::datapath::{limits, Datapath, DatapathKind, GnLink};
 use crate::ebpf::{EbpfError, XdpPrograms};
 use crate::xsk::{PortConfig, Umem, XskError};
 use encap::{ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
@@ -367,6 +368,20 @@ impl Datapath for AfXdp {
 
     fn stop(&mut self) {
         self.shutdown();
+    }
+
+    /// The table first, so that a frame XDP redirects from a new GN finds it. A GN the
+    /// XDP map cannot take (more than [`ntma_common::MAX_GNS`]) is logged; its frames
+    /// then pass to the kernel and reach the control's socket.
+    fn set_gns(&self, gns: &[GnLink]) {
+        self.state.set_gns(gns);
+        if let Some(p) = &self.progs {
+            let vips: Vec<_> = gns.iter().map(|g| g.vip).collect();
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = p.set_gn_vips(&vips) {
+                tracing::warn!(gns = vips.len(), error = %e, "cannot write the GN VIPs for XDP");
+            }
+        }
     }
 
     /// Summed over CPUs.

@@ -24,9 +24,9 @@ use ntm_proto::node::TunnelParams;
 
 use super::{
     encap::FastDrop,
-    table::{ControlTable, PreparedLink, Snapshot},
+    table::{ControlTable, Snapshot},
 };
-use crate::datapath::{Link, TunnelStats};
+use crate::datapath::{GnLink, Link, TunnelStats};
 pub use crate::ebpf::Side;
 
 /// Sizes of a [`DatapathState`].
@@ -335,20 +335,22 @@ impl DatapathState {
             .store(Arc::new(t.snapshot(self.ntm_port, self.inner_mtu)));
     }
 
-    /// Sets the GN link addresses; `None` = not ready (uplink frames go to the slow
-    /// queue, downlink DATA is dropped as [`FastDrop::NotReady`]).
+    /// Sets the adapter's link addresses; `None` = not ready (uplink frames go to the
+    /// slow queue, downlink DATA is dropped as [`FastDrop::NotReady`]).
     pub fn set_link(&self, link: Option<Link>) {
         let mut t = self.control();
-        t.link_info = link;
-        t.link = PreparedLink::new(link, &t.gns);
+        t.set_link(link);
         self.publish(&t);
     }
 
-    /// Replaces the set of GNs.
-    pub fn set_gns(&self, gns: &[crate::datapath::GnLink]) {
+    /// Replaces the whole GN set. Uplink takes packets only from these VIPs, each
+    /// through its own tunnels (a tunnel belongs to the GN of its `local_vip`); DATA
+    /// goes to the MAC of its tunnel's GN, and is dropped as [`FastDrop::NotReady`]
+    /// while that GN is not in the set or its MAC is unknown. The Ethernet headers
+    /// towards the GNs are made here, once.
+    pub fn set_gns(&self, gns: &[GnLink]) {
         let mut t = self.control();
-        t.gns = gns.to_vec();
-        t.link = PreparedLink::new(t.link_info, &t.gns);
+        t.set_gns(gns);
         self.publish(&t);
     }
 
@@ -367,8 +369,9 @@ impl DatapathState {
 
     /// Starts sending on a tunnel, at [`ntm_proto::node::Event::TunnelUp`]; installs
     /// it first when [`DatapathState::add_tunnel`] did not. Uplink packets to its peer VIP
-    /// use it from the next burst on; when two tunnels lead to one VIP, the one that
-    /// came up last carries the uplink.
+    /// use it from the next burst on (from its GN, `local_vip`, while that GN is in the
+    /// GN set); when two tunnels of one GN lead to one VIP, the one that came up last
+    /// carries the uplink.
     pub fn tunnel_up(&self, tunnel: &TunnelParams) -> ntm_proto::Result<()> {
         self.upsert(tunnel, true)
     }

@@ -4,12 +4,16 @@
 //! by control operations) and, after every change, publishes an immutable [`Snapshot`]
 //! through an `ArcSwap`. A worker loads the snapshot once per burst (an `arc_swap::Cache`
 //! hit is one pointer comparison) and looks tunnels up in it without any lock: by
-//! tunnel id for downlink, by peer VIP for uplink, both FxHash maps.
+//! tunnel id for downlink, by the pair (GN VIP, peer VIP) for uplink, both FxHash maps.
+//!
+//! Every tunnel belongs to one GN, its `local_vip`. The snapshot also holds the GN set
+//! ([`crate::datapath::GnLink`]) with the Ethernet header of frames to each GN, made
+//! when the set or the link changes: downlink DATA goes to the MAC of its tunnel's GN.
 //!
 //! A tunnel enters the table for receiving as soon as the DC directed it
 //! ([`ntm_proto::node::Event::TunnelAdded`]: only `by_id`), and for sending once it is up
-//! ([`ntm_proto::node::Event::TunnelUp`]: `by_vip` too), so that DATA a peer sends
-//! right after its TUN_RESP is never an unknown tunnel here.
+//! ([`ntm_proto::node::Event::TunnelUp`]: `by_pair` too, while its GN is in the GN set),
+//! so that DATA a peer sends right after its TUN_RESP is never an unknown tunnel here.
 //!
 //! Everything that changes per packet lives in the shared [`Tunnel`] entry as atomics:
 //! the send counter (shared with the control's TUN_KEEPALIVEs), the replay window, the
@@ -28,10 +32,9 @@ use std::{
 };
 
 use ntm_proto::{data::SeqCounter, node::TunnelParams, AtomicReplayWindow, Cipher, Key, Path};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::datapath::{Link, TunnelStats};
-use crate::gn::MacAddr;
+use crate::datapath::{GnLink, Link, TunnelStats};
 
 /// Keeps two groups of counters on separate cache lines, so that an uplink worker and
 /// a downlink worker of the same tunnel do not bounce one line between them.
@@ -62,6 +65,8 @@ pub(crate) struct RxCounters {
 pub struct Tunnel {
     pub(crate) id: u32,
     pub(crate) peer_vip: Ipv4Addr,
+    /// The VIP of the GN the tunnel belongs to: the only inner destination of its DATA.
+    pub(crate) local_vip: Ipv4Addr,
     /// Our send direction key, prepared once for the tunnel's suite.
     pub(crate) tx: Cipher,
     /// Our receive direction key, prepared once for the tunnel's suite.
@@ -83,6 +88,7 @@ impl std::fmt::Debug for Tunnel {
         f.debug_struct("Tunnel")
             .field("id", &self.id)
             .field("peer_vip", &self.peer_vip)
+            .field("local_vip", &self.local_vip)
             .field("endpoint", &self.endpoint())
             .finish_non_exhaustive()
     }
@@ -104,6 +110,7 @@ impl Tunnel {
         Ok(Tunnel {
             id: t.tunnel_id,
             peer_vip: t.peer_vip,
+            local_vip: t.local_vip,
             tx: Cipher::new(t.suite, &t.tx_key)?,
             rx: Cipher::new(t.suite, &t.rx_key)?,
             tx_seq: t.tx_seq.clone(),
@@ -121,6 +128,7 @@ impl Tunnel {
     pub(crate) fn same_tunnel(&self, t: &TunnelParams) -> bool {
         self.id == t.tunnel_id
             && self.peer_vip == t.peer_vip
+            && self.local_vip == t.local_vip
             && self.tx.suite() == t.suite
             && self.tx_key == t.tx_key
             && self.rx_key == t.rx_key
@@ -177,32 +185,56 @@ impl Tunnel {
     }
 }
 
-/// The [`Link`] with the Ethernet headers the workers copy into every frame, made
-/// once when the link is set.
+/// The key of the uplink map: the GN's VIP (the inner source) and the peer's VIP (the
+/// inner destination), both host-order.
+#[inline(always)]
+pub(crate) fn pair_key(gn_vip: u32, peer_vip: u32) -> u64 {
+    (u64::from(gn_vip) << 32) | u64::from(peer_vip)
+}
+
+/// The [`Link`] with the Ethernet header the workers copy into every uplink frame,
+/// made once when the link is set.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PreparedLink {
     pub(crate) info: Link,
-    pub(crate) gn_vip: Ipv4Addr,
     /// gateway ← wan, IPv4: the outer Ethernet header of uplink frames.
     pub(crate) wan_eth: [u8; 14],
-    /// gn ← lan, IPv4: the Ethernet header of downlink frames.
-    pub(crate) lan_eth: [u8; 14],
 }
 
 impl PreparedLink {
-    /// Interim: the first GN with a MAC.
-    pub(crate) fn new(info: Option<Link>, gns: &[crate::datapath::GnLink]) -> Option<PreparedLink> {
+    pub(crate) fn new(info: Link) -> PreparedLink {
         use crate::wire::ethernet::{header, ETHERTYPE_IPV4};
-        let info = info?;
-        let gn = gns.iter().find(|g| g.mac.is_some())?;
-        let eth = |dst: MacAddr, src: MacAddr| header(dst, src, ETHERTYPE_IPV4);
-        Some(PreparedLink {
+        PreparedLink {
             info,
-            gn_vip: gn.vip,
-            wan_eth: eth(info.gateway_mac, info.wan_mac),
-            lan_eth: eth(gn.mac?, info.lan_mac),
-        })
+            wan_eth: header(info.gateway_mac, info.wan_mac, ETHERTYPE_IPV4),
+        }
     }
+}
+
+/// One GN with the Ethernet header of frames to it, made when the GN set or the link
+/// changes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PreparedGn {
+    pub(crate) info: GnLink,
+    /// gn ← lan, IPv4: the Ethernet header of downlink frames to this GN; `None` while
+    /// its MAC or the link is unknown (its DATA is then not ready).
+    pub(crate) lan_eth: Option<[u8; 14]>,
+}
+
+/// The GNs by VIP (host-order u32).
+pub(crate) type GnMap = FxHashMap<u32, PreparedGn>;
+
+fn prepare_gns(gns: &[GnLink], link: Option<&PreparedLink>) -> GnMap {
+    use crate::wire::ethernet::{header, ETHERTYPE_IPV4};
+    gns.iter()
+        .map(|g| {
+            let lan_eth = match (g.mac, link) {
+                (Some(mac), Some(l)) => Some(header(mac, l.info.lan_mac, ETHERTYPE_IPV4)),
+                _ => None,
+            };
+            (u32::from(g.vip), PreparedGn { info: *g, lan_eth })
+        })
+        .collect()
 }
 
 /// An immutable view of the table, loaded by each worker once per burst.
@@ -213,8 +245,14 @@ pub struct Snapshot {
     /// Inner packets longer than this go to the slow path; MSS is clamped to it − 40.
     pub(crate) inner_mtu: u16,
     pub(crate) by_id: FxHashMap<u32, Arc<Tunnel>>,
-    /// Keyed by the VIP as a host-order u32 (what the packet bytes give directly).
-    pub(crate) by_vip: FxHashMap<u32, Arc<Tunnel>>,
+    /// Sending tunnels of the GNs in `gns`, keyed by [`pair_key`] (what the packet
+    /// bytes give directly).
+    pub(crate) by_pair: FxHashMap<u64, Arc<Tunnel>>,
+    /// The peer VIPs of `by_pair`: a packet from outside the GN set to one of them is
+    /// a wrong source, not one waiting for a tunnel.
+    pub(crate) peers: FxHashSet<u32>,
+    /// Shared by every snapshot until the GN set or the link changes.
+    pub(crate) gns: Arc<GnMap>,
 }
 
 impl Snapshot {
@@ -232,31 +270,69 @@ impl Snapshot {
     pub fn link(&self) -> Option<Link> {
         self.link.map(|l| l.info)
     }
+
+    /// The GN set, by VIP.
+    pub fn gns(&self) -> Vec<GnLink> {
+        let mut v: Vec<GnLink> = self.gns.values().map(|g| g.info).collect();
+        v.sort_by_key(|g| g.vip);
+        v
+    }
+
+    /// The uplink verdict on a packet from `src` to `dst` (host order) that no sending
+    /// tunnel carries: from outside the GN set to a peer a tunnel leads to, a wrong
+    /// source; from a GN to another GN, not ours (GNs meet on the LAN); else the slow
+    /// path's (no tunnel yet, or a source the control decides on).
+    #[inline]
+    pub(crate) fn no_tunnel(&self, src: u32, dst: u32) -> super::encap::UpVerdict {
+        use super::encap::{FastDrop, UpVerdict};
+        if !self.gns.contains_key(&src) {
+            if self.peers.contains(&dst) {
+                return UpVerdict::Drop(FastDrop::LanBadSource);
+            }
+        } else if self.gns.contains_key(&dst) {
+            return UpVerdict::Drop(FastDrop::LanToGn);
+        }
+        UpVerdict::Slow
+    }
 }
 
 /// One tunnel in the control side's table.
 pub(crate) struct Entry {
     pub(crate) tunnel: Arc<Tunnel>,
-    /// Uplink packets to its peer VIP use it (the tunnel is up).
+    /// Uplink packets from its GN to its peer VIP use it (the tunnel is up).
     pub(crate) sending: bool,
-    /// When it last started sending: the newest sending tunnel to a VIP carries it.
+    /// When it last started sending: the newest sending tunnel of a (GN, peer) pair
+    /// carries it.
     generation: u64,
 }
 
 /// The control side's authoritative state (behind a mutex, never touched per packet).
 #[derive(Default)]
 pub(crate) struct ControlTable {
-    pub(crate) link: Option<PreparedLink>,
-    pub(crate) link_info: Option<Link>,
-    pub(crate) gns: Vec<crate::datapath::GnLink>,
-    /// Tunnels by id. When two sending tunnels lead to the same VIP (a new one set up
-    /// before the old one expired), the one that started sending last carries the
-    /// uplink.
+    link: Option<PreparedLink>,
+    /// The GN set as last given.
+    gn_list: Vec<GnLink>,
+    /// `gn_list` prepared for the current link.
+    gns: Arc<GnMap>,
+    /// Tunnels by id. When two sending tunnels of one GN lead to the same VIP (a new
+    /// one set up before the old one expired), the one that started sending last
+    /// carries the uplink.
     pub(crate) tunnels: FxHashMap<u32, Entry>,
     pub(crate) generation: u64,
 }
 
 impl ControlTable {
+    pub(crate) fn set_link(&mut self, link: Option<Link>) {
+        self.link = link.map(PreparedLink::new);
+        self.gns = Arc::new(prepare_gns(&self.gn_list, self.link.as_ref()));
+    }
+
+    /// Replaces the GN set (a VIP given twice counts once, the last one wins).
+    pub(crate) fn set_gns(&mut self, gns: &[GnLink]) {
+        self.gn_list = gns.to_vec();
+        self.gns = Arc::new(prepare_gns(&self.gn_list, self.link.as_ref()));
+    }
+
     /// Adds `t`, or updates it when it is the same tunnel (endpoint and path; window,
     /// counters and whether it sends carry on). With `send`, uplink packets to its
     /// peer use it from the next snapshot on; without, it is left as it was (a new
@@ -290,27 +366,33 @@ impl ControlTable {
 
     pub(crate) fn snapshot(&self, ntm_port: u16, inner_mtu: u16) -> Snapshot {
         let mut by_id = FxHashMap::with_capacity_and_hasher(self.tunnels.len(), Default::default());
-        let mut by_vip: FxHashMap<u32, (Arc<Tunnel>, u64)> =
+        let mut by_pair: FxHashMap<u64, (Arc<Tunnel>, u64)> =
             FxHashMap::with_capacity_and_hasher(self.tunnels.len(), Default::default());
         for (id, e) in &self.tunnels {
             by_id.insert(*id, Arc::clone(&e.tunnel));
-            if !e.sending {
+            let gn = u32::from(e.tunnel.local_vip);
+            // A tunnel of a GN not (or no longer) in the set carries nothing up, so
+            // that an uplink hit always comes from a GN's VIP.
+            if !e.sending || !self.gns.contains_key(&gn) {
                 continue;
             }
-            let vip = u32::from(e.tunnel.peer_vip);
-            match by_vip.get(&vip) {
+            let key = pair_key(gn, u32::from(e.tunnel.peer_vip));
+            match by_pair.get(&key) {
                 Some((_, newer)) if *newer > e.generation => {}
                 _ => {
-                    by_vip.insert(vip, (Arc::clone(&e.tunnel), e.generation));
+                    by_pair.insert(key, (Arc::clone(&e.tunnel), e.generation));
                 }
             }
         }
+        let peers = by_pair.keys().map(|k| *k as u32).collect();
         Snapshot {
             link: self.link,
             ntm_port,
             inner_mtu,
             by_id,
-            by_vip: by_vip.into_iter().map(|(k, (t, _))| (k, t)).collect(),
+            by_pair: by_pair.into_iter().map(|(k, (t, _))| (k, t)).collect(),
+            peers,
+            gns: Arc::clone(&self.gns),
         }
     }
 }
@@ -336,8 +418,17 @@ pub(crate) mod tests {
             tx_key: tx.clone(),
             rx_key: rx.clone(),
             tx_seq: SeqCounter::starting_at(1),
-            local_vip: Ipv4Addr::new(100, 64, 0, 2),
+            local_vip: GN,
         }
+    }
+
+    const GN: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+
+    /// A table whose GN set is the GN of [`params`].
+    fn gn_table() -> ControlTable {
+        let mut t = ControlTable::default();
+        t.set_gns(&[GnLink { vip: GN, mac: None }]);
+        t
     }
 
     fn spec(id: u32, vip: [u8; 4], key: u8) -> TunnelParams {
@@ -355,8 +446,8 @@ pub(crate) mod tests {
 
     #[test]
     fn upsert_keeps_state_of_the_same_tunnel_and_newest_wins_the_vip() {
-        let vip = u32::from(Ipv4Addr::new(100, 64, 0, 9));
-        let mut t = ControlTable::default();
+        let vip = pair_key(u32::from(GN), u32::from(Ipv4Addr::new(100, 64, 0, 9)));
+        let mut t = gn_table();
         t.upsert(&spec(1, [100, 64, 0, 9], 1), true).unwrap();
         let first = Arc::clone(&t.tunnels[&1].tunnel);
         assert!(first.replay.validate(5));
@@ -380,27 +471,30 @@ pub(crate) mod tests {
         t.upsert(&spec(2, [100, 64, 0, 9], 3), true).unwrap();
         let s = t.snapshot(7700, 1440);
         assert_eq!(s.len(), 2);
-        assert_eq!(s.by_vip[&vip].id, 2);
+        assert_eq!(s.by_pair[&vip].id, 2);
         t.tunnels.remove(&2);
         let s = t.snapshot(7700, 1440);
-        assert_eq!(s.by_vip[&vip].id, 1);
+        assert_eq!(s.by_pair[&vip].id, 1);
         // Re-upserting the older one makes it the newest.
         t.upsert(&spec(2, [100, 64, 0, 9], 3), true).unwrap();
         t.upsert(&spec(1, [100, 64, 0, 9], 2), true).unwrap();
         let s = t.snapshot(7700, 1440);
-        assert_eq!(s.by_vip[&vip].id, 1);
+        assert_eq!(s.by_pair[&vip].id, 1);
     }
 
     #[test]
     fn an_added_tunnel_receives_and_sends_only_once_up() {
-        let vip = u32::from(Ipv4Addr::new(100, 64, 0, 9));
-        let mut t = ControlTable::default();
+        let vip = pair_key(u32::from(GN), u32::from(Ipv4Addr::new(100, 64, 0, 9)));
+        let mut t = gn_table();
         // The old tunnel to the VIP is up; a new one is added (set-up under way).
         t.upsert(&spec(1, [100, 64, 0, 9], 1), true).unwrap();
         t.upsert(&spec(2, [100, 64, 0, 9], 2), false).unwrap();
         let s = t.snapshot(7700, 1440);
         assert!(s.by_id.contains_key(&2), "the new one receives");
-        assert_eq!(s.by_vip[&vip].id, 1, "the old one still carries the uplink");
+        assert_eq!(
+            s.by_pair[&vip].id, 1,
+            "the old one still carries the uplink"
+        );
         // Added again (nothing changes), then up: it takes the uplink with its state.
         let entry = Arc::clone(&t.tunnels[&2].tunnel);
         assert!(entry.replay.validate(7));
@@ -408,14 +502,14 @@ pub(crate) mod tests {
         assert!(!t.tunnels[&2].sending);
         t.upsert(&spec(2, [100, 64, 0, 9], 2), true).unwrap();
         assert!(Arc::ptr_eq(&entry, &t.tunnels[&2].tunnel), "window kept");
-        assert_eq!(t.snapshot(7700, 1440).by_vip[&vip].id, 2);
+        assert_eq!(t.snapshot(7700, 1440).by_pair[&vip].id, 2);
         // Added again after it is up: it keeps sending.
         t.upsert(&spec(2, [100, 64, 0, 9], 2), false).unwrap();
-        assert_eq!(t.snapshot(7700, 1440).by_vip[&vip].id, 2);
+        assert_eq!(t.snapshot(7700, 1440).by_pair[&vip].id, 2);
         // Only receiving tunnels: no uplink.
-        let mut t = ControlTable::default();
+        let mut t = gn_table();
         t.upsert(&spec(3, [100, 64, 0, 9], 1), false).unwrap();
-        assert!(t.snapshot(7700, 1440).by_vip.is_empty());
+        assert!(t.snapshot(7700, 1440).by_pair.is_empty());
         // An unknown suite is refused.
         assert_eq!(
             t.upsert(&params(4, [100, 64, 0, 8], 1, Suite::Unknown(9)), true),

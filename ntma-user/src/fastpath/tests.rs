@@ -16,7 +16,7 @@ use proptest::prelude::*;
 
 use super::encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL, ETH_LEN};
 use super::*;
-use crate::datapath::{Link, TunnelStats};
+use crate::datapath::{GnLink, Link, TunnelStats};
 use crate::gn::MacAddr;
 use crate::wire::checksum::internet as ipv4_checksum;
 
@@ -41,13 +41,6 @@ fn endpoint() -> SocketAddrV4 {
     "198.18.0.20:7700".parse().unwrap()
 }
 
-fn gn_link() -> crate::datapath::GnLink {
-    crate::datapath::GnLink {
-        vip: GN_VIP,
-        mac: Some(MacAddr(GN_MAC)),
-    }
-}
-
 fn link() -> Link {
     Link {
         lan_mac: MacAddr(LAN_MAC),
@@ -56,6 +49,20 @@ fn link() -> Link {
         wan_port: 7700,
         gateway_mac: MacAddr(GW_MAC),
     }
+}
+
+/// The GN of the tunnel [`params`] describes.
+fn gn() -> GnLink {
+    GnLink {
+        vip: GN_VIP,
+        mac: Some(MacAddr(GN_MAC)),
+    }
+}
+
+/// Sets the link and the one GN.
+fn ready(dp: &DatapathState) {
+    dp.set_link(Some(link()));
+    dp.set_gns(&[gn()]);
 }
 
 /// The direction keys of `role`'s end of the tunnel: (send, receive).
@@ -99,8 +106,7 @@ fn plane(suite: Suite) -> Fx {
 
 fn plane_without_tunnel(suite: Suite) -> Fx {
     let dp = DatapathState::new(&DatapathStateConfig::default()).unwrap();
-    dp.set_link(Some(link()));
-    dp.set_gns(&[gn_link()]);
+    ready(&dp);
     Fx {
         suite,
         dp,
@@ -931,6 +937,230 @@ fn data_arriving_before_the_tunnel_is_up_is_delivered() {
     }
 }
 
+// ------------------------------------------------------------------ several GNs
+
+const GN2_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 3);
+const GN2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+/// A VIP no tunnel leads to.
+const LONELY_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 99);
+
+/// Tunnel `id` of the GN `gn` to `peer`, our end the initiator (the keys of [`params`]).
+fn gn_params(id: u32, gn: Ipv4Addr, peer: Ipv4Addr, suite: Suite) -> TunnelParams {
+    TunnelParams {
+        tunnel_id: id,
+        peer_vip: peer,
+        local_vip: gn,
+        ..params(suite, &SeqCounter::starting_at(1))
+    }
+}
+
+/// Uplink of a packet from `gn` (MAC `mac`) to the peer: the tunnel id on the wire, and
+/// the peer opens it as a packet from `gn`.
+fn uplink_from(snap: &Snapshot, suite: Suite, gn: Ipv4Addr, mac: [u8; 6]) -> u32 {
+    let inner = inner_packet(gn, PEER_VIP, 64);
+    let (v, buf) = run_uplink(snap, &eth(LAN_MAC, mac, 0x0800, &inner));
+    let UpVerdict::Tx(n) = v else {
+        panic!("{suite:?} from {gn}: {v:?}")
+    };
+    let rx = Cipher::new(suite, &keys(Role::Responder).1).unwrap();
+    let mut rx = RxTunnel::new(rx, gn, PEER_VIP);
+    let mut wire = buf[DG..n].to_vec();
+    let Ok(Decapped::Data { inner: got, .. }) = decap(&mut wire, |_| Some(&mut rx)) else {
+        panic!("{suite:?} from {gn}: the peer cannot open it")
+    };
+    assert_eq!(got, &inner[..]);
+    u32::from_be_bytes(buf[DG + 4..DG + 8].try_into().unwrap())
+}
+
+/// Downlink of DATA on tunnel `id` to `gn`: the MAC it is sent to.
+fn downlink_to(snap: &Snapshot, peer_tx: &Cipher, id: u32, seq: u64, gn: Ipv4Addr) -> [u8; 6] {
+    let inner = inner_packet(PEER_VIP, gn, 64);
+    let mut f = wan_frame(peer(), &sealed(peer_tx, id, seq, &inner));
+    let v = downlink(snap, &mut f, 0);
+    let DownVerdict::Tx { offset, len } = v else {
+        panic!("tunnel {id} to {gn}: {v:?}")
+    };
+    assert_eq!(f[offset + ETH_LEN..offset + len], inner[..]);
+    assert_eq!(f[offset + 6..offset + 12], LAN_MAC);
+    f[offset..offset + 6].try_into().unwrap()
+}
+
+/// Two GNs, each with its own tunnel to the same peer VIP: each GN's packets go
+/// through its own tunnel, each tunnel's DATA to its own GN, and a tunnel cannot
+/// reach the other GN.
+#[test]
+fn two_gns_use_their_own_tunnels_to_one_peer() {
+    const T2: u32 = TUNNEL + 2;
+    for suite in SUITES {
+        let fx = plane(suite);
+        let gn2 = GnLink {
+            vip: GN2_VIP,
+            mac: Some(MacAddr(GN2_MAC)),
+        };
+        fx.dp.set_gns(&[gn(), gn2]);
+        fx.dp
+            .tunnel_up(&gn_params(T2, GN2_VIP, PEER_VIP, suite))
+            .unwrap();
+        let snap = fx.dp.snapshot();
+        assert_eq!(snap.gns(), vec![gn(), gn2]);
+        assert_eq!(uplink_from(&snap, suite, GN_VIP, GN_MAC), TUNNEL);
+        assert_eq!(uplink_from(&snap, suite, GN2_VIP, GN2_MAC), T2);
+        let peer_tx = fx.peer_tx();
+        assert_eq!(downlink_to(&snap, &peer_tx, TUNNEL, 1, GN_VIP), GN_MAC);
+        assert_eq!(downlink_to(&snap, &peer_tx, T2, 1, GN2_VIP), GN2_MAC);
+        // GN1's tunnel carrying a packet for GN2 (and the other way): the inner
+        // destination is not the tunnel's GN.
+        for (id, to) in [(TUNNEL, GN2_VIP), (T2, GN_VIP)] {
+            let inner = inner_packet(PEER_VIP, to, 64);
+            let mut f = wan_frame(peer(), &sealed(&peer_tx, id, 2, &inner));
+            assert_eq!(
+                downlink(&snap, &mut f, 0),
+                DownVerdict::Drop(FastDrop::InnerAddr),
+                "{suite:?}: tunnel {id} to {to}"
+            );
+        }
+        // GN to GN: they meet on the LAN, not here.
+        let (v, _) = run_uplink(&snap, &gn_frame(&inner_packet(GN_VIP, GN2_VIP, 64)));
+        assert_eq!(v, UpVerdict::Drop(FastDrop::LanToGn));
+        // A GN to a VIP without a tunnel of its own, outside the GN set to anywhere.
+        for (src, dst, want) in [
+            (GN_VIP, LONELY_VIP, UpVerdict::Slow),
+            (OTHER_VIP, LONELY_VIP, UpVerdict::Slow),
+            (OTHER_VIP, PEER_VIP, UpVerdict::Drop(FastDrop::LanBadSource)),
+            (OTHER_VIP, GN_VIP, UpVerdict::Slow),
+        ] {
+            let frame = gn_frame(&inner_packet(src, dst, 64));
+            let (v, buf) = run_uplink(&snap, &frame);
+            assert_eq!(v, want, "{suite:?}: {src} to {dst}");
+            assert_eq!(buf[ENCAP_GROW..ENCAP_GROW + frame.len()], frame[..]);
+        }
+        let stats = fx.dp.tunnel_stats();
+        assert_eq!(
+            stats.iter().map(|t| t.tx_packets).collect::<Vec<_>>(),
+            [1, 1]
+        );
+        assert_eq!(
+            stats.iter().map(|t| t.rx_packets).collect::<Vec<_>>(),
+            [1, 1]
+        );
+    }
+}
+
+/// A GN known by its VIP only: its packets go up, DATA to it waits for its MAC (and
+/// is not activity meanwhile). A GN that leaves the set takes its tunnels' uplink with
+/// it.
+#[test]
+fn a_gn_without_a_mac_sends_but_receives_only_once_its_mac_is_known() {
+    for suite in SUITES {
+        let fx = plane(suite);
+        fx.dp.set_gns(&[GnLink {
+            vip: GN_VIP,
+            mac: None,
+        }]);
+        let snap = fx.dp.snapshot();
+        assert_eq!(uplink_from(&snap, suite, GN_VIP, GN_MAC), TUNNEL);
+        let inner = inner_packet(PEER_VIP, GN_VIP, 64);
+        let mut f = wan_frame(peer(), &fx.data(1, &inner));
+        assert_eq!(
+            downlink(&snap, &mut f, 0),
+            DownVerdict::Drop(FastDrop::NotReady)
+        );
+        let st = fx.stats();
+        assert_eq!((st.rx_packets, st.last_rx), (0, None));
+        fx.dp.set_gns(&[gn()]);
+        assert_eq!(
+            downlink_to(&fx.dp.snapshot(), &fx.peer_tx(), TUNNEL, 2, GN_VIP),
+            GN_MAC
+        );
+        // Gone from the set: its packets are no GN's (slow: no tunnel of a GN leads
+        // to the peer), DATA to it is not ready.
+        fx.dp.set_gns(&[]);
+        let snap = fx.dp.snapshot();
+        let up = gn_frame(&inner_packet(GN_VIP, PEER_VIP, 64));
+        assert_eq!(run_uplink(&snap, &up).0, UpVerdict::Slow);
+        let mut f = wan_frame(peer(), &fx.data(3, &inner));
+        assert_eq!(
+            downlink(&snap, &mut f, 0),
+            DownVerdict::Drop(FastDrop::NotReady)
+        );
+        // The set given again: the same tunnel carries on.
+        fx.dp.set_gns(&[gn()]);
+        assert_eq!(
+            uplink_from(&fx.dp.snapshot(), suite, GN_VIP, GN_MAC),
+            TUNNEL
+        );
+        assert_eq!(fx.stats().tx_packets, 2);
+    }
+}
+
+/// Each of two GNs has its own newest tunnel to one peer: a newer tunnel of one GN
+/// does not take the other's uplink.
+#[test]
+fn the_newest_tunnel_wins_per_gn_and_peer() {
+    let suite = Suite::Aes256Gcm;
+    let fx = plane(suite);
+    fx.dp.set_gns(&[
+        gn(),
+        GnLink {
+            vip: GN2_VIP,
+            mac: Some(MacAddr(GN2_MAC)),
+        },
+    ]);
+    fx.dp
+        .tunnel_up(&gn_params(20, GN2_VIP, PEER_VIP, suite))
+        .unwrap();
+    fx.dp
+        .tunnel_up(&gn_params(11, GN_VIP, PEER_VIP, suite))
+        .unwrap();
+    fx.dp
+        .tunnel_up(&gn_params(21, GN2_VIP, PEER_VIP, suite))
+        .unwrap();
+    let snap = fx.dp.snapshot();
+    assert_eq!(uplink_from(&snap, suite, GN_VIP, GN_MAC), 11);
+    assert_eq!(uplink_from(&snap, suite, GN2_VIP, GN2_MAC), 21);
+    fx.dp.remove_tunnel(21);
+    fx.dp.remove_tunnel(11);
+    let snap = fx.dp.snapshot();
+    assert_eq!(uplink_from(&snap, suite, GN_VIP, GN_MAC), TUNNEL);
+    assert_eq!(uplink_from(&snap, suite, GN2_VIP, GN2_MAC), 20);
+}
+
+/// 254 GNs (a /24 of them), each with a tunnel to the same peer VIP: every lookup
+/// finds the GN's own tunnel and MAC.
+#[test]
+fn two_hundred_fifty_four_gns_each_with_a_tunnel() {
+    let suite = Suite::Aes256Gcm;
+    let dp = DatapathState::new(&DatapathStateConfig::default()).unwrap();
+    dp.set_link(Some(link()));
+    let gns: Vec<GnLink> = (1..=254u8)
+        .map(|i| GnLink {
+            vip: Ipv4Addr::new(100, 64, 1, i),
+            mac: Some(MacAddr([0x02, 0, 0, 1, 0, i])),
+        })
+        .collect();
+    dp.set_gns(&gns);
+    let id = |i: usize| 0x1000 + i as u32;
+    for (i, g) in gns.iter().enumerate() {
+        dp.tunnel_up(&gn_params(id(i), g.vip, PEER_VIP, suite))
+            .unwrap();
+    }
+    let snap = dp.snapshot();
+    assert_eq!((snap.len(), snap.gns().len()), (254, 254));
+    let peer_tx = Cipher::new(suite, &keys(Role::Responder).0).unwrap();
+    for (i, g) in gns.iter().enumerate() {
+        let mac = g.mac.unwrap().0;
+        assert_eq!(uplink_from(&snap, suite, g.vip, mac), id(i), "{}", g.vip);
+        assert_eq!(downlink_to(&snap, &peer_tx, id(i), 1, g.vip), mac);
+    }
+    // One GN's tunnel cannot reach its neighbour.
+    let inner = inner_packet(PEER_VIP, gns[1].vip, 64);
+    let mut f = wan_frame(peer(), &sealed(&peer_tx, id(0), 2, &inner));
+    assert_eq!(
+        downlink(&snap, &mut f, 0),
+        DownVerdict::Drop(FastDrop::InnerAddr)
+    );
+}
+
 #[test]
 fn removed_tunnel_is_unknown_and_its_vip_goes_slow() {
     let fx = plane(Suite::Aes256Gcm);
@@ -967,9 +1197,9 @@ fn round_trip_between_two_adapters() {
         let a = plane(suite);
         let b = DatapathState::new(&DatapathStateConfig::default()).unwrap();
         b.set_link(Some(link()));
-        b.set_gns(&[crate::datapath::GnLink {
+        b.set_gns(&[GnLink {
             vip: PEER_VIP,
-            ..gn_link()
+            ..gn()
         }]);
         let (tx_key, rx_key) = keys(Role::Responder);
         b.tunnel_up(&TunnelParams {
@@ -1263,9 +1493,7 @@ fn uplink_and_downlink_clamp_syn_mss_to_the_inner_mtu_minus_40() {
                 ..DatapathStateConfig::default()
             })
             .unwrap();
-            dp.set_link(Some(link()));
-            dp.set_gns(&[gn_link()]);
-            dp.set_gns(&[gn_link()]);
+            ready(&dp);
             let seq = SeqCounter::starting_at(1);
             dp.tunnel_up(&params(suite, &seq)).unwrap();
             let fx = Fx { suite, dp, seq };
@@ -1325,8 +1553,7 @@ fn packets_over_the_inner_mtu_go_to_the_slow_path_unchanged() {
         ..DatapathStateConfig::default()
     })
     .unwrap();
-    dp.set_link(Some(link()));
-    dp.set_gns(&[gn_link()]);
+    ready(&dp);
     let seq = SeqCounter::starting_at(1);
     dp.tunnel_up(&params(Suite::Aes256Gcm, &seq)).unwrap();
     let snap = dp.snapshot();

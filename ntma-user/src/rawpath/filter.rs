@@ -1,8 +1,11 @@
 //! Classic BPF socket filters that classify GN-side frames the way the `ntma_lan` XDP
 //! program does, for hosts without AF_XDP: the raw datapath's AF_PACKET socket takes
-//! [`fast_path`] frames (IPv4 from the GN to a VIP other than the router address); a
-//! slow-path raw socket can take the rest with [`slow_path`], so each frame has exactly
-//! one reader in userspace, as with XDP.
+//! [`fast_path`] frames (IPv4 from the GN side to a VIP other than the router address);
+//! a slow-path raw socket can take the rest with [`slow_path`], so each frame has exactly
+//! one reader in userspace, as with XDP. The filters do not know the GN set (it changes
+//! without re-attaching them): the raw worker's `uplink` applies it, handing frames from
+//! outside the set to the slow queue and dropping GN-to-GN copies (`lan_to_gn`), which
+//! the kernel has anyway.
 //!
 //! The programs are data ([`Insn`]), checked here by a small interpreter of the few
 //! opcodes they use, and handed to the kernel with [`to_sock_filter`].

@@ -4,10 +4,11 @@
 //! One worker thread moves both directions:
 //!
 //! * GN → tunnel: an AF_PACKET socket on the GN-facing NIC receives (with a classic BPF
-//!   filter, [`filter::fast_path`]) exactly the frames the `ntma_lan` XDP program would
-//!   redirect; [`crate::fastpath::encap::uplink`] encapsulates each in place; the NTM
-//!   datagram leaves through the tunnel's UDP socket (`sendmmsg`), whose kernel writes
-//!   the outer IPv4/UDP headers.
+//!   filter, [`filter::fast_path`]) the frames the `ntma_lan` XDP program would redirect
+//!   and those to VIPs from outside the GN set or between GNs, which
+//!   [`crate::fastpath::encap::uplink`] sorts out as XDP does; it encapsulates the GNs'
+//!   packets in place; the NTM datagram leaves through the tunnel's UDP socket
+//!   (`sendmmsg`), whose kernel writes the outer IPv4/UDP headers.
 //! * tunnel → GN: `recvmmsg` on the same UDP socket; each datagram gets the outer
 //!   headers the kernel stripped back ([`Outer::emit`]) and goes through
 //!   [`crate::fastpath::encap::downlink`] (the order of checks of §5); the inner packet

@@ -199,6 +199,10 @@ impl Tunneled {
 
     fn publish(bench: &Bench, datapath: Box<dyn Datapath>, tuning: Tuning) -> Result<Tunneled> {
         let l = &bench.links;
+        datapath.set_gns(&[GnLink {
+            vip: GN_ADDR,
+            mac: Some(MacAddr(l.gn.mac)),
+        }]);
         datapath.set_link(Some(Link {
             lan_mac: MacAddr(l.lan0.mac),
             wan_mac: MacAddr(l.wan0.mac),
@@ -206,10 +210,6 @@ impl Tunneled {
             wan_port: NTM_PORT,
             gateway_mac: MacAddr(l.nat1_lan.mac),
         }));
-        datapath.set_gns(&[GnLink {
-            vip: GN_ADDR,
-            mac: Some(MacAddr(l.gn.mac)),
-        }]);
         let tunnel_id = random_u32()?;
         let keys = DirectionKeys::derive(&random_key()?);
         let suite = tuning.suite.suite();
