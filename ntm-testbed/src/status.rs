@@ -55,6 +55,9 @@ pub struct NamespaceStatus {
     pub nat_table: Option<bool>,
     /// Whether IPv4 forwarding is on.
     pub ip_forward: bool,
+    /// Whether the bridge here (lan, inet) hands frames to the IP and ARP hooks
+    /// (br_netfilter's `bridge-nf-call-*`), which drop malformed IPv4.
+    pub bridge_nf_call: bool,
     /// Whether `/etc/netns/<name>/resolv.conf` exists.
     pub resolv_conf: bool,
 }
@@ -206,6 +209,9 @@ impl NamespaceStatus {
         }
         if self.ip_forward {
             notes.push("ip_forward on".into());
+        }
+        if self.bridge_nf_call {
+            notes.push("bridge-nf-call ON".into());
         }
         if !self.resolv_conf {
             notes.push("no resolv.conf".into());
@@ -390,6 +396,7 @@ struct Inside {
     default_route: Option<Ipv4Addr>,
     nat_table: Option<bool>,
     ip_forward: bool,
+    bridge_nf_call: bool,
 }
 
 fn look_inside(ns: &str, role: Role, nat_table: &str) -> Result<Inside> {
@@ -420,6 +427,11 @@ fn look_inside(ns: &str, role: Role, nat_table: &str) -> Result<Inside> {
             default_route,
             nat_table,
             ip_forward: read_sysctl("net/ipv4/ip_forward").as_deref() == Some("1"),
+            // Namespaces without a bridge have nothing to call it for.
+            bridge_nf_call: topology::BRIDGES.contains(&role)
+                && topology::BRIDGE_NF_CALL
+                    .iter()
+                    .any(|k| read_sysctl(k).as_deref() == Some("1")),
         })
     })?
 }
@@ -522,6 +534,7 @@ fn namespace_status(
         default_route: inside.default_route,
         nat_table: inside.nat_table,
         ip_forward: inside.ip_forward,
+        bridge_nf_call: inside.bridge_nf_call,
         resolv_conf,
     })
 }
@@ -627,6 +640,12 @@ fn check_namespace(
     if topology::NATS.contains(&role) && !inside.ip_forward {
         problems.push(format!("{name}: ip_forward is off"));
     }
+    if inside.bridge_nf_call {
+        problems.push(format!(
+            "{name}: bridge-nf-call-* is on, so {} drops malformed IPv4",
+            ifname::BRIDGE
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -723,6 +742,7 @@ mod tests {
                 .map(|(_, g)| *g),
             nat_table: topology::NATS.contains(&role).then_some(true),
             ip_forward: topology::NATS.contains(&role),
+            bridge_nf_call: false,
         }
     }
 
@@ -790,6 +810,7 @@ mod tests {
         i.interfaces[2].port_state = Some("learning".into());
         i.interfaces[3].tx_csum_off = Some(false);
         i.interfaces[4].rx_queues = 1;
+        i.bridge_nf_call = true;
         check_namespace("ntm-lan", Role::Lan, &i, Some(&o), &mut p);
         assert_eq!(
             p,
@@ -798,6 +819,7 @@ mod tests {
                 "ntm-lan: ntma has 1rx/2tx queues, expected 2",
                 "ntm-lan: br0 has STP on or a forward delay",
                 "ntm-lan: gn is learning on br0, not forwarding",
+                "ntm-lan: bridge-nf-call-* is on, so br0 drops malformed IPv4",
             ]
         );
     }

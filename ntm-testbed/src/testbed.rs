@@ -260,6 +260,16 @@ impl Testbed {
                 }
             }
         }
+        if topology::BRIDGES.contains(&role) {
+            for key in topology::BRIDGE_NF_CALL {
+                match set(key, "0") {
+                    // Without br_netfilter, bridges never call the IP hooks.
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
+            }
+        }
         // A new namespace inherits the host's IPv4 settings; reverse path
         // filtering there would make the testbed depend on the host.
         set("net/ipv4/conf/all/rp_filter", "0")?;

@@ -336,6 +336,17 @@ pub(crate) const NATS: [Role; 2] = [Role::Nat1, Role::Nat2];
 /// no forward delay, so that a port forwards as soon as it is up.
 pub(crate) const BRIDGES: [Role; 2] = [Role::Lan, Role::Inet];
 
+/// br_netfilter's per-namespace switches (present when the kernel has
+/// it). Each is 0 in the bridges' namespaces: with them on, the bridge
+/// hands IPv4 and ARP frames to the IP hooks, which drop malformed
+/// headers, so a GN's bad frames would never reach lan0. A switch does
+/// not look at IP.
+pub(crate) const BRIDGE_NF_CALL: [&str; 3] = [
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+    "net/bridge/bridge-nf-call-arptables",
+];
+
 /// The interfaces `up` creates in `role`'s namespace, besides `lo`.
 pub(crate) fn interfaces(role: Role) -> Vec<&'static str> {
     let mut v = Vec::new();

@@ -161,6 +161,8 @@ fn up_builds_the_whole_topology_and_dropping_the_guard_removes_it() {
     }
     let lan = st.namespace(Role::Lan);
     assert_eq!(lan.interface("br0").unwrap().forwards_at_once, Some(true));
+    // A switch: malformed IPv4 from a GN must reach lan0 (tests/bad_input.rs in ntm-world).
+    assert!(!lan.bridge_nf_call);
     for port in ["gn", "gn2", "ntma"] {
         let i = lan.interface(port).unwrap();
         assert_eq!(i.master.as_deref(), Some("br0"), "{port}");
