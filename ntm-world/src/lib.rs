@@ -975,6 +975,15 @@ mod tests {
     }
 
     #[test]
+    fn the_gn_helpers_take_only_the_gns() {
+        for role in GNS {
+            assert_eq!(gn(role).unwrap(), role);
+        }
+        let e = gn(Role::Cn).unwrap_err().to_string();
+        assert!(e.contains("cn is not a GN"), "{e}");
+    }
+
+    #[test]
     fn payloads_are_deterministic() {
         assert_eq!(payload(64, 7), payload(64, 7));
         assert_ne!(payload(64, 7), payload(64, 8));
