@@ -1,10 +1,11 @@
 //! The ntma testbed: network namespaces, veths, bridge and NAT of docs/testbed.md, as a library with a teardown guard.
 //!
 //! ```text
-//!  gn ──veth── ntma ──veth── nat1 ──┐                 ┌── dc   198.18.0.2
-//!  eth0     lan0   wan0    lan   wan │                 ├── rs   198.18.0.3
-//!                                    └── inet (br0) ───┼── cn   198.18.0.20
-//!                                        198.18.0.0/24 └── nat2 198.18.0.11 ── cn2 192.168.20.2
+//!  gn  eth0 ──┐
+//!             ├─ lan (br0) ── lan0 ntma wan0 ── lan nat1 wan ──┐                 ┌── dc   198.18.0.2
+//!  gn2 eth0 ──┘                                                │                 ├── rs   198.18.0.3
+//!                                                              └── inet (br0) ───┼── cn   198.18.0.20
+//!                                                                  198.18.0.0/24 └── nat2 198.18.0.11 ── cn2 192.168.20.2
 //! ```
 //!
 //! Every namespace name is `<prefix><role>` (default prefix `ntm-`), so

@@ -55,6 +55,9 @@ pub struct NamespaceStatus {
     pub nat_table: Option<bool>,
     /// Whether IPv4 forwarding is on.
     pub ip_forward: bool,
+    /// Whether the bridge here (lan, inet) hands frames to the IP and ARP hooks
+    /// (br_netfilter's `bridge-nf-call-*`), which drop malformed IPv4.
+    pub bridge_nf_call: bool,
     /// Whether `/etc/netns/<name>/resolv.conf` exists.
     pub resolv_conf: bool,
 }
@@ -81,6 +84,11 @@ pub struct Interface {
     /// For the interfaces on the AF_XDP path: whether TX checksum offload
     /// is off.
     pub tx_csum_off: Option<bool>,
+    /// For a bridge: whether it forwards on a new port at once (STP off,
+    /// forward delay 0).
+    pub forwards_at_once: Option<bool>,
+    /// For a bridge port: its STP port state (`forwarding`, `disabled`...).
+    pub port_state: Option<String>,
 }
 
 impl Status {
@@ -202,6 +210,9 @@ impl NamespaceStatus {
         if self.ip_forward {
             notes.push("ip_forward on".into());
         }
+        if self.bridge_nf_call {
+            notes.push("bridge-nf-call ON".into());
+        }
         if !self.resolv_conf {
             notes.push("no resolv.conf".into());
         }
@@ -229,7 +240,15 @@ impl Interface {
             extra.push(k.clone());
         }
         if let Some(m) = &self.master {
-            extra.push(format!("port of {m}"));
+            match &self.port_state {
+                Some(st) => extra.push(format!("port of {m} ({st})")),
+                None => extra.push(format!("port of {m}")),
+            }
+        }
+        match self.forwards_at_once {
+            Some(true) => extra.push("no STP, no forward delay".into()),
+            Some(false) => extra.push("STP or forward delay ON".into()),
+            None => {}
         }
         if self.kind.as_deref() == Some("veth") {
             extra.push(format!("{}rx/{}tx queues", self.rx_queues, self.tx_queues));
@@ -273,10 +292,30 @@ struct IpLink {
     addr_info: Vec<AddrInfo>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct LinkInfo {
     #[serde(default)]
     info_kind: Option<String>,
+    #[serde(default)]
+    info_data: Option<BridgeData>,
+    #[serde(default)]
+    info_slave_data: Option<PortData>,
+}
+
+/// The part of a bridge's `info_data` that says when a port forwards
+/// (other kinds have other keys, all ignored).
+#[derive(Deserialize)]
+struct BridgeData {
+    #[serde(default)]
+    stp_state: Option<u32>,
+    #[serde(default)]
+    forward_delay: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct PortData {
+    #[serde(default)]
+    state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -303,21 +342,30 @@ pub(crate) fn parse_ip_addr(json: &str) -> Result<Vec<Interface>> {
     })?;
     Ok(links
         .into_iter()
-        .map(|l| Interface {
-            up: l.flags.iter().any(|f| f == "UP"),
-            operstate: l.operstate.unwrap_or_else(|| "UNKNOWN".into()),
-            kind: l.linkinfo.and_then(|i| i.info_kind),
-            master: l.master,
-            rx_queues: l.num_rx_queues.unwrap_or(1),
-            tx_queues: l.num_tx_queues.unwrap_or(1),
-            addrs: l
-                .addr_info
-                .iter()
-                .filter(|a| a.family.as_deref() == Some("inet"))
-                .filter_map(|a| Some((a.local.as_deref()?.parse().ok()?, a.prefixlen?)))
-                .collect(),
-            name: l.ifname,
-            tx_csum_off: None,
+        .map(|l| {
+            let info = l.linkinfo.unwrap_or_default();
+            let forwards_at_once = (info.info_kind.as_deref() == Some("bridge")).then(|| {
+                info.info_data
+                    .is_some_and(|b| b.stp_state == Some(0) && b.forward_delay == Some(0))
+            });
+            Interface {
+                up: l.flags.iter().any(|f| f == "UP"),
+                operstate: l.operstate.unwrap_or_else(|| "UNKNOWN".into()),
+                kind: info.info_kind,
+                forwards_at_once,
+                port_state: info.info_slave_data.and_then(|p| p.state),
+                master: l.master,
+                rx_queues: l.num_rx_queues.unwrap_or(1),
+                tx_queues: l.num_tx_queues.unwrap_or(1),
+                addrs: l
+                    .addr_info
+                    .iter()
+                    .filter(|a| a.family.as_deref() == Some("inet"))
+                    .filter_map(|a| Some((a.local.as_deref()?.parse().ok()?, a.prefixlen?)))
+                    .collect(),
+                name: l.ifname,
+                tx_csum_off: None,
+            }
         })
         .collect())
 }
@@ -348,6 +396,7 @@ struct Inside {
     default_route: Option<Ipv4Addr>,
     nat_table: Option<bool>,
     ip_forward: bool,
+    bridge_nf_call: bool,
 }
 
 fn look_inside(ns: &str, role: Role, nat_table: &str) -> Result<Inside> {
@@ -378,6 +427,11 @@ fn look_inside(ns: &str, role: Role, nat_table: &str) -> Result<Inside> {
             default_route,
             nat_table,
             ip_forward: read_sysctl("net/ipv4/ip_forward").as_deref() == Some("1"),
+            // Namespaces without a bridge have nothing to call it for.
+            bridge_nf_call: topology::BRIDGES.contains(&role)
+                && topology::BRIDGE_NF_CALL
+                    .iter()
+                    .any(|k| read_sysctl(k).as_deref() == Some("1")),
         })
     })?
 }
@@ -480,6 +534,7 @@ fn namespace_status(
         default_route: inside.default_route,
         nat_table: inside.nat_table,
         ip_forward: inside.ip_forward,
+        bridge_nf_call: inside.bridge_nf_call,
         resolv_conf,
     })
 }
@@ -535,16 +590,27 @@ fn check_namespace(
             problems.push(format!("{name}: {want} has TX checksum offload on"));
         }
     }
-    if role == Role::Inet {
-        for port in topology::bridge_ports() {
-            if let Some(i) = find(port) {
-                if i.master.as_deref() != Some(ifname::BRIDGE) {
-                    problems.push(format!(
-                        "{name}: {port} is not a port of {}",
-                        ifname::BRIDGE
-                    ));
-                }
-            }
+    if let Some(br) = find(ifname::BRIDGE) {
+        if br.forwards_at_once == Some(false) {
+            problems.push(format!(
+                "{name}: {} has STP on or a forward delay",
+                ifname::BRIDGE
+            ));
+        }
+    }
+    for port in topology::bridge_ports(role) {
+        let Some(i) = find(port) else { continue };
+        if i.master.as_deref() != Some(ifname::BRIDGE) {
+            problems.push(format!(
+                "{name}: {port} is not a port of {}",
+                ifname::BRIDGE
+            ));
+        } else if i.port_state.as_deref().is_some_and(|s| s != "forwarding") {
+            problems.push(format!(
+                "{name}: {port} is {} on {}, not forwarding",
+                i.port_state.as_deref().unwrap_or_default(),
+                ifname::BRIDGE
+            ));
         }
     }
     for (r, ifn, addr, len) in topology::ADDRS {
@@ -574,6 +640,12 @@ fn check_namespace(
     if topology::NATS.contains(&role) && !inside.ip_forward {
         problems.push(format!("{name}: ip_forward is off"));
     }
+    if inside.bridge_nf_call {
+        problems.push(format!(
+            "{name}: bridge-nf-call-* is on, so {} drops malformed IPv4",
+            ifname::BRIDGE
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -583,19 +655,32 @@ mod tests {
     // Trimmed output of `ip -j -d addr show` from iproute2 6.1.
     const IP_ADDR: &str = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,"operstate":"UNKNOWN","num_tx_queues":1,"num_rx_queues":1,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]},
         {"ifindex":2,"ifname":"lan0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"operstate":"UP","linkinfo":{"info_kind":"veth"},"num_tx_queues":2,"num_rx_queues":2,"addr_info":[{"family":"inet","local":"100.64.0.1","prefixlen":10},{"family":"inet6","local":"fe80::1","prefixlen":64}]},
-        {"ifindex":4,"link":"p2","ifname":"dc","flags":["BROADCAST"],"master":"br0","operstate":"DOWN","linkinfo":{"info_kind":"veth","info_slave_kind":"bridge"},"addr_info":[]}]"#;
+        {"ifindex":4,"link":"p2","ifname":"dc","flags":["BROADCAST"],"master":"br0","operstate":"DOWN","linkinfo":{"info_kind":"veth","info_slave_kind":"bridge","info_slave_data":{"state":"disabled","priority":32,"cost":2}},"addr_info":[]},
+        {"ifindex":5,"ifname":"br0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"operstate":"UP","linkinfo":{"info_kind":"bridge","info_data":{"forward_delay":0,"hello_time":200,"max_age":2000,"ageing_time":30000,"stp_state":0,"priority":32768,"vlan_filtering":0,"bridge_id":"8000.0:0:0:0:0:0"}},"addr_info":[]}]"#;
 
     #[test]
     fn ip_addr_json_becomes_interfaces() {
         let ifs = parse_ip_addr(IP_ADDR).unwrap();
-        assert_eq!(ifs.len(), 3);
+        assert_eq!(ifs.len(), 4);
         assert_eq!(ifs[0].name, "lo");
         assert!(ifs[0].up);
         assert_eq!(ifs[0].kind, None);
         assert_eq!(ifs[1].addrs, vec![(Ipv4Addr::new(100, 64, 0, 1), 10)]);
         assert_eq!((ifs[1].rx_queues, ifs[1].tx_queues), (2, 2));
         assert_eq!(ifs[2].master.as_deref(), Some("br0"));
+        assert_eq!(ifs[2].port_state.as_deref(), Some("disabled"));
         assert!(!ifs[2].up);
+        assert_eq!(
+            (ifs[1].port_state.as_deref(), ifs[1].forwards_at_once),
+            (None, None)
+        );
+        assert_eq!(ifs[3].kind.as_deref(), Some("bridge"));
+        assert_eq!(ifs[3].forwards_at_once, Some(true));
+        let stp = IP_ADDR.replace(r#""stp_state":0"#, r#""stp_state":1"#);
+        assert_eq!(
+            parse_ip_addr(&stp).unwrap()[3].forwards_at_once,
+            Some(false)
+        );
         assert!(parse_ip_addr("not json").is_err());
     }
 
@@ -624,12 +709,18 @@ mod tests {
             rx_queues: 1,
             tx_queues: 1,
             tx_csum_off: None,
+            forwards_at_once: None,
+            port_state: None,
         }];
         for n in topology::interfaces(role) {
             let q = u32::from(topology::queues_of(role, n, options.queues).unwrap_or(1));
+            let bridge = n == ifname::BRIDGE;
+            let port = topology::bridge_ports(role).any(|p| p == n);
             interfaces.push(Interface {
                 name: n.into(),
-                kind: Some("veth".into()),
+                kind: Some(if bridge { "bridge" } else { "veth" }.into()),
+                forwards_at_once: bridge.then_some(true),
+                port_state: port.then(|| "forwarding".into()),
                 up: true,
                 operstate: "UP".into(),
                 addrs: topology::ADDRS
@@ -637,7 +728,7 @@ mod tests {
                     .filter(|(r, i, _, _)| *r == role && *i == n)
                     .map(|(_, _, a, l)| (*a, *l))
                     .collect(),
-                master: (role == Role::Inet && n != ifname::BRIDGE).then(|| "br0".into()),
+                master: port.then(|| "br0".into()),
                 rx_queues: q,
                 tx_queues: q,
                 tx_csum_off: topology::TX_CSUM_OFF.contains(&(role, n)).then_some(true),
@@ -651,6 +742,7 @@ mod tests {
                 .map(|(_, g)| *g),
             nat_table: topology::NATS.contains(&role).then_some(true),
             ip_forward: topology::NATS.contains(&role),
+            bridge_nf_call: false,
         }
     }
 
@@ -708,6 +800,26 @@ mod tests {
             [
                 "ntm-inet: rs is UP (admin down)",
                 "ntm-inet: dc is not a port of br0"
+            ]
+        );
+
+        let mut p = Vec::new();
+        let mut i = inside(Role::Lan, &o);
+        assert_eq!(i.interfaces[1].name, "br0");
+        i.interfaces[1].forwards_at_once = Some(false);
+        i.interfaces[2].port_state = Some("learning".into());
+        i.interfaces[3].tx_csum_off = Some(false);
+        i.interfaces[4].rx_queues = 1;
+        i.bridge_nf_call = true;
+        check_namespace("ntm-lan", Role::Lan, &i, Some(&o), &mut p);
+        assert_eq!(
+            p,
+            [
+                "ntm-lan: gn2 has TX checksum offload on",
+                "ntm-lan: ntma has 1rx/2tx queues, expected 2",
+                "ntm-lan: br0 has STP on or a forward delay",
+                "ntm-lan: gn is learning on br0, not forwarding",
+                "ntm-lan: bridge-nf-call-* is on, so br0 drops malformed IPv4",
             ]
         );
     }

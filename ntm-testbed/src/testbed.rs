@@ -31,8 +31,9 @@ const MAX_PREFIX_BODY: usize = 16;
 /// How a testbed is built, besides its prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Options {
-    /// RX and TX queue count of the veths on the AF_XDP path (gn `eth0`,
-    /// ntma `lan0` and `wan0`, nat1 `lan`); every other veth has one.
+    /// RX and TX queue count of the veths on the AF_XDP path (gn and gn2
+    /// `eth0`, the lan bridge's ports, ntma `lan0` and `wan0`, nat1 `lan`);
+    /// every other veth has one.
     /// Both ends of a pair get the same count: native XDP refuses to attach
     /// to a veth whose peer has more TX queues than it has RX queues.
     pub queues: u16,
@@ -219,7 +220,7 @@ impl Testbed {
         for role in Role::ALL {
             in_netns(&role.ns(p), || self.namespace_sysctls(role))??;
         }
-        ip_batch(None, &self.links_script(), false)?;
+        ip_batch(None, &links_script(p, self.options.queues), false)?;
         for role in Role::ALL {
             ip_batch(Some(&role.ns(p)), &namespace_script(role), false)?;
         }
@@ -235,33 +236,6 @@ impl Testbed {
         }
         tx_csum_off(p)?;
         wait_complete(p)
-    }
-
-    /// The `ip -batch` script creating the veth pairs, each end in its
-    /// namespace, and the internet bridge.
-    fn links_script(&self) -> String {
-        let p = &self.prefix;
-        let mut script = String::new();
-        for l in &VETHS {
-            let q = if l.xdp_path { self.options.queues } else { 1 };
-            writeln!(
-                script,
-                "link add {} netns {} numtxqueues {q} numrxqueues {q} type veth peer {} netns {} numtxqueues {q} numrxqueues {q}",
-                l.a_if,
-                l.a.ns(p),
-                l.b_if,
-                l.b.ns(p)
-            )
-            .expect("String write");
-        }
-        writeln!(
-            script,
-            "link add {} netns {} type bridge",
-            topology::ifname::BRIDGE,
-            Role::Inet.ns(p)
-        )
-        .expect("String write");
-        script
     }
 
     /// Per-namespace sysctls, set before any link exists so that the
@@ -280,6 +254,16 @@ impl Testbed {
             ] {
                 match set(key, "1") {
                     // A kernel without IPv6 has nothing to switch off.
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
+            }
+        }
+        if topology::BRIDGES.contains(&role) {
+            for key in topology::BRIDGE_NF_CALL {
+                match set(key, "0") {
+                    // Without br_netfilter, bridges never call the IP hooks.
                     Err(Error::Io { source, .. })
                         if source.kind() == std::io::ErrorKind::NotFound => {}
                     r => r?,
@@ -578,12 +562,43 @@ fn wait_complete(p: &str) -> Result<()> {
     }
 }
 
+/// The `ip -batch` script creating the veth pairs, each end in its
+/// namespace, and the bridges.
+fn links_script(p: &str, queues: u16) -> String {
+    let mut script = String::new();
+    for l in &VETHS {
+        let q = if l.xdp_path { queues } else { 1 };
+        writeln!(
+            script,
+            "link add {} netns {} numtxqueues {q} numrxqueues {q} type veth peer {} netns {} numtxqueues {q} numrxqueues {q}",
+            l.a_if,
+            l.a.ns(p),
+            l.b_if,
+            l.b.ns(p)
+        )
+        .expect("String write");
+    }
+    for role in topology::BRIDGES {
+        // STP off and no forward delay: a port forwards as soon as its
+        // link is up, instead of listening and learning first (a GN's
+        // first DHCP and ARP frames would be lost).
+        writeln!(
+            script,
+            "link add {} netns {} type bridge stp_state 0 forward_delay 0",
+            topology::ifname::BRIDGE,
+            role.ns(p)
+        )
+        .expect("String write");
+    }
+    script
+}
+
 /// The `ip -batch` script that configures `role`'s namespace once its
 /// links exist.
 fn namespace_script(role: Role) -> String {
     let mut s = String::from("link set lo up\n");
     for i in topology::interfaces(role) {
-        if role == Role::Inet && i != topology::ifname::BRIDGE {
+        if topology::BRIDGES.contains(&role) && i != topology::ifname::BRIDGE {
             writeln!(s, "link set {i} master {}", topology::ifname::BRIDGE).expect("String write");
         }
         writeln!(s, "link set {i} up").expect("String write");
@@ -877,6 +892,33 @@ mod tests {
         assert!(inet.contains("link set br0 up\nlink set nat1 master br0\nlink set nat1 up\n"));
         assert!(!inet.contains("addr"));
         assert!(namespace_script(Role::Cn2).ends_with("route add default via 192.168.20.1\n"));
+        assert_eq!(
+            namespace_script(Role::Lan),
+            "link set lo up\nlink set br0 up\n\
+             link set gn master br0\nlink set gn up\n\
+             link set gn2 master br0\nlink set gn2 up\n\
+             link set ntma master br0\nlink set ntma up\n"
+        );
+        assert_eq!(
+            namespace_script(Role::Gn2),
+            "link set lo up\nlink set eth0 up\n"
+        );
+    }
+
+    #[test]
+    fn links_script_bridges_the_gns_and_lan0_with_queues_on_both_ends() {
+        let s = links_script("t-", 2);
+        assert!(s.contains(
+            "link add lan0 netns t-ntma numtxqueues 2 numrxqueues 2 type veth \
+             peer ntma netns t-lan numtxqueues 2 numrxqueues 2\n"
+        ));
+        assert!(s.contains("link add eth0 netns t-gn2 numtxqueues 2 numrxqueues 2 type veth peer gn2 netns t-lan numtxqueues 2 numrxqueues 2\n"));
+        assert!(s.contains("link add eth0 netns t-dc numtxqueues 1 numrxqueues 1 type veth"));
+        for ns in ["t-lan", "t-inet"] {
+            assert!(s.contains(&format!(
+                "link add br0 netns {ns} type bridge stp_state 0 forward_delay 0\n"
+            )));
+        }
     }
 
     #[test]

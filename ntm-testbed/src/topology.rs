@@ -13,6 +13,8 @@ pub const DEFAULT_PREFIX: &str = "ntm-";
 pub const NTM_DOMAIN: &str = "ntm.test";
 /// The general node behind the adapter.
 pub const GN_FQDN: &str = "gn.ntm.test";
+/// The second general node, on the same LAN as gn.
+pub const GN2_FQDN: &str = "gn2.ntm.test";
 /// The software node on the 198.18.0.0/24 "internet" (a global node).
 pub const CN_FQDN: &str = "cn.ntm.test";
 /// The software node behind nat2.
@@ -21,14 +23,14 @@ pub const CN2_FQDN: &str = "cn2.ntm.test";
 /// need a node there instead of the adapter.
 pub const NODE_FQDN: &str = "node.ntm.test";
 /// Every FQDN that gets a `K_node` in the key store.
-pub const NODE_FQDNS: [&str; 4] = [GN_FQDN, CN_FQDN, CN2_FQDN, NODE_FQDN];
+pub const NODE_FQDNS: [&str; 5] = [GN_FQDN, GN2_FQDN, CN_FQDN, CN2_FQDN, NODE_FQDN];
 
 /// The VIP pool, 100.64.0.0/10: network address and prefix length.
 pub const VIP_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
 /// The "internet" behind the bridge, 198.18.0.0/24.
 pub const INET_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 24);
 
-/// ntma `lan0`: router, DNS and DHCP server address for the GN (/10).
+/// ntma `lan0`: router, DNS and DHCP server address for the GNs (/10).
 pub const NTMA_LAN_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 /// ntma `wan0` (/24), default route via [`NAT1_LAN_ADDR`].
 pub const NTMA_WAN_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 2);
@@ -52,10 +54,10 @@ pub const CN2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 20, 2);
 /// Interface names inside the namespaces. They carry no prefix: each
 /// namespace has its own set of names.
 pub mod ifname {
-    /// gn's only interface (no address until DHCP); also the one interface
-    /// of dc, rs, cn and cn2.
+    /// gn's and gn2's only interface (no address until DHCP); also the one
+    /// interface of dc, rs, cn and cn2.
     pub const ETH0: &str = "eth0";
-    /// ntma towards the GN.
+    /// ntma towards the GNs (a port of the lan bridge).
     pub const NTMA_LAN: &str = "lan0";
     /// ntma towards nat1.
     pub const NTMA_WAN: &str = "wan0";
@@ -63,7 +65,7 @@ pub mod ifname {
     pub const NAT_LAN: &str = "lan";
     /// nat1/nat2 outside interface (on the bridge).
     pub const NAT_WAN: &str = "wan";
-    /// The bridge in the inet namespace.
+    /// The bridge in the lan and inet namespaces.
     pub const BRIDGE: &str = "br0";
 }
 
@@ -72,6 +74,11 @@ pub mod ifname {
 pub enum Role {
     /// The general node: stock tools only, no address until DHCP.
     Gn,
+    /// The second general node, beside gn on the lan bridge.
+    Gn2,
+    /// The bridge `br0` joining gn, gn2 and ntma's `lan0`: the GNs'
+    /// Ethernet segment. No address; nothing runs there.
+    Lan,
     /// The adapter.
     Ntma,
     /// Masquerading NAT between ntma and the internet.
@@ -92,8 +99,10 @@ pub enum Role {
 
 impl Role {
     /// Every role, in the order `up` builds them.
-    pub const ALL: [Role; 9] = [
+    pub const ALL: [Role; 11] = [
         Role::Gn,
+        Role::Gn2,
+        Role::Lan,
         Role::Ntma,
         Role::Nat1,
         Role::Inet,
@@ -108,6 +117,8 @@ impl Role {
     pub const fn suffix(self) -> &'static str {
         match self {
             Role::Gn => "gn",
+            Role::Gn2 => "gn2",
+            Role::Lan => "lan",
             Role::Ntma => "ntma",
             Role::Nat1 => "nat1",
             Role::Inet => "inet",
@@ -126,10 +137,11 @@ impl Role {
 
     /// The address this role's programs use and others reach it at: ntma's
     /// WAN address, a NAT's outside address, a host's only address. `None`
-    /// for gn (no address until DHCP) and inet (a bridge without address).
+    /// for the GNs (no address until DHCP) and the bridges lan and inet
+    /// (no address).
     pub const fn addr(self) -> Option<Ipv4Addr> {
         match self {
-            Role::Gn | Role::Inet => None,
+            Role::Gn | Role::Gn2 | Role::Lan | Role::Inet => None,
             Role::Ntma => Some(NTMA_WAN_ADDR),
             Role::Nat1 => Some(NAT1_WAN_ADDR),
             Role::Dc => Some(DC_ADDR),
@@ -155,18 +167,19 @@ impl Role {
     pub const fn fqdn(self) -> Option<&'static str> {
         match self {
             Role::Gn => Some(GN_FQDN),
+            Role::Gn2 => Some(GN2_FQDN),
             Role::Cn => Some(CN_FQDN),
             Role::Cn2 => Some(CN2_FQDN),
             _ => None,
         }
     }
 
-    /// The nameserver written into this namespace's resolv.conf. gn asks
-    /// the adapter; everyone else gets a loopback address, so nothing ever
-    /// queries a resolver outside the testbed.
+    /// The nameserver written into this namespace's resolv.conf. The GNs
+    /// ask the adapter; everyone else gets a loopback address, so nothing
+    /// ever queries a resolver outside the testbed.
     pub(crate) const fn nameserver(self) -> Ipv4Addr {
         match self {
-            Role::Gn => NTMA_LAN_ADDR,
+            Role::Gn | Role::Gn2 => NTMA_LAN_ADDR,
             _ => Ipv4Addr::LOCALHOST,
         }
     }
@@ -199,16 +212,34 @@ pub(crate) struct Veth {
     pub b: Role,
     pub b_if: &'static str,
     /// On the AF_XDP path: gets the configured queue count (both ends, so
-    /// native XDP can attach) and TX checksum offload off.
+    /// native XDP can attach); see [`TX_CSUM_OFF`] for the offloads.
     pub xdp_path: bool,
 }
 
-pub(crate) const VETHS: [Veth; 8] = [
+/// The veth pairs. A bridge's ports are the `b` ends in its namespace.
+pub(crate) const VETHS: [Veth; 10] = [
+    // Every pair on the GNs' segment has the AF_XDP path's queue count:
+    // XDP on gn's eth0 (the benchmark's sink) keeps the queues it had as
+    // lan0's direct peer.
     Veth {
         a: Role::Gn,
         a_if: ifname::ETH0,
-        b: Role::Ntma,
-        b_if: ifname::NTMA_LAN,
+        b: Role::Lan,
+        b_if: "gn",
+        xdp_path: true,
+    },
+    Veth {
+        a: Role::Gn2,
+        a_if: ifname::ETH0,
+        b: Role::Lan,
+        b_if: "gn2",
+        xdp_path: true,
+    },
+    Veth {
+        a: Role::Ntma,
+        a_if: ifname::NTMA_LAN,
+        b: Role::Lan,
+        b_if: "ntma",
         xdp_path: true,
     },
     Veth {
@@ -263,9 +294,17 @@ pub(crate) const VETHS: [Veth; 8] = [
 ];
 
 /// Interfaces whose traffic AF_XDP (or a raw socket) sees: TX checksum
-/// offload off, or the L4 checksums read there are partial.
-pub(crate) const TX_CSUM_OFF: [(Role, &str); 4] = [
+/// offload off, or the L4 checksums read there are partial. A GN's partial
+/// checksum would cross the lan bridge unchanged (a bridge forwards the
+/// skb as it is), so the GNs' eth0 compute it in software, and every
+/// bridge port does too, so that no frame reaches lan0 partial whoever
+/// sent it.
+pub(crate) const TX_CSUM_OFF: [(Role, &str); 8] = [
     (Role::Gn, ifname::ETH0),
+    (Role::Gn2, ifname::ETH0),
+    (Role::Lan, "gn"),
+    (Role::Lan, "gn2"),
+    (Role::Lan, "ntma"),
     (Role::Ntma, ifname::NTMA_LAN),
     (Role::Ntma, ifname::NTMA_WAN),
     (Role::Nat1, ifname::NAT_LAN),
@@ -293,10 +332,25 @@ pub(crate) const DEFAULT_ROUTES: [(Role, Ipv4Addr); 2] =
 /// on its own, through AF_XDP).
 pub(crate) const NATS: [Role; 2] = [Role::Nat1, Role::Nat2];
 
+/// The namespaces holding a bridge [`ifname::BRIDGE`], with STP off and
+/// no forward delay, so that a port forwards as soon as it is up.
+pub(crate) const BRIDGES: [Role; 2] = [Role::Lan, Role::Inet];
+
+/// br_netfilter's per-namespace switches (present when the kernel has
+/// it). Each is 0 in the bridges' namespaces: with them on, the bridge
+/// hands IPv4 and ARP frames to the IP hooks, which drop malformed
+/// headers, so a GN's bad frames would never reach lan0. A switch does
+/// not look at IP.
+pub(crate) const BRIDGE_NF_CALL: [&str; 3] = [
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+    "net/bridge/bridge-nf-call-arptables",
+];
+
 /// The interfaces `up` creates in `role`'s namespace, besides `lo`.
 pub(crate) fn interfaces(role: Role) -> Vec<&'static str> {
     let mut v = Vec::new();
-    if role == Role::Inet {
+    if BRIDGES.contains(&role) {
         v.push(ifname::BRIDGE);
     }
     for l in &VETHS {
@@ -318,9 +372,13 @@ pub(crate) fn queues_of(role: Role, ifname: &str, queues: u16) -> Option<u16> {
     })
 }
 
-/// The bridge ports in the inet namespace.
-pub(crate) fn bridge_ports() -> impl Iterator<Item = &'static str> {
-    VETHS.iter().filter(|l| l.b == Role::Inet).map(|l| l.b_if)
+/// The ports of the bridge in `role`'s namespace (none without one).
+pub(crate) fn bridge_ports(role: Role) -> impl Iterator<Item = &'static str> {
+    let bridged = BRIDGES.contains(&role);
+    VETHS
+        .iter()
+        .filter(move |l| bridged && l.b == role)
+        .map(|l| l.b_if)
 }
 
 #[cfg(test)]
@@ -346,6 +404,8 @@ mod tests {
             }
         }
         assert_eq!(interfaces(Role::Gn), ["eth0"]);
+        assert_eq!(interfaces(Role::Gn2), ["eth0"]);
+        assert_eq!(interfaces(Role::Lan), ["br0", "gn", "gn2", "ntma"]);
         assert_eq!(interfaces(Role::Ntma), ["lan0", "wan0"]);
         assert_eq!(
             interfaces(Role::Inet),
@@ -362,8 +422,41 @@ mod tests {
             assert_eq!(queues_of(role, "nope", 2), None);
         }
         assert_eq!(queues_of(Role::Gn, "eth0", 2), Some(2));
+        assert_eq!(queues_of(Role::Gn2, "eth0", 2), Some(2));
+        // Both ends of lan0's pair: native XDP on lan0 needs at least as
+        // many RX queues as its peer has TX queues.
+        assert_eq!(queues_of(Role::Ntma, "lan0", 2), Some(2));
+        assert_eq!(queues_of(Role::Lan, "ntma", 2), Some(2));
+        assert_eq!(queues_of(Role::Lan, "br0", 2), None);
         assert_eq!(queues_of(Role::Nat1, "lan", 2), Some(2));
         assert_eq!(queues_of(Role::Nat1, "wan", 2), Some(1));
+    }
+
+    #[test]
+    fn the_gns_share_one_bridge_with_lan0() {
+        assert_eq!(
+            bridge_ports(Role::Lan).collect::<Vec<_>>(),
+            ["gn", "gn2", "ntma"]
+        );
+        assert_eq!(
+            bridge_ports(Role::Inet).collect::<Vec<_>>(),
+            ["nat1", "dc", "rs", "cn", "nat2"]
+        );
+        assert_eq!(bridge_ports(Role::Ntma).count(), 0);
+        // Every interface a frame crosses from a GN to lan0, and lan0.
+        for hop in [
+            (Role::Gn, "eth0"),
+            (Role::Gn2, "eth0"),
+            (Role::Lan, "gn"),
+            (Role::Lan, "gn2"),
+            (Role::Lan, "ntma"),
+            (Role::Ntma, "lan0"),
+        ] {
+            assert!(TX_CSUM_OFF.contains(&hop), "{hop:?}");
+        }
+        for (role, ifname) in TX_CSUM_OFF {
+            assert!(interfaces(role).contains(&ifname), "{role} {ifname}");
+        }
     }
 
     #[test]
@@ -371,7 +464,13 @@ mod tests {
         assert_eq!(Role::Cn.addr(), Some(Ipv4Addr::new(198, 18, 0, 20)));
         assert_eq!(Role::Cn2.public_addr(), Some(NAT2_WAN_ADDR));
         assert_eq!(Role::Ntma.public_addr(), Some(NAT1_WAN_ADDR));
-        assert_eq!(Role::Gn.addr(), None);
+        for role in [Role::Gn, Role::Gn2, Role::Lan, Role::Inet] {
+            assert_eq!(role.addr(), None, "{role}");
+        }
         assert_eq!(Role::Gn.nameserver(), NTMA_LAN_ADDR);
+        assert_eq!(Role::Gn2.nameserver(), NTMA_LAN_ADDR);
+        assert_eq!(Role::Lan.nameserver(), Ipv4Addr::LOCALHOST);
+        assert_eq!(Role::Gn2.fqdn(), Some(GN2_FQDN));
+        assert!(NODE_FQDNS.contains(&GN2_FQDN));
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ntm_testbed::{
     down, in_netns, require_root, status, unique_prefix, wait_for, wait_until, Options, Role,
-    Testbed, CN2_FQDN, CN_ADDR, CN_FQDN, DC_ADDR, GN_FQDN, NAT1_WAN_ADDR, NAT2_WAN_ADDR, NODE_FQDN,
-    NTMA_LAN_ADDR, RS_ADDR,
+    Testbed, CN2_FQDN, CN_ADDR, CN_FQDN, DC_ADDR, GN2_FQDN, GN_FQDN, NAT1_WAN_ADDR, NAT2_WAN_ADDR,
+    NODE_FQDN, NTMA_LAN_ADDR, RS_ADDR,
 };
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -151,9 +151,24 @@ fn up_builds_the_whole_topology_and_dropping_the_guard_removes_it() {
         shown.contains(&format!("nft table {} loaded", tb.nat_table())),
         "{shown}"
     );
-    let gn = st.namespace(Role::Gn).interface("eth0").unwrap();
-    assert!(gn.addrs.is_empty(), "gn has an address before DHCP: {gn:?}");
-    assert_eq!(gn.tx_csum_off, Some(true));
+    for role in [Role::Gn, Role::Gn2] {
+        let gn = st.namespace(role).interface("eth0").unwrap();
+        assert!(
+            gn.addrs.is_empty(),
+            "{role} has an address before DHCP: {gn:?}"
+        );
+        assert_eq!(gn.tx_csum_off, Some(true));
+    }
+    let lan = st.namespace(Role::Lan);
+    assert_eq!(lan.interface("br0").unwrap().forwards_at_once, Some(true));
+    // A switch: malformed IPv4 from a GN must reach lan0 (tests/bad_input.rs in ntm-world).
+    assert!(!lan.bridge_nf_call);
+    for port in ["gn", "gn2", "ntma"] {
+        let i = lan.interface(port).unwrap();
+        assert_eq!(i.master.as_deref(), Some("br0"), "{port}");
+        assert_eq!(i.port_state.as_deref(), Some("forwarding"), "{port}");
+        assert_eq!(i.tx_csum_off, Some(true), "{port}");
+    }
     let routed = [Role::Ntma, Role::Cn2];
     for role in routed {
         assert!(st.namespace(role).default_route.is_some());
@@ -175,6 +190,20 @@ fn up_builds_the_whole_topology_and_dropping_the_guard_removes_it() {
     ping(&tb, Role::Cn, RS_ADDR);
     ping(&tb, Role::Gn, Ipv4Addr::LOCALHOST);
 
+    // gn, gn2 and lan0 share one Ethernet segment: with addresses set by
+    // hand (no DHCP server runs here) they reach each other at once.
+    for (role, addr) in [(Role::Gn, "100.64.9.2/10"), (Role::Gn2, "100.64.9.3/10")] {
+        tb.exec(role, ["ip", "addr", "add", addr, "dev", "eth0"])
+            .unwrap();
+    }
+    ping(&tb, Role::Gn, Ipv4Addr::new(100, 64, 9, 3));
+    ping(&tb, Role::Gn2, Ipv4Addr::new(100, 64, 9, 2));
+    ping(&tb, Role::Gn2, NTMA_LAN_ADDR);
+    for role in [Role::Gn, Role::Gn2] {
+        tb.exec(role, ["ip", "addr", "flush", "dev", "eth0"])
+            .unwrap();
+    }
+
     // Both NATs masquerade: cn sees their outside addresses, answers get back.
     let before = masqueraded(&tb, Role::Nat2);
     assert_eq!(udp_echo_via_cn(&tb, Role::Cn2, 4000).ip(), NAT2_WAN_ADDR);
@@ -189,25 +218,27 @@ fn up_builds_the_whole_topology_and_dropping_the_guard_removes_it() {
     assert!(e.to_string().contains("ping"), "{e}");
 
     // Each namespace has its own resolver configuration; the host's is untouched.
-    let resolv = tb.output(Role::Gn, ["cat", "/etc/resolv.conf"]).unwrap();
-    assert!(
-        resolv.contains(&format!("nameserver {NTMA_LAN_ADDR}")),
-        "{resolv}"
-    );
+    for role in [Role::Gn, Role::Gn2] {
+        let resolv = tb.output(role, ["cat", "/etc/resolv.conf"]).unwrap();
+        assert!(
+            resolv.contains(&format!("nameserver {NTMA_LAN_ADDR}")),
+            "{role}: {resolv}"
+        );
+    }
     let resolv = tb.output(Role::Cn, ["cat", "/etc/resolv.conf"]).unwrap();
     assert!(resolv.contains("nameserver 127.0.0.1"), "{resolv}");
     assert_eq!(std::fs::read("/etc/resolv.conf").ok(), host_resolv);
 
     // Keys: one per node FQDN and one for the RS, all distinct, root-only file.
     let keys = tb.keys();
-    let mut all: Vec<[u8; 32]> = [GN_FQDN, CN_FQDN, CN2_FQDN, NODE_FQDN]
+    let mut all: Vec<[u8; 32]> = [GN_FQDN, GN2_FQDN, CN_FQDN, CN2_FQDN, NODE_FQDN]
         .iter()
         .map(|f| keys.node(f).unwrap().0)
         .collect();
     all.push(keys.rs().0);
     all.sort();
     all.dedup();
-    assert_eq!(all.len(), 5);
+    assert_eq!(all.len(), 6);
     let file = tb.state_dir().join(ntm_testbed::KEYS_FILE);
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
@@ -372,6 +403,9 @@ fn two_testbeds_live_side_by_side() {
         assert!(st.is_complete(), "{st}");
         for (role, ifname) in [
             (Role::Gn, "eth0"),
+            (Role::Gn2, "eth0"),
+            (Role::Lan, "gn"),
+            (Role::Lan, "ntma"),
             (Role::Ntma, "lan0"),
             (Role::Ntma, "wan0"),
             (Role::Nat1, "lan"),
@@ -528,6 +562,7 @@ fn native_xdp_attaches_on_the_af_xdp_path_with_two_queues() {
     let prog = prog.to_str().unwrap();
     let path = [
         (Role::Gn, "eth0"),
+        (Role::Gn2, "eth0"),
         (Role::Ntma, "lan0"),
         (Role::Ntma, "wan0"),
         (Role::Nat1, "lan"),

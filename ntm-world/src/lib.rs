@@ -41,7 +41,7 @@ use ntm_testbed::{
     ifname, unique_prefix, wait_for, wait_until, Child, Testbed, DC_ADDR, NODE_FQDNS, RS_ADDR,
 };
 
-pub use ntm_testbed::{Role, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
+pub use ntm_testbed::{Role, CN2_FQDN, CN_FQDN, GN2_FQDN, GN_FQDN, NTMA_LAN_ADDR};
 
 /// How long anything may take to come about (generous: two cores, tests
 /// in parallel; nothing asserts a time).
@@ -52,6 +52,16 @@ pub const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(DC_ADDR, 5353);
 pub const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 /// The RS id in the DC's and RS's configurations.
 const RS_ID: u32 = 1;
+/// The general nodes on the adapter's LAN, each with its own namespace
+/// and `eth0`.
+pub const GNS: [Role; 2] = [Role::Gn, Role::Gn2];
+
+/// `role` if it is a GN; the helpers that run a GN's DHCP client refuse
+/// any other namespace rather than touch its interfaces.
+fn gn(role: Role) -> Result<Role> {
+    ensure!(GNS.contains(&role), "{role} is not a GN (one of {GNS:?})");
+    Ok(role)
+}
 
 /// Fails with the testbed's message unless running as root.
 pub fn require_root() -> Result<()> {
@@ -276,36 +286,63 @@ impl World {
             .map_err(|e| anyhow!("in {role}: `{script}`: {e}"))
     }
 
-    /// Stock `dhclient` in gn, once, with its lease and pid files in the
-    /// testbed's state directory (never the host's); returns the address
-    /// it configured on eth0.
+    /// Stock `dhclient` in gn, once; see [`World::dhclient_in`].
     pub fn dhclient(&self) -> Result<Ipv4Addr> {
-        let dir = self.tb.state_dir();
-        let out = self.sh(
-            Role::Gn,
-            &format!(
-                "dhclient -4 -v -1 -lf {}/gn-dhclient.leases -pf {}/gn-dhclient.pid eth0 2>&1",
-                dir.display(),
-                dir.display()
-            ),
-        )?;
-        self.gn_addr()?
-            .ok_or_else(|| anyhow!("dhclient ran but eth0 has no address: {out}"))
+        self.dhclient_in(Role::Gn)
     }
 
-    /// Writes a lease file claiming `addr` for gn's eth0, so that the next
-    /// [`World::dhclient`] starts by asking for it (INIT-REBOOT).
+    /// Stock `dhclient` in the GN `gn` ([`GNS`]), once, with its lease and
+    /// pid files in the testbed's state directory (never the host's), one
+    /// pair per GN ([`World::lease_file`], [`World::dhclient_pid_file`]);
+    /// returns the address it configured on eth0.
+    pub fn dhclient_in(&self, gn: Role) -> Result<Ipv4Addr> {
+        let out = self.sh(
+            self::gn(gn)?,
+            &format!(
+                "dhclient -4 -v -1 -lf {} -pf {} eth0 2>&1",
+                self.lease_file(gn).display(),
+                self.dhclient_pid_file(gn).display()
+            ),
+        )?;
+        self.gn_addr_in(gn)?
+            .ok_or_else(|| anyhow!("dhclient in {gn} ran but eth0 has no address: {out}"))
+    }
+
+    /// The lease file of the GN `gn`'s dhclient (`gn-dhclient.leases`,
+    /// `gn2-dhclient.leases`) in the state directory.
+    pub fn lease_file(&self, gn: Role) -> PathBuf {
+        self.tb.state_dir().join(format!("{gn}-dhclient.leases"))
+    }
+
+    /// The pid file of the GN `gn`'s dhclient (`gn-dhclient.pid`, ...).
+    pub fn dhclient_pid_file(&self, gn: Role) -> PathBuf {
+        self.tb.state_dir().join(format!("{gn}-dhclient.pid"))
+    }
+
+    /// [`World::fake_lease_in`] for gn.
     pub fn fake_lease(&self, addr: Ipv4Addr) -> Result<()> {
-        let path = self.tb.state_dir().join("gn-dhclient.leases");
+        self.fake_lease_in(Role::Gn, addr)
+    }
+
+    /// Writes a lease file claiming `addr` for the GN `gn`'s eth0, so that
+    /// its next [`World::dhclient_in`] starts by asking for it
+    /// (INIT-REBOOT).
+    pub fn fake_lease_in(&self, gn: Role, addr: Ipv4Addr) -> Result<()> {
+        let path = self.lease_file(self::gn(gn)?);
         let text = format!(
             "lease {{\n  interface \"eth0\";\n  fixed-address {addr};\n  option subnet-mask 255.192.0.0;\n  option routers 100.64.0.1;\n  option dhcp-server-identifier 100.64.0.1;\n  renew 4 2099/01/01 00:00:00;\n  rebind 4 2099/01/01 00:00:00;\n  expire 4 2099/01/01 00:00:00;\n}}\n"
         );
-        std::fs::write(&path, text).context("write the fake lease")
+        std::fs::write(&path, text).with_context(|| format!("write the fake lease for {gn}"))
     }
 
     /// gn's IPv4 address on eth0, if any.
     pub fn gn_addr(&self) -> Result<Option<Ipv4Addr>> {
-        let out = self.sh(Role::Gn, "ip -4 -o addr show dev eth0")?;
+        self.gn_addr_in(Role::Gn)
+    }
+
+    /// The GN `gn`'s IPv4 address on eth0, if any.
+    pub fn gn_addr_in(&self, gn: Role) -> Result<Option<Ipv4Addr>> {
+        let out = self.sh(self::gn(gn)?, "ip -4 -o addr show dev eth0")?;
         Ok(out
             .split_whitespace()
             .skip_while(|w| *w != "inet")
@@ -943,6 +980,15 @@ mod tests {
         assert_eq!(i.received_bps, 1.5e9);
         assert_eq!(i.retransmits, Some(3));
         assert!(Iperf::parse(r#"{"error":"unable to connect"}"#).is_err());
+    }
+
+    #[test]
+    fn the_gn_helpers_take_only_the_gns() {
+        for role in GNS {
+            assert_eq!(gn(role).unwrap(), role);
+        }
+        let e = gn(Role::Cn).unwrap_err().to_string();
+        assert!(e.contains("cn is not a GN"), "{e}");
     }
 
     #[test]

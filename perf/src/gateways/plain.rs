@@ -74,8 +74,12 @@ impl Plain {
                     next_hop: l.gn.mac,
                 },
             ];
-            // gn eth0 runs the sink already; nat1 lan needs a program to take redirects.
-            let peers = [(bench.tb.ns(Role::Nat1), "lan".to_owned())];
+            // A veth takes redirected frames only when its peer runs an XDP
+            // program: lan0's peer is the lan bridge's port, wan0's is nat1's lan.
+            let peers = [
+                (bench.tb.ns(Role::Lan), "ntma".to_owned()),
+                (bench.tb.ns(Role::Nat1), "lan".to_owned()),
+            ];
             Some(Forwarder::attach(&bench.tb.ns(Role::Ntma), routes, &peers)?)
         } else {
             None
