@@ -233,9 +233,9 @@ impl World {
         })
     }
 
-    /// The adapter's configuration for this testbed (GN `gn.ntm.test`,
-    /// lan0/wan0, the testbed's queue count, status socket in the state
-    /// directory), before `tweak`.
+    /// The adapter's configuration for this testbed (GNs `gn.ntm.test`, any
+    /// MAC, and `gn2.ntm.test`, bound to gn2's MAC; lan0/wan0, the testbed's
+    /// queue count, status socket in the state directory), before `tweak`.
     pub fn ntma_config(&self) -> Result<ntma_user::config::Config> {
         let key = proto_key(self.tb.keys().node(GN_FQDN).context("GN key")?);
         let mut c = ntma_user::config::Config::new(
@@ -244,6 +244,10 @@ impl World {
             SocketAddrV4::new(DC_ADDR, ntm_dc::DEFAULT_PORT),
             UPSTREAM,
         );
+        let key2 = proto_key(self.tb.keys().node(GN2_FQDN).context("gn2 key")?);
+        let mut gn2 = ntma_user::config::GnEntry::new(GN2_FQDN, &key2);
+        gn2.mac = Some(ntma_user::gn::MacAddr(self.mac(Role::Gn2, ifname::ETH0)?).to_string());
+        c.gn.push(gn2);
         c.status_socket = Some(self.tb.state_dir().join("ntma.sock"));
         c.stats_interval_secs = 0;
         c.lan.interface = ifname::NTMA_LAN.into();

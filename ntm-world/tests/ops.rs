@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use ntm_testbed::{wait_for, wait_until, CN_ADDR, DC_ADDR, NODE_FQDN, NODE_FQDNS, RS_ADDR};
-use ntm_world::{bin, write_private, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, PATIENCE};
+use ntm_world::{bin, write_private, Role, World, CN2_FQDN, CN_FQDN, GN2_FQDN, GN_FQDN, PATIENCE};
 
 /// GET /metrics from inside `role`'s namespace: (status line, headers, body).
 fn scrape(w: &World, role: Role, addr: SocketAddr, openmetrics: bool) -> Result<(String, String)> {
@@ -146,6 +146,8 @@ fn every_daemon_serves_metrics_that_pass_promtool() -> Result<()> {
     let mut cn = w.node_with(Role::Cn, CN_FQDN, |c| c.metrics.listen = Some(cn_m))?;
     let mut ntma = w.ntma(|c| c.metrics.listen = Some(ntma_m))?;
     cn.registered()?;
+    // Both GNs (gn and gn2) are nodes at the DC, with cn.
+    ntma.registered_gn(GN2_FQDN)?;
     let (_, cn_vip) = w.leased_with_tunnel(&mut ntma)?;
     ensure!(w.ping(Role::Gn, cn_vip, 3)?.received == 3);
 
@@ -169,7 +171,7 @@ fn every_daemon_serves_metrics_that_pass_promtool() -> Result<()> {
             "ntm-dc",
             Role::Dc,
             dc_m,
-            vec![("ntm_dc_registrations{state=\"active\"}".to_owned(), 2.0)],
+            vec![("ntm_dc_registrations{state=\"active\"}".to_owned(), 3.0)],
         ),
         (
             "ntm-rs",
@@ -427,6 +429,7 @@ fn ntma_health_check_capabilities_key_file_and_socket_mode() -> Result<()> {
     );
     w.start_dc()?;
     ntma.registered()?;
+    ntma.registered_gn(GN2_FQDN)?;
     let (code, line) = ntma.check()?;
     ensure!(
         code == 1 && line.contains("link not ready"),
