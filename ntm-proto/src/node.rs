@@ -477,10 +477,13 @@ impl Endpoint {
         let id = packet.id();
         let from_dc = from == self.cfg.dc;
         match packet.msg_type() {
+            // Ours by our node id (a recorded one is then refused as stale by
+            // the key that made it), or, before we have one, by the REQ_ID.
             MessageType::RegResp if from_dc => {
-                self.registering.is_some()
-                    && matches!(Repr::parse(&packet),
-                        Ok(Repr { message: Message::RegResp(r), .. }) if r.req_id == self.reg_req_id)
+                self.reg.as_ref().is_some_and(|r| r.node_id == id)
+                    || self.registering.is_some()
+                        && matches!(Repr::parse(&packet),
+                            Ok(Repr { message: Message::RegResp(r), .. }) if r.req_id == self.reg_req_id)
             }
             MessageType::KeepaliveAck | MessageType::RouteDir | MessageType::Error if from_dc => {
                 self.reg.as_ref().is_some_and(|r| r.node_id == id)

@@ -125,12 +125,14 @@ fn oversize_packets_and_tcp(tag: &str, uplink_mtu: Option<u16>) {
     let max = u32::from(inner) - 40;
     assert!(gn_mss <= max, "gn's MSS {gn_mss} > {max}");
     assert!(cn_mss <= max, "cn's MSS {cn_mss} > {max}");
-    let st = ntma
-        .wait("MSS clamps counted", |s| {
-            s.worker_counter("mss_clamped") >= 2
-        })
-        .unwrap();
-    assert!(st.worker_counter("mss_clamped") >= 2);
+    // gn's SYNs (MSS 1460 on its 1500-byte link) were clamped, by the fast
+    // path or, for a SYN held while the tunnel came up, the slow path. How
+    // many depends on how far iperf3 got (control and data connections)
+    // and on cn's MSS: at least one.
+    let clamps = |s: &ntma_user::status::Status| {
+        s.worker_counter("mss_clamped") + s.stat("mss_clamped_slow")
+    };
+    ntma.wait("MSS clamps counted", |s| clamps(s) >= 1).unwrap();
     // DF set, 1500 bytes: ICMP fragmentation needed with the inner MTU, and the
     // kernel's PMTU cache for cn's VIP takes it.
     let before = ntma.status().unwrap();

@@ -75,6 +75,8 @@ ntm_proto::reasons! {
         Released => "released",
         /// DATA sent by the control side (released or raced packets).
         DataTx => "data_tx_slow",
+        /// TCP SYNs sent from the slow path whose MSS was clamped (§6).
+        MssClamped => "mss_clamped_slow",
         /// GN packets longer than the inner MTU without DF, split into fragments.
         Fragmented => "fragmented",
         /// The fragments they were split into (each its own DATA, or held).

@@ -56,6 +56,7 @@ mod reload;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
@@ -79,6 +80,7 @@ use crate::gn::{
     ConnId, Gn, GnAction, GnIndex, GnState, MacAddr, Transport, Unreachable, MAX_FRAME_LEN,
 };
 use crate::status::{GnStatus, GnView, RegistrationStatus, SlowPathStatus, TunnelStatus};
+use crate::wire::tcp::{clamp_mss, IPV4_TCP_LEN};
 use crate::wire::{ethernet, ipv4, udp};
 
 /// Largest inner packet (an IPv4 packet never exceeds this).
@@ -261,6 +263,13 @@ fn udp_in(frame: &[u8]) -> Option<(SocketAddrV4, u16, Range<usize>)> {
         udp.dst_port(),
         at..at + udp.payload().len(),
     ))
+}
+
+/// Whether the IPv4 packet `ip` is a TCP segment with SYN set (the only
+/// ones [`clamp_mss`] may change: worth a copy on the slow path).
+fn is_syn(ip: &[u8]) -> bool {
+    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    ip.get(9) == Some(&ipv4::PROTO_TCP) && ip.get(ihl + 13).is_some_and(|f| f & 0x02 != 0)
 }
 
 fn is_unicast_host(ip: Ipv4Addr) -> bool {
@@ -672,8 +681,14 @@ impl<D: Datapath + ?Sized> Control<D> {
         frame: &Ipv4Frame<'_>,
         io: &impl Io,
     ) -> bool {
+        // §6: SYNs are clamped here too (a held SYN leaves from here).
+        let mut packet = Cow::Borrowed(frame.packet());
+        let max_mss = self.inner_mtu.saturating_sub(IPV4_TCP_LEN);
+        if is_syn(&packet) && clamp_mss(packet.to_mut(), max_mss) {
+            self.c.stat(CtlStat::MssClamped);
+        }
         let host = &mut self.slots[gn].host;
-        match host.send_data(now, frame.packet(), &mut self.buf) {
+        match host.send_data(now, &packet, &mut self.buf) {
             Ok(t) => {
                 if io.send_wan(t.dst, &self.buf[..t.len]) {
                     self.c.stat(CtlStat::DataTx);

@@ -554,6 +554,32 @@ fn echo_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
     f
 }
 
+/// A TCP SYN frame from the GN with an MSS option of `mss`.
+fn syn_frame(src: Ipv4Addr, dst: Ipv4Addr, mss: u16) -> Vec<u8> {
+    let mut tcp = vec![
+        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xff, 0xff,
+    ];
+    tcp.extend_from_slice(&[0, 0, 0, 0, 2, 4]);
+    tcp.extend_from_slice(&mss.to_be_bytes());
+    let sum = crate::wire::checksum::pseudo_header(src, dst, 6, tcp.len() as u16)
+        + crate::wire::checksum::accumulate(&tcp);
+    let c = !crate::wire::checksum::fold(sum);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 2, 0x40, 0, 64, 6, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&LAN_MAC.0);
+    f.extend_from_slice(&GN_MAC.0);
+    f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
 /// ICMP destination unreachable frames to the GN, as (code, quoted destination).
 fn unreachables(frames: &[Vec<u8>]) -> Vec<(u8, Ipv4Addr)> {
     frames
@@ -640,7 +666,10 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
         .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 1), &w.io);
     w.ctl
         .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 2), &w.io);
-    assert_eq!(w.ctl.counters().get_stat(CtlStat::Held), 2);
+    // A SYN from the GN's 1500-byte link waits too, and leaves clamped (§6).
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &mut syn_frame(gn, cn, 1460), &w.io);
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::Held), 3);
     assert!(w.cn_got.is_empty());
     for d in held_back {
         w.net.inject(d.src, d.dst, d.data);
@@ -655,10 +684,16 @@ fn dns_sets_up_a_tunnel_and_held_packets_follow_it() {
     assert_eq!(ups.len(), 1, "{:?}", w.calls());
     let adds = w.calls().into_iter().filter(|c| matches!(c, Call::Add(..)));
     assert_eq!(adds.count(), 1, "{:?}", w.calls());
-    assert_eq!(w.ctl.counters().get_stat(CtlStat::Released), 2);
-    assert_eq!(w.cn_got.len(), 2);
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::Released), 3);
+    assert_eq!(w.cn_got.len(), 3);
     assert_eq!(w.cn_got[0], ipv4_of(&echo_frame(gn, cn, 1)).unwrap().2);
     assert_eq!(w.cn_got[1], ipv4_of(&echo_frame(gn, cn, 2)).unwrap().2);
+    let syn = &w.cn_got[2];
+    assert_eq!(u16::from_be_bytes([syn[42], syn[43]]), 1400, "MSS clamped");
+    let tcp_sum = crate::wire::checksum::pseudo_header(gn, cn, 6, 24)
+        + crate::wire::checksum::accumulate(&syn[20..]);
+    assert_eq!(crate::wire::checksum::fold(tcp_sum), 0xffff, "TCP checksum");
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::MssClamped), 1);
     let t = w.ctl.tunnel_status(w.now);
     assert_eq!(t.len(), 1);
     assert_eq!(
