@@ -3,7 +3,9 @@
 //!
 //! Testbed up; DC, RS, cn, cn2 and ntma started; in the gn namespace the
 //! stock DHCP client obtains the VIP, a stock DNS tool resolves
-//! cn.ntm.test through the adapter, ping and iperf3 run through the tunnel
+//! cn.ntm.test through the adapter; the second GN, gn2, gets its own VIP
+//! and tunnel, cn reaches it by name and gn talks to it directly on the LAN;
+//! ping and iperf3 run through gn's tunnel
 //! both ways while tcpdump on the internet bridge checks that none of
 //! iperf3's known payload crosses it in clear (suite 2 encrypts), each run
 //! with the counters that explain its TCP retransmissions (cn's TUN drops,
@@ -20,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _, Result};
 use ntm_world::capture::{contains, udp_payload_on_port, IPERF_PATTERN};
 use ntm_world::counters::{describe, grown};
-use ntm_world::{payload, require_root, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
+use ntm_world::{
+    payload, require_root, Role, World, CN2_FQDN, CN_FQDN, GN2_FQDN, GN_FQDN, NTMA_LAN_ADDR,
+};
 use ntm_world::{Iperf, Node, Ntma, Ping};
 
 /// The demo's testbed prefix.
@@ -65,6 +69,8 @@ struct Summary {
     /// The payload checks of both directions.
     leak: String,
     relay_path: String,
+    /// The second GN's lines.
+    gn2: String,
     /// The "AF_XDP mode", drops and "XDP verdicts" lines.
     ntma_lines: String,
 }
@@ -92,6 +98,7 @@ fn run() -> Result<()> {
     dhcp(&w, gn_vip)?;
     let (setup, suite) = resolve_cn(&w, &mut ntma, cn_vip)?;
     let ping = pings(&w, cn_vip, gn_vip)?;
+    let gn2 = second_gn(&w, &mut ntma, cn_vip, gn_vip)?;
     let (up, down, cn_tun) = throughput(&w, &cn, &ntma, cn_vip)?;
 
     drop(cn);
@@ -113,6 +120,7 @@ fn run() -> Result<()> {
         cn_tun,
         leak,
         relay_path,
+        gn2,
         ntma_lines,
     });
     println!("demo time              {:.1} s", t0.elapsed().as_secs_f64());
@@ -129,7 +137,7 @@ fn run() -> Result<()> {
 
 /// Removes what a crashed demo left behind, then brings the testbed up.
 fn testbed_up() -> Result<World> {
-    step("testbed up (namespaces gn, ntma, nat1, inet, dc, rs, cn, nat2, cn2; prefix demo-)");
+    step("testbed up (namespaces gn, gn2, lan, ntma, nat1, inet, dc, rs, cn, nat2, cn2; prefix demo-)");
     // A demo that crashed may have left its testbed and processes behind.
     ntm_testbed::down(PREFIX).map_err(|e| anyhow::anyhow!("removing an old demo testbed: {e}"))?;
     World::up_with(PREFIX, |_| {})
@@ -138,9 +146,11 @@ fn testbed_up() -> Result<World> {
 /// Starts ntma and waits for its registration and fast path; returns the
 /// GN's VIP.
 fn start_ntma(w: &World) -> Result<(Ntma, Ipv4Addr)> {
-    step("ntma in the ntma namespace, serving gn.ntm.test on lan0, uplink wan0 behind nat1");
+    step("ntma in the ntma namespace, serving gn.ntm.test and gn2.ntm.test on lan0, uplink wan0 behind nat1");
     let mut ntma = w.ntma(|_| {})?;
     let gn_vip = ntma.registered()?;
+    let gn2_vip = ntma.registered_gn(GN2_FQDN)?;
+    eprintln!("    registered gn2.ntm.test: VIP {gn2_vip}");
     let st = ntma.wait("fast path up", |s| !s.datapath.mode.is_empty())?;
     eprintln!(
         "    registered gn.ntm.test: VIP {gn_vip}, observed {} (behind NAT: {}), AF_XDP {} mode",
@@ -197,6 +207,60 @@ fn resolve_cn(w: &World, ntma: &mut Ntma, cn_vip: Ipv4Addr) -> Result<(Duration,
         other.a
     );
     Ok((setup, t.suite.clone()))
+}
+
+/// gn2, the second GN on the LAN (bound to its MAC in ntma's configuration):
+/// its own VIP by DHCP, its own tunnel to cn, reached by cn by name, and
+/// talking to gn directly on the LAN. Returns the summary's lines.
+fn second_gn(w: &World, ntma: &mut Ntma, cn_vip: Ipv4Addr, gn_vip: Ipv4Addr) -> Result<String> {
+    step("gn2: dhclient eth0, dig cn.ntm.test, ping cn; cn -> gn2.ntm.test; gn <-> gn2 on the LAN");
+    let vip = ntma.registered_gn(GN2_FQDN)?;
+    let got = w.dhclient_in(Role::Gn2)?;
+    ensure!(got == vip, "DHCP gave gn2 {got}, the DC gave it {vip}");
+    let d = w.dig(Role::Gn2, "100.64.0.1", CN_FQDN)?;
+    ensure!(d.a == vec![cn_vip], "gn2 resolved cn to {d:?}");
+    let to_cn = w.ping(Role::Gn2, cn_vip, 5)?;
+    let st = ntma.wait("gn2's tunnel to cn up", |s| {
+        s.tunnels
+            .iter()
+            .any(|t| t.gn == GN2_FQDN && t.peer_fqdn == CN_FQDN && t.up)
+    })?;
+    let t = st
+        .tunnels
+        .iter()
+        .find(|t| t.gn == GN2_FQDN)
+        .context("checked")?;
+    let d = w.dig(Role::Cn, "127.0.0.1", GN2_FQDN)?;
+    ensure!(d.a == vec![vip], "cn resolved gn2 to {d:?}");
+    let from_cn = w.ping(Role::Cn, vip, 5)?;
+    let d = w.dig(Role::Gn, "100.64.0.1", GN2_FQDN)?;
+    ensure!(d.a == vec![vip], "gn resolved gn2 to {d:?}");
+    let direct = w.ping(Role::Gn, vip, 5)?;
+    let back = w.ping(Role::Gn2, gn_vip, 5)?;
+    let tunnels = ntma.status().context("ntma status")?.tunnels;
+    ensure!(
+        !tunnels
+            .iter()
+            .any(|t| t.peer_vip == gn_vip || t.peer_vip == vip),
+        "a tunnel between the GNs: {tunnels:?}"
+    );
+    let lines = format!(
+        "GN2 VIP by DHCP        {vip} (gn2.ntm.test, bound to gn2's MAC)
+         gn2 <-> cn             ping {}/{} to cn, {}/{} from cn (by name), over gn2's own tunnel #{} ({} path)
+         gn <-> gn2             ping {}/{} and {}/{} directly on the LAN (names answered by ntma, no tunnel)",
+        to_cn.received,
+        to_cn.sent,
+        from_cn.received,
+        from_cn.sent,
+        t.id,
+        t.path,
+        direct.received,
+        direct.sent,
+        back.received,
+        back.sent,
+    );
+    eprintln!("{}", indent(&lines));
+    Ok(lines)
 }
 
 /// Pings through the tunnel both ways; returns gn -> cn's and its RTT.
@@ -395,6 +459,7 @@ fn print_summary(s: &Summary) {
         "responder side         cn -> gn.ntm.test TCP 256 KiB intact; cn2 -> gn via {}",
         s.relay_path
     );
+    println!("{}", s.gn2);
     println!("{}", s.ntma_lines);
 }
 
