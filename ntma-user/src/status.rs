@@ -79,8 +79,11 @@ pub struct RegistrationStatus {
 pub struct GnStatus {
     /// The VIP offered by DHCP.
     pub vip: Option<Ipv4Addr>,
-    /// The GN's MAC, once learned.
+    /// The GN's MAC: configured, or once learned.
     pub mac: Option<String>,
+    /// Whether it has shown itself on the LAN (DHCP, ARP, a packet).
+    #[serde(default)]
+    pub seen: bool,
     /// Whether the GN holds a DHCP lease.
     pub lease_bound: bool,
     /// Seconds left on the lease (or offer).
@@ -388,7 +391,7 @@ impl Status {
                     .to_owned(),
             );
         }
-        if self.gns.iter().all(|g| g.gn.mac.is_none()) {
+        if !self.gns.iter().any(|g| g.gn.seen) {
             return Err(
                 "link not ready: no GN has been seen on the LAN yet (no DHCP or ARP from any)"
                     .to_owned(),

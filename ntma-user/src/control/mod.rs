@@ -1003,6 +1003,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         GnStatus {
             vip: st.vip(),
             mac: st.mac().map(|m| m.to_string()),
+            seen: st.seen(),
             lease_bound: lease.is_some_and(|l| l.bound),
             lease_remaining_secs: lease.map(|l| (l.expires - now).as_secs()),
             router: self.gn.config().router,

@@ -334,6 +334,8 @@ pub struct GnState {
     /// The configured MAC, if any: only that MAC is this GN.
     fixed_mac: Option<MacAddr>,
     mac: Option<MacAddr>,
+    /// A frame from it was seen (DHCP, ARP, or a packet from its VIP).
+    seen: bool,
     vip: Option<Ipv4Addr>,
     lease: Option<Lease>,
 }
@@ -357,6 +359,7 @@ impl GnState {
             fqdn: spec.fqdn.clone(),
             fixed_mac: spec.mac,
             mac: spec.mac,
+            seen: false,
             vip: None,
             lease: None,
         }
@@ -373,9 +376,16 @@ impl GnState {
         self.fixed_mac.is_none_or(|m| m == mac)
     }
 
-    /// The GN's MAC, learned from DHCP and from frames sourced from its VIP.
+    /// The GN's MAC: configured, or learned from DHCP and from frames
+    /// sourced from its VIP.
     pub fn mac(&self) -> Option<MacAddr> {
         self.mac
+    }
+
+    /// Whether the GN has shown itself on the LAN (DHCP, ARP, or a packet
+    /// from its VIP).
+    pub fn seen(&self) -> bool {
+        self.seen
     }
 
     /// The VIP the DC assigned to the GN.
@@ -714,6 +724,7 @@ impl Gn {
             self.counters.drop(GnDrop::GnMacMismatch);
             return;
         }
+        st.seen = true;
         if st.mac != Some(mac) {
             st.mac = Some(mac);
             self.counters.stat(GnStat::GnMacLearned);
