@@ -37,7 +37,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{Config, ConfigError, NodeCred, RelayCred, Settings};
 use crate::counters::{DropReason, Drops, Stats};
-use crate::store::{Expiry, MemoryStore, Registration, RegistrationStore};
+use crate::store::{DcStore, Expiry, MemoryStore, Registration};
 
 /// How often registrations, leases and old directions are expired.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -453,7 +453,7 @@ pub enum ReloadError {
 
 /// The DC's protocol state. See the [module docs](self).
 #[derive(Debug)]
-pub struct Coordinator<S: RegistrationStore = MemoryStore> {
+pub struct Coordinator<S: DcStore = MemoryStore> {
     settings: Settings,
     nodes: Vec<NodeSlot>,
     by_fqdn: HashMap<String, usize>,
@@ -487,8 +487,8 @@ impl Coordinator<MemoryStore> {
     }
 }
 
-impl<S: RegistrationStore> Coordinator<S> {
-    /// A coordinator on another [`RegistrationStore`].
+impl<S: DcStore> Coordinator<S> {
+    /// A coordinator on another [`DcStore`].
     pub fn with_store(
         config: &Config,
         store: S,

@@ -18,7 +18,7 @@ use ntm_proto::wire::{
 use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, Suite, WrapLabel};
 
 use ntm_dc::coordinator::{CN_FIRST_ROUTE_DIR_TRIES, DIRECTION_RETENTION, RELAY_DIR_TRIES};
-use ntm_dc::{Config, Coordinator, DropReason, End, NodeEntry, RegistrationStore, RelayEntry};
+use ntm_dc::{Config, Coordinator, DcStore, DropReason, End, NodeEntry, RelayEntry};
 
 const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
 const RS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), 7720);
