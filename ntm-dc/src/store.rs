@@ -281,6 +281,61 @@ pub trait DcStore {
     fn commit_all(&mut self) -> Result<(), StoreError>;
 }
 
+/// A boxed store is a store: one coordinator type over any of them.
+impl<S: DcStore + ?Sized> DcStore for Box<S> {
+    fn get(&self, node_id: u32) -> Option<Registration> {
+        (**self).get(node_id)
+    }
+    fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
+        (**self).get_by_fqdn(fqdn)
+    }
+    fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
+        (**self).vip_owner(vip)
+    }
+    fn put(&mut self, reg: Registration) {
+        (**self).put(reg);
+    }
+    fn remove(&mut self, node_id: u32) -> Option<Registration> {
+        (**self).remove(node_id)
+    }
+    fn expire(&mut self, now: Instant) -> Vec<Expiry> {
+        (**self).expire(now)
+    }
+    fn registrations(&self) -> Vec<Registration> {
+        (**self).registrations()
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn active(&self) -> usize {
+        (**self).active()
+    }
+    fn mark(&self, peer: Peer) -> Option<Mark> {
+        (**self).mark(peer)
+    }
+    fn marks(&self) -> Vec<(Peer, Mark)> {
+        (**self).marks()
+    }
+    fn set_mark(&mut self, peer: Peer, mark: Mark) {
+        (**self).set_mark(peer, mark);
+    }
+    fn forget_mark(&mut self, peer: Peer) {
+        (**self).forget_mark(peer);
+    }
+    fn reserved(&self) -> Reserved {
+        (**self).reserved()
+    }
+    fn set_reserved(&mut self, r: Reserved) {
+        (**self).set_reserved(r);
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        (**self).commit()
+    }
+    fn commit_all(&mut self) -> Result<(), StoreError> {
+        (**self).commit_all()
+    }
+}
+
 /// Registrations indexed by node id, FQDN and VIP: [`MemoryStore`] itself,
 /// and [`RedbStore`]'s index in front of its file.
 #[derive(Debug, Default)]

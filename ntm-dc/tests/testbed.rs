@@ -79,6 +79,8 @@ fn start_dc(tb: &Testbed, config: &ntm_dc::Config) -> Child {
     let path = tb.state_dir().join("dc.toml");
     let mut config = config.clone();
     config.status_socket = tb.state_dir().join("dc.sock");
+    // One store per testbed: testbeds run in parallel.
+    config.store = ntm_dc::config::StoreConfig::redb_in(tb.state_dir());
     // Private: the DC refuses a configuration with keys others can read.
     ntm_ops::keys::write_private(&path, &config.to_toml()).expect("write dc.toml");
     start(

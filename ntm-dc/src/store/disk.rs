@@ -47,7 +47,7 @@ impl Clock {
 
     /// A deadline stored by an earlier process; one before anything this
     /// clock can show is "now" (it has passed).
-    fn from_unix(self, u: u64) -> Instant {
+    fn instant_of(self, u: u64) -> Instant {
         if u >= self.unix_nanos {
             let ahead = Duration::from_nanos(u - self.unix_nanos);
             self.now.checked_add(ahead).unwrap_or(self.now)
@@ -384,10 +384,10 @@ fn decode(b: &[u8], clock: Clock) -> Option<Registration> {
     let alive_at = u64::from_be_bytes(r.array()?);
     let alive_until = match alive {
         0 => None,
-        1 => Some(clock.from_unix(alive_at)),
+        1 => Some(clock.instant_of(alive_at)),
         _ => return None,
     };
-    let lease_until = clock.from_unix(u64::from_be_bytes(r.array()?));
+    let lease_until = clock.instant_of(u64::from_be_bytes(r.array()?));
     if !r.0.is_empty() {
         return None;
     }
