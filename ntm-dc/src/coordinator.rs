@@ -766,7 +766,7 @@ impl<S: DcStore> Coordinator<S> {
                 // Not answered: the sender retransmits, and the change
                 // (still in memory) goes with the next commit that works.
                 self.queue.truncate(queued);
-                Err(DropReason::Store)
+                r.and(Err(DropReason::Store))
             }
         };
         if let Err(reason) = r {
@@ -1927,6 +1927,129 @@ impl<S: DcStore> Coordinator<S> {
 mod tests {
     use super::*;
     use crate::config::NodeEntry;
+
+    /// A store whose commits fail while `fail` is set.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: MemoryStore,
+        fail: bool,
+        commits: usize,
+    }
+
+    impl Flaky {
+        fn result(&mut self) -> Result<(), StoreError> {
+            self.commits += 1;
+            if self.fail {
+                Err(StoreError::Corrupt {
+                    path: "test".into(),
+                    what: "disk on fire".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl DcStore for Flaky {
+        fn get(&self, node_id: u32) -> Option<Registration> {
+            self.inner.get(node_id)
+        }
+        fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
+            self.inner.get_by_fqdn(fqdn)
+        }
+        fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
+            self.inner.vip_owner(vip)
+        }
+        fn put(&mut self, reg: Registration) {
+            self.inner.put(reg);
+        }
+        fn remove(&mut self, node_id: u32) -> Option<Registration> {
+            self.inner.remove(node_id)
+        }
+        fn expire(&mut self, now: Instant) -> Vec<Expiry> {
+            self.inner.expire(now)
+        }
+        fn registrations(&self) -> Vec<Registration> {
+            self.inner.registrations()
+        }
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn active(&self) -> usize {
+            self.inner.active()
+        }
+        fn mark(&self, peer: Peer) -> Option<Mark> {
+            self.inner.mark(peer)
+        }
+        fn marks(&self) -> Vec<(Peer, Mark)> {
+            self.inner.marks()
+        }
+        fn set_mark(&mut self, peer: Peer, mark: Mark) {
+            self.inner.set_mark(peer, mark);
+        }
+        fn forget_mark(&mut self, peer: Peer) {
+            self.inner.forget_mark(peer);
+        }
+        fn reserved(&self) -> Reserved {
+            self.inner.reserved()
+        }
+        fn set_reserved(&mut self, r: Reserved) {
+            self.inner.set_reserved(r);
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            self.result()
+        }
+        fn commit_all(&mut self) -> Result<(), StoreError> {
+            self.result()
+        }
+    }
+
+    fn reg_req(key: &Key, seq: u64, from: SocketAddrV4) -> Vec<u8> {
+        let repr = Repr::new(
+            header(0, seq, true),
+            Message::RegReq(RegReq {
+                req_id: 1,
+                fqdn: Fqdn::new("a.ntm.test").unwrap(),
+                local_addr: from,
+                caps: ntm_proto::wire::Caps::NODE,
+            }),
+        );
+        let mut b = vec![0u8; repr.buffer_len()];
+        repr.emit_sealed(&mut b, &Authenticator::new(key)).unwrap();
+        b
+    }
+
+    #[test]
+    fn nothing_is_answered_that_the_store_did_not_take() {
+        let key = Key::from_bytes([1; 32]);
+        let config = Config {
+            nodes: vec![NodeEntry::new("a.ntm.test", &key)],
+            ..Config::default()
+        };
+        let now = Instant::now();
+        let mut dc = Coordinator::with_store(&config, Flaky::default(), now, 1, [7; 32]).unwrap();
+        let from: SocketAddrV4 = "198.18.0.20:7700".parse().unwrap();
+        let mut buf = [0u8; ntm_proto::wire::MAX_SIGNALING_LEN];
+        dc.store.fail = true;
+        assert_eq!(
+            dc.handle(now, from, &reg_req(&key, 10, from)),
+            Err(DropReason::Store)
+        );
+        assert!(dc.poll_transmit(now, &mut buf).is_none(), "not answered");
+        assert_eq!(dc.drops().get(DropReason::Store), 1);
+        // The retransmission (a new seq) once the store works again: the
+        // registration made before is written and answered.
+        dc.store.fail = false;
+        let commits = dc.store.commits;
+        dc.handle(now, from, &reg_req(&key, 11, from)).unwrap();
+        assert_eq!(dc.store.commits, commits + 1);
+        assert!(dc.poll_transmit(now, &mut buf).is_some(), "answered");
+        assert_eq!(dc.store.active(), 1);
+        // A datagram dropped for its own reason keeps that reason.
+        dc.store.fail = true;
+        let e = dc.handle(now, from, &reg_req(&key, 11, from));
+        assert_eq!(e, Err(Error::Replay.into()));
+    }
 
     #[test]
     fn tunnel_ids_cross_reserved_blocks_without_repeating() {
