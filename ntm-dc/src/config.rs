@@ -93,6 +93,107 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
     #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
     pub metrics: MetricsConfig,
+    /// `[store]`: where registrations, replay marks and reserved counters
+    /// survive a restart.
+    #[serde(default, skip_serializing_if = "StoreConfig::is_default")]
+    pub store: StoreConfig,
+}
+
+/// Which [`crate::store::DcStore`] the daemon runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// [`crate::store::RedbStore`]: durable in a file (the default).
+    #[default]
+    Redb,
+    /// [`crate::store::MemoryStore`]: forgotten at every restart (nodes
+    /// re-register, and what was recorded before may be replayed once).
+    Memory,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `"redb"` (default) or `"memory"`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// The DC's state directory (absolute), where a relative `path` lies.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The redb file: absolute, or relative to `state_dir`.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            kind: StoreKind::default(),
+            state_dir: default_state_dir(),
+            path: default_store_path(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether every field has its default (the table is then not written).
+    pub fn is_default(&self) -> bool {
+        *self == StoreConfig::default()
+    }
+
+    /// A redb store in `dir` (tests and the testbed: one file per DC).
+    pub fn redb_in(dir: &Path) -> StoreConfig {
+        StoreConfig {
+            state_dir: dir.to_owned(),
+            ..StoreConfig::default()
+        }
+    }
+
+    /// The store checked: its kind and, for redb, its file.
+    fn check(&self) -> Result<StoreSettings, ConfigError> {
+        let bad = |field: &'static str, value: &Path, why: &str| ConfigError::BadStore {
+            field,
+            value: value.display().to_string(),
+            why: why.to_owned(),
+        };
+        if self.kind == StoreKind::Memory {
+            return Ok(StoreSettings {
+                kind: self.kind,
+                path: None,
+            });
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(bad(
+                "state_dir",
+                &self.state_dir,
+                "must be an absolute directory (example: \"/var/lib/ntm-dc\")",
+            ));
+        }
+        if self.path.as_os_str().is_empty()
+            || self.path.ends_with("..")
+            || self.path.file_name().is_none()
+        {
+            return Err(bad(
+                "path",
+                &self.path,
+                "must name a file, absolute or relative to state_dir (example: \"dc.redb\")",
+            ));
+        }
+        Ok(StoreSettings {
+            kind: self.kind,
+            path: Some(self.state_dir.join(&self.path)),
+        })
+    }
+}
+
+/// The store, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Which store.
+    pub kind: StoreKind,
+    /// The redb file; `None` for memory.
+    pub path: Option<PathBuf>,
 }
 
 /// One `[[node]]` table: a node (or an adapter's GN) allowed to register.
@@ -162,6 +263,17 @@ fn default_status_socket() -> PathBuf {
     PathBuf::from(DEFAULT_STATUS_SOCKET)
 }
 
+/// The DC's state directory unless `[store] state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ntm-dc";
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("dc.redb")
+}
+
 fn default_listen() -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)
 }
@@ -210,6 +322,7 @@ impl Default for Config {
             relays: Vec::new(),
             status_socket: default_status_socket(),
             metrics: MetricsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -267,6 +380,16 @@ pub enum ConfigError {
     BadRelay {
         /// The RS id.
         id: u32,
+        /// What is wrong.
+        why: String,
+    },
+    /// A `[store]` setting that cannot work.
+    #[error("[store] {field} = {value:?} {why}")]
+    BadStore {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: String,
         /// What is wrong.
         why: String,
     },
@@ -336,6 +459,8 @@ pub struct Settings {
     pub status_socket: PathBuf,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
+    /// The store.
+    pub store: StoreSettings,
 }
 
 impl Config {
@@ -377,6 +502,7 @@ impl Config {
         }
         let nodes = self.check_nodes(&pool)?;
         let relays = self.check_relays()?;
+        let store = self.store.check()?;
         Ok(Settings {
             listen: self.listen,
             domain: self.domain.clone(),
@@ -392,6 +518,7 @@ impl Config {
             relays,
             status_socket: self.status_socket.clone(),
             metrics: self.metrics.clone(),
+            store,
         })
     }
 
@@ -603,6 +730,24 @@ mod tests {
         assert_eq!(s.relays[0].id, 1);
         assert_eq!(s.keepalive, Duration::from_secs(20));
         assert_eq!(s.tunnel_suite, Suite::Aes256Gcm, "AES-256-GCM by default");
+        assert_eq!(
+            s.store,
+            StoreSettings {
+                kind: StoreKind::Redb,
+                path: Some("/var/lib/ntm-dc/dc.redb".into()),
+            },
+            "a redb file in the state directory by default"
+        );
+        let mut moved = c.clone();
+        moved.store = StoreConfig::redb_in(Path::new("/srv/dc"));
+        moved.store.path = "/data/dc.redb".into();
+        assert_eq!(
+            moved.validate().unwrap().store.path,
+            Some("/data/dc.redb".into())
+        );
+        let text = moved.to_toml();
+        assert!(text.contains("[store]"), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), moved);
         let text = c.to_toml();
         assert!(text.contains("tunnel_suite = 2"), "{text}");
         assert!(
@@ -714,6 +859,19 @@ mod tests {
                 "{e}"
             );
         }
+
+        let mut c = base();
+        c.store.state_dir = "state".into();
+        assert!(err(&c).contains("[store] state_dir") && err(&c).contains("absolute"));
+        c.store.kind = StoreKind::Memory;
+        assert!(c.validate().is_ok(), "memory needs no directory");
+        let mut c = base();
+        c.store.path = "".into();
+        assert!(err(&c).contains("[store] path"), "{}", err(&c));
+        let e = Config::from_toml("[store]\nkind = \"etcd\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redb") && e.contains("memory"), "{e}");
 
         let e = Config::from_toml("listen = 5\n").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");

@@ -18,6 +18,19 @@
 //! with the next sequence number (they start at the Unix time in ns), so a
 //! retransmitted ROUTE_DIR or RELAY_DIR is sealed anew and passes the
 //! receiver's window.
+//!
+//! # What survives a restart
+//!
+//! Everything that outlives a datagram and must not be forgotten lives in
+//! the [`DcStore`]: registrations and leases (VIPs stay reserved), each
+//! window's high-water mark (a restarted DC refuses everything recorded
+//! before; the reasoning is in the [store docs](crate::store)), and the
+//! DC's own seq and the tunnel id counter, reserved ahead so that neither
+//! repeats. The coordinator commits the store before it answers the
+//! datagram that changed it. Direction set-ups (pending and remembered
+//! directions, their retransmissions) are not stored: they live seconds,
+//! and a DIR_REQ retransmitted across a restart is simply directed again,
+//! under a new tunnel id. Relay bindings are the RS's; the DC keeps none.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -37,7 +50,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{Config, ConfigError, NodeCred, RelayCred, Settings};
 use crate::counters::{DropReason, Drops, Stats};
-use crate::store::{Expiry, MemoryStore, Registration, RegistrationStore};
+use crate::store::{DcStore, Expiry, Mark, MemoryStore, Peer, Registration, Reserved, StoreError};
 
 /// How often registrations, leases and old directions are expired.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -79,6 +92,16 @@ pub const RELAY_DIR_TRIES: u32 = 4;
 /// ([`RELAY_DIR_TRIES`]), so by 7.5 s in the worst case and by about 3.75 s
 /// when the RS answers at once.
 pub const CN_FIRST_ROUTE_DIR_TRIES: u32 = 4;
+/// How far ahead of use the DC reserves its signaling seq in the store.
+/// Each restart skips what the last run left unused, about 4 s worth of
+/// nanoseconds: nothing, next to the Unix-time start.
+pub const SEQ_RESERVE: u64 = 1 << 32;
+/// How many tunnel ids the DC reserves in the store at a time; a restart
+/// skips what the last run left unused.
+pub const TUNNEL_ID_BLOCK: u64 = 4096;
+/// The label whose HMAC under a peer key identifies the key in the store
+/// (see [`Mark::key_id`]).
+const KEY_ID_LABEL: &[u8] = b"ntm-dc replay mark key id";
 /// REASON of the ERROR sent to nodes the DC does not know.
 const NOT_REGISTERED_REASON: &str = "not registered: send REG_REQ";
 
@@ -172,8 +195,10 @@ struct NodeSlot {
     node_id: u32,
     vip: Option<Ipv4Addr>,
     auth: Authenticator,
+    /// The fingerprint of its key for its [`Mark`].
+    key_id: [u8; 8],
     /// Signaling from the node (REG_REQ included), across registrations of
-    /// its FQDN for the life of the DC process (§2: per sender and key).
+    /// its FQDN (§2: per sender and key); opened above the stored mark.
     window: ReplayWindow,
     /// Directions it requested that are pending or remembered
     /// ([`MAX_DIRECTIONS_PER_NODE`]).
@@ -187,17 +212,29 @@ struct RelaySlot {
     id: u32,
     addr: SocketAddrV4,
     auth: Authenticator,
+    key_id: [u8; 8],
     window: ReplayWindow,
+}
+
+/// The fingerprint of a key in the store: an HMAC under it, so it tells
+/// keys apart without telling anything about them.
+fn key_id(auth: &Authenticator) -> [u8; 8] {
+    let t = auth.tag(KEY_ID_LABEL);
+    let mut id = [0; 8];
+    id.copy_from_slice(&t[..8]);
+    id
 }
 
 impl NodeSlot {
     /// A configured node's slot, before it ever registered.
     fn new(n: &NodeCred) -> NodeSlot {
+        let auth = Authenticator::new(&n.key);
         NodeSlot {
             fqdn: n.fqdn.clone(),
             node_id: n.node_id,
             vip: n.vip,
-            auth: Authenticator::new(&n.key),
+            key_id: key_id(&auth),
+            auth,
             window: ReplayWindow::new(),
             directions: 0,
             limit_logged: false,
@@ -208,10 +245,12 @@ impl NodeSlot {
 impl RelaySlot {
     /// A configured relay's slot.
     fn new(r: &RelayCred) -> RelaySlot {
+        let auth = Authenticator::new(&r.key);
         RelaySlot {
             id: r.id,
             addr: r.addr,
-            auth: Authenticator::new(&r.key),
+            key_id: key_id(&auth),
+            auth,
             window: ReplayWindow::new(),
         }
     }
@@ -451,9 +490,44 @@ pub enum ReloadError {
     NeedsRestart(String),
 }
 
+/// Why [`Coordinator::with_store`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What [`Coordinator::with_store`] found in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Registrations kept, active and lapsed.
+    pub registrations: usize,
+    /// Of them, active ones (given a fresh three keep-alive intervals).
+    pub active: usize,
+    /// Registrations dropped: their node left the configuration, changed
+    /// key or fixed VIP, or their VIP is no longer in the pool.
+    pub dropped: usize,
+    /// Replay windows opened above a stored mark.
+    pub marks: usize,
+}
+
+impl std::fmt::Display for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} registrations ({} active), {} dropped, {} replay marks",
+            self.registrations, self.active, self.dropped, self.marks
+        )
+    }
+}
+
 /// The DC's protocol state. See the [module docs](self).
 #[derive(Debug)]
-pub struct Coordinator<S: RegistrationStore = MemoryStore> {
+pub struct Coordinator<S: DcStore = MemoryStore> {
     settings: Settings,
     nodes: Vec<NodeSlot>,
     by_fqdn: HashMap<String, usize>,
@@ -464,6 +538,17 @@ pub struct Coordinator<S: RegistrationStore = MemoryStore> {
     store: S,
     rng: StdRng,
     seq: u64,
+    /// The store's reserved counters, as last set.
+    reserved: Reserved,
+    /// The next tunnel id counter value (below `reserved.tunnel_ids`).
+    next_tunnel: u64,
+    /// Set by a datagram whose replay mark must be durable before its
+    /// answer (REG_REQ, DEREG, DIR_REQ).
+    sync_marks: bool,
+    /// Whether the last commit failed (logged once per episode).
+    store_failing: bool,
+    /// What the store held at start.
+    restored: Restored,
     tunnels: HashMap<u32, Tunnel>,
     directions: HashMap<(u32, u32), Direction>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
@@ -483,13 +568,32 @@ impl Coordinator<MemoryStore> {
         unix_nanos: u64,
         rng_seed: [u8; 32],
     ) -> Result<Self, ConfigError> {
-        Self::with_store(config, MemoryStore::new(), now, unix_nanos, rng_seed)
+        Self::assemble(config, MemoryStore::new(), now, unix_nanos, rng_seed)
     }
 }
 
-impl<S: RegistrationStore> Coordinator<S> {
-    /// A coordinator on another [`RegistrationStore`].
+impl<S: DcStore> Coordinator<S> {
+    /// A coordinator on another [`DcStore`], carrying on from what it
+    /// holds (see the [module docs](self), "What survives a restart"):
+    /// registrations of nodes still configured with the same key, VIP
+    /// rules and pool are kept (active ones get a fresh three keep-alive
+    /// intervals: the DC could not hear keep-alives while it was down),
+    /// windows open above their marks, and the DC's seq and tunnel ids
+    /// continue above what the last run reserved. Writes the store once
+    /// before it returns.
     pub fn with_store(
+        config: &Config,
+        store: S,
+        now: Instant,
+        unix_nanos: u64,
+        rng_seed: [u8; 32],
+    ) -> Result<Self, StartError> {
+        let mut dc = Self::assemble(config, store, now, unix_nanos, rng_seed)?;
+        dc.store.commit_all()?;
+        Ok(dc)
+    }
+
+    fn assemble(
         config: &Config,
         store: S,
         now: Instant,
@@ -508,6 +612,11 @@ impl<S: RegistrationStore> Coordinator<S> {
             store,
             rng: StdRng::from_seed(rng_seed),
             seq: unix_nanos,
+            reserved: Reserved::default(),
+            next_tunnel: 0,
+            sync_marks: false,
+            store_failing: false,
+            restored: Restored::default(),
             tunnels: HashMap::new(),
             directions: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -517,7 +626,110 @@ impl<S: RegistrationStore> Coordinator<S> {
             stats: Stats::default(),
         };
         dc.index_nodes();
+        dc.reserve_counters(unix_nanos);
+        dc.restore(now);
         Ok(dc)
+    }
+
+    /// Continues the DC's seq and the tunnel id counter above what the
+    /// store reserved, and reserves the next stretch.
+    fn reserve_counters(&mut self, unix_nanos: u64) {
+        let old = self.store.reserved();
+        // A clock stepped back across a restart must not repeat a seq.
+        self.seq = unix_nanos.max(old.seq);
+        self.next_tunnel = old.tunnel_ids;
+        let mut salt = old.tunnel_salt;
+        while salt == 0 {
+            salt = self.rng.next_u32();
+        }
+        self.reserved = Reserved {
+            seq: self.seq + SEQ_RESERVE,
+            tunnel_ids: self.next_tunnel + TUNNEL_ID_BLOCK,
+            tunnel_salt: salt,
+        };
+        self.store.set_reserved(self.reserved);
+    }
+
+    /// Keeps the stored registrations and marks that still fit the
+    /// configuration (see [`Coordinator::with_store`]).
+    fn restore(&mut self, now: Instant) {
+        let mut r = Restored::default();
+        let mut rekeyed = HashSet::new();
+        for (peer, mark) in self.store.marks() {
+            let slot_key = match peer {
+                Peer::Node(id) => self.by_id.get(&id).map(|&i| {
+                    let slot = &mut self.nodes[i];
+                    (slot.key_id, &mut slot.window)
+                }),
+                Peer::Relay(id) => self
+                    .relays
+                    .iter_mut()
+                    .find(|s| s.id == id)
+                    .map(|s| (s.key_id, &mut s.window)),
+            };
+            match slot_key {
+                Some((key_id, window)) if key_id == mark.key_id => {
+                    *window = ReplayWindow::above(mark.seq);
+                    r.marks += 1;
+                }
+                _ => {
+                    // A key changed or left the configuration while the
+                    // DC was stopped: its window starts afresh, as on a
+                    // reload.
+                    self.store.forget_mark(peer);
+                    if let Peer::Node(id) = peer {
+                        rekeyed.insert(id);
+                    }
+                }
+            }
+        }
+        let alive_until = self.alive_until(now);
+        for mut reg in self.store.registrations() {
+            if let Some(why) = self.unfit(&reg, &rekeyed) {
+                tracing::info!(fqdn = %reg.fqdn, vip = %reg.vip, "stored registration dropped: {why}");
+                self.store.remove(reg.node_id);
+                r.dropped += 1;
+                continue;
+            }
+            r.registrations += 1;
+            if let Some(t) = reg.alive_until {
+                r.active += 1;
+                reg.alive_until = Some(t.max(alive_until));
+                reg.lease_until = reg.lease_until.max(alive_until);
+                self.store.put(reg);
+            }
+        }
+        self.restored = r;
+    }
+
+    /// Why a stored registration no longer fits the configuration.
+    fn unfit(&self, reg: &Registration, rekeyed: &HashSet<u32>) -> Option<&'static str> {
+        let Some(&i) = self.by_id.get(&reg.node_id) else {
+            return Some("its node is no longer configured");
+        };
+        let slot = &self.nodes[i];
+        if slot.fqdn != reg.fqdn {
+            return Some("its node id now belongs to another FQDN");
+        }
+        if rekeyed.contains(&reg.node_id) {
+            return Some("its node's key changed");
+        }
+        let pool = &self.settings.pool;
+        if !pool.contains(reg.vip) || !pool.is_assignable(reg.vip) {
+            return Some("its VIP is no longer assignable in vip_pool");
+        }
+        match slot.vip {
+            Some(fixed) if fixed != reg.vip => Some("its node has another fixed VIP"),
+            None if self.fixed_vips.contains(&reg.vip) => {
+                Some("its VIP is now another node's fixed VIP")
+            }
+            _ => None,
+        }
+    }
+
+    /// What the store held at start.
+    pub fn restored(&self) -> &Restored {
+        &self.restored
     }
 
     /// Indexes the node slots by FQDN and node id, and their fixed VIPs.
@@ -539,7 +751,24 @@ impl<S: RegistrationStore> Coordinator<S> {
         datagram: &[u8],
     ) -> Result<(), DropReason> {
         self.stats.datagrams += 1;
+        let queued = self.queue.len();
         let r = self.handle_inner(now, from, datagram);
+        // Durable before answered (see the store docs on marks).
+        let all = std::mem::take(&mut self.sync_marks);
+        let committed = if all {
+            self.store.commit_all()
+        } else {
+            self.store.commit()
+        };
+        let r = match self.store_result(committed) {
+            Ok(()) => r,
+            Err(()) => {
+                // Not answered: the sender retransmits, and the change
+                // (still in memory) goes with the next commit that works.
+                self.queue.truncate(queued);
+                r.and(Err(DropReason::Store))
+            }
+        };
         if let Err(reason) = r {
             self.drops.count(reason);
             tracing::debug!(%from, reason = reason.name(), "dropped a datagram");
@@ -578,6 +807,24 @@ impl<S: RegistrationStore> Coordinator<S> {
                 }
             }
             _ => Err(Error::UnexpectedType.into()),
+        }
+    }
+
+    /// Logs a failing store once per episode, and its recovery.
+    fn store_result(&mut self, r: Result<(), StoreError>) -> Result<(), ()> {
+        match r {
+            Ok(()) => {
+                if std::mem::replace(&mut self.store_failing, false) {
+                    tracing::info!("the store is written again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.store_failing, true) {
+                    tracing::error!(error = %e, "cannot write the store: changes are held in memory and datagrams that made them are not answered until it works again");
+                }
+                Err(())
+            }
         }
     }
 
@@ -648,6 +895,12 @@ impl<S: RegistrationStore> Coordinator<S> {
         if !slot.window.validate(seq) {
             return Err(Error::Replay.into());
         }
+        let mark = Mark {
+            seq: slot.window.last(),
+            key_id: slot.key_id,
+        };
+        self.store.set_mark(Peer::Node(slot.node_id), mark);
+        self.sync_marks = true;
         Ok(i)
     }
 
@@ -733,6 +986,12 @@ impl<S: RegistrationStore> Coordinator<S> {
         if !slot.window.validate(repr.header.seq) {
             return Err(Error::Replay.into());
         }
+        let mark = Mark {
+            seq: slot.window.last(),
+            key_id: slot.key_id,
+        };
+        self.store.set_mark(Peer::Node(node_id), mark);
+        self.sync_marks = matches!(repr.message, Message::Dereg | Message::DirReq(_));
         let Some(mut reg) = self.store.get(node_id).filter(Registration::is_active) else {
             // A restarted DC, or a lapsed registration: tell the node, so it
             // re-registers at once instead of after its own time-out.
@@ -1032,9 +1291,21 @@ impl<S: RegistrationStore> Coordinator<S> {
         }
     }
 
+    /// The next tunnel id: the counter, scrambled with the store's salt
+    /// (a bijection, so no id comes twice before the counter wraps at
+    /// 2^32, and ids do not show how many tunnels the DC directed). A new
+    /// block is reserved in the store, written with the DIR_REQ's commit,
+    /// before the counter leaves the reserved one.
     fn fresh_tunnel_id(&mut self) -> u32 {
         loop {
-            let id = self.rng.next_u32();
+            if self.next_tunnel >= self.reserved.tunnel_ids {
+                self.reserved.tunnel_ids = self.next_tunnel + TUNNEL_ID_BLOCK;
+                self.store.set_reserved(self.reserved);
+            }
+            let n = self.next_tunnel as u32;
+            self.next_tunnel += 1;
+            let id = n.wrapping_mul(0x9e37_79b9) ^ self.reserved.tunnel_salt;
+            // After a wrap, skip ids still remembered.
             if id != 0 && !self.tunnels.contains_key(&id) {
                 return id;
             }
@@ -1082,6 +1353,11 @@ impl<S: RegistrationStore> Coordinator<S> {
         if !slot.window.validate(repr.header.seq) {
             return Err(Error::Replay.into());
         }
+        let mark = Mark {
+            seq: slot.window.last(),
+            key_id: slot.key_id,
+        };
+        self.store.set_mark(Peer::Relay(slot.id), mark);
         match repr.message {
             Message::RelayAck(a) => {
                 let t = self
@@ -1205,6 +1481,13 @@ impl<S: RegistrationStore> Coordinator<S> {
     }
 
     fn sweep(&mut self, now: Instant) {
+        self.expire(now);
+        // Lapses, releases and the marks the last second moved.
+        let r = self.store.commit_all();
+        let _ = self.store_result(r);
+    }
+
+    fn expire(&mut self, now: Instant) {
         for e in self.store.expire(now) {
             match e {
                 Expiry::Lapsed(r) => {
@@ -1257,6 +1540,13 @@ impl<S: RegistrationStore> Coordinator<S> {
 
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
+        if self.seq >= self.reserved.seq {
+            // Only after 2^32 datagrams in one run.
+            self.reserved.seq = self.seq + SEQ_RESERVE;
+            self.store.set_reserved(self.reserved);
+            let r = self.store.commit_all();
+            let _ = self.store_result(r);
+        }
         self.seq
     }
 
@@ -1451,6 +1741,9 @@ impl<S: RegistrationStore> Coordinator<S> {
         if !self.relays.is_empty() {
             self.next_relay %= self.relays.len();
         }
+        // Ended registrations; should this fail, the next commit takes them.
+        let c = self.store.commit_all();
+        let _ = self.store_result(c);
         Ok(r)
     }
 
@@ -1469,6 +1762,9 @@ impl<S: RegistrationStore> Coordinator<S> {
         }
         if new.metrics.listen != old.metrics.listen {
             restart.push("metrics.listen".to_owned());
+        }
+        if new.store != old.store {
+            restart.push("[store]".to_owned());
         }
         if restart.is_empty() {
             Ok(())
@@ -1507,6 +1803,7 @@ impl<S: RegistrationStore> Coordinator<S> {
             ended.insert(slot.node_id);
         }
         for id in &ended {
+            self.store.forget_mark(Peer::Node(*id));
             if let Some(reg) = self.store.remove(*id) {
                 r.registrations_ended += 1;
                 tracing::info!(fqdn = %reg.fqdn, vip = %reg.vip, "registration ended by a reload (node removed or re-keyed)");
@@ -1536,7 +1833,10 @@ impl<S: RegistrationStore> Coordinator<S> {
                         continue;
                     }
                 }
-                (None, Some(_)) => r.relays_rekeyed.push(cred.id),
+                (None, Some(_)) => {
+                    self.store.forget_mark(Peer::Relay(cred.id));
+                    r.relays_rekeyed.push(cred.id);
+                }
                 (None, None) => r.relays_added.push(cred.id),
             }
             self.relays.push(RelaySlot::new(cred));
@@ -1620,5 +1920,172 @@ impl<S: RegistrationStore> Coordinator<S> {
             s.errors_received,
             self.drops
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeEntry;
+
+    /// A store whose commits fail while `fail` is set.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: MemoryStore,
+        fail: bool,
+        commits: usize,
+    }
+
+    impl Flaky {
+        fn result(&mut self) -> Result<(), StoreError> {
+            self.commits += 1;
+            if self.fail {
+                Err(StoreError::Corrupt {
+                    path: "test".into(),
+                    what: "disk on fire".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl DcStore for Flaky {
+        fn get(&self, node_id: u32) -> Option<Registration> {
+            self.inner.get(node_id)
+        }
+        fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
+            self.inner.get_by_fqdn(fqdn)
+        }
+        fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
+            self.inner.vip_owner(vip)
+        }
+        fn put(&mut self, reg: Registration) {
+            self.inner.put(reg);
+        }
+        fn remove(&mut self, node_id: u32) -> Option<Registration> {
+            self.inner.remove(node_id)
+        }
+        fn expire(&mut self, now: Instant) -> Vec<Expiry> {
+            self.inner.expire(now)
+        }
+        fn registrations(&self) -> Vec<Registration> {
+            self.inner.registrations()
+        }
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn active(&self) -> usize {
+            self.inner.active()
+        }
+        fn mark(&self, peer: Peer) -> Option<Mark> {
+            self.inner.mark(peer)
+        }
+        fn marks(&self) -> Vec<(Peer, Mark)> {
+            self.inner.marks()
+        }
+        fn set_mark(&mut self, peer: Peer, mark: Mark) {
+            self.inner.set_mark(peer, mark);
+        }
+        fn forget_mark(&mut self, peer: Peer) {
+            self.inner.forget_mark(peer);
+        }
+        fn reserved(&self) -> Reserved {
+            self.inner.reserved()
+        }
+        fn set_reserved(&mut self, r: Reserved) {
+            self.inner.set_reserved(r);
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            self.result()
+        }
+        fn commit_all(&mut self) -> Result<(), StoreError> {
+            self.result()
+        }
+    }
+
+    fn reg_req(key: &Key, seq: u64, from: SocketAddrV4) -> Vec<u8> {
+        let repr = Repr::new(
+            header(0, seq, true),
+            Message::RegReq(RegReq {
+                req_id: 1,
+                fqdn: Fqdn::new("a.ntm.test").unwrap(),
+                local_addr: from,
+                caps: ntm_proto::wire::Caps::NODE,
+            }),
+        );
+        let mut b = vec![0u8; repr.buffer_len()];
+        repr.emit_sealed(&mut b, &Authenticator::new(key)).unwrap();
+        b
+    }
+
+    #[test]
+    fn nothing_is_answered_that_the_store_did_not_take() {
+        let key = Key::from_bytes([1; 32]);
+        let config = Config {
+            nodes: vec![NodeEntry::new("a.ntm.test", &key)],
+            ..Config::default()
+        };
+        let now = Instant::now();
+        let mut dc = Coordinator::with_store(&config, Flaky::default(), now, 1, [7; 32]).unwrap();
+        let from: SocketAddrV4 = "198.18.0.20:7700".parse().unwrap();
+        let mut buf = [0u8; ntm_proto::wire::MAX_SIGNALING_LEN];
+        dc.store.fail = true;
+        assert_eq!(
+            dc.handle(now, from, &reg_req(&key, 10, from)),
+            Err(DropReason::Store)
+        );
+        assert!(dc.poll_transmit(now, &mut buf).is_none(), "not answered");
+        assert_eq!(dc.drops().get(DropReason::Store), 1);
+        // The retransmission (a new seq) once the store works again: the
+        // registration made before is written and answered.
+        dc.store.fail = false;
+        let commits = dc.store.commits;
+        dc.handle(now, from, &reg_req(&key, 11, from)).unwrap();
+        assert_eq!(dc.store.commits, commits + 1);
+        assert!(dc.poll_transmit(now, &mut buf).is_some(), "answered");
+        assert_eq!(dc.store.active(), 1);
+        // A datagram dropped for its own reason keeps that reason.
+        dc.store.fail = true;
+        let e = dc.handle(now, from, &reg_req(&key, 11, from));
+        assert_eq!(e, Err(Error::Replay.into()));
+    }
+
+    #[test]
+    fn tunnel_ids_cross_reserved_blocks_without_repeating() {
+        let config = Config {
+            nodes: vec![NodeEntry::new("a.ntm.test", &Key::from_bytes([1; 32]))],
+            ..Config::default()
+        };
+        let mut dc = Coordinator::new(&config, Instant::now(), 1, [7; 32]).unwrap();
+        let first = dc.store.reserved();
+        assert_eq!(first.tunnel_ids, TUNNEL_ID_BLOCK);
+        assert_ne!(first.tunnel_salt, 0);
+        let n = 2 * TUNNEL_ID_BLOCK as usize + 3;
+        let ids: HashSet<u32> = (0..n).map(|_| dc.fresh_tunnel_id()).collect();
+        assert_eq!(ids.len(), n);
+        assert!(!ids.contains(&0));
+        assert_eq!(dc.store.reserved().tunnel_ids, 3 * TUNNEL_ID_BLOCK);
+    }
+
+    #[test]
+    fn the_seq_goes_on_above_the_reservation_even_with_the_clock_stepped_back() {
+        let config = Config {
+            nodes: vec![NodeEntry::new("a.ntm.test", &Key::from_bytes([1; 32]))],
+            ..Config::default()
+        };
+        let now = Instant::now();
+        let mut store = MemoryStore::new();
+        store.set_reserved(Reserved {
+            seq: 5_000,
+            tunnel_ids: 0,
+            tunnel_salt: 0,
+        });
+        let mut dc = Coordinator::assemble(&config, store, now, 1_000, [7; 32]).unwrap();
+        assert_eq!(dc.next_seq(), 5_001, "above what the last run reserved");
+        assert_eq!(dc.store.reserved().seq, 5_000 + SEQ_RESERVE);
+        dc.seq = dc.reserved.seq - 1;
+        let s = dc.next_seq();
+        assert_eq!(dc.store.reserved().seq, s + SEQ_RESERVE, "reserved again");
     }
 }

@@ -18,6 +18,9 @@ ntm_proto::reasons! {
         Unregistered => "unregistered": "message from a node that is not registered",
         /// ROUTE_ACK or RELAY_ACK for nothing outstanding (e.g. a second ack).
         StaleAck => "stale_ack": "acknowledgement for nothing outstanding",
+        /// The change a datagram made could not be written to the store, so
+        /// it was not answered (the sender retransmits).
+        Store => "store": "change not written to the store, not answered",
     }
 }
 

@@ -26,7 +26,7 @@
 //! |---|---|
 //! | [`config`] | [`Config`] (serde, TOML), [`Config::validate`] → [`Settings`], [`ConfigError`] |
 //! | [`coordinator`] | [`Coordinator`]: the sans-IO state machine; [`plan_path`] (the path table) |
-//! | [`store`] | [`RegistrationStore`] and its in-memory [`MemoryStore`] |
+//! | [`store`] | [`DcStore`]: registrations, replay marks and reserved counters, in memory ([`MemoryStore`]) or durable in a redb file ([`RedbStore`]) |
 //! | [`pool`] | [`VipPool`]: CIDR pool, reserved addresses, stable preferred VIP per FQDN |
 //! | [`counters`] | [`DropReason`], [`Drops`], [`Stats`] |
 //! | [`status`] | [`Status`]: the snapshot `ntm-dc status` and the metrics are built from |
@@ -88,4 +88,6 @@ pub use coordinator::{
 pub use counters::{DropReason, Drops, Stats};
 pub use pool::VipPool;
 pub use status::Status;
-pub use store::{Expiry, MemoryStore, Registration, RegistrationStore};
+pub use store::{
+    DcStore, Expiry, Mark, MemoryStore, Peer, RedbStore, Registration, Reserved, StoreError,
+};

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use ntm_dc::{Config, Coordinator, Status};
+use ntm_dc::config::StoreKind;
+use ntm_dc::{Config, Coordinator, DcStore, MemoryStore, RedbStore, Status};
 use ntm_ops::cli::{Identity, Loaded, ServerArgs, ServerCli};
 use ntm_ops::metrics::Scrape;
 use ntm_ops::server::{DriverStats, Endpoints, Machine};
@@ -35,7 +36,12 @@ const IDENTITY: Identity = Identity {
      unchanged nodes keep their registrations and tunnels. Under systemd \
      (Type=notify) it reports ready and reloading and pings the watchdog. \
      SIGUSR1 logs a statistics line; SIGTERM or SIGINT stops it. It needs no \
-     privileges (run it as an unprivileged user).",
+     privileges (run it as an unprivileged user).\n\n\
+     Registrations, VIP leases, replay marks and its tunnel id and sequence \
+     counters survive a restart in a redb file (`[store]`, by default \
+     /var/lib/ntm-dc/dc.redb; the directory must exist and be writable): \
+     nodes stay registered, and nothing recorded before the restart can be \
+     replayed to it.",
 };
 
 type Args = ServerCli<Cmd>;
@@ -167,13 +173,60 @@ fn with_listen(c: &mut Config, listen: Option<SocketAddrV4>) {
 }
 
 async fn run(loaded: Loaded<Config>, listen: Option<SocketAddrV4>) -> Result<()> {
+    // The store first: a start that cannot keep state fails before it
+    // takes the port.
+    let s = &loaded.settings;
+    match (s.store.kind, &s.store.path) {
+        (StoreKind::Redb, Some(path)) => {
+            let store = open_store(path)?;
+            run_on(loaded, listen, store).await
+        }
+        _ => {
+            tracing::warn!("[store] kind = \"memory\": registrations and replay marks are lost at every restart");
+            run_on(loaded, listen, MemoryStore::new()).await
+        }
+    }
+}
+
+/// The redb store at `path`, with the operator's fix in the error.
+fn open_store(path: &std::path::Path) -> Result<RedbStore> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "the store directory {} does not exist: create it, owned by the user ntm-dc runs as and mode 0700 (under systemd: StateDirectory=ntm-dc), or set [store] state_dir or path",
+            dir.display()
+        );
+    }
+    Ok(RedbStore::open(
+        path,
+        Instant::now(),
+        ntm_ops::server::unix_nanos(),
+    )?)
+}
+
+async fn run_on<S: DcStore>(
+    loaded: Loaded<Config>,
+    listen: Option<SocketAddrV4>,
+    store: S,
+) -> Result<()> {
     let s = &loaded.settings;
     let ends = Endpoints::bind("ntm-dc", s.listen, &s.status_socket, s.metrics.listen).await?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
         .map_err(|e| anyhow::anyhow!("reading random bytes for the tunnel-key RNG: {e}"))?;
     let now = Instant::now();
-    let dc = Coordinator::new(&loaded.config, now, ntm_ops::server::unix_nanos(), seed)?;
+    let dc = Coordinator::with_store(
+        &loaded.config,
+        store,
+        now,
+        ntm_ops::server::unix_nanos(),
+        seed,
+    )?;
+    tracing::info!(
+        store = ?s.store.path,
+        restored = %dc.restored(),
+        "store opened"
+    );
     tracing::info!(
         listen = %ends.socket.local_addr()?,
         nodes = s.nodes.len(),
@@ -193,15 +246,15 @@ async fn run(loaded: Loaded<Config>, listen: Option<SocketAddrV4>) -> Result<()>
 }
 
 /// The coordinator as the driver sees it, with what SIGHUP reloads from.
-struct Dc {
-    dc: Coordinator,
+struct Dc<S: DcStore> {
+    dc: Coordinator<S>,
     /// The configuration file.
     path: PathBuf,
     /// The command line's `--listen`, kept across reloads.
     listen: Option<SocketAddrV4>,
 }
 
-impl Machine for Dc {
+impl<S: DcStore> Machine for Dc<S> {
     type Status = Status;
     const RELOADS: bool = true;
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coordinator::{Coordinator, End};
 use crate::counters::{DropReason, Stats};
+use crate::store::DcStore;
 
 /// What the driver adds to the coordinator's own state.
 pub use ntm_ops::server::DriverStats;
@@ -127,9 +128,10 @@ pub fn stats_by_name(s: &Stats) -> [(&'static str, u64); 24] {
 
 impl Status {
     /// A snapshot of `dc` at `now`.
-    pub fn of(dc: &Coordinator, now: Instant, d: DriverStats) -> Status {
+    pub fn of<S: DcStore>(dc: &Coordinator<S>, now: Instant, d: DriverStats) -> Status {
         let mut registrations: Vec<RegistrationStatus> = dc
             .store()
+            .registrations()
             .iter()
             .map(|r| RegistrationStatus {
                 fqdn: r.fqdn.clone(),

@@ -79,6 +79,10 @@ fn start_dc(tb: &Testbed, config: &ntm_dc::Config) -> Child {
     let path = tb.state_dir().join("dc.toml");
     let mut config = config.clone();
     config.status_socket = tb.state_dir().join("dc.sock");
+    // One store per testbed: testbeds run in parallel.
+    if config.store.kind == ntm_dc::config::StoreKind::Redb {
+        config.store = ntm_dc::config::StoreConfig::redb_in(tb.state_dir());
+    }
     // Private: the DC refuses a configuration with keys others can read.
     ntm_ops::keys::write_private(&path, &config.to_toml()).expect("write dc.toml");
     start(
@@ -581,15 +585,26 @@ fn directions_route_dirs_and_a_dc_restart() {
         dc.log()
     );
 
-    // A restarted DC answers the next keep-alive with an authenticated
-    // ERROR, and the node gets its VIP back when it re-registers. It now
-    // runs `tunnel_suite = 1`, which changes nothing but new tunnels' suite.
+    // A DC restarted on its store still knows both nodes: their next
+    // keep-alives are answered as before.
     dc.stop(Duration::from_secs(3)).expect("stop ntm-dc");
     drop(dc);
-    let config = ntm_dc::Config {
+    let mut dc = start_dc(&tb, &config);
+    assert_eq!(cn.keepalive(), Ok(cn_lease.observed));
+    assert_eq!(cn2.keepalive(), Ok(cn2_lease.observed));
+    assert!(stats_contain(&dc, "errors_sent=0 "), "{}", dc.log());
+
+    // One that lost its state (a memory store) answers the next keep-alive
+    // with an authenticated ERROR, and the node gets its VIP back when it
+    // re-registers. It now runs `tunnel_suite = 1`, which changes nothing
+    // but new tunnels' suite.
+    dc.stop(Duration::from_secs(3)).expect("stop ntm-dc");
+    drop(dc);
+    let mut config = ntm_dc::Config {
         tunnel_suite: 1,
         ..config
     };
+    config.store.kind = ntm_dc::config::StoreKind::Memory;
     let dc = start_dc(&tb, &config);
     assert!(
         dc.log().contains("tunnel_suite=hmac-sha256-128"),

@@ -18,7 +18,9 @@ use ntm_proto::wire::{
 use ntm_proto::{Authenticator, Error, Key, MessageType, Path, Role, Status, Suite, WrapLabel};
 
 use ntm_dc::coordinator::{CN_FIRST_ROUTE_DIR_TRIES, DIRECTION_RETENTION, RELAY_DIR_TRIES};
-use ntm_dc::{Config, Coordinator, DropReason, End, NodeEntry, RegistrationStore, RelayEntry};
+use ntm_dc::{
+    Config, Coordinator, DcStore, DropReason, End, MemoryStore, NodeEntry, RedbStore, RelayEntry,
+};
 
 const DC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 7710);
 const RS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), 7720);
@@ -47,9 +49,18 @@ fn dc_config() -> Config {
     }
 }
 
-fn new_dc(cfg: &Config, now: Instant, seed: u8) -> Coordinator {
-    Coordinator::new(
+/// The coordinator of these tests: on any store (memory unless a test
+/// restarts it on a redb file).
+type Dcc = Coordinator<Box<dyn DcStore>>;
+
+fn new_dc(cfg: &Config, now: Instant, seed: u8) -> Dcc {
+    dc_on(cfg, Box::new(MemoryStore::new()), now, seed)
+}
+
+fn dc_on(cfg: &Config, store: Box<dyn DcStore>, now: Instant, seed: u8) -> Dcc {
+    Coordinator::with_store(
         cfg,
+        store,
         now,
         1_700_000_000_000_000_000 + u64::from(seed) * 1_000_000_000,
         [seed; 32],
@@ -65,19 +76,19 @@ fn addr(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
 
 /// The coordinator as a simulated host, with its configuration (to restart it).
 struct Dc {
-    dc: Coordinator,
+    dc: Dcc,
     cfg: Config,
 }
 
 impl Deref for Dc {
-    type Target = Coordinator;
-    fn deref(&self) -> &Coordinator {
+    type Target = Dcc;
+    fn deref(&self) -> &Dcc {
         &self.dc
     }
 }
 
 impl DerefMut for Dc {
-    fn deref_mut(&mut self) -> &mut Coordinator {
+    fn deref_mut(&mut self) -> &mut Dcc {
         &mut self.dc
     }
 }
@@ -152,9 +163,13 @@ fn world() -> World {
 }
 
 fn world_with(cfg: Config) -> World {
+    world_on(cfg, Box::new(MemoryStore::new()))
+}
+
+fn world_on(cfg: Config, store: Box<dyn DcStore>) -> World {
     let now = Instant::now();
     let dc = Dc {
-        dc: new_dc(&cfg, now, 1),
+        dc: dc_on(&cfg, store, now, 1),
         cfg,
     };
     DcWorld::new(now, LATENCY, (DC, dc), (RS, Rs::new(now)))
@@ -196,7 +211,12 @@ fn pair(mn_nat: bool, cn_nat: bool) -> World {
 
 /// [`pair`] with this DC configuration.
 fn pair_with(cfg: Config, mn_nat: bool, cn_nat: bool) -> World {
-    let mut w = world_with(cfg);
+    pair_on(cfg, Box::new(MemoryStore::new()), mn_nat, cn_nat)
+}
+
+/// [`pair_with`] on this store.
+fn pair_on(cfg: Config, store: Box<dyn DcStore>, mn_nat: bool, cn_nat: bool) -> World {
+    let mut w = world_on(cfg, store);
     let n1 = w.add_nat(NAT1);
     let n2 = w.add_nat(NAT2);
     if mn_nat {
@@ -904,7 +924,7 @@ fn reg_req_with(fqdn: &str, key: &Key, seq: u64, local: SocketAddrV4, req_id: u3
 }
 
 /// Everything the DC sends now, verified with `key` and parsed into (dst, type, status-ish).
-fn drain(dc: &mut Coordinator, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
+fn drain(dc: &mut Dcc, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
     let mut buf = [0u8; MAX_SIGNALING_LEN];
     let mut out = Vec::new();
     while let Some(t) = dc.poll_transmit(now, &mut buf) {
@@ -1710,4 +1730,192 @@ fn reload_refuses_what_needs_a_restart_and_bad_configs_and_changes_nothing() {
     assert!(r.added.is_empty() && r.removed.is_empty() && r.rekeyed.is_empty());
     w.run_for(Duration::from_secs(30));
     assert!(w.dc.registration("cn.ntm.test").unwrap().is_active());
+}
+
+// ---------------------------------------------------------------- restart on a redb store
+
+/// A directory of its own, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ntm-dc-world-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn redb(path: &std::path::Path, now: Instant, seed: u8) -> Box<dyn DcStore> {
+    let unix = 1_700_000_000_000_000_000 + u64::from(seed) * 1_000_000_000;
+    Box::new(RedbStore::open(path, now, unix).unwrap())
+}
+
+/// Stops the world's DC (its store written and closed, as at SIGTERM) and
+/// starts a new one on the redb file `path`, with the same RNG seed and
+/// clock base as the first: only the store tells it what came before.
+fn restart_on(w: &mut World, path: &std::path::Path) {
+    let now = w.now();
+    let cfg = w.dc.cfg.clone();
+    // The old one goes first: the file is locked while it is open.
+    w.dc.dc = new_dc(&cfg, now, 9);
+    w.dc.dc = dc_on(&cfg, redb(path, now, 1), now, 1);
+}
+
+#[test]
+fn a_restarted_dc_keeps_registrations_refuses_replays_and_never_repeats_a_tunnel_id() {
+    let dir = TempDir::new("restart");
+    let file = dir.file("dc.redb");
+    let mut w = pair_on(dc_config(), redb(&file, Instant::now(), 1), false, false);
+    let (mn_pub, cn_pub) = (w.public(0), w.public(1));
+    let req = w.connect(0, "cn.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    let (first, _) = one_tunnel(&w, 0, 1);
+    let before: Vec<_> = ["mn.ntm.test", "cn.ntm.test"]
+        .map(|f| w.dc.registration(f).unwrap())
+        .into();
+    let reg_req = w.net.recorded(mn_pub, DC, MessageType::RegReq);
+    let dir_req = w.net.recorded(mn_pub, DC, MessageType::DirReq);
+    let route_ack = w.net.recorded(cn_pub, DC, MessageType::RouteAck);
+    assert_eq!((reg_req.len(), dir_req.len(), route_ack.len()), (1, 1, 1));
+
+    restart_on(&mut w, &file);
+    let r = w.dc.restored().clone();
+    assert_eq!((r.registrations, r.active, r.dropped), (2, 2, 0), "{r}");
+    assert!(r.marks >= 2, "{r}");
+    for b in &before {
+        let a = w.dc.registration(&b.fqdn).unwrap();
+        assert!(a.is_active());
+        assert_eq!(
+            (a.node_id, a.vip, a.observed, a.local, a.caps),
+            (b.node_id, b.vip, b.observed, b.local, b.caps),
+            "{} as before",
+            b.fqdn
+        );
+        assert_eq!(w.dc.node_id(&b.fqdn), Some(b.node_id));
+    }
+
+    // Played back, from the attacker's address and from the node's own:
+    // every one a replay, nothing acted on, nothing sent.
+    let attacker = addr(203, 0, 113, 9, 5555);
+    let sent = w.net.wire.len();
+    for src in [attacker, mn_pub] {
+        w.net.inject(src, DC, reg_req[0].data.clone());
+        w.net.inject(src, DC, dir_req[0].data.clone());
+    }
+    w.net.inject(cn_pub, DC, route_ack[0].data.clone());
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(
+        w.dc.drops().get(Error::Replay.into()),
+        5,
+        "{}",
+        w.dc.stats_line()
+    );
+    let s = w.dc.stats();
+    assert_eq!((s.registrations, s.renewals, s.dir_reqs), (0, 0, 0));
+    assert_eq!(w.dc.registration("mn.ntm.test").unwrap().observed, mn_pub);
+    assert!(
+        w.net.wire[sent..].iter().all(|d| d.src != DC),
+        "the DC answered nothing"
+    );
+
+    // The live nodes' next datagrams are new: their keep-alives are
+    // answered (so the DC's own seq went on above the old one), nobody is
+    // told to re-register, and the tunnel carries data throughout.
+    w.run_for(Duration::from_secs(45));
+    assert!(w.dc.stats().keepalives >= 4, "{}", w.dc.stats_line());
+    assert_eq!(w.dc.stats().errors_sent, 0, "{}", w.dc.stats_line());
+    assert_eq!((w.registered(0).len(), w.registered(1).len()), (1, 1));
+    assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
+    w.assert_data_both_ways(0, 1);
+
+    // A fresh direction works and gets a new tunnel id, although the
+    // restarted DC has the first one's RNG seed and clock.
+    let a = w.add_node("a.ntm.test", addr(198, 18, 0, 60, 7700), None);
+    w.run_for(Duration::from_secs(1));
+    let req = w.connect(0, "a.ntm.test");
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(a))));
+    w.assert_data_both_ways(0, a);
+    let second = w.tunnel_ups(a)[0].tunnel_id;
+    assert_ne!(second, first.tunnel_id);
+    assert_eq!(w.dc.stats().dir_reqs, 1);
+}
+
+#[test]
+fn tunnel_ids_do_not_repeat_across_restarts() {
+    let dir = TempDir::new("ids");
+    let file = dir.file("dc.redb");
+    let now = Instant::now();
+    let mut seen = HashSet::new();
+    for run in 0..3u32 {
+        // The same seed and clock every run: only the store differs.
+        let mut dc = dc_on(&dc_config(), redb(&file, now, 1), now, 1);
+        let seq0 = T0_NANOS + u64::from(run) * 1_000_000_000;
+        let (mn, cn) = (fqdn_key("mn.ntm.test"), fqdn_key("cn.ntm.test"));
+        let (mn_addr, cn_addr) = (addr(198, 18, 0, 20, 7700), addr(198, 18, 0, 21, 7700));
+        dc.handle(now, mn_addr, &reg_req("mn.ntm.test", &mn, seq0, mn_addr))
+            .unwrap();
+        dc.handle(now, cn_addr, &reg_req("cn.ntm.test", &cn, seq0, cn_addr))
+            .unwrap();
+        drain(&mut dc, now);
+        let id = dc.node_id("mn.ntm.test").unwrap();
+        for i in 0..100u32 {
+            let d = seal(
+                &mn,
+                id,
+                seq0 + 1 + u64::from(i),
+                Message::DirReq(DirReq {
+                    req_id: i,
+                    fqdn: Fqdn::new("cn.ntm.test").unwrap(),
+                }),
+            );
+            dc.handle(now, mn_addr, &d).unwrap();
+            // DIRECT: CN's ROUTE_DIR goes out first, with the tunnel id.
+            for (_, out) in drain(&mut dc, now) {
+                if let (_, Ok((tunnel_id, _))) = route_dir(&out) {
+                    assert!(
+                        seen.insert(tunnel_id),
+                        "tunnel id {tunnel_id:#x} again in run {run}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(seen.len(), 300);
+}
+
+#[test]
+fn after_a_crash_what_was_answered_is_still_refused() {
+    // The file as a crash right after the DIR_REQ's answer leaves it: a
+    // copy taken while the DC runs (no clean stop, no sweep since).
+    let dir = TempDir::new("crash");
+    let (file, crashed) = (dir.file("dc.redb"), dir.file("crashed.redb"));
+    let mut w = pair_on(dc_config(), redb(&file, Instant::now(), 1), false, false);
+    let mn_pub = w.public(0);
+    w.run_for(Duration::from_secs(2));
+    let req = w.connect(0, "cn.ntm.test");
+    // Stop as soon as MN has its answer: no sweep ran after the DIR_REQ.
+    let dir_req = w.net.recorded(mn_pub, DC, MessageType::DirReq);
+    assert_eq!(w.resolved(0, req), Some(Ok(w.vip(1))));
+    std::fs::copy(&file, &crashed).unwrap();
+    let reg_req = w.net.recorded(mn_pub, DC, MessageType::RegReq);
+
+    let now = w.now();
+    let mut dc = dc_on(&w.dc.cfg, redb(&crashed, now, 1), now, 1);
+    assert_eq!(dc.restored().registrations, 2, "{}", dc.restored());
+    let attacker = addr(203, 0, 113, 9, 5555);
+    for d in [&reg_req[0].data, &dir_req[0].data] {
+        assert_eq!(dc.handle(now, attacker, d), Err(Error::Replay.into()));
+    }
+    assert!(drain(&mut dc, now).is_empty());
 }

@@ -123,6 +123,8 @@ impl World {
         }
         // The status sockets live in the state directory, one per testbed.
         dc.status_socket = tb.state_dir().join("dc.sock");
+        // The DC's store too: testbeds run in parallel, each DC on its own file.
+        dc.store = ntm_dc::config::StoreConfig::redb_in(tb.state_dir());
         tweak(&mut dc);
         let rs_key = proto_key(tb.keys().rs());
         dc.relays.push(ntm_dc::RelayEntry::new(

@@ -128,7 +128,12 @@ fn reflected_data_and_keepalive_are_dropped() {
 /// tunnel stays, and there is no further registration.
 #[test]
 fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
-    let mut w = up("areplaydc");
+    // A DC that lost its state (memory store), so that it registers the
+    // adapter anew.
+    let mut w = World::up_with(&ntm_testbed::unique_prefix("areplaydc"), |dc| {
+        dc.store.kind = ntm_dc::config::StoreKind::Memory;
+    })
+    .expect("these integration tests need root and a working testbed");
     let rec =
         w.tb.in_netns(Role::Dc, || RawSocket::open("eth0"))
             .unwrap()

@@ -407,7 +407,11 @@ fn forged_replayed_truncated_data_are_dropped_by_reason() {
 /// working while it is down, and the nodes register again.
 #[test]
 fn dc_restart_keeps_tunnels() {
-    let mut w = up("nodedcre");
+    // A DC that lost its state (memory store): the nodes are told to
+    // register again (tests/dc_restart.rs: one that kept it).
+    let mut w = up_with("nodedcre", |dc| {
+        dc.store.kind = ntm_dc::config::StoreKind::Memory;
+    });
     let (mut cn, mut cn2, cn_vip, cn2_vip) = cn_and_cn2(&w);
     connect(&w, &mut cn2, CN_FQDN);
     ping(&w, Role::Cn2, cn_vip, 2);

@@ -551,6 +551,8 @@ fn dc_rs_and_node_run_unprivileged_with_key_files() -> Result<()> {
     let keys = w.tb.keys();
     let mut dc = ntm_dc::Config::load(w.dc_config_path())?;
     dc.status_socket = dir.join("dc.sock");
+    // Its state directory is nobody's too.
+    dc.store = ntm_dc::config::StoreConfig::redb_in(&dir);
     dc.listen = SocketAddrV4::new(DC_ADDR, 7710);
     for n in &mut dc.nodes {
         let f = dir.join(format!("{}.key", n.fqdn));

@@ -648,6 +648,7 @@ pub(crate) mod tests {
                 gn: GnStatus {
                     vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
                     mac: Some("02:00:00:00:00:0a".into()),
+                    seen: true,
                     lease_bound: true,
                     lease_remaining_secs: Some(590),
                     router: Ipv4Addr::new(100, 64, 0, 1),

@@ -110,6 +110,7 @@ fn start_dc(bench: &Bench) -> Result<Child> {
         dc.nodes.push(e);
     }
     dc.status_socket = dir.join("bench-dc.sock");
+    dc.store = ntm_dc::config::StoreConfig::redb_in(dir);
     let dc_toml = dir.join("bench-dc.toml");
     write_private(&dc_toml, &dc.to_toml())?;
     let mut c = Command::new(bin("ntm-dc")?);
