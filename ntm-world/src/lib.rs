@@ -404,7 +404,14 @@ impl World {
         let mut buf = [0u8; 1500];
         let t0 = Instant::now();
         sock.send_to(&bytes, server).context("send the query")?;
-        let n = sock.recv(&mut buf).context("DNS answer in time")?;
+        // A signal to this process (the testbed's handlers) interrupts the
+        // wait; the deadline is the socket's read timeout either way.
+        let n = loop {
+            match sock.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.context("DNS answer in time")?,
+            }
+        };
         let took = t0.elapsed();
         let m = Message::from_vec(&buf[..n]).context("the answer parses")?;
         let a = m

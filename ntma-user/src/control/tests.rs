@@ -1319,7 +1319,8 @@ fn each_gn_registers_as_its_own_node_and_sets_up_its_own_tunnels() {
     let q = dns_query_frame_from(vip2, GN2_MAC, "cn.ntm.test");
     assert_eq!(a_records(&w.dns_answer(&q)), [cn_vip]);
     let tunnels = w.ctl.tunnel_status(w.now);
-    let mine: Vec<_> = tunnels.iter().map(|t| (t.gn.as_str(), t.up)).collect();
+    let mut mine: Vec<_> = tunnels.iter().map(|t| (t.gn.as_str(), t.up)).collect();
+    mine.sort();
     assert_eq!(mine, [("gn.ntm.test", true), ("gn2.ntm.test", true)]);
     assert_ne!(tunnels[0].id, tunnels[1].id);
     // Every datagram went to the endpoint it was for: nothing dropped.
