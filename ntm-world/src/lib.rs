@@ -521,7 +521,7 @@ impl World {
         ensure!(d.status == "NOERROR" && d.a.len() == 1, "{d:?}");
         let cn_vip = d.a[0];
         ntma.wait("tunnel to cn up", |s| {
-            s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
+            s.tunnel_between(GN_FQDN, CN_FQDN).is_some_and(|t| t.up)
         })?;
         let p = self.ping(Role::Gn, cn_vip, 2)?;
         ensure!(p.received == p.sent, "{}", p.output);

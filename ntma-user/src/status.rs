@@ -405,9 +405,16 @@ impl Status {
         self.gns.iter().find(|g| g.registration.fqdn == fqdn)
     }
 
-    /// The tunnel to `fqdn`, if any.
+    /// A tunnel to `fqdn` (of any GN), if any.
     pub fn tunnel_to(&self, fqdn: &str) -> Option<&TunnelStatus> {
         self.tunnels.iter().find(|t| t.peer_fqdn == fqdn)
+    }
+
+    /// The GN `gn`'s tunnel to `peer`, if any.
+    pub fn tunnel_between(&self, gn: &str, peer: &str) -> Option<&TunnelStatus> {
+        self.tunnels
+            .iter()
+            .find(|t| t.gn == gn && t.peer_fqdn == peer)
     }
 
     /// The human-readable view.

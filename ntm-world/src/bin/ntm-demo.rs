@@ -189,9 +189,9 @@ fn resolve_cn(w: &World, ntma: &mut Ntma, cn_vip: Ipv4Addr) -> Result<(Duration,
         setup.as_secs_f64() * 1e3
     );
     let up = ntma.wait("tunnel to cn up", |s| {
-        s.tunnel_to(CN_FQDN).is_some_and(|t| t.up)
+        s.tunnel_between(GN_FQDN, CN_FQDN).is_some_and(|t| t.up)
     })?;
-    let t = up.tunnel_to(CN_FQDN).expect("checked");
+    let t = up.tunnel_between(GN_FQDN, CN_FQDN).expect("checked");
     eprintln!(
         "    tunnel #{} {} path, suite {}, ntma {} (DIR_REQ to tunnel up: {})",
         t.id,
@@ -245,8 +245,8 @@ fn second_gn(w: &World, ntma: &mut Ntma, cn_vip: Ipv4Addr, gn_vip: Ipv4Addr) -> 
         "a tunnel between the GNs: {tunnels:?}"
     );
     let lines = format!(
-        "GN2 VIP by DHCP        {vip} (gn2.ntm.test, bound to gn2's MAC)
-         gn2 <-> cn             ping {}/{} to cn, {}/{} from cn (by name), over gn2's own tunnel #{} ({} path)
+        "GN2 VIP by DHCP        {vip} (gn2.ntm.test, bound to gn2's MAC)\n\
+         gn2 <-> cn             ping {}/{} to cn, {}/{} from cn (by name), over gn2's own tunnel #{} ({} path)\n\
          gn <-> gn2             ping {}/{} and {}/{} directly on the LAN (names answered by ntma, no tunnel)",
         to_cn.received,
         to_cn.sent,
@@ -340,10 +340,10 @@ fn cn_opens(w: &World, ntma: &mut Ntma, gn_vip: Ipv4Addr) -> Result<Node> {
     let got = w.nc_transfer(Role::Gn, gn_vip, Role::Cn, 5001, &data, "demo-cn-gn")?;
     ensure!(got == data, "the TCP transfer cn -> gn differs");
     let st = ntma.wait("tunnel opened by cn", |s| {
-        s.tunnel_to(CN_FQDN)
+        s.tunnel_between(GN_FQDN, CN_FQDN)
             .is_some_and(|t| t.up && t.opened_by == "peer")
     })?;
-    let t = st.tunnel_to(CN_FQDN).expect("checked");
+    let t = st.tunnel_between(GN_FQDN, CN_FQDN).expect("checked");
     eprintln!(
         "    cn resolved {GN_FQDN} -> {gn_vip}; 256 KiB over TCP arrived intact; tunnel #{} opened by cn, {} path",
         t.id, t.path
@@ -366,9 +366,11 @@ fn relayed(w: &World, ntma: &mut Ntma, gn_vip: Ipv4Addr) -> Result<String> {
         "no ping reply through the relay: {}",
         p2.output
     );
-    let st = ntma.wait("tunnel to cn2", |s| s.tunnel_to(CN2_FQDN).is_some())?;
+    let st = ntma.wait("tunnel to cn2", |s| {
+        s.tunnel_between(GN_FQDN, CN2_FQDN).is_some()
+    })?;
     let relay_path = st
-        .tunnel_to(CN2_FQDN)
+        .tunnel_between(GN_FQDN, CN2_FQDN)
         .map(|t| t.path.clone())
         .unwrap_or_default();
     eprintln!(
