@@ -21,7 +21,7 @@ const ROUTER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 
 fn gn() -> Gn {
     let mut g = Gn::new(GnConfig::new(NTMA_MAC)).expect("default config is valid");
-    g.set_vip(Some(VIP)).expect("VIP inside the pool");
+    g.set_vip(0, Some(VIP)).expect("VIP inside the pool");
     g
 }
 

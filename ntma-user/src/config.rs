@@ -638,14 +638,14 @@ impl Config {
             let at = |field: &str| format!("gn[{i}].{field}");
             if Fqdn::new(&g.fqdn).is_err() {
                 return Err(invalid(
-                    &at("fqdn"),
+                    at("fqdn"),
                     format!("{:?}", g.fqdn),
                     "give the GN's FQDN in lower case, e.g. \"gn.ntm.test\"",
                 ));
             }
             let key: Key = g.key.parse().map_err(|_| {
                 invalid(
-                    &at("key"),
+                    at("key"),
                     "(hidden)",
                     "give K_node as 64 hex digits, the same as the DC's entry for this fqdn",
                 )
@@ -653,7 +653,7 @@ impl Config {
             let mac = match &g.mac {
                 None => None,
                 Some(m) => Some(m.parse::<MacAddr>().ok().filter(MacAddr::is_unicast).ok_or_else(|| {
-                    invalid(&at("mac"), format!("{m:?}"), "give the GN's unicast MAC as six hex pairs, e.g. \"02:00:00:00:00:0a\", or leave mac out")
+                    invalid(at("mac"), format!("{m:?}"), "give the GN's unicast MAC as six hex pairs, e.g. \"02:00:00:00:00:0a\", or leave mac out")
                 })?),
             };
             if out
@@ -661,7 +661,7 @@ impl Config {
                 .any(|o: &GnIdentity| o.fqdn == g.fqdn || (mac.is_some() && o.mac == mac))
             {
                 return Err(invalid(
-                    &at("fqdn"),
+                    at("fqdn"),
                     format!("{:?}", g.fqdn),
                     "another [[gn]] entry has this FQDN or MAC: each GN needs its own",
                 ));
@@ -838,7 +838,7 @@ impl ntm_ops::config::ConfigFile for Config {
             let (key, _) = ntm_ops::keys::resolve(&who, &g.key, key_file, base).map_err(|e| {
                 let file =
                     key_file.map_or_else(|| "(none)".to_owned(), |p| p.display().to_string());
-                invalid(&format!("gn[{i}].key_file"), file, e.to_string())
+                invalid(format!("gn[{i}].key_file"), file, e.to_string())
             })?;
             zeroize::Zeroize::zeroize(&mut g.key);
             g.key = key;

@@ -1417,3 +1417,57 @@ fn dhcp_discover(mac: MacAddr) -> Vec<u8> {
     .unwrap();
     f
 }
+
+/// A reload that removes gn2 and adds gn3: gn keeps its registration and
+/// tunnel, gn2 deregisters, gn3 registers (docs/deploy.md: what a reload
+/// changes).
+#[test]
+fn a_reload_adds_and_removes_gns_and_keeps_the_others() {
+    let known = ["gn.ntm.test", "gn2.ntm.test", "gn3.ntm.test", "cn.ntm.test"];
+    let old = two_gns();
+    let mut w = World::build(old.clone(), NTMA, 2, &known);
+    let cn_vip = w.cn_vip();
+    assert_eq!(a_records(&w.gn_dns("cn.ntm.test")), [cn_vip]);
+    let before = w.ctl.gn_status(w.now);
+    let tunnel = w.ctl.tunnel_status(w.now)[0].id;
+
+    let mut c = Config::new("gn.ntm.test", &key("gn.ntm.test"), DC, UPSTREAM);
+    c.gn.push(crate::config::GnEntry::new(
+        "gn3.ntm.test",
+        &key("gn3.ntm.test"),
+    ));
+    c.hold.timeout_ms = 20_000;
+    let new = c.validate().unwrap();
+    let plan = crate::reload::plan(&old, &new).unwrap();
+    assert!(plan.identity);
+    w.ctl
+        .reload(w.now, &new, plan, 1_700_000_001_000_000_000, [9; 32], &w.io)
+        .unwrap();
+    w.collect();
+    w.settle();
+
+    let after = w.ctl.gn_status(w.now);
+    let names: Vec<_> = after.iter().map(|g| g.registration.fqdn.as_str()).collect();
+    assert_eq!(names, ["gn.ntm.test", "gn3.ntm.test"]);
+    assert_eq!(
+        after[0].registration, before[0].registration,
+        "gn untouched"
+    );
+    assert!(after[1].registration.registered, "gn3 registered");
+    let t = w.ctl.tunnel_status(w.now);
+    assert_eq!(
+        (t.len(), t[0].id, t[0].gn.as_str()),
+        (1, tunnel, "gn.ntm.test")
+    );
+    // gn2 said goodbye; gn and gn3 are the DC's.
+    assert!(w
+        .dc
+        .registration("gn2.ntm.test")
+        .is_none_or(|r| !r.is_active()));
+    for g in ["gn.ntm.test", "gn3.ntm.test"] {
+        assert!(w.dc.registration(g).is_some_and(|r| r.is_active()), "{g}");
+    }
+    // gn's DNS still resolves as gn, over its tunnel.
+    assert_eq!(a_records(&w.gn_dns("cn.ntm.test")), [cn_vip]);
+    assert_eq!(w.ctl.tunnel_status(w.now).len(), 1);
+}
