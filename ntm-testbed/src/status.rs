@@ -563,33 +563,62 @@ fn check_namespace(
         _ => problems.push(format!("{name}: lo is not up")),
     }
     for want in topology::interfaces(role) {
-        let Some(i) = find(want) else {
-            problems.push(format!("{name}: interface {want} missing"));
-            continue;
-        };
-        // The kernel's link watcher updates a new bridge's operstate up to
-        // a second late (UNKNOWN until then); it forwards all the same.
-        let running = i.operstate == "UP" || (want == ifname::BRIDGE && i.operstate == "UNKNOWN");
-        if !i.up || !running {
-            problems.push(format!(
-                "{name}: {want} is {} (admin {})",
-                i.operstate,
-                if i.up { "up" } else { "down" }
-            ));
-        }
-        if let (Some(o), Some(q)) = (options, topology::queues_of(role, want, 1)) {
-            let q = topology::queues_of(role, want, o.queues).unwrap_or(q);
-            if i.rx_queues != u32::from(q) || i.tx_queues != u32::from(q) {
-                problems.push(format!(
-                    "{name}: {want} has {}rx/{}tx queues, expected {q}",
-                    i.rx_queues, i.tx_queues
-                ));
-            }
-        }
-        if i.tx_csum_off == Some(false) {
-            problems.push(format!("{name}: {want} has TX checksum offload on"));
+        match find(want) {
+            Some(i) => check_interface(name, role, want, i, options, problems),
+            None => problems.push(format!("{name}: interface {want} missing")),
         }
     }
+    check_bridge(name, role, inside, problems);
+    for (r, ifn, addr, len) in topology::ADDRS {
+        if r != role {
+            continue;
+        }
+        if let Some(i) = find(ifn) {
+            if !i.addrs.contains(&(addr, len)) {
+                problems.push(format!("{name}: {ifn} lacks {addr}/{len}"));
+            }
+        }
+    }
+    check_routing(name, role, inside, problems);
+}
+
+/// One interface `want` of `role`: up, its queues, TX checksum offload.
+fn check_interface(
+    name: &str,
+    role: Role,
+    want: &str,
+    i: &Interface,
+    options: Option<&Options>,
+    problems: &mut Vec<String>,
+) {
+    // The kernel's link watcher updates a new bridge's operstate up to
+    // a second late (UNKNOWN until then); it forwards all the same.
+    let running = i.operstate == "UP" || (want == ifname::BRIDGE && i.operstate == "UNKNOWN");
+    if !i.up || !running {
+        problems.push(format!(
+            "{name}: {want} is {} (admin {})",
+            i.operstate,
+            if i.up { "up" } else { "down" }
+        ));
+    }
+    if let (Some(o), Some(q)) = (options, topology::queues_of(role, want, 1)) {
+        let q = topology::queues_of(role, want, o.queues).unwrap_or(q);
+        if i.rx_queues != u32::from(q) || i.tx_queues != u32::from(q) {
+            problems.push(format!(
+                "{name}: {want} has {}rx/{}tx queues, expected {q}",
+                i.rx_queues, i.tx_queues
+            ));
+        }
+    }
+    if i.tx_csum_off == Some(false) {
+        problems.push(format!("{name}: {want} has TX checksum offload on"));
+    }
+}
+
+/// The namespace's bridge, if it has one: forwarding at once, every port
+/// attached and forwarding, bridge-nf-call off.
+fn check_bridge(name: &str, role: Role, inside: &Inside, problems: &mut Vec<String>) {
+    let find = |n: &str| inside.interfaces.iter().find(|i| i.name == n);
     if let Some(br) = find(ifname::BRIDGE) {
         if br.forwards_at_once == Some(false) {
             problems.push(format!(
@@ -613,16 +642,16 @@ fn check_namespace(
             ));
         }
     }
-    for (r, ifn, addr, len) in topology::ADDRS {
-        if r != role {
-            continue;
-        }
-        if let Some(i) = find(ifn) {
-            if !i.addrs.contains(&(addr, len)) {
-                problems.push(format!("{name}: {ifn} lacks {addr}/{len}"));
-            }
-        }
+    if inside.bridge_nf_call {
+        problems.push(format!(
+            "{name}: bridge-nf-call-* is on, so {} drops malformed IPv4",
+            ifname::BRIDGE
+        ));
     }
+}
+
+/// The default route, NAT and forwarding of `role`.
+fn check_routing(name: &str, role: Role, inside: &Inside, problems: &mut Vec<String>) {
     let want_route = topology::DEFAULT_ROUTES
         .iter()
         .find(|(r, _)| *r == role)
@@ -639,12 +668,6 @@ fn check_namespace(
     }
     if topology::NATS.contains(&role) && !inside.ip_forward {
         problems.push(format!("{name}: ip_forward is off"));
-    }
-    if inside.bridge_nf_call {
-        problems.push(format!(
-            "{name}: bridge-nf-call-* is on, so {} drops malformed IPv4",
-            ifname::BRIDGE
-        ));
     }
 }
 
