@@ -1,5 +1,5 @@
 //! `dc_load`: a load generator for a real `ntm-dc` process, run by
-//! `cargo xtask bench dc` (see docs/deploy.md, "Capacity").
+//! `cargo xtask bench dc` (see docs/deploy.md, "Capacity of one DC").
 //!
 //! It writes a DC configuration with N nodes (`n<i>.ntm.test`, keys derived
 //! from i), starts `ntm-dc` on it pinned to one core (`taskset`), on the redb

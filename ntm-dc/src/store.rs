@@ -98,7 +98,7 @@
 //! hands each to `Coordinator::receive`, commits once and only then sends
 //! the answers, which the coordinator holds until the commit succeeded. The
 //! fsync is then shared by every datagram that arrived while the last one
-//! ran; the figures are in docs/deploy.md, "Capacity"
+//! ran; the figures are in docs/deploy.md, "Capacity of one DC"
 //! (`cargo xtask bench dc`).
 //!
 //! # Towards a shared store (etcd, several DCs)
