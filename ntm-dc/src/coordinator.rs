@@ -6,6 +6,18 @@
 //! [`Coordinator::poll_transmit`] until it returns `None`. It reads no clock
 //! and does no I/O; tunnel ids and keys come from a seeded RNG.
 //!
+//! # Group commit
+//!
+//! [`Coordinator::handle`] commits the store for every datagram: one fsync
+//! each on a durable store. A driver that reads datagrams in bursts calls
+//! [`Coordinator::receive`] for each of a burst and then
+//! [`Coordinator::commit`] once, so a burst costs one write. Answers the
+//! burst produced are *held*: [`Coordinator::poll_transmit`] does not give
+//! them out until the commit that made their changes durable has
+//! succeeded, and a failed commit drops them (the senders retransmit), as
+//! [`Coordinator::handle`] does for one datagram. Whatever the driver does,
+//! nothing leaves that the store did not take.
+//!
 //! # Replay protection (§5 "Replay")
 //!
 //! Every DC-bound datagram is signaling and must be suite 1. The DC keeps one
@@ -547,6 +559,15 @@ pub struct Coordinator<S: DcStore = MemoryStore> {
     sync_marks: bool,
     /// Whether the last commit failed (logged once per episode).
     store_failing: bool,
+    /// How many entries at the back of `queue` answer datagrams whose
+    /// changes are not committed yet: [`Coordinator::poll_transmit`]
+    /// leaves them until [`Coordinator::commit`].
+    held: usize,
+    /// Datagrams accepted since the last commit (each counts as a `store`
+    /// drop if the commit fails).
+    held_ok: u64,
+    /// Whether a datagram was received since the last commit.
+    uncommitted: bool,
     /// What the store held at start.
     restored: Restored,
     tunnels: HashMap<u32, Tunnel>,
@@ -616,6 +637,9 @@ impl<S: DcStore> Coordinator<S> {
             next_tunnel: 0,
             sync_marks: false,
             store_failing: false,
+            held: 0,
+            held_ok: 0,
+            uncommitted: false,
             restored: Restored::default(),
             tunnels: HashMap::new(),
             directions: HashMap::new(),
@@ -742,38 +766,75 @@ impl<S: DcStore> Coordinator<S> {
 
     // ----- inputs -------------------------------------------------------
 
-    /// Process one datagram received from `from`. An error is a drop,
-    /// already counted in [`Coordinator::drops`].
+    /// Process one datagram received from `from` and commit the store
+    /// ([`Coordinator::receive`] then [`Coordinator::commit`]). An error is
+    /// a drop, already counted in [`Coordinator::drops`].
     pub fn handle(
         &mut self,
         now: Instant,
         from: SocketAddrV4,
         datagram: &[u8],
     ) -> Result<(), DropReason> {
+        let r = self.receive(now, from, datagram);
+        // A failed commit is counted by `commit` for a datagram that was
+        // otherwise fine; one dropped for its own reason keeps it.
+        let c = self.commit();
+        r.and(c)
+    }
+
+    /// Process one datagram of a burst without committing: its answers are
+    /// held until [`Coordinator::commit`] (see the [module docs](self),
+    /// "Group commit"). An error is a drop, already counted.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        datagram: &[u8],
+    ) -> Result<(), DropReason> {
         self.stats.datagrams += 1;
+        self.uncommitted = true;
         let queued = self.queue.len();
         let r = self.handle_inner(now, from, datagram);
+        // Only pushes happen while handling a datagram.
+        self.held += self.queue.len().saturating_sub(queued);
+        match r {
+            Ok(()) => self.held_ok += 1,
+            Err(reason) => {
+                self.drops.count(reason);
+                tracing::debug!(%from, reason = reason.name(), "dropped a datagram");
+            }
+        }
+        r
+    }
+
+    /// Make durable what the datagrams received since the last commit
+    /// changed, in one store transaction, and release their answers to
+    /// [`Coordinator::poll_transmit`]. On failure their answers are
+    /// dropped and each of them counts as a `store` drop; the changes stay
+    /// in memory for the next commit, and the senders retransmit: the
+    /// error is [`DropReason::Store`].
+    pub fn commit(&mut self) -> Result<(), DropReason> {
         // Durable before answered (see the store docs on marks).
         let all = std::mem::take(&mut self.sync_marks);
+        let held = std::mem::take(&mut self.held);
+        let accepted = std::mem::take(&mut self.held_ok);
+        if !std::mem::take(&mut self.uncommitted) {
+            return Ok(());
+        }
         let committed = if all {
             self.store.commit_all()
         } else {
             self.store.commit()
         };
-        let r = match self.store_result(committed) {
-            Ok(()) => r,
-            Err(()) => {
-                // Not answered: the sender retransmits, and the change
-                // (still in memory) goes with the next commit that works.
-                self.queue.truncate(queued);
-                r.and(Err(DropReason::Store))
+        self.stats.commits += 1;
+        let r = self.store_result(committed);
+        if r.is_err() {
+            self.queue.truncate(self.queue.len().saturating_sub(held));
+            for _ in 0..accepted {
+                self.drops.count(DropReason::Store);
             }
-        };
-        if let Err(reason) = r {
-            self.drops.count(reason);
-            tracing::debug!(%from, reason = reason.name(), "dropped a datagram");
         }
-        r
+        r.map_err(|()| DropReason::Store)
     }
 
     fn handle_inner(
@@ -991,7 +1052,8 @@ impl<S: DcStore> Coordinator<S> {
             key_id: slot.key_id,
         };
         self.store.set_mark(Peer::Node(node_id), mark);
-        self.sync_marks = matches!(repr.message, Message::Dereg | Message::DirReq(_));
+        // `|=`: an earlier datagram of the same burst may have set it.
+        self.sync_marks |= matches!(repr.message, Message::Dereg | Message::DirReq(_));
         let Some(mut reg) = self.store.get(node_id).filter(Registration::is_active) else {
             // A restarted DC, or a lapsed registration: tell the node, so it
             // re-registers at once instead of after its own time-out.
@@ -1399,6 +1461,9 @@ impl<S: DcStore> Coordinator<S> {
 
     /// Run what is due at `now`: retransmissions, expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // A burst the driver did not commit: commit it now, so that what
+        // the timers queue is not mixed with held answers.
+        let _ = self.commit();
         while let Some(&Reverse((at, tunnel_id))) = self.timers.peek() {
             if at > now {
                 break;
@@ -1526,7 +1591,9 @@ impl<S: DcStore> Coordinator<S> {
     /// [`ntm_proto::wire::MAX_SIGNALING_LEN`] bytes). Call until `None`
     /// after every input.
     pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some(out) = self.queue.pop_front() {
+        // Held answers wait for their commit (see "Group commit").
+        while self.queue.len() > self.held {
+            let out = self.queue.pop_front()?;
             match self.build(out, buf) {
                 Ok(Some(t)) => return Some(t),
                 Ok(None) => {}
@@ -1732,6 +1799,8 @@ impl<S: DcStore> Coordinator<S> {
     /// whole reload and nothing changes.
     pub fn reload(&mut self, config: &Config) -> Result<Reloaded, ReloadError> {
         let new = config.validate()?;
+        // Held answers first: the reload below filters the queue.
+        let _ = self.commit();
         self.refuse_restart_changes(&new)?;
         let old = std::mem::replace(&mut self.settings, new);
         let mut r = Reloaded::default();
@@ -1890,11 +1959,12 @@ impl<S: DcStore> Coordinator<S> {
     pub fn stats_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "registered={} leases={} tunnels_pending={} | datagrams={} registrations={} renewals={} refused={} keepalives={} deregs={} lapsed={} released={} dir_reqs={} repeats={} not_found={} dir_refused={} node_limit={} direct={} reverse={} relayed={} route_dirs={} route_acks={} route_dir_failures={} relay_dirs={} relay_acks={} relay_failures={} errors_sent={} errors_received={} | drops: {}",
+            "registered={} leases={} tunnels_pending={} | datagrams={} commits={} registrations={} renewals={} refused={} keepalives={} deregs={} lapsed={} released={} dir_reqs={} repeats={} not_found={} dir_refused={} node_limit={} direct={} reverse={} relayed={} route_dirs={} route_acks={} route_dir_failures={} relay_dirs={} relay_acks={} relay_failures={} errors_sent={} errors_received={} | drops: {}",
             self.store.active(),
             self.store.len(),
             self.tunnels.values().filter(|t| t.pending()).count(),
             s.datagrams,
+            s.commits,
             s.registrations,
             s.renewals,
             s.refused,
@@ -2005,11 +2075,15 @@ mod tests {
     }
 
     fn reg_req(key: &Key, seq: u64, from: SocketAddrV4) -> Vec<u8> {
+        reg_req_of("a.ntm.test", key, seq, from)
+    }
+
+    fn reg_req_of(fqdn: &str, key: &Key, seq: u64, from: SocketAddrV4) -> Vec<u8> {
         let repr = Repr::new(
             header(0, seq, true),
             Message::RegReq(RegReq {
                 req_id: 1,
-                fqdn: Fqdn::new("a.ntm.test").unwrap(),
+                fqdn: Fqdn::new(fqdn).unwrap(),
                 local_addr: from,
                 caps: ntm_proto::wire::Caps::NODE,
             }),
@@ -2049,6 +2123,100 @@ mod tests {
         dc.store.fail = true;
         let e = dc.handle(now, from, &reg_req(&key, 11, from));
         assert_eq!(e, Err(Error::Replay.into()));
+    }
+
+    /// K nodes, node `i` with FQDN `n{i}.ntm.test` and key `[i + 1; 32]`.
+    fn nodes(k: u8) -> (Config, Vec<(String, Key)>) {
+        let nodes: Vec<_> = (0..k)
+            .map(|i| (format!("n{i}.ntm.test"), Key::from_bytes([i + 1; 32])))
+            .collect();
+        let config = Config {
+            nodes: nodes.iter().map(|(f, k)| NodeEntry::new(f, k)).collect(),
+            ..Config::default()
+        };
+        (config, nodes)
+    }
+
+    fn drain(dc: &mut Coordinator<impl DcStore>, now: Instant) -> usize {
+        let mut buf = [0u8; ntm_proto::wire::MAX_SIGNALING_LEN];
+        std::iter::from_fn(|| dc.poll_transmit(now, &mut buf)).count()
+    }
+
+    #[test]
+    fn a_burst_is_one_commit_and_its_answers_wait_for_it() {
+        let (config, nodes) = nodes(5);
+        let now = Instant::now();
+        let mut dc = Coordinator::with_store(&config, Flaky::default(), now, 1, [7; 32]).unwrap();
+        let from: SocketAddrV4 = "198.18.0.20:7700".parse().unwrap();
+        let commits = dc.store.commits;
+        for (fqdn, key) in &nodes {
+            dc.receive(now, from, &reg_req_of(fqdn, key, 10, from))
+                .unwrap();
+        }
+        assert_eq!(dc.store.active(), 5, "changed in memory at once");
+        assert_eq!(dc.store.commits, commits, "not committed yet");
+        assert_eq!(drain(&mut dc, now), 0, "nothing answered before the commit");
+        dc.commit().unwrap();
+        assert_eq!(dc.store.commits, commits + 1, "one commit for the burst");
+        assert_eq!(dc.stats().commits, 1);
+        assert_eq!(drain(&mut dc, now), 5, "every answer after it");
+        // A commit with nothing received since writes nothing.
+        dc.commit().unwrap();
+        assert_eq!(dc.store.commits, commits + 1);
+        // A burst the driver leaves uncommitted is committed by the
+        // timers before they queue anything.
+        let (fqdn, key) = &nodes[0];
+        dc.receive(now, from, &reg_req_of(fqdn, key, 11, from))
+            .unwrap();
+        assert_eq!(drain(&mut dc, now), 0);
+        dc.handle_timeout(now);
+        assert_eq!(dc.store.commits, commits + 2);
+        assert_eq!(drain(&mut dc, now), 1);
+    }
+
+    #[test]
+    fn a_failed_group_commit_answers_none_of_its_burst() {
+        let (config, nodes) = nodes(3);
+        let now = Instant::now();
+        let mut dc = Coordinator::with_store(&config, Flaky::default(), now, 1, [7; 32]).unwrap();
+        let from: SocketAddrV4 = "198.18.0.20:7700".parse().unwrap();
+        // One answered before, still waiting to be sent: not the burst's.
+        dc.handle(now, from, &reg_req_of(&nodes[0].0, &nodes[0].1, 10, from))
+            .unwrap();
+        dc.store.fail = true;
+        for (fqdn, key) in &nodes[1..] {
+            dc.receive(now, from, &reg_req_of(fqdn, key, 10, from))
+                .unwrap();
+        }
+        // A replay in the burst keeps its own reason.
+        let replay = reg_req_of(&nodes[0].0, &nodes[0].1, 10, from);
+        assert_eq!(dc.receive(now, from, &replay), Err(Error::Replay.into()));
+        assert_eq!(dc.commit(), Err(DropReason::Store));
+        assert_eq!(dc.drops().get(DropReason::Store), 2);
+        assert_eq!(dc.drops().get(DropReason::Proto(Error::Replay)), 1);
+        assert_eq!(drain(&mut dc, now), 1, "only the answer committed before");
+    }
+
+    #[test]
+    fn a_burst_on_redb_is_one_write() {
+        let dir = std::env::temp_dir().join(format!("ntm-dc-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (config, nodes) = nodes(8);
+        let now = Instant::now();
+        let store = crate::RedbStore::open(&dir.join("dc.redb"), now, 1).unwrap();
+        let mut dc = Coordinator::with_store(&config, store, now, 1, [7; 32]).unwrap();
+        let from: SocketAddrV4 = "198.18.0.20:7700".parse().unwrap();
+        let writes = dc.store().writes();
+        for (fqdn, key) in &nodes {
+            dc.receive(now, from, &reg_req_of(fqdn, key, 10, from))
+                .unwrap();
+        }
+        dc.commit().unwrap();
+        assert_eq!(dc.store().writes(), writes + 1);
+        assert_eq!(drain(&mut dc, now), 8);
+        drop(dc);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

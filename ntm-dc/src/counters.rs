@@ -32,6 +32,10 @@ pub type Drops = Counters<DropReason, { <DropReason as Reason>::COUNT }>;
 pub struct Stats {
     /// Datagrams handled.
     pub datagrams: u64,
+    /// Store commits for received datagrams: one per datagram with
+    /// [`crate::Coordinator::handle`], one per burst with
+    /// [`crate::Coordinator::receive`] and [`crate::Coordinator::commit`].
+    pub commits: u64,
     /// Registrations granted to a node without an active one.
     pub registrations: u64,
     /// Re-registrations of active nodes.

@@ -261,9 +261,16 @@ impl<S: DcStore> Machine for Dc<S> {
     ntm_ops::delegate_to_machine!(dc);
 
     fn handle(&mut self, now: Instant, from: SocketAddrV4, d: &[u8]) -> Option<SocketAddrV4> {
-        // Drops are counted by the coordinator.
-        let _ = self.dc.handle(now, from, d);
+        // Drops are counted by the coordinator; the answers wait for the
+        // burst's commit.
+        let _ = self.dc.receive(now, from, d);
         None
+    }
+
+    /// One store transaction for the whole burst (group commit); a failure
+    /// is logged and counted by the coordinator.
+    fn commit(&mut self) {
+        let _ = self.dc.commit();
     }
 
     fn ready_status(&self) -> String {

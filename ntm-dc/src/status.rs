@@ -97,7 +97,7 @@ pub struct DirectionStatus {
 }
 
 /// The coordinator's counters by name, in one order.
-pub fn stats_by_name(s: &Stats) -> [(&'static str, u64); 24] {
+pub fn stats_by_name(s: &Stats) -> [(&'static str, u64); 25] {
     [
         ("datagrams", s.datagrams),
         ("registrations", s.registrations),
@@ -123,6 +123,7 @@ pub fn stats_by_name(s: &Stats) -> [(&'static str, u64); 24] {
         ("relay_failures", s.relay_failures),
         ("errors_sent", s.errors_sent),
         ("errors_received", s.errors_received),
+        ("store_commits", s.commits),
     ]
 }
 

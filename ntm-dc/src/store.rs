@@ -90,12 +90,16 @@
 //! # Cost
 //!
 //! A commit is one redb transaction with an fsync: about 4 ms on a
-//! virtual disk (`examples/store_cost.rs`), so a DC on redb takes some 250
-//! REG_REQs or DIR_REQs a second where memory takes over 100,000;
-//! keep-alives cost what they cost in memory. Should that bind, the driver
-//! can handle a burst of datagrams, commit once and then send every answer
-//! (group commit): the coordinator only needs the commit between its
-//! `handle` and `poll_transmit`.
+//! virtual disk (`examples/store_cost.rs`), so a DC that committed per
+//! datagram would take some 250 REG_REQs or DIR_REQs a second where memory
+//! takes over 100,000; keep-alives cost what they cost in memory. So the
+//! driver commits per burst (group commit, see the coordinator's docs): it
+//! reads what the socket holds (up to `ntm_ops::server::BURST` datagrams),
+//! hands each to `Coordinator::receive`, commits once and only then sends
+//! the answers, which the coordinator holds until the commit succeeded. The
+//! fsync is then shared by every datagram that arrived while the last one
+//! ran; the figures are in docs/deploy.md, "Capacity of one DC"
+//! (`cargo xtask bench dc`).
 //!
 //! # Towards a shared store (etcd, several DCs)
 //!

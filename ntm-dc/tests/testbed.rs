@@ -183,13 +183,23 @@ impl Spoofer {
 
 /// Asks a daemon for its statistics line and waits until it contains `what`.
 fn stats_contain(child: &Child, what: &str) -> bool {
-    child.signal(Signal::SIGUSR1).expect("SIGUSR1");
-    wait_until(PATIENCE, || {
-        child
-            .log()
-            .lines()
-            .any(|l| l.contains("stats:") && l.contains(what))
-    })
+    // SIGUSR1 can overtake the datagram the test sent just before it (the
+    // DC reads a burst of datagrams and then the signal, or the signal
+    // first): ask again until a stats line shows it.
+    let give_up = Instant::now() + PATIENCE;
+    while Instant::now() < give_up {
+        child.signal(Signal::SIGUSR1).expect("SIGUSR1");
+        let shown = wait_until(Duration::from_millis(250), || {
+            child
+                .log()
+                .lines()
+                .any(|l| l.contains("stats:") && l.contains(what))
+        });
+        if shown {
+            return true;
+        }
+    }
+    false
 }
 
 /// What a ROUTE_DIR told one end.

@@ -45,6 +45,12 @@ pub trait Machine {
     /// A datagram from `from`; `Some(to)` forwards it unchanged to `to`.
     fn handle(&mut self, now: Instant, from: SocketAddrV4, datagram: &[u8])
         -> Option<SocketAddrV4>;
+    /// The end of a burst of datagrams (at most [`BURST`], each given to
+    /// [`Machine::handle`]): make durable what they changed, before
+    /// [`Machine::poll_transmit`] gives out their answers. One commit per
+    /// burst is what lets a server on a durable store answer more than
+    /// one datagram per fsync (group commit).
+    fn commit(&mut self) {}
     /// When [`Machine::handle_timeout`] is next due.
     fn poll_timeout(&self) -> Option<Instant>;
     /// Timers that are due.
@@ -125,6 +131,7 @@ impl Endpoints {
                 "cannot listen on {listen}: is another {daemon} running there, or is the address not on this host?"
             )
         })?;
+        grow_recv_buffer(&socket);
         let listener = UnixListener::from_std(crate::unix::bind(status, "status_socket")?)
             .context("status socket")?;
         Ok(Endpoints {
@@ -133,6 +140,32 @@ impl Endpoints {
             _status_file: crate::unix::SocketFile(status.to_owned()),
             metrics: bind_metrics(metrics).await?,
         })
+    }
+}
+
+/// The receive buffer a server's UDP socket asks for. Datagrams that
+/// arrive while the server is busy wait there: a commit of the DC's store
+/// (an fsync, some milliseconds) or its once-a-second sweep, at tens of
+/// thousands of datagrams a second, would overflow the kernel's default
+/// (about 200 KiB, a few hundred small datagrams). The kernel grants at most
+/// `net.core.rmem_max` (docs/deploy.md, "Capacity of one DC").
+pub const RECV_BUFFER: usize = 2 << 20;
+
+/// Asks for [`RECV_BUFFER`]; says at debug level if the kernel granted less.
+fn grow_recv_buffer(socket: &UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt::RcvBuf};
+    if let Err(e) = setsockopt(socket, RcvBuf, &RECV_BUFFER) {
+        tracing::debug!(error = %e, "cannot set the UDP receive buffer");
+    }
+    // Linux reports twice what it grants (its bookkeeping included).
+    if let Ok(got) = getsockopt(socket, RcvBuf) {
+        if got / 2 < RECV_BUFFER {
+            tracing::debug!(
+                granted = got / 2,
+                asked = RECV_BUFFER,
+                "UDP receive buffer capped by net.core.rmem_max"
+            );
+        }
     }
 }
 
@@ -224,6 +257,12 @@ pub fn stats_timer(every: Option<Duration>) -> Option<Interval> {
     every.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d))
 }
 
+/// Most datagrams read in one burst before [`Machine::commit`]: bounds
+/// how long the first of a burst waits for its answer behind the others
+/// (256 signaling datagrams are 1–3 ms of the DC's work) while letting one
+/// commit serve everything that arrived during the last one.
+pub const BURST: usize = 256;
+
 /// What one wake of the driver found.
 enum Event {
     Datagram(std::io::Result<(usize, SocketAddr)>),
@@ -271,7 +310,11 @@ pub async fn serve<M: Machine>(m: M, ends: Endpoints, rx_len: usize, tx_len: usi
             () = crate::notify::tick(&mut watchdog) => Event::Watchdog,
             s = signals.next() => Event::Signal(s),
         };
-        if !d.on(event, &rx).await {
+        if let Event::Datagram(r) = event {
+            d.burst(r, &mut rx).await;
+            continue;
+        }
+        if !d.on(event).await {
             break;
         }
     }
@@ -296,10 +339,29 @@ impl<M: Machine> Driver<M> {
         }
     }
 
-    /// Acts on one event; false to stop.
-    async fn on(&mut self, event: Event, rx: &[u8]) -> bool {
+    /// The datagram that woke the driver, then whatever else the socket
+    /// holds (up to [`BURST`] in all, without waiting), then one commit;
+    /// the answers go out at the top of the loop.
+    async fn burst(&mut self, first: std::io::Result<(usize, SocketAddr)>, rx: &mut [u8]) {
+        self.on_datagram(first, rx).await;
+        for _ in 1..BURST {
+            match self.ends.socket.try_recv_from(rx) {
+                Ok(r) => self.on_datagram(Ok(r), rx).await,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.on_datagram(Err(e), rx).await;
+                    break;
+                }
+            }
+        }
+        self.m.commit();
+    }
+
+    /// Acts on one event other than a datagram; false to stop.
+    async fn on(&mut self, event: Event) -> bool {
         match event {
-            Event::Datagram(r) => self.on_datagram(r, rx).await,
+            // Taken by `burst`.
+            Event::Datagram(_) => {}
             Event::Timeout => self.m.handle_timeout(Instant::now()),
             Event::Stats | Event::Signal(Sig::Stats) => self.log_stats(),
             Event::Status(r) => match r {

@@ -8,6 +8,7 @@
 //! installed by hand. `setup` is idempotent and returns in about a second when
 //! everything is present.
 
+mod bench_dc;
 mod dist;
 mod setup;
 mod testbed;
@@ -74,11 +75,22 @@ enum Cmd {
     /// same testbed path (throughput, latency, scaling); a table on stdout, JSON and
     /// SVG plots under perf/results/.
     Bench {
+        /// `dc`: the Direction Coordinator's capacity instead (no root).
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         /// Extra arguments for `ntm-bench`, after `--` (e.g. `-- --quick`,
         /// `-- --datapaths ntma,raw`; `-- --help` lists them).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// ntm-dc on one core against a load generator on loopback: registrations,
+    /// keep-alives and directions per second, direction latency and memory per
+    /// node, on the redb and the memory store.
+    Dc(bench_dc::Args),
 }
 
 fn main() -> ExitCode {
@@ -117,7 +129,11 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Run { args } => run_ntma(args),
         Cmd::Demo => demo(),
-        Cmd::Bench { args } => bench(args),
+        Cmd::Bench {
+            what: Some(BenchWhat::Dc(a)),
+            ..
+        } => bench_dc::run(&a),
+        Cmd::Bench { what: None, args } => bench(args),
         Cmd::Dist { check } => dist::run(check),
     }
 }

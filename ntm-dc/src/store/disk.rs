@@ -68,6 +68,8 @@ pub struct RedbStore {
     marks: HashMap<Peer, Mark>,
     reserved: Reserved,
     dirty: Dirty,
+    /// Transactions written (each one fsync).
+    writes: u64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -100,6 +102,7 @@ impl RedbStore {
             marks: HashMap::new(),
             reserved: Reserved::default(),
             dirty: Dirty::default(),
+            writes: 0,
         };
         s.init()?;
         s.load()?;
@@ -109,6 +112,11 @@ impl RedbStore {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Transactions written since it was opened (each is one fsync).
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     fn io(&self, e: impl Into<redb::Error>) -> StoreError {
@@ -219,6 +227,7 @@ impl RedbStore {
             }
         }
         txn.commit().map_err(|e| self.io(e))?;
+        self.writes += 1;
         self.dirty = Dirty::default();
         Ok(())
     }
