@@ -48,13 +48,14 @@ pub fn run(time: u64, targets: Vec<String>) -> Result<()> {
         targets
     };
     let work = target_dir(&root).join("fuzz-corpus");
-    // One build for all: the runs then start at once.
-    eprintln!("fuzz: building {} target(s)", chosen.len());
+    // One build before the runs, so that each starts at once. `cargo fuzz build`
+    // takes one target or none (all).
+    eprintln!("fuzz: building the targets");
     let mut build = nightly_cargo();
-    build
-        .current_dir(&fuzz_dir)
-        .args(["fuzz", "build"])
-        .args(&chosen);
+    build.current_dir(&fuzz_dir).args(["fuzz", "build"]);
+    if let [one] = chosen.as_slice() {
+        build.arg(one);
+    }
     crate::status(&mut build)?;
     let mut rows = Vec::new();
     for t in &chosen {
