@@ -17,7 +17,10 @@ macro_rules! check {
             if c.validate().is_ok() {
                 let again = c.to_toml();
                 let c2 = parse(&again).expect("to_toml wrote what from_toml refuses");
-                assert!(c2.validate().is_ok(), "valid, written back, invalid:\n{again}");
+                assert!(
+                    c2.validate().is_ok(),
+                    "valid, written back, invalid:\n{again}"
+                );
             }
         }
     }};

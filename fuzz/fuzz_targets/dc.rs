@@ -79,21 +79,44 @@ enum Name {
 
 #[derive(Debug, Arbitrary)]
 enum Msg {
-    RegReq { req_id: u32, name: Name, natted: bool, caps: u32 },
+    RegReq {
+        req_id: u32,
+        name: Name,
+        natted: bool,
+        caps: u32,
+    },
     Keepalive,
     Dereg,
-    DirReq { req_id: u32, name: Name },
+    DirReq {
+        req_id: u32,
+        name: Name,
+    },
     /// For a tunnel the DC directed (index), or `any`.
-    RouteAck { tunnel: u8, any: Option<u32> },
-    RelayAck { tunnel: u8, any: Option<u32> },
-    Error { status: u8, reason: Option<String> },
+    RouteAck {
+        tunnel: u8,
+        any: Option<u32>,
+    },
+    RelayAck {
+        tunnel: u8,
+        any: Option<u32>,
+    },
+    Error {
+        status: u8,
+        reason: Option<String>,
+    },
     /// Any type code and TLV body (sealed all the same).
-    Body { msg_type: u8, body: Vec<u8> },
+    Body {
+        msg_type: u8,
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Raw { from_home: Option<u8>, bytes: Vec<u8> },
+    Raw {
+        from_home: Option<u8>,
+        bytes: Vec<u8>,
+    },
     Sealed {
         sender: Sender,
         msg: Msg,
@@ -107,7 +130,9 @@ enum Op {
         suite: Option<u8>,
     },
     Time(u16),
-    Reload { suite: u8 },
+    Reload {
+        suite: u8,
+    },
 }
 
 struct Harness {
@@ -160,7 +185,15 @@ fn name(n: &Name) -> String {
     }
 }
 
-fn sealed_body(key: &Key, msg_type: u8, id: u32, seq: u64, rr: bool, suite: u8, body: &[u8]) -> Vec<u8> {
+fn sealed_body(
+    key: &Key,
+    msg_type: u8,
+    id: u32,
+    seq: u64,
+    rr: bool,
+    suite: u8,
+    body: &[u8],
+) -> Vec<u8> {
     let body = &body[..body.len().min(1400)];
     let mut b = vec![0u8; 32 + body.len()];
     b[16..16 + body.len()].copy_from_slice(body);
@@ -190,7 +223,15 @@ fuzz_target!(|ops: Vec<Op>| {
                 let from = from_home.map_or(RS, |i| HOMES[usize::from(i) % 3]);
                 let _ = h.dc.handle(h.now, from, &bytes);
             }
-            Op::Sealed { sender, msg, seq_step, id, response_required, elsewhere, suite } => {
+            Op::Sealed {
+                sender,
+                msg,
+                seq_step,
+                id,
+                response_required,
+                elsewhere,
+                suite,
+            } => {
                 let (slot, key, home, right_id) = match sender {
                     Sender::Node(i) => {
                         let i = usize::from(i) % 3;
@@ -218,7 +259,12 @@ fuzz_target!(|ops: Vec<Op>| {
                     Some(b)
                 };
                 let d = match &msg {
-                    Msg::RegReq { req_id, name: n, natted, caps } => {
+                    Msg::RegReq {
+                        req_id,
+                        name: n,
+                        natted,
+                        caps,
+                    } => {
                         let n = name(n);
                         let Ok(fqdn) = Fqdn::new(&n) else { continue };
                         let local = if *natted { LOCALS[2] } else { home };

@@ -56,7 +56,10 @@ const TUNNELS: [(u32, usize, usize, Suite, bool); 4] = [
 ];
 
 fn peer_endpoint(i: usize, moved: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 21 + i as u8), PORT.wrapping_add(moved))
+    SocketAddrV4::new(
+        Ipv4Addr::new(198, 18, 0, 21 + i as u8),
+        PORT.wrapping_add(moved),
+    )
 }
 
 fn keys(id: u32) -> DirectionKeys {
@@ -234,24 +237,41 @@ struct SocketAddrV4Arb(u32, u16);
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// A GN frame around `inner` (uplink), or with another EtherType.
-    Up { inner: Inner, ethertype: Option<u16>, padding: u8 },
+    Up {
+        inner: Inner,
+        ethertype: Option<u16>,
+        padding: u8,
+    },
     /// Arbitrary bytes as a GN frame.
     UpRaw(Vec<u8>),
     Down(DownFrame),
     /// Arbitrary bytes as a WAN frame.
     DownRaw(Vec<u8>),
-    SetGn { gn: u8, present: bool, mac: bool },
+    SetGn {
+        gn: u8,
+        present: bool,
+        mac: bool,
+    },
     SetLink(bool),
     Remove(u8),
     Add(u8),
     TunnelUp(u8),
-    SetEndpoint { tunnel: u8, port_delta: u16 },
+    SetEndpoint {
+        tunnel: u8,
+        port_delta: u16,
+    },
 }
 
 fn check_up(m: &Model, src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8], out: &[u8], clamped: bool) {
     // Who may send: a GN in the set, through its own tunnel to `dst` that is up.
-    let g = GN_VIPS.iter().position(|&v| v == src).expect("sent from no GN");
-    assert!(m.gn[g].0 && m.link, "sent without the GN in the set or a link");
+    let g = GN_VIPS
+        .iter()
+        .position(|&v| v == src)
+        .expect("sent from no GN");
+    assert!(
+        m.gn[g].0 && m.link,
+        "sent without the GN in the set or a link"
+    );
     let i = TUNNELS
         .iter()
         .position(|t| t.1 == g && PEER_VIPS[t.2] == dst)
@@ -263,7 +283,10 @@ fn check_up(m: &Model, src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8], out: &[u8], c
     assert_eq!(out[12..14], [8, 0]);
     let ip = &out[ETH_LEN..];
     assert_eq!(ip[0], 0x45);
-    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), out.len() - ETH_LEN);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        out.len() - ETH_LEN
+    );
     assert_eq!(ipv4_checksum(&ip[..20]), 0, "outer IPv4 checksum");
     assert_eq!(ip[12..16], WAN_IP.octets());
     assert_eq!(ip[16..20], m.endpoint[i].ip().octets());
@@ -323,7 +346,10 @@ fn down_check(dp: &DatapathState, m: &Model, frame: &[u8], sealed: Option<(usize
             assert!(!reflect, "a reflected datagram was delivered");
             assert!(m.tunnel[i].0, "delivered on a tunnel not in the table");
             let g = TUNNELS[i].1;
-            assert!(m.link && m.gn[g].0 && m.gn[g].1, "delivered to a GN not ready");
+            assert!(
+                m.link && m.gn[g].0 && m.gn[g].1,
+                "delivered to a GN not ready"
+            );
             let out = &fr[offset..offset + len];
             assert_eq!(out[..6], GN_MACS[g], "to another GN");
             assert_eq!(out[6..12], LAN_MAC);
@@ -331,7 +357,10 @@ fn down_check(dp: &DatapathState, m: &Model, frame: &[u8], sealed: Option<(usize
                 assert_eq!(&out[ETH_LEN..], inner, "delivered something else");
             }
             let mut again = frame.to_vec();
-            assert_eq!(downlink(&snap, &mut again, 2), DownVerdict::Drop(FastDrop::Replay));
+            assert_eq!(
+                downlink(&snap, &mut again, 2),
+                DownVerdict::Drop(FastDrop::Replay)
+            );
         }
         DownVerdict::Consumed => {
             let (i, _, reflect) = sealed.expect("arbitrary bytes were a keep-alive");
@@ -350,7 +379,11 @@ fn down(dp: &DatapathState, m: &Model, f: &DownFrame) {
     let k = keys(id);
     let (ours, peers) = k.for_role(Role::Initiator).unwrap();
     let cipher = Cipher::new(suite, if f.reflect { ours } else { peers }).unwrap();
-    let body = if f.keepalive { Vec::new() } else { f.inner.bytes() };
+    let body = if f.keepalive {
+        Vec::new()
+    } else {
+        f.inner.bytes()
+    };
     let mut dg = vec![0u8; body.len() + OVERHEAD];
     dg[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
     if f.keepalive {
@@ -406,16 +439,21 @@ fuzz_target!(|ops: Vec<Op>| {
     let (dp, mut m) = plane();
     for op in ops.iter().take(32) {
         match op {
-            Op::Up { inner, ethertype, padding } => {
+            Op::Up {
+                inner,
+                ethertype,
+                padding,
+            } => {
                 let p = inner.bytes();
                 let src_mac = match inner.src {
                     Addr::Gn(g) => GN_MACS[usize::from(g) % 2],
                     _ => [2, 9, 9, 9, 9, 9],
                 };
                 let fr = gn_frame(&p, ethertype.unwrap_or(0x0800), *padding, src_mac);
-                let parsed = ethertype
-                    .is_none()
-                    .then_some((inner.src.ip(), inner.dst.ip(), &p[..]));
+                let parsed =
+                    ethertype
+                        .is_none()
+                        .then_some((inner.src.ip(), inner.dst.ip(), &p[..]));
                 up(&dp, &m, &fr, parsed);
             }
             Op::UpRaw(bytes) => up(&dp, &m, bytes, None),

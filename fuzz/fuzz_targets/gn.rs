@@ -176,7 +176,9 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 // An answer from upstream: raw bytes on a known socket, or on any port.
                 match pick(&seen.upstream, b(0)) {
-                    Some((t, port, _)) => g.handle_upstream(now, t, port, chunk.get(1..).unwrap_or(&[])),
+                    Some((t, port, _)) => {
+                        g.handle_upstream(now, t, port, chunk.get(1..).unwrap_or(&[]))
+                    }
                     None => g.handle_upstream(now, Transport::Udp, u16::from(b(0)), chunk),
                 };
             }
@@ -224,7 +226,9 @@ fuzz_target!(|data: &[u8]| {
                     1 => VIPS[1],
                     _ => Ipv4Addr::new(10, 0, 0, b(2)),
                 };
-                if g.tcp_accept(now, conn, SocketAddrV4::new(ip, 40000)).is_ok() {
+                if g.tcp_accept(now, conn, SocketAddrV4::new(ip, 40000))
+                    .is_ok()
+                {
                     seen.conns.push(conn);
                 }
                 g.tcp_data(now, conn, chunk.get(3..).unwrap_or(&[]));

@@ -76,7 +76,11 @@ fuzz_target!(|i: Input| {
         frame[12..14].copy_from_slice(&[8, 0]);
     }
     if let (Some((router, host)), true) = (i.dst, frame.len() >= 34) {
-        let d = if router { i.router } else { i.vip_net ^ (host >> i.vip_prefix_len.min(31)) };
+        let d = if router {
+            i.router
+        } else {
+            i.vip_net ^ (host >> i.vip_prefix_len.min(31))
+        };
         frame[30..34].copy_from_slice(&d.to_be_bytes());
     }
     let pkttype = u32::from(i.pkttype % 8);
@@ -94,12 +98,9 @@ fuzz_target!(|i: Input| {
         0 => 0,
         n => u32::MAX << (32 - n),
     };
-    let want = pkttype != PACKET_OUTGOING
-        && frame.len() >= 34
-        && frame[12..14] == [8, 0]
-        && {
-            let dst = u32::from_be_bytes([frame[30], frame[31], frame[32], frame[33]]);
-            dst != i.router && dst & mask == i.vip_net & mask
-        };
+    let want = pkttype != PACKET_OUTGOING && frame.len() >= 34 && frame[12..14] == [8, 0] && {
+        let dst = u32::from_be_bytes([frame[30], frame[31], frame[32], frame[33]]);
+        dst != i.router && dst & mask == i.vip_net & mask
+    };
     assert_eq!(f, want, "fast path of {c:?}");
 });

@@ -39,13 +39,43 @@ fn relay_key(k: u8) -> Key {
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Raw { from: u8, bytes: Vec<u8> },
-    RelayDir { tunnel: u8, key: u8, lifetime: u16, wrong_id: Option<u32>, seq_step: i16, from: u8 },
-    RelayBind { tunnel: u8, key: u8, role: u8, from: u8, seq_step: i16, suite: u8 },
+    Raw {
+        from: u8,
+        bytes: Vec<u8>,
+    },
+    RelayDir {
+        tunnel: u8,
+        key: u8,
+        lifetime: u16,
+        wrong_id: Option<u32>,
+        seq_step: i16,
+        from: u8,
+    },
+    RelayBind {
+        tunnel: u8,
+        key: u8,
+        role: u8,
+        from: u8,
+        seq_step: i16,
+        suite: u8,
+    },
     /// A header of any type sealed with `K_rs` (`rs`) or the tunnel's `K_relay`.
-    Sealed { rs: bool, tunnel: u8, key: u8, msg_type: u8, suite: u8, from: u8, body: Vec<u8> },
+    Sealed {
+        rs: bool,
+        tunnel: u8,
+        key: u8,
+        msg_type: u8,
+        suite: u8,
+        from: u8,
+        body: Vec<u8>,
+    },
     /// Tunnel traffic: a header of a tunnel type and any body, unsealed.
-    Traffic { tunnel: u8, msg_type: u8, from: u8, body: Vec<u8> },
+    Traffic {
+        tunnel: u8,
+        msg_type: u8,
+        from: u8,
+        body: Vec<u8>,
+    },
     Time(u16),
 }
 
@@ -97,7 +127,14 @@ fuzz_target!(|ops: Vec<Op>| {
         let tid = |i: u8| TUNNEL_IDS[usize::from(i) % TUNNEL_IDS.len()];
         let (from, d) = match op {
             Op::Raw { from, bytes } => (addr(from), bytes),
-            Op::RelayDir { tunnel, key, lifetime, wrong_id, seq_step, from } => {
+            Op::RelayDir {
+                tunnel,
+                key,
+                lifetime,
+                wrong_id,
+                seq_step,
+                from,
+            } => {
                 let s = step(seq_step, &mut seq);
                 let t = tid(tunnel);
                 let wrapped = Authenticator::new(&rs_key()).wrap_key(
@@ -106,7 +143,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     s,
                     &relay_key(key),
                 );
-                let header = Header { id: wrong_id.unwrap_or(RS_ID), seq: s, response_required: true };
+                let header = Header {
+                    id: wrong_id.unwrap_or(RS_ID),
+                    seq: s,
+                    response_required: true,
+                };
                 let d = seal(
                     &rs_key(),
                     header,
@@ -118,28 +159,63 @@ fuzz_target!(|ops: Vec<Op>| {
                 );
                 (addr(from), d)
             }
-            Op::RelayBind { tunnel, key, role, from, seq_step, suite } => {
+            Op::RelayBind {
+                tunnel,
+                key,
+                role,
+                from,
+                seq_step,
+                suite,
+            } => {
                 let s = step(seq_step, &mut seq);
                 let t = tid(tunnel);
-                let header = Header { id: t, seq: s, response_required: false };
+                let header = Header {
+                    id: t,
+                    seq: s,
+                    response_required: false,
+                };
                 let role = Role::from(role % 4);
-                let mut d = seal(&relay_key(key), header, Message::RelayBind(RelayBind { role }));
+                let mut d = seal(
+                    &relay_key(key),
+                    header,
+                    Message::RelayBind(RelayBind { role }),
+                );
                 if suite % 4 == 0 {
                     d[3] = suite;
                 }
                 (addr(from), d)
             }
-            Op::Sealed { rs: to_rs, tunnel, key, msg_type, suite, from, body } => {
+            Op::Sealed {
+                rs: to_rs,
+                tunnel,
+                key,
+                msg_type,
+                suite,
+                from,
+                body,
+            } => {
                 let t = tid(tunnel);
-                let (k, id) = if to_rs { (rs_key(), RS_ID) } else { (relay_key(key), t) };
+                let (k, id) = if to_rs {
+                    (rs_key(), RS_ID)
+                } else {
+                    (relay_key(key), t)
+                };
                 let s = step(1, &mut seq);
                 let mut d = datagram(MessageType::from(msg_type), suite, id, s, &body);
                 Authenticator::new(&k).seal(&mut d).unwrap();
                 (addr(from), d)
             }
-            Op::Traffic { tunnel, msg_type, from, body } => {
+            Op::Traffic {
+                tunnel,
+                msg_type,
+                from,
+                body,
+            } => {
                 let s = step(1, &mut seq);
-                (addr(from), datagram(tunnel_types(msg_type), 2, tid(tunnel), s, &body))
+                (
+                    addr(from),
+                    datagram(tunnel_types(msg_type), 2, tid(tunnel), s, &body),
+                )
             }
             Op::Time(ms) => {
                 now += Duration::from_millis(u64::from(ms) * 16);
@@ -152,8 +228,14 @@ fuzz_target!(|ops: Vec<Op>| {
         let r = rs.handle(now, from, &d);
         if let Ok(Verdict::Forward(to)) = r {
             let id = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
-            assert!(bound.contains(&(id, to)), "forwarded to an address that never bound");
-            assert!(bound.contains(&(id, from)), "forwarded from an address that never bound");
+            assert!(
+                bound.contains(&(id, to)),
+                "forwarded to an address that never bound"
+            );
+            assert!(
+                bound.contains(&(id, from)),
+                "forwarded from an address that never bound"
+            );
         }
         if r.is_ok() && d.len() > 1 && d[1] == u8::from(MessageType::RelayBind) {
             let id = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
