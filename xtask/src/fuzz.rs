@@ -232,12 +232,12 @@ fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
 fn print_table(rows: &[(String, Report)]) {
     let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     println!(
-        "{:<12} {:>12} {:>9} {:>7} {:>8} {:>7} {:>8} {:>7}",
+        "{:<16} {:>12} {:>9} {:>7} {:>8} {:>7} {:>8} {:>7}",
         "target", "executions", "exec/s", "cov", "ft", "corpus", "crashes", "secs"
     );
     for (t, r) in rows {
         println!(
-            "{:<12} {:>12} {:>9} {:>7} {:>8} {:>7} {:>8} {:>7.0}",
+            "{:<16} {:>12} {:>9} {:>7} {:>8} {:>7} {:>8} {:>7.0}",
             t,
             n(r.execs),
             n(r.exec_per_sec),
