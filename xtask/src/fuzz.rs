@@ -4,7 +4,7 @@
 //! `fuzz/artifacts/<target>/`.
 //!
 //! Each target starts from the committed corpus `fuzz/corpus/<target>` (and
-//! `fuzz/seeds/<target>`, if present) but writes what it finds to a working corpus
+//! `fuzz/seeds/<target>` and `fuzz/regressions/<target>`, if present) but writes what it finds to a working corpus
 //! under the target directory (`<target>/fuzz-corpus/<target>`), so that runs build
 //! on each other without dirtying the tree; `fuzz/README.md` says how to fold a
 //! working corpus back with `cargo fuzz cmin`.
@@ -155,8 +155,9 @@ fn run_one(fuzz_dir: &Path, work: &Path, target: &str, time: u64) -> Result<Repo
     c.current_dir(fuzz_dir)
         .args(["fuzz", "run", target])
         .arg(&corpus);
-    // The committed corpus and seeds are read, never written.
-    for extra in ["corpus", "seeds"] {
+    // The committed corpus, seeds and reproducers of fixed crashes are read, never
+    // written: every run replays the regressions first.
+    for extra in ["corpus", "seeds", "regressions"] {
         let d = fuzz_dir.join(extra).join(target);
         if d.is_dir() {
             c.arg(d);
