@@ -1,4 +1,4 @@
-//! cargo xtask: setup, build, test, testbed, run, demo, bench and dist for ntma.
+//! cargo xtask: setup, build, test, testbed, run, demo, bench, dist and fuzz for ntma.
 //!
 //! `run` and `demo` build and start binaries of the workspace (`ntma`,
 //! `ntm-demo`) rather than linking them: xtask has to compile on a fresh
@@ -10,6 +10,7 @@
 
 mod bench_dc;
 mod dist;
+mod fuzz;
 mod setup;
 mod testbed;
 
@@ -83,6 +84,16 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// The fuzz targets of fuzz/ (nightly, cargo-fuzz: installed if missing), each for
+    /// `--time` seconds from its committed corpus; a table of executions, coverage and
+    /// corpus size; fails on a crash, naming the reproducer under fuzz/artifacts/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets to run (all when none is named).
+        targets: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +146,7 @@ fn run(cmd: Cmd) -> Result<()> {
         } => bench_dc::run(&a),
         Cmd::Bench { what: None, args } => bench(args),
         Cmd::Dist { check } => dist::run(check),
+        Cmd::Fuzz { time, targets } => fuzz::run(time, targets),
     }
 }
 

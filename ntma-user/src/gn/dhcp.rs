@@ -44,6 +44,42 @@ struct Dest {
     ip: Ipv4Addr,
 }
 
+/// Whether dhcproto 0.15 may decode these options (the bytes after the magic cookie)
+/// without panicking: it asserts some options' lengths (`debug_assert!`, and `len - n`
+/// that overflows), so one frame from the GN would abort a build with debug assertions.
+/// Walks the options as its decoder does: adjacent options with one code are one value
+/// (RFC 3396), pad and end separate them; a truncated option ends the walk (dhcproto
+/// stops there too).
+fn options_decodable(opts: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&code) = opts.get(at) {
+        if code == 0 || code == 255 {
+            at += 1;
+            continue;
+        }
+        let mut value = 0usize;
+        while opts.get(at) == Some(&code) {
+            let Some(&len) = opts.get(at + 1) else {
+                return true;
+            };
+            value += usize::from(len);
+            at += 2 + usize::from(len);
+        }
+        let fits = match code {
+            80 => value == 0,        // rapid commit
+            81 => value >= 3,        // client FQDN: flags, rcode1, rcode2, name
+            94 => value == 3,        // client network interface
+            151 => value >= 1,       // bulk lease query status code
+            152..=155 => value == 4, // bulk lease query times
+            _ => true,
+        };
+        if !fits {
+            return false;
+        }
+    }
+    true
+}
+
 impl Gn {
     pub(super) fn handle_dhcp(
         &mut self,
@@ -53,6 +89,9 @@ impl Gn {
     ) -> Result<(), GnDrop> {
         let p = udp.payload();
         if p.len() < MAGIC_OFFSET + 4 || p[MAGIC_OFFSET..MAGIC_OFFSET + 4] != MAGIC {
+            return Err(GnDrop::DhcpMalformed);
+        }
+        if !options_decodable(&p[MAGIC_OFFSET + 4..]) {
             return Err(GnDrop::DhcpMalformed);
         }
         let msg = Message::decode(&mut Decoder::new(p)).map_err(|_| GnDrop::DhcpMalformed)?;
@@ -411,6 +450,46 @@ mod tests {
     /// dhclient's REQUEST answering an OFFER of this server (captured in a
     /// netns pair against this code driven from an AF_PACKET socket).
     const SELECTING: &[u8] = include_bytes!("testdata/dhclient_request_selecting.bin");
+
+    /// A REQUEST from the `gn` fuzz target whose option 153 (bulk lease query start
+    /// time of state) is 12 bytes long: dhcproto's decoder asserts 4 and panicked.
+    const FUZZ_OPTION_153: &[u8] = include_bytes!("testdata/fuzz_dhcp_option_153_len_12.bin");
+
+    #[test]
+    fn options_dhcproto_would_panic_on_are_malformed() {
+        let mut g = gn_with_vip();
+        assert_eq!(
+            g.handle_frame(Instant::now(), FUZZ_OPTION_153),
+            Verdict::Dropped(GnDrop::DhcpMalformed)
+        );
+        use super::options_decodable as ok;
+        // (code, value length, decodable)
+        for (code, len, want) in [
+            (80, 0, true),
+            (80, 1, false),
+            (81, 2, false),
+            (81, 3, true),
+            (94, 2, false),
+            (94, 3, true),
+            (151, 0, false),
+            (151, 1, true),
+            (152, 4, true),
+            (153, 3, false),
+            (155, 12, false),
+            (12, 0, true),
+        ] {
+            let mut o = vec![code, len];
+            o.extend(std::iter::repeat_n(b'a', usize::from(len)));
+            o.push(255);
+            assert_eq!(ok(&o), want, "option {code} of {len} bytes");
+        }
+        // Split options are one value (RFC 3396): two 4-byte halves are 8 bytes.
+        assert!(!ok(&[152, 4, 0, 0, 0, 1, 152, 4, 0, 0, 0, 2, 255]));
+        // Pad ends a value (each half alone is short); a truncated option ends the walk.
+        assert!(!ok(&[152, 2, 0, 0, 0, 152, 2, 0, 0]));
+        assert!(ok(&[53, 1, 1, 152]));
+        assert!(ok(&[]));
+    }
 
     struct Reply {
         eth_dst: MacAddr,
