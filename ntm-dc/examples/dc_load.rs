@@ -471,6 +471,36 @@ fn keepalives(sim: &mut Sim, dc: &Dc, rate: Option<f64>, window: usize, secs: f6
     })
 }
 
+/// Takes one answer: CN's ROUTE_DIR is acknowledged at once (false); MN's
+/// ends a direction (true), measured from `sent_at` unless it carries a
+/// status instead of a tunnel.
+fn take_route_dir(
+    sim: &mut Sim,
+    first_req: u32,
+    sent_at: &[Instant],
+    lat: &mut Vec<Duration>,
+) -> bool {
+    match sim.recv() {
+        Some(Got::RouteDir {
+            node_id,
+            req_id: 0,
+            tunnel_id: Some(t),
+        }) => {
+            sim.ack(node_id, t);
+            false
+        }
+        Some(Got::RouteDir {
+            req_id, tunnel_id, ..
+        }) if req_id >= first_req => {
+            if let (Some(at), Some(_)) = (sent_at.get((req_id - first_req) as usize), tunnel_id) {
+                lat.push(at.elapsed());
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Directions between pairs (2k, 2k+1) of nodes: paced at `rate`, or
 /// closed loop with `window` outstanding. CN's ROUTE_DIR is acknowledged
 /// at once; latency is DIR_REQ sent → MN's ROUTE_DIR received.
@@ -500,28 +530,8 @@ fn directions(
     let mut sent_at: Vec<Instant> = Vec::new();
     let mut lat: Vec<Duration> = Vec::new();
     let mut outstanding = 0usize;
-    // A ROUTE_DIR with a status (no tunnel) ends its direction unmeasured.
-    let got = |sim: &mut Sim, sent_at: &[Instant], lat: &mut Vec<Duration>| -> bool {
-        match sim.recv() {
-            Some(Got::RouteDir {
-                node_id,
-                req_id: 0,
-                tunnel_id: Some(t),
-            }) => {
-                sim.ack(node_id, t);
-                false
-            }
-            Some(Got::RouteDir {
-                req_id, tunnel_id, ..
-            }) if req_id >= first_req => {
-                if let (Some(at), Some(_)) = (sent_at.get((req_id - first_req) as usize), tunnel_id)
-                {
-                    lat.push(at.elapsed());
-                }
-                true
-            }
-            _ => false,
-        }
+    let got = |sim: &mut Sim, sent_at: &[Instant], lat: &mut Vec<Duration>| {
+        take_route_dir(sim, first_req, sent_at, lat)
     };
     while Instant::now() < end {
         let k = sent_at.len();
