@@ -80,7 +80,7 @@ use crate::gn::{
     ConnId, Gn, GnAction, GnIndex, GnState, MacAddr, Transport, Unreachable, MAX_FRAME_LEN,
 };
 use crate::status::{GnStatus, GnView, RegistrationStatus, SlowPathStatus, TunnelStatus};
-use crate::wire::tcp::{clamp_mss, IPV4_TCP_LEN};
+use crate::wire::tcp::{clamp_mss, is_syn, IPV4_TCP_LEN};
 use crate::wire::{ethernet, ipv4, udp};
 
 /// Largest inner packet (an IPv4 packet never exceeds this).
@@ -140,9 +140,6 @@ struct Slot {
     host: Host,
     /// Its identity as configured (a reload keeps the slot while it stays).
     id: GnIdentity,
-    fqdn: String,
-    /// The VIP the DC assigned (given to the GN by DHCP).
-    vip: Option<Ipv4Addr>,
     tunnels: BTreeMap<u32, TunnelRec>,
 }
 
@@ -168,10 +165,17 @@ impl Slot {
         Ok(Slot {
             host: Host::new(ep, hold),
             id: gn.clone(),
-            fqdn: gn.fqdn.clone(),
-            vip: None,
             tunnels: BTreeMap::new(),
         })
+    }
+
+    fn fqdn(&self) -> &str {
+        &self.id.fqdn
+    }
+
+    /// The VIP the DC assigned (given to the GN by DHCP).
+    fn vip(&self) -> Option<Ipv4Addr> {
+        self.host.endpoint().registration().map(|r| r.vip.addr)
     }
 }
 
@@ -263,13 +267,6 @@ fn udp_in(frame: &[u8]) -> Option<(SocketAddrV4, u16, Range<usize>)> {
         udp.dst_port(),
         at..at + udp.payload().len(),
     ))
-}
-
-/// Whether the IPv4 packet `ip` is a TCP segment with SYN set (the only
-/// ones [`clamp_mss`] may change: worth a copy on the slow path).
-fn is_syn(ip: &[u8]) -> bool {
-    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
-    ip.get(9) == Some(&ipv4::PROTO_TCP) && ip.get(ihl + 13).is_some_and(|f| f & 0x02 != 0)
 }
 
 fn is_unicast_host(ip: Ipv4Addr) -> bool {
@@ -794,7 +791,7 @@ impl<D: Datapath + ?Sized> Control<D> {
                 self.give_vip(gn, vip);
             }
             Event::RegistrationFailed { reason } => {
-                tracing::warn!(gn = %self.slots[gn].fqdn, dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, and this [[gn]] entry's fqdn and key against the DC's configuration)");
+                tracing::warn!(gn = %self.slots[gn].fqdn(), dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, and this [[gn]] entry's fqdn and key against the DC's configuration)");
             }
             // The host logged it, answered the DNS and gave up the packets.
             Event::DirectionResolved { .. } => {}
@@ -818,19 +815,15 @@ impl<D: Datapath + ?Sized> Control<D> {
 
     /// The DC gave GN `gn` its `vip`: the GN gets it by DHCP.
     fn give_vip(&mut self, gn: GnIndex, vip: Ipv4Addr) {
-        match self.gn.set_vip(gn, Some(vip)) {
-            Ok(()) => self.slots[gn].vip = Some(vip),
-            Err(e) => {
-                tracing::error!(gn = %self.slots[gn].fqdn, error = %e, "cannot give the GN its VIP");
-                self.slots[gn].vip = None;
-            }
+        if let Err(e) = self.gn.set_vip(gn, Some(vip)) {
+            tracing::error!(gn = %self.slots[gn].fqdn(), error = %e, "cannot give the GN its VIP");
         }
     }
 
     /// The DC directed a tunnel: it receives from now on.
     fn on_tunnel_added(&mut self, gn: GnIndex, t: TunnelParams) {
         self.c.stat(CtlStat::TunnelsAdded);
-        tracing::debug!(gn = %self.slots[gn].fqdn, tunnel = %t, "tunnel directed: receiving");
+        tracing::debug!(gn = %self.slots[gn].fqdn(), tunnel = %t, "tunnel directed: receiving");
         if let Err(e) = self.datapath.add_tunnel(&t) {
             // The endpoint prepared the same keys for the same suite: not reached.
             tracing::error!(tunnel_id = t.tunnel_id, error = %e, "the datapath refused a tunnel");
@@ -849,11 +842,11 @@ impl<D: Datapath + ?Sized> Control<D> {
         let setup = slot.host.setup_time(t.tunnel_id);
         if let Some(d) = setup {
             self.setup
-                .get_or_create(&ntm_ops::metrics::labels([("gn", &slot.fqdn)]))
+                .get_or_create(&ntm_ops::metrics::labels([("gn", slot.fqdn())]))
                 .observe(d.as_secs_f64());
         }
         tracing::info!(
-            gn = %slot.fqdn,
+            gn = %slot.fqdn(),
             tunnel = %t,
             setup_ms = setup.map(|d| d.as_secs_f64() * 1e3),
             "tunnel up"
@@ -875,9 +868,9 @@ impl<D: Datapath + ?Sized> Control<D> {
         let rec = slot.tunnels.remove(&tunnel_id);
         let peer = rec.as_ref().map(|r| r.peer_fqdn.as_str()).unwrap_or("?");
         if matches!(reason, DownReason::Expired | DownReason::Closed) {
-            tracing::info!(gn = %slot.fqdn, tunnel_id, peer, ?reason, "tunnel down");
+            tracing::info!(gn = %slot.fqdn(), tunnel_id, peer, ?reason, "tunnel down");
         } else {
-            tracing::warn!(gn = %slot.fqdn, tunnel_id, peer, ?reason, "tunnel down");
+            tracing::warn!(gn = %slot.fqdn(), tunnel_id, peer, ?reason, "tunnel down");
         }
     }
 
@@ -913,13 +906,13 @@ impl<D: Datapath + ?Sized> Control<D> {
             GnAction::TcpClose { conn } => io.close_tcp(conn),
             // The link is published after the pump.
             GnAction::GnMac { gn, mac } => {
-                tracing::info!(gn = %self.slots[gn].fqdn, gn_mac = %mac, "GN MAC learned");
+                tracing::info!(gn = %self.slots[gn].fqdn(), gn_mac = %mac, "GN MAC learned");
             }
             GnAction::LeaseBound { gn, vip, mac } => {
-                tracing::info!(gn = %self.slots[gn].fqdn, %vip, %mac, "the GN took its VIP (DHCPACK)");
+                tracing::info!(gn = %self.slots[gn].fqdn(), %vip, %mac, "the GN took its VIP (DHCPACK)");
             }
             GnAction::LeaseEnded { gn, vip } => {
-                tracing::info!(gn = %self.slots[gn].fqdn, %vip, "the GN's lease ended");
+                tracing::info!(gn = %self.slots[gn].fqdn(), %vip, "the GN's lease ended");
             }
         }
     }
@@ -941,28 +934,16 @@ impl<D: Datapath + ?Sized> Control<D> {
             self.datapath.set_link(link);
             self.published = link;
         }
-        let gns = self.gn.gns();
-        let changed = self.published_gns.len() != gns.iter().filter(|g| g.vip().is_some()).count()
-            || gns
-                .iter()
-                .filter_map(|g| {
-                    Some(GnLink {
-                        vip: g.vip()?,
-                        mac: g.mac(),
-                    })
+        let gns = || {
+            self.gn.gns().iter().filter_map(|g| {
+                Some(GnLink {
+                    vip: g.vip()?,
+                    mac: g.mac(),
                 })
-                .zip(&self.published_gns)
-                .any(|(a, b)| a != *b);
-        if changed {
-            self.published_gns = gns
-                .iter()
-                .filter_map(|g| {
-                    Some(GnLink {
-                        vip: g.vip()?,
-                        mac: g.mac(),
-                    })
-                })
-                .collect();
+            })
+        };
+        if !gns().eq(self.published_gns.iter().copied()) {
+            self.published_gns = gns().collect();
             tracing::debug!(gns = self.published_gns.len(), "datapath GNs updated");
             self.datapath.set_gns(&self.published_gns);
         }
@@ -986,7 +967,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         let ep = slot.host.endpoint();
         let reg = ep.registration();
         RegistrationStatus {
-            fqdn: slot.fqdn.clone(),
+            fqdn: slot.fqdn().to_owned(),
             dc: self.dc,
             registered: reg.is_some(),
             vip: reg.map(|r| r.vip.addr),
@@ -1034,7 +1015,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         let setup = rec.and(slot.host.setup_time(t.tunnel_id));
         TunnelStatus {
             id: t.tunnel_id,
-            gn: slot.fqdn.clone(),
+            gn: slot.fqdn().to_owned(),
             peer_fqdn: t.peer_fqdn,
             peer_vip: t.peer_vip,
             path: t.path.name().to_owned(),

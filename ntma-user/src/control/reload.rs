@@ -84,7 +84,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         }
         for (old, slot) in self.slots.iter_mut().enumerate() {
             if !keep.contains(&Some(old)) {
-                tracing::info!(gn = %slot.fqdn, "GN removed or changed: deregistering");
+                tracing::info!(gn = %slot.fqdn(), "GN removed or changed: deregistering");
                 // DEREG, and every tunnel down (out of the datapath too).
                 slot.host.endpoint_mut().close(now);
             }
@@ -110,9 +110,6 @@ impl<D: Datapath + ?Sized> Control<D> {
             self.slots.push(slot);
         }
         for slot in &mut self.slots {
-            if slot.vip.is_none() {
-                continue;
-            }
             // Their DNS answers are owed by a stub that is replaced.
             slot.host.forget_resolutions();
         }
@@ -125,8 +122,8 @@ impl<D: Datapath + ?Sized> Control<D> {
         self.dc = s.dc;
         self.gn.set_gns(specs).map_err(|e| format!("[[gn]]: {e}"))?;
         for (i, slot) in self.slots.iter().enumerate() {
-            if let Err(e) = self.gn.set_vip(i, slot.vip) {
-                tracing::warn!(gn = %slot.fqdn, error = %e, "cannot give the GN its VIP");
+            if let Err(e) = self.gn.set_vip(i, slot.vip()) {
+                tracing::warn!(gn = %slot.fqdn(), error = %e, "cannot give the GN its VIP");
             }
         }
         tracing::info!(gns = self.slots.len(), dc = %self.dc, "GNs reloaded");

@@ -30,23 +30,10 @@ const OPT_MSS: u8 = 2;
 /// Everything else is left alone: not TCP, a fragment, no SYN, no MSS option, an MSS
 /// of at most `max`, or options that do not parse.
 pub fn clamp_mss(ip: &mut [u8], max: u16) -> bool {
-    let p = ipv4::Packet::new_unchecked(&*ip);
-    if ip.len() < ipv4::MIN_HEADER_LEN || p.version() != 4 {
+    let Some(tcp) = syn_segment(ip) else {
         return false;
-    }
-    let ihl = p.header_len();
-    let total = usize::from(p.total_len()).min(ip.len());
-    if p.protocol() != PROTO_TCP
-        || p.is_fragment()
-        || ihl < ipv4::MIN_HEADER_LEN
-        || total < ihl + HEADER_LEN
-    {
-        return false;
-    }
-    let tcp = &mut ip[ihl..total];
-    if tcp[field::FLAGS] & SYN == 0 {
-        return false;
-    }
+    };
+    let tcp = &mut ip[tcp];
     let options_end = usize::from(tcp[field::DATA_OFF] >> 4) * 4;
     if options_end < HEADER_LEN || options_end > tcp.len() {
         return false;
@@ -55,6 +42,31 @@ pub fn clamp_mss(ip: &mut [u8], max: u16) -> bool {
         Some(at) => set_mss(tcp, at, max),
         None => false,
     }
+}
+
+/// Whether the IPv4 packet `ip` is an unfragmented TCP segment with SYN set: the
+/// only kind [`clamp_mss`] may change (the slow path copies just these).
+pub fn is_syn(ip: &[u8]) -> bool {
+    syn_segment(ip).is_some()
+}
+
+/// Where the TCP segment of `ip` lies, if `ip` is an unfragmented IPv4 TCP
+/// segment with SYN set.
+fn syn_segment(ip: &[u8]) -> Option<std::ops::Range<usize>> {
+    let p = ipv4::Packet::new_unchecked(ip);
+    if ip.len() < ipv4::MIN_HEADER_LEN || p.version() != 4 {
+        return None;
+    }
+    let ihl = p.header_len();
+    let total = usize::from(p.total_len()).min(ip.len());
+    if p.protocol() != PROTO_TCP
+        || p.is_fragment()
+        || ihl < ipv4::MIN_HEADER_LEN
+        || total < ihl + HEADER_LEN
+    {
+        return None;
+    }
+    (ip[ihl + field::FLAGS] & SYN != 0).then_some(ihl..total)
 }
 
 /// The offset of the value of a well-formed MSS option in `tcp` (header and options).
