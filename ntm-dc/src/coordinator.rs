@@ -2021,14 +2021,8 @@ mod tests {
     }
 
     impl DcStore for Flaky {
-        fn get(&self, node_id: u32) -> Option<Registration> {
-            self.inner.get(node_id)
-        }
-        fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
-            self.inner.get_by_fqdn(fqdn)
-        }
-        fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
-            self.inner.vip_owner(vip)
+        fn cached(&self) -> &MemoryStore {
+            self.inner.cached()
         }
         fn put(&mut self, reg: Registration) {
             self.inner.put(reg);
@@ -2039,29 +2033,11 @@ mod tests {
         fn expire(&mut self, now: Instant) -> Vec<Expiry> {
             self.inner.expire(now)
         }
-        fn registrations(&self) -> Vec<Registration> {
-            self.inner.registrations()
-        }
-        fn len(&self) -> usize {
-            self.inner.len()
-        }
-        fn active(&self) -> usize {
-            self.inner.active()
-        }
-        fn mark(&self, peer: Peer) -> Option<Mark> {
-            self.inner.mark(peer)
-        }
-        fn marks(&self) -> Vec<(Peer, Mark)> {
-            self.inner.marks()
-        }
         fn set_mark(&mut self, peer: Peer, mark: Mark) {
             self.inner.set_mark(peer, mark);
         }
         fn forget_mark(&mut self, peer: Peer) {
             self.inner.forget_mark(peer);
-        }
-        fn reserved(&self) -> Reserved {
-            self.inner.reserved()
         }
         fn set_reserved(&mut self, r: Reserved) {
             self.inner.set_reserved(r);

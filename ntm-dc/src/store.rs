@@ -270,12 +270,22 @@ pub enum StoreError {
 /// implementation may keep them anywhere; changes are durable only once
 /// committed (see the [module docs](self), "Commits").
 pub trait DcStore {
+    /// The state as it stands, committed or not. Every store keeps it in
+    /// memory (a durable one in front of its copy), and every lookup reads
+    /// it: the lookups are written once, here.
+    fn cached(&self) -> &MemoryStore;
     /// The registration of a node id, active or lapsed.
-    fn get(&self, node_id: u32) -> Option<Registration>;
+    fn get(&self, node_id: u32) -> Option<Registration> {
+        self.cached().index.get(node_id).cloned()
+    }
     /// The registration of an FQDN, active or lapsed.
-    fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration>;
+    fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
+        self.cached().index.get_by_fqdn(fqdn).cloned()
+    }
     /// The node id holding a lease on `vip`.
-    fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32>;
+    fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
+        self.cached().index.vip_owner(vip)
+    }
     /// Insert, or replace the registration with the same node id (and any
     /// other holding its FQDN or VIP).
     fn put(&mut self, reg: Registration);
@@ -285,20 +295,30 @@ pub trait DcStore {
     /// whose `lease_until` passed (and that are not alive).
     fn expire(&mut self, now: Instant) -> Vec<Expiry>;
     /// Every registration, active and lapsed, in no particular order.
-    fn registrations(&self) -> Vec<Registration>;
+    fn registrations(&self) -> Vec<Registration> {
+        self.cached().index.iter().cloned().collect()
+    }
     /// Leases held (active and lapsed).
-    fn len(&self) -> usize;
+    fn len(&self) -> usize {
+        self.cached().index.len()
+    }
     /// Whether no lease is held.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Active registrations.
-    fn active(&self) -> usize;
+    fn active(&self) -> usize {
+        self.cached().index.active
+    }
 
     /// A peer key's replay mark.
-    fn mark(&self, peer: Peer) -> Option<Mark>;
+    fn mark(&self, peer: Peer) -> Option<Mark> {
+        self.cached().marks.get(&peer).copied()
+    }
     /// Every replay mark.
-    fn marks(&self) -> Vec<(Peer, Mark)>;
+    fn marks(&self) -> Vec<(Peer, Mark)> {
+        self.cached().marks.iter().map(|(p, m)| (*p, *m)).collect()
+    }
     /// Record a peer key's replay mark (written with the next write, or
     /// the next [`DcStore::commit_all`]).
     fn set_mark(&mut self, peer: Peer, mark: Mark);
@@ -306,7 +326,9 @@ pub trait DcStore {
     fn forget_mark(&mut self, peer: Peer);
 
     /// The reserved counters.
-    fn reserved(&self) -> Reserved;
+    fn reserved(&self) -> Reserved {
+        self.cached().reserved
+    }
     /// Record new reserved counters (a change, written at the next commit).
     fn set_reserved(&mut self, r: Reserved);
 
@@ -319,14 +341,8 @@ pub trait DcStore {
 
 /// A boxed store is a store: one coordinator type over any of them.
 impl<S: DcStore + ?Sized> DcStore for Box<S> {
-    fn get(&self, node_id: u32) -> Option<Registration> {
-        (**self).get(node_id)
-    }
-    fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
-        (**self).get_by_fqdn(fqdn)
-    }
-    fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
-        (**self).vip_owner(vip)
+    fn cached(&self) -> &MemoryStore {
+        (**self).cached()
     }
     fn put(&mut self, reg: Registration) {
         (**self).put(reg);
@@ -337,29 +353,11 @@ impl<S: DcStore + ?Sized> DcStore for Box<S> {
     fn expire(&mut self, now: Instant) -> Vec<Expiry> {
         (**self).expire(now)
     }
-    fn registrations(&self) -> Vec<Registration> {
-        (**self).registrations()
-    }
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn active(&self) -> usize {
-        (**self).active()
-    }
-    fn mark(&self, peer: Peer) -> Option<Mark> {
-        (**self).mark(peer)
-    }
-    fn marks(&self) -> Vec<(Peer, Mark)> {
-        (**self).marks()
-    }
     fn set_mark(&mut self, peer: Peer, mark: Mark) {
         (**self).set_mark(peer, mark);
     }
     fn forget_mark(&mut self, peer: Peer) {
         (**self).forget_mark(peer);
-    }
-    fn reserved(&self) -> Reserved {
-        (**self).reserved()
     }
     fn set_reserved(&mut self, r: Reserved) {
         (**self).set_reserved(r);
@@ -471,16 +469,8 @@ impl MemoryStore {
 }
 
 impl DcStore for MemoryStore {
-    fn get(&self, node_id: u32) -> Option<Registration> {
-        self.index.get(node_id).cloned()
-    }
-
-    fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
-        self.index.get_by_fqdn(fqdn).cloned()
-    }
-
-    fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
-        self.index.vip_owner(vip)
+    fn cached(&self) -> &MemoryStore {
+        self
     }
 
     fn put(&mut self, reg: Registration) {
@@ -495,36 +485,12 @@ impl DcStore for MemoryStore {
         self.index.expire(now)
     }
 
-    fn registrations(&self) -> Vec<Registration> {
-        self.index.iter().cloned().collect()
-    }
-
-    fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    fn active(&self) -> usize {
-        self.index.active
-    }
-
-    fn mark(&self, peer: Peer) -> Option<Mark> {
-        self.marks.get(&peer).copied()
-    }
-
-    fn marks(&self) -> Vec<(Peer, Mark)> {
-        self.marks.iter().map(|(p, m)| (*p, *m)).collect()
-    }
-
     fn set_mark(&mut self, peer: Peer, mark: Mark) {
         self.marks.insert(peer, mark);
     }
 
     fn forget_mark(&mut self, peer: Peer) {
         self.marks.remove(&peer);
-    }
-
-    fn reserved(&self) -> Reserved {
-        self.reserved
     }
 
     fn set_reserved(&mut self, r: Reserved) {

@@ -7,7 +7,6 @@
 //! [`Reserved`] counters). A record it cannot read refuses the start with
 //! [`StoreError::Corrupt`] rather than guess.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use ntm_proto::wire::Caps;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{DcStore, Dirty, Expiry, Index, Mark, Peer, Registration, Reserved, StoreError};
+use super::{DcStore, Dirty, Expiry, Mark, MemoryStore, Peer, Registration, Reserved, StoreError};
 
 const REGISTRATIONS: TableDefinition<u32, &[u8]> = TableDefinition::new("registrations");
 const MARKS: TableDefinition<u64, (u64, [u8; 8])> = TableDefinition::new("marks");
@@ -64,9 +63,8 @@ pub struct RedbStore {
     db: Database,
     path: PathBuf,
     clock: Clock,
-    index: Index,
-    marks: HashMap<Peer, Mark>,
-    reserved: Reserved,
+    /// The state as it stands; the file holds what was committed of it.
+    mem: MemoryStore,
     dirty: Dirty,
     /// Transactions written (each one fsync).
     writes: u64,
@@ -76,9 +74,9 @@ impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
             .field("path", &self.path)
-            .field("registrations", &self.index.len())
-            .field("marks", &self.marks.len())
-            .field("reserved", &self.reserved)
+            .field("registrations", &self.mem.index.len())
+            .field("marks", &self.mem.marks.len())
+            .field("reserved", &self.mem.reserved)
             .finish_non_exhaustive()
     }
 }
@@ -98,9 +96,7 @@ impl RedbStore {
             db,
             path: path.to_owned(),
             clock: Clock { now, unix_nanos },
-            index: Index::default(),
-            marks: HashMap::new(),
-            reserved: Reserved::default(),
+            mem: MemoryStore::default(),
             dirty: Dirty::default(),
             writes: 0,
         };
@@ -168,7 +164,7 @@ impl RedbStore {
             let reg = decode(v.value(), self.clock)
                 .filter(|r| r.node_id == id)
                 .ok_or_else(|| self.corrupt(format!("registration of node id {id}")))?;
-            self.index.put(reg);
+            self.mem.index.put(reg);
         }
         let marks = txn.open_table(MARKS).map_err(|e| self.io(e))?;
         for row in marks.iter().map_err(|e| self.io(e))? {
@@ -176,7 +172,7 @@ impl RedbStore {
             let peer = Peer::from_u64(k.value())
                 .ok_or_else(|| self.corrupt(format!("replay mark {:#x}", k.value())))?;
             let (seq, key_id) = v.value();
-            self.marks.insert(peer, Mark { seq, key_id });
+            self.mem.marks.insert(peer, Mark { seq, key_id });
         }
         let meta = txn.open_table(META).map_err(|e| self.io(e))?;
         let get = |name: &str| -> Result<u64, StoreError> {
@@ -185,7 +181,7 @@ impl RedbStore {
                 .map_err(|e| self.io(e))?
                 .map_or(0, |v| v.value()))
         };
-        self.reserved = Reserved {
+        self.mem.reserved = Reserved {
             seq: get("seq")?,
             tunnel_ids: get("tunnel_ids")?,
             tunnel_salt: u32::try_from(get("tunnel_salt")?)
@@ -200,7 +196,7 @@ impl RedbStore {
         {
             let mut regs = txn.open_table(REGISTRATIONS).map_err(|e| self.io(e))?;
             for id in &self.dirty.regs {
-                match self.index.get(*id) {
+                match self.mem.index.get(*id) {
                     Some(r) => regs.insert(*id, encode(r, self.clock).as_slice()).map(drop),
                     None => regs.remove(*id).map(drop),
                 }
@@ -208,7 +204,7 @@ impl RedbStore {
             }
             let mut marks = txn.open_table(MARKS).map_err(|e| self.io(e))?;
             for p in &self.dirty.marks {
-                match self.marks.get(p) {
+                match self.mem.marks.get(p) {
                     Some(m) => marks.insert(p.to_u64(), (m.seq, m.key_id)).map(drop),
                     None => marks.remove(p.to_u64()).map(drop),
                 }
@@ -216,7 +212,7 @@ impl RedbStore {
             }
             if self.dirty.reserved {
                 let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
-                let r = self.reserved;
+                let r = self.mem.reserved;
                 for (name, v) in [
                     ("seq", r.seq),
                     ("tunnel_ids", r.tunnel_ids),
@@ -243,25 +239,18 @@ impl Drop for RedbStore {
 }
 
 impl DcStore for RedbStore {
-    fn get(&self, node_id: u32) -> Option<Registration> {
-        self.index.get(node_id).cloned()
-    }
-
-    fn get_by_fqdn(&self, fqdn: &str) -> Option<Registration> {
-        self.index.get_by_fqdn(fqdn).cloned()
-    }
-
-    fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
-        self.index.vip_owner(vip)
+    fn cached(&self) -> &MemoryStore {
+        &self.mem
     }
 
     fn put(&mut self, reg: Registration) {
         let liveness = self
+            .mem
             .index
             .get(reg.node_id)
             .is_some_and(|old| old.only_liveness_differs(&reg));
         let id = reg.node_id;
-        let gone = self.index.put(reg);
+        let gone = self.mem.index.put(reg);
         if !liveness {
             self.dirty.regs.extend(gone);
             self.dirty.regs.insert(id);
@@ -269,13 +258,13 @@ impl DcStore for RedbStore {
     }
 
     fn remove(&mut self, node_id: u32) -> Option<Registration> {
-        let r = self.index.remove(node_id)?;
+        let r = self.mem.index.remove(node_id)?;
         self.dirty.regs.insert(node_id);
         Some(r)
     }
 
     fn expire(&mut self, now: Instant) -> Vec<Expiry> {
-        let out = self.index.expire(now);
+        let out = self.mem.index.expire(now);
         for e in &out {
             let (Expiry::Lapsed(r) | Expiry::Released(r)) = e;
             self.dirty.regs.insert(r.node_id);
@@ -283,45 +272,21 @@ impl DcStore for RedbStore {
         out
     }
 
-    fn registrations(&self) -> Vec<Registration> {
-        self.index.iter().cloned().collect()
-    }
-
-    fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    fn active(&self) -> usize {
-        self.index.active
-    }
-
-    fn mark(&self, peer: Peer) -> Option<Mark> {
-        self.marks.get(&peer).copied()
-    }
-
-    fn marks(&self) -> Vec<(Peer, Mark)> {
-        self.marks.iter().map(|(p, m)| (*p, *m)).collect()
-    }
-
     fn set_mark(&mut self, peer: Peer, mark: Mark) {
-        if self.marks.insert(peer, mark) != Some(mark) {
+        if self.mem.marks.insert(peer, mark) != Some(mark) {
             self.dirty.marks.insert(peer);
         }
     }
 
     fn forget_mark(&mut self, peer: Peer) {
-        if self.marks.remove(&peer).is_some() {
+        if self.mem.marks.remove(&peer).is_some() {
             self.dirty.marks.insert(peer);
         }
     }
 
-    fn reserved(&self) -> Reserved {
-        self.reserved
-    }
-
     fn set_reserved(&mut self, r: Reserved) {
-        if r != self.reserved {
-            self.reserved = r;
+        if r != self.mem.reserved {
+            self.mem.reserved = r;
             self.dirty.reserved = true;
         }
     }
