@@ -28,41 +28,69 @@ struct Report {
     seconds: f64,
 }
 
-pub fn run(time: u64, targets: Vec<String>) -> Result<()> {
+/// How `cargo xtask fuzz` runs the targets.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Seconds per run (with `execs`: the most a run may take).
+    pub time: u64,
+    /// Top each target up to this many executions in the ledger.
+    pub execs: Option<u64>,
+    /// Targets run side by side.
+    pub jobs: usize,
+    /// AddressSanitizer on.
+    pub asan: bool,
+}
+
+impl Plan {
+    fn sanitizer(&self) -> &'static str {
+        if self.asan {
+            "address"
+        } else {
+            "none"
+        }
+    }
+}
+
+pub fn run(plan: Plan, targets: Vec<String>) -> Result<()> {
     crate::setup::run(false, crate::setup::Need::Core)?;
     cargo_fuzz()?;
     let root = crate::workspace_root();
     let fuzz_dir = root.join("fuzz");
-    let all = list(&fuzz_dir)?;
-    let chosen = if targets.is_empty() {
-        all.clone()
-    } else {
-        let unknown: Vec<_> = targets.iter().filter(|t| !all.contains(t)).collect();
-        if !unknown.is_empty() {
-            bail!(
-                "no fuzz target {}; the targets are: {}",
-                join(unknown.iter().map(|s| s.as_str())),
-                all.join(" ")
-            );
-        }
-        targets
-    };
+    let chosen = choose(&fuzz_dir, targets)?;
+    let ledger = Ledger::read(&fuzz_dir.join(LEDGER))?;
+    // With --execs, only what is short of the goal runs, for what it lacks.
+    let todo: Vec<(String, Option<u64>)> = chosen
+        .into_iter()
+        .filter_map(|t| match plan.execs {
+            None => Some((t, None)),
+            Some(goal) => {
+                let have = ledger.total(&t);
+                (have < goal).then(|| (t, Some(goal - have)))
+            }
+        })
+        .collect();
+    if todo.is_empty() {
+        eprintln!("fuzz: every chosen target already has its executions (fuzz/{LEDGER})");
+        return print_totals(&fuzz_dir);
+    }
     let work = target_dir(&root).join("fuzz-corpus");
     // One build before the runs, so that each starts at once. `cargo fuzz build`
     // takes one target or none (all).
-    eprintln!("fuzz: building the targets");
+    eprintln!(
+        "fuzz: building the targets (sanitizer: {})",
+        plan.sanitizer()
+    );
     let mut build = nightly_cargo();
-    build.current_dir(&fuzz_dir).args(["fuzz", "build"]);
-    if let [one] = chosen.as_slice() {
+    build
+        .current_dir(&fuzz_dir)
+        .args(["fuzz", "build", "-s", plan.sanitizer()]);
+    if let [(one, _)] = todo.as_slice() {
         build.arg(one);
     }
     crate::status(&mut build)?;
-    let mut rows = Vec::new();
-    for t in &chosen {
-        let r = run_one(&fuzz_dir, &work, t, time)?;
-        rows.push((t.clone(), r));
-    }
+    let rows = run_all(&fuzz_dir, &work, &plan, &todo)?;
     print_table(&rows);
+    print_totals(&fuzz_dir)?;
     let crashed: Vec<_> = rows.iter().flat_map(|(_, r)| &r.crashes).collect();
     if !crashed.is_empty() {
         for c in &crashed {
@@ -74,6 +102,60 @@ pub fn run(time: u64, targets: Vec<String>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The named targets, checked against `cargo fuzz list` (all when none is named).
+fn choose(fuzz_dir: &Path, targets: Vec<String>) -> Result<Vec<String>> {
+    let all = list(fuzz_dir)?;
+    if targets.is_empty() {
+        return Ok(all);
+    }
+    let unknown: Vec<_> = targets.iter().filter(|t| !all.contains(t)).collect();
+    if !unknown.is_empty() {
+        bail!(
+            "no fuzz target {}; the targets are: {}",
+            join(unknown.iter().map(|s| s.as_str())),
+            all.join(" ")
+        );
+    }
+    Ok(targets)
+}
+
+/// Runs `todo` on `plan.jobs` threads, each taking the next target; every
+/// finished run is appended to the ledger at once (a later failure keeps it).
+fn run_all(
+    fuzz_dir: &Path,
+    work: &Path,
+    plan: &Plan,
+    todo: &[(String, Option<u64>)],
+) -> Result<Vec<(String, Report)>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let rows = std::sync::Mutex::new(Vec::new());
+    let ledger = fuzz_dir.join(LEDGER);
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..plan.jobs.clamp(1, todo.len()))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((t, runs)) = todo.get(i) else {
+                            return Ok(());
+                        };
+                        let r = run_one(fuzz_dir, work, t, plan, *runs)?;
+                        Ledger::append(&ledger, t, plan.sanitizer(), &r)?;
+                        rows.lock().expect("no panics hold it").push((t.clone(), r));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a fuzz runner thread panicked")?;
+        }
+        Ok(())
+    })?;
+    let mut rows = rows.into_inner().expect("no panics hold it");
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows)
 }
 
 /// Installs cargo-fuzz unless `cargo fuzz` already answers.
@@ -141,7 +223,14 @@ fn files_in(dir: &Path) -> BTreeSet<PathBuf> {
         .unwrap_or_default()
 }
 
-fn run_one(fuzz_dir: &Path, work: &Path, target: &str, time: u64) -> Result<Report> {
+fn run_one(
+    fuzz_dir: &Path,
+    work: &Path,
+    target: &str,
+    plan: &Plan,
+    runs: Option<u64>,
+) -> Result<Report> {
+    let time = plan.time;
     let corpus = work.join(target);
     std::fs::create_dir_all(&corpus)
         .with_context(|| format!("could not create {}", corpus.display()))?;
@@ -153,7 +242,7 @@ fn run_one(fuzz_dir: &Path, work: &Path, target: &str, time: u64) -> Result<Repo
         .with_context(|| format!("could not create {}", log_path.display()))?;
     let mut c = nightly_cargo();
     c.current_dir(fuzz_dir)
-        .args(["fuzz", "run", target])
+        .args(["fuzz", "run", "-s", plan.sanitizer(), target])
         .arg(&corpus);
     // The committed corpus, seeds and reproducers of fixed crashes are read, never
     // written: every run replays the regressions first.
@@ -163,8 +252,11 @@ fn run_one(fuzz_dir: &Path, work: &Path, target: &str, time: u64) -> Result<Repo
             c.arg(d);
         }
     }
-    c.arg("--")
-        .arg(format!("-max_total_time={time}"))
+    c.arg("--");
+    if let Some(runs) = runs {
+        c.arg(format!("-runs={runs}"));
+    }
+    c.arg(format!("-max_total_time={time}"))
         .arg("-print_final_stats=1")
         // A single input taking this long is a hang worth a reproducer.
         .arg("-timeout=30")
@@ -194,6 +286,117 @@ fn run_one(fuzz_dir: &Path, work: &Path, target: &str, time: u64) -> Result<Repo
         );
     }
     Ok(r)
+}
+
+/// The committed record of every run, so that executions add up across runs
+/// and machines (the issue asks for 10 million per target in total).
+const LEDGER: &str = "ledger.tsv";
+const LEDGER_HEADER: &str =
+    "unix_time\ttarget\tsanitizer\tseconds\texecutions\tcov\tft\tcorpus\tcrashes";
+
+/// One ledger line.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    target: String,
+    execs: u64,
+    cov: Option<u64>,
+    ft: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    entries: Vec<Entry>,
+}
+
+impl Ledger {
+    fn read(path: &Path) -> Result<Ledger> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Ledger::parse(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::default()),
+            Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+        }
+    }
+
+    /// Lines that do not parse (the header, hand edits) are skipped.
+    fn parse(text: &str) -> Ledger {
+        let entries = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+                Some(Entry {
+                    target: (*f.get(1)?).to_owned(),
+                    execs: num(4)?,
+                    cov: num(5),
+                    ft: num(6),
+                })
+            })
+            .collect();
+        Ledger { entries }
+    }
+
+    fn total(&self, target: &str) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.target == target)
+            .map(|e| e.execs)
+            .sum()
+    }
+
+    fn append(path: &Path, target: &str, sanitizer: &str, r: &Report) -> Result<()> {
+        use std::io::Write;
+        let new = !path.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("could not open {}", path.display()))?;
+        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if new {
+            writeln!(f, "{LEDGER_HEADER}")?;
+        }
+        writeln!(
+            f,
+            "{unix}\t{target}\t{sanitizer}\t{:.0}\t{}\t{}\t{}\t{}\t{}",
+            r.seconds,
+            r.execs.unwrap_or(0),
+            n(r.cov),
+            n(r.ft),
+            n(r.corpus),
+            r.crashes.len()
+        )
+        .with_context(|| format!("could not write {}", path.display()))
+    }
+}
+
+/// Executions per target over every run in the ledger.
+fn print_totals(fuzz_dir: &Path) -> Result<()> {
+    let ledger = Ledger::read(&fuzz_dir.join(LEDGER))?;
+    let mut targets: Vec<&str> = ledger.entries.iter().map(|e| e.target.as_str()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    println!("\ntotals over fuzz/{LEDGER}");
+    println!(
+        "{:<16} {:>5} {:>14} {:>7} {:>8}",
+        "target", "runs", "executions", "cov", "ft"
+    );
+    for t in targets {
+        let runs: Vec<&Entry> = ledger.entries.iter().filter(|e| e.target == t).collect();
+        let last = runs.last().expect("a target listed has a run");
+        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        println!(
+            "{:<16} {:>5} {:>14} {:>7} {:>8}",
+            t,
+            runs.len(),
+            ledger.total(t),
+            n(last.cov),
+            n(last.ft)
+        );
+    }
+    Ok(())
 }
 
 /// The numbers of libFuzzer's last status line (`#N DONE cov: C ft: F corp: K/..`)
@@ -271,6 +474,22 @@ stat::new_units_added:          44
         assert_eq!(r.execs, Some(1_234_567));
         assert_eq!(r.exec_per_sec, Some(20_238));
         assert_eq!((r.cov, r.ft, r.corpus), (Some(130), Some(333), Some(45)));
+    }
+
+    #[test]
+    fn the_ledger_adds_up_runs_per_target() {
+        let text = format!(
+            "{LEDGER_HEADER}\n\
+             1\tdc\tnone\t60\t1000\t10\t20\t5\t0\n\
+             2\tgn\tnone\t60\t7\t-\t-\t-\t0\n\
+             garbage\n\
+             3\tdc\taddress\t60\t500\t12\t25\t6\t0\n"
+        );
+        let l = Ledger::parse(&text);
+        assert_eq!(l.total("dc"), 1500);
+        assert_eq!(l.total("gn"), 7);
+        assert_eq!(l.total("rs"), 0);
+        assert_eq!(l.entries.len(), 3);
     }
 
     #[test]

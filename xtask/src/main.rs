@@ -88,9 +88,21 @@ enum Cmd {
     /// `--time` seconds from its committed corpus; a table of executions, coverage and
     /// corpus size; fails on a crash, naming the reproducer under fuzz/artifacts/.
     Fuzz {
-        /// Seconds per target.
+        /// Seconds per target (with --execs: the most a run may take).
         #[arg(long, default_value_t = 60)]
         time: u64,
+        /// Run each target until fuzz/ledger.tsv counts this many executions
+        /// for it in total, across runs (targets already there are skipped).
+        #[arg(long)]
+        execs: Option<u64>,
+        /// Targets run side by side (one core each).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Build with AddressSanitizer (about 2.5x slower). The targets are
+        /// safe Rust; ASan only adds checks on the few unsafe blocks they
+        /// reach and on the C of libFuzzer itself.
+        #[arg(long)]
+        asan: bool,
         /// Targets to run (all when none is named).
         targets: Vec<String>,
     },
@@ -146,7 +158,21 @@ fn run(cmd: Cmd) -> Result<()> {
         } => bench_dc::run(&a),
         Cmd::Bench { what: None, args } => bench(args),
         Cmd::Dist { check } => dist::run(check),
-        Cmd::Fuzz { time, targets } => fuzz::run(time, targets),
+        Cmd::Fuzz {
+            time,
+            execs,
+            jobs,
+            asan,
+            targets,
+        } => fuzz::run(
+            fuzz::Plan {
+                time,
+                execs,
+                jobs,
+                asan,
+            },
+            targets,
+        ),
     }
 }
 
