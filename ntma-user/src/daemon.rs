@@ -358,6 +358,8 @@ impl Daemon {
             seed: random_seed()?,
         };
         let ctl = Control::new(&s, boot, datapath, started).map_err(|e| anyhow::anyhow!(e))?;
+        #[cfg(debug_assertions)]
+        crate::debug::serve(&s.status_socket, std::sync::Arc::clone(ctl.datapath().state()))?;
         let ops = ops::Ops::new(&s, config).await?;
         let daemon = Daemon {
             sigint: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,

@@ -35,6 +35,7 @@
 
 pub mod encap;
 mod state;
+pub mod supervise;
 mod table;
 mod worker;
 
