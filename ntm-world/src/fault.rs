@@ -53,7 +53,8 @@ pub struct Outage {
 
 /// Unix seconds.
 pub fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn parse_reply(line: &str) -> Option<Reply> {
@@ -82,7 +83,9 @@ impl Pinger {
 
     /// Stops it (SIGINT: it prints its summary) and reads what it saw.
     pub fn stop(self) -> Result<PingReport> {
-        self.child.signal(Signal::SIGINT).map_err(|e| anyhow!("{e}"))?;
+        self.child
+            .signal(Signal::SIGINT)
+            .map_err(|e| anyhow!("{e}"))?;
         let log = || self.child.log();
         let summary = wait_for(PATIENCE, || {
             log()

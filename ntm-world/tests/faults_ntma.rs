@@ -66,7 +66,10 @@ fn a_panicking_worker_is_restarted_counted_and_forwards_again() {
             w0.panics == 1 && w0.state == WorkerState::Running
         })
         .unwrap();
-    let last = st.datapath.workers[0].last_panic.clone().unwrap_or_default();
+    let last = st.datapath.workers[0]
+        .last_panic
+        .clone()
+        .unwrap_or_default();
     assert!(last.contains("injected panic"), "{last}");
     assert!(
         pinger.reply_after(at, PATIENCE).is_some(),
@@ -119,7 +122,11 @@ fn a_killed_ntma_restarted_under_traffic_keeps_the_vip_and_sets_the_tunnel_up_ag
     assert_eq!(ntma.registered().unwrap(), gn_vip);
     // The GN's packets set the tunnel up again by name: no DNS query.
     let reply = pinger.reply_after(at, PATIENCE);
-    assert!(reply.is_some(), "no reply after the restart:\n{}", ntma.child.log());
+    assert!(
+        reply.is_some(),
+        "no reply after the restart:\n{}",
+        ntma.child.log()
+    );
     let st = ntma
         .wait("the tunnel to cn up again", |s| {
             s.tunnel_between(GN_FQDN, CN_FQDN).is_some_and(|t| t.up)

@@ -360,7 +360,10 @@ impl Daemon {
         let mut ctl = Control::new(&s, boot, datapath, started).map_err(|e| anyhow::anyhow!(e))?;
         ctl.keep_names(crate::control::names::path_for(&s.status_socket));
         #[cfg(debug_assertions)]
-        crate::debug::serve(&s.status_socket, std::sync::Arc::clone(ctl.datapath().state()))?;
+        crate::debug::serve(
+            &s.status_socket,
+            std::sync::Arc::clone(ctl.datapath().state()),
+        )?;
         let ops = ops::Ops::new(&s, config).await?;
         let daemon = Daemon {
             sigint: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,

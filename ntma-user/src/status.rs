@@ -838,7 +838,9 @@ pub(crate) mod tests {
         s.datapath.workers[0].panics = 2;
         s.datapath.workers[0].last_panic = Some("boom".into());
         assert_eq!(s.check(), Ok(()), "panics survived do not fail it");
-        assert!(s.render().contains("worker 0 (core 1) running, 2 panic(s) (last: boom)"));
+        assert!(s
+            .render()
+            .contains("worker 0 (core 1) running, 2 panic(s) (last: boom)"));
         for (state, says) in [
             (WorkerState::Restarting, "while it restarts"),
             (WorkerState::Failed, "until ntma restarts"),
@@ -846,8 +848,9 @@ pub(crate) mod tests {
             s.datapath.workers[0].state = state;
             let e = s.check().unwrap_err();
             assert!(
-                e.contains(&format!("worker 0 is {state} after 2 panic(s) (last: boom)"))
-                    && e.contains(says)
+                e.contains(&format!(
+                    "worker 0 is {state} after 2 panic(s) (last: boom)"
+                )) && e.contains(says)
                     && !e.contains('\n'),
                 "{e}"
             );

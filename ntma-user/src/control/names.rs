@@ -117,8 +117,16 @@ mod tests {
         assert_eq!(path, dir.join("ntma.peers"));
         assert_eq!(load(&path).unwrap(), (vec![], 0), "absent: empty");
         let names: BTreeSet<Entry> = [
-            ("gn.ntm.test".into(), Ipv4Addr::new(100, 64, 0, 3), "cn.ntm.test".into()),
-            ("gn2.ntm.test".into(), Ipv4Addr::new(100, 64, 0, 9), "cn2.ntm.test".into()),
+            (
+                "gn.ntm.test".into(),
+                Ipv4Addr::new(100, 64, 0, 3),
+                "cn.ntm.test".into(),
+            ),
+            (
+                "gn2.ntm.test".into(),
+                Ipv4Addr::new(100, 64, 0, 9),
+                "cn2.ntm.test".into(),
+            ),
         ]
         .into();
         store(&path, &names).unwrap();

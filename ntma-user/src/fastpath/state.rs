@@ -514,9 +514,10 @@ impl DatapathState {
     /// panic-worker`, debug builds only), to exercise its supervisor.
     #[cfg(debug_assertions)]
     pub fn inject_panic(&self, queue: usize) -> Result<(), String> {
-        let h = self.health.get(queue).ok_or_else(|| {
-            format!("no worker {queue}: the datapath has {}", self.health.len())
-        })?;
+        let h = self
+            .health
+            .get(queue)
+            .ok_or_else(|| format!("no worker {queue}: the datapath has {}", self.health.len()))?;
         h.inject_panic();
         Ok(())
     }

@@ -127,11 +127,6 @@ impl Health {
             panic!("injected panic in datapath worker {queue} (ntma debug panic-worker)");
         }
     }
-
-    /// Release builds have no fault injection.
-    #[cfg(not(debug_assertions))]
-    #[inline(always)]
-    pub(crate) fn fault_point(&self, _queue: usize) {}
 }
 
 /// When a panicked worker starts again, and when it is given up.

@@ -76,7 +76,13 @@ pub(crate) fn spawn(setup: WorkerSetup) -> Result<(JoinHandle<()>, Bound), Fastp
                 // Bound and filled: the loop needs no privilege.
                 crate::privs::drop_all();
                 let (dp, stop) = (Arc::clone(&worker.dp), Arc::clone(&worker.stop));
-                supervise(dp.health(index), index, &stop, &Policy::default(), &mut worker);
+                supervise(
+                    dp.health(index),
+                    index,
+                    &stop,
+                    &Policy::default(),
+                    &mut worker,
+                );
             }
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -193,40 +199,13 @@ impl Worker {
 
             let mut received = 0;
             if self.wan_tx.len() <= self.batch {
-                let n = self.lan.rx_burst(&mut self.pool, &mut self.rx);
-                self.local.add(Stat::LanRx, u64::from(n));
-                received += n;
-                let mut rx = std::mem::take(&mut self.rx);
-                self.note_burst(&rx);
-                for frame in rx.drain(..) {
-                    self.uplink_one(&snap, frame);
-                }
-                // Every frame is queued or free now, and TX may take them.
-                self.ledger.clear();
-                self.rx = rx;
+                received += self.uplink_burst(&snap);
             }
             let n = self.wan.tx_burst(&mut self.wan_tx);
             self.local.add(Stat::WanTx, u64::from(n));
 
             if self.lan_tx.len() <= self.batch {
-                let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
-                self.local.add(Stat::WanRx, u64::from(n));
-                received += n;
-                // The snapshot again, after the frames were taken off the ring: a
-                // tunnel the control published before sending its TUN_REQ or TUN_RESP
-                // is in it for every DATA that answers them.
-                let snap = if n > 0 {
-                    Arc::clone(cache.load())
-                } else {
-                    snap
-                };
-                let mut rx = std::mem::take(&mut self.rx);
-                self.note_burst(&rx);
-                for frame in rx.drain(..) {
-                    self.downlink_one(&snap, frame, now);
-                }
-                self.ledger.clear();
-                self.rx = rx;
+                received += self.downlink_burst(snap, || Arc::clone(cache.load()), now);
             }
             let n = self.lan.tx_burst(&mut self.lan_tx);
             self.local.add(Stat::LanTx, u64::from(n));
@@ -247,10 +226,10 @@ impl Worker {
                 self.local.add(Stat::Batches, 1);
                 self.dp.publish_counters(self.index, &self.local);
             } else if self.busy_poll {
-                self.dp.health(self.index).fault_point(self.index);
+                self.fault_point();
                 std::hint::spin_loop();
             } else {
-                self.dp.health(self.index).fault_point(self.index);
+                self.fault_point();
                 let owed = !self.lan_tx.is_empty()
                     || !self.wan_tx.is_empty()
                     || self.lan.tx_pending() > 0
@@ -266,6 +245,53 @@ impl Worker {
         self.dp.publish_counters(self.index, &self.local);
     }
 
+    /// Debug builds: where `ntma debug panic-worker` makes the worker panic
+    /// (release builds have nothing here).
+    #[inline(always)]
+    fn fault_point(&self) {
+        #[cfg(debug_assertions)]
+        self.dp.health(self.index).fault_point(self.index);
+    }
+
+    /// GN side: one burst, each frame encapsulated and queued on `wan_tx`.
+    fn uplink_burst(&mut self, snap: &Snapshot) -> u32 {
+        let n = self.lan.rx_burst(&mut self.pool, &mut self.rx);
+        self.local.add(Stat::LanRx, u64::from(n));
+        let mut rx = std::mem::take(&mut self.rx);
+        self.note_burst(&rx);
+        for frame in rx.drain(..) {
+            self.uplink_one(snap, frame);
+        }
+        // Every frame is queued or free now, and TX may take them.
+        self.ledger.clear();
+        self.rx = rx;
+        n
+    }
+
+    /// WAN side: one burst, each frame opened, checked, stripped and queued on
+    /// `lan_tx`.
+    fn downlink_burst(
+        &mut self,
+        snap: Arc<Snapshot>,
+        fresh: impl FnOnce() -> Arc<Snapshot>,
+        now: u64,
+    ) -> u32 {
+        let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
+        self.local.add(Stat::WanRx, u64::from(n));
+        // The snapshot again, after the frames were taken off the ring: a
+        // tunnel the control published before sending its TUN_REQ or TUN_RESP
+        // is in it for every DATA that answers them.
+        let snap = if n > 0 { fresh() } else { snap };
+        let mut rx = std::mem::take(&mut self.rx);
+        self.note_burst(&rx);
+        for frame in rx.drain(..) {
+            self.downlink_one(&snap, frame, now);
+        }
+        self.ledger.clear();
+        self.rx = rx;
+        n
+    }
+
     /// Records the addresses of a burst about to be handled (no allocation: the
     /// ledger holds a burst). It is cleared once the burst is handled, before any
     /// of its frames can reach a ring: [`Worker::recover`] never takes back a
@@ -277,7 +303,7 @@ impl Worker {
 
     fn uplink_one(&mut self, snap: &Snapshot, mut frame: Frame) {
         // Debug builds: `ntma debug panic-worker` panics here, mid-burst.
-        self.dp.health(self.index).fault_point(self.index);
+        self.fault_point();
         let frame_len = frame.len();
         if !self.umem.push_front(&mut frame, ENCAP_GROW)
             || !self
@@ -317,7 +343,7 @@ impl Worker {
     }
 
     fn downlink_one(&mut self, snap: &Snapshot, mut frame: Frame, now: u64) {
-        self.dp.health(self.index).fault_point(self.index);
+        self.fault_point();
         let verdict = downlink(snap, self.umem.packet_mut(&mut frame), now);
         match verdict {
             DownVerdict::Tx { offset, len } | DownVerdict::TxClamped { offset, len } => {
@@ -375,7 +401,11 @@ impl Loop for Worker {
         }
         // Frames it queued for the control may not have woken it.
         self.wake_slow = true;
-        tracing::info!(queue = self.index, frames = back, "frames of the interrupted burst back in the pool");
+        tracing::info!(
+            queue = self.index,
+            frames = back,
+            "frames of the interrupted burst back in the pool"
+        );
     }
 }
 

@@ -241,13 +241,20 @@ mod tests {
 
     #[test]
     fn messages_are_built_and_replies_parsed_with_lengths_checked() {
-        let xdp = [attr(IFLA_XDP_ATTACHED, &[1]), attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes())].concat();
+        let xdp = [
+            attr(IFLA_XDP_ATTACHED, &[1]),
+            attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()),
+        ]
+        .concat();
         let body = [attr(3, b"lan0\0"), attr(IFLA_XDP | NLA_F_NESTED, &xdp)].concat();
         let mut reply = message(RTM_NEWLINK, 0, 5, &body);
         assert_eq!(reply.len(), 32 + 12 + 4 + 8 + 8);
         assert_eq!(
             parse_link(&reply, 5).unwrap(),
-            Some(Attached { prog_id: 77, mode: 1 })
+            Some(Attached {
+                prog_id: 77,
+                mode: 1
+            })
         );
         assert!(parse_link(&reply, 6).is_err(), "another interface");
         // Cut short: the attributes past the end are not read.
@@ -257,7 +264,12 @@ mod tests {
         reply[..4].copy_from_slice(&(whole + 8).to_ne_bytes());
         assert!(parse_link(&reply, 5).is_err());
         // No program: no IFLA_XDP, or ATTACHED 0.
-        let none = message(RTM_NEWLINK, 0, 5, &attr(IFLA_XDP, &attr(IFLA_XDP_ATTACHED, &[0])));
+        let none = message(
+            RTM_NEWLINK,
+            0,
+            5,
+            &attr(IFLA_XDP, &attr(IFLA_XDP_ATTACHED, &[0])),
+        );
         assert_eq!(parse_link(&none, 5).unwrap(), None);
         // An error answer.
         let mut err = message(NLMSG_ERROR, 0, 0, &[]);

@@ -400,11 +400,11 @@ impl Worker {
                 self.local.add(Stat::Batches, 1);
                 self.dp.publish_counters(0, &self.local);
             } else if self.busy_poll {
-                self.dp.health(0).fault_point(0);
+                self.fault_point();
                 std::hint::spin_loop();
             } else {
                 // Debug builds: `ntma debug panic-worker` panics here or mid-burst.
-                self.dp.health(0).fault_point(0);
+                self.fault_point();
                 let mut fds = [
                     PollFd::new(self.lan.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.wan.as_fd(), PollFlags::POLLIN),
@@ -416,6 +416,14 @@ impl Worker {
             }
         }
         self.dp.publish_counters(0, &self.local);
+    }
+
+    /// Debug builds: where `ntma debug panic-worker` makes the worker panic
+    /// (release builds have nothing here).
+    #[inline(always)]
+    fn fault_point(&self) {
+        #[cfg(debug_assertions)]
+        self.dp.health(0).fault_point(0);
     }
 
     /// GN → tunnel: one `recvmmsg` on the raw socket, encapsulation, one `sendmmsg`.
@@ -445,7 +453,7 @@ impl Worker {
         self.local.add(Stat::LanRx, n as u64);
         self.wan_tx.clear();
         for i in 0..n {
-            self.dp.health(0).fault_point(0);
+            self.fault_point();
             let Some(len) = self.lens[i] else {
                 // Longer than any frame the GN may send (a GSO super-frame on veth).
                 self.local.drop(FastDrop::LanTooBig);
