@@ -87,6 +87,14 @@ fn a_panicking_worker_is_restarted_counted_and_forwards_again() {
     );
     let report = pinger.stop().unwrap();
     print_outage("worker panic", &report, at, at);
+    let log = ntma.child.log();
+    let reclaimed = log
+        .lines()
+        .find(|l| l.contains("frames of the interrupted burst"));
+    eprintln!(
+        "MEASURED worker panic, recovery: {}",
+        reclaimed.unwrap_or("-")
+    );
     w.down().unwrap();
 }
 

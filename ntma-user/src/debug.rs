@@ -5,7 +5,7 @@
 //! (mode 0660). A client writes one line and reads one line back:
 //!
 //! * `panic-worker <queue>` → `ok`: datapath worker `<queue>` panics at its
-//!   next frame or idle turn ([`DatapathState::inject_panic`]), and its
+//!   next frame, mid-burst ([`DatapathState::inject_panic`]), and its
 //!   supervisor restarts it ([`crate::fastpath::supervise`]).
 //!
 //! Anything else gets `error: ...`.

@@ -510,7 +510,7 @@ impl DatapathState {
         self.counters.len()
     }
 
-    /// Makes worker `queue` panic at its next frame or idle turn (`ntma debug
+    /// Makes worker `queue` panic at the next frame it handles (`ntma debug
     /// panic-worker`, debug builds only), to exercise its supervisor.
     #[cfg(debug_assertions)]
     pub fn inject_panic(&self, queue: usize) -> Result<(), String> {

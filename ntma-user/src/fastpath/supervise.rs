@@ -113,7 +113,7 @@ impl Health {
         self.panics.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Asks the worker to panic at its next frame or idle turn.
+    /// Asks the worker to panic at its next frame (mid-burst).
     #[cfg(debug_assertions)]
     pub(crate) fn inject_panic(&self) {
         self.inject.store(true, Ordering::Relaxed);

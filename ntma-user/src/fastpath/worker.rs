@@ -226,10 +226,8 @@ impl Worker {
                 self.local.add(Stat::Batches, 1);
                 self.dp.publish_counters(self.index, &self.local);
             } else if self.busy_poll {
-                self.fault_point();
                 std::hint::spin_loop();
             } else {
-                self.fault_point();
                 let owed = !self.lan_tx.is_empty()
                     || !self.wan_tx.is_empty()
                     || self.lan.tx_pending() > 0

@@ -400,11 +400,8 @@ impl Worker {
                 self.local.add(Stat::Batches, 1);
                 self.dp.publish_counters(0, &self.local);
             } else if self.busy_poll {
-                self.fault_point();
                 std::hint::spin_loop();
             } else {
-                // Debug builds: `ntma debug panic-worker` panics here or mid-burst.
-                self.fault_point();
                 let mut fds = [
                     PollFd::new(self.lan.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.wan.as_fd(), PollFlags::POLLIN),
@@ -453,6 +450,7 @@ impl Worker {
         self.local.add(Stat::LanRx, n as u64);
         self.wan_tx.clear();
         for i in 0..n {
+            // Debug builds: `ntma debug panic-worker` panics here, mid-burst.
             self.fault_point();
             let Some(len) = self.lens[i] else {
                 // Longer than any frame the GN may send (a GSO super-frame on veth).
@@ -540,6 +538,7 @@ impl Worker {
         let snap = snapshot();
         let snap = &*snap;
         for i in 0..n {
+            self.fault_point();
             let (Some(len), Some(from)) = (self.lens[i], self.froms[i]) else {
                 self.local.drop(FastDrop::WanMalformed);
                 continue;
@@ -750,14 +749,18 @@ mod tests {
             }
         };
         assert_eq!((worker().panics, worker().state), (0, WorkerState::Running));
+        // It panics at the next datagram it handles: keep sending.
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         for n in 1..=2 {
             dp.state().inject_panic(0).unwrap();
-            wait("panic counted", &|w| w.panics == n);
+            wait("panic counted", &|w| {
+                let _ = peer.send_to(b"not ntm", to);
+                w.panics == n
+            });
             wait("running again", &|w| w.state == WorkerState::Running);
         }
         assert!(worker().last_panic.unwrap().contains("injected panic"));
         // The restarted loop still reads its socket.
-        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         let rx = worker().wan_rx;
         wait("a datagram read after the restart", &|w| {
             let _ = peer.send_to(b"not ntm", to);
