@@ -1,9 +1,9 @@
 //! Faults of the adapter itself (issue 13), under a continuous ping from
 //! gn through the adapter to cn:
 //!
-//! * a datapath worker panics (debug builds' `ntma debug panic-worker`): its
-//!   supervisor restarts it, the panic is counted in `ntma status`, and
-//!   forwarding resumes;
+//! * a datapath worker panics (debug builds' `ntma debug panic-worker`),
+//!   AF_XDP or raw: its supervisor restarts it, the panic is counted in
+//!   `ntma status`, and forwarding resumes;
 //! * ntma is killed with SIGKILL and started again on the same
 //!   configuration: its XDP programs went with the process, the GN keeps
 //!   its VIP (the DC gives it again, DHCP confirms it), and the GN's next
@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use ntm_testbed::{ifname, wait_until, Role};
 use ntm_world::fault::{unix_secs, PingReport, Pinger};
 use ntm_world::{World, CN_FQDN, GN_FQDN, PATIENCE};
+use ntma_user::config::DatapathKind;
 use ntma_user::status::WorkerState;
 
 fn up(tag: &str) -> World {
@@ -51,9 +52,27 @@ fn print_outage(what: &str, r: &PingReport, at: f64, back: f64) {
 
 #[test]
 fn a_panicking_worker_is_restarted_counted_and_forwards_again() {
-    let w = up("ntmapanic");
+    worker_panic(DatapathKind::AfXdp);
+}
+
+#[test]
+fn a_panicking_raw_worker_is_restarted_counted_and_forwards_again() {
+    worker_panic(DatapathKind::Raw);
+}
+
+/// Worker 0 of `kind` panics mid-burst under the ping.
+fn worker_panic(kind: DatapathKind) {
+    let w = up(match kind {
+        DatapathKind::AfXdp => "pxdp",
+        DatapathKind::Raw => "praw",
+    });
     let mut cn = w.node(Role::Cn, CN_FQDN).unwrap();
-    let mut ntma = w.ntma(|_| {}).unwrap();
+    let mut ntma = w
+        .ntma(|c| {
+            c.datapath.kind = kind;
+            c.datapath.queues = 1;
+        })
+        .unwrap();
     let (_, cn_vip) = w.tunnel_to_cn(&mut cn, &mut ntma).unwrap();
     let pinger = w.pinger(Role::Gn, cn_vip).unwrap();
     flowing(&pinger);
@@ -86,13 +105,13 @@ fn a_panicking_worker_is_restarted_counted_and_forwards_again() {
         "the panic is logged"
     );
     let report = pinger.stop().unwrap();
-    print_outage("worker panic", &report, at, at);
+    print_outage(&format!("{kind:?} worker panic"), &report, at, at);
     let log = ntma.child.log();
     let reclaimed = log
         .lines()
         .find(|l| l.contains("frames of the interrupted burst"));
     eprintln!(
-        "MEASURED worker panic, recovery: {}",
+        "MEASURED {kind:?} worker panic, recovery: {}",
         reclaimed.unwrap_or("-")
     );
     w.down().unwrap();
