@@ -19,6 +19,9 @@
 //! longer each time ([`Policy::delay`]); after [`Policy::max_quick`] such
 //! panics in a row its queue is marked [`WorkerState::Failed`]: logged as an
 //! error, shown by `ntma status`, and `ntma status --check` fails.
+//!
+//! This needs the default `panic = "unwind"`: a build with `panic = "abort"`
+//! ends the whole process at the first panic (the workspace sets neither).
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
