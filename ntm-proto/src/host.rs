@@ -168,6 +168,23 @@ impl Host {
         self.names.get(&vip).map(String::as_str)
     }
 
+    /// Every peer VIP → FQDN remembered (at most [`MAX_NAMES`]), for a
+    /// driver that keeps them across its own restart.
+    pub fn names(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> + '_ {
+        self.names.iter().map(|(v, f)| (*v, f.as_str()))
+    }
+
+    /// Remembers that `vip` was `fqdn`'s (what [`Host::names`] gave a
+    /// previous run), so that a packet to `vip` sets a tunnel up by name
+    /// (§5 "Data"). A name that is not a valid FQDN is refused; beyond
+    /// [`MAX_NAMES`] it is not kept. A direction answer or tunnel naming the
+    /// VIP later replaces it.
+    pub fn learn_name(&mut self, vip: Ipv4Addr, fqdn: &str) -> crate::Result<()> {
+        crate::wire::validate_fqdn(fqdn.as_bytes())?;
+        self.remember(vip, fqdn);
+        Ok(())
+    }
+
     /// How long tunnel `tunnel_id` took from our first request for its peer
     /// to being up; `None` when the peer asked for it (or it is not up).
     pub fn setup_time(&self, tunnel_id: u32) -> Option<Duration> {
@@ -499,6 +516,16 @@ mod tests {
             "{ev:?}"
         );
         assert_eq!(h.held(), 0);
+    }
+
+    #[test]
+    fn learned_names_are_checked_kept_and_listed() {
+        let mut h = unregistered(HoldQueue::new(2, 2, Duration::from_secs(1)));
+        h.learn_name(PEER, "cn.ntm.test").unwrap();
+        assert_eq!(h.learn_name(PEER, "Not A Name"), Err(Error::BadFqdn));
+        assert_eq!(h.name_of(PEER), Some("cn.ntm.test"));
+        let all: Vec<_> = h.names().collect();
+        assert_eq!(all, vec![(PEER, "cn.ntm.test")]);
     }
 
     #[test]

@@ -26,6 +26,7 @@
 pub mod capture;
 pub mod counters;
 pub mod dns;
+pub mod fault;
 pub mod raw;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};

@@ -357,7 +357,13 @@ impl Daemon {
             unix_nanos: unix_nanos()?,
             seed: random_seed()?,
         };
-        let ctl = Control::new(&s, boot, datapath, started).map_err(|e| anyhow::anyhow!(e))?;
+        let mut ctl = Control::new(&s, boot, datapath, started).map_err(|e| anyhow::anyhow!(e))?;
+        ctl.keep_names(crate::control::names::path_for(&s.status_socket));
+        #[cfg(debug_assertions)]
+        crate::debug::serve(
+            &s.status_socket,
+            std::sync::Arc::clone(ctl.datapath().state()),
+        )?;
         let ops = ops::Ops::new(&s, config).await?;
         let daemon = Daemon {
             sigint: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,

@@ -264,6 +264,14 @@ impl XdpPrograms {
             })
     }
 
+    /// The descriptor of the program of `side` (tests attach it by hand).
+    #[cfg(test)]
+    pub(crate) fn program_fd(&mut self, side: Side) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd as _;
+        let prog = self.program_mut(side).expect("both programs are loaded");
+        prog.fd().expect("loaded").as_fd().as_raw_fd()
+    }
+
     fn program_mut(&mut self, side: Side) -> Result<&mut Xdp, EbpfError> {
         let name = side.program();
         self.ebpf

@@ -4,6 +4,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+#[cfg(debug_assertions)]
+pub mod debug;
 pub mod ebpf;
 pub mod fastpath;
 pub mod gn;

@@ -63,6 +63,31 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Fault injection for tests (debug builds only): talks to the running
+    /// adapter's debug socket beside its status socket.
+    #[cfg(debug_assertions)]
+    Debug {
+        /// The configuration the adapter runs with (finds its status socket).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The status socket itself (default /run/ntma/ntma.sock).
+        #[arg(short, long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        what: DebugCommand,
+    },
+}
+
+/// `ntma debug ...`.
+#[cfg(debug_assertions)]
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Make a datapath worker panic (its supervisor restarts it).
+    PanicWorker {
+        /// The worker's queue.
+        #[arg(long, default_value_t = 0)]
+        queue: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -154,6 +179,17 @@ fn real_main(args: Args) -> Result<()> {
             } else {
                 print!("{}", st.render());
             }
+            Ok(())
+        }
+        #[cfg(debug_assertions)]
+        Command::Debug {
+            config,
+            socket,
+            what: DebugCommand::PanicWorker { queue },
+        } => {
+            let path = socket_path(config.as_deref(), socket)?;
+            ntma_user::debug::request(&path, &format!("panic-worker {queue}"))?;
+            println!("worker {queue}: panic asked for");
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -106,6 +106,25 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
         }),
     );
     m.counters(
+        "ntma_worker_panics",
+        "Panics of each datapath worker, caught by its supervisor (which restarts it).",
+        st.datapath
+            .workers
+            .iter()
+            .map(|w| (labels([("queue", &w.queue.to_string())]), w.panics)),
+    );
+    m.gauges(
+        "ntma_worker_up",
+        "Whether the datapath worker forwards (1), or is restarting, failed or stopped (0).",
+        st.datapath.workers.iter().map(|w| {
+            let up = w.state == crate::status::WorkerState::Running;
+            (
+                labels([("queue", &w.queue.to_string())]),
+                if up { 1.0 } else { 0.0 },
+            )
+        }),
+    );
+    m.counters(
         "ntma_xsk_ring_events",
         "The kernel's AF_XDP ring counters (XDP_STATISTICS) by queue and NIC: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs.",
         st.datapath.rings.iter().flat_map(|r| {
@@ -227,6 +246,8 @@ mod tests {
             "ntma_registered{gn=\"gn.ntm.test\"} 1",
             "ntma_xdp_verdicts_total{verdict=\"lan_redirect\"} 5",
             "ntma_worker_drops_total{queue=\"0\",reason=\"bad_tag\"} 2",
+            "ntma_worker_panics_total{queue=\"0\"} 0",
+            "ntma_worker_up{queue=\"0\"} 1",
             "ntma_xsk_ring_events_total{queue=\"0\",side=\"lan\",counter=\"rx_dropped\"} 6",
             "ntma_nic_losses_total{side=\"wan\",interface=\"wan0\",counter=\"rx_dropped\"} 8",
             "ntma_tunnel_packets_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"tx\"} 10",

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::datapath::{Datapath, Link, RingStats, WorkerStats};
+pub use crate::fastpath::supervise::WorkerState;
 
 /// The whole status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -161,6 +162,17 @@ pub struct WorkerStatus {
     /// (none once it is set up); `None` when its thread was not found.
     #[serde(default)]
     pub capabilities: Option<Vec<String>>,
+    /// "running", "restarting" (it panicked and waits to start again),
+    /// "failed" (it panicked too often in a row: its queue forwards nothing
+    /// until ntma restarts) or "stopped".
+    #[serde(default)]
+    pub state: WorkerState,
+    /// Panics its supervisor caught.
+    #[serde(default)]
+    pub panics: u64,
+    /// The message of its last panic.
+    #[serde(default)]
+    pub last_panic: Option<String>,
 }
 
 impl DatapathStatus {
@@ -252,6 +264,9 @@ impl WorkerStatus {
             counters,
             drops: w.drops().map(|(r, n)| (r.name().to_owned(), n)).collect(),
             capabilities,
+            state: w.state,
+            panics: w.panics,
+            last_panic: w.last_panic.clone(),
         }
     }
 }
@@ -385,6 +400,25 @@ impl Status {
                 r.fqdn, r.dc
             ));
         }
+        if let Some(w) = self
+            .datapath
+            .workers
+            .iter()
+            .find(|w| w.state != WorkerState::Running)
+        {
+            return Err(format!(
+                "datapath worker {} is {} after {} panic(s) (last: {}): its queue forwards nothing{}",
+                w.queue,
+                w.state,
+                w.panics,
+                w.last_panic.as_deref().unwrap_or("-"),
+                if w.state == WorkerState::Failed {
+                    " until ntma restarts: restart it and report the panic"
+                } else {
+                    " while it restarts"
+                }
+            ));
+        }
         if !self.datapath.link_ready {
             return Err(
                 "link not ready: the uplink's gateway is unknown (no default route or neighbour)"
@@ -493,9 +527,14 @@ impl Status {
         for w in &d.workers {
             let _ = writeln!(
                 s,
-                "worker {} (core {}): {}",
+                "worker {} (core {}) {}, {} panic(s){}: {}",
                 w.queue,
                 opt(w.core.map(|c| c.to_string())),
+                w.state,
+                w.panics,
+                w.last_panic
+                    .as_ref()
+                    .map_or_else(String::new, |m| format!(" (last: {m})")),
                 nonzero(&w.counters)
             );
             let _ = writeln!(s, "  drops: {}", nonzero(&w.drops));
@@ -791,6 +830,33 @@ pub(crate) mod tests {
         s.gns[0].registration.registered = false;
         let e = s.check().unwrap_err();
         assert!(e.contains("not registered") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn a_worker_that_is_not_running_fails_the_check_and_shows() {
+        let mut s = sample();
+        s.datapath.workers[0].panics = 2;
+        s.datapath.workers[0].last_panic = Some("boom".into());
+        assert_eq!(s.check(), Ok(()), "panics survived do not fail it");
+        assert!(s
+            .render()
+            .contains("worker 0 (core 1) running, 2 panic(s) (last: boom)"));
+        for (state, says) in [
+            (WorkerState::Restarting, "while it restarts"),
+            (WorkerState::Failed, "until ntma restarts"),
+        ] {
+            s.datapath.workers[0].state = state;
+            let e = s.check().unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "worker 0 is {state} after 2 panic(s) (last: boom)"
+                )) && e.contains(says)
+                    && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains(r#""state":"failed","panics":2"#), "{text}");
     }
 
     #[test]

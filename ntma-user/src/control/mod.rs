@@ -52,6 +52,7 @@
 //!   replay window sees every datagram of a tunnel.
 
 mod counters;
+pub mod names;
 mod reload;
 #[cfg(test)]
 mod tests;
@@ -232,6 +233,12 @@ pub struct Control<D: Datapath + ?Sized = dyn Datapath> {
     setup: ntm_ops::metrics::SetupHistograms,
     buf: Vec<u8>,
     frame: Vec<u8>,
+    /// Where the peer names are kept across restarts ([`Control::keep_names`]).
+    names_file: Option<std::path::PathBuf>,
+    /// What the file holds.
+    names_stored: std::collections::BTreeSet<names::Entry>,
+    /// A host may have learned a name since the last write.
+    names_dirty: bool,
 }
 /// The source and destination port and payload of an unfragmented UDP
 /// datagram in an Ethernet frame.
@@ -311,7 +318,57 @@ impl<D: Datapath + ?Sized> Control<D> {
             setup: ntm_ops::metrics::setup_histograms(),
             buf: vec![0u8; MAX_INNER + OVERHEAD],
             frame: vec![0u8; MAX_FRAME_LEN],
+            names_file: None,
+            names_stored: Default::default(),
+            names_dirty: false,
         })
+    }
+
+    /// Keeps every GN's peer names in `path` from now on, and first learns
+    /// those a previous run left there ([`names`]): a GN's packet to a peer's
+    /// VIP then sets its tunnel up again without a DNS query. Call before
+    /// [`Control::start`].
+    pub fn keep_names(&mut self, path: std::path::PathBuf) {
+        match names::load(&path) {
+            Ok((entries, bad)) => {
+                let mut learned = 0;
+                for (gn, vip, peer) in entries {
+                    let slot = self.slots.iter_mut().find(|s| s.fqdn() == gn);
+                    if let Some(slot) = slot {
+                        learned += usize::from(slot.host.learn_name(vip, &peer).is_ok());
+                    }
+                }
+                if bad > 0 {
+                    tracing::warn!(file = %path.display(), bad, "peer names file: lines skipped (not `<gn fqdn> <vip> <peer fqdn>`)");
+                }
+                tracing::info!(file = %path.display(), learned, "peer names of the previous run");
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the peer names of the previous run; packets to peers set tunnels up again only after a DNS query")
+            }
+        }
+        self.names_stored = names::collect(self.slots.iter().map(|s| (s.fqdn(), &s.host)));
+        self.names_file = Some(path);
+    }
+
+    /// Writes the peer names when they changed.
+    fn store_names(&mut self) {
+        let Some(path) = &self.names_file else {
+            return;
+        };
+        if !std::mem::take(&mut self.names_dirty) {
+            return;
+        }
+        let now = names::collect(self.slots.iter().map(|s| (s.fqdn(), &s.host)));
+        if now == self.names_stored {
+            return;
+        }
+        match names::store(path, &now) {
+            Ok(()) => self.names_stored = now,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot keep the peer names (a restart will need DNS queries again)")
+            }
+        }
     }
 
     /// The datapath.
@@ -738,6 +795,7 @@ impl<D: Datapath + ?Sized> Control<D> {
             }
         }
         self.publish_link();
+        self.store_names();
     }
 
     /// One GN's host outputs; whether there were any.
@@ -784,6 +842,11 @@ impl<D: Datapath + ?Sized> Control<D> {
     }
 
     fn on_endpoint_event(&mut self, gn: GnIndex, ev: Event) {
+        // The host learns names from these (Host::note).
+        self.names_dirty |= matches!(
+            ev,
+            Event::DirectionResolved { .. } | Event::TunnelAdded(_) | Event::TunnelUp(_)
+        );
         match ev {
             // The host logged it.
             Event::Registered { vip, .. } => {

@@ -908,6 +908,44 @@ fn an_expired_tunnel_comes_back_for_a_packet_or_fails_with_icmp() {
     assert_eq!(w.ctl.counters().get_drop(CtlDrop::SetupFailed), 1);
 }
 
+/// Issue 13: the peer names outlive the process. A run that learned cn's name
+/// writes it down; a new run (a fresh control, as after SIGKILL) that reads the
+/// file sets the tunnel up again for the GN's first packet, without DNS.
+#[test]
+fn peer_names_kept_in_a_file_set_tunnels_up_again_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("ntma-ctl-names-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ntma.peers");
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    w.ctl.keep_names(path.clone());
+    let (gn, cn) = (w.gn_vip(), w.cn_vip());
+    w.gn_dns("cn.ntm.test");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, format!("gn.ntm.test {cn} cn.ntm.test\n"));
+
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.ctl.set_gateway_mac(Some(GW_MAC));
+    assert_eq!((w.gn_vip(), w.cn_vip()), (gn, cn), "the DC's VIPs again");
+    // Without the file: no name, ICMP host unreachable.
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 1), &w.io);
+    assert_eq!(w.ctl.counters().get_drop(CtlDrop::NoRoute), 1);
+    w.ctl.keep_names(path.clone());
+    w.ctl
+        .on_slow_frame(w.now, Side::Lan, &mut echo_frame(gn, cn, 2), &w.io);
+    w.collect();
+    w.settle();
+    assert_eq!(w.ctl.counters().get_stat(CtlStat::Connects), 1);
+    assert_eq!(
+        w.cn_got.last().unwrap(),
+        ipv4_of(&echo_frame(gn, cn, 2)).unwrap().2
+    );
+    assert_eq!(w.ctl.tunnel_status(w.now).len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn close_deregisters_and_clears_the_fast_path() {
     let mut w = World::new(NonVip::IcmpUnreachable);

@@ -35,6 +35,7 @@
 
 pub mod encap;
 mod state;
+pub mod supervise;
 mod table;
 mod worker;
 
@@ -101,6 +102,14 @@ pub enum FastpathError {
     /// A worker thread died during set-up.
     #[error("fast-path worker {queue} panicked during set-up (see the log)")]
     WorkerPanicked { queue: usize },
+    /// An XDP program of ntma is held on the interface by a live process, or the
+    /// interface could not be checked for one a dead ntma left.
+    #[error("XDP on {ifname}: {source}")]
+    StaleXdp {
+        ifname: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Configuration of the AF_XDP datapath. [`AfXdpConfig::new`] fills in the defaults;
@@ -318,6 +327,9 @@ impl AfXdp {
                 }
             }
         }
+        for ifname in [&cfg.lan_if, &cfg.wan_if] {
+            clear_stale_xdp(ifname)?;
+        }
         progs.attach(Side::Lan, &cfg.lan_if, cfg.attach)?;
         progs.attach(Side::Wan, &cfg.wan_if, cfg.attach)?;
         dp.progs = Some(Mutex::new(progs));
@@ -346,6 +358,18 @@ impl AfXdp {
             let _ = h.join();
         }
     }
+}
+
+/// An XDP program a dead ntma left on `ifname` goes, so that ours takes its place
+/// ([`crate::os::xdp::clear_stale`]).
+fn clear_stale_xdp(ifname: &str) -> Result<(), FastpathError> {
+    let err = |source| FastpathError::StaleXdp {
+        ifname: ifname.to_owned(),
+        source,
+    };
+    let index = nix::net::if_::if_nametoindex(ifname).map_err(|e| err(e.into()))?;
+    crate::os::xdp::clear_stale(ifname, index).map_err(err)?;
+    Ok(())
 }
 
 impl Datapath for AfXdp {

@@ -24,6 +24,7 @@ use ntm_proto::node::TunnelParams;
 
 use super::{
     encap::FastDrop,
+    supervise::{Health, WorkerState},
     table::{ControlTable, Snapshot},
 };
 use crate::datapath::{GnLink, Link, TunnelStats};
@@ -102,6 +103,12 @@ pub struct WorkerStats {
     pub too_big: u64,
     /// Drops by reason, indexed by [`FastDrop::index`].
     pub drops: [u64; FastDrop::COUNT],
+    /// Panics its supervisor caught (see [`super::supervise`]).
+    pub panics: u64,
+    /// Whether it forwards.
+    pub state: WorkerState,
+    /// The message of its last panic.
+    pub last_panic: Option<String>,
 }
 
 impl WorkerStats {
@@ -277,6 +284,7 @@ pub struct DatapathState {
     slow_next: AtomicUsize,
     waker: SlowWaker,
     counters: Box<[SharedCounters]>,
+    health: Box<[Health]>,
 }
 
 impl std::fmt::Debug for DatapathState {
@@ -321,6 +329,7 @@ impl DatapathState {
                     core: AtomicUsize::new(NO_CORE),
                 })
                 .collect(),
+            health: (0..workers).map(|_| Health::default()).collect(),
         })
     }
 
@@ -422,7 +431,8 @@ impl DatapathState {
         self.counters
             .iter()
             .enumerate()
-            .map(|(queue, c)| {
+            .zip(self.health.iter())
+            .map(|((queue, c), h)| {
                 let v = |i: usize| c.values[i].load(Ordering::Relaxed);
                 let core = c.core.load(Ordering::Relaxed);
                 WorkerStats {
@@ -438,6 +448,9 @@ impl DatapathState {
                     mss_clamped: v(Stat::MssClamped as usize),
                     too_big: v(Stat::TooBig as usize),
                     drops: std::array::from_fn(|i| v(STATS + i)),
+                    panics: h.panics(),
+                    state: h.state(),
+                    last_panic: h.last_panic(),
                 }
             })
             .collect()
@@ -497,7 +510,23 @@ impl DatapathState {
         self.counters.len()
     }
 
+    /// Makes worker `queue` panic at the next frame it handles (`ntma debug
+    /// panic-worker`, debug builds only), to exercise its supervisor.
+    #[cfg(debug_assertions)]
+    pub fn inject_panic(&self, queue: usize) -> Result<(), String> {
+        let h = self
+            .health
+            .get(queue)
+            .ok_or_else(|| format!("no worker {queue}: the datapath has {}", self.health.len()))?;
+        h.inject_panic();
+        Ok(())
+    }
+
     // ---- worker side
+
+    pub(crate) fn health(&self, worker: usize) -> &Health {
+        &self.health[worker]
+    }
 
     pub(crate) fn table(&self) -> &Arc<ArcSwap<Snapshot>> {
         &self.table

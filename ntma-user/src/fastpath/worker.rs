@@ -27,6 +27,7 @@ use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 use super::{
     encap::{downlink, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
     state::{DatapathState, LocalCounters, Stat},
+    supervise::{supervise, Loop, Policy},
     table::Snapshot,
     FastpathError,
 };
@@ -60,20 +61,28 @@ pub(crate) struct Bound {
 
 /// Starts a worker thread (in the calling thread's network namespace, which it
 /// inherits): it pins itself, binds its two sockets, fills their fill rings and
-/// reports back before it enters its loop. The sockets are made on the worker thread
-/// because xdpilone's rings are not `Send`.
+/// reports back before it enters its loop, which runs under
+/// [`super::supervise`] (restarted after a panic). The sockets are made on the
+/// worker thread because xdpilone's rings are not `Send`.
 pub(crate) fn spawn(setup: WorkerSetup) -> Result<(JoinHandle<()>, Bound), FastpathError> {
     let index = setup.index;
     let (tx, rx) = mpsc::sync_channel::<Result<Bound, FastpathError>>(1);
     let handle = std::thread::Builder::new()
         .name(format!("ntma-fp{index}"))
         .spawn(move || match Worker::new(setup) {
-            Ok((worker, bound)) => {
+            Ok((mut worker, bound)) => {
                 let _ = tx.send(Ok(bound));
                 drop(tx);
                 // Bound and filled: the loop needs no privilege.
                 crate::privs::drop_all();
-                worker.run();
+                let (dp, stop) = (Arc::clone(&worker.dp), Arc::clone(&worker.stop));
+                supervise(
+                    dp.health(index),
+                    index,
+                    &stop,
+                    &Policy::default(),
+                    &mut worker,
+                );
             }
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -123,6 +132,9 @@ struct Worker {
     local: LocalCounters,
     /// A slow frame went into an empty queue during this burst: wake the control.
     wake_slow: bool,
+    /// The addresses of the burst being handled: what a panic in its middle may
+    /// have lost, for [`Worker::recover`].
+    ledger: Vec<u64>,
 }
 
 impl Worker {
@@ -166,12 +178,13 @@ impl Worker {
                 wan_tx: Vec::with_capacity(2 * batch),
                 local: LocalCounters::default(),
                 wake_slow: false,
+                ledger: Vec::with_capacity(batch),
             },
             bound,
         ))
     }
 
-    fn run(mut self) {
+    fn run(&mut self) {
         let mut cache = arc_swap::Cache::new(Arc::clone(self.dp.table()));
         let complete_max = self.umem.config().completion_size;
         while !self.stop.load(Ordering::Relaxed) {
@@ -186,35 +199,13 @@ impl Worker {
 
             let mut received = 0;
             if self.wan_tx.len() <= self.batch {
-                let n = self.lan.rx_burst(&mut self.pool, &mut self.rx);
-                self.local.add(Stat::LanRx, u64::from(n));
-                received += n;
-                let mut rx = std::mem::take(&mut self.rx);
-                for frame in rx.drain(..) {
-                    self.uplink_one(&snap, frame);
-                }
-                self.rx = rx;
+                received += self.uplink_burst(&snap);
             }
             let n = self.wan.tx_burst(&mut self.wan_tx);
             self.local.add(Stat::WanTx, u64::from(n));
 
             if self.lan_tx.len() <= self.batch {
-                let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
-                self.local.add(Stat::WanRx, u64::from(n));
-                received += n;
-                // The snapshot again, after the frames were taken off the ring: a
-                // tunnel the control published before sending its TUN_REQ or TUN_RESP
-                // is in it for every DATA that answers them.
-                let snap = if n > 0 {
-                    Arc::clone(cache.load())
-                } else {
-                    snap
-                };
-                let mut rx = std::mem::take(&mut self.rx);
-                for frame in rx.drain(..) {
-                    self.downlink_one(&snap, frame, now);
-                }
-                self.rx = rx;
+                received += self.downlink_burst(snap, || Arc::clone(cache.load()), now);
             }
             let n = self.lan.tx_burst(&mut self.lan_tx);
             self.local.add(Stat::LanTx, u64::from(n));
@@ -252,7 +243,65 @@ impl Worker {
         self.dp.publish_counters(self.index, &self.local);
     }
 
+    /// Debug builds: where `ntma debug panic-worker` makes the worker panic
+    /// (release builds have nothing here).
+    #[inline(always)]
+    fn fault_point(&self) {
+        #[cfg(debug_assertions)]
+        self.dp.health(self.index).fault_point(self.index);
+    }
+
+    /// GN side: one burst, each frame encapsulated and queued on `wan_tx`.
+    fn uplink_burst(&mut self, snap: &Snapshot) -> u32 {
+        let n = self.lan.rx_burst(&mut self.pool, &mut self.rx);
+        self.local.add(Stat::LanRx, u64::from(n));
+        let mut rx = std::mem::take(&mut self.rx);
+        self.note_burst(&rx);
+        for frame in rx.drain(..) {
+            self.uplink_one(snap, frame);
+        }
+        // Every frame is queued or free now, and TX may take them.
+        self.ledger.clear();
+        self.rx = rx;
+        n
+    }
+
+    /// WAN side: one burst, each frame opened, checked, stripped and queued on
+    /// `lan_tx`.
+    fn downlink_burst(
+        &mut self,
+        snap: Arc<Snapshot>,
+        fresh: impl FnOnce() -> Arc<Snapshot>,
+        now: u64,
+    ) -> u32 {
+        let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
+        self.local.add(Stat::WanRx, u64::from(n));
+        // The snapshot again, after the frames were taken off the ring: a
+        // tunnel the control published before sending its TUN_REQ or TUN_RESP
+        // is in it for every DATA that answers them.
+        let snap = if n > 0 { fresh() } else { snap };
+        let mut rx = std::mem::take(&mut self.rx);
+        self.note_burst(&rx);
+        for frame in rx.drain(..) {
+            self.downlink_one(&snap, frame, now);
+        }
+        self.ledger.clear();
+        self.rx = rx;
+        n
+    }
+
+    /// Records the addresses of a burst about to be handled (no allocation: the
+    /// ledger holds a burst). It is cleared once the burst is handled, before any
+    /// of its frames can reach a ring: [`Worker::recover`] never takes back a
+    /// frame the kernel holds.
+    fn note_burst(&mut self, rx: &[Frame]) {
+        self.ledger.clear();
+        self.ledger.extend(rx.iter().map(Frame::addr));
+    }
+
     fn uplink_one(&mut self, snap: &Snapshot, mut frame: Frame) {
+        // Debug builds: `ntma debug panic-worker` panics here, mid-burst.
+        self.fault_point();
         let frame_len = frame.len();
         if !self.umem.push_front(&mut frame, ENCAP_GROW)
             || !self
@@ -292,6 +341,7 @@ impl Worker {
     }
 
     fn downlink_one(&mut self, snap: &Snapshot, mut frame: Frame, now: u64) {
+        self.fault_point();
         let verdict = downlink(snap, self.umem.packet_mut(&mut frame), now);
         match verdict {
             DownVerdict::Tx { offset, len } | DownVerdict::TxClamped { offset, len } => {
@@ -325,6 +375,35 @@ impl Worker {
             self.local.drop(FastDrop::SlowQueueFull);
         }
         self.pool.free(frame);
+    }
+}
+
+impl Loop for Worker {
+    fn run(&mut self) {
+        Worker::run(self);
+    }
+
+    /// After a panic: the frames of the interrupted burst that reached neither a
+    /// TX queue nor the pool go back to the pool (the rest of the burst was dropped
+    /// with its vector, the frame in hand with the call). Frames on the TX queues
+    /// stay and go out; the rings are the kernel's and were not touched mid-way
+    /// (the loop panics in packet handling, between ring operations).
+    fn recover(&mut self) {
+        let held = self.lan_tx.iter().chain(&self.wan_tx).chain(&self.rx);
+        let back = self
+            .pool
+            .reclaim(&self.ledger, held.map(Frame::addr).collect::<Vec<_>>());
+        self.ledger.clear();
+        if self.rx.capacity() < self.batch {
+            self.rx.reserve(self.batch);
+        }
+        // Frames it queued for the control may not have woken it.
+        self.wake_slow = true;
+        tracing::info!(
+            queue = self.index,
+            frames = back,
+            "frames of the interrupted burst back in the pool"
+        );
     }
 }
 

@@ -9,3 +9,4 @@ pub mod ifstats;
 pub mod nat;
 pub mod packet;
 pub mod sys;
+pub mod xdp;

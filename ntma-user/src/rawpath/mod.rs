@@ -46,6 +46,7 @@ use nix::sys::socket::{
 
 use crate::datapath::{limits, Datapath, DatapathKind};
 use crate::fastpath::encap::{downlink, uplink, DownVerdict, UpVerdict, ENCAP_GROW, ENCAP_TAIL};
+use crate::fastpath::supervise::{supervise, Loop, Policy};
 use crate::fastpath::{
     DatapathState, DatapathStateConfig, FastDrop, LocalCounters, Side, Snapshot, Stat, WakerError,
 };
@@ -179,10 +180,10 @@ impl RawPath {
             local: LocalCounters::default(),
             tx_errors: Arc::clone(&tx_errors),
             wake_slow: false,
+            stop: Arc::clone(&stop),
         };
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), RawError>>(1);
         let core = cfg.core;
-        let s = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(THREAD.into())
             .spawn(move || {
@@ -199,7 +200,8 @@ impl RawPath {
                 crate::privs::drop_all();
                 let _ = ready_tx.send(Ok(()));
                 drop(ready_tx);
-                worker.run(&s);
+                let (dp, stop) = (Arc::clone(&worker.dp), Arc::clone(&worker.stop));
+                supervise(dp.health(0), 0, &stop, &Policy::default(), &mut worker);
             })
             .map_err(RawError::Spawn)?;
         match ready_rx.recv() {
@@ -363,12 +365,27 @@ struct Worker {
     local: LocalCounters,
     tx_errors: Arc<AtomicU64>,
     wake_slow: bool,
+    stop: Arc<AtomicBool>,
+}
+
+/// Runs under [`supervise`]: restarted after a panic.
+impl Loop for Worker {
+    fn run(&mut self) {
+        Worker::run(self);
+    }
+
+    /// Nothing to give back: each burst starts from its own buffers, and a
+    /// datagram or frame of the interrupted burst is lost, as on a full ring.
+    /// Frames it queued for the control may not have woken it: wake it.
+    fn recover(&mut self) {
+        self.wake_slow = true;
+    }
 }
 
 impl Worker {
-    fn run(&mut self, stop: &AtomicBool) {
+    fn run(&mut self) {
         let mut cache = arc_swap::Cache::new(Arc::clone(self.dp.table()));
-        while !stop.load(Ordering::Relaxed) {
+        while !self.stop.load(Ordering::Relaxed) {
             if self.swap.pending.load(Ordering::Acquire) {
                 self.take_new_wan();
             }
@@ -398,6 +415,14 @@ impl Worker {
         self.dp.publish_counters(0, &self.local);
     }
 
+    /// Debug builds: where `ntma debug panic-worker` makes the worker panic
+    /// (release builds have nothing here).
+    #[inline(always)]
+    fn fault_point(&self) {
+        #[cfg(debug_assertions)]
+        self.dp.health(0).fault_point(0);
+    }
+
     /// GN → tunnel: one `recvmmsg` on the raw socket, encapsulation, one `sendmmsg`.
     fn uplink_burst(&mut self, snap: &Snapshot) -> usize {
         self.lens.clear();
@@ -425,6 +450,8 @@ impl Worker {
         self.local.add(Stat::LanRx, n as u64);
         self.wan_tx.clear();
         for i in 0..n {
+            // Debug builds: `ntma debug panic-worker` panics here, mid-burst.
+            self.fault_point();
             let Some(len) = self.lens[i] else {
                 // Longer than any frame the GN may send (a GSO super-frame on veth).
                 self.local.drop(FastDrop::LanTooBig);
@@ -511,6 +538,7 @@ impl Worker {
         let snap = snapshot();
         let snap = &*snap;
         for i in 0..n {
+            self.fault_point();
             let (Some(len), Some(from)) = (self.lens[i], self.froms[i]) else {
                 self.local.drop(FastDrop::WanMalformed);
                 continue;
@@ -687,6 +715,58 @@ mod tests {
         assert_eq!(sent, 0);
         let sent = send_loop(sock.as_fd(), 3, |_| Ok(0));
         assert_eq!(sent, 0);
+    }
+
+    /// The real worker thread on `lo` (needs root): a panic in its loop is
+    /// caught, counted and the loop runs again on the same sockets.
+    #[cfg(debug_assertions)]
+    #[test]
+    fn a_panicking_worker_is_restarted_and_counted() {
+        use crate::fastpath::supervise::WorkerState;
+        let wan = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = wan.local_addr().unwrap();
+        let dp = RawPath::start(RawConfig {
+            lan_if: "lo".into(),
+            wan,
+            classify: Classify {
+                vip_net: "100.64.0.0".parse().unwrap(),
+                vip_prefix_len: 10,
+                router: "100.64.0.1".parse().unwrap(),
+            },
+            core: None,
+            batch: 8,
+            busy_poll: false,
+            slow_slots: 8,
+            inner_mtu: crate::fastpath::INNER_MTU as u16,
+        })
+        .expect("the raw datapath on lo needs root (CAP_NET_RAW)");
+        let worker = || dp.worker_stats().remove(0);
+        let wait = |what: &str, ok: &dyn Fn(&crate::fastpath::WorkerStats) -> bool| {
+            let until = Instant::now() + Duration::from_secs(20);
+            while !ok(&worker()) {
+                assert!(Instant::now() < until, "{what}: {:?}", worker());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        assert_eq!((worker().panics, worker().state), (0, WorkerState::Running));
+        // It panics at the next datagram it handles: keep sending.
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for n in 1..=2 {
+            dp.state().inject_panic(0).unwrap();
+            wait("panic counted", &|w| {
+                let _ = peer.send_to(b"not ntm", to);
+                w.panics == n
+            });
+            wait("running again", &|w| w.state == WorkerState::Running);
+        }
+        assert!(worker().last_panic.unwrap().contains("injected panic"));
+        // The restarted loop still reads its socket.
+        let rx = worker().wan_rx;
+        wait("a datagram read after the restart", &|w| {
+            let _ = peer.send_to(b"not ntm", to);
+            w.wan_rx > rx
+        });
+        drop(dp);
     }
 
     #[test]

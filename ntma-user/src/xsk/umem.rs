@@ -471,6 +471,23 @@ impl FramePool {
         self.free.push(frame.addr & self.mask);
     }
 
+    /// Takes back the frames of `burst` (addresses of frames a panic may
+    /// have lost on the way) that are neither free here nor in `held`
+    /// (frames still queued for TX); returns how many. Linear in the pool:
+    /// for a worker's recovery, not per packet.
+    pub fn reclaim(&mut self, burst: &[u64], held: impl IntoIterator<Item = u64>) -> usize {
+        let mut known: std::collections::HashSet<u64> = self.free.iter().copied().collect();
+        known.extend(held.into_iter().map(|a| a & self.mask));
+        let before = self.free.len();
+        for a in burst {
+            let base = a & self.mask;
+            if known.insert(base) {
+                self.free.push(base);
+            }
+        }
+        self.free.len() - before
+    }
+
     /// Frame base for the fill ring.
     pub(super) fn pop_base(&mut self) -> Option<u64> {
         self.free.pop()
@@ -532,6 +549,32 @@ mod tests {
             pool.free(f);
         }
         assert_eq!(pool.len(), 4);
+    }
+
+    #[test]
+    fn frames_a_panic_lost_are_reclaimed_once() {
+        let c = cfg(8);
+        let area = Area::map(&c).unwrap();
+        let mut pool = FramePool::new(&area, &c, 0, 6);
+        // A burst of four: one went back to the pool, one to a TX queue, two
+        // were lost (the one in hand and the rest of the burst).
+        let burst: Vec<Frame> = (0..4).filter_map(|_| pool.alloc()).collect();
+        let addrs: Vec<u64> = burst.iter().map(Frame::addr).collect();
+        let mut it = burst.into_iter();
+        pool.free(it.next().unwrap());
+        let queued = it.next().unwrap();
+        assert_eq!(pool.len(), 3);
+        let n = pool.reclaim(&addrs, [queued.addr()]);
+        assert_eq!((n, pool.len()), (2, 5));
+        // Again: nothing more to give back, and no frame twice.
+        assert_eq!(pool.reclaim(&addrs, [queued.addr()]), 0);
+        let mut bases: Vec<u64> = std::iter::from_fn(|| pool.alloc())
+            .map(|f| area.frame_base(f.addr()))
+            .collect();
+        bases.sort_unstable();
+        bases.dedup();
+        assert_eq!(bases.len(), 5);
+        assert!(!bases.contains(&area.frame_base(queued.addr())));
     }
 
     #[test]
