@@ -27,6 +27,7 @@ pub mod capture;
 pub mod counters;
 pub mod dns;
 pub mod raw;
+pub mod traffic;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
