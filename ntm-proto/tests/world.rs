@@ -1381,9 +1381,14 @@ fn a_one_way_flow_is_answered_by_keepalives_and_never_redirected() {
     let mut w = two_public();
     w.connect(0, "cn.ntm.test");
     let dir_reqs = w.net.count_sent(MessageType::DirReq);
-    let from_cn = w.net.count_sent_from(w.public(1), MessageType::TunKeepalive);
+    let from_cn = w
+        .net
+        .count_sent_from(w.public(1), MessageType::TunKeepalive);
     stream(&mut w, 0, 1, Duration::from_secs(40));
-    let acks = w.net.count_sent_from(w.public(1), MessageType::TunKeepalive) - from_cn;
+    let acks = w
+        .net
+        .count_sent_from(w.public(1), MessageType::TunKeepalive)
+        - from_cn;
     // One keep-alive per DATA_ACK_AFTER of one-way DATA (not one per 20 s).
     assert!((15..=21).contains(&acks), "{acks} keep-alives from cn");
     assert_eq!(w.net.count_sent(MessageType::DirReq), dir_reqs);
@@ -1418,7 +1423,12 @@ fn a_peer_that_lost_the_tunnel_is_found_again_through_the_dc() {
     let dir_reqs = w.net.count_sent(MessageType::DirReq);
     // The old tunnel's DATA is dropped by cn and nothing comes back: within
     // REDIRECT_AFTER mn asks the DC again and the new tunnel replaces it.
-    stream(&mut w, 0, 1, ntm_proto::node::REDIRECT_AFTER + Duration::from_secs(1));
+    stream(
+        &mut w,
+        0,
+        1,
+        ntm_proto::node::REDIRECT_AFTER + Duration::from_secs(1),
+    );
     assert_eq!(w.net.count_sent(MessageType::DirReq), dir_reqs + 1);
     assert_eq!(w.nodes[0].ep.redirects(), 1);
     assert_eq!(w.downs(0), vec![DownReason::Replaced]);

@@ -46,7 +46,9 @@ fn parse_replies(out: &str) -> Vec<Reply> {
             seen.entry(seq).or_insert(at);
         }
     }
-    seen.into_iter().map(|(seq, at)| Reply { seq, at }).collect()
+    seen.into_iter()
+        .map(|(seq, at)| Reply { seq, at })
+        .collect()
 }
 
 /// A `ping -D -i interval` running in the background.
@@ -137,7 +139,11 @@ impl PingRun {
             .map_err(|e| anyhow!("{e}"))?
             .context("ping did not exit on SIGINT")?;
         let replies = self.replies();
-        ensure!(!replies.is_empty(), "no ping reply at all:\n{}", self.child.log());
+        ensure!(
+            !replies.is_empty(),
+            "no ping reply at all:\n{}",
+            self.child.log()
+        );
         Ok(PingReport {
             replies,
             interval: self.interval,

@@ -78,11 +78,15 @@ fn fault_dc_killed_and_restarted_loses_nothing() {
     let st = w.dc_status().unwrap();
     let gn = st.registrations.iter().find(|r| r.fqdn == GN_FQDN);
     assert_eq!(gn.map(|r| r.vip), Some(gn_vip), "{st:?}");
-    let st = ntma.wait("registered", |s| s.gns[0].registration.registered).unwrap();
+    let st = ntma
+        .wait("registered", |s| s.gns[0].registration.registered)
+        .unwrap();
     assert_eq!(st.gns[0].registration.vip, Some(gn_vip));
 
     // A new tunnel set-up through the restarted DC: cn2, by name.
-    let d = w.dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN2_FQDN).unwrap();
+    let d = w
+        .dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN2_FQDN)
+        .unwrap();
     assert_eq!(d.a, vec![cn2_vip], "{d:?}");
     let p = w.ping(Role::Gn, cn2_vip, 3).unwrap();
     assert!(p.received > 0, "{}", p.output);
@@ -126,7 +130,9 @@ fn fault_rs_restarted_under_a_relayed_tunnel() {
     let cn2_vip = cn2.registered().unwrap();
     let gn_vip = ntma.registered().unwrap();
     assert_eq!(w.dhclient().unwrap(), gn_vip);
-    let d = w.dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN2_FQDN).unwrap();
+    let d = w
+        .dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN2_FQDN)
+        .unwrap();
     assert_eq!(d.a, vec![cn2_vip], "{d:?}");
     let before = tunnel_id(&mut ntma, CN2_FQDN);
     let st = ntma.status().unwrap();

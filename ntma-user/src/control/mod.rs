@@ -523,16 +523,18 @@ impl<D: Datapath + ?Sized> Control<D> {
                 .stats
                 .as_ref()
                 .map_or((0, 0, 0), |b| (b.rx_accepted(), b.rx_packets, b.tx_packets));
+            // Sending first: what came back within the same poll answers it
+            // (the endpoint's liveness check).
+            if s.tx_packets > tx_before {
+                slot.host.endpoint_mut().note_tx(s.tunnel_id, now);
+            }
             if s.rx_accepted() > rx_before {
                 let from = s.last_rx_from.unwrap_or(s.endpoint);
                 slot.host.endpoint_mut().note_rx(s.tunnel_id, now, from);
             }
             if s.rx_packets > data_before {
-                // DATA, not only keep-alives: answered if we send nothing (§5 "Liveness").
+                // DATA, not only keep-alives: answered if we send nothing.
                 slot.host.endpoint_mut().note_data_rx(s.tunnel_id, now);
-            }
-            if s.tx_packets > tx_before {
-                slot.host.endpoint_mut().note_tx(s.tunnel_id, now);
             }
             rec.stats = Some(s);
         }
