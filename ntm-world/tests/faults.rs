@@ -187,6 +187,33 @@ fn fault_nat_mappings_flushed_at_nat1() {
         .unwrap();
 }
 
+/// nat1 forgets every mapping while the traffic comes from outside (cn
+/// pings the GN): cn's DATA now ends at nat1 and the GN answers nothing, so
+/// cn's DATA goes unanswered and cn asks the DC again (§5 "Liveness"); the
+/// new tunnel's set-up from the adapter (REVERSE: the GN is behind NAT)
+/// makes a new mapping.
+#[test]
+fn fault_nat_mappings_flushed_under_incoming_traffic() {
+    let w = up("fnatin");
+    let mut cn = w.node(Role::Cn, CN_FQDN).unwrap();
+    let mut ntma = w.ntma(|_| {}).unwrap();
+    let (gn_vip, _) = w.tunnel_to_cn(&mut cn, &mut ntma).unwrap();
+    let ping = w.ping_in_background(Role::Cn, gn_vip, EVERY).unwrap();
+    ping.wait_replies_after(0.0, 10, "ping before the fault")
+        .unwrap();
+
+    w.sh(Role::Nat1, "conntrack -F 2>&1").unwrap();
+    ping.wait_replies_after(unix_now(), 10, "ping after the flush")
+        .unwrap();
+    let report = ping.stop().unwrap();
+    eprintln!(
+        "{}",
+        report.line("NAT mappings flushed at nat1, traffic from cn")
+    );
+    ntma.wait("registered", |s| s.gns[0].registration.registered)
+        .unwrap();
+}
+
 /// The adapter's uplink address changes (a roaming adapter: wan0 gets a
 /// new address) while TCP runs GN -> cn through the tunnel: the adapter
 /// re-registers from the new address, cn follows its DATA to the new

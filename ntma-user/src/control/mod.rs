@@ -532,8 +532,9 @@ impl<D: Datapath + ?Sized> Control<D> {
                 let from = s.last_rx_from.unwrap_or(s.endpoint);
                 slot.host.endpoint_mut().note_rx(s.tunnel_id, now, from);
             }
-            if s.rx_packets > data_before {
-                // DATA, not only keep-alives: answered if we send nothing.
+            if s.rx_packets > data_before && s.tx_packets == tx_before {
+                // DATA, not only keep-alives, and nothing sent back within
+                // the poll: a keep-alive answers it unless we send soon.
                 slot.host.endpoint_mut().note_data_rx(s.tunnel_id, now);
             }
             rec.stats = Some(s);

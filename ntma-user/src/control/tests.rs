@@ -893,6 +893,37 @@ fn a_tunnel_whose_data_goes_unanswered_is_directed_again() {
     assert_eq!(w.ctl.endpoint(0).unwrap().redirects(), 1);
 }
 
+/// Tunnel keep-alives the adapter sent so far.
+fn keepalives_sent(w: &mut World) -> usize {
+    w.collect();
+    w.net
+        .count_sent_from(w.net.public(ADAPTER), ntm_proto::MessageType::TunKeepalive)
+}
+
+#[test]
+fn one_way_data_into_the_adapter_is_answered_by_a_keepalive() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.gn_dns("cn.ntm.test");
+    let id = w.ctl.tunnel_status(w.now)[0].id;
+    let before = keepalives_sent(&mut w);
+    // DATA both ways within each poll: nothing to answer.
+    for i in 1..=12u64 {
+        w.ctl.datapath().activity.replace(vec![activity(id, i, CN)]);
+        w.ctl.poll_activity(w.now, &w.io);
+        w.advance(Duration::from_millis(250));
+    }
+    assert_eq!(keepalives_sent(&mut w), before);
+    // Only in: one keep-alive per DATA_ACK_AFTER (2 s).
+    for i in 13..=28u64 {
+        let mut a = activity(id, i, CN);
+        a.tx_packets = 12;
+        w.ctl.datapath().activity.replace(vec![a]);
+        w.ctl.poll_activity(w.now, &w.io);
+        w.advance(Duration::from_millis(250));
+    }
+    assert_eq!(keepalives_sent(&mut w), before + 2);
+}
+
 #[test]
 fn an_expired_tunnel_comes_back_for_a_packet_or_fails_with_icmp() {
     let mut w = World::new(NonVip::IcmpUnreachable);
