@@ -671,6 +671,13 @@ impl Endpoint {
                 t.last_rx = now;
                 t.last_tx = now;
                 self.events.push_back(t.up_event());
+                if t.roams() {
+                    // At once, so that the responder follows us (roaming) when
+                    // our NAT mapped the TUN_REQ elsewhere than the address
+                    // the DC observed (a mapping per destination, or a port
+                    // taken since): the TUN_REQ's source does not move it.
+                    self.queue.push_back(Pending::TunKeepalive(id));
+                }
                 Ok(Received::Signaling)
             }
             Message::Error(e) => {

@@ -1468,3 +1468,24 @@ fn a_relayed_tunnel_whose_relay_lost_its_state_is_directed_again() {
     assert_eq!(last(mn), last(cn), "both ends on the same new tunnel");
     assert_eq!(w.tunnel_ups(mn).last().unwrap().path, Path::Relay);
 }
+
+#[test]
+fn a_reverse_tunnel_through_a_nat_mapping_per_destination_works_at_once() {
+    let mut w = world();
+    let cn = w.add_node("cn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    let n = w
+        .net
+        .add_nat(sim::NatKind::Symmetric, Ipv4Addr::new(198, 18, 0, 10));
+    let gn = w.add_node("gn.ntm.test", addr(192, 168, 10, 2, 7700), Some(n));
+    w.run_for(Duration::from_secs(1));
+    w.connect(cn, "gn.ntm.test");
+    let up = w.tunnel_ups(cn);
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].path, Path::Reverse);
+    // The TUN_REQ left the NAT on another mapping than the DC saw; the
+    // initiator's first keep-alive moved cn there, so cn's DATA arrives.
+    let id = up[0].tunnel_id;
+    let to = w.nodes[cn].ep.tunnel(id).unwrap().params.endpoint;
+    assert_ne!(to, up[0].endpoint, "cn follows the TUN_REQ's mapping");
+    w.assert_data_both_ways(cn, gn);
+}
