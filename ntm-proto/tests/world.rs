@@ -1489,3 +1489,20 @@ fn a_reverse_tunnel_through_a_nat_mapping_per_destination_works_at_once() {
     assert_ne!(to, up[0].endpoint, "cn follows the TUN_REQ's mapping");
     w.assert_data_both_ways(cn, gn);
 }
+
+#[test]
+fn an_exchange_that_ends_with_the_answer_is_not_taken_for_a_lost_peer() {
+    let mut w = two_public();
+    w.connect(0, "cn.ntm.test");
+    for _ in 0..10 {
+        w.send_inner(0, 1, b"request").unwrap();
+        w.run_for(Duration::from_millis(50));
+        w.send_inner(1, 0, b"answer").unwrap();
+        w.run_for(Duration::from_millis(150));
+    }
+    // The answer was the last DATA: mn acknowledges it with a keep-alive,
+    // so cn does not ask the DC again.
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.nodes[0].ep.redirects() + w.nodes[1].ep.redirects(), 0);
+    assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
+}

@@ -532,9 +532,10 @@ impl<D: Datapath + ?Sized> Control<D> {
                 let from = s.last_rx_from.unwrap_or(s.endpoint);
                 slot.host.endpoint_mut().note_rx(s.tunnel_id, now, from);
             }
-            if s.rx_packets > data_before && s.tx_packets == tx_before {
-                // DATA, not only keep-alives, and nothing sent back within
-                // the poll: a keep-alive answers it unless we send soon.
+            if s.rx_packets > data_before {
+                // DATA, not only keep-alives: a keep-alive answers it unless
+                // we send after this poll (what we sent within it may have
+                // gone before the DATA came, so it does not count).
                 slot.host.endpoint_mut().note_data_rx(s.tunnel_id, now);
             }
             rec.stats = Some(s);
