@@ -5,7 +5,9 @@
 //! [`Endpoint`] registers with the DC and keeps the registration alive,
 //! resolves names through DIR_REQ, follows ROUTE_DIR in both roles, sets up
 //! tunnels (TUN_REQ/TUN_RESP, RELAY_BIND), keeps them alive, expires them and
-//! follows the peer when it roams. It never reads the clock and does no I/O;
+//! follows the peer when it roams, and directs a tunnel again when its DATA
+//! goes unanswered (the liveness of `docs/architecture.md`: a restarted
+//! peer or RS loses tunnels silently). It never reads the clock and does no I/O;
 //! drive it like a quinn-proto connection:
 //!
 //! * push in: [`Endpoint::handle`] for every datagram received on the port,
@@ -51,13 +53,13 @@ use crate::{
 /// Idle tunnels send TUN_KEEPALIVE this often (§5).
 pub const TUNNEL_KEEPALIVE: Duration = Duration::from_secs(20);
 /// A tunnel end that received DATA and sent nothing since sends a
-/// TUN_KEEPALIVE this much later (§5 "Liveness"), so that a one-way flow
-/// still hears from a live peer every few seconds.
+/// TUN_KEEPALIVE this much later, so that a one-way flow still hears from a
+/// live peer every few seconds (the liveness of `docs/architecture.md`).
 pub const DATA_ACK_AFTER: Duration = Duration::from_secs(2);
 /// A tunnel end that has sent DATA and received nothing for this long asks
-/// the DC for a new direction to the peer (§5 "Liveness"): the peer lost
-/// the tunnel (restarted), or the path did (a restarted RS, a NAT that
-/// forgot the mapping). Four [`DATA_ACK_AFTER`]s: a live peer's answer may
+/// the DC for a new direction to the peer: the peer lost the tunnel
+/// (restarted), or the path did (a restarted RS, a NAT that forgot the
+/// mapping). Four [`DATA_ACK_AFTER`]s: a live peer's answer may
 /// be lost three times before a tunnel is replaced needlessly.
 pub const REDIRECT_AFTER: Duration = Duration::from_secs(8);
 /// A responder drops a tunnel whose TUN_REQ has not come this long after its ROUTE_DIR.
@@ -326,7 +328,7 @@ struct Tunnel {
     last_tx: Instant,
     /// When a TUN_KEEPALIVE answers DATA received since our last send.
     ack_due: Option<Instant>,
-    /// Since when DATA we sent has had nothing back (§5 "Liveness").
+    /// Since when DATA we sent has had nothing back.
     unanswered_since: Option<Instant>,
     state: TunState,
 }
@@ -386,8 +388,6 @@ impl Tunnel {
         }
     }
 
-    /// We sent on the tunnel at `now`; `data` for DATA (which wants an
-    /// answer), not a keep-alive or set-up message.
     /// An up tunnel's timers at `now`: its expiry, its keep-alive (when
     /// idle, or answering DATA, queued on `queue`) and the liveness check.
     fn up_timers(&mut self, now: Instant, queue: &mut VecDeque<Pending>) -> Option<UpDue> {
@@ -411,6 +411,8 @@ impl Tunnel {
         None
     }
 
+    /// We sent on the tunnel at `now`; `data` for DATA (which wants an
+    /// answer), not a keep-alive or set-up message.
     fn sent(&mut self, now: Instant, data: bool) {
         self.last_tx = self.last_tx.max(now);
         self.ack_due = None;
@@ -1028,7 +1030,7 @@ impl Endpoint {
 
     /// Of what [`Endpoint::note_rx`] reported, DATA (not a keep-alive)
     /// came: unless we send on the tunnel within [`DATA_ACK_AFTER`], a
-    /// TUN_KEEPALIVE tells the peer that we hear it (§5 "Liveness").
+    /// TUN_KEEPALIVE tells the peer that we hear it.
     pub fn note_data_rx(&mut self, tunnel_id: u32, now: Instant) {
         if let Some(t) = self.tunnels.get_mut(&tunnel_id) {
             if matches!(t.state, TunState::Up) && t.ack_due.is_none() {
@@ -1046,7 +1048,7 @@ impl Endpoint {
         }
     }
 
-    /// How many direction requests unanswered DATA caused (§5 "Liveness").
+    /// How many direction requests unanswered DATA caused.
     pub fn redirects(&self) -> u64 {
         self.redirects
     }
@@ -1228,8 +1230,8 @@ impl Endpoint {
     }
 
     /// Asks the DC for a new direction to the peer of tunnel `id`, whose
-    /// DATA has had no answer for [`REDIRECT_AFTER`] (§5 "Liveness"). The
-    /// old tunnel keeps working until the new ROUTE_DIR replaces it.
+    /// DATA has had no answer for [`REDIRECT_AFTER`]. The old tunnel keeps
+    /// working until the new ROUTE_DIR replaces it.
     fn redirect(&mut self, now: Instant, id: u32, fqdn: String) {
         if self.reg.is_none() || self.dirs.iter().any(|d| d.fqdn == fqdn) {
             return;

@@ -771,7 +771,8 @@ fn data_plane_activity_postpones_keepalive() {
         let now = w.now();
         w.nodes[0].ep.note_tx(tid, now);
         // A data plane that sends also hears back (else the DATA would be
-        // unanswered and the tunnel directed again, §5 "Liveness").
+        // unanswered and the tunnel directed again: the liveness of
+        // docs/architecture.md).
         let peer = w.public(1);
         w.nodes[0].ep.note_rx(tid, now, peer);
     }
@@ -1364,7 +1365,7 @@ fn host_refuses_while_unregistered_and_expires_what_it_held() {
     assert!(w.hosts[0].given_up.is_empty());
 }
 
-// ------------------------------------------------------- liveness (§5)
+// ------------------------------------------- liveness (docs/architecture.md)
 
 /// Node `from` sends DATA to node `to` every 100 ms for `d` (virtual time),
 /// ignoring a missing tunnel (it is being set up again).

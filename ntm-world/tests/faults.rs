@@ -99,8 +99,8 @@ fn fault_dc_killed_and_restarted_loses_nothing() {
 
 /// The peer node restarts and loses its tunnels; it drops the adapter's
 /// DATA for the unknown tunnel without an answer (§5). The adapter's DATA
-/// then goes unanswered and it asks the DC for a new direction (§5
-/// "Liveness"): traffic resumes over a new tunnel.
+/// then goes unanswered and it asks the DC for a new direction (the
+/// liveness of docs/architecture.md): traffic resumes over a new tunnel.
 #[test]
 fn fault_peer_node_restarted_gets_a_new_tunnel() {
     let w = up("fpeer");
@@ -121,7 +121,8 @@ fn fault_peer_node_restarted_gets_a_new_tunnel() {
 
 /// The RS restarts under a relayed tunnel (GN <-> cn2, both behind NAT)
 /// and forgets its bindings: the relayed DATA goes nowhere until an end
-/// asks the DC again (§5 "Liveness"), which sets up a new relayed tunnel.
+/// asks the DC again (the liveness of docs/architecture.md), which sets up a new relayed
+/// tunnel.
 #[test]
 fn fault_rs_restarted_under_a_relayed_tunnel() {
     let mut w = up("frs");
@@ -189,7 +190,7 @@ fn fault_nat_mappings_flushed_at_nat1() {
 
 /// nat1 forgets every mapping while the traffic comes from outside (cn
 /// pings the GN): cn's DATA now ends at nat1 and the GN answers nothing, so
-/// cn's DATA goes unanswered and cn asks the DC again (§5 "Liveness"); the
+/// cn's DATA goes unanswered and cn asks the DC again (the liveness of docs/architecture.md); the
 /// new tunnel's set-up from the adapter (REVERSE: the GN is behind NAT)
 /// makes a new mapping.
 #[test]
