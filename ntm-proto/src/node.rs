@@ -5,7 +5,9 @@
 //! [`Endpoint`] registers with the DC and keeps the registration alive,
 //! resolves names through DIR_REQ, follows ROUTE_DIR in both roles, sets up
 //! tunnels (TUN_REQ/TUN_RESP, RELAY_BIND), keeps them alive, expires them and
-//! follows the peer when it roams. It never reads the clock and does no I/O;
+//! follows the peer when it roams, and directs a tunnel again when its DATA
+//! goes unanswered (the liveness of `docs/architecture.md`: a restarted
+//! peer or RS loses tunnels silently). It never reads the clock and does no I/O;
 //! drive it like a quinn-proto connection:
 //!
 //! * push in: [`Endpoint::handle`] for every datagram received on the port,
@@ -50,6 +52,16 @@ use crate::{
 
 /// Idle tunnels send TUN_KEEPALIVE this often (§5).
 pub const TUNNEL_KEEPALIVE: Duration = Duration::from_secs(20);
+/// A tunnel end that received DATA and sent nothing since sends a
+/// TUN_KEEPALIVE this much later, so that a one-way flow still hears from a
+/// live peer every few seconds (the liveness of `docs/architecture.md`).
+pub const DATA_ACK_AFTER: Duration = Duration::from_secs(2);
+/// A tunnel end that has sent DATA and received nothing for this long asks
+/// the DC for a new direction to the peer: the peer lost the tunnel
+/// (restarted), or the path did (a restarted RS, a NAT that forgot the
+/// mapping). Four [`DATA_ACK_AFTER`]s: a live peer's answer may
+/// be lost three times before a tunnel is replaced needlessly.
+pub const REDIRECT_AFTER: Duration = Duration::from_secs(8);
 /// A responder drops a tunnel whose TUN_REQ has not come this long after its ROUTE_DIR.
 /// Longer than the initiator's whole retransmission schedule (7.75 s).
 pub const RESPONDER_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -314,6 +326,10 @@ struct Tunnel {
     lifetime: Duration,
     last_rx: Instant,
     last_tx: Instant,
+    /// When a TUN_KEEPALIVE answers DATA received since our last send.
+    ack_due: Option<Instant>,
+    /// Since when DATA we sent has had nothing back.
+    unanswered_since: Option<Instant>,
     state: TunState,
 }
 
@@ -359,9 +375,60 @@ impl Tunnel {
             TunState::AwaitingReq { bind, deadline } => {
                 bind.map_or(deadline, |b| b.deadline().min(deadline))
             }
-            TunState::Up => (self.last_tx + TUNNEL_KEEPALIVE).min(self.last_rx + self.lifetime),
+            TunState::Up => [
+                self.ack_due,
+                self.unanswered_since.map(|t| t + REDIRECT_AFTER),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(
+                (self.last_tx + TUNNEL_KEEPALIVE).min(self.last_rx + self.lifetime),
+                Instant::min,
+            ),
         }
     }
+
+    /// An up tunnel's timers at `now`: its expiry, its keep-alive (when
+    /// idle, or answering DATA, queued on `queue`) and the liveness check.
+    fn up_timers(&mut self, now: Instant, queue: &mut VecDeque<Pending>) -> Option<UpDue> {
+        if now >= self.last_rx + self.lifetime {
+            return Some(UpDue::Expired);
+        }
+        if now >= self.last_tx + TUNNEL_KEEPALIVE || self.ack_due.is_some_and(|d| now >= d) {
+            // Counted as sent now, so the timer does not fire again before
+            // the keep-alive is polled out.
+            self.sent(now, false);
+            queue.push_back(Pending::TunKeepalive(self.id));
+        }
+        if self
+            .unanswered_since
+            .is_some_and(|t| now >= t + REDIRECT_AFTER)
+        {
+            // Once per silence: the next DATA starts the clock again.
+            self.unanswered_since = None;
+            return Some(UpDue::Redirect);
+        }
+        None
+    }
+
+    /// We sent on the tunnel at `now`; `data` for DATA (which wants an
+    /// answer), not a keep-alive or set-up message.
+    fn sent(&mut self, now: Instant, data: bool) {
+        self.last_tx = self.last_tx.max(now);
+        self.ack_due = None;
+        if data && self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+        }
+    }
+}
+
+/// What an up tunnel's timers found due, beyond a keep-alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpDue {
+    /// Nothing received for its lifetime: tear it down.
+    Expired,
+    /// Its DATA went unanswered: ask the DC for a new direction.
+    Redirect,
 }
 
 #[derive(Debug)]
@@ -409,6 +476,8 @@ pub struct Endpoint {
     queue: VecDeque<Pending>,
     events: VecDeque<Event>,
     drops: DropCounters,
+    /// Direction requests sent because a tunnel's DATA went unanswered.
+    redirects: u64,
     closed: bool,
 }
 
@@ -435,6 +504,7 @@ impl Endpoint {
             queue: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
+            redirects: 0,
             closed: false,
         };
         ep.start_registration(now);
@@ -535,6 +605,9 @@ impl Endpoint {
         // its TUN_RESP, before that answer reaches us.
         let got = data::decap(datagram, |id| self.tunnels.get_mut(&id).map(|t| &mut t.rx))?;
         self.note_rx(got.tunnel_id(), now, from);
+        if matches!(got, Decapped::Data { .. }) {
+            self.note_data_rx(got.tunnel_id(), now);
+        }
         Ok(match got {
             Decapped::Data {
                 tunnel_id, inner, ..
@@ -600,6 +673,13 @@ impl Endpoint {
                 t.last_rx = now;
                 t.last_tx = now;
                 self.events.push_back(t.up_event());
+                if t.roams() {
+                    // At once, so that the responder follows us (roaming) when
+                    // our NAT mapped the TUN_REQ elsewhere than the address
+                    // the DC observed (a mapping per destination, or a port
+                    // taken since): the TUN_REQ's source does not move it.
+                    self.queue.push_back(Pending::TunKeepalive(id));
+                }
                 Ok(Received::Signaling)
             }
             Message::Error(e) => {
@@ -831,6 +911,8 @@ impl Endpoint {
             lifetime: Duration::from_secs(u64::from(route.lifetime_secs.max(1))),
             last_rx: now,
             last_tx: now,
+            ack_due: None,
+            unanswered_since: None,
             state,
         })
     }
@@ -936,6 +1018,7 @@ impl Endpoint {
             return;
         };
         t.last_rx = now;
+        t.unanswered_since = None;
         if t.roams() && matches!(t.state, TunState::Up) && from != t.endpoint {
             t.endpoint = from;
             self.events.push_back(Event::EndpointChanged {
@@ -945,11 +1028,29 @@ impl Endpoint {
         }
     }
 
-    /// The data plane sent on `tunnel_id`: postpones that tunnel's keep-alive.
+    /// Of what [`Endpoint::note_rx`] reported, DATA (not a keep-alive)
+    /// came: unless we send on the tunnel within [`DATA_ACK_AFTER`], a
+    /// TUN_KEEPALIVE tells the peer that we hear it.
+    pub fn note_data_rx(&mut self, tunnel_id: u32, now: Instant) {
+        if let Some(t) = self.tunnels.get_mut(&tunnel_id) {
+            if matches!(t.state, TunState::Up) && t.ack_due.is_none() {
+                t.ack_due = Some(now + DATA_ACK_AFTER);
+            }
+        }
+    }
+
+    /// The data plane sent DATA on `tunnel_id`: postpones that tunnel's
+    /// keep-alive, and starts the liveness clock unless it runs (DATA
+    /// unanswered for [`REDIRECT_AFTER`] asks the DC for a new direction).
     pub fn note_tx(&mut self, tunnel_id: u32, now: Instant) {
         if let Some(t) = self.tunnels.get_mut(&tunnel_id) {
-            t.last_tx = t.last_tx.max(now);
+            t.sent(now, true);
         }
+    }
+
+    /// How many direction requests unanswered DATA caused.
+    pub fn redirects(&self) -> u64 {
+        self.redirects
     }
 
     /// Deregister (DEREG) and drop every tunnel. The endpoint ignores
@@ -1081,6 +1182,7 @@ impl Endpoint {
 
     fn tunnel_timers(&mut self, now: Instant) {
         let mut down = Vec::new();
+        let mut redirect = Vec::new();
         for t in self.tunnels.values_mut() {
             match &mut t.state {
                 TunState::Initiating { retx } => match retx.on_timeout(now) {
@@ -1109,16 +1211,11 @@ impl Endpoint {
                         }
                     }
                 }
-                TunState::Up => {
-                    if now >= t.last_rx + t.lifetime {
-                        down.push((t.id, DownReason::Expired));
-                    } else if now >= t.last_tx + TUNNEL_KEEPALIVE {
-                        // Counted as sent now, so the timer does not fire again
-                        // before the keep-alive is polled out.
-                        t.last_tx = now;
-                        self.queue.push_back(Pending::TunKeepalive(t.id));
-                    }
-                }
+                TunState::Up => match t.up_timers(now, &mut self.queue) {
+                    Some(UpDue::Expired) => down.push((t.id, DownReason::Expired)),
+                    Some(UpDue::Redirect) => redirect.push((t.id, t.peer_fqdn.clone())),
+                    None => {}
+                },
             }
         }
         for (id, reason) in down {
@@ -1127,6 +1224,27 @@ impl Endpoint {
             }
             self.remove_tunnel(id, reason);
         }
+        for (id, fqdn) in redirect {
+            self.redirect(now, id, fqdn);
+        }
+    }
+
+    /// Asks the DC for a new direction to the peer of tunnel `id`, whose
+    /// DATA has had no answer for [`REDIRECT_AFTER`]. The old tunnel keeps
+    /// working until the new ROUTE_DIR replaces it.
+    fn redirect(&mut self, now: Instant, id: u32, fqdn: String) {
+        if self.reg.is_none() || self.dirs.iter().any(|d| d.fqdn == fqdn) {
+            return;
+        }
+        tracing::info!(tunnel_id = id, peer = %fqdn, after_secs = REDIRECT_AFTER.as_secs(), "DATA sent but nothing received on the tunnel: asking the DC for a new direction");
+        let req_id = self.fresh_req_id();
+        self.dirs.push(DirRequest {
+            req_id,
+            fqdn,
+            retx: Retransmit::start(now),
+        });
+        self.queue.push_back(Pending::DirReq(req_id));
+        self.redirects += 1;
     }
 
     // ----- outputs ------------------------------------------------------
@@ -1249,7 +1367,7 @@ impl Endpoint {
             response_required,
         };
         let len = Repr::new(header, msg).emit_sealed_with(buf, &t.tx)?;
-        t.last_tx = now;
+        t.sent(now, false);
         Ok(Some(Transmit { dst, len }))
     }
 
@@ -1267,7 +1385,7 @@ impl Endpoint {
             return Ok(None);
         }
         let len = data::emit_tun_keepalive(buf, id, t.tx_seq.next(), &t.tx)?;
-        t.last_tx = now;
+        t.sent(now, false);
         Ok(Some(Transmit {
             dst: t.endpoint,
             len,
@@ -1323,7 +1441,7 @@ impl Endpoint {
             .ok_or(Error::BufferTooSmall)?;
         room[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
         let len = data::encap_in_place(room, 0, inner.len(), t.id, t.tx_seq.next(), &t.tx)?;
-        t.last_tx = now;
+        t.sent(now, true);
         Ok(Transmit {
             dst: t.endpoint,
             len,

@@ -770,6 +770,11 @@ fn data_plane_activity_postpones_keepalive() {
         w.run_for(Duration::from_secs(10));
         let now = w.now();
         w.nodes[0].ep.note_tx(tid, now);
+        // A data plane that sends also hears back (else the DATA would be
+        // unanswered and the tunnel directed again: the liveness of
+        // docs/architecture.md).
+        let peer = w.public(1);
+        w.nodes[0].ep.note_rx(tid, now, peer);
     }
     let after = w
         .net
@@ -1358,4 +1363,147 @@ fn host_refuses_while_unregistered_and_expires_what_it_held() {
     w.run_for(Duration::from_secs(2));
     assert_eq!((w.hosts[0].expired, w.hosts[0].host.held()), (1, 0));
     assert!(w.hosts[0].given_up.is_empty());
+}
+
+// ------------------------------------------- liveness (docs/architecture.md)
+
+/// Node `from` sends DATA to node `to` every 100 ms for `d` (virtual time),
+/// ignoring a missing tunnel (it is being set up again).
+fn stream(w: &mut World, from: usize, to: usize, d: Duration) {
+    let end = w.now() + d;
+    while w.now() < end {
+        let _ = w.send_inner(from, to, b"one way");
+        w.run_for(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_one_way_flow_is_answered_by_keepalives_and_never_redirected() {
+    let mut w = two_public();
+    w.connect(0, "cn.ntm.test");
+    let dir_reqs = w.net.count_sent(MessageType::DirReq);
+    let from_cn = w
+        .net
+        .count_sent_from(w.public(1), MessageType::TunKeepalive);
+    stream(&mut w, 0, 1, Duration::from_secs(40));
+    let acks = w
+        .net
+        .count_sent_from(w.public(1), MessageType::TunKeepalive)
+        - from_cn;
+    // One keep-alive per DATA_ACK_AFTER of one-way DATA (not one per 20 s).
+    assert!((15..=21).contains(&acks), "{acks} keep-alives from cn");
+    assert_eq!(w.net.count_sent(MessageType::DirReq), dir_reqs);
+    assert_eq!(w.nodes[0].ep.redirects(), 0);
+    assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
+    // Keep-alives answer DATA only: an idle tunnel is back to one per 20 s
+    // per side, no keep-alive answering a keep-alive.
+    let ka = w.net.count_sent(MessageType::TunKeepalive);
+    w.run_for(Duration::from_secs(60));
+    let idle = w.net.count_sent(MessageType::TunKeepalive) - ka;
+    assert!((5..=7).contains(&idle), "{idle} keep-alives in 60 s idle");
+}
+
+#[test]
+fn a_peer_that_lost_the_tunnel_is_found_again_through_the_dc() {
+    let mut w = two_public();
+    w.connect(0, "cn.ntm.test");
+    let first = w.tunnel_ups(0)[0].tunnel_id;
+    // cn restarts: a new endpoint, no tunnels; it registers again.
+    let cfg = Config {
+        fqdn: "cn.ntm.test".into(),
+        key: fqdn_key("cn.ntm.test"),
+        dc: DC,
+        local_addr: addr(198, 18, 0, 21, 7700),
+        caps: Caps::NODE,
+    };
+    let now = w.now();
+    let ep = Endpoint::new(cfg, now, 9_000_000, [9; 32]).unwrap();
+    w.nodes[1] = sim::Node::new(w.nodes[1].id, ep);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.registered(1).len(), 1);
+    let dir_reqs = w.net.count_sent(MessageType::DirReq);
+    // The old tunnel's DATA is dropped by cn and nothing comes back: within
+    // REDIRECT_AFTER mn asks the DC again and the new tunnel replaces it.
+    stream(
+        &mut w,
+        0,
+        1,
+        ntm_proto::node::REDIRECT_AFTER + Duration::from_secs(1),
+    );
+    assert_eq!(w.net.count_sent(MessageType::DirReq), dir_reqs + 1);
+    assert_eq!(w.nodes[0].ep.redirects(), 1);
+    assert_eq!(w.downs(0), vec![DownReason::Replaced]);
+    let ups = w.tunnel_ups(0);
+    assert_eq!(ups.len(), 2);
+    assert_ne!(ups[1].tunnel_id, first);
+    w.assert_data_both_ways(0, 1);
+    // Working again: no second re-direction.
+    stream(&mut w, 0, 1, Duration::from_secs(20));
+    assert_eq!(w.nodes[0].ep.redirects(), 1);
+}
+
+#[test]
+fn a_relayed_tunnel_whose_relay_lost_its_state_is_directed_again() {
+    let mut w = world();
+    let n1 = w.add_nat(Ipv4Addr::new(198, 18, 0, 10));
+    let n2 = w.add_nat(Ipv4Addr::new(198, 18, 0, 11));
+    let mn = w.add_node("gn.ntm.test", addr(192, 168, 10, 2, 7700), Some(n1));
+    let cn = w.add_node("cn2.ntm.test", addr(192, 168, 20, 2, 7700), Some(n2));
+    w.run_for(Duration::from_secs(1));
+    w.connect(mn, "cn2.ntm.test");
+    w.assert_data_both_ways(mn, cn);
+    // The RS restarts: every binding is gone; relayed DATA goes nowhere.
+    w.rs.binds.clear();
+    // Pings both ways: each end sends, neither hears; both may ask again.
+    let end = w.now() + ntm_proto::node::REDIRECT_AFTER + Duration::from_secs(3);
+    while w.now() < end {
+        let _ = w.send_inner(mn, cn, b"echo request");
+        let _ = w.send_inner(cn, mn, b"echo reply");
+        w.run_for(Duration::from_millis(100));
+    }
+    let redirects = w.nodes[mn].ep.redirects() + w.nodes[cn].ep.redirects();
+    assert!((1..=2).contains(&redirects), "{redirects} re-directions");
+    w.run_for(Duration::from_secs(2));
+    w.assert_data_both_ways(mn, cn);
+    let last = |i: usize| w.tunnel_ups(i).last().unwrap().tunnel_id;
+    assert_eq!(last(mn), last(cn), "both ends on the same new tunnel");
+    assert_eq!(w.tunnel_ups(mn).last().unwrap().path, Path::Relay);
+}
+
+#[test]
+fn a_reverse_tunnel_through_a_nat_mapping_per_destination_works_at_once() {
+    let mut w = world();
+    let cn = w.add_node("cn.ntm.test", addr(198, 18, 0, 20, 7700), None);
+    let n = w
+        .net
+        .add_nat(sim::NatKind::Symmetric, Ipv4Addr::new(198, 18, 0, 10));
+    let gn = w.add_node("gn.ntm.test", addr(192, 168, 10, 2, 7700), Some(n));
+    w.run_for(Duration::from_secs(1));
+    w.connect(cn, "gn.ntm.test");
+    let up = w.tunnel_ups(cn);
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].path, Path::Reverse);
+    // The TUN_REQ left the NAT on another mapping than the DC saw; the
+    // initiator's first keep-alive moved cn there, so cn's DATA arrives.
+    let id = up[0].tunnel_id;
+    let to = w.nodes[cn].ep.tunnel(id).unwrap().params.endpoint;
+    assert_ne!(to, up[0].endpoint, "cn follows the TUN_REQ's mapping");
+    w.assert_data_both_ways(cn, gn);
+}
+
+#[test]
+fn an_exchange_that_ends_with_the_answer_is_not_taken_for_a_lost_peer() {
+    let mut w = two_public();
+    w.connect(0, "cn.ntm.test");
+    for _ in 0..10 {
+        w.send_inner(0, 1, b"request").unwrap();
+        w.run_for(Duration::from_millis(50));
+        w.send_inner(1, 0, b"answer").unwrap();
+        w.run_for(Duration::from_millis(150));
+    }
+    // The answer was the last DATA: mn acknowledges it with a keep-alive,
+    // so cn does not ask the DC again.
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.nodes[0].ep.redirects() + w.nodes[1].ep.redirects(), 0);
+    assert!(w.downs(0).is_empty() && w.downs(1).is_empty());
 }

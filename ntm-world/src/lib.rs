@@ -28,6 +28,7 @@ pub mod counters;
 pub mod dns;
 pub mod fault;
 pub mod raw;
+pub mod traffic;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;

@@ -28,6 +28,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // scrape, `systemd-analyze verify` on the units
     "prometheus",
     "systemd",
+    // the fault tests: `conntrack -F` flushes a NAT's mappings
+    "conntrack",
 ];
 
 /// Debian packages only the benchmarks use: userspace WireGuard as a gateway.

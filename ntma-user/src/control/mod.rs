@@ -576,16 +576,24 @@ impl<D: Datapath + ?Sized> Control<D> {
             let Some(rec) = slot.tunnels.get_mut(&s.tunnel_id) else {
                 continue;
             };
-            let (rx_before, tx_before) = rec
+            let (rx_before, data_before, tx_before) = rec
                 .stats
                 .as_ref()
-                .map_or((0, 0), |b| (b.rx_accepted(), b.tx_packets));
+                .map_or((0, 0, 0), |b| (b.rx_accepted(), b.rx_packets, b.tx_packets));
+            // Sending first: what came back within the same poll answers it
+            // (the endpoint's liveness check).
+            if s.tx_packets > tx_before {
+                slot.host.endpoint_mut().note_tx(s.tunnel_id, now);
+            }
             if s.rx_accepted() > rx_before {
                 let from = s.last_rx_from.unwrap_or(s.endpoint);
                 slot.host.endpoint_mut().note_rx(s.tunnel_id, now, from);
             }
-            if s.tx_packets > tx_before {
-                slot.host.endpoint_mut().note_tx(s.tunnel_id, now);
+            if s.rx_packets > data_before {
+                // DATA, not only keep-alives: a keep-alive answers it unless
+                // we send after this poll (what we sent within it may have
+                // gone before the DATA came, so it does not count).
+                slot.host.endpoint_mut().note_data_rx(s.tunnel_id, now);
             }
             rec.stats = Some(s);
         }

@@ -871,6 +871,65 @@ fn activity_keeps_tunnels_and_follows_roaming_peers() {
 }
 
 #[test]
+fn a_tunnel_whose_data_goes_unanswered_is_directed_again() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.gn_dns("cn.ntm.test");
+    let first = w.ctl.tunnel_status(w.now)[0].id;
+    // The fast path sends to cn and hears nothing back (cn lost the tunnel).
+    for i in 1..=40u64 {
+        let mut a = activity(first, i, CN);
+        a.rx_packets = 0;
+        w.ctl.datapath().activity.replace(vec![a]);
+        w.ctl.poll_activity(w.now, &w.io);
+        w.collect();
+        w.advance(Duration::from_millis(250));
+    }
+    w.settle();
+    let t = w.ctl.tunnel_status(w.now);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_ne!(t[0].id, first, "a new direction replaced the tunnel");
+    assert!(t[0].up);
+    assert!(w.calls().contains(&Call::Remove(first)));
+    assert_eq!(w.ctl.endpoint(0).unwrap().redirects(), 1);
+}
+
+/// Tunnel keep-alives the adapter sent so far.
+fn keepalives_sent(w: &mut World) -> usize {
+    w.collect();
+    w.net
+        .count_sent_from(w.net.public(ADAPTER), ntm_proto::MessageType::TunKeepalive)
+}
+
+#[test]
+fn one_way_data_into_the_adapter_is_answered_by_a_keepalive() {
+    let mut w = World::new(NonVip::IcmpUnreachable);
+    w.gn_dns("cn.ntm.test");
+    let id = w.ctl.tunnel_status(w.now)[0].id;
+    let before = keepalives_sent(&mut w);
+    // DATA both ways within each poll: nothing to answer.
+    for i in 1..=12u64 {
+        w.ctl.datapath().activity.replace(vec![activity(id, i, CN)]);
+        w.ctl.poll_activity(w.now, &w.io);
+        w.advance(Duration::from_millis(250));
+    }
+    assert_eq!(keepalives_sent(&mut w), before);
+    // Which came last within a poll is unknown: the peer's last DATA may
+    // have come after ours, so it is answered once (else the peer would
+    // take its DATA for unanswered).
+    w.advance(Duration::from_secs(3));
+    assert_eq!(keepalives_sent(&mut w), before + 1);
+    // Only in: one keep-alive per DATA_ACK_AFTER (2 s).
+    for i in 13..=28u64 {
+        let mut a = activity(id, i, CN);
+        a.tx_packets = 12;
+        w.ctl.datapath().activity.replace(vec![a]);
+        w.ctl.poll_activity(w.now, &w.io);
+        w.advance(Duration::from_millis(250));
+    }
+    assert_eq!(keepalives_sent(&mut w), before + 3);
+}
+
+#[test]
 fn an_expired_tunnel_comes_back_for_a_packet_or_fails_with_icmp() {
     let mut w = World::new(NonVip::IcmpUnreachable);
     w.ctl.set_gateway_mac(Some(GW_MAC));
@@ -894,6 +953,12 @@ fn an_expired_tunnel_comes_back_for_a_packet_or_fails_with_icmp() {
         w.cn_got.last().unwrap(),
         ipv4_of(&echo_frame(gn, cn, 7)).unwrap().2
     );
+    // cn answers (through the fast path): the packet did not go unanswered.
+    w.ctl
+        .datapath()
+        .activity
+        .replace(vec![activity(t[0].id, 1, CN)]);
+    w.ctl.poll_activity(w.now, &w.io);
 
     // Again, with the DC gone: the set-up fails and the packet is answered.
     w.advance(Duration::from_secs(u64::from(LIFETIME_SECS) + 5));
