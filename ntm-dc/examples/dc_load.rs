@@ -418,15 +418,31 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-/// Register every node, `window` outstanding, retransmitting after 1 s.
+/// How long after its registration (or last keep-alive) a node sends a
+/// keep-alive while the others register: a slow store's registration run
+/// outlasts the three 20 s intervals after which a node lapses.
+const REG_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Register every node, `window` outstanding, retransmitting after 1 s;
+/// registered nodes keep alive meanwhile.
 fn register(sim: &mut Sim, window: usize) -> Result<Run> {
     let n = sim.nodes.len();
     let start = Instant::now();
     let mut next = 0usize;
     let mut outstanding: VecDeque<(Instant, usize)> = VecDeque::new();
+    let mut alive: VecDeque<(Instant, usize)> = VecDeque::new();
     let mut done = 0usize;
     let mut retx = 0u64;
     while done < n {
+        while let Some(&(at, i)) = alive.front() {
+            if at.elapsed() < REG_KEEPALIVE {
+                break;
+            }
+            alive.pop_front();
+            let d = sim.keepalive(i);
+            sim.send(&d);
+            alive.push_back((Instant::now(), i));
+        }
         while outstanding.len() < window && next < n {
             let d = sim.reg_req(next);
             sim.send(&d);
@@ -442,6 +458,7 @@ fn register(sim: &mut Sim, window: usize) -> Result<Run> {
             if i < n && sim.nodes[i].id == 0 {
                 sim.nodes[i].id = id;
                 sim.by_id.insert(id, i);
+                alive.push_back((Instant::now(), i));
                 done += 1;
             }
         }
@@ -703,7 +720,9 @@ fn one_store(o: &Opts, store: &str) -> Result<Report> {
             (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("kind = \"memory\"")
         })
         .count();
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("DC_LOAD_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(Report {
         store: store.to_owned(),
         warnings,
@@ -804,7 +823,9 @@ fn main() -> Result<()> {
     for store in &o.stores {
         reports.push(one_store(&o, store).with_context(|| format!("the {store} store run"))?);
     }
-    let _ = std::fs::remove_dir_all(&o.dir);
+    if std::env::var_os("DC_LOAD_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&o.dir);
+    }
     print(&o, &reports);
     Ok(())
 }

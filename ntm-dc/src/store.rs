@@ -398,6 +398,13 @@ pub trait DcStore {
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Make every change durable, replay marks included.
     fn commit_all(&mut self) -> Result<(), StoreError>;
+    /// The once-a-sweep write of the marks that moved (see "Replay marks
+    /// across a restart"): [`DcStore::commit_all`], unless the store can
+    /// write marks alone without holding the DC up (etcd does it in the
+    /// background; anything else pending is written as by `commit_all`).
+    fn commit_marks(&mut self) -> Result<(), StoreError> {
+        self.commit_all()
+    }
 
     /// Reserves `block` tunnel id counter values for this DC alone and
     /// gives the first: the counter goes on where the last reservation
@@ -465,6 +472,9 @@ impl<S: DcStore + ?Sized> DcStore for Box<S> {
     }
     fn commit_all(&mut self) -> Result<(), StoreError> {
         (**self).commit_all()
+    }
+    fn commit_marks(&mut self) -> Result<(), StoreError> {
+        (**self).commit_marks()
     }
     fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
         (**self).vip_owner(vip)
