@@ -225,6 +225,12 @@ fn a_direction_for_a_node_of_another_dc_is_sent_by_that_dc() {
         d.store().get(cn_id).is_some_and(|r| r.is_active())
     });
     assert_eq!(dc1.store().remote_home(cn_id), Some("dc2"));
+    let status = ntm_dc::Status::of(&dc1, Instant::now(), Default::default());
+    let homes: Vec<_> = (status.registrations.iter())
+        .map(|r| (r.fqdn.as_str(), r.home.as_deref()))
+        .collect();
+    assert!(homes.contains(&("cn.ntm.test", Some("dc2"))), "{homes:?}");
+    assert!(homes.contains(&("mn.ntm.test", None)), "{homes:?}");
 
     // DIRECT (CN is public): CN's ROUTE_DIR first, from CN's DC.
     let d = mn.dir_req("cn.ntm.test", 7);
