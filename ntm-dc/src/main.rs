@@ -236,7 +236,8 @@ async fn run_on<S: DcStore>(
         seed,
     )?;
     tracing::info!(
-        store = ?s.store.path,
+        store = ?s.store.kind,
+        path = ?s.store.path,
         restored = %dc.restored(),
         "store opened"
     );

@@ -998,6 +998,13 @@ impl Drop for EtcdStore {
             tracing::warn!(error = %e, "the last replay marks were not written");
         }
         let (mut c, lease) = (self.client.clone(), self.lease);
+        // No lease: the store never opened (the error was told already).
+        if lease == 0 {
+            if let Some(rt) = self.rt.take() {
+                rt.shutdown_background();
+            }
+            return;
+        }
         if let Err(e) = self.call("ending the DC's lease", async move {
             c.lease_revoke(lease).await
         }) {
