@@ -27,6 +27,8 @@ struct Node {
     fqdn: String,
     key: Key,
     addr: SocketAddrV4,
+    /// LOCAL_ADDR: `addr` unless behind NAT.
+    local: SocketAddrV4,
     seq: u64,
     node_id: u32,
     dc_window: ReplayWindow,
@@ -50,6 +52,7 @@ impl Node {
             fqdn: fqdn.into(),
             key: Key::from_bytes([k; 32]),
             addr: addr.parse().unwrap(),
+            local: addr.parse().unwrap(),
             seq: UNIX + u64::from(k) * 1_000_000,
             node_id: 0,
             dc_window: ReplayWindow::new(),
@@ -75,7 +78,7 @@ impl Node {
         let m = Message::RegReq(RegReq {
             req_id: 1,
             fqdn: Fqdn::new(&fqdn).unwrap(),
-            local_addr: self.addr,
+            local_addr: self.local,
             caps: Caps::NODE,
         });
         self.seal(0, m)
@@ -265,6 +268,51 @@ fn a_direction_for_a_node_of_another_dc_is_sent_by_that_dc() {
     );
     assert!(dc1.tunnel(tunnel_id).unwrap().acked);
     assert_eq!(dc2.stats().handoffs_received, 1);
+}
+
+#[test]
+fn a_reverse_direction_across_dcs_is_acknowledged_through_the_store() {
+    let e = Etcd::start();
+    let mut mn = Node::new("mn.ntm.test", 1, "198.18.0.10:7700");
+    let mut cn = Node::new("cn.ntm.test", 2, "198.18.0.20:40000");
+    cn.local = "192.168.1.20:7700".parse().unwrap();
+    let mut dc1 = dc_at(&config(&[&e], "dc1", &[&mn, &cn]), UNIX);
+    let mut dc2 = dc_at(&config(&[&e], "dc2", &[&mn, &cn]), UNIX);
+    let mn_vip = register(&mut dc1, &mut mn);
+    register(&mut dc2, &mut cn);
+    let cn_id = cn.node_id;
+    until(&mut dc1, "dc1 sees cn at dc2", |d| {
+        d.store().get(cn_id).is_some_and(|r| r.is_active())
+    });
+    // REVERSE (only CN behind NAT): MN's answer at once, CN's from dc2.
+    let d = mn.dir_req("cn.ntm.test", 8);
+    let out = send(&mut dc1, mn.addr, &d);
+    let (_, to_mn) = out
+        .iter()
+        .find(|(to, _)| *to == mn.addr)
+        .expect("MN's ROUTE_DIR");
+    let Got::RouteDir {
+        tunnel_id, path, ..
+    } = mn.take(to_mn).unwrap()
+    else {
+        panic!("not a ROUTE_DIR")
+    };
+    assert_eq!(path, Path::Reverse);
+    assert!(!dc1.tunnel(tunnel_id).unwrap().acked);
+    let to_cn = until_sent(&mut dc2, &mut dc1, cn.addr);
+    assert_eq!(
+        cn.take(&to_cn).unwrap(),
+        Got::RouteDir {
+            tunnel_id,
+            peer_vip: mn_vip,
+            path: Path::Reverse
+        }
+    );
+    let ack = cn.route_ack(tunnel_id);
+    send(&mut dc2, cn.addr, &ack);
+    until(&mut dc1, "CN's ROUTE_ACK handed back", |d| {
+        d.tunnel(tunnel_id).is_some_and(|t| t.acked)
+    });
 }
 
 #[test]
