@@ -28,7 +28,9 @@
 //! # Several DCs
 //!
 //! Every DC loads the whole prefix at start and then follows it with one
-//! etcd watch, so that lookups stay in memory ([`DcStore::cached`]). A
+//! etcd watch, so that lookups stay in memory ([`DcStore::cached`]); a
+//! broken watch starts again where it stopped, and one that lost its
+//! place (etcd compacted past it) reads the prefix again. A
 //! registration belongs to its home DC, the one the node talks to: only
 //! that DC writes it; a datagram from the node at another DC (a failover)
 //! makes that DC its home, and the VIP stays (the claim is the node's).
@@ -285,6 +287,11 @@ pub struct EtcdStore {
     inbox: Vec<(String, Handoff)>,
     posts: u64,
     watched: Arc<Mutex<Vec<Watched>>>,
+    /// Set when the watch cannot go on from where it was (etcd compacted
+    /// past it): the state is read again.
+    resync: Arc<AtomicBool>,
+    /// When to try that again after it failed.
+    resync_at: Instant,
     writes: u64,
 }
 
@@ -365,6 +372,8 @@ impl EtcdStore {
             inbox: Vec::new(),
             posts: 0,
             watched: Arc::new(Mutex::new(Vec::new())),
+            resync: Arc::new(AtomicBool::new(false)),
+            resync_at: now,
             writes: 0,
         };
         s.start_lease()?;
@@ -523,9 +532,59 @@ impl EtcdStore {
 
     fn spawn_watch(&self, from: i64) {
         let (c, all, sink) = (self.client.clone(), self.keys.all(), self.watched.clone());
+        let resync = self.resync.clone();
         if let Some(rt) = &self.rt {
-            rt.spawn(watch_loop(c, all, from, sink));
+            rt.spawn(watch_loop(c, all, from, sink, resync));
         }
+    }
+
+    /// The whole prefix read again after the watch lost its place: other
+    /// DCs' records as they are now (this DC's own in memory stand), and a
+    /// new watch from there.
+    fn resync(&mut self) {
+        let (c, all) = (self.client.clone(), self.keys.all());
+        let (rev, kvs) = match self.call("reading the store again", load_all(c, all)) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store again yet; trying again in a second");
+                self.resync_at = Instant::now() + Duration::from_secs(1);
+                self.resync.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        let mut regs = HashSet::new();
+        let mut alive = HashSet::new();
+        for (k, v) in &kvs {
+            match self.keys.parse(k) {
+                Record::Reg(id) => {
+                    regs.insert(id);
+                }
+                Record::Alive(id) => {
+                    alive.insert(id);
+                }
+                _ => {}
+            }
+            self.apply(true, k, v, false);
+        }
+        let gone: Vec<u32> = (self.foreign.keys())
+            .filter(|id| !regs.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.apply_reg(id, None, false);
+        }
+        let lapsed: Vec<u32> = (self.foreign_alive.keys())
+            .filter(|id| !alive.contains(id))
+            .copied()
+            .collect();
+        for id in lapsed {
+            self.apply_alive(id, None);
+        }
+        tracing::info!(
+            revision = rev,
+            "the store was read again after the watch lost its place"
+        );
+        self.spawn_watch(rev + 1);
     }
 
     /// Takes what the watch saw since the last call into the state.
@@ -534,6 +593,14 @@ impl EtcdStore {
             Ok(mut w) => std::mem::take(&mut *w),
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
+        if self.resync.load(Ordering::Relaxed) {
+            // What the old watch left is older than the new reading.
+            if Instant::now() >= self.resync_at {
+                self.resync.store(false, Ordering::Relaxed);
+                self.resync();
+            }
+            return;
+        }
         for e in events {
             self.apply(e.put, &e.key, &e.value, false);
         }
@@ -929,15 +996,22 @@ async fn load_all(
 
 /// Follows every change under `prefix` from revision `from`, starting
 /// again where it stopped when a stream breaks (an etcd member went away).
-async fn watch_loop(client: Client, prefix: String, mut from: i64, sink: Arc<Mutex<Vec<Watched>>>) {
+async fn watch_loop(
+    client: Client,
+    prefix: String,
+    mut from: i64,
+    sink: Arc<Mutex<Vec<Watched>>>,
+    resync: Arc<AtomicBool>,
+) {
     loop {
         let o = WatchOptions::new().with_prefix().with_start_revision(from);
         match client.watch_client().watch(prefix.clone(), Some(o)).await {
             Ok(mut stream) => loop {
                 match stream.message().await {
                     Ok(Some(resp)) if resp.canceled() => {
-                        tracing::error!(reason = resp.cancel_reason(), "the etcd watch was cancelled (compacted past revision {from}?): restart ntm-dc to reload the store");
-                        break;
+                        tracing::warn!(reason = resp.cancel_reason(), "the etcd watch was cancelled (compacted past revision {from}?): reading the store again");
+                        resync.store(true, Ordering::Relaxed);
+                        return;
                     }
                     Ok(Some(resp)) => {
                         let mut got = Vec::with_capacity(resp.events().len());
@@ -1377,6 +1451,12 @@ mod tests {
         wait(&mut a, "the move at dc1", |a| {
             a.remote_home(7) == Some("dc2")
         });
+        // A watch that lost its place: the store is read again, and a new
+        // watch goes on from there.
+        a.resync.store(true, Ordering::Relaxed);
+        a.take_handoffs();
+        assert_eq!(a.remote_home(7), Some("dc2"));
+        assert!(a.get(7).unwrap().is_active());
         // dc2 stops: its lease ends, and dc1 sees the node lapse (the VIP
         // stays its).
         drop(b);
