@@ -18,6 +18,9 @@
 //!   ROUTE_DIR), closed loop for the most per second, then paced at
 //!   `--dir-rate`; latency from DIR_REQ sent to MN's ROUTE_DIR received.
 //!
+//! `DC_LOAD_KEEP=1` keeps the run's directory (configuration and the DC's
+//! log) under `--dir`.
+//!
 //! An example rather than a binary of the package: it is a tool for the
 //! bench, not part of the DC, and needs nothing `ntm-dc` does not already
 //! depend on (socket2 is a dev-dependency). It keeps its own work small:
