@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use ntm_dc::config::StoreKind;
+use ntm_dc::store::{EtcdOptions, EtcdStore};
 use ntm_dc::{Config, Coordinator, DcStore, MemoryStore, RedbStore, Status};
 use ntm_ops::cli::{Identity, Loaded, ServerArgs, ServerCli};
 use ntm_ops::metrics::Scrape;
@@ -41,7 +42,8 @@ const IDENTITY: Identity = Identity {
      counters survive a restart in a redb file (`[store]`, by default \
      /var/lib/ntm-dc/dc.redb; the directory must exist and be writable): \
      nodes stay registered, and nothing recorded before the restart can be \
-     replayed to it.",
+     replayed to it. With `[store] kind = \"etcd\"` several DCs share them \
+     through etcd (docs/deploy.md, \"Several DCs on etcd\").",
 };
 
 type Args = ServerCli<Cmd>;
@@ -176,9 +178,20 @@ async fn run(loaded: Loaded<Config>, listen: Option<SocketAddrV4>) -> Result<()>
     // The store first: a start that cannot keep state fails before it
     // takes the port.
     let s = &loaded.settings;
-    match (s.store.kind, &s.store.path) {
-        (StoreKind::Redb, Some(path)) => {
+    match (s.store.kind, &s.store.path, &s.store.etcd) {
+        (StoreKind::Redb, Some(path), _) => {
             let store = open_store(path)?;
+            run_on(loaded, listen, store).await
+        }
+        (StoreKind::Etcd, _, Some(e)) => {
+            let opts = EtcdOptions {
+                endpoints: e.endpoints.clone(),
+                prefix: e.prefix.clone(),
+                dc_name: e.dc_name.clone(),
+                ttl: s.keepalive * ntm_dc::coordinator::MISSED_INTERVALS,
+            };
+            tracing::info!(endpoints = ?e.endpoints, prefix = %e.prefix, dc_name = %e.dc_name, "opening the etcd store");
+            let store = EtcdStore::open(opts, Instant::now(), ntm_ops::server::unix_nanos())?;
             run_on(loaded, listen, store).await
         }
         _ => {
@@ -223,7 +236,8 @@ async fn run_on<S: DcStore>(
         seed,
     )?;
     tracing::info!(
-        store = ?s.store.path,
+        store = ?s.store.kind,
+        path = ?s.store.path,
         restored = %dc.restored(),
         "store opened"
     );
