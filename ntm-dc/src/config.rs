@@ -109,6 +109,9 @@ pub enum StoreKind {
     /// [`crate::store::MemoryStore`]: forgotten at every restart (nodes
     /// re-register, and what was recorded before may be replayed once).
     Memory,
+    /// [`crate::store::EtcdStore`]: shared with other DCs through etcd
+    /// (`endpoints`, `prefix`, `dc_name`).
+    Etcd,
 }
 
 /// The `[store]` table.
@@ -124,6 +127,15 @@ pub struct StoreConfig {
     /// The redb file: absolute, or relative to `state_dir`.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// etcd: its client URLs (`http://host:2379`), every member's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// etcd: the key prefix; DCs with the same prefix share registrations.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// etcd: this DC's name, unique among the DCs sharing the prefix.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dc_name: String,
 }
 
 impl Default for StoreConfig {
@@ -132,8 +144,18 @@ impl Default for StoreConfig {
             kind: StoreKind::default(),
             state_dir: default_state_dir(),
             path: default_store_path(),
+            endpoints: Vec::new(),
+            prefix: default_prefix(),
+            dc_name: String::new(),
         }
     }
+}
+
+/// The etcd prefix unless `[store] prefix` says otherwise.
+pub const DEFAULT_PREFIX: &str = "/ntm";
+
+fn default_prefix() -> String {
+    DEFAULT_PREFIX.to_owned()
 }
 
 impl StoreConfig {
@@ -150,6 +172,61 @@ impl StoreConfig {
         }
     }
 
+    /// An etcd store at `endpoints` for the DC named `dc_name` (default
+    /// prefix).
+    pub fn etcd(endpoints: Vec<String>, dc_name: &str) -> StoreConfig {
+        StoreConfig {
+            kind: StoreKind::Etcd,
+            endpoints,
+            dc_name: dc_name.to_owned(),
+            ..StoreConfig::default()
+        }
+    }
+
+    /// The etcd settings checked.
+    fn check_etcd(&self) -> Result<EtcdSettings, ConfigError> {
+        let bad = |field: &'static str, value: &str, why: &str| ConfigError::BadStore {
+            field,
+            value: value.to_owned(),
+            why: why.to_owned(),
+        };
+        if self.endpoints.is_empty() {
+            return Err(bad(
+                "endpoints",
+                "",
+                "is empty: list etcd's client URLs (example: [\"http://127.0.0.1:2379\"])",
+            ));
+        }
+        for e in &self.endpoints {
+            let rest = e.strip_prefix("http://").unwrap_or("");
+            if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+                return Err(bad("endpoints", e, "is not an etcd client URL http://host:port (TLS is not supported: reach etcd over a private network)"));
+            }
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 63
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&self.dc_name) {
+            return Err(bad("dc_name", &self.dc_name, "must name this DC among those sharing the etcd prefix: 1 to 63 of a-z, 0-9, '-' and '_', unique per DC (example: \"dc1\")"));
+        }
+        let p = &self.prefix;
+        if !p.starts_with('/') || p.ends_with('/') || p.contains("//") {
+            return Err(bad(
+                "prefix",
+                p,
+                "must start with '/' and not end with one (example: \"/ntm\")",
+            ));
+        }
+        Ok(EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            dc_name: self.dc_name.clone(),
+        })
+    }
+
     /// The store checked: its kind and, for redb, its file.
     fn check(&self) -> Result<StoreSettings, ConfigError> {
         let bad = |field: &'static str, value: &Path, why: &str| ConfigError::BadStore {
@@ -157,11 +234,22 @@ impl StoreConfig {
             value: value.display().to_string(),
             why: why.to_owned(),
         };
-        if self.kind == StoreKind::Memory {
-            return Ok(StoreSettings {
-                kind: self.kind,
-                path: None,
-            });
+        match self.kind {
+            StoreKind::Memory => {
+                return Ok(StoreSettings {
+                    kind: self.kind,
+                    path: None,
+                    etcd: None,
+                })
+            }
+            StoreKind::Etcd => {
+                return Ok(StoreSettings {
+                    kind: self.kind,
+                    path: None,
+                    etcd: Some(self.check_etcd()?),
+                })
+            }
+            StoreKind::Redb => {}
         }
         if !self.state_dir.is_absolute() {
             return Err(bad(
@@ -183,8 +271,20 @@ impl StoreConfig {
         Ok(StoreSettings {
             kind: self.kind,
             path: Some(self.state_dir.join(&self.path)),
+            etcd: None,
         })
     }
+}
+
+/// The etcd store's settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix.
+    pub prefix: String,
+    /// This DC's name.
+    pub dc_name: String,
 }
 
 /// The store, checked.
@@ -192,8 +292,10 @@ impl StoreConfig {
 pub struct StoreSettings {
     /// Which store.
     pub kind: StoreKind,
-    /// The redb file; `None` for memory.
+    /// The redb file; `None` for memory and etcd.
     pub path: Option<PathBuf>,
+    /// The etcd settings, for etcd.
+    pub etcd: Option<EtcdSettings>,
 }
 
 /// One `[[node]]` table: a node (or an adapter's GN) allowed to register.
@@ -735,6 +837,7 @@ mod tests {
             StoreSettings {
                 kind: StoreKind::Redb,
                 path: Some("/var/lib/ntm-dc/dc.redb".into()),
+                etcd: None,
             },
             "a redb file in the state directory by default"
         );
@@ -868,10 +971,10 @@ mod tests {
         let mut c = base();
         c.store.path = "".into();
         assert!(err(&c).contains("[store] path"), "{}", err(&c));
-        let e = Config::from_toml("[store]\nkind = \"etcd\"\n")
+        let e = Config::from_toml("[store]\nkind = \"sqlite\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("redb") && e.contains("memory"), "{e}");
+        assert!(e.contains("redb") && e.contains("etcd"), "{e}");
 
         let e = Config::from_toml("listen = 5\n").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
@@ -879,6 +982,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn etcd_store_settings_are_checked() {
+        let mut c = base();
+        c.store = StoreConfig::etcd(vec!["http://127.0.0.1:2379".into()], "dc1");
+        let s = c.validate().unwrap().store;
+        assert_eq!(s.kind, StoreKind::Etcd);
+        let e = s.etcd.unwrap();
+        assert_eq!((e.prefix.as_str(), e.dc_name.as_str()), ("/ntm", "dc1"));
+        let text = c.to_toml();
+        assert!(
+            text.contains("kind = \"etcd\"") && text.contains("dc_name = \"dc1\""),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+        let bad = |f: &dyn Fn(&mut StoreConfig), field: &str| {
+            let mut c = c.clone();
+            f(&mut c.store);
+            let e = err(&c);
+            assert!(e.contains(&format!("[store] {field}")), "{e}");
+        };
+        bad(&|s| s.dc_name.clear(), "dc_name");
+        bad(&|s| s.dc_name = "DC 1".into(), "dc_name");
+        bad(&|s| s.endpoints.clear(), "endpoints");
+        bad(
+            &|s| s.endpoints = vec!["127.0.0.1:2379".into()],
+            "endpoints",
+        );
+        bad(
+            &|s| s.endpoints = vec!["https://e:2379".into()],
+            "endpoints",
+        );
+        bad(&|s| s.prefix = "ntm".into(), "prefix");
+        bad(&|s| s.prefix = "/ntm/".into(), "prefix");
     }
 
     #[test]

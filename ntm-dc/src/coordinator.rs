@@ -62,7 +62,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{Config, ConfigError, NodeCred, RelayCred, Settings};
 use crate::counters::{DropReason, Drops, Stats};
-use crate::store::{DcStore, Expiry, Mark, MemoryStore, Peer, Registration, Reserved, StoreError};
+use crate::store::{
+    DcStore, Expiry, Handoff, Mark, MemoryStore, Peer, Registration, RemoteRoute, Reserved,
+    StoreError,
+};
 
 /// How often registrations, leases and old directions are expired.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,6 +114,9 @@ pub const SEQ_RESERVE: u64 = 1 << 32;
 /// How many tunnel ids the DC reserves in the store at a time; a restart
 /// skips what the last run left unused.
 pub const TUNNEL_ID_BLOCK: u64 = 4096;
+/// How often a DC on a shared store reads what other DCs handed it (the
+/// watch delivers into memory; this bounds the delay it adds).
+pub const HANDOFF_POLL: Duration = Duration::from_millis(10);
 /// The label whose HMAC under a peer key identifies the key in the store
 /// (see [`Mark::key_id`]).
 const KEY_ID_LABEL: &[u8] = b"ntm-dc replay mark key id";
@@ -385,6 +391,19 @@ enum Out {
     RelayDir {
         tunnel_id: u32,
     },
+    /// A ROUTE_DIR another DC directs, for a node registered here.
+    RemoteRouteDir {
+        tunnel_id: u32,
+    },
+}
+
+/// A ROUTE_DIR another DC asked this one to send (see [`Handoff`]).
+#[derive(Debug)]
+struct RemoteDir {
+    /// The DC that directs the tunnel (it gets the ROUTE_ACK).
+    from: String,
+    route: RemoteRoute,
+    expires: Instant,
 }
 
 impl Out {
@@ -425,7 +444,9 @@ impl Out {
                     result: Err(status),
                 }),
             ),
-            Out::RouteDir { .. } | Out::RelayDir { .. } => return None,
+            Out::RouteDir { .. } | Out::RelayDir { .. } | Out::RemoteRouteDir { .. } => {
+                return None
+            }
         })
     }
 }
@@ -571,6 +592,10 @@ pub struct Coordinator<S: DcStore = MemoryStore> {
     /// What the store held at start.
     restored: Restored,
     tunnels: HashMap<u32, Tunnel>,
+    /// ROUTE_DIRs other DCs direct for nodes registered here, by tunnel.
+    remote_dirs: HashMap<u32, RemoteDir>,
+    /// When to read the shared store's handoffs next.
+    next_handoffs: Instant,
     directions: HashMap<(u32, u32), Direction>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     next_sweep: Instant,
@@ -642,6 +667,8 @@ impl<S: DcStore> Coordinator<S> {
             uncommitted: false,
             restored: Restored::default(),
             tunnels: HashMap::new(),
+            remote_dirs: HashMap::new(),
+            next_handoffs: now,
             directions: HashMap::new(),
             timers: BinaryHeap::new(),
             next_sweep: now + SWEEP_INTERVAL,
@@ -661,17 +688,79 @@ impl<S: DcStore> Coordinator<S> {
         let old = self.store.reserved();
         // A clock stepped back across a restart must not repeat a seq.
         self.seq = unix_nanos.max(old.seq);
-        self.next_tunnel = old.tunnel_ids;
         let mut salt = old.tunnel_salt;
         while salt == 0 {
             salt = self.rng.next_u32();
         }
         self.reserved = Reserved {
             seq: self.seq + SEQ_RESERVE,
-            tunnel_ids: self.next_tunnel + TUNNEL_ID_BLOCK,
+            tunnel_ids: 0,
             tunnel_salt: salt,
         };
-        self.store.set_reserved(self.reserved);
+        self.store.set_reserved(Reserved {
+            seq: self.reserved.seq,
+            tunnel_salt: salt,
+            ..old
+        });
+        self.reserve_tunnel_block();
+    }
+
+    /// The next block of tunnel ids from the store (on a shared store,
+    /// a block no other DC gets); false if the store could not reserve.
+    fn reserve_tunnel_block(&mut self) -> bool {
+        match self.store.reserve_tunnel_ids(TUNNEL_ID_BLOCK) {
+            Ok(first) => {
+                self.next_tunnel = first;
+                self.reserved.tunnel_ids = first + TUNNEL_ID_BLOCK;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reserve tunnel ids; directions are refused until the store answers");
+                false
+            }
+        }
+    }
+
+    /// Moves the DC's seq up to `floor` (reserving ahead in the store,
+    /// written with the current burst).
+    fn raise_seq(&mut self, floor: u64) {
+        if floor <= self.seq {
+            return;
+        }
+        self.seq = floor;
+        if self.seq >= self.reserved.seq {
+            self.reserved.seq = self.seq + SEQ_RESERVE;
+            let r = Reserved {
+                seq: self.reserved.seq,
+                ..self.store.reserved()
+            };
+            self.store.set_reserved(r);
+        }
+    }
+
+    /// A node registered at another DC talks to this one (it failed over):
+    /// what this DC sends it from now on goes above what that DC may have
+    /// sent (the node keeps one replay window for its DC).
+    fn take_over(&mut self, node_id: u32) {
+        if let Some(floor) = self.store.takeover_seq(node_id) {
+            self.stats.takeovers += 1;
+            tracing::info!(node_id, from = ?self.store.remote_home(node_id), "node moved here from another DC");
+            self.raise_seq(floor);
+        }
+    }
+
+    /// On a shared store, opens node slot `i`'s window above the mark
+    /// another DC recorded (the node talked to it since).
+    fn catch_up_window(&mut self, i: usize) {
+        if !self.store.shared() {
+            return;
+        }
+        let slot = &mut self.nodes[i];
+        if let Some(m) = self.store.mark(Peer::Node(slot.node_id)) {
+            if m.key_id == slot.key_id && m.seq > slot.window.last() {
+                slot.window = ReplayWindow::above(m.seq);
+            }
+        }
     }
 
     /// Keeps the stored registrations and marks that still fit the
@@ -709,6 +798,10 @@ impl<S: DcStore> Coordinator<S> {
         }
         let alive_until = self.alive_until(now);
         for mut reg in self.store.registrations() {
+            if self.store.remote_home(reg.node_id).is_some() {
+                // Another DC's node: that DC keeps it.
+                continue;
+            }
             if let Some(why) = self.unfit(&reg, &rekeyed) {
                 tracing::info!(fqdn = %reg.fqdn, vip = %reg.vip, "stored registration dropped: {why}");
                 self.store.remove(reg.node_id);
@@ -951,8 +1044,9 @@ impl<S: DcStore> Coordinator<S> {
             .by_fqdn
             .get(req.fqdn.as_str())
             .ok_or(DropReason::UnknownFqdn)?;
+        self.nodes[i].auth.verify(packet.as_ref())?;
+        self.catch_up_window(i);
         let slot = &mut self.nodes[i];
-        slot.auth.verify(packet.as_ref())?;
         if !slot.window.validate(seq) {
             return Err(Error::Replay.into());
         }
@@ -960,8 +1054,10 @@ impl<S: DcStore> Coordinator<S> {
             seq: slot.window.last(),
             key_id: slot.key_id,
         };
-        self.store.set_mark(Peer::Node(slot.node_id), mark);
+        let node_id = slot.node_id;
+        self.store.set_mark(Peer::Node(node_id), mark);
         self.sync_marks = true;
+        self.take_over(node_id);
         Ok(i)
     }
 
@@ -1041,9 +1137,10 @@ impl<S: DcStore> Coordinator<S> {
     ) -> Result<(), DropReason> {
         let node_id = packet.id();
         let i = *self.by_id.get(&node_id).ok_or(DropReason::UnknownNode)?;
-        let slot = &mut self.nodes[i];
-        slot.auth.verify(packet.as_ref())?;
+        self.nodes[i].auth.verify(packet.as_ref())?;
         let repr = Repr::parse(packet)?;
+        self.catch_up_window(i);
+        let slot = &mut self.nodes[i];
         if !slot.window.validate(repr.header.seq) {
             return Err(Error::Replay.into());
         }
@@ -1052,6 +1149,7 @@ impl<S: DcStore> Coordinator<S> {
             key_id: slot.key_id,
         };
         self.store.set_mark(Peer::Node(node_id), mark);
+        self.take_over(node_id);
         // `|=`: an earlier datagram of the same burst may have set it.
         self.sync_marks |= matches!(repr.message, Message::Dereg | Message::DirReq(_));
         let Some(mut reg) = self.store.get(node_id).filter(Registration::is_active) else {
@@ -1221,7 +1319,9 @@ impl<S: DcStore> Coordinator<S> {
         let cn = self.direction_target(mn, target)?;
         let plan = plan_path(mn, &cn);
         let relay = self.choose_relay(&plan, mn, &cn)?;
-        let tunnel_id = self.fresh_tunnel_id();
+        let Some(tunnel_id) = self.fresh_tunnel_id() else {
+            return Err(Status::Internal);
+        };
         let k_tun = Key::random(&mut self.rng);
         let relay = relay.map(|r| (r, Key::random(&mut self.rng)));
         let (mn_endpoint, cn_endpoint) = match (&relay, plan.endpoints) {
@@ -1358,23 +1458,35 @@ impl<S: DcStore> Coordinator<S> {
     /// 2^32, and ids do not show how many tunnels the DC directed). A new
     /// block is reserved in the store, written with the DIR_REQ's commit,
     /// before the counter leaves the reserved one.
-    fn fresh_tunnel_id(&mut self) -> u32 {
+    fn fresh_tunnel_id(&mut self) -> Option<u32> {
         loop {
-            if self.next_tunnel >= self.reserved.tunnel_ids {
-                self.reserved.tunnel_ids = self.next_tunnel + TUNNEL_ID_BLOCK;
-                self.store.set_reserved(self.reserved);
+            if self.next_tunnel >= self.reserved.tunnel_ids && !self.reserve_tunnel_block() {
+                return None;
             }
             let n = self.next_tunnel as u32;
             self.next_tunnel += 1;
             let id = n.wrapping_mul(0x9e37_79b9) ^ self.reserved.tunnel_salt;
             // After a wrap, skip ids still remembered.
             if id != 0 && !self.tunnels.contains_key(&id) {
-                return id;
+                return Some(id);
             }
         }
     }
 
     fn on_route_ack(&mut self, node_id: u32, tunnel_id: u32) -> Result<(), DropReason> {
+        if !self.tunnels.contains_key(&tunnel_id) {
+            if let Some(d) =
+                (self.remote_dirs.get(&tunnel_id)).filter(|d| d.route.node_id == node_id)
+            {
+                // Another DC directs this tunnel: the ack is its.
+                let from = d.from.clone();
+                self.store
+                    .post(&from, Handoff::RouteAck { tunnel_id, node_id });
+                self.stats.handoffs_sent += 1;
+                self.stats.route_acks += 1;
+                return Ok(());
+            }
+        }
         let t = self
             .tunnels
             .get_mut(&tunnel_id)
@@ -1456,7 +1568,11 @@ impl<S: DcStore> Coordinator<S> {
     /// When [`Coordinator::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let next = self.timers.peek().map(|Reverse((t, _))| *t);
-        Some(next.map_or(self.next_sweep, |t| t.min(self.next_sweep)))
+        let mut at = next.map_or(self.next_sweep, |t| t.min(self.next_sweep));
+        if self.store.shared() {
+            at = at.min(self.next_handoffs);
+        }
+        Some(at)
     }
 
     /// Run what is due at `now`: retransmissions, expiry.
@@ -1464,6 +1580,13 @@ impl<S: DcStore> Coordinator<S> {
         // A burst the driver did not commit: commit it now, so that what
         // the timers queue is not mixed with held answers.
         let _ = self.commit();
+        if self.store.shared() && now >= self.next_handoffs {
+            self.next_handoffs = now + HANDOFF_POLL;
+            // What the last poll_transmit posted, then what others posted.
+            let r = self.store.commit();
+            let _ = self.store_result(r);
+            self.on_handoffs(now);
+        }
         while let Some(&Reverse((at, tunnel_id))) = self.timers.peek() {
             if at > now {
                 break;
@@ -1474,6 +1597,39 @@ impl<S: DcStore> Coordinator<S> {
         if now >= self.next_sweep {
             self.sweep(now);
             self.next_sweep = now + SWEEP_INTERVAL;
+        }
+    }
+
+    /// What other DCs handed this one through the shared store.
+    fn on_handoffs(&mut self, now: Instant) {
+        for (from, h) in self.store.take_handoffs() {
+            self.stats.handoffs_received += 1;
+            match h {
+                Handoff::RouteDir(route) => {
+                    let id = route.node_id;
+                    let here = self.by_id.contains_key(&id)
+                        && self.store.remote_home(id).is_none()
+                        && self.store.get(id).is_some_and(|r| r.is_active());
+                    if !here {
+                        tracing::debug!(%from, node_id = id, "ROUTE_DIR handed for a node not registered here; the directing DC retransmits to its new home");
+                        continue;
+                    }
+                    let tunnel_id = route.tunnel_id;
+                    let expires = now + DIRECTION_RETENTION;
+                    let d = RemoteDir {
+                        from,
+                        route,
+                        expires,
+                    };
+                    self.remote_dirs.insert(tunnel_id, d);
+                    self.queue.push_back(Out::RemoteRouteDir { tunnel_id });
+                }
+                Handoff::RouteAck { tunnel_id, node_id } => {
+                    if let Err(r) = self.on_route_ack(node_id, tunnel_id) {
+                        tracing::debug!(%from, tunnel_id, reason = r.name(), "ROUTE_ACK handed by another DC not taken");
+                    }
+                }
+            }
         }
     }
 
@@ -1583,6 +1739,7 @@ impl<S: DcStore> Coordinator<S> {
             keep
         });
         self.tunnels.retain(|_, t| t.expires > now || t.pending());
+        self.remote_dirs.retain(|_, d| d.expires > now);
     }
 
     // ----- outputs ------------------------------------------------------
@@ -1610,7 +1767,11 @@ impl<S: DcStore> Coordinator<S> {
         if self.seq >= self.reserved.seq {
             // Only after 2^32 datagrams in one run.
             self.reserved.seq = self.seq + SEQ_RESERVE;
-            self.store.set_reserved(self.reserved);
+            let r = Reserved {
+                seq: self.reserved.seq,
+                ..self.store.reserved()
+            };
+            self.store.set_reserved(r);
             let r = self.store.commit_all();
             let _ = self.store_result(r);
         }
@@ -1626,6 +1787,9 @@ impl<S: DcStore> Coordinator<S> {
         let sent = match out {
             Out::RouteDir { tunnel_id, end } => self.build_route_dir(tunnel_id, end, seq, buf)?,
             Out::RelayDir { tunnel_id } => self.build_relay_dir(tunnel_id, seq, buf)?,
+            Out::RemoteRouteDir { tunnel_id } => {
+                self.build_remote_route_dir(tunnel_id, seq, buf)?
+            }
             answer => match answer.to_node() {
                 Some((node_id, dst, message)) => {
                     let repr = Repr::new(header(node_id, seq, false), message);
@@ -1664,6 +1828,14 @@ impl<S: DcStore> Coordinator<S> {
                 let Some(reg) = self.store.get(t.cn.node_id).filter(|r| r.is_active()) else {
                     return Ok(None);
                 };
+                if let Some(home) = self.store.remote_home(t.cn.node_id) {
+                    // That mapping points at CN's DC: it sends the copy.
+                    let home = home.to_owned();
+                    let route = self.remote_route(t);
+                    self.store.post(&home, Handoff::RouteDir(route));
+                    self.stats.handoffs_sent += 1;
+                    return Ok(None);
+                }
                 (&t.cn, &t.mn, reg.observed, 0)
             }
         };
@@ -1696,6 +1868,77 @@ impl<S: DcStore> Coordinator<S> {
         let len = repr.emit_sealed(buf, auth)?;
         self.stats.route_dirs += 1;
         Ok(Some((dst, len)))
+    }
+
+    /// CN's ROUTE_DIR of `t` as another DC is to send it.
+    fn remote_route(&self, t: &Tunnel) -> RemoteRoute {
+        RemoteRoute {
+            node_id: t.cn.node_id,
+            tunnel_id: t.id,
+            peer_fqdn: t.mn.fqdn.clone(),
+            peer_vip: t.mn.vip,
+            endpoint: t.cn.endpoint,
+            path: t.path.into(),
+            role: t.cn.role.into(),
+            suite: self.settings.tunnel_suite.into(),
+            k_tun: t.k_tun.to_hex(),
+            k_relay: t.relay.as_ref().map(|(_, k)| k.to_hex()),
+            lifetime_secs: self.settings.tunnel_lifetime_secs,
+        }
+    }
+
+    /// A ROUTE_DIR another DC handed for a node registered here, sealed
+    /// with this DC's seq; `None` when the node is no longer here.
+    fn build_remote_route_dir(
+        &mut self,
+        tunnel_id: u32,
+        seq: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<(SocketAddrV4, usize)>, Error> {
+        let Some(d) = self.remote_dirs.get(&tunnel_id) else {
+            return Ok(None);
+        };
+        let r = &d.route;
+        let reg = self.store.get(r.node_id).filter(Registration::is_active);
+        let (Some(reg), Some(&i)) = (reg, self.by_id.get(&r.node_id)) else {
+            return Ok(None);
+        };
+        let keys = (
+            r.k_tun.parse::<Key>(),
+            r.k_relay.as_deref().map(str::parse::<Key>),
+        );
+        let (Ok(k_tun), k_relay) = keys else {
+            tracing::warn!(tunnel_id, from = %d.from, "handed ROUTE_DIR with an unreadable key, dropped");
+            return Ok(None);
+        };
+        let auth = &self.nodes[i].auth;
+        let route = Route {
+            tunnel_id,
+            peer_fqdn: Fqdn::new(&r.peer_fqdn)?,
+            peer_vip: Vip {
+                addr: r.peer_vip,
+                prefix_len: self.settings.pool.prefix_len(),
+            },
+            endpoint: r.endpoint,
+            path: r.path.into(),
+            role: r.role.into(),
+            suite: r.suite.into(),
+            wrapped_key: auth.wrap_key(WrapLabel::TunnelKey, tunnel_id, seq, &k_tun),
+            wrapped_relay_key: k_relay
+                .and_then(Result::ok)
+                .map(|k| auth.wrap_key(WrapLabel::RelayKey, tunnel_id, seq, &k)),
+            lifetime_secs: r.lifetime_secs,
+        };
+        let repr = Repr::new(
+            header(r.node_id, seq, true),
+            Message::RouteDir(RouteDir {
+                req_id: 0,
+                result: Ok(route),
+            }),
+        );
+        let len = repr.emit_sealed(buf, auth)?;
+        self.stats.route_dirs += 1;
+        Ok(Some((reg.observed, len)))
     }
 
     /// RELAY_DIR to a tunnel's RS; `None` when it is no longer due.
@@ -1952,6 +2195,7 @@ impl<S: DcStore> Coordinator<S> {
             Out::RouteDir { tunnel_id, .. } | Out::RelayDir { tunnel_id } => {
                 tunnels.contains_key(&tunnel_id)
             }
+            Out::RemoteRouteDir { .. } => true,
         });
     }
 
@@ -2206,7 +2450,7 @@ mod tests {
         assert_eq!(first.tunnel_ids, TUNNEL_ID_BLOCK);
         assert_ne!(first.tunnel_salt, 0);
         let n = 2 * TUNNEL_ID_BLOCK as usize + 3;
-        let ids: HashSet<u32> = (0..n).map(|_| dc.fresh_tunnel_id()).collect();
+        let ids: HashSet<u32> = (0..n).map(|_| dc.fresh_tunnel_id().unwrap()).collect();
         assert_eq!(ids.len(), n);
         assert!(!ids.contains(&0));
         assert_eq!(dc.store.reserved().tunnel_ids, 3 * TUNNEL_ID_BLOCK);

@@ -83,6 +83,13 @@ pub struct Stats {
     pub errors_sent: u64,
     /// ERRORs received.
     pub errors_received: u64,
+    /// Nodes registered at another DC that moved here (a shared store).
+    pub takeovers: u64,
+    /// Handoffs posted to other DCs (ROUTE_DIRs for their nodes, ROUTE_ACKs
+    /// of their tunnels).
+    pub handoffs_sent: u64,
+    /// Handoffs taken from this DC's inbox.
+    pub handoffs_received: u64,
 }
 
 #[cfg(test)]

@@ -89,5 +89,6 @@ pub use counters::{DropReason, Drops, Stats};
 pub use pool::VipPool;
 pub use status::Status;
 pub use store::{
-    DcStore, Expiry, Mark, MemoryStore, Peer, RedbStore, Registration, Reserved, StoreError,
+    DcStore, EtcdOptions, EtcdStore, Expiry, Handoff, Mark, MemoryStore, Peer, RedbStore,
+    Registration, RemoteRoute, Reserved, StoreError,
 };

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use ntm_dc::config::StoreKind;
+use ntm_dc::store::{EtcdOptions, EtcdStore};
 use ntm_dc::{Config, Coordinator, DcStore, MemoryStore, RedbStore, Status};
 use ntm_ops::cli::{Identity, Loaded, ServerArgs, ServerCli};
 use ntm_ops::metrics::Scrape;
@@ -176,9 +177,20 @@ async fn run(loaded: Loaded<Config>, listen: Option<SocketAddrV4>) -> Result<()>
     // The store first: a start that cannot keep state fails before it
     // takes the port.
     let s = &loaded.settings;
-    match (s.store.kind, &s.store.path) {
-        (StoreKind::Redb, Some(path)) => {
+    match (s.store.kind, &s.store.path, &s.store.etcd) {
+        (StoreKind::Redb, Some(path), _) => {
             let store = open_store(path)?;
+            run_on(loaded, listen, store).await
+        }
+        (StoreKind::Etcd, _, Some(e)) => {
+            let opts = EtcdOptions {
+                endpoints: e.endpoints.clone(),
+                prefix: e.prefix.clone(),
+                dc_name: e.dc_name.clone(),
+                ttl: s.keepalive * ntm_dc::coordinator::MISSED_INTERVALS,
+            };
+            tracing::info!(endpoints = ?e.endpoints, prefix = %e.prefix, dc_name = %e.dc_name, "opening the etcd store");
+            let store = EtcdStore::open(opts, Instant::now(), ntm_ops::server::unix_nanos())?;
             run_on(loaded, listen, store).await
         }
         _ => {

@@ -97,7 +97,7 @@ pub struct DirectionStatus {
 }
 
 /// The coordinator's counters by name, in one order.
-pub fn stats_by_name(s: &Stats) -> [(&'static str, u64); 25] {
+pub fn stats_by_name(s: &Stats) -> [(&'static str, u64); 28] {
     [
         ("datagrams", s.datagrams),
         ("registrations", s.registrations),
@@ -124,6 +124,9 @@ pub fn stats_by_name(s: &Stats) -> [(&'static str, u64); 25] {
         ("errors_sent", s.errors_sent),
         ("errors_received", s.errors_received),
         ("store_commits", s.commits),
+        ("takeovers", s.takeovers),
+        ("handoffs_sent", s.handoffs_sent),
+        ("handoffs_received", s.handoffs_received),
     ]
 }
 

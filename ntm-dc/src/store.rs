@@ -129,8 +129,10 @@ use std::time::Instant;
 use ntm_proto::wire::Caps;
 
 mod disk;
+mod etcd;
 
 pub use disk::RedbStore;
+pub use etcd::{EtcdOptions, EtcdStore};
 
 /// One node's registration and lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,9 +239,67 @@ pub struct Reserved {
     pub tunnel_salt: u32,
 }
 
+/// What one DC hands another through a shared store (see
+/// [`EtcdStore`], "Directions across DCs"): a node's signaling goes out
+/// from the DC the node registered at, where its NAT mapping points.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Handoff {
+    /// Send this ROUTE_DIR to a node registered here (the sender directs
+    /// the tunnel and retransmits by posting again).
+    RouteDir(RemoteRoute),
+    /// A node registered at the receiving DC's peer acknowledged the
+    /// ROUTE_DIR of a tunnel the receiving DC directs.
+    RouteAck {
+        /// The tunnel.
+        tunnel_id: u32,
+        /// The node that acknowledged.
+        node_id: u32,
+    },
+}
+
+/// The contents of a ROUTE_DIR one DC asks another to send (keys in hex:
+/// the store must be as private as the DC's configuration).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteRoute {
+    /// The node it goes to.
+    pub node_id: u32,
+    /// The tunnel.
+    pub tunnel_id: u32,
+    /// The peer's FQDN.
+    pub peer_fqdn: String,
+    /// The peer's VIP.
+    pub peer_vip: Ipv4Addr,
+    /// ENDPOINT.
+    pub endpoint: SocketAddrV4,
+    /// PATH (wire value).
+    pub path: u8,
+    /// ROLE (wire value).
+    pub role: u8,
+    /// SUITE (wire value).
+    pub suite: u8,
+    /// `K_tun`, hex.
+    pub k_tun: String,
+    /// `K_relay` on RELAY paths, hex.
+    pub k_relay: Option<String>,
+    /// LIFETIME.
+    pub lifetime_secs: u32,
+}
+
 /// Why the store could not load or write.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// An etcd request failed.
+    #[error("the etcd store at {endpoints} failed: {what} (check that etcd is running and reachable: etcdctl --endpoints {endpoints} endpoint health)")]
+    Etcd {
+        /// The endpoints.
+        endpoints: String,
+        /// What failed.
+        what: String,
+    },
+    /// The shared store refused a change or a start (another DC holds
+    /// what this one asked for).
+    #[error("{0}")]
+    Refused(String),
     /// Opening or creating the store file failed.
     #[error("cannot open the DC store {path}: {source} (check that the directory exists and is writable by the ntm-dc user, and that no other ntm-dc uses this file)")]
     Open {
@@ -337,6 +397,43 @@ pub trait DcStore {
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Make every change durable, replay marks included.
     fn commit_all(&mut self) -> Result<(), StoreError>;
+
+    /// Reserves `block` tunnel id counter values for this DC alone and
+    /// gives the first: the counter goes on where the last reservation
+    /// ended (written at the next commit; a shared store reserves at
+    /// once, with a compare-and-set).
+    fn reserve_tunnel_ids(&mut self, block: u64) -> Result<u64, StoreError> {
+        let mut r = self.reserved();
+        let first = r.tunnel_ids;
+        r.tunnel_ids = first + block;
+        self.set_reserved(r);
+        Ok(first)
+    }
+
+    // ----- shared by several DCs (see [`EtcdStore`]) -------------------
+
+    /// Whether other DCs share the store: the coordinator then calls
+    /// [`DcStore::take_handoffs`] often.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The DC a node is registered at, when that is another DC.
+    fn remote_home(&self, _node_id: u32) -> Option<&str> {
+        None
+    }
+    /// For a node registered at another DC: that DC's reserved seq, which
+    /// this DC must send above once it takes the node over (the node
+    /// keeps one replay window for its DC).
+    fn takeover_seq(&self, _node_id: u32) -> Option<u64> {
+        None
+    }
+    /// Hands `h` to DC `dc` (written at the next commit).
+    fn post(&mut self, _dc: &str, _h: Handoff) {}
+    /// What other DCs handed this one since the last call, with the
+    /// sender's name; other DCs' changes are taken into the state too.
+    fn take_handoffs(&mut self) -> Vec<(String, Handoff)> {
+        Vec::new()
+    }
 }
 
 /// A boxed store is a store: one coordinator type over any of them.
@@ -367,6 +464,27 @@ impl<S: DcStore + ?Sized> DcStore for Box<S> {
     }
     fn commit_all(&mut self) -> Result<(), StoreError> {
         (**self).commit_all()
+    }
+    fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
+        (**self).vip_owner(vip)
+    }
+    fn reserve_tunnel_ids(&mut self, block: u64) -> Result<u64, StoreError> {
+        (**self).reserve_tunnel_ids(block)
+    }
+    fn shared(&self) -> bool {
+        (**self).shared()
+    }
+    fn remote_home(&self, node_id: u32) -> Option<&str> {
+        (**self).remote_home(node_id)
+    }
+    fn takeover_seq(&self, node_id: u32) -> Option<u64> {
+        (**self).takeover_seq(node_id)
+    }
+    fn post(&mut self, dc: &str, h: Handoff) {
+        (**self).post(dc, h);
+    }
+    fn take_handoffs(&mut self) -> Vec<(String, Handoff)> {
+        (**self).take_handoffs()
     }
 }
 

@@ -28,6 +28,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // scrape, `systemd-analyze verify` on the units
     "prometheus",
     "systemd",
+    // the DC's shared store: etcd for its tests and `cargo xtask bench dc`,
+    // protoc for the etcd client's build (ntm-dc only: xtask itself does
+    // not need it)
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 /// Debian packages only the benchmarks use: userspace WireGuard as a gateway.

@@ -28,13 +28,13 @@ const REG_V1: u8 = 1;
 /// Instants of this process against Unix time, to store deadlines in a
 /// form that means something to the next process.
 #[derive(Debug, Clone, Copy)]
-struct Clock {
-    now: Instant,
-    unix_nanos: u64,
+pub(super) struct Clock {
+    pub(super) now: Instant,
+    pub(super) unix_nanos: u64,
 }
 
 impl Clock {
-    fn to_unix(self, t: Instant) -> u64 {
+    pub(super) fn to_unix(self, t: Instant) -> u64 {
         match t.checked_duration_since(self.now) {
             Some(d) => self.unix_nanos.saturating_add(d.as_nanos() as u64),
             None => {
@@ -46,7 +46,7 @@ impl Clock {
 
     /// A deadline stored by an earlier process; one before anything this
     /// clock can show is "now" (it has passed).
-    fn instant_of(self, u: u64) -> Instant {
+    pub(super) fn instant_of(self, u: u64) -> Instant {
         if u >= self.unix_nanos {
             let ahead = Duration::from_nanos(u - self.unix_nanos);
             self.now.checked_add(ahead).unwrap_or(self.now)
@@ -311,7 +311,7 @@ impl DcStore for RedbStore {
 /// A registration as stored: version, FQDN (length-prefixed), VIP,
 /// observed and local address, caps, alive-until (flag and time), lease
 /// end; integers big-endian, times in Unix ns.
-fn encode(r: &Registration, clock: Clock) -> Vec<u8> {
+pub(super) fn encode(r: &Registration, clock: Clock) -> Vec<u8> {
     let mut b = Vec::with_capacity(48 + r.fqdn.len());
     b.push(REG_V1);
     b.extend_from_slice(&r.node_id.to_be_bytes());
@@ -339,7 +339,7 @@ fn encode(r: &Registration, clock: Clock) -> Vec<u8> {
 }
 
 /// Reads what [`encode`] wrote; `None` for anything else (never panics).
-fn decode(b: &[u8], clock: Clock) -> Option<Registration> {
+pub(super) fn decode(b: &[u8], clock: Clock) -> Option<Registration> {
     let mut r = Reader(b);
     if r.u8()? != REG_V1 {
         return None;
