@@ -80,9 +80,24 @@ impl Etcd {
         let child = Command::new(etcd_binary())
             .args(["--name", name, "--data-dir"])
             .arg(&dir)
-            .args(["--listen-client-urls", &curl, "--advertise-client-urls", &curl])
-            .args(["--listen-peer-urls", &purl, "--initial-advertise-peer-urls", &purl])
-            .args(["--initial-cluster", initial, "--initial-cluster-token", token])
+            .args([
+                "--listen-client-urls",
+                &curl,
+                "--advertise-client-urls",
+                &curl,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &purl,
+                "--initial-advertise-peer-urls",
+                &purl,
+            ])
+            .args([
+                "--initial-cluster",
+                initial,
+                "--initial-cluster-token",
+                token,
+            ])
             .args(["--initial-cluster-state", "new"])
             // A loaded test machine must not lose its leader to a slow tick.
             .args(["--heartbeat-interval", "200", "--election-timeout", "2000"])
