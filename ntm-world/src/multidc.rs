@@ -73,14 +73,32 @@ impl EtcdCluster {
         for i in 0..ETCD_MEMBERS {
             let dir = tb.state_dir().join(format!("etcd-m{i}"));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir:?}"))?;
-            let (curl, purl) = (client_url(i), format!("http://{ETCD_ADDR}:{}", client_port(i) + 1));
+            let (curl, purl) = (
+                client_url(i),
+                format!("http://{ETCD_ADDR}:{}", client_port(i) + 1),
+            );
             let mut cmd = Command::new(etcd);
             cmd.args(["--name", &format!("m{i}"), "--data-dir"])
                 .arg(&dir)
-                .args(["--listen-client-urls", &curl, "--advertise-client-urls", &curl])
-                .args(["--listen-peer-urls", &purl, "--initial-advertise-peer-urls", &purl])
+                .args([
+                    "--listen-client-urls",
+                    &curl,
+                    "--advertise-client-urls",
+                    &curl,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &purl,
+                    "--initial-advertise-peer-urls",
+                    &purl,
+                ])
                 .args(["--initial-cluster", &peers.join(",")])
-                .args(["--initial-cluster-token", &token, "--initial-cluster-state", "new"])
+                .args([
+                    "--initial-cluster-token",
+                    &token,
+                    "--initial-cluster-state",
+                    "new",
+                ])
                 // A loaded test machine must not lose its leader to a slow tick.
                 .args(["--heartbeat-interval", "200", "--election-timeout", "2000"])
                 .args(["--logger", "zap", "--log-level", "warn"]);
@@ -127,7 +145,12 @@ impl EtcdCluster {
         let got = wait_for(FAILOVER_PATIENCE, || {
             self.health(tb).ok().filter(|h| count(h) == n)
         });
-        got.ok_or_else(|| anyhow!("etcd: not {n} healthy members within {FAILOVER_PATIENCE:?}: {:?}", self.health(tb)))
+        got.ok_or_else(|| {
+            anyhow!(
+                "etcd: not {n} healthy members within {FAILOVER_PATIENCE:?}: {:?}",
+                self.health(tb)
+            )
+        })
     }
 
     /// The index of the member that leads now (`etcdctl endpoint status`).
@@ -156,7 +179,8 @@ impl EtcdCluster {
             "ETCDCTL_API=3 etcdctl --endpoints={} --command-timeout=5s",
             client_url(endpoint)
         );
-        let script = format!("{ctl} put {key} {value} >/dev/null && {ctl} get --print-value-only {key}");
+        let script =
+            format!("{ctl} put {key} {value} >/dev/null && {ctl} get --print-value-only {key}");
         let out = tb
             .output(Role::Etcd, ["sh", "-c", &script])
             .map_err(|e| anyhow!("etcdctl put/get through member {endpoint}: {e}"))?;
@@ -255,7 +279,11 @@ impl MultiDc {
             Role::Dc => self.world.dc_log(),
             _ => self.dc2.as_ref().map(Child::log).unwrap_or_default(),
         };
-        bail!("the DC in {role} did not come up: {:?}\n{}", self.dc_status(role), tail(&log, 30))
+        bail!(
+            "the DC in {role} did not come up: {:?}\n{}",
+            self.dc_status(role),
+            tail(&log, 30)
+        )
     }
 
     /// Kills the DC in `role` (SIGKILL, as a crash would: its etcd lease
@@ -339,10 +367,9 @@ impl BackgroundPing {
         let mut cmd = Command::new("ping");
         cmd.args(["-n", "-i", "0.2", "-W", "3", "-c", &count.to_string()])
             .arg(dst.to_string());
-        let child = w
-            .tb
-            .spawn(role, &cmd)
-            .map_err(|e| anyhow!("start ping in {role}: {e}"))?;
+        let child =
+            w.tb.spawn(role, &cmd)
+                .map_err(|e| anyhow!("start ping in {role}: {e}"))?;
         Ok(BackgroundPing { child })
     }
 
