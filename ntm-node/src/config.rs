@@ -573,7 +573,10 @@ mod tests {
         let s = c.validate().unwrap();
         assert_eq!(
             s.dcs,
-            vec!["198.18.0.2:7710".parse().unwrap(), "198.18.0.4:7710".parse().unwrap()]
+            vec![
+                "198.18.0.2:7710".parse().unwrap(),
+                "198.18.0.4:7710".parse().unwrap()
+            ]
         );
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
         let both = format!("{}{two}", minimal());

@@ -331,7 +331,11 @@ mod tests {
         let nine: Vec<SocketAddrV4> = (1..=9)
             .map(|i| SocketAddrV4::new([198, 18, 0, i].into(), 7710))
             .collect();
-        assert!(msg(check(None, &nine)).contains("at most 8"), "{}", msg(check(None, &nine)));
+        assert!(
+            msg(check(None, &nine)).contains("at most 8"),
+            "{}",
+            msg(check(None, &nine))
+        );
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

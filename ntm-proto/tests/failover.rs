@@ -192,10 +192,7 @@ fn registers_with_the_first_dc_that_answers() {
     // Five REG_REQs to DC1 (0 to 3.75 s), given up at 7.75 s, then DC2.
     assert_eq!(r.dc(DC1).reg_reqs, 5);
     assert_eq!(r.dc(DC2).reg_reqs, 1);
-    assert_eq!(
-        r.changes(),
-        vec![(Duration::from_millis(7750), DC1, DC2)]
-    );
+    assert_eq!(r.changes(), vec![(Duration::from_millis(7750), DC1, DC2)]);
     assert_eq!(r.registrations(), vec![(Duration::from_millis(7750), VIP)]);
     assert_eq!(r.ep.dc(), DC2);
     assert_eq!(r.ep.failovers(), 1);

@@ -959,7 +959,11 @@ pub(crate) mod tests {
         assert!(err(&both).contains("dc.address") && err(&both).contains("not both"));
         let mut none = c.clone();
         none.dc.addresses.clear();
-        assert!(err(&none).contains("dc.address = (missing)"), "{}", err(&none));
+        assert!(
+            err(&none).contains("dc.address = (missing)"),
+            "{}",
+            err(&none)
+        );
         let mut twice = c;
         twice.dc.addresses.push(one);
         assert!(err(&twice).contains("dc.addresses") && err(&twice).contains("twice"));
