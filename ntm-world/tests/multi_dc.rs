@@ -8,13 +8,15 @@
 //! `cargo xtask test -p ntm-world --test multi_dc`.
 
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ntm_testbed::{unique_prefix, wait_for, wait_until, Testbed};
 use ntm_world::multidc::{
     wait_node_at, BackgroundPing, EtcdCluster, MultiDc, DC1, DC2, ETCD_MEMBERS, FAILOVER_PATIENCE,
 };
-use ntm_world::{Node, Ntma, Role, World, CN2_FQDN, CN_FQDN, GN2_FQDN, NTMA_LAN_ADDR, PATIENCE};
+use ntm_world::{
+    Node, Ntma, Ping, Role, World, CN2_FQDN, CN_FQDN, GN2_FQDN, NTMA_LAN_ADDR, PATIENCE,
+};
 
 /// cn at DC1 (then DC2), the adapter at DC2 (then DC1), both registered,
 /// and the tunnel gn -> cn up and pinged: cn's VIP and the GN's.
@@ -35,14 +37,14 @@ fn cn_at_dc1_adapter_at_dc2(m: &MultiDc) -> (Node, Ntma, Ipv4Addr, Ipv4Addr) {
     (cn, ntma, cn_vip, gn_vip)
 }
 
-/// A new direction from the GN `gn` to `vip` (`fqdn`): resolved and
-/// pinged once, or `None`.
-fn resolve_and_ping(w: &World, gn: Role, fqdn: &str, vip: Ipv4Addr) -> Option<()> {
-    let d = w.dig(gn, &NTMA_LAN_ADDR.to_string(), fqdn).ok()?;
+/// A new direction from `role` (asking the DNS server `dns`) to `vip`
+/// (`fqdn`): resolved and pinged once, or `None`.
+fn resolve_and_ping(w: &World, role: Role, dns: &str, fqdn: &str, vip: Ipv4Addr) -> Option<()> {
+    let d = w.dig(role, dns, fqdn).ok()?;
     if d.status != "NOERROR" || d.a != [vip] {
         return None;
     }
-    let p = w.ping(gn, vip, 1).ok()?;
+    let p = w.ping(role, vip, 1).ok()?;
     (p.received == 1).then_some(())
 }
 
@@ -97,63 +99,141 @@ fn two_dcs_on_one_etcd_direct_across_each_other() {
     m.down().unwrap();
 }
 
-#[test]
-fn dc1_killed_cn_moves_to_dc2_and_its_tunnel_loses_nothing() {
-    let mut m = MultiDc::up("mdckill").expect("these tests need root, a testbed and etcd");
-    let (cn, mut ntma, cn_vip, _) = cn_at_dc1_adapter_at_dc2(&m);
-    let gn2_vip = ntma.registered_gn(GN2_FQDN).unwrap();
-    assert_eq!(m.world.dhclient_in(Role::Gn2).unwrap(), gn2_vip);
+/// What a DC kill under a running ping gave.
+struct Failover<T> {
+    /// When the watch saw the nodes at the other DC, after the kill.
+    moved: Duration,
+    /// What the watch saw then.
+    seen: T,
+    /// When a new tunnel worked, after the kill.
+    new_tunnel: Duration,
+    /// The ping gn -> cn through the tunnel set up before.
+    ping: Ping,
+}
+
+/// Kills the DC in `kill` while gn pings cn (`cn_vip`) through their
+/// tunnel. `watch` runs on a thread from the kill on (given its instant)
+/// until the nodes of that DC are seen at the other one; meanwhile this
+/// thread tries `new_tunnel` again and again until it works.
+fn kill_under_ping<T: Send + 'static>(
+    m: &mut MultiDc,
+    cn_vip: Ipv4Addr,
+    kill: Role,
+    watch: impl FnOnce(Instant) -> Option<(Duration, T)> + Send + 'static,
+    mut new_tunnel: impl FnMut(&World) -> Option<()>,
+) -> Failover<T> {
     // 200 pings, 0.2 s apart: 40 s, well past the failover.
     let mut ping = BackgroundPing::start(&m.world, Role::Gn, cn_vip, 200).unwrap();
     assert!(
         wait_until(PATIENCE, || ping.replies() >= 5),
         "no ping replies"
     );
-
     let killed = Instant::now();
-    m.kill_dc(Role::Dc).unwrap();
-    // cn's status file (written every second) is watched on a thread while
-    // this one sets up a new tunnel to cn: gn2 asks DC2 for cn, again and
-    // again, until the answer comes and the ping through it works.
-    let status = cn.status.clone();
-    let watch = std::thread::spawn(move || {
-        wait_for(FAILOVER_PATIENCE, || {
-            let s = ntm_node::Status::load(&status)?;
-            (s.vip.is_some() && s.dc == Some(DC2)).then(|| (killed.elapsed(), s))
-        })
-    });
+    m.kill_dc(kill).unwrap();
+    let watch = std::thread::spawn(move || watch(killed));
     let new_tunnel = wait_for(FAILOVER_PATIENCE, || {
-        resolve_and_ping(&m.world, Role::Gn2, CN_FQDN, cn_vip).map(|()| killed.elapsed())
+        new_tunnel(&m.world).map(|()| killed.elapsed())
     });
-    let (moved, s) = watch.join().unwrap().expect("cn did not move to DC2");
-    let new_tunnel = new_tunnel.expect("no new tunnel to cn after DC1 was killed");
-    assert_eq!(s.vip, Some(cn_vip), "cn kept its VIP");
-    assert_eq!(s.packet_count("dc_failovers"), 1);
+    let (moved, seen) = watch.join().unwrap().expect("the nodes did not move");
+    let new_tunnel = new_tunnel.expect("no new tunnel after the kill");
     assert!(
         ping.is_running(),
         "the ping ended before the failover was over: it proves nothing"
     );
-    let p = ping.finish().unwrap();
-    assert!(p.sent >= 100, "{}", p.output);
-    println!(
-        "failover: cn re-registered at DC2 {:.1} s after DC1 was killed (status file, 1 s resolution; \
-         nodes give a DC up after 3.5 keep-alive intervals of {} s); a new tunnel gn2 -> cn worked \
-         {:.1} s after the kill; ping gn -> cn through the existing tunnel: {} sent, {} received, {} lost",
-        moved.as_secs_f64(),
-        ntm_world::multidc::KEEPALIVE_SECS,
-        new_tunnel.as_secs_f64(),
-        p.sent,
-        p.received,
-        p.sent - p.received
-    );
-    assert_eq!(
-        p.received, p.sent,
-        "pings lost in the failover:\n{}",
-        p.output
-    );
+    let ping = ping.finish().unwrap();
+    assert!(ping.sent >= 100, "{}", ping.output);
+    Failover {
+        moved,
+        seen,
+        new_tunnel,
+        ping,
+    }
+}
+
+impl<T> Failover<T> {
+    /// Prints the timings and the ping's loss, then checks it lost nothing.
+    fn report(&self, what: &str, new_tunnel: &str) {
+        let p = &self.ping;
+        println!(
+            "failover: {what} {:.1} s after the kill (nodes give a DC up after 3.5 keep-alive \
+             intervals of {} s); a new tunnel {new_tunnel} worked {:.1} s after the kill; ping gn -> cn \
+             through the existing tunnel: {} sent, {} received, {} lost",
+            self.moved.as_secs_f64(),
+            ntm_world::multidc::KEEPALIVE_SECS,
+            self.new_tunnel.as_secs_f64(),
+            p.sent,
+            p.received,
+            p.sent - p.received
+        );
+        assert_eq!(
+            p.received, p.sent,
+            "pings lost in the failover:\n{}",
+            p.output
+        );
+    }
+}
+
+#[test]
+fn dc1_killed_cn_moves_to_dc2_and_its_tunnel_loses_nothing() {
+    let mut m = MultiDc::up("mdckill").expect("these tests need root, a testbed and etcd");
+    let (cn, mut ntma, cn_vip, _) = cn_at_dc1_adapter_at_dc2(&m);
+    let gn2_vip = ntma.registered_gn(GN2_FQDN).unwrap();
+    assert_eq!(m.world.dhclient_in(Role::Gn2).unwrap(), gn2_vip);
+    // cn's status file (written every second: 1 s resolution) is watched
+    // while gn2 asks DC2 for cn, again and again, until the answer comes
+    // and a ping through the new tunnel works.
+    let status = cn.status.clone();
+    let watch = move |killed: Instant| {
+        wait_for(FAILOVER_PATIENCE, || {
+            let s = ntm_node::Status::load(&status)?;
+            (s.vip.is_some() && s.dc == Some(DC2)).then(|| (killed.elapsed(), s))
+        })
+    };
+    let f = kill_under_ping(&mut m, cn_vip, Role::Dc, watch, |w| {
+        resolve_and_ping(w, Role::Gn2, &NTMA_LAN_ADDR.to_string(), CN_FQDN, cn_vip)
+    });
+    assert_eq!(f.seen.vip, Some(cn_vip), "cn kept its VIP");
+    assert_eq!(f.seen.packet_count("dc_failovers"), 1);
+    f.report("cn re-registered at DC2", "gn2 -> cn");
     // The adapter never left DC2.
     let st = ntma.status().unwrap();
     assert!(st.gns.iter().all(|g| g.registration.dc == DC2));
+    m.down().unwrap();
+}
+
+#[test]
+fn dc2_killed_the_adapter_moves_to_dc1_and_its_tunnel_loses_nothing() {
+    let mut m = MultiDc::up("mdckill2").expect("these tests need root, a testbed and etcd");
+    let (mut cn, mut ntma, cn_vip, gn_vip) = cn_at_dc1_adapter_at_dc2(&m);
+    let gn2_vip = ntma.registered_gn(GN2_FQDN).unwrap();
+    assert_eq!(m.world.dhclient_in(Role::Gn2).unwrap(), gn2_vip);
+    // The adapter's status (polled on its socket) is watched while cn asks
+    // DC1 for gn2, again and again, until the answer comes and a ping
+    // through the new tunnel works.
+    let socket = ntma.socket.clone();
+    let watch = move |killed: Instant| {
+        wait_for(FAILOVER_PATIENCE, || {
+            let s = ntma_user::status::query(&socket).ok()?;
+            let all = s.gns.iter().all(|g| {
+                let r = &g.registration;
+                r.registered && r.dc == DC1 && r.dc_failovers == 1
+            });
+            all.then(|| (killed.elapsed(), s))
+        })
+    };
+    let f = kill_under_ping(&mut m, cn_vip, Role::Dc2, watch, |w| {
+        resolve_and_ping(w, Role::Cn, "127.0.0.1", GN2_FQDN, gn2_vip)
+    });
+    let vips: Vec<_> = f.seen.gns.iter().map(|g| g.registration.vip).collect();
+    assert_eq!(
+        vips,
+        vec![Some(gn_vip), Some(gn2_vip)],
+        "the GNs kept their VIPs"
+    );
+    f.report("both GNs of the adapter re-registered at DC1", "cn -> gn2");
+    // cn never left DC1.
+    let s = cn.wait("still at DC1", |s| s.dc == Some(DC1)).unwrap();
+    assert_eq!(s.packet_count("dc_failovers"), 0);
     m.down().unwrap();
 }
 
@@ -174,7 +254,13 @@ fn one_etcd_member_killed_everything_goes_on() {
     ntma.registered_gn(GN2_FQDN).unwrap();
     m.world.dhclient_in(Role::Gn2).unwrap();
     let new_tunnel = wait_for(PATIENCE, || {
-        resolve_and_ping(&m.world, Role::Gn2, CN_FQDN, cn_vip)
+        resolve_and_ping(
+            &m.world,
+            Role::Gn2,
+            &NTMA_LAN_ADDR.to_string(),
+            CN_FQDN,
+            cn_vip,
+        )
     });
     assert!(
         new_tunnel.is_some(),
