@@ -3,7 +3,8 @@
 //!
 //! It writes a DC configuration with N nodes (`n<i>.ntm.test`, keys derived
 //! from i), starts `ntm-dc` on it pinned to one core (`taskset`), on the redb
-//! store and on the memory store in turn, and simulates the N nodes from one
+//! store, the memory store and the etcd store (a local single-member etcd
+//! started for the run, from Debian's etcd-server) in turn, and simulates the N nodes from one
 //! UDP socket on 127.0.0.1: every node has the same observed address, so
 //! every direction is DIRECT and both ROUTE_DIRs come back to this socket,
 //! told apart by their node id. It measures:
@@ -35,7 +36,12 @@ use anyhow::{bail, Context as _, Result};
 use ntm_proto::wire::{Caps, DirReq, Fqdn, Header, Message, RegReq, RouteAck};
 use ntm_proto::{Authenticator, Key, MessageType, Packet, Repr};
 
-const USAGE: &str = "dc_load --dc-bin PATH [--nodes N] [--secs S] [--dir-rate R] [--window W] [--stores redb,memory] [--dc-core C] [--port P] [--dir DIR]";
+const USAGE: &str = "dc_load --dc-bin PATH [--nodes N] [--secs S] [--dir-rate R] [--window W] [--stores redb,memory,etcd] [--dc-core C] [--port P] [--dir DIR]";
+
+/// The etcd process of the etcd store's run: the tests' helper.
+#[allow(dead_code)]
+#[path = "../tests/support/etcd.rs"]
+mod etcd_process;
 
 struct Opts {
     dc_bin: PathBuf,
@@ -56,7 +62,7 @@ fn opts() -> Result<Opts> {
         secs: 10.0,
         dir_rate: 20_000.0,
         window: 64,
-        stores: vec!["redb".into(), "memory".into()],
+        stores: vec!["redb".into(), "memory".into(), "etcd".into()],
         dc_core: "0".into(),
         port: 17710,
         dir: std::env::temp_dir().join(format!("ntm-dc-load-{}", std::process::id())),
@@ -108,7 +114,7 @@ fn fqdn_of(i: usize) -> String {
 }
 
 /// The DC's configuration: N nodes, a pool and limits that fit them.
-fn write_config(o: &Opts, store: &str, dir: &Path) -> Result<PathBuf> {
+fn write_config(o: &Opts, store: &str, etcd: Option<&str>, dir: &Path) -> Result<PathBuf> {
     let path = dir.join("dc.toml");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
     writeln!(f, "listen = \"127.0.0.1:{}\"", o.port)?;
@@ -122,6 +128,9 @@ fn write_config(o: &Opts, store: &str, dir: &Path) -> Result<PathBuf> {
     writeln!(f, "status_socket = \"{}\"", dir.join("dc.sock").display())?;
     writeln!(f, "[store]\nkind = \"{store}\"")?;
     writeln!(f, "state_dir = \"{}\"", dir.display())?;
+    if let Some(url) = etcd {
+        writeln!(f, "endpoints = [\"{url}\"]\ndc_name = \"bench\"")?;
+    }
     for i in 0..o.nodes {
         let hex: String = key_of(i).iter().map(|b| format!("{b:02x}")).collect();
         writeln!(f, "[[node]]\nfqdn = \"{}\"\nkey = \"{hex}\"", fqdn_of(i))?;
@@ -160,11 +169,7 @@ impl Dc {
 
     /// VmRSS in kB.
     fn rss_kb(&self) -> Result<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")
+        rss_of(self.pid())
     }
 
     /// CPU time (user + system) in seconds.
@@ -179,6 +184,44 @@ impl Drop for Dc {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of a process in kB.
+fn rss_of(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// The local etcd of the etcd store's run, and its CPU time at the start.
+struct EtcdRun {
+    etcd: etcd_process::Etcd,
+    pid: u32,
+    cpu0: f64,
+    start: Instant,
+}
+
+impl EtcdRun {
+    fn start() -> Result<EtcdRun> {
+        let etcd = etcd_process::Etcd::start();
+        let pid = etcd.pid().context("etcd is not running")?;
+        let cpu0 = cpu_of(&format!("/proc/{pid}/stat"))?;
+        eprintln!("dc_load: etcd pid {pid} at {}", etcd.url);
+        Ok(EtcdRun {
+            etcd,
+            pid,
+            cpu0,
+            start: Instant::now(),
+        })
+    }
+
+    /// etcd's RSS (kB) now and its CPU share since the start.
+    fn finish(self) -> Result<(u64, f64)> {
+        let cpu = cpu_of(&format!("/proc/{}/stat", self.pid))? - self.cpu0;
+        Ok((rss_of(self.pid)?, cpu / self.start.elapsed().as_secs_f64()))
     }
 }
 
@@ -375,15 +418,31 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-/// Register every node, `window` outstanding, retransmitting after 1 s.
+/// How long after its registration (or last keep-alive) a node sends a
+/// keep-alive while the others register: a slow store's registration run
+/// outlasts the three 20 s intervals after which a node lapses.
+const REG_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Register every node, `window` outstanding, retransmitting after 1 s;
+/// registered nodes keep alive meanwhile.
 fn register(sim: &mut Sim, window: usize) -> Result<Run> {
     let n = sim.nodes.len();
     let start = Instant::now();
     let mut next = 0usize;
     let mut outstanding: VecDeque<(Instant, usize)> = VecDeque::new();
+    let mut alive: VecDeque<(Instant, usize)> = VecDeque::new();
     let mut done = 0usize;
     let mut retx = 0u64;
     while done < n {
+        while let Some(&(at, i)) = alive.front() {
+            if at.elapsed() < REG_KEEPALIVE {
+                break;
+            }
+            alive.pop_front();
+            let d = sim.keepalive(i);
+            sim.send(&d);
+            alive.push_back((Instant::now(), i));
+        }
         while outstanding.len() < window && next < n {
             let d = sim.reg_req(next);
             sim.send(&d);
@@ -399,6 +458,7 @@ fn register(sim: &mut Sim, window: usize) -> Result<Run> {
             if i < n && sim.nodes[i].id == 0 {
                 sim.nodes[i].id = id;
                 sim.by_id.insert(id, i);
+                alive.push_back((Instant::now(), i));
                 done += 1;
             }
         }
@@ -582,6 +642,8 @@ struct Report {
     reg: Run,
     rss_before_kb: u64,
     rss_after_kb: u64,
+    /// etcd's resident memory and CPU share over the whole run (etcd only).
+    etcd: Option<(u64, f64)>,
     ka_target: Run,
     ka_max: Run,
     dir_max: Run,
@@ -620,7 +682,9 @@ fn one_store(o: &Opts, store: &str) -> Result<Report> {
     let dir = o.dir.join(store);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let config = write_config(o, store, &dir)?;
+    let etcd = (store == "etcd").then(EtcdRun::start).transpose()?;
+    let url = etcd.as_ref().map(|e| e.etcd.url.clone());
+    let config = write_config(o, store, url.as_deref(), &dir)?;
     let mut sim = Sim::new(o)?;
     let mut dc = Dc::start(o, &config)?;
     eprintln!(
@@ -648,6 +712,7 @@ fn one_store(o: &Opts, store: &str) -> Result<Report> {
     eprintln!("dc_load: {store}: directions {:.0}/s at most", dir_max.rate);
     let dir_paced = directions(&mut sim, &dc, Some(o.dir_rate), o.window, o.secs, 1 << 30)?;
     drop(dc);
+    let etcd = etcd.map(|e| e.finish()).transpose()?;
     let log = std::fs::read_to_string(dir.join("dc.log")).unwrap_or_default();
     let warnings = log
         .lines()
@@ -655,13 +720,16 @@ fn one_store(o: &Opts, store: &str) -> Result<Report> {
             (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("kind = \"memory\"")
         })
         .count();
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("DC_LOAD_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(Report {
         store: store.to_owned(),
         warnings,
         reg,
         rss_before_kb,
         rss_after_kb,
+        etcd,
         ka_target,
         ka_max,
         dir_max,
@@ -704,6 +772,14 @@ fn print(o: &Opts, reports: &[Report]) {
             (r.rss_after_kb.saturating_sub(r.rss_before_kb) * 1024) as f64 / o.nodes as f64
         )
     });
+    row(
+        "etcd: RSS at the end, CPU share over the run",
+        "-",
+        &|r| match r.etcd {
+            Some((kb, busy)) => format!("{:.0} MiB, {:.0}%", kb as f64 / 1024.0, busy * 100.0),
+            None => "-".into(),
+        },
+    );
     // Rate, losses, and the DC's CPU: its busy share and µs per operation.
     let load = |r: &Run| {
         format!(
@@ -747,7 +823,9 @@ fn main() -> Result<()> {
     for store in &o.stores {
         reports.push(one_store(&o, store).with_context(|| format!("the {store} store run"))?);
     }
-    let _ = std::fs::remove_dir_all(&o.dir);
+    if std::env::var_os("DC_LOAD_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&o.dir);
+    }
     print(&o, &reports);
     Ok(())
 }

@@ -1704,7 +1704,7 @@ impl<S: DcStore> Coordinator<S> {
     fn sweep(&mut self, now: Instant) {
         self.expire(now);
         // Lapses, releases and the marks the last second moved.
-        let r = self.store.commit_all();
+        let r = self.store.commit_marks();
         let _ = self.store_result(r);
     }
 

@@ -42,7 +42,8 @@ const IDENTITY: Identity = Identity {
      counters survive a restart in a redb file (`[store]`, by default \
      /var/lib/ntm-dc/dc.redb; the directory must exist and be writable): \
      nodes stay registered, and nothing recorded before the restart can be \
-     replayed to it.",
+     replayed to it. With `[store] kind = \"etcd\"` several DCs share them \
+     through etcd (docs/deploy.md, \"Several DCs on etcd\").",
 };
 
 type Args = ServerCli<Cmd>;

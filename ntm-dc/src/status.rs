@@ -73,6 +73,10 @@ pub struct RegistrationStatus {
     pub active: bool,
     /// Seconds until the lease ends.
     pub lease_secs_left: u64,
+    /// The DC it is registered at, when that is another DC sharing the
+    /// store (etcd); absent for this DC's own nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
 }
 
 /// One direction (a tunnel the DC set up).
@@ -146,6 +150,7 @@ impl Status {
                 behind_nat: r.behind_nat(),
                 active: r.is_active(),
                 lease_secs_left: r.lease_until.saturating_duration_since(now).as_secs(),
+                home: dc.store().remote_home(r.node_id).map(str::to_owned),
             })
             .collect();
         registrations.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
@@ -232,7 +237,7 @@ impl Status {
         t.line(format_args!("registrations:"));
         for r in &self.registrations {
             t.item(format_args!(
-                "{} vip {} id {} observed {} local {}{} {} (lease {} s left)",
+                "{} vip {} id {} observed {} local {}{} {} (lease {} s left){}",
                 r.fqdn,
                 r.vip,
                 r.node_id,
@@ -240,7 +245,10 @@ impl Status {
                 r.local,
                 if r.behind_nat { " behind NAT" } else { "" },
                 if r.active { "active" } else { "lapsed" },
-                r.lease_secs_left
+                r.lease_secs_left,
+                r.home
+                    .as_ref()
+                    .map_or(String::new(), |h| format!(" at DC {h}"))
             ));
         }
         t.line(format_args!("directions: {}", self.directions.len()));

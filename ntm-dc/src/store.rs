@@ -101,26 +101,27 @@
 //! ran; the figures are in docs/deploy.md, "Capacity of one DC"
 //! (`cargo xtask bench dc`).
 //!
-//! # Towards a shared store (etcd, several DCs)
+//! # A shared store (etcd, several DCs)
 //!
-//! Another [`DcStore`] can hold the same records; what a shared one must
-//! add beyond a durable copy:
+//! [`EtcdStore`] holds the same records in etcd for several DCs (the
+//! layout and the rules are in its docs). What sharing adds to the trait,
+//! with defaults that change nothing for the stores above:
 //!
-//! - Registrations: a VIP must be claimed with a compare-and-set on the VIP
-//!   (two DCs must not lease one VIP), and a lease can be an etcd lease.
-//! - Marks: with one DC per node at a time (a failover DC takes over a
-//!   node), the failover DC opens the node's window above the last durable
-//!   mark, exactly as a restart does. Two DCs accepting one key's datagrams
-//!   at once would each need the other's mark before acting (a
-//!   compare-and-set per state-changing datagram).
-//! - The DC's own seq: a node keeps one 2048-wide window for its DC, so two
-//!   DCs sending under one `K_node` at once would push each other's
-//!   datagrams below it. Active-active DCs need one sender per node (a home
-//!   DC) or a protocol change; failover works as a restart does, if the
-//!   reserved seq is shared.
-//! - Tunnel ids: reserve blocks from a shared counter (a transaction per
-//!   [`crate::coordinator::TUNNEL_ID_BLOCK`] ids), as [`Reserved`] does now.
-//! - Direction set-ups stay local: a failover mid-set-up redoes it.
+//! - Registrations: a VIP is claimed with a compare-and-set on the VIP
+//!   (two DCs never lease one VIP); a node's liveness is an etcd key under
+//!   its home DC's lease.
+//! - Marks: one DC per node at a time (its home); a DC that takes a node
+//!   over opens the node's window above the last durable mark any DC wrote
+//!   (the coordinator's `catch_up_window`), exactly as a restart does.
+//! - The DC's own seq: a node keeps one 2048-wide window for its DC, so
+//!   only the home DC sends to a node, and a DC taking a node over sends
+//!   above the previous home's reserved seq ([`DcStore::takeover_seq`]).
+//! - Tunnel ids: blocks of [`crate::coordinator::TUNNEL_ID_BLOCK`] from a
+//!   shared counter ([`DcStore::reserve_tunnel_ids`]), one salt for all.
+//! - Directions: set-ups stay with the DC that directs them; a ROUTE_DIR
+//!   for another DC's node is handed to that DC ([`Handoff`],
+//!   [`DcStore::post`], [`DcStore::take_handoffs`]). A failover mid-set-up
+//!   redoes it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -397,6 +398,13 @@ pub trait DcStore {
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Make every change durable, replay marks included.
     fn commit_all(&mut self) -> Result<(), StoreError>;
+    /// The once-a-sweep write of the marks that moved (see "Replay marks
+    /// across a restart"): [`DcStore::commit_all`], unless the store can
+    /// write marks alone without holding the DC up (etcd does it in the
+    /// background; anything else pending is written as by `commit_all`).
+    fn commit_marks(&mut self) -> Result<(), StoreError> {
+        self.commit_all()
+    }
 
     /// Reserves `block` tunnel id counter values for this DC alone and
     /// gives the first: the counter goes on where the last reservation
@@ -464,6 +472,9 @@ impl<S: DcStore + ?Sized> DcStore for Box<S> {
     }
     fn commit_all(&mut self) -> Result<(), StoreError> {
         (**self).commit_all()
+    }
+    fn commit_marks(&mut self) -> Result<(), StoreError> {
+        (**self).commit_marks()
     }
     fn vip_owner(&self, vip: Ipv4Addr) -> Option<u32> {
         (**self).vip_owner(vip)

@@ -225,6 +225,12 @@ fn a_direction_for_a_node_of_another_dc_is_sent_by_that_dc() {
         d.store().get(cn_id).is_some_and(|r| r.is_active())
     });
     assert_eq!(dc1.store().remote_home(cn_id), Some("dc2"));
+    let status = ntm_dc::Status::of(&dc1, Instant::now(), Default::default());
+    let homes: Vec<_> = (status.registrations.iter())
+        .map(|r| (r.fqdn.as_str(), r.home.as_deref()))
+        .collect();
+    assert!(homes.contains(&("cn.ntm.test", Some("dc2"))), "{homes:?}");
+    assert!(homes.contains(&("mn.ntm.test", None)), "{homes:?}");
 
     // DIRECT (CN is public): CN's ROUTE_DIR first, from CN's DC.
     let d = mn.dir_req("cn.ntm.test", 7);
@@ -346,33 +352,46 @@ fn a_dc_restarted_on_etcd_keeps_registrations_and_refuses_recordings() {
     assert_eq!(n.take(&out[0].1), Ok(Got::Other), "KEEPALIVE_ACK");
 }
 
+/// Registers `n` at `dc`, retransmitting as a node would until answered.
+fn register_retrying(dc: &mut Dc, n: &mut Node) -> std::net::Ipv4Addr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = n.reg_req();
+        let out = send(dc, n.addr, &d);
+        if let Some((_, resp)) = out.iter().find(|(to, _)| *to == n.addr) {
+            match n.take(resp).unwrap() {
+                Got::RegResp(vip) => return vip,
+                other => panic!("not a REG_RESP: {other:?}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "{} never registered", n.fqdn);
+        dc.handle_timeout(Instant::now());
+        drain(dc);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
-fn the_dc_goes_on_when_one_etcd_member_of_three_is_killed() {
+fn the_dcs_go_on_when_one_etcd_member_of_three_is_killed() {
     let mut members = Etcd::cluster(3);
     let mut a = Node::new("a.ntm.test", 1, "198.18.0.10:7700");
     let mut b = Node::new("b.ntm.test", 2, "198.18.0.20:7700");
+    let mut c = Node::new("c.ntm.test", 3, "198.18.0.30:7700");
     let all: Vec<&Etcd> = members.iter().collect();
-    let mut dc = dc_at(&config(&all, "dc1", &[&a, &b]), UNIX);
-    register(&mut dc, &mut a);
+    let mut dc1 = dc_at(&config(&all, "dc1", &[&a, &b, &c]), UNIX);
+    let mut dc2 = dc_at(&config(&all, "dc2", &[&a, &b, &c]), UNIX);
+    register(&mut dc1, &mut a);
     members[0].kill();
-    // The commits go to the members left; retransmit as a node would
-    // until one is answered.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let vip = loop {
-        let d = b.reg_req();
-        let out = send(&mut dc, b.addr, &d);
-        if let Some((_, resp)) = out.iter().find(|(to, _)| *to == b.addr) {
-            break b.take(resp).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no REG_RESP with two members of three"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    assert!(matches!(vip, Got::RegResp(_)));
-    assert_eq!(dc.store().active(), 2);
+    // Writes go to the members left (the first tries may fail while the
+    // client finds the dead one), and so do the watches.
+    register_retrying(&mut dc1, &mut b);
+    register_retrying(&mut dc2, &mut c);
+    let c_id = c.node_id;
+    until(&mut dc1, "dc1 sees dc2's new node", |d| {
+        d.store().get(c_id).is_some_and(|r| r.is_active())
+    });
+    assert_eq!(dc1.store().active(), 3);
     let ka = a.keepalive();
-    let out = send(&mut dc, a.addr, &ka);
+    let out = send(&mut dc1, a.addr, &ka);
     assert_eq!(a.take(&out[0].1), Ok(Got::Other), "KEEPALIVE_ACK");
 }

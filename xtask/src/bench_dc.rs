@@ -1,8 +1,10 @@
 //! `cargo xtask bench dc`: the Direction Coordinator's capacity on one
 //! core. Builds `ntm-dc` and its load generator (`ntm-dc/examples/dc_load.rs`)
 //! in release mode and runs the generator, which starts `ntm-dc` itself on
-//! 127.0.0.1, on the redb and the memory store in turn, and prints a table.
-//! No root needed: loopback only, no namespaces.
+//! 127.0.0.1, on the redb, the memory and the etcd store in turn (for etcd
+//! it starts a local single-member etcd, Debian's etcd-server, on a free
+//! loopback port), and prints a table. No root needed: loopback only, no
+//! namespaces.
 
 use std::ffi::OsString;
 use std::process::Command;
@@ -25,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     window: usize,
     /// Stores to run on, comma-separated.
-    #[arg(long, default_value = "redb,memory")]
+    #[arg(long, default_value = "redb,memory,etcd")]
     stores: String,
     /// The core ntm-dc is pinned to (taskset); the generator takes the
     /// next one, so that neither measures the other's work.

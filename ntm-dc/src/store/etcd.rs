@@ -74,6 +74,8 @@ use super::{
 /// Most operations in one etcd transaction (etcd's `--max-txn-ops` is 128
 /// by default).
 pub const TXN_OPS: usize = 100;
+/// Transactions of one commit in flight at once.
+const IN_FLIGHT: usize = 64;
 /// Keys read per request at load.
 const PAGE: i64 = 2000;
 /// How long one commit, reservation or load request may take.
@@ -389,20 +391,27 @@ impl EtcdStore {
         what: &str,
         f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.call_within(REQUEST_TIMEOUT, what, f)
+    }
+
+    /// [`EtcdStore::call`] with a time limit of its own.
+    fn call_within<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        what: &str,
+        f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let rt = self
             .rt
             .as_ref()
             .ok_or_else(|| etcd_err(&self.opts, "the store is closed"))?;
         // The timer is made on the runtime (it needs its reactor).
-        match run_on(
-            rt,
-            async move { tokio::time::timeout(REQUEST_TIMEOUT, f).await },
-        ) {
+        match run_on(rt, async move { tokio::time::timeout(limit, f).await }) {
             Some(Ok(Ok(v))) => Ok(v),
             Some(Ok(Err(e))) => Err(etcd_err(&self.opts, &format!("{what}: {e}"))),
             Some(Err(_)) => Err(etcd_err(
                 &self.opts,
-                &format!("{what}: no answer in {} s", REQUEST_TIMEOUT.as_secs()),
+                &format!("{what}: no answer in {} s", limit.as_secs()),
             )),
             None => Err(etcd_err(
                 &self.opts,
@@ -734,8 +743,11 @@ impl EtcdStore {
     fn write(&mut self, marks: bool) -> Result<(), StoreError> {
         self.recover_lease()?;
         let plan = self.plan(marks);
+        // A large backlog (a restart's first write) gets time in proportion.
+        let n = plan.ops.len() + plan.claims.len() + plan.unclaims.len();
+        let limit = REQUEST_TIMEOUT + Duration::from_millis(n as u64 / 2);
         let c = self.client.clone();
-        let out = self.call("writing", execute(c, plan))?;
+        let out = self.call_within(limit, "writing", execute(c, plan))?;
         self.writes += 1;
         for (vip, id) in self.unclaim.drain() {
             if self.claims.get(&vip) == Some(&id) {
@@ -821,39 +833,65 @@ fn claim_owner(resp: &etcd_client::TxnResponse) -> Result<(), Option<u32>> {
     Err(owner)
 }
 
-/// Sends a commit's transactions: the unclaims, then everything else at
-/// once.
+/// What one transaction of a commit came to: `None` for a plain one, a
+/// claim's VIP, node and owner otherwise.
+type Sent = Result<Option<(Ipv4Addr, u32, Result<(), Option<u32>>)>, etcd_client::Error>;
+
+/// Sends a commit's transactions, at most [`IN_FLIGHT`] at once: the
+/// unclaims, then everything else.
 async fn execute(client: Client, plan: Plan) -> Result<Outcome, etcd_client::Error> {
-    let mut set = tokio::task::JoinSet::new();
-    for (_, _, txn) in plan.unclaims {
-        let mut c = client.clone();
-        set.spawn(async move { c.txn(txn).await.map(|_| None) });
-    }
-    while let Some(r) = set.join_next().await {
-        r.map_err(|e| etcd_client::Error::Internal(e.to_string()))??;
-    }
-    for (vip, id, txn) in plan.claims {
-        let mut c = client.clone();
-        set.spawn(async move { c.txn(txn).await.map(|r| Some((vip, id, claim_owner(&r)))) });
-    }
-    let mut ops = plan.ops;
-    while !ops.is_empty() {
-        let rest = ops.split_off(ops.len().min(TXN_OPS));
-        let batch = std::mem::replace(&mut ops, rest);
-        let mut c = client.clone();
-        set.spawn(async move { c.txn(Txn::new().and_then(batch)).await.map(|_| None) });
-    }
     let mut out = Outcome::default();
+    let unclaims = plan.unclaims.into_iter().map(|(_, _, txn)| {
+        let mut c = client.clone();
+        async move { c.txn(txn).await.map(|_| None) }
+    });
+    in_flight(unclaims, &mut out).await?;
+    type Job = std::pin::Pin<Box<dyn Future<Output = Sent> + Send>>;
+    let claims = plan.claims.into_iter().map(|(vip, id, txn)| {
+        let mut c = client.clone();
+        Box::pin(async move { c.txn(txn).await.map(|r| Some((vip, id, claim_owner(&r)))) }) as Job
+    });
+    let batches = plan
+        .ops
+        .chunks(TXN_OPS)
+        .map(|b| b.to_vec())
+        .collect::<Vec<_>>();
+    let batches = batches.into_iter().map(|batch| {
+        let mut c = client.clone();
+        Box::pin(async move { c.txn(Txn::new().and_then(batch)).await.map(|_| None) }) as Job
+    });
+    in_flight(claims.chain(batches), &mut out).await?;
+    Ok(out)
+}
+
+/// Runs `jobs` with at most [`IN_FLIGHT`] at once, noting claims in
+/// `out`; the last error if any failed (all are tried).
+async fn in_flight<F: Future<Output = Sent> + Send + 'static>(
+    jobs: impl Iterator<Item = F>,
+    out: &mut Outcome,
+) -> Result<(), etcd_client::Error> {
+    let mut set = tokio::task::JoinSet::new();
     let mut failed = None;
-    while let Some(r) = set.join_next().await {
-        match r.map_err(|e| etcd_client::Error::Internal(e.to_string())) {
-            Ok(Ok(Some((vip, id, Ok(()))))) => out.won.push((vip, id)),
-            Ok(Ok(Some((vip, id, Err(owner))))) => out.lost.push((vip, id, owner)),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) | Err(e) => failed = Some(e),
+    let mut take = |r: Result<Sent, tokio::task::JoinError>| match r
+        .map_err(|e| etcd_client::Error::Internal(e.to_string()))
+    {
+        Ok(Ok(Some((vip, id, Ok(()))))) => out.won.push((vip, id)),
+        Ok(Ok(Some((vip, id, Err(owner))))) => out.lost.push((vip, id, owner)),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) | Err(e) => failed = Some(e),
+    };
+    for job in jobs {
+        if set.len() >= IN_FLIGHT {
+            if let Some(r) = set.join_next().await {
+                take(r);
+            }
         }
+        set.spawn(job);
     }
-    failed.map_or(Ok(out), Err)
+    while let Some(r) = set.join_next().await {
+        take(r);
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Every key under `prefix` at one revision, a page at a time.
@@ -1073,6 +1111,33 @@ impl DcStore for EtcdStore {
         } else {
             Ok(())
         }
+    }
+
+    /// Marks alone go out in the background: a second's worth of
+    /// keep-alive marks (5,000 at 100,000 nodes) would otherwise hold the
+    /// DC up for as long as etcd takes. A failed background write is
+    /// logged; each of those marks is written again when it next moves.
+    fn commit_marks(&mut self) -> Result<(), StoreError> {
+        if self.pending() || self.lease_lost.load(Ordering::Relaxed) {
+            return self.commit_all();
+        }
+        let plan = Plan {
+            ops: self.plan(true).ops,
+            ..Plan::default()
+        };
+        self.dirty.marks.clear();
+        if plan.ops.is_empty() {
+            return Ok(());
+        }
+        let (c, endpoints) = (self.client.clone(), self.opts.endpoints.join(","));
+        if let Some(rt) = &self.rt {
+            rt.spawn(async move {
+                if let Err(e) = execute(c, plan).await {
+                    tracing::warn!(%endpoints, error = %e, "writing replay marks to etcd failed; each is written again when it next moves");
+                }
+            });
+        }
+        Ok(())
     }
 
     fn reserve_tunnel_ids(&mut self, block: u64) -> Result<u64, StoreError> {

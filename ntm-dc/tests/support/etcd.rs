@@ -141,6 +141,11 @@ impl Etcd {
         }
     }
 
+    /// The member's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the member (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
