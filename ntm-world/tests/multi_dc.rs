@@ -15,7 +15,7 @@ use ntm_world::multidc::{
     wait_node_at, BackgroundPing, EtcdCluster, MultiDc, DC1, DC2, ETCD_MEMBERS, FAILOVER_PATIENCE,
 };
 use ntm_world::{
-    Node, Ntma, Ping, Role, World, CN2_FQDN, CN_FQDN, GN2_FQDN, NTMA_LAN_ADDR, PATIENCE,
+    Node, Ntma, Ping, Role, World, CN2_FQDN, CN_FQDN, GN2_FQDN, GN_FQDN, NTMA_LAN_ADDR, PATIENCE,
 };
 
 /// cn at DC1 (then DC2), the adapter at DC2 (then DC1), both registered,
@@ -96,6 +96,42 @@ fn two_dcs_on_one_etcd_direct_across_each_other() {
     for role in [Role::Dc, Role::Dc2] {
         assert!(m.dc_status(role).is_ok(), "{role}");
     }
+    m.down().unwrap();
+}
+
+/// RELAY tunnels directed by either DC go through one RS, which is given
+/// both DCs (`dcs`) and keeps a replay window for each: each DC seals its
+/// RELAY_DIRs with its own seq stream, far apart from the other's.
+#[test]
+fn relayed_tunnels_directed_by_either_dc_share_one_rs() {
+    let m = MultiDc::up("mdcrelay").expect("these tests need root, a testbed and etcd");
+    let mut ntma = m.ntma_with_dcs(&[DC2, DC1]).expect("start ntma");
+    let cn2 = m.node_with_dcs(Role::Cn2, CN2_FQDN, &[DC1, DC2]).unwrap();
+    let (cn2_vip, _) = wait_node_at(&cn2, DC1).unwrap();
+    let gn_vip = ntma.registered().unwrap();
+    assert_eq!(m.world.dhclient().unwrap(), gn_vip);
+    let gn2_vip = ntma.registered_gn(GN2_FQDN).unwrap();
+    assert_eq!(m.world.dhclient_in(Role::Gn2).unwrap(), gn2_vip);
+    // cn2 (behind nat2) to gn2 (behind nat1): DC1 directs, RELAY_DIR
+    // from DC1.
+    let d = m.world.dig(Role::Cn2, "127.0.0.1", GN2_FQDN).unwrap();
+    assert_eq!(d.a, vec![gn2_vip], "{d:?}");
+    let p = m.world.ping(Role::Cn2, gn2_vip, 3).unwrap();
+    assert_eq!(p.received, p.sent, "{}", p.output);
+    // gn to cn2: DC2 directs, RELAY_DIR from DC2, whose seqs lie far from
+    // DC1's: an RS with one window for both refused it as too old (this
+    // test failed so before the RS took `dcs`).
+    let lan = NTMA_LAN_ADDR.to_string();
+    let d = m.world.dig(Role::Gn, &lan, CN2_FQDN).unwrap();
+    assert_eq!(d.a, vec![cn2_vip], "{d:?}");
+    let p = m.world.ping(Role::Gn, cn2_vip, 3).unwrap();
+    assert_eq!(p.received, p.sent, "{}", p.output);
+    let st = ntma.status().unwrap();
+    for (gn, peer) in [(GN_FQDN, CN2_FQDN), (GN2_FQDN, CN2_FQDN)] {
+        let t = st.tunnel_between(gn, peer).expect("a tunnel");
+        assert_eq!((t.path.as_str(), t.up), ("relay", true), "{gn} -> {peer}");
+    }
+    assert!(st.gns.iter().all(|g| g.registration.dc == DC2));
     m.down().unwrap();
 }
 
