@@ -38,10 +38,14 @@ fn cn_at_dc1_adapter_at_dc2(m: &MultiDc) -> (Node, Ntma, Ipv4Addr, Ipv4Addr) {
 }
 
 /// A new direction from `role` (asking the DNS server `dns`) to `vip`
-/// (`fqdn`): resolved and pinged once, or `None`.
+/// (`fqdn`): resolved and pinged once, or `None`. The query waits 3 s at
+/// most, so that a try after a failed one starts soon (a timing's
+/// resolution).
 fn resolve_and_ping(w: &World, role: Role, dns: &str, fqdn: &str, vip: Ipv4Addr) -> Option<()> {
-    let d = w.dig(role, dns, fqdn).ok()?;
-    if d.status != "NOERROR" || d.a != [vip] {
+    let dig = format!("dig @{dns} +short +tries=1 +time=3 +noedns {fqdn} A; true");
+    let out = w.sh(role, &dig).ok()?;
+    let a: Vec<Ipv4Addr> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    if a != [vip] {
         return None;
     }
     let p = w.ping(role, vip, 1).ok()?;
