@@ -75,8 +75,14 @@ pub struct Config {
         skip_serializing_if = "ntm_ops::metrics::MetricsConfig::is_default"
     )]
     pub metrics: ntm_ops::metrics::MetricsConfig,
-    /// The DC's address and port.
-    pub dc: SocketAddrV4,
+    /// The DC's address and port (or `dcs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dc: Option<SocketAddrV4>,
+    /// Several DCs sharing one store, in failover order (in place of
+    /// `dc`): the node registers with the first that answers and moves to
+    /// the next when its keep-alives go unanswered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dcs: Vec<SocketAddrV4>,
     /// The resolver that names outside the NTM suffix are forwarded to.
     pub upstream: SocketAddr,
     /// The one UDP port for DC signaling and tunnels (bound on all addresses).
@@ -186,7 +192,8 @@ impl Config {
             key: key.to_hex(),
             key_file: None,
             metrics: ntm_ops::metrics::MetricsConfig::default(),
-            dc,
+            dc: Some(dc),
+            dcs: Vec::new(),
             upstream,
             listen_port: default_port(),
             socket_buffer: default_socket_buffer(),
@@ -253,8 +260,8 @@ pub struct Settings {
     pub fqdn: String,
     /// `K_node`.
     pub key: Key,
-    /// The DC.
-    pub dc: SocketAddrV4,
+    /// The DCs, in failover order (at least one).
+    pub dcs: Vec<SocketAddrV4>,
     /// The upstream resolver.
     pub upstream: SocketAddr,
     /// Our UDP port.
@@ -294,6 +301,12 @@ impl Config {
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let suffix = self.check_names()?;
         let key: Key = self.key.parse().map_err(|_| ConfigError::BadKey)?;
+        let dcs = config::dc_addresses(
+            ("dc", self.dc),
+            ("dcs", &self.dcs),
+            ntm_proto::node::MAX_DCS,
+        )
+        .map_err(config::Error::from)?;
         self.check_addrs()?;
         self.check_tun()?;
         self.check_limits()?;
@@ -305,7 +318,7 @@ impl Config {
         Ok(Settings {
             fqdn: self.fqdn.clone(),
             key,
-            dc: self.dc,
+            dcs,
             upstream: self.upstream,
             listen_port: self.listen_port,
             socket_buffer: self.socket_buffer,
@@ -350,24 +363,13 @@ impl Config {
         Ok(suffix)
     }
 
-    /// The DC, the upstream resolver, the stub's address and our port.
+    /// The upstream resolver, the stub's address and our port.
     fn check_addrs(&self) -> Result<(), ConfigError> {
         let bad = |field, value: &dyn std::fmt::Display, why| ConfigError::BadAddr {
             field,
             value: value.to_string(),
             why,
         };
-        let dc_ip = *self.dc.ip();
-        if dc_ip.is_unspecified() || dc_ip.is_broadcast() || dc_ip.is_multicast() {
-            return Err(bad(
-                "dc",
-                &self.dc,
-                "must be the DC's unicast address and port (e.g. \"198.18.0.2:7710\")",
-            ));
-        }
-        if self.dc.port() == 0 {
-            return Err(bad("dc", &self.dc, "needs the DC's port (7710 by default)"));
-        }
         if self.upstream.ip().is_unspecified() || self.upstream.port() == 0 {
             return Err(bad(
                 "upstream",
@@ -556,12 +558,29 @@ mod tests {
         assert!(err("socket_buffer = -1\n").contains("socket_buffer"));
         assert!(err("dns_listen = \"198.18.0.2:53\"\n").contains("loop"));
         let no_dc = minimal().replace("dc = \"198.18.0.2:7710\"\n", "");
-        assert!(Config::from_toml(&no_dc)
-            .unwrap_err()
-            .to_string()
-            .contains("missing field `dc`"));
+        let e = Config::from_toml(&no_dc).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("dc = (missing)"), "{e}");
         let dc0 = minimal().replace("198.18.0.2:7710", "0.0.0.0:7710");
         let e = Config::from_toml(&dc0).unwrap().validate().unwrap_err();
         assert!(e.to_string().contains("dc = 0.0.0.0:7710"), "{e}");
+    }
+
+    #[test]
+    fn several_dcs_in_failover_order() {
+        let two = "dcs = [\"198.18.0.2:7710\", \"198.18.0.4:7710\"]\n";
+        let text = minimal().replace("dc = \"198.18.0.2:7710\"\n", two);
+        let c = Config::from_toml(&text).unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(
+            s.dcs,
+            vec![
+                "198.18.0.2:7710".parse().unwrap(),
+                "198.18.0.4:7710".parse().unwrap()
+            ]
+        );
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        let both = format!("{}{two}", minimal());
+        let e = Config::from_toml(&both).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 }

@@ -35,8 +35,8 @@ fn main() -> ExitCode {
 fn real_main(args: &DaemonArgs) -> Result<()> {
     let summary = |s: &Settings| {
         format!(
-            "{} via DC {}, port {}, TUN {}, DNS stub {}",
-            s.fqdn, s.dc, s.listen_port, s.tun_name, s.dns_listen
+            "{} via DC {:?}, port {}, TUN {}, DNS stub {}",
+            s.fqdn, s.dcs, s.listen_port, s.tun_name, s.dns_listen
         )
     };
     match args.start::<Config>("ntm-node", |_| {}, summary)? {

@@ -71,7 +71,7 @@ pub fn scrape(st: &Status, max_labels: usize) -> Scrape {
     );
     m.counters(
         "ntm_node_events",
-        "Packets and events: tun_rx/tun_tx (TUN device), data_tx/data_rx (tunnel DATA), held/released (hold queue), keepalive_rx, dns_* (stub), registrations, tunnels_up/down.",
+        "Packets and events: tun_rx/tun_tx (TUN device), data_tx/data_rx (tunnel DATA), held/released (hold queue), keepalive_rx, dns_* (stub), registrations, dc_failovers (moves to the next DC), tunnels_up/down.",
         st.packets
             .iter()
             .map(|(k, v)| (labels([("event", k)]), *v)),

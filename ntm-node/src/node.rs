@@ -95,12 +95,13 @@ impl Node {
         let cfg = node::Config {
             fqdn: s.fqdn.clone(),
             key: s.key.clone(),
-            dc: s.dc,
+            dc: s.dcs[0],
             local_addr: SocketAddrV4::new(local_ip, s.listen_port),
             caps: Caps::NODE,
         };
         let ep = Endpoint::new(cfg, now, unix_nanos, seed)
-            .map_err(|e| anyhow::anyhow!("cannot start the protocol endpoint: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot start the protocol endpoint: {e}"))?
+            .with_fallback_dcs(&s.dcs[1..]);
         let suffix =
             ntm_proto::dns::parse_suffix(&s.ntm_suffix).context("ntm_suffix is not a DNS name")?;
         let mut dns_cfg = s.dns.clone();
@@ -263,7 +264,7 @@ impl Node {
 
     /// Checks the route to the DC for a new local address (roaming).
     fn check_local_addr(&mut self, now: Instant) {
-        let Some(ip) = route_source(self.s.dc) else {
+        let Some(ip) = route_source(self.host.endpoint().dc()) else {
             return;
         };
         if ip != self.local_ip {
@@ -342,8 +343,11 @@ impl Node {
                 }
             }
             Event::RegistrationFailed { reason } => {
-                tracing::warn!(dc = %self.s.dc, %reason, "registration failed; trying again in 10 s");
+                let dcs = format!("{:?}", self.s.dcs);
+                tracing::warn!(%dcs, %reason, "registration failed with every DC; trying again in 10 s");
             }
+            // The endpoint logged it.
+            Event::DcChanged { .. } => self.c.dc_failovers += 1,
             // The host logged it, answered the DNS and gave up the packets.
             Event::DirectionResolved { .. } => {}
             Event::TunnelAdded(p) => {
@@ -435,6 +439,7 @@ impl Node {
             fqdn: self.s.fqdn.clone(),
             vip: reg.map(|r| r.vip.addr),
             node_id: reg.map(|r| r.node_id),
+            dc: Some(ep.dc()),
             local_addr: ep.local_addr(),
             observed: reg.map(|r| r.observed),
             behind_nat: reg.map(|r| r.behind_nat),
@@ -688,15 +693,15 @@ impl Node {
     /// Opens the sockets and the device and sets the node up on them.
     async fn start(s: Settings) -> Result<(Node, Io)> {
         let io = open_io(&s).await?;
-        let local_ip = route_source(s.dc).unwrap_or_else(|| {
-            tracing::warn!(dc = %s.dc, "no route to the DC yet; registering once one appears");
+        let local_ip = route_source(s.dcs[0]).unwrap_or_else(|| {
+            tracing::warn!(dc = %s.dcs[0], "no route to the DC yet; registering once one appears");
             Ipv4Addr::UNSPECIFIED
         });
         let mut node = Node::new(s, Instant::now(), local_ip)?;
         node.tun_dev = io.tun_dev.clone();
         tracing::info!(
             fqdn = %node.s.fqdn,
-            dc = %node.s.dc,
+            dcs = ?node.s.dcs,
             local = %SocketAddrV4::new(local_ip, node.s.listen_port),
             dns = %node.s.dns_listen,
             tun = %node.s.tun_name,

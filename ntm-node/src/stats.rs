@@ -67,6 +67,8 @@ pub struct Counters {
     pub dns_queries: u64,
     /// Successful registrations (REG_RESP OK), renewals included.
     pub registrations: u64,
+    /// Moves from an unanswering DC to the next configured one.
+    pub dc_failovers: u64,
     /// Tunnels that came up.
     pub tunnels_up: u64,
     /// Tunnels that went down.
@@ -142,6 +144,7 @@ impl Counters {
             ("keepalive_rx", self.keepalive_rx),
             ("dns_queries", self.dns_queries),
             ("registrations", self.registrations),
+            ("dc_failovers", self.dc_failovers),
             ("tunnels_up", self.tunnels_up),
             ("tunnels_down", self.tunnels_down),
         ]
@@ -186,6 +189,10 @@ pub struct Status {
     pub vip: Option<Ipv4Addr>,
     /// Our node id, once registered.
     pub node_id: Option<u32>,
+    /// The DC registered with (or being tried) now, of those configured
+    /// (absent from the files of older nodes).
+    #[serde(default)]
+    pub dc: Option<SocketAddrV4>,
     /// LOCAL_ADDR.
     pub local_addr: SocketAddrV4,
     /// The address the DC saw, once registered.
@@ -347,6 +354,7 @@ mod tests {
             fqdn: "cn.ntm.test".into(),
             vip: Some(Ipv4Addr::new(100, 64, 0, 7)),
             node_id: Some(3),
+            dc: None,
             local_addr: "198.18.0.20:7700".parse().unwrap(),
             observed: Some("198.18.0.20:7700".parse().unwrap()),
             behind_nat: Some(false),

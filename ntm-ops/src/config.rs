@@ -6,10 +6,12 @@
 //!
 //! A configuration implements [`ConfigFile`]; [`load`], [`parse`] and
 //! [`to_toml`] do the rest. The checks of settings that several daemons
-//! share (counts, bounds, intervals) are here too ([`at_least_1`],
-//! [`at_most`], [`within`], [`interval`]), so that one kind of setting is
-//! refused with one kind of message.
+//! share (counts, bounds, intervals, the list of DCs) are here too
+//! ([`at_least_1`], [`at_most`], [`within`], [`interval`],
+//! [`dc_addresses`]), so that one kind of setting is refused with one kind
+//! of message.
 
+use std::net::SocketAddrV4;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -125,6 +127,21 @@ pub enum Error {
     /// A number out of range.
     #[error(transparent)]
     BadValue(#[from] BadValue),
+    /// The DC addresses cannot be used.
+    #[error(transparent)]
+    BadDcs(#[from] BadDcs),
+}
+
+/// A DC address, or the list of them, that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{field} = {value}: {why}")]
+pub struct BadDcs {
+    /// The setting, as written in the file.
+    pub field: String,
+    /// Its value.
+    pub value: String,
+    /// The rule.
+    pub why: String,
 }
 
 /// A configuration file that cannot be read or parsed.
@@ -246,10 +263,80 @@ pub fn interval(secs: u64) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs))
 }
 
+/// The DCs a node or adapter registers with, in failover order, from a
+/// setting for one (`one`: its name and value) or one for a list (`many`);
+/// exactly one of them, at most `max` distinct unicast addresses with a port.
+pub fn dc_addresses(
+    one: (&str, Option<SocketAddrV4>),
+    many: (&str, &[SocketAddrV4]),
+    max: usize,
+) -> Result<Vec<SocketAddrV4>, BadDcs> {
+    let bad = |field: &str, value: String, why: &str| BadDcs {
+        field: field.to_owned(),
+        value,
+        why: why.to_owned(),
+    };
+    let list = match (one.1, many.1) {
+        (Some(a), []) => vec![a],
+        (None, [_, ..]) => many.1.to_vec(),
+        (None, []) => {
+            let why = "give the DC's address and port, e.g. \"198.18.0.2:7710\" (or a list of DCs)";
+            return Err(bad(one.0, "(missing)".into(), why));
+        }
+        (Some(a), _) => {
+            let why = "give either one DC or the list, not both: put every DC in the list";
+            return Err(bad(one.0, a.to_string(), why));
+        }
+    };
+    let shown = || format!("{list:?}");
+    if list.len() > max {
+        let why = format!("too many DCs: at most {max}");
+        return Err(bad(many.0, shown(), &why));
+    }
+    for (i, a) in list.iter().enumerate() {
+        let ip = a.ip();
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || a.port() == 0 {
+            let why = "each DC must be a unicast address with its port, e.g. \"198.18.0.2:7710\"";
+            return Err(bad(one.0, a.to_string(), why));
+        }
+        if list[..i].contains(a) {
+            return Err(bad(many.0, shown(), "a DC is listed twice"));
+        }
+    }
+    Ok(list)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn dc_lists_are_checked() {
+        let a: SocketAddrV4 = "198.18.0.2:7710".parse().unwrap();
+        let b: SocketAddrV4 = "198.18.0.4:7710".parse().unwrap();
+        let check = |one, many: &[SocketAddrV4]| {
+            dc_addresses(("dc.address", one), ("dc.addresses", many), 8)
+        };
+        assert_eq!(check(Some(a), &[]).unwrap(), vec![a]);
+        assert_eq!(check(None, &[a, b]).unwrap(), vec![a, b]);
+        let msg = |r: Result<Vec<SocketAddrV4>, BadDcs>| r.unwrap_err().to_string();
+        assert!(msg(check(None, &[])).contains("dc.address = (missing)"));
+        assert!(msg(check(Some(a), &[b])).contains("not both"));
+        assert!(msg(check(None, &[a, a])).contains("twice"));
+        let zero: SocketAddrV4 = "0.0.0.0:7710".parse().unwrap();
+        assert!(msg(check(None, &[a, zero])).contains("unicast"));
+        let no_port: SocketAddrV4 = "198.18.0.2:0".parse().unwrap();
+        assert!(msg(check(Some(no_port), &[])).contains("port"));
+        let nine: Vec<SocketAddrV4> = (1..=9)
+            .map(|i| SocketAddrV4::new([198, 18, 0, i].into(), 7710))
+            .collect();
+        assert!(
+            msg(check(None, &nine)).contains("at most 8"),
+            "{}",
+            msg(check(None, &nine))
+        );
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -428,6 +428,8 @@ impl Host {
                 tunnel_id,
                 endpoint,
             } => tracing::info!(tunnel_id, %endpoint, "peer moved (roaming)"),
+            // The endpoint logged it, with why.
+            Event::DcChanged { .. } => {}
             Event::RegistrationFailed { .. } => {}
         }
     }

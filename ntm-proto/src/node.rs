@@ -73,6 +73,8 @@ pub const REGISTER_RETRY: Duration = Duration::from_secs(10);
 const MISSED_INTERVALS: u32 = 3;
 /// Keep-alive interval used if the DC sends 0.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
+/// DCs an endpoint fails over between (the first one and its fallbacks).
+pub const MAX_DCS: usize = 8;
 
 /// How the endpoint is set up.
 #[derive(Debug, Clone)]
@@ -81,7 +83,8 @@ pub struct Config {
     pub fqdn: String,
     /// `K_node` of that FQDN.
     pub key: Key,
-    /// The DC's address (port 7710 by default).
+    /// The DC's address (port 7710 by default); further DCs to fail over
+    /// to come from [`Endpoint::with_fallback_dcs`].
     pub dc: SocketAddrV4,
     /// Our own address:port as we see it (LOCAL_ADDR).
     pub local_addr: SocketAddrV4,
@@ -183,6 +186,17 @@ pub enum Event {
         tunnel_id: u32,
         /// Why.
         reason: DownReason,
+    },
+    /// The current DC did not answer (REG_REQ retransmissions used up, or
+    /// its keep-alives unanswered for 3 intervals): the endpoint registers
+    /// with the next configured DC. Tunnels keep running: the DC is not on
+    /// the data path, and a DC sharing the first one's store gives the same
+    /// VIP again.
+    DcChanged {
+        /// The DC given up.
+        from: SocketAddrV4,
+        /// The DC registered with next.
+        to: SocketAddrV4,
     },
     /// The peer of a DIRECT or REVERSE tunnel moved; send there from now on.
     EndpointChanged {
@@ -460,6 +474,15 @@ enum Pending {
 #[derive(Debug)]
 pub struct Endpoint {
     cfg: Config,
+    /// `cfg.dc` and its fallbacks, in order; never empty.
+    dcs: Vec<SocketAddrV4>,
+    /// Index of the current DC in `dcs`: the only source of DC datagrams
+    /// accepted, so that one replay window (reset at its REG_RESP) suffices.
+    dc_at: usize,
+    /// DCs given up in a row since the last REG_RESP; at `dcs.len()` the
+    /// endpoint waits [`REGISTER_RETRY`] before the next round.
+    dcs_failed: usize,
+    failovers: u64,
     auth: Authenticator,
     sig_seq: u64,
     rng: StdRng,
@@ -490,6 +513,10 @@ impl Endpoint {
         Fqdn::new(&cfg.fqdn)?;
         let auth = Authenticator::new(&cfg.key);
         let mut ep = Endpoint {
+            dcs: vec![cfg.dc],
+            dc_at: 0,
+            dcs_failed: 0,
+            failovers: 0,
             cfg,
             auth,
             sig_seq: unix_nanos,
@@ -509,6 +536,35 @@ impl Endpoint {
         };
         ep.start_registration(now);
         Ok(ep)
+    }
+
+    /// Further DCs, in order, after `cfg.dc` (duplicates ignored, at most
+    /// [`MAX_DCS`] in all): the endpoint registers with the first that
+    /// answers, and moves to the next when REG_REQ or keep-alives go
+    /// unanswered. Call right after [`Endpoint::new`]. The configurations
+    /// refuse longer lists; beyond [`MAX_DCS`] the rest is ignored.
+    pub fn with_fallback_dcs(mut self, fallbacks: &[SocketAddrV4]) -> Endpoint {
+        for dc in fallbacks {
+            if !self.dcs.contains(dc) && self.dcs.len() < MAX_DCS {
+                self.dcs.push(*dc);
+            }
+        }
+        self
+    }
+
+    /// The DC the endpoint registers with now.
+    pub fn dc(&self) -> SocketAddrV4 {
+        self.dcs[self.dc_at]
+    }
+
+    /// Every configured DC, in failover order.
+    pub fn dcs(&self) -> &[SocketAddrV4] {
+        &self.dcs
+    }
+
+    /// Moves from one DC to the next so far ([`Event::DcChanged`]).
+    pub fn failovers(&self) -> u64 {
+        self.failovers
     }
 
     // ----- inputs -------------------------------------------------------
@@ -545,7 +601,7 @@ impl Endpoint {
             return false;
         }
         let id = packet.id();
-        let from_dc = from == self.cfg.dc;
+        let from_dc = from == self.dc();
         match packet.msg_type() {
             // Ours by our node id (a recorded one is then refused as stale by
             // the key that made it), or, before we have one, by the REQ_ID.
@@ -588,7 +644,7 @@ impl Endpoint {
             MessageType::RegResp | MessageType::KeepaliveAck | MessageType::RouteDir => {
                 self.handle_dc(now, from, datagram)
             }
-            MessageType::Error if from == self.cfg.dc => self.handle_dc(now, from, datagram),
+            MessageType::Error if from == self.dc() => self.handle_dc(now, from, datagram),
             MessageType::Error => self.handle_tunnel_signaling(now, from, datagram),
             MessageType::Unknown(_) => Err(Error::UnknownType),
             _ => Err(Error::UnexpectedType),
@@ -698,7 +754,9 @@ impl Endpoint {
     ) -> Result<Received<'a>> {
         let packet = Packet::new_unchecked(datagram);
         packet.check_header()?;
-        if from != self.cfg.dc {
+        // Only the current DC: a DC given up may still answer late, and
+        // its seq stream is not the one the window was reset to.
+        if from != self.dc() {
             return Err(Error::UnexpectedSource);
         }
         if packet.suite() != Suite::HmacSha256_128 {
@@ -715,6 +773,7 @@ impl Endpoint {
                 return Err(Error::Stale);
             }
             self.registering = None;
+            self.dcs_failed = 0;
             // From now on only DC datagrams newer than this one (§5 "Replay").
             self.dc_replay = ReplayWindow::above(seq);
             match resp.result {
@@ -1134,14 +1193,7 @@ impl Endpoint {
         if let Some(retx) = &mut self.registering {
             match retx.on_timeout(now) {
                 Some(RetransmitAction::Send) => self.queue.push_back(Pending::RegReq),
-                Some(RetransmitAction::Failed) => {
-                    self.registering = None;
-                    self.retry_at = Some(now + REGISTER_RETRY);
-                    tracing::warn!(dc = %self.cfg.dc, "registration failed: no REG_RESP after 5 tries");
-                    self.events.push_back(Event::RegistrationFailed {
-                        reason: RegistrationError::TimedOut,
-                    });
-                }
+                Some(RetransmitAction::Failed) => self.registration_timed_out(now),
                 None => {}
             }
         }
@@ -1152,7 +1204,15 @@ impl Endpoint {
             return;
         }
         let Some(reg) = &mut self.reg else { return };
-        if now >= reg.silent_deadline() || now >= reg.renew_at() {
+        if now >= reg.silent_deadline() {
+            // The DC lost us (restarted) or is gone: with more DCs, the
+            // next one; alone, the same one again.
+            self.dcs_failed += 1;
+            self.fail_over(now, "keep-alives unanswered");
+            self.start_registration(now);
+            return;
+        }
+        if now >= reg.renew_at() {
             self.start_registration(now);
             return;
         }
@@ -1160,6 +1220,47 @@ impl Endpoint {
             reg.next_keepalive = now + reg.keepalive;
             self.queue.push_back(Pending::Keepalive);
         }
+    }
+
+    /// The current DC did not answer 5 REG_REQs: the next DC at once,
+    /// or, when every DC failed in a row, the next round after
+    /// [`REGISTER_RETRY`].
+    fn registration_timed_out(&mut self, now: Instant) {
+        self.registering = None;
+        self.dcs_failed += 1;
+        tracing::warn!(dc = %self.dc(), "registration failed: no REG_RESP after 5 tries");
+        self.fail_over(now, "REG_REQ unanswered");
+        if self.dcs_failed < self.dcs.len() {
+            self.start_registration(now);
+            return;
+        }
+        self.dcs_failed = 0;
+        self.retry_at = Some(now + REGISTER_RETRY);
+        self.events.push_back(Event::RegistrationFailed {
+            reason: RegistrationError::TimedOut,
+        });
+    }
+
+    /// Makes the next configured DC the current one (nothing with one DC).
+    fn fail_over(&mut self, now: Instant, why: &str) {
+        if self.dcs.len() < 2 {
+            return;
+        }
+        let from = self.dc();
+        self.dc_at = (self.dc_at + 1) % self.dcs.len();
+        let to = self.dc();
+        self.failovers += 1;
+        // A REG_REQ under way went to the DC given up: start afresh.
+        self.registering = None;
+        // Outstanding direction requests go on to the new DC (their next
+        // retransmission, after our REG_REQ) with a fresh schedule, so that
+        // they do not fail for the old DC's silence.
+        for d in &mut self.dirs {
+            d.retx = Retransmit::start(now);
+        }
+        let fqdn = &self.cfg.fqdn;
+        tracing::warn!(%fqdn, %from, %to, why, "DC did not answer: registering with the next one");
+        self.events.push_back(Event::DcChanged { from, to });
     }
 
     fn direction_timers(&mut self, now: Instant) {
@@ -1327,7 +1428,8 @@ impl Endpoint {
             _ => return Ok(None),
         };
         let header = (node_id, response_required);
-        Self::to_dc(&self.auth, &mut self.sig_seq, self.cfg.dc, buf, header, msg)
+        let dc = self.dc();
+        Self::to_dc(&self.auth, &mut self.sig_seq, dc, buf, header, msg)
     }
 
     /// TUN_REQ (while initiating) or TUN_RESP, sealed with the tunnel's send key.

@@ -34,6 +34,12 @@ pub struct Config {
     /// this file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// The DCs that may send RELAY_DIR, when several DCs share one store:
+    /// the RS then takes RELAY_DIR only from these addresses, with one
+    /// replay window each (each DC has its own seq, §5 "Replay"). Empty:
+    /// one DC, from any address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dcs: Vec<SocketAddrV4>,
     /// Most tunnels relayed at once; RELAY_DIR beyond is not acknowledged.
     #[serde(default = "default_max_bindings")]
     pub max_bindings: usize,
@@ -74,6 +80,7 @@ impl Config {
             id,
             key: key.to_hex(),
             key_file: None,
+            dcs: Vec::new(),
             max_bindings: default_max_bindings(),
             stats_interval_secs: default_stats_interval(),
             status_socket: default_status_socket(),
@@ -102,6 +109,8 @@ pub struct Settings {
     pub id: u32,
     /// `K_rs`.
     pub key: Key,
+    /// The DCs RELAY_DIR is taken from; empty for any.
+    pub dcs: Vec<SocketAddrV4>,
     /// Binding bound.
     pub max_bindings: usize,
     /// Statistics interval; `None` for none.
@@ -117,10 +126,16 @@ impl Config {
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let key: Key = self.key.parse().map_err(|_| ConfigError::BadKey(self.id))?;
         config::at_least_1("max_bindings", self.max_bindings as u64)?;
+        let dcs = match self.dcs.as_slice() {
+            [] => Vec::new(),
+            many => config::dc_addresses(("dcs", None), ("dcs", many), ntm_proto::node::MAX_DCS)
+                .map_err(config::Error::from)?,
+        };
         Ok(Settings {
             listen: self.listen,
             id: self.id,
             key,
+            dcs,
             max_bindings: self.max_bindings,
             stats_interval: config::interval(self.stats_interval_secs),
             status_socket: self.status_socket.clone(),
@@ -149,6 +164,18 @@ mod tests {
         assert_eq!(s.id, 3);
         assert_eq!(s.key, Key::from_bytes([9; 32]));
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn dcs_are_checked() {
+        let mut c = Config::new(3, &Key::from_bytes([9; 32]));
+        let dc: SocketAddrV4 = "198.18.0.2:7710".parse().unwrap();
+        c.dcs = vec![dc, "198.18.0.4:7710".parse().unwrap()];
+        assert_eq!(c.validate().unwrap().dcs, c.dcs);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        c.dcs.push(dc);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("dcs") && e.contains("twice"), "{e}");
     }
 
     #[test]

@@ -130,8 +130,10 @@ pub struct BindingInfo {
 pub struct Relay {
     settings: Settings,
     auth: Authenticator,
-    /// RELAY_DIRs from the DC (§2: per sender and key).
+    /// RELAY_DIRs from the DC (§2: per sender and key): one for any
+    /// address, or one per configured DC.
     dc_window: ReplayWindow,
+    dc_windows: HashMap<SocketAddrV4, ReplayWindow>,
     seq: u64,
     bindings: HashMap<u32, Binding>,
     acks: VecDeque<(SocketAddrV4, u32)>,
@@ -145,10 +147,16 @@ impl Relay {
     /// RELAY_ACK sequence numbers start there, §2).
     pub fn new(config: &Config, now: Instant, unix_nanos: u64) -> Result<Relay, ConfigError> {
         let settings = config.validate()?;
+        let dc_windows = settings
+            .dcs
+            .iter()
+            .map(|dc| (*dc, ReplayWindow::new()))
+            .collect();
         Ok(Relay {
             auth: Authenticator::new(&settings.key),
             settings,
             dc_window: ReplayWindow::new(),
+            dc_windows,
             seq: unix_nanos,
             bindings: HashMap::new(),
             acks: VecDeque::new(),
@@ -281,6 +289,13 @@ impl Relay {
         if packet.id() != self.settings.id {
             return Err(Error::WrongId.into());
         }
+        let window = if self.settings.dcs.is_empty() {
+            &mut self.dc_window
+        } else {
+            self.dc_windows
+                .get_mut(&from)
+                .ok_or(Error::UnexpectedSource)?
+        };
         self.auth.verify(packet.as_ref())?;
         let repr = Repr::parse(packet)?;
         let Message::RelayDir(dir) = repr.message else {
@@ -289,7 +304,7 @@ impl Relay {
         // After the tag (only the DC's own datagrams move its window) and
         // before anything is acted on: a recorded RELAY_DIR never re-opens
         // an expired binding or takes a re-keyed one back to its old key.
-        if !self.dc_window.validate(repr.header.seq) {
+        if !window.validate(repr.header.seq) {
             return Err(Error::Replay.into());
         }
         let key = self.auth.unwrap_key(
@@ -547,6 +562,40 @@ mod tests {
             out.push((t.dst, a.tunnel_id));
         }
         out
+    }
+
+    /// With several DCs, RELAY_DIR comes only from a listed DC, and each
+    /// DC's seq is checked in a window of its own: DC2's stream, far below
+    /// DC1's, still passes, and a replay of either is refused.
+    #[test]
+    fn several_dcs_have_a_window_each() {
+        const DC2: &str = "198.18.0.4:7710";
+        let now = Instant::now();
+        let mut c = Config::new(1, &Key::from_bytes(K_RS));
+        c.dcs = vec![addr(DC), addr(DC2)];
+        let mut r = Relay::new(&c, now, 1_000).unwrap();
+        let from_dc1 = relay_dir(77, 1_000_000, K_RELAY, 1);
+        assert_eq!(r.handle(now, addr(DC), &from_dc1), Ok(Verdict::Consumed));
+        assert_eq!(
+            r.handle(now, addr(DC2), &relay_dir(78, 10, K_RELAY, 1)),
+            Ok(Verdict::Consumed)
+        );
+        assert_eq!(acks(&mut r, now), vec![(addr(DC), 77), (addr(DC2), 78)]);
+        assert_eq!(
+            r.handle(now, addr(DC), &from_dc1),
+            Err(Error::Replay.into())
+        );
+        assert_eq!(
+            r.handle(now, addr("198.18.0.9:7710"), &relay_dir(79, 20, K_RELAY, 1)),
+            Err(Error::UnexpectedSource.into())
+        );
+        // One DC from any address, as before: DC2's far lower seq is stale.
+        let mut one = relay(now);
+        assert!(one.handle(now, addr(DC), &from_dc1).is_ok());
+        assert_eq!(
+            one.handle(now, addr(DC2), &relay_dir(78, 10, K_RELAY, 1)),
+            Err(Error::Replay.into())
+        );
     }
 
     #[test]

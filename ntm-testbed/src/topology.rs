@@ -42,6 +42,11 @@ pub const NAT1_WAN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const DC_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The Relay Server.
 pub const RS_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// The second Direction Coordinator (several DCs on one etcd store).
+pub const DC2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
+/// The etcd cluster's namespace: every member listens here, each on
+/// ports of its own.
+pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 /// The global node cn.
 pub const CN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
 /// nat2 `wan` (/24): what hosts on the internet see for cn2's traffic.
@@ -55,7 +60,7 @@ pub const CN2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 20, 2);
 /// namespace has its own set of names.
 pub mod ifname {
     /// gn's and gn2's only interface (no address until DHCP); also the one
-    /// interface of dc, rs, cn and cn2.
+    /// interface of dc, dc2, etcd, rs, cn and cn2.
     pub const ETH0: &str = "eth0";
     /// ntma towards the GNs (a port of the lan bridge).
     pub const NTMA_LAN: &str = "lan0";
@@ -95,11 +100,15 @@ pub enum Role {
     Nat2,
     /// Software node `cn2.ntm.test` behind nat2.
     Cn2,
+    /// The second Direction Coordinator (idle unless a test starts one).
+    Dc2,
+    /// The etcd cluster the DCs share (idle unless a test starts one).
+    Etcd,
 }
 
 impl Role {
     /// Every role, in the order `up` builds them.
-    pub const ALL: [Role; 11] = [
+    pub const ALL: [Role; 13] = [
         Role::Gn,
         Role::Gn2,
         Role::Lan,
@@ -111,6 +120,8 @@ impl Role {
         Role::Cn,
         Role::Nat2,
         Role::Cn2,
+        Role::Dc2,
+        Role::Etcd,
     ];
 
     /// The namespace name without the prefix (`gn`, `ntma`, ...).
@@ -127,6 +138,8 @@ impl Role {
             Role::Cn => "cn",
             Role::Nat2 => "nat2",
             Role::Cn2 => "cn2",
+            Role::Dc2 => "dc2",
+            Role::Etcd => "etcd",
         }
     }
 
@@ -149,6 +162,8 @@ impl Role {
             Role::Cn => Some(CN_ADDR),
             Role::Nat2 => Some(NAT2_WAN_ADDR),
             Role::Cn2 => Some(CN2_ADDR),
+            Role::Dc2 => Some(DC2_ADDR),
+            Role::Etcd => Some(ETCD_ADDR),
         }
     }
 
@@ -217,7 +232,7 @@ pub(crate) struct Veth {
 }
 
 /// The veth pairs. A bridge's ports are the `b` ends in its namespace.
-pub(crate) const VETHS: [Veth; 10] = [
+pub(crate) const VETHS: [Veth; 12] = [
     // Every pair on the GNs' segment has the AF_XDP path's queue count:
     // XDP on gn's eth0 (the benchmark's sink) keeps the queues it had as
     // lan0's direct peer.
@@ -291,6 +306,20 @@ pub(crate) const VETHS: [Veth; 10] = [
         b_if: ifname::ETH0,
         xdp_path: false,
     },
+    Veth {
+        a: Role::Dc2,
+        a_if: ifname::ETH0,
+        b: Role::Inet,
+        b_if: "dc2",
+        xdp_path: false,
+    },
+    Veth {
+        a: Role::Etcd,
+        a_if: ifname::ETH0,
+        b: Role::Inet,
+        b_if: "etcd",
+        xdp_path: false,
+    },
 ];
 
 /// Interfaces whose traffic AF_XDP (or a raw socket) sees: TX checksum
@@ -311,7 +340,7 @@ pub(crate) const TX_CSUM_OFF: [(Role, &str); 8] = [
 ];
 
 /// Addresses: (namespace, interface, address, prefix length).
-pub(crate) const ADDRS: [(Role, &str, Ipv4Addr, u8); 10] = [
+pub(crate) const ADDRS: [(Role, &str, Ipv4Addr, u8); 12] = [
     (Role::Ntma, ifname::NTMA_LAN, NTMA_LAN_ADDR, 10),
     (Role::Ntma, ifname::NTMA_WAN, NTMA_WAN_ADDR, 24),
     (Role::Nat1, ifname::NAT_LAN, NAT1_LAN_ADDR, 24),
@@ -322,6 +351,8 @@ pub(crate) const ADDRS: [(Role, &str, Ipv4Addr, u8); 10] = [
     (Role::Nat2, ifname::NAT_WAN, NAT2_WAN_ADDR, 24),
     (Role::Nat2, ifname::NAT_LAN, NAT2_LAN_ADDR, 24),
     (Role::Cn2, ifname::ETH0, CN2_ADDR, 24),
+    (Role::Dc2, ifname::ETH0, DC2_ADDR, 24),
+    (Role::Etcd, ifname::ETH0, ETCD_ADDR, 24),
 ];
 
 /// Default routes. Nobody else gets one: nothing leads out of the testbed.
@@ -409,7 +440,7 @@ mod tests {
         assert_eq!(interfaces(Role::Ntma), ["lan0", "wan0"]);
         assert_eq!(
             interfaces(Role::Inet),
-            ["br0", "nat1", "dc", "rs", "cn", "nat2"]
+            ["br0", "nat1", "dc", "rs", "cn", "nat2", "dc2", "etcd"]
         );
     }
 
@@ -440,7 +471,7 @@ mod tests {
         );
         assert_eq!(
             bridge_ports(Role::Inet).collect::<Vec<_>>(),
-            ["nat1", "dc", "rs", "cn", "nat2"]
+            ["nat1", "dc", "rs", "cn", "nat2", "dc2", "etcd"]
         );
         assert_eq!(bridge_ports(Role::Ntma).count(), 0);
         // Every interface a frame crosses from a GN to lan0, and lan0.
@@ -462,6 +493,8 @@ mod tests {
     #[test]
     fn roles_have_the_addresses_of_the_topology() {
         assert_eq!(Role::Cn.addr(), Some(Ipv4Addr::new(198, 18, 0, 20)));
+        assert_eq!(Role::Dc2.addr(), Some(Ipv4Addr::new(198, 18, 0, 4)));
+        assert_eq!(Role::Etcd.public_addr(), Some(ETCD_ADDR));
         assert_eq!(Role::Cn2.public_addr(), Some(NAT2_WAN_ADDR));
         assert_eq!(Role::Ntma.public_addr(), Some(NAT1_WAN_ADDR));
         for role in [Role::Gn, Role::Gn2, Role::Lan, Role::Inet] {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ntm_testbed::{
     down, in_netns, require_root, status, unique_prefix, wait_for, wait_until, Options, Role,
-    Testbed, CN2_FQDN, CN_ADDR, CN_FQDN, DC_ADDR, GN2_FQDN, GN_FQDN, NAT1_WAN_ADDR, NAT2_WAN_ADDR,
-    NODE_FQDN, NTMA_LAN_ADDR, RS_ADDR,
+    Testbed, CN2_FQDN, CN_ADDR, CN_FQDN, DC2_ADDR, DC_ADDR, ETCD_ADDR, GN2_FQDN, GN_FQDN,
+    NAT1_WAN_ADDR, NAT2_WAN_ADDR, NODE_FQDN, NTMA_LAN_ADDR, RS_ADDR,
 };
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -188,6 +188,10 @@ fn up_builds_the_whole_topology_and_dropping_the_guard_removes_it() {
     ping(&tb, Role::Ntma, DC_ADDR);
     ping(&tb, Role::Cn2, CN_ADDR);
     ping(&tb, Role::Cn, RS_ADDR);
+    // The second DC and the etcd namespace sit on the same bridge.
+    ping(&tb, Role::Ntma, DC2_ADDR);
+    ping(&tb, Role::Dc2, ETCD_ADDR);
+    ping(&tb, Role::Dc, DC2_ADDR);
     ping(&tb, Role::Gn, Ipv4Addr::LOCALHOST);
 
     // gn, gn2 and lan0 share one Ethernet segment: with addresses set by

@@ -27,6 +27,7 @@ pub mod capture;
 pub mod counters;
 pub mod dns;
 pub mod fault;
+pub mod multidc;
 pub mod raw;
 pub mod traffic;
 
@@ -113,6 +114,16 @@ impl World {
     ) -> Result<World> {
         require_root()?;
         let tb = Testbed::up(prefix).map_err(|e| anyhow!("testbed up: {e}"))?;
+        World::on(tb, tweak, tweak_rs)
+    }
+
+    /// [`World::up_with_rs`] on a testbed that is already up (with
+    /// processes of the caller's own in it, such as an etcd cluster).
+    pub fn on(
+        tb: Testbed,
+        tweak: impl FnOnce(&mut ntm_dc::Config),
+        tweak_rs: impl FnOnce(&mut ntm_rs::Config),
+    ) -> Result<World> {
         let mut dc = ntm_dc::Config {
             keepalive_secs: 5,
             lease_secs: 600,

@@ -144,8 +144,15 @@ pub struct Wan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dc {
-    /// The DC's address:port (port 7710 by default on the DC).
-    pub address: SocketAddrV4,
+    /// The DC's address:port (port 7710 by default on the DC), or
+    /// `addresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<SocketAddrV4>,
+    /// Several DCs sharing one store, in failover order (in place of
+    /// `address`): each GN registers with the first that answers and moves
+    /// to the next when its keep-alives go unanswered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<SocketAddrV4>,
     /// Version 1 of this file named the one GN here: refused with a pointer
     /// to `[[gn]]`.
     #[serde(default, skip_serializing)]
@@ -156,7 +163,8 @@ impl Dc {
     /// `[dc]` with the DC at `address`.
     pub fn new(address: SocketAddrV4) -> Dc {
         Dc {
-            address,
+            address: Some(address),
+            addresses: Vec::new(),
             fqdn: None,
         }
     }
@@ -386,8 +394,8 @@ pub struct Settings {
     pub wan_if: String,
     /// Tunnel/signaling port.
     pub port: u16,
-    /// The DC.
-    pub dc: SocketAddrV4,
+    /// The DCs, in failover order (at least one).
+    pub dcs: Vec<SocketAddrV4>,
     /// The GNs, in configuration order (their [`crate::gn::GnIndex`]).
     pub gns: Vec<GnIdentity>,
     /// Upstream resolver.
@@ -551,13 +559,13 @@ impl Config {
     /// Checks every setting and returns the typed [`Settings`].
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         self.validate_names()?;
-        self.validate_dc()?;
+        let dcs = self.validate_dc()?;
         let gns = self.validate_gns()?;
         self.validate_dns()?;
         let gn = self.gn_config(&gns)?;
         self.validate_datapath()?;
         self.validate_hold()?;
-        self.settings(gns, gn)
+        self.settings(dcs, gns, gn)
     }
 
     /// `name`, the interfaces and the port.
@@ -602,8 +610,8 @@ impl Config {
         Ok(())
     }
 
-    /// `[dc]`.
-    fn validate_dc(&self) -> Result<(), ConfigError> {
+    /// `[dc]`: the DCs in failover order.
+    fn validate_dc(&self) -> Result<Vec<SocketAddrV4>, ConfigError> {
         if let Some(fqdn) = &self.dc.fqdn {
             return Err(invalid(
                 "dc.fqdn",
@@ -611,14 +619,12 @@ impl Config {
                 "the GNs are listed in [[gn]] entries now: move fqdn, key and key_file from [dc] into a [[gn]] entry",
             ));
         }
-        if self.dc.address.ip().is_unspecified() || self.dc.address.port() == 0 {
-            return Err(invalid(
-                "dc.address",
-                self.dc.address,
-                "give the DC's IPv4 address and port, e.g. \"198.18.0.2:7710\"",
-            ));
-        }
-        Ok(())
+        ntm_ops::config::dc_addresses(
+            ("dc.address", self.dc.address),
+            ("dc.addresses", &self.dc.addresses),
+            ntm_proto::node::MAX_DCS,
+        )
+        .map_err(|e| invalid(e.field, e.value, e.why))
     }
 
     /// `[[gn]]`: each GN's identity (FQDN, `K_node`) and MAC.
@@ -753,7 +759,12 @@ impl Config {
     }
 
     /// The typed settings of a checked configuration.
-    fn settings(&self, gns: Vec<GnIdentity>, gn: GnConfig) -> Result<Settings, ConfigError> {
+    fn settings(
+        &self,
+        dcs: Vec<SocketAddrV4>,
+        gns: Vec<GnIdentity>,
+        gn: GnConfig,
+    ) -> Result<Settings, ConfigError> {
         let h = &self.hold;
         let dns = gn.stub_config();
         let mut s = Settings {
@@ -765,7 +776,7 @@ impl Config {
             lan_if: self.lan.interface.clone(),
             wan_if: self.wan.interface.clone(),
             port: self.wan.port,
-            dc: self.dc.address,
+            dcs,
             gns,
             upstream: self.dns.upstream,
             gn,
@@ -930,6 +941,32 @@ pub(crate) mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dc_takes_one_address_or_a_list() {
+        let one: SocketAddrV4 = "198.18.0.2:7710".parse().unwrap();
+        let two: SocketAddrV4 = "198.18.0.4:7710".parse().unwrap();
+        assert_eq!(base().validate().unwrap().dcs, vec![one]);
+        let list = "[dc]\naddresses = [\"198.18.0.2:7710\", \"198.18.0.4:7710\"]\n";
+        let text = base()
+            .to_toml()
+            .replace("[dc]\naddress = \"198.18.0.2:7710\"\n", list);
+        let c = Config::from_toml(&text, Path::new("x")).unwrap();
+        assert_eq!(c.validate().unwrap().dcs, vec![one, two]);
+        let mut both = c.clone();
+        both.dc.address = Some(one);
+        assert!(err(&both).contains("dc.address") && err(&both).contains("not both"));
+        let mut none = c.clone();
+        none.dc.addresses.clear();
+        assert!(
+            err(&none).contains("dc.address = (missing)"),
+            "{}",
+            err(&none)
+        );
+        let mut twice = c;
+        twice.dc.addresses.push(one);
+        assert!(err(&twice).contains("dc.addresses") && err(&twice).contains("twice"));
     }
 
     #[test]

@@ -341,7 +341,7 @@ impl Daemon {
         tracing::info!(
             name = %s.name,
             gns = %s.gns.iter().map(|g| g.fqdn.as_str()).collect::<Vec<_>>().join(","),
-            dc = %s.dc,
+            dcs = ?s.dcs,
             lan = %s.lan_if,
             wan = %format!("{}:{}", nics.wan_ip, s.port),
             mode = %datapath.mode(),

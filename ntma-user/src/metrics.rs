@@ -60,6 +60,14 @@ fn adapter_series(m: &mut Scrape, st: &Status) {
             (l, flag(g.registration.registered))
         }),
     );
+    m.counters(
+        "ntma_dc_failovers",
+        "Moves of the GN's registration from an unanswering DC to the next configured one.",
+        st.gns.iter().map(|g| {
+            let l = labels([("gn", &g.registration.fqdn)]);
+            (l, g.registration.dc_failovers)
+        }),
+    );
     m.gauges(
         "ntma_gn_lease_bound",
         "Whether the GN holds a DHCP lease of its VIP (1) or not (0).",

@@ -102,7 +102,7 @@ pub fn plan(old: &Settings, new: &Settings) -> Result<Plan, String> {
         ));
     }
     Ok(Plan {
-        identity: old.gns != new.gns || old.dc != new.dc,
+        identity: old.gns != new.gns || old.dcs != new.dcs,
         dns: old.gn.ntm_suffix != new.gn.ntm_suffix
             || old.gn.dns_ttl != new.gn.dns_ttl
             || old.gn.dns_resolve_timeout != new.gn.dns_resolve_timeout,

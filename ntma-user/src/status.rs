@@ -57,8 +57,11 @@ pub struct GnView {
 pub struct RegistrationStatus {
     /// The GN's FQDN.
     pub fqdn: String,
-    /// The DC.
+    /// The DC registered with (or being tried) now, of those configured.
     pub dc: SocketAddrV4,
+    /// Moves from an unanswering DC to the next configured one.
+    #[serde(default)]
+    pub dc_failovers: u64,
     /// Whether a registration is held.
     pub registered: bool,
     /// The VIP.
@@ -396,7 +399,7 @@ impl Status {
             .find(|r| !r.registered)
         {
             return Err(format!(
-                "{}: not registered with the DC {} (check dc.address, this [[gn]] entry's fqdn and key, and that the DC runs)",
+                "{}: not registered with the DC {} (check [dc], this [[gn]] entry's fqdn and key, and that the DC runs)",
                 r.fqdn, r.dc
             ));
         }
@@ -574,7 +577,7 @@ fn render_gn(s: &mut String, view: &GnView) {
     let r = &view.registration;
     let _ = writeln!(
         s,
-        "gn {}: {} with DC {}: vip {}/{} node id {} local {} observed {} behind NAT {}",
+        "gn {}: {} with DC {} ({} failovers): vip {}/{} node id {} local {} observed {} behind NAT {}",
         r.fqdn,
         if r.registered {
             "registered"
@@ -582,6 +585,7 @@ fn render_gn(s: &mut String, view: &GnView) {
             "NOT registered"
         },
         r.dc,
+        r.dc_failovers,
         opt(r.vip.map(|v| v.to_string())),
         opt(r.prefix_len.map(|v| v.to_string())),
         opt(r.node_id.map(|v| v.to_string())),
@@ -683,6 +687,7 @@ pub(crate) mod tests {
                 registration: RegistrationStatus {
                     fqdn: "gn.ntm.test".into(),
                     dc: "198.18.0.2:7710".parse().unwrap(),
+                    dc_failovers: 0,
                     registered: true,
                     vip: Some(Ipv4Addr::new(100, 64, 0, 2)),
                     prefix_len: Some(10),

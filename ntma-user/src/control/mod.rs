@@ -156,12 +156,13 @@ impl Slot {
         let cfg = node::Config {
             fqdn: gn.fqdn.clone(),
             key: gn.key.clone(),
-            dc: s.dc,
+            dc: s.dcs[0],
             local_addr: SocketAddrV4::new(wan_ip, s.port),
             caps: Caps::ADAPTER,
         };
         let ep = Endpoint::new(cfg, now, unix_nanos, seed)
-            .map_err(|e| format!("cannot start the protocol endpoint of {}: {e}", gn.fqdn))?;
+            .map_err(|e| format!("cannot start the protocol endpoint of {}: {e}", gn.fqdn))?
+            .with_fallback_dcs(&s.dcs[1..]);
         let hold = HoldQueue::new(s.hold_per_peer, s.hold_total, s.hold_timeout);
         Ok(Slot {
             host: Host::new(ep, hold),
@@ -218,7 +219,7 @@ pub struct Control<D: Datapath + ?Sized = dyn Datapath> {
     /// §5 "MTU": longer GN packets are answered with ICMP or fragmented.
     inner_mtu: u16,
     port: u16,
-    dc: SocketAddrV4,
+    dcs: Vec<SocketAddrV4>,
     // What the link is made of, learned at start and while running.
     lan_mac: MacAddr,
     wan_mac: MacAddr,
@@ -307,7 +308,7 @@ impl<D: Datapath + ?Sized> Control<D> {
             non_vip: s.non_vip,
             inner_mtu: s.inner_mtu(),
             port: s.port,
-            dc: s.dc,
+            dcs: s.dcs.clone(),
             lan_mac: boot.lan_mac,
             wan_mac: boot.wan_mac,
             wan_ip: boot.wan_ip,
@@ -862,8 +863,11 @@ impl<D: Datapath + ?Sized> Control<D> {
                 self.give_vip(gn, vip);
             }
             Event::RegistrationFailed { reason } => {
-                tracing::warn!(gn = %self.slots[gn].fqdn(), dc = %self.dc, %reason, "registration failed; trying again in 10 s (check dc.address, and this [[gn]] entry's fqdn and key against the DC's configuration)");
+                let dcs = format!("{:?}", self.dcs);
+                tracing::warn!(gn = %self.slots[gn].fqdn(), %dcs, %reason, "registration failed with every DC; trying again in 10 s (check [dc], and this [[gn]] entry's fqdn and key against the DC's configuration)");
             }
+            // The endpoint logged it; its count is in the status.
+            Event::DcChanged { .. } => {}
             // The host logged it, answered the DNS and gave up the packets.
             Event::DirectionResolved { .. } => {}
             Event::TunnelAdded(t) => self.on_tunnel_added(gn, t),
@@ -1039,7 +1043,8 @@ impl<D: Datapath + ?Sized> Control<D> {
         let reg = ep.registration();
         RegistrationStatus {
             fqdn: slot.fqdn().to_owned(),
-            dc: self.dc,
+            dc: ep.dc(),
+            dc_failovers: ep.failovers(),
             registered: reg.is_some(),
             vip: reg.map(|r| r.vip.addr),
             prefix_len: reg.map(|r| r.vip.prefix_len),

@@ -61,7 +61,7 @@ impl<D: Datapath + ?Sized> Control<D> {
         seed: [u8; 32],
         io: &impl Io,
     ) -> Result<(), String> {
-        let same_dc = s.dc == self.dc;
+        let same_dc = s.dcs == self.dcs;
         let keep: Vec<Option<usize>> = s
             .gns
             .iter()
@@ -119,14 +119,14 @@ impl<D: Datapath + ?Sized> Control<D> {
             .enumerate()
             .flat_map(|(i, slot)| slot.tunnels.keys().map(move |id| (*id, i)))
             .collect();
-        self.dc = s.dc;
+        self.dcs = s.dcs.clone();
         self.gn.set_gns(specs).map_err(|e| format!("[[gn]]: {e}"))?;
         for (i, slot) in self.slots.iter().enumerate() {
             if let Err(e) = self.gn.set_vip(i, slot.vip()) {
                 tracing::warn!(gn = %slot.fqdn(), error = %e, "cannot give the GN its VIP");
             }
         }
-        tracing::info!(gns = self.slots.len(), dc = %self.dc, "GNs reloaded");
+        tracing::info!(gns = self.slots.len(), dcs = ?self.dcs, "GNs reloaded");
         Ok(())
     }
 }
