@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::datapath::{Datapath, Link, RingStats, WorkerStats};
+use crate::fastpath::FrameUse;
 
 /// The whole status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -161,6 +162,9 @@ pub struct WorkerStatus {
     /// (none once it is set up); `None` when its thread was not found.
     #[serde(default)]
     pub capabilities: Option<Vec<String>>,
+    /// Where its UMEM frames are (all zero for the raw datapath, which has none).
+    #[serde(default)]
+    pub frames: FrameUse,
 }
 
 impl DatapathStatus {
@@ -252,6 +256,7 @@ impl WorkerStatus {
             counters,
             drops: w.drops().map(|(r, n)| (r.name().to_owned(), n)).collect(),
             capabilities,
+            frames: w.frames,
         }
     }
 }
@@ -334,6 +339,19 @@ impl Status {
             .iter()
             .map(|w| w.counters.get(name).copied().unwrap_or(0))
             .sum()
+    }
+
+    /// The UMEM frames of every worker, summed.
+    pub fn frames(&self) -> FrameUse {
+        self.datapath
+            .workers
+            .iter()
+            .fold(FrameUse::default(), |a, w| FrameUse {
+                total: a.total + w.frames.total,
+                free: a.free + w.frames.free,
+                fill: a.fill + w.frames.fill,
+                tx: a.tx + w.frames.tx,
+            })
     }
 
     /// The kernel's counters of the AF_XDP rings and of both interfaces, by
@@ -499,6 +517,18 @@ impl Status {
                 nonzero(&w.counters)
             );
             let _ = writeln!(s, "  drops: {}", nonzero(&w.drops));
+            let f = &w.frames;
+            if f.total > 0 {
+                let _ = writeln!(
+                    s,
+                    "  umem frames: {} in use of {} (fill {}, tx {}, held {})",
+                    f.in_use(),
+                    f.total,
+                    f.fill,
+                    f.tx,
+                    f.held()
+                );
+            }
             let _ = writeln!(
                 s,
                 "  capabilities: {}",
@@ -627,6 +657,12 @@ pub(crate) mod tests {
             queue: 0,
             core: Some(1),
             capabilities: Some(vec![]),
+            frames: FrameUse {
+                total: 4096,
+                free: 2000,
+                fill: 2048,
+                tx: 40,
+            },
             ..WorkerStatus::default()
         };
         w.drops.insert("bad_tag".into(), 2);
@@ -718,6 +754,7 @@ pub(crate) mod tests {
         assert_eq!(s.stat("held"), 4);
         assert_eq!(s.xdp("lan_redirect"), 5);
         assert_eq!(s.worker_counter("uplink_tx"), 10);
+        assert_eq!((s.frames().in_use(), s.frames().held()), (2096, 8));
         let d = s.drops();
         assert_eq!(d.get("bad_tag"), Some(&3));
         assert!(!d.contains_key("replay"));
@@ -773,6 +810,7 @@ pub(crate) mod tests {
             "lan_redirect=5",
             "ring 0 lan: rx_dropped=6",
             "nic wan wan0: rx_dropped=8\n",
+            "  umem frames: 2096 in use of 4096 (fill 2048, tx 40, held 8)",
             "  capabilities: none",
             "capabilities kept: CAP_NET_ADMIN",
         ] {
