@@ -27,10 +27,10 @@ pub fn run(minutes: f64, args: Vec<OsString>) -> Result<()> {
     setup::run(false, setup::Need::Core)?;
     status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let mut c = Command::new(release_bin("ntm-soak"));
+    // In the workspace root, its default `--out` is perf/results.
     c.current_dir(workspace_root())
         .arg("--minutes")
         .arg(minutes.to_string())
-        .args(["--out", "perf/results"])
         .args(&args);
     status(&mut c)
 }

@@ -330,7 +330,15 @@ fn churn_once(
     );
     let d = w.dig(Role::Gn2, &NTMA_LAN_ADDR.to_string(), CN2_FQDN)?;
     ensure!(d.a.len() == 1, "gn2 resolved cn2 to {d:?}");
-    let p = w.ping(Role::Gn2, d.a[0], 2)?;
+    // Right after dhclient, gn2's route may not be there yet: a few tries.
+    let mut p = w.ping(Role::Gn2, d.a[0], 2)?;
+    for _ in 0..3 {
+        if p.received > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        p = w.ping(Role::Gn2, d.a[0], 2)?;
+    }
     ensure!(p.received > 0, "gn2 -> cn2: {}", p.output.trim());
     wait_status(ntma, "gn2's new tunnel to cn2 up", |s| {
         gn2_tunnels(s).any(|t| t.up && t.peer_fqdn == CN2_FQDN && !old.contains(&t.id))
