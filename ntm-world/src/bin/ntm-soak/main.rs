@@ -95,9 +95,8 @@ fn step(what: &str) {
     eprintln!("\n==> {what}");
 }
 
-/// The world up and every party ready: returns ntma, the VIPs of cn and
-/// cn2, the running nodes (kept alive by the caller), and ntma's
-/// configuration (the churn rewrites it).
+/// Every party up and ready: ntma, the VIPs of cn and cn2, their running
+/// nodes, and ntma's configuration (the churn rewrites it).
 struct Ready {
     ntma: Ntma,
     cn_vip: std::net::Ipv4Addr,
