@@ -153,9 +153,20 @@ fn gn_gets_its_vip_resolves_and_talks_both_ways() {
     assert!(st.worker_counter("wan_tx") > 0 && st.worker_counter("lan_tx") > 0);
     assert_eq!(st.stat("dhcp_ack"), 1);
     assert_no_data_drops(&st);
+    // Idle again, every UMEM frame is back in a worker's pool or on a fill
+    // ring: none lost on the way.
+    let st = ntma
+        .wait("every frame back", |s| {
+            let f = s.frames();
+            f.total > 0 && f.tx == 0 && f.held() == 0
+        })
+        .unwrap();
+    assert_eq!(st.frames().in_use(), st.frames().fill, "{:?}", st.frames());
     let text = ntma.status_text().unwrap();
     assert!(
-        text.contains("cn.ntm.test") && text.contains("AF_XDP copy mode"),
+        text.contains("cn.ntm.test")
+            && text.contains("AF_XDP copy mode")
+            && text.contains("umem frames: "),
         "{text}"
     );
 

@@ -238,6 +238,8 @@ fn every_daemon_serves_metrics_that_pass_promtool() -> Result<()> {
     ensure!(tx.is_some_and(|v| v >= 5.0), "tunnel tx: {tx:?}\n{text}");
     ensure!(text
         .contains("ntma_xsk_ring_events_total{queue=\"0\",side=\"wan\",counter=\"rx_dropped\"}"));
+    let fill = value(&text, "ntma_umem_frames{queue=\"0\",where=\"fill\"}");
+    ensure!(fill.is_some_and(|v| v > 0.0), "umem fill: {fill:?}\n{text}");
     // Every metric the Grafana dashboard uses is served.
     let dash = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/ntma.json"),

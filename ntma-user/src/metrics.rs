@@ -113,6 +113,25 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
                 .map(move |(r, v)| (labels([("queue", &q), ("reason", r)]), *v))
         }),
     );
+    m.gauges(
+        "ntma_umem_frames",
+        "Where each AF_XDP worker's UMEM frames are: free (its pool), fill (given to the kernel to receive into), tx (sent, not yet completed), held (between rings); they add up to its share of the UMEM.",
+        st.datapath
+            .workers
+            .iter()
+            .filter(|w| w.frames.total > 0)
+            .flat_map(|w| {
+                let q = w.queue.to_string();
+                let f = w.frames;
+                [
+                    ("free", f.free),
+                    ("fill", f.fill),
+                    ("tx", f.tx),
+                    ("held", f.held()),
+                ]
+                .map(|(k, v)| (labels([("queue", q.as_str()), ("where", k)]), v as f64))
+            }),
+    );
     m.counters(
         "ntma_worker_panics",
         "Panics of each datapath worker, caught by its supervisor (which restarts it).",
@@ -262,6 +281,8 @@ mod tests {
             "ntma_tunnel_bytes_total{gn=\"gn.ntm.test\",peer=\"cn.ntm.test\",direction=\"rx\"} 900",
             "ntma_tunnel_setup_seconds_bucket{le=\"0.004\",gn=\"gn.ntm.test\"} 1",
             "ntma_slow_path_drops_total{reason=\"dns_too_big\"} 3",
+            "ntma_umem_frames{queue=\"0\",where=\"fill\"} 2048",
+            "ntma_umem_frames{queue=\"0\",where=\"held\"} 8",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }

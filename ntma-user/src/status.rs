@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Settings;
 use crate::datapath::{Datapath, Link, RingStats, WorkerStats};
 pub use crate::fastpath::supervise::WorkerState;
+use crate::fastpath::FrameUse;
 
 /// The whole status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -176,6 +177,9 @@ pub struct WorkerStatus {
     /// The message of its last panic.
     #[serde(default)]
     pub last_panic: Option<String>,
+    /// Where its UMEM frames are (all zero for the raw datapath, which has none).
+    #[serde(default)]
+    pub frames: FrameUse,
 }
 
 impl DatapathStatus {
@@ -270,6 +274,7 @@ impl WorkerStatus {
             state: w.state,
             panics: w.panics,
             last_panic: w.last_panic.clone(),
+            frames: w.frames,
         }
     }
 }
@@ -352,6 +357,19 @@ impl Status {
             .iter()
             .map(|w| w.counters.get(name).copied().unwrap_or(0))
             .sum()
+    }
+
+    /// The UMEM frames of every worker, summed.
+    pub fn frames(&self) -> FrameUse {
+        self.datapath
+            .workers
+            .iter()
+            .fold(FrameUse::default(), |a, w| FrameUse {
+                total: a.total + w.frames.total,
+                free: a.free + w.frames.free,
+                fill: a.fill + w.frames.fill,
+                tx: a.tx + w.frames.tx,
+            })
     }
 
     /// The kernel's counters of the AF_XDP rings and of both interfaces, by
@@ -541,6 +559,18 @@ impl Status {
                 nonzero(&w.counters)
             );
             let _ = writeln!(s, "  drops: {}", nonzero(&w.drops));
+            let f = &w.frames;
+            if f.total > 0 {
+                let _ = writeln!(
+                    s,
+                    "  umem frames: {} in use of {} (fill {}, tx {}, held {})",
+                    f.in_use(),
+                    f.total,
+                    f.fill,
+                    f.tx,
+                    f.held()
+                );
+            }
             let _ = writeln!(
                 s,
                 "  capabilities: {}",
@@ -670,6 +700,12 @@ pub(crate) mod tests {
             queue: 0,
             core: Some(1),
             capabilities: Some(vec![]),
+            frames: FrameUse {
+                total: 4096,
+                free: 2000,
+                fill: 2048,
+                tx: 40,
+            },
             ..WorkerStatus::default()
         };
         w.drops.insert("bad_tag".into(), 2);
@@ -762,6 +798,7 @@ pub(crate) mod tests {
         assert_eq!(s.stat("held"), 4);
         assert_eq!(s.xdp("lan_redirect"), 5);
         assert_eq!(s.worker_counter("uplink_tx"), 10);
+        assert_eq!((s.frames().in_use(), s.frames().held()), (2096, 8));
         let d = s.drops();
         assert_eq!(d.get("bad_tag"), Some(&3));
         assert!(!d.contains_key("replay"));
@@ -817,6 +854,7 @@ pub(crate) mod tests {
             "lan_redirect=5",
             "ring 0 lan: rx_dropped=6",
             "nic wan wan0: rx_dropped=8\n",
+            "  umem frames: 2096 in use of 4096 (fill 2048, tx 40, held 8)",
             "  capabilities: none",
             "capabilities kept: CAP_NET_ADMIN",
         ] {

@@ -1,4 +1,4 @@
-//! cargo xtask: setup, build, test, testbed, run, demo, bench, dist and fuzz for ntma.
+//! cargo xtask: setup, build, test, testbed, run, demo, bench, dist, fuzz and soak for ntma.
 //!
 //! `run` and `demo` build and start binaries of the workspace (`ntma`,
 //! `ntm-demo`) rather than linking them: xtask has to compile on a fresh
@@ -12,6 +12,7 @@ mod bench_dc;
 mod dist;
 mod fuzz;
 mod setup;
+mod soak;
 mod testbed;
 
 use std::{
@@ -106,6 +107,19 @@ enum Cmd {
         /// Targets to run (all when none is named).
         targets: Vec<String>,
     },
+    /// The soak (root): N minutes of traffic through the adapter at the rate it
+    /// carries without loss, with tunnels torn down and set up every few seconds,
+    /// DNS queries, DHCP renewals and forged datagrams; samples the RSS and
+    /// descriptors of ntma and the DC and ntma's UMEM frames in use every 10 s and
+    /// fails if any grows after the warm-up; JSON under perf/results/.
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Extra arguments for `ntm-soak`, after `--` (`-- --help` lists them).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +187,7 @@ fn run(cmd: Cmd) -> Result<()> {
             },
             targets,
         ),
+        Cmd::Soak { minutes, args } => soak::run(minutes, args),
     }
 }
 

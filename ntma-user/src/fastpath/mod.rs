@@ -48,7 +48,8 @@ use std::{
 };
 
 pub use state::{
-    DatapathState, DatapathStateConfig, SlowFrame, SlowWaker, WakerError, WorkerStats, SLOW_SLOTS,
+    DatapathState, DatapathStateConfig, FrameUse, SlowFrame, SlowWaker, WakerError, WorkerStats,
+    SLOW_SLOTS,
 };
 // The raw-socket datapath (crate::rawpath) publishes its counters the same way.
 pub use encap::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};

@@ -109,6 +109,38 @@ pub struct WorkerStats {
     pub state: WorkerState,
     /// The message of its last panic.
     pub last_panic: Option<String>,
+    /// Where its UMEM frames are, as it last published them.
+    pub frames: FrameUse,
+}
+
+/// Where a worker's UMEM frames are: a gauge, published by the worker on every turn of
+/// its loop from its own frame accounting (free pool, and the port counters of frames
+/// given to and taken back from the kernel). A frame the worker lost would show as
+/// `held` growing; a frame the kernel kept, as `fill` or `tx` growing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrameUse {
+    /// Frames the worker was given from the UMEM.
+    pub total: u64,
+    /// In its free pool.
+    pub free: u64,
+    /// Given to the kernel to receive into (fill rings) and not yet taken off the RX
+    /// rings.
+    pub fill: u64,
+    /// Put on the TX rings and not yet back from the completion rings.
+    pub tx: u64,
+}
+
+impl FrameUse {
+    /// Frames out of the free pool: in the kernel's rings or held by the worker.
+    pub fn in_use(&self) -> u64 {
+        self.total.saturating_sub(self.free)
+    }
+
+    /// Frames out of the pool and not in any ring: those the worker holds between
+    /// taking them off an RX ring and putting them on a TX ring (or back in the pool).
+    pub fn held(&self) -> u64 {
+        self.in_use().saturating_sub(self.fill + self.tx)
+    }
 }
 
 impl WorkerStats {
@@ -173,6 +205,8 @@ impl LocalCounters {
 struct SharedCounters {
     values: [AtomicU64; COUNTERS],
     core: AtomicUsize,
+    /// [`FrameUse`]: total, free, fill, tx.
+    frames: [AtomicU64; 4],
 }
 
 const NO_CORE: usize = usize::MAX;
@@ -327,6 +361,7 @@ impl DatapathState {
                 .map(|_| SharedCounters {
                     values: std::array::from_fn(|_| AtomicU64::new(0)),
                     core: AtomicUsize::new(NO_CORE),
+                    frames: std::array::from_fn(|_| AtomicU64::new(0)),
                 })
                 .collect(),
             health: (0..workers).map(|_| Health::default()).collect(),
@@ -451,6 +486,15 @@ impl DatapathState {
                     panics: h.panics(),
                     state: h.state(),
                     last_panic: h.last_panic(),
+                    frames: {
+                        let f = |i: usize| c.frames[i].load(Ordering::Relaxed);
+                        FrameUse {
+                            total: f(0),
+                            free: f(1),
+                            fill: f(2),
+                            tx: f(3),
+                        }
+                    },
                 }
             })
             .collect()
@@ -550,6 +594,14 @@ impl DatapathState {
         }
     }
 
+    /// A worker's [`FrameUse`] (a gauge: stored as it is now).
+    pub(crate) fn publish_frames(&self, worker: usize, f: FrameUse) {
+        let c = &self.counters[worker].frames;
+        for (a, v) in c.iter().zip([f.total, f.free, f.fill, f.tx]) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn set_core(&self, worker: usize, core: Option<usize>) {
         self.counters[worker]
             .core
@@ -610,8 +662,17 @@ mod tests {
         l.drop(FastDrop::BadTag);
         dp.publish_counters(0, &l);
         dp.set_core(0, Some(1));
+        let frames = FrameUse {
+            total: 100,
+            free: 60,
+            fill: 30,
+            tx: 7,
+        };
+        dp.publish_frames(0, frames);
         let s = &dp.worker_stats()[0];
         assert_eq!((s.wan_rx, s.core), (3, Some(1)));
+        assert_eq!(s.frames, frames);
+        assert_eq!((frames.in_use(), frames.held()), (40, 3));
         assert_eq!(s.drop_count(FastDrop::BadTag), 2);
         assert_eq!(s.total_drops(), 2);
         assert_eq!(dp.drop_totals()[FastDrop::BadTag.index()], 2);

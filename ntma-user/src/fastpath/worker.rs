@@ -121,6 +121,8 @@ struct Worker {
     lan: Port,
     wan: Port,
     pool: FramePool,
+    /// Frames the pool was given: the total of [`super::FrameUse`].
+    frames: u32,
     umem: Arc<Umem>,
     dp: Arc<DatapathState>,
     stop: Arc<AtomicBool>,
@@ -166,6 +168,7 @@ impl Worker {
                 lan,
                 wan,
                 pool,
+                frames: s.frames,
                 umem: s.umem,
                 dp: s.dp,
                 stop: s.stop,
@@ -221,6 +224,7 @@ impl Worker {
             if std::mem::take(&mut self.wake_slow) {
                 self.dp.wake_control();
             }
+            self.publish_frames();
 
             if received > 0 {
                 self.local.add(Stat::Batches, 1);
@@ -297,6 +301,22 @@ impl Worker {
     fn note_burst(&mut self, rx: &[Frame]) {
         self.ledger.clear();
         self.ledger.extend(rx.iter().map(Frame::addr));
+    }
+
+    /// Where the worker's frames are now (a few relaxed stores to its own counters'
+    /// cache line: cheap enough for every turn, so the gauge is fresh when idle too).
+    fn publish_frames(&self) {
+        let (lan, wan) = (self.lan.stats(), self.wan.stats());
+        let outstanding = |given: u64, back: u64| given.saturating_sub(back);
+        self.dp.publish_frames(
+            self.index,
+            super::FrameUse {
+                total: u64::from(self.frames),
+                free: self.pool.len() as u64,
+                fill: outstanding(lan.filled, lan.rx) + outstanding(wan.filled, wan.rx),
+                tx: outstanding(lan.tx, lan.completed) + outstanding(wan.tx, wan.completed),
+            },
+        );
     }
 
     fn uplink_one(&mut self, snap: &Snapshot, mut frame: Frame) {
