@@ -368,10 +368,23 @@ impl World {
 
     /// `ping -c count` from `role` to `dst` (200 ms apart).
     pub fn ping(&self, role: Role, dst: Ipv4Addr, count: u32) -> Result<Ping> {
+        self.ping_every(role, dst, count, Duration::from_millis(200))
+    }
+
+    /// `ping -c count` from `role` to `dst`, `interval` apart (under 200 ms
+    /// needs root, which the testbed has).
+    pub fn ping_every(
+        &self,
+        role: Role,
+        dst: Ipv4Addr,
+        count: u32,
+        interval: Duration,
+    ) -> Result<Ping> {
         // ping exits non-zero when replies are missing: the caller decides.
+        let i = interval.as_secs_f64();
         let out = self.sh(
             role,
-            &format!("ping -n -c {count} -i 0.2 -W 3 {dst} 2>&1; true"),
+            &format!("ping -n -c {count} -i {i} -W 3 {dst} 2>&1; true"),
         )?;
         Ok(Ping::parse(&out))
     }
@@ -435,6 +448,19 @@ impl World {
         secs: u32,
         reverse: bool,
     ) -> Result<Iperf> {
+        let how = format!("-t {secs}{}", if reverse { " -R" } else { "" });
+        self.iperf3_with(server, server_addr, client, &how)
+    }
+
+    /// iperf3 from `client` to a server on `server_addr` in `server`'s
+    /// namespace, with the client options `how` (`-t 2 -R`, `-n 8M`, ...).
+    pub fn iperf3_with(
+        &self,
+        server: Role,
+        server_addr: Ipv4Addr,
+        client: Role,
+        how: &str,
+    ) -> Result<Iperf> {
         let mut srv = Command::new("iperf3");
         srv.args(["-s", "-1", "-B", &server_addr.to_string(), "-p", "5201"]);
         let mut srv = self
@@ -443,10 +469,7 @@ impl World {
             .map_err(|e| anyhow!("start iperf3 -s: {e}"))?;
         // A known payload (the digits, repeated) instead of random bytes, so
         // that a capture can check that none of it crosses the internet in clear.
-        let cmd = format!(
-            "iperf3 -c {server_addr} -p 5201 -t {secs} --repeating-payload -J{}",
-            if reverse { " -R" } else { "" }
-        );
+        let cmd = format!("iperf3 -c {server_addr} -p 5201 {how} --repeating-payload -J");
         // The server is ready when its socket is: retry the client until
         // then (iperf3 -J may exit 0 with "unable to connect" in its JSON).
         let out = wait_for(PATIENCE, || {
@@ -881,8 +904,11 @@ impl Ping {
 pub struct Iperf {
     /// Received at the far end, bits per second.
     pub received_bps: f64,
-    /// Bytes received.
+    /// Bytes received (counted until the sender ends the test: with `-n`,
+    /// what is still in flight then is missing here).
     pub received_bytes: u64,
+    /// Bytes sent.
+    pub sent_bytes: u64,
     /// TCP retransmissions at the sender.
     pub retransmits: Option<u64>,
 }
@@ -900,6 +926,7 @@ impl Iperf {
                 .as_f64()
                 .ok_or_else(|| anyhow!("iperf3 output without sum_received: {json}"))?,
             received_bytes: recv["bytes"].as_u64().unwrap_or(0),
+            sent_bytes: end["sum_sent"]["bytes"].as_u64().unwrap_or(0),
             retransmits: end["sum_sent"]["retransmits"].as_u64(),
         })
     }
