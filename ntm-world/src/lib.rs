@@ -27,6 +27,7 @@ pub mod capture;
 pub mod counters;
 pub mod dns;
 pub mod raw;
+pub mod settle;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
@@ -357,11 +358,14 @@ impl World {
             .and_then(|a| a.parse().ok()))
     }
 
-    /// `dig @server name A` in `role`'s namespace, one try.
+    /// `dig @server name A` in `role`'s namespace, one try, patient: an
+    /// answer after the whole set-up or its retransmissions (SERVFAIL after
+    /// 7.75 s) still counts on a loaded machine.
     pub fn dig(&self, role: Role, server: &str, name: &str) -> Result<Dig> {
+        let secs = PATIENCE.as_secs();
         let out = self.sh(
             role,
-            &format!("dig @{server} +tries=1 +time=10 +noedns {name} A"),
+            &format!("dig @{server} +tries=1 +time={secs} +noedns {name} A"),
         )?;
         Ok(Dig::parse(&out))
     }
@@ -381,10 +385,12 @@ impl World {
         interval: Duration,
     ) -> Result<Ping> {
         // ping exits non-zero when replies are missing: the caller decides.
+        // -W: how long to wait when no reply came yet, i.e. for packets held
+        // while a tunnel is set up (the hold queue keeps them up to 10 s).
         let i = interval.as_secs_f64();
         let out = self.sh(
             role,
-            &format!("ping -n -c {count} -i {i} -W 3 {dst} 2>&1; true"),
+            &format!("ping -n -c {count} -i {i} -W 10 {dst} 2>&1; true"),
         )?;
         Ok(Ping::parse(&out))
     }
