@@ -118,7 +118,8 @@ impl Loss {
                 .ok_or(Error::Missing(PROGRAM))?
                 .try_into()
                 .map_err(load_err(PROGRAM))?;
-            prog.load().map_err(load_err(format!("loading {PROGRAM}")))?;
+            prog.load()
+                .map_err(load_err(format!("loading {PROGRAM}")))?;
             for ifname in ifnames {
                 prog.attach(ifname, XdpMode::Driver)
                     .map_err(load_err(format!("attaching {PROGRAM} to {ifname} in {ns}")))?;

@@ -16,9 +16,7 @@ pub fn tunnel_up_at_both_ends(ntma: &mut Ntma, gn: &str, peer: &mut Node) -> Res
     ntma.wait(&format!("{gn}'s tunnel to {fqdn} up"), |s| {
         s.tunnel_between(gn, &fqdn).is_some_and(|t| t.up)
     })?;
-    peer.wait(&format!("tunnel to {gn} up"), |s| {
-        s.tunnel_to(gn).is_some()
-    })?;
+    peer.wait(&format!("tunnel to {gn} up"), |s| s.tunnel_to(gn).is_some())?;
     Ok(())
 }
 

@@ -58,8 +58,10 @@ fn a_lossy_wan_sets_tunnels_up_and_carries_every_byte() {
         s.tunnel_between(GN_FQDN, CN_FQDN).is_some_and(|t| t.up)
     })
     .unwrap();
-    cn.wait("cn's tunnel to the GN up", |s| s.tunnel_to(GN_FQDN).is_some())
-        .unwrap();
+    cn.wait("cn's tunnel to the GN up", |s| {
+        s.tunnel_to(GN_FQDN).is_some()
+    })
+    .unwrap();
     let setup = loss.counts().unwrap();
     eprintln!(
         "MEASURED signaling under 1/{SETUP_ONE_IN} loss: {} of {} IPv4 frames dropped, DNS answer {:?} ms",

@@ -76,6 +76,8 @@ mod programs {
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("ntm-faults-xdp is an eBPF object: ntm-faults/build.rs builds it for bpfel-unknown-none");
+    eprintln!(
+        "ntm-faults-xdp is an eBPF object: ntm-faults/build.rs builds it for bpfel-unknown-none"
+    );
     std::process::exit(2);
 }
