@@ -62,6 +62,8 @@ fn udp_echo_via_cn(tb: &Testbed, role: Role, port: u16) -> SocketAddr {
     })
     .unwrap_or_else(|| panic!("nothing from {role} reached cn:{port}"));
     server.send_to(b"hello back", seen).unwrap();
+    // One answer, sent once: wait for it as long as anything may take.
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
     let (n, from) = client
         .recv_from(&mut buf)
         .expect("cn's answer came back through the NAT");

@@ -29,6 +29,7 @@ pub mod dns;
 pub mod fault;
 pub mod multidc;
 pub mod raw;
+pub mod settle;
 pub mod traffic;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -370,21 +371,39 @@ impl World {
             .and_then(|a| a.parse().ok()))
     }
 
-    /// `dig @server name A` in `role`'s namespace, one try.
+    /// `dig @server name A` in `role`'s namespace, one try, patient: an
+    /// answer after the whole set-up or its retransmissions (SERVFAIL after
+    /// 7.75 s) still counts on a loaded machine.
     pub fn dig(&self, role: Role, server: &str, name: &str) -> Result<Dig> {
+        let secs = PATIENCE.as_secs();
         let out = self.sh(
             role,
-            &format!("dig @{server} +tries=1 +time=10 +noedns {name} A"),
+            &format!("dig @{server} +tries=1 +time={secs} +noedns {name} A"),
         )?;
         Ok(Dig::parse(&out))
     }
 
     /// `ping -c count` from `role` to `dst` (200 ms apart).
     pub fn ping(&self, role: Role, dst: Ipv4Addr, count: u32) -> Result<Ping> {
+        self.ping_every(role, dst, count, Duration::from_millis(200))
+    }
+
+    /// `ping -c count` from `role` to `dst`, `interval` apart (under 200 ms
+    /// needs root, which the testbed has).
+    pub fn ping_every(
+        &self,
+        role: Role,
+        dst: Ipv4Addr,
+        count: u32,
+        interval: Duration,
+    ) -> Result<Ping> {
         // ping exits non-zero when replies are missing: the caller decides.
+        // -W: how long to wait when no reply came yet, i.e. for packets held
+        // while a tunnel is set up (the hold queue keeps them up to 10 s).
+        let i = interval.as_secs_f64();
         let out = self.sh(
             role,
-            &format!("ping -n -c {count} -i 0.2 -W 3 {dst} 2>&1; true"),
+            &format!("ping -n -c {count} -i {i} -W 10 {dst} 2>&1; true"),
         )?;
         Ok(Ping::parse(&out))
     }
@@ -448,6 +467,19 @@ impl World {
         secs: u32,
         reverse: bool,
     ) -> Result<Iperf> {
+        let how = format!("-t {secs}{}", if reverse { " -R" } else { "" });
+        self.iperf3_with(server, server_addr, client, &how)
+    }
+
+    /// iperf3 from `client` to a server on `server_addr` in `server`'s
+    /// namespace, with the client options `how` (`-t 2 -R`, `-n 8M`, ...).
+    pub fn iperf3_with(
+        &self,
+        server: Role,
+        server_addr: Ipv4Addr,
+        client: Role,
+        how: &str,
+    ) -> Result<Iperf> {
         let mut srv = Command::new("iperf3");
         srv.args(["-s", "-1", "-B", &server_addr.to_string(), "-p", "5201"]);
         let mut srv = self
@@ -456,10 +488,7 @@ impl World {
             .map_err(|e| anyhow!("start iperf3 -s: {e}"))?;
         // A known payload (the digits, repeated) instead of random bytes, so
         // that a capture can check that none of it crosses the internet in clear.
-        let cmd = format!(
-            "iperf3 -c {server_addr} -p 5201 -t {secs} --repeating-payload -J{}",
-            if reverse { " -R" } else { "" }
-        );
+        let cmd = format!("iperf3 -c {server_addr} -p 5201 {how} --repeating-payload -J");
         // The server is ready when its socket is: retry the client until
         // then (iperf3 -J may exit 0 with "unable to connect" in its JSON).
         let out = wait_for(PATIENCE, || {
@@ -894,8 +923,11 @@ impl Ping {
 pub struct Iperf {
     /// Received at the far end, bits per second.
     pub received_bps: f64,
-    /// Bytes received.
+    /// Bytes received (counted until the sender ends the test: with `-n`,
+    /// what is still in flight then is missing here).
     pub received_bytes: u64,
+    /// Bytes sent.
+    pub sent_bytes: u64,
     /// TCP retransmissions at the sender.
     pub retransmits: Option<u64>,
 }
@@ -913,6 +945,7 @@ impl Iperf {
                 .as_f64()
                 .ok_or_else(|| anyhow!("iperf3 output without sum_received: {json}"))?,
             received_bytes: recv["bytes"].as_u64().unwrap_or(0),
+            sent_bytes: end["sum_sent"]["bytes"].as_u64().unwrap_or(0),
             retransmits: end["sum_sent"]["retransmits"].as_u64(),
         })
     }

@@ -10,6 +10,7 @@
 use std::net::SocketAddrV4;
 
 use ntm_testbed::{wait_until, CN_ADDR, DC_ADDR, NAT1_WAN_ADDR};
+use ntm_world::settle::tunnel_up_at_both_ends;
 use ntm_world::{
     payload, Role, World, CN2_FQDN, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR, PATIENCE, UPSTREAM_ANSWER,
 };
@@ -148,8 +149,12 @@ fn gn_gets_its_vip_resolves_and_talks_both_ways() {
     // All of it went over AF_XDP, and nothing was dropped on the way.
     let st = ntma.status().unwrap();
     let t = st.tunnel_to(CN_FQDN).unwrap();
-    assert!(t.tx_packets > 1000 && t.rx_packets > 1000, "{t:?}");
-    assert!(st.xdp("lan_redirect") > 1000 && st.xdp("wan_redirect") > 1000);
+    // What is known whatever the machine's speed (iperf3's share depends on
+    // it): each 1 MiB of tcp_both_ways crossed in segments of at most the
+    // clamped MSS, 1400 bytes.
+    let min = (1u64 << 20) / 1400;
+    assert!(t.tx_packets > min && t.rx_packets > min, "{t:?}");
+    assert!(st.xdp("lan_redirect") > min && st.xdp("wan_redirect") > min);
     assert!(st.worker_counter("wan_tx") > 0 && st.worker_counter("lan_tx") > 0);
     assert_eq!(st.stat("dhcp_ack"), 1);
     assert_no_data_drops(&st);
@@ -222,11 +227,13 @@ fn the_gn_is_reachable_by_name_directly_and_through_the_relay() {
 
     let d = w.dig(Role::Cn2, "127.0.0.1", GN_FQDN).unwrap();
     assert_eq!(d.a, vec![gn_vip], "{d:?}");
+    // The relayed set-up may take a few retransmissions on a loaded machine
+    // (a TUN_REQ before both ends are bound at the RS is dropped there):
+    // once it is up at both ends, no ping is lost.
+    tunnel_up_at_both_ends(&mut ntma, GN_FQDN, &mut cn2).unwrap();
     let p = w.ping(Role::Cn2, gn_vip, 5).unwrap();
     assert_eq!(p.received, p.sent, "{}", p.output);
-    let st = ntma
-        .wait("tunnel to cn2", |s| s.tunnel_to(CN2_FQDN).is_some())
-        .unwrap();
+    let st = ntma.status().unwrap();
     let t = st.tunnel_to(CN2_FQDN).unwrap();
     assert_eq!((t.path.as_str(), t.opened_by.as_str()), ("relay", "peer"));
     // The GN answers over the tunnel cn2 opened.

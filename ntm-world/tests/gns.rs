@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use ntm_testbed::wait_until;
+use ntm_world::settle::tunnel_up_at_both_ends;
 use ntm_world::{Role, World, CN_FQDN, GN2_FQDN, GNS, GN_FQDN, NTMA_LAN_ADDR, PATIENCE};
 
 fn up(tag: &str) -> World {
@@ -31,9 +32,10 @@ fn two_gns_get_their_own_vips_reach_cn_and_each_other_and_cn_reaches_both() {
     assert_eq!(w.dhclient_in(Role::Gn).unwrap(), vip1);
 
     // Each GN resolves cn as itself and reaches it through its own tunnel.
-    for gn in GNS {
+    for (gn, fqdn) in GNS.into_iter().zip([GN_FQDN, GN2_FQDN]) {
         let d = w.dig(gn, ROUTER, CN_FQDN).unwrap();
         assert_eq!(d.a, vec![cn_vip], "{gn}: {d:?}");
+        tunnel_up_at_both_ends(&mut ntma, fqdn, &mut cn).unwrap();
         let p = w.ping(gn, cn_vip, 3).unwrap();
         assert_eq!(p.received, p.sent, "{gn} -> cn: {}", p.output);
     }
@@ -174,6 +176,7 @@ fn a_gn_the_dc_does_not_know_stays_out_while_the_other_works() {
     assert_eq!(w.dhclient().unwrap(), vip);
     let d = w.dig(Role::Gn, ROUTER, CN_FQDN).unwrap();
     assert_eq!(d.a, vec![cn_vip], "{d:?}");
+    tunnel_up_at_both_ends(&mut ntma, GN_FQDN, &mut cn).unwrap();
     let p = w.ping(Role::Gn, cn_vip, 3).unwrap();
     assert_eq!(p.received, p.sent, "{}", p.output);
     // gn2 is refused by the DC: no VIP, so its DHCP gets nothing (counted).

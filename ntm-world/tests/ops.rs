@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use ntm_testbed::{wait_for, wait_until, CN_ADDR, DC_ADDR, NODE_FQDN, NODE_FQDNS, RS_ADDR};
+use ntm_world::settle::flowing;
 use ntm_world::{bin, write_private, Role, World, CN2_FQDN, CN_FQDN, GN2_FQDN, GN_FQDN, PATIENCE};
 
 /// GET /metrics from inside `role`'s namespace: (status line, headers, body).
@@ -291,7 +292,7 @@ fn reloads_under_traffic_lose_no_ping() -> Result<()> {
 
     // 300 pings, 20 ms apart (6 s), while both daemons reload.
     let mut pinger = pinger(&w, cn_vip, 300)?;
-    std::thread::sleep(Duration::from_millis(500));
+    flowing(&mut ntma, CN_FQDN, 10)?;
 
     // DC: a node added, one removed (cn2, not running), a new relay key.
     rewrite_dc(&w, |c| {
@@ -887,7 +888,7 @@ fn reload_moves_dns_upstream_under_traffic() -> Result<()> {
     let dnsmasq = w.dnsmasq(&Zone::default().a(NAME, moved))?;
 
     let mut pinger = pinger(&w, cn_vip, 200)?;
-    std::thread::sleep(Duration::from_millis(500));
+    flowing(&mut ntma, CN_FQDN, 10)?;
 
     rewrite_ntma(&ntma.config, |c| c.dns.upstream = DNSMASQ)?;
     ntma.reload()?;

@@ -3,7 +3,8 @@
 //! program attached, the traffic counted by the raw worker, nothing dropped. Needs root
 //! and the workspace binaries (`cargo build --workspace --bins`); fails without them.
 
-use ntm_world::{Role, World, CN_FQDN, NTMA_LAN_ADDR};
+use ntm_world::settle::tunnel_up_at_both_ends;
+use ntm_world::{Role, World, CN_FQDN, GN_FQDN, NTMA_LAN_ADDR};
 use ntma_user::config::DatapathKind;
 
 #[test]
@@ -30,6 +31,9 @@ fn the_raw_datapath_carries_the_demo() {
         .dig(Role::Gn, &NTMA_LAN_ADDR.to_string(), CN_FQDN)
         .unwrap();
     assert_eq!((d.status.as_str(), d.a.clone()), ("NOERROR", vec![cn_vip]));
+    // The answer comes with the direction, before the tunnel is up: the
+    // pings below are about the raw datapath, not the hold queue.
+    tunnel_up_at_both_ends(&mut ntma, GN_FQDN, &mut cn).unwrap();
     let p = w.ping(Role::Gn, cn_vip, 5).unwrap();
     assert_eq!(p.received, p.sent, "{}", p.output);
     let p = w.ping(Role::Cn, gn_vip, 5).unwrap();
