@@ -13,45 +13,34 @@
 //! interface, and ntma says so instead of starting. A foreign program is
 //! left alone (the attach then fails and says why).
 //!
-//! rtnetlink is spoken directly (`RTM_GETLINK` for `IFLA_XDP`, `RTM_SETLINK`
-//! with `IFLA_XDP_FD = -1` to detach); the replies are parsed with every
-//! length checked.
+//! The rtnetlink messages (`RTM_GETLINK` for `IFLA_XDP`, `RTM_SETLINK`
+//! with `IFLA_XDP_FD = -1` to detach) are built and parsed by the
+//! `netlink-packet-route`/`netlink-packet-core` crates, which check every
+//! length, and sent on a `netlink-sys` socket.
 
 use std::io;
 
-use nix::sys::socket::{
-    recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
 };
-use std::os::fd::AsRawFd;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use ntma_common::programs;
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const RTM_SETLINK: u16 = 19;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLA_F_NESTED: u16 = 0x8000;
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_ATTACHED: u16 = 2;
-const IFLA_XDP_FLAGS: u16 = 3;
-const IFLA_XDP_PROG_ID: u16 = 4;
-/// `XDP_ATTACHED_*` → the `XDP_FLAGS_*` mode to detach it with.
+/// The `XDP_FLAGS_*` mode (linux/if_link.h) to detach a program with.
 const XDP_FLAGS_SKB_MODE: u32 = 2;
 const XDP_FLAGS_DRV_MODE: u32 = 4;
 const XDP_FLAGS_HW_MODE: u32 = 8;
-const NLMSG_HDR: usize = 16;
-const IFINFO: usize = 16;
 
 /// The XDP program attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attached {
     /// Its program id.
     pub prog_id: u32,
-    /// `IFLA_XDP_ATTACHED`: 1 native, 2 generic, 3 offloaded.
-    pub mode: u8,
+    /// `IFLA_XDP_ATTACHED`: native, generic or offloaded.
+    pub mode: XdpAttached,
 }
 
 /// What [`clear_stale`] found.
@@ -100,15 +89,18 @@ fn prog_name(id: u32) -> Option<String> {
 
 /// The XDP program attached to interface `ifindex`, if any.
 pub fn attached(ifindex: u32) -> io::Result<Option<Attached>> {
-    let reply = request(&message(RTM_GETLINK, NLM_F_REQUEST, ifindex, &[]))?;
+    let reply = request(
+        RouteNetlinkMessage::GetLink(link(ifindex, vec![])),
+        NLM_F_REQUEST,
+    )?;
     parse_link(&reply, ifindex)
 }
 
 /// Detaches the XDP program of interface `ifindex` attached in `mode`.
-pub fn detach(ifindex: u32, mode: u8) -> io::Result<()> {
+pub fn detach(ifindex: u32, mode: XdpAttached) -> io::Result<()> {
     let flags = match mode {
-        2 => XDP_FLAGS_SKB_MODE,
-        3 => XDP_FLAGS_HW_MODE,
+        XdpAttached::SocketBuffer => XDP_FLAGS_SKB_MODE,
+        XdpAttached::Hardware => XDP_FLAGS_HW_MODE,
         _ => XDP_FLAGS_DRV_MODE,
     };
     set_fd(ifindex, -1, flags)
@@ -121,166 +113,140 @@ pub fn attach_by_netlink(ifindex: u32, fd: i32, flags: u32) -> io::Result<()> {
 }
 
 fn set_fd(ifindex: u32, fd: i32, flags: u32) -> io::Result<()> {
-    let mut nested = attr(IFLA_XDP_FD, &fd.to_ne_bytes());
-    nested.extend(attr(IFLA_XDP_FLAGS, &flags.to_ne_bytes()));
-    let attrs = attr(IFLA_XDP | NLA_F_NESTED, &nested);
-    let reply = request(&message(
-        RTM_SETLINK,
+    let xdp = LinkAttribute::Xdp(vec![LinkXdp::Fd(fd), LinkXdp::Flags(flags)]);
+    let reply = request(
+        RouteNetlinkMessage::SetLink(link(ifindex, vec![xdp])),
         NLM_F_REQUEST | NLM_F_ACK,
-        ifindex,
-        &attrs,
-    ))?;
-    match parse_ack(&reply) {
-        Some(0) => Ok(()),
-        Some(e) => Err(io::Error::from_raw_os_error(-e)),
-        None => Err(io::Error::other("bad rtnetlink answer to RTM_SETLINK")),
-    }
+    )?;
+    parse_ack(&reply)
 }
 
-/// A netlink message: header, `ifinfomsg` for `ifindex`, then `attrs`.
-fn message(kind: u16, flags: u16, ifindex: u32, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDR + IFINFO + attrs.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend((len as u32).to_ne_bytes());
-    m.extend(kind.to_ne_bytes());
-    m.extend(flags.to_ne_bytes());
-    m.extend(1u32.to_ne_bytes()); // seq
-    m.extend(0u32.to_ne_bytes()); // port id: the kernel's
-    m.extend([0u8; 4]); // family AF_UNSPEC, pad, type
-    m.extend((ifindex as i32).to_ne_bytes());
-    m.extend([0u8; 8]); // flags, change
-    m.extend(attrs);
+/// A link message about `ifindex` (family `AF_UNSPEC`) carrying `attributes`.
+fn link(ifindex: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes = attributes;
     m
 }
 
-/// One attribute, padded to 4 bytes.
-fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
-    let len = 4 + value.len();
-    let mut a = Vec::with_capacity(len.next_multiple_of(4));
-    a.extend((len as u16).to_ne_bytes());
-    a.extend(kind.to_ne_bytes());
-    a.extend(value);
-    a.resize(len.next_multiple_of(4), 0);
-    a
+/// `payload` as a whole netlink message with header `flags`.
+fn encode(payload: NetlinkPayload<RouteNetlinkMessage>, flags: u16) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = 1;
+    let mut msg = NetlinkMessage::new(header, payload);
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
 }
 
 /// Sends `msg` on a fresh rtnetlink socket; the first reply.
-fn request(msg: &[u8]) -> io::Result<Vec<u8>> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    sendto(
-        fd.as_raw_fd(),
-        msg,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    let mut buf = vec![0u8; 65536];
-    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-    buf.truncate(n);
-    Ok(buf)
+fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<u8>> {
+    let socket = Socket::new(NETLINK_ROUTE)?;
+    let msg = encode(NetlinkPayload::InnerMessage(msg), flags);
+    // Port 0: the kernel.
+    socket.send_to(&msg, &SocketAddr::new(0, 0), 0)?;
+    Ok(socket.recv_from_full()?.0)
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// The attributes in `b`: (type without flags, value).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = usize::from(u16_at(b, 0)?);
-        let kind = u16_at(b, 2)? & !NLA_F_NESTED;
-        let value = b.get(4..len)?;
-        b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-        Some((kind, value))
-    })
-}
-
-/// The error code of an `NLMSG_ERROR` reply (0: acknowledged).
-fn parse_ack(b: &[u8]) -> Option<i32> {
-    (u16_at(b, 4)? == NLMSG_ERROR).then_some(u32_at(b, NLMSG_HDR)? as i32)
+/// The answer to an `NLM_F_ACK` request: `Ok` for an acknowledgement, the
+/// kernel's error otherwise.
+fn parse_ack(b: &[u8]) -> io::Result<()> {
+    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(b).map(|m| m.payload) {
+        Ok(NetlinkPayload::Error(e)) if e.code.is_none() => Ok(()),
+        Ok(NetlinkPayload::Error(e)) => Err(e.to_io()),
+        _ => Err(io::Error::other("bad rtnetlink answer to RTM_SETLINK")),
+    }
 }
 
 /// `IFLA_XDP` of an `RTM_NEWLINK` reply about `ifindex`.
 fn parse_link(b: &[u8], ifindex: u32) -> io::Result<Option<Attached>> {
-    if let Some(e) = parse_ack(b).filter(|e| *e != 0) {
-        return Err(io::Error::from_raw_os_error(-e));
-    }
-    let len = u32_at(b, 0).map_or(0, |l| l as usize);
-    let ok = u16_at(b, 4) == Some(RTM_NEWLINK)
-        && len <= b.len()
-        && u32_at(b, NLMSG_HDR + 4) == Some(ifindex);
-    if !ok {
-        return Err(io::Error::other("bad rtnetlink answer to RTM_GETLINK"));
-    }
-    let Some((_, xdp)) = attrs(&b[NLMSG_HDR + IFINFO..len]).find(|(k, _)| *k == IFLA_XDP) else {
+    let bad = || io::Error::other("bad rtnetlink answer to RTM_GETLINK");
+    let link = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(b).map(|m| m.payload) {
+        Ok(NetlinkPayload::Error(e)) if e.code.is_some() => return Err(e.to_io()),
+        Ok(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)))
+            if l.header.index == ifindex =>
+        {
+            l
+        }
+        _ => return Err(bad()),
+    };
+    let Some(xdp) = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(x) => Some(x),
+        _ => None,
+    }) else {
         return Ok(None);
     };
-    let mut mode = 0;
+    let mut mode = XdpAttached::None;
     let mut prog_id = 0;
-    for (k, v) in attrs(xdp) {
-        match k {
-            IFLA_XDP_ATTACHED => mode = v.first().copied().unwrap_or(0),
-            IFLA_XDP_PROG_ID => prog_id = u32_at(v, 0).unwrap_or(0),
+    for x in xdp {
+        match x {
+            LinkXdp::Attached(m) => mode = *m,
+            LinkXdp::ProgId(id) => prog_id = *id,
             _ => {}
         }
     }
-    Ok((mode != 0 && prog_id != 0).then_some(Attached { prog_id, mode }))
+    Ok((mode != XdpAttached::None && prog_id != 0).then_some(Attached { prog_id, mode }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `payload` as the kernel would send it.
+    fn reply(payload: RouteNetlinkMessage) -> Vec<u8> {
+        encode(NetlinkPayload::InnerMessage(payload), 0)
+    }
+
+    fn new_link(ifindex: u32, attributes: Vec<LinkAttribute>) -> Vec<u8> {
+        reply(RouteNetlinkMessage::NewLink(link(ifindex, attributes)))
+    }
+
+    fn error(code: i32) -> Vec<u8> {
+        let mut e = netlink_packet_core::ErrorMessage::default();
+        e.code = std::num::NonZeroI32::new(code);
+        encode(NetlinkPayload::Error(e), 0)
+    }
+
     #[test]
-    fn messages_are_built_and_replies_parsed_with_lengths_checked() {
-        let xdp = [
-            attr(IFLA_XDP_ATTACHED, &[1]),
-            attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()),
-        ]
-        .concat();
-        let body = [attr(3, b"lan0\0"), attr(IFLA_XDP | NLA_F_NESTED, &xdp)].concat();
-        let mut reply = message(RTM_NEWLINK, 0, 5, &body);
-        assert_eq!(reply.len(), 32 + 12 + 4 + 8 + 8);
+    fn replies_are_parsed_with_lengths_checked() {
+        let xdp = LinkAttribute::Xdp(vec![
+            LinkXdp::Attached(XdpAttached::Driver),
+            LinkXdp::ProgId(77),
+        ]);
+        let mut answer = new_link(5, vec![LinkAttribute::IfName("lan0".into()), xdp]);
+        let found = Some(Attached {
+            prog_id: 77,
+            mode: XdpAttached::Driver,
+        });
+        assert_eq!(parse_link(&answer, 5).unwrap(), found);
+        assert!(parse_link(&answer, 6).is_err(), "another interface");
+        // A length that cuts an attribute short, or runs past the end.
+        let whole = answer.len() as u32;
+        answer[..4].copy_from_slice(&(whole - 8).to_ne_bytes());
+        assert!(parse_link(&answer, 5).is_err());
+        answer[..4].copy_from_slice(&(whole + 8).to_ne_bytes());
+        assert!(parse_link(&answer, 5).is_err());
+        assert!(parse_link(&answer[..10], 5).is_err());
+        // No program: no IFLA_XDP, or ATTACHED none.
+        assert_eq!(parse_link(&new_link(5, vec![]), 5).unwrap(), None);
+        let none = LinkAttribute::Xdp(vec![LinkXdp::Attached(XdpAttached::None)]);
+        assert_eq!(parse_link(&new_link(5, vec![none]), 5).unwrap(), None);
+        // Error answers, and an acknowledgement.
+
         assert_eq!(
-            parse_link(&reply, 5).unwrap(),
-            Some(Attached {
-                prog_id: 77,
-                mode: 1
-            })
-        );
-        assert!(parse_link(&reply, 6).is_err(), "another interface");
-        // Cut short: the attributes past the end are not read.
-        let whole = reply.len() as u32;
-        reply[..4].copy_from_slice(&(whole - 8).to_ne_bytes());
-        assert_eq!(parse_link(&reply, 5).unwrap(), None);
-        reply[..4].copy_from_slice(&(whole + 8).to_ne_bytes());
-        assert!(parse_link(&reply, 5).is_err());
-        // No program: no IFLA_XDP, or ATTACHED 0.
-        let none = message(
-            RTM_NEWLINK,
-            0,
-            5,
-            &attr(IFLA_XDP, &attr(IFLA_XDP_ATTACHED, &[0])),
-        );
-        assert_eq!(parse_link(&none, 5).unwrap(), None);
-        // An error answer.
-        let mut err = message(NLMSG_ERROR, 0, 0, &[]);
-        err[NLMSG_HDR..NLMSG_HDR + 4].copy_from_slice(&(-libc::ENODEV).to_ne_bytes());
-        assert_eq!(parse_ack(&err), Some(-libc::ENODEV));
-        assert_eq!(
-            parse_link(&err, 5).unwrap_err().raw_os_error(),
+            parse_link(&error(-libc::ENODEV), 5)
+                .unwrap_err()
+                .raw_os_error(),
             Some(libc::ENODEV)
         );
-        // Truncated attributes end the walk.
-        assert_eq!(attrs(&[8, 0, 1, 0, 1]).count(), 0);
+        assert_eq!(
+            parse_ack(&error(-libc::EBUSY)).unwrap_err().raw_os_error(),
+            Some(libc::EBUSY)
+        );
+        assert!(parse_ack(&error(0)).is_ok());
+        assert!(parse_ack(&new_link(5, vec![])).is_err(), "not an answer");
     }
 
     fn ip(args: &str) {
