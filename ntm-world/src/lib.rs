@@ -23,6 +23,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod attack;
 pub mod capture;
 pub mod counters;
 pub mod dns;

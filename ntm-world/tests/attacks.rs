@@ -15,45 +15,13 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use ntm_testbed::{wait_for, wait_until, Signal, CN_ADDR, DC_ADDR, RS_ADDR};
-use ntm_world::raw::{ipv4_frame, parse_udp, udp, Ipv4, RawSocket, UdpFrame, PACKET_OUTGOING};
+use ntm_testbed::{wait_until, CN_ADDR, DC_ADDR, RS_ADDR};
+use ntm_world::attack::{ntm_type, rs_drops, spoof};
+use ntm_world::raw::{parse_udp, RawSocket, UdpFrame, PACKET_OUTGOING};
 use ntm_world::{Role, World, CN2_FQDN, CN_FQDN, PATIENCE};
 
 fn up(tag: &str) -> World {
     World::up(tag).expect("these integration tests need root and a working testbed")
-}
-
-/// Sends `payload` as a UDP datagram from `src` to `dst` out of `role`'s
-/// `eth0`, to the Ethernet address `dst_mac`: a spoofed source, from
-/// whichever namespace the attacker sits in.
-fn spoof(
-    w: &World,
-    role: Role,
-    dst_mac: [u8; 6],
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload: &[u8],
-) {
-    let sock =
-        w.tb.in_netns(role, || RawSocket::open("eth0"))
-            .unwrap()
-            .unwrap();
-    let frame = ipv4_frame(
-        dst_mac,
-        sock.mac(),
-        Ipv4::new(*src.ip(), *dst.ip(), 17),
-        &udp(src.port(), dst.port(), payload),
-    );
-    sock.send(&frame).unwrap();
-}
-
-/// The NTM message type of a UDP payload (0 when it is too short).
-fn ntm_type(u: &UdpFrame) -> u8 {
-    if u.payload.len() >= 32 && u.payload[0] == 2 {
-        u.payload[1]
-    } else {
-        0
-    }
 }
 
 /// Reflection: the adapter's own DATA and TUN_KEEPALIVE sent back to its
@@ -223,25 +191,6 @@ fn recorded_dc_messages_replayed_after_a_new_registration_are_refused() {
     assert_eq!(p.received, p.sent, "{}", p.output);
     let p = w.ping(Role::Cn, gn_vip, 1).unwrap();
     assert_eq!(p.received, 1, "{}", p.output);
-}
-
-/// The RS's drop count for `reason`, from the stats line it logs on SIGUSR1.
-fn rs_drops(w: &World, reason: &str) -> Option<u64> {
-    w.rs.signal(Signal::SIGUSR1).ok()?;
-    let key = format!("{reason}=");
-    wait_for(PATIENCE, || {
-        let log = w.rs.log();
-        let line = log.lines().rev().find(|l| l.contains("stats:"))?;
-        let at = line.find(&key);
-        Some(at.map_or(0, |at| {
-            line[at + key.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .unwrap_or(0)
-        }))
-    })
 }
 
 /// A relayed tunnel (the adapter behind nat1, cn2 behind nat2): the DC's
