@@ -113,6 +113,36 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
                 .map(move |(r, v)| (labels([("queue", &q), ("reason", r)]), *v))
         }),
     );
+    worker_health_series(m, st);
+    m.counters(
+        "ntma_xsk_ring_events",
+        "The kernel's AF_XDP ring counters (XDP_STATISTICS) by queue and NIC: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs.",
+        st.datapath.rings.iter().flat_map(|r| {
+            let q = r.queue.to_string();
+            r.counters.iter().map(move |(k, v)| {
+                (
+                    labels([("queue", &q), ("side", &r.side), ("counter", k)]),
+                    *v,
+                )
+            })
+        }),
+    );
+    m.counters(
+        "ntma_nic_losses",
+        "The kernel's drop and error counters of both interfaces (sysfs statistics) by NIC: rx_dropped, tx_dropped, rx_missed_errors, rx_fifo_errors, rx_errors, tx_errors.",
+        st.datapath.nics.iter().flat_map(|n| {
+            n.counters.iter().map(move |(k, v)| {
+                (
+                    labels([("side", &n.side), ("interface", &n.name), ("counter", k)]),
+                    *v,
+                )
+            })
+        }),
+    );
+}
+
+/// Each worker's UMEM frames and its supervisor's view (panics, up).
+fn worker_health_series(m: &mut Scrape, st: &Status) {
     m.gauges(
         "ntma_umem_frames",
         "Where each AF_XDP worker's UMEM frames are: free (its pool), fill (given to the kernel to receive into), tx (sent, not yet completed), held (between rings); they add up to its share of the UMEM.",
@@ -149,31 +179,6 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
                 labels([("queue", &w.queue.to_string())]),
                 if up { 1.0 } else { 0.0 },
             )
-        }),
-    );
-    m.counters(
-        "ntma_xsk_ring_events",
-        "The kernel's AF_XDP ring counters (XDP_STATISTICS) by queue and NIC: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs.",
-        st.datapath.rings.iter().flat_map(|r| {
-            let q = r.queue.to_string();
-            r.counters.iter().map(move |(k, v)| {
-                (
-                    labels([("queue", &q), ("side", &r.side), ("counter", k)]),
-                    *v,
-                )
-            })
-        }),
-    );
-    m.counters(
-        "ntma_nic_losses",
-        "The kernel's drop and error counters of both interfaces (sysfs statistics) by NIC: rx_dropped, tx_dropped, rx_missed_errors, rx_fifo_errors, rx_errors, tx_errors.",
-        st.datapath.nics.iter().flat_map(|n| {
-            n.counters.iter().map(move |(k, v)| {
-                (
-                    labels([("side", &n.side), ("interface", &n.name), ("counter", k)]),
-                    *v,
-                )
-            })
         }),
     );
 }
