@@ -649,6 +649,21 @@ impl Dirty {
     pub(crate) fn state(&self) -> bool {
         !self.regs.is_empty() || self.reserved
     }
+
+    /// Sets `peer`'s mark in `mem`, noted for the next write if it changed
+    /// ([`DcStore::set_mark`] of the durable stores).
+    pub(crate) fn set_mark(&mut self, mem: &mut MemoryStore, peer: Peer, mark: Mark) {
+        if mem.marks.insert(peer, mark) != Some(mark) {
+            self.marks.insert(peer);
+        }
+    }
+
+    /// Forgets `peer`'s mark in `mem`, noted for the next write if it had one.
+    pub(crate) fn forget_mark(&mut self, mem: &mut MemoryStore, peer: Peer) {
+        if mem.marks.remove(&peer).is_some() {
+            self.marks.insert(peer);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 //! ```
 
 mod child;
+pub mod etcd;
 mod keys;
 mod status;
 mod sys;

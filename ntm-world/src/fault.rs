@@ -127,6 +127,20 @@ impl PingReport {
 }
 
 impl World {
+    /// Roaming: moves the adapter's uplink from 192.168.10.2 to
+    /// 192.168.10.3 on nat1's inside network and waits until its first GN
+    /// is registered again from the new address; its status then.
+    pub fn roam_adapter(&self, ntma: &mut Ntma) -> Result<ntma_user::status::Status> {
+        self.sh(
+            Role::Ntma,
+            "ip addr del 192.168.10.2/24 dev wan0 && ip addr add 192.168.10.3/24 dev wan0 && ip route replace default via 192.168.10.1",
+        )?;
+        ntma.wait("re-registered from the new address", |s| {
+            s.gns[0].registration.local_addr.ip().octets() == [192, 168, 10, 3]
+                && s.gns[0].registration.registered
+        })
+    }
+
     /// Pings `dst` from `role` every [`PING_INTERVAL`] until stopped.
     pub fn pinger(&self, role: Role, dst: Ipv4Addr) -> Result<Pinger> {
         let mut cmd = Command::new("stdbuf");

@@ -61,10 +61,7 @@ impl EtcdCluster {
     /// Starts every member, with its data in the testbed's state
     /// directory, and waits until each is healthy.
     pub fn start(tb: &Testbed) -> Result<EtcdCluster> {
-        let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .context("etcd is not installed: run `cargo xtask setup` (Debian's etcd-server)")?;
+        let etcd = ntm_testbed::etcd::binary().map_err(|e| anyhow!(e))?;
         let peers: Vec<String> = (0..ETCD_MEMBERS)
             .map(|i| format!("m{i}=http://{ETCD_ADDR}:{}", client_port(i) + 1))
             .collect();
@@ -77,31 +74,17 @@ impl EtcdCluster {
                 client_url(i),
                 format!("http://{ETCD_ADDR}:{}", client_port(i) + 1),
             );
-            let mut cmd = Command::new(etcd);
-            cmd.args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(&dir)
-                .args([
-                    "--listen-client-urls",
-                    &curl,
-                    "--advertise-client-urls",
-                    &curl,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &purl,
-                    "--initial-advertise-peer-urls",
-                    &purl,
-                ])
-                .args(["--initial-cluster", &peers.join(",")])
-                .args([
-                    "--initial-cluster-token",
-                    &token,
-                    "--initial-cluster-state",
-                    "new",
-                ])
-                // A loaded test machine must not lose its leader to a slow tick.
-                .args(["--heartbeat-interval", "200", "--election-timeout", "2000"])
-                .args(["--logger", "zap", "--log-level", "warn"]);
+            let cmd = ntm_testbed::etcd::member_command(
+                &etcd,
+                &ntm_testbed::etcd::Member {
+                    name: &format!("m{i}"),
+                    data_dir: &dir,
+                    client_url: &curl,
+                    peer_url: &purl,
+                    initial_cluster: &peers.join(","),
+                    token: &token,
+                },
+            );
             let child = tb
                 .spawn(Role::Etcd, &cmd)
                 .map_err(|e| anyhow!("start etcd member {i}: {e}"))?;

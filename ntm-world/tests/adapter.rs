@@ -360,17 +360,7 @@ fn the_adapter_roams_when_its_uplink_address_changes() {
         .unwrap()
         .endpoint;
 
-    w.sh(
-        Role::Ntma,
-        "ip addr del 192.168.10.2/24 dev wan0 && ip addr add 192.168.10.3/24 dev wan0 && ip route replace default via 192.168.10.1",
-    )
-    .unwrap();
-    let st = ntma
-        .wait("re-registered from the new address", |s| {
-            s.gns[0].registration.local_addr.ip().octets() == [192, 168, 10, 3]
-                && s.gns[0].registration.registered
-        })
-        .unwrap();
+    let st = w.roam_adapter(&mut ntma).unwrap();
     assert_eq!(st.gns[0].registration.vip, Some(gn_vip), "the same VIP");
     // cn follows: nat1 maps the new inside address to another outside port.
     let p = w.ping(Role::Gn, cn_vip, 5).unwrap();

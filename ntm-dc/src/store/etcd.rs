@@ -1158,15 +1158,11 @@ impl DcStore for EtcdStore {
     }
 
     fn set_mark(&mut self, peer: Peer, mark: Mark) {
-        if self.mem.marks.insert(peer, mark) != Some(mark) {
-            self.dirty.marks.insert(peer);
-        }
+        self.dirty.set_mark(&mut self.mem, peer, mark);
     }
 
     fn forget_mark(&mut self, peer: Peer) {
-        if self.mem.marks.remove(&peer).is_some() {
-            self.dirty.marks.insert(peer);
-        }
+        self.dirty.forget_mark(&mut self.mem, peer);
     }
 
     /// Only the seq is this DC's; the tunnel counter is reserved with

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,16 +36,6 @@ fn data_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating the etcd data directory");
     dir
-}
-
-/// The etcd binary, or a failure that says how to get it.
-fn etcd_binary() -> PathBuf {
-    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
-        if std::path::Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    panic!("etcd is not installed: run `cargo xtask setup` (it installs Debian's etcd-server and etcd-client)");
 }
 
 impl Etcd {
@@ -77,31 +67,16 @@ impl Etcd {
         let dir = data_dir(name);
         let curl = format!("http://127.0.0.1:{client}");
         let purl = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(etcd_binary())
-            .args(["--name", name, "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--listen-client-urls",
-                &curl,
-                "--advertise-client-urls",
-                &curl,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &purl,
-                "--initial-advertise-peer-urls",
-                &purl,
-            ])
-            .args([
-                "--initial-cluster",
-                initial,
-                "--initial-cluster-token",
-                token,
-            ])
-            .args(["--initial-cluster-state", "new"])
-            // A loaded test machine must not lose its leader to a slow tick.
-            .args(["--heartbeat-interval", "200", "--election-timeout", "2000"])
-            .args(["--logger", "zap", "--log-level", "error"])
+        let etcd = ntm_testbed::etcd::binary().unwrap_or_else(|e| panic!("{e}"));
+        let member = ntm_testbed::etcd::Member {
+            name,
+            data_dir: &dir,
+            client_url: &curl,
+            peer_url: &purl,
+            initial_cluster: initial,
+            token,
+        };
+        let child = ntm_testbed::etcd::member_command(&etcd, &member)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

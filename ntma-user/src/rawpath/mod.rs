@@ -717,15 +717,9 @@ mod tests {
         assert_eq!(sent, 0);
     }
 
-    /// The real worker thread on `lo` (needs root): a panic in its loop is
-    /// caught, counted and the loop runs again on the same sockets.
-    #[cfg(debug_assertions)]
-    #[test]
-    fn a_panicking_worker_is_restarted_and_counted() {
-        use crate::fastpath::supervise::WorkerState;
-        let wan = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = wan.local_addr().unwrap();
-        let dp = RawPath::start(RawConfig {
+    /// A raw datapath on `lo` with `wan` as its tunnel socket.
+    fn lo_config(wan: UdpSocket, batch: usize) -> RawConfig {
+        RawConfig {
             lan_if: "lo".into(),
             wan,
             classify: Classify {
@@ -734,12 +728,23 @@ mod tests {
                 router: "100.64.0.1".parse().unwrap(),
             },
             core: None,
-            batch: 8,
+            batch,
             busy_poll: false,
             slow_slots: 8,
             inner_mtu: crate::fastpath::INNER_MTU as u16,
-        })
-        .expect("the raw datapath on lo needs root (CAP_NET_RAW)");
+        }
+    }
+
+    /// The real worker thread on `lo` (needs root): a panic in its loop is
+    /// caught, counted and the loop runs again on the same sockets.
+    #[cfg(debug_assertions)]
+    #[test]
+    fn a_panicking_worker_is_restarted_and_counted() {
+        use crate::fastpath::supervise::WorkerState;
+        let wan = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = wan.local_addr().unwrap();
+        let dp = RawPath::start(lo_config(wan, 8))
+            .expect("the raw datapath on lo needs root (CAP_NET_RAW)");
         let worker = || dp.worker_stats().remove(0);
         let wait = |what: &str, ok: &dyn Fn(&crate::fastpath::WorkerStats) -> bool| {
             let until = Instant::now() + Duration::from_secs(20);
@@ -772,21 +777,7 @@ mod tests {
     #[test]
     fn bad_batches_are_refused_before_anything_opens() {
         let wan = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let e = RawPath::start(RawConfig {
-            lan_if: "lo".into(),
-            wan,
-            classify: Classify {
-                vip_net: "100.64.0.0".parse().unwrap(),
-                vip_prefix_len: 10,
-                router: "100.64.0.1".parse().unwrap(),
-            },
-            core: None,
-            batch: 0,
-            busy_poll: false,
-            slow_slots: 8,
-            inner_mtu: crate::fastpath::INNER_MTU as u16,
-        })
-        .unwrap_err();
+        let e = RawPath::start(lo_config(wan, 0)).unwrap_err();
         assert!(e.to_string().contains("batch"), "{e}");
     }
 }
