@@ -330,8 +330,11 @@ fn a_node_that_fails_over_keeps_its_vip_and_its_replay_protection() {
     };
     let id = n.node_id;
     let seen = n.seq;
-    until(&mut dc2, "dc2 sees the node and its mark", |d| {
+    // The VIP's claim, dc1's seq and the mark are transactions of their
+    // own: dc2 may see them in any order.
+    until(&mut dc2, "dc2 sees the node, dc1's seq and its mark", |d| {
         d.store().get(id).is_some()
+            && d.store().takeover_seq(id).is_some()
             && d.store()
                 .mark(Peer::Node(id))
                 .is_some_and(|m| m.seq >= seen)

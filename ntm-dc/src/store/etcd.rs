@@ -1429,12 +1429,18 @@ mod tests {
             ..a.reserved()
         });
         a.commit().unwrap();
-        wait(&mut b, "dc1's node at dc2", |b| {
-            b.get(7).is_some_and(|r| r.is_active())
-        });
+        // The claim of the VIP and the other records are transactions of
+        // their own, sent at once: dc2 may see them in any order.
+        wait(
+            &mut b,
+            "dc1's node, its DC's seq and its mark at dc2",
+            |b| {
+                b.get(7).is_some_and(|r| r.is_active())
+                    && b.takeover_seq(7) == Some(77)
+                    && b.mark(Peer::Node(7)).is_some_and(|m| m.seq == 5)
+            },
+        );
         assert_eq!(b.remote_home(7), Some("dc1"));
-        assert_eq!(b.takeover_seq(7), Some(77));
-        assert_eq!(b.mark(Peer::Node(7)).unwrap().seq, 5);
         assert_eq!(b.vip_owner(Ipv4Addr::new(100, 64, 0, 2)), Some(7));
         // The node moves to dc2: dc2 is its home, and dc1 sees that.
         let r = b.get(7).unwrap();

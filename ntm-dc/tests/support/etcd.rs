@@ -20,10 +20,21 @@ pub struct Etcd {
     client_port: u16,
 }
 
-/// A loopback port nobody listens on now.
+/// A loopback port nobody listens on now, below the ephemeral range
+/// (32768 and up): an outgoing connection cannot take it before etcd binds
+/// it. Another test process may still pick it; `cluster` starts again then.
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
-    l.local_addr().expect("its address").port()
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let seed = std::collections::hash_map::RandomState::new();
+    loop {
+        let mut h = seed.build_hasher();
+        h.write_u32(N.fetch_add(1, Ordering::Relaxed));
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn data_dir(name: &str) -> PathBuf {
@@ -45,22 +56,52 @@ impl Etcd {
         c.pop().expect("one member")
     }
 
-    /// A cluster of `n` members, each healthy before this returns.
+    /// A cluster of `n` members, each healthy before this returns. A
+    /// member that exits (a port taken by another test process meanwhile)
+    /// has the cluster started again on other ports.
     pub fn cluster(n: usize) -> Vec<Etcd> {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> = (ports.iter().enumerate())
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect();
-        let token = format!("ntm-{}-{}", std::process::id(), ports[0].0);
-        let members: Vec<Etcd> = (ports.iter().enumerate())
-            .map(|(i, &(client, peer))| {
-                Etcd::spawn(&format!("m{i}"), client, peer, &initial.join(","), &token)
-            })
-            .collect();
-        for m in &members {
-            m.wait_healthy(Duration::from_secs(60));
+        let mut last = String::new();
+        for _ in 0..5 {
+            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let initial: Vec<String> = (ports.iter().enumerate())
+                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+                .collect();
+            let token = format!("ntm-{}-{}", std::process::id(), ports[0].0);
+            let mut members: Vec<Etcd> = (ports.iter().enumerate())
+                .map(|(i, &(client, peer))| {
+                    Etcd::spawn(&format!("m{i}"), client, peer, &initial.join(","), &token)
+                })
+                .collect();
+            match Etcd::all_healthy(&mut members, Duration::from_secs(60)) {
+                Ok(()) => return members,
+                Err(e) => last = e,
+            }
         }
-        members
+        panic!("etcd did not start in five tries; the last: {last}")
+    }
+
+    /// Waits until every member is healthy (the cluster has a leader), or
+    /// says which exited, with the end of its log.
+    fn all_healthy(members: &mut [Etcd], within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        for m in members.iter_mut() {
+            while !m.healthy() {
+                if let Some(Ok(Some(st))) = m.child.as_mut().map(Child::try_wait) {
+                    let log =
+                        std::fs::read_to_string(m.dir.with_extension("log")).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                    return Err(format!("etcd at {} exited ({st}): {tail}", m.url));
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd at {} not healthy within {within:?}; its log is {}",
+                    m.url,
+                    m.dir.with_extension("log").display()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
     }
 
     fn spawn(name: &str, client: u16, peer: u16, initial: &str, token: &str) -> Etcd {
@@ -68,6 +109,7 @@ impl Etcd {
         let curl = format!("http://127.0.0.1:{client}");
         let purl = format!("http://127.0.0.1:{peer}");
         let etcd = ntm_testbed::etcd::binary().unwrap_or_else(|e| panic!("{e}"));
+        let log = std::fs::File::create(dir.with_extension("log")).expect("creating etcd's log");
         let member = ntm_testbed::etcd::Member {
             name,
             data_dir: &dir,
@@ -79,7 +121,7 @@ impl Etcd {
         let child = ntm_testbed::etcd::member_command(&etcd, &member)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting etcd");
         Etcd {
@@ -103,19 +145,6 @@ impl Etcd {
             && body.contains("\"health\":\"true\"")
     }
 
-    /// Waits until the member is healthy (it has a leader).
-    pub fn wait_healthy(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.healthy() {
-            assert!(
-                Instant::now() < deadline,
-                "etcd at {} not healthy within {within:?}",
-                self.url
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// The member's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -134,5 +163,6 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }
 }
