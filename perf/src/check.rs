@@ -38,6 +38,34 @@ pub enum Check {
         /// The inner destination, on the sink's host.
         bind: SocketAddrV4,
     },
+    /// Datagrams to `bind` must carry `len` bytes of the counting pattern of
+    /// [`crate::packet::ipv4_udp`] (what arrives unchanged, or decapsulated, from the
+    /// dp generator).
+    Pattern {
+        /// The destination, on the sink's host.
+        bind: SocketAddrV4,
+        /// UDP payload length.
+        len: usize,
+    },
+}
+
+/// How a checker judges one datagram.
+enum Verify {
+    Nothing,
+    Ntm(Box<Cipher>, u32),
+    Pattern(usize),
+}
+
+impl Verify {
+    fn ok(&self, datagram: &mut [u8]) -> bool {
+        match self {
+            Verify::Nothing => true,
+            Verify::Ntm(cipher, id) => tag_ok(datagram, cipher, *id),
+            Verify::Pattern(len) => {
+                datagram.len() == *len && crate::packet::is_counting_pattern(datagram)
+            }
+        }
+    }
 }
 
 /// Checked-sample counts.
@@ -66,8 +94,9 @@ impl Checker {
                 bind,
                 cipher,
                 tunnel_id,
-            } => (*bind, Some((cipher.clone(), *tunnel_id))),
-            Check::Delivered { bind } => (*bind, None),
+            } => (*bind, Verify::Ntm(cipher.clone(), *tunnel_id)),
+            Check::Delivered { bind } => (*bind, Verify::Nothing),
+            Check::Pattern { bind, len } => (*bind, Verify::Pattern(*len)),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
@@ -94,10 +123,7 @@ impl Checker {
                     let mut buf = vec![0u8; 65536];
                     while !s.load(Ordering::Relaxed) {
                         let Ok(n) = sock.recv(&mut buf) else { continue };
-                        let good = match &verify {
-                            None => true,
-                            Some((cipher, id)) => tag_ok(&mut buf[..n], cipher, *id),
-                        };
+                        let good = verify.ok(&mut buf[..n]);
                         if good { &o } else { &b }.fetch_add(1, Ordering::Relaxed);
                     }
                 });

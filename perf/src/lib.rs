@@ -9,6 +9,7 @@ pub mod bench;
 pub mod check;
 pub mod cost;
 pub mod cpu;
+pub mod dp;
 pub mod gateways;
 pub mod gen;
 pub mod latency;

@@ -34,6 +34,40 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Each datapath alone on a reduced topology (src ─ dut ─ dst): zero-loss rate,
+    /// CPU per packet, where frames are lost; the XDP classifier alone.
+    Dp(DpArgs),
+}
+
+#[derive(clap::Args)]
+struct DpArgs {
+    /// Namespace prefix (namespaces of its own, removed at the end).
+    #[arg(long, default_value = "dp-")]
+    prefix: String,
+    /// Datapaths, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = perf::dp::dut::DpKind::ALL)]
+    datapaths: Vec<perf::dp::dut::DpKind>,
+    /// Inner IPv4 packet sizes, bytes (default 64,512,1400; --quick: 64).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Trials per point, the first at the generator's full rate (default 7; --quick: 3).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Window of each trial, ms (default 1000; --quick: 300).
+    #[arg(long)]
+    window_ms: Option<u64>,
+    /// Loss share still counted as none (default 0: strictly zero).
+    #[arg(long, default_value_t = 0.0)]
+    loss_tolerance: f64,
+    /// Leave out the classifier's BPF_PROG_TEST_RUN.
+    #[arg(long)]
+    no_classify: bool,
+    /// Where the JSON and the plots go.
+    #[arg(long, default_value = "perf/results")]
+    out: PathBuf,
+    /// A smoke run: 64 B, 3 short trials per point.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +119,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Some(Cmd::Report { json, out }) => report_only(&json, out),
+        Some(Cmd::Dp(a)) => dp(a),
         None => bench(cli.run),
     };
     match r {
@@ -104,6 +139,38 @@ fn report_only(json: &PathBuf, out: Option<PathBuf>) -> Result<()> {
     print!("{}", report::tables(&r));
     let dir = out.unwrap_or_else(|| json.parent().map(PathBuf::from).unwrap_or_default());
     for p in report::write_plots(&r, &dir)? {
+        eprintln!("plot: {}", p.display());
+    }
+    Ok(())
+}
+
+fn dp(a: DpArgs) -> Result<()> {
+    use perf::dp::{self, DpPlan};
+    let mut plan = if a.quick {
+        DpPlan::quick(&a.prefix)
+    } else {
+        DpPlan::full(&a.prefix)
+    };
+    plan.datapaths = a.datapaths;
+    if let Some(s) = a.sizes {
+        plan.sizes = s;
+    }
+    if let Some(s) = a.steps {
+        plan.steps = s.max(1);
+    }
+    if let Some(w) = a.window_ms {
+        plan.trial.window = Duration::from_millis(w.max(10));
+    }
+    plan.trial.loss_tolerance = a.loss_tolerance;
+    if a.no_classify {
+        plan.classify_repeat = 0;
+    }
+    let r = dp::run(&plan)?;
+    print!("{}", dp::report::tables(&r));
+    for p in dp::report::write_json(&r, &a.out)? {
+        eprintln!("results: {}", p.display());
+    }
+    for p in dp::report::write_plots(&r, &a.out)? {
         eprintln!("plot: {}", p.display());
     }
     Ok(())

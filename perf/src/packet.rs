@@ -32,6 +32,23 @@ fn fold(mut sum: u32) -> u16 {
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, total_len: usize) -> Vec<u8> {
     let total_len = total_len.clamp(IP_UDP_HLEN, usize::from(u16::MAX));
     let mut p = vec![0u8; total_len];
+    for (i, b) in p[IP_UDP_HLEN..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    write_ipv4_udp(&mut p, (src, sport), (dst, dport));
+    p
+}
+
+/// Whether `payload` is the counting pattern [`ipv4_udp`] fills packets with.
+pub fn is_counting_pattern(payload: &[u8]) -> bool {
+    payload.iter().enumerate().all(|(i, b)| *b == i as u8)
+}
+
+/// Writes the IPv4 and UDP headers (checksums included) in front of the payload already
+/// at `p[IP_UDP_HLEN..]`: the packet is all of `p` (at most 65535 bytes).
+pub fn write_ipv4_udp(p: &mut [u8], (src, sport): (Ipv4Addr, u16), (dst, dport): (Ipv4Addr, u16)) {
+    let total_len = p.len().min(usize::from(u16::MAX));
+    p[..IP_UDP_HLEN].fill(0);
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
     p[6] = 0x40; // don't fragment
@@ -45,17 +62,23 @@ pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, total_len:
     p[20..22].copy_from_slice(&sport.to_be_bytes());
     p[22..24].copy_from_slice(&dport.to_be_bytes());
     p[24..26].copy_from_slice(&udp_len.to_be_bytes());
-    for (i, b) in p[IP_UDP_HLEN..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
     let mut pseudo = sum16(0, &p[12..20]);
     pseudo += 17 + u32::from(udp_len);
-    let udp_sum = match !fold(sum16(pseudo, &p[20..])) {
+    let udp_sum = match !fold(sum16(pseudo, &p[20..total_len])) {
         0 => 0xffff,
         s => s,
     };
     p[26..28].copy_from_slice(&udp_sum.to_be_bytes());
-    p
+}
+
+/// Ethernet header bytes.
+pub const ETH_HLEN: usize = 14;
+
+/// Writes an Ethernet header (IPv4) to `dst` from `src` at the start of `frame`.
+pub fn write_eth(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    frame[..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
 }
 
 /// Whether the IPv4 header checksum of `packet` verifies.

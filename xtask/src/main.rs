@@ -74,14 +74,16 @@ enum Cmd {
         check: bool,
     },
     /// The benchmarks (root): per-packet cost (criterion), then every datapath on the
-    /// same testbed path (throughput, latency, scaling); a table on stdout, JSON and
-    /// SVG plots under perf/results/.
+    /// same testbed path (throughput, latency, scaling), then each datapath alone on a
+    /// reduced topology (`ntm-bench dp`: zero-loss rate, CPU per packet); tables on
+    /// stdout, JSON and SVG plots under perf/results/.
     Bench {
         /// `dc`: the Direction Coordinator's capacity instead (no root).
         #[command(subcommand)]
         what: Option<BenchWhat>,
         /// Extra arguments for `ntm-bench`, after `--` (e.g. `-- --quick`,
-        /// `-- --datapaths ntma,raw`; `-- --help` lists them).
+        /// `-- --datapaths ntma,raw`; `-- --help` lists them). `--no-dp` leaves out
+        /// `ntm-bench dp`, `--dp-only` runs only it (`--quick` applies to both).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -200,10 +202,12 @@ fn bench(args: Vec<OsString>) -> Result<()> {
     setup::run(false, setup::Need::Bench)?;
     let started = Instant::now();
     status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-    // A smoke run, the help or a report of old results need no fresh criterion runs.
-    let quick = args
-        .iter()
-        .any(|a| a == "--quick" || a == "--help" || a == "-h" || a == "report");
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    // A smoke run, the help, a report of old results or the dp part alone need no fresh
+    // criterion runs.
+    let quick = args.iter().any(|a| {
+        a == "--quick" || a == "--help" || a == "-h" || a == "report" || a == "--dp-only"
+    });
     if !quick {
         // Short criterion runs: enough for stable medians of a ~µs operation.
         let timing = ["--warm-up-time", "0.5", "--measurement-time", "1.5"];
@@ -226,13 +230,33 @@ fn bench(args: Vec<OsString>) -> Result<()> {
         .and_then(|release| release.parent())
         .map(|t| t.join("criterion"))
         .unwrap_or_else(|| workspace_root().join("target/criterion"));
-    let mut c = Command::new(&target);
-    c.current_dir(workspace_root())
-        .arg("--criterion")
-        .arg(&criterion)
-        .args(["--out", "perf/results"])
-        .args(&args);
-    let r = status(&mut c);
+    let (no_dp, dp_only) = (has("--no-dp"), has("--dp-only"));
+    let args: Vec<OsString> = args
+        .into_iter()
+        .filter(|a| a != "--no-dp" && a != "--dp-only")
+        .collect();
+    let mut r = Ok(());
+    if !dp_only {
+        let mut c = Command::new(&target);
+        c.current_dir(workspace_root())
+            .arg("--criterion")
+            .arg(&criterion)
+            .args(["--out", "perf/results"])
+            .args(&args);
+        r = status(&mut c);
+    }
+    // Each datapath alone on the reduced topology (~6 min; --quick: ~1 min).
+    let help_or_report = args
+        .iter()
+        .any(|a| a == "--help" || a == "-h" || a == "report");
+    if !no_dp && !help_or_report {
+        let mut c = Command::new(&target);
+        c.current_dir(workspace_root())
+            .args(["dp", "--out", "perf/results"])
+            .args(args.iter().filter(|a| *a == "--quick"));
+        let dp = status(&mut c);
+        r = r.and(dp);
+    }
     eprintln!(
         "bench: took {:.1} min (build included)",
         started.elapsed().as_secs_f64() / 60.0

@@ -1,0 +1,258 @@
+//! `ntm-bench dp`'s tables (stdout), JSON (`dp-<unix>.json`, `dp-latest.json`) and
+//! plots (`dp-zero-loss.svg`, `dp-ns-per-packet.svg`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+
+use super::measure::Trial;
+use super::{DpPoint, DpResults};
+use crate::run::fmt_secs;
+
+/// Per-packet figures of a trial, over the frames it delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PerPacket {
+    /// Worker thread + CPU 1 softirq, ns.
+    pub ns: Option<f64>,
+    /// The worker thread alone, ns.
+    pub worker_ns: Option<f64>,
+    /// CPU 1 softirq alone, ns.
+    pub softirq_ns: f64,
+    /// CPU 1 busy (whatever ran there), ns.
+    pub cpu1_ns: f64,
+    /// Frames per receiving burst of the worker.
+    pub burst: Option<f64>,
+}
+
+impl PerPacket {
+    /// The figures of `t`.
+    pub fn of(t: &Trial) -> PerPacket {
+        let n = t.delivered.max(1) as f64;
+        let worker_ns = t.cpu.worker_ns.map(|w| w as f64 / n);
+        let softirq_ns = t.cpu.softirq_ns as f64 / n;
+        PerPacket {
+            // No worker thread (kernel forwarding): the softirq time is all of it.
+            ns: Some(worker_ns.unwrap_or(0.0) + softirq_ns),
+            worker_ns,
+            softirq_ns,
+            cpu1_ns: t.cpu.busy_ns as f64 / n,
+            burst: (t.dut.batches > 0).then(|| t.dut.rx as f64 / t.dut.batches as f64),
+        }
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn header(r: &DpResults) -> String {
+    let c = &r.conditions;
+    let load = |l: &[f64]| {
+        l.iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let vuln: Vec<String> = c
+        .vulnerabilities
+        .iter()
+        .filter(|(_, s)| s != "Not affected")
+        .map(|(n, s)| format!("{n}: {s}"))
+        .collect();
+    format!(
+        "ntm-bench dp: {} ({} CPUs), Linux {}, load {} at the start, {} at the end; \
+         {} trial(s) of {:.1} s per point; took {}\n\
+         IRQ time accounting: {}; CPU vulnerabilities (other than not affected): {}\n",
+        c.cpu_model,
+        c.cpus,
+        c.kernel,
+        load(&c.load_start),
+        load(&c.load_end),
+        r.plan.steps,
+        r.plan.trial.window.as_secs_f64(),
+        fmt_secs(r.seconds),
+        c.irq_time_accounting
+            .map_or("unknown", |y| if y { "yes" } else { "no" }),
+        if vuln.is_empty() {
+            "none".into()
+        } else {
+            vuln.join("; ")
+        },
+    )
+}
+
+fn point_row(p: &DpPoint) -> String {
+    let s = &p.search;
+    let best = s.best_trial();
+    let pp = best.map(PerPacket::of);
+    let place = if s.gen_limited {
+        "none (generator-bound)".to_owned()
+    } else {
+        s.trials
+            .first()
+            .and_then(Trial::main_place)
+            .map_or("-".into(), |(w, n)| format!("{w} {n}"))
+    };
+    let checked = s.checked();
+    format!(
+        "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} ok{} |\n",
+        p.datapath,
+        p.direction.as_str(),
+        p.size,
+        s.zero_loss_pps() / 1e6,
+        s.gen_max_pps / 1e6,
+        opt(pp.and_then(|x| x.ns), 0),
+        opt(pp.and_then(|x| x.worker_ns), 0),
+        opt(pp.map(|x| x.softirq_ns), 0),
+        opt(pp.map(|x| x.cpu1_ns), 0),
+        opt(pp.and_then(|x| x.burst), 1),
+        place,
+        best.map_or("-".into(), |t| format!("{:.2}", t.gen.kicks as f64 / t.gen.sent.max(1) as f64)),
+        checked.ok,
+        if checked.bad > 0 {
+            format!(", {} BAD", checked.bad)
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// Every table as Markdown.
+pub fn tables(r: &DpResults) -> String {
+    let mut s = header(r);
+    s.push_str(
+        "\nZero-loss rate (binary search) and cost per packet at that rate (CPU 1: the \
+         worker alone there; ns over the frames delivered)\n\n\
+         | datapath | direction | size | zero-loss Mpps | generator max Mpps | ns/pkt \
+         (worker + softirq) | worker ns/pkt | softirq ns/pkt | CPU 1 busy ns/pkt | burst | \
+         loss place at full rate | generator sendto/pkt | samples |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|\n",
+    );
+    for p in &r.points {
+        s.push_str(&point_row(p));
+    }
+    if !r.classifier.is_empty() {
+        s.push_str(
+            "\nntma's XDP classifier alone (BPF_PROG_TEST_RUN)\n\n\
+             | program | frame | runs | kernel ns/run | wall ns/run | action |\n\
+             |---|---|---:|---:|---:|---:|\n",
+        );
+        for c in &r.classifier {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {:.1} | {} |",
+                c.program, c.frame, c.repeat, c.kernel_ns, c.wall_ns, c.action
+            );
+        }
+    }
+    if !r.skipped.is_empty() {
+        s.push_str("\nLeft out:\n\n");
+        for k in &r.skipped {
+            let _ = writeln!(s, "- {} ({}): {}", k.datapath, k.what, k.why);
+        }
+    }
+    s
+}
+
+/// Writes `dp-<unix>.json` and `dp-latest.json` under `dir`.
+pub fn write_json(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text = serde_json::to_string_pretty(r).context("serializing the results")?;
+    let mut out = Vec::new();
+    for name in [format!("dp-{}.json", r.started_unix), "dp-latest.json".into()] {
+        let p = dir.join(name);
+        std::fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e}")
+}
+
+/// One line per (datapath, direction) of `value` against the packet size.
+fn plot(r: &DpResults, path: &Path, title: &str, y: &str, value: fn(&DpPoint) -> Option<f64>) -> Result<()> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for p in &r.points {
+        let Some(v) = value(p) else { continue };
+        let name = format!("{} {}", p.datapath, p.direction.as_str());
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, pts)) => pts.push((p.size as f64, v)),
+            None => series.push((name, vec![(p.size as f64, v)])),
+        }
+    }
+    let ymax = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.15;
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..1500f64, 0f64..ymax)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("inner IPv4 packet, bytes")
+        .y_desc(y)
+        .draw()
+        .map_err(plot_err)?;
+    for (i, (name, mut pts)) in series.into_iter().enumerate() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let color = COLORS[(i / 2) % COLORS.len()];
+        // Uplink solid, downlink thin.
+        let style = color.stroke_width(if i % 2 == 0 { 3 } else { 1 });
+        chart
+            .draw_series(LineSeries::new(pts.clone(), style))
+            .map_err(plot_err)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        chart
+            .draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))
+            .map_err(plot_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
+/// Writes both plots under `dir`.
+pub fn write_plots(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let a = dir.join("dp-zero-loss.svg");
+    plot(r, &a, "Zero-loss rate per datapath (reduced topology)", "zero-loss Mpps", |p| {
+        Some(p.search.zero_loss_pps() / 1e6)
+    })?;
+    let b = dir.join("dp-ns-per-packet.svg");
+    plot(
+        r,
+        &b,
+        "CPU 1 per packet at the zero-loss rate (worker + softirq)",
+        "ns per packet",
+        |p| p.search.best_trial().and_then(|t| PerPacket::of(t).ns),
+    )?;
+    Ok(vec![a, b])
+}
