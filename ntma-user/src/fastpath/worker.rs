@@ -9,7 +9,8 @@
 //! on the GN TX ring; flush; publish counters. A frame received on one socket leaves on the
 //! other as the same UMEM frame. Ring wake-ups are made only when the kernel asks
 //! (`need_wakeup`); when both sides are idle the worker sleeps in poll(2) on both RX
-//! rings (or spins with `busy_poll`).
+//! rings (or spins with `busy_poll`). With [`Forward::L2`] the same loop only rewrites
+//! each frame's MACs (the l2fwd reference of the benchmark).
 
 use std::{
     os::fd::{AsRawFd, RawFd},
@@ -25,11 +26,13 @@ use crate::ebpf::Side;
 use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 
 use super::{
-    encap::{downlink, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
+    encap::{
+        downlink, l2_rewrite, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL,
+    },
     state::{DatapathState, LocalCounters, Stat},
     supervise::{supervise, Loop, Policy},
     table::Snapshot,
-    FastpathError,
+    FastpathError, Forward,
 };
 
 /// Longest sleep when idle: bounds how long [`super::AfXdp::stop`] waits.
@@ -48,6 +51,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) frames: u32,
     pub(crate) batch: usize,
     pub(crate) busy_poll: bool,
+    pub(crate) forward: Forward,
     pub(crate) dp: Arc<DatapathState>,
     pub(crate) stop: Arc<AtomicBool>,
 }
@@ -128,6 +132,7 @@ struct Worker {
     stop: Arc<AtomicBool>,
     batch: usize,
     busy_poll: bool,
+    forward: Forward,
     rx: Vec<Frame>,
     lan_tx: Vec<Frame>,
     wan_tx: Vec<Frame>,
@@ -174,6 +179,7 @@ impl Worker {
                 stop: s.stop,
                 batch,
                 busy_poll: s.busy_poll,
+                forward: s.forward,
                 rx: Vec::with_capacity(batch),
                 // Bursts are taken only while at most `batch` frames wait, so these
                 // never grow past their capacity.
@@ -202,13 +208,21 @@ impl Worker {
 
             let mut received = 0;
             if self.wan_tx.len() <= self.batch {
-                received += self.uplink_burst(&snap);
+                received += match self.forward {
+                    Forward::Tunnel => self.uplink_burst(&snap),
+                    Forward::L2 { to_wan, .. } => self.l2_burst(Side::Lan, &to_wan),
+                };
             }
             let n = self.wan.tx_burst(&mut self.wan_tx);
             self.local.add(Stat::WanTx, u64::from(n));
 
             if self.lan_tx.len() <= self.batch {
-                received += self.downlink_burst(snap, || Arc::clone(cache.load()), now);
+                received += match self.forward {
+                    Forward::Tunnel => {
+                        self.downlink_burst(snap, || Arc::clone(cache.load()), now)
+                    }
+                    Forward::L2 { to_lan, .. } => self.l2_burst(Side::Wan, &to_lan),
+                };
             }
             let n = self.lan.tx_burst(&mut self.lan_tx);
             self.local.add(Stat::LanTx, u64::from(n));
@@ -291,6 +305,37 @@ impl Worker {
         }
         self.ledger.clear();
         self.rx = rx;
+        n
+    }
+
+    /// l2fwd ([`Forward::L2`]): one burst from `from`'s NIC, each frame's MACs
+    /// rewritten to `macs` and queued for the other NIC. Nothing in it can panic, so
+    /// it keeps no ledger.
+    fn l2_burst(&mut self, from: Side, macs: &[u8; 12]) -> u32 {
+        let (port, tx, rx_stat, malformed) = match from {
+            Side::Lan => (
+                &mut self.lan,
+                &mut self.wan_tx,
+                Stat::LanRx,
+                FastDrop::LanMalformed,
+            ),
+            Side::Wan => (
+                &mut self.wan,
+                &mut self.lan_tx,
+                Stat::WanRx,
+                FastDrop::WanMalformed,
+            ),
+        };
+        let n = port.rx_burst(&mut self.pool, &mut self.rx);
+        self.local.add(rx_stat, u64::from(n));
+        for mut frame in self.rx.drain(..) {
+            if l2_rewrite(self.umem.packet_mut(&mut frame), macs) {
+                tx.push(frame);
+            } else {
+                self.local.drop(malformed);
+                self.pool.free(frame);
+            }
+        }
         n
     }
 
