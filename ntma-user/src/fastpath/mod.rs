@@ -33,6 +33,8 @@
 //! to the inner MTU − 40 in both directions, counted as `mss_clamped`. Outer packets
 //! carry DF.
 
+pub mod burst;
+mod cycles;
 pub mod encap;
 mod state;
 pub mod supervise;
@@ -52,6 +54,7 @@ pub use state::{
     SLOW_SLOTS,
 };
 // The raw-socket datapath (crate::rawpath) publishes its counters the same way.
+pub use cycles::cycles_per_second;
 pub use encap::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
 pub(crate) use state::{LocalCounters, Stat};
 
