@@ -95,7 +95,7 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
     );
     m.counters(
         "ntma_worker_frames",
-        "Fast-path worker frame counters: lan_rx/wan_rx (received), lan_tx/wan_tx (sent), slow (to the slow queue), keepalives, batches.",
+        "Fast-path worker frame counters: lan_rx/wan_rx (received), lan_tx/wan_tx (sent), slow (to the slow queue), keepalives, batches (non-empty RX bursts), lan_kicks/wan_kicks (TX wake-ups), polls, cycles_process/cycles_ring/cycles_syscall (loop time by kind, in ntma_worker_cycles_per_second units).",
         st.datapath.workers.iter().flat_map(|w| {
             let q = w.queue.to_string();
             w.counters
@@ -114,6 +114,11 @@ fn datapath_series(m: &mut Scrape, st: &Status) {
         }),
     );
     worker_health_series(m, st);
+    m.gauge(
+        "ntma_worker_cycles_per_second",
+        "The unit of the cycles_* worker counters, per second (the TSC frequency; 1e9 when the workers' clock is the monotonic clock in ns).",
+        st.datapath.cycles_per_second as f64,
+    );
     m.counters(
         "ntma_xsk_ring_events",
         "The kernel's AF_XDP ring counters (XDP_STATISTICS) by queue and NIC: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_ring_empty_descs.",

@@ -125,6 +125,10 @@ pub struct DatapathStatus {
     /// ([`crate::os::ifstats`]).
     #[serde(default)]
     pub nics: Vec<NicStatus>,
+    /// The unit of the workers' `cycles_*` counters, per second (the TSC's frequency,
+    /// or 1e9 where the clock is the monotonic clock in nanoseconds).
+    #[serde(default)]
+    pub cycles_per_second: u64,
 }
 
 /// The kernel's drop and error counters of one interface.
@@ -219,6 +223,7 @@ impl DatapathStatus {
                     counters: crate::os::ifstats::of(name),
                 })
                 .collect(),
+            cycles_per_second: crate::fastpath::cycles_per_second(),
         }
     }
 }
@@ -261,6 +266,12 @@ impl WorkerStatus {
             ("keepalives", w.keepalives),
             ("mss_clamped", w.mss_clamped),
             ("too_big", w.too_big),
+            ("lan_kicks", w.lan_kicks),
+            ("wan_kicks", w.wan_kicks),
+            ("polls", w.polls),
+            ("cycles_process", w.cycles_process),
+            ("cycles_ring", w.cycles_ring),
+            ("cycles_syscall", w.cycles_syscall),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -763,6 +774,7 @@ pub(crate) mod tests {
                         .into_iter()
                         .collect(),
                 }],
+                cycles_per_second: 2_000_000_000,
             },
             tunnels: vec![TunnelStatus {
                 id: 3,

@@ -253,6 +253,23 @@ fn seal_up(
     }
 }
 
+/// The l2fwd reference ([`super::Forward::L2`]): writes `macs` (destination and
+/// source MAC) over the first 12 bytes of the frame. False when the frame is shorter
+/// than an Ethernet header (the worker drops it as malformed).
+#[inline]
+pub fn l2_rewrite(buf: &mut [u8], macs: &[u8; 12]) -> bool {
+    if buf.len() < ETH_LEN {
+        return false;
+    }
+    match buf.first_chunk_mut::<12>() {
+        Some(h) => {
+            *h = *macs;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Opens, checks and strips the tunnel frame `buf` in place: the outer headers, then
 /// [`decap`] in the order of §5: length, version, (type: DATA or TUN_KEEPALIVE, else
 /// slow path), known tunnel id (one being set up counts), suite (the tunnel's), tag with

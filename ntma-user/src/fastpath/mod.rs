@@ -33,6 +33,8 @@
 //! to the inner MTU − 40 in both directions, counted as `mss_clamped`. Outer packets
 //! carry DF.
 
+pub mod burst;
+mod cycles;
 pub mod encap;
 mod state;
 pub mod supervise;
@@ -52,6 +54,7 @@ pub use state::{
     SLOW_SLOTS,
 };
 // The raw-socket datapath (crate::rawpath) publishes its counters the same way.
+pub use cycles::cycles_per_second;
 pub use encap::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
 pub(crate) use state::{LocalCounters, Stat};
 
@@ -147,6 +150,24 @@ pub struct AfXdpConfig {
     pub slow_slots: usize,
     /// Inner MTU (§5 "MTU": the uplink's MTU − 60).
     pub inner_mtu: u16,
+    /// What the workers do with a frame: the adapter's work, or the l2fwd reference.
+    pub forward: Forward,
+}
+
+/// What the workers do with each frame they receive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Forward {
+    /// The adapter: GN frames are encapsulated and sealed, tunnel frames opened.
+    #[default]
+    Tunnel,
+    /// The l2fwd reference for benchmarks: the same loop, UMEM, rings, kicks and
+    /// counters, but each frame only gets its first 12 bytes (destination and source
+    /// MAC) rewritten and leaves on the other NIC: `to_wan` for frames from the GN
+    /// side, `to_lan` for frames from the WAN. No table lookup, no crypto.
+    L2 {
+        to_wan: [u8; 12],
+        to_lan: [u8; 12],
+    },
 }
 
 impl AfXdpConfig {
@@ -173,6 +194,7 @@ impl AfXdpConfig {
             bind: BindMode::Auto,
             slow_slots: SLOW_SLOTS,
             inner_mtu: INNER_MTU as u16,
+            forward: Forward::Tunnel,
         }
     }
 
@@ -310,6 +332,7 @@ impl AfXdp {
                 frames: cfg.frames_per_worker(),
                 batch: cfg.batch,
                 busy_poll: cfg.busy_poll,
+                forward: cfg.forward,
                 dp: Arc::clone(&state),
                 stop: Arc::clone(&stop),
             })?;

@@ -90,7 +90,8 @@ pub struct WorkerStats {
     /// Frames put on the GN-facing NIC's / the WAN NIC's TX ring.
     pub lan_tx: u64,
     pub wan_tx: u64,
-    /// Bursts that received at least one frame.
+    /// RX bursts that received at least one frame (each NIC's burst counts), so the
+    /// mean burst is `(lan_rx + wan_rx) / batches`.
     pub batches: u64,
     /// Frames handed to the slow queue.
     pub slow: u64,
@@ -101,6 +102,18 @@ pub struct WorkerStats {
     /// GN packets longer than the inner MTU, handed to the control (which answers
     /// ICMP fragmentation needed or fragments them).
     pub too_big: u64,
+    /// TX wake-ups (sendto) made on the GN-facing / the WAN socket.
+    pub lan_kicks: u64,
+    pub wan_kicks: u64,
+    /// poll(2) calls made when idle.
+    pub polls: u64,
+    /// Where the loop's time went, in [`super::cycles_per_second`] units (AF_XDP
+    /// workers; 0 on the raw path): frame work (lookup, crypto, headers), ring
+    /// operations (RX, TX, completion, fill), system calls (TX wake-ups and
+    /// poll(2), the time asleep included).
+    pub cycles_process: u64,
+    pub cycles_ring: u64,
+    pub cycles_syscall: u64,
     /// Drops by reason, indexed by [`FastDrop::index`].
     pub drops: [u64; FastDrop::COUNT],
     /// Panics its supervisor caught (see [`super::supervise`]).
@@ -172,6 +185,12 @@ ntm_proto::reasons! {
         Keepalives => "keepalives",
         MssClamped => "mss_clamped",
         TooBig => "too_big",
+        LanKicks => "lan_kicks",
+        WanKicks => "wan_kicks",
+        Polls => "polls",
+        CyclesProcess => "cycles_process",
+        CyclesRing => "cycles_ring",
+        CyclesSyscall => "cycles_syscall",
     }
 }
 
@@ -193,6 +212,12 @@ impl LocalCounters {
     #[inline]
     pub(crate) fn add(&mut self, s: Stat, n: u64) {
         self.0[s as usize] += n;
+    }
+
+    /// Sets a counter kept elsewhere (the ports' wake-up counts).
+    #[inline]
+    pub(crate) fn set(&mut self, s: Stat, n: u64) {
+        self.0[s as usize] = n;
     }
 
     #[inline]
@@ -482,6 +507,12 @@ impl DatapathState {
                     keepalives: v(Stat::Keepalives as usize),
                     mss_clamped: v(Stat::MssClamped as usize),
                     too_big: v(Stat::TooBig as usize),
+                    lan_kicks: v(Stat::LanKicks as usize),
+                    wan_kicks: v(Stat::WanKicks as usize),
+                    polls: v(Stat::Polls as usize),
+                    cycles_process: v(Stat::CyclesProcess as usize),
+                    cycles_ring: v(Stat::CyclesRing as usize),
+                    cycles_syscall: v(Stat::CyclesSyscall as usize),
                     drops: std::array::from_fn(|i| v(STATS + i)),
                     panics: h.panics(),
                     state: h.state(),
@@ -658,6 +689,8 @@ mod tests {
         let dp = DatapathState::new(&DatapathStateConfig::default()).unwrap();
         let mut l = LocalCounters::default();
         l.add(Stat::WanRx, 3);
+        l.add(Stat::CyclesRing, 7);
+        l.set(Stat::LanKicks, 4);
         l.drop(FastDrop::BadTag);
         l.drop(FastDrop::BadTag);
         dp.publish_counters(0, &l);
@@ -671,6 +704,7 @@ mod tests {
         dp.publish_frames(0, frames);
         let s = &dp.worker_stats()[0];
         assert_eq!((s.wan_rx, s.core), (3, Some(1)));
+        assert_eq!((s.cycles_ring, s.lan_kicks, s.wan_kicks), (7, 4, 0));
         assert_eq!(s.frames, frames);
         assert_eq!((frames.in_use(), frames.held()), (40, 3));
         assert_eq!(s.drop_count(FastDrop::BadTag), 2);

@@ -9,7 +9,8 @@
 //! on the GN TX ring; flush; publish counters. A frame received on one socket leaves on the
 //! other as the same UMEM frame. Ring wake-ups are made only when the kernel asks
 //! (`need_wakeup`); when both sides are idle the worker sleeps in poll(2) on both RX
-//! rings (or spins with `busy_poll`).
+//! rings (or spins with `busy_poll`). With [`Forward::L2`] the same loop only rewrites
+//! each frame's MACs (the l2fwd reference of the benchmark).
 
 use std::{
     os::fd::{AsRawFd, RawFd},
@@ -25,11 +26,13 @@ use crate::ebpf::Side;
 use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 
 use super::{
-    encap::{downlink, uplink, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
+    cycles::Lap,
+    burst::{self, Frames},
+    encap::{DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
     state::{DatapathState, LocalCounters, Stat},
     supervise::{supervise, Loop, Policy},
     table::Snapshot,
-    FastpathError,
+    FastpathError, Forward,
 };
 
 /// Longest sleep when idle: bounds how long [`super::AfXdp::stop`] waits.
@@ -48,6 +51,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) frames: u32,
     pub(crate) batch: usize,
     pub(crate) busy_poll: bool,
+    pub(crate) forward: Forward,
     pub(crate) dp: Arc<DatapathState>,
     pub(crate) stop: Arc<AtomicBool>,
 }
@@ -116,6 +120,22 @@ fn fill_frames(frames: u32, fill_size: u32, tx_size: u32) -> u32 {
     fill_size.min(frames.saturating_sub(2 * tx_size) / 2)
 }
 
+/// A worker's burst as [`Frames`]: its UMEM frames.
+struct UmemFrames<'a> {
+    umem: &'a Umem,
+    frames: &'a mut [Frame],
+}
+
+impl Frames for UmemFrames<'_> {
+    fn count(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn buf(&mut self, i: usize) -> &mut [u8] {
+        self.umem.packet_mut(&mut self.frames[i])
+    }
+}
+
 struct Worker {
     index: usize,
     lan: Port,
@@ -128,12 +148,20 @@ struct Worker {
     stop: Arc<AtomicBool>,
     batch: usize,
     busy_poll: bool,
+    forward: Forward,
     rx: Vec<Frame>,
     lan_tx: Vec<Frame>,
     wan_tx: Vec<Frame>,
     local: LocalCounters,
     /// A slow frame went into an empty queue during this burst: wake the control.
     wake_slow: bool,
+    /// Where the loop's time goes (`cycles_*` counters).
+    lap: Lap,
+    /// Per burst: the frames' lengths as received (uplink) and the verdicts.
+    lens: Vec<usize>,
+    up: Vec<UpVerdict>,
+    down: Vec<DownVerdict>,
+    l2: Vec<bool>,
     /// The addresses of the burst being handled: what a panic in its middle may
     /// have lost, for [`Worker::recover`].
     ledger: Vec<u64>,
@@ -174,6 +202,7 @@ impl Worker {
                 stop: s.stop,
                 batch,
                 busy_poll: s.busy_poll,
+                forward: s.forward,
                 rx: Vec::with_capacity(batch),
                 // Bursts are taken only while at most `batch` frames wait, so these
                 // never grow past their capacity.
@@ -181,6 +210,11 @@ impl Worker {
                 wan_tx: Vec::with_capacity(2 * batch),
                 local: LocalCounters::default(),
                 wake_slow: false,
+                lap: Lap::new(),
+                lens: Vec::with_capacity(batch),
+                up: Vec::with_capacity(batch),
+                down: Vec::with_capacity(batch),
+                l2: Vec::with_capacity(batch),
                 ledger: Vec::with_capacity(batch),
             },
             bound,
@@ -190,6 +224,7 @@ impl Worker {
     fn run(&mut self) {
         let mut cache = arc_swap::Cache::new(Arc::clone(self.dp.table()));
         let complete_max = self.umem.config().completion_size;
+        self.lap = Lap::new();
         while !self.stop.load(Ordering::Relaxed) {
             // One snapshot per burst: tunnels published meanwhile apply to the next one.
             let snap = Arc::clone(cache.load());
@@ -199,52 +234,105 @@ impl Worker {
             self.lan.complete(&mut self.pool, complete_max);
             self.lan.refill(&mut self.pool);
             self.wan.refill(&mut self.pool);
+            self.lap.charge(&mut self.local, Stat::CyclesRing);
 
             let mut received = 0;
             if self.wan_tx.len() <= self.batch {
-                received += self.uplink_burst(&snap);
+                received += match self.forward {
+                    Forward::Tunnel => self.uplink_burst(&snap),
+                    Forward::L2 { to_wan, .. } => self.l2_burst(Side::Lan, &to_wan),
+                };
             }
-            let n = self.wan.tx_burst(&mut self.wan_tx);
-            self.local.add(Stat::WanTx, u64::from(n));
+            self.transmit(Side::Wan);
 
             if self.lan_tx.len() <= self.batch {
-                received += self.downlink_burst(snap, || Arc::clone(cache.load()), now);
+                received += match self.forward {
+                    Forward::Tunnel => {
+                        self.downlink_burst(snap, || Arc::clone(cache.load()), now)
+                    }
+                    Forward::L2 { to_lan, .. } => self.l2_burst(Side::Wan, &to_lan),
+                };
             }
-            let n = self.lan.tx_burst(&mut self.lan_tx);
-            self.local.add(Stat::LanTx, u64::from(n));
-
-            // Copy mode sends a limited number per wake-up: keep kicking while the
-            // kernel has not taken everything.
-            if self.wan.tx_pending() > 0 {
-                self.wan.kick_tx();
-            }
-            if self.lan.tx_pending() > 0 {
-                self.lan.kick_tx();
-            }
-            if std::mem::take(&mut self.wake_slow) {
-                self.dp.wake_control();
-            }
+            self.transmit(Side::Lan);
+            self.kick_pending();
             self.publish_frames();
 
             if received > 0 {
-                self.local.add(Stat::Batches, 1);
                 self.dp.publish_counters(self.index, &self.local);
-            } else if self.busy_poll {
-                std::hint::spin_loop();
+                self.lap.charge(&mut self.local, Stat::CyclesRing);
             } else {
-                let owed = !self.lan_tx.is_empty()
-                    || !self.wan_tx.is_empty()
-                    || self.lan.tx_pending() > 0
-                    || self.wan.tx_pending() > 0
-                    || self.lan.fill_owed() > 0
-                    || self.wan.fill_owed() > 0;
-                let wait = if owed { BUSY_WAIT } else { IDLE_WAIT };
-                // A failed poll (EBADF and the like cannot happen on our own fds) only
-                // costs a spin; the loop goes on.
-                let _ = Port::wait_any_rx(&[&self.lan, &self.wan], wait);
+                self.lap.charge(&mut self.local, Stat::CyclesRing);
+                self.idle();
             }
         }
         self.dp.publish_counters(self.index, &self.local);
+    }
+
+    /// Puts `side`'s TX queue on its ring and wakes the kernel if it asks.
+    fn transmit(&mut self, side: Side) {
+        let (port, frames, stat) = match side {
+            Side::Lan => (&mut self.lan, &mut self.lan_tx, Stat::LanTx),
+            Side::Wan => (&mut self.wan, &mut self.wan_tx, Stat::WanTx),
+        };
+        if frames.is_empty() {
+            return;
+        }
+        let n = port.tx_queue(frames);
+        self.local.add(stat, u64::from(n));
+        self.lap.charge(&mut self.local, Stat::CyclesRing);
+        port.kick_tx();
+        self.lap.charge(&mut self.local, Stat::CyclesSyscall);
+    }
+
+    /// Copy mode sends a limited number per wake-up: keep kicking while the kernel
+    /// has not taken everything. Then the control, if a slow frame went into an
+    /// empty queue.
+    fn kick_pending(&mut self) {
+        if self.wan.tx_pending() > 0 {
+            self.wan.kick_tx();
+        }
+        if self.lan.tx_pending() > 0 {
+            self.lan.kick_tx();
+        }
+        if std::mem::take(&mut self.wake_slow) {
+            self.dp.wake_control();
+        }
+        self.local.set(Stat::LanKicks, self.lan.stats().tx_wakeups);
+        self.local.set(Stat::WanKicks, self.wan.stats().tx_wakeups);
+        self.lap.charge(&mut self.local, Stat::CyclesSyscall);
+    }
+
+    /// Nothing came on either NIC: spin (`busy_poll`) or sleep in poll(2) until
+    /// frames come, briefly while frames are still owed to the kernel.
+    fn idle(&mut self) {
+        if self.busy_poll {
+            std::hint::spin_loop();
+            return;
+        }
+        let owed = !self.lan_tx.is_empty()
+            || !self.wan_tx.is_empty()
+            || self.lan.tx_pending() > 0
+            || self.wan.tx_pending() > 0
+            || self.lan.fill_owed() > 0
+            || self.wan.fill_owed() > 0;
+        let wait = if owed { BUSY_WAIT } else { IDLE_WAIT };
+        self.local.add(Stat::Polls, 1);
+        // Fresh counters for whoever reads them while the worker sleeps.
+        self.dp.publish_counters(self.index, &self.local);
+        // A failed poll (EBADF and the like cannot happen on our own fds) only
+        // costs a spin; the loop goes on.
+        let _ = Port::wait_any_rx(&[&self.lan, &self.wan], wait);
+        self.lap.charge(&mut self.local, Stat::CyclesSyscall);
+    }
+
+    /// After an RX burst of `n` frames: counted (a non-empty one as a batch), and the
+    /// time so far charged to the rings.
+    fn took(&mut self, rx: Stat, n: u32) {
+        self.local.add(rx, u64::from(n));
+        if n > 0 {
+            self.local.add(Stat::Batches, 1);
+        }
+        self.lap.charge(&mut self.local, Stat::CyclesRing);
     }
 
     /// Debug builds: where `ntma debug panic-worker` makes the worker panic
@@ -258,15 +346,35 @@ impl Worker {
     /// GN side: one burst, each frame encapsulated and queued on `wan_tx`.
     fn uplink_burst(&mut self, snap: &Snapshot) -> u32 {
         let n = self.lan.rx_burst(&mut self.pool, &mut self.rx);
-        self.local.add(Stat::LanRx, u64::from(n));
-        let mut rx = std::mem::take(&mut self.rx);
+        self.took(Stat::LanRx, n);
+        let (mut rx, mut lens, mut up) = (
+            std::mem::take(&mut self.rx),
+            std::mem::take(&mut self.lens),
+            std::mem::take(&mut self.up),
+        );
         self.note_burst(&rx);
-        for frame in rx.drain(..) {
-            self.uplink_one(snap, frame);
+        // Room for the outer headers in front and the tag behind; a frame that has
+        // none keeps a buffer too short for uplink, which drops it as `NoRoom`.
+        for frame in rx.iter_mut() {
+            let len = frame.len();
+            let _ = self.umem.push_front(frame, ENCAP_GROW)
+                && self
+                    .umem
+                    .set_len(frame, ENCAP_GROW + len + ENCAP_TAIL);
+            lens.push(len);
+        }
+        let mut frames = UmemFrames {
+            umem: &self.umem,
+            frames: &mut rx,
+        };
+        burst::uplink_burst(snap, &mut frames, &lens, &mut up);
+        for ((frame, verdict), len) in rx.drain(..).zip(up.drain(..)).zip(lens.drain(..)) {
+            self.uplink_done(frame, verdict, len);
         }
         // Every frame is queued or free now, and TX may take them.
         self.ledger.clear();
-        self.rx = rx;
+        (self.rx, self.lens, self.up) = (rx, lens, up);
+        self.lap.charge(&mut self.local, Stat::CyclesProcess);
         n
     }
 
@@ -279,18 +387,58 @@ impl Worker {
         now: u64,
     ) -> u32 {
         let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
-        self.local.add(Stat::WanRx, u64::from(n));
+        self.took(Stat::WanRx, n);
         // The snapshot again, after the frames were taken off the ring: a
         // tunnel the control published before sending its TUN_REQ or TUN_RESP
         // is in it for every DATA that answers them.
         let snap = if n > 0 { fresh() } else { snap };
-        let mut rx = std::mem::take(&mut self.rx);
+        let (mut rx, mut down) = (std::mem::take(&mut self.rx), std::mem::take(&mut self.down));
         self.note_burst(&rx);
-        for frame in rx.drain(..) {
-            self.downlink_one(&snap, frame, now);
+        let mut frames = UmemFrames {
+            umem: &self.umem,
+            frames: &mut rx,
+        };
+        burst::downlink_burst(&snap, &mut frames, now, &mut down);
+        for (frame, verdict) in rx.drain(..).zip(down.drain(..)) {
+            self.downlink_done(frame, verdict);
         }
         self.ledger.clear();
-        self.rx = rx;
+        (self.rx, self.down) = (rx, down);
+        self.lap.charge(&mut self.local, Stat::CyclesProcess);
+        n
+    }
+
+    /// l2fwd ([`Forward::L2`]): one burst from `from`'s NIC, each frame's MACs
+    /// rewritten to `macs` and queued for the other NIC. Nothing in it can panic, so
+    /// it keeps no ledger.
+    fn l2_burst(&mut self, from: Side, macs: &[u8; 12]) -> u32 {
+        let n = match from {
+            Side::Lan => self.lan.rx_burst(&mut self.pool, &mut self.rx),
+            Side::Wan => self.wan.rx_burst(&mut self.pool, &mut self.rx),
+        };
+        let (rx_stat, malformed) = match from {
+            Side::Lan => (Stat::LanRx, FastDrop::LanMalformed),
+            Side::Wan => (Stat::WanRx, FastDrop::WanMalformed),
+        };
+        self.took(rx_stat, n);
+        let mut frames = UmemFrames {
+            umem: &self.umem,
+            frames: &mut self.rx,
+        };
+        burst::l2_burst(&mut frames, macs, &mut self.l2);
+        let tx = match from {
+            Side::Lan => &mut self.wan_tx,
+            Side::Wan => &mut self.lan_tx,
+        };
+        for (frame, ok) in self.rx.drain(..).zip(self.l2.drain(..)) {
+            if ok {
+                tx.push(frame);
+            } else {
+                self.local.drop(malformed);
+                self.pool.free(frame);
+            }
+        }
+        self.lap.charge(&mut self.local, Stat::CyclesProcess);
         n
     }
 
@@ -319,20 +467,10 @@ impl Worker {
         );
     }
 
-    fn uplink_one(&mut self, snap: &Snapshot, mut frame: Frame) {
+    /// Where an uplink frame goes after its verdict.
+    fn uplink_done(&mut self, mut frame: Frame, verdict: UpVerdict, frame_len: usize) {
         // Debug builds: `ntma debug panic-worker` panics here, mid-burst.
         self.fault_point();
-        let frame_len = frame.len();
-        if !self.umem.push_front(&mut frame, ENCAP_GROW)
-            || !self
-                .umem
-                .set_len(&mut frame, ENCAP_GROW + frame_len + ENCAP_TAIL)
-        {
-            self.local.drop(FastDrop::NoRoom);
-            self.pool.free(frame);
-            return;
-        }
-        let verdict = uplink(snap, self.umem.packet_mut(&mut frame), frame_len);
         match verdict {
             UpVerdict::TxClamped(len) => {
                 self.local.add(Stat::MssClamped, 1);
@@ -360,9 +498,9 @@ impl Worker {
         }
     }
 
-    fn downlink_one(&mut self, snap: &Snapshot, mut frame: Frame, now: u64) {
+    /// Where a downlink frame goes after its verdict.
+    fn downlink_done(&mut self, mut frame: Frame, verdict: DownVerdict) {
         self.fault_point();
-        let verdict = downlink(snap, self.umem.packet_mut(&mut frame), now);
         match verdict {
             DownVerdict::Tx { offset, len } | DownVerdict::TxClamped { offset, len } => {
                 if matches!(verdict, DownVerdict::TxClamped { .. }) {
@@ -414,9 +552,12 @@ impl Loop for Worker {
             .pool
             .reclaim(&self.ledger, held.map(Frame::addr).collect::<Vec<_>>());
         self.ledger.clear();
-        if self.rx.capacity() < self.batch {
-            self.rx.reserve(self.batch);
-        }
+        // The burst's vectors went with the unwinding: their room again, so the
+        // loop does not allocate.
+        self.rx.reserve(self.batch);
+        self.lens.reserve(self.batch);
+        self.up.reserve(self.batch);
+        self.down.reserve(self.batch);
         // Frames it queued for the control may not have woken it.
         self.wake_slow = true;
         tracing::info!(

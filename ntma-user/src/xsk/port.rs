@@ -319,6 +319,17 @@ impl Port {
         if frames.is_empty() {
             return 0;
         }
+        let n = self.tx_queue(frames);
+        self.kick_tx();
+        n
+    }
+
+    /// [`Port::tx_burst`] without the wake-up, for a caller that decides when to make
+    /// it ([`Port::kick_tx`]).
+    pub fn tx_queue(&mut self, frames: &mut Vec<Frame>) -> u32 {
+        if frames.is_empty() {
+            return 0;
+        }
         let id = self.umem.area().id();
         let want = frames.len().min(u32::MAX as usize) as u32;
         let mut w = self.tx.transmit(want);
@@ -337,7 +348,6 @@ impl Port {
         // The kernel owns these frames until they come back on the completion ring.
         frames.drain(..n as usize);
         self.stats.tx += u64::from(n);
-        self.kick_tx();
         n
     }
 
