@@ -20,8 +20,8 @@ use ntm_proto::node::TunnelParams;
 use ntm_proto::{Cipher, DirectionKeys, Key, Path, Suite};
 use ntm_testbed::VIP_POOL;
 use ntma_common::XdpConfig;
-use ntma_user::datapath::{Datapath, GnLink, Link};
-use ntma_user::fastpath::{AfXdp, AfXdpConfig, FastDrop};
+use ntma_user::datapath::{Datapath, DatapathKind, GnLink, Link};
+use ntma_user::fastpath::{AfXdp, AfXdpConfig, FastDrop, Forward};
 use ntma_user::gn::MacAddr;
 use ntma_user::rawpath::{Classify, RawConfig, RawPath};
 use serde::{Deserialize, Serialize};
@@ -172,10 +172,9 @@ fn l2_config(topo: &Topo) -> Result<AfXdpConfig> {
     let mut to_lan = [0u8; 12];
     to_lan[..6].copy_from_slice(&l.src.mac);
     to_lan[6..].copy_from_slice(&l.lan0.mac);
-    let _ = (to_wan, to_lan, afxdp_config());
-    Err(anyhow!(
-        "the fast path has no Forward::L2 in this build (helper fastopt's change is not merged)"
-    ))
+    let mut cfg = afxdp_config();
+    cfg.forward = Forward::L2 { to_wan, to_lan };
+    Ok(cfg)
 }
 
 impl Dut {
@@ -366,6 +365,7 @@ impl Dut {
         };
         let mut c = DutCounters {
             tx_errors: dp.tx_errors(),
+            af_xdp: dp.kind() == DatapathKind::AfXdp,
             ..DutCounters::default()
         };
         for w in dp.state().worker_stats() {
@@ -373,6 +373,11 @@ impl Dut {
             c.tx += w.lan_tx + w.wan_tx;
             c.batches += w.batches;
             c.slow += w.slow + w.too_big;
+            c.kicks += w.lan_kicks + w.wan_kicks;
+            c.polls += w.polls;
+            c.cycles_process += w.cycles_process;
+            c.cycles_ring += w.cycles_ring;
+            c.cycles_syscall += w.cycles_syscall;
             for r in FastDrop::ALL {
                 c.drops[r.index()] += w.drops[r.index()];
             }
@@ -518,6 +523,20 @@ pub struct DutCounters {
     pub xsk_fill_empty: u64,
     /// AF_XDP: invalid TX descriptors.
     pub xsk_tx_invalid: u64,
+    /// Whether the datapath is AF_XDP (the kick and cycle counters below are its own;
+    /// the raw datapath keeps none).
+    pub af_xdp: bool,
+    /// TX wake-ups (sendto) on both sides.
+    pub kicks: u64,
+    /// poll(2) calls when idle.
+    pub polls: u64,
+    /// Loop time on frame work, ring operations and system calls (sleep included), in
+    /// `ntma_user::fastpath::cycles_per_second` units.
+    pub cycles_process: u64,
+    /// See `cycles_process`.
+    pub cycles_ring: u64,
+    /// See `cycles_process`.
+    pub cycles_syscall: u64,
 }
 
 impl DutCounters {
@@ -539,6 +558,12 @@ impl DutCounters {
             xsk_rx_ring_full: d(self.xsk_rx_ring_full, before.xsk_rx_ring_full),
             xsk_fill_empty: d(self.xsk_fill_empty, before.xsk_fill_empty),
             xsk_tx_invalid: d(self.xsk_tx_invalid, before.xsk_tx_invalid),
+            af_xdp: self.af_xdp,
+            kicks: d(self.kicks, before.kicks),
+            polls: d(self.polls, before.polls),
+            cycles_process: d(self.cycles_process, before.cycles_process),
+            cycles_ring: d(self.cycles_ring, before.cycles_ring),
+            cycles_syscall: d(self.cycles_syscall, before.cycles_syscall),
         }
     }
 

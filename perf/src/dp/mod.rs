@@ -96,6 +96,8 @@ pub struct Conditions {
     /// it, softirq time that runs in the worker's system calls is in its CPU time too, and
     /// `/proc/stat`'s softirq column is sampled at the tick.
     pub irq_time_accounting: Option<bool>,
+    /// The unit of the AF_XDP workers' cycle counters, per second.
+    pub cycles_per_second: u64,
 }
 
 /// The load average now.
@@ -158,6 +160,7 @@ impl Conditions {
             load_end: Vec::new(),
             vulnerabilities: vulnerabilities(),
             irq_time_accounting: irq_time_accounting(),
+            cycles_per_second: ntma_user::fastpath::cycles_per_second(),
         }
     }
 }

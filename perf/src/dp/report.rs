@@ -24,21 +24,36 @@ pub struct PerPacket {
     pub cpu1_ns: f64,
     /// Frames per receiving burst of the worker.
     pub burst: Option<f64>,
+    /// The worker's TX wake-ups (sendto) per frame (AF_XDP only).
+    pub kicks: Option<f64>,
+    /// The AF_XDP worker's loop time per frame, ns: frame work, ring operations,
+    /// system calls (sleep included).
+    pub split_ns: Option<[f64; 3]>,
 }
 
 impl PerPacket {
-    /// The figures of `t`.
-    pub fn of(t: &Trial) -> PerPacket {
+    /// The figures of `t`; `hz`: the unit of the workers' cycle counters.
+    pub fn of(t: &Trial, hz: u64) -> PerPacket {
         let n = t.delivered.max(1) as f64;
         let worker_ns = t.cpu.worker_ns.map(|w| w as f64 / n);
         let softirq_ns = t.cpu.softirq_ns as f64 / n;
+        let d = &t.dut;
+        let ns_of = |c: u64| c as f64 * 1e9 / hz.max(1) as f64 / n;
         PerPacket {
             // No worker thread (kernel forwarding): the softirq time is all of it.
             ns: Some(worker_ns.unwrap_or(0.0) + softirq_ns),
             worker_ns,
             softirq_ns,
             cpu1_ns: t.cpu.busy_ns as f64 / n,
-            burst: (t.dut.batches > 0).then(|| t.dut.rx as f64 / t.dut.batches as f64),
+            burst: (d.batches > 0).then(|| d.rx as f64 / d.batches as f64),
+            kicks: d.af_xdp.then(|| d.kicks as f64 / n),
+            split_ns: (d.af_xdp && hz > 0).then(|| {
+                [
+                    ns_of(d.cycles_process),
+                    ns_of(d.cycles_ring),
+                    ns_of(d.cycles_syscall),
+                ]
+            }),
         }
     }
 }
@@ -83,10 +98,10 @@ fn header(r: &DpResults) -> String {
     )
 }
 
-fn point_row(p: &DpPoint) -> String {
+fn point_row(p: &DpPoint, hz: u64) -> String {
     let s = &p.search;
     let best = s.best_trial();
-    let pp = best.map(PerPacket::of);
+    let pp = best.map(|t| PerPacket::of(t, hz));
     let place = if s.gen_limited {
         "none (generator-bound)".to_owned()
     } else {
@@ -95,9 +110,12 @@ fn point_row(p: &DpPoint) -> String {
             .and_then(Trial::main_place)
             .map_or("-".into(), |(w, n)| format!("{w} {n}"))
     };
+    let split = pp.and_then(|x| x.split_ns).map_or("-".into(), |[a, b, c]| {
+        format!("{a:.0}/{b:.0}/{c:.0}")
+    });
     let checked = s.checked();
     format!(
-        "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} ok{} |\n",
+        "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} ok{} |\n",
         p.datapath,
         p.direction.as_str(),
         p.size,
@@ -107,9 +125,10 @@ fn point_row(p: &DpPoint) -> String {
         opt(pp.and_then(|x| x.worker_ns), 0),
         opt(pp.map(|x| x.softirq_ns), 0),
         opt(pp.map(|x| x.cpu1_ns), 0),
+        split,
+        opt(pp.and_then(|x| x.kicks), 3),
         opt(pp.and_then(|x| x.burst), 1),
         place,
-        best.map_or("-".into(), |t| format!("{:.2}", t.gen.kicks as f64 / t.gen.sent.max(1) as f64)),
         checked.ok,
         if checked.bad > 0 {
             format!(", {} BAD", checked.bad)
@@ -126,12 +145,13 @@ pub fn tables(r: &DpResults) -> String {
         "\nZero-loss rate (binary search) and cost per packet at that rate (CPU 1: the \
          worker alone there; ns over the frames delivered)\n\n\
          | datapath | direction | size | zero-loss Mpps | generator max Mpps | ns/pkt \
-         (worker + softirq) | worker ns/pkt | softirq ns/pkt | CPU 1 busy ns/pkt | burst | \
-         loss place at full rate | generator sendto/pkt | samples |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|\n",
+         (worker + softirq) | worker ns/pkt | softirq ns/pkt | CPU 1 busy ns/pkt | \
+         process/ring/syscall ns/pkt | sendto/pkt | burst | loss place at full rate | \
+         samples |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for p in &r.points {
-        s.push_str(&point_row(p));
+        s.push_str(&point_row(p, r.conditions.cycles_per_second));
     }
     if !r.classifier.is_empty() {
         s.push_str(
@@ -252,7 +272,7 @@ pub fn write_plots(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
         &b,
         "CPU 1 per packet at the zero-loss rate (worker + softirq)",
         "ns per packet",
-        |p| p.search.best_trial().and_then(|t| PerPacket::of(t).ns),
+        |p| p.search.best_trial().and_then(|t| PerPacket::of(t, 0).ns),
     )?;
     Ok(vec![a, b])
 }
