@@ -33,7 +33,10 @@ fn dp_harness_forwards_and_checks_through_ntma_and_l2fwd() {
             let what = format!("{} {}: {t:?}", kind.name(), dir.as_str());
             assert!(t.gen.sent > 0, "nothing sent: {what}");
             assert!(t.delivered > 0, "nothing delivered: {what}");
-            assert!(t.delivered <= t.gen.sent, "more delivered than sent: {what}");
+            assert!(
+                t.delivered <= t.gen.sent,
+                "more delivered than sent: {what}"
+            );
             assert_eq!(t.checked.bad, 0, "BAD samples: {what}");
             assert!(t.sampled > 0, "no sample passed to the checker: {what}");
             assert!(t.checked.ok > 0, "no sample checked good: {what}");

@@ -311,7 +311,7 @@ impl Dut {
             },
             (Direction::Down, true) => FlowSpec {
                 from: Side::Dst,
-                frame: FrameSpec::Sealed(self.sealer(topo, size)?),
+                frame: FrameSpec::Sealed(Box::new(self.sealer(topo, size)?)),
                 sink_port: GN_PORT,
                 check: gn_check,
             },
@@ -473,8 +473,8 @@ impl Sealer {
 pub enum FrameSpec {
     /// One frame over and over.
     Repeat(Vec<u8>),
-    /// Sealed DATA, each frame once.
-    Sealed(Sealer),
+    /// Sealed DATA, each frame once (boxed: a prepared AES-256-GCM key is large).
+    Sealed(Box<Sealer>),
 }
 
 /// One direction through the DUT.
@@ -574,5 +574,53 @@ impl DutCounters {
             .filter(|r| self.drops[r.index()] > 0)
             .map(|r| format!("{r} {}", self.drops[r.index()]))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::ipv4_checksum_ok;
+    use ntm_proto::data::{decap, Decapped, RxTunnel};
+
+    #[test]
+    fn sealed_pools_open_at_ntma_with_fresh_sequence_numbers() {
+        for suite in [Suite::Aes256Gcm, Suite::HmacSha256_128] {
+            let (peer, params) = Peer::new(suite).unwrap();
+            let inner = ipv4_udp(CN_VIP, GN_ADDR, CN_PORT, GN_PORT, 64);
+            let mut s = Sealer {
+                datagram: NtmDatagram::new(peer.tunnel_id, &inner),
+                peer: peer.clone(),
+                head: [0; ETH_HLEN],
+            };
+            // ntma receives with K_r2i, from the peer's VIP to the GN's.
+            let mut rx =
+                RxTunnel::new(Cipher::new(suite, &params.rx_key).unwrap(), CN_VIP, GN_ADDR);
+            let len = s.frame_len();
+            let mut pool = Vec::new();
+            let mut want = 1;
+            for count in [3, 2] {
+                s.fill(&mut pool, count);
+                assert_eq!(pool.len(), count * len);
+                for f in pool.chunks_exact(len) {
+                    assert!(ipv4_checksum_ok(&f[ETH_HLEN..]));
+                    let mut dg = f[ETH_HLEN + IP_UDP_HLEN..].to_vec();
+                    match decap(&mut dg, |id| (id == peer.tunnel_id).then_some(&mut rx)) {
+                        Ok(Decapped::Data {
+                            seq, inner: got, ..
+                        }) => {
+                            assert_eq!(seq, want);
+                            assert_eq!(got, &inner[..]);
+                        }
+                        other => panic!("{suite:?}: {other:?}"),
+                    }
+                    want += 1;
+                }
+            }
+            // One more frame, on from the pools.
+            let one = s.seal_one();
+            assert_eq!(one.len(), len);
+            assert_eq!(peer.seq.peek(), want + 1);
+        }
     }
 }

@@ -167,7 +167,10 @@ fn places(a: &Snap, b: &Snap, from: Side, lost: u64) -> Vec<(String, u64)> {
             inbound.saturating_sub(dut.xsk_rx_dropped),
         ),
         ("xsk rx".to_owned(), dut.xsk_rx_dropped),
-        ("softnet".to_owned(), d(a.softnet_dropped, b.softnet_dropped)),
+        (
+            "softnet".to_owned(),
+            d(a.softnet_dropped, b.softnet_dropped),
+        ),
         ("udp rcvbuf".to_owned(), d(a.udp_rcvbuf, b.udp_rcvbuf)),
         (
             if drops > 0 {
@@ -387,7 +390,9 @@ pub fn search(point: &mut Point<'_>, steps: usize, mut log: impl FnMut(&Trial)) 
         return Ok(out);
     }
     let (mut lo, mut hi) = (0.0f64, gen_max);
-    let mut rate = out.trials[0].delivered_pps().clamp(gen_max * 0.01, gen_max * 0.99);
+    let mut rate = out.trials[0]
+        .delivered_pps()
+        .clamp(gen_max * 0.01, gen_max * 0.99);
     for _ in 1..steps.max(1) {
         let t = point.trial(Some(rate))?;
         log(&t);

@@ -130,7 +130,10 @@ fn vulnerabilities() -> Vec<(String, String)> {
 
 fn irq_time_accounting() -> Option<bool> {
     let out = std::process::Command::new("sh")
-        .args(["-c", "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)"])
+        .args([
+            "-c",
+            "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)",
+        ])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -307,14 +310,21 @@ fn warn_load(load: &[f64]) {
     }
 }
 
-fn point(topo: &mut Topo, dut: &Dut, plan: &DpPlan, (dir, size): (Direction, usize)) -> Result<DpPoint> {
+fn point(
+    topo: &mut Topo,
+    dut: &Dut,
+    plan: &DpPlan,
+    (dir, size): (Direction, usize),
+) -> Result<DpPoint> {
     let flow = dut.flow(topo, dir, size)?;
     let mut p = Point::new(topo, dut, flow, &plan.trial);
     let search = measure::search(&mut p, plan.steps, |t| {
         eprintln!(
             "        {}: sent {:.3} Mpps, delivered {:.3} Mpps, lost {}{}",
-            t.target_pps
-                .map_or("full rate".to_owned(), |r| format!("target {:.3} Mpps", r / 1e6)),
+            t.target_pps.map_or("full rate".to_owned(), |r| format!(
+                "target {:.3} Mpps",
+                r / 1e6
+            )),
             t.gen.rate() / 1e6,
             t.delivered_pps() / 1e6,
             t.lost,

@@ -110,9 +110,9 @@ fn point_row(p: &DpPoint, hz: u64) -> String {
             .and_then(Trial::main_place)
             .map_or("-".into(), |(w, n)| format!("{w} {n}"))
     };
-    let split = pp.and_then(|x| x.split_ns).map_or("-".into(), |[a, b, c]| {
-        format!("{a:.0}/{b:.0}/{c:.0}")
-    });
+    let split = pp
+        .and_then(|x| x.split_ns)
+        .map_or("-".into(), |[a, b, c]| format!("{a:.0}/{b:.0}/{c:.0}"));
     let checked = s.checked();
     format!(
         "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} ok{} |\n",
@@ -181,7 +181,10 @@ pub fn write_json(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = serde_json::to_string_pretty(r).context("serializing the results")?;
     let mut out = Vec::new();
-    for name in [format!("dp-{}.json", r.started_unix), "dp-latest.json".into()] {
+    for name in [
+        format!("dp-{}.json", r.started_unix),
+        "dp-latest.json".into(),
+    ] {
         let p = dir.join(name);
         std::fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?;
         out.push(p);
@@ -203,7 +206,13 @@ fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 }
 
 /// One line per (datapath, direction) of `value` against the packet size.
-fn plot(r: &DpResults, path: &Path, title: &str, y: &str, value: fn(&DpPoint) -> Option<f64>) -> Result<()> {
+fn plot(
+    r: &DpResults,
+    path: &Path,
+    title: &str,
+    y: &str,
+    value: fn(&DpPoint) -> Option<f64>,
+) -> Result<()> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for p in &r.points {
         let Some(v) = value(p) else { continue };
@@ -245,7 +254,10 @@ fn plot(r: &DpResults, path: &Path, title: &str, y: &str, value: fn(&DpPoint) ->
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         chart
-            .draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )
             .map_err(plot_err)?;
     }
     chart
@@ -263,9 +275,13 @@ fn plot(r: &DpResults, path: &Path, title: &str, y: &str, value: fn(&DpPoint) ->
 pub fn write_plots(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let a = dir.join("dp-zero-loss.svg");
-    plot(r, &a, "Zero-loss rate per datapath (reduced topology)", "zero-loss Mpps", |p| {
-        Some(p.search.zero_loss_pps() / 1e6)
-    })?;
+    plot(
+        r,
+        &a,
+        "Zero-loss rate per datapath (reduced topology)",
+        "zero-loss Mpps",
+        |p| Some(p.search.zero_loss_pps() / 1e6),
+    )?;
     let b = dir.join("dp-ns-per-packet.svg");
     plot(
         r,
@@ -275,4 +291,98 @@ pub fn write_plots(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
         |p| p.search.best_trial().and_then(|t| PerPacket::of(t, 0).ns),
     )?;
     Ok(vec![a, b])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Direction;
+    use crate::check::Checked;
+    use crate::dp::dut::DutCounters;
+    use crate::dp::measure::{CpuUse, Search};
+    use crate::dp::xgen::GenResult;
+    use crate::dp::{Conditions, DpPlan};
+
+    fn trial(target: Option<f64>, sent: u64, delivered: u64) -> Trial {
+        Trial {
+            target_pps: target,
+            gen: GenResult {
+                queued: sent,
+                sent,
+                secs: 1.0,
+                kicks: sent / 32,
+                tx_invalid: 0,
+            },
+            delivered,
+            lost: sent - delivered,
+            places: if sent > delivered {
+                vec![("xsk rx".into(), sent - delivered)]
+            } else {
+                vec![]
+            },
+            sampled: 10,
+            checked: Checked { ok: 10, bad: 0 },
+            cpu: CpuUse {
+                worker_ns: Some(500_000_000),
+                softirq_ns: 100_000_000,
+                busy_ns: 700_000_000,
+                wall_ns: 1_000_000_000,
+            },
+            dut: DutCounters {
+                rx: delivered,
+                tx: delivered,
+                batches: delivered / 16,
+                af_xdp: true,
+                kicks: delivered / 16,
+                cycles_process: delivered * 100,
+                ..DutCounters::default()
+            },
+        }
+    }
+
+    #[test]
+    fn tables_plots_and_json_show_the_search() {
+        let r = DpResults {
+            started_unix: 7,
+            seconds: 12.0,
+            conditions: Conditions {
+                cycles_per_second: 1_000_000_000,
+                ..Conditions::default()
+            },
+            plan: DpPlan::quick("dp-"),
+            points: vec![DpPoint {
+                datapath: "ntma".into(),
+                direction: Direction::Up,
+                size: 64,
+                search: Search {
+                    trials: vec![
+                        trial(None, 2_000_000, 1_000_000),
+                        trial(Some(1e6), 1_000_000, 1_000_000),
+                    ],
+                    gen_max_pps: 2e6,
+                    gen_limited: false,
+                    best: Some(1),
+                },
+            }],
+            classifier: vec![],
+            skipped: vec![],
+        };
+        let t = tables(&r);
+        // 1 Mpps without loss; 600 ms of CPU 1 over 10^6 frames; 100 cycles at 1 GHz.
+        assert!(
+            t.contains("| ntma | gn→cn | 64 | 1.000 | 2.000 | 600 | 500 | 100 | 700 | 100/0/0 | 0.062 | 16.0 | xsk rx 1000000 | 20 ok |"),
+            "{t}"
+        );
+        let pp = PerPacket::of(&r.points[0].search.trials[1], 0);
+        assert_eq!(pp.split_ns, None);
+        let dir = std::env::temp_dir().join(format!("dp-report-{}", std::process::id()));
+        let json = write_json(&r, &dir).unwrap();
+        let back: DpResults =
+            serde_json::from_str(&std::fs::read_to_string(&json[1]).unwrap()).unwrap();
+        assert_eq!(back.points[0].search.zero_loss_pps(), 1e6);
+        for p in write_plots(&r, &dir).unwrap() {
+            assert!(std::fs::read_to_string(p).unwrap().contains("<svg"));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

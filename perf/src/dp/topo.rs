@@ -112,11 +112,7 @@ impl Topo {
             sinks: Vec::new(),
         };
         // From here on, an error drops `topo`, which removes what was made.
-        let (src, dut, dst) = (
-            topo.ns(Side::Src),
-            topo.ns(Side::Dut),
-            topo.ns(Side::Dst),
-        );
+        let (src, dut, dst) = (topo.ns(Side::Src), topo.ns(Side::Dut), topo.ns(Side::Dst));
         ip_batch(&format!(
             "netns add {src}\nnetns add {dut}\nnetns add {dst}\n\
              link add eth0 netns {src} type veth peer name lan0 netns {dut}\n\

@@ -145,7 +145,10 @@ impl Tx {
         while let Some(mut f) = self.pool.alloc() {
             if !self.umem.set_len(&mut f, frame.len()) {
                 self.pool.free(f);
-                return Err(anyhow!("a {} byte frame does not fit a UMEM frame", frame.len()));
+                return Err(anyhow!(
+                    "a {} byte frame does not fit a UMEM frame",
+                    frame.len()
+                ));
             }
             self.umem.packet_mut(&mut f).copy_from_slice(frame);
             all.push(f);
@@ -161,7 +164,9 @@ impl Tx {
     fn burst(&mut self, frames: &Frames, n: usize, next: u64) -> u64 {
         let len = frames.len();
         for i in 0..n {
-            let Some(mut f) = self.pool.alloc() else { break };
+            let Some(mut f) = self.pool.alloc() else {
+                break;
+            };
             self.umem.set_len(&mut f, len);
             if let Frames::Pool { bytes, len } = frames {
                 let at = (next as usize + i) * len;
@@ -218,8 +223,9 @@ fn send(cfg: GenRun, stop: &AtomicBool) -> Result<GenResult> {
         }
         let allowed = match cfg.rate_pps {
             // Tokens earned so far, less those spent; one burst at most per turn.
-            Some(r) => ((r * now.duration_since(t0).as_secs_f64()) as u64 + 1)
-                .saturating_sub(queued),
+            Some(r) => {
+                ((r * now.duration_since(t0).as_secs_f64()) as u64 + 1).saturating_sub(queued)
+            }
             None => u64::MAX,
         };
         let n = (batch as u64).min(allowed).min(limit - queued) as usize;
