@@ -43,7 +43,12 @@ pub struct TrialSettings {
 pub struct CpuUse {
     /// The worker thread's time on a CPU (schedstat), ns.
     pub worker_ns: Option<u64>,
-    /// CPU 1's softirq time (`/proc/stat`, tick-sampled), ns.
+    /// `ksoftirqd/1`'s time on a CPU (schedstat), ns: softirq work of CPU 1 that ran
+    /// in no task's system call.
+    #[serde(default)]
+    pub ksoftirqd_ns: Option<u64>,
+    /// CPU 1's softirq time (`/proc/stat`), ns: tick-sampled unless the kernel
+    /// accounts IRQ time apart.
     pub softirq_ns: u64,
     /// CPU 1's busy time, whatever ran (`/proc/stat`), ns.
     pub busy_ns: u64,
@@ -104,6 +109,7 @@ struct Snap {
     veth: [(u64, u64); 4],
     softnet_dropped: u64,
     udp_rcvbuf: u64,
+    packet_drops: u64,
 }
 
 fn snap(topo: &mut Topo, dut: &Dut) -> Result<Snap> {
@@ -113,7 +119,10 @@ fn snap(topo: &mut Topo, dut: &Dut) -> Result<Snap> {
         topo.drops(Side::Dut, "wan0")?,
         topo.drops(Side::Dst, "eth0")?,
     ];
-    let snmp = topo.sh(Side::Dut, "cat /proc/net/snmp")?;
+    // The DUT's UDP counters and its packet sockets' drops (the raw datapath's AF_PACKET
+    // socket), in one process.
+    let out = topo.sh(Side::Dut, "cat /proc/net/snmp; echo ---; ss -0 -a -m -n")?;
+    let (snmp, packet) = out.split_once("---").unwrap_or((&out, ""));
     Ok(Snap {
         sinks: [
             topo.sink(Side::Src)?.counts()?,
@@ -124,7 +133,8 @@ fn snap(topo: &mut Topo, dut: &Dut) -> Result<Snap> {
         softnet_dropped: softnet_dropped(
             &std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default(),
         ),
-        udp_rcvbuf: snmp_value(&snmp, "Udp:", "RcvbufErrors").unwrap_or(0),
+        udp_rcvbuf: snmp_value(snmp, "Udp:", "RcvbufErrors").unwrap_or(0),
+        packet_drops: skmem_drops(packet),
     })
 }
 
@@ -133,6 +143,16 @@ pub fn softnet_dropped(text: &str) -> u64 {
     text.lines()
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum()
+}
+
+/// The drops (`d<n>` of `skmem:(...)`) summed over the sockets `ss -m` lists.
+pub fn skmem_drops(ss: &str) -> u64 {
+    ss.split("skmem:(")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .flat_map(|m| m.split(','))
+        .filter_map(|f| f.strip_prefix('d')?.parse::<u64>().ok())
         .sum()
 }
 
@@ -172,6 +192,7 @@ fn places(a: &Snap, b: &Snap, from: Side, lost: u64) -> Vec<(String, u64)> {
             d(a.softnet_dropped, b.softnet_dropped),
         ),
         ("udp rcvbuf".to_owned(), d(a.udp_rcvbuf, b.udp_rcvbuf)),
+        ("af_packet".to_owned(), d(a.packet_drops, b.packet_drops)),
         (
             if drops > 0 {
                 format!("worker ({})", dut.drop_text().join(", "))
@@ -218,14 +239,38 @@ pub fn cpu_ticks(stat: &str, cpu: usize) -> Option<(u64, u64)> {
 
 struct CpuMark {
     worker: Option<u64>,
+    ksoftirqd: Option<u64>,
     ticks: (u64, u64),
     at: Instant,
 }
 
-fn cpu_mark(tid: Option<u32>) -> CpuMark {
+/// The process id of `ksoftirqd/<cpu>`, the kernel thread that runs the softirq work
+/// of CPU `cpu` no task's system call ran.
+pub fn ksoftirqd(cpu: usize) -> Option<u32> {
+    let name = format!("ksoftirqd/{cpu}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+}
+
+fn process_ns(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn cpu_mark(tid: Option<u32>, ksoftirqd: Option<u32>) -> CpuMark {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     CpuMark {
         worker: tid.and_then(thread_ns),
+        ksoftirqd: ksoftirqd.and_then(process_ns),
         ticks: cpu_ticks(&stat, WORKER_CPU).unwrap_or_default(),
         at: Instant::now(),
     }
@@ -238,11 +283,19 @@ fn cpu_use(a: &CpuMark, b: &CpuMark) -> CpuUse {
     let t = TICK_NS;
     CpuUse {
         worker_ns: a.worker.zip(b.worker).map(|(x, y)| y.saturating_sub(x)),
+        ksoftirqd_ns: a
+            .ksoftirqd
+            .zip(b.ksoftirqd)
+            .map(|(x, y)| y.saturating_sub(x)),
         softirq_ns: b.ticks.0.saturating_sub(a.ticks.0) * t,
         busy_ns: b.ticks.1.saturating_sub(a.ticks.1) * t,
         wall_ns: b.at.duration_since(a.at).as_nanos() as u64,
     }
 }
+
+/// The rate a pool for an unbounded trial is sealed for: above what the copy-mode
+/// generator reaches on veth.
+pub const UNBOUNDED_PPS: f64 = 3e6;
 
 /// The bench's state for one (datapath, direction, size): the topology, the DUT, the
 /// flow, and the pre-sealed pool's buffer (reused from trial to trial).
@@ -276,16 +329,17 @@ impl<'a> Point<'a> {
     }
 
     /// The frames of one trial at `target` pps: pre-sealed DATA is sealed now, enough
-    /// for the window at that rate (bounded by the pool size).
+    /// for the window at that rate (at [`UNBOUNDED_PPS`] for the full rate), within the
+    /// pool size. A generator faster than that ends the trial early, when the pool is
+    /// used up (its rate counts the time it sent).
     fn frames(&mut self, target: Option<f64>) -> Frames {
         match &mut self.flow.frame {
             FrameSpec::Repeat(f) => Frames::Repeat(f.clone()),
             FrameSpec::Sealed(sealer) => {
                 let len = sealer.frame_len();
                 let cap = (self.settings.pool_bytes / len).max(4096);
-                let want = target.map_or(cap, |r| {
-                    (r * self.settings.window.as_secs_f64() * 1.05) as usize + 4096
-                });
+                let rate = target.unwrap_or(UNBOUNDED_PPS);
+                let want = (rate * self.settings.window.as_secs_f64() * 1.05) as usize + 4096;
                 sealer.fill(&mut self.pool, want.min(cap));
                 Frames::Pool {
                     bytes: Arc::new(std::mem::take(&mut self.pool)),
@@ -319,11 +373,12 @@ impl<'a> Point<'a> {
             batch: s.batch,
         };
         let tid = self.dut.worker_tid();
+        let ksoftirqd = ksoftirqd(WORKER_CPU);
         let a = snap(self.topo, self.dut)?;
-        let c0 = cpu_mark(tid);
+        let c0 = cpu_mark(tid, ksoftirqd);
         let gen = xgen::run(run, &AtomicBool::new(false))?;
         self.drain(to)?;
-        let c1 = cpu_mark(tid);
+        let c1 = cpu_mark(tid, ksoftirqd);
         let b = snap(self.topo, self.dut)?;
         if let Some(p) = pool.and_then(|p| Arc::try_unwrap(p).ok()) {
             self.pool = p;
@@ -453,10 +508,15 @@ mod tests {
         let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 10 0 4 7 3\n";
         assert_eq!(snmp_value(snmp, "Udp:", "RcvbufErrors"), Some(3));
         assert_eq!(snmp_value(snmp, "Udp:", "Nope"), None);
+        let ss = "p_raw UNCONN 0 0 *:lan0 *\n\t skmem:(r0,rb212992,t0,tb212992,f0,w0,o0,bl0,d17)\n\
+                  p_raw UNCONN 0 0 *:wan0 *\n\t skmem:(r0,rb212992,t0,tb212992,f0,w0,o0,bl0,d3)\n";
+        assert_eq!(skmem_drops(ss), 20);
+        assert_eq!(skmem_drops("no sockets"), 0);
         let stat = "cpu  1 1 1 1 1 1 1 1\ncpu0 9 9 9 9 9 9 9 9\ncpu1 1 2 3 4 5 6 7 8\n";
         assert_eq!(cpu_ticks(stat, 1), Some((7, 1 + 2 + 3 + 6 + 7 + 8)));
         assert_eq!(cpu_ticks(stat, 2), None);
         assert!(thread_ns(std::process::id()).is_some());
+        assert!(process_ns(std::process::id()).is_some());
     }
 
     #[test]

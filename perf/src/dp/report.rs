@@ -14,12 +14,14 @@ use crate::run::fmt_secs;
 /// Per-packet figures of a trial, over the frames it delivered.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PerPacket {
-    /// Worker thread + CPU 1 softirq, ns.
+    /// Worker thread + CPU 1 softirq, ns (see [`PerPacket::of`]).
     pub ns: Option<f64>,
     /// The worker thread alone, ns.
     pub worker_ns: Option<f64>,
-    /// CPU 1 softirq alone, ns.
+    /// CPU 1 softirq (`/proc/stat`) alone, ns.
     pub softirq_ns: f64,
+    /// `ksoftirqd/1` alone, ns.
+    pub ksoftirqd_ns: Option<f64>,
     /// CPU 1 busy (whatever ran there), ns.
     pub cpu1_ns: f64,
     /// Frames per receiving burst of the worker.
@@ -32,18 +34,32 @@ pub struct PerPacket {
 }
 
 impl PerPacket {
-    /// The figures of `t`; `hz`: the unit of the workers' cycle counters.
-    pub fn of(t: &Trial, hz: u64) -> PerPacket {
+    /// The figures of `t`; `hz`: the unit of the workers' cycle counters; `irq_acct`:
+    /// whether the kernel accounts IRQ time apart.
+    ///
+    /// The headline is the worker's time plus CPU 1's softirq time. Without IRQ time
+    /// accounting the softirq work the worker's system calls run (on veth: the far
+    /// end's receive) is in the worker's time already, and `/proc/stat`'s softirq column
+    /// counts it again (tick-sampled): then the softirq time added is `ksoftirqd/1`'s,
+    /// the softirq work no system call ran. Without a worker thread (kernel
+    /// forwarding) it is `/proc/stat`'s softirq time alone.
+    pub fn of(t: &Trial, hz: u64, irq_acct: Option<bool>) -> PerPacket {
         let n = t.delivered.max(1) as f64;
         let worker_ns = t.cpu.worker_ns.map(|w| w as f64 / n);
         let softirq_ns = t.cpu.softirq_ns as f64 / n;
+        let ksoftirqd_ns = t.cpu.ksoftirqd_ns.map(|k| k as f64 / n);
         let d = &t.dut;
         let ns_of = |c: u64| c as f64 * 1e9 / hz.max(1) as f64 / n;
+        let ns = match (worker_ns, irq_acct) {
+            (Some(w), Some(true)) => w + softirq_ns,
+            (Some(w), _) => w + ksoftirqd_ns.unwrap_or(0.0),
+            (None, _) => softirq_ns,
+        };
         PerPacket {
-            // No worker thread (kernel forwarding): the softirq time is all of it.
-            ns: Some(worker_ns.unwrap_or(0.0) + softirq_ns),
+            ns: Some(ns),
             worker_ns,
             softirq_ns,
+            ksoftirqd_ns,
             cpu1_ns: t.cpu.busy_ns as f64 / n,
             burst: (d.batches > 0).then(|| d.rx as f64 / d.batches as f64),
             kicks: d.af_xdp.then(|| d.kicks as f64 / n),
@@ -98,10 +114,10 @@ fn header(r: &DpResults) -> String {
     )
 }
 
-fn point_row(p: &DpPoint, hz: u64) -> String {
+fn point_row(p: &DpPoint, hz: u64, irq_acct: Option<bool>) -> String {
     let s = &p.search;
     let best = s.best_trial();
-    let pp = best.map(|t| PerPacket::of(t, hz));
+    let pp = best.map(|t| PerPacket::of(t, hz, irq_acct));
     let place = if s.gen_limited {
         "none (generator-bound)".to_owned()
     } else {
@@ -115,7 +131,7 @@ fn point_row(p: &DpPoint, hz: u64) -> String {
         .map_or("-".into(), |[a, b, c]| format!("{a:.0}/{b:.0}/{c:.0}"));
     let checked = s.checked();
     format!(
-        "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} ok{} |\n",
+        "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ok{} |\n",
         p.datapath,
         p.direction.as_str(),
         p.size,
@@ -124,6 +140,7 @@ fn point_row(p: &DpPoint, hz: u64) -> String {
         opt(pp.and_then(|x| x.ns), 0),
         opt(pp.and_then(|x| x.worker_ns), 0),
         opt(pp.map(|x| x.softirq_ns), 0),
+        opt(pp.and_then(|x| x.ksoftirqd_ns), 0),
         opt(pp.map(|x| x.cpu1_ns), 0),
         split,
         opt(pp.and_then(|x| x.kicks), 3),
@@ -145,13 +162,14 @@ pub fn tables(r: &DpResults) -> String {
         "\nZero-loss rate (binary search) and cost per packet at that rate (CPU 1: the \
          worker alone there; ns over the frames delivered)\n\n\
          | datapath | direction | size | zero-loss Mpps | generator max Mpps | ns/pkt \
-         (worker + softirq) | worker ns/pkt | softirq ns/pkt | CPU 1 busy ns/pkt | \
-         process/ring/syscall ns/pkt | sendto/pkt | burst | loss place at full rate | \
-         samples |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+         (worker + softirq) | worker ns/pkt | softirq ns/pkt | ksoftirqd/1 ns/pkt | \
+         CPU 1 busy ns/pkt | process/ring/syscall ns/pkt | sendto/pkt | burst | \
+         loss place at full rate | samples |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
+    let c = &r.conditions;
     for p in &r.points {
-        s.push_str(&point_row(p, r.conditions.cycles_per_second));
+        s.push_str(&point_row(p, c.cycles_per_second, c.irq_time_accounting));
     }
     if !r.classifier.is_empty() {
         s.push_str(
@@ -211,7 +229,7 @@ fn plot(
     path: &Path,
     title: &str,
     y: &str,
-    value: fn(&DpPoint) -> Option<f64>,
+    value: &dyn Fn(&DpPoint) -> Option<f64>,
 ) -> Result<()> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for p in &r.points {
@@ -280,15 +298,20 @@ pub fn write_plots(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
         &a,
         "Zero-loss rate per datapath (reduced topology)",
         "zero-loss Mpps",
-        |p| Some(p.search.zero_loss_pps() / 1e6),
+        &|p| Some(p.search.zero_loss_pps() / 1e6),
     )?;
     let b = dir.join("dp-ns-per-packet.svg");
+    let irq_acct = r.conditions.irq_time_accounting;
     plot(
         r,
         &b,
         "CPU 1 per packet at the zero-loss rate (worker + softirq)",
         "ns per packet",
-        |p| p.search.best_trial().and_then(|t| PerPacket::of(t, 0).ns),
+        &|p| {
+            p.search
+                .best_trial()
+                .and_then(|t| PerPacket::of(t, 0, irq_acct).ns)
+        },
     )?;
     Ok(vec![a, b])
 }
@@ -324,6 +347,7 @@ mod tests {
             checked: Checked { ok: 10, bad: 0 },
             cpu: CpuUse {
                 worker_ns: Some(500_000_000),
+                ksoftirqd_ns: Some(50_000_000),
                 softirq_ns: 100_000_000,
                 busy_ns: 700_000_000,
                 wall_ns: 1_000_000_000,
@@ -347,6 +371,7 @@ mod tests {
             seconds: 12.0,
             conditions: Conditions {
                 cycles_per_second: 1_000_000_000,
+                irq_time_accounting: Some(true),
                 ..Conditions::default()
             },
             plan: DpPlan::quick("dp-"),
@@ -370,11 +395,17 @@ mod tests {
         let t = tables(&r);
         // 1 Mpps without loss; 600 ms of CPU 1 over 10^6 frames; 100 cycles at 1 GHz.
         assert!(
-            t.contains("| ntma | gn→cn | 64 | 1.000 | 2.000 | 600 | 500 | 100 | 700 | 100/0/0 | 0.062 | 16.0 | xsk rx 1000000 | 20 ok |"),
+            t.contains("| ntma | gn→cn | 64 | 1.000 | 2.000 | 600 | 500 | 100 | 50 | 700 | 100/0/0 | 0.062 | 16.0 | xsk rx 1000000 | 20 ok |"),
             "{t}"
         );
-        let pp = PerPacket::of(&r.points[0].search.trials[1], 0);
+        let t = &r.points[0].search.trials[1];
+        let pp = PerPacket::of(t, 0, Some(false));
         assert_eq!(pp.split_ns, None);
+        // Without IRQ time accounting: the worker and ksoftirqd/1.
+        assert_eq!(pp.ns, Some(550.0));
+        let mut kernel = t.clone();
+        kernel.cpu.worker_ns = None;
+        assert_eq!(PerPacket::of(&kernel, 0, Some(false)).ns, Some(100.0));
         let dir = std::env::temp_dir().join(format!("dp-report-{}", std::process::id()));
         let json = write_json(&r, &dir).unwrap();
         let back: DpResults =
