@@ -205,9 +205,9 @@ fn bench(args: Vec<OsString>) -> Result<()> {
     let has = |flag: &str| args.iter().any(|a| a == flag);
     // A smoke run, the help, a report of old results or the dp part alone need no fresh
     // criterion runs.
-    let quick = args.iter().any(|a| {
-        a == "--quick" || a == "--help" || a == "-h" || a == "report" || a == "--dp-only"
-    });
+    let quick = args
+        .iter()
+        .any(|a| a == "--quick" || a == "--help" || a == "-h" || a == "report" || a == "--dp-only");
     if !quick {
         // Short criterion runs: enough for stable medians of a ~µs operation.
         let timing = ["--warm-up-time", "0.5", "--measurement-time", "1.5"];

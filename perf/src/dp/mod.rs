@@ -281,6 +281,7 @@ pub fn run(plan: &DpPlan) -> Result<DpResults> {
     }
     drop(topo);
     r.conditions.load_end = loadavg();
+    warn_load(&r.conditions.load_end);
     r.seconds = started.elapsed().as_secs_f64();
     Ok(r)
 }
