@@ -152,6 +152,23 @@ impl Tunnel {
         self.path.store(path.into(), Ordering::Relaxed);
     }
 
+    /// Counts `packets` sent with `bytes` of inner packets (one add each, for a run
+    /// of a burst's frames).
+    #[inline]
+    pub(crate) fn count_tx(&self, packets: u64, bytes: u64) {
+        let c = &self.tx_count.0;
+        c.packets.fetch_add(packets, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `packets` DATA received with `bytes` of inner packets.
+    #[inline]
+    pub(crate) fn count_rx(&self, packets: u64, bytes: u64) {
+        let c = &self.rx_count.0;
+        c.packets.fetch_add(packets, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Records an arrival that passed every check of §5 (never call it for a
     /// datagram that is dropped: that would be activity, and a source to roam to).
     #[inline]
