@@ -17,7 +17,6 @@
 //! downlink out:                  [Ethernet 14][inner IPv4 ...]  (at `offset`)
 //! ```
 
-use std::net::SocketAddrV4;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
@@ -29,7 +28,7 @@ use ntm_proto::{
 };
 
 use super::table::{pack_addr, pair_key, PreparedLink, Snapshot, Tunnel};
-use crate::wire::outer::{Outer, OUTER_LEN};
+use crate::wire::outer::OUTER_LEN;
 use crate::wire::tcp::{clamp_mss, IPV4_TCP_LEN};
 use crate::wire::{ethernet, ipv4, udp};
 
@@ -257,14 +256,8 @@ pub(super) fn seal_up(
         Ok(n) => n,
         Err(e) => return UpVerdict::Drop(drop_of(e)),
     };
-    let outer = Outer {
-        eth: &link.wan_eth,
-        from: SocketAddrV4::new(link.info.wan_ip, link.info.wan_port),
-        to: t.endpoint(),
-        // Identification from the tunnel's seq: distinct across 65536 packets, no state.
-        ident: seq as u16,
-    };
-    if !outer.emit(buf, datagram_len) {
+    // Identification from the tunnel's seq: distinct across 65536 packets, no state.
+    if !link.outer.emit(buf, t.endpoint(), seq as u16, datagram_len) {
         return UpVerdict::Drop(FastDrop::NoRoom);
     }
     let len = OUTER_LEN + datagram_len;

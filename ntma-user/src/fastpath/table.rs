@@ -35,6 +35,7 @@ use ntm_proto::{data::SeqCounter, node::TunnelParams, AtomicReplayWindow, Cipher
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::datapath::{GnLink, Link, TunnelStats};
+use crate::wire::outer::OuterTemplate;
 
 /// Keeps two groups of counters on separate cache lines, so that an uplink worker and
 /// a downlink worker of the same tunnel do not bounce one line between them.
@@ -214,16 +215,18 @@ pub(crate) fn pair_key(gn_vip: u32, peer_vip: u32) -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PreparedLink {
     pub(crate) info: Link,
-    /// gateway ← wan, IPv4: the outer Ethernet header of uplink frames.
-    pub(crate) wan_eth: [u8; 14],
+    /// The outer headers of uplink frames from the link's WAN address (Ethernet:
+    /// gateway ← wan, IPv4).
+    pub(crate) outer: OuterTemplate,
 }
 
 impl PreparedLink {
     pub(crate) fn new(info: Link) -> PreparedLink {
         use crate::wire::ethernet::{header, ETHERTYPE_IPV4};
+        let wan_eth = header(info.gateway_mac, info.wan_mac, ETHERTYPE_IPV4);
         PreparedLink {
             info,
-            wan_eth: header(info.gateway_mac, info.wan_mac, ETHERTYPE_IPV4),
+            outer: OuterTemplate::new(&wan_eth, SocketAddrV4::new(info.wan_ip, info.wan_port)),
         }
     }
 }
