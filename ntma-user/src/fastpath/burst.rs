@@ -43,7 +43,8 @@ type UpClass<'s> = Result<(&'s PreparedLink, &'s Tunnel, usize), UpVerdict>;
 /// each frame, but in two passes: every frame's tunnel first (the table's cache
 /// misses of one burst overlap), then the sealing, where each run of consecutive
 /// frames to one tunnel takes its sequence numbers with one atomic add and counts
-/// with one more.
+/// with one more. (No software prefetch between the passes: stable Rust has none
+/// without `unsafe`.)
 pub fn uplink_burst<F: Frames + ?Sized>(
     snap: &Snapshot,
     frames: &mut F,
