@@ -326,7 +326,12 @@ mod tests {
     #[test]
     fn runs_marked_then_raised_accept_each_number_once() {
         let (w, v) = (AtomicReplayWindow::new(), AtomicReplayWindow::new());
-        let runs: [&[u64]; 4] = [&[1, 2, 3, 2], &[3, 10, 9, 64, 5000], &[4999, 5000, 1], &[7000, 6999]];
+        let runs: [&[u64]; 4] = [
+            &[1, 2, 3, 2],
+            &[3, 10, 9, 64, 5000],
+            &[4999, 5000, 1],
+            &[7000, 6999],
+        ];
         for run in runs {
             let mut top = 0;
             for &seq in run {

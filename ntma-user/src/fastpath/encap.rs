@@ -22,9 +22,8 @@ use std::sync::atomic::Ordering;
 
 use ntm_proto::{
     data::{decap, encap_in_place, Decapped, Rx},
-    AtomicReplayWindow, ReplayCheck,
     wire::{HEADER_LEN, OVERHEAD, TAG_LEN},
-    Error,
+    AtomicReplayWindow, Error, ReplayCheck,
 };
 
 use super::table::{pack_addr, pair_key, PreparedLink, Snapshot, Tunnel};

@@ -170,10 +170,7 @@ pub enum Forward {
     /// counters, but each frame only gets its first 12 bytes (destination and source
     /// MAC) rewritten and leaves on the other NIC: `to_wan` for frames from the GN
     /// side, `to_lan` for frames from the WAN. No table lookup, no crypto.
-    L2 {
-        to_wan: [u8; 12],
-        to_lan: [u8; 12],
-    },
+    L2 { to_wan: [u8; 12], to_lan: [u8; 12] },
 }
 
 impl AfXdpConfig {

@@ -1599,8 +1599,7 @@ fn bursts_give_the_bytes_and_counters_of_the_per_packet_functions() {
         let (a, b) = (plane_with_two_tunnels(suite), plane_with_two_tunnels(suite));
         let to = |dst| gn_frame(&inner_packet(GN_VIP, dst, 100));
         let up: Vec<Vec<u8>> = [
-            PEER_VIP, PEER_VIP, OTHER_VIP, PEER_VIP, OTHER_VIP, OTHER_VIP, LONELY_VIP,
-            PEER_VIP,
+            PEER_VIP, PEER_VIP, OTHER_VIP, PEER_VIP, OTHER_VIP, OTHER_VIP, LONELY_VIP, PEER_VIP,
         ]
         .into_iter()
         .map(|dst| {

@@ -31,8 +31,8 @@ use crate::ebpf::Side;
 use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 
 use super::{
-    cycles::Lap,
     burst::{self, Frames},
+    cycles::Lap,
     encap::{DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
     state::{DatapathState, LocalCounters, Stat},
     supervise::{supervise, Loop, Policy},
@@ -283,9 +283,7 @@ impl Worker {
 
             if self.lan_tx.len() <= self.batch {
                 received += match self.forward {
-                    Forward::Tunnel => {
-                        self.downlink_burst(|| Arc::clone(cache.load()))
-                    }
+                    Forward::Tunnel => self.downlink_burst(|| Arc::clone(cache.load())),
                     Forward::L2 { to_lan, .. } => self.l2_burst(Side::Wan, &to_lan),
                 };
             }
@@ -394,9 +392,7 @@ impl Worker {
         for frame in rx.iter_mut() {
             let len = frame.len();
             let _ = self.umem.push_front(frame, ENCAP_GROW)
-                && self
-                    .umem
-                    .set_len(frame, ENCAP_GROW + len + ENCAP_TAIL);
+                && self.umem.set_len(frame, ENCAP_GROW + len + ENCAP_TAIL);
             lens.push(len);
         }
         let mut frames = UmemFrames {
