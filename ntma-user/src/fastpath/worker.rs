@@ -128,18 +128,22 @@ fn fill_frames(frames: u32, fill_size: u32, tx_size: u32) -> u32 {
 
 /// Wakes `port`'s TX if the kernel asks and frames wait: again while each wake-up
 /// takes some (copy mode sends a limited number per call), and not at all when the
-/// last one left the ring as it is now and nothing came back since (the kernel
-/// has not moved: another call would only cost a system call).
+/// last system call left the ring as it is now and nothing came back since (the
+/// kernel has not moved: another call would only cost a system call). A wake-up the
+/// kernel did not ask for (`need_wakeup` clear: zero-copy while the driver runs) is
+/// no call and suppresses nothing.
 fn kick(port: &mut Port, kicked: &mut Option<u32>, completed: bool) {
     let mut pending = port.tx_pending();
     if pending == 0 || (*kicked == Some(pending) && !completed) {
         return;
     }
     loop {
+        let calls = port.stats().tx_wakeups;
         port.kick_tx();
+        let called = port.stats().tx_wakeups != calls;
         let now = port.tx_pending();
         if now == 0 || now >= pending {
-            *kicked = Some(now);
+            *kicked = called.then_some(now);
             return;
         }
         pending = now;
