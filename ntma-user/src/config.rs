@@ -227,6 +227,10 @@ pub struct Datapath {
     pub batch: u32,
     /// Busy-poll the rings instead of sleeping in poll(2) when idle.
     pub busy_poll: bool,
+    /// Without `busy_poll`: empty turns an AF_XDP worker spins before it sleeps in
+    /// poll(2) (a burst soon after costs no system call).
+    #[serde(default = "default_spin_turns")]
+    pub spin_turns: u32,
     /// XDP attach mode: "native" (in the driver) or "generic".
     pub attach: Attach,
     /// AF_XDP bind mode: "auto" (zero-copy where the driver can), "copy" or "zero-copy".
@@ -314,6 +318,10 @@ fn default_tcp_idle_timeout() -> u64 {
     10
 }
 
+fn default_spin_turns() -> u32 {
+    crate::fastpath::SPIN_TURNS
+}
+
 impl Default for Datapath {
     fn default() -> Self {
         Datapath {
@@ -331,6 +339,7 @@ impl Default for Datapath {
             tx_ring: 2048,
             batch: 64,
             busy_poll: false,
+            spin_turns: default_spin_turns(),
             attach: Attach::Native,
             bind: Bind::Auto,
         }

@@ -108,6 +108,7 @@ fn afxdp_config(s: &Settings, net: Ipv4Addr) -> AfXdpConfig {
     cfg.tx_ring = d.tx_ring;
     cfg.batch = d.batch as usize;
     cfg.busy_poll = d.busy_poll;
+    cfg.spin_turns = d.spin_turns;
     cfg.attach = match d.attach {
         Attach::Native => AttachMode::Native,
         Attach::Generic => AttachMode::Generic,

@@ -941,7 +941,10 @@ fn l2fwd_rewrites_the_macs_both_ways() {
     // it made (copy mode on veth asks for every one) and where its time went.
     assert!(s.batches > 0 && s.batches <= s.lan_rx + s.wan_rx, "{s:?}");
     assert!(s.wan_kicks > 0 && s.lan_kicks > 0, "{s:?}");
-    assert!(s.cycles_process > 0 && s.cycles_ring > 0 && s.cycles_syscall > 0, "{s:?}");
+    assert!(
+        s.cycles_process > 0 && s.cycles_ring > 0 && s.cycles_syscall > 0,
+        "{s:?}"
+    );
     assert!(ntma_user::fastpath::cycles_per_second() > 0);
     datapath.stop();
 }

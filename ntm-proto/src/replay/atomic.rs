@@ -123,6 +123,22 @@ impl AtomicReplayWindow {
     /// the window. Call only after the datagram authenticated (§5 order).
     #[inline]
     pub fn validate(&self, seq: u64) -> bool {
+        if !self.mark(seq) {
+            return false;
+        }
+        self.raise_last(seq);
+        true
+    }
+
+    /// [`AtomicReplayWindow::validate`] without raising the window's top (`last`):
+    /// for a caller that raises it once for several numbers
+    /// ([`AtomicReplayWindow::raise_last`]), a worker's run of one tunnel's datagrams
+    /// in a burst. Each number is still accepted at most once: the ring's words decide
+    /// that whatever `last` says. Until the raise only the window's lower edge lags,
+    /// so a number older than the window by less than the run's span may be accepted
+    /// once (as with two workers racing), which is never a replay.
+    #[inline]
+    pub fn mark(&self, seq: u64) -> bool {
         if self.outside(seq) {
             return false;
         }
@@ -144,12 +160,35 @@ impl AtomicReplayWindow {
                 (tag << TAG_POS) | bit
             };
             match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
+                Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// Raises the window's top to `seq` if it is higher: after
+    /// [`AtomicReplayWindow::mark`] accepted it (and maybe others below it).
+    #[inline]
+    pub fn raise_last(&self, seq: u64) {
         self.last.fetch_max(seq, Ordering::AcqRel);
-        true
+    }
+}
+
+/// An [`AtomicReplayWindow`] whose top its user raises itself, once per run of
+/// datagrams ([`AtomicReplayWindow::mark`]): what [`crate::data::decap`] checks
+/// through [`ReplayCheck`] in a worker's burst.
+#[derive(Debug, Clone, Copy)]
+pub struct MarkOnly<'a>(pub &'a AtomicReplayWindow);
+
+impl ReplayCheck for MarkOnly<'_> {
+    #[inline]
+    fn check(&self, seq: u64) -> bool {
+        self.0.check(seq)
+    }
+
+    #[inline]
+    fn update(&mut self, seq: u64) -> bool {
+        self.0.mark(seq)
     }
 }
 
@@ -279,6 +318,43 @@ mod tests {
                 prop_assert_eq!(w.last(), s.last());
             }
         }
+    }
+
+    /// Marked in runs with the top raised after each run: every number accepted once,
+    /// duplicates in and across runs refused, and once raised the same window as
+    /// [`AtomicReplayWindow::validate`] leaves.
+    #[test]
+    fn runs_marked_then_raised_accept_each_number_once() {
+        let (w, v) = (AtomicReplayWindow::new(), AtomicReplayWindow::new());
+        let runs: [&[u64]; 4] = [
+            &[1, 2, 3, 2],
+            &[3, 10, 9, 64, 5000],
+            &[4999, 5000, 1],
+            &[7000, 6999],
+        ];
+        for run in runs {
+            let mut top = 0;
+            for &seq in run {
+                let marked = MarkOnly(&w).update(seq);
+                if marked {
+                    top = top.max(seq);
+                }
+                assert_eq!(marked, v.validate(seq), "{seq}");
+            }
+            w.raise_last(top);
+            assert_eq!(w.last(), v.last());
+        }
+        for seq in [1, 2, 3, 9, 10, 64, 4999, 5000, 6999, 7000] {
+            assert!(!w.validate(seq), "{seq} again");
+        }
+        // Within a run the lower edge lags: 6960 is behind 9100 by more than the
+        // window, yet new and inside the window the top last raised (7000): accepted,
+        // once.
+        assert!(MarkOnly(&w).update(9100));
+        assert!(MarkOnly(&w).update(6960));
+        assert!(!MarkOnly(&w).update(6960));
+        w.raise_last(9100);
+        assert!(!w.validate(6961), "outside once raised");
     }
 
     /// Two threads race to mark the same numbers in different orders: each number is

@@ -17,18 +17,17 @@
 //! downlink out:                  [Ethernet 14][inner IPv4 ...]  (at `offset`)
 //! ```
 
-use std::net::SocketAddrV4;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use ntm_proto::{
     data::{decap, encap_in_place, Decapped, Rx},
     wire::{HEADER_LEN, OVERHEAD, TAG_LEN},
-    Error,
+    AtomicReplayWindow, Error, ReplayCheck,
 };
 
 use super::table::{pack_addr, pair_key, PreparedLink, Snapshot, Tunnel};
-use crate::wire::outer::{Outer, OUTER_LEN};
+use crate::wire::outer::OUTER_LEN;
 use crate::wire::tcp::{clamp_mss, IPV4_TCP_LEN};
 use crate::wire::{ethernet, ipv4, udp};
 
@@ -147,6 +146,14 @@ pub enum UpVerdict {
     Drop(FastDrop),
 }
 
+impl UpVerdict {
+    /// Whether the frame goes out on the WAN.
+    #[inline]
+    pub fn sent(&self) -> bool {
+        matches!(self, UpVerdict::Tx(_) | UpVerdict::TxClamped(_))
+    }
+}
+
 /// What [`downlink`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownVerdict {
@@ -172,13 +179,30 @@ pub enum DownVerdict {
 /// front of the inner packet and the tag after it; nothing is written otherwise.
 #[inline]
 pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
-    if buf.len() < ENCAP_GROW + frame_len + ENCAP_TAIL {
-        return UpVerdict::Drop(FastDrop::NoRoom);
-    }
-    match classify_up(snap, &buf[ENCAP_GROW..ENCAP_GROW + frame_len]) {
-        Ok((link, t, inner_len)) => seal_up(snap, link, t, buf, inner_len),
+    match classify(snap, buf, frame_len) {
+        Ok((link, t, inner_len)) => {
+            let v = seal_up(snap, link, t, buf, inner_len, t.tx_seq.next());
+            if v.sent() {
+                t.count_tx(1, inner_len as u64);
+            }
+            v
+        }
         Err(v) => v,
     }
+}
+
+/// What [`uplink`] decides before it writes: the link, the tunnel and the inner
+/// packet's length of a frame the fast path sends, or the verdict on one it does not.
+#[inline(always)]
+pub(super) fn classify<'s>(
+    snap: &'s Snapshot,
+    buf: &[u8],
+    frame_len: usize,
+) -> Result<(&'s PreparedLink, &'s Tunnel, usize), UpVerdict> {
+    if buf.len() < ENCAP_GROW + frame_len + ENCAP_TAIL {
+        return Err(UpVerdict::Drop(FastDrop::NoRoom));
+    }
+    classify_up(snap, &buf[ENCAP_GROW..ENCAP_GROW + frame_len])
 }
 
 /// Decides whether the GN frame is the fast path's to send: an IPv4 packet from a GN's
@@ -209,42 +233,32 @@ fn classify_up<'s>(
     Ok((link, t, usize::from(total)))
 }
 
-/// Clamps the MSS, seals the inner packet at `buf[ENCAP_GROW + ETH_LEN..]` and writes
-/// the outer headers over the front of the buffer.
+/// Clamps the MSS, seals the inner packet at `buf[ENCAP_GROW + ETH_LEN..]` with
+/// sequence number `seq` (taken from the tunnel's counter by the caller) and writes
+/// the outer headers over the front of the buffer. Counts nothing.
 #[inline(always)]
-fn seal_up(
+pub(super) fn seal_up(
     snap: &Snapshot,
     link: &PreparedLink,
     t: &Tunnel,
     buf: &mut [u8],
     inner_len: usize,
+    seq: u64,
 ) -> UpVerdict {
     let inner_at = ENCAP_GROW + ETH_LEN;
     let clamped = clamp_mss(
         &mut buf[inner_at..inner_at + inner_len],
         snap.inner_mtu.saturating_sub(IPV4_TCP_LEN),
     );
-    let seq = t.tx_seq.next();
     // The NTM header goes over the end of the GN's Ethernet header.
     let datagram_len = match encap_in_place(buf, OUTER_LEN, inner_len, t.id, seq, &t.tx) {
         Ok(n) => n,
         Err(e) => return UpVerdict::Drop(drop_of(e)),
     };
-    let outer = Outer {
-        eth: &link.wan_eth,
-        from: SocketAddrV4::new(link.info.wan_ip, link.info.wan_port),
-        to: t.endpoint(),
-        // Identification from the tunnel's seq: distinct across 65536 packets, no state.
-        ident: seq as u16,
-    };
-    if !outer.emit(buf, datagram_len) {
+    // Identification from the tunnel's seq: distinct across 65536 packets, no state.
+    if !link.outer.emit(buf, t.endpoint(), seq as u16, datagram_len) {
         return UpVerdict::Drop(FastDrop::NoRoom);
     }
-    t.tx_count.0.packets.fetch_add(1, Ordering::Relaxed);
-    t.tx_count
-        .0
-        .bytes
-        .fetch_add(inner_len as u64, Ordering::Relaxed);
     let len = OUTER_LEN + datagram_len;
     if clamped {
         UpVerdict::TxClamped(len)
@@ -282,6 +296,26 @@ pub fn l2_rewrite(buf: &mut [u8], macs: &[u8; 12]) -> bool {
 /// [`super::DatapathState::now_nanos`]), read once per burst.
 #[inline]
 pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict {
+    downlink_with(snap, buf, |w| w, &mut |t, from, _seq, inner_len| {
+        t.note_rx(now_nanos, from);
+        if let Some(len) = inner_len {
+            t.count_rx(1, len as u64);
+        }
+    })
+}
+
+/// [`downlink`], checking the replay window through what `replay` makes of the
+/// tunnel's, and leaving what it records of an authentic datagram to `carried`: its
+/// tunnel, its source, its seq, and the inner length of DATA (`None` for a
+/// TUN_KEEPALIVE, which is counted here). [`downlink`] records each at once, a
+/// burst once per run of one tunnel's datagrams ([`super::burst::downlink_burst`]).
+#[inline(always)]
+pub(super) fn downlink_with<'s, W: ReplayCheck>(
+    snap: &'s Snapshot,
+    buf: &mut [u8],
+    replay: impl FnOnce(&'s AtomicReplayWindow) -> W,
+    carried: &mut impl FnMut(&'s Tunnel, u64, u64, Option<usize>),
+) -> DownVerdict {
     let (dg, from) = match parse_down(snap, buf) {
         Ok(v) => v,
         Err(v) => return v,
@@ -292,15 +326,15 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
         tunnel = Some(&**t);
         Some(Rx {
             cipher: &t.rx,
-            replay: &t.replay,
+            replay: replay(&t.replay),
             peer_vip: t.peer_vip,
             local_vip: t.local_vip,
         })
     });
-    let (inner_len, t) = match (opened, tunnel) {
-        (Ok(Decapped::Data { inner, .. }), Some(t)) => (inner.len(), t),
-        (Ok(Decapped::Keepalive { .. }), Some(t)) => {
-            t.note_rx(now_nanos, from);
+    let (inner_len, seq, t) = match (opened, tunnel) {
+        (Ok(Decapped::Data { inner, seq, .. }), Some(t)) => (inner.len(), seq, t),
+        (Ok(Decapped::Keepalive { seq, .. }), Some(t)) => {
+            carried(t, from, seq, None);
             t.rx_count.0.keepalives.fetch_add(1, Ordering::Relaxed);
             return DownVerdict::Consumed;
         }
@@ -317,12 +351,7 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
         return DownVerdict::Drop(FastDrop::NotReady);
     };
     // Passed every check: now, and only now, it is activity from `from` (roaming).
-    t.note_rx(now_nanos, from);
-    t.rx_count.0.packets.fetch_add(1, Ordering::Relaxed);
-    t.rx_count
-        .0
-        .bytes
-        .fetch_add(inner_len as u64, Ordering::Relaxed);
+    carried(t, from, seq, Some(inner_len));
     deliver(snap, lan_eth, buf, dg.start, inner_len)
 }
 

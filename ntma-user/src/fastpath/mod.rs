@@ -58,6 +58,9 @@ pub use cycles::cycles_per_second;
 pub use encap::{FastDrop, INNER_MTU, TUNNEL_OVERHEAD};
 pub(crate) use state::{LocalCounters, Stat};
 
+/// Empty turns a worker spins before it sleeps, unless configured otherwise.
+pub const SPIN_TURNS: u32 = 64;
+
 /// Largest inner MTU: the GN's frames (Ethernet + 1500) are what every UMEM frame
 /// holds (`UmemConfig::validate`), so a larger uplink MTU gains nothing.
 pub const INNER_MTU_MAX: u16 = 1500;
@@ -140,6 +143,9 @@ pub struct AfXdpConfig {
     /// Workers spin instead of sleeping in poll(2) when idle (lower latency, one
     /// busy core per worker).
     pub busy_poll: bool,
+    /// Empty turns a worker spins before it sleeps in poll(2) (without
+    /// `busy_poll`): a burst that follows soon after costs no system call.
+    pub spin_turns: u32,
     /// What the XDP programs redirect (VIP prefix, router address, NTM port).
     pub xdp: XdpConfig,
     /// How the XDP programs attach.
@@ -164,10 +170,7 @@ pub enum Forward {
     /// counters, but each frame only gets its first 12 bytes (destination and source
     /// MAC) rewritten and leaves on the other NIC: `to_wan` for frames from the GN
     /// side, `to_lan` for frames from the WAN. No table lookup, no crypto.
-    L2 {
-        to_wan: [u8; 12],
-        to_lan: [u8; 12],
-    },
+    L2 { to_wan: [u8; 12], to_lan: [u8; 12] },
 }
 
 impl AfXdpConfig {
@@ -189,6 +192,7 @@ impl AfXdpConfig {
             tx_ring: 2048,
             batch: 64,
             busy_poll: false,
+            spin_turns: SPIN_TURNS,
             xdp,
             attach: AttachMode::Native,
             bind: BindMode::Auto,
@@ -332,6 +336,7 @@ impl AfXdp {
                 frames: cfg.frames_per_worker(),
                 batch: cfg.batch,
                 busy_poll: cfg.busy_poll,
+                spin_turns: cfg.spin_turns,
                 forward: cfg.forward,
                 dp: Arc::clone(&state),
                 stop: Arc::clone(&stop),

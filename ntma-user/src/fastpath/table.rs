@@ -35,6 +35,7 @@ use ntm_proto::{data::SeqCounter, node::TunnelParams, AtomicReplayWindow, Cipher
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::datapath::{GnLink, Link, TunnelStats};
+use crate::wire::outer::OuterTemplate;
 
 /// Keeps two groups of counters on separate cache lines, so that an uplink worker and
 /// a downlink worker of the same tunnel do not bounce one line between them.
@@ -152,6 +153,23 @@ impl Tunnel {
         self.path.store(path.into(), Ordering::Relaxed);
     }
 
+    /// Counts `packets` sent with `bytes` of inner packets (one add each, for a run
+    /// of a burst's frames).
+    #[inline]
+    pub(crate) fn count_tx(&self, packets: u64, bytes: u64) {
+        let c = &self.tx_count.0;
+        c.packets.fetch_add(packets, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `packets` DATA received with `bytes` of inner packets.
+    #[inline]
+    pub(crate) fn count_rx(&self, packets: u64, bytes: u64) {
+        let c = &self.rx_count.0;
+        c.packets.fetch_add(packets, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Records an arrival that passed every check of §5 (never call it for a
     /// datagram that is dropped: that would be activity, and a source to roam to).
     #[inline]
@@ -197,16 +215,18 @@ pub(crate) fn pair_key(gn_vip: u32, peer_vip: u32) -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PreparedLink {
     pub(crate) info: Link,
-    /// gateway ← wan, IPv4: the outer Ethernet header of uplink frames.
-    pub(crate) wan_eth: [u8; 14],
+    /// The outer headers of uplink frames from the link's WAN address (Ethernet:
+    /// gateway ← wan, IPv4).
+    pub(crate) outer: OuterTemplate,
 }
 
 impl PreparedLink {
     pub(crate) fn new(info: Link) -> PreparedLink {
         use crate::wire::ethernet::{header, ETHERTYPE_IPV4};
+        let wan_eth = header(info.gateway_mac, info.wan_mac, ETHERTYPE_IPV4);
         PreparedLink {
             info,
-            wan_eth: header(info.gateway_mac, info.wan_mac, ETHERTYPE_IPV4),
+            outer: OuterTemplate::new(&wan_eth, SocketAddrV4::new(info.wan_ip, info.wan_port)),
         }
     }
 }

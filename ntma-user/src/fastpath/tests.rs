@@ -1564,3 +1564,89 @@ fn packets_over_the_inner_mtu_go_to_the_slow_path_unchanged() {
     assert_eq!(v, UpVerdict::TooBig);
     assert_eq!(buf[ENCAP_GROW..ENCAP_GROW + over.len()], over[..]);
 }
+
+// ------------------------------------------------------------------ bursts
+
+/// A plane with the tunnel of [`plane`] and a second one from the GN to
+/// [`OTHER_VIP`] (same keys, its own send counter).
+fn plane_with_two_tunnels(suite: Suite) -> Fx {
+    let fx = plane(suite);
+    fx.dp
+        .tunnel_up(&gn_params(TUNNEL + 1, GN_VIP, OTHER_VIP, suite))
+        .unwrap();
+    fx
+}
+
+/// What a tunnel's counters say, without the time of its last arrival (each plane
+/// has its own epoch).
+fn counted(dp: &DatapathState) -> Vec<TunnelStats> {
+    let mut v = dp.tunnel_stats();
+    for t in &mut v {
+        assert_eq!(t.last_rx.is_some(), t.rx_accepted() > 0);
+        t.last_rx = None;
+    }
+    v
+}
+
+/// The burst functions the workers call give every frame the verdict and bytes the
+/// per-packet functions give it in the same order (with runs of one tunnel and
+/// frames of others, slow and refused between them), and leave the same sequence
+/// numbers, counters, activity and source per tunnel.
+#[test]
+fn bursts_give_the_bytes_and_counters_of_the_per_packet_functions() {
+    use super::burst::{downlink_burst, uplink_burst};
+    for suite in SUITES {
+        let (a, b) = (plane_with_two_tunnels(suite), plane_with_two_tunnels(suite));
+        let to = |dst| gn_frame(&inner_packet(GN_VIP, dst, 100));
+        let up: Vec<Vec<u8>> = [
+            PEER_VIP, PEER_VIP, OTHER_VIP, PEER_VIP, OTHER_VIP, OTHER_VIP, LONELY_VIP, PEER_VIP,
+        ]
+        .into_iter()
+        .map(|dst| {
+            let f = to(dst);
+            let mut buf = vec![0xee; ENCAP_GROW + f.len() + ENCAP_TAIL];
+            buf[ENCAP_GROW..ENCAP_GROW + f.len()].copy_from_slice(&f);
+            buf
+        })
+        .collect();
+        let lens = vec![14 + 100; up.len()];
+        let (mut burst, mut one) = (up.clone(), up);
+        let mut verdicts = Vec::new();
+        uplink_burst(&a.dp.snapshot(), &mut burst[..], &lens, &mut verdicts);
+        let snap = b.dp.snapshot();
+        let each: Vec<UpVerdict> = one
+            .iter_mut()
+            .map(|buf| uplink(&snap, buf, 14 + 100))
+            .collect();
+        assert_eq!(verdicts, each, "{suite:?}");
+        assert_eq!(verdicts[6], UpVerdict::Slow);
+        assert_eq!(burst, one, "{suite:?}: the same bytes");
+        assert_eq!(counted(&a.dp), counted(&b.dp));
+        assert_eq!(a.stats().next_tx_seq, 5, "four DATA on the first tunnel");
+
+        let data = |id, seq, src, from| {
+            let inner = inner_packet(src, GN_VIP, 90);
+            wan_frame(from, &sealed(&a.peer_tx(), id, seq, &inner))
+        };
+        let down = vec![
+            data(TUNNEL, 1, PEER_VIP, peer()),
+            data(TUNNEL, 2, PEER_VIP, peer()),
+            data(TUNNEL + 1, 1, OTHER_VIP, peer()),
+            wan_frame(peer(), &a.keepalive(3)),
+            data(TUNNEL, 2, PEER_VIP, peer()),
+            data(TUNNEL, 4, PEER_VIP, elsewhere()),
+            data(TUNNEL + 1, 2, OTHER_VIP, peer()),
+        ];
+        let (mut burst, mut one) = (down.clone(), down);
+        let mut verdicts = Vec::new();
+        downlink_burst(&a.dp.snapshot(), &mut burst[..], 7, &mut verdicts);
+        let each: Vec<DownVerdict> = one.iter_mut().map(|f| downlink(&snap, f, 7)).collect();
+        assert_eq!(verdicts, each, "{suite:?}");
+        assert_eq!(verdicts[4], DownVerdict::Drop(FastDrop::Replay));
+        assert_eq!(burst, one, "{suite:?}: the same bytes");
+        let (got, want) = (counted(&a.dp), counted(&b.dp));
+        assert_eq!(got, want);
+        assert_eq!(got[0].last_rx_from, Some(elsewhere()), "the last source");
+        assert_eq!((got[0].rx_packets, got[0].rx_keepalives), (3, 1));
+    }
+}

@@ -7,10 +7,15 @@
 //! ring; take a burst from the WAN side, load the snapshot again (so that it is at
 //! least as new as the frames), open, check and strip each frame in place and queue it
 //! on the GN TX ring; flush; publish counters. A frame received on one socket leaves on the
-//! other as the same UMEM frame. Ring wake-ups are made only when the kernel asks
-//! (`need_wakeup`); when both sides are idle the worker sleeps in poll(2) on both RX
-//! rings (or spins with `busy_poll`). With [`Forward::L2`] the same loop only rewrites
-//! each frame's MACs (the l2fwd reference of the benchmark).
+//! other as the same UMEM frame. The work on a burst's frames is [`super::burst`]'s,
+//! over plain buffers (the benchmark drives the same code from memory). TX wake-ups
+//! are made only when the kernel asks (`need_wakeup`): again while each takes frames
+//! (copy mode sends a limited number per call), not again while the kernel has not
+//! moved since the last. When both sides are idle the worker spins `spin_turns`
+//! empty turns, then sleeps in poll(2) on both RX rings (or spins for ever with
+//! `busy_poll`); the clock is read only for a WAN burst that came. The loop's time is
+//! counted by kind ([`super::cycles`]). With [`Forward::L2`] the same loop only
+//! rewrites each frame's MACs (the l2fwd reference of the benchmark).
 
 use std::{
     os::fd::{AsRawFd, RawFd},
@@ -26,8 +31,8 @@ use crate::ebpf::Side;
 use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 
 use super::{
-    cycles::Lap,
     burst::{self, Frames},
+    cycles::Lap,
     encap::{DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
     state::{DatapathState, LocalCounters, Stat},
     supervise::{supervise, Loop, Policy},
@@ -51,6 +56,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) frames: u32,
     pub(crate) batch: usize,
     pub(crate) busy_poll: bool,
+    pub(crate) spin_turns: u32,
     pub(crate) forward: Forward,
     pub(crate) dp: Arc<DatapathState>,
     pub(crate) stop: Arc<AtomicBool>,
@@ -120,6 +126,30 @@ fn fill_frames(frames: u32, fill_size: u32, tx_size: u32) -> u32 {
     fill_size.min(frames.saturating_sub(2 * tx_size) / 2)
 }
 
+/// Wakes `port`'s TX if the kernel asks and frames wait: again while each wake-up
+/// takes some (copy mode sends a limited number per call), and not at all when the
+/// last system call left the ring as it is now and nothing came back since (the
+/// kernel has not moved: another call would only cost a system call). A wake-up the
+/// kernel did not ask for (`need_wakeup` clear: zero-copy while the driver runs) is
+/// no call and suppresses nothing.
+fn kick(port: &mut Port, kicked: &mut Option<u32>, completed: bool) {
+    let mut pending = port.tx_pending();
+    if pending == 0 || (*kicked == Some(pending) && !completed) {
+        return;
+    }
+    loop {
+        let calls = port.stats().tx_wakeups;
+        port.kick_tx();
+        let called = port.stats().tx_wakeups != calls;
+        let now = port.tx_pending();
+        if now == 0 || now >= pending {
+            *kicked = called.then_some(now);
+            return;
+        }
+        pending = now;
+    }
+}
+
 /// A worker's burst as [`Frames`]: its UMEM frames.
 struct UmemFrames<'a> {
     umem: &'a Umem,
@@ -148,6 +178,12 @@ struct Worker {
     stop: Arc<AtomicBool>,
     batch: usize,
     busy_poll: bool,
+    spin_turns: u32,
+    /// Empty turns since frames last came.
+    empty_turns: u32,
+    /// Per TX ring (GN side, WAN): what was still pending when the last wake-up
+    /// returned, so that a wake-up that changed nothing is not repeated in vain.
+    kicked: [Option<u32>; 2],
     forward: Forward,
     rx: Vec<Frame>,
     lan_tx: Vec<Frame>,
@@ -202,6 +238,9 @@ impl Worker {
                 stop: s.stop,
                 batch,
                 busy_poll: s.busy_poll,
+                spin_turns: s.spin_turns,
+                empty_turns: 0,
+                kicked: [None; 2],
                 forward: s.forward,
                 rx: Vec::with_capacity(batch),
                 // Bursts are taken only while at most `batch` frames wait, so these
@@ -228,10 +267,11 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             // One snapshot per burst: tunnels published meanwhile apply to the next one.
             let snap = Arc::clone(cache.load());
-            let now = self.dp.now_nanos(Instant::now());
 
-            self.wan.complete(&mut self.pool, complete_max);
-            self.lan.complete(&mut self.pool, complete_max);
+            let completed = [
+                self.lan.complete(&mut self.pool, complete_max) > 0,
+                self.wan.complete(&mut self.pool, complete_max) > 0,
+            ];
             self.lan.refill(&mut self.pool);
             self.wan.refill(&mut self.pool);
             self.lap.charge(&mut self.local, Stat::CyclesRing);
@@ -247,17 +287,16 @@ impl Worker {
 
             if self.lan_tx.len() <= self.batch {
                 received += match self.forward {
-                    Forward::Tunnel => {
-                        self.downlink_burst(snap, || Arc::clone(cache.load()), now)
-                    }
+                    Forward::Tunnel => self.downlink_burst(|| Arc::clone(cache.load())),
                     Forward::L2 { to_lan, .. } => self.l2_burst(Side::Wan, &to_lan),
                 };
             }
             self.transmit(Side::Lan);
-            self.kick_pending();
+            self.kick_pending(completed);
             self.publish_frames();
 
             if received > 0 {
+                self.empty_turns = 0;
                 self.dp.publish_counters(self.index, &self.local);
                 self.lap.charge(&mut self.local, Stat::CyclesRing);
             } else {
@@ -268,7 +307,7 @@ impl Worker {
         self.dp.publish_counters(self.index, &self.local);
     }
 
-    /// Puts `side`'s TX queue on its ring and wakes the kernel if it asks.
+    /// Puts `side`'s TX queue on its ring ([`Worker::kick_pending`] wakes the kernel).
     fn transmit(&mut self, side: Side) {
         let (port, frames, stat) = match side {
             Side::Lan => (&mut self.lan, &mut self.lan_tx, Stat::LanTx),
@@ -280,19 +319,14 @@ impl Worker {
         let n = port.tx_queue(frames);
         self.local.add(stat, u64::from(n));
         self.lap.charge(&mut self.local, Stat::CyclesRing);
-        port.kick_tx();
-        self.lap.charge(&mut self.local, Stat::CyclesSyscall);
     }
 
-    /// Copy mode sends a limited number per wake-up: keep kicking while the kernel
-    /// has not taken everything. Then the control, if a slow frame went into an
-    /// empty queue.
-    fn kick_pending(&mut self) {
-        if self.wan.tx_pending() > 0 {
-            self.wan.kick_tx();
-        }
-        if self.lan.tx_pending() > 0 {
-            self.lan.kick_tx();
+    /// Wakes the kernel's TX on both NICs where it asks (`need_wakeup`), then the
+    /// control if a slow frame went into an empty queue. `completed`: frames came
+    /// back on the completion ring this turn (GN side, WAN).
+    fn kick_pending(&mut self, completed: [bool; 2]) {
+        for (i, port) in [&mut self.lan, &mut self.wan].into_iter().enumerate() {
+            kick(port, &mut self.kicked[i], completed[i]);
         }
         if std::mem::take(&mut self.wake_slow) {
             self.dp.wake_control();
@@ -305,7 +339,8 @@ impl Worker {
     /// Nothing came on either NIC: spin (`busy_poll`) or sleep in poll(2) until
     /// frames come, briefly while frames are still owed to the kernel.
     fn idle(&mut self) {
-        if self.busy_poll {
+        if self.busy_poll || self.empty_turns < self.spin_turns {
+            self.empty_turns += 1;
             std::hint::spin_loop();
             return;
         }
@@ -316,6 +351,9 @@ impl Worker {
             || self.lan.fill_owed() > 0
             || self.wan.fill_owed() > 0;
         let wait = if owed { BUSY_WAIT } else { IDLE_WAIT };
+        // After the sleep, wake the kernel again even if nothing changed: a lost
+        // wake-up costs at most one sleep.
+        self.kicked = [None; 2];
         self.local.add(Stat::Polls, 1);
         // Fresh counters for whoever reads them while the worker sleeps.
         self.dp.publish_counters(self.index, &self.local);
@@ -358,9 +396,7 @@ impl Worker {
         for frame in rx.iter_mut() {
             let len = frame.len();
             let _ = self.umem.push_front(frame, ENCAP_GROW)
-                && self
-                    .umem
-                    .set_len(frame, ENCAP_GROW + len + ENCAP_TAIL);
+                && self.umem.set_len(frame, ENCAP_GROW + len + ENCAP_TAIL);
             lens.push(len);
         }
         let mut frames = UmemFrames {
@@ -380,18 +416,18 @@ impl Worker {
 
     /// WAN side: one burst, each frame opened, checked, stripped and queued on
     /// `lan_tx`.
-    fn downlink_burst(
-        &mut self,
-        snap: Arc<Snapshot>,
-        fresh: impl FnOnce() -> Arc<Snapshot>,
-        now: u64,
-    ) -> u32 {
+    fn downlink_burst(&mut self, fresh: impl FnOnce() -> Arc<Snapshot>) -> u32 {
         let n = self.wan.rx_burst(&mut self.pool, &mut self.rx);
         self.took(Stat::WanRx, n);
+        if n == 0 {
+            return 0;
+        }
+        // The clock only for a burst that came (activity times).
+        let now = self.dp.now_nanos(Instant::now());
         // The snapshot again, after the frames were taken off the ring: a
         // tunnel the control published before sending its TUN_REQ or TUN_RESP
         // is in it for every DATA that answers them.
-        let snap = if n > 0 { fresh() } else { snap };
+        let snap = fresh();
         let (mut rx, mut down) = (std::mem::take(&mut self.rx), std::mem::take(&mut self.down));
         self.note_burst(&rx);
         let mut frames = UmemFrames {
