@@ -17,6 +17,7 @@ mod testbed;
 
 use std::{
     ffi::OsString,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Instant,
 };
@@ -201,35 +202,42 @@ fn bench(args: Vec<OsString>) -> Result<()> {
     }
     setup::run(false, setup::Need::Bench)?;
     let started = Instant::now();
-    status(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let has = |flag: &str| args.iter().any(|a| a == flag);
     // A smoke run, the help, a report of old results or the dp part alone need no fresh
     // criterion runs.
     let quick = args
         .iter()
         .any(|a| a == "--quick" || a == "--help" || a == "-h" || a == "report" || a == "--dp-only");
-    if !quick {
-        // Short criterion runs: enough for stable medians of a ~µs operation.
-        let timing = ["--warm-up-time", "0.5", "--measurement-time", "1.5"];
-        for (pkg, name) in [("perf", "datapath"), ("ntma-user", "fastpath")] {
-            // criterion's report goes to stderr: stdout is ntm-bench's table.
-            let r = status(
-                cargo()
-                    .args(["bench", "-p", pkg, "--bench", name, "--"])
-                    .args(timing)
-                    .stdout(std::process::Stdio::from(std::io::stderr())),
-            );
-            if let Err(e) = r {
-                eprintln!("bench: per-packet cost of {pkg}/{name} left out: {e:#}");
-            }
-        }
-    }
+    let benches = build_release(!quick)?;
     let target = release_bin("ntm-bench");
     let criterion = target
         .parent()
         .and_then(|release| release.parent())
         .map(|t| t.join("criterion"))
         .unwrap_or_else(|| workspace_root().join("target/criterion"));
+    for (exe, dir) in &benches {
+        // Short criterion runs: enough for stable medians of a ~µs operation.
+        // criterion's report goes to stderr: stdout is ntm-bench's table.
+        let r = status(
+            Command::new(exe)
+                .current_dir(dir)
+                .env("CRITERION_HOME", &criterion)
+                .args([
+                    "--bench",
+                    "--warm-up-time",
+                    "0.5",
+                    "--measurement-time",
+                    "1.5",
+                ])
+                .stdout(std::process::Stdio::from(std::io::stderr())),
+        );
+        if let Err(e) = r {
+            eprintln!(
+                "bench: per-packet cost of {} left out: {e:#}",
+                exe.display()
+            );
+        }
+    }
     let (no_dp, dp_only) = (has("--no-dp"), has("--dp-only"));
     let args: Vec<OsString> = args
         .into_iter()
@@ -262,6 +270,59 @@ fn bench(args: Vec<OsString>) -> Result<()> {
         started.elapsed().as_secs_f64() / 60.0
     );
     r
+}
+
+/// The criterion benches `cargo xtask bench` runs: (package, bench target).
+const BENCHES: [(&str, &str); 2] = [("perf", "datapath"), ("ntma-user", "fastpath")];
+
+/// Builds the release binaries and, with `benches`, the criterion benches in one
+/// cargo call: built apart, every crate they share is compiled twice (the benches'
+/// dev-dependencies unify other features), which with fat LTO costs minutes.
+/// Returns each bench's executable and its package's directory.
+fn build_release(benches: bool) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut c = cargo();
+    c.args(["build", "--release", "--workspace", "--bins"]);
+    if !benches {
+        status(&mut c)?;
+        return Ok(Vec::new());
+    }
+    for (_, name) in BENCHES {
+        c.args(["--bench", name]);
+    }
+    c.args(["--message-format", "json-render-diagnostics"])
+        .stdout(std::process::Stdio::piped());
+    let out = c
+        .spawn()
+        .with_context(|| format!("could not start {}", describe(&c)))?
+        .wait_with_output()?;
+    if !out.status.success() {
+        bail!("{} failed ({})", describe(&c), out.status);
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_bench = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "bench"));
+        let (Some(exe), Some(manifest)) = (v["executable"].as_str(), v["manifest_path"].as_str())
+        else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && is_bench {
+            let dir = Path::new(manifest).parent().unwrap_or(Path::new("."));
+            found.push((PathBuf::from(exe), dir.to_owned()));
+        }
+    }
+    if found.len() != BENCHES.len() {
+        bail!(
+            "cargo built {} of the {} criterion benches; see its output above",
+            found.len(),
+            BENCHES.len()
+        );
+    }
+    Ok(found)
 }
 
 /// `target/release/<name>`, honouring CARGO_TARGET_DIR.
