@@ -258,13 +258,21 @@ pub fn projection(r: &Results) -> Option<String> {
 /// Writes the JSON under `dir` (`results-<unix>.json` and `latest.json`); returns the
 /// paths.
 pub fn write_json(r: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
+    write_json_as(r, dir, "results", r.started_unix, "latest.json")
+}
+
+/// Writes `r` as `<stem>-<unix>.json` and `latest` under `dir`; returns the paths.
+pub(crate) fn write_json_as<T: serde::Serialize>(
+    r: &T,
+    dir: &Path,
+    stem: &str,
+    unix: u64,
+    latest: &str,
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = serde_json::to_string_pretty(r).context("serializing the results")?;
     let mut out = Vec::new();
-    for name in [
-        format!("results-{}.json", r.started_unix),
-        "latest.json".into(),
-    ] {
+    for name in [format!("{stem}-{unix}.json"), latest.to_owned()] {
         let p = dir.join(name);
         std::fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?;
         out.push(p);
@@ -272,7 +280,7 @@ pub fn write_json(r: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-const COLORS: [RGBColor; 8] = [
+pub(crate) const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -293,7 +301,7 @@ fn datapaths(r: &Results) -> Vec<String> {
     v
 }
 
-fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+pub(crate) fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e}")
 }
 

@@ -9,6 +9,7 @@ use plotters::prelude::*;
 
 use super::measure::Trial;
 use super::{DpPoint, DpResults};
+use crate::report::{plot_err, COLORS};
 use crate::run::fmt_secs;
 
 /// Per-packet figures of a trial, over the frames it delivered.
@@ -196,31 +197,7 @@ pub fn tables(r: &DpResults) -> String {
 
 /// Writes `dp-<unix>.json` and `dp-latest.json` under `dir`.
 pub fn write_json(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let text = serde_json::to_string_pretty(r).context("serializing the results")?;
-    let mut out = Vec::new();
-    for name in [
-        format!("dp-{}.json", r.started_unix),
-        "dp-latest.json".into(),
-    ] {
-        let p = dir.join(name);
-        std::fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?;
-        out.push(p);
-    }
-    Ok(out)
-}
-
-const COLORS: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
-
-fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plotting: {e}")
+    crate::report::write_json_as(r, dir, "dp", r.started_unix, "dp-latest.json")
 }
 
 /// One line per (datapath, direction) of `value` against the packet size.
