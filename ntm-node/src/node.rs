@@ -346,8 +346,8 @@ impl Node {
                 let dcs = format!("{:?}", self.s.dcs);
                 tracing::warn!(%dcs, %reason, "registration failed with every DC; trying again in 10 s");
             }
-            // The endpoint logged it.
-            Event::DcChanged { .. } => self.c.dc_failovers += 1,
+            // The endpoint logged and counted it (`failovers`, in the status).
+            Event::DcChanged { .. } => {}
             // The host logged it, answered the DNS and gave up the packets.
             Event::DirectionResolved { .. } => {}
             Event::TunnelAdded(p) => {
@@ -444,7 +444,14 @@ impl Node {
             observed: reg.map(|r| r.observed),
             behind_nat: reg.map(|r| r.behind_nat),
             tunnels,
-            packets: self.c.packets(),
+            packets: {
+                // The endpoint's own count: a status written between its move
+                // to the next DC and this node's handling of the event still
+                // shows both.
+                let mut p = self.c.packets();
+                p.insert("dc_failovers".into(), ep.failovers());
+                p
+            },
             drops: self.c.drops(ep.drops()),
             tun: self.tun_status(),
         }

@@ -67,8 +67,6 @@ pub struct Counters {
     pub dns_queries: u64,
     /// Successful registrations (REG_RESP OK), renewals included.
     pub registrations: u64,
-    /// Moves from an unanswering DC to the next configured one.
-    pub dc_failovers: u64,
     /// Tunnels that came up.
     pub tunnels_up: u64,
     /// Tunnels that went down.
@@ -144,7 +142,6 @@ impl Counters {
             ("keepalive_rx", self.keepalive_rx),
             ("dns_queries", self.dns_queries),
             ("registrations", self.registrations),
-            ("dc_failovers", self.dc_failovers),
             ("tunnels_up", self.tunnels_up),
             ("tunnels_down", self.tunnels_down),
         ]
