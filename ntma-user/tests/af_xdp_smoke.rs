@@ -804,7 +804,7 @@ fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
         let ntma = s.spawn(|| {
             tb.in_netns(
                 Role::Ntma,
-                || -> Result<(XskMode, XskMode, usize, Counters, bool), String> {
+                || -> Result<(XskMode, XskMode, usize, Counters, bool, [Option<u32>; 2]), String> {
                     let setup = || -> Result<_, String> {
                         let mut progs = XdpPrograms::load().map_err(|e| e.to_string())?;
                         progs.configure(&xdp_config()).map_err(|e| e.to_string())?;
@@ -850,6 +850,7 @@ fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
                         sent,
                         progs.counters().map_err(|e| e.to_string())?,
                         accounted,
+                        [lan.tx_budget(), wan.tx_budget()],
                     ))
                 },
             )
@@ -871,13 +872,18 @@ fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
         (ntma.join().expect("ntma thread"), received)
     });
 
-    let (lan_mode, wan_mode, sent, counters, accounted) =
+    let (lan_mode, wan_mode, sent, counters, accounted, budgets) =
         result.unwrap_or_else(|e| panic!("AF_XDP set-up in the ntma namespace failed: {e}"));
-    eprintln!("lan0 {lan_mode}, wan0 {wan_mode}: {sent} frames moved from lan0 RX to wan0 TX");
+    eprintln!("lan0 {lan_mode}, wan0 {wan_mode}: {sent} frames moved from lan0 RX to wan0 TX, TX budgets {budgets:?}");
     assert_eq!(
         lan_mode, wan_mode,
         "a shared UMEM gives both sockets one mode"
     );
+    // Copy mode on a kernel with XDP_MAX_TX_SKB_BUDGET (6.17+): half the 2048-entry
+    // TX ring per system call, the most the kernel takes.
+    if lan_mode == XskMode::Copy && kernel_at_least(6, 17) {
+        assert_eq!(budgets, [Some(1024); 2], "the TX budget was not raised");
+    }
     let mut seen = [false; DATAGRAMS];
     for payload in &received {
         let text = std::str::from_utf8(payload).expect("UTF-8");
@@ -906,6 +912,16 @@ fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
 // ---------------------------------------------------------------- WAN: DATA to AF_XDP, signaling to the kernel
 
 /// The NTM message type of a frame's UDP payload, if it is UDP to `port`.
+/// Whether the running kernel is `major.minor` or newer.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 fn ntm_type(p: &[u8], port: u16) -> Option<u8> {
     let ihl = usize::from(*p.get(14)? & 0x0f) * 4;
     let l4 = 14 + ihl;

@@ -344,6 +344,10 @@ impl AfXdp {
             dp.workers.push(handle);
             if q == 0 {
                 dp.mode = bound.mode;
+                match bound.tx_budget {
+                    Some(n) => tracing::debug!(frames = n, "copy-mode TX: one system call sends up to this many frames"),
+                    None => tracing::debug!("copy-mode TX: the kernel's own budget per system call (zero-copy, or before Linux 6.17)"),
+                }
             }
             progs.register_socket(Side::Lan, q, &bound.lan_fd)?;
             progs.register_socket(Side::Wan, q, &bound.wan_fd)?;

@@ -67,6 +67,8 @@ pub(crate) struct Bound {
     pub(crate) lan_fd: RawFd,
     pub(crate) wan_fd: RawFd,
     pub(crate) mode: XskMode,
+    /// The GN-side socket's frames per TX system call, where it could be raised.
+    pub(crate) tx_budget: Option<u32>,
 }
 
 /// Starts a worker thread (in the calling thread's network namespace, which it
@@ -224,6 +226,7 @@ impl Worker {
             lan_fd: lan.as_raw_fd(),
             wan_fd: wan.as_raw_fd(),
             mode: lan.mode(),
+            tx_budget: lan.tx_budget(),
         };
         let batch = s.batch;
         Ok((
