@@ -752,6 +752,10 @@ fn af_xdp_echo_on_the_testbed() {
 
 // ---------------------------------------------------------------- LAN RX → WAN TX
 
+/// What the ntma side of the two-socket test saw: both modes, frames sent, the XDP
+/// counters, whether every frame came back, both TX budgets.
+type Forwarded = (XskMode, XskMode, usize, Counters, bool, [Option<u32>; 2]);
+
 #[test]
 fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
     require_root();
@@ -802,58 +806,54 @@ fn af_xdp_lan_rx_to_wan_tx_shares_one_umem() {
 
     let (result, received) = std::thread::scope(|s| {
         let ntma = s.spawn(|| {
-            tb.in_netns(
-                Role::Ntma,
-                || -> Result<(XskMode, XskMode, usize, Counters, bool, [Option<u32>; 2]), String> {
-                    let setup = || -> Result<_, String> {
-                        let mut progs = XdpPrograms::load().map_err(|e| e.to_string())?;
-                        progs.configure(&xdp_config()).map_err(|e| e.to_string())?;
-                        progs.set_gn_vips(&[GN_VIP]).map_err(|e| e.to_string())?;
-                        let umem = Arc::new(
-                            Umem::new(UmemConfig {
-                                frame_count: 1024,
-                                ..UmemConfig::default()
-                            })
-                            .map_err(|e| e.to_string())?,
-                        );
-                        let mut worker = Worker::new(&umem, 1024);
-                        // One UMEM, two NICs: lan0 owns the UMEM socket, wan0 shares it.
-                        let mut lan = Port::bind(&umem, PortConfig::new(ifname::NTMA_LAN, 0))
-                            .map_err(|e| e.to_string())?;
-                        let mut wan = Port::bind(&umem, PortConfig::new(ifname::NTMA_WAN, 0))
-                            .map_err(|e| e.to_string())?;
-                        lan.fill(&mut worker.pool, 256);
-                        wan.fill(&mut worker.pool, 256);
-                        progs
-                            .register_socket(Side::Lan, 0, &lan)
-                            .map_err(|e| e.to_string())?;
-                        progs
-                            .attach(Side::Lan, ifname::NTMA_LAN, AttachMode::Native)
-                            .map_err(|e| e.to_string())?;
-                        Ok((progs, worker, lan, wan))
-                    };
-                    let (progs, mut worker, mut lan, mut wan) = match setup() {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.clone()));
-                            return Err(e);
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    let (sent, _) =
-                        worker.forward(&mut lan, Some(&mut wan), &stop, DATAGRAMS, to_wan);
-                    let in_fill = in_fill_ring(&lan) + in_fill_ring(&wan);
-                    let accounted = worker.drain_completions(&mut wan, in_fill);
-                    Ok((
-                        lan.mode(),
-                        wan.mode(),
-                        sent,
-                        progs.counters().map_err(|e| e.to_string())?,
-                        accounted,
-                        [lan.tx_budget(), wan.tx_budget()],
-                    ))
-                },
-            )
+            tb.in_netns(Role::Ntma, || -> Result<Forwarded, String> {
+                let setup = || -> Result<_, String> {
+                    let mut progs = XdpPrograms::load().map_err(|e| e.to_string())?;
+                    progs.configure(&xdp_config()).map_err(|e| e.to_string())?;
+                    progs.set_gn_vips(&[GN_VIP]).map_err(|e| e.to_string())?;
+                    let umem = Arc::new(
+                        Umem::new(UmemConfig {
+                            frame_count: 1024,
+                            ..UmemConfig::default()
+                        })
+                        .map_err(|e| e.to_string())?,
+                    );
+                    let mut worker = Worker::new(&umem, 1024);
+                    // One UMEM, two NICs: lan0 owns the UMEM socket, wan0 shares it.
+                    let mut lan = Port::bind(&umem, PortConfig::new(ifname::NTMA_LAN, 0))
+                        .map_err(|e| e.to_string())?;
+                    let mut wan = Port::bind(&umem, PortConfig::new(ifname::NTMA_WAN, 0))
+                        .map_err(|e| e.to_string())?;
+                    lan.fill(&mut worker.pool, 256);
+                    wan.fill(&mut worker.pool, 256);
+                    progs
+                        .register_socket(Side::Lan, 0, &lan)
+                        .map_err(|e| e.to_string())?;
+                    progs
+                        .attach(Side::Lan, ifname::NTMA_LAN, AttachMode::Native)
+                        .map_err(|e| e.to_string())?;
+                    Ok((progs, worker, lan, wan))
+                };
+                let (progs, mut worker, mut lan, mut wan) = match setup() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let (sent, _) = worker.forward(&mut lan, Some(&mut wan), &stop, DATAGRAMS, to_wan);
+                let in_fill = in_fill_ring(&lan) + in_fill_ring(&wan);
+                let accounted = worker.drain_completions(&mut wan, in_fill);
+                Ok((
+                    lan.mode(),
+                    wan.mode(),
+                    sent,
+                    progs.counters().map_err(|e| e.to_string())?,
+                    accounted,
+                    [lan.tx_budget(), wan.tx_budget()],
+                ))
+            })
             .expect("enter ntma")
         });
         let ready = ready_rx.recv_timeout(Duration::from_secs(30));
