@@ -53,7 +53,11 @@ struct DpArgs {
     /// Trials per point, the first at the generator's full rate (default 7; --quick: 3).
     #[arg(long)]
     steps: Option<usize>,
-    /// Window of each trial, ms (default 1000; --quick: 300).
+    /// Searches of ntma, ntma-s1 and l2fwd at 64 and 1400 B, one datapath after the
+    /// other in turn; the targets' table compares their medians (default 3; --quick: 1).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Window of each trial, ms (default 500; --quick: 300).
     #[arg(long)]
     window_ms: Option<u64>,
     /// Loss share still counted as none (default 0: strictly zero).
@@ -157,6 +161,9 @@ fn dp(a: DpArgs) -> Result<()> {
     }
     if let Some(s) = a.steps {
         plan.steps = s.max(1);
+    }
+    if let Some(n) = a.rounds {
+        plan.rounds = n.max(1);
     }
     if let Some(w) = a.window_ms {
         plan.trial.window = Duration::from_millis(w.max(10));

@@ -1,5 +1,5 @@
 //! Smoke test of `ntm-bench dp`'s harness (needs root): the reduced topology comes up,
-//! one short trial through ntma (suite 2) and through the l2fwd reference, 64 B, each
+//! one short trial through ntma (suite 2), ntma-base and the l2fwd reference, 64 B, each
 //! direction, delivers frames, and no sample checks BAD. Correctness only: no rate or
 //! time is asserted (the trials run at a low fixed rate, the path is drained before
 //! counting).
@@ -12,7 +12,7 @@ use perf::dp::measure::{Point, TrialSettings};
 use perf::dp::topo::Topo;
 
 #[test]
-fn dp_harness_forwards_and_checks_through_ntma_and_l2fwd() {
+fn dp_harness_forwards_and_checks_through_ntma_its_baseline_and_l2fwd() {
     ntm_testbed::require_root().expect("the dp harness builds namespaces");
     let settings = TrialSettings {
         window: Duration::from_millis(300),
@@ -24,7 +24,7 @@ fn dp_harness_forwards_and_checks_through_ntma_and_l2fwd() {
         loss_tolerance: 1.0,
     };
     let mut topo = Topo::up(&ntm_testbed::unique_prefix("dp")).expect("topology");
-    for kind in [DpKind::Ntma, DpKind::L2fwd] {
+    for kind in [DpKind::Ntma, DpKind::NtmaBase, DpKind::L2fwd] {
         let dut = Dut::start(&topo, kind).unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
         for dir in Direction::BOTH {
             let flow = dut.flow(&topo, dir, 64).expect("flow");

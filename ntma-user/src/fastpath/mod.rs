@@ -158,6 +158,13 @@ pub struct AfXdpConfig {
     pub inner_mtu: u16,
     /// What the workers do with a frame: the adapter's work, or the l2fwd reference.
     pub forward: Forward,
+    /// Benchmarks only (`ntm-bench dp`'s `ntma-base`): the loop without its run-time
+    /// optimisations, to measure them in the same run: each frame through the
+    /// per-packet [`encap::uplink`] / [`encap::downlink`] (an atomic add per packet
+    /// for its seq and counters, one pass, a MAC per packet) instead of
+    /// [`burst`]; a TX wake-up on every turn with frames pending; the kernel's TX
+    /// budget of 32 frames per call. (`spin_turns` is a setting of its own.)
+    pub baseline: bool,
 }
 
 /// What the workers do with each frame they receive.
@@ -198,6 +205,7 @@ impl AfXdpConfig {
             bind: BindMode::Auto,
             slow_slots: SLOW_SLOTS,
             inner_mtu: INNER_MTU as u16,
+            baseline: false,
             forward: Forward::Tunnel,
         }
     }
@@ -325,6 +333,7 @@ impl AfXdp {
                 rx_size: cfg.rx_ring,
                 tx_size: cfg.tx_ring,
                 bind: cfg.bind,
+                raise_tx_budget: !cfg.baseline,
             };
             let core = (!cfg.cores.is_empty()).then(|| cfg.cores[q as usize % cfg.cores.len()]);
             let (handle, bound) = worker::spawn(worker::WorkerSetup {
@@ -338,6 +347,7 @@ impl AfXdp {
                 busy_poll: cfg.busy_poll,
                 spin_turns: cfg.spin_turns,
                 forward: cfg.forward,
+                baseline: cfg.baseline,
                 dp: Arc::clone(&state),
                 stop: Arc::clone(&stop),
             })?;

@@ -33,7 +33,7 @@ use crate::xsk::{Frame, FramePool, Port, PortConfig, Umem, XskMode};
 use super::{
     burst::{self, Frames},
     cycles::Lap,
-    encap::{DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
+    encap::{self, DownVerdict, FastDrop, UpVerdict, ENCAP_GROW, ENCAP_TAIL},
     state::{DatapathState, LocalCounters, Stat},
     supervise::{supervise, Loop, Policy},
     table::Snapshot,
@@ -58,6 +58,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) busy_poll: bool,
     pub(crate) spin_turns: u32,
     pub(crate) forward: Forward,
+    pub(crate) baseline: bool,
     pub(crate) dp: Arc<DatapathState>,
     pub(crate) stop: Arc<AtomicBool>,
 }
@@ -187,6 +188,8 @@ struct Worker {
     /// returned, so that a wake-up that changed nothing is not repeated in vain.
     kicked: [Option<u32>; 2],
     forward: Forward,
+    /// [`super::AfXdpConfig::baseline`].
+    baseline: bool,
     rx: Vec<Frame>,
     lan_tx: Vec<Frame>,
     wan_tx: Vec<Frame>,
@@ -245,6 +248,7 @@ impl Worker {
                 empty_turns: 0,
                 kicked: [None; 2],
                 forward: s.forward,
+                baseline: s.baseline,
                 rx: Vec::with_capacity(batch),
                 // Bursts are taken only while at most `batch` frames wait, so these
                 // never grow past their capacity.
@@ -329,7 +333,13 @@ impl Worker {
     /// back on the completion ring this turn (GN side, WAN).
     fn kick_pending(&mut self, completed: [bool; 2]) {
         for (i, port) in [&mut self.lan, &mut self.wan].into_iter().enumerate() {
-            kick(port, &mut self.kicked[i], completed[i]);
+            if self.baseline {
+                if port.tx_pending() > 0 {
+                    port.kick_tx();
+                }
+            } else {
+                kick(port, &mut self.kicked[i], completed[i]);
+            }
         }
         if std::mem::take(&mut self.wake_slow) {
             self.dp.wake_control();
@@ -406,7 +416,13 @@ impl Worker {
             umem: &self.umem,
             frames: &mut rx,
         };
-        burst::uplink_burst(snap, &mut frames, &lens, &mut up);
+        if self.baseline {
+            for (i, len) in lens.iter().enumerate() {
+                up.push(encap::uplink(snap, frames.buf(i), *len));
+            }
+        } else {
+            burst::uplink_burst(snap, &mut frames, &lens, &mut up);
+        }
         for ((frame, verdict), len) in rx.drain(..).zip(up.drain(..)).zip(lens.drain(..)) {
             self.uplink_done(frame, verdict, len);
         }
@@ -437,7 +453,13 @@ impl Worker {
             umem: &self.umem,
             frames: &mut rx,
         };
-        burst::downlink_burst(&snap, &mut frames, now, &mut down);
+        if self.baseline {
+            for i in 0..frames.count() {
+                down.push(encap::downlink(&snap, frames.buf(i), now));
+            }
+        } else {
+            burst::downlink_burst(&snap, &mut frames, now, &mut down);
+        }
         for (frame, verdict) in rx.drain(..).zip(down.drain(..)) {
             self.downlink_done(frame, verdict);
         }

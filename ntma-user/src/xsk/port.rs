@@ -56,6 +56,9 @@ pub struct PortConfig {
     pub tx_size: u32,
     /// Bind mode of the first port of a UMEM; later ports inherit the mode it got.
     pub bind: BindMode,
+    /// In copy mode, raise the frames one TX system call sends to the most the kernel
+    /// allows (see [`Port::tx_budget`]); false keeps the kernel's 32.
+    pub raise_tx_budget: bool,
 }
 
 impl PortConfig {
@@ -67,6 +70,7 @@ impl PortConfig {
             rx_size: 2048,
             tx_size: 2048,
             bind: BindMode::Auto,
+            raise_tx_budget: true,
         }
     }
 }
@@ -204,7 +208,7 @@ impl Port {
         drop(setup);
         // The most the kernel allows (half the TX ring): a burst then leaves in one
         // system call instead of one per 32 frames.
-        let tx_budget = (mode == XskMode::Copy)
+        let tx_budget = (mode == XskMode::Copy && cfg.raise_tx_budget)
             .then(|| raise_tx_budget(tx.as_raw_fd(), tx_size.get() / 2))
             .flatten();
         Ok(Port {

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `ntma` | the AF_XDP fast path, tunnel in suite 2 (AES-256-GCM) |
 //! | `ntma-s1` | the same, suite 1 (HMAC-SHA256-128) |
+//! | `ntma-base` | `ntma` without its run-time optimisations (`AfXdpConfig::baseline`, no spinning before poll): the before of the same run |
 //! | `l2fwd` | the AF_XDP fast path's loop with `Forward::L2`: MACs rewritten, nothing else |
 //! | `kernel-rps` | Linux IP forwarding, RPS of `lan0`/`wan0` to CPU 1, no encapsulation |
 //! | `raw-b1`, `raw-b64` | the raw-socket datapath, 1 (the paper's relay) or 64 packets per system call |
@@ -43,6 +44,9 @@ pub enum DpKind {
     Ntma,
     /// ntma's AF_XDP datapath, suite 1.
     NtmaS1,
+    /// `Ntma` with the fast path's run-time optimisations off: per-packet processing,
+    /// a TX wake-up every turn, the kernel's TX budget, no spinning before poll(2).
+    NtmaBase,
     /// The AF_XDP loop forwarding at layer 2 only.
     L2fwd,
     /// Linux IP forwarding, RPS to CPU 1.
@@ -55,9 +59,10 @@ pub enum DpKind {
 
 impl DpKind {
     /// Every datapath, in table order.
-    pub const ALL: [DpKind; 6] = [
+    pub const ALL: [DpKind; 7] = [
         DpKind::Ntma,
         DpKind::NtmaS1,
+        DpKind::NtmaBase,
         DpKind::L2fwd,
         DpKind::KernelRps,
         DpKind::RawB1,
@@ -69,6 +74,7 @@ impl DpKind {
         match self {
             DpKind::Ntma => "ntma",
             DpKind::NtmaS1 => "ntma-s1",
+            DpKind::NtmaBase => "ntma-base",
             DpKind::L2fwd => "l2fwd",
             DpKind::KernelRps => "kernel-rps",
             DpKind::RawB1 => "raw-b1",
@@ -87,7 +93,7 @@ impl DpKind {
     pub fn tunnels(self) -> bool {
         matches!(
             self,
-            DpKind::Ntma | DpKind::NtmaS1 | DpKind::RawB1 | DpKind::RawB64
+            DpKind::Ntma | DpKind::NtmaS1 | DpKind::NtmaBase | DpKind::RawB1 | DpKind::RawB64
         )
     }
 }
@@ -188,8 +194,13 @@ impl Dut {
             undo: None,
         };
         match kind {
-            DpKind::Ntma | DpKind::NtmaS1 => {
-                let dp = ntm_testbed::in_netns(&ns, || AfXdp::start(afxdp_config()))?
+            DpKind::Ntma | DpKind::NtmaS1 | DpKind::NtmaBase => {
+                let mut cfg = afxdp_config();
+                if kind == DpKind::NtmaBase {
+                    cfg.baseline = true;
+                    cfg.spin_turns = 0;
+                }
+                let dp = ntm_testbed::in_netns(&ns, || AfXdp::start(cfg))?
                     .context("starting ntma's AF_XDP datapath in the DUT namespace")?;
                 dut.publish(topo, Box::new(dp))?;
             }

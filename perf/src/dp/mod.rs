@@ -41,10 +41,27 @@ pub struct DpPlan {
     pub trial: TrialSettings,
     /// Runs of the classifier per frame (0: not measured).
     pub classify_repeat: u32,
+    /// Searches of each point of `round_datapaths` × `round_sizes`: the first in the
+    /// main pass, the others after it, one datapath after the other in turn, so that
+    /// the ratios of the targets (against `l2fwd`) compare medians of searches
+    /// made over the same minutes rather than two single searches.
+    #[serde(default = "one")]
+    pub rounds: usize,
+    /// The datapaths searched `rounds` times.
+    #[serde(default)]
+    pub round_datapaths: Vec<DpKind>,
+    /// The sizes searched `rounds` times.
+    #[serde(default)]
+    pub round_sizes: Vec<usize>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl DpPlan {
-    /// The full plan: every datapath, 64/512/1400 B, both directions, 7 trials of 1 s.
+    /// The full plan: every datapath, 64/512/1400 B, both directions, 7 trials of
+    /// 0.5 s; `ntma`, `ntma-s1` and `l2fwd` at 64 and 1400 B three times.
     pub fn full(prefix: &str) -> DpPlan {
         DpPlan {
             prefix: prefix.into(),
@@ -53,7 +70,7 @@ impl DpPlan {
             directions: Direction::BOTH.to_vec(),
             steps: 7,
             trial: TrialSettings {
-                window: Duration::from_secs(1),
+                window: Duration::from_millis(500),
                 sample_every: 1024,
                 batch: 64,
                 gen_cpu: Some(0),
@@ -61,6 +78,9 @@ impl DpPlan {
                 loss_tolerance: 0.0,
             },
             classify_repeat: 10_000_000,
+            rounds: 3,
+            round_datapaths: vec![DpKind::Ntma, DpKind::NtmaS1, DpKind::L2fwd],
+            round_sizes: vec![64, 1400],
         }
     }
 
@@ -73,7 +93,27 @@ impl DpPlan {
         p.trial.sample_every = 256;
         p.trial.pool_bytes = 1 << 27;
         p.classify_repeat = 1_000_000;
+        p.rounds = 1;
         p
+    }
+
+    /// The points of round `round` (0: the main pass) of `kind`.
+    fn round_points(&self, kind: DpKind, round: usize) -> Vec<(Direction, usize)> {
+        let sizes: Vec<usize> = if round == 0 {
+            self.sizes.clone()
+        } else if self.round_datapaths.contains(&kind) {
+            self.sizes
+                .iter()
+                .copied()
+                .filter(|s| self.round_sizes.contains(s))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.directions
+            .iter()
+            .flat_map(|d| sizes.iter().map(move |s| (*d, *s)))
+            .collect()
     }
 }
 
@@ -179,6 +219,9 @@ pub struct DpPoint {
     pub size: usize,
     /// The search.
     pub search: Search,
+    /// Which of the plan's rounds (0: the main pass).
+    #[serde(default)]
+    pub round: usize,
 }
 
 /// Why something is missing from the results.
@@ -222,6 +265,9 @@ impl DpResults {
     }
 }
 
+/// One datapath's points of one round: (round, datapath, (direction, size)s).
+type KindRun = (usize, DpKind, Vec<(Direction, usize)>);
+
 /// Runs `plan`: the topology, every datapath in turn, the classifier; the topology is
 /// removed at the end, also on error.
 pub fn run(plan: &DpPlan) -> Result<DpResults> {
@@ -246,9 +292,17 @@ pub fn run(plan: &DpPlan) -> Result<DpResults> {
         }
     }
     let mut topo = Topo::up(&plan.prefix)?;
-    let total = plan.datapaths.len() * plan.sizes.len() * plan.directions.len();
+    let runs: Vec<KindRun> = (0..plan.rounds.max(1))
+        .flat_map(|round| {
+            plan.datapaths
+                .iter()
+                .map(move |&kind| (round, kind, plan.round_points(kind, round)))
+        })
+        .filter(|(_, _, points)| !points.is_empty())
+        .collect();
+    let total: usize = runs.iter().map(|(_, _, p)| p.len()).sum();
     let mut done = 0;
-    for &kind in &plan.datapaths {
+    for (round, kind, points) in runs {
         // The datapath checks that its worker's CPU is among this thread's.
         set_cpus(None)?;
         let dut = Dut::start(&topo, kind);
@@ -258,24 +312,23 @@ pub fn run(plan: &DpPlan) -> Result<DpResults> {
         let dut = match dut {
             Ok(d) => d,
             Err(e) => {
-                r.skip(kind.name(), "everything".into(), &e);
-                done += plan.sizes.len() * plan.directions.len();
+                r.skip(kind.name(), format!("round {}", round + 1), &e);
+                done += points.len();
                 continue;
             }
         };
-        for &dir in &plan.directions {
-            for &size in &plan.sizes {
-                done += 1;
-                eprintln!(
-                    "[{done:>2}/{total}] {} {} {size} B ({:.0} s so far)",
-                    kind.name(),
-                    dir.as_str(),
-                    started.elapsed().as_secs_f64()
-                );
-                match point(&mut topo, &dut, plan, (dir, size)) {
-                    Ok(p) => r.points.push(p),
-                    Err(e) => r.skip(kind.name(), format!("{} {size} B", dir.as_str()), &e),
-                }
+        for (dir, size) in points {
+            done += 1;
+            eprintln!(
+                "[{done:>2}/{total}] {} {} {size} B, round {} ({:.0} s so far)",
+                kind.name(),
+                dir.as_str(),
+                round + 1,
+                started.elapsed().as_secs_f64()
+            );
+            match point(&mut topo, &dut, plan, (dir, size)) {
+                Ok(p) => r.points.push(DpPoint { round, ..p }),
+                Err(e) => r.skip(kind.name(), format!("{} {size} B", dir.as_str()), &e),
             }
         }
     }
@@ -339,5 +392,6 @@ fn point(
         direction: dir,
         size,
         search,
+        round: 0,
     })
 }

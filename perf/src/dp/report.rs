@@ -9,6 +9,7 @@ use plotters::prelude::*;
 
 use super::measure::Trial;
 use super::{DpPoint, DpResults};
+use crate::bench::Direction;
 use crate::report::{plot_err, COLORS};
 use crate::run::fmt_secs;
 
@@ -172,6 +173,7 @@ pub fn tables(r: &DpResults) -> String {
     for p in &r.points {
         s.push_str(&point_row(p, c.cycles_per_second, c.irq_time_accounting));
     }
+    s.push_str(&targets(r));
     if !r.classifier.is_empty() {
         s.push_str(
             "\nntma's XDP classifier alone (BPF_PROG_TEST_RUN)\n\n\
@@ -195,10 +197,116 @@ pub fn tables(r: &DpResults) -> String {
     s
 }
 
+/// The zero-loss rates, pps, of every round of `datapath` at (`dir`, `size`).
+fn rounds(r: &DpResults, datapath: &str, dir: Direction, size: usize) -> Vec<f64> {
+    r.points
+        .iter()
+        .filter(|p| p.datapath == datapath && p.direction == dir && p.size == size)
+        .map(|p| p.search.zero_loss_pps())
+        .collect()
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// `median (min–max, n)` in Mpps.
+fn spread(v: &[f64]) -> String {
+    let Some(m) = median(v) else {
+        return "-".into();
+    };
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    if v.len() == 1 {
+        format!("{:.3}", m / 1e6)
+    } else {
+        format!(
+            "{:.3} ({:.3}–{:.3}, {})",
+            m / 1e6,
+            lo / 1e6,
+            hi / 1e6,
+            v.len()
+        )
+    }
+}
+
+/// The issue's zero-loss targets: (datapath, reference, size, least ratio); a
+/// ratio of 0 has no target (a comparison only).
+const TARGETS: [(&str, &str, usize, f64); 9] = [
+    ("ntma", "l2fwd", 64, 0.90),
+    ("ntma-s1", "l2fwd", 64, 0.90),
+    ("ntma", "l2fwd", 1400, 0.85),
+    ("ntma-s1", "l2fwd", 1400, 0.70),
+    ("ntma", "raw-b1", 64, 3.0),
+    ("ntma", "raw-b1", 512, 3.0),
+    ("ntma", "raw-b1", 1400, 3.0),
+    ("ntma", "ntma-base", 64, 0.0),
+    ("ntma", "ntma-base", 1400, 0.0),
+];
+
+/// The zero-loss targets against the medians of the rounds.
+fn targets(r: &DpResults) -> String {
+    let mut s = String::from(
+        "
+Zero-loss rate against the references (median of the rounds, Mpps;          min–max and how many searches in brackets)
+
+         | datapath | reference | size | direction | datapath Mpps | reference Mpps |          ratio | target | met |
+         |---|---|---:|---|---:|---:|---:|---:|---|
+",
+    );
+    for (dp, reference, size, least) in TARGETS {
+        for dir in Direction::BOTH {
+            let (a, b) = (rounds(r, dp, dir, size), rounds(r, reference, dir, size));
+            let (Some(ma), Some(mb)) = (median(&a), median(&b)) else {
+                continue;
+            };
+            let ratio = if mb > 0.0 { ma / mb } else { f64::NAN };
+            let (target, met) = if least == 0.0 {
+                ("-".to_owned(), "-")
+            } else if least < 1.0 {
+                (
+                    format!("≥ {:.0} %", least * 100.0),
+                    if ratio >= least { "yes" } else { "no" },
+                )
+            } else {
+                (
+                    format!("≥ {least:.0}×"),
+                    if ratio >= least { "yes" } else { "no" },
+                )
+            };
+            let _ = writeln!(
+                s,
+                "| {dp} | {reference} | {size} | {} | {} | {} | {} | {target} | {met} |",
+                dir.as_str(),
+                spread(&a),
+                spread(&b),
+                if least >= 1.0 {
+                    format!("{ratio:.1}×")
+                } else {
+                    format!("{:.0} %", ratio * 100.0)
+                },
+            );
+        }
+    }
+    s
+}
+
 /// Writes `dp-<unix>.json` and `dp-latest.json` under `dir`.
 pub fn write_json(r: &DpResults, dir: &Path) -> Result<Vec<PathBuf>> {
     crate::report::write_json_as(r, dir, "dp", r.started_unix, "dp-latest.json")
 }
+
+/// A packet size and a point's values at it, one per round.
+type SizeValues = (f64, Vec<f64>);
 
 /// One line per (datapath, direction) of `value` against the packet size.
 fn plot(
@@ -208,15 +316,35 @@ fn plot(
     y: &str,
     value: &dyn Fn(&DpPoint) -> Option<f64>,
 ) -> Result<()> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    // Each point's values over its rounds, then their median.
+    let mut series: Vec<(String, Vec<SizeValues>)> = Vec::new();
     for p in &r.points {
         let Some(v) = value(p) else { continue };
         let name = format!("{} {}", p.datapath, p.direction.as_str());
-        match series.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, pts)) => pts.push((p.size as f64, v)),
-            None => series.push((name, vec![(p.size as f64, v)])),
+        let x = p.size as f64;
+        let i = match series.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                series.push((name, Vec::new()));
+                series.len() - 1
+            }
+        };
+        let pts = &mut series[i].1;
+        match pts.iter_mut().find(|(px, _)| *px == x) {
+            Some((_, vs)) => vs.push(v),
+            None => pts.push((x, vec![v])),
         }
     }
+    let series: Vec<(String, Vec<(f64, f64)>)> = series
+        .into_iter()
+        .map(|(n, pts)| {
+            let pts = pts
+                .into_iter()
+                .filter_map(|(x, vs)| median(&vs).map(|m| (x, m)))
+                .collect();
+            (n, pts)
+        })
+        .collect();
     let ymax = series
         .iter()
         .flat_map(|(_, v)| v.iter().map(|p| p.1))
@@ -365,6 +493,7 @@ mod tests {
                     gen_limited: false,
                     best: Some(1),
                 },
+                round: 0,
             }],
             classifier: vec![],
             skipped: vec![],
@@ -375,6 +504,31 @@ mod tests {
             t.contains("| ntma | gn→cn | 64 | 1.000 | 2.000 | 600 | 500 | 100 | 50 | 700 | 100/0/0 | 0.062 | 16.0 | xsk rx 1000000 | 20 ok |"),
             "{t}"
         );
+        // No reference measured: no target row.
+        assert!(!t.contains("| ntma | l2fwd |"), "{t}");
+        let mut r2 = r.clone();
+        for (round, (name, delivered)) in [
+            ("l2fwd", 1_000_000),
+            ("l2fwd", 1_200_000),
+            ("l2fwd", 800_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut p = r.points[0].clone();
+            p.datapath = name.into();
+            p.round = round;
+            p.search.trials[1] = trial(Some(delivered as f64), delivered, delivered);
+            r2.points.push(p);
+        }
+        let t2 = tables(&r2);
+        // ntma 1.0 against l2fwd's median of 0.8, 1.0 and 1.2 Mpps.
+        assert!(
+            t2.contains("| ntma | l2fwd | 64 | gn→cn | 1.000 | 1.000 (0.800–1.200, 3) | 100 % | ≥ 90 % | yes |"),
+            "{t2}"
+        );
+        assert_eq!(median(&[3.0, 1.0]), Some(2.0));
+        assert_eq!(median(&[]), None);
         let t = &r.points[0].search.trials[1];
         let pp = PerPacket::of(t, 0, Some(false));
         assert_eq!(pp.split_ns, None);

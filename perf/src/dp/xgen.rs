@@ -126,6 +126,7 @@ fn bind(ifname: &str) -> Result<Tx> {
             rx_size: 64,
             tx_size: TX_RING,
             bind: BindMode::Copy,
+            raise_tx_budget: true,
         },
     )
     .with_context(|| format!("binding the generator's AF_XDP socket on {ifname}"))?;
