@@ -246,14 +246,24 @@ fn bench(args: Vec<OsString>) -> Result<()> {
     let mut r = Ok(());
     if !dp_only {
         let mut c = Command::new(&target);
+        // Two runs per point: the zero-loss searches of `ntm-bench dp` below are the
+        // datapath's figures now, and three runs would take `bench` past 20 minutes.
+        let reps_given = args
+            .iter()
+            .any(|a| a == "--reps" || a.to_string_lossy().starts_with("--reps="));
         c.current_dir(workspace_root())
             .arg("--criterion")
             .arg(&criterion)
             .args(["--out", "perf/results"])
+            .args(if reps_given {
+                &[][..]
+            } else {
+                &["--reps", "2"][..]
+            })
             .args(&args);
         r = status(&mut c);
     }
-    // Each datapath alone on the reduced topology (~6 min; --quick: ~1 min).
+    // Each datapath alone on the reduced topology (~5 min; --quick: ~1 min).
     let help_or_report = args
         .iter()
         .any(|a| a == "--help" || a == "-h" || a == "report");
