@@ -43,6 +43,38 @@ pub fn encap_in_place(
     )
 }
 
+/// [`encap_in_place`], but a suite-1 tag is left to the caller, who computes
+/// the tags of many datagrams at once ([`Authenticator::tag_many`]): returns
+/// the datagram length and whether its last 16 bytes still wait for the tag
+/// of the rest (suite 1: true; suite 2 is sealed here, false). Once that tag
+/// is written the bytes are [`encap_in_place`]'s.
+///
+/// [`Authenticator::tag_many`]: crate::Authenticator::tag_many
+#[inline]
+pub fn encap_in_place_but_tag(
+    buf: &mut [u8],
+    hdr_offset: usize,
+    inner_len: usize,
+    tunnel_id: u32,
+    seq: u64,
+    cipher: &Cipher,
+) -> Result<(usize, bool)> {
+    let tag_later = cipher.authenticator().is_some();
+    let len = write_header(
+        buf,
+        hdr_offset,
+        inner_len,
+        MessageType::Data,
+        tunnel_id,
+        seq,
+        cipher,
+    )?;
+    if !tag_later {
+        cipher.seal(&mut buf[hdr_offset..hdr_offset + len])?;
+    }
+    Ok((len, tag_later))
+}
+
 /// Write a TUN_KEEPALIVE (empty body) at the front of `buf`. Returns its length (32).
 pub fn emit_tun_keepalive(
     buf: &mut [u8],
@@ -62,6 +94,23 @@ fn write_tunnel_datagram(
     seq: u64,
     cipher: &Cipher,
 ) -> Result<usize> {
+    let len = write_header(buf, hdr_offset, inner_len, msg_type, tunnel_id, seq, cipher)?;
+    cipher.seal(&mut buf[hdr_offset..hdr_offset + len])?;
+    Ok(len)
+}
+
+/// Write the header of a tunnel datagram of `inner_len` bytes of body at
+/// `buf[hdr_offset..]`; returns the datagram length (body + 32).
+#[inline(always)]
+fn write_header(
+    buf: &mut [u8],
+    hdr_offset: usize,
+    inner_len: usize,
+    msg_type: MessageType,
+    tunnel_id: u32,
+    seq: u64,
+    cipher: &Cipher,
+) -> Result<usize> {
     let len = inner_len.checked_add(OVERHEAD).ok_or(Error::TooLong)?;
     let end = hdr_offset.checked_add(len).ok_or(Error::BufferTooSmall)?;
     let out = buf.get_mut(hdr_offset..end).ok_or(Error::BufferTooSmall)?;
@@ -72,7 +121,6 @@ fn write_tunnel_datagram(
     p.set_suite(cipher.suite());
     p.set_id(tunnel_id);
     p.set_seq(seq);
-    cipher.seal(out)?;
     Ok(len)
 }
 
@@ -179,7 +227,21 @@ where
     R: Into<Rx<'t, W>>,
     F: FnOnce(u32) -> Option<R>,
 {
-    let packet = Packet::new_checked(&*datagram)?;
+    decap_verified(datagram, lookup, None)
+}
+
+/// The tunnel id of a datagram [`decap`] gets as far as looking up: one long
+/// enough, of version 2, DATA or TUN_KEEPALIVE. `None` for others, which
+/// [`decap`] refuses before any lookup.
+#[inline]
+pub fn tunnel_id_of(datagram: &[u8]) -> Option<u32> {
+    header_of(datagram).ok().map(|(_, id, _)| id)
+}
+
+/// Type, tunnel id and seq of a datagram [`decap`] goes on to look up.
+#[inline(always)]
+fn header_of(datagram: &[u8]) -> Result<(MessageType, u32, u64)> {
+    let packet = Packet::new_checked(datagram)?;
     if packet.version() != VERSION {
         return Err(Error::BadVersion);
     }
@@ -187,13 +249,32 @@ where
     if !matches!(msg_type, MessageType::Data | MessageType::TunKeepalive) {
         return Err(Error::UnexpectedType);
     }
-    let tunnel_id = packet.id();
-    let seq = packet.seq();
+    Ok((msg_type, packet.id(), packet.seq()))
+}
+
+/// [`decap`] with the result of the tunnel's [`Cipher::open`] already known:
+/// `opened` is `Some` of what [`Cipher::verify_many`] said of this datagram
+/// with the receive key `lookup` gives (a burst checks the suite-1 tags of
+/// all its datagrams first), `None` to open it here. Every other check, and
+/// their order, is [`decap`]'s: the replay window is still checked only
+/// after an authentic tag.
+#[inline]
+pub fn decap_verified<'a, 't, W, R, F>(
+    datagram: &'a mut [u8],
+    lookup: F,
+    opened: Option<Result<()>>,
+) -> Result<Decapped<'a>>
+where
+    W: ReplayCheck,
+    R: Into<Rx<'t, W>>,
+    F: FnOnce(u32) -> Option<R>,
+{
+    let (msg_type, tunnel_id, seq) = header_of(datagram)?;
     let mut rx: Rx<'t, W> = lookup(tunnel_id).ok_or(Error::UnknownTunnel)?.into();
     // Suite, then tag (and decryption) before the window, as §5 orders it: a
     // forged datagram counts as BadTag whatever its seq, and only authentic
     // ones move the window.
-    rx.cipher.open(datagram)?;
+    opened.unwrap_or_else(|| rx.cipher.open(datagram))?;
     if !rx.replay.update(seq) {
         return Err(Error::Replay);
     }

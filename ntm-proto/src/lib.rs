@@ -135,7 +135,7 @@ pub mod retransmit;
 pub mod sim;
 pub mod wire;
 
-pub use auth::{Authenticator, DirectionKeys, Key, ParseKeyError, WrapLabel, KEY_LEN};
+pub use auth::{Authenticator, DirectionKeys, Key, ParseKeyError, WrapLabel, KEY_LEN, TAG_BATCH};
 pub use cipher::Cipher;
 pub use error::{DropCounters, Error, Result};
 pub use replay::{AtomicReplayWindow, ReplayCheck, ReplayWindow};

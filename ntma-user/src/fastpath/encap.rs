@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use ntm_proto::{
-    data::{decap, encap_in_place, Decapped, Rx},
+    data::{decap_verified, encap_in_place, encap_in_place_but_tag, Decapped, Rx},
     wire::{HEADER_LEN, OVERHEAD, TAG_LEN},
     AtomicReplayWindow, Error, ReplayCheck,
 };
@@ -181,7 +181,7 @@ pub enum DownVerdict {
 pub fn uplink(snap: &Snapshot, buf: &mut [u8], frame_len: usize) -> UpVerdict {
     match classify(snap, buf, frame_len) {
         Ok((link, t, inner_len)) => {
-            let v = seal_up(snap, link, t, buf, inner_len, t.tx_seq.next());
+            let (v, _) = seal_up::<false>(snap, link, t, buf, inner_len, t.tx_seq.next());
             if v.sent() {
                 t.count_tx(1, inner_len as u64);
             }
@@ -235,36 +235,46 @@ fn classify_up<'s>(
 
 /// Clamps the MSS, seals the inner packet at `buf[ENCAP_GROW + ETH_LEN..]` with
 /// sequence number `seq` (taken from the tunnel's counter by the caller) and writes
-/// the outer headers over the front of the buffer. Counts nothing.
+/// the outer headers over the front of the buffer. Counts nothing. With `TAG_LATER`
+/// a suite-1 tag is left to the caller (a burst computes its tags together): the
+/// second value says that the datagram at `buf[OUTER_LEN..len]` of a sent frame
+/// still waits for it in its last 16 bytes.
 #[inline(always)]
-pub(super) fn seal_up(
+pub(super) fn seal_up<const TAG_LATER: bool>(
     snap: &Snapshot,
     link: &PreparedLink,
     t: &Tunnel,
     buf: &mut [u8],
     inner_len: usize,
     seq: u64,
-) -> UpVerdict {
+) -> (UpVerdict, bool) {
     let inner_at = ENCAP_GROW + ETH_LEN;
     let clamped = clamp_mss(
         &mut buf[inner_at..inner_at + inner_len],
         snap.inner_mtu.saturating_sub(IPV4_TCP_LEN),
     );
     // The NTM header goes over the end of the GN's Ethernet header.
-    let datagram_len = match encap_in_place(buf, OUTER_LEN, inner_len, t.id, seq, &t.tx) {
+    let sealed = if TAG_LATER {
+        encap_in_place_but_tag(buf, OUTER_LEN, inner_len, t.id, seq, &t.tx)
+    } else {
+        encap_in_place(buf, OUTER_LEN, inner_len, t.id, seq, &t.tx).map(|n| (n, false))
+    };
+    let (datagram_len, tag_later) = match sealed {
         Ok(n) => n,
-        Err(e) => return UpVerdict::Drop(drop_of(e)),
+        Err(e) => return (UpVerdict::Drop(drop_of(e)), false),
     };
     // Identification from the tunnel's seq: distinct across 65536 packets, no state.
+    // (The UDP checksum is 0: the headers do not depend on the tag.)
     if !link.outer.emit(buf, t.endpoint(), seq as u16, datagram_len) {
-        return UpVerdict::Drop(FastDrop::NoRoom);
+        return (UpVerdict::Drop(FastDrop::NoRoom), false);
     }
     let len = OUTER_LEN + datagram_len;
-    if clamped {
+    let v = if clamped {
         UpVerdict::TxClamped(len)
     } else {
         UpVerdict::Tx(len)
-    }
+    };
+    (v, tag_later)
 }
 
 /// The l2fwd reference ([`super::Forward::L2`]): writes `macs` (destination and
@@ -296,7 +306,17 @@ pub fn l2_rewrite(buf: &mut [u8], macs: &[u8; 12]) -> bool {
 /// [`super::DatapathState::now_nanos`]), read once per burst.
 #[inline]
 pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict {
-    downlink_with(snap, buf, |w| w, &mut |t, from, _seq, inner_len| {
+    let (dg, from) = match parse_down(snap, buf) {
+        Ok(v) => v,
+        Err(v) => return v,
+    };
+    let found = Found {
+        dg,
+        from,
+        tunnel: |id| snap.by_id.get(&id).map(|t| &**t),
+        opened: None,
+    };
+    open_down(snap, buf, found, |w| w, &mut |t, from, _seq, inner_len| {
         t.note_rx(now_nanos, from);
         if let Some(len) = inner_len {
             t.count_rx(1, len as u64);
@@ -304,33 +324,52 @@ pub fn downlink(snap: &Snapshot, buf: &mut [u8], now_nanos: u64) -> DownVerdict 
     })
 }
 
-/// [`downlink`], checking the replay window through what `replay` makes of the
-/// tunnel's, and leaving what it records of an authentic datagram to `carried`: its
-/// tunnel, its source, its seq, and the inner length of DATA (`None` for a
-/// TUN_KEEPALIVE, which is counted here). [`downlink`] records each at once, a
-/// burst once per run of one tunnel's datagrams ([`super::burst::downlink_burst`]).
+/// What is known of a WAN frame before [`open_down`]: where its datagram lies and its
+/// source ([`parse_down`]), how to find its tunnel from the id, and what its tunnel's
+/// [`ntm_proto::Cipher::open`] gives, if that is known already (a burst's batch of
+/// suite-1 tags).
+pub(super) struct Found<L> {
+    pub dg: Range<usize>,
+    pub from: u64,
+    pub tunnel: L,
+    pub opened: Option<ntm_proto::Result<()>>,
+}
+
+/// [`downlink`] after [`parse_down`], checking the replay window through what
+/// `replay` makes of the tunnel's, and leaving what it records of an authentic
+/// datagram to `carried`: its tunnel, its source, its seq, and the inner length of
+/// DATA (`None` for a TUN_KEEPALIVE, which is counted here). [`downlink`] records
+/// each at once, a burst once per run of one tunnel's datagrams
+/// ([`super::burst::downlink_burst`]).
 #[inline(always)]
-pub(super) fn downlink_with<'s, W: ReplayCheck>(
+pub(super) fn open_down<'s, W: ReplayCheck>(
     snap: &'s Snapshot,
     buf: &mut [u8],
+    found: Found<impl FnOnce(u32) -> Option<&'s Tunnel>>,
     replay: impl FnOnce(&'s AtomicReplayWindow) -> W,
     carried: &mut impl FnMut(&'s Tunnel, u64, u64, Option<usize>),
 ) -> DownVerdict {
-    let (dg, from) = match parse_down(snap, buf) {
-        Ok(v) => v,
-        Err(v) => return v,
-    };
+    let Found {
+        dg,
+        from,
+        tunnel: lookup,
+        opened,
+    } = found;
     let mut tunnel = None;
-    let opened = decap(&mut buf[dg.clone()], |id| {
-        let t = snap.by_id.get(&id)?;
-        tunnel = Some(&**t);
-        Some(Rx {
-            cipher: &t.rx,
-            replay: replay(&t.replay),
-            peer_vip: t.peer_vip,
-            local_vip: t.local_vip,
-        })
-    });
+    let opened = decap_verified(
+        &mut buf[dg.clone()],
+        |id| {
+            let t = lookup(id)?;
+            tunnel = Some(t);
+            Some(Rx {
+                cipher: &t.rx,
+                replay: replay(&t.replay),
+                peer_vip: t.peer_vip,
+                local_vip: t.local_vip,
+            })
+        },
+        opened,
+    );
     let (inner_len, seq, t) = match (opened, tunnel) {
         (Ok(Decapped::Data { inner, seq, .. }), Some(t)) => (inner.len(), seq, t),
         (Ok(Decapped::Keepalive { seq, .. }), Some(t)) => {
@@ -359,7 +398,7 @@ pub(super) fn downlink_with<'s, W: ReplayCheck>(
 /// datagram lies and its source (packed), or the verdict on a frame that is not a
 /// well-formed datagram to our port.
 #[inline(always)]
-fn parse_down(snap: &Snapshot, buf: &[u8]) -> Result<(Range<usize>, u64), DownVerdict> {
+pub(super) fn parse_down(snap: &Snapshot, buf: &[u8]) -> Result<(Range<usize>, u64), DownVerdict> {
     const MALFORMED: DownVerdict = DownVerdict::Drop(FastDrop::WanMalformed);
     let eth = ethernet::Frame::new_checked(buf).map_err(|_| MALFORMED)?;
     if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {

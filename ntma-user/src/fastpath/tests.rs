@@ -1650,3 +1650,168 @@ fn bursts_give_the_bytes_and_counters_of_the_per_packet_functions() {
         assert_eq!((got[0].rx_packets, got[0].rx_keepalives), (3, 1));
     }
 }
+
+/// A VIP the third tunnel of [`plane_of_mixed_suites`] leads to.
+const THIRD_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 78);
+const THIRD_KEY: [u8; 32] = [0x17; 32];
+
+/// A suite-1 plane with the tunnels of [`plane_with_two_tunnels`], the second one in
+/// suite 2, and a third one (suite 1, keys of its own) to [`THIRD_VIP`]: the peer's
+/// send keys of the three.
+fn plane_of_mixed_suites() -> (Fx, [Cipher; 3]) {
+    let fx = plane(Suite::HmacSha256_128);
+    let gcm = Suite::Aes256Gcm;
+    fx.dp
+        .tunnel_up(&gn_params(TUNNEL + 1, GN_VIP, OTHER_VIP, gcm))
+        .unwrap();
+    let third = DirectionKeys::derive(&Key::from_bytes(THIRD_KEY));
+    fx.dp
+        .tunnel_up(&TunnelParams {
+            tx_key: third.i2r.clone(),
+            rx_key: third.r2i.clone(),
+            ..gn_params(TUNNEL + 2, GN_VIP, THIRD_VIP, Suite::HmacSha256_128)
+        })
+        .unwrap();
+    let peer_tx = [
+        fx.peer_tx(),
+        Cipher::new(gcm, &keys(Role::Responder).0).unwrap(),
+        Cipher::new(Suite::HmacSha256_128, &third.r2i).unwrap(),
+    ];
+    (fx, peer_tx)
+}
+
+/// Bursts longer than one chunk of frames to suite-1 and suite-2 tunnels of several
+/// keys and lengths, with slow-path frames, bad tags, a wrong suite, replays (one of
+/// the seq of a forged datagram before it, which must not have moved the window) and
+/// bad inner packets among them: the verdicts, bytes and counters of the per-packet
+/// functions.
+#[test]
+fn bursts_of_mixed_suites_and_refusals_are_the_per_packet_functions() {
+    use super::burst::{downlink_burst, uplink_burst};
+    let ((a, ciphers), (b, _)) = (plane_of_mixed_suites(), plane_of_mixed_suites());
+    let vips = [PEER_VIP, OTHER_VIP, THIRD_VIP];
+    let sizes = [28, 29, 63, 64, 65, 100, 1400, 1441, 555];
+    let mut up = Vec::new();
+    let mut lens = Vec::new();
+    for i in 0..150 {
+        let size = sizes[i % sizes.len()];
+        let dst = if i % 17 == 5 {
+            LONELY_VIP
+        } else {
+            vips[(i / 2) % 3]
+        };
+        let ethertype = if i % 23 == 7 { 0x86dd } else { 0x0800 };
+        let f = eth(LAN_MAC, GN_MAC, ethertype, &inner_packet(GN_VIP, dst, size));
+        let mut buf = vec![0xee; ENCAP_GROW + f.len() + ENCAP_TAIL];
+        buf[ENCAP_GROW..ENCAP_GROW + f.len()].copy_from_slice(&f);
+        up.push(buf);
+        lens.push(f.len());
+    }
+    let (mut burst, mut one) = (up.clone(), up);
+    let mut verdicts = Vec::new();
+    uplink_burst(&a.dp.snapshot(), &mut burst[..], &lens, &mut verdicts);
+    let snap = b.dp.snapshot();
+    let each: Vec<UpVerdict> = one
+        .iter_mut()
+        .zip(&lens)
+        .map(|(buf, len)| uplink(&snap, buf, *len))
+        .collect();
+    assert_eq!(verdicts, each);
+    for v in [UpVerdict::Slow, UpVerdict::TooBig] {
+        assert!(verdicts.contains(&v), "{v:?} among them");
+    }
+    assert!(verdicts.iter().filter(|v| v.sent()).count() > 100);
+    assert_eq!(burst, one, "the same bytes");
+    assert_eq!(counted(&a.dp), counted(&b.dp));
+
+    let mut seqs = [1u64; 3];
+    let mut down = Vec::new();
+    let mut forged_seq = None;
+    for i in 0..150usize {
+        let t = (i / 3) % 3;
+        let size = sizes[i % sizes.len()].min(1400);
+        let mut seq = seqs[t];
+        seqs[t] += 1;
+        if i % 19 == 4 {
+            seq -= 1; // a replay (or seq 0 at first: older than the window)
+        }
+        let inner = inner_packet(vips[t], GN_VIP, size);
+        let mut dg = sealed(&ciphers[t], TUNNEL + t as u32, seq, &inner);
+        match i % 13 {
+            3 => *dg.last_mut().unwrap() ^= 1,
+            5 => dg[20] ^= 0x80,
+            8 => dg[3] = if t == 1 { 1 } else { 2 },
+            _ => {}
+        }
+        if i % 29 == 11 {
+            dg[HEADER_LEN + 2] ^= 1; // a bad inner length, sealed as such
+            let n = dg.len();
+            dg[n - TAG_LEN..].fill(0);
+            ciphers[t].seal(&mut dg).unwrap();
+        }
+        if i == 20 {
+            // Forged with a seq ahead; the authentic one of that seq comes later.
+            let mut f = sealed(&ciphers[t], TUNNEL + t as u32, seqs[t] + 1, &inner);
+            f[HEADER_LEN + 30] ^= 4;
+            forged_seq = Some((t, seqs[t] + 1));
+            down.push(wan_frame(peer(), &f));
+        }
+        down.push(wan_frame(
+            if i % 7 == 0 { elsewhere() } else { peer() },
+            &dg,
+        ));
+        if i % 31 == 9 {
+            let mut slow = wan_frame(peer(), &dg);
+            slow[14 + 9] = 6; // TCP: the kernel's
+            fix_ip(&mut slow);
+            down.push(slow);
+            down.push(wan_frame(peer(), &sealed(&ciphers[t], 0x7777, seq, &inner)));
+            down.push(wan_frame(peer(), &a.keepalive(seqs[0] + 40 + i as u64)));
+        }
+    }
+    let (mut burst, mut one) = (down.clone(), down.clone());
+    let mut verdicts = Vec::new();
+    downlink_burst(&a.dp.snapshot(), &mut burst[..], 7, &mut verdicts);
+    let each: Vec<DownVerdict> = one.iter_mut().map(|f| downlink(&snap, f, 7)).collect();
+    assert_eq!(verdicts, each);
+    for v in [
+        DownVerdict::Slow,
+        DownVerdict::Consumed,
+        DownVerdict::Drop(FastDrop::BadTag),
+        DownVerdict::Drop(FastDrop::Replay),
+        DownVerdict::Drop(FastDrop::UnsupportedSuite),
+        DownVerdict::Drop(FastDrop::UnknownTunnel),
+        DownVerdict::Drop(FastDrop::BadInner),
+    ] {
+        assert!(verdicts.contains(&v), "{v:?} among them");
+    }
+    assert!(
+        verdicts
+            .iter()
+            .filter(|v| matches!(v, DownVerdict::Tx { .. }))
+            .count()
+            > 80
+    );
+    // The authentic datagram of the forged one's seq went through.
+    let (t, seq) = forged_seq.unwrap();
+    let at = down_index_of(&down, TUNNEL + t as u32, seq);
+    assert!(
+        matches!(verdicts[at], DownVerdict::Tx { .. }),
+        "{:?}",
+        verdicts[at]
+    );
+    assert_eq!(burst, one, "the same bytes");
+    assert_eq!(counted(&a.dp), counted(&b.dp));
+}
+
+/// The index of the last frame of `frames` with tunnel id `id` and seq `seq`.
+fn down_index_of(frames: &[Vec<u8>], id: u32, seq: u64) -> usize {
+    frames
+        .iter()
+        .rposition(|f| {
+            f.len() >= DG + HEADER_LEN
+                && f[DG + 4..DG + 8] == id.to_be_bytes()
+                && f[DG + 8..DG + 16] == seq.to_be_bytes()
+        })
+        .expect("that datagram is in the burst")
+}

@@ -167,6 +167,10 @@ impl Frames for UmemFrames<'_> {
     fn buf(&mut self, i: usize) -> &mut [u8] {
         self.umem.packet_mut(&mut self.frames[i])
     }
+
+    fn bytes(&self, i: usize) -> &[u8] {
+        self.umem.packet(&self.frames[i])
+    }
 }
 
 struct Worker {
