@@ -22,9 +22,8 @@ use core::fmt;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, NONCE_LEN};
 
+use crate::auth::tag_eq;
 use crate::wire::{Suite, HEADER_LEN, OVERHEAD, TAG_LEN};
-use subtle::ConstantTimeEq;
-
 use crate::{Authenticator, Error, Key, Result, TAG_BATCH};
 
 /// Header byte that names the suite.
@@ -238,7 +237,7 @@ fn verify_chunk<'d>(
     hmac_tags(n, &item, &want, &mut tags);
     for i in (0..n).filter(|&i| want[i]) {
         let d = item(i).1;
-        let ok = bool::from(tags[i].ct_eq(&d[d.len() - TAG_LEN..]));
+        let ok = tag_eq(&tags[i], &d[d.len() - TAG_LEN..]);
         out[i] = Some(if ok { Ok(()) } else { Err(Error::BadTag) });
     }
 }
