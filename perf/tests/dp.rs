@@ -24,6 +24,13 @@ fn dp_harness_forwards_and_checks_through_ntma_its_baseline_and_l2fwd() {
         loss_tolerance: 1.0,
     };
     let mut topo = Topo::up(&ntm_testbed::unique_prefix("dp")).expect("topology");
+    // Back-to-back restarts on the same queues: each bind waits out the kernel's
+    // deferred release of the previous socket's queue instead of failing with EBUSY.
+    for i in 0..5 {
+        let dut = Dut::start(&topo, DpKind::Ntma)
+            .unwrap_or_else(|e| panic!("restart {i} of ntma: {e:#}"));
+        drop(dut);
+    }
     for kind in [DpKind::Ntma, DpKind::NtmaBase, DpKind::L2fwd] {
         let dut = Dut::start(&topo, kind).unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
         for dir in Direction::BOTH {

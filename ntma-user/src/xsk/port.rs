@@ -195,8 +195,7 @@ impl Port {
         let tx = user
             .map_tx()
             .map_err(|e| XskError::socket("TX ring mmap", &cfg, &e))?;
-        xsk.bind(&user)
-            .map_err(|e| XskError::socket("bind", &cfg, &e))?;
+        bind_when_free(xsk, &user).map_err(|e| XskError::socket("bind", &cfg, &e))?;
         let mode = query_mode(rx.as_raw_fd()).map_err(|source| XskError::Os {
             op: "getsockopt(XDP_OPTIONS)",
             source,
@@ -450,6 +449,25 @@ impl AsRawFd for Port {
     /// The socket's fd, to register in an XskMap.
     fn as_raw_fd(&self) -> RawFd {
         self.rx.as_raw_fd()
+    }
+}
+
+/// How long a bind waits for the queue's previous socket to let go of it.
+const QUEUE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Binds `user`, waiting while the queue is still taken (EBUSY): the kernel clears a
+/// closed socket's buffer pool from its queue in deferred work, so a datapath started
+/// right after another stopped (a restart, the benchmark's next datapath) can find
+/// the queue busy for a moment.
+fn bind_when_free(xsk: &xdpilone::Umem, user: &xdpilone::User) -> Result<(), xdpilone::Errno> {
+    let deadline = std::time::Instant::now() + QUEUE_RELEASE_WAIT;
+    loop {
+        match xsk.bind(user) {
+            Err(e) if e.get_raw().abs() == libc::EBUSY && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
     }
 }
 
