@@ -50,6 +50,10 @@ struct DpArgs {
     /// Inner IPv4 packet sizes, bytes (default 64,512,1400; --quick: 64).
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
+    /// criterion's output directory: the compute bound against the targets and
+    /// the paper's figures come from its `fastpath` and `gn` results.
+    #[arg(long)]
+    criterion: Option<PathBuf>,
     /// Trials per point, the first at the generator's full rate (default 7; --quick: 3).
     #[arg(long)]
     steps: Option<usize>,
@@ -172,7 +176,10 @@ fn dp(a: DpArgs) -> Result<()> {
     if a.no_classify {
         plan.classify_repeat = 0;
     }
-    let r = dp::run(&plan)?;
+    let mut r = dp::run(&plan)?;
+    if let Some(dir) = &a.criterion {
+        r.costs = perf::cost::read(dir, &dp::COST_PREFIXES);
+    }
     print!("{}", dp::report::tables(&r));
     for p in dp::report::write_json(&r, &a.out)? {
         eprintln!("results: {}", p.display());

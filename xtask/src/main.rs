@@ -270,7 +270,8 @@ fn bench(args: Vec<OsString>) -> Result<()> {
     if !no_dp && !help_or_report {
         let mut c = Command::new(&target);
         c.current_dir(workspace_root())
-            .args(["dp", "--out", "perf/results"])
+            .args(["dp", "--out", "perf/results", "--criterion"])
+            .arg(&criterion)
             .args(args.iter().filter(|a| *a == "--quick"));
         let dp = status(&mut c);
         r = r.and(dp);
@@ -283,7 +284,11 @@ fn bench(args: Vec<OsString>) -> Result<()> {
 }
 
 /// The criterion benches `cargo xtask bench` runs: (package, bench target).
-const BENCHES: [(&str, &str); 2] = [("perf", "datapath"), ("ntma-user", "fastpath")];
+const BENCHES: [(&str, &str); 3] = [
+    ("perf", "datapath"),
+    ("ntma-user", "fastpath"),
+    ("ntma-user", "gn"),
+];
 
 /// Builds the release binaries and, with `benches`, the criterion benches in one
 /// cargo call: built apart, every crate they share is compiled twice (the benches'

@@ -252,7 +252,21 @@ pub struct DpResults {
     pub classifier: Vec<classify::Classified>,
     /// What could not run.
     pub skipped: Vec<DpSkipped>,
+    /// The criterion results the compute-bound table uses (`--criterion`):
+    /// `fastpath/burst`, `fastpath/seal`, the per-packet `fastpath/uplink` and
+    /// `fastpath/downlink`, `gn/arp_reply`.
+    #[serde(default)]
+    pub costs: Vec<crate::cost::Cost>,
 }
+
+/// The criterion ids [`DpResults::costs`] keeps.
+pub const COST_PREFIXES: [&str; 5] = [
+    "fastpath/burst/",
+    "fastpath/seal/",
+    "fastpath/uplink/",
+    "fastpath/downlink/",
+    "gn/arp_reply",
+];
 
 impl DpResults {
     fn skip(&mut self, datapath: &str, what: String, e: &anyhow::Error) {
@@ -283,6 +297,7 @@ pub fn run(plan: &DpPlan) -> Result<DpResults> {
         points: Vec::new(),
         classifier: Vec::new(),
         skipped: Vec::new(),
+        costs: Vec::new(),
     };
     warn_load(&r.conditions.load_start);
     if plan.classify_repeat > 0 {

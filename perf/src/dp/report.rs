@@ -174,6 +174,8 @@ pub fn tables(r: &DpResults) -> String {
         s.push_str(&point_row(p, c.cycles_per_second, c.irq_time_accounting));
     }
     s.push_str(&targets(r));
+    s.push_str(&compute_bound(r));
+    s.push_str(&paper(r));
     if !r.classifier.is_empty() {
         s.push_str(
             "\nntma's XDP classifier alone (BPF_PROG_TEST_RUN)\n\n\
@@ -298,6 +300,153 @@ Zero-loss rate against the references (median of the rounds, Mpps;          min�
         }
     }
     s
+}
+
+/// Frames per burst in criterion's `fastpath/burst` (its time is per burst).
+const BURST: f64 = 64.0;
+
+/// criterion's median for `op` at `size` with `tunnels`, ns.
+fn cost(r: &DpResults, op: &str, size: usize, tunnels: Option<u32>) -> Option<f64> {
+    r.costs
+        .iter()
+        .find(|c| c.op == op && c.size == Some(size) && c.tunnels == tunnels)
+        .map(|c| c.ns)
+}
+
+/// ns per packet of a burst of `fastpath/burst/<dir>/<suite>`.
+fn burst(r: &DpResults, dir: &str, suite: &str, size: usize, tunnels: u32) -> Option<f64> {
+    cost(
+        r,
+        &format!("fastpath/burst/{dir}/{suite}"),
+        size,
+        Some(tunnels),
+    )
+    .map(|ns| ns / BURST)
+}
+
+fn ns(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
+/// The compute bound (criterion, bursts from memory) against the issue's targets;
+/// beside it the per-packet functions of the same run (the code before the burst
+/// work: an atomic add per packet, one tag at a time).
+fn compute_bound(r: &DpResults) -> String {
+    if r.costs.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nCompute bound against the targets (criterion, bursts of 64 from memory, ns per \
+         packet; per-packet functions of the same run for comparison)\n\n\
+         | measure | target | uplink | downlink | per-packet up / down | met |\n\
+         |---|---:|---:|---:|---:|---|\n",
+    );
+    let (s1, s2) = ("suite1_hmac", "suite2_gcm");
+    let seal = cost(r, &format!("fastpath/seal/{s2}"), 64, None);
+    for (tunnels, target) in [(1, 25.0), (10_000, 40.0)] {
+        let v = burst(r, "uplink", s2, 64, tunnels)
+            .zip(seal)
+            .map(|(b, s)| b - s);
+        let pp = cost(r, &format!("fastpath/uplink/{s2}"), 64, Some(tunnels))
+            .zip(seal)
+            .map(|(b, s)| b - s);
+        let _ = writeln!(
+            s,
+            "| without the cipher (suite 2 uplink − its seal), 64 B, {tunnels} tunnel(s) | ≤ {target:.0} | {} | - | {} | {} |",
+            ns(v),
+            ns(pp),
+            met(v.map(|v| v <= target)),
+        );
+    }
+    for (suite, name, size, target) in [
+        (s1, "suite 1", 64, 100.0),
+        (s1, "suite 1", 1400, 550.0),
+        (s2, "suite 2", 64, 80.0),
+        (s2, "suite 2", 1400, 300.0),
+    ] {
+        let (up, down) = (
+            burst(r, "uplink", suite, size, 1),
+            burst(r, "downlink", suite, size, 1),
+        );
+        let pp = |d: &str| cost(r, &format!("fastpath/{d}/{suite}"), size, Some(1));
+        let _ = writeln!(
+            s,
+            "| {name}, {size} B, 1 tunnel | ≤ {target:.0} | {} | {} | {} / {} | {} |",
+            ns(up),
+            ns(down),
+            ns(pp("uplink")),
+            ns(pp("downlink")),
+            met(up.zip(down).map(|(u, d)| u.max(d) <= target)),
+        );
+    }
+    s
+}
+
+fn met(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    }
+}
+
+/// The paper's figures (raw sockets, its hardware) beside ours.
+fn paper(r: &DpResults) -> String {
+    let classify = r
+        .classifier
+        .iter()
+        .find(|c| c.program == "ntma_lan")
+        .map(|c| c.kernel_ns);
+    // The main round's ntma, 64 B, uplink at its zero-loss rate.
+    let worker = r
+        .points
+        .iter()
+        .find(|p| {
+            p.datapath == "ntma" && p.size == 64 && p.direction == Direction::Up && p.round == 0
+        })
+        .and_then(|p| p.search.best_trial())
+        .map(|t| {
+            PerPacket::of(
+                t,
+                r.conditions.cycles_per_second,
+                r.conditions.irq_time_accounting,
+            )
+        });
+    let rows = [
+        ("classification of a GN frame (ntma_lan in XDP, BPF_PROG_TEST_RUN)", classify, 15.5),
+        (
+            "tunnel processing of a 64 B packet (suite 2 / the paper's HMAC: suite 1 uplink, in memory)",
+            burst(r, "uplink", "suite1_hmac", 64, 1),
+            408.7,
+        ),
+        (
+            "worker CPU per relayed packet (ntma, 64 B, uplink, zero-loss rate, veth copy mode)",
+            worker.and_then(|w| w.ns),
+            424.2,
+        ),
+        (
+            "of which frame work (the worker's cycle counter)",
+            worker.and_then(|w| w.split_ns).map(|[p, _, _]| p),
+            408.7,
+        ),
+        ("ARP reply (gn/arp_reply, in memory)", cost_any(r, "gn/arp_reply"), 485.7),
+    ];
+    if rows.iter().all(|(_, v, _)| v.is_none()) {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nBeside the paper (its raw-socket adapter on its hardware)\n\n\
+         | measure | ns here | paper ns |\n|---|---:|---:|\n",
+    );
+    for (what, v, paper) in rows {
+        let _ = writeln!(s, "| {what} | {} | {paper} |", ns(v));
+    }
+    s
+}
+
+/// criterion's median for `op` whatever its size and table, ns.
+fn cost_any(r: &DpResults, op: &str) -> Option<f64> {
+    r.costs.iter().find(|c| c.op == op).map(|c| c.ns)
 }
 
 /// Writes `dp-<unix>.json` and `dp-latest.json` under `dir`.
@@ -470,6 +619,66 @@ mod tests {
     }
 
     #[test]
+    fn compute_bound_divides_bursts_and_subtracts_the_seal() {
+        let c = |id: &str, ns: f64| {
+            let (op, size, tunnels) = crate::cost::parse_id(id);
+            crate::cost::Cost {
+                id: id.into(),
+                op,
+                size,
+                tunnels,
+                ns,
+            }
+        };
+        let r = DpResults {
+            started_unix: 0,
+            seconds: 0.0,
+            conditions: Conditions::default(),
+            plan: DpPlan::quick("dp-"),
+            points: vec![],
+            classifier: vec![],
+            skipped: vec![],
+            costs: vec![
+                c(
+                    "fastpath/burst/uplink/suite2_gcm/64B/1_tunnels",
+                    64.0 * 90.0,
+                ),
+                c(
+                    "fastpath/burst/downlink/suite2_gcm/64B/1_tunnels",
+                    64.0 * 70.0,
+                ),
+                c(
+                    "fastpath/burst/uplink/suite2_gcm/64B/10000_tunnels",
+                    64.0 * 130.0,
+                ),
+                c("fastpath/seal/suite2_gcm/64B", 75.0),
+                c("fastpath/uplink/suite2_gcm/64B/1_tunnels", 110.0),
+                c("gn/arp_reply", 40.0),
+            ],
+        };
+        let t = tables(&r);
+        // 90 − 75 = 15 ≤ 25; 130 − 75 = 55 > 40; per-packet 110 − 75 = 35.
+        assert!(t.contains("| without the cipher (suite 2 uplink − its seal), 64 B, 1 tunnel(s) | ≤ 25 | 15 | - | 35 | yes |"), "{t}");
+        assert!(
+            t.contains("64 B, 10000 tunnel(s) | ≤ 40 | 55 | - | - | no |"),
+            "{t}"
+        );
+        // Uplink 90 > 80: missed whatever the downlink.
+        assert!(
+            t.contains("| suite 2, 64 B, 1 tunnel | ≤ 80 | 90 | 70 | 110 / - | no |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| suite 1, 64 B, 1 tunnel | ≤ 100 | - | - | - / - | - |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| ARP reply (gn/arp_reply, in memory) | 40 | 485.7 |"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn tables_plots_and_json_show_the_search() {
         let r = DpResults {
             started_unix: 7,
@@ -497,6 +706,7 @@ mod tests {
             }],
             classifier: vec![],
             skipped: vec![],
+            costs: vec![],
         };
         let t = tables(&r);
         // 1 Mpps without loss; 600 ms of CPU 1 over 10^6 frames; 100 cycles at 1 GHz.
