@@ -12,6 +12,7 @@ use super::{DpPoint, DpResults};
 use crate::bench::Direction;
 use crate::report::{plot_err, COLORS};
 use crate::run::fmt_secs;
+use crate::stats::Summary;
 
 /// Per-packet figures of a trial, over the frames it delivered.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -209,35 +210,22 @@ fn rounds(r: &DpResults, datapath: &str, dir: Direction, size: usize) -> Vec<f64
 }
 
 /// The median of `v` (the mean of the middle two for an even count).
-pub fn median(v: &[f64]) -> Option<f64> {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
+fn median(v: &[f64]) -> Option<f64> {
+    Summary::of(v).map(|s| s.median)
 }
 
 /// `median (min–max, n)` in Mpps.
 fn spread(v: &[f64]) -> String {
-    let Some(m) = median(v) else {
-        return "-".into();
-    };
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
-    if v.len() == 1 {
-        format!("{:.3}", m / 1e6)
-    } else {
-        format!(
+    match Summary::of(v) {
+        None => "-".into(),
+        Some(s) if s.n == 1 => format!("{:.3}", s.median / 1e6),
+        Some(s) => format!(
             "{:.3} ({:.3}–{:.3}, {})",
-            m / 1e6,
-            lo / 1e6,
-            hi / 1e6,
-            v.len()
-        )
+            s.median / 1e6,
+            s.min / 1e6,
+            s.max / 1e6,
+            s.n
+        ),
     }
 }
 
